@@ -1,0 +1,1 @@
+"""One module per local server; each exposes a ``Server`` (see ``infra.servers.base``)."""

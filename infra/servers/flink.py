@@ -1,0 +1,168 @@
+"""A Flink standalone session cluster from the pyflink wheel's own distribution.
+
+The apache-flink wheel carries a whole Flink (``pyflink/bin``, ``lib``, ``opt``, ``plugins``).
+The JobManager and one TaskManager run as two foreground processes
+(``jobmanager.sh start-foreground``), so ``nudgeflow stack`` owns their pids. Configuration and
+logs live under the stack directory (``FLINK_CONF_DIR``, ``FLINK_LOG_DIR``); Python UDFs run in
+thread mode with this environment's interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import site
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from infra.paths import StackPaths
+from infra.servers.base import NotReady, Server
+
+CONF_NAME = "flink"
+
+
+def pyflink_home() -> Path:
+    """The Flink distribution inside the installed apache-flink wheel."""
+    import pyflink
+
+    return Path(pyflink.__file__).resolve().parent
+
+
+def python_path_entries() -> list[str]:
+    """Directories the embedded (thread mode) interpreter must see: this env's site-packages.
+
+    The JVM embeds CPython through pemja, which does not read a virtualenv's ``.pth`` files, so
+    site-packages (for pyflink and the job's libraries) is put on ``python.pythonpath``.
+    """
+    return [p for p in site.getsitepackages() if Path(p).is_dir()]
+
+
+def cluster_config(paths: StackPaths, rest_port: int, slots: int) -> str:
+    """The session cluster's config.yaml (Flink 2.x nested YAML)."""
+    checkpoints = (paths.stack / "flink" / "checkpoints").as_uri()
+    savepoints = (paths.stack / "flink" / "savepoints").as_uri()
+    doc = {
+        "env": {"java": {"opts": {"all": _java_opts()}}},
+        "jobmanager": {
+            "bind-host": "127.0.0.1",
+            "rpc": {"address": "127.0.0.1", "port": 6123},
+            "memory": {"process": {"size": "1024m"}},
+            "execution": {"failover-strategy": "region"},
+        },
+        "taskmanager": {
+            "bind-host": "127.0.0.1",
+            "host": "127.0.0.1",
+            "numberOfTaskSlots": slots,
+            "memory": {"process": {"size": "3072m"}},
+        },
+        "parallelism": {"default": 1},
+        "rest": {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": rest_port},
+        "state": {"backend": {"type": "hashmap"}},
+        "execution": {
+            "checkpointing": {
+                "dir": checkpoints,
+                "savepoint-dir": savepoints,
+                "externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+            }
+        },
+        "restart-strategy": {
+            "type": "fixed-delay",
+            "fixed-delay": {"attempts": 20, "delay": "2 s"},
+        },
+        "python": {
+            "execution-mode": "thread",
+            "executable": sys.executable,
+            "client": {"executable": sys.executable},
+            "pythonpath": ":".join(python_path_entries()),
+        },
+    }
+    # JSON is valid YAML, and Flink 2.x reads config.yaml with a standard YAML parser
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def _java_opts() -> str:
+    conf = (pyflink_home() / "conf" / "config.yaml").read_text()
+    for line in conf.splitlines():
+        if line.strip().startswith("all: --add-exports"):
+            return line.split("all:", 1)[1].strip()
+    return ""
+
+
+class _FlinkProcess(Server):
+    role: str  # jobmanager | taskmanager
+
+    def __init__(self, rest_port: int = 8081, slots: int = 4) -> None:
+        self.rest_port = rest_port
+        self.slots = slots
+
+    @property
+    def address(self) -> str:
+        """The cluster's REST endpoint (web UI)."""
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def prepare(self, paths: StackPaths) -> None:
+        """Copy the distribution's logging configs and write config.yaml into the stack."""
+        conf = paths.conf(CONF_NAME)
+        conf.mkdir(parents=True, exist_ok=True)
+        paths.logs(CONF_NAME).mkdir(parents=True, exist_ok=True)
+        (paths.stack / "flink" / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for source in (pyflink_home() / "conf").iterdir():
+            if source.name != "config.yaml":
+                shutil.copy2(source, conf / source.name)
+        (conf / "config.yaml").write_text(cluster_config(paths, self.rest_port, self.slots))
+
+    def command(self, paths: StackPaths) -> list[str]:
+        """``<pyflink>/bin/<role>.sh start-foreground``; the script execs the JVM."""
+        return ["bash", str(pyflink_home() / "bin" / f"{self.role}.sh"), "start-foreground"]
+
+    def env(self, paths: StackPaths) -> dict[str, str]:
+        """Point the scripts at the stack's conf, log and pid directories."""
+        return {
+            "FLINK_CONF_DIR": str(paths.conf(CONF_NAME)),
+            "FLINK_LOG_DIR": str(paths.logs(CONF_NAME)),
+            "FLINK_PID_DIR": str(paths.stack / "flink"),
+        }
+
+    def log_file(self, paths: StackPaths) -> str:
+        """Console output of the process (the Flink log itself is next to it)."""
+        return str(paths.logs(CONF_NAME) / f"{self.role}.out")
+
+    def overview(self) -> dict[str, object]:
+        """GET /overview of the REST API."""
+        try:
+            with urllib.request.urlopen(f"{self.address}/overview", timeout=3) as resp:  # noqa: S310
+                return dict(json.load(resp))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise NotReady(f"GET {self.address}/overview failed: {exc}") from None
+
+
+class FlinkJobManager(_FlinkProcess):
+    """The session cluster's JobManager (REST API and web UI)."""
+
+    name = "flink-jobmanager"
+    role = "jobmanager"
+    start_timeout_s = 90.0
+
+    def probe(self, paths: StackPaths) -> None:
+        """The REST overview answers."""
+        self.overview()
+
+
+class FlinkTaskManager(_FlinkProcess):
+    """The session cluster's TaskManager (runs the job's tasks and Python UDFs)."""
+
+    name = "flink-taskmanager"
+    role = "taskmanager"
+    start_timeout_s = 90.0
+
+    def listen_address(self) -> str | None:
+        """The TaskManager serves no fixed port of its own (the REST port is the JobManager's)."""
+        return None
+
+    def probe(self, paths: StackPaths) -> None:
+        """The REST overview counts at least one registered TaskManager."""
+        overview = self.overview()
+        if int(str(overview.get("taskmanagers", 0))) < 1:
+            raise NotReady("the JobManager has no registered TaskManager yet")

@@ -1,0 +1,280 @@
+"""The one configuration object of nudgeflow.
+
+``NudgeflowConfig`` is frozen and typed; every field has a help text (its ``metadata["help"]``),
+shown by ``nudgeflow run --help`` and in README.md. Values are layered, later wins:
+
+1. the defaults below (they match the local stack of ``nudgeflow stack up``);
+2. a YAML file (``--config FILE`` or ``$NUDGEFLOW_CONFIG``), keys spelled as the fields;
+3. environment variables ``NUDGEFLOW_<FIELD>`` (e.g. ``NUDGEFLOW_KAFKA_BOOTSTRAP``);
+4. command-line flags ``--<field-with-dashes>`` (e.g. ``--kafka-bootstrap``).
+
+Fields marked secret are masked in ``repr`` and in ``describe()``, so logging a config never
+leaks a password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "NUDGEFLOW_"
+DELIVERY_GUARANTEES = ("exactly-once", "at-least-once")
+STARTING_OFFSETS = ("committed", "earliest", "latest")
+EXECUTION_MODES = ("thread", "process")
+STATE_BACKENDS = ("hashmap", "rocksdb")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def _opt(default: Any, help: str, secret: bool = False, choices: Sequence[str] = ()) -> Any:  # noqa: A002
+    return field(default=default, metadata={"help": help, "secret": secret, "choices": choices})
+
+
+@dataclass(frozen=True)
+class NudgeflowConfig:
+    """Everything a nudgeflow job or command reads from its environment."""
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str = _opt("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated.")
+    kafka_security_protocol: str = _opt(
+        "PLAINTEXT", "Kafka security.protocol (PLAINTEXT, SASL_SSL, ...)."
+    )
+    kafka_sasl_mechanism: str = _opt("", "Kafka SASL mechanism (e.g. SCRAM-SHA-512); empty: none.")
+    kafka_sasl_username: str = _opt("", "Kafka SASL user name.")
+    kafka_sasl_password: str = _opt("", "Kafka SASL password.", secret=True)
+    consumer_group: str = _opt("nudgeflow", "Consumer group id of the job's Kafka sources.")
+    starting_offsets: str = _opt(
+        "committed",
+        "Where the clicks source starts without a checkpoint: committed offsets of the "
+        "consumer group (falling back to earliest), earliest, or latest.",
+        choices=STARTING_OFFSETS,
+    )
+    # --- topics ----------------------------------------------------------------------------
+    clicks_topic: str = _opt("clicks", "Topic of Avro ClickEvents (input).")
+    user_metadata_topic: str = _opt("user-metadata", "Compacted topic of Avro UserMetadata.")
+    definitions_topic: str = _opt("definitions", "Compacted control topic of DefinitionUpdates.")
+    activity_counts_topic: str = _opt(
+        "user-activity-counts", "Topic of the walking-skeleton's Avro UserActivityCounts."
+    )
+    segment_changes_topic: str = _opt("segment-changes", "Topic of Avro SegmentChanges.")
+    trigger_topic_prefix: str = _opt(
+        "triggers-", "Trigger topics are <prefix><tier>, tier p0 (critical) to p3 (low)."
+    )
+    dead_letter_topic: str = _opt("dead-letter", "Topic of Avro DeadLetters (rejected input).")
+    outcomes_topic: str = _opt("outcomes", "Topic of Avro CampaignOutcomes (feedback).")
+    # --- stores ----------------------------------------------------------------------------
+    cassandra_hosts: str = _opt("127.0.0.1", "Cassandra contact points, comma-separated.")
+    cassandra_port: int = _opt(9042, "Cassandra native protocol port.")
+    cassandra_keyspace: str = _opt("nudgeflow", "Cassandra keyspace.")
+    cassandra_username: str = _opt("", "Cassandra user name; empty: no authentication.")
+    cassandra_password: str = _opt("", "Cassandra password.", secret=True)
+    redis_url: str = _opt("redis://127.0.0.1:6379/0", "Redis URL (may carry a password).",
+                          secret=True)
+    # --- Flink -----------------------------------------------------------------------------
+    job_name: str = _opt("nudgeflow", "Flink job name.")
+    parallelism: int = _opt(1, "Default parallelism of the job's operators.")
+    execution_mode: str = _opt(
+        "thread",
+        "python.execution-mode: thread (in the JVM, ~25x faster here) or process.",
+        choices=EXECUTION_MODES,
+    )
+    state_backend: str = _opt("hashmap", "state.backend.type.", choices=STATE_BACKENDS)
+    checkpoint_interval_ms: int = _opt(10_000, "Checkpoint interval; 0 disables checkpoints.")
+    checkpoint_dir: str = _opt(
+        "", "Checkpoint storage URI (file:///..., s3://...); empty: $NUDGEFLOW_HOME/checkpoints."
+    )
+    delivery_guarantee: str = _opt(
+        "exactly-once",
+        "Kafka sinks: exactly-once (transactional; consumers read_committed) or at-least-once.",
+        choices=DELIVERY_GUARANTEES,
+    )
+    transactional_id_prefix: str = _opt(
+        "nudgeflow", "Prefix of the Kafka sinks' transactional ids; keep it stable per job."
+    )
+    bundle_size: int = _opt(1000, "python.fn-execution.bundle.size.")
+    bundle_time_ms: int = _opt(100, "python.fn-execution.bundle.time (ms).")
+    buffer_timeout_ms: int = _opt(100, "execution.buffer-timeout (ms): latency vs throughput.")
+    flink_rest_url: str = _opt("http://127.0.0.1:8081", "REST address of the Flink cluster.")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            choices = f.metadata.get("choices") or ()
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(
+                    f"{f.name}={value!r} is not allowed; choose one of: {', '.join(choices)}"
+                )
+        if self.parallelism < 1:
+            raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
+        if self.checkpoint_interval_ms < 0:
+            raise ConfigError("checkpoint_interval_ms must be >= 0 (0 disables checkpoints)")
+        if self.delivery_guarantee == "exactly-once" and self.checkpoint_interval_ms == 0:
+            raise ConfigError(
+                "delivery_guarantee=exactly-once needs checkpoints (Kafka transactions commit on "
+                "checkpoint); set checkpoint_interval_ms > 0 or use at-least-once"
+            )
+
+    def __repr__(self) -> str:
+        return f"NudgeflowConfig({', '.join(f'{k}={v}' for k, v in self.describe().items())})"
+
+    def describe(self) -> dict[str, str]:
+        """Field values as strings, secrets masked: safe to log or print."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = _mask(str(value))
+            out[f.name] = repr(value)
+        return out
+
+    def trigger_topic(self, tier: str) -> str:
+        """The topic of a priority tier (``P0`` .. ``P3``)."""
+        return f"{self.trigger_topic_prefix}{tier.lower()}"
+
+    def kafka_client_properties(self) -> dict[str, str]:
+        """Java Kafka client properties for the job's sources and sinks (security included)."""
+        props = {"bootstrap.servers": self.kafka_bootstrap}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            props["security.protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            props["sasl.mechanism"] = self.kafka_sasl_mechanism
+            module = (
+                "org.apache.kafka.common.security.plain.PlainLoginModule"
+                if self.kafka_sasl_mechanism == "PLAIN"
+                else "org.apache.kafka.common.security.scram.ScramLoginModule"
+            )
+            props["sasl.jaas.config"] = (
+                f'{module} required username="{self.kafka_sasl_username}" '
+                f'password="{self.kafka_sasl_password}";'
+            )
+        return props
+
+    def python_client_kwargs(self) -> dict[str, Any]:
+        """kafka-python client arguments (bootstrap and security) for tools and tests."""
+        kwargs: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap.split(",")}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            kwargs["security_protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = self.kafka_sasl_password
+        return kwargs
+
+
+def _mask(value: str) -> str:
+    if value.startswith("redis://") or value.startswith("rediss://"):
+        # keep the address readable, hide only the credentials
+        scheme, _, rest = value.partition("://")
+        if "@" in rest:
+            return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return value
+    return "***"
+
+
+def _coerce(name: str, raw: Any, target: type, origin: str) -> Any:
+    if target is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{origin}: {name} must be an integer, got {raw!r}")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{origin}: {name} must be an integer, got {raw!r}") from None
+    return str(raw)
+
+
+def _field_types() -> dict[str, type]:
+    return {f.name: (int if f.type in ("int", int) else str) for f in fields(NudgeflowConfig)}
+
+
+def load_config(
+    file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> NudgeflowConfig:
+    """Build the configuration from defaults, a YAML file, the environment and overrides.
+
+    Args:
+        file: a YAML mapping of field names to values; ``$NUDGEFLOW_CONFIG`` when None.
+        env: the environment to read ``NUDGEFLOW_*`` from; ``os.environ`` when None.
+        overrides: values that win over everything (the CLI flags); None values are ignored.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type or out of range; the message
+            names where it came from (file path, variable or flag).
+    """
+    env = os.environ if env is None else env
+    types = _field_types()
+    values: dict[str, Any] = {}
+    file = file or env.get(f"{ENV_PREFIX}CONFIG") or None
+    if file:
+        path = Path(file)
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of field: value")
+        for key, raw in doc.items():
+            name = str(key).replace("-", "_")
+            if name not in types:
+                raise ConfigError(
+                    f"config file {path}: unknown key {key!r}; known keys: {', '.join(types)}"
+                )
+            values[name] = _coerce(name, raw, types[name], f"config file {path}")
+    for name, typ in types.items():
+        var = ENV_PREFIX + name.upper()
+        if var in env:
+            values[name] = _coerce(name, env[var], typ, f"environment variable {var}")
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in types:
+            raise ConfigError(f"unknown configuration field {name!r}")
+        values[name] = _coerce(name, raw, types[name], f"--{name.replace('_', '-')}")
+    return NudgeflowConfig(**values)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one ``--<field>`` flag per field, with env fallbacks in the help."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"YAML file of configuration values [env: {ENV_PREFIX}CONFIG]",
+    )
+    group = parser.add_argument_group("configuration (flag > env > file > default)")
+    types = _field_types()
+    for f in fields(NudgeflowConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = "***" if f.metadata.get("secret") and f.default else f.default
+        help_text = (
+            f"{f.metadata['help']} [env: {ENV_PREFIX}{f.name.upper()}] [default: {default!r}]"
+        )
+        kwargs: dict[str, Any] = {"dest": f"cfg_{f.name}", "default": None, "help": help_text}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = list(f.metadata["choices"])
+        kwargs["type"] = types[f.name]
+        group.add_argument(flag, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> NudgeflowConfig:
+    """The configuration given parsed arguments of a parser set up by add_config_arguments."""
+    overrides = {
+        f.name: getattr(args, f"cfg_{f.name}", None) for f in fields(NudgeflowConfig)
+    }
+    return load_config(getattr(args, "config", None), overrides=overrides)
+
+
+def replace(cfg: NudgeflowConfig, **changes: Any) -> NudgeflowConfig:
+    """A copy of ``cfg`` with some fields changed (validated again)."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,50 @@
+"""Packaging for nudgeflow: the job, its UDFs, the Avro contracts, the model and the local stack.
+
+The design card fixes the top-level folders (jobs/, udfs/, schemas/, models/, infra/), so they
+install as top-level packages; ``flink run -pyfs jobs,udfs,schemas,models`` ships the same
+folders to a cluster.
+"""
+
+from setuptools import find_packages, setup
+
+# Pinned so that a fresh clone resolves the combination that was tested. apache-flink 2.2.1 is
+# pinned (not 2.3.x) because the Flink Kafka connector's newest release, 5.0.0-2.2, is built for
+# Flink 2.2; see infra/jars/flink/pom.xml.
+INSTALL_REQUIRES = [
+    "apache-flink==2.2.1",
+    "kafka-python==3.0.12",
+    "cassandra-driver==3.30.1",
+    "redis==8.1.0",
+    "onnxruntime==1.32.0",
+    "avro==1.12.2",
+    "fastavro==1.13.1",
+    "PyYAML==6.0.3",
+]
+
+DEV_REQUIRES = [
+    "pytest==9.2.0",
+    "pytest-timeout==2.4.0",
+    "ruff==0.17.6",
+    "mypy==2.4.1",
+    "types-PyYAML",
+]
+
+setup(
+    name="nudgeflow",
+    version="0.1.0",
+    description="Real-time segments, churn scoring and priority-tagged campaign triggers on Flink",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["jobs*", "udfs*", "schemas*", "models*", "infra*"]),
+    package_data={
+        "schemas": ["*.avsc", "history/*.avsc", "README.md"],
+        "infra": ["*.yaml", "*.cql", "cql/*.cql", "jars/*/pom.xml", "jars/*/src/main/java/io/nudgeflow/*/*.java", "flink/*.yaml"],
+        "models": ["*.onnx", "*.json", "*.md"],
+        "udfs": ["catalog/*.yaml"],
+    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"dev": DEV_REQUIRES},
+    entry_points={"console_scripts": ["nudgeflow = jobs.cli:main"]},
+)
