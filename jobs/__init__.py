@@ -1,0 +1,1 @@
+"""nudgeflow's job entry points, configuration, connector factories and command line."""

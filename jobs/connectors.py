@@ -1,0 +1,107 @@
+"""Kafka sources and sinks of the job, built from the configuration.
+
+Only ``jobs.job.main`` calls these; ``jobs.job.build`` takes streams, so tests can feed
+collections instead. Both use nudgeflow-flink's Java (de)serializers (infra/jars/flink), which
+must be on the job's classpath (``flink_jar_urls``).
+"""
+
+from __future__ import annotations
+
+from pyflink.common import WatermarkStrategy
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream.connectors.base import DeliveryGuarantee
+from pyflink.datastream.connectors.kafka import (
+    KafkaOffsetResetStrategy,
+    KafkaOffsetsInitializer,
+    KafkaSink,
+    KafkaSource,
+)
+from pyflink.java_gateway import get_gateway
+
+from infra.jars import ensure_jars
+from jobs.config import NudgeflowConfig
+
+#: Kafka transactions must outlive the longest checkpoint; the broker allows up to 2 h
+#: (transaction.max.timeout.ms in infra/servers/kafka.py), Flink's default is 1 h.
+TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000
+
+
+def flink_jar_urls() -> list[str]:
+    """``file://`` URLs of the jars the job needs (Kafka connector and nudgeflow-flink)."""
+    jar_dir = ensure_jars("flink")
+    return sorted(p.as_uri() for p in jar_dir.glob("*.jar"))
+
+
+def _starting_offsets(cfg: NudgeflowConfig) -> KafkaOffsetsInitializer:
+    if cfg.starting_offsets == "earliest":
+        return KafkaOffsetsInitializer.earliest()
+    if cfg.starting_offsets == "latest":
+        return KafkaOffsetsInitializer.latest()
+    return KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST)
+
+
+def kafka_records(
+    env: StreamExecutionEnvironment,
+    cfg: NudgeflowConfig,
+    topic: str,
+    uid: str,
+    name: str,
+    bounded: bool = False,
+) -> DataStream:
+    """A stream of Row(topic, partition, offset, timestamp, key, value) from one topic.
+
+    Args:
+        env: the job's environment.
+        cfg: the configuration (bootstrap servers, security, group, starting offsets).
+        topic: the topic to read.
+        uid: the source's stable uid.
+        name: the source's readable name.
+        bounded: stop at the offsets that are the latest at start (tests and benchmarks).
+    """
+    builder = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(cfg.kafka_bootstrap)
+        .set_topics(topic)
+        .set_group_id(cfg.consumer_group)
+        .set_starting_offsets(_starting_offsets(cfg))
+        .set_properties({**cfg.kafka_client_properties(), "commit.offsets.on.checkpoint": "true"})
+    )
+    if bounded:
+        builder = builder.set_bounded(KafkaOffsetsInitializer.latest())
+    # PyFlink offers only value-only deserializers in Python; ours keeps the record's place
+    builder._j_builder.setDeserializer(  # noqa: SLF001
+        get_gateway().jvm.io.nudgeflow.flink.KafkaRecordWithMetadataDeserializer()
+    )
+    # Event-time watermarks are assigned after decoding (a Python TimestampAssigner given to
+    # from_source is ignored by PyFlink).
+    return env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), name).uid(uid)
+
+
+def routed_kafka_sink(cfg: NudgeflowConfig) -> KafkaSink:
+    """A sink for Row(topic, key, value): each row to its own topic, keyed, in one transaction.
+
+    Exactly-once uses Kafka transactions committed on checkpoint (consumers must read with
+    ``isolation.level=read_committed``); at-least-once flushes on checkpoint.
+    """
+    guarantee = (
+        DeliveryGuarantee.EXACTLY_ONCE
+        if cfg.delivery_guarantee == "exactly-once"
+        else DeliveryGuarantee.AT_LEAST_ONCE
+    )
+    props = {
+        **cfg.kafka_client_properties(),
+        "transaction.timeout.ms": str(TRANSACTION_TIMEOUT_MS),
+        "linger.ms": "5",
+    }
+    builder = (
+        KafkaSink.builder()
+        .set_bootstrap_servers(cfg.kafka_bootstrap)
+        .set_delivery_guarantee(guarantee)
+        .set_transactional_id_prefix(cfg.transactional_id_prefix)
+    )
+    for key, value in props.items():
+        builder = builder.set_property(key, value)
+    builder._j_builder.setRecordSerializer(  # noqa: SLF001
+        get_gateway().jvm.io.nudgeflow.flink.RoutedRecordSerializer()
+    )
+    return builder.build()
