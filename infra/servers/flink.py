@@ -34,7 +34,7 @@ def python_path_entries() -> list[str]:
     """Directories the embedded (thread mode) interpreter must see: this env's site-packages.
 
     The JVM embeds CPython through pemja, which does not read a virtualenv's ``.pth`` files, so
-    site-packages (for pyflink and the job's libraries) is put on ``python.pythonpath``.
+    site-packages (for pyflink and the job's libraries) goes on the TaskManager's PYTHONPATH.
     """
     return [p for p in site.getsitepackages() if Path(p).is_dir()]
 
@@ -75,7 +75,6 @@ def cluster_config(paths: StackPaths, rest_port: int, slots: int) -> str:
             "execution-mode": "thread",
             "executable": sys.executable,
             "client": {"executable": sys.executable},
-            "pythonpath": ":".join(python_path_entries()),
         },
     }
     # JSON is valid YAML, and Flink 2.x reads config.yaml with a standard YAML parser
@@ -112,6 +111,19 @@ class _FlinkProcess(Server):
             if source.name != "config.yaml":
                 shutil.copy2(source, conf / source.name)
         (conf / "config.yaml").write_text(cluster_config(paths, self.rest_port, self.slots))
+        # The wheel's lib/ lacks flink-python (the client adds it for local runs); a cluster
+        # needs it on the JobManager's and TaskManagers' classpath for Python operators.
+        lib = self._lib_dir(paths)
+        if lib.exists():
+            shutil.rmtree(lib)
+        lib.mkdir(parents=True)
+        home = pyflink_home()
+        for jar in [*(home / "lib").glob("*.jar"), *(home / "opt").glob("flink-python*.jar")]:
+            (lib / jar.name).symlink_to(jar)
+
+    @staticmethod
+    def _lib_dir(paths: StackPaths) -> Path:
+        return paths.stack / "flink" / "lib"
 
     def command(self, paths: StackPaths) -> list[str]:
         """``<pyflink>/bin/<role>.sh start-foreground``; the script execs the JVM."""
@@ -123,6 +135,10 @@ class _FlinkProcess(Server):
             "FLINK_CONF_DIR": str(paths.conf(CONF_NAME)),
             "FLINK_LOG_DIR": str(paths.logs(CONF_NAME)),
             "FLINK_PID_DIR": str(paths.stack / "flink"),
+            "FLINK_LIB_DIR": str(self._lib_dir(paths)),
+            # The embedded interpreter takes its path from the process environment; the job's
+            # configuration (which wins over config.yaml) does not carry python.pythonpath.
+            "PYTHONPATH": ":".join(python_path_entries()),
         }
 
     def log_file(self, paths: StackPaths) -> str:

@@ -1,0 +1,151 @@
+"""Submit the job to a Flink cluster with ``flink run``, shipping the job's Python packages.
+
+The packages (jobs, udfs, schemas, infra, models: code and data files) are zipped into one
+archive that ``flink run -pyfs`` ships to the cluster and puts on the Python path of the
+TaskManagers; the jars (Kafka connector, nudgeflow-flink) go with the job graph through
+``pipeline.jars``. The cluster's own configuration names its Python interpreter (see
+infra/servers/flink.py for the local one).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+from infra.paths import REPO_DIR, StackPaths
+from infra.servers.flink import pyflink_home
+
+PACKAGES = ("jobs", "udfs", "schemas", "infra", "models")
+_SHIPPED_SUFFIXES = {".py", ".avsc", ".yaml", ".cql", ".onnx", ".json"}
+
+
+class DeployError(RuntimeError):
+    """Submitting or watching the job failed; the message carries Flink's answer."""
+
+
+def build_job_archive(dest: Path | None = None, root: Path = REPO_DIR) -> Path:
+    """Zip the job's packages (sources and data files, no caches) for ``flink run -pyfs``."""
+    dest = dest or StackPaths.from_env().home / "deploy" / "nudgeflow-job.zip"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package in PACKAGES:
+            for path in sorted((root / package).rglob("*")):
+                if (
+                    path.is_file()
+                    and path.suffix in _SHIPPED_SUFFIXES
+                    and "__pycache__" not in path.parts
+                    and "target" not in path.parts
+                ):
+                    archive.write(path, path.relative_to(root).as_posix())
+    return dest
+
+
+def flink_run_command(
+    rest_url: str,
+    job_args: Sequence[str],
+    archive: Path,
+    detached: bool = True,
+    python_executable: str = sys.executable,
+) -> list[str]:
+    """The ``flink run`` argv that submits ``python -m jobs.job <job_args>`` to a cluster.
+
+    ``python_executable`` is the interpreter on the TaskManagers (``-pyexec``): this one for
+    the local stack; the image's Python (e.g. ``python3``) on a real cluster.
+    """
+    address = urlparse(rest_url)
+    return [
+        str(pyflink_home() / "bin" / "flink"),
+        "run",
+        "-m",
+        f"{address.hostname}:{address.port or 8081}",
+        *(["-d"] if detached else []),
+        "-pym",
+        "jobs.job",
+        "-pyfs",
+        str(archive),
+        "-pyclientexec",
+        sys.executable,
+        "-pyexec",
+        python_executable,
+        *job_args,
+    ]
+
+
+def submit(
+    rest_url: str,
+    job_args: Sequence[str],
+    detached: bool = True,
+    python_executable: str = sys.executable,
+) -> str:
+    """Submit the job; return its Flink job id.
+
+    Raises:
+        DeployError: ``flink run`` failed; the message holds the end of its output.
+    """
+    archive = build_job_archive()
+    cmd = flink_run_command(rest_url, job_args, archive, detached, python_executable)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    output = proc.stdout + proc.stderr
+    match = re.search(r"JobID ([0-9a-f]{32})", output) or re.search(
+        r"submitted job ([0-9a-f]{32})", output
+    )
+    if proc.returncode != 0 or match is None:
+        tail = "\n".join(output.strip().splitlines()[-25:])
+        raise DeployError(f"flink run failed (exit {proc.returncode}):\n{tail}")
+    return match.group(1)
+
+
+def rest_get(rest_url: str, path: str) -> dict:
+    """GET a Flink REST resource as JSON."""
+    try:
+        with urllib.request.urlopen(f"{rest_url}{path}", timeout=5) as resp:  # noqa: S310
+            return dict(json.load(resp))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DeployError(f"GET {rest_url}{path} failed: {exc}") from None
+
+
+def job_state(rest_url: str, job_id: str) -> str:
+    """The job's state (RUNNING, FINISHED, FAILED, ...)."""
+    return str(rest_get(rest_url, f"/jobs/{job_id}")["state"])
+
+
+def wait_for_state(rest_url: str, job_id: str, states: set[str], timeout_s: float) -> str:
+    """Poll until the job reaches one of ``states``; return it."""
+    deadline = time.monotonic() + timeout_s
+    state = "UNKNOWN"
+    while time.monotonic() < deadline:
+        state = job_state(rest_url, job_id)
+        if state in states:
+            return state
+        if state in {"FAILED", "CANCELED"}:
+            raise DeployError(f"job {job_id} is {state}; see the JobManager log / web UI")
+        time.sleep(1)
+    raise DeployError(f"job {job_id} is still {state} after {timeout_s:.0f} s")
+
+
+def cancel(rest_url: str, job_id: str) -> None:
+    """Cancel a job (PATCH /jobs/<id>?mode=cancel)."""
+    request = urllib.request.Request(f"{rest_url}/jobs/{job_id}?mode=cancel", method="PATCH")
+    try:
+        urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
+    except (urllib.error.URLError, OSError) as exc:
+        raise DeployError(f"cancelling job {job_id} failed: {exc}") from None
+
+
+def running_jobs(rest_url: str) -> list[dict]:
+    """Jobs the cluster knows that are not finished (id, name, state)."""
+    overview = rest_get(rest_url, "/jobs/overview")
+    return [
+        {"id": j["jid"], "name": j["name"], "state": j["state"]}
+        for j in overview.get("jobs", [])
+        if j["state"] not in {"FINISHED", "FAILED", "CANCELED"}
+    ]

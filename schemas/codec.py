@@ -1,0 +1,540 @@
+"""Avro single-object encoding of nudgeflow's records: the one module that reads the .avsc files.
+
+Every Kafka value nudgeflow writes or reads is one record in Avro single-object encoding
+(https://avro.apache.org/docs/current/specification/#single-object-encoding)::
+
+    C3 01 | 8-byte little-endian CRC-64-AVRO fingerprint of the schema's Parsing Canonical Form
+          | Avro binary body
+
+The fingerprint identifies the writer's schema. The codec knows the current version of every
+record (``schemas/<Name>.avsc``) and every published past version
+(``schemas/history/<Name>.v<N>.avsc``); data written with a past version is resolved into the
+current version's shape, with defaults for the fields the writer did not have.
+
+Python representation: records are plain dicts; enums are their symbol strings; ``bytes`` are
+``bytes``; timestamps (``timestamp-millis``) are ``int`` milliseconds since the Unix epoch, UTC,
+in both directions (``encode`` also accepts a timezone-aware ``datetime``).
+
+Typical use::
+
+    codec = Codec.load()
+    data = codec.encode("ClickEvent", event)
+    event = codec.decode(data, expect="ClickEvent")
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from io import BytesIO
+from pathlib import Path
+from typing import Any, cast
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint as _fingerprint_hex
+from fastavro.schema import to_parsing_canonical_form
+from fastavro.validation import ValidationError, validate
+
+__all__ = [
+    "MAGIC",
+    "NAMESPACE",
+    "Codec",
+    "CodecError",
+    "MalformedRecordError",
+    "Buffer",
+    "NotSingleObjectError",
+    "Record",
+    "UnknownSchemaError",
+    "WrongSchemaError",
+]
+
+MAGIC = b"\xc3\x01"
+"""The two marker bytes that start every single-object encoded record."""
+
+NAMESPACE = "io.nudgeflow"
+"""Namespace of every nudgeflow record."""
+
+HEADER_SIZE = len(MAGIC) + 8
+"""Marker plus fingerprint: the body starts at this offset."""
+
+Record = dict[str, Any]
+"""A decoded record, or one to encode."""
+
+Buffer = bytes | bytearray | memoryview
+"""What ``decode`` accepts: the raw Kafka value."""
+
+_HISTORY_NAME = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>[1-9][0-9]*)\.avsc$")
+
+
+class CodecError(ValueError):
+    """Base class of every error raised by the codec; a ``ValueError``."""
+
+
+class NotSingleObjectError(CodecError):
+    """The data is not Avro single-object encoded: no C3 01 marker, or too short."""
+
+
+class UnknownSchemaError(CodecError):
+    """The writer's schema fingerprint, or a requested record name, is not known."""
+
+
+class WrongSchemaError(CodecError):
+    """``decode(expect=...)`` got a record of a different type than expected."""
+
+
+class MalformedRecordError(CodecError):
+    """A body does not decode with its schema, or a record to encode does not match it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    """What ``encode`` needs for one record type, computed once."""
+
+    name: str
+    header: bytes
+    schema: Any
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """What ``decode`` needs for one writer schema version, computed once."""
+
+    name: str
+    version: int
+    fingerprint: bytes
+    writer: Any
+    reader: Any
+    fresh_defaults: tuple[tuple[str, Any], ...]
+    source: str
+
+
+class Codec:
+    """Encodes and decodes nudgeflow records in Avro single-object encoding.
+
+    Construct it once (``Codec.load()``) and share it: all schemas are parsed and all
+    fingerprints computed in the constructor, so ``encode`` and ``decode`` only look up a dict
+    and call fastavro. An instance is immutable and safe to share between threads.
+    """
+
+    def __init__(self, root: Traversable | Path | None = None) -> None:
+        """Reads and parses every schema under ``root``.
+
+        Args:
+            root: Directory holding ``<Name>.avsc`` and ``history/<Name>.v<N>.avsc``. Defaults
+                to this package's directory (works from a source tree and from an installed
+                package that ships the .avsc files as package data).
+
+        Raises:
+            CodecError: A schema file is invalid, misnamed, or outside the ``io.nudgeflow``
+                namespace.
+        """
+        root = root if root is not None else files(__package__ or "schemas")
+        self._writers: dict[str, _Writer] = {}
+        self._readers: dict[bytes, _Reader] = {}
+        self._names: list[str] = []
+        self._versions: dict[str, list[int]] = {}
+
+        current: dict[str, tuple[dict[str, Any], str]] = {}
+        for entry in sorted(root.iterdir(), key=lambda e: e.name):
+            if entry.is_file() and entry.name.endswith(".avsc"):
+                raw = _read_schema(entry, f"schemas/{entry.name}")
+                name = _check_name(raw, entry.name[: -len(".avsc")], f"schemas/{entry.name}")
+                current[name] = (raw, f"schemas/{entry.name}")
+
+        history: dict[str, dict[int, tuple[dict[str, Any], str]]] = {}
+        history_dir = root / "history"
+        if history_dir.is_dir():
+            for entry in sorted(history_dir.iterdir(), key=lambda e: e.name):
+                if not entry.name.endswith(".avsc"):
+                    continue
+                source = f"schemas/history/{entry.name}"
+                match = _HISTORY_NAME.match(entry.name)
+                if match is None:
+                    raise CodecError(
+                        f"{source}: a past schema version must be named <Name>.v<N>.avsc, "
+                        "e.g. ClickEvent.v1.avsc; rename the file"
+                    )
+                raw = _read_schema(entry, source)
+                name = _check_name(raw, match["name"], source)
+                if name not in current:
+                    raise CodecError(
+                        f"{source}: there is no current schemas/{name}.avsc for this past "
+                        "version; restore the current schema or remove the history file"
+                    )
+                history.setdefault(name, {})[int(match["version"])] = (raw, source)
+
+        for name, (raw, source) in sorted(current.items()):
+            past = history.get(name, {})
+            version = max(past, default=0) + 1
+            write_schema = parse_schema(raw)
+            fingerprint = _fingerprint(write_schema)
+            read_schema = cast(dict[str, Any], parse_schema(_without_logical_types(raw)))
+            writer = _Writer(name, MAGIC + fingerprint, write_schema, source)
+            self._writers[name] = writer
+            self._writers[f"{NAMESPACE}.{name}"] = writer
+            self._names.append(name)
+            self._versions[name] = [*sorted(past), version]
+            self._readers[fingerprint] = _Reader(
+                name, version, fingerprint, read_schema, None, (), source
+            )
+            for past_version, (past_raw, past_source) in sorted(past.items()):
+                past_fingerprint = _fingerprint(parse_schema(past_raw))
+                if past_fingerprint in self._readers:
+                    # Same Parsing Canonical Form (only docs, defaults or aliases changed):
+                    # the bytes are identical, so the newer reader entry already covers it.
+                    continue
+                past_read = parse_schema(_without_logical_types(past_raw))
+                self._readers[past_fingerprint] = _Reader(
+                    name,
+                    past_version,
+                    past_fingerprint,
+                    past_read,
+                    read_schema,
+                    _added_mutable_defaults(past_raw, read_schema),
+                    past_source,
+                )
+
+    @classmethod
+    def load(cls) -> Codec:
+        """The codec for the schemas shipped with nudgeflow, created once and cached.
+
+        Returns:
+            The shared instance: every current schema plus every past version under
+            ``schemas/history/``.
+        """
+        return _default_codec()
+
+    def schema_names(self) -> list[str]:
+        """The short names of all current record types, sorted (``CampaignOutcome``, ...)."""
+        return list(self._names)
+
+    def fingerprint(self, name: str) -> bytes:
+        """The 8-byte CRC-64-AVRO fingerprint of a record type's current schema.
+
+        Args:
+            name: Short (``ClickEvent``) or full (``io.nudgeflow.ClickEvent``) record name.
+
+        Returns:
+            The fingerprint in little-endian byte order, as it appears after the marker.
+
+        Raises:
+            UnknownSchemaError: No record type has that name.
+        """
+        return self._writer(name).header[len(MAGIC) :]
+
+    def encode(self, name: str, record: Record) -> bytes:
+        """Encodes a record with the current version of its schema.
+
+        Fields that have a default in the schema may be left out of ``record``; fields that
+        the schema does not have are an error (they would otherwise be dropped silently).
+
+        Args:
+            name: Short or full record name, e.g. ``ClickEvent``.
+            record: The record as a dict. Timestamps as int epoch milliseconds (UTC) or
+                timezone-aware datetimes.
+
+        Returns:
+            Marker, fingerprint and Avro binary body.
+
+        Raises:
+            UnknownSchemaError: No record type has that name.
+            MalformedRecordError: The record does not match the schema; the message names
+                the field.
+        """
+        writer = self._writer(name)
+        out = BytesIO()
+        out.write(writer.header)
+        try:
+            schemaless_writer(out, writer.schema, record, strict_allow_default=True)
+        except Exception as exc:
+            raise MalformedRecordError(_explain_encode(writer, record, exc)) from exc
+        return out.getvalue()
+
+    def decode(self, data: Buffer, expect: str | None = None) -> Record:
+        """Decodes one single-object encoded record into the current version of its schema.
+
+        Data written with a past schema version is resolved into the current shape: fields
+        the writer did not have get their defaults.
+
+        Args:
+            data: The encoded bytes (``bytes``, ``bytearray`` or ``memoryview``).
+            expect: Short or full record name the caller requires; ``None`` accepts any
+                known record type.
+
+        Returns:
+            The record as a dict.
+
+        Raises:
+            NotSingleObjectError: No C3 01 marker, or shorter than marker plus fingerprint.
+            UnknownSchemaError: The fingerprint is not one of the known schema versions.
+            WrongSchemaError: ``expect`` was given and the data holds another record type.
+            MalformedRecordError: The body does not decode with the writer's schema.
+        """
+        raw = data if type(data) is bytes else _as_bytes(data)
+        if raw[:2] != MAGIC or len(raw) < HEADER_SIZE:
+            raise NotSingleObjectError(_explain_not_single_object(raw))
+        reader = self._readers.get(raw[2:HEADER_SIZE])
+        if reader is None:
+            raise UnknownSchemaError(self._explain_unknown_fingerprint(raw[2:HEADER_SIZE]))
+        if expect is not None and expect != reader.name:
+            self._check_expected(reader, expect)
+        return _read(reader, raw)
+
+    def decode_named(self, data: Buffer) -> tuple[str, Record]:
+        """Decodes one record of any known type and says which type it is.
+
+        Args:
+            data: The encoded bytes.
+
+        Returns:
+            The short record name (e.g. ``ClickEvent``) and the record in its current shape.
+
+        Raises:
+            NotSingleObjectError: No C3 01 marker, or shorter than marker plus fingerprint.
+            UnknownSchemaError: The fingerprint is not one of the known schema versions.
+            MalformedRecordError: The body does not decode with the writer's schema.
+        """
+        raw = data if type(data) is bytes else _as_bytes(data)
+        if raw[:2] != MAGIC or len(raw) < HEADER_SIZE:
+            raise NotSingleObjectError(_explain_not_single_object(raw))
+        reader = self._readers.get(raw[2:HEADER_SIZE])
+        if reader is None:
+            raise UnknownSchemaError(self._explain_unknown_fingerprint(raw[2:HEADER_SIZE]))
+        return reader.name, _read(reader, raw)
+
+    def _writer(self, name: str) -> _Writer:
+        writer = self._writers.get(name)
+        if writer is None:
+            raise UnknownSchemaError(
+                f"no record type named {name!r}; known: {', '.join(self._names)}. "
+                f"Use one of these names, or add schemas/{name}.avsc if it is a new record type"
+            )
+        return writer
+
+    def _check_expected(self, reader: _Reader, expect: str) -> None:
+        if self._writer(expect).name == reader.name:
+            return
+        raise WrongSchemaError(
+            f"expected a {self._writer(expect).name} record but the data holds a {reader.name} "
+            f"record (schema version {reader.version}, fingerprint {reader.fingerprint.hex()}). "
+            f"Check that the producer writes only {self._writer(expect).name} records to this "
+            "topic, or use decode_named() where several record types are expected"
+        )
+
+    def _explain_unknown_fingerprint(self, fingerprint: bytes) -> str:
+        known = ", ".join(
+            f"{name} (v{', v'.join(map(str, self._versions[name]))})" for name in self._names
+        )
+        return (
+            f"unknown schema fingerprint {fingerprint.hex()}: it is not any version of the "
+            f"schemas this nudgeflow knows: {known}. The producer wrote the record with a "
+            "schema that is newer than this reader or was never published: upgrade nudgeflow "
+            "(schemas/) if the producer is newer, otherwise check the producer uses a schema "
+            "from schemas/"
+        )
+
+
+@cache
+def _default_codec() -> Codec:
+    return Codec()
+
+
+def _read(reader: _Reader, data: bytes) -> Record:
+    """Decodes the body after the header; the hot path."""
+    stream = BytesIO(data)
+    stream.seek(HEADER_SIZE)
+    try:
+        record = cast(Record, schemaless_reader(stream, reader.writer, reader.reader))
+    except Exception as exc:
+        raise MalformedRecordError(
+            f"cannot decode a {reader.name} record (schema version {reader.version}): the body "
+            f"of {len(data) - HEADER_SIZE} bytes does not match {reader.source} "
+            f"({_describe_read_error(exc)}). The record is truncated or corrupt, or its "
+            "producer wrote it with a different schema than its fingerprint claims; send it to "
+            "the dead-letter topic and check the producer"
+        ) from exc
+    if stream.tell() != len(data):
+        raise MalformedRecordError(
+            f"cannot decode a {reader.name} record (schema version {reader.version}): "
+            f"{len(data) - stream.tell()} byte(s) left over after the body. The record is "
+            "corrupt, or its producer wrote it with a different schema than its fingerprint "
+            "claims; send it to the dead-letter topic and check the producer"
+        )
+    for field, default in reader.fresh_defaults:
+        if record.get(field) is default:
+            # fastavro returns the schema's default object itself; give every record its own.
+            record[field] = copy.deepcopy(default)
+    return record
+
+
+def _as_bytes(data: object) -> bytes:
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    if data is None:
+        raise NotSingleObjectError(
+            "cannot decode None: expected Avro single-object encoded bytes. A null Kafka value "
+            "is a tombstone (e.g. a deleted user on the UserMetadata topic): handle it before "
+            "decoding"
+        )
+    raise NotSingleObjectError(
+        f"cannot decode a {type(data).__name__}: expected Avro single-object encoded bytes "
+        "(bytes, bytearray or memoryview); pass the raw Kafka value"
+    )
+
+
+def _explain_not_single_object(data: bytes) -> str:
+    if data[:2] != MAGIC:
+        start = data[:8].hex(" ") or "nothing, it is empty"
+        hint = ""
+        if data[:1] == b"\x00":
+            hint = " (a leading 00 suggests Confluent Schema Registry framing)"
+        elif data[:1] in (b"{", b"["):
+            hint = " (it looks like JSON)"
+        return (
+            f"not Avro single-object encoding: the data does not start with the marker C3 01, "
+            f"it starts with {start}{hint}. The producer must write records with "
+            "schemas.codec.Codec.encode (marker C3 01, 8-byte schema fingerprint, Avro body)"
+        )
+    return (
+        f"not Avro single-object encoding: {len(data)} bytes is shorter than the "
+        f"{HEADER_SIZE}-byte header (marker C3 01 and 8-byte schema fingerprint). The record "
+        "was truncated; check the producer and the topic's messages"
+    )
+
+
+def _explain_encode(writer: _Writer, record: object, exc: Exception) -> str:
+    problem = str(exc) or type(exc).__name__
+    if not isinstance(record, dict):
+        problem = f"the record must be a dict, got {type(record).__name__}"
+    else:
+        problem = _validation_problem(writer, record) or problem
+    return (
+        f"cannot encode a {writer.name} record: {problem}. Make the record match "
+        f"{writer.source}: every field without a default must be present with its type, and "
+        "no other fields are allowed"
+    )
+
+
+def _validation_problem(writer: _Writer, record: Record) -> str | None:
+    """What fastavro's validator says is wrong with the record, if it can tell."""
+    try:
+        validate(record, writer.schema, raise_errors=True)
+    except ValidationError as invalid:
+        return _describe_validation(invalid, writer.name, record)
+    except Exception:  # the explanation is best effort; the caller has fastavro's message
+        return None
+    return None
+
+
+def _describe_validation(error: ValidationError, name: str, record: Record) -> str:
+    """One clause per offending field, e.g. ``field quantity is 'two' (str), expected int``.
+
+    fastavro names a field by its record's full name: ``io.nudgeflow.ClickEvent.user_id``, or
+    ``io.nudgeflow.Rival.outcome`` inside a nested record. Top-level fields are shown bare,
+    nested ones as ``Rival.outcome``.
+    """
+    by_field: dict[str, tuple[Any, list[str]]] = {}
+    for item in error.errors:
+        field = str(item.field).removeprefix(f"{NAMESPACE}.").removeprefix(f"{name}.")
+        datum, expected = by_field.setdefault(field, (item.datum, []))
+        expected.append(_describe_type(item.schema))
+    clauses = []
+    for field, (datum, expected) in by_field.items():
+        wanted = " or ".join(expected)
+        if datum is None and "." not in field and field not in record:
+            clauses.append(f"field {field} is missing (expected {wanted}; it has no default)")
+        elif datum is None and "." in field:
+            clauses.append(f"field {field} is missing or None, expected {wanted}")
+        else:
+            clauses.append(
+                f"field {field} is {datum!r} ({type(datum).__name__}), expected {wanted}"
+            )
+    return "; ".join(clauses)
+
+
+def _describe_read_error(exc: Exception) -> str:
+    if isinstance(exc, EOFError | StopIteration):
+        return "the body ends too early"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _describe_type(schema: Any) -> str:
+    if isinstance(schema, str):
+        return schema.removeprefix(f"{NAMESPACE}.")
+    if isinstance(schema, list):
+        return " or ".join(_describe_type(branch) for branch in schema)
+    if isinstance(schema, dict):
+        kind = schema.get("type")
+        name = str(schema.get("name", "")).removeprefix(f"{NAMESPACE}.")
+        if kind == "enum":
+            return f"one of the {name} symbols {', '.join(schema['symbols'])}"
+        if kind == "record":
+            return f"a {name} record (dict)"
+        if kind == "array":
+            return f"an array of {_describe_type(schema['items'])}"
+        if kind == "map":
+            return f"a map (dict) of {_describe_type(schema['values'])}"
+        if "logicalType" in schema:
+            return f"{kind} ({schema['logicalType']})"
+        return _describe_type(kind)
+    return repr(schema)
+
+
+def _read_schema(entry: Traversable, source: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(entry.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CodecError(f"{source}: cannot read the schema ({exc}); fix the file") from exc
+    if not isinstance(raw, dict) or raw.get("type") != "record":
+        raise CodecError(f"{source}: the top-level schema must be a record; fix the file")
+    return raw
+
+
+def _check_name(raw: dict[str, Any], expected: str, source: str) -> str:
+    if raw.get("name") != expected or raw.get("namespace") != NAMESPACE:
+        raise CodecError(
+            f"{source}: the record must be named {expected!r} in namespace {NAMESPACE!r} "
+            f"(found name {raw.get('name')!r}, namespace {raw.get('namespace')!r}); the file "
+            "name must be the record name"
+        )
+    return expected
+
+
+def _fingerprint(parsed: Any) -> bytes:
+    """CRC-64-AVRO of the Parsing Canonical Form, little-endian, as written after the marker."""
+    return bytes.fromhex(_fingerprint_hex(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+
+
+def _without_logical_types(schema: Any) -> Any:
+    """The schema minus logicalType annotations, so timestamps decode as plain int millis.
+
+    The Parsing Canonical Form ignores logicalType, so this changes no fingerprint; it only
+    spares the reader building a datetime per timestamp.
+    """
+    if isinstance(schema, dict):
+        return {k: _without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_without_logical_types(item) for item in schema]
+    return schema
+
+
+def _added_mutable_defaults(
+    writer_raw: dict[str, Any], reader_parsed: dict[str, Any]
+) -> tuple[tuple[str, Any], ...]:
+    """Top-level reader fields missing from the writer whose default is a dict or list.
+
+    Schema resolution fills them with the default object from the parsed reader schema; the
+    decoder replaces that shared object with a copy so callers may mutate their record.
+    """
+    written = {field["name"] for field in writer_raw["fields"]}
+    return tuple(
+        (field["name"], field["default"])
+        for field in reader_parsed["fields"]
+        if field["name"] not in written and isinstance(field.get("default"), dict | list)
+    )
