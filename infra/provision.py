@@ -147,7 +147,13 @@ def cassandra_session(cfg: NudgeflowConfig, keyspace: str | None = None) -> Any:
 def provision_cassandra(cfg: NudgeflowConfig, say: Callable[[str], None] = print) -> int:
     """Apply the CQL files; return the number of statements run."""
     statements = cql_statements(cfg)
-    session = cassandra_session(cfg)
+    try:
+        session = cassandra_session(cfg)
+    except Exception as exc:
+        raise ProvisionError(
+            f"cannot connect to Cassandra at {cfg.cassandra_hosts}:{cfg.cassandra_port} ({exc}); "
+            "is it running? (`nudgeflow stack status`)"
+        ) from exc
     try:
         for statement in statements:
             session.execute(statement, timeout=60)

@@ -1,0 +1,300 @@
+"""``nudgeflow``: the one command for everything a person runs.
+
+Subcommands:
+  stack     start, stop, inspect the local Kafka, Cassandra, Redis and Flink (no Docker)
+  run       run the job: on the stack's Flink cluster (default) or in-process (--local)
+  jobs      list or cancel the jobs on the Flink cluster
+  generate  write a seeded synthetic workload (users, clicks) to Kafka
+  jars      resolve the Java dependencies from Maven Central into the cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from jobs.config import (
+    ConfigError,
+    NudgeflowConfig,
+    add_config_arguments,
+    config_from_args,
+)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"nudgeflow: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+# --- stack --------------------------------------------------------------------------------------
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    """``nudgeflow stack up|down|status|logs|provision``."""
+    from infra import provision, stack
+    from infra.paths import StackPaths
+
+    paths = StackPaths.from_env()
+    servers = stack.select(stack.default_servers(), args.servers)
+    cfg = config_from_args(args)
+    if args.action == "up":
+        _say(f"nudgeflow stack up (state in {paths.stack})")
+        started = time.monotonic()
+        stack.up(paths, servers, say=_say)
+        if not args.no_provision:
+            names = {s.name for s in servers}
+            if "kafka" in names:
+                provision.provision_topics(cfg, say=_say)
+            if "cassandra" in names:
+                provision.provision_cassandra(cfg, say=_say)
+        _say(f"stack ready in {time.monotonic() - started:.1f} s; "
+             f"Flink web UI: {cfg.flink_rest_url}")
+    elif args.action == "down":
+        stopped = stack.down(paths, servers, say=_say)
+        _say(f"stopped {len(stopped)} server(s)" if stopped else "nothing was running")
+    elif args.action == "status":
+        _say(stack.format_status(stack.status(paths, servers)))
+    elif args.action == "logs":
+        for server in servers:
+            _say(f"==> {server.log_file(paths)} <==")
+            stack.tail_log(server, paths, args.lines, follow=args.follow and len(servers) == 1)
+    elif args.action == "provision":
+        provision.provision_topics(cfg, say=_say)
+        provision.provision_cassandra(cfg, say=_say)
+    return 0
+
+
+# --- run / jobs ---------------------------------------------------------------------------------
+
+
+def _job_args(args: argparse.Namespace) -> list[str]:
+    """The job's own flags, forwarded from ``nudgeflow run``'s configuration flags."""
+    forwarded: list[str] = []
+    if args.config:
+        forwarded += ["--config", str(Path(args.config).resolve())]
+    for name, value in vars(args).items():
+        if name.startswith("cfg_") and value is not None:
+            forwarded += [f"--{name[4:].replace('_', '-')}", str(value)]
+    if args.bounded:
+        forwarded.append("--bounded")
+    return forwarded
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``nudgeflow run [--local] [--bounded] [--no-watch]``."""
+    from jobs import monitor
+
+    cfg = config_from_args(args)
+    _say(f"configuration: {cfg}")
+    if args.local:
+        log_path = Path(args.log).resolve()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "jobs.job", "--local", *_job_args(args)]
+        _say(f"running the job in an embedded MiniCluster (log: {log_path}); Ctrl-C stops it")
+        with open(log_path, "ab") as log:
+            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            monitor.watch(cfg, keep_going=lambda: child.poll() is None, say=_say)
+        finally:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+        code = child.wait()
+        if code not in (0, -signal.SIGINT):
+            return _fail(f"the job exited with {code}; read {log_path}")
+        _say("job stopped")
+        return 0
+
+    from infra import deploy
+
+    _say(f"submitting to the Flink cluster at {cfg.flink_rest_url} ...")
+    job_id = deploy.submit(cfg.flink_rest_url, _job_args(args), detached=True,
+                           python_executable=args.pyexec or sys.executable)
+    _say(f"job {job_id} submitted; web UI: {cfg.flink_rest_url}/#/job/running/{job_id}/overview")
+    _say(f"stop it with: nudgeflow jobs cancel {job_id}")
+    if args.no_watch:
+        return 0
+    _say("live summary (Ctrl-C stops watching; the job keeps running):")
+
+    def job_running() -> bool:
+        return deploy.job_state(cfg.flink_rest_url, job_id) in {"CREATED", "INITIALIZING",
+                                                                "RUNNING", "RESTARTING"}
+
+    monitor.watch(cfg, keep_going=job_running, say=_say)
+    _say(f"job {job_id} is {deploy.job_state(cfg.flink_rest_url, job_id)}")
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """``nudgeflow jobs [list|cancel ID|cancel --all]``."""
+    from infra import deploy
+
+    cfg = config_from_args(args)
+    jobs = deploy.running_jobs(cfg.flink_rest_url)
+    if args.action == "list":
+        if not jobs:
+            _say("no running jobs")
+        for job in jobs:
+            _say(f"{job['id']}  {job['state']:<12} {job['name']}")
+        return 0
+    targets = [j["id"] for j in jobs] if args.all else list(args.job_ids)
+    if not targets:
+        return _fail("name the job id(s) to cancel, or --all")
+    for job_id in targets:
+        deploy.cancel(cfg.flink_rest_url, job_id)
+        _say(f"cancelled {job_id}")
+    return 0
+
+
+# --- generate / jars ----------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``nudgeflow generate``: a seeded synthetic workload into Kafka."""
+    from jobs import generate, workload
+
+    cfg = config_from_args(args)
+    spec = workload.WorkloadSpec(
+        users=args.users,
+        events=args.events,
+        seed=args.seed,
+        out_of_order_fraction=args.out_of_order,
+        duplicate_fraction=args.duplicates,
+        inactive_fraction=args.inactive,
+    )
+    # event times end just before now, so they look like live traffic to the job
+    spec = dataclasses.replace(spec, start_ms=generate.recent_start_ms(spec))
+    summary = generate.produce(
+        spec,
+        cfg.kafka_bootstrap,
+        clicks_topic=cfg.clicks_topic,
+        metadata_topic=cfg.user_metadata_topic,
+        rate=args.rate,
+        duration_s=args.duration,
+        progress=not args.quiet,
+    )
+    _say(generate.format_summary(summary))
+    return 0
+
+
+def cmd_jars(args: argparse.Namespace) -> int:
+    """``nudgeflow jars``: resolve every component's jars now (CI and first installs)."""
+    from infra.jars import COMPONENTS, ensure_jars
+
+    for component in args.components or COMPONENTS:
+        _say(f"{component}: {ensure_jars(component)}")
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nudgeflow`` argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="nudgeflow",
+        description="nudgeflow: real-time segments and priority-tagged campaign triggers on "
+        "Apache Flink.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `nudgeflow <command> --help` for a command's options. "
+        "Configuration flags fall back to NUDGEFLOW_* environment variables.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    stack_p = sub.add_parser("stack", help="start/stop/inspect the local Kafka, Cassandra, Redis "
+                             "and Flink")
+    stack_p.add_argument("action", choices=["up", "down", "status", "logs", "provision"])
+    stack_p.add_argument("servers", nargs="*", help="only these servers (kafka, cassandra, redis, "
+                         "flink); default: all")
+    stack_p.add_argument("--no-provision", action="store_true",
+                         help="up: do not create topics and tables")
+    stack_p.add_argument("-n", "--lines", type=int, default=50, help="logs: lines to show")
+    stack_p.add_argument("-f", "--follow", action="store_true", help="logs: follow one log")
+    add_config_arguments(stack_p)
+    stack_p.set_defaults(func=cmd_stack)
+
+    run_p = sub.add_parser("run", help="run the job on the stack's Flink cluster or --local")
+    run_p.add_argument("--local", action="store_true",
+                       help="run in an embedded MiniCluster instead of submitting to the cluster")
+    run_p.add_argument("--bounded", action="store_true",
+                       help="stop after the clicks that are in the topic when the job starts")
+    run_p.add_argument("--no-watch", action="store_true",
+                       help="cluster: return after submitting instead of showing the summary")
+    run_p.add_argument("--pyexec", help="cluster: Python interpreter on the TaskManagers "
+                       "(default: this one, right for the local stack)")
+    run_p.add_argument("--log", default=os.path.join(
+        os.environ.get("NUDGEFLOW_HOME", os.path.expanduser("~/.nudgeflow")), "local-job.log"),
+        help="--local: where the job's output goes")
+    add_config_arguments(run_p)
+    run_p.set_defaults(func=cmd_run)
+
+    jobs_p = sub.add_parser("jobs", help="list or cancel jobs on the Flink cluster")
+    jobs_p.add_argument("action", choices=["list", "cancel"])
+    jobs_p.add_argument("job_ids", nargs="*")
+    jobs_p.add_argument("--all", action="store_true", help="cancel: every running job")
+    add_config_arguments(jobs_p)
+    jobs_p.set_defaults(func=cmd_jobs)
+
+    gen_p = sub.add_parser("generate", help="write a seeded synthetic workload to Kafka")
+    gen_p.add_argument("--users", type=int, default=1000, help="number of users (default 1000)")
+    gen_p.add_argument("--events", type=int, default=100_000,
+                       help="click events to send, duplicates included (default 100000)")
+    gen_p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    gen_p.add_argument("--rate", type=float, help="events per second (default: as fast as "
+                       "possible)")
+    gen_p.add_argument("--duration", type=float, help="stop after this many seconds")
+    gen_p.add_argument("--out-of-order", type=float, default=0.02,
+                       help="fraction of events sent out of event-time order (default 0.02)")
+    gen_p.add_argument("--duplicates", type=float, default=0.01,
+                       help="fraction of events sent twice with the same event id (default 0.01)")
+    gen_p.add_argument("--inactive", type=float, default=0.1,
+                       help="fraction of users who go inactive partway (default 0.1)")
+    gen_p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_arguments(gen_p)
+    gen_p.set_defaults(func=cmd_generate)
+
+    jars_p = sub.add_parser("jars", help="resolve the Java dependencies from Maven Central")
+    jars_p.add_argument("components", nargs="*", help="kafka, cassandra, flink (default: all)")
+    jars_p.set_defaults(func=cmd_jars)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nudgeflow`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        return _fail(f"configuration: {exc}", 2)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI turns known failures into one clear line
+        from infra.deploy import DeployError
+        from infra.jars import JarResolutionError
+        from infra.provision import ProvisionError
+        from infra.stack import StackError
+
+        if isinstance(exc, StackError | DeployError | ProvisionError | JarResolutionError):
+            return _fail(str(exc))
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "build_parser", "NudgeflowConfig"]

@@ -1,0 +1,95 @@
+"""A live summary of a running job, read from Kafka offsets (works for local and cluster runs).
+
+- clicks arrived: new records on the clicks topic since the summary started;
+- consumed: how far the job's consumer group has committed (it commits on checkpoints, so this
+  trails by up to one checkpoint interval) and the lag behind the topic's end;
+- records out / dead letters: new records on the output and dead-letter topics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jobs.config import NudgeflowConfig
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Offsets summed over partitions at one moment."""
+
+    clicks_end: int
+    clicks_committed: int
+    outputs_end: int
+    dead_letters_end: int
+
+
+class OffsetMonitor:
+    """Reads end offsets and the consumer group's committed offsets with one admin client."""
+
+    def __init__(self, cfg: NudgeflowConfig) -> None:
+        from kafka import KafkaAdminClient, KafkaConsumer
+
+        self.cfg = cfg
+        self.admin = KafkaAdminClient(**cfg.python_client_kwargs(), client_id="nudgeflow-monitor")
+        self.consumer = KafkaConsumer(**cfg.python_client_kwargs(), client_id="nudgeflow-monitor")
+
+    def _end(self, topic: str) -> int:
+        from kafka import TopicPartition
+
+        partitions = self.consumer.partitions_for_topic(topic) or set()
+        ends = self.consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return sum(ends.values())
+
+    def snapshot(self) -> Snapshot:
+        """Current offsets."""
+        committed = self.admin.list_consumer_group_offsets(self.cfg.consumer_group)
+        clicks_committed = sum(
+            meta.offset for tp, meta in committed.items()
+            if tp.topic == self.cfg.clicks_topic and meta.offset >= 0
+        )
+        return Snapshot(
+            clicks_end=self._end(self.cfg.clicks_topic),
+            clicks_committed=clicks_committed,
+            outputs_end=self._end(self.cfg.activity_counts_topic),
+            dead_letters_end=self._end(self.cfg.dead_letter_topic),
+        )
+
+    def close(self) -> None:
+        """Close the clients."""
+        self.admin.close()
+        self.consumer.close()
+
+
+def format_line(start: Snapshot, now: Snapshot, elapsed_s: float) -> str:
+    """One summary line: what changed since ``start``."""
+    arrived = now.clicks_end - start.clicks_end
+    consumed = now.clicks_committed - start.clicks_committed
+    lag = max(0, now.clicks_end - now.clicks_committed)
+    out = now.outputs_end - start.outputs_end
+    dead = now.dead_letters_end - start.dead_letters_end
+    return (
+        f"[{elapsed_s:6.0f} s] clicks arrived +{arrived:,}  consumed (committed) +{consumed:,}"
+        f"  lag {lag:,}  | records out +{out:,}  dead letters +{dead:,}"
+    )
+
+
+def watch(
+    cfg: NudgeflowConfig,
+    interval_s: float = 2.0,
+    keep_going: Callable[[], bool] = lambda: True,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Print a summary line every ``interval_s`` until ``keep_going()`` is false or Ctrl-C."""
+    monitor = OffsetMonitor(cfg)
+    started = time.monotonic()
+    try:
+        start = monitor.snapshot()
+        while keep_going():
+            time.sleep(interval_s)
+            say(format_line(start, monitor.snapshot(), time.monotonic() - started))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        monitor.close()
