@@ -145,7 +145,7 @@ def up(
             names the server, the last probe error and the log file to read.
     """
     paths = paths or StackPaths.from_env()
-    servers = list(servers or default_servers())
+    servers = list(default_servers() if servers is None else servers)
     paths.stack.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     pending: list[_Starting] = []
@@ -175,7 +175,10 @@ def _wait_ready(
     deadline = starting.started_at + server.start_timeout_s
     last_error = "no probe yet"
     while time.monotonic() < deadline:
-        if running_pid(server, paths) is None:
+        # a child we started that exited stays a zombie (same /proc start time) until reaped,
+        # so ask the Popen first; poll() also reaps it
+        exited = starting.process is not None and starting.process.poll() is not None
+        if exited or running_pid(server, paths) is None:
             raise StackError(
                 f"{server.name} exited during start-up; read {server.log_file(paths)} "
                 f"(and the logs next to it) for the reason"
@@ -208,7 +211,7 @@ def down(
     """Stop the processes ``up`` started (reverse order), SIGTERM then SIGKILL; return names."""
     paths = paths or StackPaths.from_env()
     stopped = []
-    for server in reversed(list(servers or default_servers())):
+    for server in reversed(list(default_servers() if servers is None else servers)):
         pid = running_pid(server, paths)
         pid_file = paths.pid_file(server.name)
         if pid is None:
@@ -272,7 +275,7 @@ def status(paths: StackPaths | None = None, servers: Sequence[Server] | None = N
     """Each server's state: ready (answers its probe), unhealthy (running, no answer), stopped."""
     paths = paths or StackPaths.from_env()
     rows = []
-    for server in servers or default_servers():
+    for server in default_servers() if servers is None else servers:
         pid = running_pid(server, paths)
         if pid is None:
             state, detail = "stopped", ""

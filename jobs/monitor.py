@@ -44,7 +44,8 @@ class OffsetMonitor:
 
     def snapshot(self) -> Snapshot:
         """Current offsets."""
-        committed = self.admin.list_consumer_group_offsets(self.cfg.consumer_group)
+        group = self.cfg.consumer_group
+        committed = self.admin.list_group_offsets(group).get(group, {})
         clicks_committed = sum(
             meta.offset for tp, meta in committed.items()
             if tp.topic == self.cfg.clicks_topic and meta.offset >= 0

@@ -1,0 +1,53 @@
+"""The real local stack, started once per pytest session.
+
+If every server is already up (a developer's `nudgeflow stack up`), it is reused and left
+running; otherwise the fixture starts what is missing and stops exactly that at the end.
+Each test gets its own topics, consumer group and transactional id prefix, so tests never see
+each other's records.
+"""
+
+import uuid
+
+import pytest
+
+from infra import provision, stack
+from infra.paths import StackPaths
+from jobs.config import load_config, replace
+
+
+@pytest.fixture(scope="session")
+def local_stack():
+    paths = StackPaths.from_env()
+    servers = stack.default_servers()
+    running_before = {s.name for s in servers if stack.running_pid(s, paths) is not None}
+    stack.up(paths, servers)
+    base_cfg = load_config(env={})
+    provision.provision_topics(base_cfg)
+    provision.provision_cassandra(base_cfg)
+    yield paths
+    started = [s for s in servers if s.name not in running_before]
+    stack.down(paths, started)
+
+
+@pytest.fixture
+def isolated_cfg(local_stack):
+    """A configuration whose topics, group and transactional ids are this test's alone."""
+    run = uuid.uuid4().hex[:8]
+    base = load_config(env={})
+    cfg = replace(
+        base,
+        clicks_topic=f"it-{run}-clicks",
+        user_metadata_topic=f"it-{run}-user-metadata",
+        definitions_topic=f"it-{run}-definitions",
+        activity_counts_topic=f"it-{run}-activity-counts",
+        segment_changes_topic=f"it-{run}-segment-changes",
+        trigger_topic_prefix=f"it-{run}-triggers-",
+        dead_letter_topic=f"it-{run}-dead-letter",
+        outcomes_topic=f"it-{run}-outcomes",
+        consumer_group=f"it-{run}",
+        transactional_id_prefix=f"it-{run}",
+        checkpoint_interval_ms=2000,
+        parallelism=2,
+    )
+    provision.provision_topics(cfg, say=lambda _: None)
+    return cfg

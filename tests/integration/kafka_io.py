@@ -1,0 +1,51 @@
+"""Small Kafka helpers for integration tests: produce raw records, read a topic to the end."""
+
+import time
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from schemas.codec import Codec
+
+
+def produce_raw(cfg, topic, records):
+    """Send (key, value) pairs and wait for every acknowledgement."""
+    producer = KafkaProducer(**cfg.python_client_kwargs(), acks="all")
+    try:
+        for key, value in records:
+            producer.send(topic, key=key, value=value)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+
+def read_topic(cfg, topic, expected, timeout_s=120.0, codec=None):
+    """Read committed records until ``expected`` arrived or ``timeout_s`` passed, then drain
+    a little longer so that extra (duplicate) records would be seen too.
+
+    Returns a list of (key bytes, record name, record dict).
+    """
+    codec = codec or Codec.load()
+    consumer = KafkaConsumer(
+        **cfg.python_client_kwargs(),
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        group_id=None,
+    )
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    found = []
+    deadline = time.monotonic() + timeout_s
+    drain_until = None
+    try:
+        while time.monotonic() < (drain_until or deadline):
+            for batch in consumer.poll(timeout_ms=500).values():
+                for message in batch:
+                    name, record = codec.decode_named(message.value)
+                    found.append((message.key, name, record))
+            if len(found) >= expected and drain_until is None:
+                drain_until = time.monotonic() + 3.0
+    finally:
+        consumer.close()
+    return found
