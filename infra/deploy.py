@@ -134,7 +134,8 @@ def wait_for_state(rest_url: str, job_id: str, states: set[str], timeout_s: floa
 
 def cancel(rest_url: str, job_id: str) -> None:
     """Cancel a job (PATCH /jobs/<id>?mode=cancel)."""
-    request = urllib.request.Request(f"{rest_url}/jobs/{job_id}?mode=cancel", method="PATCH")
+    url = f"{rest_url}/jobs/{job_id}?mode=cancel"
+    request = urllib.request.Request(url, method="PATCH")  # noqa: S310 - http(s) REST only
     try:
         urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
     except (urllib.error.URLError, OSError) as exc:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Install everything nudgeflow needs on a fresh Debian/Ubuntu machine, idempotently:
+#   - Debian packages: redis-server, and Java 17 + Maven if they are missing;
+#   - a virtualenv at .venv with nudgeflow (editable) and its dev tools, pinned in setup.py;
+#   - the Java jars (Kafka, Cassandra, Flink Kafka connector + nudgeflow-flink) from Maven
+#     Central into $NUDGEFLOW_HOME/jars (default ~/.nudgeflow/jars).
+# Re-running it is cheap: everything already present is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[bootstrap] %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
+  if command -v python3.11 >/dev/null; then PYTHON=python3.11; else missing+=(python3.11); fi
+fi
+"$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3.11-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+[ "$PYTHON" = python3.11 ] || PYTHON=$(command -v "$PYTHON")
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating the virtualenv .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.nudgeflow-installed
+if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+  say "installing nudgeflow and its pinned dependencies into .venv (first run: a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
+
+say "resolving jars (cached in ${NUDGEFLOW_HOME:-$HOME/.nudgeflow}/jars)"
+.venv/bin/nudgeflow jars >/dev/null
+say "ready: activate with 'source .venv/bin/activate', or call .venv/bin/nudgeflow"

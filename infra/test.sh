@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Run the whole test suite: unit (pure Python), pipeline (PyFlink MiniCluster) and integration
+# (the real Kafka, Cassandra, Redis and Flink of `nudgeflow stack`, started by the tests if they
+# are not running and stopped again afterwards). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash infra/bootstrap.sh
+.venv/bin/python -m ruff check jobs udfs schemas infra tests
+exec .venv/bin/python -m pytest tests "$@"
