@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -85,15 +85,20 @@ def submit(
     job_args: Sequence[str],
     detached: bool = True,
     python_executable: str = sys.executable,
+    env: Mapping[str, str] | None = None,
 ) -> str:
     """Submit the job; return its Flink job id.
+
+    ``env`` is the environment of ``flink run`` (and so of the job's ``main``): secrets travel
+    there, never as arguments.
 
     Raises:
         DeployError: ``flink run`` failed; the message holds the end of its output.
     """
     archive = build_job_archive()
     cmd = flink_run_command(rest_url, job_args, archive, detached, python_executable)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          env=dict(env) if env is not None else None)
     output = proc.stdout + proc.stderr
     match = re.search(r"JobID ([0-9a-f]{32})", output) or re.search(
         r"submitted job ([0-9a-f]{32})", output

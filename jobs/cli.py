@@ -78,17 +78,35 @@ def cmd_stack(args: argparse.Namespace) -> int:
 # --- run / jobs ---------------------------------------------------------------------------------
 
 
+_SECRET_FIELDS = {f.name for f in dataclasses.fields(NudgeflowConfig) if f.metadata["secret"]}
+
+
 def _job_args(args: argparse.Namespace) -> list[str]:
-    """The job's own flags, forwarded from ``nudgeflow run``'s configuration flags."""
+    """The job's own flags, forwarded from ``nudgeflow run``'s configuration flags.
+
+    Secrets are never forwarded as flags (they would show in ``ps`` and in Flink's job
+    arguments); ``_secret_env`` hands them over through the environment instead.
+    """
     forwarded: list[str] = []
     if args.config:
         forwarded += ["--config", str(Path(args.config).resolve())]
     for name, value in vars(args).items():
-        if name.startswith("cfg_") and value is not None:
-            forwarded += [f"--{name[4:].replace('_', '-')}", str(value)]
+        field_name = name[4:]
+        if name.startswith("cfg_") and value is not None and field_name not in _SECRET_FIELDS:
+            forwarded += [f"--{field_name.replace('_', '-')}", str(value)]
     if args.bounded:
         forwarded.append("--bounded")
     return forwarded
+
+
+def _secret_env(cfg: NudgeflowConfig) -> dict[str, str]:
+    """This process's environment plus the configuration's secrets as NUDGEFLOW_* variables."""
+    env = dict(os.environ)
+    for name in _SECRET_FIELDS:
+        value = getattr(cfg, name)
+        if value:
+            env[f"NUDGEFLOW_{name.upper()}"] = str(value)
+    return env
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -103,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "jobs.job", "--local", *_job_args(args)]
         _say(f"running the job in an embedded MiniCluster (log: {log_path}); Ctrl-C stops it")
         with open(log_path, "ab") as log:
-            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     env=_secret_env(cfg))
         try:
             monitor.watch(cfg, keep_going=lambda: child.poll() is None, say=_say)
         finally:
@@ -123,7 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _say(f"submitting to the Flink cluster at {cfg.flink_rest_url} ...")
     job_id = deploy.submit(cfg.flink_rest_url, _job_args(args), detached=True,
-                           python_executable=args.pyexec or sys.executable)
+                           python_executable=args.pyexec or sys.executable,
+                           env=_secret_env(cfg))
     _say(f"job {job_id} submitted; web UI: {cfg.flink_rest_url}/#/job/running/{job_id}/overview")
     _say(f"stop it with: nudgeflow jobs cancel {job_id}")
     if args.no_watch:

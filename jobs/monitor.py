@@ -83,13 +83,24 @@ def watch(
     say: Callable[[str], None] = print,
 ) -> None:
     """Print a summary line every ``interval_s`` until ``keep_going()`` is false or Ctrl-C."""
+    from kafka.errors import KafkaError
+
     monitor = OffsetMonitor(cfg)
     started = time.monotonic()
+    start: Snapshot | None = None
     try:
-        start = monitor.snapshot()
         while keep_going():
+            # a summary that cannot be read this time (broker busy, group coordinator moving)
+            # is skipped, never fatal: the job matters, not its summary
+            try:
+                now = monitor.snapshot()
+            except KafkaError as exc:
+                say(f"[{time.monotonic() - started:6.0f} s] (summary unavailable: {exc})")
+                now = None
+            if now is not None:
+                start = start or now
+                say(format_line(start, now, time.monotonic() - started))
             time.sleep(interval_s)
-            say(format_line(start, monitor.snapshot(), time.monotonic() - started))
     except KeyboardInterrupt:
         pass
     finally:

@@ -368,7 +368,12 @@ class KafkaServer(Server):
             while True:
                 batches = consumer.poll(timeout_ms=min(left_ms(step), 1000))
                 if any(r.value == value for rs in batches.values() for r in rs):
-                    return
+                    break
+
+            # Consumer groups (Flink's offset commits, kafka-python's group tools) need the
+            # group coordinator, which a fresh broker only has once __consumer_offsets exists.
+            step = "finding the group coordinator"
+            admin.list_group_offsets("nudgeflow-readiness-probe")
         except NotReady:
             raise
         except Exception as exc:  # any client failure means "not ready"

@@ -1,0 +1,375 @@
+"""Tests for infra.stack with a fake server: a sleeping Python process instead of Kafka & co.
+
+Every process ``up`` starts is recorded (``_start`` is wrapped) and killed with its process group
+in teardown, whatever the test did. No real server, no network except a loopback port check.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from infra import stack
+from infra.paths import StackPaths
+from infra.servers.base import NotReady, Server
+from infra.stack import ServerStatus, StackError
+
+SLEEP = "import time; time.sleep(60)"
+
+
+class FakeServer(Server):
+    """A server whose process sleeps; its probe passes unless told otherwise."""
+
+    def __init__(
+        self,
+        name: str = "fake",
+        code: str = SLEEP,
+        probe: Callable[[StackPaths], None] | None = None,
+        listen: str | None = None,
+        start_timeout_s: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.code = code
+        self._probe = probe
+        self.listen = listen
+        self.start_timeout_s = start_timeout_s
+        self.prepared = 0
+
+    @property
+    def address(self) -> str:
+        return self.listen or "127.0.0.1:1"
+
+    def listen_address(self) -> str | None:
+        return self.listen
+
+    def prepare(self, paths: StackPaths) -> None:
+        self.prepared += 1
+
+    def command(self, paths: StackPaths) -> list[str]:
+        return [sys.executable, "-c", self.code]
+
+    def env(self, paths: StackPaths) -> dict[str, str]:
+        return {"FAKE_SERVER_NAME": self.name}
+
+    def probe(self, paths: StackPaths) -> None:
+        if self._probe is not None:
+            self._probe(paths)
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/<pid>/stat, computed here independently of infra.stack."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Every process ``stack._start`` launched during the test; all killed in teardown."""
+    processes: list[subprocess.Popen[bytes]] = []
+    original = stack._start
+
+    def recording(server: Server, paths: StackPaths) -> subprocess.Popen[bytes]:
+        process = original(server, paths)
+        processes.append(process)
+        return process
+
+    monkeypatch.setattr(stack, "_start", recording)
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # its own group (start_new_session)
+            except ProcessLookupError:
+                pass
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> StackPaths:
+    return StackPaths(tmp_path)
+
+
+# --- up / status / down -------------------------------------------------------------------------
+
+
+def test_up_starts_and_writes_pid_file(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    server = FakeServer()
+    said: list[str] = []
+    timings = stack.up(paths, [server], say=said.append)
+
+    assert len(started) == 1
+    process = started[0]
+    assert process.poll() is None
+    assert set(timings) == {"fake"}
+    assert timings["fake"] >= 0
+    assert server.prepared == 1
+    pid_text = paths.pid_file("fake").read_text()
+    assert pid_text == f"{process.pid} {_start_time(process.pid)}\n"
+    assert paths.pid_file("fake") == paths.home / "stack" / "fake.pid"
+    assert stack.running_pid(server, paths) == process.pid
+    assert any("starting" in line and "fake.out" in line for line in said)
+    assert any("ready in" in line for line in said)
+    log = Path(server.log_file(paths)).read_text()
+    assert "--- nudgeflow stack up at" in log
+
+
+def test_process_gets_its_own_session_and_env(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    server = FakeServer()
+    stack.up(paths, [server], say=lambda _: None)
+    pid = started[0].pid
+    assert os.getpgid(pid) == pid
+    assert os.getsid(pid) == pid
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"FAKE_SERVER_NAME=fake" in environ
+
+
+def test_second_up_does_not_start_another(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    server = FakeServer()
+    stack.up(paths, [server], say=lambda _: None)
+    first = stack.running_pid(server, paths)
+    said: list[str] = []
+    timings = stack.up(paths, [server], say=said.append)
+
+    assert len(started) == 1
+    assert stack.running_pid(server, paths) == first == started[0].pid
+    assert timings == {"fake": 0.0}
+    assert server.prepared == 1
+    assert any("already running" in line for line in said)
+
+
+def test_status_reports_stopped_ready_and_unhealthy(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    healthy = {"ok": True}
+
+    def probe(_: StackPaths) -> None:
+        if not healthy["ok"]:
+            raise NotReady("GET /health: connection refused")
+
+    server = FakeServer(probe=probe)
+    [row] = stack.status(paths, [server])
+    assert (row.name, row.state, row.pid, row.detail) == ("fake", "stopped", None, "")
+
+    stack.up(paths, [server], say=lambda _: None)
+    [row] = stack.status(paths, [server])
+    assert row == ServerStatus("fake", "ready", started[0].pid, "127.0.0.1:1", "",
+                               server.log_file(paths))
+
+    healthy["ok"] = False
+    [row] = stack.status(paths, [server])
+    assert (row.state, row.pid) == ("unhealthy", started[0].pid)
+    assert row.detail == "GET /health: connection refused"
+
+
+def test_down_stops_the_process(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    server = FakeServer()
+    stack.up(paths, [server], say=lambda _: None)
+    process = started[0]
+    said: list[str] = []
+
+    assert stack.down(paths, [server], say=said.append, timeout_s=5) == ["fake"]
+    assert process.wait(timeout=5) == -signal.SIGTERM
+    assert not paths.pid_file("fake").exists()
+    assert stack.running_pid(server, paths) is None
+    assert said == [f"  {'fake':<18} stopped"]
+    [row] = stack.status(paths, [server])
+    assert row.state == "stopped"
+    # nothing left to stop
+    assert stack.down(paths, [server], say=said.append) == []
+
+
+def test_down_stops_in_reverse_order(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    servers = [FakeServer("one"), FakeServer("two")]
+    stack.up(paths, servers, say=lambda _: None)
+    assert len(started) == 2
+    assert stack.down(paths, servers, say=lambda _: None, timeout_s=5) == ["two", "one"]
+    assert all(p.wait(timeout=5) == -signal.SIGTERM for p in started)
+
+
+def test_down_with_no_servers_stops_nothing(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    server = FakeServer()
+    stack.up(paths, [server], say=lambda _: None)
+    assert stack.down(paths, [], say=lambda _: None, timeout_s=1) == []
+    assert started[0].poll() is None
+    assert stack.running_pid(server, paths) == started[0].pid
+    assert stack.status(paths, []) == []
+
+
+def test_up_with_a_free_listen_port(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    server = FakeServer(listen=f"127.0.0.1:{_free_port()}")
+    stack.up(paths, [server], say=lambda _: None)
+    assert len(started) == 1
+    assert stack.running_pid(server, paths) == started[0].pid
+
+
+def test_up_refuses_a_port_in_use(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        server = FakeServer(listen=address)
+        with pytest.raises(StackError, match="already in use") as info:
+            stack.up(paths, [server], say=lambda _: None)
+    assert address in str(info.value)
+    assert started == []
+    assert server.prepared == 0
+    assert not paths.pid_file("fake").exists()
+
+
+# --- stale pid files ----------------------------------------------------------------------------
+
+
+def test_down_with_pid_that_is_not_running(paths: StackPaths) -> None:
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    paths.stack.mkdir(parents=True)
+    paths.pid_file("fake").write_text(f"{pid_max + 1} 12345\n")
+    said: list[str] = []
+
+    assert stack.down(paths, [FakeServer()], say=said.append) == []
+    assert not paths.pid_file("fake").exists()
+    assert said == [f"  {'fake':<18} was not running (stale pid file removed)"]
+
+
+def test_down_with_recycled_pid_kills_nothing(paths: StackPaths) -> None:
+    me = os.getpid()
+    wrong = str(int(_start_time(me)) + 1)
+    paths.stack.mkdir(parents=True)
+    paths.pid_file("fake").write_text(f"{me} {wrong}\n")
+
+    assert stack.running_pid(FakeServer(), paths) is None
+    assert stack.down(paths, [FakeServer()], say=lambda _: None, timeout_s=1) == []
+    assert not paths.pid_file("fake").exists()
+    assert Path(f"/proc/{me}").exists()  # still here, obviously
+
+
+def test_down_with_recycled_pid_of_a_group_leader_kills_nothing(paths: StackPaths) -> None:
+    # a process that leads its own group, like the ones up starts: killpg would reach it
+    bystander = subprocess.Popen([sys.executable, "-c", SLEEP], start_new_session=True)
+    try:
+        paths.stack.mkdir(parents=True)
+        paths.pid_file("fake").write_text(f"{bystander.pid} 1\n")
+        assert stack.down(paths, [FakeServer()], say=lambda _: None, timeout_s=1) == []
+        assert not paths.pid_file("fake").exists()
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait(timeout=10)
+
+
+@pytest.mark.parametrize("content", ["", "garbage", "12 34 56", "abc 1"])
+def test_malformed_pid_file_means_not_running(paths: StackPaths, content: str) -> None:
+    paths.stack.mkdir(parents=True)
+    paths.pid_file("fake").write_text(content)
+    assert stack.running_pid(FakeServer(), paths) is None
+
+
+# --- start-up failures --------------------------------------------------------------------------
+
+
+def _never_ready(_: StackPaths) -> None:
+    raise NotReady("still warming up")
+
+
+def test_process_that_exits_names_the_log(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    server = FakeServer(code="print('boom: bad config', flush=True); raise SystemExit(3)",
+                        probe=_never_ready, start_timeout_s=10)
+    with pytest.raises(StackError, match="fake exited during start-up") as info:
+        stack.up(paths, [server], say=lambda _: None)
+    log = server.log_file(paths)
+    assert log in str(info.value)
+    assert started[0].wait(timeout=5) == 3
+    assert "boom: bad config" in Path(log).read_text()
+
+
+def test_probe_that_never_passes_times_out(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    server = FakeServer(probe=_never_ready, start_timeout_s=1)
+    with pytest.raises(StackError) as info:
+        stack.up(paths, [server], say=lambda _: None)
+    message = str(info.value)
+    assert "fake was not ready after 1 s" in message
+    assert "last probe: still warming up" in message
+    assert server.log_file(paths) in message
+    assert started[0].poll() is None  # left running for inspection; teardown kills it
+
+
+# --- select / format_status ---------------------------------------------------------------------
+
+
+def test_select_flink_gives_both_processes() -> None:
+    servers = stack.default_servers()
+    chosen = stack.select(servers, ["flink"])
+    assert [s.name for s in chosen] == ["flink-jobmanager", "flink-taskmanager"]
+
+
+def test_select_keeps_start_order_and_defaults_to_all() -> None:
+    servers = stack.default_servers()
+    assert [s.name for s in stack.select(servers, ["redis", "kafka"])] == ["kafka", "redis"]
+    assert [s.name for s in stack.select(servers, ["flink-taskmanager"])] == [
+        "flink-taskmanager"]
+    assert stack.select(servers, []) == servers
+    assert stack.select(servers, None) == servers
+
+
+def test_select_unknown_name_lists_known_ones() -> None:
+    servers = stack.default_servers()
+    with pytest.raises(StackError) as info:
+        stack.select(servers, ["kafka", "kafak", "zookeeper"])
+    assert str(info.value) == (
+        "unknown server(s) kafak, zookeeper; known: kafka, cassandra, redis, flink-jobmanager, "
+        "flink-taskmanager"
+    )
+
+
+def test_format_status_renders_a_table() -> None:
+    rows = [
+        ServerStatus("kafka", "ready", 4242, "127.0.0.1:9092", "", "/h/kafka.out"),
+        ServerStatus("redis", "stopped", None, "127.0.0.1:6379", "", "/h/redis.out"),
+        ServerStatus("cassandra", "unhealthy", 77, "127.0.0.1:9042", "no CQL answer",
+                     "/h/cassandra.out"),
+    ]
+    lines = stack.format_status(rows).split("\n")
+    assert lines[0].split() == ["server", "state", "pid", "address", "log"]
+    assert lines[1] == (
+        f"{'kafka':<18} {'ready':<10} {'4242':>7}  {'127.0.0.1:9092':<24} /h/kafka.out"
+    )
+    assert lines[2].split() == ["redis", "stopped", "-", "127.0.0.1:6379", "/h/redis.out"]
+    assert lines[3].split() == ["cassandra", "unhealthy", "77", "127.0.0.1:9042",
+                                "/h/cassandra.out"]
+    assert lines[4] == " " * 19 + "no CQL answer"
+    assert len(lines) == 5
+    # columns line up: every row's state starts where the header's does
+    assert {line.index(word) for line, word in zip(lines[1:4], ["ready", "stopped", "unhealthy"],
+                                                   strict=True)} == {lines[0].index("state")}
