@@ -34,8 +34,13 @@ fi
 stamp=.venv/.nudgeflow-installed
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   say "installing nudgeflow and its pinned dependencies into .venv (first run: a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  log=.venv/pip-install.log
+  if ! { .venv/bin/python -m pip install --upgrade pip \
+         && .venv/bin/python -m pip install -e ".[dev]"; } >"$log" 2>&1; then
+    tail -n 30 "$log"
+    say "pip install failed; the full output is in $log"
+    exit 1
+  fi
   touch "$stamp"
 fi
 

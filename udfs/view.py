@@ -1,0 +1,65 @@
+"""What segment conditions may read of a user: the contract between features and segments.
+
+``udfs.features`` keeps the state and implements ``UserView``; ``udfs.segments`` evaluates
+definitions against any ``UserView`` (tests use a plain fake). Everything is in event time:
+``now_ms`` is the time of the event or timer being processed, never the wall clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class RecentEvent:
+    """One event of a user's bounded recent history (what conditions on past events see)."""
+
+    event_id: str
+    event_type: str  # a ClickEvent EventType symbol, e.g. ADD_TO_CART
+    event_time: int  # epoch ms
+    source: str  # WEB | MOBILE | OFFLINE | UNKNOWN
+    product_id: str | None = None
+    category: str | None = None
+    price: float | None = None  # unit price
+    quantity: int | None = None
+    currency: str | None = None
+
+    @property
+    def value(self) -> float | None:
+        """price x quantity (quantity defaults to 1), None without a price."""
+        if self.price is None:
+            return None
+        return self.price * (self.quantity or 1)
+
+
+class UserView(Protocol):
+    """A read-only view of one user at one event time."""
+
+    @property
+    def now_ms(self) -> int:
+        """Event time of the evaluation (the event's time, or the timer's)."""
+        ...
+
+    def feature(self, name: str) -> float | None:
+        """A behavioural feature by name (see ``udfs.features.FEATURE_SPEC``); None if unknown."""
+        ...
+
+    def metadata(self, field: str) -> Any:
+        """A UserMetadata field (country, time_zone, plan, signup_time, lifetime_value,
+        opt_ins.email, ...); None when the user's metadata has not arrived yet."""
+        ...
+
+    def recent_events(self) -> tuple[RecentEvent, ...]:
+        """The user's recent events, oldest first, bounded (see ``udfs.features``)."""
+        ...
+
+    @property
+    def last_event_ms(self) -> int | None:
+        """Event time of the user's latest event, None if none was seen."""
+        ...
+
+    @property
+    def churn_score(self) -> float | None:
+        """The churn model's latest score (reserved: set by the churn issue), or None."""
+        ...
