@@ -42,7 +42,7 @@ setup(
         "schemas": ["*.avsc", "history/*.avsc", "README.md"],
         "infra": ["*.yaml", "*.cql", "cql/*.cql", "jars/*/pom.xml", "jars/*/src/main/java/io/nudgeflow/*/*.java", "flink/*.yaml"],
         "models": ["*.onnx", "*.json", "*.md"],
-        "udfs": ["catalog/*.yaml"],
+        "udfs": ["catalog/segments/*.yaml", "*.md"],
     },
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},

@@ -9,6 +9,7 @@ infra/servers/flink.py for the local one).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -17,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -47,6 +48,44 @@ def build_job_archive(dest: Path | None = None, root: Path = REPO_DIR) -> Path:
                 ):
                     archive.write(path, path.relative_to(root).as_posix())
     return dest
+
+
+def archive_digest(archive: Path) -> str:
+    """SHA-256 of the archive's file names and contents (not of zip timestamps)."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(archive) as zipped:
+        for name in sorted(zipped.namelist()):
+            digest.update(name.encode())
+            digest.update(zipped.read(name))
+    return digest.hexdigest()
+
+
+def refresh_local_taskmanager(archive: Path, say: Callable[[str], None] = print) -> None:
+    """Restart the local stack's TaskManager if it holds other job code than ``archive``.
+
+    Only for the stack of ``nudgeflow stack``; does nothing when its TaskManager is not running.
+    """
+    from infra import stack
+    from infra.servers.flink import FlinkTaskManager, loaded_code_file
+
+    paths = StackPaths.from_env()
+    taskmanager = FlinkTaskManager()
+    if stack.running_pid(taskmanager, paths) is None:
+        return
+    digest = archive_digest(archive)
+    loaded = loaded_code_file(paths)
+    if loaded.exists() and loaded.read_text().strip() != digest:
+        if running_jobs(taskmanager.address):
+            raise DeployError(
+                "the job's code changed since the local TaskManager loaded it, and jobs are "
+                "still running there; cancel them (`nudgeflow jobs cancel --all`) so that the "
+                "TaskManager can be restarted with the new code"
+            )
+        say("the job's code changed: restarting the local TaskManager (thread mode keeps the "
+            "old modules loaded)")
+        stack.down(paths, [taskmanager], say=say)
+        stack.up(paths, [taskmanager], say=say)
+    loaded.write_text(digest + "\n")
 
 
 def flink_run_command(
@@ -86,16 +125,20 @@ def submit(
     detached: bool = True,
     python_executable: str = sys.executable,
     env: Mapping[str, str] | None = None,
+    local_stack: bool = False,
 ) -> str:
     """Submit the job; return its Flink job id.
 
     ``env`` is the environment of ``flink run`` (and so of the job's ``main``): secrets travel
-    there, never as arguments.
+    there, never as arguments. ``local_stack``: the cluster is ``nudgeflow stack``'s, whose
+    TaskManager is restarted first if it holds older job code.
 
     Raises:
         DeployError: ``flink run`` failed; the message holds the end of its output.
     """
     archive = build_job_archive()
+    if local_stack:
+        refresh_local_taskmanager(archive)
     cmd = flink_run_command(rest_url, job_args, archive, detached, python_executable)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env=dict(env) if env is not None else None)

@@ -5,6 +5,7 @@ Subcommands:
   run       run the job: on the stack's Flink cluster (default) or in-process (--local)
   jobs      list or cancel the jobs on the Flink cluster
   generate  write a seeded synthetic workload (users, clicks) to Kafka
+  defs      validate, publish, delete and list segment definitions
   jars      resolve the Java dependencies from Maven Central into the cache
 """
 
@@ -109,6 +110,13 @@ def _secret_env(cfg: NudgeflowConfig) -> dict[str, str]:
     return env
 
 
+def _is_local(rest_url: str) -> bool:
+    """Whether a REST URL is the local stack's Flink cluster (loopback)."""
+    from urllib.parse import urlparse
+
+    return urlparse(rest_url).hostname in {"127.0.0.1", "localhost"}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``nudgeflow run [--local] [--bounded] [--no-watch]``."""
     from jobs import monitor
@@ -143,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _say(f"submitting to the Flink cluster at {cfg.flink_rest_url} ...")
     job_id = deploy.submit(cfg.flink_rest_url, _job_args(args), detached=True,
                            python_executable=args.pyexec or sys.executable,
-                           env=_secret_env(cfg))
+                           env=_secret_env(cfg), local_stack=_is_local(cfg.flink_rest_url))
     _say(f"job {job_id} submitted; web UI: {cfg.flink_rest_url}/#/job/running/{job_id}/overview")
     _say(f"stop it with: nudgeflow jobs cancel {job_id}")
     if args.no_watch:
@@ -208,6 +216,37 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     _say(generate.format_summary(summary))
+    return 0
+
+
+def cmd_defs(args: argparse.Namespace) -> int:
+    """``nudgeflow defs validate|publish|delete|list``."""
+    from jobs import defs
+    from udfs import segments
+
+    if args.action == "validate":
+        if not args.targets:
+            return _fail("name the YAML files or directories to validate")
+        code, text = segments.validate_command(args.targets)
+        print(text, file=sys.stdout if code == 0 else sys.stderr, flush=True)
+        return code
+    cfg = config_from_args(args)
+    now_ms = int(time.time() * 1000)  # publication time: a wall-clock fact, not event time
+    if args.action == "publish":
+        if not args.targets:
+            return _fail("name the YAML files or directories to publish")
+        code, text = segments.validate_command(args.targets)
+        if code != 0:
+            print(text, file=sys.stderr, flush=True)
+            return code
+        count = defs.publish(cfg, args.targets, args.by, now_ms, say=_say)
+        _say(f"published {count} definition(s) to {cfg.definitions_topic}")
+    elif args.action == "delete":
+        for definition_id in args.targets:
+            version = defs.delete(cfg, definition_id, args.by, now_ms)
+            _say(f"published DELETE of {definition_id} as v{version}")
+    elif args.action == "list":
+        _say(defs.listing(cfg))
     return 0
 
 
@@ -287,6 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(gen_p)
     gen_p.set_defaults(func=cmd_generate)
 
+    defs_p = sub.add_parser("defs", help="validate, publish, delete and list segment "
+                            "definitions (YAML)")
+    defs_p.add_argument("action", choices=["validate", "publish", "delete", "list"])
+    defs_p.add_argument("targets", nargs="*", help="validate/publish: YAML files or "
+                        "directories; delete: segment ids")
+    defs_p.add_argument("--by", default=os.environ.get("USER"),
+                        help="publish/delete: who publishes (recorded in the update)")
+    add_config_arguments(defs_p)
+    defs_p.set_defaults(func=cmd_defs)
+
     jars_p = sub.add_parser("jars", help="resolve the Java dependencies from Maven Central")
     jars_p.add_argument("components", nargs="*", help="kafka, cassandra, flink (default: all)")
     jars_p.set_defaults(func=cmd_jars)
@@ -307,10 +356,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from infra.jars import JarResolutionError
         from infra.provision import ProvisionError
         from infra.stack import StackError
+        from jobs.defs import PublishError
+        from udfs.segments import DefinitionError
 
-        if isinstance(exc, StackError | DeployError | ProvisionError | JarResolutionError):
+        if isinstance(exc, StackError | DeployError | ProvisionError | JarResolutionError |
+                      PublishError):
             return _fail(str(exc))
+        if isinstance(exc, DefinitionError):
+            return _fail(segments_errors(exc))
         raise
+
+
+def segments_errors(exc: Exception) -> str:
+    """Render definition errors as ``file:path: message`` lines."""
+    from udfs.segments import format_errors
+
+    return "invalid definitions:\n" + format_errors(getattr(exc, "errors", ()))
 
 
 if __name__ == "__main__":

@@ -62,15 +62,35 @@ class NudgeflowConfig:
     clicks_topic: str = _opt("clicks", "Topic of Avro ClickEvents (input).")
     user_metadata_topic: str = _opt("user-metadata", "Compacted topic of Avro UserMetadata.")
     definitions_topic: str = _opt("definitions", "Compacted control topic of DefinitionUpdates.")
-    activity_counts_topic: str = _opt(
-        "user-activity-counts", "Topic of the walking-skeleton's Avro UserActivityCounts."
-    )
     segment_changes_topic: str = _opt("segment-changes", "Topic of Avro SegmentChanges.")
     trigger_topic_prefix: str = _opt(
         "triggers-", "Trigger topics are <prefix><tier>, tier p0 (critical) to p3 (low)."
     )
     dead_letter_topic: str = _opt("dead-letter", "Topic of Avro DeadLetters (rejected input).")
     outcomes_topic: str = _opt("outcomes", "Topic of Avro CampaignOutcomes (feedback).")
+    # --- event time and the per-user engine ------------------------------------------------
+    max_out_of_orderness_ms: int = _opt(
+        5_000, "Watermarks trail the newest event time by this much (bounded out-of-orderness)."
+    )
+    idleness_ms: int = _opt(
+        10_000, "A source partition without events for this long stops holding watermarks back."
+    )
+    allowed_lateness_ms: int = _opt(
+        60_000,
+        "Events up to this much behind the watermark are still processed; later ones go to "
+        "the dead-letter topic with reason LATE_EVENT.",
+    )
+    max_future_skew_ms: int = _opt(
+        600_000, "Events whose time is this far ahead of the broker's append time are rejected."
+    )
+    state_ttl_ms: int = _opt(
+        90 * 24 * 3600 * 1000,
+        "A user's state is cleared after this much event time without events (bounded state).",
+    )
+    segments_dir: str = _opt(
+        "", "Directory of segment YAML files loaded at start; empty: the shipped catalog."
+    )
+    redis_key_prefix: str = _opt("nudgeflow", "Prefix of the Redis keys nudgeflow writes.")
     # --- stores ----------------------------------------------------------------------------
     cassandra_hosts: str = _opt("127.0.0.1", "Cassandra contact points, comma-separated.")
     cassandra_port: int = _opt(9042, "Cassandra native protocol port.")
@@ -115,6 +135,10 @@ class NudgeflowConfig:
                 )
         if self.parallelism < 1:
             raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
+        for name in ("max_out_of_orderness_ms", "idleness_ms", "allowed_lateness_ms",
+                     "max_future_skew_ms", "state_ttl_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_interval_ms < 0:
             raise ConfigError("checkpoint_interval_ms must be >= 0 (0 disables checkpoints)")
         if self.delivery_guarantee == "exactly-once" and self.checkpoint_interval_ms == 0:

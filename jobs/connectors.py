@@ -47,6 +47,7 @@ def kafka_records(
     uid: str,
     name: str,
     bounded: bool = False,
+    from_earliest: bool = False,
 ) -> DataStream:
     """A stream of Row(topic, partition, offset, timestamp, key, value) from one topic.
 
@@ -57,13 +58,17 @@ def kafka_records(
         uid: the source's stable uid.
         name: the source's readable name.
         bounded: stop at the offsets that are the latest at start (tests and benchmarks).
+        from_earliest: always read the whole topic (the compacted control topic), under a
+            group of its own.
     """
     builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(cfg.kafka_bootstrap)
         .set_topics(topic)
-        .set_group_id(cfg.consumer_group)
-        .set_starting_offsets(_starting_offsets(cfg))
+        .set_group_id(f"{cfg.consumer_group}-{topic}" if from_earliest else cfg.consumer_group)
+        .set_starting_offsets(
+            KafkaOffsetsInitializer.earliest() if from_earliest else _starting_offsets(cfg)
+        )
         .set_properties({**cfg.kafka_client_properties(), "commit.offsets.on.checkpoint": "true"})
     )
     if bounded:

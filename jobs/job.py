@@ -1,10 +1,13 @@
-"""nudgeflow's Flink job (walking skeleton).
+"""nudgeflow's Flink job: the per-user engine.
 
-Inputs: the clicks topic (Avro single-object ClickEvents).
-Outputs: one UserActivityCount per valid event on the activity-counts topic, keyed by user; a
-DeadLetter per rejected record on the dead-letter topic. Both go through one Kafka sink, so with
-exactly-once delivery they commit in the same transaction.
-State: per user, the number of events seen.
+Inputs: the clicks topic (ClickEvents), the compacted user-metadata topic (UserMetadata) and the
+definitions control topic (DefinitionUpdates), all Avro single-object records; plus the segment
+files loaded at start.
+Outputs: SegmentChanges (ENTER/EXIT) on the segment-changes topic, keyed by user, also written to
+Cassandra and Redis by the engine; a DeadLetter per rejected or late record. The Kafka outputs go
+through one sink, so with exactly-once delivery they commit in the same transaction.
+State: per user, behavioural features, the latest metadata and segment membership (keyed state
++ event-time timers); the segment definitions (broadcast state).
 
 ``build`` wires the graph from streams (tests pass collections); ``main`` builds the Kafka
 connectors and runs it, either in an embedded MiniCluster (``--local``) or, when started by
@@ -18,53 +21,138 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pyflink.common import Configuration, Types
+from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 
 from jobs import names
 from jobs.config import NudgeflowConfig, add_config_arguments, config_from_args
-from udfs.clicks import DEFAULT_MAX_FUTURE_SKEW_MS
-from udfs.descriptors import CLICK_ROW, DEAD_LETTER_TAG, KAFKA_OUT_ROW
-from udfs.functions import CountActivityFunction, DecodeClicksFunction
+from udfs.descriptors import (
+    DEAD_LETTER_TAG,
+    DEFINITION_ROW,
+    ENGINE_INPUT_ROW,
+    KAFKA_OUT_ROW,
+    definitions_state,
+)
+from udfs.functions import (
+    DecodeClicksFunction,
+    DecodeRecordsFunction,
+    EventTimeAssigner,
+    NeutralTimeAssigner,
+    UserEngineFunction,
+    definition_to_row,
+    metadata_to_engine_input,
+)
 
 
 @dataclass(frozen=True)
 class JobOutputs:
     """The job's output streams, each of Row(topic, key, value) ready for the Kafka sink."""
 
-    activity_counts: DataStream
+    segment_changes: DataStream
     dead_letters: DataStream
 
     def all(self) -> DataStream:
         """Every output in one stream (one sink, one transaction)."""
-        return self.activity_counts.union(self.dead_letters)
+        return self.segment_changes.union(self.dead_letters)
 
 
 def decode_clicks(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
-    """Kafka record rows -> (valid click rows, encoded DeadLetter rows)."""
+    """Kafka record rows -> (valid clicks as engine input rows, encoded DeadLetter rows)."""
     decoded = records.process(
-        DecodeClicksFunction(cfg.dead_letter_topic, DEFAULT_MAX_FUTURE_SKEW_MS),
-        output_type=CLICK_ROW,
+        DecodeClicksFunction(cfg.dead_letter_topic, cfg.max_future_skew_ms),
+        output_type=ENGINE_INPUT_ROW,
     ).uid(names.DECODE_CLICKS_UID).name(names.DECODE_CLICKS_NAME)
     return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
 
 
-def run_user_engine(clicks: DataStream, cfg: NudgeflowConfig) -> DataStream:
-    """Key by user and keep the per-user state; emit encoded UserActivityCount rows."""
+def decode_metadata(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
+    """Kafka record rows of user-metadata -> (engine input rows, DeadLetter rows)."""
+    decoded = records.process(
+        DecodeRecordsFunction("UserMetadata", cfg.dead_letter_topic, metadata_to_engine_input),
+        output_type=ENGINE_INPUT_ROW,
+    ).uid(names.DECODE_METADATA_UID).name(names.DECODE_METADATA_NAME)
+    return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
+
+
+def decode_definitions(records: DataStream, cfg: NudgeflowConfig
+                       ) -> tuple[DataStream, DataStream]:
+    """Kafka record rows of the definitions topic -> (definition rows, DeadLetter rows)."""
+    decoded = records.process(
+        DecodeRecordsFunction("DefinitionUpdate", cfg.dead_letter_topic, definition_to_row),
+        output_type=DEFINITION_ROW,
+    ).uid(names.DECODE_DEFINITIONS_UID).name(names.DECODE_DEFINITIONS_NAME)
+    return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
+
+
+def event_time_strategy(cfg: NudgeflowConfig, out_of_orderness_ms: int) -> WatermarkStrategy:
+    """Bounded out-of-orderness on the rows' ``event_time`` field, with idleness.
+
+    ``with_idleness`` must come first: PyFlink 2.2's returns a new strategy that silently drops
+    a Python timestamp assigner set before it (the Kafka record time would be used instead).
+    """
     return (
-        clicks.key_by(lambda row: row[1], key_type=Types.STRING())  # row[1] is user_id
-        .process(CountActivityFunction(cfg.activity_counts_topic), output_type=KAFKA_OUT_ROW)
-        .uid(names.COUNT_ACTIVITY_UID)
-        .name(names.COUNT_ACTIVITY_NAME)
+        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
+        .with_idleness(Duration.of_millis(cfg.idleness_ms))
+        .with_timestamp_assigner(EventTimeAssigner())
     )
 
 
-def build(clicks: DataStream, cfg: NudgeflowConfig) -> JobOutputs:
-    """The job's graph from a stream of Kafka record rows to its output streams."""
-    valid, dead_letters = decode_clicks(clicks, cfg)
-    activity_counts = run_user_engine(valid, cfg)
-    return JobOutputs(activity_counts=activity_counts, dead_letters=dead_letters)
+def with_event_time(rows: DataStream, cfg: NudgeflowConfig, out_of_orderness_ms: int,
+                    uid: str) -> DataStream:
+    """Event-time timestamps and bounded-out-of-orderness watermarks with idleness."""
+    strategy = event_time_strategy(cfg, out_of_orderness_ms)
+    return rows.assign_timestamps_and_watermarks(strategy).uid(uid).name(uid)
+
+
+def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowConfig,
+                    initial_definitions: list[dict[str, Any]],
+                    writer_factory: Any = None) -> DataStream:
+    """Key by user, connect the broadcast definitions, run the engine; SegmentChange rows."""
+    broadcast = definitions.broadcast(definitions_state())
+    return (
+        inputs.key_by(lambda row: row[1], key_type=Types.STRING())  # row[1] is user_id
+        .connect(broadcast)
+        .process(UserEngineFunction(cfg, initial_definitions, writer_factory),
+                 output_type=KAFKA_OUT_ROW)
+        .uid(names.USER_ENGINE_UID)
+        .name(names.USER_ENGINE_NAME)
+    )
+
+
+def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
+          cfg: NudgeflowConfig, initial_definitions: list[dict[str, Any]] | None = None,
+          writer_factory: Any = None) -> JobOutputs:
+    """The job's graph: Kafka record rows of the three input topics -> output streams.
+
+    ``initial_definitions`` are the DefinitionUpdates of the segment files (default: those of
+    ``file_definitions(cfg)``); ``writer_factory`` replaces the Cassandra/Redis writer
+    (pipeline tests).
+    """
+    if initial_definitions is None:
+        initial_definitions = file_definitions(cfg)
+    valid_clicks, click_letters = decode_clicks(clicks, cfg)
+    valid_clicks = with_event_time(valid_clicks, cfg, cfg.max_out_of_orderness_ms,
+                                   names.CLICK_WATERMARKS_UID)
+    metadata_rows, metadata_letters = decode_metadata(metadata, cfg)
+    # metadata never holds event time back for long: no disorder bound, and idle when quiet
+    metadata_rows = with_event_time(metadata_rows, cfg, 0, names.METADATA_WATERMARKS_UID)
+    definition_rows, definition_letters = decode_definitions(definitions, cfg)
+    # Definitions must neither hold event time back (the control topic is quiet: it goes idle)
+    # nor push it forward (their Kafka timestamps are wall-clock: an idle click stream would
+    # let them drag the watermark to "now" and make every event late). Timestamp 0 does both:
+    # Flink ignores an input whose watermark is behind the operator's until it catches up.
+    definition_rows = definition_rows.assign_timestamps_and_watermarks(
+        WatermarkStrategy.for_monotonous_timestamps()
+        .with_idleness(Duration.of_millis(cfg.idleness_ms))
+        .with_timestamp_assigner(NeutralTimeAssigner())
+    ).uid(names.DEFINITION_WATERMARKS_UID).name(names.DEFINITION_WATERMARKS_UID)
+    changes = run_user_engine(valid_clicks.union(metadata_rows), definition_rows, cfg,
+                              initial_definitions, writer_factory)
+    dead_letters = click_letters.union(metadata_letters, definition_letters,
+                                       changes.get_side_output(DEAD_LETTER_TAG))
+    return JobOutputs(segment_changes=changes, dead_letters=dead_letters)
 
 
 def python_worker_settings() -> dict[str, str]:
@@ -126,6 +214,19 @@ def create_env(cfg: NudgeflowConfig, local: bool) -> StreamExecutionEnvironment:
     return env
 
 
+def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
+    """The segment files (``cfg.segments_dir`` or the shipped catalog) as DefinitionUpdates.
+
+    Raises:
+        udfs.segments.InvalidDefinitions: a file does not validate (the job does not start).
+    """
+    from udfs import segments
+
+    directory = cfg.segments_dir or segments.CATALOG_DIR
+    return [segments.segment_to_update(segment, 0, "file")
+            for segment in segments.load_catalog(directory)]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the job on Kafka: ``python -m jobs.job [--local] [--bounded] [config flags]``."""
     parser = argparse.ArgumentParser(prog="nudgeflow-job", description=__doc__)
@@ -144,7 +245,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     env = create_env(cfg, local=args.local)
     clicks = kafka_records(env, cfg, cfg.clicks_topic, names.CLICKS_SOURCE_UID,
                            names.CLICKS_SOURCE_NAME, bounded=args.bounded)
-    outputs = build(clicks, cfg)
+    metadata = kafka_records(env, cfg, cfg.user_metadata_topic, names.METADATA_SOURCE_UID,
+                             names.METADATA_SOURCE_NAME, bounded=args.bounded)
+    # the control topic is read whole at every start (compacted; versions decide)
+    definitions = kafka_records(
+        env, cfg, cfg.definitions_topic, names.DEFINITIONS_SOURCE_UID,
+        names.DEFINITIONS_SOURCE_NAME, bounded=args.bounded, from_earliest=True)
+    outputs = build(clicks, metadata, definitions, cfg)
     outputs.all().sink_to(routed_kafka_sink(cfg)).uid(names.KAFKA_SINK_UID).name(
         names.KAFKA_SINK_NAME
     )

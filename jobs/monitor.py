@@ -53,7 +53,7 @@ class OffsetMonitor:
         return Snapshot(
             clicks_end=self._end(self.cfg.clicks_topic),
             clicks_committed=clicks_committed,
-            outputs_end=self._end(self.cfg.activity_counts_topic),
+            outputs_end=self._end(self.cfg.segment_changes_topic),
             dead_letters_end=self._end(self.cfg.dead_letter_topic),
         )
 

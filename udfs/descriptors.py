@@ -9,10 +9,15 @@ from __future__ import annotations
 from pyflink.common import Types
 from pyflink.common.typeinfo import TypeInformation
 from pyflink.datastream import OutputTag
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 #: A Kafka record as nudgeflow-flink's KafkaRecordWithMetadataDeserializer emits it.
 SOURCE_RECORD_FIELDS = ("topic", "partition", "offset", "timestamp", "key", "value")
+SOURCE_RECORD_ROW = Types.ROW_NAMED(
+    list(SOURCE_RECORD_FIELDS),
+    [Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(),
+     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
 
 #: A decoded, valid click: the ClickEvent fields plus the Kafka record timestamp (ingest time).
 CLICK_FIELDS: tuple[tuple[str, TypeInformation], ...] = (
@@ -46,6 +51,46 @@ KAFKA_OUT_ROW = Types.ROW_NAMED(
 DEAD_LETTER_TAG = OutputTag("dead-letters", KAFKA_OUT_ROW)
 
 
-def activity_count_state() -> ValueStateDescriptor:
-    """The skeleton's per-user event count."""
-    return ValueStateDescriptor("activity-count", Types.LONG())
+#: What the per-user engine consumes: a click or a user's metadata, keyed by user id.
+#: kind is "click" (click set) or "metadata" (metadata = Avro single-object UserMetadata).
+ENGINE_INPUT_ROW = Types.ROW_NAMED(
+    ["kind", "user_id", "event_time", "click", "metadata"],
+    [Types.STRING(), Types.STRING(), Types.LONG(), CLICK_ROW, Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
+
+#: A validated DefinitionUpdate (payload = its Avro single-object bytes), broadcast to every
+#: engine instance.
+DEFINITION_ROW = Types.ROW_NAMED(
+    ["definition_id", "payload"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())]
+)
+
+
+# State holding bytes is declared PICKLED_BYTE_ARRAY: in thread mode PyFlink 2.2 converts a
+# PRIMITIVE_ARRAY(BYTE) state value to a tuple of ints and fails on an empty one. The value
+# pickled is always a plain ``bytes`` of our own versioned encoding (Avro), never an object.
+BYTES_STATE = Types.PICKLED_BYTE_ARRAY()
+
+
+def definitions_state() -> MapStateDescriptor:
+    """Broadcast state: definition id -> the DefinitionUpdate (Avro bytes) in force."""
+    return MapStateDescriptor("definitions", Types.STRING(), BYTES_STATE)
+
+
+def user_features_state() -> ValueStateDescriptor:
+    """Per user: behavioural features, encoded by udfs.features.encode_state."""
+    return ValueStateDescriptor("features", BYTES_STATE)
+
+
+def user_metadata_state() -> ValueStateDescriptor:
+    """Per user: the latest UserMetadata, Avro single-object bytes (versioned by fingerprint)."""
+    return ValueStateDescriptor("metadata", BYTES_STATE)
+
+
+def membership_state() -> ValueStateDescriptor:
+    """Per user: segment id -> definition version the user entered under."""
+    return ValueStateDescriptor("membership", Types.MAP(Types.STRING(), Types.INT()))
+
+
+def expiry_timer_state() -> ValueStateDescriptor:
+    """Per user: the event time of the pending state-expiry (TTL) timer."""
+    return ValueStateDescriptor("expiry-timer", Types.LONG())

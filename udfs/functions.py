@@ -1,22 +1,39 @@
 """Thin PyFlink adapters: load state, call the pure domain function, store state, emit.
 
-- ``DecodeClicksFunction``: Kafka record rows -> click rows; rejected records -> the dead-letter
-  side output (encoded DeadLetter rows ready for the Kafka sink). Never raises on bad input.
-- ``CountActivityFunction`` (keyed by user): the walking skeleton's running count per user ->
-  encoded UserActivityCount rows.
+- ``DecodeClicksFunction``: Kafka record rows -> engine input rows; rejected records -> the
+  dead-letter side output (encoded DeadLetter rows ready for the Kafka sink). Never raises on
+  bad input.
+- ``DecodeRecordsFunction``: the same for user-metadata and definitions records.
+- ``UserEngineFunction`` (keyed by user, definitions broadcast): features, metadata join and
+  segment membership -> SegmentChange rows, written to Cassandra/Redis first.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from pyflink.common import Row
-from pyflink.datastream import KeyedProcessFunction, ProcessFunction, RuntimeContext
+from pyflink.common.watermark_strategy import TimestampAssigner
+from pyflink.datastream import (
+    KeyedBroadcastProcessFunction,
+    ProcessFunction,
+    RuntimeContext,
+)
 
-from schemas.codec import Codec
-from udfs import activity, clicks
-from udfs.descriptors import CLICK_FIELD_NAMES, DEAD_LETTER_TAG, activity_count_state
+from schemas.codec import Codec, CodecError, UnknownSchemaError
+from udfs import clicks, engine, features
+from udfs.descriptors import (
+    CLICK_FIELD_NAMES,
+    DEAD_LETTER_TAG,
+    definitions_state,
+    expiry_timer_state,
+    membership_state,
+    user_features_state,
+    user_metadata_state,
+)
+from udfs.segments import ChangeOutcome, SegmentRegistry, format_errors
 
 
 class DecodeClicksFunction(ProcessFunction):
@@ -52,31 +69,272 @@ class DecodeClicksFunction(ProcessFunction):
             return
         self.events_valid.inc()
         result["ingest_time"] = record.timestamp
-        yield Row(*[result.get(name) for name in CLICK_FIELD_NAMES])
+        yield Row("click", result["user_id"], result["event_time"],
+                  Row(*[result.get(name) for name in CLICK_FIELD_NAMES]), None)
 
 
 def _maybe_bytes(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
 
 
-class CountActivityFunction(KeyedProcessFunction):
-    """Keyed by user id: count the user's events and emit a UserActivityCount per event."""
+class DecodeRecordsFunction(ProcessFunction):
+    """Validate a topic's single-object Avro records of one schema; dead-letter the rest.
 
-    def __init__(self, output_topic: str) -> None:
-        self.output_topic = output_topic
+    Emits ``to_row(record, raw_bytes)`` for each valid record; used for the user-metadata and
+    definitions topics (the record bytes travel on, decoded where they are used).
+    """
+
+    def __init__(self, schema: str, dead_letter_topic: str, to_row: Any) -> None:
+        self.schema = schema
+        self.dead_letter_topic = dead_letter_topic
+        self.to_row = to_row
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        """Create the state handle and the codec."""
-        self.count = runtime_context.get_state(activity_count_state())
+        """Load the schemas; register the dead-letter counter."""
         self.codec = Codec.load()
+        self.dead_lettered = runtime_context.get_metrics_group().counter("records_dead_lettered")
 
-    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Row]:
-        """Update the count; emit Row(topic, key=user id, value=Avro UserActivityCount)."""
-        event = dict(zip(CLICK_FIELD_NAMES, value, strict=True))
-        new_count, record = activity.count_activity(self.count.value(), event)
-        self.count.update(new_count)
-        yield Row(
-            self.output_topic,
-            event["user_id"].encode(),
-            self.codec.encode("UserActivityCount", record),
+    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        """Emit the row for a valid record, a DeadLetter row for anything else."""
+        topic, partition, offset, timestamp, key, raw = value
+        record = clicks.SourceRecord(
+            topic, partition, offset, timestamp, _maybe_bytes(key), _maybe_bytes(raw)
         )
+        problem = None
+        decoded = None
+        if not record.value:
+            problem = clicks.Rejected("INVALID_AVRO", "empty record value", "decode")
+        else:
+            try:
+                decoded = self.codec.decode(record.value, expect=self.schema)
+            except UnknownSchemaError as exc:
+                problem = clicks.Rejected("UNKNOWN_SCHEMA", str(exc), "decode")
+            except CodecError as exc:
+                problem = clicks.Rejected("INVALID_AVRO", str(exc), "decode")
+        if problem is not None or decoded is None:
+            self.dead_lettered.inc()
+            letter = clicks.dead_letter(record, problem or clicks.Rejected(
+                "OTHER", "undecodable", "decode"), ctx.timer_service().current_processing_time())
+            yield DEAD_LETTER_TAG, Row(self.dead_letter_topic, record.key,
+                                       self.codec.encode("DeadLetter", letter))
+            return
+        yield self.to_row(decoded, record.value)
+
+
+def metadata_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
+    """A UserMetadata as the engine's input row (event time = its updated_at)."""
+    return Row("metadata", record["user_id"], record["updated_at"], None, raw)
+
+
+def definition_to_row(record: dict[str, Any], raw: bytes) -> Row:
+    """A DefinitionUpdate as a broadcast row."""
+    return Row(record["definition_id"], raw)
+
+
+class EventTimeAssigner(TimestampAssigner):
+    """Event time of an engine input row (its ``event_time`` field)."""
+
+    def extract_timestamp(self, value: Row, record_timestamp: int) -> int:
+        """The row's event time."""
+        return int(value[2])
+
+
+class NeutralTimeAssigner(TimestampAssigner):
+    """Timestamp 0 for control records: their watermark never moves the engine's event time."""
+
+    def extract_timestamp(self, value: Row, record_timestamp: int) -> int:
+        """Always 0 (the epoch)."""
+        return 0
+
+
+class UserEngineFunction(KeyedBroadcastProcessFunction):
+    """Keyed by user, with the definitions broadcast: features, metadata, segment membership.
+
+    For each click, metadata update or timer: load the user's state, step ``udfs.engine``,
+    write every membership change to Cassandra and Redis (blocking, retried; see
+    udfs/membership_store.py), store the state, emit the changes as SegmentChange rows and set a
+    timer for the next time-driven change. Events later than the watermark minus the allowed
+    lateness go to the dead-letter topic (LATE_EVENT).
+    """
+
+    def __init__(self, cfg: Any, initial_definitions: list[dict[str, Any]],
+                 writer_factory: Any = None) -> None:
+        self.cfg = cfg
+        # the definitions of the segment files, in force from the first event on (a broadcast
+        # stream would race with the first events)
+        self.initial_definitions = initial_definitions
+        self.writer_factory = writer_factory
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """State handles, codec, the store writer and metrics, created once per instance."""
+        from udfs.membership_store import CassandraRedisWriter
+
+        self.codec = Codec.load()
+        self.features_state = runtime_context.get_state(user_features_state())
+        self.metadata_state = runtime_context.get_state(user_metadata_state())
+        self.membership = runtime_context.get_state(membership_state())
+        self.expiry = runtime_context.get_state(expiry_timer_state())
+        metrics = runtime_context.get_metrics_group()
+        self.events = metrics.counter("engine_events")
+        self.duplicates = metrics.counter("events_duplicate")
+        self.late = metrics.counter("events_late")
+        self.enters = metrics.counter("segment_enters")
+        self.exits = metrics.counter("segment_exits")
+        self.store_retries = metrics.counter("store_retries")
+        self.bad_definitions = metrics.counter("definitions_rejected")
+        self.registry: SegmentRegistry | None = None
+        if self.writer_factory is not None:
+            self.writer = self.writer_factory()
+        else:
+            cfg = self.cfg
+            self.writer = CassandraRedisWriter.connect(
+                cfg.cassandra_hosts.split(","), cfg.cassandra_port, cfg.cassandra_keyspace,
+                cfg.redis_url, cfg.cassandra_username, cfg.cassandra_password,
+                on_retry=self.store_retries.inc, redis_prefix=cfg.redis_key_prefix,
+            )
+
+    def close(self) -> None:
+        """Close the store connections."""
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.close()
+
+    # -- definitions --------------------------------------------------------------------------
+
+    def process_broadcast_element(self, value: Row, ctx: Any) -> Iterator[Any]:
+        """Apply a DefinitionUpdate to the registry and, if it changed it, the broadcast state."""
+        definition_id, payload = value[0], _maybe_bytes(value[1]) or b""
+        state = ctx.get_broadcast_state(definitions_state())
+        self._load_registry(state)
+        update = self.codec.decode(payload, expect="DefinitionUpdate")
+        change = self._registry().apply(update)
+        if change.outcome is ChangeOutcome.REJECTED:
+            self.bad_definitions.inc()
+            letter = clicks.dead_letter(
+                clicks.SourceRecord(self.cfg.definitions_topic, None, None, None,
+                                    definition_id.encode(), payload),
+                clicks.Rejected("INVALID_DEFINITION", change.message + "; " + format_errors(
+                    change.errors), "definitions"),
+                # processing time; the broadcast context's current_processing_time() is broken
+                # in PyFlink 2.2's thread mode (no such Java method)
+                int(time.time() * 1000),
+            )
+            yield DEAD_LETTER_TAG, Row(self.cfg.dead_letter_topic, definition_id.encode(),
+                                       self.codec.encode("DeadLetter", letter))
+        elif change.changed:
+            # DELETEs are kept too (tombstones), so an older version arriving later stays stale
+            state.put(definition_id, payload)
+            self.writer.record_definition(definition_id, f"v{change.version} {update['action']}")
+
+    def _load_registry(self, state: Any) -> None:
+        """Once per start or restore: the file definitions, then those of the control topic.
+
+        The broadcast state holds what the control topic changed; versions decide, so a file
+        shipped with a newer version wins over an older published one and vice versa.
+        """
+        if self.registry is not None:
+            return
+        registry = SegmentRegistry.from_updates(self.initial_definitions)
+        for _, payload in state.items():
+            registry.apply(self.codec.decode(bytes(payload), expect="DefinitionUpdate"))
+        self.registry = registry
+        for update in registry.updates():
+            self.writer.record_definition(update["definition_id"],
+                                          f"v{update['version']} {update['action']}")
+
+    # -- users --------------------------------------------------------------------------------
+
+    def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
+        """Step the engine with a click or a metadata update."""
+        self._load_registry(ctx.get_broadcast_state(definitions_state()))
+        kind, user_id, event_time = value[0], value[1], value[2]
+        state = self._load_state()
+        if kind == "click":
+            watermark = ctx.timer_service().current_watermark()
+            if event_time < watermark - self.cfg.allowed_lateness_ms:
+                self.late.inc()
+                yield from self._late(value, watermark, ctx)
+                return
+            self.events.inc()
+            event = dict(zip(CLICK_FIELD_NAMES, value[3], strict=True))
+            step = engine.on_event(state, event, self._registry())
+            if step.duplicate:
+                self.duplicates.inc()
+                return
+        else:
+            metadata = self.codec.decode(_maybe_bytes(value[4]) or b"", expect="UserMetadata")
+            step = engine.on_metadata(state, metadata, self._registry(),
+                                      max(event_time, ctx.timer_service().current_watermark()))
+        yield from self._finish(user_id, state, step, ctx)
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+        """Re-evaluate at a timer; clear the state of users idle beyond the TTL."""
+        self._load_registry(ctx.get_broadcast_state(definitions_state()))
+        user_id = ctx.get_current_key()
+        state = self._load_state()
+        if engine.expired(state, timestamp, self.cfg.state_ttl_ms):
+            # an idle user leaves every segment, then their state is dropped (bounded state)
+            step = engine.on_timer(state, user_id, timestamp, SegmentRegistry())
+            yield from self._emit(step)
+            self.features_state.clear()
+            self.metadata_state.clear()
+            self.membership.clear()
+            self.expiry.clear()
+            return
+        step = engine.on_timer(state, user_id, timestamp, self._registry())
+        yield from self._finish(user_id, state, step, ctx)
+
+    def _registry(self) -> SegmentRegistry:
+        assert self.registry is not None, "_load_registry runs before every element"
+        return self.registry
+
+    def _load_state(self) -> engine.UserState:
+        raw_features = self.features_state.value()
+        raw_metadata = self.metadata_state.value()
+        return engine.UserState(
+            features=features.decode_state(bytes(raw_features)) if raw_features else None,
+            metadata=(self.codec.decode(bytes(raw_metadata), expect="UserMetadata")
+                      if raw_metadata else None),
+            membership=dict(self.membership.value() or {}),
+        )
+
+    def _finish(self, user_id: str, state: engine.UserState, step: engine.Step,
+                ctx: Any) -> Iterator[Any]:
+        if state.features is not None:
+            self.features_state.update(features.encode_state(state.features))
+            expiry = state.features.last_event_ms + self.cfg.state_ttl_ms
+            if self.expiry.value() != expiry:
+                ctx.timer_service().register_event_time_timer(expiry)
+                self.expiry.update(expiry)
+        if state.metadata is not None:
+            self.metadata_state.update(self.codec.encode("UserMetadata", state.metadata))
+        self.membership.update(state.membership)
+        if step.next_timer_ms is not None:
+            ctx.timer_service().register_event_time_timer(step.next_timer_ms)
+        yield from self._emit(step)
+
+    def _emit(self, step: engine.Step) -> Iterator[Row]:
+        for change in step.changes:
+            self.writer.write(change)  # durable before it is emitted (and so checkpointed)
+            (self.enters if change["change"] == "ENTER" else self.exits).inc()
+            record = {**change, "emitted_at": change["event_time"]}
+            yield Row(self.cfg.segment_changes_topic, change["user_id"].encode(),
+                      self.codec.encode("SegmentChange", record))
+
+    def _late(self, value: Row, watermark: int, ctx: Any) -> Iterator[Any]:
+        event = dict(zip(CLICK_FIELD_NAMES, value[3], strict=True))
+        ingest_time = event.pop("ingest_time")
+        raw = self.codec.encode("ClickEvent", event)
+        reason = (
+            f"event {event['event_id']!r} of user {event['user_id']!r} has event_time "
+            f"{event['event_time']}, {watermark - event['event_time']} ms behind the watermark "
+            f"{watermark}; the allowed lateness is {self.cfg.allowed_lateness_ms} ms"
+        )
+        letter = clicks.dead_letter(
+            clicks.SourceRecord(self.cfg.clicks_topic, None, None, ingest_time,
+                                event["user_id"].encode(), raw),
+            clicks.Rejected("LATE_EVENT", reason, "watermark"),
+            ctx.timer_service().current_processing_time(),
+        )
+        yield DEAD_LETTER_TAG, Row(self.cfg.dead_letter_topic, event["user_id"].encode(),
+                                   self.codec.encode("DeadLetter", letter))

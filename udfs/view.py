@@ -27,7 +27,7 @@ class RecentEvent:
 
     @property
     def value(self) -> float | None:
-        """price x quantity (quantity defaults to 1), None without a price."""
+        """Price x quantity (quantity defaults to 1), None without a price."""
         if self.price is None:
             return None
         return self.price * (self.quantity or 1)
@@ -46,8 +46,11 @@ class UserView(Protocol):
         ...
 
     def metadata(self, field: str) -> Any:
-        """A UserMetadata field (country, time_zone, plan, signup_time, lifetime_value,
-        opt_ins.email, ...); None when the user's metadata has not arrived yet."""
+        """A UserMetadata field by name; None before the user's metadata arrived.
+
+        Fields: country, time_zone, plan, signup_time, lifetime_value, and the opt-ins as
+        ``opt_ins.email``, ``opt_ins.sms``, ...
+        """
         ...
 
     def recent_events(self) -> tuple[RecentEvent, ...]:

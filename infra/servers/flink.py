@@ -177,8 +177,23 @@ class FlinkTaskManager(_FlinkProcess):
         """The TaskManager serves no fixed port of its own (the REST port is the JobManager's)."""
         return None
 
+    def prepare(self, paths: StackPaths) -> None:
+        """Shared configuration, and a fresh TaskManager has loaded no job code yet."""
+        super().prepare(paths)
+        loaded_code_file(paths).unlink(missing_ok=True)
+
     def probe(self, paths: StackPaths) -> None:
         """The REST overview counts at least one registered TaskManager."""
         overview = self.overview()
         if int(str(overview.get("taskmanagers", 0))) < 1:
             raise NotReady("the JobManager has no registered TaskManager yet")
+
+
+def loaded_code_file(paths: StackPaths) -> Path:
+    """Digest of the job archive whose Python modules the local TaskManager has imported.
+
+    Thread mode runs every job's Python in the TaskManager's one embedded interpreter, which
+    keeps imported modules across jobs: a job with changed code would run the old modules. So
+    ``nudgeflow run`` restarts the local TaskManager when the code differs from this digest.
+    """
+    return paths.stack / "flink" / "taskmanager-code.sha256"

@@ -39,7 +39,6 @@ def isolated_cfg(local_stack):
         clicks_topic=f"it-{run}-clicks",
         user_metadata_topic=f"it-{run}-user-metadata",
         definitions_topic=f"it-{run}-definitions",
-        activity_counts_topic=f"it-{run}-activity-counts",
         segment_changes_topic=f"it-{run}-segment-changes",
         trigger_topic_prefix=f"it-{run}-triggers-",
         dead_letter_topic=f"it-{run}-dead-letter",

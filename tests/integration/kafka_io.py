@@ -49,3 +49,43 @@ def read_topic(cfg, topic, expected, timeout_s=120.0, codec=None):
     finally:
         consumer.close()
     return found
+
+
+class TopicReader:
+    """Reads a topic (read committed) from the beginning and keeps what it saw."""
+
+    def __init__(self, cfg, topic, codec=None):
+        self.codec = codec or Codec.load()
+        self.consumer = KafkaConsumer(
+            **cfg.python_client_kwargs(), isolation_level="read_committed",
+            enable_auto_commit=False, auto_offset_reset="earliest", group_id=None)
+        partitions = [TopicPartition(topic, p)
+                      for p in self.consumer.partitions_for_topic(topic) or []]
+        self.consumer.assign(partitions)
+        self.consumer.seek_to_beginning(*partitions)
+        self.records = []  # (key, record name, record)
+
+    def wait_for(self, predicate, timeout_s=90.0, what="records"):
+        """Poll until ``predicate(self.records)`` holds; fail with what was seen otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while not predicate(self.records):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; saw {self.records}")
+            for batch in self.consumer.poll(timeout_ms=500).values():
+                for message in batch:
+                    name, record = self.codec.decode_named(message.value)
+                    self.records.append((message.key, name, record))
+        return self.records
+
+    def drain(self, seconds=3.0):
+        """Read whatever else arrives within ``seconds`` (to catch extra records)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for batch in self.consumer.poll(timeout_ms=300).values():
+                for message in batch:
+                    name, record = self.codec.decode_named(message.value)
+                    self.records.append((message.key, name, record))
+        return self.records
+
+    def close(self):
+        self.consumer.close()

@@ -1,4 +1,4 @@
-"""Tests for udfs.clicks (decode, validate, dead letters) and udfs.activity (the per-user count).
+"""Tests for udfs.clicks (decode, validate, dead letters).
 
 A real ``schemas.codec.Codec`` encodes and decodes; timestamps are fixed, there is no wall clock.
 """
@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from schemas.codec import MAGIC, Codec
-from udfs.activity import count_activity
 from udfs.clicks import (
     DEFAULT_MAX_FUTURE_SKEW_MS,
     Rejected,
@@ -266,22 +265,3 @@ def test_dead_letter_of_an_invalid_field(codec: Codec) -> None:
     assert letter["stage"] == "validate"
     assert letter["raw"] == data
     assert codec.decode(letter["raw"]) == click(quantity=0)  # replayable
-
-
-# --- activity -----------------------------------------------------------------------------------
-
-
-def test_count_activity_first_event() -> None:
-    count, out = count_activity(None, click())
-    assert count == 1
-    assert out == {"user_id": "u-1", "event_count": 1, "last_event_id": "e-1",
-                   "last_event_time": T0}
-
-
-def test_count_activity_increments(codec: Codec) -> None:
-    count, out = count_activity(4, click(event_id="e-5", event_time=T0 + 1))
-    assert count == 5
-    assert out == {"user_id": "u-1", "event_count": 5, "last_event_id": "e-5",
-                   "last_event_time": T0 + 1}
-    decoded = codec.decode(codec.encode("UserActivityCount", out), expect="UserActivityCount")
-    assert decoded == out

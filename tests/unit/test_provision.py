@@ -35,12 +35,12 @@ def test_every_configured_topic_is_specified(specs: dict[str, TopicSpec]) -> Non
     cfg = load_config(env={})
     expected = {
         cfg.clicks_topic, cfg.user_metadata_topic, cfg.definitions_topic,
-        cfg.activity_counts_topic, cfg.segment_changes_topic, cfg.dead_letter_topic,
+        cfg.segment_changes_topic, cfg.dead_letter_topic,
         cfg.outcomes_topic, *(cfg.trigger_topic(t) for t in ("P0", "P1", "P2", "P3")),
     }
     assert set(specs) == expected
     assert set(specs) == {
-        "clicks", "user-metadata", "definitions", "user-activity-counts", "segment-changes",
+        "clicks", "user-metadata", "definitions", "segment-changes",
         "triggers-p0", "triggers-p1", "triggers-p2", "triggers-p3", "dead-letter", "outcomes",
     }
 
@@ -69,7 +69,6 @@ def test_other_topics(specs: dict[str, TopicSpec]) -> None:
     assert specs["dead-letter"].partitions == 1
     assert specs["dead-letter"].config == {"retention.ms": "1209600000"}
     assert specs["outcomes"].config == {"retention.ms": "2592000000"}
-    assert specs["user-activity-counts"].config == {"retention.ms": "86400000"}
     assert specs["triggers-p0"] == TopicSpec("triggers-p0", 4, 1, {"retention.ms": "86400000"})
     assert specs["triggers-p3"].config == {"retention.ms": "259200000"}
     # config values are strings, whatever YAML made of them

@@ -1,0 +1,139 @@
+"""``nudgeflow defs validate | publish | delete | list``: segment definitions as data.
+
+- validate: parse and check YAML files offline (exit 1 with ``file:path: message`` lines);
+- publish: validate, then write each segment as a DefinitionUpdate to the definitions control
+  topic (key = segment id). A version that is already published with the same content is
+  skipped; the same version with other content is refused (bump ``version``);
+- delete: publish a DELETE (a new version) for a segment id;
+- list: what the running job holds (it records applied versions in Redis) next to what the
+  control topic holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jobs.config import NudgeflowConfig
+from schemas.codec import Codec, CodecError
+from udfs import segments
+
+
+class PublishError(RuntimeError):
+    """A definition could not be published; the message says which and why."""
+
+
+def applied_definitions_key(cfg: NudgeflowConfig) -> str:
+    """The Redis hash in which the running job records the definition versions it applied."""
+    return f"{cfg.redis_key_prefix}:definitions"
+
+
+def published_updates(cfg: NudgeflowConfig, codec: Codec | None = None,
+                      timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
+    """The latest DefinitionUpdate per id on the control topic (read to its end)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    codec = codec or Codec.load()
+    consumer = KafkaConsumer(**cfg.python_client_kwargs(), enable_auto_commit=False,
+                             isolation_level="read_committed", group_id=None)
+    latest: dict[str, dict[str, Any]] = {}
+    try:
+        partitions = [TopicPartition(cfg.definitions_topic, p)
+                      for p in consumer.partitions_for_topic(cfg.definitions_topic) or []]
+        if not partitions:
+            raise PublishError(f"the definitions topic {cfg.definitions_topic!r} does not exist; "
+                               "run `nudgeflow stack up` (or `stack provision`)")
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(p) < ends[p] for p in partitions):
+            if time.monotonic() > deadline:
+                raise PublishError(f"reading {cfg.definitions_topic} timed out")
+            for batch in consumer.poll(timeout_ms=500).values():
+                for message in batch:
+                    try:
+                        update = codec.decode(message.value, expect="DefinitionUpdate")
+                    except CodecError:
+                        continue  # the job dead-letters it; nothing to show here
+                    held = latest.get(update["definition_id"])
+                    if held is None or update["version"] > held["version"]:
+                        latest[update["definition_id"]] = update
+    finally:
+        consumer.close()
+    return latest
+
+
+def _produce(cfg: NudgeflowConfig, updates: Sequence[dict[str, Any]], codec: Codec) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**cfg.python_client_kwargs(), acks="all")
+    try:
+        for update in updates:
+            producer.send(cfg.definitions_topic, key=update["definition_id"].encode(),
+                          value=codec.encode("DefinitionUpdate", update))
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+
+
+def publish(cfg: NudgeflowConfig, paths: Sequence[str], published_by: str | None,
+            now_ms: int, say: Callable[[str], None] = print) -> int:
+    """Validate the files and publish their segments; return how many were published.
+
+    Raises:
+        segments.InvalidDefinitions: a file does not validate (nothing is published).
+        PublishError: a version conflicts with what is already published.
+    """
+    codec = Codec.load()
+    loaded = segments.load_segment_files(paths)
+    held = published_updates(cfg, codec)
+    to_send = []
+    for segment in loaded:
+        update = segments.segment_to_update(segment, now_ms, published_by)
+        current = held.get(segment.id)
+        if current is not None and update["version"] <= current["version"]:
+            if update["version"] == current["version"] and update["checksum"] == \
+                    current["checksum"]:
+                say(f"  {segment.id} v{segment.version}: already published, unchanged")
+                continue
+            raise PublishError(
+                f"{segment.source or segment.id}: {segment.id} v{segment.version} cannot be "
+                f"published: v{current['version']} is already on {cfg.definitions_topic} "
+                f"({current['action']}); set version to {current['version'] + 1} or higher"
+            )
+        to_send.append(update)
+        say(f"  {segment.id} v{segment.version}: publishing")
+    _produce(cfg, to_send, codec)
+    return len(to_send)
+
+
+def delete(cfg: NudgeflowConfig, definition_id: str, published_by: str | None,
+           now_ms: int) -> int:
+    """Publish a DELETE for a segment; return the DELETE's version."""
+    codec = Codec.load()
+    current = published_updates(cfg, codec).get(definition_id)
+    file_version = next((s.version for s in segments.load_catalog()
+                         if s.id == definition_id), 0)
+    version = max(file_version, current["version"] if current else 0) + 1
+    _produce(cfg, [segments.delete_update(definition_id, version, now_ms, published_by)], codec)
+    return version
+
+
+def listing(cfg: NudgeflowConfig) -> str:
+    """A table: each definition's version in the running job and on the control topic."""
+    import redis
+
+    client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, decode_responses=True)
+    applied = {str(k): str(v) for k, v in client.hgetall(applied_definitions_key(cfg)).items()}
+    published = published_updates(cfg)
+    ids = sorted(set(applied) | set(published))
+    lines = [f"{'definition':<28} {'running job':<24} {'control topic':<20}"]
+    for definition_id in ids:
+        topic = published.get(definition_id)
+        topic_text = f"v{topic['version']} {topic['action']}" if topic else "-"
+        lines.append(f"{definition_id:<28} {applied.get(definition_id, '-'):<24} {topic_text:<20}")
+    if not applied:
+        lines.append("(the running job has recorded nothing yet: is it running?)")
+    return "\n".join(lines)

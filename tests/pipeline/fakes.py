@@ -1,0 +1,35 @@
+"""Stand-ins for Cassandra/Redis in pipeline tests (the real ones are in integration tests).
+
+The writer runs inside the Flink job's embedded Python, another process: it records what it
+was asked to write in a JSON-lines file the test reads afterwards.
+"""
+
+import json
+
+
+class FileWriter:
+    """A MembershipWriter that appends each change to a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def write(self, change):
+        with open(self.path, "a") as out:
+            out.write(json.dumps(change, sort_keys=True) + "\n")
+
+    def record_definition(self, definition_id, description):
+        with open(self.path + ".definitions", "a") as out:
+            out.write(f"{definition_id} {description}\n")
+
+    def close(self):
+        pass
+
+
+class FileWriterFactory:
+    """Picklable factory: the engine creates its writer in open()."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self):
+        return FileWriter(self.path)

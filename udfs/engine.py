@@ -1,0 +1,135 @@
+"""The per-user engine: one user's state, stepped by events, metadata and timers.
+
+Inputs: a ClickEvent, a UserMetadata, or an event-time timer, plus the current segment
+definitions. Outputs: the SegmentChanges (ENTER/EXIT) the step caused and the next event time at
+which the user's membership could change without input (the adapter sets a timer there).
+State: behavioural features (``udfs.features``), the latest metadata, and the user's membership
+(segment id -> definition version at entry).
+
+Membership follows the definitions lazily: a changed or deleted definition is applied to a user
+at that user's next event, metadata update or timer (Flink cannot cheaply visit every key from a
+broadcast update in Python); see udfs/SEGMENTS.md for the policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from udfs import features as feat
+from udfs.segments import MEMBERSHIP_RECHECK_MS, SegmentRegistry, evaluate
+
+
+@dataclass
+class UserState:
+    """Everything the engine keeps for one user."""
+
+    features: feat.UserFeatures | None = None
+    metadata: dict[str, Any] | None = None
+    membership: dict[str, int] = field(default_factory=dict)
+    churn_score: float | None = None
+    model_version: str | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one step produced."""
+
+    changes: list[dict[str, Any]]
+    next_timer_ms: int | None
+    duplicate: bool = False
+
+
+def change_id(user_id: str, segment_id: str, change: str, event_time: int, cause: str) -> str:
+    """A deterministic id of a membership change: replays produce the same id."""
+    digest = hashlib.sha256(f"{user_id}|{segment_id}|{change}|{event_time}|{cause}".encode())
+    return digest.hexdigest()[:32]
+
+
+def on_event(state: UserState, event: dict[str, Any], registry: SegmentRegistry) -> Step:
+    """Apply one valid ClickEvent; a duplicate (same event id) changes nothing."""
+    features = state.features
+    if features is not None and features.is_duplicate(event["event_id"]):
+        return Step([], None, duplicate=True)
+    state.features = feat.update(features, event)
+    return _reevaluate(state, event["user_id"], event["event_time"], registry,
+                       cause=event["event_id"], cause_event_id=event["event_id"])
+
+
+def on_metadata(state: UserState, metadata: dict[str, Any], registry: SegmentRegistry,
+                now_ms: int) -> Step:
+    """Apply the user's latest metadata (a newer ``updated_at`` wins; older is ignored)."""
+    current = state.metadata
+    if current is not None and current.get("updated_at", 0) > metadata.get("updated_at", 0):
+        return Step([], None)
+    state.metadata = metadata
+    return _reevaluate(state, metadata["user_id"], now_ms, registry,
+                       cause=f"metadata@{metadata.get('updated_at')}", cause_event_id=None)
+
+
+def on_timer(state: UserState, user_id: str, timer_ms: int,
+             registry: SegmentRegistry) -> Step:
+    """Re-evaluate at a timer's event time (absence windows, inactivity, expiring windows)."""
+    return _reevaluate(state, user_id, timer_ms, registry, cause=f"timer@{timer_ms}",
+                       cause_event_id=None)
+
+
+def expired(state: UserState, now_ms: int, ttl_ms: int) -> bool:
+    """True when the user has been idle for longer than the state TTL."""
+    return state.features is not None and feat.expired(state.features, now_ms, ttl_ms)
+
+
+def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRegistry,
+                cause: str, cause_event_id: str | None) -> Step:
+    if state.features is not None:
+        # a user's clock never goes backwards: an out-of-order event, older metadata or a timer
+        # behind the user's newest event is evaluated at that newest event time
+        now_ms = max(now_ms, state.features.last_event_ms)
+    view = feat.FeatureView(state.features, state.metadata, now_ms, state.churn_score)
+    changes: list[dict[str, Any]] = []
+    next_timer: int | None = None
+
+    def emit(segment_id: str, change: str, version: int, reason: str) -> None:
+        changes.append({
+            "change_id": change_id(user_id, segment_id, change, now_ms, cause),
+            "user_id": user_id,
+            "segment_id": segment_id,
+            "change": change,
+            "definition_version": version,
+            "event_time": now_ms,
+            "reason": reason,
+            "cause_event_id": cause_event_id,
+            "churn_score": state.churn_score,
+            "model_version": state.model_version,
+        })
+
+    segments = registry.by_id()
+    for segment_id, segment in segments.items():
+        result = evaluate(segment, view)  # a disabled segment evaluates to not-a-member
+        if result.next_change_ms is not None and result.next_change_ms > now_ms:
+            next_timer = result.next_change_ms if next_timer is None else min(
+                next_timer, result.next_change_ms)
+        was_member = segment_id in state.membership
+        if result.member and not was_member:
+            state.membership[segment_id] = segment.version
+            emit(segment_id, "ENTER", segment.version, result.reason)
+        elif not result.member and was_member:
+            entered_version = state.membership.pop(segment_id)
+            reason = result.reason
+            if entered_version != segment.version:
+                reason = f"definition changed to v{segment.version}: {reason}"
+            emit(segment_id, "EXIT", segment.version, reason)
+        elif result.member:
+            state.membership[segment_id] = segment.version  # still matches the newer version
+
+    for segment_id in [s for s in state.membership if s not in segments]:
+        entered_version = state.membership.pop(segment_id)
+        deleted_in = registry.deleted_version(segment_id)
+        emit(segment_id, "EXIT", deleted_in or entered_version,
+             f"segment deleted in v{deleted_in}" if deleted_in else "segment no longer defined")
+    if state.membership:
+        # housekeeping: a member who sends nothing still sees definition changes within a day
+        recheck = (now_ms // MEMBERSHIP_RECHECK_MS + 1) * MEMBERSHIP_RECHECK_MS
+        next_timer = recheck if next_timer is None else min(next_timer, recheck)
+    return Step(changes, next_timer)

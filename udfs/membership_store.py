@@ -1,0 +1,216 @@
+"""Write segment membership changes to Cassandra (durable) and Redis (serving), idempotently.
+
+Inputs: SegmentChange dicts (ENTER/EXIT). Writes per change:
+
+- Cassandra ``membership_by_user`` and ``members_by_segment`` (bucketed by a stable hash of the
+  user id): an upsert on ENTER, a delete on EXIT; ``membership_changes``: one row per change,
+  keyed by the deterministic ``change_id`` (history, 90-day TTL).
+- Redis ``<prefix>:user:<user_id>``: a set of the user's segment ids (SADD/SREM) with a TTL.
+
+Every write is keyed by the change's identity, so replaying a change after a restart writes the
+same rows again. Durability: ``write`` returns only after Cassandra and Redis acknowledged; the
+Flink operator calls it before emitting the change downstream, so a checkpoint barrier that
+passes the operator follows every write of the changes before it — a completed checkpoint
+never covers a change that is not durable. Transient failures are retried with exponential
+backoff without limit, which blocks the operator and so backpressures the job during an
+outage instead of losing updates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+#: members_by_segment spreads one segment over this many partitions
+SEGMENT_BUCKETS = 16
+#: Redis membership sets expire if a user is not touched for this long (Cassandra stays)
+REDIS_TTL_S = 30 * 24 * 3600
+
+CQL_UPSERT_MEMBER = (
+    "INSERT INTO {ks}.membership_by_user "
+    "(user_id, segment_id, definition_version, entered_at, churn_score, model_version) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+CQL_DELETE_MEMBER = "DELETE FROM {ks}.membership_by_user WHERE user_id = ? AND segment_id = ?"
+CQL_UPSERT_SEGMENT_MEMBER = (
+    "INSERT INTO {ks}.members_by_segment "
+    "(segment_id, bucket, user_id, definition_version, entered_at) VALUES (?, ?, ?, ?, ?)"
+)
+CQL_DELETE_SEGMENT_MEMBER = (
+    "DELETE FROM {ks}.members_by_segment WHERE segment_id = ? AND bucket = ? AND user_id = ?"
+)
+CQL_INSERT_HISTORY = (
+    "INSERT INTO {ks}.membership_changes "
+    "(user_id, event_time, change_id, segment_id, change, definition_version, reason) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def segment_bucket(user_id: str, buckets: int = SEGMENT_BUCKETS) -> int:
+    """The members_by_segment bucket of a user (stable across processes: crc32, not hash())."""
+    return zlib.crc32(user_id.encode()) % buckets
+
+
+def redis_key(prefix: str, user_id: str) -> str:
+    """The Redis set that holds a user's segment ids."""
+    return f"{prefix}:user:{user_id}"
+
+
+class MembershipWriter(Protocol):
+    """Where membership changes go; the Flink adapter depends only on this."""
+
+    def write(self, change: dict[str, Any]) -> None:
+        """Make one change durable (blocking until acknowledged)."""
+        ...
+
+    def record_definition(self, definition_id: str, description: str) -> None:
+        """Record which version of a definition the job now applies (``nudgeflow defs list``)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff for transient store errors; ``max_attempts=None`` retries forever."""
+
+    first_delay_s: float = 0.05
+    max_delay_s: float = 10.0
+    max_attempts: int | None = None
+
+    def run(self, what: str, action: Callable[[], None], transient: tuple[type[BaseException], ...],
+            on_retry: Callable[[], None] = lambda: None,
+            sleep: Callable[[float], None] = time.sleep) -> None:
+        """Call ``action`` until it succeeds, sleeping between transient failures."""
+        delay = self.first_delay_s
+        attempt = 1
+        while True:
+            try:
+                action()
+                return
+            except transient as exc:
+                if self.max_attempts is not None and attempt >= self.max_attempts:
+                    raise
+                on_retry()
+                log.warning("%s failed (attempt %d: %s); retrying in %.2f s", what, attempt,
+                            exc, delay)
+                sleep(delay)
+                delay = min(delay * 2, self.max_delay_s)
+                attempt += 1
+
+
+class CassandraRedisWriter:
+    """The production writer: prepared CQL statements and a Redis pipeline per change."""
+
+    def __init__(self, session: Any, keyspace: str, redis_client: Any, redis_prefix: str =
+                 "nudgeflow", retry: RetryPolicy | None = None,
+                 on_retry: Callable[[], None] = lambda: None) -> None:
+        from cassandra import OperationTimedOut, Unavailable, WriteTimeout
+        from cassandra.cluster import NoHostAvailable
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        self.session = session
+        self.redis = redis_client
+        self.prefix = redis_prefix
+        self.retry = retry or RetryPolicy()
+        self.on_retry = on_retry
+        self.transient: tuple[type[BaseException], ...] = (
+            NoHostAvailable, OperationTimedOut, Unavailable, WriteTimeout,
+            RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError,
+        )
+        ks = keyspace
+        self.upsert_member = session.prepare(CQL_UPSERT_MEMBER.format(ks=ks))
+        self.delete_member = session.prepare(CQL_DELETE_MEMBER.format(ks=ks))
+        self.upsert_segment_member = session.prepare(CQL_UPSERT_SEGMENT_MEMBER.format(ks=ks))
+        self.delete_segment_member = session.prepare(CQL_DELETE_SEGMENT_MEMBER.format(ks=ks))
+        self.insert_history = session.prepare(CQL_INSERT_HISTORY.format(ks=ks))
+
+    @classmethod
+    def connect(cls, cassandra_hosts: list[str], cassandra_port: int, keyspace: str,
+                redis_url: str, username: str = "", password: str = "",
+                on_retry: Callable[[], None] = lambda: None,
+                redis_prefix: str = "nudgeflow") -> CassandraRedisWriter:
+        """Open a Cassandra session and a Redis client (call from the operator's open())."""
+        import redis
+        from cassandra.auth import PlainTextAuthProvider
+        from cassandra.cluster import Cluster
+        from cassandra.policies import DCAwareRoundRobinPolicy
+
+        auth = PlainTextAuthProvider(username, password) if username else None
+        cluster = Cluster(cassandra_hosts, port=cassandra_port, auth_provider=auth,
+                          load_balancing_policy=DCAwareRoundRobinPolicy(), protocol_version=5,
+                          connect_timeout=10)
+        from cassandra.cluster import NoHostAvailable
+
+        sessions: list[Any] = []
+        RetryPolicy().run("connecting to Cassandra", lambda: sessions.append(cluster.connect()),
+                          (NoHostAvailable,), on_retry)
+        return cls(sessions[0], keyspace, redis.Redis.from_url(redis_url, socket_timeout=5,
+                                                           socket_connect_timeout=5),
+                   redis_prefix=redis_prefix, on_retry=on_retry)
+
+    def write(self, change: dict[str, Any]) -> None:
+        """Write one change to Cassandra then Redis; retried until both acknowledge."""
+        self.retry.run(f"cassandra write of {change['change_id']}",
+                       lambda: self._write_cassandra(change), self.transient, self.on_retry)
+        self.retry.run(f"redis write of {change['change_id']}",
+                       lambda: self._write_redis(change), self.transient, self.on_retry)
+
+    def _write_cassandra(self, change: dict[str, Any]) -> None:
+        from cassandra.query import BatchStatement, BatchType
+
+        user, segment = change["user_id"], change["segment_id"]
+        bucket = segment_bucket(user)
+        event_time = _ts(change["event_time"])
+        # one logged batch per change: the three tables move together or not at all
+        batch = BatchStatement(batch_type=BatchType.LOGGED)
+        if change["change"] == "ENTER":
+            batch.add(self.upsert_member, (user, segment, change["definition_version"],
+                                           event_time, change.get("churn_score"),
+                                           change.get("model_version")))
+            batch.add(self.upsert_segment_member, (segment, bucket, user,
+                                                   change["definition_version"], event_time))
+        else:
+            batch.add(self.delete_member, (user, segment))
+            batch.add(self.delete_segment_member, (segment, bucket, user))
+        batch.add(self.insert_history, (user, event_time, change["change_id"], segment,
+                                        change["change"], change["definition_version"],
+                                        change["reason"]))
+        self.session.execute(batch, timeout=10)
+
+    def _write_redis(self, change: dict[str, Any]) -> None:
+        key = redis_key(self.prefix, change["user_id"])
+        pipe = self.redis.pipeline(transaction=True)
+        if change["change"] == "ENTER":
+            pipe.sadd(key, change["segment_id"])
+        else:
+            pipe.srem(key, change["segment_id"])
+        pipe.expire(key, REDIS_TTL_S)
+        pipe.execute()
+
+    def record_definition(self, definition_id: str, description: str) -> None:
+        """HSET <prefix>:definitions <id> <description> (best effort: only informational)."""
+        try:
+            self.redis.hset(f"{self.prefix}:definitions", definition_id, description)
+        except self.transient as exc:
+            log.warning("could not record definition %s in Redis: %s", definition_id, exc)
+
+    def close(self) -> None:
+        """Shut the Cassandra cluster object and the Redis pool down."""
+        self.session.cluster.shutdown()
+        self.redis.close()
+
+
+def _ts(epoch_ms: int) -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
