@@ -3,7 +3,8 @@
 - clicks arrived: new records on the clicks topic since the summary started;
 - consumed: how far the job's consumer group has committed (it commits on checkpoints, so this
   trails by up to one checkpoint interval) and the lag behind the topic's end;
-- records out / dead letters: new records on the output and dead-letter topics.
+- segment changes / dead letters: new records on the segment-changes and dead-letter topics
+  (with exactly-once delivery these offsets include transaction markers, so they run high).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def format_line(start: Snapshot, now: Snapshot, elapsed_s: float) -> str:
     dead = now.dead_letters_end - start.dead_letters_end
     return (
         f"[{elapsed_s:6.0f} s] clicks arrived +{arrived:,}  consumed (committed) +{consumed:,}"
-        f"  lag {lag:,}  | records out +{out:,}  dead letters +{dead:,}"
+        f"  lag {lag:,}  | segment changes +{out:,}  dead letters +{dead:,}"
     )
 
 

@@ -128,8 +128,9 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
         deleted_in = registry.deleted_version(segment_id)
         emit(segment_id, "EXIT", deleted_in or entered_version,
              f"segment deleted in v{deleted_in}" if deleted_in else "segment no longer defined")
-    if state.membership:
-        # housekeeping: a member who sends nothing still sees definition changes within a day
+    if state.membership or state.features is not None:
+        # housekeeping: a user who sends nothing still sees definition changes (new segments,
+        # changed and deleted ones) within a day of event time
         recheck = (now_ms // MEMBERSHIP_RECHECK_MS + 1) * MEMBERSHIP_RECHECK_MS
         next_timer = recheck if next_timer is None else min(next_timer, recheck)
     return Step(changes, next_timer)

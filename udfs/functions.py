@@ -49,7 +49,7 @@ class DecodeClicksFunction(ProcessFunction):
         metrics = runtime_context.get_metrics_group()
         self.events_in = metrics.counter("events_in")
         self.events_valid = metrics.counter("events_valid")
-        self.dead_lettered = metrics.counter("events_dead_lettered")
+        self.dead_lettered = LabelledCounters(metrics, "reason", "events_dead_lettered")
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         """Emit a click row, or a DeadLetter row on the side output."""
@@ -60,7 +60,7 @@ class DecodeClicksFunction(ProcessFunction):
         )
         result = clicks.decode_click(self.codec, record, self.max_future_skew_ms)
         if isinstance(result, clicks.Rejected):
-            self.dead_lettered.inc()
+            self.dead_lettered.inc(result.reason_code)
             failed_at = ctx.timer_service().current_processing_time()
             letter = clicks.dead_letter(record, result, failed_at)
             yield DEAD_LETTER_TAG, Row(
@@ -71,6 +71,24 @@ class DecodeClicksFunction(ProcessFunction):
         result["ingest_time"] = record.timestamp
         yield Row("click", result["user_id"], result["event_time"],
                   Row(*[result.get(name) for name in CLICK_FIELD_NAMES]), None)
+
+
+class LabelledCounters:
+    """Counters created on first use under ``<group>_<label>`` (e.g. reason=LATE_EVENT)."""
+
+    def __init__(self, metrics: Any, group: str, name: str) -> None:
+        self.metrics = metrics
+        self.group = group
+        self.name = name
+        self.counters: dict[str, Any] = {}
+
+    def inc(self, label: str) -> None:
+        """Count one under ``label``."""
+        counter = self.counters.get(label)
+        if counter is None:
+            counter = self.metrics.add_group(self.group, label).counter(self.name)
+            self.counters[label] = counter
+        counter.inc()
 
 
 def _maybe_bytes(value: Any) -> bytes | None:
@@ -92,7 +110,8 @@ class DecodeRecordsFunction(ProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         """Load the schemas; register the dead-letter counter."""
         self.codec = Codec.load()
-        self.dead_lettered = runtime_context.get_metrics_group().counter("records_dead_lettered")
+        self.dead_lettered = LabelledCounters(runtime_context.get_metrics_group(), "reason",
+                                              "records_dead_lettered")
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         """Emit the row for a valid record, a DeadLetter row for anything else."""
@@ -112,7 +131,7 @@ class DecodeRecordsFunction(ProcessFunction):
             except CodecError as exc:
                 problem = clicks.Rejected("INVALID_AVRO", str(exc), "decode")
         if problem is not None or decoded is None:
-            self.dead_lettered.inc()
+            self.dead_lettered.inc(problem.reason_code if problem else "OTHER")
             letter = clicks.dead_letter(record, problem or clicks.Rejected(
                 "OTHER", "undecodable", "decode"), ctx.timer_service().current_processing_time())
             yield DEAD_LETTER_TAG, Row(self.dead_letter_topic, record.key,
@@ -178,8 +197,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.events = metrics.counter("engine_events")
         self.duplicates = metrics.counter("events_duplicate")
         self.late = metrics.counter("events_late")
+        self.changes = LabelledCounters(metrics, "segment", "segment_changes")
         self.enters = metrics.counter("segment_enters")
         self.exits = metrics.counter("segment_exits")
+        self.state_bytes = metrics.distribution("user_state_bytes")
         self.store_retries = metrics.counter("store_retries")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.registry: SegmentRegistry | None = None
@@ -301,7 +322,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     def _finish(self, user_id: str, state: engine.UserState, step: engine.Step,
                 ctx: Any) -> Iterator[Any]:
         if state.features is not None:
-            self.features_state.update(features.encode_state(state.features))
+            encoded = features.encode_state(state.features)
+            self.features_state.update(encoded)
+            self.state_bytes.update(len(encoded))
             expiry = state.features.last_event_ms + self.cfg.state_ttl_ms
             if self.expiry.value() != expiry:
                 ctx.timer_service().register_event_time_timer(expiry)
@@ -317,6 +340,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         for change in step.changes:
             self.writer.write(change)  # durable before it is emitted (and so checkpointed)
             (self.enters if change["change"] == "ENTER" else self.exits).inc()
+            self.changes.inc(f"{change['segment_id']}.{change['change']}")
             record = {**change, "emitted_at": change["event_time"]}
             yield Row(self.cfg.segment_changes_topic, change["user_id"].encode(),
                       self.codec.encode("SegmentChange", record))
