@@ -75,6 +75,11 @@ def on_timer(state: UserState, user_id: str, timer_ms: int,
                        cause_event_id=None)
 
 
+def is_late(event_time: int, watermark: int, allowed_lateness_ms: int) -> bool:
+    """Whether an event is too far behind the watermark to be processed (dead-lettered)."""
+    return event_time < watermark - allowed_lateness_ms
+
+
 def expired(state: UserState, now_ms: int, ttl_ms: int) -> bool:
     """True when the user has been idle for longer than the state TTL."""
     return state.features is not None and feat.expired(state.features, now_ms, ttl_ms)

@@ -272,7 +272,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         state = self._load_state()
         if kind == "click":
             watermark = ctx.timer_service().current_watermark()
-            if event_time < watermark - self.cfg.allowed_lateness_ms:
+            if engine.is_late(event_time, watermark, self.cfg.allowed_lateness_ms):
                 self.late.inc()
                 yield from self._late(value, watermark, ctx)
                 return
