@@ -29,6 +29,7 @@ from array import array
 from bisect import bisect_left, insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -503,7 +504,10 @@ def _row(t: int, event_id: str, ti: int, si: int, event: Mapping[str, Any]) -> s
     ))
 
 
+@lru_cache(maxsize=1 << 16)
 def _parse_row(row: str) -> RecentEvent:
+    # cached: a row stays in a user's log for up to 50 events and is parsed at each evaluation
+    # that reads recent events (3 µs a parse, 0.1 µs a cache hit); RecentEvent is immutable
     t, event_id, event_type, source, product_id, category, price, quantity, currency = (
         row.split(_SEP))
     return RecentEvent(
