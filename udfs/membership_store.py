@@ -159,13 +159,33 @@ class CassandraRedisWriter:
                    redis_prefix=redis_prefix, on_retry=on_retry)
 
     def write(self, change: dict[str, Any]) -> None:
-        """Write one change to Cassandra then Redis; retried until both acknowledge."""
-        self.retry.run(f"cassandra write of {change['change_id']}",
-                       lambda: self._write_cassandra(change), self.transient, self.on_retry)
+        """Write one change to Cassandra and Redis; returns once both acknowledged.
+
+        The Cassandra batch is sent first and awaited after the Redis round trip, so the two
+        stores' latencies overlap; a failure of either is retried on its own.
+        """
+        pending = None
+        try:
+            pending = self.session.execute_async(self._cassandra_batch(change), timeout=10)
+        except self.transient:
+            pending = None  # retried synchronously below
         self.retry.run(f"redis write of {change['change_id']}",
                        lambda: self._write_redis(change), self.transient, self.on_retry)
+        if pending is not None:
+            try:
+                pending.result()
+                return
+            except self.transient as exc:
+                log.warning("cassandra write of %s failed (%s); retrying", change["change_id"],
+                            exc)
+                self.on_retry()
+        self.retry.run(f"cassandra write of {change['change_id']}",
+                       lambda: self._write_cassandra(change), self.transient, self.on_retry)
 
     def _write_cassandra(self, change: dict[str, Any]) -> None:
+        self.session.execute(self._cassandra_batch(change), timeout=10)
+
+    def _cassandra_batch(self, change: dict[str, Any]) -> Any:
         from cassandra.query import BatchStatement, BatchType
 
         user, segment = change["user_id"], change["segment_id"]
@@ -185,7 +205,7 @@ class CassandraRedisWriter:
         batch.add(self.insert_history, (user, event_time, change["change_id"], segment,
                                         change["change"], change["definition_version"],
                                         change["reason"]))
-        self.session.execute(batch, timeout=10)
+        return batch
 
     def _write_redis(self, change: dict[str, Any]) -> None:
         key = redis_key(self.prefix, change["user_id"])

@@ -6,9 +6,14 @@ import org.apache.flink.types.Row;
 
 /**
  * Writes Row(topic, key, value) as a Kafka record to the row's topic, with the row's key (so
- * Kafka's default partitioner keeps one user's records in order on one partition) and the
- * element's timestamp. One sink can so serve several topics (one per priority tier) under one
- * transaction. PyFlink's Python topic selector cannot set keys.
+ * Kafka's default partitioner keeps one user's records in order on one partition). One sink can
+ * so serve several topics (one per priority tier) under one transaction. PyFlink's Python topic
+ * selector cannot set keys.
+ *
+ * <p>The record timestamp is left to the producer (the time of writing), not the element's
+ * event time: event time is in the payload, and a timer that fires ahead of the wall clock
+ * (e.g. at the end of a bounded run) would otherwise be refused by the broker, which rejects
+ * timestamps more than message.timestamp.after.max.ms (1 h) in the future.
  */
 public final class RoutedRecordSerializer implements KafkaRecordSerializationSchema<Row> {
 
@@ -23,6 +28,6 @@ public final class RoutedRecordSerializer implements KafkaRecordSerializationSch
                     "RoutedRecordSerializer got a row without a topic: " + element);
         }
         return new ProducerRecord<>(
-                topic, null, timestamp, (byte[]) element.getField(1), (byte[]) element.getField(2));
+                topic, null, null, (byte[]) element.getField(1), (byte[]) element.getField(2));
     }
 }
