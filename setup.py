@@ -22,6 +22,11 @@ INSTALL_REQUIRES = [
 ]
 
 DEV_REQUIRES = [
+    # training the churn model (models/train_churn.py) and building bad model files in tests;
+    # serving needs only onnxruntime
+    "scikit-learn==1.9.1",
+    "skl2onnx==1.20.0",
+    "onnx==1.22.0",
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
     "ruff==0.17.6",
