@@ -91,6 +91,11 @@ class NudgeflowConfig:
         "", "Directory of segment YAML files loaded at start; empty: the shipped catalog."
     )
     redis_key_prefix: str = _opt("nudgeflow", "Prefix of the Redis keys nudgeflow writes.")
+    churn_model: str = _opt(
+        "",
+        "Churn model (.onnx, its metadata .json beside it) scored in the engine; empty: the "
+        "shipped models/churn.onnx; 'off': no scoring.",
+    )
     # --- stores ----------------------------------------------------------------------------
     cassandra_hosts: str = _opt("127.0.0.1", "Cassandra contact points, comma-separated.")
     cassandra_port: int = _opt(9042, "Cassandra native protocol port.")
@@ -159,6 +164,16 @@ class NudgeflowConfig:
                 value = _mask(str(value))
             out[f.name] = repr(value)
         return out
+
+    def churn_model_path(self) -> str | None:
+        """The churn model file to load, None when scoring is off."""
+        if self.churn_model == "off":
+            return None
+        if self.churn_model:
+            return self.churn_model
+        from models import CHURN_ONNX
+
+        return str(CHURN_ONNX)
 
     def trigger_topic(self, tier: str) -> str:
         """The topic of a priority tier (``P0`` .. ``P3``)."""

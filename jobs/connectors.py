@@ -7,7 +7,7 @@ must be on the job's classpath (``flink_jar_urls``).
 
 from __future__ import annotations
 
-from pyflink.common import WatermarkStrategy
+from pyflink.common import Duration, WatermarkStrategy
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
@@ -48,6 +48,7 @@ def kafka_records(
     name: str,
     bounded: bool = False,
     from_earliest: bool = False,
+    watermarks: WatermarkStrategy | None = None,
 ) -> DataStream:
     """A stream of Row(topic, partition, offset, timestamp, key, value) from one topic.
 
@@ -60,6 +61,8 @@ def kafka_records(
         bounded: stop at the offsets that are the latest at start (tests and benchmarks).
         from_earliest: always read the whole topic (the compacted control topic), under a
             group of its own.
+        watermarks: event-time strategy applied in the source, per partition (see
+            ``click_watermarks``); None: no watermarks from the source.
     """
     builder = (
         KafkaSource.builder()
@@ -77,9 +80,26 @@ def kafka_records(
     builder._j_builder.setDeserializer(  # noqa: SLF001
         get_gateway().jvm.io.nudgeflow.flink.KafkaRecordWithMetadataDeserializer()
     )
-    # Event-time watermarks are assigned after decoding (a Python TimestampAssigner given to
-    # from_source is ignored by PyFlink).
-    return env.from_source(builder.build(), WatermarkStrategy.no_watermarks(), name).uid(uid)
+    # a Python TimestampAssigner given to from_source is ignored by PyFlink: per-partition
+    # watermarks need a Java assigner (click_watermarks); other topics get theirs after decoding
+    strategy = watermarks or WatermarkStrategy.no_watermarks()
+    return env.from_source(builder.build(), strategy, name).uid(uid)
+
+
+def click_watermarks(cfg: NudgeflowConfig) -> WatermarkStrategy:
+    """Bounded out-of-orderness on each click's own event time, read in Java from its bytes.
+
+    Given to the clicks source, it keeps one watermark per Kafka partition, so reading a backlog
+    partition by partition does not make the slower partitions' events late; idle partitions
+    stop holding the watermark back after ``cfg.idleness_ms``.
+    """
+    base = (
+        WatermarkStrategy.for_bounded_out_of_orderness(
+            Duration.of_millis(cfg.max_out_of_orderness_ms))
+        .with_idleness(Duration.of_millis(cfg.idleness_ms))
+    )
+    assigner = get_gateway().jvm.io.nudgeflow.flink.ClickEventTimeAssigner()
+    return WatermarkStrategy(base._j_watermark_strategy.withTimestampAssigner(assigner))
 
 
 def routed_kafka_sink(cfg: NudgeflowConfig) -> KafkaSink:

@@ -126,6 +126,9 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
           writer_factory: Any = None) -> JobOutputs:
     """The job's graph: Kafka record rows of the three input topics -> output streams.
 
+    ``clicks`` must carry event-time timestamps and watermarks already (the Kafka source gets
+    ``jobs.connectors.click_watermarks``, per partition; tests assign the same strategy).
+
     ``initial_definitions`` are the DefinitionUpdates of the segment files (default: those of
     ``file_definitions(cfg)``); ``writer_factory`` replaces the Cassandra/Redis writer
     (pipeline tests).
@@ -133,8 +136,6 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
     if initial_definitions is None:
         initial_definitions = file_definitions(cfg)
     valid_clicks, click_letters = decode_clicks(clicks, cfg)
-    valid_clicks = with_event_time(valid_clicks, cfg, cfg.max_out_of_orderness_ms,
-                                   names.CLICK_WATERMARKS_UID)
     metadata_rows, metadata_letters = decode_metadata(metadata, cfg)
     # metadata never holds event time back for long: no disorder bound, and idle when quiet
     metadata_rows = with_event_time(metadata_rows, cfg, 0, names.METADATA_WATERMARKS_UID)
@@ -239,12 +240,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    model_path = cfg.churn_model_path()
+    if model_path:
+        from udfs.churn import ChurnModel, ModelRejected
 
-    from jobs.connectors import kafka_records, routed_kafka_sink
+        try:  # check the model before anything is submitted: a bad file never replaces one
+            ChurnModel.load(model_path)
+        except ModelRejected as exc:
+            raise SystemExit(f"nudgeflow-job: {exc}") from None
+
+    from jobs.connectors import click_watermarks, kafka_records, routed_kafka_sink
 
     env = create_env(cfg, local=args.local)
     clicks = kafka_records(env, cfg, cfg.clicks_topic, names.CLICKS_SOURCE_UID,
-                           names.CLICKS_SOURCE_NAME, bounded=args.bounded)
+                           names.CLICKS_SOURCE_NAME, bounded=args.bounded,
+                           watermarks=click_watermarks(cfg))
     metadata = kafka_records(env, cfg, cfg.user_metadata_topic, names.METADATA_SOURCE_UID,
                              names.METADATA_SOURCE_NAME, bounded=args.bounded)
     # the control topic is read whole at every start (compacted; versions decide)

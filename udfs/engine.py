@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from udfs import features as feat
 from udfs.segments import MEMBERSHIP_RECHECK_MS, SegmentRegistry, evaluate
@@ -30,6 +30,16 @@ class UserState:
     membership: dict[str, int] = field(default_factory=dict)
     churn_score: float | None = None
     model_version: str | None = None
+
+
+class Scorer(Protocol):
+    """The churn model as the engine sees it (``udfs.churn.ChurnModel`` fits)."""
+
+    version: str
+
+    def score(self, vector: list[float]) -> float:
+        """Churn probability in [0, 1] of one feature vector (FEATURE_NAMES order)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -47,32 +57,67 @@ def change_id(user_id: str, segment_id: str, change: str, event_time: int, cause
     return digest.hexdigest()[:32]
 
 
-def on_event(state: UserState, event: dict[str, Any], registry: SegmentRegistry) -> Step:
+def on_event(state: UserState, event: dict[str, Any], registry: SegmentRegistry,
+             scorer: Scorer | None = None) -> Step:
     """Apply one valid ClickEvent; a duplicate (same event id) changes nothing."""
     features = state.features
     if features is not None and features.is_duplicate(event["event_id"]):
         return Step([], None, duplicate=True)
     state.features = feat.update(features, event)
     return _reevaluate(state, event["user_id"], event["event_time"], registry,
-                       cause=event["event_id"], cause_event_id=event["event_id"])
+                       cause=event["event_id"], cause_event_id=event["event_id"], scorer=scorer)
 
 
 def on_metadata(state: UserState, metadata: dict[str, Any], registry: SegmentRegistry,
-                now_ms: int) -> Step:
+                now_ms: int, scorer: Scorer | None = None) -> Step:
     """Apply the user's latest metadata (a newer ``updated_at`` wins; older is ignored)."""
     current = state.metadata
     if current is not None and current.get("updated_at", 0) > metadata.get("updated_at", 0):
         return Step([], None)
     state.metadata = metadata
     return _reevaluate(state, metadata["user_id"], now_ms, registry,
-                       cause=f"metadata@{metadata.get('updated_at')}", cause_event_id=None)
+                       cause=f"metadata@{metadata.get('updated_at')}", cause_event_id=None,
+                       scorer=scorer)
 
 
 def on_timer(state: UserState, user_id: str, timer_ms: int,
-             registry: SegmentRegistry) -> Step:
+             registry: SegmentRegistry, scorer: Scorer | None = None) -> Step:
     """Re-evaluate at a timer's event time (absence windows, inactivity, expiring windows)."""
     return _reevaluate(state, user_id, timer_ms, registry, cause=f"timer@{timer_ms}",
-                       cause_event_id=None)
+                       cause_event_id=None, scorer=scorer)
+
+
+def on_expiry(state: UserState, user_id: str, timer_ms: int, ttl_ms: int,
+              scorer: Scorer | None = None) -> Step:
+    """The user's state is about to be dropped (idle beyond the TTL): EXIT every segment."""
+    if scorer is not None and state.features is not None:
+        state.churn_score = scorer.score(
+            feat.vector_list(state.features, timer_ms, state.metadata))
+        state.model_version = scorer.version
+    reason = f"user state expired: no event for {ttl_ms // 86_400_000} days"
+    changes = [
+        _change(state, user_id, segment_id, "EXIT", version, timer_ms, reason,
+                f"expiry@{timer_ms}", None)
+        for segment_id, version in sorted(state.membership.items())
+    ]
+    state.membership.clear()
+    return Step(changes, None)
+
+
+def _change(state: UserState, user_id: str, segment_id: str, change: str, version: int,
+            now_ms: int, reason: str, cause: str, cause_event_id: str | None) -> dict[str, Any]:
+    return {
+        "change_id": change_id(user_id, segment_id, change, now_ms, cause),
+        "user_id": user_id,
+        "segment_id": segment_id,
+        "change": change,
+        "definition_version": version,
+        "event_time": now_ms,
+        "reason": reason,
+        "cause_event_id": cause_event_id,
+        "churn_score": state.churn_score,
+        "model_version": state.model_version,
+    }
 
 
 def is_late(event_time: int, watermark: int, allowed_lateness_ms: int) -> bool:
@@ -86,28 +131,24 @@ def expired(state: UserState, now_ms: int, ttl_ms: int) -> bool:
 
 
 def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRegistry,
-                cause: str, cause_event_id: str | None) -> Step:
+                cause: str, cause_event_id: str | None, scorer: Scorer | None = None) -> Step:
     if state.features is not None:
         # a user's clock never goes backwards: an out-of-order event, older metadata or a timer
         # behind the user's newest event is evaluated at that newest event time
         now_ms = max(now_ms, state.features.last_event_ms)
+        if scorer is not None:
+            # re-scored at every evaluation (each new event, metadata update and timer): the
+            # vector changes with time alone (recency), and a score costs ~12 µs
+            state.churn_score = scorer.score(
+                feat.vector_list(state.features, now_ms, state.metadata))
+            state.model_version = scorer.version
     view = feat.FeatureView(state.features, state.metadata, now_ms, state.churn_score)
     changes: list[dict[str, Any]] = []
     next_timer: int | None = None
 
     def emit(segment_id: str, change: str, version: int, reason: str) -> None:
-        changes.append({
-            "change_id": change_id(user_id, segment_id, change, now_ms, cause),
-            "user_id": user_id,
-            "segment_id": segment_id,
-            "change": change,
-            "definition_version": version,
-            "event_time": now_ms,
-            "reason": reason,
-            "cause_event_id": cause_event_id,
-            "churn_score": state.churn_score,
-            "model_version": state.model_version,
-        })
+        changes.append(_change(state, user_id, segment_id, change, version, now_ms, reason,
+                               cause, cause_event_id))
 
     segments = registry.by_id()
     for segment_id, segment in segments.items():

@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -75,6 +78,31 @@ class DecodeClicksFunction(ProcessFunction):
 
 #: decoded user features kept per engine instance (roughly 8 KB each: ~80 MB at most)
 FEATURES_CACHE_SIZE = 10_000
+
+
+def import_in_python_thread(module: str) -> None:
+    """Import a module on a thread Python created, and wait for it.
+
+    In thread mode the operators run on JVM threads that the embedded interpreter does not
+    register for ``PyGILState_Ensure``; a pybind11 extension (onnxruntime) initialising there
+    waits for a GIL its own thread holds, and the job hangs in INITIALIZING. A thread started by
+    ``threading`` is registered, and ``join`` releases the GIL while it imports.
+    """
+    if module in sys.modules:
+        return
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            importlib.import_module(module)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, name=f"import-{module}")
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
 
 
 class LabelledCounters:
@@ -170,6 +198,29 @@ class NeutralTimeAssigner(TimestampAssigner):
         return 0
 
 
+class MeasuredScorer:
+    """The churn model with its metrics.
+
+    Records scores computed, their distribution (per mille) and the scoring time (µs).
+    """
+
+    def __init__(self, model: Any, metrics: Any) -> None:
+        self.model = model
+        self.version = model.version
+        self.scores = metrics.counter("churn_scores")
+        self.score_permille = metrics.distribution("churn_score_permille")
+        self.score_us = metrics.distribution("churn_scoring_us")
+
+    def score(self, vector: list[float]) -> float:
+        """Score one vector and record it."""
+        started = time.perf_counter()
+        value = float(self.model.score(vector))
+        self.score_us.update(int((time.perf_counter() - started) * 1e6))
+        self.score_permille.update(int(value * 1000))
+        self.scores.inc()
+        return value
+
+
 class UserEngineFunction(KeyedBroadcastProcessFunction):
     """Keyed by user, with the definitions broadcast: features, metadata, segment membership.
 
@@ -208,6 +259,13 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.store_retries = metrics.counter("store_retries")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.registry: SegmentRegistry | None = None
+        model_path = self.cfg.churn_model_path()
+        if model_path:
+            import_in_python_thread("udfs.churn")
+            from udfs.churn import ChurnModel
+
+        # one onnxruntime session per operator instance (single-threaded: Flink parallelises)
+        self.scorer = MeasuredScorer(ChurnModel.load(model_path), metrics) if model_path else None
         # user id -> (encoded state, the UserFeatures it encodes); see _decode_features
         self.features_cache: dict[str, tuple[bytes, features.UserFeatures]] = {}
         if self.writer_factory is not None:
@@ -284,14 +342,15 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 return
             self.events.inc()
             event = dict(zip(CLICK_FIELD_NAMES, value[3], strict=True))
-            step = engine.on_event(state, event, self._registry())
+            step = engine.on_event(state, event, self._registry(), self.scorer)
             if step.duplicate:
                 self.duplicates.inc()
                 return
         else:
             metadata = self.codec.decode(_maybe_bytes(value[4]) or b"", expect="UserMetadata")
             step = engine.on_metadata(state, metadata, self._registry(),
-                                      max(event_time, ctx.timer_service().current_watermark()))
+                                      max(event_time, ctx.timer_service().current_watermark()),
+                                      self.scorer)
         yield from self._finish(user_id, state, step, ctx)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
@@ -301,14 +360,15 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         state = self._load_state(user_id)
         if engine.expired(state, timestamp, self.cfg.state_ttl_ms):
             # an idle user leaves every segment, then their state is dropped (bounded state)
-            step = engine.on_timer(state, user_id, timestamp, SegmentRegistry())
+            step = engine.on_expiry(state, user_id, timestamp, self.cfg.state_ttl_ms,
+                                    self.scorer)
             yield from self._emit(step)
             self.features_state.clear()
             self.metadata_state.clear()
             self.membership.clear()
             self.expiry.clear()
             return
-        step = engine.on_timer(state, user_id, timestamp, self._registry())
+        step = engine.on_timer(state, user_id, timestamp, self._registry(), self.scorer)
         yield from self._finish(user_id, state, step, ctx)
 
     def _registry(self) -> SegmentRegistry:

@@ -8,6 +8,8 @@ from collections import defaultdict
 import pytest
 from pyflink.common import Row
 
+from jobs.config import replace
+from jobs.connectors import click_watermarks
 from jobs.job import build
 from schemas.codec import Codec
 from tests.pipeline.fakes import FileWriterFactory
@@ -36,6 +38,8 @@ def _bytes(value):
 
 
 def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_path):
+    # segment logic under test: churn scoring (tested in test_churn_pipeline) is off
+    cfg = replace(cfg, churn_model="off")
     codec = Codec.load()
     cart = {"product_id": "p1", "price": 150.0, "quantity": 1, "currency": "USD"}
     clicks = [
@@ -59,7 +63,8 @@ def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_p
 
     written = tmp_path / "written.jsonl"
     outputs = build(
-        env.from_collection(_rows("clicks", clicks, T0 + 41 * MIN), type_info=SOURCE_RECORD_ROW),
+        env.from_collection(_rows("clicks", clicks, T0 + 41 * MIN), type_info=SOURCE_RECORD_ROW)
+        .assign_timestamps_and_watermarks(click_watermarks(cfg)),
         env.from_collection(_rows("user-metadata", metadata, T0), type_info=SOURCE_RECORD_ROW),
         env.from_collection(_rows("definitions", [bad_definition], T0),
                             type_info=SOURCE_RECORD_ROW),

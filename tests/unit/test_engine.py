@@ -184,3 +184,72 @@ def test_same_events_shuffled_within_the_lateness_bound_give_the_same_membership
     expected = _simulate(registry, ordered, bound)
     assert any(expected.values())  # the scenario puts users in segments
     assert _simulate(registry, shuffled, bound) == expected
+
+
+class FixedScorer:
+    version = "test-model-1"
+
+    def __init__(self, score):
+        self.value = score
+        self.vectors = []
+
+    def score(self, vector):
+        self.vectors.append(vector)
+        return self.value
+
+
+def test_churn_score_feeds_segments_and_every_change_carries_the_model_version(registry):
+    from udfs.features import FEATURE_NAMES
+
+    scorer = FixedScorer(0.65)
+    state = UserState()
+    step = engine.on_event(state, click("e1", "u8", "ADD_TO_CART", T0, product_id="p",
+                                       price=150.0, quantity=1), registry, scorer)
+    assert len(scorer.vectors) == 1 and len(scorer.vectors[0]) == len(FEATURE_NAMES)
+    assert {c["segment_id"] for c in step.changes} == {"high-value-cart", "churn-risk-high"}
+    assert {(c["churn_score"], c["model_version"]) for c in step.changes} == {
+        (0.65, "test-model-1")}
+    scorer.value = 0.2
+    step = engine.on_event(state, click("e2", "u8", "PAGE_VIEW", T0 + MIN), registry, scorer)
+    assert [(c["segment_id"], c["change"]) for c in step.changes] == [
+        ("churn-risk-high", "EXIT")]
+
+
+def test_a_drifting_user_crosses_into_churn_risk_high_with_the_real_model(registry):
+    from models import CHURN_ONNX
+    from udfs.churn import ChurnModel
+
+    model = ChurnModel.load(CHURN_ONNX)
+    state = UserState()
+    day, n = 86_400_000, 0
+    for d in [*range(10), 12, 15, 19]:  # daily buyer, then sparser visits, then gone
+        for k in range(6 if d < 10 else 2):
+            n += 1
+            extra = ({"product_id": "p", "price": 30.0, "quantity": 1, "order_id": f"o{d}"}
+                     if d < 10 and k == 3 else {})
+            event = click(f"e{n}", "u9", "PURCHASE" if extra else "PAGE_VIEW",
+                          T0 + d * day + k * 600_000, **extra)
+            engine.on_event(state, event, registry, model)
+    assert "churn-risk-high" not in state.membership
+    entered = None
+    for i in range(1, 21):
+        step = engine.on_timer(state, "u9", T0 + (19 + i) * day, registry, model)
+        for change in step.changes:
+            if change["segment_id"] == "churn-risk-high" and change["change"] == "ENTER":
+                entered = (i, change)
+    assert entered is not None
+    days_silent, change = entered
+    assert 3 <= days_silent <= 14
+    assert change["churn_score"] >= 0.6 and change["model_version"] == model.version
+
+
+def test_expiry_exits_every_segment_with_the_reason(registry):
+    state = UserState()
+    engine.on_event(state, click("e1", "u10", "ADD_TO_CART", T0, product_id="p", price=150.0,
+                                 quantity=1), registry)
+    assert state.membership
+    ttl = 90 * 86_400_000
+    step = engine.on_expiry(state, "u10", T0 + ttl, ttl, FixedScorer(0.9))
+    assert {(c["change"], c["reason"], c["model_version"]) for c in step.changes} == {
+        ("EXIT", "user state expired: no event for 90 days", "test-model-1")}
+    assert state.membership == {}

@@ -325,3 +325,21 @@ def test_readme_covers_every_record() -> None:
     readme = (SCHEMA_DIR / "README.md").read_text(encoding="utf-8")
     for name in FIELDS:
         assert f"`{name}`" in readme, f"schemas/README.md does not describe {name}"
+
+
+def test_click_event_leading_fields_never_move():
+    """infra/jars/flink/.../ClickEventTimeAssigner.java reads event_time from the raw bytes by
+    skipping event_id, user_id and event_type: every ClickEvent version must start that way."""
+    import glob
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "schemas"
+    for path in [root / "ClickEvent.avsc", *map(Path, glob.glob(str(root / "history" /
+                                                                     "ClickEvent.v*.avsc")))]:
+        fields = json.loads(path.read_text())["fields"][:4]
+        assert [f["name"] for f in fields] == ["event_id", "user_id", "event_type",
+                                               "event_time"], path
+        assert fields[0]["type"] == fields[1]["type"] == "string", path
+        assert fields[2]["type"]["type"] == "enum", path
+        assert fields[3]["type"]["type"] == "long", path
