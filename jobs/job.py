@@ -108,13 +108,13 @@ def with_event_time(rows: DataStream, cfg: NudgeflowConfig, out_of_orderness_ms:
 
 def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowConfig,
                     initial_definitions: list[dict[str, Any]],
-                    writer_factory: Any = None) -> DataStream:
+                    model_files: ModelFiles | None, writer_factory: Any = None) -> DataStream:
     """Key by user, connect the broadcast definitions, run the engine; SegmentChange rows."""
     broadcast = definitions.broadcast(definitions_state())
     return (
         inputs.key_by(lambda row: row[1], key_type=Types.STRING())  # row[1] is user_id
         .connect(broadcast)
-        .process(UserEngineFunction(cfg, initial_definitions, writer_factory),
+        .process(UserEngineFunction(cfg, initial_definitions, model_files, writer_factory),
                  output_type=KAFKA_OUT_ROW)
         .uid(names.USER_ENGINE_UID)
         .name(names.USER_ENGINE_NAME)
@@ -135,6 +135,7 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
     """
     if initial_definitions is None:
         initial_definitions = file_definitions(cfg)
+    model_files = churn_model_files(cfg)
     valid_clicks, click_letters = decode_clicks(clicks, cfg)
     metadata_rows, metadata_letters = decode_metadata(metadata, cfg)
     # metadata never holds event time back for long: no disorder bound, and idle when quiet
@@ -150,7 +151,7 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         .with_timestamp_assigner(NeutralTimeAssigner())
     ).uid(names.DEFINITION_WATERMARKS_UID).name(names.DEFINITION_WATERMARKS_UID)
     changes = run_user_engine(valid_clicks.union(metadata_rows), definition_rows, cfg,
-                              initial_definitions, writer_factory)
+                              initial_definitions, model_files, writer_factory)
     dead_letters = click_letters.union(metadata_letters, definition_letters,
                                        changes.get_side_output(DEAD_LETTER_TAG))
     return JobOutputs(segment_changes=changes, dead_letters=dead_letters)
@@ -215,6 +216,30 @@ def create_env(cfg: NudgeflowConfig, local: bool) -> StreamExecutionEnvironment:
     return env
 
 
+#: the churn model's two files as (onnx bytes, metadata bytes, onnx name, metadata name)
+ModelFiles = tuple[bytes, bytes, str, str]
+
+
+def churn_model_files(cfg: NudgeflowConfig) -> ModelFiles | None:
+    """The churn model's files, read and checked here, shipped inside the job graph.
+
+    Shipping the bytes (120 KB) rather than a path keeps a TaskManager from reading a file of
+    another job's (cleaned-up) directory, and checks the model before the job is submitted.
+
+    Raises:
+        udfs.churn.ModelRejected: the model cannot serve (the message names file and problem).
+    """
+    from udfs.churn import ChurnModel
+
+    path = cfg.churn_model_path()
+    if path is None:
+        return None  # scoring off
+    onnx_file = Path(path)
+    meta_file = onnx_file.with_suffix(".json")
+    ChurnModel.load(onnx_file, meta_file)
+    return (onnx_file.read_bytes(), meta_file.read_bytes(), str(onnx_file), str(meta_file))
+
+
 def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
     """The segment files (``cfg.segments_dir`` or the shipped catalog) as DefinitionUpdates.
 
@@ -240,14 +265,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
-    model_path = cfg.churn_model_path()
-    if model_path:
-        from udfs.churn import ChurnModel, ModelRejected
-
-        try:  # check the model before anything is submitted: a bad file never replaces one
-            ChurnModel.load(model_path)
-        except ModelRejected as exc:
-            raise SystemExit(f"nudgeflow-job: {exc}") from None
 
     from jobs.connectors import click_watermarks, kafka_records, routed_kafka_sink
 
@@ -261,7 +278,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     definitions = kafka_records(
         env, cfg, cfg.definitions_topic, names.DEFINITIONS_SOURCE_UID,
         names.DEFINITIONS_SOURCE_NAME, bounded=args.bounded, from_earliest=True)
-    outputs = build(clicks, metadata, definitions, cfg)
+    from udfs.churn import ModelRejected
+
+    try:  # the model is checked before anything is submitted: a bad file replaces nothing
+        outputs = build(clicks, metadata, definitions, cfg)
+    except ModelRejected as exc:
+        raise SystemExit(f"nudgeflow-job: {exc}") from None
     outputs.all().sink_to(routed_kafka_sink(cfg)).uid(names.KAFKA_SINK_UID).name(
         names.KAFKA_SINK_NAME
     )

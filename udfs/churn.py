@@ -138,9 +138,23 @@ class ChurnModel:
         """
         onnx_file = Path(onnx_path)
         meta_file = Path(meta_path) if meta_path is not None else onnx_file.with_suffix(".json")
-        meta = _read_metadata(meta_file)
+        meta_bytes = _read_bytes(meta_file)  # the metadata first: its problems explain more
+        meta = _parse_metadata(meta_bytes, meta_file)
         _check_features(meta_file, meta)
-        data = _read_bytes(onnx_file)
+        return cls.from_bytes(_read_bytes(onnx_file), meta_bytes, onnx_file, meta_file)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, meta_bytes: bytes, onnx_file: Path,
+                   meta_file: Path) -> ChurnModel:
+        """Load and check a model from the contents of its two files (shipped with a job).
+
+        The paths only name the files in messages.
+
+        Raises:
+            ModelRejected: The files cannot serve; the message says which file and why.
+        """
+        meta = _parse_metadata(meta_bytes, meta_file)
+        _check_features(meta_file, meta)
         digest = hashlib.sha256(data).hexdigest()
         if digest != meta["onnx_sha256"]:
             raise ModelRejected(onnx_file, f"sha256 is {digest}, but {meta_file} expects "
@@ -221,9 +235,9 @@ def _read_bytes(path: Path) -> bytes:
         raise ModelRejected(path, f"cannot read the file: {exc.strerror or exc}") from exc
 
 
-def _read_metadata(path: Path) -> dict[str, Any]:
+def _parse_metadata(raw: bytes, path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(_read_bytes(path).decode("utf-8"))
+        meta = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelRejected(path, f"metadata is not JSON: {exc}") from exc
     if not isinstance(meta, dict):

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pyflink.common import Row
@@ -232,11 +233,14 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     """
 
     def __init__(self, cfg: Any, initial_definitions: list[dict[str, Any]],
+                 model_files: tuple[bytes, bytes, str, str] | None,
                  writer_factory: Any = None) -> None:
         self.cfg = cfg
         # the definitions of the segment files, in force from the first event on (a broadcast
         # stream would race with the first events)
         self.initial_definitions = initial_definitions
+        # the churn model's files travel with the function (see jobs.job.churn_model_files)
+        self.model_files = model_files
         self.writer_factory = writer_factory
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -259,13 +263,16 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.store_retries = metrics.counter("store_retries")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.registry: SegmentRegistry | None = None
-        model_path = self.cfg.churn_model_path()
-        if model_path:
+        self.scorer = None
+        if self.model_files is not None:
             import_in_python_thread("udfs.churn")
             from udfs.churn import ChurnModel
 
-        # one onnxruntime session per operator instance (single-threaded: Flink parallelises)
-        self.scorer = MeasuredScorer(ChurnModel.load(model_path), metrics) if model_path else None
+            onnx, meta, onnx_name, meta_name = self.model_files
+            # one onnxruntime session per operator instance (single-threaded: Flink runs the
+            # instances in parallel)
+            model = ChurnModel.from_bytes(onnx, meta, Path(onnx_name), Path(meta_name))
+            self.scorer = MeasuredScorer(model, metrics)
         # user id -> (encoded state, the UserFeatures it encodes); see _decode_features
         self.features_cache: dict[str, tuple[bytes, features.UserFeatures]] = {}
         if self.writer_factory is not None:

@@ -43,7 +43,10 @@ def test_bounded_local_run_balances_and_stores_agree(isolated_cfg, tmp_path):
 
     cmd = [sys.executable, "-m", "jobs.cli", "run", "--local", "--bounded",
            "--log", str(tmp_path / "job.log"), "--starting-offsets", "earliest",
-           "--parallelism", "2", "--checkpoint-interval-ms", "2000"]
+           "--parallelism", "2", "--checkpoint-interval-ms", "2000",
+           # the generator sends a few events minutes late on purpose; here every one counts
+           # (lateness has its own test in test_engine_e2e)
+           "--allowed-lateness-ms", str(24 * 3_600_000)]
     for name in ("clicks_topic", "user_metadata_topic", "definitions_topic",
                  "segment_changes_topic", "dead_letter_topic", "consumer_group",
                  "transactional_id_prefix", "redis_key_prefix"):
