@@ -62,3 +62,19 @@ def test_a_silent_buyer_drifts_into_churn_risk_high(env, cfg, tmp_path):
     first = min(drift, key=lambda c: c["event_time"])
     assert first["churn_score"] >= 0.6
     assert DAY <= first["event_time"] - last_event <= 60 * DAY
+
+
+def test_a_bad_model_file_is_refused_before_the_job_is_submitted(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "churn.onnx"
+    bad.write_bytes(b"not a model")
+    (tmp_path / "churn.json").write_text((CHURN_ONNX.with_suffix(".json")).read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.job", "--local", "--bounded", "--churn-model", str(bad)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert "churn model rejected" in message and str(bad) in message
+    assert "Traceback" not in message  # one clear line, not a stack trace
