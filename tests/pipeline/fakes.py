@@ -33,3 +33,10 @@ class FileWriterFactory:
 
     def __call__(self):
         return FileWriter(self.path)
+
+
+def as_bytes(value):
+    """execute_and_collect hands Java byte[] over as signed ints; UDFs receive bytes."""
+    if value is None or isinstance(value, bytes | bytearray):
+        return None if value is None else bytes(value)
+    return bytes(b & 0xFF for b in value)

@@ -9,7 +9,7 @@ from jobs.connectors import click_watermarks
 from jobs.job import build
 from models import CHURN_ONNX
 from schemas.codec import Codec
-from tests.pipeline.fakes import FileWriterFactory
+from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs.churn import ChurnModel
 from udfs.descriptors import SOURCE_RECORD_ROW
 
@@ -19,10 +19,6 @@ T0 = 1_800_000_000_000
 DAY = 86_400_000
 
 
-def _bytes(value):
-    if value is None or isinstance(value, bytes | bytearray):
-        return None if value is None else bytes(value)
-    return bytes(b & 0xFF for b in value)
 
 
 def test_a_silent_buyer_drifts_into_churn_risk_high(env, cfg, tmp_path):
@@ -49,7 +45,7 @@ def test_a_silent_buyer_drifts_into_churn_risk_high(env, cfg, tmp_path):
                     env.from_collection([], type_info=SOURCE_RECORD_ROW),
                     cfg, writer_factory=FileWriterFactory(str(tmp_path / "w.jsonl")))
     with outputs.all().execute_and_collect() as results:
-        records = [codec.decode_named(_bytes(value)) for _, _, value in results]
+        records = [codec.decode_named(as_bytes(value)) for _, _, value in results]
 
     changes = [r for name, r in records if name == "SegmentChange"]
     assert changes and all(c["model_version"] == model.version for c in changes)

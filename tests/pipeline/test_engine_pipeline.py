@@ -12,7 +12,7 @@ from jobs.config import replace
 from jobs.connectors import click_watermarks
 from jobs.job import build
 from schemas.codec import Codec
-from tests.pipeline.fakes import FileWriterFactory
+from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs.descriptors import SOURCE_RECORD_ROW
 
 pytestmark = pytest.mark.pipeline
@@ -31,10 +31,6 @@ def _rows(topic, payloads, timestamp):
     return [Row(topic, i % 2, i, timestamp, b"k", p) for i, p in enumerate(payloads)]
 
 
-def _bytes(value):
-    if value is None or isinstance(value, bytes | bytearray):
-        return None if value is None else bytes(value)
-    return bytes(b & 0xFF for b in value)
 
 
 def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_path):
@@ -70,7 +66,7 @@ def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_p
                             type_info=SOURCE_RECORD_ROW),
         cfg, writer_factory=FileWriterFactory(str(written)))
     with outputs.all().execute_and_collect() as results:
-        rows = [(topic, _bytes(key), codec.decode_named(_bytes(value)))
+        rows = [(topic, as_bytes(key), codec.decode_named(as_bytes(value)))
                 for topic, key, value in results]
 
     changes = [record for topic, _, (name, record) in rows if name == "SegmentChange"]
