@@ -94,6 +94,7 @@ def flink_run_command(
     archive: Path,
     detached: bool = True,
     python_executable: str = sys.executable,
+    savepoint: str | None = None,
 ) -> list[str]:
     """The ``flink run`` argv that submits ``python -m jobs.job <job_args>`` to a cluster.
 
@@ -107,6 +108,7 @@ def flink_run_command(
         "-m",
         f"{address.hostname}:{address.port or 8081}",
         *(["-d"] if detached else []),
+        *(["-s", savepoint] if savepoint else []),
         "-pym",
         "jobs.job",
         "-pyfs",
@@ -126,6 +128,7 @@ def submit(
     python_executable: str = sys.executable,
     env: Mapping[str, str] | None = None,
     local_stack: bool = False,
+    savepoint: str | None = None,
 ) -> str:
     """Submit the job; return its Flink job id.
 
@@ -139,7 +142,7 @@ def submit(
     archive = build_job_archive()
     if local_stack:
         refresh_local_taskmanager(archive)
-    cmd = flink_run_command(rest_url, job_args, archive, detached, python_executable)
+    cmd = flink_run_command(rest_url, job_args, archive, detached, python_executable, savepoint)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env=dict(env) if env is not None else None)
     output = proc.stdout + proc.stderr
@@ -188,6 +191,38 @@ def cancel(rest_url: str, job_id: str) -> None:
         urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
     except (urllib.error.URLError, OSError) as exc:
         raise DeployError(f"cancelling job {job_id} failed: {exc}") from None
+
+
+def stop_with_savepoint(rest_url: str, job_id: str, target_dir: str | None = None,
+                        timeout_s: float = 300.0) -> str:
+    """Stop a job with a savepoint (REST ``/jobs/<id>/stop``); return the savepoint's location.
+
+    Every uid in ``jobs/names.py`` is stable, so a job restarted from it (``run
+    --from-savepoint``) keeps all keyed and broadcast state, whatever else changed (the churn
+    model, for one).
+    """
+    body: dict[str, object] = {"drain": False}
+    if target_dir:
+        body["targetDirectory"] = target_dir
+    request = urllib.request.Request(  # noqa: S310 - http(s) REST only
+        f"{rest_url}/jobs/{job_id}/stop", data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            trigger = json.load(resp)["request-id"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        raise DeployError(f"stopping job {job_id} with a savepoint failed: {exc}") from None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = rest_get(rest_url, f"/jobs/{job_id}/savepoints/{trigger}")
+        if status.get("status", {}).get("id") == "COMPLETED":
+            operation = status.get("operation", {})
+            if "location" in operation:
+                return str(operation["location"])
+            raise DeployError(f"the savepoint of job {job_id} failed: "
+                              f"{operation.get('failure-cause', operation)}")
+        time.sleep(1)
+    raise DeployError(f"the savepoint of job {job_id} did not complete in {timeout_s:.0f} s")
 
 
 def running_jobs(rest_url: str) -> list[dict]:

@@ -151,7 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _say(f"submitting to the Flink cluster at {cfg.flink_rest_url} ...")
     job_id = deploy.submit(cfg.flink_rest_url, _job_args(args), detached=True,
                            python_executable=args.pyexec or sys.executable,
-                           env=_secret_env(cfg), local_stack=_is_local(cfg.flink_rest_url))
+                           env=_secret_env(cfg), local_stack=_is_local(cfg.flink_rest_url),
+                           savepoint=args.from_savepoint)
     _say(f"job {job_id} submitted; web UI: {cfg.flink_rest_url}/#/job/running/{job_id}/overview")
     _say(f"stop it with: nudgeflow jobs cancel {job_id}")
     if args.no_watch:
@@ -181,7 +182,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     targets = [j["id"] for j in jobs] if args.all else list(args.job_ids)
     if not targets:
-        return _fail("name the job id(s) to cancel, or --all")
+        return _fail(f"name the job id(s) to {args.action}, or --all")
+    if args.action == "stop":
+        for job_id in targets:
+            location = deploy.stop_with_savepoint(cfg.flink_rest_url, job_id, args.savepoint_dir)
+            _say(f"stopped {job_id}; savepoint: {location}")
+            _say(f"resume with: nudgeflow run --from-savepoint {location}")
+        return 0
     for job_id in targets:
         deploy.cancel(cfg.flink_rest_url, job_id)
         _say(f"cancelled {job_id}")
@@ -293,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after the clicks that are in the topic when the job starts")
     run_p.add_argument("--no-watch", action="store_true",
                        help="cluster: return after submitting instead of showing the summary")
+    run_p.add_argument("--from-savepoint", metavar="LOCATION",
+                       help="cluster: start from this savepoint (keeps all state; see `jobs "
+                       "stop`)")
     run_p.add_argument("--pyexec", help="cluster: Python interpreter on the TaskManagers "
                        "(default: this one, right for the local stack)")
     run_p.add_argument("--log", default=os.path.join(
@@ -302,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.set_defaults(func=cmd_run)
 
     jobs_p = sub.add_parser("jobs", help="list or cancel jobs on the Flink cluster")
-    jobs_p.add_argument("action", choices=["list", "cancel"])
+    jobs_p.add_argument("action", choices=["list", "cancel", "stop"],
+                        help="stop: with a savepoint, printed for `run --from-savepoint`")
+    jobs_p.add_argument("--savepoint-dir", help="stop: where to write the savepoint "
+                        "(default: the cluster's execution.checkpointing.savepoint-dir)")
     jobs_p.add_argument("job_ids", nargs="*")
     jobs_p.add_argument("--all", action="store_true", help="cancel: every running job")
     add_config_arguments(jobs_p)

@@ -1,0 +1,98 @@
+"""A new churn model version is rolled out by savepoint: stop the job with a savepoint, start it
+from the savepoint with the new model. Keyed state (here, a segment membership) survives, and
+the changes after the restart carry the new model version."""
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from infra import deploy
+from models import CHURN_ONNX
+from schemas.codec import Codec
+from tests.integration.kafka_io import TopicReader, produce_raw
+from udfs.churn import META_VERSION_KEY, ChurnModel
+
+pytestmark = pytest.mark.integration
+
+MIN = 60_000
+
+
+def _new_model_version(directory, version):
+    """The shipped model under another version (same trees): what a retraining would ship."""
+    import onnx
+
+    model = onnx.load(str(CHURN_ONNX))
+    for prop in model.metadata_props:
+        if prop.key == META_VERSION_KEY:
+            prop.value = version
+    onnx_file = directory / "churn.onnx"
+    onnx.save(model, str(onnx_file))
+    meta = json.loads(CHURN_ONNX.with_suffix(".json").read_text())
+    meta["version"] = version
+    meta["onnx_sha256"] = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    (directory / "churn.json").write_text(json.dumps(meta))
+    return onnx_file
+
+
+def _submit(cfg, *extra):
+    cmd = [sys.executable, "-m", "jobs.cli", "run", "--no-watch",
+           "--clicks-topic", cfg.clicks_topic, "--user-metadata-topic", cfg.user_metadata_topic,
+           "--definitions-topic", cfg.definitions_topic,
+           "--segment-changes-topic", cfg.segment_changes_topic,
+           "--dead-letter-topic", cfg.dead_letter_topic, "--consumer-group", cfg.consumer_group,
+           "--transactional-id-prefix", cfg.transactional_id_prefix,
+           "--redis-key-prefix", cfg.consumer_group, "--checkpoint-interval-ms", "1000",
+           "--idleness-ms", "500", "--starting-offsets", "earliest", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job_id = re.search(r"job ([0-9a-f]{32}) submitted", proc.stdout).group(1)
+    deploy.wait_for_state(cfg.flink_rest_url, job_id, {"RUNNING"}, 120)
+    return job_id
+
+
+def test_new_model_by_savepoint_keeps_state(isolated_cfg, tmp_path):
+    cfg = isolated_cfg
+    codec = Codec.load()
+    user = f"{cfg.consumer_group}-erin"
+    t0 = (int(time.time() * 1000) // MIN - 60) * MIN
+    cart = {"product_id": "p1", "price": 150.0, "quantity": 1, "currency": "USD"}
+
+    def click(event_id, event_type, t, **extra):
+        return (user.encode(), codec.encode("ClickEvent", {
+            "event_id": f"{user}-{event_id}", "user_id": user, "event_type": event_type,
+            "event_time": t, "source": "WEB", "session_id": "s1", "properties": {}, **extra}))
+
+    def high_value_cart(records):
+        return [r for _, name, r in records
+                if name == "SegmentChange" and r["segment_id"] == "high-value-cart"]
+
+    changes = TopicReader(cfg, cfg.segment_changes_topic, codec)
+    job_id = _submit(cfg)
+    try:
+        produce_raw(cfg, cfg.clicks_topic, [click("1", "ADD_TO_CART", t0, **cart)])
+        changes.wait_for(lambda r: len(high_value_cart(r)) >= 1, what="the ENTER")
+        savepoint = deploy.stop_with_savepoint(cfg.flink_rest_url, job_id,
+                                               (tmp_path / "savepoints").as_uri())
+        job_id = None
+
+        new_model = _new_model_version(tmp_path, "churn-gbt-test.2")
+        assert ChurnModel.load(new_model).version == "churn-gbt-test.2"
+        job_id = _submit(cfg, "--from-savepoint", savepoint, "--churn-model", str(new_model))
+        # only the restored state knows erin is in high-value-cart: a fresh job would not EXIT
+        produce_raw(cfg, cfg.clicks_topic, [click("2", "PURCHASE", t0 + MIN, order_id="o1",
+                                                  **cart)])
+        records = changes.wait_for(lambda r: len(high_value_cart(r)) >= 2, what="the EXIT")
+    finally:
+        changes.close()
+        if job_id is not None:
+            deploy.cancel(cfg.flink_rest_url, job_id)
+
+    enter, leave = high_value_cart(records)[:2]
+    assert (enter["change"], leave["change"]) == ("ENTER", "EXIT")
+    assert enter["model_version"] == ChurnModel.load(CHURN_ONNX).version
+    assert leave["model_version"] == "churn-gbt-test.2"
