@@ -5,7 +5,9 @@ Inputs: SegmentChange dicts (ENTER/EXIT). Writes per change:
 - Cassandra ``membership_by_user`` and ``members_by_segment`` (bucketed by a stable hash of the
   user id): an upsert on ENTER, a delete on EXIT; ``membership_changes``: one row per change,
   keyed by the deterministic ``change_id`` (history, 90-day TTL).
-- Redis ``<prefix>:user:<user_id>``: a set of the user's segment ids (SADD/SREM) with a TTL.
+- Redis ``<prefix>:user:<user_id>``: a set of the user's segment ids (SADD/SREM) with a TTL;
+  and, when the change carries a churn score, ``<prefix>:user:<user_id>:churn``: a hash of the
+  latest score, model version and event time.
 
 Every write is keyed by the change's identity, so replaying a change after a restart writes the
 same rows again. Durability: ``write`` returns only after Cassandra and Redis acknowledged; the
@@ -215,6 +217,12 @@ class CassandraRedisWriter:
         else:
             pipe.srem(key, change["segment_id"])
         pipe.expire(key, REDIS_TTL_S)
+        if change.get("churn_score") is not None:
+            churn_key = f"{key}:churn"
+            pipe.hset(churn_key, mapping={"score": change["churn_score"],
+                                          "model_version": change.get("model_version") or "",
+                                          "event_time": change["event_time"]})
+            pipe.expire(churn_key, REDIS_TTL_S)
         pipe.execute()
 
     def record_definition(self, definition_id: str, description: str) -> None:

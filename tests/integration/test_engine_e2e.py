@@ -189,4 +189,6 @@ def test_scripted_scenario_to_the_record(engine_cfg, running_job, tmp_path):
 
     assert served(alice) == {"cart-abandoners"}
     assert served(bob) == {"new-signups-7d"}
+    churn = client.hgetall(redis_key(cfg.redis_key_prefix, alice) + ":churn")
+    assert churn["model_version"] == model.version and 0 <= float(churn["score"]) <= 1
     assert client.ttl(redis_key(cfg.redis_key_prefix, alice)) > 0

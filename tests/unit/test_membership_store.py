@@ -91,6 +91,9 @@ class FakePipeline:
     def expire(self, key, ttl):
         self.log.append(("expire", key, ttl))
 
+    def hset(self, key, mapping):
+        self.log.append(("hset", key, mapping))
+
     def execute(self):
         self.log.append(("exec",))
 
@@ -138,8 +141,11 @@ def test_enter_upserts_three_tables_and_adds_to_the_redis_set():
     assert [statement for statement, _ in batch.items] == [
         "upsert_member", "upsert_segment_member", "insert_history"]
     assert batch.items[1][1] == ("s1", ms.segment_bucket("u1"), "u1", 3, batch.items[1][1][4])
-    assert client.log == [("sadd", "nf:user:u1", "s1"), ("expire", "nf:user:u1",
-                                                        ms.REDIS_TTL_S), ("exec",)]
+    assert client.log == [
+        ("sadd", "nf:user:u1", "s1"), ("expire", "nf:user:u1", ms.REDIS_TTL_S),
+        ("hset", "nf:user:u1:churn", {"score": 0.2, "model_version": "m1",
+                                      "event_time": CHANGE["event_time"]}),
+        ("expire", "nf:user:u1:churn", ms.REDIS_TTL_S), ("exec",)]
 
 
 def test_exit_deletes_and_removes_from_the_redis_set():
