@@ -277,11 +277,7 @@ class Codec:
             MalformedRecordError: The body does not decode with the writer's schema.
         """
         raw = data if type(data) is bytes else _as_bytes(data)
-        if raw[:2] != MAGIC or len(raw) < HEADER_SIZE:
-            raise NotSingleObjectError(_explain_not_single_object(raw))
-        reader = self._readers.get(raw[2:HEADER_SIZE])
-        if reader is None:
-            raise UnknownSchemaError(self._explain_unknown_fingerprint(raw[2:HEADER_SIZE]))
+        reader = self._reader_for(raw)
         if expect is not None and expect != reader.name:
             self._check_expected(reader, expect)
         return _read(reader, raw)
@@ -301,12 +297,17 @@ class Codec:
             MalformedRecordError: The body does not decode with the writer's schema.
         """
         raw = data if type(data) is bytes else _as_bytes(data)
+        reader = self._reader_for(raw)
+        return reader.name, _read(reader, raw)
+
+    def _reader_for(self, raw: bytes) -> _Reader:
+        """The reader of the schema version named by the single-object header."""
         if raw[:2] != MAGIC or len(raw) < HEADER_SIZE:
             raise NotSingleObjectError(_explain_not_single_object(raw))
         reader = self._readers.get(raw[2:HEADER_SIZE])
         if reader is None:
             raise UnknownSchemaError(self._explain_unknown_fingerprint(raw[2:HEADER_SIZE]))
-        return reader.name, _read(reader, raw)
+        return reader
 
     def _writer(self, name: str) -> _Writer:
         writer = self._writers.get(name)

@@ -338,7 +338,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
         """Step the engine with a click or a metadata update."""
-        self._load_registry(ctx.get_broadcast_state(definitions_state()))
+        if self.registry is None:  # once per start: the state handle is a JVM call
+            self._load_registry(ctx.get_broadcast_state(definitions_state()))
         kind, user_id, event_time = value[0], value[1], value[2]
         state = self._load_state(user_id)
         if kind == "click":
@@ -358,11 +359,14 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             step = engine.on_metadata(state, metadata, self._registry(),
                                       max(event_time, ctx.timer_service().current_watermark()),
                                       self.scorer)
-        yield from self._finish(user_id, state, step, ctx)
+            yield from self._finish(user_id, state, step, ctx, metadata_changed=True)
+            return
+        yield from self._finish(user_id, state, step, ctx, features_changed=True)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         """Re-evaluate at a timer; clear the state of users idle beyond the TTL."""
-        self._load_registry(ctx.get_broadcast_state(definitions_state()))
+        if self.registry is None:  # once per start: the state handle is a JVM call
+            self._load_registry(ctx.get_broadcast_state(definitions_state()))
         user_id = ctx.get_current_key()
         state = self._load_state(user_id)
         if engine.expired(state, timestamp, self.cfg.state_ttl_ms):
@@ -383,13 +387,14 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         return self.registry
 
     def _load_state(self, user_id: str) -> engine.UserState:
+        self.loaded_membership = dict(self.membership.value() or {})
         raw_features = self.features_state.value()
         raw_metadata = self.metadata_state.value()
         return engine.UserState(
             features=self._decode_features(user_id, raw_features) if raw_features else None,
             metadata=(self.codec.decode(bytes(raw_metadata), expect="UserMetadata")
                       if raw_metadata else None),
-            membership=dict(self.membership.value() or {}),
+            membership=dict(self.loaded_membership),
         )
 
     def _decode_features(self, user_id: str, raw: bytes) -> features.UserFeatures:
@@ -403,9 +408,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             return cached[1]
         return features.decode_state(bytes(raw))
 
-    def _finish(self, user_id: str, state: engine.UserState, step: engine.Step,
-                ctx: Any) -> Iterator[Any]:
-        if state.features is not None:
+    def _finish(self, user_id: str, state: engine.UserState, step: engine.Step, ctx: Any,
+                features_changed: bool = False, metadata_changed: bool = False
+                ) -> Iterator[Any]:
+        # only what changed is written back: each state write is a conversion across the JVM
+        if features_changed and state.features is not None:
             encoded = features.encode_state(state.features)
             self.features_state.update(encoded)
             if len(self.features_cache) >= FEATURES_CACHE_SIZE:
@@ -416,9 +423,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             if self.expiry.value() != expiry:
                 ctx.timer_service().register_event_time_timer(expiry)
                 self.expiry.update(expiry)
-        if state.metadata is not None:
+        if metadata_changed and state.metadata is not None:
             self.metadata_state.update(self.codec.encode("UserMetadata", state.metadata))
-        self.membership.update(state.membership)
+        if state.membership != self.loaded_membership:
+            self.membership.update(state.membership)
         if step.next_timer_ms is not None:
             ctx.timer_service().register_event_time_timer(step.next_timer_ms)
         yield from self._emit(step)
