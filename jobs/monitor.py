@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,8 +68,9 @@ class OffsetMonitor:
 def format_line(start: Snapshot, now: Snapshot, elapsed_s: float) -> str:
     """One summary line: what changed since ``start``."""
     arrived = now.clicks_end - start.clicks_end
-    consumed = now.clicks_committed - start.clicks_committed
-    lag = max(0, now.clicks_end - now.clicks_committed)
+    # a group commits only on checkpoints; before its first commit nothing counts as consumed
+    consumed = max(0, now.clicks_committed - start.clicks_committed) if now.clicks_committed else 0
+    lag = max(0, now.clicks_end - max(now.clicks_committed, start.clicks_committed))
     out = now.outputs_end - start.outputs_end
     dead = now.dead_letters_end - start.dead_letters_end
     return (
@@ -99,7 +101,11 @@ def watch(
                 say(f"[{time.monotonic() - started:6.0f} s] (summary unavailable: {exc})")
                 now = None
             if now is not None:
-                start = start or now
+                if start is None:
+                    start = now
+                    if now.clicks_committed == 0 and cfg.starting_offsets == "latest":
+                        # a new group reading from the end: it has consumed up to there
+                        start = dataclasses.replace(now, clicks_committed=now.clicks_end)
                 say(format_line(start, now, time.monotonic() - started))
             time.sleep(interval_s)
     except KeyboardInterrupt:
