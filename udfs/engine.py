@@ -136,13 +136,15 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
         # a user's clock never goes backwards: an out-of-order event, older metadata or a timer
         # behind the user's newest event is evaluated at that newest event time
         now_ms = max(now_ms, state.features.last_event_ms)
-        if scorer is not None:
-            # re-scored at every evaluation (each new event, metadata update and timer): the
-            # vector changes with time alone (recency), and a score costs ~12 µs
-            state.churn_score = scorer.score(
-                feat.vector_list(state.features, now_ms, state.metadata))
-            state.model_version = scorer.version
-    view = feat.FeatureView(state.features, state.metadata, now_ms, state.churn_score)
+    vector = None
+    if scorer is not None and state.features is not None:
+        # re-scored at every evaluation (each new event, metadata update and timer): the
+        # vector changes with time alone (recency), and a score costs ~12 µs; the segments
+        # then read the same vector
+        vector = feat.vector_list(state.features, now_ms, state.metadata)
+        state.churn_score = scorer.score(vector)
+        state.model_version = scorer.version
+    view = feat.FeatureView(state.features, state.metadata, now_ms, state.churn_score, vector)
     changes: list[dict[str, Any]] = []
     next_timer: int | None = None
 

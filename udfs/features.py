@@ -989,13 +989,17 @@ class FeatureView:
         metadata: Mapping[str, Any] | None,
         now_ms: int,
         churn_score: float | None = None,
+        vector: list[float] | None = None,
     ) -> None:
         self._state = state
         self._metadata = metadata
         self._now_ms = now_ms
         self._churn_score = churn_score
-        self._values: dict[str, float] = {}
-        self._rest_done = False
+        # ``vector``: the vector_list of the same state, metadata and time, when the caller
+        # already has it (the engine scores it): no feature is computed twice
+        self._values: dict[str, float] = (
+            dict(zip(FEATURE_NAMES, vector, strict=True)) if vector is not None else {})
+        self._rest_done = vector is not None
         self._recent: tuple[RecentEvent, ...] | None = None
 
     @property

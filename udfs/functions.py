@@ -22,6 +22,7 @@ from pyflink.common import Row
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (
     KeyedBroadcastProcessFunction,
+    OutputTag,
     ProcessFunction,
     RuntimeContext,
 )
@@ -65,11 +66,8 @@ class DecodeClicksFunction(ProcessFunction):
         result = clicks.decode_click(self.codec, record, self.max_future_skew_ms)
         if isinstance(result, clicks.Rejected):
             self.dead_lettered.inc(result.reason_code)
-            failed_at = ctx.timer_service().current_processing_time()
-            letter = clicks.dead_letter(record, result, failed_at)
-            yield DEAD_LETTER_TAG, Row(
-                self.dead_letter_topic, record.key, self.codec.encode("DeadLetter", letter)
-            )
+            yield dead_letter_row(self.codec, self.dead_letter_topic, record, result,
+                                  ctx.timer_service().current_processing_time())
             return
         self.events_valid.inc()
         result["ingest_time"] = record.timestamp
@@ -124,6 +122,13 @@ class LabelledCounters:
         counter.inc()
 
 
+def dead_letter_row(codec: Codec, topic: str, record: clicks.SourceRecord,
+                    rejected: clicks.Rejected, failed_at: int) -> tuple[OutputTag, Row]:
+    """The side-output element that puts a rejected record on the dead-letter topic."""
+    letter = clicks.dead_letter(record, rejected, failed_at)
+    return DEAD_LETTER_TAG, Row(topic, record.key, codec.encode("DeadLetter", letter))
+
+
 def _maybe_bytes(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
 
@@ -165,10 +170,10 @@ class DecodeRecordsFunction(ProcessFunction):
                 problem = clicks.Rejected("INVALID_AVRO", str(exc), "decode")
         if problem is not None or decoded is None:
             self.dead_lettered.inc(problem.reason_code if problem else "OTHER")
-            letter = clicks.dead_letter(record, problem or clicks.Rejected(
-                "OTHER", "undecodable", "decode"), ctx.timer_service().current_processing_time())
-            yield DEAD_LETTER_TAG, Row(self.dead_letter_topic, record.key,
-                                       self.codec.encode("DeadLetter", letter))
+            yield dead_letter_row(
+                self.codec, self.dead_letter_topic, record,
+                problem or clicks.Rejected("OTHER", "undecodable", "decode"),
+                ctx.timer_service().current_processing_time())
             return
         yield self.to_row(decoded, record.value)
 
@@ -302,7 +307,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         change = self._registry().apply(update)
         if change.outcome is ChangeOutcome.REJECTED:
             self.bad_definitions.inc()
-            letter = clicks.dead_letter(
+            yield dead_letter_row(
+                self.codec, self.cfg.dead_letter_topic,
                 clicks.SourceRecord(self.cfg.definitions_topic, None, None, None,
                                     definition_id.encode(), payload),
                 clicks.Rejected("INVALID_DEFINITION", change.message + "; " + format_errors(
@@ -311,8 +317,6 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 # in PyFlink 2.2's thread mode (no such Java method)
                 int(time.time() * 1000),
             )
-            yield DEAD_LETTER_TAG, Row(self.cfg.dead_letter_topic, definition_id.encode(),
-                                       self.codec.encode("DeadLetter", letter))
         elif change.changed:
             # DELETEs are kept too (tombstones), so an older version arriving later stays stale
             state.put(definition_id, payload)
@@ -449,11 +453,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             f"{event['event_time']}, {watermark - event['event_time']} ms behind the watermark "
             f"{watermark}; the allowed lateness is {self.cfg.allowed_lateness_ms} ms"
         )
-        letter = clicks.dead_letter(
+        yield dead_letter_row(
+            self.codec, self.cfg.dead_letter_topic,
             clicks.SourceRecord(self.cfg.clicks_topic, None, None, ingest_time,
                                 event["user_id"].encode(), raw),
             clicks.Rejected("LATE_EVENT", reason, "watermark"),
             ctx.timer_service().current_processing_time(),
         )
-        yield DEAD_LETTER_TAG, Row(self.cfg.dead_letter_topic, event["user_id"].encode(),
-                                   self.codec.encode("DeadLetter", letter))

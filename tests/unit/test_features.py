@@ -756,3 +756,16 @@ def test_worst_case_state_is_within_the_stated_bound() -> None:
     bound = max_state_bytes()
     assert size <= bound
     assert size > 0.8 * bound  # the bound is not slack
+
+
+def test_a_view_given_the_vector_answers_like_one_that_computes_it():
+    state = None
+    for i, etype in enumerate(["PAGE_VIEW", "ADD_TO_CART", "PURCHASE", "SEARCH"] * 5):
+        cart = {"product_id": "p", "price": 20.0, "quantity": 1}
+        state = update(state, ev(i, T0 + i * 60_000, etype,
+                                 **(cart if etype in ("ADD_TO_CART", "PURCHASE") else {})))
+    now = T0 + 3_600_000
+    given = FeatureView(state, None, now, vector=vector_list(state, now, None))
+    computed = FeatureView(state, None, now)
+    assert [given.feature(n) for n in FEATURE_NAMES] == [computed.feature(n)
+                                                         for n in FEATURE_NAMES]
