@@ -146,9 +146,7 @@ def submit(
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env=dict(env) if env is not None else None)
     output = proc.stdout + proc.stderr
-    match = re.search(r"JobID ([0-9a-f]{32})", output) or re.search(
-        r"submitted job ([0-9a-f]{32})", output
-    )
+    match = re.search(r"JobID ([0-9a-f]{32})", output)
     if proc.returncode != 0 or match is None:
         tail = "\n".join(output.strip().splitlines()[-25:])
         raise DeployError(f"flink run failed (exit {proc.returncode}):\n{tail}")

@@ -19,11 +19,10 @@ import uuid
 
 from infra import provision
 from jobs import generate
-from jobs.config import load_config, replace
+from jobs.config import ISOLATION_FIELDS, as_flags, load_config, replace
 from jobs.workload import WorkloadSpec
 
-_TOPIC_FIELDS = ("clicks_topic", "user_metadata_topic", "definitions_topic",
-                 "segment_changes_topic", "dead_letter_topic")
+_TOPIC_FIELDS = tuple(f for f in ISOLATION_FIELDS if f.endswith("_topic"))
 
 
 def measure(events: int, users: int, parallelism: int, guarantee: str, churn: str,
@@ -43,9 +42,7 @@ def measure(events: int, users: int, parallelism: int, guarantee: str, churn: st
     args = [sys.executable, "-m", "jobs.job", "--local", "--starting-offsets", "earliest",
             "--parallelism", str(parallelism), "--delivery-guarantee", guarantee,
             "--checkpoint-interval-ms", "2000", "--churn-model", "off" if churn == "off" else "",
-            "--consumer-group", tag, "--transactional-id-prefix", tag, "--redis-key-prefix", tag]
-    for field in _TOPIC_FIELDS:
-        args += ["--" + field.replace("_", "-"), getattr(cfg, field)]
+            *as_flags(cfg)]
     job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     admin = KafkaAdminClient(**cfg.python_client_kwargs())
 

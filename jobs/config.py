@@ -314,6 +314,21 @@ def config_from_args(args: argparse.Namespace) -> NudgeflowConfig:
     return load_config(getattr(args, "config", None), overrides=overrides)
 
 
+#: the fields that make a job's Kafka and store names its own (tests, benchmarks, demos)
+ISOLATION_FIELDS = (
+    "clicks_topic", "user_metadata_topic", "definitions_topic", "segment_changes_topic",
+    "dead_letter_topic", "consumer_group", "transactional_id_prefix", "redis_key_prefix",
+)
+
+
+def as_flags(cfg: NudgeflowConfig, names: Sequence[str] = ISOLATION_FIELDS) -> list[str]:
+    """Command-line flags that hand some of ``cfg``'s values to another nudgeflow process."""
+    flags: list[str] = []
+    for name in names:
+        flags += ["--" + name.replace("_", "-"), str(getattr(cfg, name))]
+    return flags
+
+
 def replace(cfg: NudgeflowConfig, **changes: Any) -> NudgeflowConfig:
     """A copy of ``cfg`` with some fields changed (validated again)."""
     return dataclasses.replace(cfg, **changes)

@@ -260,8 +260,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="run in an embedded MiniCluster in this process")
     parser.add_argument("--bounded", action="store_true",
                         help="stop after the clicks that are in the topic at start")
-    parser.add_argument("--detached", action="store_true",
-                        help="submit and return (cluster runs); default waits for the end")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
@@ -287,11 +285,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     outputs.all().sink_to(routed_kafka_sink(cfg)).uid(names.KAFKA_SINK_UID).name(
         names.KAFKA_SINK_NAME
     )
-    if args.detached:
-        client = env.execute_async(cfg.job_name)
-        print(f"submitted job {client.get_job_id()}", flush=True)
-    else:
-        env.execute(cfg.job_name)
+    env.execute(cfg.job_name)  # under `flink run -d` this returns once the job is submitted
 
 
 if __name__ == "__main__":

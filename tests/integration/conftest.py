@@ -45,6 +45,7 @@ def isolated_cfg(local_stack):
         outcomes_topic=f"it-{run}-outcomes",
         consumer_group=f"it-{run}",
         transactional_id_prefix=f"it-{run}",
+        redis_key_prefix=f"it-{run}",
         checkpoint_interval_ms=2000,
         parallelism=2,
     )

@@ -24,31 +24,14 @@ def read_topic(cfg, topic, expected, timeout_s=120.0, codec=None):
 
     Returns a list of (key bytes, record name, record dict).
     """
-    codec = codec or Codec.load()
-    consumer = KafkaConsumer(
-        **cfg.python_client_kwargs(),
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        group_id=None,
-    )
-    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    found = []
-    deadline = time.monotonic() + timeout_s
-    drain_until = None
+    reader = TopicReader(cfg, topic, codec)
     try:
-        while time.monotonic() < (drain_until or deadline):
-            for batch in consumer.poll(timeout_ms=500).values():
-                for message in batch:
-                    name, record = codec.decode_named(message.value)
-                    found.append((message.key, name, record))
-            if len(found) >= expected and drain_until is None:
-                drain_until = time.monotonic() + 3.0
+        deadline = time.monotonic() + timeout_s
+        while len(reader.records) < expected and time.monotonic() < deadline:
+            reader.drain(0.5)
+        return reader.drain()
     finally:
-        consumer.close()
-    return found
+        reader.close()
 
 
 class TopicReader:

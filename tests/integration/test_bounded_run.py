@@ -16,6 +16,7 @@ import redis
 
 from infra.provision import cassandra_session
 from jobs import generate
+from jobs.config import as_flags
 from jobs.workload import WorkloadSpec, generate_events, generate_users, malformed_records
 from schemas.codec import Codec
 from tests.integration.kafka_io import produce_raw, read_topic
@@ -28,7 +29,7 @@ SPEC = dataclasses.replace(BASE_SPEC, start_ms=generate.recent_start_ms(BASE_SPE
 
 
 def test_bounded_local_run_balances_and_stores_agree(isolated_cfg, tmp_path):
-    cfg = dataclasses.replace(isolated_cfg, redis_key_prefix=isolated_cfg.consumer_group)
+    cfg = isolated_cfg
     codec = Codec.load()
     # this run's own user ids: Cassandra and Redis are shared with other tests and runs
     prefix = f"{cfg.consumer_group}-"
@@ -46,11 +47,7 @@ def test_bounded_local_run_balances_and_stores_agree(isolated_cfg, tmp_path):
            "--parallelism", "2", "--checkpoint-interval-ms", "2000",
            # the generator sends a few events minutes late on purpose; here every one counts
            # (lateness has its own test in test_engine_e2e)
-           "--allowed-lateness-ms", str(24 * 3_600_000)]
-    for name in ("clicks_topic", "user_metadata_topic", "definitions_topic",
-                 "segment_changes_topic", "dead_letter_topic", "consumer_group",
-                 "transactional_id_prefix", "redis_key_prefix"):
-        cmd += ["--" + name.replace("_", "-"), getattr(cfg, name)]
+           "--allowed-lateness-ms", str(24 * 3_600_000), *as_flags(cfg)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr + (tmp_path / "job.log").read_text()
     assert "segment changes" in proc.stdout  # the live summary was shown

@@ -14,6 +14,7 @@ import redis
 from infra import deploy
 from infra.provision import cassandra_session
 from jobs import defs
+from jobs.config import as_flags
 from models import CHURN_ONNX
 from schemas.codec import Codec
 from tests.integration.kafka_io import TopicReader, produce_raw
@@ -25,26 +26,16 @@ pytestmark = pytest.mark.integration
 MIN = 60_000
 
 
-def _flags(cfg):
-    return ["--clicks-topic", cfg.clicks_topic, "--user-metadata-topic", cfg.user_metadata_topic,
-            "--definitions-topic", cfg.definitions_topic,
-            "--segment-changes-topic", cfg.segment_changes_topic,
-            "--dead-letter-topic", cfg.dead_letter_topic, "--consumer-group", cfg.consumer_group,
-            "--transactional-id-prefix", cfg.transactional_id_prefix,
-            "--redis-key-prefix", cfg.redis_key_prefix]
-
-
 @pytest.fixture
 def engine_cfg(isolated_cfg):
     from jobs.config import replace
 
-    return replace(isolated_cfg, redis_key_prefix=isolated_cfg.consumer_group,
-                   idleness_ms=500, max_out_of_orderness_ms=2000)
+    return replace(isolated_cfg, idleness_ms=500, max_out_of_orderness_ms=2000)
 
 
 @pytest.fixture
 def running_job(engine_cfg):
-    cmd = [sys.executable, "-m", "jobs.cli", "run", "--no-watch", *_flags(engine_cfg),
+    cmd = [sys.executable, "-m", "jobs.cli", "run", "--no-watch", *as_flags(engine_cfg),
            "--checkpoint-interval-ms", "1000", "--parallelism", "2",
            "--idleness-ms", str(engine_cfg.idleness_ms),
            "--max-out-of-orderness-ms", str(engine_cfg.max_out_of_orderness_ms),

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from infra import deploy
+from jobs.config import as_flags
 from models import CHURN_ONNX
 from schemas.codec import Codec
 from tests.integration.kafka_io import TopicReader, produce_raw
@@ -40,13 +41,8 @@ def _new_model_version(directory, version):
 
 
 def _submit(cfg, *extra):
-    cmd = [sys.executable, "-m", "jobs.cli", "run", "--no-watch",
-           "--clicks-topic", cfg.clicks_topic, "--user-metadata-topic", cfg.user_metadata_topic,
-           "--definitions-topic", cfg.definitions_topic,
-           "--segment-changes-topic", cfg.segment_changes_topic,
-           "--dead-letter-topic", cfg.dead_letter_topic, "--consumer-group", cfg.consumer_group,
-           "--transactional-id-prefix", cfg.transactional_id_prefix,
-           "--redis-key-prefix", cfg.consumer_group, "--checkpoint-interval-ms", "1000",
+    cmd = [sys.executable, "-m", "jobs.cli", "run", "--no-watch", *as_flags(cfg),
+           "--checkpoint-interval-ms", "1000",
            "--idleness-ms", "500", "--starting-offsets", "earliest", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
