@@ -229,12 +229,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_defs(args: argparse.Namespace) -> int:
     """``nudgeflow defs validate|publish|delete|list``."""
     from jobs import defs
-    from udfs import segments
+    from udfs import campaigns
 
     if args.action == "validate":
         if not args.targets:
             return _fail("name the YAML files or directories to validate")
-        code, text = segments.validate_command(args.targets)
+        code, text = campaigns.validate_command(args.targets)
         print(text, file=sys.stdout if code == 0 else sys.stderr, flush=True)
         return code
     cfg = config_from_args(args)
@@ -242,7 +242,7 @@ def cmd_defs(args: argparse.Namespace) -> int:
     if args.action == "publish":
         if not args.targets:
             return _fail("name the YAML files or directories to publish")
-        code, text = segments.validate_command(args.targets)
+        code, text = campaigns.validate_command(args.targets)
         if code != 0:
             print(text, file=sys.stderr, flush=True)
             return code

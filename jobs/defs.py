@@ -1,4 +1,7 @@
-"""``nudgeflow defs validate | publish | delete | list``: segment definitions as data.
+"""``nudgeflow defs validate | publish | delete | list``: definitions as data.
+
+Segments, campaigns and the priority policy (``udfs.segments``, ``udfs.campaigns``) all travel
+the same way.
 
 - validate: parse and check YAML files offline (exit 1 with ``file:path: message`` lines);
 - publish: validate, then write each segment as a DefinitionUpdate to the definitions control
@@ -17,7 +20,7 @@ from typing import Any
 
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec, CodecError
-from udfs import segments
+from udfs import campaigns, segments
 
 
 class PublishError(RuntimeError):
@@ -80,44 +83,59 @@ def _produce(cfg: NudgeflowConfig, updates: Sequence[dict[str, Any]], codec: Cod
 
 def publish(cfg: NudgeflowConfig, paths: Sequence[str], published_by: str | None,
             now_ms: int, say: Callable[[str], None] = print) -> int:
-    """Validate the files and publish their segments; return how many were published.
+    """Validate the files and publish their definitions; return how many were published.
 
     Raises:
         segments.InvalidDefinitions: a file does not validate (nothing is published).
         PublishError: a version conflicts with what is already published.
     """
     codec = Codec.load()
-    loaded = segments.load_segment_files(paths)
+    known = [s.id for s in segments.load_catalog()]
+    loaded = campaigns.load_files(paths, known_segments=known)
     held = published_updates(cfg, codec)
     to_send = []
-    for segment in loaded:
-        update = segments.segment_to_update(segment, now_ms, published_by)
-        current = held.get(segment.id)
+    for update, definition in zip(loaded.updates(now_ms, published_by), loaded.all(),
+                                  strict=True):
+        label = f"{definition.id} v{definition.version}"
+        current = held.get(definition.id)
         if current is not None and update["version"] <= current["version"]:
             if update["version"] == current["version"] and update["checksum"] == \
                     current["checksum"]:
-                say(f"  {segment.id} v{segment.version}: already published, unchanged")
+                say(f"  {label}: already published, unchanged")
                 continue
             raise PublishError(
-                f"{segment.source or segment.id}: {segment.id} v{segment.version} cannot be "
+                f"{definition.source or definition.id}: {label} cannot be "
                 f"published: v{current['version']} is already on {cfg.definitions_topic} "
                 f"({current['action']}); set version to {current['version'] + 1} or higher"
             )
         to_send.append(update)
-        say(f"  {segment.id} v{segment.version}: publishing")
+        say(f"  {label} ({update['kind'].lower()}): publishing")
     _produce(cfg, to_send, codec)
     return len(to_send)
 
 
 def delete(cfg: NudgeflowConfig, definition_id: str, published_by: str | None,
            now_ms: int) -> int:
-    """Publish a DELETE for a segment; return the DELETE's version."""
+    """Publish a DELETE for a definition of any kind; return the DELETE's version.
+
+    Raises:
+        PublishError: the id is neither on the control topic nor in the shipped catalog.
+    """
     codec = Codec.load()
     current = published_updates(cfg, codec).get(definition_id)
-    file_version = next((s.version for s in segments.load_catalog()
-                         if s.id == definition_id), 0)
+    shipped = {d.id: (d.version, kind) for kind, group in (
+        (segments.SEGMENT_KIND, segments.load_catalog()),
+        (campaigns.CAMPAIGN_KIND, campaigns.load_catalog().campaigns),
+        (campaigns.POLICY_KIND, campaigns.load_catalog().policies)) for d in group}
+    if current is None and definition_id not in shipped:
+        raise PublishError(f"{definition_id}: no such definition on {cfg.definitions_topic} or "
+                           "in the shipped catalog; `nudgeflow defs list` shows what exists")
+    file_version, kind = shipped.get(definition_id, (0, segments.SEGMENT_KIND))
+    if current is not None:
+        kind = current["kind"]
     version = max(file_version, current["version"] if current else 0) + 1
-    _produce(cfg, [segments.delete_update(definition_id, version, now_ms, published_by)], codec)
+    _produce(cfg, [segments.delete_update(definition_id, version, now_ms, published_by, kind)],
+             codec)
     return version
 
 

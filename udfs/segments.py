@@ -1526,25 +1526,27 @@ def _body(document: Mapping[str, Any]) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def segment_to_update(
-    segment: Segment, published_at_ms: int, published_by: str | None = None
+def definition_to_update(
+    definition: Any, kind: str, published_at_ms: int, published_by: str | None = None
 ) -> dict[str, Any]:
-    """The UPSERT DefinitionUpdate record publishing a segment (body = canonical JSON).
+    """The UPSERT DefinitionUpdate record publishing a definition (body = canonical JSON).
 
     Args:
-        segment: A validated segment.
+        definition: A validated definition with ``id``, ``version`` and ``document``
+            (a ``Segment``, ``udfs.campaigns.Campaign`` or ``PriorityPolicy``).
+        kind: Its DefinitionKind symbol (SEGMENT, CAMPAIGN, PRIORITY_WEIGHTS).
         published_at_ms: Publication time, epoch ms.
         published_by: Who or what publishes it, or None.
 
     Returns:
         A dict shaped like the DefinitionUpdate Avro record.
     """
-    body = _body(segment.document)
+    body = _body(definition.document)
     return {
-        "definition_id": segment.id,
-        "kind": SEGMENT_KIND,
+        "definition_id": definition.id,
+        "kind": kind,
         "action": UPSERT,
-        "version": segment.version,
+        "version": definition.version,
         "body": body,
         "checksum": checksum(body),
         "published_at": published_at_ms,
@@ -1552,13 +1554,21 @@ def segment_to_update(
     }
 
 
-def delete_update(
-    definition_id: str, version: int, published_at_ms: int, published_by: str | None = None
+def segment_to_update(
+    segment: Segment, published_at_ms: int, published_by: str | None = None
 ) -> dict[str, Any]:
-    """The DELETE DefinitionUpdate record for a segment (a DELETE takes a new version too)."""
+    """The UPSERT DefinitionUpdate record publishing a segment (body = canonical JSON)."""
+    return definition_to_update(segment, SEGMENT_KIND, published_at_ms, published_by)
+
+
+def delete_update(
+    definition_id: str, version: int, published_at_ms: int, published_by: str | None = None,
+    kind: str = SEGMENT_KIND,
+) -> dict[str, Any]:
+    """The DELETE DefinitionUpdate record for a definition (a DELETE takes a new version too)."""
     return {
         "definition_id": definition_id,
-        "kind": SEGMENT_KIND,
+        "kind": kind,
         "action": DELETE,
         "version": version,
         "body": "",
@@ -1599,6 +1609,40 @@ def _envelope_errors(update: Mapping[str, Any]) -> list[DefinitionError]:
     return errors
 
 
+def update_document(update: Mapping[str, Any], kind: str) -> tuple[str, Any]:
+    """The JSON document an UPSERT DefinitionUpdate of ``kind`` carries, envelope checked.
+
+    Returns:
+        (a label naming the definition id and version, for errors; the parsed body).
+
+    Raises:
+        DefinitionError: wrong kind or action, checksum mismatch, body not JSON.
+    """
+    file = _update_label(update)
+    errors = _envelope_errors(update)
+    if update.get("kind") != kind:
+        errors.append(DefinitionError(file, "kind", f"kind is {update.get('kind')!r}, not "
+                                      f"{kind}"))
+    if update.get("action") == DELETE:
+        errors.append(DefinitionError(file, "action", "a DELETE carries no definition"))
+    if errors:
+        raise InvalidDefinitions(errors)
+    try:
+        return file, json.loads(update["body"])
+    except ValueError as exc:
+        raise DefinitionError(file, "body", f"body is not JSON: {exc}") from None
+
+
+def check_identity(compiler: _Compiler, definition: Any, update: Mapping[str, Any]) -> None:
+    """Record an error when a body's id or version differs from its update's envelope."""
+    if definition.id != update["definition_id"]:
+        compiler.error("id", f"id {definition.id!r} differs from the update's definition_id "
+                             f"{update['definition_id']!r}")
+    if definition.version != update["version"]:
+        compiler.error("version", f"version {definition.version} differs from the update's "
+                                  f"version {update['version']}")
+
+
 def update_to_segment(update: Mapping[str, Any]) -> Segment:
     """The segment an UPSERT DefinitionUpdate carries, validated.
 
@@ -1613,28 +1657,11 @@ def update_to_segment(update: Mapping[str, Any]) -> Segment:
             not JSON, invalid segment, id or version differing from the envelope's); the file
             of each error names the definition id and version.
     """
-    file = _update_label(update)
-    errors = _envelope_errors(update)
-    if update.get("kind") != SEGMENT_KIND:
-        errors.append(DefinitionError(file, "kind", f"kind is {update.get('kind')!r}, not "
-                                      f"{SEGMENT_KIND}"))
-    if update.get("action") == DELETE:
-        errors.append(DefinitionError(file, "action", "a DELETE carries no segment"))
-    if errors:
-        raise InvalidDefinitions(errors)
-    try:
-        document = json.loads(update["body"])
-    except ValueError as exc:
-        raise DefinitionError(file, "body", f"body is not JSON: {exc}") from None
+    file, document = update_document(update, SEGMENT_KIND)
     compiler = _Compiler(file)
     segment = compiler.segment_document(document, "", file)
     if segment is not None:
-        if segment.id != update["definition_id"]:
-            compiler.error("id", f"id {segment.id!r} differs from the update's definition_id "
-                                 f"{update['definition_id']!r}")
-        if segment.version != update["version"]:
-            compiler.error("version", f"version {segment.version} differs from the update's "
-                                      f"version {update['version']}")
+        check_identity(compiler, segment, update)
     if compiler.errors or segment is None:
         raise InvalidDefinitions(compiler.errors or [DefinitionError(file, "", "invalid")])
     return segment
@@ -1648,7 +1675,7 @@ class ChangeOutcome(str, Enum):
     DELETED = "DELETED"  # the definition is gone (a tombstone version is kept)
     STALE = "STALE"  # version not greater than the held one: ignored
     REJECTED = "REJECTED"  # bad update (checksum, body, envelope): ignored, see errors
-    IGNORED = "IGNORED"  # not a SEGMENT definition: not this registry's business
+    IGNORED = "IGNORED"  # another kind of definition: not this registry's business
 
 
 @dataclass(frozen=True)
@@ -1687,7 +1714,22 @@ class SegmentRegistry:
     held (including the version of a DELETE, kept as a tombstone) is STALE and ignored, so
     updates may be replayed or arrive in any order and the result is the same. ``updates()`` is
     what to store in broadcast state; ``from_updates`` rebuilds from it.
+
+    Subclasses hold other kinds of definition (``udfs.campaigns``): they set ``kind`` and
+    ``noun`` and override ``_to_update`` and ``_from_update``.
     """
+
+    kind = SEGMENT_KIND
+    noun = "segment"
+
+    @staticmethod
+    def _to_update(definition: Any, published_at_ms: int,
+                   published_by: str | None) -> dict[str, Any]:
+        return segment_to_update(definition, published_at_ms, published_by)
+
+    @staticmethod
+    def _from_update(update: Mapping[str, Any]) -> Any:
+        return update_to_segment(update)
 
     def __init__(self, segments: Iterable[Segment] = ()) -> None:
         self._segments: dict[str, Segment] = {}
@@ -1743,7 +1785,7 @@ class SegmentRegistry:
         self, segment: Segment, published_at_ms: int = 0, published_by: str | None = None
     ) -> RegistryChange:
         """Add or replace a validated segment (e.g. from a file) under the version rule."""
-        update = segment_to_update(segment, published_at_ms, published_by)
+        update = self._to_update(segment, published_at_ms, published_by)
         return self._accept(update) or self._store(update, segment)
 
     def apply(self, update: Mapping[str, Any]) -> RegistryChange:
@@ -1760,10 +1802,10 @@ class SegmentRegistry:
         version = update.get("version")
         version_int = version if isinstance(version, int) and not isinstance(version, bool) \
             else None
-        if update.get("kind") != SEGMENT_KIND:
+        if update.get("kind") != self.kind:
             return RegistryChange(def_id, ChangeOutcome.IGNORED, version_int,
                                   self.version_of(def_id), None,
-                                  f"{def_id}: kind {update.get('kind')!r} is not a segment")
+                                  f"{def_id}: kind {update.get('kind')!r} is not a {self.noun}")
         errors = _envelope_errors(update)
         if errors:
             return self._rejected(def_id, version_int, errors)
@@ -1773,7 +1815,7 @@ class SegmentRegistry:
         if update["action"] == DELETE:
             return self._store(dict(update), None)
         try:
-            segment = update_to_segment(update)
+            segment = self._from_update(update)
         except DefinitionError as exc:
             return self._rejected(def_id, version_int, list(exc.errors))
         return self._store(dict(update), segment)
@@ -1810,7 +1852,7 @@ class SegmentRegistry:
             self._segments.pop(def_id, None)
             outcome = ChangeOutcome.DELETED
             message = (f"{def_id} deleted in v{version}" if existed else
-                       f"{def_id} v{version}: DELETE of an unknown segment; tombstone kept")
+                       f"{def_id} v{version}: DELETE of an unknown {self.noun}; tombstone kept")
         else:
             self._segments[def_id] = segment
             outcome = ChangeOutcome.REPLACED if existed else ChangeOutcome.ADDED

@@ -1,0 +1,145 @@
+"""Campaign and priority-policy definitions: grammar, errors, versions, files of every kind."""
+
+import pytest
+
+from udfs import campaigns as camp
+from udfs import segments as seg
+
+BASE = {
+    "kind": "campaign", "id": "c1", "version": 1, "description": "a campaign",
+    "trigger": {"segment_enter": "cart-abandoners"}, "channels": ["EMAIL", "PUSH"],
+    "template": "tpl", "priority": {"urgency": 0.5, "expected_roi": 20, "brand_significance": 0.1},
+}
+
+
+def errors_of(document, parse=camp.parse_campaign):
+    with pytest.raises(seg.InvalidDefinitions) as info:
+        parse(document)
+    return [(e.path, e.message) for e in info.value.errors]
+
+
+def test_the_shipped_catalog_validates_and_names_only_known_segments():
+    catalog = camp.load_catalog()
+    assert {c.id for c in catalog.campaigns} == {
+        "cart-abandonment-email", "cart-reminder-push", "flash-sale-push",
+        "churn-retention-offer", "welcome-series-1", "high-value-cart-sms"}
+    assert [p.id for p in catalog.policies] == ["priority-policy"]
+    segment_ids = {s.id for s in catalog.segments}
+    for c in catalog.campaigns:
+        assert c.referenced_segments() <= segment_ids
+
+
+def test_a_campaign_compiles_with_defaults():
+    c = camp.parse_campaign(BASE)
+    assert c.trigger.segment_enter == "cart-abandoners"
+    assert c.audience_segment == "cart-abandoners"  # defaults to the trigger's segment
+    assert c.defer_on_conflict and not c.bypass_quiet_hours and c.enabled
+    assert c.channels == ("EMAIL", "PUSH")
+
+
+@pytest.mark.parametrize(("change", "path", "fragment"), [
+    ({"channels": ["EMALE"]}, "channels[0]", "did you mean 'EMAIL'"),
+    ({"channels": []}, "channels", "non-empty list"),
+    ({"trigger": {}}, "trigger", "exactly one"),
+    ({"trigger": {"event": {"type": "ADD_TO_KART"}}}, "trigger.event.type", "unknown event type"),
+    ({"trigger": {"churn_score": {"crosses_above": 1.5}}}, "trigger.churn_score.crosses_above",
+     "between 0 and 1"),
+    ({"priority": {"urgency": 2, "expected_roi": 1, "brand_significance": 0}},
+     "priority.urgency", "between 0 and 1"),
+    ({"valid_from": "2026-11-27"}, "valid_from", "UTC offset"),
+    ({"valid_from": "2026-11-28T00:00:00Z", "valid_until": "2026-11-27T00:00:00Z"},
+     "valid_until", "after valid_from"),
+    ({"expires_after": 30}, "expires_after", "no unit"),
+    ({"payload": {"x": "{event.prodcut_id}"}}, "payload.x", "product_id"),
+    ({"payload": {"x": "{user.name}"}}, "payload.x", "placeholder source"),
+    ({"quiet_hours": "ignore"}, "quiet_hours", "bypass"),
+    ({"on_conflict": "drop"}, "on_conflict", "defer"),
+    ({"frequency": {"cap": {"per_day": 3, "per_week": 2}}}, "frequency.cap", "less than"),
+    ({"colour": "red"}, "colour", "unknown key"),
+])
+def test_errors_name_the_path_and_say_what_to_do(change, path, fragment):
+    found = errors_of({**BASE, **change})
+    assert any(p == path and fragment in m for p, m in found), found
+
+
+def test_policy_errors():
+    policy = camp.load_catalog().policies[0].document
+    found = errors_of({**policy, "tiers": {"P0": 0.5, "P1": 0.6, "P2": 0.4}}, camp.parse_policy)
+    assert any("descend" in m for _, m in found)
+    found = errors_of({**policy, "quiet_hours": {"start": "9pm", "end": "08:00"}},
+                      camp.parse_policy)
+    assert ("quiet_hours.start", "bad time of day '9pm': expected HH:MM, e.g. \"21:00\"") in found
+    found = errors_of({**policy, "id": "weights"}, camp.parse_policy)
+    assert any(p == "id" and "priority-policy" in m for p, m in found)
+    found = errors_of({**policy, "default_time_zone": "Mars/Olympus"}, camp.parse_policy)
+    assert any("time zone" in m for _, m in found)
+
+
+def test_campaign_versions_follow_the_segment_rules_and_dispatch_by_kind():
+    registries = camp.Registries()
+    v1 = camp.campaign_to_update(camp.parse_campaign(BASE), 0)
+    v2 = camp.campaign_to_update(camp.parse_campaign({**BASE, "version": 2, "template": "t2"}), 0)
+    assert registries.apply(v2).outcome is seg.ChangeOutcome.ADDED
+    assert registries.apply(v1).outcome is seg.ChangeOutcome.STALE
+    assert registries.campaign_map()["c1"].template == "t2"
+    assert len(registries.segments) == 0
+    gone = seg.delete_update("c1", 3, 0, kind=camp.CAMPAIGN_KIND)
+    assert registries.apply(gone).outcome is seg.ChangeOutcome.DELETED
+    assert "c1" not in registries.campaign_map()
+    bad = {**v2, "version": 4, "body": v2["body"].replace("EMAIL", "FAX")}
+    bad["checksum"] = seg.checksum(bad["body"])
+    change = registries.apply(bad)
+    assert change.outcome is seg.ChangeOutcome.REJECTED
+    assert "FAX" in change.errors[0].message
+    journey = {**v2, "kind": "JOURNEY", "definition_id": "j1"}
+    assert registries.apply(journey).outcome is seg.ChangeOutcome.IGNORED
+
+
+def test_the_policy_is_replaced_at_runtime_by_a_newer_version():
+    policy = camp.load_catalog().policies[0]
+    registries = camp.Registries.from_updates([camp.policy_to_update(policy, 0)])
+    newer = camp.parse_policy({**policy.document, "version": policy.version + 1,
+                               "min_interval": "2h"})
+    registries.apply(camp.policy_to_update(newer, 1))
+    assert registries.policies.policy().min_interval_ms == 2 * 3_600_000
+
+
+def test_files_of_every_kind_validate_together(tmp_path):
+    (tmp_path / "seg.yaml").write_text(
+        "id: vip\nversion: 1\ndescription: v\ncondition: {feature: {name: cart_value, op: '>',"
+        " value: 500}}\n")
+    (tmp_path / "c.yaml").write_text(
+        "kind: campaign\nid: vip-email\nversion: 1\ndescription: d\n"
+        "trigger: {segment_enter: vip}\nchannels: [EMAIL]\ntemplate: t\n"
+        "priority: {urgency: 0.5, expected_roi: 10, brand_significance: 0.5}\n")
+    (tmp_path / "orphan.yaml").write_text(
+        "kind: campaign\nid: orphan\nversion: 1\ndescription: d\n"
+        "trigger: {segment_enter: cart-abandonerz}\nchannels: [EMAIL]\ntemplate: t\n"
+        "priority: {urgency: 0.5, expected_roi: 10, brand_significance: 0.5}\n")
+    code, text = camp.validate_command([tmp_path])
+    assert code == 1
+    assert "orphan.yaml" in text and "cart-abandonerz" in text and "cart-abandoners" in text
+    (tmp_path / "orphan.yaml").unlink()
+    code, text = camp.validate_command([tmp_path])
+    assert code == 0 and "1 segment(s), 1 campaign(s)" in text
+
+
+def test_an_id_used_by_two_kinds_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text(
+        "id: dup\nversion: 1\ndescription: v\ncondition: {inactive: {for: 7d}}\n")
+    (tmp_path / "b.yaml").write_text(
+        "kind: campaign\nid: dup\nversion: 1\ndescription: d\n"
+        "trigger: {segment_enter: dup}\nchannels: [EMAIL]\ntemplate: t\n"
+        "priority: {urgency: 0.5, expected_roi: 10, brand_significance: 0.5}\n")
+    _, errors = camp.validate_files([tmp_path])
+    assert any("duplicate id 'dup'" in e.message for e in errors)
+
+
+def test_errors_carry_line_numbers(tmp_path):
+    (tmp_path / "c.yaml").write_text(
+        "kind: campaign\nid: c\nversion: 1\ndescription: d\ntrigger: {segment_enter: x}\n"
+        "channels: [EMAIL]\ntemplate: t\n"
+        "priority: {urgency: 5, expected_roi: 10, brand_significance: 0.5}\n")
+    _, errors = camp.validate_files([tmp_path], known_segments=["x"])
+    [error] = errors
+    assert error.line == 8 and "urgency" in str(error)
