@@ -66,6 +66,10 @@ class NudgeflowConfig:
     trigger_topic_prefix: str = _opt(
         "triggers-", "Trigger topics are <prefix><tier>, tier p0 (critical) to p3 (low)."
     )
+    trigger_decisions_topic: str = _opt(
+        "trigger-decisions",
+        "Topic of Avro TriggerDecisions: campaigns that fired but were suppressed or deferred.",
+    )
     dead_letter_topic: str = _opt("dead-letter", "Topic of Avro DeadLetters (rejected input).")
     outcomes_topic: str = _opt("outcomes", "Topic of Avro CampaignOutcomes (feedback).")
     # --- event time and the per-user engine ------------------------------------------------
@@ -89,6 +93,11 @@ class NudgeflowConfig:
     )
     segments_dir: str = _opt(
         "", "Directory of segment YAML files loaded at start; empty: the shipped catalog."
+    )
+    campaigns_dir: str = _opt(
+        "",
+        "Directory of campaign YAML files (and optionally priority-policy.yaml) loaded at "
+        "start; empty: the shipped catalog; 'none': no campaigns.",
     )
     redis_key_prefix: str = _opt("nudgeflow", "Prefix of the Redis keys nudgeflow writes.")
     churn_model: str = _opt(

@@ -4,10 +4,13 @@ Inputs: the clicks topic (ClickEvents), the compacted user-metadata topic (UserM
 definitions control topic (DefinitionUpdates), all Avro single-object records; plus the segment
 files loaded at start.
 Outputs: SegmentChanges (ENTER/EXIT) on the segment-changes topic, keyed by user, also written to
-Cassandra and Redis by the engine; a DeadLetter per rejected or late record. The Kafka outputs go
-through one sink, so with exactly-once delivery they commit in the same transaction.
-State: per user, behavioural features, the latest metadata and segment membership (keyed state
-+ event-time timers); the segment definitions (broadcast state).
+Cassandra and Redis by the engine; TriggerEvents on the topic of their priority tier
+(triggers-p0 .. triggers-p3) and TriggerDecisions (suppressed or deferred campaigns), keyed by
+user; a DeadLetter per rejected or late record. The Kafka outputs go through one sink, so with
+exactly-once delivery they commit in the same transaction.
+State: per user, behavioural features, the latest metadata, segment membership and campaign
+state (keyed state + event-time timers); the segment, campaign and priority-policy definitions
+(broadcast state).
 
 ``build`` wires the graph from streams (tests pass collections); ``main`` builds the Kafka
 connectors and runs it, either in an embedded MiniCluster (``--local``) or, when started by
@@ -241,16 +244,24 @@ def churn_model_files(cfg: NudgeflowConfig) -> ModelFiles | None:
 
 
 def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
-    """The segment files (``cfg.segments_dir`` or the shipped catalog) as DefinitionUpdates.
+    """The definition files as DefinitionUpdates: segments, campaigns and the priority policy.
+
+    Segments come from ``cfg.segments_dir`` (or the shipped catalog), campaigns and the policy
+    from ``cfg.campaigns_dir`` (or the shipped catalog; ``none``: no campaigns). A campaign may
+    name a segment that is not among the files: it may be published at runtime.
 
     Raises:
         udfs.segments.InvalidDefinitions: a file does not validate (the job does not start).
     """
-    from udfs import segments
+    from udfs import campaigns, segments
 
-    directory = cfg.segments_dir or segments.CATALOG_DIR
-    return [segments.segment_to_update(segment, 0, "file")
-            for segment in segments.load_catalog(directory)]
+    if cfg.campaigns_dir == "none":
+        directory = cfg.segments_dir or segments.CATALOG_DIR
+        return [segments.segment_to_update(segment, 0, "file")
+                for segment in segments.load_catalog(directory)]
+    files = campaigns.catalog_files(cfg.segments_dir, cfg.campaigns_dir)
+    everything = campaigns.load_files(files, check_references=False)
+    return everything.updates(0, "file")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

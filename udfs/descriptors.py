@@ -94,3 +94,8 @@ def membership_state() -> ValueStateDescriptor:
 def expiry_timer_state() -> ValueStateDescriptor:
     """Per user: the event time of the pending state-expiry (TTL) timer."""
     return ValueStateDescriptor("expiry-timer", Types.LONG())
+
+
+def campaign_state() -> ValueStateDescriptor:
+    """Per user: sends, decided trigger ids, deferred candidates (udfs.arbitration.encode_state)."""
+    return ValueStateDescriptor("campaigns", BYTES_STATE)

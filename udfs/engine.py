@@ -49,6 +49,8 @@ class Step:
     changes: list[dict[str, Any]]
     next_timer_ms: int | None
     duplicate: bool = False
+    now_ms: int | None = None  # the event time the step evaluated at (the user's clock)
+    view: Any = None  # the FeatureView it evaluated (campaign payloads read it)
 
 
 def change_id(user_id: str, segment_id: str, change: str, event_time: int, cause: str) -> str:
@@ -181,4 +183,4 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
         # changed and deleted ones) within a day of event time
         recheck = (now_ms // MEMBERSHIP_RECHECK_MS + 1) * MEMBERSHIP_RECHECK_MS
         next_timer = recheck if next_timer is None else min(next_timer, recheck)
-    return Step(changes, next_timer)
+    return Step(changes, next_timer, now_ms=now_ms, view=view)

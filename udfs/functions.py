@@ -5,7 +5,9 @@
   bad input.
 - ``DecodeRecordsFunction``: the same for user-metadata and definitions records.
 - ``UserEngineFunction`` (keyed by user, definitions broadcast): features, metadata join and
-  segment membership -> SegmentChange rows, written to Cassandra/Redis first.
+  segment membership -> SegmentChange rows, written to Cassandra/Redis first; then campaigns
+  (``udfs.arbitration``) -> TriggerEvent rows to the topic of their tier and TriggerDecision
+  rows.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from pyflink.datastream import (
 )
 
 from schemas.codec import Codec, CodecError, UnknownSchemaError
-from udfs import clicks, engine, features
+from udfs import arbitration, clicks, engine, features
+from udfs.campaigns import Registries
 from udfs.descriptors import (
     CLICK_FIELD_NAMES,
     DEAD_LETTER_TAG,
+    campaign_state,
     definitions_state,
     expiry_timer_state,
     membership_state,
@@ -39,6 +43,9 @@ from udfs.descriptors import (
     user_metadata_state,
 )
 from udfs.segments import ChangeOutcome, SegmentRegistry, format_errors
+
+#: the live segment sizes (audience factor) are re-read from the store at most this often
+AUDIENCE_REFRESH_S = 10.0
 
 
 class DecodeClicksFunction(ProcessFunction):
@@ -257,7 +264,17 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.metadata_state = runtime_context.get_state(user_metadata_state())
         self.membership = runtime_context.get_state(membership_state())
         self.expiry = runtime_context.get_state(expiry_timer_state())
+        self.campaign_state = runtime_context.get_state(campaign_state())
         metrics = runtime_context.get_metrics_group()
+        self.triggers_by_tier = LabelledCounters(metrics, "tier", "triggers")
+        self.triggers_by_campaign = LabelledCounters(metrics, "campaign", "triggers")
+        self.suppressed = LabelledCounters(metrics, "reason", "triggers_suppressed")
+        self.deferred = LabelledCounters(metrics, "reason", "triggers_deferred")
+        self.trigger_duplicates = metrics.counter("triggers_duplicate")
+        # ingestion (Kafka append time of the causing click) -> trigger emitted, ms
+        self.trigger_latency = metrics.distribution("trigger_latency_ms")
+        self.audience_sizes: dict[str, int] = {}
+        self.audience_read_at = 0.0
         self.events = metrics.counter("engine_events")
         self.duplicates = metrics.counter("events_duplicate")
         self.late = metrics.counter("events_late")
@@ -267,6 +284,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.state_bytes = metrics.distribution("user_state_bytes")
         self.store_retries = metrics.counter("store_retries")
         self.bad_definitions = metrics.counter("definitions_rejected")
+        self.registries: Registries | None = None
         self.registry: SegmentRegistry | None = None
         self.scorer = None
         if self.model_files is not None:
@@ -304,7 +322,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         state = ctx.get_broadcast_state(definitions_state())
         self._load_registry(state)
         update = self.codec.decode(payload, expect="DefinitionUpdate")
-        change = self._registry().apply(update)
+        assert self.registries is not None
+        change = self.registries.apply(update)
         if change.outcome is ChangeOutcome.REJECTED:
             self.bad_definitions.inc()
             yield dead_letter_row(
@@ -326,15 +345,17 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         """Once per start or restore: the file definitions, then those of the control topic.
 
         The broadcast state holds what the control topic changed; versions decide, so a file
-        shipped with a newer version wins over an older published one and vice versa.
+        shipped with a newer version wins over an older published one and vice versa. Segments,
+        campaigns and the priority policy each have their registry (``Registries``).
         """
-        if self.registry is not None:
+        if self.registries is not None:
             return
-        registry = SegmentRegistry.from_updates(self.initial_definitions)
+        registries = Registries.from_updates(self.initial_definitions)
         for _, payload in state.items():
-            registry.apply(self.codec.decode(bytes(payload), expect="DefinitionUpdate"))
-        self.registry = registry
-        for update in registry.updates():
+            registries.apply(self.codec.decode(bytes(payload), expect="DefinitionUpdate"))
+        self.registries = registries
+        self.registry = registries.segments
+        for update in registries.updates():
             self.writer.record_definition(update["definition_id"],
                                           f"v{update['version']} {update['action']}")
 
@@ -364,8 +385,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                                       max(event_time, ctx.timer_service().current_watermark()),
                                       self.scorer)
             yield from self._finish(user_id, state, step, ctx, metadata_changed=True)
+            yield from self._campaigns(user_id, state, step, ctx,
+                                       f"metadata@{metadata.get('updated_at')}")
             return
         yield from self._finish(user_id, state, step, ctx, features_changed=True)
+        yield from self._campaigns(user_id, state, step, ctx, event["event_id"], event)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         """Re-evaluate at a timer; clear the state of users idle beyond the TTL."""
@@ -382,9 +406,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.metadata_state.clear()
             self.membership.clear()
             self.expiry.clear()
+            self.campaign_state.clear()
             return
         step = engine.on_timer(state, user_id, timestamp, self._registry(), self.scorer)
         yield from self._finish(user_id, state, step, ctx)
+        yield from self._campaigns(user_id, state, step, ctx, f"timer@{timestamp}", timer=True)
 
     def _registry(self) -> SegmentRegistry:
         assert self.registry is not None, "_load_registry runs before every element"
@@ -443,6 +469,68 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             record = {**change, "emitted_at": change["event_time"]}
             yield Row(self.cfg.segment_changes_topic, change["user_id"].encode(),
                       self.codec.encode("SegmentChange", record))
+
+    # -- campaigns ----------------------------------------------------------------------------
+
+    def _campaigns(self, user_id: str, state: engine.UserState, step: engine.Step, ctx: Any,
+                   cause: str, event: dict[str, Any] | None = None, timer: bool = False
+                   ) -> Iterator[Row]:
+        """Fire, arbitrate and emit the user's campaign triggers after an engine step.
+
+        The campaign state is read only when it can matter: at a timer (deferred candidates),
+        when a campaign fires, or when a campaign watches the churn score (for crossings).
+        """
+        registries = self.registries
+        if registries is None or step.now_ms is None or not len(registries.campaigns):
+            return
+        campaigns = registries.campaign_map()
+        facts = arbitration.StepFacts(user_id, step.now_ms, cause, event, tuple(step.changes),
+                                      state.churn_score, step.view, state.metadata)
+        if not (timer or registries.uses_churn()
+                or arbitration.find_candidates(campaigns.values(), facts, None)):
+            return
+        raw = self.campaign_state.value()
+        cstate = arbitration.decode_state(bytes(raw) if raw else None)
+        defs = arbitration.Definitions(
+            campaigns, registries.policies.policy(),
+            {s.id: s.version for s in registries.segments.segments()}, self._audience_sizes())
+        user = arbitration.UserFacts(user_id, state.metadata, state.membership,
+                                     state.churn_score, state.model_version)
+        emit_time = int(time.time() * 1000)
+        outcome = arbitration.on_step(cstate, facts, user, defs, emit_time)
+        encoded = arbitration.encode_state(cstate)
+        if cstate.is_empty():
+            if raw:
+                self.campaign_state.clear()
+        elif raw is None or bytes(raw) != encoded:
+            self.campaign_state.update(encoded)
+        due = cstate.next_due_ms()
+        if due is not None:
+            ctx.timer_service().register_event_time_timer(due)
+        for _ in range(outcome.duplicates):
+            self.trigger_duplicates.inc()
+        key = user_id.encode()
+        for trigger in outcome.triggers:
+            self.triggers_by_tier.inc(trigger["tier"])
+            self.triggers_by_campaign.inc(trigger["campaign_id"])
+            if event is not None and trigger["cause_event_id"] == event["event_id"]:
+                self.trigger_latency.update(max(0, emit_time - trigger["ingest_time"]))
+            yield Row(self.cfg.trigger_topic(trigger["tier"]), key,
+                      self.codec.encode("TriggerEvent", trigger))
+        for decision in outcome.decisions:
+            counters = self.suppressed if decision["outcome"] == "SUPPRESSED" else self.deferred
+            counters.inc(decision["reason_code"])
+            yield Row(self.cfg.trigger_decisions_topic, key,
+                      self.codec.encode("TriggerDecision", decision))
+
+    def _audience_sizes(self) -> dict[str, int]:
+        """Live segment sizes from the store, re-read at most every AUDIENCE_REFRESH_S."""
+        now = time.monotonic()
+        if now - self.audience_read_at >= AUDIENCE_REFRESH_S:
+            reader = getattr(self.writer, "segment_sizes", None)
+            self.audience_sizes = reader() if reader is not None else {}
+            self.audience_read_at = now
+        return self.audience_sizes
 
     def _late(self, value: Row, watermark: int, ctx: Any) -> Iterator[Any]:
         event = dict(zip(CLICK_FIELD_NAMES, value[3], strict=True))

@@ -5,7 +5,9 @@ Inputs: SegmentChange dicts (ENTER/EXIT). Writes per change:
 - Cassandra ``membership_by_user`` and ``members_by_segment`` (bucketed by a stable hash of the
   user id): an upsert on ENTER, a delete on EXIT; ``membership_changes``: one row per change,
   keyed by the deterministic ``change_id`` (history, 90-day TTL).
-- Redis ``<prefix>:user:<user_id>``: a set of the user's segment ids (SADD/SREM) with a TTL;
+- Redis ``<prefix>:user:<user_id>``: a set of the user's segment ids (SADD/SREM) with a TTL,
+  and ``<prefix>:segment-sizes``: member count per segment, moved only when the set changed
+  (one Lua script, so a replayed change counts once; the campaigns' audience factor);
   and, when the change carries a churn score, ``<prefix>:user:<user_id>:churn``: a hash of the
   latest score, model version and event time.
 
@@ -64,6 +66,28 @@ def redis_key(prefix: str, user_id: str) -> str:
     return f"{prefix}:user:{user_id}"
 
 
+def segment_sizes_key(prefix: str) -> str:
+    """The Redis hash segment id -> member count, kept with the users' sets."""
+    return f"{prefix}:segment-sizes"
+
+
+# SADD/SREM the user's set and move the segment's count only if the set changed: a replayed
+# change (after a restart) finds the set already changed and counts nothing twice.
+# KEYS: user set, sizes hash; ARGV: ENTER|EXIT, segment id, TTL seconds.
+_MEMBERSHIP_SCRIPT = """
+local changed
+if ARGV[1] == 'ENTER' then
+  changed = redis.call('SADD', KEYS[1], ARGV[2])
+  if changed == 1 then redis.call('HINCRBY', KEYS[2], ARGV[2], 1) end
+else
+  changed = redis.call('SREM', KEYS[1], ARGV[2])
+  if changed == 1 then redis.call('HINCRBY', KEYS[2], ARGV[2], -1) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return changed
+"""
+
+
 class MembershipWriter(Protocol):
     """Where membership changes go; the Flink adapter depends only on this."""
 
@@ -73,6 +97,10 @@ class MembershipWriter(Protocol):
 
     def record_definition(self, definition_id: str, description: str) -> None:
         """Record which version of a definition the job now applies (``nudgeflow defs list``)."""
+        ...
+
+    def segment_sizes(self) -> dict[str, int]:
+        """Live member count per segment (the priority matrix's audience factor)."""
         ...
 
     def close(self) -> None:
@@ -123,6 +151,7 @@ class CassandraRedisWriter:
         self.session = session
         self.redis = redis_client
         self.prefix = redis_prefix
+        self.membership_script = redis_client.register_script(_MEMBERSHIP_SCRIPT)
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
         self.transient: tuple[type[BaseException], ...] = (
@@ -212,11 +241,9 @@ class CassandraRedisWriter:
     def _write_redis(self, change: dict[str, Any]) -> None:
         key = redis_key(self.prefix, change["user_id"])
         pipe = self.redis.pipeline(transaction=True)
-        if change["change"] == "ENTER":
-            pipe.sadd(key, change["segment_id"])
-        else:
-            pipe.srem(key, change["segment_id"])
-        pipe.expire(key, REDIS_TTL_S)
+        self.membership_script(keys=[key, segment_sizes_key(self.prefix)],
+                               args=[change["change"], change["segment_id"], REDIS_TTL_S],
+                               client=pipe)
         if change.get("churn_score") is not None:
             churn_key = f"{key}:churn"
             pipe.hset(churn_key, mapping={"score": change["churn_score"],
@@ -232,10 +259,23 @@ class CassandraRedisWriter:
         except self.transient as exc:
             log.warning("could not record definition %s in Redis: %s", definition_id, exc)
 
+    def segment_sizes(self) -> dict[str, int]:
+        """HGETALL <prefix>:segment-sizes (empty when Redis does not answer: factor 0)."""
+        try:
+            raw = self.redis.hgetall(segment_sizes_key(self.prefix))
+        except self.transient as exc:
+            log.warning("could not read segment sizes from Redis: %s", exc)
+            return {}
+        return {_text(k): max(0, int(v)) for k, v in raw.items()}
+
     def close(self) -> None:
         """Shut the Cassandra cluster object and the Redis pool down."""
         self.session.cluster.shutdown()
         self.redis.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _ts(epoch_ms: int) -> Any:

@@ -41,6 +41,7 @@ def isolated_cfg(local_stack):
         definitions_topic=f"it-{run}-definitions",
         segment_changes_topic=f"it-{run}-segment-changes",
         trigger_topic_prefix=f"it-{run}-triggers-",
+        trigger_decisions_topic=f"it-{run}-trigger-decisions",
         dead_letter_topic=f"it-{run}-dead-letter",
         outcomes_topic=f"it-{run}-outcomes",
         consumer_group=f"it-{run}",

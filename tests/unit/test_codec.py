@@ -223,6 +223,22 @@ RECORDS: dict[str, dict[str, Any]] = {
             ],
         },
     },
+    "TriggerDecision": {
+        "trigger_id": "a1b2",
+        "user_id": "user-000123",
+        "campaign_id": "cart-reminder-push",
+        "campaign_version": 2,
+        "outcome": "SUPPRESSED",
+        "reason_code": "LOST_ARBITRATION",
+        "reason": "lost to cart-abandonment-email (score 0.654 > 0.512)",
+        "tier": "P2",
+        "priority_score": 0.512,
+        "channel": "PUSH",
+        "deferred_until": None,
+        "cause_event_id": "e-1",
+        "decided_at": T,
+        "emit_time": T + 40,
+    },
     "DeadLetter": {
         "reason_code": "INVALID_AVRO",
         "reason": "not Avro single-object encoding",
@@ -419,6 +435,37 @@ BYTE_EXACT = [
         "02"
         "00",  # rivals: 1 item {"c2", 0.25, DEFERRED}, end
         id="TriggerEvent",
+    ),
+    pytest.param(
+        "TriggerDecision",
+        {
+            "trigger_id": "t1",
+            "user_id": "u1",
+            "campaign_id": "c1",
+            "campaign_version": 1,
+            "outcome": "DEFERRED",
+            "reason_code": "QH",
+            "reason": "r",
+            "tier": "P2",
+            "priority_score": None,
+            "channel": None,
+            "deferred_until": 2000,
+            "cause_event_id": "e1",
+            "decided_at": 1000,
+            "emit_time": 1000,
+        },
+        "c3019d4245351afc914a"  # marker, fingerprint
+        "047431047531046331"  # trigger_id "t1", user_id "u1", campaign_id "c1"
+        "02"  # campaign_version 1
+        "02"  # outcome DEFERRED = index 1
+        "045148"  # reason_code "QH"
+        "0272"  # reason "r"
+        "0204"  # tier: branch 1, P2 = index 2
+        "0000"  # priority_score null, channel null
+        "02a01f"  # deferred_until: branch 1, 2000
+        "046531"  # cause_event_id "e1"
+        "d00fd00f",  # decided_at, emit_time 1000
+        id="TriggerDecision",
     ),
     pytest.param(
         "DeadLetter",
@@ -841,6 +888,7 @@ def test_schema_names(codec: Codec) -> None:
             "DeadLetter",
             "DefinitionUpdate",
             "SegmentChange",
+            "TriggerDecision",
             "TriggerEvent",
             "UserActivityCount",
             "UserMetadata",

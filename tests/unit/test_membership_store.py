@@ -112,6 +112,11 @@ def _writer(session, redis_client):
     writer.retry = ms.RetryPolicy(first_delay_s=0)
     writer.on_retry = lambda: None
     writer.transient = (Flaky,)
+
+    def membership_script(keys, args, client):
+        client.log.append(("membership", *keys, *args))
+
+    writer.membership_script = membership_script
     for name in ("upsert_member", "delete_member", "upsert_segment_member",
                  "delete_segment_member", "insert_history"):
         setattr(writer, name, name)
@@ -142,7 +147,7 @@ def test_enter_upserts_three_tables_and_adds_to_the_redis_set():
         "upsert_member", "upsert_segment_member", "insert_history"]
     assert batch.items[1][1] == ("s1", ms.segment_bucket("u1"), "u1", 3, batch.items[1][1][4])
     assert client.log == [
-        ("sadd", "nf:user:u1", "s1"), ("expire", "nf:user:u1", ms.REDIS_TTL_S),
+        ("membership", "nf:user:u1", "nf:segment-sizes", "ENTER", "s1", ms.REDIS_TTL_S),
         ("hset", "nf:user:u1:churn", {"score": 0.2, "model_version": "m1",
                                       "event_time": CHANGE["event_time"]}),
         ("expire", "nf:user:u1:churn", ms.REDIS_TTL_S), ("exec",)]
@@ -151,7 +156,8 @@ def test_enter_upserts_three_tables_and_adds_to_the_redis_set():
 def test_exit_deletes_and_removes_from_the_redis_set():
     session, client = FakeSession(), FakeRedis()
     _writer(session, client).write({**CHANGE, "change": "EXIT"})
-    assert client.log[0] == ("srem", "nf:user:u1", "s1")
+    assert client.log[0] == ("membership", "nf:user:u1", "nf:segment-sizes", "EXIT", "s1",
+                             ms.REDIS_TTL_S)
     assert [statement for statement, _ in session.executed[0].items] == [
         "delete_member", "delete_segment_member", "insert_history"]
 

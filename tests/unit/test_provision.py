@@ -35,13 +35,14 @@ def test_every_configured_topic_is_specified(specs: dict[str, TopicSpec]) -> Non
     cfg = load_config(env={})
     expected = {
         cfg.clicks_topic, cfg.user_metadata_topic, cfg.definitions_topic,
-        cfg.segment_changes_topic, cfg.dead_letter_topic,
+        cfg.segment_changes_topic, cfg.dead_letter_topic, cfg.trigger_decisions_topic,
         cfg.outcomes_topic, *(cfg.trigger_topic(t) for t in ("P0", "P1", "P2", "P3")),
     }
     assert set(specs) == expected
     assert set(specs) == {
         "clicks", "user-metadata", "definitions", "segment-changes",
-        "triggers-p0", "triggers-p1", "triggers-p2", "triggers-p3", "dead-letter", "outcomes",
+        "triggers-p0", "triggers-p1", "triggers-p2", "triggers-p3", "trigger-decisions",
+        "dead-letter", "outcomes",
     }
 
 

@@ -30,6 +30,7 @@ PUBLISHED: dict[str, dict[int, str]] = {
     "DeadLetter": {1: "9c64a23c2463eb5d"},
     "DefinitionUpdate": {1: "f9a64839cb5fbfb2"},
     "SegmentChange": {1: "b6b97e7c3e0a6275"},
+    "TriggerDecision": {1: "9d4245351afc914a"},
     "TriggerEvent": {1: "941b9616363796e3"},
     "UserActivityCount": {1: "7e7ad4ee12e93a6c"},
     "UserMetadata": {1: "3ab89aa70b264561"},
@@ -56,6 +57,11 @@ FIELDS: dict[str, list[str]] = {
         "priority_score", "template_id", "payload", "segments", "churn_score", "model_version",
         "cause_event_id", "cause_event_time", "ingest_time", "emit_time", "expires_at",
         "explanation",
+    ],
+    "TriggerDecision": [
+        "trigger_id", "user_id", "campaign_id", "campaign_version", "outcome", "reason_code",
+        "reason", "tier", "priority_score", "channel", "deferred_until", "cause_event_id",
+        "decided_at", "emit_time",
     ],
     "DeadLetter": [
         "reason_code", "reason", "source_topic", "partition", "offset", "raw", "key", "stage",

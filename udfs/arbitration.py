@@ -1,0 +1,780 @@
+"""Campaign triggers for one user: candidates, the priority matrix, arbitration, caps, quiet hours.
+
+Inputs, per engine step of one user: what the step did (its SegmentChanges, the click if any,
+the churn score before and after), the user's metadata and membership, the campaigns and the
+priority policy in force, and the live audience sizes of segments. Outputs: TriggerEvent dicts
+(to the topic of their tier) and TriggerDecision dicts (a suppressed or deferred candidate and
+why), plus the next event time at which a deferred candidate falls due (the adapter sets a
+timer). State: ``CampaignState`` per user - what was sent (for caps, spacing and
+re-eligibility), which trigger ids were decided (dedup), the deferred candidates, and the last
+churn score (to detect a crossing).
+
+Pure: no pyflink, no wall clock. ``now_ms`` is the event time of the event or timer being
+processed; ``emit_time_ms`` (processing time, only stamped on the output) is handed in. The rules
+are written down in ``udfs/CAMPAIGNS.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from udfs.campaigns import Campaign, Cap, PriorityPolicy
+
+#: how long sends and decided trigger ids are remembered (weekly caps need 7 local days)
+HISTORY_MS = 8 * 86_400_000
+#: per-campaign last-send times are remembered this long (re-eligibility windows)
+LAST_SEND_MS = 400 * 86_400_000
+STEP_ID = "main"
+STATE_VERSION = 1
+
+SUPPRESSED = "SUPPRESSED"
+DEFERRED = "DEFERRED"
+
+# reason codes of TriggerDecision (see schemas/TriggerDecision.avsc)
+NO_POLICY = "NO_POLICY"
+CAMPAIGN_GONE = "CAMPAIGN_GONE"
+NOT_ELIGIBLE = "NOT_ELIGIBLE"
+NO_CONSENT = "NO_CONSENT"
+REELIGIBILITY = "REELIGIBILITY"
+MISSING_PAYLOAD = "MISSING_PAYLOAD"
+EXPIRED = "EXPIRED"
+LOST_ARBITRATION = "LOST_ARBITRATION"
+QUIET_HOURS = "QUIET_HOURS"
+CHANNEL_CAP = "CHANNEL_CAP"
+CAMPAIGN_CAP = "CAMPAIGN_CAP"
+MIN_INTERVAL = "MIN_INTERVAL"
+AWAITING_METADATA = "AWAITING_METADATA"
+
+#: a user's first click often arrives before their metadata (two topics): a candidate of a user
+#: without metadata waits this long (event time) once before consent is judged
+METADATA_GRACE_MS = 60_000
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    """A campaign that fired for a user and waits for its decision.
+
+    ``cause`` is what ``trigger_id`` hashes (an event id, a change id or a timer cause);
+    ``cause_event_id`` and ``cause_event_time`` go on the TriggerEvent; ``ingest_time`` is the
+    causing record's Kafka timestamp (None for a time-driven cause); ``due_ms`` is when it
+    (re-)competes.
+    """
+
+    trigger_id: str
+    campaign_id: str
+    campaign_version: int
+    cause: str
+    cause_event_id: str
+    cause_event_time: int
+    ingest_time: int | None
+    payload: dict[str, str]
+    features: dict[str, float]
+    trigger_reason: str
+    due_ms: int
+    missing: list[str] = field(default_factory=list)
+    deferrals: int = 0
+
+
+@dataclass
+class CampaignState:
+    """One user's campaign state (JSON-encoded into Flink keyed state by the adapter).
+
+    Attributes:
+        sent: (trigger_id, campaign_id, channel, event time) of the last ``HISTORY_MS``.
+        last_send: campaign id -> event time of its last send to this user.
+        decided: trigger id -> event time of its decision (sent or suppressed): dedup.
+        pending: deferred candidates and those waiting out the decision window.
+        churn_score: the churn score after the previous step, to detect a crossing.
+    """
+
+    sent: list[tuple[str, str, str, int]] = field(default_factory=list)
+    last_send: dict[str, int] = field(default_factory=dict)
+    decided: dict[str, int] = field(default_factory=dict)
+    pending: list[Candidate] = field(default_factory=list)
+    churn_score: float | None = None
+
+    def last_sent_ms(self) -> int | None:
+        """Event time of the user's latest trigger, or None."""
+        return max((s[3] for s in self.sent), default=None)
+
+    def next_due_ms(self) -> int | None:
+        """When the earliest pending candidate falls due, or None."""
+        return min((c.due_ms for c in self.pending), default=None)
+
+    def prune(self, now_ms: int) -> None:
+        """Forget what no rule can look at any more (bounded state)."""
+        horizon = now_ms - HISTORY_MS
+        self.sent = [s for s in self.sent if s[3] >= horizon]
+        self.decided = {k: t for k, t in self.decided.items() if t >= horizon}
+        self.last_send = {k: t for k, t in self.last_send.items() if t >= now_ms - LAST_SEND_MS}
+
+    def is_empty(self) -> bool:
+        """Nothing worth keeping (the adapter then clears the state)."""
+        return not (self.sent or self.last_send or self.decided or self.pending) and \
+            self.churn_score is None
+
+
+def encode_state(state: CampaignState) -> bytes:
+    """The state as versioned JSON bytes."""
+    doc = {"v": STATE_VERSION, "sent": state.sent, "last_send": state.last_send,
+           "decided": state.decided, "pending": [asdict(c) for c in state.pending],
+           "churn_score": state.churn_score}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_state(raw: bytes | None) -> CampaignState:
+    """Decode ``encode_state``'s bytes (None or empty: a fresh state).
+
+    Raises:
+        ValueError: an unknown state version (a savepoint of a newer nudgeflow).
+    """
+    if not raw:
+        return CampaignState()
+    doc = json.loads(raw)
+    if doc.get("v") != STATE_VERSION:
+        raise ValueError(f"campaign state version {doc.get('v')!r} is not {STATE_VERSION}: "
+                         "this savepoint was written by another nudgeflow version")
+    return CampaignState(
+        sent=[(s[0], s[1], s[2], int(s[3])) for s in doc["sent"]],
+        last_send={k: int(v) for k, v in doc["last_send"].items()},
+        decided={k: int(v) for k, v in doc["decided"].items()},
+        pending=[Candidate(**c) for c in doc["pending"]],
+        churn_score=doc.get("churn_score"),
+    )
+
+
+# --- the priority matrix -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Priority:
+    """A campaign's priority score in [0, 1], its tier and the factors that made it."""
+
+    score: float
+    tier: str
+    factors: dict[str, float]
+
+
+def audience_factor(size: int, scale: int) -> float:
+    """log10(1 + size) / log10(1 + scale), capped at 1: reach matters, with diminishing returns."""
+    if size <= 0:
+        return 0.0
+    return min(1.0, math.log10(1 + size) / math.log10(1 + scale))
+
+
+def tier_of(score: float, policy: PriorityPolicy) -> str:
+    """P0 .. P3 by the policy's thresholds."""
+    p0, p1, p2 = policy.tiers
+    if score >= p0:
+        return "P0"
+    if score >= p1:
+        return "P1"
+    if score >= p2:
+        return "P2"
+    return "P3"
+
+
+def score_priority(campaign: Campaign, policy: PriorityPolicy,
+                   audience_sizes: Mapping[str, int]) -> Priority:
+    """The weighted score of a campaign: urgency, expected ROI, audience size, brand.
+
+    Every factor is in [0, 1]: urgency and brand significance as declared; ROI as
+    ``expected_roi / roi_scale`` capped at 1; audience from the live size of the campaign's
+    audience segment (``audience_factor``). The score is the weighted mean.
+    """
+    size = audience_sizes.get(campaign.audience_segment, 0) if campaign.audience_segment else 0
+    factors = {
+        "urgency": campaign.urgency,
+        "expected_roi": min(1.0, campaign.expected_roi / policy.roi_scale),
+        "audience": audience_factor(size, policy.audience_scale),
+        "brand_significance": campaign.brand_significance,
+    }
+    total = sum(policy.weights.values())
+    score = sum(policy.weights[name] * value for name, value in factors.items()) / total
+    score = round(score, 6)  # stable across platforms' float sums
+    explained = {f"priority.{name}": round(value, 6) for name, value in factors.items()}
+    explained["audience_size"] = float(size)
+    return Priority(score, tier_of(score, policy), explained)
+
+
+# --- local calendar ----------------------------------------------------------------------------
+
+
+def zone_of(metadata: Mapping[str, Any] | None, policy: PriorityPolicy) -> ZoneInfo:
+    """The user's time zone (metadata ``time_zone``), else the policy's default."""
+    name = (metadata or {}).get("time_zone") or policy.default_time_zone
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(policy.default_time_zone)
+
+
+def _local(ms: int, zone: ZoneInfo) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=zone)
+
+
+def _instant(local: datetime) -> int:
+    """Epoch ms of a local wall time; a time in a DST gap maps to just after the gap."""
+    return int(local.timestamp() * 1000)
+
+
+def next_local_midnight(ms: int, zone: ZoneInfo) -> int:
+    """Start of the user's next local day."""
+    day = _local(ms, zone).date() + timedelta(days=1)
+    return _instant(datetime(day.year, day.month, day.day, tzinfo=zone))
+
+
+def next_local_week(ms: int, zone: ZoneInfo) -> int:
+    """Start of the user's next local ISO week (Monday 00:00)."""
+    local = _local(ms, zone)
+    day = local.date() + timedelta(days=7 - local.weekday())
+    return _instant(datetime(day.year, day.month, day.day, tzinfo=zone))
+
+
+def quiet_until(ms: int, zone: ZoneInfo, start_min: int, end_min: int) -> int | None:
+    """If ``ms`` is in the user's local quiet hours, when they end; else None.
+
+    Quiet hours are [start, end) in local wall time and wrap midnight when start > end. The end
+    is built as a local wall time on the right date, so a DST change in between moves it in UTC.
+    """
+    if start_min == end_min:
+        return None
+    local = _local(ms, zone)
+    minute = local.hour * 60 + local.minute
+    quiet = (start_min <= minute < end_min) if start_min < end_min else \
+        (minute >= start_min or minute < end_min)
+    if not quiet:
+        return None
+    day = local.date()
+    if start_min > end_min and minute >= start_min:
+        day += timedelta(days=1)  # evening part: quiet ends tomorrow morning
+    end = datetime(day.year, day.month, day.day, end_min // 60, end_min % 60, tzinfo=zone)
+    return max(_instant(end), ms + 1)
+
+
+def cap_free_at(times: Iterable[int], ms: int, zone: ZoneInfo, cap: Cap) -> int:
+    """The earliest time >= ``ms`` at which one more send fits the cap (local day and week)."""
+    local = _local(ms, zone)
+    day = local.date()
+    week = local.isocalendar()[:2]
+    today = this_week = 0
+    for t in times:
+        sent = _local(t, zone)
+        if sent.isocalendar()[:2] == week:
+            this_week += 1
+            if sent.date() == day:
+                today += 1
+    if cap.per_week is not None and this_week >= cap.per_week:
+        return next_local_week(ms, zone)
+    if cap.per_day is not None and today >= cap.per_day:
+        return next_local_midnight(ms, zone)
+    return ms
+
+
+# --- candidates --------------------------------------------------------------------------------
+
+
+def trigger_id(user_id: str, campaign_id: str, step_id: str, cause: str) -> str:
+    """Deterministic trigger id: the same (user, campaign, step, cause) gives the same id."""
+    return hashlib.sha256(f"{user_id}|{campaign_id}|{step_id}|{cause}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """What one engine step did, as the campaigns see it.
+
+    Attributes:
+        user_id: The user.
+        now_ms: Event time of the step.
+        cause: What caused the step (event id, ``timer@<ms>``, ``metadata@<ms>``).
+        event: The click (a ClickEvent dict with ``ingest_time``), or None.
+        changes: The step's SegmentChange dicts.
+        churn_score: The churn score after the step (None without a model).
+        view: The user's ``udfs.view.UserView`` at ``now_ms`` (payload features).
+        metadata: The user's metadata dict, or None.
+    """
+
+    user_id: str
+    now_ms: int
+    cause: str
+    event: Mapping[str, Any] | None
+    changes: tuple[Mapping[str, Any], ...]
+    churn_score: float | None
+    view: Any
+    metadata: Mapping[str, Any] | None
+
+
+def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
+                    previous_churn: float | None) -> list[Candidate]:
+    """The campaigns this step fires, as candidates (before any rule is applied).
+
+    A campaign fires on: an ENTER into its segment; a click matching its event filter; the
+    churn score crossing its threshold upwards (from below, or from no score). The cause's
+    event time must lie in the campaign's validity window.
+    """
+    found = []
+    entered = {c["segment_id"]: c for c in facts.changes if c["change"] == "ENTER"}
+    for campaign in campaigns:
+        if not campaign.enabled:
+            continue
+        trig = campaign.trigger
+        cause = cause_event_id = None
+        cause_time = facts.now_ms
+        ingest: int | None = None
+        features: dict[str, float] = {}
+        if trig.segment_enter is not None:
+            change = entered.get(trig.segment_enter)
+            if change is None:
+                continue
+            cause = change["change_id"]
+            cause_event_id = change.get("cause_event_id") or facts.cause
+            cause_time = change["event_time"]
+            if facts.event is not None and change.get("cause_event_id") == facts.event.get(
+                    "event_id"):
+                ingest = facts.event.get("ingest_time")
+        elif trig.event is not None:
+            event = facts.event
+            if event is None or not trig.event.matches(_recent(event)):
+                continue
+            cause = cause_event_id = event["event_id"]
+            cause_time = event["event_time"]
+            ingest = event.get("ingest_time")
+            value = _recent(event).value
+            if value is not None:
+                features["event.value"] = float(value)
+        else:
+            threshold = trig.churn_crosses
+            score = facts.churn_score
+            if score is None or threshold is None or score < threshold or (
+                    previous_churn is not None and previous_churn >= threshold):
+                continue
+            cause = f"churn>={threshold}@{facts.cause}"
+            cause_event_id = facts.event["event_id"] if facts.event is not None else facts.cause
+            ingest = facts.event.get("ingest_time") if facts.event is not None else None
+            features["churn_score"] = float(score)
+        if campaign.valid_from_ms is not None and cause_time < campaign.valid_from_ms:
+            continue
+        if campaign.valid_until_ms is not None and cause_time >= campaign.valid_until_ms:
+            continue
+        payload, missing = _fill_payload(campaign, facts)
+        found.append(Candidate(
+            trigger_id=trigger_id(facts.user_id, campaign.id, STEP_ID, str(cause)),
+            campaign_id=campaign.id, campaign_version=campaign.version, cause=str(cause),
+            cause_event_id=str(cause_event_id), cause_event_time=int(cause_time),
+            ingest_time=ingest, payload=payload, features=features,
+            trigger_reason=trig.describe(), due_ms=facts.now_ms, missing=missing,
+        ))
+    return found
+
+
+def _recent(event: Mapping[str, Any]) -> Any:
+    from udfs.view import RecentEvent
+
+    return RecentEvent(event["event_id"], event["event_type"], event["event_time"],
+                       event.get("source") or "UNKNOWN", event.get("product_id"),
+                       event.get("category"), event.get("price"), event.get("quantity"),
+                       event.get("currency"))
+
+
+def _fill_payload(campaign: Campaign, facts: StepFacts) -> tuple[dict[str, str], list[str]]:
+    from udfs.campaigns import _PLACEHOLDER_RE
+
+    missing: list[str] = []
+
+    def lookup(source: str, name: str) -> Any:
+        if source == "event":
+            return (facts.event or {}).get(name)
+        if source == "metadata":
+            return (facts.metadata or {}).get(name)
+        return facts.view.feature(name) if facts.view is not None else None
+
+    def fill(match: Any) -> str:
+        value = lookup(match.group(1), match.group(2))
+        if value is None:
+            missing.append(match.group(0))
+            return ""
+        if isinstance(value, float):
+            return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else \
+                str(int(value))
+        return str(value)
+
+    return {name: _PLACEHOLDER_RE.sub(fill, text) for name, text in campaign.payload}, missing
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserFacts:
+    """What the rules read of the user at decision time."""
+
+    user_id: str
+    metadata: Mapping[str, Any] | None
+    membership: Mapping[str, int]
+    churn_score: float | None
+    model_version: str | None
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """The campaign definitions in force for a decision."""
+
+    campaigns: Mapping[str, Campaign]
+    policy: PriorityPolicy | None
+    segment_versions: Mapping[str, int]
+    audience_sizes: Mapping[str, int]
+
+
+@dataclass
+class Outcome:
+    """What a decision produced."""
+
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0
+
+
+@dataclass
+class _Contender:
+    candidate: Candidate
+    campaign: Campaign
+    priority: Priority
+    channel: str
+    send_at: int
+    reasons: list[str]
+    expires_at: int | None
+
+
+def expires_at(candidate: Candidate, campaign: Campaign) -> int | None:
+    """When a trigger becomes worthless: cause + expires_after, never after valid_until."""
+    limits = []
+    if campaign.expires_after_ms is not None:
+        limits.append(candidate.cause_event_time + campaign.expires_after_ms)
+    if campaign.valid_until_ms is not None:
+        limits.append(campaign.valid_until_ms)
+    return min(limits) if limits else None
+
+
+def _consented(channel: str, metadata: Mapping[str, Any] | None) -> bool:
+    opt_ins = (metadata or {}).get("opt_ins") or {}
+    return bool(opt_ins.get(channel.lower()))
+
+
+def earliest_send(campaign: Campaign, channel: str, tier: str, now_ms: int,
+                  state: CampaignState, policy: PriorityPolicy, zone: ZoneInfo
+                  ) -> tuple[int, list[str]]:
+    """The earliest time >= now at which the rules allow this send, and what moved it.
+
+    Applied until nothing moves: spacing after the user's last trigger (``min_interval``), the
+    channel's cap across campaigns, the campaign's own cap, and quiet hours (a P0 trigger of a
+    campaign with ``quiet_hours: bypass`` ignores them).
+    """
+    at = now_ms
+    reasons: list[str] = []
+    last = state.last_sent_ms()
+    channel_times = [s[3] for s in state.sent if s[2] == channel]
+    campaign_times = [s[3] for s in state.sent if s[1] == campaign.id]
+    channel_cap = policy.channel_caps.get(channel, Cap())
+    for _ in range(16):  # each rule only moves forward; a few rounds settle it
+        start = at
+        if last is not None and policy.min_interval_ms and at < last + policy.min_interval_ms:
+            at = last + policy.min_interval_ms
+            _add(reasons, MIN_INTERVAL)
+        moved = cap_free_at(channel_times, at, zone, channel_cap)
+        if moved > at:
+            at = moved
+            _add(reasons, CHANNEL_CAP)
+        moved = cap_free_at(campaign_times, at, zone, campaign.cap)
+        if moved > at:
+            at = moved
+            _add(reasons, CAMPAIGN_CAP)
+        if not (campaign.bypass_quiet_hours and tier == "P0"):
+            quiet_end = quiet_until(at, zone, policy.quiet_start, policy.quiet_end)
+            if quiet_end is not None:
+                at = quiet_end
+                _add(reasons, QUIET_HOURS)
+        if at == start:
+            break
+    return at, reasons
+
+
+def _add(reasons: list[str], code: str) -> None:
+    if code not in reasons:
+        reasons.append(code)
+
+
+def decide(state: CampaignState, fresh: list[Candidate], user: UserFacts, defs: Definitions,
+           now_ms: int, emit_time_ms: int) -> Outcome:
+    """Arbitrate the user's candidates that are due at ``now_ms``; update the state.
+
+    New candidates wait out the policy's decision window (except P0); then everything due
+    competes. In score order, the first that may be sent now wins and is emitted; a rival that
+    could have been sent now is deferred past the spacing interval (``on_conflict: defer``) or
+    suppressed; a candidate the rules push later (quiet hours, caps, spacing) is deferred to that
+    time, or suppressed when it would expire first. Hard rules suppress: campaign deleted or
+    disabled, no policy, eligibility, no channel consent, re-eligibility, unfilled payload. A
+    user without metadata yet is given ``METADATA_GRACE_MS`` once before consent is judged. A
+    trigger id already decided is dropped as a duplicate.
+
+    Returns:
+        The TriggerEvents and TriggerDecisions to emit (state updated in place).
+    """
+    out = Outcome()
+    state.prune(now_ms)
+    pending_ids = {c.trigger_id for c in state.pending}
+    # an open decision window (its first candidate's cause + window): later candidates join it
+    open_window = min((c.due_ms for c in state.pending if c.deferrals == 0 and c.due_ms > now_ms),
+                      default=None)
+    ready: list[Candidate] = []
+    for candidate in fresh:
+        if candidate.trigger_id in state.decided or candidate.trigger_id in pending_ids:
+            out.duplicates += 1
+            continue
+        pending_ids.add(candidate.trigger_id)
+        window = defs.policy.decision_window_ms if defs.policy is not None else 0
+        campaign = defs.campaigns.get(candidate.campaign_id)
+        if window and campaign is not None and defs.policy is not None and score_priority(
+                campaign, defs.policy, defs.audience_sizes).tier != "P0":
+            candidate.due_ms = open_window or candidate.cause_event_time + window
+            open_window = candidate.due_ms
+            if candidate.due_ms > now_ms:
+                state.pending.append(candidate)  # competes when the window closes
+                continue
+        ready.append(candidate)
+    due = [c for c in state.pending if c.due_ms <= now_ms]
+    state.pending = [c for c in state.pending if c.due_ms > now_ms]
+    ready.extend(due)
+    if not ready:
+        return out
+
+    contenders: list[_Contender] = []
+    for candidate in ready:
+        contender = _qualify(candidate, state, user, defs, now_ms, emit_time_ms, out)
+        if contender is not None:
+            contenders.append(contender)
+    contenders.sort(key=lambda c: (-c.priority.score, c.campaign.id, c.candidate.trigger_id))
+    now_sendable = [c for c in contenders if c.send_at == now_ms]
+    later = [c for c in contenders if c.send_at > now_ms]
+    winner = now_sendable[0] if now_sendable else None
+    rivals: list[tuple[_Contender, str]] = []
+    assert defs.policy is not None or not contenders  # _qualify suppresses without a policy
+    if winner is not None:
+        zone = zone_of(user.metadata, defs.policy) if defs.policy else None
+        _record_send(state, winner, now_ms)
+        for loser in now_sendable[1:]:
+            assert defs.policy is not None and zone is not None
+            send_at, reasons = earliest_send(loser.campaign, loser.channel, loser.priority.tier,
+                                             now_ms, state, defs.policy, zone)
+            loser.send_at = send_at
+            loser.reasons = [LOST_ARBITRATION, *(r for r in reasons if r != LOST_ARBITRATION)]
+            outcome = _defer_or_suppress(
+                state, loser, user.user_id, now_ms, emit_time_ms, out,
+                f"lost to {winner.campaign.id} (score {winner.priority.score:.3f} > "
+                f"{loser.priority.score:.3f})", allow_defer=loser.campaign.defer_on_conflict)
+            rivals.append((loser, outcome))
+        out.triggers.append(_trigger_event(winner, user, defs, rivals, emit_time_ms))
+    for contender in later:
+        reason = ", ".join(_REASON_TEXT[r] for r in contender.reasons)
+        _defer_or_suppress(state, contender, user.user_id, now_ms, emit_time_ms, out, reason)
+    return out
+
+
+def on_step(state: CampaignState, facts: StepFacts, user: UserFacts, defs: Definitions,
+            emit_time_ms: int) -> Outcome:
+    """The campaigns' part of one engine step: find what fired, then decide what is due.
+
+    Called after every event, metadata update and timer of a user (a timer may make deferred
+    candidates due, and its segment changes may fire campaigns).
+    """
+    campaigns = defs.campaigns.values()
+    fresh = find_candidates(campaigns, facts, state.churn_score)
+    if churn_band(facts.churn_score, campaigns) != churn_band(state.churn_score, campaigns):
+        # kept only when it moves across a threshold: the state is not rewritten per event,
+        # and a crossing is still seen (the kept score is on the same side of every threshold)
+        state.churn_score = facts.churn_score
+    return decide(state, fresh, user, defs, facts.now_ms, emit_time_ms)
+
+
+def churn_band(score: float | None, campaigns: Iterable[Campaign]) -> int:
+    """How many churn-crossing thresholds the score reaches (only a change is worth storing)."""
+    if score is None:
+        return -1
+    return sum(1 for c in campaigns if c.trigger.churn_crosses is not None
+               and score >= c.trigger.churn_crosses)
+
+
+_REASON_TEXT = {
+    QUIET_HOURS: "quiet hours",
+    CHANNEL_CAP: "channel frequency cap",
+    CAMPAIGN_CAP: "campaign frequency cap",
+    MIN_INTERVAL: "minimum interval between triggers",
+    LOST_ARBITRATION: "lost the arbitration",
+}
+
+
+def _qualify(candidate: Candidate, state: CampaignState, user: UserFacts, defs: Definitions,
+             now_ms: int, emit_time_ms: int, out: Outcome) -> _Contender | None:
+    """Apply the hard rules; a candidate that passes gets its priority, channel and send time."""
+    campaign = defs.campaigns.get(candidate.campaign_id)
+    policy = defs.policy
+
+    def suppress(code: str, reason: str) -> None:
+        state.decided[candidate.trigger_id] = now_ms
+        out.decisions.append(_decision(candidate, user.user_id, SUPPRESSED, code, reason, None,
+                                       None, None, now_ms, emit_time_ms))
+
+    if campaign is None or not campaign.enabled:
+        suppress(CAMPAIGN_GONE, f"campaign {candidate.campaign_id} was deleted or disabled "
+                                "before the trigger could be sent")
+        return None
+    if policy is None:
+        suppress(NO_POLICY, "no priority policy is defined; publish priority-policy")
+        return None
+    if candidate.missing:
+        suppress(MISSING_PAYLOAD, f"payload placeholders without a value: "
+                                  f"{', '.join(candidate.missing)}")
+        return None
+    lacking = [s for s in campaign.require_segments if s not in user.membership]
+    excluded = [s for s in campaign.exclude_segments if s in user.membership]
+    if lacking or excluded:
+        why = "; ".join([*(f"not in required segment {s}" for s in lacking),
+                         *(f"in excluded segment {s}" for s in excluded)])
+        suppress(NOT_ELIGIBLE, why)
+        return None
+    last = state.last_send.get(campaign.id)
+    if last is not None and campaign.reeligible_after_ms and \
+            now_ms < last + campaign.reeligible_after_ms:
+        suppress(REELIGIBILITY, f"{campaign.id} was sent to this user at {last}; re-eligible "
+                                f"after {last + campaign.reeligible_after_ms}")
+        return None
+    if user.metadata is None and candidate.deferrals == 0:
+        candidate.due_ms = now_ms + METADATA_GRACE_MS
+        candidate.deferrals += 1
+        state.pending.append(candidate)
+        out.decisions.append(_decision(
+            candidate, user.user_id, DEFERRED, AWAITING_METADATA,
+            f"no metadata (consent, time zone) for the user yet; waiting "
+            f"{METADATA_GRACE_MS // 1000} s of event time for it", None, candidate.due_ms, None,
+            now_ms, emit_time_ms))
+        return None
+    channels = [c for c in campaign.channels if _consented(c, user.metadata)]
+    if not channels:
+        suppress(NO_CONSENT, f"the user has not opted in to {', '.join(campaign.channels)}"
+                 + ("" if user.metadata else " (no metadata for the user yet)"))
+        return None
+    priority = score_priority(campaign, policy, defs.audience_sizes)
+    zone = zone_of(user.metadata, policy)
+    options = [(earliest_send(campaign, c, priority.tier, now_ms, state, policy, zone), i, c)
+               for i, c in enumerate(channels)]
+    (send_at, reasons), _, channel = min(options, key=lambda o: (o[0][0], o[1]))
+    return _Contender(candidate, campaign, priority, channel, send_at, reasons,
+                      expires_at(candidate, campaign))
+
+
+def _record_send(state: CampaignState, winner: _Contender, now_ms: int) -> None:
+    state.sent.append((winner.candidate.trigger_id, winner.campaign.id, winner.channel, now_ms))
+    state.last_send[winner.campaign.id] = now_ms
+    state.decided[winner.candidate.trigger_id] = now_ms
+
+
+def _defer_or_suppress(state: CampaignState, contender: _Contender, user_id: str, now_ms: int,
+                       emit_time_ms: int, out: Outcome, reason: str,
+                       allow_defer: bool = True) -> str:
+    candidate = contender.candidate
+    code = contender.reasons[0] if contender.reasons else LOST_ARBITRATION
+    expiry = contender.expires_at
+    if not allow_defer or (expiry is not None and contender.send_at >= expiry):
+        if allow_defer:
+            code = EXPIRED
+            reason = f"{reason}: the earliest allowed time {contender.send_at} is past " \
+                     f"expires_at {expiry}"
+        state.decided[candidate.trigger_id] = now_ms
+        out.decisions.append(_decision(candidate, user_id,
+                                       SUPPRESSED, code, reason, contender.priority, None,
+                                       contender.channel, now_ms, emit_time_ms))
+        return SUPPRESSED
+    candidate.due_ms = contender.send_at
+    candidate.deferrals += 1
+    state.pending.append(candidate)
+    out.decisions.append(_decision(candidate, user_id, DEFERRED,
+                                   code, reason, contender.priority, contender.send_at,
+                                   contender.channel, now_ms, emit_time_ms))
+    return DEFERRED
+
+
+def _decision(candidate: Candidate, user_id: str, outcome: str, code: str, reason: str,
+              priority: Priority | None, deferred_until: int | None, channel: str | None,
+              now_ms: int, emit_time_ms: int) -> dict[str, Any]:
+    return {
+        "trigger_id": candidate.trigger_id,
+        "user_id": user_id,
+        "campaign_id": candidate.campaign_id,
+        "campaign_version": candidate.campaign_version,
+        "outcome": outcome,
+        "reason_code": code,
+        "reason": reason,
+        "tier": priority.tier if priority else None,
+        "priority_score": priority.score if priority else None,
+        "channel": channel,
+        "deferred_until": deferred_until,
+        "cause_event_id": candidate.cause_event_id,
+        "decided_at": now_ms,
+        "emit_time": emit_time_ms,
+    }
+
+
+def _trigger_event(winner: _Contender, user: UserFacts, defs: Definitions,
+                   rivals: list[tuple[_Contender, str]], emit_time_ms: int) -> dict[str, Any]:
+    candidate, campaign, priority = winner.candidate, winner.campaign, winner.priority
+    assert defs.policy is not None
+    versions = {campaign.id: campaign.version, defs.policy.id: defs.policy.version}
+    for segment_id in sorted(campaign.referenced_segments()):
+        if segment_id in defs.segment_versions:
+            versions[segment_id] = defs.segment_versions[segment_id]
+    features = {**priority.factors, **candidate.features}
+    if user.churn_score is not None:
+        features.setdefault("churn_score", float(user.churn_score))
+    reason = (f"{candidate.trigger_reason}; {priority.tier} (score {priority.score:.3f}) on "
+              f"{winner.channel}")
+    if candidate.deferrals:
+        reason += f"; sent after {candidate.deferrals} deferral(s)"
+    if rivals:
+        reason += "; beat " + ", ".join(f"{r.campaign.id} ({o.lower()})" for r, o in rivals)
+    return {
+        "trigger_id": candidate.trigger_id,
+        "user_id": user.user_id,
+        "campaign_id": campaign.id,
+        "campaign_version": campaign.version,
+        "step_id": STEP_ID,
+        "channel": winner.channel,
+        "tier": priority.tier,
+        "priority_score": priority.score,
+        "template_id": campaign.template,
+        "payload": dict(candidate.payload),
+        "segments": sorted(user.membership),
+        "churn_score": user.churn_score,
+        "model_version": user.model_version if user.churn_score is not None else None,
+        "cause_event_id": candidate.cause_event_id,
+        "cause_event_time": candidate.cause_event_time,
+        "ingest_time": candidate.ingest_time if candidate.ingest_time is not None
+        else emit_time_ms,
+        "emit_time": emit_time_ms,
+        "expires_at": winner.expires_at,
+        "explanation": {
+            "reason": reason,
+            "definition_versions": versions,
+            "features": features,
+            "rivals": [{"campaign_id": r.campaign.id, "priority_score": r.priority.score,
+                        "outcome": o} for r, o in rivals],
+        },
+    }
