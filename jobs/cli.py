@@ -7,6 +7,7 @@ Subcommands:
   generate  write a seeded synthetic workload (users, clicks) to Kafka
   defs      validate, publish, delete and list segment definitions
   jars      resolve the Java dependencies from Maven Central into the cache
+  sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
 """
 
 from __future__ import annotations
@@ -266,6 +267,25 @@ def cmd_jars(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- sender -------------------------------------------------------------------------------------
+
+
+def cmd_sender(args: argparse.Namespace) -> int:
+    """``nudgeflow sender``: deliver triggers to a channel adapter, P0 first, deduplicated."""
+    from jobs import sender
+
+    cfg = config_from_args(args)
+    try:
+        options = sender.options_from_args(args)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    try:
+        sender.run_sender(cfg, options, sender.load_adapter(options.adapter), say=_say)
+    except sender.SenderError as exc:
+        return _fail(str(exc))
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -352,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     jars_p = sub.add_parser("jars", help="resolve the Java dependencies from Maven Central")
     jars_p.add_argument("components", nargs="*", help="kafka, cassandra, flink (default: all)")
     jars_p.set_defaults(func=cmd_jars)
+
+    from jobs.sender import add_sender_arguments
+
+    sender_p = sub.add_parser("sender", help="deliver the trigger topics to a channel adapter, "
+                              "P0 first, deduplicated (reference consumer)")
+    add_sender_arguments(sender_p)
+    add_config_arguments(sender_p)
+    sender_p.set_defaults(func=cmd_sender)
     return parser
 
 

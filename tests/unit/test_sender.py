@@ -1,0 +1,599 @@
+"""Tests for jobs.sender without Kafka or Redis: the scheduler, one batch's handling (expiry,
+dedupe, bad records, retries, limits), the dedupe stores, the report, adapters and options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import types
+
+import pytest
+
+from jobs import sender
+from jobs.cli import main
+from jobs.config import load_config
+from jobs.sender import (
+    TIERS,
+    AdapterFailedError,
+    AdapterLoadError,
+    ConsoleAdapter,
+    MemoryDedupe,
+    RedisDedupe,
+    RetryPolicy,
+    SenderError,
+    SenderOptions,
+    SenderReport,
+    TierScheduler,
+    TierStats,
+    format_report,
+    is_expired,
+    load_adapter,
+    process_batch,
+    send_with_retry,
+)
+from schemas.codec import Codec
+from udfs.clicks import SourceRecord
+
+# kafka-python's import calls importlib.resources.read_text; the warning names importlib, so
+# pyproject's "ignore::DeprecationWarning:kafka.*" does not catch it
+pytestmark = pytest.mark.filterwarnings("ignore:read_text is deprecated:DeprecationWarning",
+                                        "ignore:open_text is deprecated:DeprecationWarning")
+
+NOW = 1_750_000_000_000  # a fixed wall clock (ms)
+CODEC = Codec.load()
+
+
+def make_trigger(trigger_id, tier="P0", expires_at=None, user_id="u-1", campaign_id="c-1"):
+    """A valid TriggerEvent dict (shared with the integration test)."""
+    return {
+        "trigger_id": trigger_id,
+        "user_id": user_id,
+        "campaign_id": campaign_id,
+        "campaign_version": 1,
+        "step_id": "main",
+        "channel": "EMAIL",
+        "tier": tier,
+        "priority_score": 1.0,
+        "template_id": f"tpl-{campaign_id}",
+        "payload": {},
+        "segments": [],
+        "churn_score": None,
+        "model_version": None,
+        "cause_event_id": f"e-{trigger_id}",
+        "cause_event_time": NOW - 5_000,
+        "ingest_time": NOW - 4_000,
+        "emit_time": NOW - 3_000,
+        "expires_at": expires_at,
+        "explanation": {"reason": "test", "definition_versions": {}, "features": {},
+                        "rivals": []},
+    }
+
+
+def record(value, offset, topic="triggers-p0", partition=0, key=b"u-1"):
+    return SourceRecord(topic, partition, offset, NOW, key, value)
+
+
+def encoded(trigger, offset, **kwargs):
+    return record(CODEC.encode("TriggerEvent", trigger), offset, **kwargs)
+
+
+class Recorder:
+    def __init__(self, fail_times=0, fail_on=None):
+        self.sent = []
+        self.fail_times = fail_times
+        self.fail_on = fail_on
+        self.calls = 0
+
+    def send(self, trigger):
+        self.calls += 1
+        if (self.fail_on is None or trigger["trigger_id"] == self.fail_on) and self.fail_times:
+            self.fail_times -= 1
+            raise ConnectionError("channel down")
+        self.sent.append(trigger["trigger_id"])
+
+
+def quiet(_line):
+    pass
+
+
+# --- scheduler ----------------------------------------------------------------------------------
+
+
+def test_strict_priority_picks_the_highest_waiting_tier():
+    scheduler = TierScheduler(starvation_limit=0)
+    assert scheduler.pick({"P3", "P1", "P2"}) == "P1"
+    assert scheduler.pick({"P3", "P2"}) == "P2"
+    assert scheduler.pick({"P0", "P3"}) == "P0"
+    assert scheduler.pick(set()) is None
+
+
+def test_strict_priority_starves_lower_tiers_for_ever():
+    scheduler = TierScheduler(starvation_limit=0)
+    picks = [scheduler.pick(set(TIERS)) for _ in range(1000)]
+    assert set(picks) == {"P0"}
+    assert scheduler.boosted == dict.fromkeys(TIERS, 0)
+
+
+def test_starvation_guard_serves_a_skipped_tier_after_the_limit():
+    scheduler = TierScheduler(starvation_limit=2)
+    picks = [scheduler.pick({"P0", "P3"}) for _ in range(9)]
+    assert picks == ["P0", "P0", "P3"] * 3
+    assert scheduler.boosted["P3"] == 3
+
+
+def test_starvation_guard_with_every_tier_waiting():
+    scheduler = TierScheduler(starvation_limit=2)
+    picks = [scheduler.pick(set(TIERS)) for _ in range(5)]
+    # two priority picks, then the three starved tiers, longest-waiting (then highest) first
+    assert picks == ["P0", "P0", "P1", "P2", "P3"]
+
+
+def test_a_tier_that_stops_waiting_starts_counting_again():
+    scheduler = TierScheduler(starvation_limit=3)
+    assert [scheduler.pick({"P0", "P2"}) for _ in range(2)] == ["P0", "P0"]
+    assert scheduler.skipped["P2"] == 2
+    assert scheduler.pick({"P0"}) == "P0"  # P2's batch went away (e.g. it was revoked)
+    assert scheduler.skipped["P2"] == 0
+    assert [scheduler.pick({"P0", "P2"}) for _ in range(4)] == ["P0", "P0", "P0", "P2"]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 20])
+def test_no_waiting_tier_is_passed_over_more_than_limit_plus_three_times(limit):
+    rng = random.Random(limit)
+    scheduler = TierScheduler(starvation_limit=limit)
+    waiting = set(TIERS)
+    passed_over = dict.fromkeys(TIERS, 0)
+    worst = 0
+    for _ in range(5000):
+        # a tier keeps its batch until picked; an empty tier gets new data at random
+        waiting |= {t for t in TIERS if rng.random() < 0.7}
+        chosen = scheduler.pick(waiting)
+        for tier in TIERS:
+            passed_over[tier] = passed_over[tier] + 1 if tier in waiting and tier != chosen else 0
+        worst = max(worst, *passed_over.values())
+        waiting.discard(chosen)
+    assert worst <= limit + len(TIERS) - 1
+
+
+def test_scheduler_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="starvation_limit must be >= 0"):
+        TierScheduler(starvation_limit=-1)
+    with pytest.raises(ValueError, match="unknown tier"):
+        TierScheduler().pick({"P9"})
+
+
+# --- expiry, one batch --------------------------------------------------------------------------
+
+
+def test_expiry_is_strictly_before_now():
+    assert not is_expired(make_trigger("a"), NOW)
+    assert not is_expired(make_trigger("a", expires_at=NOW), NOW)
+    assert not is_expired(make_trigger("a", expires_at=NOW + 1), NOW)
+    assert is_expired(make_trigger("a", expires_at=NOW - 1), NOW)
+
+
+def test_a_batch_drops_expired_duplicates_and_bad_records():
+    dedupe = MemoryDedupe()
+    dedupe.mark(["sent-before"])
+    adapter = Recorder()
+    batch = [
+        encoded(make_trigger("t1"), 0),
+        encoded(make_trigger("old", expires_at=NOW - 1), 1),
+        encoded(make_trigger("t1"), 2),  # a replay inside the same batch
+        record(b"not avro at all", 3),
+        encoded(make_trigger("sent-before"), 4),
+        record(None, 5),  # a tombstone
+        encoded(make_trigger("t2", expires_at=NOW + 60_000), 6),
+    ]
+    outcome = process_batch(batch, codec=CODEC, dedupe=dedupe, adapter=adapter, now_ms=NOW,
+                            say=quiet)
+    assert adapter.sent == ["t1", "t2"]
+    assert (outcome.delivered, outcome.duplicates, outcome.expired, outcome.bad) == (2, 2, 1, 2)
+    assert outcome.handled == len(batch) and outcome.error is None
+    assert dedupe.seen(["t1", "t2", "old"]) == {"t1", "t2"}  # expired ids are not marked
+    letters = outcome.dead_letters
+    assert [(d["offset"], d["raw"], d["reason_code"]) for d in letters] == [
+        (3, b"not avro at all", "INVALID_AVRO"), (5, b"", "INVALID_AVRO")]
+    assert letters[0]["source_topic"] == "triggers-p0" and letters[0]["stage"] == "sender-decode"
+    assert letters[0]["failed_at"] == NOW and letters[0]["key"] == b"u-1"
+    CODEC.encode("DeadLetter", letters[0])  # a valid DeadLetter record
+
+
+def test_a_record_of_another_type_is_a_dead_letter():
+    other = CODEC.encode("DeadLetter", {
+        "reason_code": "OTHER", "reason": "x", "source_topic": "t", "raw": b"", "stage": "s",
+        "failed_at": NOW})
+    outcome = process_batch([record(other, 0)], codec=CODEC, dedupe=MemoryDedupe(),
+                            adapter=Recorder(), now_ms=NOW, say=quiet)
+    assert outcome.bad == 1 and outcome.dead_letters[0]["reason_code"] == "OTHER"
+
+
+def test_the_limit_stops_a_batch_after_that_many_deliveries():
+    adapter = Recorder()
+    batch = [encoded(make_trigger(f"t{i}"), i) for i in range(5)]
+    outcome = process_batch(batch, codec=CODEC, dedupe=MemoryDedupe(), adapter=adapter,
+                            now_ms=NOW, limit=2, say=quiet)
+    assert adapter.sent == ["t0", "t1"] and outcome.handled == 2
+
+
+def test_adapter_failures_are_retried_with_backoff():
+    adapter = Recorder(fail_times=2)
+    sleeps = []
+    outcome = process_batch([encoded(make_trigger("t1"), 0)], codec=CODEC, dedupe=MemoryDedupe(),
+                            adapter=adapter, now_ms=NOW, retry=RetryPolicy(3, 0.5),
+                            sleep=sleeps.append, say=quiet)
+    assert adapter.sent == ["t1"] and outcome.delivered == 1 and outcome.error is None
+    assert sleeps == [0.5, 1.0]
+
+
+def test_an_adapter_that_keeps_failing_stops_the_batch_before_the_trigger():
+    dedupe = MemoryDedupe()
+    adapter = Recorder(fail_times=99, fail_on="t2")
+    sleeps = []
+    batch = [encoded(make_trigger(f"t{i}"), i) for i in range(1, 5)]
+    outcome = process_batch(batch, codec=CODEC, dedupe=dedupe, adapter=adapter, now_ms=NOW,
+                            retry=RetryPolicy(3, 0.5), sleep=sleeps.append, say=quiet)
+    assert adapter.sent == ["t1"]
+    assert outcome.handled == 1  # only t1's offset may be committed
+    assert isinstance(outcome.error, AdapterFailedError)
+    assert "failed 4 time(s) on trigger t2" in str(outcome.error)
+    assert "ConnectionError: channel down" in str(outcome.error)
+    assert sleeps == [0.5, 1.0, 2.0]
+    assert dedupe.seen(["t1", "t2"]) == {"t1"}  # what was sent is remembered even so
+
+
+def test_send_with_retry_without_retries_fails_at_once():
+    with pytest.raises(AdapterFailedError, match="failed 1 time"):
+        send_with_retry(Recorder(fail_times=1), make_trigger("t"), RetryPolicy(0), say=quiet)
+
+
+# --- dedupe stores ------------------------------------------------------------------------------
+
+
+def test_memory_dedupe_is_a_bounded_lru():
+    dedupe = MemoryDedupe(capacity=3)
+    dedupe.mark(["a", "b", "c"])
+    assert dedupe.seen(["a"]) == {"a"}  # a is now the most recently used
+    dedupe.mark(["d"])  # evicts b, the least recently used
+    assert len(dedupe) == 3
+    assert dedupe.seen(["a", "b", "c", "d"]) == {"a", "c", "d"}
+    with pytest.raises(ValueError, match="capacity"):
+        MemoryDedupe(0)
+
+
+class FakeRedis:
+    def __init__(self, fail=False):
+        self.data = {}
+        self.mget_calls = []
+        self.fail = fail
+
+    def mget(self, keys):
+        if self.fail:
+            raise ConnectionError("Connection refused")
+        self.mget_calls.append(list(keys))
+        return [self.data.get(k, (None,))[0] for k in keys]
+
+    def pipeline(self, transaction=True):
+        fake = self
+
+        class Pipe:
+            ops = []
+
+            def set(self, key, value, ex=None):
+                self.ops.append((key, value, ex))
+
+            def execute(self):
+                for key, value, ex in self.ops:
+                    fake.data[key] = (value, ex)
+
+        return Pipe()
+
+
+def test_redis_dedupe_keys_ttl_and_cache():
+    cfg = load_config(env={}, overrides={"redis_key_prefix": "nf"})
+    client = FakeRedis()
+    dedupe = RedisDedupe(client, cfg, ttl_s=691200, cache=MemoryDedupe(10))
+    dedupe.mark(["t1"])
+    assert client.data == {"nf:sent:t1": (b"1", 691200)}
+    client.data["nf:sent:t9"] = (b"1", 5)  # sent by another sender (or before a restart)
+    assert dedupe.seen(["t1", "t9", "t5"]) == {"t1", "t9"}
+    assert client.mget_calls == [["nf:sent:t9", "nf:sent:t5"]]  # t1 came from the LRU
+    assert dedupe.seen(["t9"]) == {"t9"} and len(client.mget_calls) == 1  # now cached too
+
+
+def test_redis_dedupe_failure_is_a_clear_sender_error():
+    cfg = load_config(env={}, overrides={"redis_url": "redis://:hunter2@cache:6379/0"})
+    dedupe = RedisDedupe(FakeRedis(fail=True), cfg, ttl_s=10)
+    with pytest.raises(SenderError) as info:
+        dedupe.seen(["t1"])
+    message = str(info.value)
+    assert "redis://***@cache:6379/0" in message and "hunter2" not in message
+    assert "Connection refused" in message and "--dedupe memory" in message
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def test_final_report_has_rates_totals_and_lag():
+    report = SenderReport(elapsed_s=10.0, stopped="idle")
+    report.tiers["P0"] = TierStats(delivered=100, duplicates=3, expired=2, bad=1, lag=0)
+    report.tiers["P3"] = TierStats(delivered=50, lag=7)
+    for tier in ("P1", "P2"):
+        report.tiers[tier].lag = 0
+    lines = format_report(report).splitlines()
+    assert lines[0] == "sender after 10.0 s (stopped: idle)"
+    assert lines[1].split() == ["tier", "delivered", "/s", "duplicates", "expired", "bad", "lag"]
+    assert lines[2].split() == ["P0", "100", "10.0", "3", "2", "1", "0"]
+    assert lines[5].split() == ["P3", "50", "5.0", "0", "0", "0", "7"]
+    assert lines[6].split() == ["all", "150", "15.0", "3", "2", "1", "7"]
+
+
+def test_periodic_report_rates_count_since_the_previous_report():
+    before = SenderReport(elapsed_s=10.0)
+    before.tiers["P1"].delivered = 1000
+    now = before.snapshot()
+    now.elapsed_s = 12.0
+    now.tiers["P1"].delivered = 1300
+    assert before.tiers["P1"].delivered == 1000  # the snapshot is independent
+    lines = format_report(now, before).splitlines()
+    assert lines[0] == "sender after 12.0 s"
+    assert lines[3].split() == ["P1", "1,300", "150.0", "0", "0", "0", "-"]
+    assert lines[6].split()[:3] == ["all", "1,300", "150.0"] and lines[6].split()[-1] == "-"
+
+
+# --- adapters -----------------------------------------------------------------------------------
+
+
+def test_console_adapter_prints_one_readable_line():
+    lines = []
+    ConsoleAdapter(lines.append).send(make_trigger("abc123", tier="P1", user_id="u-7",
+                                                   campaign_id="winback"))
+    assert len(lines) == 1
+    for part in ("[P1]", "EMAIL", "user=u-7", "campaign=winback", "template=tpl-winback",
+                 "trigger=abc123"):
+        assert part in lines[0]
+
+
+@pytest.fixture
+def adapters_module(monkeypatch):
+    module = types.ModuleType("fake_channels")
+
+    class Good:
+        def send(self, trigger):
+            pass
+
+    class NeedsArgs:
+        def __init__(self, token):
+            self.token = token
+
+        def send(self, trigger):
+            pass
+
+    module.Good = Good
+    module.NeedsArgs = NeedsArgs
+    module.instance = Good()
+    module.not_an_adapter = 42
+    monkeypatch.setitem(sys.modules, "fake_channels", module)
+    return module
+
+
+def test_load_adapter_instantiates_classes_and_takes_objects(adapters_module):
+    assert isinstance(load_adapter("fake_channels:Good"), adapters_module.Good)
+    assert load_adapter("fake_channels:instance") is adapters_module.instance
+    assert isinstance(load_adapter("jobs.sender:ConsoleAdapter"), ConsoleAdapter)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("fake_channels.Good", "must be module:attribute"),
+    ("fake_channels:", "must be module:attribute"),
+    ("no_such_module_xyz:Adapter", "cannot import module 'no_such_module_xyz'"),
+    ("fake_channels:Missing", "module 'fake_channels' has no attribute 'Missing'"),
+    ("fake_channels:NeedsArgs", "NeedsArgs() failed: TypeError"),
+    ("fake_channels:not_an_adapter", "int is not a channel adapter: it needs a send(trigger)"),
+])
+def test_load_adapter_errors_say_what_is_wrong(adapters_module, spec, message):
+    with pytest.raises(AdapterLoadError) as info:
+        load_adapter(spec)
+    assert message in str(info.value)
+    assert spec in str(info.value)
+
+
+# --- options and the command line ---------------------------------------------------------------
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError) as info:
+        SenderOptions(batch_size=0, starvation_limit=-1, dedupe="disk", max_triggers=0)
+    message = str(info.value)
+    for part in ("batch_size must be >= 1", "starvation_limit must be >= 0",
+                 "dedupe must be one of redis, memory", "max_triggers must be >= 1"):
+        assert part in message
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    sender.add_sender_arguments(parser)
+    return sender.options_from_args(parser.parse_args(argv))
+
+
+def test_flags_fall_back_to_environment_variables(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("NUDGEFLOW_SENDER_"):
+            monkeypatch.delenv(name)
+    assert _parse([]) == SenderOptions()
+    monkeypatch.setenv("NUDGEFLOW_SENDER_STARVATION_LIMIT", "5")
+    monkeypatch.setenv("NUDGEFLOW_SENDER_UNTIL_IDLE", "2.5")
+    monkeypatch.setenv("NUDGEFLOW_SENDER_GROUP", "email-sender")
+    options = _parse(["--group", "sms-sender", "--dedupe", "memory"])
+    assert options.starvation_limit == 5 and options.until_idle_s == 2.5
+    assert options.group == "sms-sender" and options.dedupe == "memory"
+
+
+def test_cli_reports_a_bad_adapter_without_connecting(capsys):
+    code = main(["sender", "--adapter", "no_such_module_xyz:Adapter",
+                 "--kafka-bootstrap", "127.0.0.1:1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nudgeflow: error: --adapter no_such_module_xyz:Adapter: cannot import")
+
+
+def test_cli_reports_bad_options(capsys):
+    assert main(["sender", "--batch-size", "0"]) == 2
+    assert "batch_size must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_help_lists_the_sender_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["sender", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for part in ("--starvation-limit N", "--until-idle SECONDS", "--adapter MODULE:ATTR",
+                 "[env: NUDGEFLOW_SENDER_GROUP] [default: 'nudgeflow-sender']",
+                 "--trigger-topic-prefix"):
+        assert part in text
+
+
+# --- run_sender's loop over fake consumers ------------------------------------------------------
+
+
+class Message:
+    def __init__(self, topic, partition, offset, value):
+        self.topic, self.partition, self.offset, self.value = topic, partition, offset, value
+        self.timestamp, self.key = NOW, b"u-1"
+
+
+class FakeConsumer:
+    """A tier consumer whose fetches take ``delay`` polls each; every partition ends with a
+    transaction marker that the position only passes on a poll after the last record."""
+
+    def __init__(self, topic, values_by_partition, delay=0):
+        from kafka import TopicPartition
+
+        self.topic = topic
+        self.partitions = [TopicPartition(topic, p) for p in sorted(values_by_partition)]
+        self.log = {tp: values_by_partition[tp.partition] for tp in self.partitions}
+        self.pos = dict.fromkeys(self.partitions, 0)
+        self.end = {tp: len(values) + 1 for tp, values in self.log.items()}  # + the marker
+        self.delay = delay
+        self.in_flight = delay
+        self.commits = []
+        self.closed = False
+
+    def poll(self, timeout_ms=0, max_records=500):
+        if self.in_flight:
+            self.in_flight -= 1
+            return {}
+        out = {}
+        for tp in self.partitions:
+            values = self.log[tp]
+            while self.pos[tp] < len(values) and sum(map(len, out.values())) < max_records:
+                out.setdefault(tp, []).append(
+                    Message(tp.topic, tp.partition, self.pos[tp], values[self.pos[tp]]))
+                self.pos[tp] += 1
+        if out:
+            self.in_flight = self.delay  # the next fetch is on its way
+        else:
+            for tp in self.partitions:  # only markers left: step over them
+                self.pos[tp] = self.end[tp]
+        return out
+
+    def end_offsets(self, partitions):
+        return {tp: self.end[tp] for tp in partitions}
+
+    def position(self, tp):
+        return self.pos[tp]
+
+    def commit(self, offsets):
+        self.commits.append({tp.partition: meta.offset for tp, meta in offsets.items()})
+
+    def close(self, autocommit=True):
+        self.closed = True
+
+
+def fake_sources(monkeypatch, sizes, delays=None, values=None):
+    """Replace Kafka with FakeConsumers: ``sizes[tier]`` triggers over two partitions."""
+    consumers = {}
+    for tier in TIERS:
+        topic = f"triggers-{tier.lower()}"
+        by_partition = {0: [], 1: []}
+        for i in range(sizes.get(tier, 0)):
+            value = (values or {}).get((tier, i)) or CODEC.encode(
+                "TriggerEvent", make_trigger(f"{tier.lower()}-{i}", tier=tier))
+            by_partition[i % 2].append(value)
+        consumers[tier] = FakeConsumer(topic, by_partition, (delays or {}).get(tier, 0))
+
+    def open_sources(cfg, options):
+        return [sender._TierSource(t, c.topic, c, c.partitions) for t, c in consumers.items()]
+
+    monkeypatch.setattr(sender, "_open_sources", open_sources)
+    return consumers
+
+
+def run(options, adapter, **kwargs):
+    base = {"dedupe": "memory", "until_idle_s": 0.05, "report_every_s": 0, "batch_size": 10,
+            "bad_records": "skip"}
+    return sender.run_sender(load_config(env={}), SenderOptions(**{**base, **options}), adapter,
+                             clock=lambda: NOW, say=quiet, **kwargs)
+
+
+def test_a_higher_tier_whose_fetch_is_in_flight_still_goes_first(monkeypatch):
+    # P0's batches take 3 polls to arrive; P1..P3 have theirs at once
+    consumers = fake_sources(monkeypatch, dict.fromkeys(TIERS, 30), delays={"P0": 3})
+    adapter = Recorder()
+    report = run({"starvation_limit": 0}, adapter)
+    assert [t[:2] for t in adapter.sent] == ["p0"] * 30 + ["p1"] * 30 + ["p2"] * 30 + ["p3"] * 30
+    assert report.stopped == "idle"
+    # commits follow the positions, markers included: nothing left to read, lag 0
+    assert consumers["P0"].commits[-1] == {0: 16, 1: 16}
+    assert {tier: stats.lag for tier, stats in report.tiers.items()} == dict.fromkeys(TIERS, 0)
+    assert all(c.closed for c in consumers.values())
+
+
+def test_the_loop_applies_the_starvation_guard(monkeypatch):
+    fake_sources(monkeypatch, {"P0": 100, "P3": 30})
+    adapter = Recorder()
+    run({"starvation_limit": 2}, adapter)
+    batches = [adapter.sent[i][:2] for i in range(0, len(adapter.sent), 10)]
+    assert batches[:6] == ["p0", "p0", "p3", "p0", "p0", "p3"]
+
+
+def test_max_triggers_commits_only_what_was_handled(monkeypatch):
+    consumers = fake_sources(monkeypatch, {"P1": 30})
+    adapter = Recorder()
+    report = run({"max_triggers": 15}, adapter)
+    assert len(adapter.sent) == 15 and report.stopped == "max-triggers"
+    # batch 1: partition 0, offsets 0-9 (positions committed); batch 2: partition 0, offsets
+    # 10-14, then partition 1, offsets 0-4, of which only the first five were handled
+    assert consumers["P1"].commits == [{0: 10, 1: 0}, {0: 15}]
+    assert report.tiers["P1"].lag == 32 - 15  # two partitions of 15 records and a marker
+
+
+def test_an_adapter_failure_stops_the_sender_after_committing_the_delivered_prefix(monkeypatch):
+    consumers = fake_sources(monkeypatch, {"P2": 20})
+    adapter = Recorder(fail_times=99, fail_on="p2-13")  # partition 1 (odd ids), offset 6
+    sleeps = []
+    with pytest.raises(AdapterFailedError) as info:
+        run({"adapter_retries": 2}, adapter, sleep=sleeps.append)
+    assert "p2-13" in str(info.value) and sleeps == [0.5, 1.0]
+    report = info.value.report
+    assert report.stopped == "adapter failed" and report.tiers["P2"].delivered == 16
+    # batch 1 (partition 0) whole; batch 2 (partition 1) up to, not including, p2-13
+    assert consumers["P2"].commits == [{0: 10, 1: 0}, {1: 6}]
+    assert report.tiers["P2"].lag == 22 - 16  # p2-13 and later are read again next time
+
+
+def test_a_stop_request_ends_the_run_between_batches(monkeypatch):
+    import threading
+
+    fake_sources(monkeypatch, {"P0": 50})
+    stop = threading.Event()
+
+    class StopAfterFirst(Recorder):
+        def send(self, trigger):
+            super().send(trigger)
+            stop.set()
+
+    adapter = StopAfterFirst()
+    report = run({"until_idle_s": None}, adapter, stop=stop)
+    assert report.stopped == "stop requested" and len(adapter.sent) == 10
