@@ -58,13 +58,18 @@ def select(servers: Sequence[Server], names: Iterable[str] | None) -> list[Serve
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat).
+
+    None when there is no such process, or it is a zombie: a killed server whose parent has
+    not reaped it yet (in a container, pid 1 may never reap) is not running.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name (field 2) may hold spaces; fields after the closing parenthesis are fixed
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def running_pid(server: Server, paths: StackPaths) -> int | None:
