@@ -45,9 +45,10 @@ setup(
     packages=find_packages(include=["jobs*", "udfs*", "schemas*", "models*", "infra*"]),
     package_data={
         "schemas": ["*.avsc", "history/*.avsc", "README.md"],
-        "infra": ["*.yaml", "*.cql", "cql/*.cql", "jars/*/pom.xml", "jars/*/src/main/java/io/nudgeflow/*/*.java", "flink/*.yaml"],
+        "infra": ["*.yaml", "*.cql", "cql/*.cql", "jars/*/pom.xml",
+                  "jars/*/src/main/java/io/nudgeflow/*/*.java", "flink/*.yaml"],
         "models": ["*.onnx", "*.json", "*.md"],
-        "udfs": ["catalog/segments/*.yaml", "*.md"],
+        "udfs": ["catalog/*.yaml", "catalog/segments/*.yaml", "catalog/campaigns/*.yaml", "*.md"],
     },
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},

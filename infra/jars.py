@@ -17,7 +17,7 @@ from pathlib import Path
 
 from infra.paths import INFRA_DIR, StackPaths
 
-COMPONENTS = ("kafka", "cassandra", "flink")
+COMPONENTS = ("kafka", "cassandra", "flink", "metrics")
 _STAMP = ".resolved-from"
 
 

@@ -18,6 +18,8 @@ import time
 import uuid
 
 from infra import provision
+from infra.paths import StackPaths
+from infra.servers.flink import local_run_env
 from jobs import generate
 from jobs.config import ISOLATION_FIELDS, as_flags, load_config, replace
 from jobs.workload import WorkloadSpec
@@ -43,7 +45,8 @@ def measure(events: int, users: int, parallelism: int, guarantee: str, churn: st
             "--parallelism", str(parallelism), "--delivery-guarantee", guarantee,
             "--checkpoint-interval-ms", "2000", "--churn-model", "off" if churn == "off" else "",
             *as_flags(cfg)]
-    job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           env=local_run_env(StackPaths.from_env()))
     admin = KafkaAdminClient(**cfg.python_client_kwargs())
 
     def committed() -> int:

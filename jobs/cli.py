@@ -129,9 +129,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "jobs.job", "--local", *_job_args(args)]
         _say(f"running the job in an embedded MiniCluster (log: {log_path}); Ctrl-C stops it")
+        from infra.paths import StackPaths
+        from infra.servers.flink import local_run_env
+
         with open(log_path, "ab") as log:
             child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     env=_secret_env(cfg))
+                                     env=local_run_env(StackPaths.from_env(), _secret_env(cfg)))
         try:
             monitor.watch(cfg, keep_going=lambda: child.poll() is None, say=_say)
         finally:

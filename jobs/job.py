@@ -20,6 +20,7 @@ connectors and runs it, either in an embedded MiniCluster (``--local``) or, when
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -185,6 +186,7 @@ def create_env(cfg: NudgeflowConfig, local: bool) -> StreamExecutionEnvironment:
         local: True for an embedded MiniCluster in this process; False when a cluster runs the
             job (``flink run``), whose own configuration names the Python interpreter.
     """
+    from infra.servers.flink import prometheus_settings
     from jobs.connectors import flink_jar_urls
 
     conf = Configuration()
@@ -212,11 +214,19 @@ def create_env(cfg: NudgeflowConfig, local: bool) -> StreamExecutionEnvironment:
             ).as_uri()
     if local:
         settings.update(python_worker_settings())
+        if _has_prometheus_reporter():
+            settings.update(prometheus_settings())
     for key, value in settings.items():
         conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.parallelism)
     return env
+
+
+def _has_prometheus_reporter() -> bool:
+    """Whether this JVM's classpath holds the reporter (``infra.servers.flink.local_run_env``)."""
+    lib = os.environ.get("FLINK_LIB_DIR")
+    return lib is not None and any(Path(lib).glob("flink-metrics-prometheus*.jar"))
 
 
 #: the churn model's two files as (onnx bytes, metadata bytes, onnx name, metadata name)

@@ -22,6 +22,54 @@ from infra.servers.base import NotReady, Server
 
 CONF_NAME = "flink"
 
+#: Prometheus scrapes each Flink process on the first free port of this range (JobManager
+#: first, then TaskManagers; a local MiniCluster is one process)
+PROMETHEUS_PORTS = "9249-9259"
+
+
+def prometheus_settings() -> dict[str, str]:
+    """Flink settings that export every metric to Prometheus (``/metrics`` on a port above)."""
+    return {
+        "metrics.reporter.prom.factory.class":
+            "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        "metrics.reporter.prom.port": PROMETHEUS_PORTS,
+    }
+
+
+def local_lib_dir(paths: StackPaths) -> Path:
+    """A lib/ for local (MiniCluster) runs: the wheel's jars plus the Prometheus reporter.
+
+    A metric reporter is loaded from the JVM's classpath at start, which PyFlink's gateway builds
+    from ``FLINK_LIB_DIR``; a job's own jars come too late.
+    """
+    from infra.jars import ensure_jars
+
+    lib = paths.jars("flink-local-lib")
+    _link_jars(lib, [*(pyflink_home() / "lib").glob("*.jar"),
+                     *ensure_jars("metrics", paths, quiet=True).glob("*.jar")])
+    return lib
+
+
+def local_run_env(paths: StackPaths, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``python -m jobs.job --local`` process: Prometheus on its classpath.
+
+    PyFlink starts its JVM when the job module is imported, with the classpath of
+    ``FLINK_LIB_DIR``; so the variable is set for the child process, not inside it, together
+    with ``FLINK_HOME`` (without it PyFlink resets ``FLINK_LIB_DIR`` to the wheel's lib/).
+    """
+    import os
+
+    return {**(os.environ if env is None else env), "FLINK_HOME": str(pyflink_home()),
+            "FLINK_LIB_DIR": str(local_lib_dir(paths))}
+
+
+def _link_jars(lib: Path, jars: list[Path]) -> None:
+    if lib.exists():
+        shutil.rmtree(lib)
+    lib.mkdir(parents=True)
+    for jar in jars:
+        (lib / jar.name).symlink_to(jar)
+
 
 def pyflink_home() -> Path:
     """The Flink distribution inside the installed apache-flink wheel."""
@@ -58,6 +106,9 @@ def cluster_config(paths: StackPaths, rest_port: int, slots: int) -> str:
             "memory": {"process": {"size": "3072m"}},
         },
         "parallelism": {"default": 1},
+        "metrics": {"reporter": {"prom": {
+            "factory": {"class": prometheus_settings()["metrics.reporter.prom.factory.class"]},
+            "port": PROMETHEUS_PORTS}}},
         "rest": {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": rest_port},
         "state": {"backend": {"type": "hashmap"}},
         "execution": {
@@ -117,13 +168,13 @@ class _FlinkProcess(Server):
         (conf / "config.yaml").write_text(cluster_config(paths, self.rest_port, self.slots))
         # The wheel's lib/ lacks flink-python (the client adds it for local runs); a cluster
         # needs it on the JobManager's and TaskManagers' classpath for Python operators.
-        lib = self._lib_dir(paths)
-        if lib.exists():
-            shutil.rmtree(lib)
-        lib.mkdir(parents=True)
+        # The Prometheus reporter joins them (a reporter is loaded at process start).
+        from infra.jars import ensure_jars
+
         home = pyflink_home()
-        for jar in [*(home / "lib").glob("*.jar"), *(home / "opt").glob("flink-python*.jar")]:
-            (lib / jar.name).symlink_to(jar)
+        _link_jars(self._lib_dir(paths), [
+            *(home / "lib").glob("*.jar"), *(home / "opt").glob("flink-python*.jar"),
+            *ensure_jars("metrics", paths, quiet=True).glob("*.jar")])
 
     @staticmethod
     def _lib_dir(paths: StackPaths) -> Path:

@@ -169,6 +169,7 @@ def test_scripted_scenario_lands_on_the_right_tier_topics(trigger_cfg, tmp_path)
             (zed.encode(), _click(codec, f"{zed}-1", zed, "PAGE_VIEW", t0 + 45 * MIN))])
         readers.wait_until(lambda seen: len(seen) >= 4, 120, "four triggers")
         readers.drain(6)  # exactly-once: anything extra would show within a checkpoint or two
+        exported = prometheus_lines(job_id)
     finally:
         cancel(cfg, job_id)
         readers.close()
@@ -188,6 +189,13 @@ def test_scripted_scenario_lands_on_the_right_tier_topics(trigger_cfg, tmp_path)
     assert flash_trigger["payload"] == {"product_id": "toy-7"}
     assert flash_trigger["explanation"]["definition_versions"][flash] == 1
     assert flash_trigger["cause_event_id"] == f"{cal}-1"
+
+    # the Prometheus reporter of the session cluster exports the engine's trigger metrics
+    by_tier = {line.split('tier="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+               for line in exported if "_tier_triggers{" in line}
+    assert by_tier.get("P0") == 1.0 and by_tier.get("P1") == 2.0 and by_tier.get("P2") == 1.0
+    assert any("_reason_triggers_suppressed{" in line and 'reason="NO_CONSENT"' in line
+               for line in exported)
 
     decisions = sorted((r["user_id"], r["campaign_id"], r["outcome"], r["reason_code"])
                        for _, name, r in readers.decisions.records if name == "TriggerDecision")
@@ -246,6 +254,25 @@ def test_killing_the_taskmanager_loses_and_duplicates_no_trigger(trigger_cfg, lo
     assert sorted(r["user_id"] for _, _, r in triggers) == sorted(users)
     assert {(tier, r["campaign_id"]) for tier, _, r in triggers} == {("P1", "high-value-cart-sms")}
     assert failovers, "the job never failed over: the kill did not hit it"
+
+
+def prometheus_lines(job_id):
+    """The metric lines of one job, scraped from every Flink process's Prometheus endpoint."""
+    import urllib.error
+    import urllib.request
+
+    from infra.servers.flink import PROMETHEUS_PORTS
+
+    first, last = (int(p) for p in PROMETHEUS_PORTS.split("-"))
+    lines = []
+    for port in range(first, last + 1):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
+                text = resp.read().decode()
+        except (urllib.error.URLError, OSError):
+            continue
+        lines += [line for line in text.splitlines() if f'job_id="{job_id}"' in line]
+    return lines
 
 
 def _exception_history(cfg, job_id):
