@@ -3,8 +3,9 @@
 - clicks arrived: new records on the clicks topic since the summary started;
 - consumed: how far the job's consumer group has committed (it commits on checkpoints, so this
   trails by up to one checkpoint interval) and the lag behind the topic's end;
-- segment changes / dead letters: new records on the segment-changes and dead-letter topics
-  (with exactly-once delivery these offsets include transaction markers, so they run high).
+- segment changes / triggers / dead letters: new records on the segment-changes topic, the four
+  trigger topics and the dead-letter topic (with exactly-once delivery these offsets include
+  transaction markers, so they run high).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 from jobs.config import NudgeflowConfig
 
+TIERS = ("P0", "P1", "P2", "P3")
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -25,6 +28,7 @@ class Snapshot:
     clicks_committed: int
     outputs_end: int
     dead_letters_end: int
+    triggers_end: int = 0
 
 
 class OffsetMonitor:
@@ -57,6 +61,7 @@ class OffsetMonitor:
             clicks_committed=clicks_committed,
             outputs_end=self._end(self.cfg.segment_changes_topic),
             dead_letters_end=self._end(self.cfg.dead_letter_topic),
+            triggers_end=sum(self._end(self.cfg.trigger_topic(t)) for t in TIERS),
         )
 
     def close(self) -> None:
@@ -73,9 +78,11 @@ def format_line(start: Snapshot, now: Snapshot, elapsed_s: float) -> str:
     lag = max(0, now.clicks_end - max(now.clicks_committed, start.clicks_committed))
     out = now.outputs_end - start.outputs_end
     dead = now.dead_letters_end - start.dead_letters_end
+    triggers = now.triggers_end - start.triggers_end
     return (
         f"[{elapsed_s:6.0f} s] clicks arrived +{arrived:,}  consumed (committed) +{consumed:,}"
-        f"  lag {lag:,}  | segment changes +{out:,}  dead letters +{dead:,}"
+        f"  lag {lag:,}  | segment changes +{out:,}  triggers +{triggers:,}"
+        f"  dead letters +{dead:,}"
     )
 
 
