@@ -535,17 +535,29 @@ def _known_zone(name: Any) -> bool:
 # --- parsing entry points ----------------------------------------------------------------------
 
 
+def _compile(document: Any, file: str, build: str,
+             update: Mapping[str, Any] | None = None) -> Any:
+    """Validate and compile one document with ``_CampaignCompiler.<build>``.
+
+    Raises:
+        InvalidDefinitions: At least one error; ``.errors`` has them all.
+    """
+    compiler = _CampaignCompiler(file)
+    definition = getattr(compiler, build)(document, "", file)
+    if definition is not None and update is not None:
+        seg.check_identity(compiler, definition, update)
+    if compiler.errors or definition is None:
+        raise InvalidDefinitions(compiler.errors or [DefinitionError(file, "", "invalid")])
+    return definition
+
+
 def parse_campaign(document: Any, file: str = "<document>") -> Campaign:
     """Validate and compile one campaign document.
 
     Raises:
         InvalidDefinitions: At least one error; ``.errors`` has them all.
     """
-    compiler = _CampaignCompiler(file)
-    campaign = compiler.campaign_document(document, "", file)
-    if compiler.errors or campaign is None:
-        raise InvalidDefinitions(compiler.errors or [DefinitionError(file, "", "invalid")])
-    return campaign
+    return _compile(document, file, "campaign_document")
 
 
 def parse_policy(document: Any, file: str = "<document>") -> PriorityPolicy:
@@ -554,11 +566,7 @@ def parse_policy(document: Any, file: str = "<document>") -> PriorityPolicy:
     Raises:
         InvalidDefinitions: At least one error; ``.errors`` has them all.
     """
-    compiler = _CampaignCompiler(file)
-    policy = compiler.policy_document(document, "", file)
-    if compiler.errors or policy is None:
-        raise InvalidDefinitions(compiler.errors or [DefinitionError(file, "", "invalid")])
-    return policy
+    return _compile(document, file, "policy_document")
 
 
 def campaign_to_update(campaign: Campaign, published_at_ms: int,
@@ -575,13 +583,7 @@ def policy_to_update(policy: PriorityPolicy, published_at_ms: int,
 
 def _from_update(update: Mapping[str, Any], kind: str, build: str) -> Any:
     file, document = seg.update_document(update, kind)
-    compiler = _CampaignCompiler(file)
-    definition = getattr(compiler, build)(document, "", file)
-    if definition is not None:
-        seg.check_identity(compiler, definition, update)
-    if compiler.errors or definition is None:
-        raise InvalidDefinitions(compiler.errors or [DefinitionError(file, "", "invalid")])
-    return definition
+    return _compile(document, file, build, update)
 
 
 def update_to_campaign(update: Mapping[str, Any]) -> Campaign:
@@ -609,11 +611,6 @@ class CampaignRegistry(seg.SegmentRegistry):
     noun = "campaign"
 
     @staticmethod
-    def _to_update(definition: Any, published_at_ms: int,
-                   published_by: str | None) -> dict[str, Any]:
-        return campaign_to_update(definition, published_at_ms, published_by)
-
-    @staticmethod
     def _from_update(update: Mapping[str, Any]) -> Any:
         return update_to_campaign(update)
 
@@ -623,11 +620,6 @@ class PolicyRegistry(seg.SegmentRegistry):
 
     kind = POLICY_KIND
     noun = "priority policy"
-
-    @staticmethod
-    def _to_update(definition: Any, published_at_ms: int,
-                   published_by: str | None) -> dict[str, Any]:
-        return policy_to_update(definition, published_at_ms, published_by)
 
     @staticmethod
     def _from_update(update: Mapping[str, Any]) -> Any:

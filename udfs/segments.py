@@ -1716,16 +1716,15 @@ class SegmentRegistry:
     what to store in broadcast state; ``from_updates`` rebuilds from it.
 
     Subclasses hold other kinds of definition (``udfs.campaigns``): they set ``kind`` and
-    ``noun`` and override ``_to_update`` and ``_from_update``.
+    ``noun`` and override ``_from_update``.
     """
 
     kind = SEGMENT_KIND
     noun = "segment"
 
-    @staticmethod
-    def _to_update(definition: Any, published_at_ms: int,
+    def _to_update(self, definition: Any, published_at_ms: int,
                    published_by: str | None) -> dict[str, Any]:
-        return segment_to_update(definition, published_at_ms, published_by)
+        return definition_to_update(definition, self.kind, published_at_ms, published_by)
 
     @staticmethod
     def _from_update(update: Mapping[str, Any]) -> Any:

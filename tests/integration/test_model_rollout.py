@@ -4,17 +4,14 @@ the changes after the restart carry the new model version."""
 
 import hashlib
 import json
-import re
-import subprocess
-import sys
 import time
 
 import pytest
 
 from infra import deploy
-from jobs.config import as_flags
 from models import CHURN_ONNX
 from schemas.codec import Codec
+from tests.integration import flink_jobs
 from tests.integration.kafka_io import TopicReader, produce_raw
 from udfs.churn import META_VERSION_KEY, ChurnModel
 
@@ -41,14 +38,8 @@ def _new_model_version(directory, version):
 
 
 def _submit(cfg, *extra):
-    cmd = [sys.executable, "-m", "jobs.cli", "run", "--no-watch", *as_flags(cfg),
-           "--checkpoint-interval-ms", "1000",
-           "--idleness-ms", "500", "--starting-offsets", "earliest", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    job_id = re.search(r"job ([0-9a-f]{32}) submitted", proc.stdout).group(1)
-    deploy.wait_for_state(cfg.flink_rest_url, job_id, {"RUNNING"}, 120)
-    return job_id
+    return flink_jobs.submit(cfg, "--checkpoint-interval-ms", "1000", "--idleness-ms", "500",
+                             *extra)
 
 
 def test_new_model_by_savepoint_keeps_state(isolated_cfg, tmp_path):

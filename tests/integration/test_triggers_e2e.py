@@ -7,10 +7,7 @@
 """
 
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -22,8 +19,9 @@ import yaml
 from infra import deploy, stack
 from infra.servers.flink import FlinkTaskManager
 from jobs import defs
-from jobs.config import ISOLATION_FIELDS, as_flags, replace
+from jobs.config import ISOLATION_FIELDS, replace
 from schemas.codec import Codec
+from tests.integration import flink_jobs
 from tests.integration.kafka_io import TopicReader, produce_raw
 
 pytestmark = pytest.mark.integration
@@ -59,21 +57,10 @@ def _metadata(codec, user, tz, t, **opt_ins):
         "updated_at": t - 86_400_000})
 
 
-def submit(cfg, *extra):
+def submit(cfg):
     fields = (*ISOLATION_FIELDS, "churn_model", "idleness_ms", "max_out_of_orderness_ms",
               "checkpoint_interval_ms", "parallelism", "delivery_guarantee")
-    cmd = [sys.executable, "-m", "jobs.cli", "run", "--no-watch", *as_flags(cfg, fields),
-           "--starting-offsets", "earliest", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    job_id = re.search(r"job ([0-9a-f]{32}) submitted", proc.stdout).group(1)
-    deploy.wait_for_state(cfg.flink_rest_url, job_id, {"RUNNING"}, 120)
-    return job_id
-
-
-def cancel(cfg, job_id):
-    if deploy.job_state(cfg.flink_rest_url, job_id) not in {"FAILED", "FINISHED", "CANCELED"}:
-        deploy.cancel(cfg.flink_rest_url, job_id)
+    return flink_jobs.submit(cfg, fields=fields)
 
 
 class TierReaders:
@@ -171,7 +158,7 @@ def test_scripted_scenario_lands_on_the_right_tier_topics(trigger_cfg, tmp_path)
         readers.drain(6)  # exactly-once: anything extra would show within a checkpoint or two
         exported = prometheus_lines(job_id)
     finally:
-        cancel(cfg, job_id)
+        flink_jobs.cancel(cfg, job_id)
         readers.close()
 
     got = sorted((tier, r["user_id"], r["campaign_id"], r["channel"])
@@ -245,7 +232,7 @@ def test_killing_the_taskmanager_loses_and_duplicates_no_trigger(trigger_cfg, lo
         readers.drain(6)
         failovers = _exception_history(cfg, job_id)
     finally:
-        cancel(cfg, job_id)
+        flink_jobs.cancel(cfg, job_id)
         readers.close()
 
     triggers = readers.triggers()

@@ -1,0 +1,25 @@
+"""Submitting the job to the stack's Flink cluster from integration tests."""
+
+import re
+import subprocess
+import sys
+
+from infra import deploy
+from jobs.config import ISOLATION_FIELDS, as_flags
+
+
+def submit(cfg, *extra, fields=ISOLATION_FIELDS):
+    """``nudgeflow run --no-watch`` with ``cfg``'s ``fields`` as flags; the running job's id."""
+    cmd = [sys.executable, "-m", "jobs.cli", "run", "--no-watch", *as_flags(cfg, fields),
+           "--starting-offsets", "earliest", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    job_id = re.search(r"job ([0-9a-f]{32}) submitted", proc.stdout).group(1)
+    deploy.wait_for_state(cfg.flink_rest_url, job_id, {"RUNNING"}, 120)
+    return job_id
+
+
+def cancel(cfg, job_id):
+    """Cancel the job unless it already ended."""
+    if deploy.job_state(cfg.flink_rest_url, job_id) not in {"FAILED", "FINISHED", "CANCELED"}:
+        deploy.cancel(cfg.flink_rest_url, job_id)
