@@ -53,8 +53,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-def measure(rate: int, seconds: int, guarantee: str, checkpoint_ms: int) -> dict[str, float]:
-    """Latency figures (ms) of the triggers caused during the run."""
+def measure(rate: int, seconds: int, guarantee: str, checkpoint_ms: int,
+            job_flags: tuple[str, ...] = ()) -> dict[str, float]:
+    """Latency figures (ms) of the triggers caused during the run.
+
+    ``job_flags`` are more ``jobs.job`` flags (e.g. ``--bundle-time-ms 5``).
+    """
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     tag = f"bench-{uuid.uuid4().hex[:6]}"
@@ -78,7 +82,7 @@ def measure(rate: int, seconds: int, guarantee: str, checkpoint_ms: int) -> dict
     job = subprocess.Popen(
         [sys.executable, "-m", "jobs.job", "--local", "--starting-offsets", "earliest",
          "--delivery-guarantee", guarantee, "--checkpoint-interval-ms", str(checkpoint_ms),
-         *as_flags(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         *as_flags(cfg), *job_flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
          env=local_run_env(StackPaths.from_env()))
     topic = cfg.trigger_topic("P1")
     consumer = KafkaConsumer(**cfg.python_client_kwargs(), group_id=None,
@@ -154,11 +158,18 @@ def main() -> None:
     parser.add_argument("--delivery-guarantee", default="exactly-once",
                         choices=["at-least-once", "exactly-once"])
     parser.add_argument("--checkpoint-interval-ms", type=int, default=1000)
+    parser.add_argument("--bundle-time-ms", type=int, default=100,
+                        help="python.fn-execution.bundle.time of the job")
+    parser.add_argument("--buffer-timeout-ms", type=int, default=100,
+                        help="execution.buffer-timeout of the job")
     args = parser.parse_args()
     figures = measure(args.rate, args.seconds, args.delivery_guarantee,
-                      args.checkpoint_interval_ms)
+                      args.checkpoint_interval_ms,
+                      ("--bundle-time-ms", str(args.bundle_time_ms),
+                       "--buffer-timeout-ms", str(args.buffer_timeout_ms)))
     print(f"ingest -> trigger visible ({args.delivery_guarantee}, checkpoints every "
-          f"{args.checkpoint_interval_ms} ms, {args.rate} clicks/s for {args.seconds} s): "
+          f"{args.checkpoint_interval_ms} ms, bundle time {args.bundle_time_ms} ms, buffer "
+          f"timeout {args.buffer_timeout_ms} ms, {args.rate} clicks/s for {args.seconds} s): "
           f"{figures['triggers']:.0f} triggers, p50 {figures['p50']:.0f} ms, "
           f"p95 {figures['p95']:.0f} ms, p99 {figures['p99']:.0f} ms, "
           f"max {figures['max']:.0f} ms")
