@@ -21,10 +21,24 @@ from infra import provision
 from infra.paths import StackPaths
 from infra.servers.flink import local_run_env
 from jobs import generate
-from jobs.config import ISOLATION_FIELDS, as_flags, load_config, replace
+from jobs.config import ISOLATION_FIELDS, NudgeflowConfig, as_flags, load_config, replace
 from jobs.workload import WorkloadSpec
 
 _TOPIC_FIELDS = tuple(f for f in ISOLATION_FIELDS if f.endswith("_topic"))
+
+
+def fresh_config() -> tuple[str, NudgeflowConfig]:
+    """A run tag and a configuration of the run's own (topics provisioned).
+
+    Its topics, consumer group, transactional ids and Redis keys are this run's alone, so runs
+    never read each other's records.
+    """
+    tag = f"bench-{uuid.uuid4().hex[:6]}"
+    cfg = replace(load_config(env={}), consumer_group=tag, transactional_id_prefix=tag,
+                  redis_key_prefix=tag, trigger_topic_prefix=f"{tag}-triggers-",
+                  **{f: f"{tag}-{f.removesuffix('_topic')}" for f in _TOPIC_FIELDS})
+    provision.provision_topics(cfg, say=lambda _: None)
+    return tag, cfg
 
 
 def measure(events: int, users: int, parallelism: int, guarantee: str, churn: str,
@@ -32,11 +46,7 @@ def measure(events: int, users: int, parallelism: int, guarantee: str, churn: st
     """Events/s of the job draining ``events`` generated clicks of ``users`` users."""
     from kafka import KafkaAdminClient
 
-    tag = f"bench-{uuid.uuid4().hex[:6]}"
-    cfg = replace(load_config(env={}), consumer_group=tag, transactional_id_prefix=tag,
-                  redis_key_prefix=tag,
-                  **{f: f"{tag}-{f.removesuffix('_topic')}" for f in _TOPIC_FIELDS})
-    provision.provision_topics(cfg, say=lambda _: None)
+    tag, cfg = fresh_config()
     spec = WorkloadSpec(users=users, events=events, seed=3)
     spec = dataclasses.replace(spec, start_ms=generate.recent_start_ms(spec))
     generate.produce(spec, cfg.kafka_bootstrap, clicks_topic=cfg.clicks_topic,

@@ -17,27 +17,30 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from infra import provision
 from infra.paths import StackPaths
 from infra.servers.flink import local_run_env
-from jobs.config import ISOLATION_FIELDS, as_flags, load_config, replace
+from jobs.bench_engine import fresh_config
+from jobs.config import as_flags
 from schemas.codec import Codec
 
-_TOPIC_FIELDS = tuple(f for f in ISOLATION_FIELDS if f.endswith("_topic"))
-_ZONES = ("UTC", "Europe/Berlin", "Asia/Kolkata", "Asia/Tokyo", "America/Los_Angeles",
-          "America/New_York", "Pacific/Honolulu", "Australia/Sydney")
+_ZONES = ("UTC", "Europe/Berlin", "Asia/Kolkata", "Asia/Tokyo", "Australia/Sydney",
+          "America/Los_Angeles", "America/New_York", "America/Sao_Paulo", "Pacific/Honolulu")
 
 
-def daytime_zone(now_ms: int) -> str:
-    """A time zone where ``now_ms`` is within 10:00-18:00 (outside quiet hours)."""
+def daytime_zone(*instants_ms: int) -> str:
+    """A time zone in which every instant is between 10:00 and 18:00 local (no quiet hours).
+
+    Raises:
+        ValueError: no zone of the list fits all the instants.
+    """
     for name in _ZONES:
-        if 10 <= datetime.fromtimestamp(now_ms / 1000, tz=ZoneInfo(name)).hour < 18:
+        zone = ZoneInfo(name)
+        if all(10 <= datetime.fromtimestamp(t / 1000, tz=zone).hour < 18 for t in instants_ms):
             return name
-    return "UTC"
+    raise ValueError(f"no daytime zone for the instants {instants_ms}")
 
 
 def _click(codec: Codec, event_id: str, user: str, event_type: str, t: int,
@@ -61,11 +64,7 @@ def measure(rate: int, seconds: int, guarantee: str, checkpoint_ms: int,
     """
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    tag = f"bench-{uuid.uuid4().hex[:6]}"
-    cfg = replace(load_config(env={}), consumer_group=tag, transactional_id_prefix=tag,
-                  redis_key_prefix=tag, trigger_topic_prefix=f"{tag}-triggers-",
-                  **{f: f"{tag}-{f.removesuffix('_topic')}" for f in _TOPIC_FIELDS})
-    provision.provision_topics(cfg, say=lambda _: None)
+    tag, cfg = fresh_config()
     codec = Codec.load()
     now = int(time.time() * 1000)
     zone = daytime_zone(now)

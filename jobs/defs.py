@@ -123,10 +123,11 @@ def delete(cfg: NudgeflowConfig, definition_id: str, published_by: str | None,
     """
     codec = Codec.load()
     current = published_updates(cfg, codec).get(definition_id)
+    catalog = campaigns.load_catalog()
     shipped = {d.id: (d.version, kind) for kind, group in (
-        (segments.SEGMENT_KIND, segments.load_catalog()),
-        (campaigns.CAMPAIGN_KIND, campaigns.load_catalog().campaigns),
-        (campaigns.POLICY_KIND, campaigns.load_catalog().policies)) for d in group}
+        (segments.SEGMENT_KIND, catalog.segments),
+        (campaigns.CAMPAIGN_KIND, catalog.campaigns),
+        (campaigns.POLICY_KIND, catalog.policies)) for d in group}
     if current is None and definition_id not in shipped:
         raise PublishError(f"{definition_id}: no such definition on {cfg.definitions_topic} or "
                            "in the shipped catalog; `nudgeflow defs list` shows what exists")

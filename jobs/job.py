@@ -266,12 +266,10 @@ def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
     from udfs import campaigns, segments
 
     if cfg.campaigns_dir == "none":
-        directory = cfg.segments_dir or segments.CATALOG_DIR
-        return [segments.segment_to_update(segment, 0, "file")
-                for segment in segments.load_catalog(directory)]
-    files = campaigns.catalog_files(cfg.segments_dir, cfg.campaigns_dir)
-    everything = campaigns.load_files(files, check_references=False)
-    return everything.updates(0, "file")
+        files = [Path(cfg.segments_dir) if cfg.segments_dir else segments.CATALOG_DIR]
+    else:
+        files = campaigns.catalog_files(cfg.segments_dir, cfg.campaigns_dir)
+    return campaigns.load_files(files, check_references=False).updates(0, "file")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,10 +22,12 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from udfs.campaigns import Campaign, Cap, PriorityPolicy
+from udfs.campaigns import _PLACEHOLDER_RE, Campaign, Cap, PriorityPolicy
+from udfs.view import RecentEvent
 
 #: how long sends and decided trigger ids are remembered (weekly caps need 7 local days)
 HISTORY_MS = 8 * 86_400_000
@@ -313,6 +315,17 @@ class StepFacts:
     view: Any
     metadata: Mapping[str, Any] | None
 
+    @cached_property
+    def recent(self) -> RecentEvent | None:
+        """The click as event filters read it (built once per step, not per campaign)."""
+        event = self.event
+        if event is None:
+            return None
+        return RecentEvent(event["event_id"], event["event_type"], event["event_time"],
+                           event.get("source") or "UNKNOWN", event.get("product_id"),
+                           event.get("category"), event.get("price"), event.get("quantity"),
+                           event.get("currency"))
+
 
 def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
                     previous_churn: float | None) -> list[Candidate]:
@@ -343,13 +356,13 @@ def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
                     "event_id"):
                 ingest = facts.event.get("ingest_time")
         elif trig.event is not None:
-            event = facts.event
-            if event is None or not trig.event.matches(_recent(event)):
+            event, recent = facts.event, facts.recent
+            if event is None or recent is None or not trig.event.matches(recent):
                 continue
             cause = cause_event_id = event["event_id"]
             cause_time = event["event_time"]
             ingest = event.get("ingest_time")
-            value = _recent(event).value
+            value = recent.value
             if value is not None:
                 features["event.value"] = float(value)
         else:
@@ -377,18 +390,7 @@ def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
     return found
 
 
-def _recent(event: Mapping[str, Any]) -> Any:
-    from udfs.view import RecentEvent
-
-    return RecentEvent(event["event_id"], event["event_type"], event["event_time"],
-                       event.get("source") or "UNKNOWN", event.get("product_id"),
-                       event.get("category"), event.get("price"), event.get("quantity"),
-                       event.get("currency"))
-
-
 def _fill_payload(campaign: Campaign, facts: StepFacts) -> tuple[dict[str, str], list[str]]:
-    from udfs.campaigns import _PLACEHOLDER_RE
-
     missing: list[str] = []
 
     def lookup(source: str, name: str) -> Any:
@@ -442,6 +444,7 @@ class Outcome:
     triggers: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
+    state_changed: bool = False  # whether the CampaignState must be stored again
 
 
 @dataclass
@@ -567,16 +570,16 @@ def decide(state: CampaignState, fresh: list[Candidate], user: UserFacts, defs: 
     later = [c for c in contenders if c.send_at > now_ms]
     winner = now_sendable[0] if now_sendable else None
     rivals: list[tuple[_Contender, str]] = []
-    assert defs.policy is not None or not contenders  # _qualify suppresses without a policy
     if winner is not None:
-        zone = zone_of(user.metadata, defs.policy) if defs.policy else None
+        policy = defs.policy
+        assert policy is not None  # without a policy _qualify suppresses every candidate
+        zone = zone_of(user.metadata, policy)
         _record_send(state, winner, now_ms)
         for loser in now_sendable[1:]:
-            assert defs.policy is not None and zone is not None
             send_at, reasons = earliest_send(loser.campaign, loser.channel, loser.priority.tier,
-                                             now_ms, state, defs.policy, zone)
+                                             now_ms, state, policy, zone)
             loser.send_at = send_at
-            loser.reasons = [LOST_ARBITRATION, *(r for r in reasons if r != LOST_ARBITRATION)]
+            loser.reasons = [LOST_ARBITRATION, *reasons]
             outcome = _defer_or_suppress(
                 state, loser, user.user_id, now_ms, emit_time_ms, out,
                 f"lost to {winner.campaign.id} (score {winner.priority.score:.3f} > "
@@ -598,11 +601,18 @@ def on_step(state: CampaignState, facts: StepFacts, user: UserFacts, defs: Defin
     """
     campaigns = defs.campaigns.values()
     fresh = find_candidates(campaigns, facts, state.churn_score)
+    changed = False
     if churn_band(facts.churn_score, campaigns) != churn_band(state.churn_score, campaigns):
         # kept only when it moves across a threshold: the state is not rewritten per event,
         # and a crossing is still seen (the kept score is on the same side of every threshold)
         state.churn_score = facts.churn_score
-    return decide(state, fresh, user, defs, facts.now_ms, emit_time_ms)
+        changed = True
+    due = state.next_due_ms()
+    if not fresh and (due is None or due > facts.now_ms):
+        return Outcome(state_changed=changed)  # the common step: nothing to decide
+    out = decide(state, fresh, user, defs, facts.now_ms, emit_time_ms)
+    out.state_changed = True
+    return out
 
 
 def churn_band(score: float | None, campaigns: Iterable[Campaign]) -> int:

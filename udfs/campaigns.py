@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -787,6 +788,7 @@ class Registries:
         self.segments = seg.SegmentRegistry()
         self.campaigns = CampaignRegistry()
         self.policies = PolicyRegistry()
+        self._derived: tuple[bool, Mapping[str, int]] | None = None
 
     @classmethod
     def from_updates(cls, updates: Iterable[Mapping[str, Any]]) -> Registries:
@@ -800,7 +802,10 @@ class Registries:
         """Apply one update to the registry of its kind (see ``SegmentRegistry.apply``)."""
         registry = {seg.SEGMENT_KIND: self.segments, CAMPAIGN_KIND: self.campaigns,
                     POLICY_KIND: self.policies}.get(str(update.get("kind")), self.segments)
-        return registry.apply(update)
+        change = registry.apply(update)
+        if change.changed:
+            self._derived = None
+        return change
 
     def updates(self) -> list[dict[str, Any]]:
         """Every accepted update (tombstones included), by kind then id."""
@@ -812,4 +817,17 @@ class Registries:
 
     def uses_churn(self) -> bool:
         """Whether a campaign fires on a churn-score crossing (its state is then read per step)."""
-        return any(c.trigger.churn_crosses is not None for c in self.campaign_map().values())
+        return self._derive()[0]
+
+    def segment_versions(self) -> Mapping[str, int]:
+        """The version of every segment in force, by id."""
+        return self._derive()[1]
+
+    def _derive(self) -> tuple[bool, Mapping[str, int]]:
+        # read per engine step, changed only by a definition update: computed once per change
+        if self._derived is None:
+            self._derived = (
+                any(c.trigger.churn_crosses is not None for c in self.campaign_map().values()),
+                MappingProxyType({s.id: s.version for s in self.segments.segments()}),
+            )
+        return self._derived

@@ -491,19 +491,17 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             return
         raw = self.campaign_state.value()
         cstate = arbitration.decode_state(bytes(raw) if raw else None)
-        defs = arbitration.Definitions(
-            campaigns, registries.policies.policy(),
-            {s.id: s.version for s in registries.segments.segments()}, self._audience_sizes())
+        defs = arbitration.Definitions(campaigns, registries.policies.policy(),
+                                       registries.segment_versions(), self._audience_sizes())
         user = arbitration.UserFacts(user_id, state.metadata, state.membership,
                                      state.churn_score, state.model_version)
         emit_time = int(time.time() * 1000)
         outcome = arbitration.on_step(cstate, facts, user, defs, emit_time)
-        encoded = arbitration.encode_state(cstate)
-        if cstate.is_empty():
-            if raw:
+        if outcome.state_changed:  # most steps change nothing: no encoding, no state write
+            if not cstate.is_empty():
+                self.campaign_state.update(arbitration.encode_state(cstate))
+            elif raw:
                 self.campaign_state.clear()
-        elif raw is None or bytes(raw) != encoded:
-            self.campaign_state.update(encoded)
         due = cstate.next_due_ms()
         if due is not None:
             ctx.timer_service().register_event_time_timer(due)

@@ -19,6 +19,7 @@ import yaml
 from infra import deploy, stack
 from infra.servers.flink import FlinkTaskManager
 from jobs import defs
+from jobs.bench_triggers import daytime_zone
 from jobs.config import ISOLATION_FIELDS, replace
 from schemas.codec import Codec
 from tests.integration import flink_jobs
@@ -29,19 +30,6 @@ pytestmark = pytest.mark.integration
 MIN = 60_000
 TIERS = ("P0", "P1", "P2", "P3")
 CART = {"product_id": "p1", "price": 150.0, "quantity": 1, "currency": "USD"}
-ZONES = ("UTC", "Europe/Berlin", "Asia/Kolkata", "Asia/Tokyo", "Australia/Sydney",
-         "America/Los_Angeles", "America/New_York", "America/Sao_Paulo", "Pacific/Honolulu")
-
-
-def daytime_zone(*instants_ms):
-    """A time zone in which every instant is between 10:00 and 18:00 local (no quiet hours)."""
-    for name in ZONES:
-        zone = ZoneInfo(name)
-        if all(10 <= datetime.fromtimestamp(t / 1000, tz=zone).hour < 18 for t in instants_ms):
-            return name
-    raise AssertionError("no daytime zone for these instants")
-
-
 def _click(codec, event_id, user, event_type, t, **extra):
     return codec.encode("ClickEvent", {
         "event_id": event_id, "user_id": user, "event_type": event_type, "event_time": t,

@@ -1,6 +1,6 @@
 """Campaign triggers: matrix, arbitration, caps, quiet hours (time zones, DST), dedup."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -509,4 +509,15 @@ def test_the_trigger_event_explains_itself_and_encodes():
                                                  "churn_score"}
     codec = Codec.load()
     assert codec.decode(codec.encode("TriggerEvent", t))["trigger_id"] == t["trigger_id"]
-    assert datetime.fromtimestamp(t["emit_time"] / 1000, tz=UTC).year == 2026
+    assert t["emit_time"] == NOON_UTC + 9 and t["cause_event_time"] == NOON_UTC
+
+
+def test_a_step_with_nothing_to_decide_leaves_the_state_untouched():
+    c = campaign("c", trigger={"churn_score": {"crosses_above": 0.6}})
+    state = arb.CampaignState(churn_score=0.3)
+    before = arb.encode_state(state)
+    quiet = arb.on_step(state, facts(EVENT, churn=0.35), user(), defs(c), 1)
+    assert not quiet.state_changed and arb.encode_state(state) == before
+    crossed = arb.on_step(state, facts({**EVENT, "event_id": "e11"}, churn=0.7), user(),
+                          defs(c), 1)
+    assert crossed.state_changed

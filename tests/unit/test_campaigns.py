@@ -143,3 +143,17 @@ def test_errors_carry_line_numbers(tmp_path):
     _, errors = camp.validate_files([tmp_path], known_segments=["x"])
     [error] = errors
     assert error.line == 8 and "urgency" in str(error)
+
+
+def test_what_the_engine_reads_per_step_follows_every_definition_change():
+    catalog = camp.load_catalog()
+    registries = camp.Registries.from_updates(catalog.updates())
+    assert registries.uses_churn()
+    assert registries.segment_versions()["cart-abandoners"] == 1
+    churn = next(c for c in catalog.campaigns if c.trigger.churn_crosses is not None)
+    registries.apply(seg.delete_update(churn.id, churn.version + 1, 0, kind=camp.CAMPAIGN_KIND))
+    assert not registries.uses_churn()
+    cart = next(s for s in catalog.segments if s.id == "cart-abandoners")
+    registries.apply(seg.segment_to_update(
+        seg.parse_segment({**cart.document, "version": 2}), 0))
+    assert registries.segment_versions()["cart-abandoners"] == 2
