@@ -179,7 +179,9 @@ def _wait_ready(
     server = starting.server
     deadline = starting.started_at + server.start_timeout_s
     last_error = "no probe yet"
-    while time.monotonic() < deadline:
+    # probe at least once: servers are awaited one after another, so a quick server's deadline
+    # may have passed while a slow one was awaited, though it has long been ready
+    while True:
         # a child we started that exited stays a zombie (same /proc start time) until reaped,
         # so ask the Popen first; poll() also reaps it
         exited = starting.process is not None and starting.process.poll() is not None
@@ -192,6 +194,8 @@ def _wait_ready(
             server.probe(paths)
         except NotReady as exc:
             last_error = str(exc)
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.5)
             continue
         elapsed = time.monotonic() - starting.started_at

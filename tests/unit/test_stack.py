@@ -325,6 +325,21 @@ def test_probe_that_never_passes_times_out(
     assert started[0].poll() is None  # left running for inspection; teardown kills it
 
 
+def test_server_awaited_after_its_deadline_is_still_probed(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    # servers are awaited in turn: while a slow one is awaited, a quick one's timeout may pass
+    import time
+
+    def slow(_: StackPaths) -> None:
+        time.sleep(1.2)
+
+    waiting = FakeServer(name="slow", probe=slow, start_timeout_s=10)
+    quick = FakeServer(name="quick", start_timeout_s=0.5)
+    timings = stack.up(paths, [waiting, quick], say=lambda _: None)
+    assert timings["quick"] > quick.start_timeout_s
+
+
 # --- select / format_status ---------------------------------------------------------------------
 
 
