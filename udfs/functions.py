@@ -42,6 +42,7 @@ from udfs.descriptors import (
     user_features_state,
     user_metadata_state,
 )
+from udfs.metrics import BufferedCounter, SampledDistribution
 from udfs.segments import ChangeOutcome, SegmentRegistry, format_errors
 
 #: the live segment sizes (audience factor) are re-read from the store at most this often
@@ -59,8 +60,8 @@ class DecodeClicksFunction(ProcessFunction):
         """Load the schemas once per operator instance; register counters."""
         self.codec = Codec.load()
         metrics = runtime_context.get_metrics_group()
-        self.events_in = metrics.counter("events_in")
-        self.events_valid = metrics.counter("events_valid")
+        self.events_in = BufferedCounter(metrics.counter("events_in"))
+        self.events_valid = BufferedCounter(metrics.counter("events_valid"))
         self.dead_lettered = LabelledCounters(metrics, "reason", "events_dead_lettered")
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
@@ -220,9 +221,9 @@ class MeasuredScorer:
     def __init__(self, model: Any, metrics: Any) -> None:
         self.model = model
         self.version = model.version
-        self.scores = metrics.counter("churn_scores")
-        self.score_permille = metrics.distribution("churn_score_permille")
-        self.score_us = metrics.distribution("churn_scoring_us")
+        self.scores = BufferedCounter(metrics.counter("churn_scores"))
+        self.score_permille = SampledDistribution(metrics.distribution("churn_score_permille"))
+        self.score_us = SampledDistribution(metrics.distribution("churn_scoring_us"))
 
     def score(self, vector: list[float]) -> float:
         """Score one vector and record it."""
@@ -275,13 +276,13 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.trigger_latency = metrics.distribution("trigger_latency_ms")
         self.audience_sizes: dict[str, int] = {}
         self.audience_read_at = 0.0
-        self.events = metrics.counter("engine_events")
+        self.events = BufferedCounter(metrics.counter("engine_events"))
         self.duplicates = metrics.counter("events_duplicate")
         self.late = metrics.counter("events_late")
         self.changes = LabelledCounters(metrics, "segment", "segment_changes")
         self.enters = metrics.counter("segment_enters")
         self.exits = metrics.counter("segment_exits")
-        self.state_bytes = metrics.distribution("user_state_bytes")
+        self.state_bytes = SampledDistribution(metrics.distribution("user_state_bytes"))
         self.store_retries = metrics.counter("store_retries")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.registries: Registries | None = None
@@ -462,8 +463,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         yield from self._emit(step)
 
     def _emit(self, step: engine.Step) -> Iterator[Row]:
+        # durable before they are emitted (and so checkpointed); a step's changes together
+        self.writer.write_many(step.changes)
         for change in step.changes:
-            self.writer.write(change)  # durable before it is emitted (and so checkpointed)
             (self.enters if change["change"] == "ENTER" else self.exits).inc()
             self.changes.inc(f"{change['segment_id']}.{change['change']}")
             record = {**change, "emitted_at": change["event_time"]}

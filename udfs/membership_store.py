@@ -12,7 +12,7 @@ Inputs: SegmentChange dicts (ENTER/EXIT). Writes per change:
   latest score, model version and event time.
 
 Every write is keyed by the change's identity, so replaying a change after a restart writes the
-same rows again. Durability: ``write`` returns only after Cassandra and Redis acknowledged; the
+same rows again. Durability: ``write_many`` returns only after Cassandra and Redis acknowledged; the
 Flink operator calls it before emitting the change downstream, so a checkpoint barrier that
 passes the operator follows every write of the changes before it — a completed checkpoint
 never covers a change that is not durable. Transient failures are retried with exponential
@@ -91,8 +91,8 @@ return changed
 class MembershipWriter(Protocol):
     """Where membership changes go; the Flink adapter depends only on this."""
 
-    def write(self, change: dict[str, Any]) -> None:
-        """Make one change durable (blocking until acknowledged)."""
+    def write_many(self, changes: list[dict[str, Any]]) -> None:
+        """Make an engine step's changes durable (blocking until all are acknowledged)."""
         ...
 
     def record_definition(self, definition_id: str, description: str) -> None:
@@ -151,7 +151,7 @@ class CassandraRedisWriter:
         self.session = session
         self.redis = redis_client
         self.prefix = redis_prefix
-        self.membership_script = redis_client.register_script(_MEMBERSHIP_SCRIPT)
+        self.membership_sha = redis_client.script_load(_MEMBERSHIP_SCRIPT)
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
         self.transient: tuple[type[BaseException], ...] = (
@@ -190,28 +190,40 @@ class CassandraRedisWriter:
                    redis_prefix=redis_prefix, on_retry=on_retry)
 
     def write(self, change: dict[str, Any]) -> None:
-        """Write one change to Cassandra and Redis; returns once both acknowledged.
+        """Write one change to Cassandra and Redis; returns once both acknowledged."""
+        self.write_many([change])
 
-        The Cassandra batch is sent first and awaited after the Redis round trip, so the two
-        stores' latencies overlap; a failure of either is retried on its own.
+    def write_many(self, changes: list[dict[str, Any]]) -> None:
+        """Write an engine step's changes; returns once Cassandra and Redis acknowledged all.
+
+        Every change's Cassandra batch is sent first, then all Redis writes go in one pipeline
+        (one round trip), then the batches are awaited: the round trips of the two stores and
+        of the changes overlap. A failure is retried on its own (every write is idempotent).
         """
-        pending = None
-        try:
-            pending = self.session.execute_async(self._cassandra_batch(change), timeout=10)
-        except self.transient:
-            pending = None  # retried synchronously below
-        self.retry.run(f"redis write of {change['change_id']}",
-                       lambda: self._write_redis(change), self.transient, self.on_retry)
-        if pending is not None:
+        if not changes:
+            return
+        pending: list[tuple[dict[str, Any], Any]] = []
+        for change in changes:
             try:
-                pending.result()
-                return
-            except self.transient as exc:
-                log.warning("cassandra write of %s failed (%s); retrying", change["change_id"],
-                            exc)
-                self.on_retry()
-        self.retry.run(f"cassandra write of {change['change_id']}",
-                       lambda: self._write_cassandra(change), self.transient, self.on_retry)
+                pending.append((change, self.session.execute_async(
+                    self._cassandra_batch(change), timeout=10)))
+            except self.transient:
+                pending.append((change, None))  # retried synchronously below
+        ids = ", ".join(change["change_id"] for change in changes)
+        self.retry.run(f"redis write of {ids}", lambda: self._write_redis(changes),
+                       self.transient, self.on_retry)
+        for change, future in pending:
+            if future is not None:
+                try:
+                    future.result()
+                    continue
+                except self.transient as exc:
+                    log.warning("cassandra write of %s failed (%s); retrying",
+                                change["change_id"], exc)
+                    self.on_retry()
+            self.retry.run(f"cassandra write of {change['change_id']}",
+                           lambda change=change: self._write_cassandra(change), self.transient,
+                           self.on_retry)
 
     def _write_cassandra(self, change: dict[str, Any]) -> None:
         self.session.execute(self._cassandra_batch(change), timeout=10)
@@ -238,19 +250,30 @@ class CassandraRedisWriter:
                                         change["reason"]))
         return batch
 
-    def _write_redis(self, change: dict[str, Any]) -> None:
-        key = redis_key(self.prefix, change["user_id"])
+    def _write_redis(self, changes: list[dict[str, Any]]) -> None:
+        from redis.exceptions import NoScriptError
+
         pipe = self.redis.pipeline(transaction=True)
-        self.membership_script(keys=[key, segment_sizes_key(self.prefix)],
-                               args=[change["change"], change["segment_id"], REDIS_TTL_S],
-                               client=pipe)
-        if change.get("churn_score") is not None:
-            churn_key = f"{key}:churn"
-            pipe.hset(churn_key, mapping={"score": change["churn_score"],
-                                          "model_version": change.get("model_version") or "",
-                                          "event_time": change["event_time"]})
-            pipe.expire(churn_key, REDIS_TTL_S)
-        pipe.execute()
+        sizes = segment_sizes_key(self.prefix)
+        for change in changes:
+            key = redis_key(self.prefix, change["user_id"])
+            # EVALSHA, not a registered Script: redis-py checks SCRIPT EXISTS before every
+            # pipeline that holds a Script object, one more round trip per write
+            pipe.evalsha(self.membership_sha, 2, key, sizes, change["change"],
+                         change["segment_id"], REDIS_TTL_S)
+            if change.get("churn_score") is not None:
+                churn_key = f"{key}:churn"
+                pipe.hset(churn_key, mapping={"score": change["churn_score"],
+                                              "model_version": change.get("model_version") or "",
+                                              "event_time": change["event_time"]})
+                pipe.expire(churn_key, REDIS_TTL_S)
+        try:
+            pipe.execute()
+        except NoScriptError:
+            # Redis restarted (or flushed its scripts): load the script again and repeat the
+            # pipeline, which is idempotent (a set change counts once)
+            self.membership_sha = self.redis.script_load(_MEMBERSHIP_SCRIPT)
+            self._write_redis(changes)
 
     def record_definition(self, definition_id: str, description: str) -> None:
         """HSET <prefix>:definitions <id> <description> (best effort: only informational)."""

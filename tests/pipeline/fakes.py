@@ -13,9 +13,10 @@ class FileWriter:
     def __init__(self, path):
         self.path = path
 
-    def write(self, change):
+    def write_many(self, changes):
         with open(self.path, "a") as out:
-            out.write(json.dumps(change, sort_keys=True) + "\n")
+            for change in changes:
+                out.write(json.dumps(change, sort_keys=True) + "\n")
 
     def record_definition(self, definition_id, description):
         with open(self.path + ".definitions", "a") as out:

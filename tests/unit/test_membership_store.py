@@ -94,6 +94,10 @@ class FakePipeline:
     def hset(self, key, mapping):
         self.log.append(("hset", key, mapping))
 
+    def evalsha(self, sha, numkeys, *keys_and_args):
+        assert sha == "sha-of-membership" and numkeys == 2
+        self.log.append(("membership", *keys_and_args))
+
     def execute(self):
         self.log.append(("exec",))
 
@@ -112,11 +116,7 @@ def _writer(session, redis_client):
     writer.retry = ms.RetryPolicy(first_delay_s=0)
     writer.on_retry = lambda: None
     writer.transient = (Flaky,)
-
-    def membership_script(keys, args, client):
-        client.log.append(("membership", *keys, *args))
-
-    writer.membership_script = membership_script
+    writer.membership_sha = "sha-of-membership"
     for name in ("upsert_member", "delete_member", "upsert_segment_member",
                  "delete_segment_member", "insert_history"):
         setattr(writer, name, name)
@@ -166,3 +166,47 @@ def test_a_failed_cassandra_write_is_retried_until_it_lands():
     session, client = FakeSession(failures=1), FakeRedis()
     _writer(session, client).write(CHANGE)
     assert len(session.executed) == 1  # the retry wrote it once
+
+
+def test_a_steps_changes_go_to_redis_in_one_round_trip_and_cassandra_together():
+    session, client = FakeSession(), FakeRedis()
+    second = {**CHANGE, "segment_id": "s2", "change_id": "c2", "change": "EXIT"}
+    _writer(session, client).write_many([CHANGE, second])
+    assert [batch.items[0][0] for batch in session.executed] == ["upsert_member",
+                                                                  "delete_member"]
+    assert [entry[0] for entry in client.log].count("exec") == 1
+    assert [entry[3:5] for entry in client.log if entry[0] == "membership"] == [
+        ("ENTER", "s1"), ("EXIT", "s2")]
+
+
+def test_a_failed_cassandra_batch_among_several_is_retried_alone():
+    session, client = FakeSession(failures=1), FakeRedis()
+    second = {**CHANGE, "segment_id": "s2", "change_id": "c2"}
+    _writer(session, client).write_many([CHANGE, second])
+    # the first batch failed in flight and was written again; the second landed at once
+    assert [batch.items[0][1][1] for batch in session.executed] == ["s2", "s1"]
+
+
+def test_a_redis_that_lost_its_scripts_gets_the_script_again():
+    from redis.exceptions import NoScriptError
+
+    class ForgetfulPipeline(FakePipeline):
+        def execute(self):
+            if client.loaded is None:
+                raise NoScriptError("NOSCRIPT No matching script")
+            super().execute()
+
+    class ForgetfulRedis(FakeRedis):
+        loaded = None
+
+        def pipeline(self, transaction):
+            return ForgetfulPipeline(self.log)
+
+        def script_load(self, script):
+            assert "SADD" in script
+            self.loaded = "sha-of-membership"
+            return self.loaded
+
+    session, client = FakeSession(), ForgetfulRedis()
+    _writer(session, client).write(CHANGE)
+    assert client.log.count(("exec",)) == 1
