@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     "avro==1.12.2",
     "fastavro==1.13.1",
     "PyYAML==6.0.3",
+    # the benchmark report's plot (jobs/bench_report.py, Agg backend: no display needed)
+    "matplotlib==3.11.2",
 ]
 
 DEV_REQUIRES = [
