@@ -383,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_sender_arguments(sender_p)
     add_config_arguments(sender_p)
     sender_p.set_defaults(func=cmd_sender)
+
+    from jobs.bench import add_bench_arguments, run_bench
+
+    bench_p = sub.add_parser("bench", help="measure throughput, latency, cost per stage and "
+                             "resources against the machine's ceiling (--quick: < 3 min)")
+    add_bench_arguments(bench_p)
+    bench_p.set_defaults(func=run_bench)
     return parser
 
 

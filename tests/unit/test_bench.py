@@ -1,0 +1,114 @@
+"""Tests for the pure parts of jobs.bench: percentiles, sustained rates, py-spy stages, /proc."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from jobs import bench
+
+OP = "TwoInputFunctionOperation.process_element1 (pyflink/fn_execution/embedded/operations.py:132)"
+ENGINE = "UserEngineFunction.process_element (udfs/functions.py:391)"
+
+
+def _line(*frames: str, count: int) -> str:
+    return ";".join(frames) + f" {count}"
+
+
+def test_percentiles_by_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert bench.percentile(values, 0.5) == 50
+    assert bench.percentile(values, 0.99) == 99
+    assert bench.percentile([], 0.5) is None
+    assert bench.latency_figures([5.0, 1.0, 3.0]) == {
+        "p50_ms": 3.0, "p95_ms": 5.0, "p99_ms": 5.0, "max_ms": 5.0}
+
+
+def test_a_steady_latency_is_sustained_a_growing_one_is_not() -> None:
+    steady = [(t * 10.0, 40.0 + (t % 3)) for t in range(30)]
+    growing = [(t * 10.0, 40.0 + 90.0 * t) for t in range(30)]  # slope 9: 10x the capacity
+    assert bench.latency_slope(steady) == pytest.approx(0.0, abs=0.01)
+    assert bench.latency_slope(growing) == pytest.approx(9.0)
+    assert bench.sustained(steady, 30, 30, offered_rate=1000, capacity=1000)
+    assert not bench.sustained(growing, 30, 30, offered_rate=1000, capacity=1000)
+    assert not bench.sustained(steady[:20], 30, 20, offered_rate=1000, capacity=1000)
+    # a rate beyond what the job drains is not sustained, however flat a short step looked
+    assert not bench.sustained(steady, 30, 30, offered_rate=5000, capacity=1000)
+
+
+def test_samples_are_sorted_into_stages_and_other_threads_ignored() -> None:
+    lines = [
+        _line(OP, ENGINE, "on_event (udfs/engine.py:69)", "_reevaluate (udfs/engine.py:147)",
+              "MeasuredScorer.score (udfs/functions.py:230)", count=30),
+        _line(OP, ENGINE, "on_event (udfs/engine.py:69)", "evaluate (udfs/segments.py:804)",
+              count=20),
+        _line(OP, ENGINE, "UserEngineFunction._finish (udfs/functions.py:446)",
+              "UserEngineFunction._emit (udfs/functions.py:466)", count=15),
+        _line(OP, ENGINE, "UserEngineFunction._finish (udfs/functions.py:446)",
+              "encode_state (udfs/features.py:1232)", count=5),
+        _line(OP, ENGINE, "UserEngineFunction._campaigns (udfs/functions.py:499)", count=10),
+        _line("OneInputFunctionOperation.process_element (x.py:93)",
+              "DecodeClicksFunction.process_element (udfs/functions.py:70)", count=8),
+        _line(OP, "RowDataConverter.to_internal (converters.py:105)", count=12),
+        _line("Thread._bootstrap (threading.py:1002)",
+              "LibevLoop._run_loop (cassandra/io/libevreactor.py:104)", count=500),
+        "garbage line without count",
+    ]
+    per_stage, total = bench.classify_samples(lines)
+    assert total == 100
+    assert per_stage == {"scoring": 30, "engine": 20, "sinks": 15, "state": 5,
+                         "arbitration": 10, "decode": 8, "flink": 12}
+
+
+def test_stage_costs_share_an_events_time_by_samples() -> None:
+    per_stage, total = bench.classify_samples([
+        _line(OP, ENGINE, "on_event (e.py:1)", count=600),
+        _line(OP, "RowDataConverter.to_internal (c.py:1)", count=300)])
+    # 10 s at 100 Hz = 1000 samples of which 900 busy; 1,000 events/s = 1,000 µs an event
+    costs = bench.stage_costs(per_stage, total, seconds=10, rate_hz=100, events_per_s=1000)
+    assert costs["us_per_event"]["engine"] == 600.0
+    assert costs["us_per_event"]["flink"] == 300.0
+    assert costs["us_per_event"]["idle"] == 100.0
+    assert costs["total_us_per_event"] == 1000.0
+    assert costs["python_thread_busy"] == 0.9
+
+
+def test_proc_figures_of_this_process_and_a_gone_one() -> None:
+    cpu_s, peak = bench.read_proc(os.getpid())
+    assert cpu_s > 0 and peak > 10  # a Python with pytest loaded holds more than 10 MiB
+    assert bench.read_proc(2**22 + 12345) is None
+
+
+def test_the_monitor_accounts_processes_to_roles() -> None:
+    monitor = bench.ResourceMonitor(interval_s=0.05)
+    monitor.watch(os.getpid(), "tests")
+    monitor.watch(None, "nothing")
+    monitor.start()
+    sum(i * i for i in range(300_000))  # some CPU to account
+    [entry] = monitor.stop()
+    assert entry["name"] == "tests"
+    assert entry["cpu_s"] > 0 and entry["peak_rss_mib"] > 10
+
+
+def test_the_bottleneck_names_the_largest_stages() -> None:
+    results = {
+        "ceiling": {"events_per_s": 50_000.0},
+        "goals": {"best_events_per_s": 1_000.0},
+        "stages": {"us_per_event": {"decode": 40.0, "engine": 300.0, "scoring": 200.0,
+                                    "arbitration": 50.0, "sinks": 250.0, "state": 100.0,
+                                    "flink": 60.0, "idle": 0.0},
+                   "total_us_per_event": 1000.0, "python_thread_busy": 0.98},
+    }
+    text = bench.bottleneck(results)
+    assert "1,000 events/s, 2.0% of the 50,000" in text
+    assert "engine 300 µs, sinks 250 µs, scoring 200 µs" in text
+
+
+@pytest.mark.parametrize("plan", [bench.QUICK, bench.FULL])
+def test_plans_ask_for_what_the_issue_names(plan: bench.Plan) -> None:
+    assert plan.backlog >= (1_000_000 if plan.mode == "full" else 1)
+    knobs = {point.knob for point in plan.sweep}
+    if plan.mode == "full":
+        assert {"execution_mode", "bundle_size", "bundle_time_ms", "buffer_timeout_ms",
+                "state_backend", "checkpoint_interval_ms", "parallelism"} <= knobs
