@@ -78,6 +78,7 @@ SWEEP = (
     SweepPoint("checkpoint_interval_ms", "200", ("--checkpoint-interval-ms", "200")),
     SweepPoint("checkpoint_interval_ms", "5000", ("--checkpoint-interval-ms", "5000")),
     SweepPoint("parallelism", "2", ("--parallelism", "2")),
+    SweepPoint("parallelism", "4", ("--parallelism", "4")),
     SweepPoint("delivery", "exactly-once", ("--delivery-guarantee", "exactly-once")),
     SweepPoint("low latency", "bundle 5 ms + buffer 5 ms",
                ("--bundle-time-ms", "5", "--buffer-timeout-ms", "5")),
@@ -219,6 +220,7 @@ class ResourceMonitor:
         self.interval_s = interval_s
         self.pids: dict[int, str] = {}
         self.last: dict[int, tuple[float, float]] = {}
+        self.baseline: dict[int, float] = {}
         self.alive_s: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -227,8 +229,12 @@ class ResourceMonitor:
     def watch(self, pid: int | None, role: str) -> None:
         """Account ``pid`` to ``role`` from now on."""
         if pid is not None:
+            # CPU is counted from now: a server started before the run (Kafka, Cassandra)
+            # brings the CPU time of its own start-up
+            figures = read_proc(pid)
             with self.lock:
                 self.pids[pid] = role
+                self.baseline[pid] = figures[0] if figures else 0.0
 
     def start(self) -> None:
         """Begin sampling."""
@@ -251,14 +257,15 @@ class ResourceMonitor:
                 self.alive_s[role] += self.interval_s
 
     def stop(self) -> list[dict[str, Any]]:
-        """Stop sampling; per role: CPU seconds, mean CPU % while alive, peak RSS MiB."""
+        """Stop sampling; per role: CPU seconds used since watched, mean CPU % while alive
+        during the run, peak RSS MiB (VmHWM: over the process's life)."""
         self.stopped.set()
         self.thread.join()
         self.sample()
         by_role: dict[str, dict[str, float]] = {}
         for pid, (cpu_s, peak) in self.last.items():
             entry = by_role.setdefault(self.pids[pid], {"cpu_s": 0.0, "peak_rss_mib": 0.0})
-            entry["cpu_s"] += cpu_s
+            entry["cpu_s"] += cpu_s - self.baseline.get(pid, 0.0)
             entry["peak_rss_mib"] = max(entry["peak_rss_mib"], peak)
         return [{"name": role, "cpu_s": round(v["cpu_s"], 1),
                  "cpu_percent": round(100 * v["cpu_s"] / self.alive_s[role], 1)
