@@ -257,8 +257,11 @@ class ResourceMonitor:
                 self.alive_s[role] += self.interval_s
 
     def stop(self) -> list[dict[str, Any]]:
-        """Stop sampling; per role: CPU seconds used since watched, mean CPU % while alive
-        during the run, peak RSS MiB (VmHWM: over the process's life)."""
+        """Stop sampling; the figures per role.
+
+        CPU seconds used since watched, mean CPU % while alive during the run, peak RSS MiB
+        (VmHWM: over the process's whole life).
+        """
         self.stopped.set()
         self.thread.join()
         self.sample()

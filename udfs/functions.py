@@ -33,7 +33,6 @@ from schemas.codec import Codec, CodecError, UnknownSchemaError
 from udfs import arbitration, clicks, engine, features
 from udfs.campaigns import Registries
 from udfs.descriptors import (
-    CLICK_FIELD_NAMES,
     DEAD_LETTER_TAG,
     campaign_state,
     definitions_state,
@@ -78,9 +77,8 @@ class DecodeClicksFunction(ProcessFunction):
                                   ctx.timer_service().current_processing_time())
             return
         self.events_valid.inc()
-        result["ingest_time"] = record.timestamp
-        yield Row("click", result["user_id"], result["event_time"],
-                  Row(*[result.get(name) for name in CLICK_FIELD_NAMES]), None)
+        yield Row("click", result["user_id"], result["event_time"], record.timestamp,
+                  record.value)
 
 
 #: decoded user features kept per engine instance (roughly 8 KB each: ~80 MB at most)
@@ -375,7 +373,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 yield from self._late(value, watermark, ctx)
                 return
             self.events.inc()
-            event = dict(zip(CLICK_FIELD_NAMES, value[3], strict=True))
+            event = self._click(value)
             step = engine.on_event(state, event, self._registry(), self.scorer)
             if step.duplicate:
                 self.duplicates.inc()
@@ -532,10 +530,16 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.audience_read_at = now
         return self.audience_sizes
 
+    def _click(self, value: Row) -> dict[str, Any]:
+        """The click of an engine input row (validated by DecodeClicksFunction upstream)."""
+        event = self.codec.decode(bytes(value[4]), expect="ClickEvent")
+        event["ingest_time"] = value[3]
+        return event
+
     def _late(self, value: Row, watermark: int, ctx: Any) -> Iterator[Any]:
-        event = dict(zip(CLICK_FIELD_NAMES, value[3], strict=True))
-        ingest_time = event.pop("ingest_time")
-        raw = self.codec.encode("ClickEvent", event)
+        raw = bytes(value[4])  # the producer's own bytes go to the dead-letter topic
+        event = self.codec.decode(raw, expect="ClickEvent")
+        ingest_time = value[3]
         reason = (
             f"event {event['event_id']!r} of user {event['user_id']!r} has event_time "
             f"{event['event_time']}, {watermark - event['event_time']} ms behind the watermark "
