@@ -127,6 +127,16 @@ def is_late(event_time: int, watermark: int, allowed_lateness_ms: int) -> bool:
     return event_time < watermark - allowed_lateness_ms
 
 
+def expiry_timer_ms(last_event_ms: int, ttl_ms: int) -> int:
+    """When to check a user for expiry: ``ttl_ms`` after their last event, rounded up.
+
+    Rounded up to the next day boundary, so the timer moves at most once a day however active
+    the user is.
+    """
+    due = last_event_ms + ttl_ms
+    return -(-due // MEMBERSHIP_RECHECK_MS) * MEMBERSHIP_RECHECK_MS
+
+
 def expired(state: UserState, now_ms: int, ttl_ms: int) -> bool:
     """True when the user has been idle for longer than the state TTL."""
     return state.features is not None and feat.expired(state.features, now_ms, ttl_ms)

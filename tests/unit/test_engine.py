@@ -253,3 +253,13 @@ def test_expiry_exits_every_segment_with_the_reason(registry):
     assert {(c["change"], c["reason"], c["model_version"]) for c in step.changes} == {
         ("EXIT", "user state expired: no event for 90 days", "test-model-1")}
     assert state.membership == {}
+
+
+def test_the_expiry_timer_moves_at_most_once_a_day():
+    day = 86_400_000
+    ttl = 90 * day
+    morning, evening = 3 * day + 3_600_000, 3 * day + 20 * 3_600_000
+    assert engine.expiry_timer_ms(morning, ttl) == engine.expiry_timer_ms(evening, ttl)
+    assert engine.expiry_timer_ms(morning, ttl) == 94 * day  # never before last event + TTL
+    assert engine.expiry_timer_ms(94 * day - ttl, ttl) == 94 * day  # on a boundary: as is
+    assert engine.expiry_timer_ms(4 * day + 1, ttl) == 95 * day
