@@ -19,7 +19,7 @@ import yaml
 from infra import deploy, stack
 from infra.servers.flink import FlinkTaskManager
 from jobs import defs
-from jobs.bench_triggers import daytime_zone
+from jobs.bench import daytime_zone
 from jobs.config import ISOLATION_FIELDS, replace
 from schemas.codec import Codec
 from tests.integration import flink_jobs

@@ -104,9 +104,24 @@ def test_the_bottleneck_names_the_largest_stages() -> None:
                                     "flink": 60.0, "idle": 0.0},
                    "total_us_per_event": 1000.0, "python_thread_busy": 0.98},
     }
+    results["throughput"] = [{"parallelism": 1, "events_per_s": 1_000.0},
+                             {"parallelism": 2, "events_per_s": 950.0}]
     text = bench.bottleneck(results)
     assert "1,000 events/s, 2.0% of the 50,000" in text
     assert "engine 300 µs, sinks 250 µs, scoring 200 µs" in text
+    assert "Python runs 98% of that time" in text
+    assert "(950 against 1,000 events/s at parallelism 1)" in text
+
+
+def test_a_daytime_zone_has_no_quiet_hours_at_the_instants() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    noon_utc = 1_764_072_000_000  # 2025-11-25 12:00 UTC
+    zone = bench.daytime_zone(noon_utc, noon_utc + 3 * 3_600_000)
+    hours = [datetime.fromtimestamp(t / 1000, tz=ZoneInfo(zone)).hour
+             for t in (noon_utc, noon_utc + 3 * 3_600_000)]
+    assert all(10 <= hour < 18 for hour in hours)
 
 
 @pytest.mark.parametrize("plan", [bench.QUICK, bench.FULL])

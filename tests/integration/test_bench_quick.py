@@ -1,0 +1,69 @@
+"""`nudgeflow bench --quick` on the real stack: it runs, prints the report, and its JSON and plot
+hold every figure the benchmark promises (throughput at p1 and p2 against the ceiling, latency
+at every offered rate in both delivery modes, cost per stage, resources)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jobs import bench
+
+pytestmark = pytest.mark.integration
+
+STAGES = {"decode", "engine", "scoring", "arbitration", "sinks", "state", "flink", "idle"}
+
+
+def test_quick_bench_reports_every_figure(local_stack, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "jobs.bench", "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for heading in ("Ceiling:", "Throughput", "Latency (click to trigger)", "Stage costs",
+                    "Resources", "Goals:", "Bottleneck:"):
+        assert heading in run.stdout
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["mode"] == "quick"
+    assert results["workload"]["backlog_events"] == bench.QUICK.backlog
+    ceiling = results["ceiling"]["events_per_s"]
+    assert ceiling > 0
+
+    throughput = {r["parallelism"]: r for r in results["throughput"]}
+    assert set(throughput) == {1, 2}
+    for entry in throughput.values():
+        assert entry["events"] >= bench.QUICK.backlog
+        assert entry["events_per_s"] > 0
+        assert entry["fraction_of_ceiling"] == pytest.approx(entry["events_per_s"] / ceiling,
+                                                             abs=1e-3)
+
+    by_mode: dict[str, list[dict]] = {}
+    for step in results["latency"]:
+        by_mode.setdefault(step["delivery"], []).append(step)
+    assert set(by_mode) == {"at-least-once", "exactly-once"}
+    for steps in by_mode.values():
+        rates = [step["offered_rate"] for step in steps]
+        assert set(bench.LADDER_RATES) <= set(rates)
+        assert sum(step["max_probe"] for step in steps) >= 1  # the highest sustained rate
+        for step in steps:
+            # every buyer's trigger arrived and was timed from its click's event time
+            assert step["triggers"] == step["expected_triggers"] > 0
+            assert 0 < step["p50_ms"] <= step["p95_ms"] <= step["p99_ms"] <= step["max_ms"]
+            assert step["segment_changes"] > 0
+
+    stages = results["stages"]
+    assert stages is not None, results.get("stages_error")
+    assert set(stages["us_per_event"]) == STAGES
+    assert sum(stages["us_per_event"].values()) == pytest.approx(
+        stages["total_us_per_event"], rel=0.02)
+    assert stages["us_per_event"]["engine"] > 0
+
+    roles = {entry["name"]: entry for entry in results["resources"]}
+    for role in ("job JVM (Flink + embedded Python)", "kafka", "cassandra", "redis"):
+        assert roles[role]["peak_rss_mib"] > 0
+    assert roles["job JVM (Flink + embedded Python)"]["cpu_s"] > 1
+
+    goals = results["goals"]
+    assert goals["best_events_per_s"] == max(r["events_per_s"] for r in throughput.values())
+    assert results["bottleneck"]
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
