@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "PyYAML==6.0.3",
     # the benchmark report's plot (jobs/bench_report.py, Agg backend: no display needed)
     "matplotlib==3.11.2",
+    # the benchmark's cost per stage: samples the job's embedded Python (jobs/bench.py)
+    "py-spy==0.4.3",
 ]
 
 DEV_REQUIRES = [
