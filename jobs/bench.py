@@ -114,6 +114,16 @@ def latency_figures(latencies: Sequence[float]) -> dict[str, float | None]:
             "max_ms": max(latencies) if latencies else None}
 
 
+def max_rate_probes(capacity: float) -> list[int]:
+    """Offered rates that look for the highest sustained one, highest first.
+
+    80%, 50% and 25% of the capacity drained from the backlog, in hundreds (at least 100),
+    without repeats.
+    """
+    rates = [max(100, int(capacity * share) // 100 * 100) for share in (0.8, 0.5, 0.25)]
+    return list(dict.fromkeys(rates))
+
+
 def latency_slope(samples: Sequence[tuple[float, float]]) -> float:
     """Least-squares slope of latency (ms) over send time (ms) of (send time, latency) pairs.
 
@@ -707,26 +717,33 @@ class Bench:
         results.update(self._stages(p1))
         # 2. latency, each delivery mode on topics of its own holding only the probe's users
         best = max(run["events_per_s"] for run in throughput)
-        max_rate = max(100, int(p1["events_per_s"] * 0.8) // 100 * 100)
-        ladder = sorted({max_rate, *rates})
+        probes = max_rate_probes(p1["events_per_s"])
         latency = []
         for delivery in ("at-least-once", "exactly-once"):
             self.say(f"  latency, {delivery} ...")
             cfg = fresh_config()
-            buyers = [f"{cfg.consumer_group}-b{i}"
-                      for i in range(int(sum(ladder) * plan.step_s) // 10 + 20)]
+            buyers = [f"{cfg.consumer_group}-b{i}" for i in
+                      range(int((sum(probes) + sum(rates)) * plan.step_s) // 10 + 40)]
             self.publish_buyers(cfg, buyers, zone)
             job = self._start_job(cfg, ("--delivery-guarantee", delivery,
                                         "--checkpoint-interval-ms", "1000"))
             self._job_jvm(job)
             try:
-                steps = self.latency_ladder(cfg, job, ladder, plan.step_s, buyers, delivery,
-                                            p1["events_per_s"])
+                # the highest sustained rate: from 80% of the drained capacity down, until one
+                # holds (the probe's users are all new, which costs more than the backlog's)
+                for rate in probes:
+                    [step] = self.latency_ladder(cfg, job, [rate], plan.step_s, buyers,
+                                                 delivery, p1["events_per_s"])
+                    step["max_probe"] = True
+                    latency.append(step)
+                    if step["sustained"]:
+                        break
+                for step in self.latency_ladder(cfg, job, sorted(rates), plan.step_s, buyers,
+                                                delivery, p1["events_per_s"]):
+                    step["max_probe"] = False
+                    latency.append(step)
             finally:
                 self._stop(job)
-            for step in steps:
-                step["max_probe"] = step["offered_rate"] == max_rate
-            latency.extend(steps)
         results["latency"] = latency
         # 3. the knobs, one at a time, on a smaller backlog with a latency probe each
         results["sweep"] = self._sweep(zone) if plan.sweep else []

@@ -129,7 +129,21 @@ def _goals_line(results: dict) -> str:
     return (f"throughput {_rate(g.get('throughput_events_per_s'))} events/s: "
             f"{_met(g.get('throughput_met'))} (best {_rate(g.get('best_events_per_s'))} "
             f"events/s); p99 at 5,000 events/s ≤ {_ms(g.get('p99_ms_at_5k'))} ms: "
-            f"{_met(g.get('latency_met'))} (measured {_ms(g.get('p99_ms_at_5k_measured'))} ms)")
+            f"{_met(g.get('latency_met'))} (measured {_ms(g.get('p99_ms_at_5k_measured'))} ms)"
+            + _sustained_text(results))
+
+
+def _sustained_text(results: dict) -> str:
+    """"; highest sustained rate: 500/s at-least-once, ..." from the latency steps."""
+    best: dict[str, float] = {}
+    for e in _entries(results, "latency"):
+        if e.get("sustained") and e.get("offered_rate") is not None:
+            best[e["delivery"]] = max(best.get(e["delivery"], 0), e["offered_rate"])
+    modes = dict.fromkeys(e.get("delivery") for e in _entries(results, "latency"))
+    if not modes:
+        return ""
+    return "; highest sustained rate: " + ", ".join(
+        f"{_rate(best[m])}/s {m}" if m in best else f"none tried held ({m})" for m in modes)
 
 
 # -- table rows, shared by the terminal report and the README ---------------------------------

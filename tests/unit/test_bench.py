@@ -37,6 +37,11 @@ def test_a_steady_latency_is_sustained_a_growing_one_is_not() -> None:
     assert not bench.sustained(steady, 30, 30, offered_rate=5000, capacity=1000)
 
 
+def test_the_max_rate_probes_step_down_from_the_drained_capacity() -> None:
+    assert bench.max_rate_probes(1_151) == [900, 500, 200]
+    assert bench.max_rate_probes(150) == [100]
+
+
 def test_samples_are_sorted_into_stages_and_other_threads_ignored() -> None:
     lines = [
         _line(OP, ENGINE, "on_event (udfs/engine.py:69)", "_reevaluate (udfs/engine.py:147)",
