@@ -12,12 +12,12 @@ Inputs: SegmentChange dicts (ENTER/EXIT). Writes per change:
   latest score, model version and event time.
 
 Every write is keyed by the change's identity, so replaying a change after a restart writes the
-same rows again. Durability: ``write_many`` returns only after Cassandra and Redis acknowledged; the
-Flink operator calls it before emitting the change downstream, so a checkpoint barrier that
-passes the operator follows every write of the changes before it — a completed checkpoint
-never covers a change that is not durable. Transient failures are retried with exponential
-backoff without limit, which blocks the operator and so backpressures the job during an
-outage instead of losing updates.
+same rows again. Durability: ``write_many`` returns only after Cassandra and Redis acknowledged
+all of a step's changes; the Flink operator calls it before emitting them downstream, so a
+checkpoint barrier that passes the operator follows every write of the changes before it — a
+completed checkpoint never covers a change that is not durable. Transient failures are retried
+with exponential backoff without limit, which blocks the operator and so backpressures the job
+during an outage instead of losing updates.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class RetryPolicy:
 
 
 class CassandraRedisWriter:
-    """The production writer: prepared CQL statements and a Redis pipeline per change."""
+    """The production writer: prepared CQL statements and one Redis pipeline per step."""
 
     def __init__(self, session: Any, keyspace: str, redis_client: Any, redis_prefix: str =
                  "nudgeflow", retry: RetryPolicy | None = None,
@@ -188,10 +188,6 @@ class CassandraRedisWriter:
         return cls(sessions[0], keyspace, redis.Redis.from_url(redis_url, socket_timeout=5,
                                                            socket_connect_timeout=5),
                    redis_prefix=redis_prefix, on_retry=on_retry)
-
-    def write(self, change: dict[str, Any]) -> None:
-        """Write one change to Cassandra and Redis; returns once both acknowledged."""
-        self.write_many([change])
 
     def write_many(self, changes: list[dict[str, Any]]) -> None:
         """Write an engine step's changes; returns once Cassandra and Redis acknowledged all.

@@ -141,7 +141,7 @@ def fake_batches(monkeypatch):
 
 def test_enter_upserts_three_tables_and_adds_to_the_redis_set():
     session, client = FakeSession(), FakeRedis()
-    _writer(session, client).write(CHANGE)
+    _writer(session, client).write_many([CHANGE])
     [batch] = session.executed
     assert [statement for statement, _ in batch.items] == [
         "upsert_member", "upsert_segment_member", "insert_history"]
@@ -155,7 +155,7 @@ def test_enter_upserts_three_tables_and_adds_to_the_redis_set():
 
 def test_exit_deletes_and_removes_from_the_redis_set():
     session, client = FakeSession(), FakeRedis()
-    _writer(session, client).write({**CHANGE, "change": "EXIT"})
+    _writer(session, client).write_many([{**CHANGE, "change": "EXIT"}])
     assert client.log[0] == ("membership", "nf:user:u1", "nf:segment-sizes", "EXIT", "s1",
                              ms.REDIS_TTL_S)
     assert [statement for statement, _ in session.executed[0].items] == [
@@ -164,7 +164,7 @@ def test_exit_deletes_and_removes_from_the_redis_set():
 
 def test_a_failed_cassandra_write_is_retried_until_it_lands():
     session, client = FakeSession(failures=1), FakeRedis()
-    _writer(session, client).write(CHANGE)
+    _writer(session, client).write_many([CHANGE])
     assert len(session.executed) == 1  # the retry wrote it once
 
 
@@ -208,5 +208,5 @@ def test_a_redis_that_lost_its_scripts_gets_the_script_again():
             return self.loaded
 
     session, client = FakeSession(), ForgetfulRedis()
-    _writer(session, client).write(CHANGE)
+    _writer(session, client).write_many([CHANGE])
     assert client.log.count(("exec",)) == 1
