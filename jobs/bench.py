@@ -164,7 +164,7 @@ STAGE_FRAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("arbitration", ("UserEngineFunction._campaigns",)),
     ("sinks", ("UserEngineFunction._emit",)),
     ("state", ("UserEngineFunction._load_state", "encode_state", "ValueStateImpl.value",
-               "ValueStateImpl.update", "MapStateImpl.get", "UserEngineFunction._decode_features")),
+               "ValueStateImpl.update", "UserEngineFunction._decode_features")),
     ("engine", ("on_event", "on_metadata", "on_timer", "on_expiry", "_reevaluate")),
 )
 STAGES = ("decode", "engine", "scoring", "arbitration", "sinks", "state", "flink")
@@ -309,19 +309,26 @@ def daytime_zone(*instants_ms: int) -> str:
     raise ValueError(f"no daytime zone for the instants {instants_ms}")
 
 
-def fresh_config() -> Any:
+#: the input topics a reader of another run's backlog keeps
+_INPUT_TOPICS = ("clicks_topic", "user_metadata_topic", "definitions_topic")
+
+
+def fresh_config(base: Any = None) -> Any:
     """A configuration of the run's own, topics provisioned.
 
     Its topics, consumer group, transactional ids and Redis keys are this run's alone, so runs
-    never read each other's records.
+    never read each other's records. With ``base``, the inputs stay ``base``'s (a reader of its
+    backlog) and only the outputs, group, transactional ids and Redis keys are new.
     """
     from infra import provision
     from jobs.config import ISOLATION_FIELDS, load_config, replace
 
     tag = f"bench-{uuid.uuid4().hex[:6]}"
-    topics = (f for f in ISOLATION_FIELDS if f.endswith("_topic"))
-    cfg = replace(load_config(env={}), consumer_group=tag, transactional_id_prefix=tag,
-                  redis_key_prefix=tag, trigger_topic_prefix=f"{tag}-triggers-",
+    topics = [f for f in ISOLATION_FIELDS if f.endswith("_topic")
+              and (base is None or f not in _INPUT_TOPICS)]
+    cfg = replace(load_config(env={}) if base is None else base, consumer_group=tag,
+                  transactional_id_prefix=tag, redis_key_prefix=tag,
+                  trigger_topic_prefix=f"{tag}-triggers-",
                   **{f: f"{tag}-{f.removesuffix('_topic')}" for f in topics})
     provision.provision_topics(cfg, say=lambda _: None)
     return cfg
@@ -418,20 +425,6 @@ class Bench:
             job.wait(30)
 
     # -- setup --
-
-    def reader_config(self, base: Any) -> Any:
-        """``base``'s inputs under a consumer group, outputs and Redis keys of their own."""
-        from infra import provision
-        from jobs.config import replace
-
-        tag = f"bench-{uuid.uuid4().hex[:6]}"
-        cfg = replace(base, consumer_group=tag, transactional_id_prefix=tag,
-                      redis_key_prefix=tag, trigger_topic_prefix=f"{tag}-triggers-",
-                      segment_changes_topic=f"{tag}-segment-changes",
-                      trigger_decisions_topic=f"{tag}-trigger-decisions",
-                      dead_letter_topic=f"{tag}-dead-letter")
-        provision.provision_topics(cfg, say=lambda _: None)
-        return cfg
 
     def load_backlog(self, cfg: Any, events: int, users: int) -> float:
         """Write the seeded workload to ``cfg``'s input topics; seconds it took."""
@@ -659,7 +652,7 @@ class Bench:
         from kafka import KafkaAdminClient
         from kafka.admin import NewTopic
 
-        cfg = self.reader_config(base)
+        cfg = fresh_config(base)
         target = f"{cfg.consumer_group}-pass-through"
         admin = KafkaAdminClient(**cfg.python_client_kwargs())
         try:
@@ -702,7 +695,7 @@ class Bench:
         throughput = []
         for parallelism in (1, 2):
             self.say(f"  throughput at parallelism {parallelism} ...")
-            run = self.drain(self.reader_config(base), ("--parallelism", str(parallelism),
+            run = self.drain(fresh_config(base), ("--parallelism", str(parallelism),
                                                         "--delivery-guarantee", "at-least-once"),
                              f"p{parallelism} at-least-once",
                              profile_s=plan.profile_s if parallelism == 1 else 0.0)
@@ -789,7 +782,7 @@ class Bench:
             self.say(f"  sweep: {point.knob} = {point.value} ...")
             delivery = ("exactly-once" if "exactly-once" in point.flags else "at-least-once")
 
-            cfg = self.reader_config(base)
+            cfg = fresh_config(base)
 
             def probe(job: subprocess.Popen[bytes], cfg: Any = cfg, delivery: str = delivery
                       ) -> dict[str, Any]:
@@ -871,7 +864,7 @@ def bottleneck(results: dict[str, Any]) -> str:
                  f"mode gives each subtask an interpreter of its own (see the sweep).")
     text += (" What would remove it: less Python per event (evaluate only the segments whose "
              "inputs changed, score only when the feature vector moved), fewer crossings of "
-             "the JVM boundary (one state value per user instead of four), store writes "
+             "the JVM boundary (one state value per user instead of five), store writes "
              "batched across users, more cores for process-mode workers, or the per-user "
              "engine in Java with Python kept for definitions and models.")
     return text
