@@ -29,6 +29,7 @@ from typing import Any
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.java_gateway import get_gateway
 
 from jobs import names
 from jobs.config import NudgeflowConfig, add_config_arguments, config_from_args
@@ -36,6 +37,7 @@ from udfs.descriptors import (
     DEAD_LETTER_TAG,
     DEFINITION_ROW,
     ENGINE_INPUT_ROW,
+    ENGINE_OUTPUT_ROW,
     KAFKA_OUT_ROW,
     definitions_state,
 )
@@ -48,18 +50,22 @@ from udfs.functions import (
     definition_to_row,
     metadata_to_engine_input,
 )
+from udfs.stores.membership import CassandraRedisStore
 
 
 @dataclass(frozen=True)
 class JobOutputs:
     """The job's output streams, each of Row(topic, key, value) ready for the Kafka sink."""
 
-    segment_changes: DataStream
-    dead_letters: DataStream
+    segment_changes: DataStream  # SegmentChanges, written to the membership store first
+    triggers: DataStream  # TriggerEvents, each on the topic of its priority tier
+    trigger_decisions: DataStream  # TriggerDecisions: suppressed or deferred candidates
+    dead_letters: DataStream  # DeadLetters: rejected, late and invalid records
 
     def all(self) -> DataStream:
         """Every output in one stream (one sink, one transaction)."""
-        return self.segment_changes.union(self.dead_letters)
+        return self.segment_changes.union(self.triggers, self.trigger_decisions,
+                                          self.dead_letters)
 
 
 def decode_clicks(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
@@ -110,55 +116,105 @@ def with_event_time(rows: DataStream, cfg: NudgeflowConfig, out_of_orderness_ms:
     return rows.assign_timestamps_and_watermarks(strategy).uid(uid).name(uid)
 
 
+def metadata_watermarks(rows: DataStream, cfg: NudgeflowConfig) -> DataStream:
+    """Metadata event time (``updated_at``); no disorder bound, idle when quiet.
+
+    Metadata never holds event time back for long.
+    """
+    return with_event_time(rows, cfg, 0, names.METADATA_WATERMARKS_UID)
+
+
+def definition_watermarks(rows: DataStream, cfg: NudgeflowConfig) -> DataStream:
+    """Timestamp 0 and idleness for definitions: they neither hold nor push event time.
+
+    The control topic is quiet, so it goes idle; its Kafka timestamps are wall-clock, so an idle
+    click stream would let them drag the watermark to "now" and make every event late.
+    Timestamp 0 does both: Flink ignores an input whose watermark is behind the operator's
+    until it catches up.
+    """
+    return rows.assign_timestamps_and_watermarks(
+        WatermarkStrategy.for_monotonous_timestamps()
+        .with_idleness(Duration.of_millis(cfg.idleness_ms))
+        .with_timestamp_assigner(NeutralTimeAssigner())
+    ).uid(names.DEFINITION_WATERMARKS_UID).name(names.DEFINITION_WATERMARKS_UID)
+
+
 def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowConfig,
-                    initial_definitions: list[dict[str, Any]],
-                    model_files: ModelFiles | None, writer_factory: Any = None) -> DataStream:
-    """Key by user, connect the broadcast definitions, run the engine; SegmentChange rows."""
+                    initial_definitions: list[dict[str, Any]], model_files: ModelFiles | None,
+                    membership_store: Any) -> DataStream:
+    """Key by user, connect the broadcast definitions, run the engine.
+
+    Emits ``ENGINE_OUTPUT_ROW`` rows (SegmentChanges, written to ``membership_store`` before
+    they are emitted; TriggerEvents; TriggerDecisions); late events leave on the dead-letter
+    side output.
+    """
     broadcast = definitions.broadcast(definitions_state())
     return (
         inputs.key_by(lambda row: row[1], key_type=Types.STRING())  # row[1] is user_id
         .connect(broadcast)
-        .process(UserEngineFunction(cfg, initial_definitions, model_files, writer_factory),
-                 output_type=KAFKA_OUT_ROW)
+        .process(UserEngineFunction(cfg, initial_definitions, model_files, membership_store),
+                 output_type=ENGINE_OUTPUT_ROW)
         .uid(names.USER_ENGINE_UID)
         .name(names.USER_ENGINE_NAME)
     )
 
 
+def route_engine_records(engine: DataStream, record: str, topic: str, uid: str,
+                         by_tier: bool = False) -> DataStream:
+    """The engine's records of one kind, as Row(topic, key, value) for the Kafka sink.
+
+    A Java flat map (``io.nudgeflow.flink.RouteEngineRecords``): no Python per record. With
+    ``by_tier``, ``topic`` is a prefix completed by the record's priority tier.
+    """
+    route = get_gateway().jvm.io.nudgeflow.flink.RouteEngineRecords(record, topic, by_tier)
+    routed = DataStream(engine._j_data_stream.flatMap(  # noqa: SLF001 - a Java function
+        route, KAFKA_OUT_ROW.get_java_type_info()))
+    return routed.uid(uid).name(uid)
+
+
+def membership_store(cfg: NudgeflowConfig) -> CassandraRedisStore:
+    """Where the engine writes segment membership: Cassandra and Redis of ``cfg``."""
+    return CassandraRedisStore(
+        tuple(cfg.cassandra_hosts.split(",")), cfg.cassandra_port, cfg.cassandra_keyspace,
+        cfg.redis_url, cfg.redis_key_prefix, cfg.cassandra_username, cfg.cassandra_password)
+
+
 def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
           cfg: NudgeflowConfig, initial_definitions: list[dict[str, Any]] | None = None,
-          writer_factory: Any = None) -> JobOutputs:
+          store: Any = None) -> JobOutputs:
     """The job's graph: Kafka record rows of the three input topics -> output streams.
 
-    ``clicks`` must carry event-time timestamps and watermarks already (the Kafka source gets
-    ``jobs.connectors.click_watermarks``, per partition; tests assign the same strategy).
+    ``clicks`` must carry event-time timestamps and watermarks already: they are read per Kafka
+    partition in the source (``jobs.connectors.click_watermarks``; tests assign the same
+    strategy).
 
     ``initial_definitions`` are the DefinitionUpdates of the segment files (default: those of
-    ``file_definitions(cfg)``); ``writer_factory`` replaces the Cassandra/Redis writer
-    (pipeline tests).
+    ``file_definitions(cfg)``); ``store`` creates the membership store's writer (default:
+    ``membership_store(cfg)``; pipeline tests pass a fake).
     """
     if initial_definitions is None:
         initial_definitions = file_definitions(cfg)
     model_files = churn_model_files(cfg)
     valid_clicks, click_letters = decode_clicks(clicks, cfg)
     metadata_rows, metadata_letters = decode_metadata(metadata, cfg)
-    # metadata never holds event time back for long: no disorder bound, and idle when quiet
-    metadata_rows = with_event_time(metadata_rows, cfg, 0, names.METADATA_WATERMARKS_UID)
+    metadata_rows = metadata_watermarks(metadata_rows, cfg)
     definition_rows, definition_letters = decode_definitions(definitions, cfg)
-    # Definitions must neither hold event time back (the control topic is quiet: it goes idle)
-    # nor push it forward (their Kafka timestamps are wall-clock: an idle click stream would
-    # let them drag the watermark to "now" and make every event late). Timestamp 0 does both:
-    # Flink ignores an input whose watermark is behind the operator's until it catches up.
-    definition_rows = definition_rows.assign_timestamps_and_watermarks(
-        WatermarkStrategy.for_monotonous_timestamps()
-        .with_idleness(Duration.of_millis(cfg.idleness_ms))
-        .with_timestamp_assigner(NeutralTimeAssigner())
-    ).uid(names.DEFINITION_WATERMARKS_UID).name(names.DEFINITION_WATERMARKS_UID)
-    changes = run_user_engine(valid_clicks.union(metadata_rows), definition_rows, cfg,
-                              initial_definitions, model_files, writer_factory)
-    dead_letters = click_letters.union(metadata_letters, definition_letters,
-                                       changes.get_side_output(DEAD_LETTER_TAG))
-    return JobOutputs(segment_changes=changes, dead_letters=dead_letters)
+    definition_rows = definition_watermarks(definition_rows, cfg)
+    engine = run_user_engine(valid_clicks.union(metadata_rows), definition_rows, cfg,
+                             initial_definitions, model_files,
+                             store if store is not None else membership_store(cfg))
+    return JobOutputs(
+        segment_changes=route_engine_records(engine, "SegmentChange", cfg.segment_changes_topic,
+                                             names.ROUTE_SEGMENT_CHANGES_UID),
+        # the trigger topics by priority tier: triggers-p0 .. triggers-p3
+        triggers=route_engine_records(engine, "TriggerEvent", cfg.trigger_topic_prefix,
+                                      names.ROUTE_TRIGGERS_UID, by_tier=True),
+        trigger_decisions=route_engine_records(engine, "TriggerDecision",
+                                               cfg.trigger_decisions_topic,
+                                               names.ROUTE_DECISIONS_UID),
+        dead_letters=click_letters.union(metadata_letters, definition_letters,
+                                         engine.get_side_output(DEAD_LETTER_TAG)),
+    )
 
 
 def python_worker_settings() -> dict[str, str]:

@@ -50,7 +50,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec, CodecError, Record, UnknownSchemaError, WrongSchemaError
-from udfs.clicks import Rejected, SourceRecord, dead_letter
+from udfs.intake import Rejected, SourceRecord, dead_letter
 
 TIERS = ("P0", "P1", "P2", "P3")
 """The priority tiers, most urgent first (the TriggerEvent ``PriorityTier`` symbols)."""

@@ -27,6 +27,17 @@ KAFKA_OUT_ROW = Types.ROW_NAMED(
 #: Rejected input, already encoded as DeadLetter records for the dead-letter topic.
 DEAD_LETTER_TAG = OutputTag("dead-letters", KAFKA_OUT_ROW)
 
+#: What the per-user engine emits: SegmentChanges, TriggerEvents and TriggerDecisions as
+#: Row(record name, priority tier or None, key, Avro value), routed to their topics by
+#: ``io.nudgeflow.flink.RouteEngineRecords`` (``jobs.job.route_engine_records``). One output, not
+#: side outputs: PyFlink 2.2's thread mode drops side outputs yielded from a keyed broadcast
+#: function's ``on_timer`` (it does not pass its results through the side-output collector).
+ENGINE_OUTPUT_ROW = Types.ROW_NAMED(
+    ["record", "tier", "key", "value"],
+    [Types.STRING(), Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()),
+     Types.PRIMITIVE_ARRAY(Types.BYTE())],
+)
+
 
 #: What the per-user engine consumes: a click or a user's metadata, keyed by user id, as the
 #: validated Avro single-object bytes of the record (``payload``) plus the few fields routing

@@ -1,10 +1,17 @@
-"""The per-user engine: one user's state, stepped by events, metadata and timers.
+"""The per-user engine: one user's state, stepped by clicks, metadata and timers.
 
-Inputs: a ClickEvent, a UserMetadata, or an event-time timer, plus the current segment
-definitions. Outputs: the SegmentChanges (ENTER/EXIT) the step caused and the next event time at
-which the user's membership could change without input (the adapter sets a timer there).
-State: behavioural features (``udfs.features``), the latest metadata, and the user's membership
-(segment id -> definition version at entry).
+``step(state, item, rules, now_ms) -> Step`` is the whole of what happens to a user for one
+input, with no I/O: behavioural features (``udfs.features``), the churn score (``rules.scorer``),
+segment membership (``udfs.segments``: ENTER/EXIT changes and the next time membership could
+change without input) and campaigns (``udfs.arbitration``: candidates, the priority matrix,
+per-user arbitration, caps, quiet hours, dedup -> TriggerEvents and TriggerDecisions). The Flink
+adapter (``udfs.functions.UserEngineFunction``) loads the state, calls ``step``, stores what the
+``Step`` says changed, registers its timers and emits its records.
+
+Inputs: ``Click`` (a validated ClickEvent), ``MetadataUpdate`` (a UserMetadata) or ``Timer``.
+State (``UserState``): features, the latest metadata, membership (segment id -> definition
+version at entry), the churn score, and the campaign state, read lazily through
+``UserState.load_campaigns`` (most steps never need it).
 
 Membership follows the definitions lazily: a changed or deleted definition is applied to a user
 at that user's next event, metadata update or timer (Flink cannot cheaply visit every key from a
@@ -14,22 +21,40 @@ broadcast update in Python); see udfs/SEGMENTS.md for the policy.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from udfs import arbitration
 from udfs import features as feat
+from udfs.arbitration import CampaignState
+from udfs.campaigns import Registries
 from udfs.segments import MEMBERSHIP_RECHECK_MS, SegmentRegistry, evaluate
 
 
 @dataclass
 class UserState:
-    """Everything the engine keeps for one user."""
+    """Everything the engine keeps for one user.
+
+    ``campaigns`` is None until a step needs it; ``campaign_state()`` then loads it through
+    ``load_campaigns`` (the adapter reads keyed state there) or starts a fresh one.
+    """
 
     features: feat.UserFeatures | None = None
     metadata: dict[str, Any] | None = None
     membership: dict[str, int] = field(default_factory=dict)
     churn_score: float | None = None
     model_version: str | None = None
+    campaigns: CampaignState | None = None
+    load_campaigns: Callable[[], CampaignState] | None = field(
+        default=None, repr=False, compare=False)
+
+    def campaign_state(self) -> CampaignState:
+        """The user's campaign state, loaded on first use."""
+        if self.campaigns is None:
+            loader = self.load_campaigns
+            self.campaigns = loader() if loader is not None else CampaignState()
+        return self.campaigns
 
 
 class Scorer(Protocol):
@@ -43,8 +68,156 @@ class Scorer(Protocol):
 
 
 @dataclass(frozen=True)
+class Click:
+    """A validated ClickEvent dict; ``ingest_time`` is the Kafka append time of its record."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MetadataUpdate:
+    """A user's UserMetadata dict, evaluated at event time ``at_ms``."""
+
+    metadata: dict[str, Any]
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Timer:
+    """An event-time timer of a user fired at ``time_ms``."""
+
+    user_id: str
+    time_ms: int
+
+
+#: what a step is applied to
+Input = Click | MetadataUpdate | Timer
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a step applies besides the user's state.
+
+    Attributes:
+        registries: the segment, campaign and priority-policy definitions in force.
+        state_ttl_ms: a user idle this long (event time) leaves every segment; state dropped.
+        scorer: the churn model, or None (scoring off).
+        audience_sizes: live segment sizes (the priority matrix's audience factor).
+    """
+
+    registries: Registries
+    state_ttl_ms: int
+    scorer: Scorer | None = None
+    audience_sizes: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Step:
-    """What one step produced."""
+    """What one step produced, and which parts of the state it changed.
+
+    Attributes:
+        changes: SegmentChange dicts (ENTER/EXIT), in order.
+        triggers: TriggerEvent dicts to send.
+        decisions: TriggerDecision dicts (suppressed or deferred candidates).
+        timers: event times at which the user must be stepped again (Flink timers).
+        trigger_duplicates: candidates dropped because their trigger id was decided before.
+        duplicate: the click was a duplicate (same event id): nothing else happened.
+        expired: the user was idle beyond the TTL: every segment EXITed; drop all state.
+        features_changed: ``state.features`` must be stored.
+        metadata_changed: ``state.metadata`` must be stored.
+        campaigns_changed: ``state.campaigns`` must be stored (cleared when empty).
+        expiry_timer_ms: when the user's state expires if nothing else arrives (set with
+            ``features_changed``; rounded to a day so it moves at most once a day).
+    """
+
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    timers: list[int] = field(default_factory=list)
+    trigger_duplicates: int = 0
+    duplicate: bool = False
+    expired: bool = False
+    features_changed: bool = False
+    metadata_changed: bool = False
+    campaigns_changed: bool = False
+    expiry_timer_ms: int | None = None
+
+
+def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
+    """Apply one input to one user's state: features, churn, segments, then campaigns.
+
+    Args:
+        state: the user's state; updated in place.
+        item: a click, a metadata update or a timer.
+        rules: the definitions in force, the TTL, the churn model, audience sizes.
+        now_ms: wall-clock time of the step (a trigger's ``emit_time``; never read as event
+            time).
+    """
+    registry = rules.registries.segments
+    scorer = rules.scorer
+    event: dict[str, Any] | None = None
+    out = Step()
+    if isinstance(item, Click):
+        event = item.event
+        seg = on_event(state, event, registry, scorer)
+        if seg.duplicate:
+            return Step(duplicate=True)
+        assert state.features is not None  # on_event created them
+        out.features_changed = True
+        out.expiry_timer_ms = expiry_timer_ms(state.features.last_event_ms, rules.state_ttl_ms)
+        user_id, cause = event["user_id"], str(event["event_id"])
+    elif isinstance(item, MetadataUpdate):
+        seg = on_metadata(state, item.metadata, registry, item.at_ms, scorer)
+        out.metadata_changed = seg.now_ms is not None  # an older record is ignored
+        user_id, cause = item.metadata["user_id"], f"metadata@{item.metadata.get('updated_at')}"
+    else:
+        user_id, cause = item.user_id, f"timer@{item.time_ms}"
+        if expired(state, item.time_ms, rules.state_ttl_ms):
+            # an idle user leaves every segment, then their state is dropped (bounded state)
+            seg = on_expiry(state, user_id, item.time_ms, rules.state_ttl_ms, scorer)
+            return Step(changes=seg.changes, expired=True)
+        seg = on_timer(state, user_id, item.time_ms, registry, scorer)
+    out.changes = seg.changes
+    if seg.next_timer_ms is not None:
+        out.timers.append(seg.next_timer_ms)
+    _campaigns(state, user_id, seg, rules, cause, event, isinstance(item, Timer), now_ms, out)
+    return out
+
+
+def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules, cause: str,
+               event: dict[str, Any] | None, timer: bool, now_ms: int, out: Step) -> None:
+    """The campaigns' half of a step: fire, arbitrate, decide; results into ``out``.
+
+    The campaign state is read only when it can matter: at a timer (deferred candidates fall
+    due), when a campaign fires, or when a campaign watches the churn score (for crossings).
+    """
+    registries = rules.registries
+    if seg.now_ms is None or not len(registries.campaigns):
+        return
+    campaigns = registries.campaign_map()
+    facts = arbitration.StepFacts(user_id, seg.now_ms, cause, event, tuple(seg.changes),
+                                  state.churn_score, seg.view, state.metadata)
+    if not (timer or registries.uses_churn()
+            or arbitration.find_candidates(campaigns.values(), facts, None)):
+        return
+    cstate = state.campaign_state()
+    defs = arbitration.Definitions(campaigns, registries.policies.policy(),
+                                   registries.segment_versions(), rules.audience_sizes)
+    user = arbitration.UserFacts(user_id, state.metadata, state.membership, state.churn_score,
+                                 state.model_version)
+    outcome = arbitration.on_step(cstate, facts, user, defs, now_ms)
+    out.campaigns_changed = outcome.state_changed
+    due = cstate.next_due_ms()
+    if due is not None:
+        out.timers.append(due)
+    out.triggers = outcome.triggers
+    out.decisions = outcome.decisions
+    out.trigger_duplicates = outcome.duplicates
+
+
+@dataclass(frozen=True)
+class MembershipStep:
+    """What the segment half of a step produced."""
 
     changes: list[dict[str, Any]]
     next_timer_ms: int | None
@@ -60,22 +233,22 @@ def change_id(user_id: str, segment_id: str, change: str, event_time: int, cause
 
 
 def on_event(state: UserState, event: dict[str, Any], registry: SegmentRegistry,
-             scorer: Scorer | None = None) -> Step:
+             scorer: Scorer | None = None) -> MembershipStep:
     """Apply one valid ClickEvent; a duplicate (same event id) changes nothing."""
     features = state.features
     if features is not None and features.is_duplicate(event["event_id"]):
-        return Step([], None, duplicate=True)
+        return MembershipStep([], None, duplicate=True)
     state.features = feat.update(features, event)
     return _reevaluate(state, event["user_id"], event["event_time"], registry,
                        cause=event["event_id"], cause_event_id=event["event_id"], scorer=scorer)
 
 
 def on_metadata(state: UserState, metadata: dict[str, Any], registry: SegmentRegistry,
-                now_ms: int, scorer: Scorer | None = None) -> Step:
+                now_ms: int, scorer: Scorer | None = None) -> MembershipStep:
     """Apply the user's latest metadata (a newer ``updated_at`` wins; older is ignored)."""
     current = state.metadata
     if current is not None and current.get("updated_at", 0) > metadata.get("updated_at", 0):
-        return Step([], None)
+        return MembershipStep([], None)
     state.metadata = metadata
     return _reevaluate(state, metadata["user_id"], now_ms, registry,
                        cause=f"metadata@{metadata.get('updated_at')}", cause_event_id=None,
@@ -83,14 +256,14 @@ def on_metadata(state: UserState, metadata: dict[str, Any], registry: SegmentReg
 
 
 def on_timer(state: UserState, user_id: str, timer_ms: int,
-             registry: SegmentRegistry, scorer: Scorer | None = None) -> Step:
+             registry: SegmentRegistry, scorer: Scorer | None = None) -> MembershipStep:
     """Re-evaluate at a timer's event time (absence windows, inactivity, expiring windows)."""
     return _reevaluate(state, user_id, timer_ms, registry, cause=f"timer@{timer_ms}",
                        cause_event_id=None, scorer=scorer)
 
 
 def on_expiry(state: UserState, user_id: str, timer_ms: int, ttl_ms: int,
-              scorer: Scorer | None = None) -> Step:
+              scorer: Scorer | None = None) -> MembershipStep:
     """The user's state is about to be dropped (idle beyond the TTL): EXIT every segment."""
     if scorer is not None and state.features is not None:
         state.churn_score = scorer.score(
@@ -103,7 +276,7 @@ def on_expiry(state: UserState, user_id: str, timer_ms: int, ttl_ms: int,
         for segment_id, version in sorted(state.membership.items())
     ]
     state.membership.clear()
-    return Step(changes, None)
+    return MembershipStep(changes, None)
 
 
 def _change(state: UserState, user_id: str, segment_id: str, change: str, version: int,
@@ -143,7 +316,8 @@ def expired(state: UserState, now_ms: int, ttl_ms: int) -> bool:
 
 
 def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRegistry,
-                cause: str, cause_event_id: str | None, scorer: Scorer | None = None) -> Step:
+                cause: str, cause_event_id: str | None,
+                scorer: Scorer | None = None) -> MembershipStep:
     if state.features is not None:
         # a user's clock never goes backwards: an out-of-order event, older metadata or a timer
         # behind the user's newest event is evaluated at that newest event time
@@ -193,4 +367,4 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
         # changed and deleted ones) within a day of event time
         recheck = (now_ms // MEMBERSHIP_RECHECK_MS + 1) * MEMBERSHIP_RECHECK_MS
         next_timer = recheck if next_timer is None else min(next_timer, recheck)
-    return Step(changes, next_timer, now_ms=now_ms, view=view)
+    return MembershipStep(changes, next_timer, now_ms=now_ms, view=view)

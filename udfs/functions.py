@@ -30,7 +30,7 @@ from pyflink.datastream import (
 )
 
 from schemas.codec import Codec, CodecError, UnknownSchemaError
-from udfs import arbitration, clicks, engine, features
+from udfs import arbitration, engine, features, intake
 from udfs.campaigns import Registries
 from udfs.descriptors import (
     DEAD_LETTER_TAG,
@@ -42,7 +42,7 @@ from udfs.descriptors import (
     user_metadata_state,
 )
 from udfs.metrics import BufferedCounter, SampledDistribution
-from udfs.segments import ChangeOutcome, SegmentRegistry, format_errors
+from udfs.segments import ChangeOutcome, format_errors
 
 #: the live segment sizes (audience factor) are re-read from the store at most this often
 AUDIENCE_REFRESH_S = 10.0
@@ -67,11 +67,11 @@ class DecodeClicksFunction(ProcessFunction):
         """Emit a click row, or a DeadLetter row on the side output."""
         self.events_in.inc()
         topic, partition, offset, timestamp, key, raw = value
-        record = clicks.SourceRecord(
+        record = intake.SourceRecord(
             topic, partition, offset, timestamp, _maybe_bytes(key), _maybe_bytes(raw)
         )
-        result = clicks.decode_click(self.codec, record, self.max_future_skew_ms)
-        if isinstance(result, clicks.Rejected):
+        result = intake.decode_click(self.codec, record, self.max_future_skew_ms)
+        if isinstance(result, intake.Rejected):
             self.dead_lettered.inc(result.reason_code)
             yield dead_letter_row(self.codec, self.dead_letter_topic, record, result,
                                   ctx.timer_service().current_processing_time())
@@ -135,10 +135,10 @@ class LabelledCounters:
         counter.inc()
 
 
-def dead_letter_row(codec: Codec, topic: str, record: clicks.SourceRecord,
-                    rejected: clicks.Rejected, failed_at: int) -> tuple[OutputTag, Row]:
+def dead_letter_row(codec: Codec, topic: str, record: intake.SourceRecord,
+                    rejected: intake.Rejected, failed_at: int) -> tuple[OutputTag, Row]:
     """The side-output element that puts a rejected record on the dead-letter topic."""
-    letter = clicks.dead_letter(record, rejected, failed_at)
+    letter = intake.dead_letter(record, rejected, failed_at)
     return DEAD_LETTER_TAG, Row(topic, record.key, codec.encode("DeadLetter", letter))
 
 
@@ -167,25 +167,25 @@ class DecodeRecordsFunction(ProcessFunction):
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         """Emit the row for a valid record, a DeadLetter row for anything else."""
         topic, partition, offset, timestamp, key, raw = value
-        record = clicks.SourceRecord(
+        record = intake.SourceRecord(
             topic, partition, offset, timestamp, _maybe_bytes(key), _maybe_bytes(raw)
         )
         problem = None
         decoded = None
         if not record.value:
-            problem = clicks.Rejected("INVALID_AVRO", "empty record value", "decode")
+            problem = intake.Rejected("INVALID_AVRO", "empty record value", "decode")
         else:
             try:
                 decoded = self.codec.decode(record.value, expect=self.schema)
             except UnknownSchemaError as exc:
-                problem = clicks.Rejected("UNKNOWN_SCHEMA", str(exc), "decode")
+                problem = intake.Rejected("UNKNOWN_SCHEMA", str(exc), "decode")
             except CodecError as exc:
-                problem = clicks.Rejected("INVALID_AVRO", str(exc), "decode")
+                problem = intake.Rejected("INVALID_AVRO", str(exc), "decode")
         if problem is not None or decoded is None:
             self.dead_lettered.inc(problem.reason_code if problem else "OTHER")
             yield dead_letter_row(
                 self.codec, self.dead_letter_topic, record,
-                problem or clicks.Rejected("OTHER", "undecodable", "decode"),
+                problem or intake.Rejected("OTHER", "undecodable", "decode"),
                 ctx.timer_service().current_processing_time())
             return
         yield self.to_row(decoded, record.value)
@@ -241,30 +241,30 @@ class MeasuredScorer:
 
 
 class UserEngineFunction(KeyedBroadcastProcessFunction):
-    """Keyed by user, with the definitions broadcast: features, metadata, segment membership.
+    """Keyed by user, with the definitions broadcast: the per-user engine.
 
-    For each click, metadata update or timer: load the user's state, step ``udfs.engine``,
-    write every membership change to Cassandra and Redis (blocking, retried; see
-    udfs/membership_store.py), store the state, emit the changes as SegmentChange rows and set a
-    timer for the next time-driven change. Events later than the watermark minus the allowed
-    lateness go to the dead-letter topic (LATE_EVENT).
+    For each click, metadata update or timer: load the user's state, call ``engine.step``,
+    store what it changed, register its timers, write its membership changes to the membership
+    store (blocking, retried; ``udfs.stores.membership``), then emit its SegmentChanges,
+    TriggerEvents and TriggerDecisions as ``ENGINE_OUTPUT_ROW`` rows (routed to their topics
+    downstream, in Java). Events later than the watermark minus the allowed lateness go to the
+    dead-letter side output (LATE_EVENT).
     """
 
     def __init__(self, cfg: Any, initial_definitions: list[dict[str, Any]],
                  model_files: tuple[bytes, bytes, str, str] | None,
-                 writer_factory: Any = None) -> None:
+                 store_factory: Any) -> None:
         self.cfg = cfg
         # the definitions of the segment files, in force from the first event on (a broadcast
         # stream would race with the first events)
         self.initial_definitions = initial_definitions
         # the churn model's files travel with the function (see jobs.job.churn_model_files)
         self.model_files = model_files
-        self.writer_factory = writer_factory
+        # creates the membership store in open() (a client is never pickled)
+        self.store_factory = store_factory
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """State handles, codec, the store writer and metrics, created once per instance."""
-        from udfs.membership_store import CassandraRedisWriter
-
         self.codec = Codec.load()
         self.features_state = runtime_context.get_state(user_features_state())
         self.metadata_state = runtime_context.get_state(user_metadata_state())
@@ -291,7 +291,6 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.store_retries = metrics.counter("store_retries")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.registries: Registries | None = None
-        self.registry: SegmentRegistry | None = None
         self.scorer = None
         if self.model_files is not None:
             import_in_python_thread("udfs.churn")
@@ -307,15 +306,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # user id -> (encoded metadata, its dict); user id -> the expiry timer last set
         self.metadata_cache: dict[str, tuple[bytes, dict[str, Any]]] = {}
         self.expiry_cache: dict[str, int] = {}
-        if self.writer_factory is not None:
-            self.writer = self.writer_factory()
-        else:
-            cfg = self.cfg
-            self.writer = CassandraRedisWriter.connect(
-                cfg.cassandra_hosts.split(","), cfg.cassandra_port, cfg.cassandra_keyspace,
-                cfg.redis_url, cfg.cassandra_username, cfg.cassandra_password,
-                on_retry=self.store_retries.inc, redis_prefix=cfg.redis_key_prefix,
-            )
+        self.writer = self.store_factory(on_retry=self.store_retries.inc)
 
     def close(self) -> None:
         """Close the store connections."""
@@ -329,17 +320,16 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         """Apply a DefinitionUpdate to the registry and, if it changed it, the broadcast state."""
         definition_id, payload = value[0], _maybe_bytes(value[1]) or b""
         state = ctx.get_broadcast_state(definitions_state())
-        self._load_registry(state)
+        registries = self._load_registries(state)
         update = self.codec.decode(payload, expect="DefinitionUpdate")
-        assert self.registries is not None
-        change = self.registries.apply(update)
+        change = registries.apply(update)
         if change.outcome is ChangeOutcome.REJECTED:
             self.bad_definitions.inc()
             yield dead_letter_row(
                 self.codec, self.cfg.dead_letter_topic,
-                clicks.SourceRecord(self.cfg.definitions_topic, None, None, None,
+                intake.SourceRecord(self.cfg.definitions_topic, None, None, None,
                                     definition_id.encode(), payload),
-                clicks.Rejected("INVALID_DEFINITION", change.message + "; " + format_errors(
+                intake.Rejected("INVALID_DEFINITION", change.message + "; " + format_errors(
                     change.errors), "definitions"),
                 # processing time; the broadcast context's current_processing_time() is broken
                 # in PyFlink 2.2's thread mode (no such Java method)
@@ -350,7 +340,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             state.put(definition_id, payload)
             self.writer.record_definition(definition_id, f"v{change.version} {update['action']}")
 
-    def _load_registry(self, state: Any) -> None:
+    def _load_registries(self, state: Any) -> Registries:
         """Once per start or restore: the file definitions, then those of the control topic.
 
         The broadcast state holds what the control topic changed; versions decide, so a file
@@ -358,24 +348,23 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         campaigns and the priority policy each have their registry (``Registries``).
         """
         if self.registries is not None:
-            return
+            return self.registries
         registries = Registries.from_updates(self.initial_definitions)
         for _, payload in state.items():
             registries.apply(self.codec.decode(bytes(payload), expect="DefinitionUpdate"))
         self.registries = registries
-        self.registry = registries.segments
         for update in registries.updates():
             self.writer.record_definition(update["definition_id"],
                                           f"v{update['version']} {update['action']}")
+        return registries
 
     # -- users --------------------------------------------------------------------------------
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
         """Step the engine with a click or a metadata update."""
-        if self.registry is None:  # once per start: the state handle is a JVM call
-            self._load_registry(ctx.get_broadcast_state(definitions_state()))
         kind, user_id, event_time = value[0], value[1], value[2]
         state = self._load_state(user_id)
+        item: engine.Input
         if kind == "click":
             watermark = ctx.timer_service().current_watermark()
             if engine.is_late(event_time, watermark, self.cfg.allowed_lateness_ms):
@@ -383,57 +372,55 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 yield from self._late(value, watermark, ctx)
                 return
             self.events.inc()
-            event = self._click(value)
-            step = engine.on_event(state, event, self._registry(), self.scorer)
-            if step.duplicate:
-                self.duplicates.inc()
-                return
+            item = engine.Click(self._click(value))
         else:
             metadata = self.codec.decode(_maybe_bytes(value[4]) or b"", expect="UserMetadata")
-            step = engine.on_metadata(state, metadata, self._registry(),
-                                      max(event_time, ctx.timer_service().current_watermark()),
-                                      self.scorer)
-            yield from self._finish(user_id, state, step, ctx, metadata_changed=True)
-            yield from self._campaigns(user_id, state, step, ctx,
-                                       f"metadata@{metadata.get('updated_at')}")
-            return
-        yield from self._finish(user_id, state, step, ctx, features_changed=True)
-        yield from self._campaigns(user_id, state, step, ctx, event["event_id"], event)
+            item = engine.MetadataUpdate(
+                metadata, max(event_time, ctx.timer_service().current_watermark()))
+        yield from self._step(user_id, state, item, ctx)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-        """Re-evaluate at a timer; clear the state of users idle beyond the TTL."""
-        if self.registry is None:  # once per start: the state handle is a JVM call
-            self._load_registry(ctx.get_broadcast_state(definitions_state()))
+        """Step the engine at a timer (time-driven changes, deferred triggers, state expiry)."""
         user_id = ctx.get_current_key()
         state = self._load_state(user_id)
-        if engine.expired(state, timestamp, self.cfg.state_ttl_ms):
-            # an idle user leaves every segment, then their state is dropped (bounded state)
-            step = engine.on_expiry(state, user_id, timestamp, self.cfg.state_ttl_ms,
-                                    self.scorer)
-            yield from self._emit(step)
-            self.features_state.clear()
-            self.metadata_state.clear()
-            self.membership.clear()
-            self.expiry.clear()
-            self.expiry_cache.pop(user_id, None)
-            self.campaign_state.clear()
-            return
-        step = engine.on_timer(state, user_id, timestamp, self._registry(), self.scorer)
-        yield from self._finish(user_id, state, step, ctx)
-        yield from self._campaigns(user_id, state, step, ctx, f"timer@{timestamp}", timer=True)
+        yield from self._step(user_id, state, engine.Timer(user_id, timestamp), ctx)
 
-    def _registry(self) -> SegmentRegistry:
-        assert self.registry is not None, "_load_registry runs before every element"
-        return self.registry
+    def _step(self, user_id: str, state: engine.UserState, item: engine.Input, ctx: Any
+              ) -> Iterator[Any]:
+        """Call the engine, store what it changed, register its timers and emit its records."""
+        if self.registries is None:  # once per start: the state handle is a JVM call
+            self._load_registries(ctx.get_broadcast_state(definitions_state()))
+        emit_time = int(time.time() * 1000)
+        step = engine.step(state, item, self._rules(), emit_time)
+        if step.duplicate:
+            self.duplicates.inc()
+            return
+        if step.expired:
+            yield from self._segment_changes(step)
+            self._clear_state(user_id)
+            return
+        self._store_state(user_id, state, step, ctx)
+        timers = ctx.timer_service()
+        for due in step.timers:
+            timers.register_event_time_timer(due)
+        yield from self._segment_changes(step)
+        yield from self._triggers(user_id, step, item, emit_time)
+
+    def _rules(self) -> engine.Rules:
+        assert self.registries is not None, "_load_registries runs before every step"
+        return engine.Rules(self.registries, self.cfg.state_ttl_ms, self.scorer,
+                            self._audience_sizes())
 
     def _load_state(self, user_id: str) -> engine.UserState:
         self.loaded_membership = dict(self.membership.value() or {})
         raw_features = self.features_state.value()
         raw_metadata = self.metadata_state.value()
+        self.campaigns_stored = False
         return engine.UserState(
             features=self._decode_features(user_id, raw_features) if raw_features else None,
             metadata=self._decode_metadata(user_id, raw_metadata) if raw_metadata else None,
             membership=dict(self.loaded_membership),
+            load_campaigns=self._load_campaigns,
         )
 
     def _decode_features(self, user_id: str, raw: bytes) -> features.UserFeatures:
@@ -460,19 +447,24 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         _remember(self.metadata_cache, user_id, (raw, metadata))
         return metadata
 
-    def _finish(self, user_id: str, state: engine.UserState, step: engine.Step, ctx: Any,
-                features_changed: bool = False, metadata_changed: bool = False
-                ) -> Iterator[Any]:
+    def _load_campaigns(self) -> arbitration.CampaignState:
+        """The current user's campaign state (read only when a step needs it)."""
+        raw = self.campaign_state.value()
+        self.campaigns_stored = bool(raw)
+        return arbitration.decode_state(bytes(raw) if raw else None)
+
+    def _store_state(self, user_id: str, state: engine.UserState, step: engine.Step,
+                     ctx: Any) -> None:
         # only what changed is written back: each state write is a conversion across the JVM
-        if features_changed and state.features is not None:
+        if step.features_changed and state.features is not None:
             encoded = features.encode_state(state.features)
             self.features_state.update(encoded)
             _remember(self.features_cache, user_id, (encoded, state.features))
             self.state_bytes.update(len(encoded))
+        expiry = step.expiry_timer_ms
+        if expiry is not None:
             # the expiry timer moves at most once a day (not at every event): fewer timer
             # registrations and state writes, and fewer stale timers in the timer state
-            expiry = engine.expiry_timer_ms(state.features.last_event_ms,
-                                            self.cfg.state_ttl_ms)
             known = self.expiry_cache.get(user_id)
             if known is None:
                 known = self.expiry.value()
@@ -480,73 +472,53 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 ctx.timer_service().register_event_time_timer(expiry)
                 self.expiry.update(expiry)
             _remember(self.expiry_cache, user_id, expiry)
-        if metadata_changed and state.metadata is not None:
+        if step.metadata_changed and state.metadata is not None:
             self.metadata_state.update(self.codec.encode("UserMetadata", state.metadata))
         if state.membership != self.loaded_membership:
             self.membership.update(state.membership)
-        if step.next_timer_ms is not None:
-            ctx.timer_service().register_event_time_timer(step.next_timer_ms)
-        yield from self._emit(step)
+        cstate = state.campaigns
+        if step.campaigns_changed and cstate is not None:
+            # most steps change nothing: no encoding, no state write
+            if not cstate.is_empty():
+                self.campaign_state.update(arbitration.encode_state(cstate))
+            elif self.campaigns_stored:
+                self.campaign_state.clear()
 
-    def _emit(self, step: engine.Step) -> Iterator[Row]:
+    def _clear_state(self, user_id: str) -> None:
+        self.features_state.clear()
+        self.metadata_state.clear()
+        self.membership.clear()
+        self.expiry.clear()
+        self.expiry_cache.pop(user_id, None)
+        self.campaign_state.clear()
+
+    def _segment_changes(self, step: engine.Step) -> Iterator[Row]:
         # durable before they are emitted (and so checkpointed); a step's changes together
         self.writer.write_many(step.changes)
         for change in step.changes:
             (self.enters if change["change"] == "ENTER" else self.exits).inc()
             self.changes.inc(f"{change['segment_id']}.{change['change']}")
             record = {**change, "emitted_at": change["event_time"]}
-            yield Row(self.cfg.segment_changes_topic, change["user_id"].encode(),
+            yield Row("SegmentChange", None, change["user_id"].encode(),
                       self.codec.encode("SegmentChange", record))
 
-    # -- campaigns ----------------------------------------------------------------------------
-
-    def _campaigns(self, user_id: str, state: engine.UserState, step: engine.Step, ctx: Any,
-                   cause: str, event: dict[str, Any] | None = None, timer: bool = False
-                   ) -> Iterator[Row]:
-        """Fire, arbitrate and emit the user's campaign triggers after an engine step.
-
-        The campaign state is read only when it can matter: at a timer (deferred candidates),
-        when a campaign fires, or when a campaign watches the churn score (for crossings).
-        """
-        registries = self.registries
-        if registries is None or step.now_ms is None or not len(registries.campaigns):
-            return
-        campaigns = registries.campaign_map()
-        facts = arbitration.StepFacts(user_id, step.now_ms, cause, event, tuple(step.changes),
-                                      state.churn_score, step.view, state.metadata)
-        if not (timer or registries.uses_churn()
-                or arbitration.find_candidates(campaigns.values(), facts, None)):
-            return
-        raw = self.campaign_state.value()
-        cstate = arbitration.decode_state(bytes(raw) if raw else None)
-        defs = arbitration.Definitions(campaigns, registries.policies.policy(),
-                                       registries.segment_versions(), self._audience_sizes())
-        user = arbitration.UserFacts(user_id, state.metadata, state.membership,
-                                     state.churn_score, state.model_version)
-        emit_time = int(time.time() * 1000)
-        outcome = arbitration.on_step(cstate, facts, user, defs, emit_time)
-        if outcome.state_changed:  # most steps change nothing: no encoding, no state write
-            if not cstate.is_empty():
-                self.campaign_state.update(arbitration.encode_state(cstate))
-            elif raw:
-                self.campaign_state.clear()
-        due = cstate.next_due_ms()
-        if due is not None:
-            ctx.timer_service().register_event_time_timer(due)
-        for _ in range(outcome.duplicates):
+    def _triggers(self, user_id: str, step: engine.Step, item: engine.Input, emit_time: int
+                  ) -> Iterator[Any]:
+        for _ in range(step.trigger_duplicates):
             self.trigger_duplicates.inc()
         key = user_id.encode()
-        for trigger in outcome.triggers:
+        event = item.event if isinstance(item, engine.Click) else None
+        for trigger in step.triggers:
             self.triggers_by_tier.inc(trigger["tier"])
             self.triggers_by_campaign.inc(trigger["campaign_id"])
             if event is not None and trigger["cause_event_id"] == event["event_id"]:
                 self.trigger_latency.update(max(0, emit_time - trigger["ingest_time"]))
-            yield Row(self.cfg.trigger_topic(trigger["tier"]), key,
+            yield Row("TriggerEvent", trigger["tier"], key,
                       self.codec.encode("TriggerEvent", trigger))
-        for decision in outcome.decisions:
+        for decision in step.decisions:
             counters = self.suppressed if decision["outcome"] == "SUPPRESSED" else self.deferred
             counters.inc(decision["reason_code"])
-            yield Row(self.cfg.trigger_decisions_topic, key,
+            yield Row("TriggerDecision", None, key,
                       self.codec.encode("TriggerDecision", decision))
 
     def _audience_sizes(self) -> dict[str, int]:
@@ -575,8 +547,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         )
         yield dead_letter_row(
             self.codec, self.cfg.dead_letter_topic,
-            clicks.SourceRecord(self.cfg.clicks_topic, None, None, ingest_time,
+            intake.SourceRecord(self.cfg.clicks_topic, None, None, ingest_time,
                                 event["user_id"].encode(), raw),
-            clicks.Rejected("LATE_EVENT", reason, "watermark"),
+            intake.Rejected("LATE_EVENT", reason, "watermark"),
             ctx.timer_service().current_processing_time(),
         )

@@ -20,7 +20,7 @@ from jobs.config import as_flags
 from jobs.workload import WorkloadSpec, generate_events, generate_users, malformed_records
 from schemas.codec import Codec
 from tests.integration.kafka_io import produce_raw, read_topic
-from udfs.membership_store import redis_key
+from udfs.stores import keys
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +77,6 @@ def test_bounded_local_run_balances_and_stores_agree(isolated_cfg, tmp_path):
                 "SELECT change_id FROM membership_changes WHERE user_id = %s", [user]))
             assert sorted(r.change_id for r in history) == sorted(
                 c["change_id"] for c in changes if c["user_id"] == user)
-            assert client.smembers(redis_key(cfg.redis_key_prefix, user)) == set()
+            assert client.smembers(keys.user_segments(cfg.redis_key_prefix, user)) == set()
     finally:
         session.cluster.shutdown()

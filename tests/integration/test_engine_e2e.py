@@ -19,7 +19,8 @@ from models import CHURN_ONNX
 from schemas.codec import Codec
 from tests.integration.kafka_io import TopicReader, produce_raw
 from udfs.churn import ChurnModel
-from udfs.membership_store import redis_key, segment_bucket
+from udfs.stores import keys
+from udfs.stores.membership import segment_bucket
 
 pytestmark = pytest.mark.integration
 
@@ -176,10 +177,10 @@ def test_scripted_scenario_to_the_record(engine_cfg, running_job, tmp_path):
     # Redis serves the same sets
     client = redis.Redis.from_url(cfg.redis_url, decode_responses=True)
     def served(user):
-        return client.smembers(redis_key(cfg.redis_key_prefix, user)) - {CHURN}
+        return client.smembers(keys.user_segments(cfg.redis_key_prefix, user)) - {CHURN}
 
     assert served(alice) == {"cart-abandoners"}
     assert served(bob) == {"new-signups-7d"}
-    churn = client.hgetall(redis_key(cfg.redis_key_prefix, alice) + ":churn")
+    churn = client.hgetall(keys.user_churn(cfg.redis_key_prefix, alice))
     assert churn["model_version"] == model.version and 0 <= float(churn["score"]) <= 1
-    assert client.ttl(redis_key(cfg.redis_key_prefix, alice)) > 0
+    assert client.ttl(keys.user_segments(cfg.redis_key_prefix, alice)) > 0

@@ -43,7 +43,7 @@ def test_a_silent_buyer_drifts_into_churn_risk_high(env, cfg, tmp_path):
                     .assign_timestamps_and_watermarks(click_watermarks(cfg)),
                     env.from_collection([], type_info=SOURCE_RECORD_ROW),
                     env.from_collection([], type_info=SOURCE_RECORD_ROW),
-                    cfg, writer_factory=FileWriterFactory(str(tmp_path / "w.jsonl")))
+                    cfg, store=FileWriterFactory(str(tmp_path / "w.jsonl")))
     with outputs.all().execute_and_collect() as results:
         records = [codec.decode_named(as_bytes(value)) for _, _, value in results]
 

@@ -34,7 +34,7 @@ from jobs.sender import (
     send_with_retry,
 )
 from schemas.codec import Codec
-from udfs.clicks import SourceRecord
+from udfs.intake import SourceRecord
 
 # kafka-python's import calls importlib.resources.read_text; the warning names importlib, so
 # pyproject's "ignore::DeprecationWarning:kafka.*" does not catch it

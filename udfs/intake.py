@@ -1,4 +1,4 @@
-"""Decode and validate click records; turn a rejected record into a DeadLetter.
+"""Intake: decode and validate input records; turn a rejected record into a DeadLetter.
 
 Input: one Kafka record of the clicks topic (its bytes and where it came from).
 Output: a ClickEvent dict, or a ``Rejected`` carrying the reason, which the adapter turns into a

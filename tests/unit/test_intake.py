@@ -1,4 +1,4 @@
-"""Tests for udfs.clicks (decode, validate, dead letters).
+"""Tests for udfs.intake (decode, validate, dead letters).
 
 A real ``schemas.codec.Codec`` encodes and decodes; timestamps are fixed, there is no wall clock.
 """
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from schemas.codec import MAGIC, Codec
-from udfs.clicks import (
+from udfs.intake import (
     DEFAULT_MAX_FUTURE_SKEW_MS,
     Rejected,
     SourceRecord,

@@ -5,7 +5,8 @@ Inputs: SegmentChange dicts (ENTER/EXIT). Writes per change:
 - Cassandra ``membership_by_user`` and ``members_by_segment`` (bucketed by a stable hash of the
   user id): an upsert on ENTER, a delete on EXIT; ``membership_changes``: one row per change,
   keyed by the deterministic ``change_id`` (history, 90-day TTL).
-- Redis ``<prefix>:user:<user_id>``: a set of the user's segment ids (SADD/SREM) with a TTL,
+- Redis (keys in ``udfs.stores.keys``) ``<prefix>:user:<user_id>``: a set of the user's
+  segment ids (SADD/SREM) with a TTL,
   and ``<prefix>:segment-sizes``: member count per segment, moved only when the set changed
   (one Lua script, so a replayed change counts once; the campaigns' audience factor);
   and, when the change carries a churn score, ``<prefix>:user:<user_id>:churn``: a hash of the
@@ -22,12 +23,15 @@ during an outage instead of losing updates.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from udfs.stores import keys
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +63,6 @@ CQL_INSERT_HISTORY = (
 def segment_bucket(user_id: str, buckets: int = SEGMENT_BUCKETS) -> int:
     """The members_by_segment bucket of a user (stable across processes: crc32, not hash())."""
     return zlib.crc32(user_id.encode()) % buckets
-
-
-def redis_key(prefix: str, user_id: str) -> str:
-    """The Redis set that holds a user's segment ids."""
-    return f"{prefix}:user:{user_id}"
-
-
-def segment_sizes_key(prefix: str) -> str:
-    """The Redis hash segment id -> member count, kept with the users' sets."""
-    return f"{prefix}:segment-sizes"
 
 
 # SADD/SREM the user's set and move the segment's count only if the set changed: a replayed
@@ -218,7 +212,7 @@ class CassandraRedisWriter:
                                 change["change_id"], exc)
                     self.on_retry()
             self.retry.run(f"cassandra write of {change['change_id']}",
-                           lambda change=change: self._write_cassandra(change), self.transient,
+                           functools.partial(self._write_cassandra, change), self.transient,
                            self.on_retry)
 
     def _write_cassandra(self, change: dict[str, Any]) -> None:
@@ -254,15 +248,15 @@ class CassandraRedisWriter:
         from redis.exceptions import NoScriptError
 
         pipe = self.redis.pipeline(transaction=True)
-        sizes = segment_sizes_key(self.prefix)
+        sizes = keys.segment_sizes(self.prefix)
         for change in changes:
-            key = redis_key(self.prefix, change["user_id"])
+            key = keys.user_segments(self.prefix, change["user_id"])
             # EVALSHA, not a registered Script: redis-py checks SCRIPT EXISTS before every
             # pipeline that holds a Script object, one more round trip per write
             pipe.evalsha(self.membership_sha, 2, key, sizes, change["change"],
                          change["segment_id"], REDIS_TTL_S)
             if change.get("churn_score") is not None:
-                churn_key = f"{key}:churn"
+                churn_key = keys.user_churn(self.prefix, change["user_id"])
                 pipe.hset(churn_key, mapping={"score": change["churn_score"],
                                               "model_version": change.get("model_version") or "",
                                               "event_time": change["event_time"]})
@@ -278,14 +272,14 @@ class CassandraRedisWriter:
     def record_definition(self, definition_id: str, description: str) -> None:
         """HSET <prefix>:definitions <id> <description> (best effort: only informational)."""
         try:
-            self.redis.hset(f"{self.prefix}:definitions", definition_id, description)
+            self.redis.hset(keys.definitions(self.prefix), definition_id, description)
         except self.transient as exc:
             log.warning("could not record definition %s in Redis: %s", definition_id, exc)
 
     def segment_sizes(self) -> dict[str, int]:
         """HGETALL <prefix>:segment-sizes (empty when Redis does not answer: factor 0)."""
         try:
-            raw = self.redis.hgetall(segment_sizes_key(self.prefix))
+            raw = self.redis.hgetall(keys.segment_sizes(self.prefix))
         except self.transient as exc:
             log.warning("could not read segment sizes from Redis: %s", exc)
             return {}
@@ -295,6 +289,29 @@ class CassandraRedisWriter:
         """Shut the Cassandra cluster object and the Redis pool down."""
         self.session.cluster.shutdown()
         self.redis.close()
+
+
+@dataclass(frozen=True)
+class CassandraRedisStore:
+    """Where the membership store lives; called in the engine's ``open()`` to connect.
+
+    Picklable (plain values, no client): the job graph carries it to every operator instance,
+    which calls it with the retry counter of its own metrics.
+    """
+
+    cassandra_hosts: tuple[str, ...]
+    cassandra_port: int
+    keyspace: str
+    redis_url: str
+    redis_prefix: str = "nudgeflow"
+    username: str = ""
+    password: str = field(default="", repr=False)
+
+    def __call__(self, on_retry: Callable[[], None] = lambda: None) -> CassandraRedisWriter:
+        """Connect a writer (blocks, retrying, until Cassandra answers)."""
+        return CassandraRedisWriter.connect(
+            list(self.cassandra_hosts), self.cassandra_port, self.keyspace, self.redis_url,
+            self.username, self.password, on_retry=on_retry, redis_prefix=self.redis_prefix)
 
 
 def _text(value: Any) -> str:

@@ -3,7 +3,7 @@ by tests/integration)."""
 
 import pytest
 
-from udfs import membership_store as ms
+from udfs.stores import membership as ms
 
 CHANGE = {"change_id": "c1", "user_id": "u1", "segment_id": "s1", "change": "ENTER",
           "definition_version": 3, "event_time": 1_800_000_000_000, "reason": "r",
@@ -210,3 +210,13 @@ def test_a_redis_that_lost_its_scripts_gets_the_script_again():
     session, client = FakeSession(), ForgetfulRedis()
     _writer(session, client).write_many([CHANGE])
     assert client.log.count(("exec",)) == 1
+
+
+def test_every_redis_key_has_one_spelling():
+    from udfs.stores import keys
+
+    assert keys.user_segments("nf", "u1") == "nf:user:u1"
+    assert keys.user_churn("nf", "u1") == "nf:user:u1:churn"
+    assert keys.segment_sizes("nf") == "nf:segment-sizes"
+    assert keys.definitions("nf") == "nf:definitions"
+    assert keys.sent("nf", "t1") == "nf:sent:t1"
