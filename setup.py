@@ -19,9 +19,9 @@ INSTALL_REQUIRES = [
     "avro==1.12.2",
     "fastavro==1.13.1",
     "PyYAML==6.0.3",
-    # the benchmark report's plot (jobs/bench_report.py, Agg backend: no display needed)
+    # the benchmark report's plot (jobs/bench/report.py, Agg backend: no display needed)
     "matplotlib==3.11.2",
-    # the benchmark's cost per stage: samples the job's embedded Python (jobs/bench.py)
+    # the benchmark's cost per stage: samples the job's embedded Python (jobs/bench/bench.py)
     "py-spy==0.4.3",
 ]
 
@@ -56,5 +56,5 @@ setup(
     },
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},
-    entry_points={"console_scripts": ["nudgeflow = jobs.cli:main"]},
+    entry_points={"console_scripts": ["nudgeflow = jobs.cli.main:main"]},
 )

@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from infra.provision import cassandra_session
-from jobs import generate
 from jobs.config import as_flags
-from jobs.workload import WorkloadSpec, generate_events, generate_users, malformed_records
+from jobs.workload import generate
+from jobs.workload.workload import WorkloadSpec, generate_events, generate_users, malformed_records
 from schemas.codec import Codec
 from tests.integration.kafka_io import produce_raw, read_topic
 from udfs.membership_store import redis_key

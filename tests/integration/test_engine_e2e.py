@@ -13,7 +13,7 @@ import redis
 
 from infra import deploy
 from infra.provision import cassandra_session
-from jobs import defs
+from jobs.cli import defs
 from jobs.config import as_flags
 from models import CHURN_ONNX
 from schemas.codec import Codec

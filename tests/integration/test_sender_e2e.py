@@ -12,7 +12,7 @@ turns the starvation guard on and sees P3 served while P0 still has a backlog.
 import pytest
 from kafka import KafkaProducer
 
-from jobs.sender import TIERS, SenderOptions, run_sender
+from jobs.sender.sender import TIERS, SenderOptions, run_sender
 from schemas.codec import Codec
 from tests.integration.kafka_io import TopicReader
 from tests.unit.test_sender import NOW, make_trigger

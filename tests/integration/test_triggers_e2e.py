@@ -18,8 +18,8 @@ import yaml
 
 from infra import deploy, stack
 from infra.servers.flink import FlinkTaskManager
-from jobs import defs
-from jobs.bench import daytime_zone
+from jobs.bench.bench import daytime_zone
+from jobs.cli import defs
 from jobs.config import ISOLATION_FIELDS, replace
 from schemas.codec import Codec
 from tests.integration import flink_jobs

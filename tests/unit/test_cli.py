@@ -1,4 +1,4 @@
-"""Tests for jobs.cli: the parser, the flags forwarded to the job, and how errors are reported.
+"""Tests for jobs.cli.main: the parser, the flags forwarded to the job, and how errors are reported.
 
 Nothing here reaches a server: the commands exercised fail on their configuration before any
 connection, or only read pid files in a temporary NUDGEFLOW_HOME.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import cli
-from jobs.cli import _job_args, build_parser, main
+from jobs.cli import main as cli
+from jobs.cli.main import _job_args, build_parser, main
 from jobs.config import add_config_arguments, config_from_args
 
 

@@ -1,4 +1,4 @@
-"""Tests for jobs.sender without Kafka or Redis: the scheduler, one batch's handling (expiry,
+"""Tests for jobs.sender.sender without Kafka or Redis: the scheduler, one batch's handling (expiry,
 dedupe, bad records, retries, limits), the dedupe stores, the report, adapters and options."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import types
 
 import pytest
 
-from jobs import sender
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.config import load_config
-from jobs.sender import (
+from jobs.sender import sender
+from jobs.sender.sender import (
     TIERS,
     AdapterFailedError,
     AdapterLoadError,
@@ -382,7 +382,7 @@ def adapters_module(monkeypatch):
 def test_load_adapter_instantiates_classes_and_takes_objects(adapters_module):
     assert isinstance(load_adapter("fake_channels:Good"), adapters_module.Good)
     assert load_adapter("fake_channels:instance") is adapters_module.instance
-    assert isinstance(load_adapter("jobs.sender:ConsoleAdapter"), ConsoleAdapter)
+    assert isinstance(load_adapter("jobs.sender.sender:ConsoleAdapter"), ConsoleAdapter)
 
 
 @pytest.mark.parametrize(("spec", "message"), [

@@ -120,7 +120,7 @@ def _is_local(rest_url: str) -> bool:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``nudgeflow run [--local] [--bounded] [--no-watch]``."""
-    from jobs import monitor
+    from jobs.cli import monitor
 
     cfg = config_from_args(args)
     _say(f"configuration: {cfg}")
@@ -204,7 +204,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``nudgeflow generate``: a seeded synthetic workload into Kafka."""
-    from jobs import generate, workload
+    from jobs.workload import generate, workload
 
     cfg = config_from_args(args)
     spec = workload.WorkloadSpec(
@@ -232,7 +232,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_defs(args: argparse.Namespace) -> int:
     """``nudgeflow defs validate|publish|delete|list``."""
-    from jobs import defs
+    from jobs.cli import defs
     from udfs import campaigns
 
     if args.action == "validate":
@@ -275,7 +275,7 @@ def cmd_jars(args: argparse.Namespace) -> int:
 
 def cmd_sender(args: argparse.Namespace) -> int:
     """``nudgeflow sender``: deliver triggers to a channel adapter, P0 first, deduplicated."""
-    from jobs import sender
+    from jobs.sender import sender
 
     cfg = config_from_args(args)
     try:
@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     jars_p.add_argument("components", nargs="*", help="kafka, cassandra, flink (default: all)")
     jars_p.set_defaults(func=cmd_jars)
 
-    from jobs.sender import add_sender_arguments
+    from jobs.sender.sender import add_sender_arguments
 
     sender_p = sub.add_parser("sender", help="deliver the trigger topics to a channel adapter, "
                               "P0 first, deduplicated (reference consumer)")
@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(sender_p)
     sender_p.set_defaults(func=cmd_sender)
 
-    from jobs.bench import add_bench_arguments, run_bench
+    from jobs.bench.bench import add_bench_arguments, run_bench
 
     bench_p = sub.add_parser("bench", help="measure throughput, latency, cost per stage and "
                              "resources against the machine's ceiling (--quick: < 3 min)")
@@ -407,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from infra.jars import JarResolutionError
         from infra.provision import ProvisionError
         from infra.stack import StackError
-        from jobs.defs import PublishError
+        from jobs.cli.defs import PublishError
         from udfs.segments import DefinitionError
 
         if isinstance(exc, StackError | DeployError | ProvisionError | JarResolutionError |

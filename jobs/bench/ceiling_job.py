@@ -1,10 +1,11 @@
 """The benchmark's ceiling: the clicks moved through the job's own Kafka source and sink, no work.
 
-``python -m jobs.ceiling_job --local --target-topic T [config flags]`` reads the clicks topic with
-the job's source (``jobs.connectors.kafka_records``: same deserializer, same consumer settings),
-maps each record to Row(T, key, value) in Java (``io.nudgeflow.flink.PassThroughRecord``) and
-writes it with the job's sink (``routed_kafka_sink``). No Python runs per record, so its events/s
-is the limit of this machine's Kafka, Flink and client stack that the job is measured against.
+``python -m jobs.bench.ceiling_job --local --target-topic T [config flags]`` reads the clicks
+topic with the job's source (``jobs.connectors.kafka_records``: same deserializer, same consumer
+settings), maps each record to Row(T, key, value) in Java
+(``io.nudgeflow.flink.PassThroughRecord``) and writes it with the job's sink
+(``routed_kafka_sink``). No Python runs per record, so its events/s is the limit of this
+machine's Kafka, Flink and client stack that the job is measured against.
 """
 
 from __future__ import annotations

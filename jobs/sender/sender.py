@@ -56,7 +56,7 @@ TIERS = ("P0", "P1", "P2", "P3")
 """The priority tiers, most urgent first (the TriggerEvent ``PriorityTier`` symbols)."""
 
 DEFAULT_GROUP = "nudgeflow-sender"
-DEFAULT_ADAPTER = "jobs.sender:ConsoleAdapter"
+DEFAULT_ADAPTER = "jobs.sender.sender:ConsoleAdapter"
 DEDUPE_MODES = ("redis", "memory")
 BAD_RECORD_MODES = ("dead-letter", "skip")
 START_MODES = ("earliest", "latest")

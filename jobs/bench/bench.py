@@ -4,7 +4,7 @@ Every run starts from a known state (fresh topics, consumer groups and Redis key
 the local stack), loads a seeded generated workload into Kafka and measures:
 
 1. **ceiling**: the same clicks through the job's Kafka source and sink with no processing
-   (``jobs.ceiling_job``), events/s;
+   (``jobs.bench.ceiling_job``), events/s;
 2. **throughput**: the job draining the pre-loaded backlog from earliest until caught up, at
    parallelism 1 and 2 (at-least-once), events/s from 5% of the backlog to all of it;
 3. **cost per stage**: py-spy samples of the job's Python operator thread during the p1 drain,
@@ -18,7 +18,7 @@ the local stack), loads a seeded generated workload into Kafka and measures:
 
 It prints the report, writes ``results.json`` and ``results.png`` under ``--out`` and, with
 ``--update-readme``, the README's results section. The figures are the product's; the report
-(``jobs.bench_report``) names the bottleneck.
+(``jobs.bench.report``) names the bottleneck.
 """
 
 from __future__ import annotations
@@ -428,8 +428,8 @@ class Bench:
 
     def load_backlog(self, cfg: Any, events: int, users: int) -> float:
         """Write the seeded workload to ``cfg``'s input topics; seconds it took."""
-        from jobs import generate
-        from jobs.workload import WorkloadSpec
+        from jobs.workload import generate
+        from jobs.workload.workload import WorkloadSpec
 
         spec = WorkloadSpec(users=users, events=events, seed=7)
         spec = dataclasses.replace(spec, start_ms=generate.recent_start_ms(spec))
@@ -660,7 +660,7 @@ class Bench:
         finally:
             admin.close()
         result = self.drain(cfg, ("--target-topic", target), "ceiling",
-                            module="jobs.ceiling_job", copied_to=target)
+                            module="jobs.bench.ceiling_job", copied_to=target)
         result["what"] = ("the same clicks through the job's Kafka source and sink (Java "
                           "pass-through, no Python, at-least-once, parallelism 1)")
         return result
@@ -668,7 +668,7 @@ class Bench:
     # -- the whole run --
 
     def run(self, rates: Sequence[int] = LADDER_RATES) -> dict[str, Any]:
-        """Every measurement of the plan; the results dict of ``jobs.bench_report``."""
+        """Every measurement of the plan; the results dict of ``jobs.bench.report``."""
         plan = self.plan
         started = time.monotonic()
         self.monitor.start()
@@ -895,7 +895,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """Start the stack if needed, run, print, write JSON and PNG (and the README section)."""
     from infra import provision, stack
     from infra.paths import StackPaths
-    from jobs import bench_report
+    from jobs.bench import report as bench_report
     from jobs.config import load_config
 
     plan = QUICK if args.quick else FULL
@@ -936,7 +936,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jobs.bench`` (the same as ``nudgeflow bench``)."""
+    """``python -m jobs.bench.bench`` (the same as ``nudgeflow bench``)."""
     parser = argparse.ArgumentParser(prog="nudgeflow bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_arguments(parser)
