@@ -320,7 +320,7 @@ def fresh_config(base: Any = None) -> Any:
     never read each other's records. With ``base``, the inputs stay ``base``'s (a reader of its
     backlog) and only the outputs, group, transactional ids and Redis keys are new.
     """
-    from infra import provision
+    from jobs.cli import wiring
     from jobs.config import ISOLATION_FIELDS, load_config, replace
 
     tag = f"bench-{uuid.uuid4().hex[:6]}"
@@ -330,7 +330,7 @@ def fresh_config(base: Any = None) -> Any:
                   transactional_id_prefix=tag, redis_key_prefix=tag,
                   trigger_topic_prefix=f"{tag}-triggers-",
                   **{f: f"{tag}-{f.removesuffix('_topic')}" for f in topics})
-    provision.provision_topics(cfg, say=lambda _: None)
+    wiring.provision_topics(cfg, say=lambda _: None)
     return cfg
 
 
@@ -387,13 +387,14 @@ class Bench:
     def _start_job(self, cfg: Any, flags: Sequence[str], module: str = "jobs.job"
                    ) -> subprocess.Popen[bytes]:
         from infra.servers.flink import local_run_env
+        from jobs.cli.wiring import local_job_flags
         from jobs.config import as_flags
 
         log = self.out / f"{module.rsplit('.', 1)[1]}-{cfg.consumer_group}.log"
         with open(log, "wb") as sink:
             job = subprocess.Popen(
                 [sys.executable, "-m", module, "--local", "--starting-offsets", "earliest",
-                 *as_flags(cfg), *flags],
+                 *as_flags(cfg), *flags, *local_job_flags(cfg)],
                 stdout=sink, stderr=subprocess.STDOUT, env=local_run_env(self.paths))
         self.monitor.watch(job.pid, "job client (Python driver)")
         return job
@@ -893,9 +894,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Start the stack if needed, run, print, write JSON and PNG (and the README section)."""
-    from infra import provision, stack
+    from infra import stack
     from infra.paths import StackPaths
     from jobs.bench import report as bench_report
+    from jobs.cli import wiring
     from jobs.config import load_config
 
     plan = QUICK if args.quick else FULL
@@ -917,7 +919,7 @@ def run_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"nudgeflow bench ({plan.mode} mode; results and job logs in {out})")
     stack.up(paths, say=lambda line: None)
-    provision.provision_cassandra(load_config(), say=lambda line: None)
+    wiring.provision_cassandra(load_config(), say=lambda line: None)
     try:
         results = Bench(plan, out).run()
     except RuntimeError as exc:

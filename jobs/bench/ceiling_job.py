@@ -31,10 +31,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
+    from jobs.config import ConfigError
     from jobs.connectors import kafka_records, routed_kafka_sink
-    from jobs.job import create_env
+    from jobs.env import create_env
 
-    env = create_env(cfg, local=args.local)
+    try:
+        env = create_env(cfg, local=args.local)
+    except ConfigError as exc:
+        raise SystemExit(f"nudgeflow-ceiling: configuration: {exc}") from None
     records = kafka_records(env, cfg, cfg.clicks_topic, names.CLICKS_SOURCE_UID,
                             names.CLICKS_SOURCE_NAME)
     # a Java map: PyFlink's map() would put a Python function (and its boundary) in the path

@@ -44,8 +44,9 @@ def _fail(message: str, code: int = 1) -> int:
 
 def cmd_stack(args: argparse.Namespace) -> int:
     """``nudgeflow stack up|down|status|logs|provision``."""
-    from infra import provision, stack
+    from infra import stack
     from infra.paths import StackPaths
+    from jobs.cli import wiring
 
     paths = StackPaths.from_env()
     servers = stack.select(stack.default_servers(), args.servers)
@@ -57,9 +58,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
         if not args.no_provision:
             names = {s.name for s in servers}
             if "kafka" in names:
-                provision.provision_topics(cfg, say=_say)
+                wiring.provision_topics(cfg, say=_say)
             if "cassandra" in names:
-                provision.provision_cassandra(cfg, say=_say)
+                wiring.provision_cassandra(cfg, say=_say)
         _say(f"stack ready in {time.monotonic() - started:.1f} s; "
              f"Flink web UI: {cfg.flink_rest_url}")
     elif args.action == "down":
@@ -72,8 +73,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
             _say(f"==> {server.log_file(paths)} <==")
             stack.tail_log(server, paths, args.lines, follow=args.follow and len(servers) == 1)
     elif args.action == "provision":
-        provision.provision_topics(cfg, say=_say)
-        provision.provision_cassandra(cfg, say=_say)
+        wiring.provision_topics(cfg, say=_say)
+        wiring.provision_cassandra(cfg, say=_say)
     return 0
 
 
@@ -119,15 +120,21 @@ def _is_local(rest_url: str) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``nudgeflow run [--local] [--bounded] [--no-watch]``."""
-    from jobs.cli import monitor
+    """``nudgeflow run [--local] [--bounded] [--no-watch]``.
+
+    The jars (resolved with Maven if needed) and, for ``--local``, the checkpoint directory and
+    the Prometheus reporter's settings go to the job as configuration flags
+    (``jobs.cli.wiring``) unless the configuration sets them.
+    """
+    from jobs.cli import monitor, wiring
 
     cfg = config_from_args(args)
     _say(f"configuration: {cfg}")
     if args.local:
         log_path = Path(args.log).resolve()
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "jobs.job", "--local", *_job_args(args)]
+        cmd = [sys.executable, "-m", "jobs.job", "--local", *_job_args(args),
+               *wiring.local_job_flags(cfg)]
         _say(f"running the job in an embedded MiniCluster (log: {log_path}); Ctrl-C stops it")
         from infra.paths import StackPaths
         from infra.servers.flink import local_run_env
@@ -153,7 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from infra import deploy
 
     _say(f"submitting to the Flink cluster at {cfg.flink_rest_url} ...")
-    job_id = deploy.submit(cfg.flink_rest_url, _job_args(args), detached=True,
+    job_args = [*_job_args(args), *wiring.cluster_job_flags(cfg)]
+    job_id = deploy.submit(cfg.flink_rest_url, job_args, detached=True,
                            python_executable=args.pyexec or sys.executable,
                            env=_secret_env(cfg), local_stack=_is_local(cfg.flink_rest_url),
                            savepoint=args.from_savepoint)
