@@ -135,6 +135,13 @@ def test_field_that_is_not_a_topic_field(tmp_path: Path, field_name: str) -> Non
     assert f"topics[0]: field {field_name!r} is not a topic field" in str(info.value)
 
 
+def test_tier_that_is_not_a_tier(tmp_path: Path) -> None:
+    path = _spec_file(tmp_path, "  - tier: P9\n    partitions: 1\n")
+    with pytest.raises(ProvisionError) as info:
+        specs_of(load_config(env={}), path)
+    assert "topics[0]: tier 'P9' is not one of P0, P1, P2, P3" in str(info.value)
+
+
 def test_replication_factor_default_and_override(tmp_path: Path) -> None:
     path = _spec_file(
         tmp_path,
