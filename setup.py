@@ -49,8 +49,8 @@ setup(
     packages=find_packages(include=["jobs*", "udfs*", "schemas*", "models*", "infra*"]),
     package_data={
         "schemas": ["*.avsc", "history/*.avsc", "README.md"],
-        "infra": ["*.yaml", "*.cql", "cql/*.cql", "jars/*/pom.xml",
-                  "jars/*/src/main/java/io/nudgeflow/*/*.java", "flink/*.yaml"],
+        "infra": ["*.yaml", "cql/*.cql", "jars/*/pom.xml",
+                  "jars/*/src/main/java/io/nudgeflow/*/*.java"],
         "models": ["*.onnx", "*.json", "*.md"],
         "udfs": ["catalog/*.yaml", "catalog/segments/*.yaml", "catalog/campaigns/*.yaml", "*.md"],
     },

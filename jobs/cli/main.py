@@ -3,11 +3,12 @@
 Subcommands:
   stack     start, stop, inspect the local Kafka, Cassandra, Redis and Flink (no Docker)
   run       run the job: on the stack's Flink cluster (default) or in-process (--local)
-  jobs      list or cancel the jobs on the Flink cluster
+  jobs      list, cancel or stop (with a savepoint) the jobs on the Flink cluster
   generate  write a seeded synthetic workload (users, clicks) to Kafka
-  defs      validate, publish, delete and list segment definitions
+  defs      validate, publish, delete and list definitions (segments, campaigns, priority policy)
   jars      resolve the Java dependencies from Maven Central into the cache
   sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
+  bench     measure throughput, latency, cost per stage and resources (--quick: < 3 min)
 """
 
 from __future__ import annotations
@@ -342,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(run_p)
     run_p.set_defaults(func=cmd_run)
 
-    jobs_p = sub.add_parser("jobs", help="list or cancel jobs on the Flink cluster")
+    jobs_p = sub.add_parser("jobs", help="list, cancel or stop (with a savepoint) jobs on the "
+                            "Flink cluster")
     jobs_p.add_argument("action", choices=["list", "cancel", "stop"],
                         help="stop: with a savepoint, printed for `run --from-savepoint`")
     jobs_p.add_argument("--savepoint-dir", help="stop: where to write the savepoint "
@@ -370,18 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(gen_p)
     gen_p.set_defaults(func=cmd_generate)
 
-    defs_p = sub.add_parser("defs", help="validate, publish, delete and list segment "
-                            "definitions (YAML)")
+    defs_p = sub.add_parser("defs", help="validate, publish, delete and list definitions "
+                            "(YAML: segments, campaigns, priority policy)")
     defs_p.add_argument("action", choices=["validate", "publish", "delete", "list"])
     defs_p.add_argument("targets", nargs="*", help="validate/publish: YAML files or "
-                        "directories; delete: segment ids")
+                        "directories; delete: definition ids")
     defs_p.add_argument("--by", default=os.environ.get("USER"),
                         help="publish/delete: who publishes (recorded in the update)")
     add_config_arguments(defs_p)
     defs_p.set_defaults(func=cmd_defs)
 
+    from infra.jars import COMPONENTS
+
     jars_p = sub.add_parser("jars", help="resolve the Java dependencies from Maven Central")
-    jars_p.add_argument("components", nargs="*", help="kafka, cassandra, flink (default: all)")
+    jars_p.add_argument("components", nargs="*",
+                        help=f"{', '.join(COMPONENTS)} (default: all)")
     jars_p.set_defaults(func=cmd_jars)
 
     from jobs.sender.sender import add_sender_arguments

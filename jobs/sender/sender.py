@@ -167,10 +167,7 @@ def load_adapter(spec: str) -> ChannelAdapter:
 
 @dataclass(frozen=True)
 class DeliveryRetryPolicy:
-    """How often a failed delivery (``adapter.send``) is retried, and how long to wait between.
-
-    Not ``udfs.membership_store.RetryPolicy``, which retries the engine's store writes.
-    """
+    """How often a failed delivery (``adapter.send``) is retried, and how long to wait between."""
 
     retries: int = 3
     backoff_s: float = 0.5
