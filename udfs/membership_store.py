@@ -22,6 +22,7 @@ during an outage instead of losing updates.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import zlib
@@ -218,7 +219,7 @@ class CassandraRedisWriter:
                                 change["change_id"], exc)
                     self.on_retry()
             self.retry.run(f"cassandra write of {change['change_id']}",
-                           lambda change=change: self._write_cassandra(change), self.transient,
+                           functools.partial(self._write_cassandra, change), self.transient,
                            self.on_retry)
 
     def _write_cassandra(self, change: dict[str, Any]) -> None:

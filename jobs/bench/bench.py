@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,7 +235,7 @@ class ResourceMonitor:
         self.pids: dict[int, str] = {}
         self.last: dict[int, tuple[float, float]] = {}
         self.baseline: dict[int, float] = {}
-        self.alive_s: Counter[str] = Counter()
+        self.alive_s: defaultdict[str, float] = defaultdict(float)  # seconds seen alive
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="resources", daemon=True)
@@ -569,7 +569,7 @@ class Bench:
                                 seen["change"].append((record["event_time"],
                                                        visible - record["event_time"]))
 
-        results = []
+        results: list[dict[str, Any]] = []
         try:
             self._warm_up(producer, cfg, buyers, read, seen, job)
             for rate in rates:
