@@ -146,8 +146,9 @@ class NudgeflowConfig:
     jars: str = _opt(
         "",
         "The job's jars (Kafka connector, nudgeflow-flink): file:// URLs or paths separated by "
-        "';'. The job never resolves jars; `nudgeflow run`, the bench and the tests resolve "
-        "them with Maven (`nudgeflow jars flink`) and pass them here.",
+        "';'; the job does not start without them. It never resolves jars itself: `nudgeflow "
+        "run`, the bench and the tests resolve them with Maven (`nudgeflow jars flink`) and "
+        "pass them here.",
     )
     prometheus_settings: str = _opt(
         "",
