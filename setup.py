@@ -19,9 +19,9 @@ INSTALL_REQUIRES = [
     "avro==1.12.2",
     "fastavro==1.13.1",
     "PyYAML==6.0.3",
-    # the benchmark report's plot (jobs/bench_report.py, Agg backend: no display needed)
+    # the benchmark report's plot (jobs/bench/report.py, Agg backend: no display needed)
     "matplotlib==3.11.2",
-    # the benchmark's cost per stage: samples the job's embedded Python (jobs/bench.py)
+    # the benchmark's cost per stage: samples the job's embedded Python (jobs/bench/bench.py)
     "py-spy==0.4.3",
 ]
 
@@ -49,12 +49,12 @@ setup(
     packages=find_packages(include=["jobs*", "udfs*", "schemas*", "models*", "infra*"]),
     package_data={
         "schemas": ["*.avsc", "history/*.avsc", "README.md"],
-        "infra": ["*.yaml", "*.cql", "cql/*.cql", "jars/*/pom.xml",
-                  "jars/*/src/main/java/io/nudgeflow/*/*.java", "flink/*.yaml"],
+        "infra": ["*.yaml", "cql/*.cql", "jars/*/pom.xml",
+                  "jars/*/src/main/java/io/nudgeflow/*/*.java"],
         "models": ["*.onnx", "*.json", "*.md"],
         "udfs": ["catalog/*.yaml", "catalog/segments/*.yaml", "catalog/campaigns/*.yaml", "*.md"],
     },
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},
-    entry_points={"console_scripts": ["nudgeflow = jobs.cli:main"]},
+    entry_points={"console_scripts": ["nudgeflow = jobs.cli.main:main"]},
 )

@@ -1,10 +1,11 @@
 """Resolve the project's Java dependencies from Maven Central, once, into a cache.
 
-Each component (``kafka``, ``cassandra``, ``flink``) has its own ``infra/jars/<component>/pom.xml``
-so that their transitive dependencies never mix on one classpath. ``ensure_jars`` copies a
-component's runtime dependencies into ``$NUDGEFLOW_HOME/jars/<component>/`` with
-``mvn dependency:copy-dependencies`` and records the pom's hash there; a later call with the
-same pom does nothing.
+Each component (``kafka``, ``cassandra``, ``flink``, ``metrics``) has its own
+``infra/jars/<component>/pom.xml`` so that their transitive dependencies never mix on one
+classpath. ``ensure_jars`` copies a component's runtime dependencies into
+``$NUDGEFLOW_HOME/jars/<component>/`` with ``mvn dependency:copy-dependencies`` and records the
+pom's hash there; a later call with the same pom does nothing. ``jar_urls`` gives their
+``file://`` URLs (what the command line puts into the job's ``jars`` setting).
 """
 
 from __future__ import annotations
@@ -99,6 +100,15 @@ def ensure_jars(component: str, paths: StackPaths | None = None, quiet: bool = F
         count = len(list(target.glob("*.jar")))
         print(f"[jars] {component}: {count} jars ready", file=sys.stderr, flush=True)
     return target
+
+
+def jar_urls(component: str, paths: StackPaths | None = None) -> list[str]:
+    """``file://`` URLs of a component's jars, resolved first if needed (may run Maven).
+
+    What the command line and the tests put into the job's ``jars`` setting (component
+    ``flink``: the Kafka connector and nudgeflow-flink); the job itself never resolves jars.
+    """
+    return sorted(p.as_uri() for p in ensure_jars(component, paths).glob("*.jar"))
 
 
 def classpath(component: str, paths: StackPaths | None = None) -> str:

@@ -4,13 +4,15 @@
   counts raised and configs set to the spec. Nothing is ever deleted or shrunk.
 - ``infra/cql/*.cql``: keyspace and tables (``CREATE ... IF NOT EXISTS``), applied in file order.
 
-Both are idempotent: ``nudgeflow stack up`` runs them every time.
+Both are idempotent: ``nudgeflow stack up`` runs them every time. The functions take plain
+values (topic names, client settings, keyspace, hosts); the caller reads them from its
+configuration (``jobs.cli.wiring`` for the command line).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,6 @@ from typing import Any
 import yaml
 
 from infra.paths import INFRA_DIR
-from jobs.config import NudgeflowConfig
 
 TOPICS_FILE = INFRA_DIR / "topics.yaml"
 CQL_DIR = INFRA_DIR / "cql"
@@ -39,8 +40,16 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def topic_specs(cfg: NudgeflowConfig, path: Path = TOPICS_FILE) -> list[TopicSpec]:
-    """The topics of the spec file, named by the configuration.
+def topic_specs(field_topics: Mapping[str, str], tier_topics: Mapping[str, str],
+                path: Path = TOPICS_FILE) -> list[TopicSpec]:
+    """The topics of the spec file, with their configured names.
+
+    Args:
+        field_topics: each topic field's name to its topic (``clicks_topic``: ``clicks``); an
+            entry ``field: F`` of the file is the topic ``field_topics[F]``.
+        tier_topics: each priority tier to its trigger topic (``P0``: ``triggers-p0``); an
+            entry ``tier: T`` is the topic ``tier_topics[T]``.
+        path: the spec file.
 
     Raises:
         ProvisionError: the file is malformed (the message names the entry and the problem).
@@ -51,11 +60,15 @@ def topic_specs(cfg: NudgeflowConfig, path: Path = TOPICS_FILE) -> list[TopicSpe
     for index, entry in enumerate(doc.get("topics", [])):
         where = f"{path}: topics[{index}]"
         if "tier" in entry:
-            name = cfg.trigger_topic(str(entry["tier"]))
+            tier = str(entry["tier"])
+            if tier not in tier_topics:
+                raise ProvisionError(f"{where}: tier {tier!r} is not one of "
+                                     f"{', '.join(tier_topics)}")
+            name = tier_topics[tier]
         elif "field" in entry:
-            if not hasattr(cfg, entry["field"]) or not entry["field"].endswith("_topic"):
+            if entry["field"] not in field_topics or not entry["field"].endswith("_topic"):
                 raise ProvisionError(f"{where}: field {entry['field']!r} is not a topic field")
-            name = getattr(cfg, entry["field"])
+            name = field_topics[entry["field"]]
         else:
             raise ProvisionError(f"{where}: needs `field: <config field>` or `tier: P0..P3`")
         partitions = entry.get("partitions")
@@ -67,13 +80,25 @@ def topic_specs(cfg: NudgeflowConfig, path: Path = TOPICS_FILE) -> list[TopicSpe
     return specs
 
 
-def provision_topics(cfg: NudgeflowConfig, say: Callable[[str], None] = print) -> list[str]:
-    """Create missing topics and raise partitions/configs to the spec; return what changed."""
+def provision_topics(client_kwargs: Mapping[str, Any], field_topics: Mapping[str, str],
+                     tier_topics: Mapping[str, str], say: Callable[[str], None] = print
+                     ) -> list[str]:
+    """Create missing topics and raise partitions/configs to the spec; return what changed.
+
+    Args:
+        client_kwargs: kafka-python client arguments (``bootstrap_servers``, security).
+        field_topics: the topic names by field, as for ``topic_specs``.
+        tier_topics: the trigger topic names by tier, as for ``topic_specs``.
+        say: where progress lines go.
+    """
     from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
 
-    specs = topic_specs(cfg)
-    admin = KafkaAdminClient(**cfg.python_client_kwargs(), client_id="nudgeflow-provision")
+    specs = topic_specs(field_topics, tier_topics)
+    bootstrap = client_kwargs.get("bootstrap_servers", "")
+    if not isinstance(bootstrap, str):
+        bootstrap = ",".join(bootstrap)
+    admin = KafkaAdminClient(**client_kwargs, client_id="nudgeflow-provision")
     changes: list[str] = []
     try:
         existing = set(admin.list_topics())
@@ -100,7 +125,7 @@ def provision_topics(cfg: NudgeflowConfig, say: Callable[[str], None] = print) -
                      for s in with_config]
                 )
     except Exception as exc:
-        raise ProvisionError(f"provisioning Kafka topics at {cfg.kafka_bootstrap} failed: {exc}"
+        raise ProvisionError(f"provisioning Kafka topics at {bootstrap} failed: {exc}"
                              ) from exc
     finally:
         admin.close()
@@ -109,49 +134,57 @@ def provision_topics(cfg: NudgeflowConfig, say: Callable[[str], None] = print) -
     return changes
 
 
-def cql_statements(cfg: NudgeflowConfig, replication: str = LOCAL_REPLICATION,
+def cql_statements(keyspace: str, replication: str = LOCAL_REPLICATION,
                    cql_dir: Path = CQL_DIR) -> list[str]:
     """The CQL statements of ``infra/cql/*.cql`` in file order, placeholders filled in."""
-    if not re.fullmatch(r"[a-z][a-z0-9_]{0,47}", cfg.cassandra_keyspace):
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,47}", keyspace):
         raise ProvisionError(
-            f"cassandra_keyspace {cfg.cassandra_keyspace!r} is not a valid keyspace name "
+            f"cassandra_keyspace {keyspace!r} is not a valid keyspace name "
             "(lower-case letters, digits and _, starting with a letter)"
         )
     statements = []
     for path in sorted(cql_dir.glob("*.cql")):
         text = "\n".join(line.split("--", 1)[0] for line in path.read_text().splitlines())
-        text = text.replace("{keyspace}", cfg.cassandra_keyspace).replace(
+        text = text.replace("{keyspace}", keyspace).replace(
             "{replication}", replication
         )
         statements += [s.strip() for s in text.split(";") if s.strip()]
     return statements
 
 
-def cassandra_session(cfg: NudgeflowConfig, keyspace: str | None = None) -> Any:
-    """A cassandra-driver session for the configured cluster (caller shuts down its cluster)."""
+def cassandra_session(hosts: Sequence[str], port: int, username: str = "", password: str = "",
+                      keyspace: str | None = None) -> Any:
+    """A cassandra-driver session (the caller shuts down its cluster).
+
+    Args:
+        hosts: contact points.
+        port: native protocol port.
+        username: empty: no authentication.
+        password: the user's password.
+        keyspace: the session's keyspace; None: none.
+    """
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import Cluster
 
-    auth = (
-        PlainTextAuthProvider(cfg.cassandra_username, cfg.cassandra_password)
-        if cfg.cassandra_username
-        else None
-    )
+    auth = PlainTextAuthProvider(username, password) if username else None
     cluster = Cluster(
-        cfg.cassandra_hosts.split(","), port=cfg.cassandra_port, auth_provider=auth,
-        connect_timeout=10, protocol_version=5,
+        list(hosts), port=port, auth_provider=auth, connect_timeout=10, protocol_version=5,
     )
     return cluster.connect(keyspace)
 
 
-def provision_cassandra(cfg: NudgeflowConfig, say: Callable[[str], None] = print) -> int:
-    """Apply the CQL files; return the number of statements run."""
-    statements = cql_statements(cfg)
+def provision_cassandra(hosts: Sequence[str], port: int, keyspace: str, username: str = "",
+                        password: str = "", say: Callable[[str], None] = print) -> int:
+    """Apply the CQL files to ``keyspace``; return the number of statements run.
+
+    ``hosts``, ``port``, ``username`` and ``password`` are those of ``cassandra_session``.
+    """
+    statements = cql_statements(keyspace)
     try:
-        session = cassandra_session(cfg)
+        session = cassandra_session(hosts, port, username, password)
     except Exception as exc:
         raise ProvisionError(
-            f"cannot connect to Cassandra at {cfg.cassandra_hosts}:{cfg.cassandra_port} ({exc}); "
+            f"cannot connect to Cassandra at {','.join(hosts)}:{port} ({exc}); "
             "is it running? (`nudgeflow stack status`)"
         ) from exc
     try:
@@ -162,5 +195,5 @@ def provision_cassandra(cfg: NudgeflowConfig, say: Callable[[str], None] = print
                              ) from exc
     finally:
         session.cluster.shutdown()
-    say(f"  cassandra: keyspace {cfg.cassandra_keyspace} and {len(statements) - 1} tables ok")
+    say(f"  cassandra: keyspace {keyspace} and {len(statements) - 1} tables ok")
     return len(statements)

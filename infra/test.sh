@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash infra/bootstrap.sh
 .venv/bin/python -m ruff check jobs udfs schemas infra tests
+# type checks of jobs, udfs, schemas and infra (files and settings: pyproject.toml [tool.mypy])
+.venv/bin/python -m mypy
 exec .venv/bin/python -m pytest tests "$@"

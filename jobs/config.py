@@ -29,6 +29,9 @@ DELIVERY_GUARANTEES = ("exactly-once", "at-least-once")
 STARTING_OFFSETS = ("committed", "earliest", "latest")
 EXECUTION_MODES = ("thread", "process")
 STATE_BACKENDS = ("hashmap", "rocksdb")
+#: the churn model shipped with nudgeflow (its metadata ``churn.json`` beside it); a plain path,
+#: so that the job imports nothing from ``models``
+SHIPPED_CHURN_MODEL = Path(__file__).resolve().parent.parent / "models" / "churn.onnx"
 
 
 class ConfigError(ValueError):
@@ -124,7 +127,9 @@ class NudgeflowConfig:
     state_backend: str = _opt("hashmap", "state.backend.type.", choices=STATE_BACKENDS)
     checkpoint_interval_ms: int = _opt(10_000, "Checkpoint interval; 0 disables checkpoints.")
     checkpoint_dir: str = _opt(
-        "", "Checkpoint storage URI (file:///..., s3://...); empty: $NUDGEFLOW_HOME/checkpoints."
+        "",
+        "Checkpoint storage URI (file:///..., s3://...); empty: the cluster's own setting "
+        "(`nudgeflow run --local` and the bench pass $NUDGEFLOW_HOME/checkpoints).",
     )
     delivery_guarantee: str = _opt(
         "exactly-once",
@@ -138,6 +143,19 @@ class NudgeflowConfig:
     bundle_time_ms: int = _opt(100, "python.fn-execution.bundle.time (ms).")
     buffer_timeout_ms: int = _opt(100, "execution.buffer-timeout (ms): latency vs throughput.")
     flink_rest_url: str = _opt("http://127.0.0.1:8081", "REST address of the Flink cluster.")
+    jars: str = _opt(
+        "",
+        "The job's jars (Kafka connector, nudgeflow-flink): file:// URLs or paths separated by "
+        "';'; the job does not start without them. It never resolves jars itself: `nudgeflow "
+        "run`, the bench and the tests resolve them with Maven (`nudgeflow jars flink`) and "
+        "pass them here.",
+    )
+    prometheus_settings: str = _opt(
+        "",
+        "Local (--local) runs: the Flink settings of the Prometheus metric reporter, key=value "
+        "pairs separated by ';', applied when its jar is on the JVM's classpath "
+        "($FLINK_LIB_DIR); `nudgeflow run --local` and the bench set both. Empty: no reporter.",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -155,6 +173,7 @@ class NudgeflowConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_interval_ms < 0:
             raise ConfigError("checkpoint_interval_ms must be >= 0 (0 disables checkpoints)")
+        self.prometheus_settings_map()  # raises ConfigError on a malformed pair
         if self.delivery_guarantee == "exactly-once" and self.checkpoint_interval_ms == 0:
             raise ConfigError(
                 "delivery_guarantee=exactly-once needs checkpoints (Kafka transactions commit on "
@@ -180,9 +199,43 @@ class NudgeflowConfig:
             return None
         if self.churn_model:
             return self.churn_model
-        from models import CHURN_ONNX
+        return str(SHIPPED_CHURN_MODEL)
 
-        return str(CHURN_ONNX)
+    def jar_urls(self) -> list[str]:
+        """The ``jars`` setting as URLs (paths become ``file://`` URLs); empty when unset."""
+        urls = []
+        for entry in (e.strip() for e in self.jars.split(";")):
+            if entry:
+                urls.append(entry if "://" in entry else Path(entry).resolve().as_uri())
+        return urls
+
+    def prometheus_settings_map(self) -> dict[str, str]:
+        """The ``prometheus_settings`` setting as a dict of Flink keys to values.
+
+        Raises:
+            ConfigError: a pair is not ``key=value``.
+        """
+        settings = {}
+        for pair in (p.strip() for p in self.prometheus_settings.split(";")):
+            if not pair:
+                continue
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(
+                    f"prometheus_settings: {pair!r} is not key=value (pairs separated by ';')"
+                )
+            settings[key.strip()] = value.strip()
+        return settings
+
+    def topic_fields(self) -> dict[str, str]:
+        """Every topic field's name and value (``clicks_topic``: ``clicks``, ...)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name.endswith("_topic")}
+
+    def trigger_topics(self) -> dict[str, str]:
+        """Each priority tier's trigger topic (``P0``: ``triggers-p0``, ...)."""
+        from udfs.campaigns import TIERS
+
+        return {tier: self.trigger_topic(tier) for tier in TIERS}
 
     def trigger_topic(self, tier: str) -> str:
         """The topic of a priority tier (``P0`` .. ``P3``)."""

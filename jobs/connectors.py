@@ -2,7 +2,8 @@
 
 Only ``jobs.job.main`` calls these; ``jobs.job.build`` takes streams, so tests can feed
 collections instead. Both use nudgeflow-flink's Java (de)serializers (infra/jars/flink), which
-must be on the job's classpath (``flink_jar_urls``).
+must be on the job's classpath: ``jobs.env.create_env`` puts the configured jars there
+(``NudgeflowConfig.jars``; this module never resolves jars).
 """
 
 from __future__ import annotations
@@ -18,18 +19,11 @@ from pyflink.datastream.connectors.kafka import (
 )
 from pyflink.java_gateway import get_gateway
 
-from infra.jars import ensure_jars
 from jobs.config import NudgeflowConfig
 
 #: Kafka transactions must outlive the longest checkpoint; the broker allows up to 2 h
 #: (transaction.max.timeout.ms in infra/servers/kafka.py), Flink's default is 1 h.
 TRANSACTION_TIMEOUT_MS = 15 * 60 * 1000
-
-
-def flink_jar_urls() -> list[str]:
-    """``file://`` URLs of the jars the job needs (Kafka connector and nudgeflow-flink)."""
-    jar_dir = ensure_jars("flink")
-    return sorted(p.as_uri() for p in jar_dir.glob("*.jar"))
 
 
 def _starting_offsets(cfg: NudgeflowConfig) -> KafkaOffsetsInitializer:

@@ -1,8 +1,9 @@
 """nudgeflow's Flink job: the per-user engine.
 
 Inputs: the clicks topic (ClickEvents), the compacted user-metadata topic (UserMetadata) and the
-definitions control topic (DefinitionUpdates), all Avro single-object records; plus the segment
-files loaded at start.
+definitions control topic (DefinitionUpdates), all Avro single-object records; plus the
+definition files (segments, campaigns, priority policy) and the churn model, read by ``main`` at
+start and handed to ``build`` as values.
 Outputs: SegmentChanges (ENTER/EXIT) on the segment-changes topic, keyed by user, also written to
 Cassandra and Redis by the engine; TriggerEvents on the topic of their priority tier
 (triggers-p0 .. triggers-p3) and TriggerDecisions (suppressed or deferred campaigns), keyed by
@@ -12,27 +13,27 @@ State: per user, behavioural features, the latest metadata, segment membership a
 state (keyed state + event-time timers); the segment, campaign and priority-policy definitions
 (broadcast state).
 
-``build`` wires the graph from streams (tests pass collections); ``main`` builds the Kafka
-connectors and runs it, either in an embedded MiniCluster (``--local``) or, when started by
-``flink run -py jobs/job.py``, on the cluster that runs it.
+``build`` wires the graph from streams and values (tests pass collections and bytes); ``main``
+reads the files, builds the Kafka connectors and runs it, either in an embedded MiniCluster
+(``--local``) or, when started by ``flink run -pym jobs.job``, on the cluster that runs it. The
+environment comes from ``jobs.env``; the jars from the configuration (``jars``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.common import Duration, Types, WatermarkStrategy
+from pyflink.datastream import DataStream
 from pyflink.java_gateway import get_gateway
 
 from jobs import names
-from jobs.config import NudgeflowConfig, add_config_arguments, config_from_args
+from jobs.config import ConfigError, NudgeflowConfig, add_config_arguments, config_from_args
+from jobs.env import create_env
 from udfs.descriptors import (
     DEAD_LETTER_TAG,
     DEFINITION_ROW,
@@ -50,7 +51,7 @@ from udfs.functions import (
     definition_to_row,
     metadata_to_engine_input,
 )
-from udfs.stores.membership import CassandraRedisStore
+from udfs.stores.membership import CassandraRedisStore, StoreFactory
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,10 @@ def definition_watermarks(rows: DataStream, cfg: NudgeflowConfig) -> DataStream:
 
 def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowConfig,
                     initial_definitions: list[dict[str, Any]], model_files: ModelFiles | None,
-                    membership_store: Any) -> DataStream:
+                    store: StoreFactory) -> DataStream:
     """Key by user, connect the broadcast definitions, run the engine.
 
-    Emits ``ENGINE_OUTPUT_ROW`` rows (SegmentChanges, written to ``membership_store`` before
+    Emits ``ENGINE_OUTPUT_ROW`` rows (SegmentChanges, written to the ``store`` before
     they are emitted; TriggerEvents; TriggerDecisions); late events leave on the dead-letter
     side output.
     """
@@ -152,7 +153,7 @@ def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowC
     return (
         inputs.key_by(lambda row: row[1], key_type=Types.STRING())  # row[1] is user_id
         .connect(broadcast)
-        .process(UserEngineFunction(cfg, initial_definitions, model_files, membership_store),
+        .process(UserEngineFunction(cfg, initial_definitions, model_files, store),
                  output_type=ENGINE_OUTPUT_ROW)
         .uid(names.USER_ENGINE_UID)
         .name(names.USER_ENGINE_NAME)
@@ -180,29 +181,28 @@ def membership_store(cfg: NudgeflowConfig) -> CassandraRedisStore:
 
 
 def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
-          cfg: NudgeflowConfig, initial_definitions: list[dict[str, Any]] | None = None,
-          store: Any = None) -> JobOutputs:
+          cfg: NudgeflowConfig, initial_definitions: list[dict[str, Any]],
+          model_files: ModelFiles | None, store: StoreFactory) -> JobOutputs:
     """The job's graph: Kafka record rows of the three input topics -> output streams.
 
     ``clicks`` must carry event-time timestamps and watermarks already: they are read per Kafka
     partition in the source (``jobs.connectors.click_watermarks``; tests assign the same
     strategy).
 
-    ``initial_definitions`` are the DefinitionUpdates of the segment files (default: those of
-    ``file_definitions(cfg)``); ``store`` creates the membership store's writer (default:
-    ``membership_store(cfg)``; pipeline tests pass a fake).
+    ``initial_definitions`` are the DefinitionUpdates the engine starts from (``main`` passes
+    ``file_definitions(cfg)``: segments, campaigns and the priority policy); ``model_files`` is
+    the churn model as bytes (``main`` passes ``churn_model_files(cfg)``; None: no scoring);
+    ``store`` creates the membership store's writer in each engine instance (``main`` passes
+    ``membership_store(cfg)``: Cassandra and Redis; pipeline tests pass a fake). Nothing here
+    reads a file.
     """
-    if initial_definitions is None:
-        initial_definitions = file_definitions(cfg)
-    model_files = churn_model_files(cfg)
     valid_clicks, click_letters = decode_clicks(clicks, cfg)
     metadata_rows, metadata_letters = decode_metadata(metadata, cfg)
     metadata_rows = metadata_watermarks(metadata_rows, cfg)
     definition_rows, definition_letters = decode_definitions(definitions, cfg)
     definition_rows = definition_watermarks(definition_rows, cfg)
     engine = run_user_engine(valid_clicks.union(metadata_rows), definition_rows, cfg,
-                             initial_definitions, model_files,
-                             store if store is not None else membership_store(cfg))
+                             initial_definitions, model_files, store)
     return JobOutputs(
         segment_changes=route_engine_records(engine, "SegmentChange", cfg.segment_changes_topic,
                                              names.ROUTE_SEGMENT_CHANGES_UID),
@@ -217,75 +217,8 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
     )
 
 
-def python_worker_settings() -> dict[str, str]:
-    """Settings that make an embedded MiniCluster run Python UDFs with this interpreter.
-
-    Thread mode embeds CPython in the JVM, which ignores a virtualenv's .pth files, so this
-    environment's site-packages and the folder holding the job's packages go on its path.
-    """
-    import site
-
-    package_root = str(Path(__file__).resolve().parent.parent)
-    paths = [package_root, *(p for p in site.getsitepackages() if Path(p).is_dir())]
-    return {
-        "python.executable": sys.executable,
-        "python.client.executable": sys.executable,
-        "python.pythonpath": ":".join(dict.fromkeys(paths)),
-    }
-
-
-def create_env(cfg: NudgeflowConfig, local: bool) -> StreamExecutionEnvironment:
-    """An execution environment configured from ``cfg``.
-
-    Args:
-        cfg: the configuration.
-        local: True for an embedded MiniCluster in this process; False when a cluster runs the
-            job (``flink run``), whose own configuration names the Python interpreter.
-    """
-    from infra.servers.flink import prometheus_settings
-    from jobs.connectors import flink_jar_urls
-
-    conf = Configuration()
-    settings = {
-        "python.execution-mode": cfg.execution_mode,
-        "python.fn-execution.bundle.size": str(cfg.bundle_size),
-        "python.fn-execution.bundle.time": str(cfg.bundle_time_ms),
-        "execution.buffer-timeout.interval": f"{cfg.buffer_timeout_ms} ms",
-        "state.backend.type": cfg.state_backend,
-        "pipeline.name": cfg.job_name,
-        "pipeline.jars": ";".join(flink_jar_urls()),
-    }
-    if cfg.checkpoint_interval_ms:
-        settings["execution.checkpointing.interval"] = f"{cfg.checkpoint_interval_ms} ms"
-        settings["execution.checkpointing.externalized-checkpoint-retention"] = (
-            "RETAIN_ON_CANCELLATION"
-        )
-        if cfg.checkpoint_dir:
-            settings["execution.checkpointing.dir"] = cfg.checkpoint_dir
-        elif local:
-            from infra.paths import StackPaths
-
-            settings["execution.checkpointing.dir"] = (
-                StackPaths.from_env().home / "checkpoints"
-            ).as_uri()
-    if local:
-        settings.update(python_worker_settings())
-        if _has_prometheus_reporter():
-            settings.update(prometheus_settings())
-    for key, value in settings.items():
-        conf.set_string(key, value)
-    env = StreamExecutionEnvironment.get_execution_environment(conf)
-    env.set_parallelism(cfg.parallelism)
-    return env
-
-
-def _has_prometheus_reporter() -> bool:
-    """Whether this JVM's classpath holds the reporter (``infra.servers.flink.local_run_env``)."""
-    lib = os.environ.get("FLINK_LIB_DIR")
-    return lib is not None and any(Path(lib).glob("flink-metrics-prometheus*.jar"))
-
-
-#: the churn model's two files as (onnx bytes, metadata bytes, onnx name, metadata name)
+#: the churn model's two files as (onnx bytes, metadata bytes, onnx name, metadata name); the
+#: names only label the model in messages, so a test may pass bytes that were never a file
 ModelFiles = tuple[bytes, bytes, str, str]
 
 
@@ -338,10 +271,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    from udfs.churn import ModelRejected
+
+    # the files are read and checked before anything starts: a bad file replaces nothing
+    initial_definitions = file_definitions(cfg)
+    try:
+        model_files = churn_model_files(cfg)
+    except ModelRejected as exc:
+        raise SystemExit(f"nudgeflow-job: {exc}") from None
 
     from jobs.connectors import click_watermarks, kafka_records, routed_kafka_sink
 
-    env = create_env(cfg, local=args.local)
+    try:
+        env = create_env(cfg, local=args.local)
+    except ConfigError as exc:
+        raise SystemExit(f"nudgeflow-job: configuration: {exc}") from None
     clicks = kafka_records(env, cfg, cfg.clicks_topic, names.CLICKS_SOURCE_UID,
                            names.CLICKS_SOURCE_NAME, bounded=args.bounded,
                            watermarks=click_watermarks(cfg))
@@ -351,12 +295,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     definitions = kafka_records(
         env, cfg, cfg.definitions_topic, names.DEFINITIONS_SOURCE_UID,
         names.DEFINITIONS_SOURCE_NAME, bounded=args.bounded, from_earliest=True)
-    from udfs.churn import ModelRejected
-
-    try:  # the model is checked before anything is submitted: a bad file replaces nothing
-        outputs = build(clicks, metadata, definitions, cfg)
-    except ModelRejected as exc:
-        raise SystemExit(f"nudgeflow-job: {exc}") from None
+    outputs = build(clicks, metadata, definitions, cfg, initial_definitions, model_files,
+                    membership_store(cfg))
     outputs.all().sink_to(routed_kafka_sink(cfg)).uid(names.KAFKA_SINK_UID).name(
         names.KAFKA_SINK_NAME
     )

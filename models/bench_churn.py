@@ -19,7 +19,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from jobs.workload import generate_users
+from jobs.workload.workload import generate_users
 from models import CHURN_META, CHURN_ONNX
 from models.churn_labels import ChurnSpec, apply_event, kept_events, user_plans, workload_spec
 from udfs import features as feat

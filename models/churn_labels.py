@@ -7,8 +7,8 @@ snapshots (:class:`Snapshot`, :func:`labelled_snapshots`) whose vectors come fro
 and serving share one feature path. Pure and deterministic: randomness comes from the spec's
 seed only, time from ``ChurnSpec.start_ms``; no wall clock, no I/O.
 
-How churn is simulated. :mod:`jobs.workload` (not modified; its public functions only) generates
-a busy population with nobody going inactive (``inactive_fraction=0``): sessions at
+How churn is simulated. :mod:`jobs.workload.workload` (not modified; its public functions only)
+generates a busy population with nobody going inactive (``inactive_fraction=0``): sessions at
 ``sessions_per_user_per_day`` on average, heavy-tailed per-user activity, carts, purchases, 2 %
 out-of-order and 1 % duplicate records. Each user then gets a hidden :class:`UserPlan`, and each
 session of the user is kept with the plan's probability at the session's first event time
@@ -51,7 +51,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.workload import DEFAULT_START_MS, WorkloadSpec, generate_events, generate_users
+from jobs.workload.workload import DEFAULT_START_MS, WorkloadSpec, generate_events, generate_users
 from udfs import features as feat
 
 __all__ = [

@@ -306,7 +306,7 @@ def render_card(meta: dict[str, Any], spec: ChurnSpec, size_bytes: int) -> str:
         "## Training data",
         "",
         "Synthetic: `models/churn_labels.py` on top of the workload generator "
-        f"(`jobs/workload.py`, not modified): {spec.users:,} users, seed {spec.seed}, "
+        f"(`jobs/workload/workload.py`, not modified): {spec.users:,} users, seed {spec.seed}, "
         f"{spec.observation_days} days of observation then a {spec.horizon_days}-day label "
         f"window; {t['events_kept']:,} events kept, {t['events_fed']:,} applied to the "
         "features up to the cutoff. The generator's sessions are thinned per user by a hidden "

@@ -10,8 +10,9 @@ import uuid
 
 import pytest
 
-from infra import provision, stack
+from infra import stack
 from infra.paths import StackPaths
+from jobs.cli import wiring
 from jobs.config import load_config, replace
 
 
@@ -22,8 +23,8 @@ def local_stack():
     running_before = {s.name for s in servers if stack.running_pid(s, paths) is not None}
     stack.up(paths, servers)
     base_cfg = load_config(env={})
-    provision.provision_topics(base_cfg)
-    provision.provision_cassandra(base_cfg)
+    wiring.provision_topics(base_cfg)
+    wiring.provision_cassandra(base_cfg)
     yield paths
     started = [s for s in servers if s.name not in running_before]
     stack.down(paths, started)
@@ -50,5 +51,5 @@ def isolated_cfg(local_stack):
         checkpoint_interval_ms=2000,
         parallelism=2,
     )
-    provision.provision_topics(cfg, say=lambda _: None)
+    wiring.provision_topics(cfg, say=lambda _: None)
     return cfg

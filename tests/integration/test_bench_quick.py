@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from jobs import bench
+from jobs.bench import bench
 
 pytestmark = pytest.mark.integration
 
@@ -16,8 +16,8 @@ STAGES = {"decode", "engine", "scoring", "arbitration", "sinks", "state", "flink
 
 
 def test_quick_bench_reports_every_figure(local_stack, tmp_path):
-    run = subprocess.run([sys.executable, "-m", "jobs.bench", "--quick", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "jobs.bench.bench", "--quick",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for heading in ("Ceiling:", "Throughput", "Latency (click to trigger)", "Stage costs",
                     "Resources", "Goals:", "Bottleneck:"):

@@ -14,10 +14,10 @@ from collections import Counter
 import pytest
 import redis
 
-from infra.provision import cassandra_session
-from jobs import generate
+from jobs.cli import wiring
 from jobs.config import as_flags
-from jobs.workload import WorkloadSpec, generate_events, generate_users, malformed_records
+from jobs.workload import generate
+from jobs.workload.workload import WorkloadSpec, generate_events, generate_users, malformed_records
 from schemas.codec import Codec
 from tests.integration.kafka_io import produce_raw, read_topic
 from udfs.stores import keys
@@ -66,7 +66,7 @@ def test_bounded_local_run_balances_and_stores_agree(isolated_cfg, tmp_path):
     members = {c["user_id"] for c in changes}
     assert members <= {e["user_id"] for e in events}
 
-    session = cassandra_session(cfg, cfg.cassandra_keyspace)
+    session = wiring.cassandra_session(cfg, cfg.cassandra_keyspace)
     client = redis.Redis.from_url(cfg.redis_url, decode_responses=True)
     try:
         for user in members:

@@ -12,8 +12,7 @@ import pytest
 import redis
 
 from infra import deploy
-from infra.provision import cassandra_session
-from jobs import defs
+from jobs.cli import defs, wiring
 from jobs.config import as_flags
 from models import CHURN_ONNX
 from schemas.codec import Codec
@@ -152,7 +151,7 @@ def test_scripted_scenario_to_the_record(engine_cfg, running_job, tmp_path):
             assert (r["churn_score"], r["model_version"]) == (None, None), r
 
     # Cassandra holds the same membership, by user, by segment bucket, and the history
-    session = cassandra_session(cfg, cfg.cassandra_keyspace)
+    session = wiring.cassandra_session(cfg, cfg.cassandra_keyspace)
     try:
         def members(user):
             return {row.segment_id: row.definition_version for row in session.execute(

@@ -12,10 +12,11 @@ turns the starvation guard on and sees P3 served while P0 still has a backlog.
 import pytest
 from kafka import KafkaProducer
 
-from jobs.sender import TIERS, SenderOptions, run_sender
+from jobs.sender.sender import SenderOptions, run_sender
 from schemas.codec import Codec
 from tests.integration.kafka_io import TopicReader
 from tests.unit.test_sender import NOW, make_trigger
+from udfs.campaigns import TIERS
 
 pytestmark = pytest.mark.integration
 

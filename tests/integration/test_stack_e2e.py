@@ -6,8 +6,9 @@ import uuid
 import pytest
 import redis
 
-from infra import provision, stack
-from infra.provision import cassandra_session, topic_specs
+from infra import stack
+from infra.provision import topic_specs
+from jobs.cli import wiring
 from jobs.config import load_config
 
 pytestmark = pytest.mark.integration
@@ -35,20 +36,20 @@ def test_provisioning_is_idempotent_and_complete(local_stack):
     from kafka import KafkaAdminClient
 
     cfg = load_config(env={})
-    assert provision.provision_topics(cfg, say=lambda _: None) == []  # nothing left to change
+    assert wiring.provision_topics(cfg, say=lambda _: None) == []  # nothing left to change
     admin = KafkaAdminClient(**cfg.python_client_kwargs())
     try:
         existing = set(admin.list_topics())
         described = {d["name"]: len(d["partitions"]) for d in admin.describe_topics(
-            [spec.name for spec in topic_specs(cfg)])}
+            [spec.name for spec in topic_specs(cfg.topic_fields(), cfg.trigger_topics())])}
     finally:
         admin.close()
-    for spec in topic_specs(cfg):
+    for spec in topic_specs(cfg.topic_fields(), cfg.trigger_topics()):
         assert spec.name in existing
         assert described[spec.name] == spec.partitions
 
-    provision.provision_cassandra(cfg, say=lambda _: None)
-    session = cassandra_session(cfg)
+    wiring.provision_cassandra(cfg, say=lambda _: None)
+    session = wiring.cassandra_session(cfg)
     try:
         tables = {row.table_name for row in session.execute(
             "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s",

@@ -18,17 +18,17 @@ import yaml
 
 from infra import deploy, stack
 from infra.servers.flink import FlinkTaskManager
-from jobs import defs
-from jobs.bench import daytime_zone
+from jobs.bench.bench import daytime_zone
+from jobs.cli import defs
 from jobs.config import ISOLATION_FIELDS, replace
 from schemas.codec import Codec
 from tests.integration import flink_jobs
 from tests.integration.kafka_io import TopicReader, produce_raw
+from udfs.campaigns import TIERS
 
 pytestmark = pytest.mark.integration
 
 MIN = 60_000
-TIERS = ("P0", "P1", "P2", "P3")
 CART = {"product_id": "p1", "price": 150.0, "quantity": 1, "currency": "USD"}
 def _click(codec, event_id, user, event_type, t, **extra):
     return codec.encode("ClickEvent", {

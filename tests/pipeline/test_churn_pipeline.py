@@ -6,8 +6,8 @@ import pytest
 from pyflink.common import Row
 
 from jobs.connectors import click_watermarks
-from jobs.job import build
-from models import CHURN_ONNX
+from jobs.job import build, file_definitions
+from models import CHURN_META, CHURN_ONNX
 from schemas.codec import Codec
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs.churn import ChurnModel
@@ -43,7 +43,10 @@ def test_a_silent_buyer_drifts_into_churn_risk_high(env, cfg, tmp_path):
                     .assign_timestamps_and_watermarks(click_watermarks(cfg)),
                     env.from_collection([], type_info=SOURCE_RECORD_ROW),
                     env.from_collection([], type_info=SOURCE_RECORD_ROW),
-                    cfg, store=FileWriterFactory(str(tmp_path / "w.jsonl")))
+                    cfg, file_definitions(cfg),
+                    # the model as bytes: build reads no file
+                    (CHURN_ONNX.read_bytes(), CHURN_META.read_bytes(), "churn.onnx", "churn.json"),
+                    store=FileWriterFactory(str(tmp_path / "w.jsonl")))
     with outputs.all().execute_and_collect() as results:
         records = [codec.decode_named(as_bytes(value)) for _, _, value in results]
 

@@ -10,7 +10,7 @@ from pyflink.common import Row
 
 from jobs.config import replace
 from jobs.connectors import click_watermarks
-from jobs.job import build
+from jobs.job import build, file_definitions
 from schemas.codec import Codec
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs.descriptors import SOURCE_RECORD_ROW
@@ -64,7 +64,7 @@ def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_p
         env.from_collection(_rows("user-metadata", metadata, T0), type_info=SOURCE_RECORD_ROW),
         env.from_collection(_rows("definitions", [bad_definition], T0),
                             type_info=SOURCE_RECORD_ROW),
-        cfg, store=FileWriterFactory(str(written)))
+        cfg, file_definitions(cfg), None, store=FileWriterFactory(str(written)))
     with outputs.all().execute_and_collect() as results:
         rows = [(topic, as_bytes(key), codec.decode_named(as_bytes(value)))
                 for topic, key, value in results]

@@ -8,7 +8,7 @@ from pyflink.common import Row
 
 from jobs.config import replace
 from jobs.connectors import click_watermarks
-from jobs.job import build
+from jobs.job import build, file_definitions
 from schemas.codec import Codec
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs import arbitration as arb
@@ -63,7 +63,8 @@ def test_triggers_go_to_their_tier_topic_with_rivals_and_reasons(env, cfg, tmp_p
         env.from_collection(_rows("user-metadata", metadata, NOON - MIN),
                             type_info=SOURCE_RECORD_ROW),
         env.from_collection([], type_info=SOURCE_RECORD_ROW),
-        cfg, store=FileWriterFactory(str(tmp_path / "written.jsonl")))
+        cfg, file_definitions(cfg), None,
+        store=FileWriterFactory(str(tmp_path / "written.jsonl")))
     with outputs.all().execute_and_collect() as results:
         rows = [(topic, as_bytes(key), codec.decode_named(as_bytes(value)))
                 for topic, key, value in results]

@@ -1,4 +1,5 @@
-"""Tests for the pure parts of jobs.bench: percentiles, sustained rates, py-spy stages, /proc."""
+"""Tests for the pure parts of jobs.bench.bench: percentiles, sustained rates, py-spy stages,
+/proc."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 
 import pytest
 
-from jobs import bench
+from jobs.bench import bench
 
 OP = "TwoInputFunctionOperation.process_element1 (pyflink/fn_execution/embedded/operations.py:132)"
 ENGINE = "UserEngineFunction.process_element (udfs/functions.py:391)"

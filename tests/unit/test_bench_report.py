@@ -1,4 +1,4 @@
-"""jobs.bench_report: terminal report, JSON, PNG plot and README section of bench results."""
+"""jobs.bench.report: terminal report, JSON, PNG plot and README section of bench results."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs import bench_report as br
+from jobs.bench import report as br
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from jobs.workload import DEFAULT_START_MS, generate_users
+from jobs.workload.workload import DEFAULT_START_MS, generate_users
 from models import CHURN_META, CHURN_ONNX
 from models.churn_labels import (
     ChurnSpec,

@@ -1,4 +1,4 @@
-"""Tests for jobs.cli: the parser, the flags forwarded to the job, and how errors are reported.
+"""Tests for jobs.cli.main: the parser, the flags forwarded to the job, and how errors are reported.
 
 Nothing here reaches a server: the commands exercised fail on their configuration before any
 connection, or only read pid files in a temporary NUDGEFLOW_HOME.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import cli
-from jobs.cli import _job_args, build_parser, main
+from jobs.cli import main as cli
+from jobs.cli.main import _job_args, build_parser, main
 from jobs.config import add_config_arguments, config_from_args
 
 
@@ -205,3 +205,64 @@ def test_secrets_travel_in_the_environment_not_in_job_arguments(monkeypatch):
     env = cli._secret_env(cli.config_from_args(args))
     assert env["NUDGEFLOW_KAFKA_SASL_PASSWORD"] == "s3cret"
     assert env["NUDGEFLOW_REDIS_URL"] == "redis://:pw@h:6379/0"
+
+
+# --- what the command line hands the job (jobs.cli.wiring) --------------------------------------
+
+
+def test_local_job_flags_fill_in_jars_checkpoints_and_reporter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from infra import jars
+    from infra.servers.flink import prometheus_settings
+    from jobs.cli import wiring
+    from jobs.config import load_config
+
+    monkeypatch.setattr(jars, "jar_urls", lambda component: [f"file:///j/{component}-1.jar",
+                                                            f"file:///j/{component}-2.jar"])
+    flags = wiring.local_job_flags(load_config(env={}))
+    job_parser = argparse.ArgumentParser()
+    add_config_arguments(job_parser)
+    cfg = config_from_args(job_parser.parse_args(flags))
+    assert cfg.jar_urls() == ["file:///j/flink-1.jar", "file:///j/flink-2.jar"]
+    assert cfg.checkpoint_dir == (tmp_path / "home" / "checkpoints").resolve().as_uri()
+    assert cfg.prometheus_settings_map() == prometheus_settings()
+    # values the configuration sets are left alone
+    own = load_config(env={}, overrides={"jars": "file:///mine.jar", "checkpoint_dir": "s3://b",
+                                         "prometheus_settings": "k=v"})
+    assert wiring.local_job_flags(own) == []
+    assert wiring.cluster_job_flags(own) == []
+    assert wiring.cluster_job_flags(load_config(env={})) == [
+        "--jars", "file:///j/flink-1.jar;file:///j/flink-2.jar"]
+
+
+def test_the_job_refuses_to_start_without_jars() -> None:
+    from jobs.config import ConfigError, load_config
+    from jobs.env import create_env
+
+    with pytest.raises(ConfigError, match=r"no jars configured: set jars \(--jars or "
+                       r"NUDGEFLOW_JARS\)"):
+        create_env(load_config(env={}), local=True)
+
+
+def _imported_packages(path: Path) -> set[str]:
+    import ast
+
+    packages = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            packages.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            packages.update(alias.name.split(".")[0] for alias in node.names)
+    return packages
+
+
+def test_layering_of_the_job() -> None:
+    root = Path(__file__).resolve().parents[2]
+    # the job's modules take what comes from the machine as values: no infra, no models
+    for name in ("job.py", "env.py", "connectors.py", "config.py", "names.py"):
+        assert not _imported_packages(root / "jobs" / name) & {"infra", "models"}, name
+    # nothing below jobs/ imports it
+    for package in ("infra", "schemas", "udfs"):
+        for path in (root / package).rglob("*.py"):
+            assert "jobs" not in _imported_packages(path), path

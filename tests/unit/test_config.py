@@ -380,3 +380,37 @@ def test_help_names_env_vars_and_masks_secret_defaults() -> None:
     assert "[default: '***']" in text
     for f in fields(NudgeflowConfig):
         assert "--" + f.name.replace("_", "-") in text
+
+
+# --- what reaches the job from outside: jars, reporter settings, topic names --------------------
+
+
+def test_jars_as_urls(tmp_path: Path) -> None:
+    jar = tmp_path / "a.jar"
+    cfg = load_config(env={"NUDGEFLOW_JARS": f" file:///x/k.jar ; {jar} ;"})
+    assert cfg.jar_urls() == ["file:///x/k.jar", jar.as_uri()]
+    assert load_config(env={}).jar_urls() == []
+
+
+def test_prometheus_settings_pairs() -> None:
+    cfg = load_config(env={}, overrides={"prometheus_settings": "a.b=C; port = 9249-9259"})
+    assert cfg.prometheus_settings_map() == {"a.b": "C", "port": "9249-9259"}
+    assert load_config(env={}).prometheus_settings_map() == {}
+    with pytest.raises(ConfigError, match="prometheus_settings: 'no-value' is not key=value"):
+        load_config(env={}, overrides={"prometheus_settings": "a=b;no-value"})
+
+
+def test_topic_names_for_provisioning() -> None:
+    cfg = load_config(env={}, overrides={"clicks_topic": "x", "trigger_topic_prefix": "t."})
+    fields_ = cfg.topic_fields()
+    assert fields_["clicks_topic"] == "x"
+    assert fields_["dead_letter_topic"] == "dead-letter"
+    assert "trigger_topic_prefix" not in fields_
+    assert cfg.trigger_topics() == {"P0": "t.p0", "P1": "t.p1", "P2": "t.p2", "P3": "t.p3"}
+
+
+def test_shipped_model_is_the_committed_file() -> None:
+    from models import CHURN_ONNX
+
+    assert load_config(env={}).churn_model_path() == str(CHURN_ONNX)
+    assert load_config(env={}, overrides={"churn_model": "off"}).churn_model_path() is None

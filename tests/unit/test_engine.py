@@ -170,7 +170,7 @@ def _simulate(registry, events, bound_ms):
 
 
 def test_same_events_shuffled_within_the_lateness_bound_give_the_same_membership(registry):
-    from jobs.workload import WorkloadSpec, generate_events
+    from jobs.workload.workload import WorkloadSpec, generate_events
 
     spec = WorkloadSpec(users=25, events=3000, seed=9, start_ms=T0, duplicate_fraction=0.02,
                         out_of_order_fraction=0.0)

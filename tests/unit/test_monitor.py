@@ -1,6 +1,6 @@
 """The live summary's arithmetic (offsets in, one line out)."""
 
-from jobs.monitor import Snapshot, format_line
+from jobs.cli.monitor import Snapshot, format_line
 
 
 def test_counts_what_changed_since_the_start():

@@ -1,7 +1,8 @@
 """Tests for infra.provision's pure parts: the topic specs and the CQL statements.
 
 No Kafka and no Cassandra: only ``topic_specs`` and ``cql_statements`` are exercised, against the
-real ``infra/topics.yaml`` and ``infra/cql/*.cql`` and against malformed copies in tmp_path.
+real ``infra/topics.yaml`` and ``infra/cql/*.cql`` and against malformed copies in tmp_path, with
+the plain values a configuration gives them.
 """
 
 from __future__ import annotations
@@ -12,17 +13,23 @@ import pytest
 
 from infra.provision import (
     LOCAL_REPLICATION,
+    TOPICS_FILE,
     ProvisionError,
     TopicSpec,
     cql_statements,
     topic_specs,
 )
-from jobs.config import load_config, replace
+from jobs.config import NudgeflowConfig, load_config, replace
+
+
+def specs_of(cfg: NudgeflowConfig, path: Path = TOPICS_FILE) -> list[TopicSpec]:
+    """The spec file's topics named by ``cfg`` (what ``jobs.cli.wiring`` passes)."""
+    return topic_specs(cfg.topic_fields(), cfg.trigger_topics(), path)
 
 
 @pytest.fixture(scope="module")
 def specs() -> dict[str, TopicSpec]:
-    listed = topic_specs(load_config(env={}))
+    listed = specs_of(load_config(env={}))
     by_name = {s.name: s for s in listed}
     assert len(by_name) == len(listed), "a topic is listed twice"
     return by_name
@@ -81,7 +88,7 @@ def test_other_topics(specs: dict[str, TopicSpec]) -> None:
 def test_topic_names_follow_the_config() -> None:
     cfg = load_config(env={}, overrides={"clicks_topic": "x-clicks",
                                          "trigger_topic_prefix": "prod.triggers."})
-    names = {s.name: s for s in topic_specs(cfg)}
+    names = {s.name: s for s in specs_of(cfg)}
     assert "clicks" not in names
     assert names["x-clicks"].partitions == 4
     assert names["x-clicks"].config["message.timestamp.type"] == "LogAppendTime"
@@ -98,7 +105,7 @@ def test_entry_without_field_or_tier(tmp_path: Path) -> None:
     path = _spec_file(tmp_path, "  - field: clicks_topic\n    partitions: 1\n"
                                 "  - partitions: 2\n")
     with pytest.raises(ProvisionError) as info:
-        topic_specs(load_config(env={}), path)
+        specs_of(load_config(env={}), path)
     message = str(info.value)
     assert f"{path}: topics[1]" in message
     assert "needs `field: <config field>` or `tier: P0..P3`" in message
@@ -110,22 +117,29 @@ def test_bad_partitions(tmp_path: Path, partitions: str) -> None:
                                 "  - tier: P0\n    partitions: 1\n"
                                 f"  - field: outcomes_topic\n    partitions: {partitions}\n")
     with pytest.raises(ProvisionError) as info:
-        topic_specs(load_config(env={}), path)
+        specs_of(load_config(env={}), path)
     assert str(info.value) == f"{path}: topics[2]: partitions must be a positive integer"
 
 
 def test_missing_partitions(tmp_path: Path) -> None:
     path = _spec_file(tmp_path, "  - tier: P1\n")
     with pytest.raises(ProvisionError, match=r"topics\[0\]: partitions must be"):
-        topic_specs(load_config(env={}), path)
+        specs_of(load_config(env={}), path)
 
 
 @pytest.mark.parametrize("field_name", ["kafka_bootstrap", "no_such_topic"])
 def test_field_that_is_not_a_topic_field(tmp_path: Path, field_name: str) -> None:
     path = _spec_file(tmp_path, f"  - field: {field_name}\n    partitions: 1\n")
     with pytest.raises(ProvisionError) as info:
-        topic_specs(load_config(env={}), path)
+        specs_of(load_config(env={}), path)
     assert f"topics[0]: field {field_name!r} is not a topic field" in str(info.value)
+
+
+def test_tier_that_is_not_a_tier(tmp_path: Path) -> None:
+    path = _spec_file(tmp_path, "  - tier: P9\n    partitions: 1\n")
+    with pytest.raises(ProvisionError) as info:
+        specs_of(load_config(env={}), path)
+    assert "topics[0]: tier 'P9' is not one of P0, P1, P2, P3" in str(info.value)
 
 
 def test_replication_factor_default_and_override(tmp_path: Path) -> None:
@@ -135,7 +149,7 @@ def test_replication_factor_default_and_override(tmp_path: Path) -> None:
         "  - field: outcomes_topic\n    partitions: 3\n    replication_factor: 1\n",
         defaults="defaults:\n  replication_factor: 3\n",
     )
-    specs = topic_specs(load_config(env={}), path)
+    specs = specs_of(load_config(env={}), path)
     assert specs == [TopicSpec("clicks", 2, 3, {}), TopicSpec("outcomes", 3, 1, {})]
 
 
@@ -143,7 +157,7 @@ def test_replication_factor_default_and_override(tmp_path: Path) -> None:
 
 
 def test_cql_statements_fill_keyspace_and_replication() -> None:
-    statements = cql_statements(load_config(env={}))
+    statements = cql_statements(load_config(env={}).cassandra_keyspace)
     assert len(statements) == 4
     first = statements[0]
     assert first.startswith("CREATE KEYSPACE IF NOT EXISTS nudgeflow")
@@ -165,7 +179,7 @@ def test_cql_statements_fill_keyspace_and_replication() -> None:
 def test_cql_custom_keyspace_and_replication() -> None:
     cfg = replace(load_config(env={}), cassandra_keyspace="nf_prod")
     replication = "{'class': 'NetworkTopologyStrategy', 'dc1': 3}"
-    statements = cql_statements(cfg, replication=replication)
+    statements = cql_statements(cfg.cassandra_keyspace, replication=replication)
     assert statements[0].startswith("CREATE KEYSPACE IF NOT EXISTS nf_prod\n")
     assert f"WITH replication = {replication}" in statements[0]
     assert all(" nf_prod." in s for s in statements[1:])
@@ -178,7 +192,8 @@ def test_cql_files_in_order_from_a_directory(tmp_path: Path) -> None:
         "-- header\nCREATE KEYSPACE {keyspace} WITH replication = {replication};\n\n;"
     )
     (tmp_path / "notes.txt").write_text("CREATE TABLE ignored;")
-    statements = cql_statements(load_config(env={}), replication="R", cql_dir=tmp_path)
+    keyspace = load_config(env={}).cassandra_keyspace
+    statements = cql_statements(keyspace, replication="R", cql_dir=tmp_path)
     assert statements == [
         "CREATE KEYSPACE nudgeflow WITH replication = R",
         "CREATE TABLE nudgeflow.b (x int PRIMARY KEY)",
@@ -191,10 +206,11 @@ def test_cql_files_in_order_from_a_directory(tmp_path: Path) -> None:
 def test_invalid_keyspace_is_rejected(keyspace: str) -> None:
     cfg = replace(load_config(env={}), cassandra_keyspace=keyspace)
     with pytest.raises(ProvisionError) as info:
-        cql_statements(cfg)
+        cql_statements(cfg.cassandra_keyspace)
     assert f"cassandra_keyspace {keyspace!r} is not a valid keyspace name" in str(info.value)
 
 
 def test_longest_valid_keyspace() -> None:
     cfg = replace(load_config(env={}), cassandra_keyspace="a" * 48)
-    assert cql_statements(cfg)[0].startswith("CREATE KEYSPACE IF NOT EXISTS " + "a" * 48)
+    statements = cql_statements(cfg.cassandra_keyspace)
+    assert statements[0].startswith("CREATE KEYSPACE IF NOT EXISTS " + "a" * 48)

@@ -1,4 +1,4 @@
-"""Tests for jobs.sender without Kafka or Redis: the scheduler, one batch's handling (expiry,
+"""Tests for jobs.sender.sender without Kafka or Redis: the scheduler, one batch's handling (expiry,
 dedupe, bad records, retries, limits), the dedupe stores, the report, adapters and options."""
 
 from __future__ import annotations
@@ -11,17 +11,16 @@ import types
 
 import pytest
 
-from jobs import sender
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.config import load_config
-from jobs.sender import (
-    TIERS,
+from jobs.sender import sender
+from jobs.sender.sender import (
     AdapterFailedError,
     AdapterLoadError,
     ConsoleAdapter,
+    DeliveryRetryPolicy,
     MemoryDedupe,
     RedisDedupe,
-    RetryPolicy,
     SenderError,
     SenderOptions,
     SenderReport,
@@ -34,6 +33,7 @@ from jobs.sender import (
     send_with_retry,
 )
 from schemas.codec import Codec
+from udfs.campaigns import TIERS
 from udfs.intake import SourceRecord
 
 # kafka-python's import calls importlib.resources.read_text; the warning names importlib, so
@@ -222,7 +222,7 @@ def test_adapter_failures_are_retried_with_backoff():
     adapter = Recorder(fail_times=2)
     sleeps = []
     outcome = process_batch([encoded(make_trigger("t1"), 0)], codec=CODEC, dedupe=MemoryDedupe(),
-                            adapter=adapter, now_ms=NOW, retry=RetryPolicy(3, 0.5),
+                            adapter=adapter, now_ms=NOW, retry=DeliveryRetryPolicy(3, 0.5),
                             sleep=sleeps.append, say=quiet)
     assert adapter.sent == ["t1"] and outcome.delivered == 1 and outcome.error is None
     assert sleeps == [0.5, 1.0]
@@ -234,7 +234,7 @@ def test_an_adapter_that_keeps_failing_stops_the_batch_before_the_trigger():
     sleeps = []
     batch = [encoded(make_trigger(f"t{i}"), i) for i in range(1, 5)]
     outcome = process_batch(batch, codec=CODEC, dedupe=dedupe, adapter=adapter, now_ms=NOW,
-                            retry=RetryPolicy(3, 0.5), sleep=sleeps.append, say=quiet)
+                            retry=DeliveryRetryPolicy(3, 0.5), sleep=sleeps.append, say=quiet)
     assert adapter.sent == ["t1"]
     assert outcome.handled == 1  # only t1's offset may be committed
     assert isinstance(outcome.error, AdapterFailedError)
@@ -246,7 +246,8 @@ def test_an_adapter_that_keeps_failing_stops_the_batch_before_the_trigger():
 
 def test_send_with_retry_without_retries_fails_at_once():
     with pytest.raises(AdapterFailedError, match="failed 1 time"):
-        send_with_retry(Recorder(fail_times=1), make_trigger("t"), RetryPolicy(0), say=quiet)
+        send_with_retry(Recorder(fail_times=1), make_trigger("t"), DeliveryRetryPolicy(0),
+                        say=quiet)
 
 
 # --- dedupe stores ------------------------------------------------------------------------------
@@ -382,7 +383,7 @@ def adapters_module(monkeypatch):
 def test_load_adapter_instantiates_classes_and_takes_objects(adapters_module):
     assert isinstance(load_adapter("fake_channels:Good"), adapters_module.Good)
     assert load_adapter("fake_channels:instance") is adapters_module.instance
-    assert isinstance(load_adapter("jobs.sender:ConsoleAdapter"), ConsoleAdapter)
+    assert isinstance(load_adapter("jobs.sender.sender:ConsoleAdapter"), ConsoleAdapter)
 
 
 @pytest.mark.parametrize(("spec", "message"), [

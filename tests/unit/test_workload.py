@@ -1,4 +1,5 @@
-"""Tests for jobs.workload (the pure synthetic workload) and the Kafka-free parts of jobs.generate.
+"""Tests for jobs.workload.workload (the pure synthetic workload) and the Kafka-free parts of
+jobs.workload.generate.
 
 No Kafka and no JVM: ``produce`` is exercised against a fake ``KafkaProducer`` and a fake codec.
 """
@@ -17,9 +18,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from jobs import generate as generate_module
-from jobs.generate import _Progress, format_summary, produce, recent_start_ms
-from jobs.workload import (
+from jobs.workload import generate as generate_module
+from jobs.workload.generate import _Progress, format_summary, produce, recent_start_ms
+from jobs.workload.workload import (
     AVRO_SINGLE_OBJECT_MAGIC,
     COUNTRIES,
     DEFAULT_START_MS,
@@ -464,7 +465,7 @@ def test_invalid_events_have_exactly_one_defect() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# jobs.generate without Kafka
+# jobs.workload.generate without Kafka
 
 
 class FakeFuture:

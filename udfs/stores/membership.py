@@ -102,6 +102,14 @@ class MembershipWriter(Protocol):
         ...
 
 
+class StoreFactory(Protocol):
+    """Creates an engine instance's writer in ``open()`` (picklable: it travels in the job)."""
+
+    def __call__(self, on_retry: Callable[[], None] = ...) -> MembershipWriter:
+        """A connected writer; ``on_retry`` counts each retried store call."""
+        ...
+
+
 @dataclass
 class RetryPolicy:
     """Exponential backoff for transient store errors; ``max_attempts=None`` retries forever."""

@@ -50,13 +50,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec, CodecError, Record, UnknownSchemaError, WrongSchemaError
+from udfs.campaigns import TIERS
 from udfs.intake import Rejected, SourceRecord, dead_letter
 
-TIERS = ("P0", "P1", "P2", "P3")
-"""The priority tiers, most urgent first (the TriggerEvent ``PriorityTier`` symbols)."""
-
 DEFAULT_GROUP = "nudgeflow-sender"
-DEFAULT_ADAPTER = "jobs.sender:ConsoleAdapter"
+DEFAULT_ADAPTER = "jobs.sender.sender:ConsoleAdapter"
 DEDUPE_MODES = ("redis", "memory")
 BAD_RECORD_MODES = ("dead-letter", "skip")
 START_MODES = ("earliest", "latest")
@@ -168,8 +166,8 @@ def load_adapter(spec: str) -> ChannelAdapter:
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    """How often an adapter failure is retried, and how long to wait in between."""
+class DeliveryRetryPolicy:
+    """How often a failed delivery (``adapter.send``) is retried, and how long to wait between."""
 
     retries: int = 3
     backoff_s: float = 0.5
@@ -182,7 +180,7 @@ class RetryPolicy:
 def send_with_retry(
     adapter: ChannelAdapter,
     trigger: Record,
-    policy: RetryPolicy,
+    policy: DeliveryRetryPolicy,
     sleep: Callable[[float], None] = time.sleep,
     say: Callable[[str], None] = print,
 ) -> None:
@@ -405,7 +403,7 @@ def process_batch(
     dedupe: Deduper,
     adapter: ChannelAdapter,
     now_ms: int,
-    retry: RetryPolicy | None = None,
+    retry: DeliveryRetryPolicy | None = None,
     limit: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
     say: Callable[[str], None] = print,
@@ -419,7 +417,7 @@ def process_batch(
     Raises:
         SenderError: the dedupe store failed (nothing of the batch counts as handled).
     """
-    retry = retry or RetryPolicy()
+    retry = retry or DeliveryRetryPolicy()
     outcome = BatchOutcome()
     items = [(record, decode_trigger(codec, record)) for record in records]
     candidates = [item["trigger_id"] for _, item in items
@@ -873,7 +871,7 @@ def run_sender(
     codec = Codec.load()
     dedupe = open_dedupe(cfg, options)
     scheduler = TierScheduler(TIERS, options.starvation_limit)
-    retry = RetryPolicy(options.adapter_retries, options.retry_backoff_s)
+    retry = DeliveryRetryPolicy(options.adapter_retries, options.retry_backoff_s)
     report = SenderReport()
     try:
         sources = _open_sources(cfg, options)

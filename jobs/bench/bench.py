@@ -4,7 +4,7 @@ Every run starts from a known state (fresh topics, consumer groups and Redis key
 the local stack), loads a seeded generated workload into Kafka and measures:
 
 1. **ceiling**: the same clicks through the job's Kafka source and sink with no processing
-   (``jobs.ceiling_job``), events/s;
+   (``jobs.bench.ceiling_job``), events/s;
 2. **throughput**: the job draining the pre-loaded backlog from earliest until caught up, at
    parallelism 1 and 2 (at-least-once), events/s from 5% of the backlog to all of it;
 3. **cost per stage**: py-spy samples of the job's Python operator thread during the p1 drain,
@@ -18,7 +18,7 @@ the local stack), loads a seeded generated workload into Kafka and measures:
 
 It prints the report, writes ``results.json`` and ``results.png`` under ``--out`` and, with
 ``--update-readme``, the README's results section. The figures are the product's; the report
-(``jobs.bench_report``) names the bottleneck.
+(``jobs.bench.report``) names the bottleneck.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -235,7 +235,7 @@ class ResourceMonitor:
         self.pids: dict[int, str] = {}
         self.last: dict[int, tuple[float, float]] = {}
         self.baseline: dict[int, float] = {}
-        self.alive_s: Counter[str] = Counter()
+        self.alive_s: defaultdict[str, float] = defaultdict(float)  # seconds seen alive
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, name="resources", daemon=True)
@@ -320,7 +320,7 @@ def fresh_config(base: Any = None) -> Any:
     never read each other's records. With ``base``, the inputs stay ``base``'s (a reader of its
     backlog) and only the outputs, group, transactional ids and Redis keys are new.
     """
-    from infra import provision
+    from jobs.cli import wiring
     from jobs.config import ISOLATION_FIELDS, load_config, replace
 
     tag = f"bench-{uuid.uuid4().hex[:6]}"
@@ -330,7 +330,7 @@ def fresh_config(base: Any = None) -> Any:
                   transactional_id_prefix=tag, redis_key_prefix=tag,
                   trigger_topic_prefix=f"{tag}-triggers-",
                   **{f: f"{tag}-{f.removesuffix('_topic')}" for f in topics})
-    provision.provision_topics(cfg, say=lambda _: None)
+    wiring.provision_topics(cfg, say=lambda _: None)
     return cfg
 
 
@@ -387,13 +387,14 @@ class Bench:
     def _start_job(self, cfg: Any, flags: Sequence[str], module: str = "jobs.job"
                    ) -> subprocess.Popen[bytes]:
         from infra.servers.flink import local_run_env
+        from jobs.cli.wiring import local_job_flags
         from jobs.config import as_flags
 
         log = self.out / f"{module.rsplit('.', 1)[1]}-{cfg.consumer_group}.log"
         with open(log, "wb") as sink:
             job = subprocess.Popen(
                 [sys.executable, "-m", module, "--local", "--starting-offsets", "earliest",
-                 *as_flags(cfg), *flags],
+                 *as_flags(cfg), *flags, *local_job_flags(cfg)],
                 stdout=sink, stderr=subprocess.STDOUT, env=local_run_env(self.paths))
         self.monitor.watch(job.pid, "job client (Python driver)")
         return job
@@ -428,8 +429,8 @@ class Bench:
 
     def load_backlog(self, cfg: Any, events: int, users: int) -> float:
         """Write the seeded workload to ``cfg``'s input topics; seconds it took."""
-        from jobs import generate
-        from jobs.workload import WorkloadSpec
+        from jobs.workload import generate
+        from jobs.workload.workload import WorkloadSpec
 
         spec = WorkloadSpec(users=users, events=events, seed=7)
         spec = dataclasses.replace(spec, start_ms=generate.recent_start_ms(spec))
@@ -568,7 +569,7 @@ class Bench:
                                 seen["change"].append((record["event_time"],
                                                        visible - record["event_time"]))
 
-        results = []
+        results: list[dict[str, Any]] = []
         try:
             self._warm_up(producer, cfg, buyers, read, seen, job)
             for rate in rates:
@@ -660,7 +661,7 @@ class Bench:
         finally:
             admin.close()
         result = self.drain(cfg, ("--target-topic", target), "ceiling",
-                            module="jobs.ceiling_job", copied_to=target)
+                            module="jobs.bench.ceiling_job", copied_to=target)
         result["what"] = ("the same clicks through the job's Kafka source and sink (Java "
                           "pass-through, no Python, at-least-once, parallelism 1)")
         return result
@@ -668,7 +669,7 @@ class Bench:
     # -- the whole run --
 
     def run(self, rates: Sequence[int] = LADDER_RATES) -> dict[str, Any]:
-        """Every measurement of the plan; the results dict of ``jobs.bench_report``."""
+        """Every measurement of the plan; the results dict of ``jobs.bench.report``."""
         plan = self.plan
         started = time.monotonic()
         self.monitor.start()
@@ -893,9 +894,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Start the stack if needed, run, print, write JSON and PNG (and the README section)."""
-    from infra import provision, stack
+    from infra import stack
     from infra.paths import StackPaths
-    from jobs import bench_report
+    from jobs.bench import report as bench_report
+    from jobs.cli import wiring
     from jobs.config import load_config
 
     plan = QUICK if args.quick else FULL
@@ -917,7 +919,7 @@ def run_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"nudgeflow bench ({plan.mode} mode; results and job logs in {out})")
     stack.up(paths, say=lambda line: None)
-    provision.provision_cassandra(load_config(), say=lambda line: None)
+    wiring.provision_cassandra(load_config(), say=lambda line: None)
     try:
         results = Bench(plan, out).run()
     except RuntimeError as exc:
@@ -936,7 +938,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jobs.bench`` (the same as ``nudgeflow bench``)."""
+    """``python -m jobs.bench.bench`` (the same as ``nudgeflow bench``)."""
     parser = argparse.ArgumentParser(prog="nudgeflow bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_arguments(parser)

@@ -1,10 +1,11 @@
 """Write a synthetic nudgeflow workload to Kafka: the engine behind ``nudgeflow generate``.
 
 :func:`produce` writes every user's UserMetadata to the metadata topic, waits until it is
-acknowledged, then streams the ClickEvents of :func:`jobs.workload.generate_events` to the clicks
-topic, optionally paced and time-boxed, with a progress line on stderr. Records are Avro
-single-object encoded by ``schemas.codec`` (imported lazily, so :mod:`jobs.workload` and its tests
-need neither Kafka nor the codec). :func:`format_summary` renders what was produced.
+acknowledged, then streams the ClickEvents of :func:`jobs.workload.workload.generate_events` to
+the clicks topic, optionally paced and time-boxed, with a progress line on stderr. Records are
+Avro single-object encoded by ``schemas.codec`` (imported lazily, so
+:mod:`jobs.workload.workload` and its tests need neither Kafka nor the codec).
+:func:`format_summary` renders what was produced.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any, Protocol, TextIO
 
-from jobs.workload import (
+from jobs.workload.workload import (
     EVENT_TYPES,
     SOURCES,
     WorkloadSpec,

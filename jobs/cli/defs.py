@@ -4,10 +4,10 @@ Segments, campaigns and the priority policy (``udfs.segments``, ``udfs.campaigns
 the same way.
 
 - validate: parse and check YAML files offline (exit 1 with ``file:path: message`` lines);
-- publish: validate, then write each segment as a DefinitionUpdate to the definitions control
-  topic (key = segment id). A version that is already published with the same content is
+- publish: validate, then write each definition as a DefinitionUpdate to the definitions
+  control topic (key = definition id). A version that is already published with the same content is
   skipped; the same version with other content is refused (bump ``version``);
-- delete: publish a DELETE (a new version) for a segment id;
+- delete: publish a DELETE (a new version) for a definition id;
 - list: what the running job holds (it records applied versions in Redis) next to what the
   control topic holds.
 """

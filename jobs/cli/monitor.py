@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.config import NudgeflowConfig
-
-TIERS = ("P0", "P1", "P2", "P3")
+from udfs.campaigns import TIERS
 
 
 @dataclass(frozen=True)

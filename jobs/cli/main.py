@@ -3,11 +3,12 @@
 Subcommands:
   stack     start, stop, inspect the local Kafka, Cassandra, Redis and Flink (no Docker)
   run       run the job: on the stack's Flink cluster (default) or in-process (--local)
-  jobs      list or cancel the jobs on the Flink cluster
+  jobs      list, cancel or stop (with a savepoint) the jobs on the Flink cluster
   generate  write a seeded synthetic workload (users, clicks) to Kafka
-  defs      validate, publish, delete and list segment definitions
+  defs      validate, publish, delete and list definitions (segments, campaigns, priority policy)
   jars      resolve the Java dependencies from Maven Central into the cache
   sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
+  bench     measure throughput, latency, cost per stage and resources (--quick: < 3 min)
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def _fail(message: str, code: int = 1) -> int:
 
 def cmd_stack(args: argparse.Namespace) -> int:
     """``nudgeflow stack up|down|status|logs|provision``."""
-    from infra import provision, stack
+    from infra import stack
     from infra.paths import StackPaths
+    from jobs.cli import wiring
 
     paths = StackPaths.from_env()
     servers = stack.select(stack.default_servers(), args.servers)
@@ -57,9 +59,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
         if not args.no_provision:
             names = {s.name for s in servers}
             if "kafka" in names:
-                provision.provision_topics(cfg, say=_say)
+                wiring.provision_topics(cfg, say=_say)
             if "cassandra" in names:
-                provision.provision_cassandra(cfg, say=_say)
+                wiring.provision_cassandra(cfg, say=_say)
         _say(f"stack ready in {time.monotonic() - started:.1f} s; "
              f"Flink web UI: {cfg.flink_rest_url}")
     elif args.action == "down":
@@ -72,8 +74,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
             _say(f"==> {server.log_file(paths)} <==")
             stack.tail_log(server, paths, args.lines, follow=args.follow and len(servers) == 1)
     elif args.action == "provision":
-        provision.provision_topics(cfg, say=_say)
-        provision.provision_cassandra(cfg, say=_say)
+        wiring.provision_topics(cfg, say=_say)
+        wiring.provision_cassandra(cfg, say=_say)
     return 0
 
 
@@ -119,15 +121,21 @@ def _is_local(rest_url: str) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``nudgeflow run [--local] [--bounded] [--no-watch]``."""
-    from jobs import monitor
+    """``nudgeflow run [--local] [--bounded] [--no-watch]``.
+
+    The jars (resolved with Maven if needed) and, for ``--local``, the checkpoint directory and
+    the Prometheus reporter's settings go to the job as configuration flags
+    (``jobs.cli.wiring``) unless the configuration sets them.
+    """
+    from jobs.cli import monitor, wiring
 
     cfg = config_from_args(args)
     _say(f"configuration: {cfg}")
     if args.local:
         log_path = Path(args.log).resolve()
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "jobs.job", "--local", *_job_args(args)]
+        cmd = [sys.executable, "-m", "jobs.job", "--local", *_job_args(args),
+               *wiring.local_job_flags(cfg)]
         _say(f"running the job in an embedded MiniCluster (log: {log_path}); Ctrl-C stops it")
         from infra.paths import StackPaths
         from infra.servers.flink import local_run_env
@@ -153,7 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from infra import deploy
 
     _say(f"submitting to the Flink cluster at {cfg.flink_rest_url} ...")
-    job_id = deploy.submit(cfg.flink_rest_url, _job_args(args), detached=True,
+    job_args = [*_job_args(args), *wiring.cluster_job_flags(cfg)]
+    job_id = deploy.submit(cfg.flink_rest_url, job_args, detached=True,
                            python_executable=args.pyexec or sys.executable,
                            env=_secret_env(cfg), local_stack=_is_local(cfg.flink_rest_url),
                            savepoint=args.from_savepoint)
@@ -204,7 +213,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``nudgeflow generate``: a seeded synthetic workload into Kafka."""
-    from jobs import generate, workload
+    from jobs.workload import generate, workload
 
     cfg = config_from_args(args)
     spec = workload.WorkloadSpec(
@@ -232,7 +241,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_defs(args: argparse.Namespace) -> int:
     """``nudgeflow defs validate|publish|delete|list``."""
-    from jobs import defs
+    from jobs.cli import defs
     from udfs import campaigns
 
     if args.action == "validate":
@@ -275,7 +284,7 @@ def cmd_jars(args: argparse.Namespace) -> int:
 
 def cmd_sender(args: argparse.Namespace) -> int:
     """``nudgeflow sender``: deliver triggers to a channel adapter, P0 first, deduplicated."""
-    from jobs import sender
+    from jobs.sender import sender
 
     cfg = config_from_args(args)
     try:
@@ -334,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(run_p)
     run_p.set_defaults(func=cmd_run)
 
-    jobs_p = sub.add_parser("jobs", help="list or cancel jobs on the Flink cluster")
+    jobs_p = sub.add_parser("jobs", help="list, cancel or stop (with a savepoint) jobs on the "
+                            "Flink cluster")
     jobs_p.add_argument("action", choices=["list", "cancel", "stop"],
                         help="stop: with a savepoint, printed for `run --from-savepoint`")
     jobs_p.add_argument("--savepoint-dir", help="stop: where to write the savepoint "
@@ -362,21 +372,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(gen_p)
     gen_p.set_defaults(func=cmd_generate)
 
-    defs_p = sub.add_parser("defs", help="validate, publish, delete and list segment "
-                            "definitions (YAML)")
+    defs_p = sub.add_parser("defs", help="validate, publish, delete and list definitions "
+                            "(YAML: segments, campaigns, priority policy)")
     defs_p.add_argument("action", choices=["validate", "publish", "delete", "list"])
     defs_p.add_argument("targets", nargs="*", help="validate/publish: YAML files or "
-                        "directories; delete: segment ids")
+                        "directories; delete: definition ids")
     defs_p.add_argument("--by", default=os.environ.get("USER"),
                         help="publish/delete: who publishes (recorded in the update)")
     add_config_arguments(defs_p)
     defs_p.set_defaults(func=cmd_defs)
 
+    from infra.jars import COMPONENTS
+
     jars_p = sub.add_parser("jars", help="resolve the Java dependencies from Maven Central")
-    jars_p.add_argument("components", nargs="*", help="kafka, cassandra, flink (default: all)")
+    jars_p.add_argument("components", nargs="*",
+                        help=f"{', '.join(COMPONENTS)} (default: all)")
     jars_p.set_defaults(func=cmd_jars)
 
-    from jobs.sender import add_sender_arguments
+    from jobs.sender.sender import add_sender_arguments
 
     sender_p = sub.add_parser("sender", help="deliver the trigger topics to a channel adapter, "
                               "P0 first, deduplicated (reference consumer)")
@@ -384,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(sender_p)
     sender_p.set_defaults(func=cmd_sender)
 
-    from jobs.bench import add_bench_arguments, run_bench
+    from jobs.bench.bench import add_bench_arguments, run_bench
 
     bench_p = sub.add_parser("bench", help="measure throughput, latency, cost per stage and "
                              "resources against the machine's ceiling (--quick: < 3 min)")
@@ -407,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from infra.jars import JarResolutionError
         from infra.provision import ProvisionError
         from infra.stack import StackError
-        from jobs.defs import PublishError
+        from jobs.cli.defs import PublishError
         from udfs.segments import DefinitionError
 
         if isinstance(exc, StackError | DeployError | ProvisionError | JarResolutionError |

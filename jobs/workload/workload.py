@@ -4,7 +4,7 @@ Everything here is pure and deterministic: the same :class:`WorkloadSpec` (seed 
 yields the same users and the same events in the same order. Randomness comes only from
 ``random.Random`` instances seeded from the spec, and time only from ``WorkloadSpec.start_ms`` -
 never from the global ``random`` module or the wall clock. Nothing here imports Kafka, PyFlink or
-the Avro codec; :mod:`jobs.generate` writes the records to Kafka.
+the Avro codec; :mod:`jobs.workload.generate` writes the records to Kafka.
 
 The model:
 

@@ -1,10 +1,11 @@
 """The benchmark's ceiling: the clicks moved through the job's own Kafka source and sink, no work.
 
-``python -m jobs.ceiling_job --local --target-topic T [config flags]`` reads the clicks topic with
-the job's source (``jobs.connectors.kafka_records``: same deserializer, same consumer settings),
-maps each record to Row(T, key, value) in Java (``io.nudgeflow.flink.PassThroughRecord``) and
-writes it with the job's sink (``routed_kafka_sink``). No Python runs per record, so its events/s
-is the limit of this machine's Kafka, Flink and client stack that the job is measured against.
+``python -m jobs.bench.ceiling_job --local --target-topic T [config flags]`` reads the clicks
+topic with the job's source (``jobs.connectors.kafka_records``: same deserializer, same consumer
+settings), maps each record to Row(T, key, value) in Java
+(``io.nudgeflow.flink.PassThroughRecord``) and writes it with the job's sink
+(``routed_kafka_sink``). No Python runs per record, so its events/s is the limit of this
+machine's Kafka, Flink and client stack that the job is measured against.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
 
+    from jobs.config import ConfigError
     from jobs.connectors import kafka_records, routed_kafka_sink
-    from jobs.job import create_env
+    from jobs.env import create_env
 
-    env = create_env(cfg, local=args.local)
+    try:
+        env = create_env(cfg, local=args.local)
+    except ConfigError as exc:
+        raise SystemExit(f"nudgeflow-ceiling: configuration: {exc}") from None
     records = kafka_records(env, cfg, cfg.clicks_topic, names.CLICKS_SOURCE_UID,
                             names.CLICKS_SOURCE_NAME)
     # a Java map: PyFlink's map() would put a Python function (and its boundary) in the path
