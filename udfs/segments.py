@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from udfs.view import RecentEvent, UserView
+from udfs.features.view import RecentEvent, UserView
 
 #: Where the shipped segment catalog lives (one YAML file per segment).
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog" / "segments"

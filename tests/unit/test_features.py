@@ -42,7 +42,7 @@ from udfs.features import (
     vector_list,
     window_leave_ms,
 )
-from udfs.view import RecentEvent
+from udfs.features.view import RecentEvent
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -120,7 +120,7 @@ def test_event_types_and_sources_follow_the_click_schema() -> None:
 
 
 def test_features_md_documents_the_spec_in_order() -> None:
-    text = (ROOT / "udfs" / "FEATURES.md").read_text()
+    text = (ROOT / "udfs" / "features" / "FEATURES.md").read_text()
     rows = re.findall(r"^\| `([a-z0-9_]+)` \| (int|float) \| ([^|]+) \|", text, re.MULTILINE)
     assert [name for name, _, _ in rows] == list(FEATURE_NAMES)
     for (name, dtype, default), spec in zip(rows, FEATURE_SPEC, strict=True):

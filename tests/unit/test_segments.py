@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from schemas.codec import Codec
+from udfs.features.view import RecentEvent
 from udfs.segments import (
     CATALOG_DIR,
     AbsenceCondition,
@@ -50,7 +51,6 @@ from udfs.segments import (
     validate_documents,
     validate_files,
 )
-from udfs.view import RecentEvent
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 S = 1_000

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import fastavro
 
-from udfs.view import RecentEvent
+from udfs.features.view import RecentEvent
 
 if TYPE_CHECKING:
-    from udfs.view import UserView
+    from udfs.features.view import UserView
 
 __all__ = [
     "DAY_MS",
