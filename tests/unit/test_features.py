@@ -1,4 +1,4 @@
-"""Tests for udfs.features: the behavioural feature state, its vector, view and encoding.
+"""Tests for udfs.features (spec, state, vector, view, codec): features, their view, encoding.
 
 Pure Python, fixed timestamps (no wall clock). T0 is midnight UTC, so day, hour and 5-minute
 bucket boundaries fall on round offsets from it.
@@ -16,32 +16,31 @@ from typing import Any
 
 import pytest
 
-from udfs import features as F
-from udfs.features import (
+from udfs.features.codec import (
+    STATE_SCHEMA_VERSION,
+    decode_state,
+    encode_state,
+    max_state_bytes,
+    state_size_bytes,
+)
+from udfs.features.spec import (
     DAY_MS,
     DEFAULT_BOUNDS,
     EVENT_TYPES,
     FEATURE_NAMES,
     FEATURE_SPEC,
     HOUR_MS,
+    MAX_ID_BYTES,
     NEVER_SECONDS,
     SLOT_MS,
     SOURCES,
-    STATE_SCHEMA_VERSION,
+    TYPE_INDEX,
     FeatureBounds,
-    FeatureView,
-    UserFeatures,
-    decode_state,
-    encode_state,
-    expired,
     horizon_start_ms,
-    max_state_bytes,
-    state_size_bytes,
-    update,
-    vector,
-    vector_list,
     window_leave_ms,
 )
+from udfs.features.state import UserFeatures, expired, update
+from udfs.features.vector import FeatureView, vector, vector_list
 from udfs.features.view import RecentEvent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +194,7 @@ def test_a_late_event_is_evaluated_as_of_its_own_time() -> None:
 def test_an_event_beyond_30_days_counts_nowhere() -> None:
     state = run([ev(1, NOW), ev(2, START_30D - 1, "SEARCH")])
     assert vector(state, NOW)["events_search_30d"] == 0.0
-    assert F._TYPE_INDEX["SEARCH"] not in state.type_counts
+    assert TYPE_INDEX["SEARCH"] not in state.type_counts
 
 
 def test_unknown_event_type_and_source_count_as_unknown() -> None:
@@ -585,7 +584,7 @@ def test_long_and_odd_identifiers_are_clipped_and_kept_parseable() -> None:
     odd = "p\x00q\x1fr" + "é" * 100
     state = run([ev(1, NOW, "ADD_TO_CART", product_id=odd, category=odd, currency="EURO" * 9)])
     (event,) = state.recent_events()
-    assert event.product_id is not None and len(event.product_id.encode()) <= F.MAX_ID_BYTES
+    assert event.product_id is not None and len(event.product_id.encode()) <= MAX_ID_BYTES
     assert "\x00" not in event.product_id and "\x1f" not in event.product_id
     assert event.currency == "EUROEURO"
     assert decode_state(encode_state(state)) == state

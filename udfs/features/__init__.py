@@ -1,9 +1,8 @@
-"""Behavioural features of one user (the former udfs/features.py, now udfs/features/state.py).
+"""Behavioural features of one user: spec, state and update, vector and view, state encoding.
 
-Temporary for this one commit, so that the move stays a plain rename in history: re-exports
-udfs.features.state. The next commit splits it into spec, state, vector and codec modules and
-empties this file.
+Submodules (import names from them; this package re-exports nothing): ``spec`` (event types,
+sources, horizons, FEATURE_SPEC, bounds), ``state`` (UserFeatures and ``update``), ``vector``
+(``vector``, ``vector_list``, FeatureView), ``view`` (the UserView contract segments read, and
+RecentEvent), ``codec`` (``encode_state``/``decode_state`` for Flink keyed state). FEATURES.md
+here is the written spec.
 """
-
-from udfs.features.state import *  # noqa: F403
-from udfs.features.state import _TYPE_INDEX  # noqa: F401
