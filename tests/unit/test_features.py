@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from udfs.features.codec import (
+    STATE_SCHEMA,
+    STATE_SCHEMA_NAME,
     STATE_SCHEMA_VERSION,
     decode_state,
     encode_state,
@@ -822,6 +824,12 @@ RICH_PINNED_HEX = (
     "a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a9c3a900652d6236"
     "00702d31"
 )
+
+
+def test_state_schema_is_its_avsc_file_and_names_its_version() -> None:
+    on_disk = json.loads((ROOT / "schemas" / f"{STATE_SCHEMA_NAME}.avsc").read_text())
+    assert STATE_SCHEMA == on_disk
+    assert f"Version {STATE_SCHEMA_VERSION} (current)" in STATE_SCHEMA["doc"]
 
 
 def test_decode_rejects_bad_input() -> None:

@@ -2,7 +2,7 @@
 
 Inputs: a :class:`~udfs.features.state.UserFeatures` (:func:`encode_state`) or bytes written by
 it (:func:`decode_state`). Outputs: one version byte (:data:`STATE_SCHEMA_VERSION`) followed by
-the Avro record :data:`STATE_SCHEMA` in Avro binary, schemaless; and the decoded
+the Avro record ``schemas/UserFeaturesState.avsc`` in Avro binary, schemaless; and the decoded
 state. State: none. Existing savepoints hold these bytes: a change of layout is a new version
 with a decoder of the old one (see :data:`STATE_SCHEMA_VERSION`).
 
@@ -16,9 +16,11 @@ and decoding are a few ``array.frombytes``/``tobytes`` calls.
 from __future__ import annotations
 
 import io
+import json
 import math
 import sys
 from array import array
+from importlib.resources import files
 from itertools import repeat
 from typing import Any
 
@@ -36,6 +38,7 @@ from udfs.features.state import BLOCK, N_DAYS, CartLine, CartOp, UserFeatures
 
 __all__ = [
     "STATE_SCHEMA",
+    "STATE_SCHEMA_NAME",
     "STATE_SCHEMA_VERSION",
     "decode_state",
     "encode_state",
@@ -52,64 +55,22 @@ if array("i").itemsize != 4:  # pragma: no cover - every platform Flink runs on
 
 #: Version of the encoded state, written as its first byte. Bump it when the layout or
 #: EVENT_TYPES/SOURCES change, and keep a decoder of the old version in _DECODERS that returns
-#: a current UserFeatures (the migration).
+#: a current UserFeatures (the migration); the old schema goes to schemas/history/ as for every
+#: .avsc (schemas/README.md, "How to change a schema"), and its record doc names the version.
 STATE_SCHEMA_VERSION = 1
 
+#: Name of the state's record: its Avro schema is ``schemas/<STATE_SCHEMA_NAME>.avsc``.
+STATE_SCHEMA_NAME = "UserFeaturesState"
+
+
+def _load_schema() -> dict[str, Any]:
+    """The state's Avro schema, read from the ``schemas`` package as schemas/codec.py reads it."""
+    text = files("schemas").joinpath(f"{STATE_SCHEMA_NAME}.avsc").read_text(encoding="utf-8")
+    return dict(json.loads(text))
+
+
 #: The Avro schema of the encoded state after the version byte (version 1).
-STATE_SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "name": "UserFeaturesState",
-    "namespace": "io.nudgeflow.state",
-    "doc": "Behavioural feature state of one user (udfs.features.UserFeatures), version 1. "
-           "Stored as one version byte (1) followed by this record in Avro binary "
-           "(schemaless). Times are epoch ms, 0 = none. A ring holds buckets aligned to the "
-           "epoch at index bucket % size; its newest bucket is the one holding last_event_ms. "
-           "Packed numbers are little-endian. Type and source indexes refer to "
-           "udfs.features.EVENT_TYPES and SOURCES of version 1.",
-    "fields": [
-        {"name": "first_event_ms", "type": "long", "doc": "Earliest event time; 0 = none."},
-        {"name": "last_event_ms", "type": "long", "doc": "Newest event time; 0 = none."},
-        {"name": "last_purchase_ms", "type": "long", "doc": "Newest PURCHASE; 0 = none."},
-        {"name": "last_add_to_cart_ms", "type": "long", "doc": "Newest ADD_TO_CART; 0 = none."},
-        {"name": "orders_total", "type": "long", "doc": "Distinct orders since state start."},
-        {"name": "revenue_total_milli", "type": "long",
-         "doc": "Purchase revenue since state start, in 1/1000 currency units."},
-        {"name": "type_mask", "type": "long",
-         "doc": "Bit i set: EVENT_TYPES[i] has a block in type_counts (ascending i)."},
-        {"name": "type_counts", "type": "bytes",
-         "doc": "Per type present, 66 int32 rings: 12 five-minute slots, 24 hours, 30 days."},
-        {"name": "source_mask", "type": "long",
-         "doc": "Bit i set: SOURCES[i] has a block in source_counts (ascending i)."},
-        {"name": "source_counts", "type": "bytes",
-         "doc": "Per source present, a ring of 30 int32 day counts."},
-        {"name": "revenue_days", "type": "bytes",
-         "doc": "Empty, or a ring of 30 int64: purchase revenue per day in milli-units."},
-        {"name": "session_keys", "type": "bytes",
-         "doc": "Sorted int64: day << 32 | low 32 bits of the BLAKE2b-64 hash of session_id."},
-        {"name": "order_keys", "type": "bytes",
-         "doc": "Sorted int64: day << 32 | low 32 bits of the hash of order_id (of NUL "
-                "'event:' event_id for a PURCHASE without one)."},
-        {"name": "seen_hashes", "type": "bytes",
-         "doc": "Sorted int64: BLAKE2b-64 hashes of the event ids remembered for dedup."},
-        {"name": "seen_slots", "type": "bytes",
-         "doc": "int32 five-minute slot (event_time // 300000) of each id, parallel."},
-        {"name": "recent", "type": "string",
-         "doc": "Recent events, oldest first, joined with NUL; per event: time as 15 digits, "
-                "event_id, event_type, source, product_id, category, price (Python repr), "
-                "quantity, currency, joined with U+001F ('' = null)."},
-        {"name": "cart_numbers", "type": "bytes",
-         "doc": "Cart of n lines in product-id order, columns: int32 quantity[n], float64 "
-                "price[n] (NaN = null), int64 updated_ms[n]."},
-        {"name": "cart_products", "type": "string",
-         "doc": "The cart's product ids in order, joined with NUL."},
-        {"name": "pending_numbers", "type": "bytes",
-         "doc": "n held cart events in (time, id) order, columns: int64 event_time[n], "
-                "int32 quantity[n] (0 = null), float64 price[n] (NaN = null), uint8 kind[n] "
-                "(0 ADD_TO_CART, 1 REMOVE_FROM_CART, 2 PURCHASE)."},
-        {"name": "pending_strings", "type": "string",
-         "doc": "Per held cart event: event_id, product_id ('' = null); all joined with NUL."},
-    ],
-}
+STATE_SCHEMA: dict[str, Any] = _load_schema()
 _PARSED = fastavro.parse_schema(STATE_SCHEMA)
 _VERSION_BYTE = bytes((STATE_SCHEMA_VERSION,))
 
