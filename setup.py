@@ -53,6 +53,7 @@ setup(
                   "jars/*/src/main/java/io/nudgeflow/*/*.java"],
         "models": ["*.onnx", "*.json", "*.md"],
         "udfs": ["catalog/*.yaml", "catalog/segments/*.yaml", "catalog/campaigns/*.yaml", "*.md"],
+        "udfs.features": ["*.md"],
     },
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},

@@ -7,7 +7,7 @@
 - :mod:`models.bench_churn`: microseconds per scored event.
 
 Serving lives in :mod:`udfs.churn`, which loads ``churn.onnx`` + ``churn.json`` and checks them
-against ``udfs.features.FEATURE_SPEC``.
+against ``udfs.features.spec.FEATURE_SPEC``.
 """
 
 from pathlib import Path

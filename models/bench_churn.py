@@ -22,17 +22,19 @@ import onnxruntime as ort
 from jobs.workload.workload import generate_users
 from models import CHURN_META, CHURN_ONNX
 from models.churn_labels import ChurnSpec, apply_event, kept_events, user_plans, workload_spec
-from udfs import features as feat
 from udfs.churn import ChurnModel
+from udfs.features.spec import FEATURE_NAMES
+from udfs.features.state import UserFeatures
+from udfs.features.vector import vector_list
 
 BATCH = 64
 
 
-def _states(spec: ChurnSpec) -> list[tuple[feat.UserFeatures, dict[str, Any] | None]]:
+def _states(spec: ChurnSpec) -> list[tuple[UserFeatures, dict[str, Any] | None]]:
     metas = generate_users(workload_spec(spec))
     plans = user_plans(spec, metas)
     by_id = {m["user_id"]: m for m in metas}
-    states: dict[str, feat.UserFeatures | None] = {}
+    states: dict[str, UserFeatures | None] = {}
     for ev in kept_events(spec, plans):
         if ev["event_time"] <= spec.cutoff_ms:
             states[ev["user_id"]], _ = apply_event(states.get(ev["user_id"]), ev)
@@ -63,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = ChurnSpec(users=args.users, seed=args.seed)
     states = _states(spec)
     now = spec.cutoff_ms
-    vectors = [feat.vector_list(s, now, m) for s, m in states]
+    vectors = [vector_list(s, now, m) for s, m in states]
     n = len(vectors)
     batches = [vectors[i:i + BATCH] for i in range(0, n - BATCH + 1, BATCH)]
     score, score_batch = model.score, model.score_batch
@@ -78,15 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def vector_only() -> None:
         for s, m in states:
-            feat.vector_list(s, now, m)
+            vector_list(s, now, m)
 
     def vector_and_score() -> None:
         for s, m in states:
-            score(feat.vector_list(s, now, m))
+            score(vector_list(s, now, m))
 
     print(f"churn model {model.version} ({CHURN_ONNX.stat().st_size:,} bytes), onnxruntime "
           f"{ort.__version__}, 1 intra-op thread; {n} users' vectors "
-          f"({len(feat.FEATURE_NAMES)} features), median of {args.rounds} rounds [best]")
+          f"({len(FEATURE_NAMES)} features), median of {args.rounds} rounds [best]")
     for label, rows, work in [
         ("score, 1 row per call", n, single),
         (f"score_batch, {BATCH} rows per call", len(batches) * BATCH, batched),

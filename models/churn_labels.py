@@ -3,9 +3,9 @@
 Inputs: a :class:`ChurnSpec` (seeded). Outputs: the thinned ClickEvent stream
 (:func:`kept_events`), the hidden truth of every user (:class:`UserPlan`) and labelled feature
 snapshots (:class:`Snapshot`, :func:`labelled_snapshots`) whose vectors come from
-``udfs.features.update`` and ``vector_list``: the code the per-user operator runs, so training
-and serving share one feature path. Pure and deterministic: randomness comes from the spec's
-seed only, time from ``ChurnSpec.start_ms``; no wall clock, no I/O.
+``udfs.features.state.update`` and ``vector_list``: the code the per-user operator runs, so
+training and serving share one feature path. Pure and deterministic: randomness comes from the
+spec's seed only, time from ``ChurnSpec.start_ms``; no wall clock, no I/O.
 
 How churn is simulated. :mod:`jobs.workload.workload` (not modified; its public functions only)
 generates a busy population with nobody going inactive (``inactive_fraction=0``): sessions at
@@ -52,7 +52,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.workload.workload import DEFAULT_START_MS, WorkloadSpec, generate_events, generate_users
-from udfs import features as feat
+from udfs.features.spec import DAY_MS
+from udfs.features.state import UserFeatures, update
+from udfs.features.vector import vector_list
 
 __all__ = [
     "SNAPSHOT_KINDS",
@@ -69,7 +71,6 @@ __all__ = [
     "workload_spec",
 ]
 
-DAY_MS = feat.DAY_MS
 #: Snapshot kinds: at the observation cutoff (timer-like) and right after an event.
 SNAPSHOT_KINDS = ("cutoff", "event")
 _EVENTS_PER_SESSION = 5.6  # mean events per session of the workload generator (its docs)
@@ -377,8 +378,8 @@ def kept_events(spec: ChurnSpec, plans: Mapping[str, UserPlan]) -> Iterator[dict
 # --- the serving path, replayed -----------------------------------------------------------------
 
 
-def apply_event(state: feat.UserFeatures | None,
-                event: Mapping[str, Any]) -> tuple[feat.UserFeatures | None, bool]:
+def apply_event(state: UserFeatures | None,
+                event: Mapping[str, Any]) -> tuple[UserFeatures | None, bool]:
     """Apply one event as the engine does: a duplicate is skipped (and not scored).
 
     Returns:
@@ -386,15 +387,15 @@ def apply_event(state: feat.UserFeatures | None,
     """
     if state is not None and state.is_duplicate(event["event_id"]):
         return state, False
-    return feat.update(state, event), True
+    return update(state, event), True
 
 
-def snapshot_vector(state: feat.UserFeatures | None, now_ms: int,
+def snapshot_vector(state: UserFeatures | None, now_ms: int,
                     metadata: Mapping[str, Any] | None) -> list[float]:
     """The vector the operator scores at ``now_ms``: as of the user's newest event at least."""
     if state is not None:
         now_ms = max(now_ms, state.last_event_ms)
-    return feat.vector_list(state, now_ms, metadata)
+    return vector_list(state, now_ms, metadata)
 
 
 def churn_label(times: list[int], now_ms: int, horizon_ms: int, gap_ms: int = 0) -> int:
@@ -457,7 +458,7 @@ def labelled_snapshots(spec: ChurnSpec) -> LabelledData:
     plans = user_plans(spec, users)
     metadata = {u["user_id"]: (u if plans[u["user_id"]].has_metadata else None) for u in users}
     cutoff = spec.cutoff_ms
-    states: dict[str, feat.UserFeatures | None] = {}
+    states: dict[str, UserFeatures | None] = {}
     times: dict[str, list[int]] = {}
     at_event: dict[str, tuple[int, tuple[float, ...]]] = {}
     kept = fed = 0

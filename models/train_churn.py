@@ -44,7 +44,7 @@ from udfs.churn import (
     OUTPUT_NAME,
     feature_spec_records,
 )
-from udfs.features import FEATURE_NAMES, NEVER_SECONDS
+from udfs.features.spec import FEATURE_NAMES, NEVER_SECONDS
 
 #: Version of the model this script produces; bump it whenever the output changes.
 VERSION = "churn-gbt-2026.11.1"
@@ -285,13 +285,14 @@ def render_card(meta: dict[str, Any], spec: ChurnSpec, size_bytes: int) -> str:
         "",
         "## Features",
         "",
-        f"The {len(meta['features'])} features of `udfs.features.FEATURE_SPEC`, in that "
-        "order (names, types, defaults and definitions: `udfs/FEATURES.md`): event counts per "
-        "type over 1 h / 24 h / 7 d / 30 d, sessions, recency of the last event, purchase and "
-        "add-to-cart, days since the first event, cart, orders and revenue, channel shares, "
-        "and the metadata features (has_metadata, days_since_signup, lifetime_value). Raw "
-        "values, no scaling (trees). Training computes them with the serving code itself "
-        "(`udfs.features.update` + `vector_list`, replayed event by event as the operator "
+        f"The {len(meta['features'])} features of `udfs.features.spec.FEATURE_SPEC`, in that "
+        "order (names, types, defaults and definitions: `udfs/features/FEATURES.md`): event "
+        "counts per type over 1 h / 24 h / 7 d / 30 d, sessions, recency of the last event, "
+        "purchase and add-to-cart, days since the first event, cart, orders and revenue, "
+        "channel shares, and the metadata features (has_metadata, days_since_signup, "
+        "lifetime_value). Raw values, no scaling (trees). Training computes them with the "
+        "serving code itself "
+        "(`udfs.features.state.update` + `vector_list`, replayed event by event as the operator "
         "does), and `churn.json` stores the names, types and defaults, which the loader "
         "compares with the running code. A parity test replays the same history with "
         "`encode_state`/`decode_state` between events (the operator's state path) and checks "

@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from udfs.campaigns import _PLACEHOLDER_RE, Campaign, Cap, PriorityPolicy
-from udfs.view import RecentEvent
+from udfs.features.view import RecentEvent
 
 #: how long sends and decided trigger ids are remembered (weekly caps need 7 local days)
 HISTORY_MS = 8 * 86_400_000

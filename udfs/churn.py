@@ -1,9 +1,10 @@
 """Churn scoring: the exported ONNX churn model behind a small, checked wrapper.
 
 Inputs: a model file and its metadata (``models/churn.onnx`` and ``models/churn.json``, written
-by ``python -m models.train_churn``), then feature vectors in ``udfs.features.FEATURE_NAMES``
-order (:func:`udfs.features.vector_list`). Outputs: P(churn) in [0, 1] per vector; the model's
-:attr:`ChurnModel.version` goes on every output that carries a score. State: one onnxruntime
+by ``python -m models.train_churn``), then feature vectors in
+``udfs.features.spec.FEATURE_NAMES`` order (:func:`udfs.features.vector.vector_list`). Outputs:
+P(churn) in [0, 1] per vector; the model's :attr:`ChurnModel.version` goes on every output that
+carries a score. State: one onnxruntime
 session per :class:`ChurnModel`, single-threaded (intra- and inter-op threads 1: Flink runs
 one Python operator per slot, so parallelism comes from slots, not from ORT threads).
 
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from udfs.features import FEATURE_NAMES, FEATURE_SPEC
+from udfs.features.spec import FEATURE_NAMES, FEATURE_SPEC
 
 __all__ = [
     "INPUT_NAME",
@@ -270,15 +271,15 @@ def _check_features(path: Path, meta: dict[str, Any]) -> None:
         for i, (got, want) in enumerate(zip(spec, feature_spec_records(), strict=False)):
             if got != want:
                 raise ModelRejected(path, f"feature {i} is {got} in the model, but the running "
-                                          f"udfs.features.FEATURE_SPEC has {want}: the model "
+                                          f"udfs.features.spec.FEATURE_SPEC has {want}: the model "
                                           "was trained on other feature definitions")
         raise ModelRejected(path, f"feature_spec has {len(spec)} entries, expected "
-                                  f"{len(expected)} (udfs.features.FEATURE_SPEC)")
+                                  f"{len(expected)} (udfs.features.spec.FEATURE_SPEC)")
 
 
 def _feature_difference(names: list[str], expected: list[str]) -> str:
     head = (f"the model's {len(names)} features do not match the {len(expected)} of "
-            "udfs.features.FEATURE_NAMES: ")
+            "udfs.features.spec.FEATURE_NAMES: ")
     missing = [n for n in expected if n not in names]
     unknown = [n for n in names if n not in expected]
     if missing or unknown:
@@ -320,7 +321,7 @@ def _check_io(path: Path, session: ort.InferenceSession, meta: dict[str, Any]) -
         raise ModelRejected(path, f"input is {described[0]}, expected {expected}")
     if shape[1] != width:
         raise ModelRejected(path, f"input width is {shape[1]}, expected {width} "
-                                  "(len(udfs.features.FEATURE_NAMES))")
+                                  "(len(udfs.features.spec.FEATURE_NAMES))")
     if isinstance(shape[0], int):
         raise ModelRejected(path, f"input batch dimension is fixed at {shape[0]}, expected a "
                                   "dynamic one")

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from udfs import arbitration
-from udfs import features as feat
 from udfs.arbitration import CampaignState
 from udfs.campaigns import Registries
+from udfs.features import state as feature_state
+from udfs.features.vector import FeatureView, vector_list
 from udfs.segments import MEMBERSHIP_RECHECK_MS, SegmentRegistry, evaluate
 
 
@@ -40,7 +41,7 @@ class UserState:
     ``load_campaigns`` (the adapter reads keyed state there) or starts a fresh one.
     """
 
-    features: feat.UserFeatures | None = None
+    features: feature_state.UserFeatures | None = None
     metadata: dict[str, Any] | None = None
     membership: dict[str, int] = field(default_factory=dict)
     churn_score: float | None = None
@@ -238,7 +239,7 @@ def on_event(state: UserState, event: dict[str, Any], registry: SegmentRegistry,
     features = state.features
     if features is not None and features.is_duplicate(event["event_id"]):
         return MembershipStep([], None, duplicate=True)
-    state.features = feat.update(features, event)
+    state.features = feature_state.update(features, event)
     return _reevaluate(state, event["user_id"], event["event_time"], registry,
                        cause=event["event_id"], cause_event_id=event["event_id"], scorer=scorer)
 
@@ -267,7 +268,7 @@ def on_expiry(state: UserState, user_id: str, timer_ms: int, ttl_ms: int,
     """The user's state is about to be dropped (idle beyond the TTL): EXIT every segment."""
     if scorer is not None and state.features is not None:
         state.churn_score = scorer.score(
-            feat.vector_list(state.features, timer_ms, state.metadata))
+            vector_list(state.features, timer_ms, state.metadata))
         state.model_version = scorer.version
     reason = f"user state expired: no event for {ttl_ms // 86_400_000} days"
     changes = [
@@ -312,7 +313,7 @@ def expiry_timer_ms(last_event_ms: int, ttl_ms: int) -> int:
 
 def expired(state: UserState, now_ms: int, ttl_ms: int) -> bool:
     """True when the user has been idle for longer than the state TTL."""
-    return state.features is not None and feat.expired(state.features, now_ms, ttl_ms)
+    return state.features is not None and feature_state.expired(state.features, now_ms, ttl_ms)
 
 
 def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRegistry,
@@ -327,10 +328,10 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
         # re-scored at every evaluation (each new event, metadata update and timer): the
         # vector changes with time alone (recency), and a score costs ~12 µs; the segments
         # then read the same vector
-        vector = feat.vector_list(state.features, now_ms, state.metadata)
+        vector = vector_list(state.features, now_ms, state.metadata)
         state.churn_score = scorer.score(vector)
         state.model_version = scorer.version
-    view = feat.FeatureView(state.features, state.metadata, now_ms, state.churn_score, vector)
+    view = FeatureView(state.features, state.metadata, now_ms, state.churn_score, vector)
     changes: list[dict[str, Any]] = []
     next_timer: int | None = None
 

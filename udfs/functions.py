@@ -30,7 +30,7 @@ from pyflink.datastream import (
 )
 
 from schemas.codec import Codec, CodecError, UnknownSchemaError
-from udfs import arbitration, engine, features, intake
+from udfs import arbitration, engine, intake
 from udfs.campaigns import Registries
 from udfs.descriptors import (
     DEAD_LETTER_TAG,
@@ -41,6 +41,8 @@ from udfs.descriptors import (
     user_features_state,
     user_metadata_state,
 )
+from udfs.features.codec import decode_state, encode_state
+from udfs.features.state import UserFeatures
 from udfs.metrics import BufferedCounter, SampledDistribution
 from udfs.segments import ChangeOutcome, format_errors
 
@@ -302,7 +304,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             model = ChurnModel.from_bytes(onnx, meta, Path(onnx_name), Path(meta_name))
             self.scorer = MeasuredScorer(model, metrics)
         # user id -> (encoded state, the UserFeatures it encodes); see _decode_features
-        self.features_cache: dict[str, tuple[bytes, features.UserFeatures]] = {}
+        self.features_cache: dict[str, tuple[bytes, UserFeatures]] = {}
         # user id -> (encoded metadata, its dict); user id -> the expiry timer last set
         self.metadata_cache: dict[str, tuple[bytes, dict[str, Any]]] = {}
         self.expiry_cache: dict[str, int] = {}
@@ -423,7 +425,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             load_campaigns=self._load_campaigns,
         )
 
-    def _decode_features(self, user_id: str, raw: bytes) -> features.UserFeatures:
+    def _decode_features(self, user_id: str, raw: bytes) -> UserFeatures:
         """Decode a user's features, reusing the object decoded last time if the bytes match.
 
         Decoding costs ~30 µs an event; the state bytes are the truth (checkpoints hold them),
@@ -432,7 +434,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         cached = self.features_cache.get(user_id)
         if cached is not None and cached[0] == raw:
             return cached[1]
-        return features.decode_state(bytes(raw))
+        return decode_state(bytes(raw))
 
     def _decode_metadata(self, user_id: str, raw: bytes) -> dict[str, Any]:
         """Decode a user's metadata, reusing the dict decoded last time if the bytes match.
@@ -457,7 +459,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                      ctx: Any) -> None:
         # only what changed is written back: each state write is a conversion across the JVM
         if step.features_changed and state.features is not None:
-            encoded = features.encode_state(state.features)
+            encoded = encode_state(state.features)
             self.features_state.update(encoded)
             _remember(self.features_cache, user_id, (encoded, state.features))
             self.state_bytes.update(len(encoded))

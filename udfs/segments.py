@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from udfs.view import RecentEvent, UserView
+from udfs.features.view import RecentEvent, UserView
 
 #: Where the shipped segment catalog lives (one YAML file per segment).
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog" / "segments"
@@ -247,7 +247,7 @@ def known_feature_names() -> tuple[frozenset[str], str]:
         (names, source) where source is ``udfs.features.FEATURE_NAMES`` or ``fallback``.
     """
     try:
-        features = importlib.import_module("udfs.features")  # lazy on purpose, see above
+        features = importlib.import_module("udfs.features.spec")  # lazy on purpose, see above
         names = frozenset(str(name) for name in features.FEATURE_NAMES)
     except (ImportError, AttributeError):
         return _fallback_feature_names(), "fallback"

@@ -28,7 +28,6 @@ from models.churn_labels import (
     user_plans,
     workload_spec,
 )
-from udfs import features as feat
 from udfs.churn import (
     INPUT_NAME,
     META_FEATURES_KEY,
@@ -39,9 +38,13 @@ from udfs.churn import (
     feature_spec_records,
     load_or_keep,
 )
+from udfs.features.codec import decode_state, encode_state
+from udfs.features.spec import DAY_MS, FEATURE_NAMES, FEATURE_SPEC
+from udfs.features.state import UserFeatures, update
+from udfs.features.vector import vector, vector_list
 
-WIDTH = len(feat.FEATURE_NAMES)
-DAY = feat.DAY_MS
+WIDTH = len(FEATURE_NAMES)
+DAY = DAY_MS
 SMALL = ChurnSpec(users=40, seed=11)
 
 
@@ -84,7 +87,7 @@ def test_committed_model_loads_with_its_version(model, meta):
 
 
 def test_committed_metadata_matches_the_feature_spec(meta):
-    assert meta["features"] == list(feat.FEATURE_NAMES)
+    assert meta["features"] == list(FEATURE_NAMES)
     assert meta["feature_spec"] == feature_spec_records()
     assert meta["input_name"] == INPUT_NAME and meta["output_name"] == OUTPUT_NAME
 
@@ -122,7 +125,7 @@ def test_scores_are_probabilities_and_batch_equals_rows(model, small_data):
 
 
 def test_score_of_a_user_without_data_is_a_probability(model):
-    assert 0.0 <= model.score(feat.vector_list(None, DEFAULT_START_MS, None)) <= 1.0
+    assert 0.0 <= model.score(vector_list(None, DEFAULT_START_MS, None)) <= 1.0
 
 
 def test_wrong_vector_width_is_a_value_error(model):
@@ -159,17 +162,17 @@ def _session_events(user: str, t: int, n: int, buy: bool) -> list[dict]:
 
 def test_fading_user_scores_higher_than_an_active_one(model):
     now = DEFAULT_START_MS + 45 * DAY
-    active: feat.UserFeatures | None = None
-    fading: feat.UserFeatures | None = None
+    active: UserFeatures | None = None
+    fading: UserFeatures | None = None
     for day in range(45, 0, -1):  # a session a day, a purchase every third day, until today
         for ev in _session_events("active", now - day * DAY + 3_600_000, 4, day % 3 == 0):
-            active = feat.update(active, ev)
+            active = update(active, ev)
     for day in range(45, 12, -1):  # busy, stops buying, thins out, silent for 12 days
         if day > 30 or day % (1 + (30 - day) // 4) == 0:
             for ev in _session_events("fading", now - day * DAY, 3, day > 35 and day % 3 == 0):
-                fading = feat.update(fading, ev)
-    p_active = model.score(feat.vector_list(active, now, None))
-    p_fading = model.score(feat.vector_list(fading, now, None))
+                fading = update(fading, ev)
+    p_active = model.score(vector_list(active, now, None))
+    p_fading = model.score(vector_list(fading, now, None))
     assert p_fading > p_active + 0.3
     assert model.at_risk(p_fading) and not model.at_risk(p_active)
 
@@ -185,13 +188,13 @@ def test_vector_list_is_vector_in_feature_names_order(small_histories):
         for ev in events:
             if ev["event_time"] <= now:
                 state, _ = apply_event(state, ev)
-        named = feat.vector(state, now, metadata[uid])
-        assert set(named) == set(feat.FEATURE_NAMES)
-        assert feat.vector_list(state, now, metadata[uid]) == [
-            named[n] for n in feat.FEATURE_NAMES]
-    assert [s.name for s in feat.FEATURE_SPEC] == list(feat.FEATURE_NAMES)
-    assert len(set(feat.FEATURE_NAMES)) == WIDTH
-    assert all(s.dtype in ("int", "float") for s in feat.FEATURE_SPEC)
+        named = vector(state, now, metadata[uid])
+        assert set(named) == set(FEATURE_NAMES)
+        assert vector_list(state, now, metadata[uid]) == [
+            named[n] for n in FEATURE_NAMES]
+    assert [s.name for s in FEATURE_SPEC] == list(FEATURE_NAMES)
+    assert len(set(FEATURE_NAMES)) == WIDTH
+    assert all(s.dtype in ("int", "float") for s in FEATURE_SPEC)
 
 
 def test_training_vectors_equal_the_operator_state_path(small_data, small_histories):
@@ -202,20 +205,20 @@ def test_training_vectors_equal_the_operator_state_path(small_data, small_histor
     events_at = {s.user_id: s for s in small_data.snapshots if s.kind == "event"}
     checked = 0
     for uid, events in by_user.items():
-        memory: feat.UserFeatures | None = None  # the training path
+        memory: UserFeatures | None = None  # the training path
         stored: bytes | None = None  # the operator's ValueState bytes
         for ev in events:
             if ev["event_time"] > cutoff:
                 continue
             memory, applied = apply_event(memory, ev)
-            state = feat.decode_state(stored) if stored is not None else None
+            state = decode_state(stored) if stored is not None else None
             state, applied_too = apply_event(state, ev)
             assert applied == applied_too
             assert state is not None
-            stored = feat.encode_state(state)
+            stored = encode_state(state)
             if not applied:
                 continue  # a duplicate: the engine does not score it
-            operator = snapshot_vector(feat.decode_state(stored), ev["event_time"], metadata[uid])
+            operator = snapshot_vector(decode_state(stored), ev["event_time"], metadata[uid])
             assert snapshot_vector(memory, ev["event_time"], metadata[uid]) == operator
             snap = events_at.get(uid)
             if snap is not None and snap.now_ms == max(ev["event_time"], state.last_event_ms) \
@@ -225,7 +228,7 @@ def test_training_vectors_equal_the_operator_state_path(small_data, small_histor
             assert uid not in expected  # no event before the cutoff: no snapshot
             continue
         assert stored is not None
-        operator = snapshot_vector(feat.decode_state(stored), cutoff, metadata[uid])
+        operator = snapshot_vector(decode_state(stored), cutoff, metadata[uid])
         assert list(expected[uid].vector) == operator
         assert snapshot_vector(memory, cutoff, metadata[uid]) == operator
     assert len(expected) > 20 and checked >= len(events_at) > 5
@@ -291,7 +294,7 @@ def _write(tmp_path: Path, data: bytes, **meta: Any) -> tuple[Path, Path]:
     onnx_path.write_bytes(data)
     content = {
         "version": "toy-1",
-        "features": list(feat.FEATURE_NAMES),
+        "features": list(FEATURE_NAMES),
         "feature_spec": feature_spec_records(),
         "onnx_sha256": hashlib.sha256(data).hexdigest(),
         "threshold": 0.5,
@@ -344,17 +347,17 @@ def test_scores_outside_unit_interval_fail_the_smoke_prediction(tmp_path):
 
 
 def test_wrong_feature_order_is_rejected(tmp_path):
-    names = list(feat.FEATURE_NAMES)
+    names = list(FEATURE_NAMES)
     names[3], names[4] = names[4], names[3]
     onnx_path, meta_path = _write(tmp_path, CHURN_ONNX.read_bytes(), features=names)
     _rejected(onnx_path, meta_path, meta_path, "another order", f"position 3 is {names[3]!r}",
-              f"expected {feat.FEATURE_NAMES[3]!r}")
+              f"expected {FEATURE_NAMES[3]!r}")
 
 
 def test_missing_or_unknown_features_are_rejected(tmp_path):
-    names = [*feat.FEATURE_NAMES[:-1], "days_since_churn"]
+    names = [*FEATURE_NAMES[:-1], "days_since_churn"]
     onnx_path, meta_path = _write(tmp_path, CHURN_ONNX.read_bytes(), features=names)
-    _rejected(onnx_path, meta_path, meta_path, f"missing [{feat.FEATURE_NAMES[-1]!r}]",
+    _rejected(onnx_path, meta_path, meta_path, f"missing [{FEATURE_NAMES[-1]!r}]",
               "unknown ['days_since_churn']")
 
 
@@ -366,7 +369,7 @@ def test_changed_feature_default_is_rejected(tmp_path):
 
 
 def test_features_inside_the_onnx_file_must_match(tmp_path):
-    inside = ",".join(reversed(feat.FEATURE_NAMES))
+    inside = ",".join(reversed(FEATURE_NAMES))
     onnx_path, meta_path = _write(tmp_path, _toy_onnx(features=inside))
     _rejected(onnx_path, meta_path, onnx_path, META_FEATURES_KEY, "another order")
 

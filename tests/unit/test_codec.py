@@ -271,6 +271,28 @@ RECORDS: dict[str, dict[str, Any]] = {
         "revenue": 42.0,
         "currency": "EUR",
     },
+    "UserFeaturesState": {  # the body of per-user keyed state (udfs.features.codec), not Kafka
+        "first_event_ms": T - 86_400_000,
+        "last_event_ms": T,
+        "last_purchase_ms": T - 60_000,
+        "last_add_to_cart_ms": T - 120_000,
+        "orders_total": 3,
+        "revenue_total_milli": 125_990,
+        "type_mask": 0b1001,
+        "type_counts": bytes(2 * 66 * 4),
+        "source_mask": 0b10,
+        "source_counts": bytes(30 * 4),
+        "revenue_days": bytes(30 * 8),
+        "session_keys": (19675 << 32 | 7).to_bytes(8, "little"),
+        "order_keys": b"",
+        "seen_hashes": (-5).to_bytes(8, "little", signed=True),
+        "seen_slots": (5_666_666).to_bytes(4, "little"),
+        "recent": "001700000000000\x1fe-1\x1fPAGE_VIEW\x1fWEB\x1f\x1f\x1f\x1f\x1f",
+        "cart_numbers": b"",
+        "cart_products": "",
+        "pending_numbers": b"",
+        "pending_strings": "",
+    },
 }
 
 # --- byte-exact cases, derived by hand from the spec ---------------------------------------------
@@ -538,6 +560,42 @@ BYTE_EXACT = [
         "020000000000000440"  # revenue: branch 1, 2.5
         "0206455552",  # currency: branch 1, "EUR"
         id="CampaignOutcome",
+    ),
+    pytest.param(
+        "UserFeaturesState",
+        {
+            "first_event_ms": T,
+            "last_event_ms": T,
+            "last_purchase_ms": 0,
+            "last_add_to_cart_ms": 0,
+            "orders_total": 0,
+            "revenue_total_milli": 0,
+            "type_mask": 1,
+            "type_counts": b"\x01\x00\x00\x00",
+            "source_mask": 0,
+            "source_counts": b"",
+            "revenue_days": b"",
+            "session_keys": b"",
+            "order_keys": b"",
+            "seen_hashes": b"",
+            "seen_slots": b"",
+            "recent": "",
+            "cart_numbers": b"",
+            "cart_products": "",
+            "pending_numbers": b"",
+            "pending_strings": "e",
+        },
+        "c3018c2f29887dbf0c53"  # marker, fingerprint (keyed state stores the body only)
+        "80a0abfef962"  # first_event_ms
+        "80a0abfef962"  # last_event_ms
+        "00000000"  # last_purchase_ms, last_add_to_cart_ms, orders_total, revenue_total_milli
+        "02"  # type_mask 1
+        "0801000000"  # type_counts: length 4 -> 08, then int32 1 little endian
+        "00"  # source_mask 0
+        "000000000000"  # source_counts .. seen_slots: six empty bytes
+        "00000000"  # recent, cart_numbers, cart_products, pending_numbers: empty
+        "0265",  # pending_strings "e"
+        id="UserFeaturesState",
     ),
 ]
 
@@ -891,6 +949,7 @@ def test_schema_names(codec: Codec) -> None:
             "TriggerDecision",
             "TriggerEvent",
             "UserActivityCount",
+            "UserFeaturesState",
             "UserMetadata",
         ]
     )

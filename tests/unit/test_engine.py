@@ -199,7 +199,7 @@ class FixedScorer:
 
 
 def test_churn_score_feeds_segments_and_every_change_carries_the_model_version(registry):
-    from udfs.features import FEATURE_NAMES
+    from udfs.features.spec import FEATURE_NAMES
 
     scorer = FixedScorer(0.65)
     state = UserState()

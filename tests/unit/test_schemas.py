@@ -34,6 +34,7 @@ PUBLISHED: dict[str, dict[int, str]] = {
     "TriggerEvent": {1: "941b9616363796e3"},
     "UserActivityCount": {1: "7e7ad4ee12e93a6c"},
     "UserMetadata": {1: "3ab89aa70b264561"},
+    "UserFeaturesState": {1: "8c2f29887dbf0c53"},
 }
 
 # The field names of each current record, in order: the contract other teams code against.
@@ -74,6 +75,13 @@ FIELDS: dict[str, list[str]] = {
     "CampaignOutcome": [
         "outcome_id", "trigger_id", "user_id", "campaign_id", "channel", "outcome", "event_time",
         "revenue", "currency",
+    ],
+    "UserFeaturesState": [
+        "first_event_ms", "last_event_ms", "last_purchase_ms", "last_add_to_cart_ms",
+        "orders_total", "revenue_total_milli", "type_mask", "type_counts", "source_mask",
+        "source_counts", "revenue_days", "session_keys", "order_keys", "seen_hashes",
+        "seen_slots", "recent", "cart_numbers", "cart_products", "pending_numbers",
+        "pending_strings",
     ],
 }  # fmt: skip
 

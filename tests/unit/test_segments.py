@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from schemas.codec import Codec
+from udfs.features.view import RecentEvent
 from udfs.segments import (
     CATALOG_DIR,
     AbsenceCondition,
@@ -50,7 +51,6 @@ from udfs.segments import (
     validate_documents,
     validate_files,
 )
-from udfs.view import RecentEvent
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 S = 1_000
@@ -244,11 +244,11 @@ def test_feature_names_source() -> None:
 
 def test_feature_names_follow_udfs_features(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = types.SimpleNamespace(FEATURE_NAMES=("cart_value",))
-    monkeypatch.setitem(sys.modules, "udfs.features", fake)
+    monkeypatch.setitem(sys.modules, "udfs.features.spec", fake)
     assert known_feature_names() == (frozenset({"cart_value"}), "udfs.features.FEATURE_NAMES")
     with pytest.raises(DefinitionError, match="1 names of udfs.features.FEATURE_NAMES"):
         seg({"feature": {"name": "sessions_7d", "op": ">", "value": 1}})
-    monkeypatch.setitem(sys.modules, "udfs.features", None)  # import fails -> fallback
+    monkeypatch.setitem(sys.modules, "udfs.features.spec", None)  # import fails -> fallback
     names, source = known_feature_names()
     assert source == "fallback"
     assert {"sessions_7d", "events_store_visit_30d", "events_total_1h"} <= names

@@ -1,6 +1,7 @@
 """What segment conditions may read of a user: the contract between features and segments.
 
-``udfs.features`` keeps the state and implements ``UserView``; ``udfs.segments`` evaluates
+``udfs.features.state`` keeps the state, ``udfs.features.vector.FeatureView`` implements
+``UserView`` over it; ``udfs.segments`` evaluates
 definitions against any ``UserView`` (tests use a plain fake). Everything is in event time:
 ``now_ms`` is the time of the event or timer being processed, never the wall clock.
 """
@@ -42,7 +43,7 @@ class UserView(Protocol):
         ...
 
     def feature(self, name: str) -> float | None:
-        """A behavioural feature by name (see ``udfs.features.FEATURE_SPEC``); None if unknown."""
+        """A behavioural feature by name (see ``udfs.features.spec.FEATURE_SPEC``); else None."""
         ...
 
     def metadata(self, field: str) -> Any:
@@ -54,7 +55,7 @@ class UserView(Protocol):
         ...
 
     def recent_events(self) -> tuple[RecentEvent, ...]:
-        """The user's recent events, oldest first, bounded (see ``udfs.features``)."""
+        """The user's recent events, oldest first, bounded (see ``udfs.features.state``)."""
         ...
 
     @property
