@@ -53,6 +53,8 @@ setup(
                   "jars/*/src/main/java/io/nudgeflow/*/*.java", "flink/*.yaml"],
         "models": ["*.onnx", "*.json", "*.md"],
         "udfs": ["catalog/*.yaml", "catalog/segments/*.yaml", "catalog/campaigns/*.yaml", "*.md"],
+        "udfs.segments": ["*.md"],
+        "udfs.campaigns": ["*.md"],
     },
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},

@@ -8,7 +8,7 @@ State: behavioural features (``udfs.features``), the latest metadata, and the us
 
 Membership follows the definitions lazily: a changed or deleted definition is applied to a user
 at that user's next event, metadata update or timer (Flink cannot cheaply visit every key from a
-broadcast update in Python); see udfs/SEGMENTS.md for the policy.
+broadcast update in Python); see udfs/segments/SEGMENTS.md for the policy.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from udfs import features as feat
-from udfs.segments import MEMBERSHIP_RECHECK_MS, SegmentRegistry, evaluate
+from udfs.segments.conditions import MEMBERSHIP_RECHECK_MS, evaluate
+from udfs.segments.updates import SegmentRegistry
 
 
 @dataclass
