@@ -54,6 +54,8 @@ setup(
         "models": ["*.onnx", "*.json", "*.md"],
         "udfs": ["catalog/*.yaml", "catalog/segments/*.yaml", "catalog/campaigns/*.yaml", "*.md"],
         "udfs.features": ["*.md"],
+        "udfs.segments": ["*.md"],
+        "udfs.campaigns": ["*.md"],
     },
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},

@@ -233,7 +233,7 @@ class NudgeflowConfig:
 
     def trigger_topics(self) -> dict[str, str]:
         """Each priority tier's trigger topic (``P0``: ``triggers-p0``, ...)."""
-        from udfs.campaigns import TIERS
+        from udfs.campaigns.grammar import TIERS
 
         return {tier: self.trigger_topic(tier) for tier in TIERS}
 

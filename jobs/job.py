@@ -250,15 +250,16 @@ def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
     name a segment that is not among the files: it may be published at runtime.
 
     Raises:
-        udfs.segments.InvalidDefinitions: a file does not validate (the job does not start).
+        udfs.definitions.diagnostics.InvalidDefinitions: a file does not validate (the job does
+            not start).
     """
-    from udfs import campaigns, segments
+    from udfs.definitions.files import SEGMENT_CATALOG_DIR, catalog_files, load_files
 
     if cfg.campaigns_dir == "none":
-        files = [Path(cfg.segments_dir) if cfg.segments_dir else segments.CATALOG_DIR]
+        files = [Path(cfg.segments_dir) if cfg.segments_dir else SEGMENT_CATALOG_DIR]
     else:
-        files = campaigns.catalog_files(cfg.segments_dir, cfg.campaigns_dir)
-    return campaigns.load_files(files, check_references=False).updates(0, "file")
+        files = catalog_files(cfg.segments_dir, cfg.campaigns_dir)
+    return load_files(files, check_references=False).updates(0, "file")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -89,5 +89,8 @@ def expiry_timer_state() -> ValueStateDescriptor:
 
 
 def campaign_state() -> ValueStateDescriptor:
-    """Per user: sends, decided trigger ids, deferred candidates (udfs.arbitration.encode_state)."""
+    """Per user: sends, decided trigger ids, deferred candidates.
+
+    Encoded by udfs.campaigns.arbitration.encode_state.
+    """
     return ValueStateDescriptor("campaigns", BYTES_STATE)

@@ -15,7 +15,7 @@ version at entry), the churn score, and the campaign state, read lazily through
 
 Membership follows the definitions lazily: a changed or deleted definition is applied to a user
 at that user's next event, metadata update or timer (Flink cannot cheaply visit every key from a
-broadcast update in Python); see udfs/SEGMENTS.md for the policy.
+broadcast update in Python); see udfs/segments/SEGMENTS.md for the policy.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from udfs import arbitration
-from udfs.arbitration import CampaignState
-from udfs.campaigns import Registries
+from udfs.campaigns import arbitration
+from udfs.campaigns.arbitration import CampaignState
+from udfs.definitions.registries import Registries
 from udfs.features import state as feature_state
 from udfs.features.vector import FeatureView, vector_list
-from udfs.segments import MEMBERSHIP_RECHECK_MS, SegmentRegistry, evaluate
+from udfs.segments.conditions import MEMBERSHIP_RECHECK_MS, evaluate
+from udfs.segments.updates import SegmentRegistry
 
 
 @dataclass

@@ -6,8 +6,8 @@
 - ``DecodeRecordsFunction``: the same for user-metadata and definitions records.
 - ``UserEngineFunction`` (keyed by user, definitions broadcast): features, metadata join and
   segment membership -> SegmentChange rows, written to Cassandra/Redis first; then campaigns
-  (``udfs.arbitration``) -> TriggerEvent rows to the topic of their tier and TriggerDecision
-  rows.
+  (``udfs.campaigns.arbitration``) -> TriggerEvent rows to the topic of their tier and
+  TriggerDecision rows.
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ from pyflink.datastream import (
 )
 
 from schemas.codec import Codec, CodecError, UnknownSchemaError
-from udfs import arbitration, engine, intake
-from udfs.campaigns import Registries
+from udfs import engine, intake
+from udfs.campaigns import arbitration
+from udfs.definitions.diagnostics import format_errors
+from udfs.definitions.registries import Registries
+from udfs.definitions.versioning import ChangeOutcome
 from udfs.descriptors import (
     DEAD_LETTER_TAG,
     campaign_state,
@@ -44,7 +47,6 @@ from udfs.descriptors import (
 from udfs.features.codec import decode_state, encode_state
 from udfs.features.state import UserFeatures
 from udfs.metrics import BufferedCounter, SampledDistribution
-from udfs.segments import ChangeOutcome, format_errors
 
 #: the live segment sizes (audience factor) are re-read from the store at most this often
 AUDIENCE_REFRESH_S = 10.0

@@ -1,7 +1,6 @@
 """``nudgeflow defs validate | publish | delete | list``: definitions as data.
 
-Segments, campaigns and the priority policy (``udfs.segments``, ``udfs.campaigns``) all travel
-the same way.
+Segments, campaigns and the priority policy (``udfs.definitions``) all travel the same way.
 
 - validate: parse and check YAML files offline (exit 1 with ``file:path: message`` lines);
 - publish: validate, then write each definition as a DefinitionUpdate to the definitions
@@ -20,7 +19,8 @@ from typing import Any
 
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec, CodecError
-from udfs import campaigns, segments
+from udfs.definitions.envelope import CAMPAIGN_KIND, POLICY_KIND, SEGMENT_KIND, delete_update
+from udfs.definitions.files import load_catalog, load_files
 
 
 class PublishError(RuntimeError):
@@ -86,12 +86,13 @@ def publish(cfg: NudgeflowConfig, paths: Sequence[str], published_by: str | None
     """Validate the files and publish their definitions; return how many were published.
 
     Raises:
-        segments.InvalidDefinitions: a file does not validate (nothing is published).
+        udfs.definitions.diagnostics.InvalidDefinitions: a file does not validate (nothing is
+            published).
         PublishError: a version conflicts with what is already published.
     """
     codec = Codec.load()
-    known = [s.id for s in segments.load_catalog()]
-    loaded = campaigns.load_files(paths, known_segments=known)
+    known = [s.id for s in load_catalog().segments]
+    loaded = load_files(paths, known_segments=known)
     held = published_updates(cfg, codec)
     to_send = []
     for update, definition in zip(loaded.updates(now_ms, published_by), loaded.all(),
@@ -123,19 +124,19 @@ def delete(cfg: NudgeflowConfig, definition_id: str, published_by: str | None,
     """
     codec = Codec.load()
     current = published_updates(cfg, codec).get(definition_id)
-    catalog = campaigns.load_catalog()
+    catalog = load_catalog()
     shipped = {d.id: (d.version, kind) for kind, group in (
-        (segments.SEGMENT_KIND, catalog.segments),
-        (campaigns.CAMPAIGN_KIND, catalog.campaigns),
-        (campaigns.POLICY_KIND, catalog.policies)) for d in group}
+        (SEGMENT_KIND, catalog.segments),
+        (CAMPAIGN_KIND, catalog.campaigns),
+        (POLICY_KIND, catalog.policies)) for d in group}
     if current is None and definition_id not in shipped:
         raise PublishError(f"{definition_id}: no such definition on {cfg.definitions_topic} or "
                            "in the shipped catalog; `nudgeflow defs list` shows what exists")
-    file_version, kind = shipped.get(definition_id, (0, segments.SEGMENT_KIND))
+    file_version, kind = shipped.get(definition_id, (0, SEGMENT_KIND))
     if current is not None:
         kind = current["kind"]
     version = max(file_version, current["version"] if current else 0) + 1
-    _produce(cfg, [segments.delete_update(definition_id, version, now_ms, published_by, kind)],
+    _produce(cfg, [delete_update(definition_id, version, now_ms, published_by, kind)],
              codec)
     return version
 

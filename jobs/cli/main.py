@@ -242,12 +242,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_defs(args: argparse.Namespace) -> int:
     """``nudgeflow defs validate|publish|delete|list``."""
     from jobs.cli import defs
-    from udfs import campaigns
+    from udfs.definitions.files import validate_command
 
     if args.action == "validate":
         if not args.targets:
             return _fail("name the YAML files or directories to validate")
-        code, text = campaigns.validate_command(args.targets)
+        code, text = validate_command(args.targets)
         print(text, file=sys.stdout if code == 0 else sys.stderr, flush=True)
         return code
     cfg = config_from_args(args)
@@ -255,7 +255,7 @@ def cmd_defs(args: argparse.Namespace) -> int:
     if args.action == "publish":
         if not args.targets:
             return _fail("name the YAML files or directories to publish")
-        code, text = campaigns.validate_command(args.targets)
+        code, text = validate_command(args.targets)
         if code != 0:
             print(text, file=sys.stderr, flush=True)
             return code
@@ -421,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from infra.provision import ProvisionError
         from infra.stack import StackError
         from jobs.cli.defs import PublishError
-        from udfs.segments import DefinitionError
+        from udfs.definitions.diagnostics import DefinitionError
 
         if isinstance(exc, StackError | DeployError | ProvisionError | JarResolutionError |
                       PublishError):
@@ -433,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def segments_errors(exc: Exception) -> str:
     """Render definition errors as ``file:path: message`` lines."""
-    from udfs.segments import format_errors
+    from udfs.definitions.diagnostics import format_errors
 
     return "invalid definitions:\n" + format_errors(getattr(exc, "errors", ()))
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.config import NudgeflowConfig
-from udfs.campaigns import TIERS
+from udfs.campaigns.grammar import TIERS
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec, CodecError, Record, UnknownSchemaError, WrongSchemaError
-from udfs.campaigns import TIERS
+from udfs.campaigns.grammar import TIERS
 from udfs.intake import Rejected, SourceRecord, dead_letter
 
 DEFAULT_GROUP = "nudgeflow-sender"

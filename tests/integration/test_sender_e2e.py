@@ -16,7 +16,7 @@ from jobs.sender.sender import SenderOptions, run_sender
 from schemas.codec import Codec
 from tests.integration.kafka_io import TopicReader
 from tests.unit.test_sender import NOW, make_trigger
-from udfs.campaigns import TIERS
+from udfs.campaigns.grammar import TIERS
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from jobs.config import ISOLATION_FIELDS, replace
 from schemas.codec import Codec
 from tests.integration import flink_jobs
 from tests.integration.kafka_io import TopicReader, produce_raw
-from udfs.campaigns import TIERS
+from udfs.campaigns.grammar import TIERS
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ from jobs.connectors import click_watermarks
 from jobs.job import build, file_definitions
 from schemas.codec import Codec
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
-from udfs import arbitration as arb
-from udfs import campaigns as camp
+from udfs.campaigns.priority import score_priority
+from udfs.definitions.files import load_catalog
 from udfs.descriptors import SOURCE_RECORD_ROW
 
 pytestmark = pytest.mark.pipeline
@@ -97,10 +97,10 @@ def test_triggers_go_to_their_tier_topic_with_rivals_and_reasons(env, cfg, tmp_p
     assert sms["explanation"]["definition_versions"]["high-value-cart-sms"] == 1
     assert sms["explanation"]["features"]["event.value"] == 150.0
     email = by_campaign[("ann", "cart-abandonment-email")]
-    catalog = camp.load_catalog()
+    catalog = load_catalog()
     push = next(c for c in catalog.campaigns if c.id == "cart-reminder-push")
     # the fake store reports no segment sizes: audience factor 0
-    push_score = arb.score_priority(push, catalog.policies[0], {}).score
+    push_score = score_priority(push, catalog.policies[0], {}).score
     assert email["explanation"]["rivals"] == [
         {"campaign_id": "cart-reminder-push", "priority_score": pytest.approx(push_score),
          "outcome": "SUPPRESSED"}]

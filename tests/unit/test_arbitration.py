@@ -5,8 +5,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from udfs import arbitration as arb
-from udfs import campaigns as camp
+from udfs.campaigns import arbitration as arb
+from udfs.campaigns.compiler import parse_campaign, parse_policy
+from udfs.campaigns.grammar import Cap
+from udfs.campaigns.local_time import cap_free_at, next_local_midnight, quiet_until
+from udfs.campaigns.priority import audience_factor, score_priority, tier_of
+from udfs.definitions.files import load_catalog
 
 POLICY_DOC = {
     "kind": "priority", "id": "priority-policy", "version": 3, "description": "test policy",
@@ -17,7 +21,7 @@ POLICY_DOC = {
                      "PUSH": {"per_day": 5}},
     "quiet_hours": {"start": "21:00", "end": "08:00"},
 }
-POLICY = camp.parse_policy(POLICY_DOC)
+POLICY = parse_policy(POLICY_DOC)
 OPT_ALL = {"email": True, "sms": True, "push": True, "in_app": True, "paid_social": False}
 
 
@@ -35,7 +39,7 @@ def campaign(cid: str, urgency: float = 0.5, roi: float = 50, brand: float = 0.5
            "channels": extra.pop("channels", ["EMAIL"]), "template": f"{cid}-tpl",
            "priority": {"urgency": urgency, "expected_roi": roi, "brand_significance": brand},
            **extra}
-    return camp.parse_campaign(doc)
+    return parse_campaign(doc)
 
 
 def user(tz: str = "UTC", opt_ins=None, membership=None) -> arb.UserFacts:
@@ -60,40 +64,40 @@ def candidate(campaign_id: str, cause: str = "e1", t: int = NOON_UTC) -> arb.Can
 
 def test_score_is_the_weighted_mean_of_the_factors():
     c = campaign("c", urgency=1.0, roi=50, brand=0.5)
-    p = arb.score_priority(c, POLICY, {})
+    p = score_priority(c, POLICY, {})
     assert p.score == pytest.approx((0.4 * 1.0 + 0.3 * 0.5 + 0.1 * 0 + 0.2 * 0.5) / 1.0)
     assert p.factors["priority.expected_roi"] == 0.5
     assert p.tier == "P1"
 
 
 def test_roi_factor_is_capped_and_audience_grows_with_the_live_size():
-    c = camp.parse_campaign({**campaign("c").document, "priority": {
+    c = parse_campaign({**campaign("c").document, "priority": {
         "urgency": 0, "expected_roi": 500, "brand_significance": 0, "audience": "big"}})
-    small = arb.score_priority(c, POLICY, {"big": 10})
-    large = arb.score_priority(c, POLICY, {"big": 50_000})
-    full = arb.score_priority(c, POLICY, {"big": 10_000_000})
+    small = score_priority(c, POLICY, {"big": 10})
+    large = score_priority(c, POLICY, {"big": 50_000})
+    full = score_priority(c, POLICY, {"big": 10_000_000})
     assert small.factors["priority.expected_roi"] == 1.0
     assert small.score < large.score < full.score
     assert full.factors["priority.audience"] == 1.0
-    assert arb.audience_factor(0, 100) == 0.0
+    assert audience_factor(0, 100) == 0.0
 
 
 @pytest.mark.parametrize(("score", "tier"), [(0.8, "P0"), (0.79, "P1"), (0.6, "P1"),
                                              (0.4, "P2"), (0.39, "P3"), (0.0, "P3")])
 def test_thresholds_map_scores_to_tiers(score, tier):
-    assert arb.tier_of(score, POLICY) == tier
+    assert tier_of(score, POLICY) == tier
 
 
 def test_new_weights_change_the_tier_at_runtime():
     c = campaign("c", urgency=0.9, roi=0, brand=0)
-    assert arb.score_priority(c, POLICY, {}).tier == "P3"
-    urgent = camp.parse_policy({**POLICY_DOC, "version": 4, "weights": {
+    assert score_priority(c, POLICY, {}).tier == "P3"
+    urgent = parse_policy({**POLICY_DOC, "version": 4, "weights": {
         "urgency": 1, "expected_roi": 0, "audience": 0, "brand_significance": 0}})
-    assert arb.score_priority(c, urgent, {}).tier == "P0"
+    assert score_priority(c, urgent, {}).tier == "P0"
 
 
 def test_the_shipped_catalog_lands_in_the_documented_tiers_whatever_the_audience():
-    catalog = camp.load_catalog()
+    catalog = load_catalog()
     policy = catalog.policies[0]
     expected = {"flash-sale-push": "P0", "cart-abandonment-email": "P1",
                 "churn-retention-offer": "P1", "high-value-cart-sms": "P1",
@@ -101,7 +105,7 @@ def test_the_shipped_catalog_lands_in_the_documented_tiers_whatever_the_audience
     for c in catalog.campaigns:
         for size in (0, 1_000, 10_000_000):
             sizes = {c.audience_segment: size} if c.audience_segment else {}
-            assert arb.score_priority(c, policy, sizes).tier == expected[c.id], (c.id, size)
+            assert score_priority(c, policy, sizes).tier == expected[c.id], (c.id, size)
 
 
 # --- arbitration -------------------------------------------------------------------------------
@@ -251,7 +255,7 @@ def test_a_deleted_campaign_s_deferred_trigger_is_suppressed():
 
 
 def test_a_decision_window_holds_candidates_so_a_later_better_one_wins():
-    windowed = camp.parse_policy({**POLICY_DOC, "decision_window": "10s"})
+    windowed = parse_policy({**POLICY_DOC, "decision_window": "10s"})
     early = campaign("early", urgency=0.3, roi=10, channels=["PUSH"])
     better = campaign("better", urgency=0.9, roi=90)
     d = defs(early, better, policy=windowed)
@@ -266,7 +270,7 @@ def test_a_decision_window_holds_candidates_so_a_later_better_one_wins():
 
 
 def test_p0_does_not_wait_for_the_decision_window():
-    windowed = camp.parse_policy({**POLICY_DOC, "decision_window": "10s"})
+    windowed = parse_policy({**POLICY_DOC, "decision_window": "10s"})
     flash = campaign("flash", urgency=1.0, roi=100, brand=1.0)
     out = arb.decide(arb.CampaignState(), [candidate("flash")], user(),
                      defs(flash, policy=windowed), NOON_UTC, NOON_UTC)
@@ -305,7 +309,7 @@ def test_the_day_boundary_is_the_user_s_not_utc():
     assert outs[1].decisions[0]["reason_code"] == "CHANNEL_CAP"
     assert outs[1].decisions[0]["deferred_until"] == at("2026-11-25T08:00:00-08:00")
     zone = ZoneInfo("Asia/Tokyo")
-    assert arb.next_local_midnight(t1, zone) == at("2026-11-26T00:00:00+09:00")
+    assert next_local_midnight(t1, zone) == at("2026-11-26T00:00:00+09:00")
 
 
 def test_the_weekly_cap_defers_to_next_monday_local():
@@ -359,7 +363,7 @@ def test_quiet_hours_end_moves_with_spring_forward():
     zone = ZoneInfo("America/New_York")
     # DST starts 2026-03-08 02:00 local: the night is an hour shorter
     late = at("2026-03-07T23:00:00-05:00")
-    end = arb.quiet_until(late, zone, 21 * 60, 8 * 60)
+    end = quiet_until(late, zone, 21 * 60, 8 * 60)
     assert end == at("2026-03-08T08:00:00-04:00")  # 12:00 UTC, not 13:00
     assert datetime.fromtimestamp(end / 1000, tz=zone).hour == 8
     assert end - late == 8 * 3_600_000  # 9 wall-clock hours, 8 real ones
@@ -368,7 +372,7 @@ def test_quiet_hours_end_moves_with_spring_forward():
 def test_quiet_hours_end_moves_with_fall_back():
     zone = ZoneInfo("Europe/Berlin")
     late = at("2026-10-24T22:00:00+02:00")  # DST ends 2026-10-25 03:00 -> 02:00
-    end = arb.quiet_until(late, zone, 21 * 60, 8 * 60)
+    end = quiet_until(late, zone, 21 * 60, 8 * 60)
     assert end == at("2026-10-25T08:00:00+01:00")
     assert end - late == 11 * 3_600_000  # 10 wall-clock hours, 11 real ones
 
@@ -376,7 +380,7 @@ def test_quiet_hours_end_moves_with_fall_back():
 def test_quiet_hours_that_end_inside_a_dst_gap_end_just_after_it():
     zone = ZoneInfo("America/New_York")
     start = at("2026-03-08T01:30:00-05:00")
-    end = arb.quiet_until(start, zone, 60, 2 * 60 + 30)  # quiet 01:00-02:30; 02:30 is skipped
+    end = quiet_until(start, zone, 60, 2 * 60 + 30)  # quiet 01:00-02:30; 02:30 is skipped
     assert end is not None and end > start
     assert datetime.fromtimestamp(end / 1000, tz=zone).hour == 3
 
@@ -386,7 +390,7 @@ def test_a_daily_cap_across_the_dst_day_counts_local_days():
     times = [at("2026-10-25T09:00:00+01:00")]
     # the 25th has 25 hours in Berlin: 23:30 local is still the same day
     same_day = at("2026-10-25T23:30:00+01:00")
-    assert arb.cap_free_at(times, same_day, zone, camp.Cap(per_day=1)) == \
+    assert cap_free_at(times, same_day, zone, Cap(per_day=1)) == \
         at("2026-10-26T00:00:00+01:00")
 
 

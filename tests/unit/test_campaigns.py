@@ -2,8 +2,15 @@
 
 import pytest
 
-from udfs import campaigns as camp
-from udfs import segments as seg
+from udfs.campaigns.compiler import parse_campaign, parse_policy
+from udfs.campaigns.updates import campaign_to_update, policy_to_update
+from udfs.definitions.diagnostics import InvalidDefinitions
+from udfs.definitions.envelope import CAMPAIGN_KIND, checksum, delete_update
+from udfs.definitions.files import load_catalog, validate_command, validate_files
+from udfs.definitions.registries import Registries
+from udfs.definitions.versioning import ChangeOutcome
+from udfs.segments.compiler import parse_segment
+from udfs.segments.updates import segment_to_update
 
 BASE = {
     "kind": "campaign", "id": "c1", "version": 1, "description": "a campaign",
@@ -12,14 +19,14 @@ BASE = {
 }
 
 
-def errors_of(document, parse=camp.parse_campaign):
-    with pytest.raises(seg.InvalidDefinitions) as info:
+def errors_of(document, parse=parse_campaign):
+    with pytest.raises(InvalidDefinitions) as info:
         parse(document)
     return [(e.path, e.message) for e in info.value.errors]
 
 
 def test_the_shipped_catalog_validates_and_names_only_known_segments():
-    catalog = camp.load_catalog()
+    catalog = load_catalog()
     assert {c.id for c in catalog.campaigns} == {
         "cart-abandonment-email", "cart-reminder-push", "flash-sale-push",
         "churn-retention-offer", "welcome-series-1", "high-value-cart-sms"}
@@ -30,7 +37,7 @@ def test_the_shipped_catalog_validates_and_names_only_known_segments():
 
 
 def test_a_campaign_compiles_with_defaults():
-    c = camp.parse_campaign(BASE)
+    c = parse_campaign(BASE)
     assert c.trigger.segment_enter == "cart-abandoners"
     assert c.audience_segment == "cart-abandoners"  # defaults to the trigger's segment
     assert c.defer_on_conflict and not c.bypass_quiet_hours and c.enabled
@@ -63,44 +70,44 @@ def test_errors_name_the_path_and_say_what_to_do(change, path, fragment):
 
 
 def test_policy_errors():
-    policy = camp.load_catalog().policies[0].document
-    found = errors_of({**policy, "tiers": {"P0": 0.5, "P1": 0.6, "P2": 0.4}}, camp.parse_policy)
+    policy = load_catalog().policies[0].document
+    found = errors_of({**policy, "tiers": {"P0": 0.5, "P1": 0.6, "P2": 0.4}}, parse_policy)
     assert any("descend" in m for _, m in found)
     found = errors_of({**policy, "quiet_hours": {"start": "9pm", "end": "08:00"}},
-                      camp.parse_policy)
+                      parse_policy)
     assert ("quiet_hours.start", "bad time of day '9pm': expected HH:MM, e.g. \"21:00\"") in found
-    found = errors_of({**policy, "id": "weights"}, camp.parse_policy)
+    found = errors_of({**policy, "id": "weights"}, parse_policy)
     assert any(p == "id" and "priority-policy" in m for p, m in found)
-    found = errors_of({**policy, "default_time_zone": "Mars/Olympus"}, camp.parse_policy)
+    found = errors_of({**policy, "default_time_zone": "Mars/Olympus"}, parse_policy)
     assert any("time zone" in m for _, m in found)
 
 
 def test_campaign_versions_follow_the_segment_rules_and_dispatch_by_kind():
-    registries = camp.Registries()
-    v1 = camp.campaign_to_update(camp.parse_campaign(BASE), 0)
-    v2 = camp.campaign_to_update(camp.parse_campaign({**BASE, "version": 2, "template": "t2"}), 0)
-    assert registries.apply(v2).outcome is seg.ChangeOutcome.ADDED
-    assert registries.apply(v1).outcome is seg.ChangeOutcome.STALE
+    registries = Registries()
+    v1 = campaign_to_update(parse_campaign(BASE), 0)
+    v2 = campaign_to_update(parse_campaign({**BASE, "version": 2, "template": "t2"}), 0)
+    assert registries.apply(v2).outcome is ChangeOutcome.ADDED
+    assert registries.apply(v1).outcome is ChangeOutcome.STALE
     assert registries.campaign_map()["c1"].template == "t2"
     assert len(registries.segments) == 0
-    gone = seg.delete_update("c1", 3, 0, kind=camp.CAMPAIGN_KIND)
-    assert registries.apply(gone).outcome is seg.ChangeOutcome.DELETED
+    gone = delete_update("c1", 3, 0, kind=CAMPAIGN_KIND)
+    assert registries.apply(gone).outcome is ChangeOutcome.DELETED
     assert "c1" not in registries.campaign_map()
     bad = {**v2, "version": 4, "body": v2["body"].replace("EMAIL", "FAX")}
-    bad["checksum"] = seg.checksum(bad["body"])
+    bad["checksum"] = checksum(bad["body"])
     change = registries.apply(bad)
-    assert change.outcome is seg.ChangeOutcome.REJECTED
+    assert change.outcome is ChangeOutcome.REJECTED
     assert "FAX" in change.errors[0].message
     journey = {**v2, "kind": "JOURNEY", "definition_id": "j1"}
-    assert registries.apply(journey).outcome is seg.ChangeOutcome.IGNORED
+    assert registries.apply(journey).outcome is ChangeOutcome.IGNORED
 
 
 def test_the_policy_is_replaced_at_runtime_by_a_newer_version():
-    policy = camp.load_catalog().policies[0]
-    registries = camp.Registries.from_updates([camp.policy_to_update(policy, 0)])
-    newer = camp.parse_policy({**policy.document, "version": policy.version + 1,
+    policy = load_catalog().policies[0]
+    registries = Registries.from_updates([policy_to_update(policy, 0)])
+    newer = parse_policy({**policy.document, "version": policy.version + 1,
                                "min_interval": "2h"})
-    registries.apply(camp.policy_to_update(newer, 1))
+    registries.apply(policy_to_update(newer, 1))
     assert registries.policies.policy().min_interval_ms == 2 * 3_600_000
 
 
@@ -116,11 +123,11 @@ def test_files_of_every_kind_validate_together(tmp_path):
         "kind: campaign\nid: orphan\nversion: 1\ndescription: d\n"
         "trigger: {segment_enter: cart-abandonerz}\nchannels: [EMAIL]\ntemplate: t\n"
         "priority: {urgency: 0.5, expected_roi: 10, brand_significance: 0.5}\n")
-    code, text = camp.validate_command([tmp_path])
+    code, text = validate_command([tmp_path])
     assert code == 1
     assert "orphan.yaml" in text and "cart-abandonerz" in text and "cart-abandoners" in text
     (tmp_path / "orphan.yaml").unlink()
-    code, text = camp.validate_command([tmp_path])
+    code, text = validate_command([tmp_path])
     assert code == 0 and "1 segment(s), 1 campaign(s)" in text
 
 
@@ -131,7 +138,7 @@ def test_an_id_used_by_two_kinds_is_an_error(tmp_path):
         "kind: campaign\nid: dup\nversion: 1\ndescription: d\n"
         "trigger: {segment_enter: dup}\nchannels: [EMAIL]\ntemplate: t\n"
         "priority: {urgency: 0.5, expected_roi: 10, brand_significance: 0.5}\n")
-    _, errors = camp.validate_files([tmp_path])
+    _, errors = validate_files([tmp_path])
     assert any("duplicate id 'dup'" in e.message for e in errors)
 
 
@@ -140,20 +147,20 @@ def test_errors_carry_line_numbers(tmp_path):
         "kind: campaign\nid: c\nversion: 1\ndescription: d\ntrigger: {segment_enter: x}\n"
         "channels: [EMAIL]\ntemplate: t\n"
         "priority: {urgency: 5, expected_roi: 10, brand_significance: 0.5}\n")
-    _, errors = camp.validate_files([tmp_path], known_segments=["x"])
+    _, errors = validate_files([tmp_path], known_segments=["x"])
     [error] = errors
     assert error.line == 8 and "urgency" in str(error)
 
 
 def test_what_the_engine_reads_per_step_follows_every_definition_change():
-    catalog = camp.load_catalog()
-    registries = camp.Registries.from_updates(catalog.updates())
+    catalog = load_catalog()
+    registries = Registries.from_updates(catalog.updates())
     assert registries.uses_churn()
     assert registries.segment_versions()["cart-abandoners"] == 1
     churn = next(c for c in catalog.campaigns if c.trigger.churn_crosses is not None)
-    registries.apply(seg.delete_update(churn.id, churn.version + 1, 0, kind=camp.CAMPAIGN_KIND))
+    registries.apply(delete_update(churn.id, churn.version + 1, 0, kind=CAMPAIGN_KIND))
     assert not registries.uses_churn()
     cart = next(s for s in catalog.segments if s.id == "cart-abandoners")
-    registries.apply(seg.segment_to_update(
-        seg.parse_segment({**cart.document, "version": 2}), 0))
+    registries.apply(segment_to_update(
+        parse_segment({**cart.document, "version": 2}), 0))
     assert registries.segment_versions()["cart-abandoners"] == 2

@@ -4,8 +4,12 @@ import random
 
 import pytest
 
-from udfs import engine, segments
+from udfs import engine
+from udfs.definitions.envelope import delete_update
+from udfs.definitions.files import load_catalog
 from udfs.engine import UserState
+from udfs.segments.compiler import parse_segment
+from udfs.segments.updates import SegmentRegistry
 
 T0 = 1_800_000_000_000  # fixed event time origin
 MIN = 60_000
@@ -13,7 +17,7 @@ MIN = 60_000
 
 @pytest.fixture(scope="module")
 def registry():
-    return segments.SegmentRegistry(segments.load_catalog())
+    return SegmentRegistry(load_catalog().segments)
 
 
 def click(event_id, user, event_type, t, **fields):
@@ -93,12 +97,12 @@ def test_shuffled_order_gives_the_same_final_membership(registry):
 
 
 def test_deleted_definition_exits_members_at_next_touch(registry):
-    reg = segments.SegmentRegistry(segments.load_catalog())
+    reg = SegmentRegistry(load_catalog().segments)
     state = UserState()
     engine.on_event(state, click("e1", "u5", "ADD_TO_CART", T0, product_id="p", price=150.0,
                                  quantity=1), reg)
     assert "high-value-cart" in state.membership
-    reg.apply(segments.delete_update("high-value-cart", 2, T0))
+    reg.apply(delete_update("high-value-cart", 2, T0))
     step = engine.on_event(state, click("e2", "u5", "PAGE_VIEW", T0 + MIN), reg)
     assert [(c["segment_id"], c["change"], c["definition_version"], c["reason"])
             for c in step.changes] == [("high-value-cart", "EXIT", 2,
@@ -121,11 +125,11 @@ def test_inactivity_timer_enters_inactive_30d(registry):
 
 
 def test_changed_definition_exits_members_who_no_longer_match(registry):
-    reg = segments.SegmentRegistry(segments.load_catalog())
+    reg = SegmentRegistry(load_catalog().segments)
     state = UserState()
     engine.on_event(state, click("e1", "u7", "ADD_TO_CART", T0, product_id="p", price=150.0,
                                  quantity=1), reg)
-    stricter = segments.parse_segment({
+    stricter = parse_segment({
         "id": "high-value-cart", "version": 2, "description": "over 200",
         "condition": {"feature": {"name": "cart_value", "op": ">", "value": 200}}})
     assert reg.upsert(stricter).changed

@@ -9,9 +9,11 @@ from collections import Counter
 
 import pytest
 
-from udfs import arbitration as arb
-from udfs import campaigns as camp
 from udfs import engine
+from udfs.campaigns import arbitration as arb
+from udfs.campaigns.priority import score_priority
+from udfs.definitions.files import catalog_files, load_catalog, load_files
+from udfs.definitions.registries import Registries
 from udfs.engine import Click, MetadataUpdate, Rules, Timer, UserState
 
 NOON = 1_800_014_400_000  # 2027-01-15 12:00 UTC, a Friday: outside everyone's quiet hours
@@ -40,8 +42,8 @@ def metadata(user, tz, updated_at=NOON - DAY, **opt_ins):
 
 @pytest.fixture(scope="module")
 def catalog_rules():
-    updates = camp.load_files(camp.catalog_files(), check_references=False).updates(0, "file")
-    return Rules(camp.Registries.from_updates(updates), TTL)
+    updates = load_files(catalog_files(), check_references=False).updates(0, "file")
+    return Rules(Registries.from_updates(updates), TTL)
 
 
 class Harness:
@@ -148,9 +150,9 @@ def test_triggers_rivals_and_reasons_of_the_scripted_scenario(catalog_rules):
     assert sms["explanation"]["definition_versions"]["high-value-cart-sms"] == 1
     assert sms["explanation"]["features"]["event.value"] == 150.0
     email = by_campaign[("ann", "cart-abandonment-email")]
-    catalog = camp.load_catalog()
+    catalog = load_catalog()
     push = next(c for c in catalog.campaigns if c.id == "cart-reminder-push")
-    push_score = arb.score_priority(push, catalog.policies[0], {}).score  # no audience sizes
+    push_score = score_priority(push, catalog.policies[0], {}).score  # no audience sizes
     assert email["explanation"]["rivals"] == [
         {"campaign_id": "cart-reminder-push", "priority_score": pytest.approx(push_score),
          "outcome": "SUPPRESSED"}]
@@ -198,8 +200,8 @@ def test_a_duplicate_click_changes_nothing(catalog_rules):
 
 def test_the_campaign_state_is_read_only_when_a_campaign_can_fire():
     """No churn campaign: a page view with nothing to fire never loads the campaign state."""
-    updates = camp.load_files(camp.catalog_files(), check_references=False).updates(0, "file")
-    registries = camp.Registries.from_updates(
+    updates = load_files(catalog_files(), check_references=False).updates(0, "file")
+    registries = Registries.from_updates(
         [u for u in updates if u["definition_id"] != "churn-retention-offer"])
     h = Harness(Rules(registries, TTL))
     step = h.apply("eve", Click(click("e1", "eve", "PAGE_VIEW", NOON)))

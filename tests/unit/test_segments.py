@@ -1,6 +1,8 @@
-"""Tests for udfs.segments: grammar, validation errors, evaluation, next_change_ms, registry.
+"""Tests for udfs.segments (and the udfs.definitions parts it uses): grammar, validation errors,
+evaluation, next_change_ms, registry.
 
-A plain ``FakeView`` dataclass stands in for ``udfs.view.UserView``; every timestamp is fixed.
+A plain ``FakeView`` dataclass stands in for ``udfs.features.view.UserView``; every timestamp
+is fixed.
 """
 
 from __future__ import annotations
@@ -16,41 +18,35 @@ from typing import Any
 import pytest
 
 from schemas.codec import Codec
+from udfs.definitions.diagnostics import DefinitionError, InvalidDefinitions, format_errors
+from udfs.definitions.durations import format_duration, parse_duration
+from udfs.definitions.envelope import checksum, delete_update
+from udfs.definitions.files import (
+    SEGMENT_CATALOG_DIR,
+    load_catalog,
+    load_files,
+    validate_command,
+    validate_files,
+)
+from udfs.definitions.versioning import ChangeOutcome
+from udfs.definitions.vocabulary import event_types, known_feature_names
 from udfs.features.view import RecentEvent
-from udfs.segments import (
-    CATALOG_DIR,
+from udfs.segments.compiler import parse_segment, validate_documents
+from udfs.segments.conditions import (
     AbsenceCondition,
     AllOf,
     AnyOf,
-    ChangeOutcome,
     ChurnScoreCondition,
-    DefinitionError,
     Evaluation,
     EventCondition,
     FeatureCondition,
     InactiveCondition,
-    InvalidDefinitions,
     MetadataCondition,
     Not,
     Segment,
-    SegmentRegistry,
-    checksum,
-    delete_update,
     evaluate,
-    event_types,
-    format_duration,
-    format_errors,
-    known_feature_names,
-    load_catalog,
-    load_segment_file,
-    parse_duration,
-    parse_segment,
-    segment_to_update,
-    update_to_segment,
-    validate_command,
-    validate_documents,
-    validate_files,
 )
+from udfs.segments.updates import SegmentRegistry, segment_to_update, update_to_segment
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 S = 1_000
@@ -101,7 +97,7 @@ def check(condition: Any, v: FakeView) -> Evaluation:
 def errors_in(tmp_path: Path, text: str, name: str = "bad.yaml") -> list[DefinitionError]:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
-    segments, errors = validate_files([path])
+    _, errors = validate_files([path])
     assert errors, "expected validation errors"
     return errors
 
@@ -176,7 +172,7 @@ segments:
 def test_parse_every_node(tmp_path: Path) -> None:
     path = tmp_path / "every.yaml"
     path.write_text(EVERY_NODE, encoding="utf-8")
-    (s,) = load_segment_file(path)
+    (s,) = load_files([path]).segments
     assert (s.id, s.version, s.description, s.enabled) == ("every_node", 3, "uses every node",
                                                            False)
     assert s.source == str(path)
@@ -213,9 +209,9 @@ def test_parse_every_node(tmp_path: Path) -> None:
 
 
 def test_yaml_keeps_country_no_and_dates_as_strings() -> None:
-    from udfs.segments import _read_yaml
+    from udfs.definitions.yaml_source import read_yaml
 
-    data, _, errors = _read_yaml("a: NO\nb: yes\nc: 2024-01-01\nd: true\n", "x.yaml")
+    data, _, errors = read_yaml("a: NO\nb: yes\nc: 2024-01-01\nd: true\n", "x.yaml")
     assert not errors
     assert data == {"a": "NO", "b": "yes", "c": "2024-01-01", "d": True}
 
@@ -263,31 +259,31 @@ def test_invalid_definitions_pickle() -> None:
 
 # --- the shipped catalog ------------------------------------------------------------------------
 
-CATALOG_FILES = sorted(CATALOG_DIR.glob("*.yaml"))
+CATALOG_FILES = sorted(SEGMENT_CATALOG_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CATALOG_FILES, ids=[p.stem for p in CATALOG_FILES])
 def test_catalog_file_validates(path: Path) -> None:
-    (segment,) = load_segment_file(path)
+    (segment,) = load_files([path]).segments
     assert segment.id == path.stem
     assert segment.enabled
 
 
 def test_catalog_has_the_issue_segments() -> None:
-    assert [s.id for s in load_catalog()] == [
+    assert [s.id for s in load_catalog().segments] == [
         "cart-abandoners", "churn-risk-high", "frequent-browsers", "high-value-cart",
         "inactive-30d", "lapsed-purchasers", "new-signups-7d",
     ]
 
 
 def test_validate_command_on_catalog() -> None:
-    code, text = validate_command([CATALOG_DIR])
+    code, text = validate_command([SEGMENT_CATALOG_DIR])
     assert code == 0
     assert text.startswith("ok: 7 segment(s) in 7 file(s)")
 
 
 def test_catalog_typical_user() -> None:
-    by_id = {s.id: s for s in load_catalog()}
+    by_id = {s.id: s for s in load_catalog().segments}
     atc = ev("ADD_TO_CART", T0 - 45 * M, price=80.0, quantity=2)
     v = view(T0, ev("PRODUCT_VIEW", T0 - 2 * H), atc,
              features={"cart_items": 2, "cart_value": 160.0, "events_product_view_7d": 3,
@@ -401,8 +397,8 @@ def test_error_wrong_types(tmp_path: Path) -> None:
 def test_error_duplicate_ids_across_files(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(GOOD_DOC.format(id="same"), encoding="utf-8")
     (tmp_path / "b.yaml").write_text(GOOD_DOC.format(id="same"), encoding="utf-8")
-    segments, errors = validate_files([tmp_path / "a.yaml", tmp_path / "b.yaml"])
-    assert [s.id for s in segments] == ["same"]
+    found, errors = validate_files([tmp_path / "a.yaml", tmp_path / "b.yaml"])
+    assert [s.id for s in found.segments] == ["same"]
     error = only(errors)
     assert (error.file, error.path) == (str(tmp_path / "b.yaml"), "id")
     assert f"duplicate segment id 'same': already defined in {tmp_path / 'a.yaml'}" in \
@@ -486,12 +482,12 @@ def test_errors_are_all_collected_and_formatted(tmp_path: Path) -> None:
     assert code == 1 and text_out.endswith("4 error(s) in 1 of 1 file(s)")
 
 
-def test_load_segment_file_raises_with_all_errors(tmp_path: Path) -> None:
+def test_load_files_raises_with_all_errors(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("id: a\nversion: 0\ndescription: x\ncondition: {inactive: {for: 5}}\n",
                     encoding="utf-8")
     with pytest.raises(InvalidDefinitions) as caught:
-        load_segment_file(path)
+        load_files([path])
     assert len(caught.value.errors) == 2
     assert isinstance(caught.value, DefinitionError)
     assert caught.value.path == "version"
@@ -735,7 +731,7 @@ def test_combinations_next_change() -> None:
 
 
 def test_lapsed_purchasers_needs_recent_activity() -> None:
-    (lapsed,) = [s for s in load_catalog() if s.id == "lapsed-purchasers"]
+    (lapsed,) = [s for s in load_catalog().segments if s.id == "lapsed-purchasers"]
     features = {"orders_total": 3, "seconds_since_last_purchase": 45 * D / S}
     assert evaluate(lapsed, view(T0, ev("PAGE_VIEW", T0 - 2 * D), features=features)).member
     gone = evaluate(lapsed, view(T0, ev("PAGE_VIEW", T0 - 31 * D), features=features))
@@ -802,11 +798,11 @@ def test_registry_versions() -> None:
 
 def test_registry_delete_keeps_tombstone() -> None:
     registry = SegmentRegistry([make(2), make(1, seg_id="other")])
-    assert [s.id for s in registry.segments()] == ["high-value-cart", "other"]
+    assert [s.id for s in registry.definitions()] == ["high-value-cart", "other"]
     deleted = registry.apply(delete_update("high-value-cart", 3, T0))
     assert (deleted.outcome, deleted.previous_version) == (ChangeOutcome.DELETED, 2)
     assert registry.get("high-value-cart") is None and "high-value-cart" not in registry
-    assert [s.id for s in registry.segments()] == ["other"]
+    assert [s.id for s in registry.definitions()] == ["other"]
     assert list(registry.by_id()) == ["other"]
     assert registry.deleted_version("high-value-cart") == 3
     # a late UPSERT older than the DELETE is stale; a newer one brings it back
@@ -837,9 +833,9 @@ def test_registry_rejects_bad_updates() -> None:
 
 
 def test_registry_rebuilds_from_its_updates() -> None:
-    registry = SegmentRegistry(load_catalog())
+    registry = SegmentRegistry(load_catalog().segments)
     registry.apply(delete_update("inactive-30d", 2, T0))
     rebuilt = SegmentRegistry.from_updates(registry.updates())
-    assert [s.id for s in rebuilt.segments()] == [s.id for s in registry.segments()]
+    assert [s.id for s in rebuilt.definitions()] == [s.id for s in registry.definitions()]
     assert rebuilt.version_of("inactive-30d") == 2 and rebuilt.get("inactive-30d") is None
     assert len(rebuilt) == 6

@@ -33,7 +33,7 @@ from jobs.sender.sender import (
     send_with_retry,
 )
 from schemas.codec import Codec
-from udfs.campaigns import TIERS
+from udfs.campaigns.grammar import TIERS
 from udfs.intake import SourceRecord
 
 # kafka-python's import calls importlib.resources.read_text; the warning names importlib, so

@@ -11,22 +11,23 @@ churn score (to detect a crossing).
 
 Pure: no pyflink, no wall clock. ``now_ms`` is the event time of the event or timer being
 processed; ``emit_time_ms`` (processing time, only stamped on the output) is handed in. The rules
-are written down in ``udfs/CAMPAIGNS.md``.
+are written down in ``udfs/campaigns/CAMPAIGNS.md``; the priority matrix is
+``udfs.campaigns.priority``, the local-time rules ``udfs.campaigns.local_time``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from udfs.campaigns import _PLACEHOLDER_RE, Campaign, Cap, PriorityPolicy
+from udfs.campaigns.grammar import PLACEHOLDER_RE, Campaign, Cap, PriorityPolicy
+from udfs.campaigns.local_time import cap_free_at, quiet_until, zone_of
+from udfs.campaigns.priority import Priority, score_priority
 from udfs.features.view import RecentEvent
 
 #: how long sends and decided trigger ids are remembered (weekly caps need 7 local days)
@@ -155,134 +156,6 @@ def decode_state(raw: bytes | None) -> CampaignState:
     )
 
 
-# --- the priority matrix -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Priority:
-    """A campaign's priority score in [0, 1], its tier and the factors that made it."""
-
-    score: float
-    tier: str
-    factors: dict[str, float]
-
-
-def audience_factor(size: int, scale: int) -> float:
-    """log10(1 + size) / log10(1 + scale), capped at 1: reach matters, with diminishing returns."""
-    if size <= 0:
-        return 0.0
-    return min(1.0, math.log10(1 + size) / math.log10(1 + scale))
-
-
-def tier_of(score: float, policy: PriorityPolicy) -> str:
-    """P0 .. P3 by the policy's thresholds."""
-    p0, p1, p2 = policy.tiers
-    if score >= p0:
-        return "P0"
-    if score >= p1:
-        return "P1"
-    if score >= p2:
-        return "P2"
-    return "P3"
-
-
-def score_priority(campaign: Campaign, policy: PriorityPolicy,
-                   audience_sizes: Mapping[str, int]) -> Priority:
-    """The weighted score of a campaign: urgency, expected ROI, audience size, brand.
-
-    Every factor is in [0, 1]: urgency and brand significance as declared; ROI as
-    ``expected_roi / roi_scale`` capped at 1; audience from the live size of the campaign's
-    audience segment (``audience_factor``). The score is the weighted mean.
-    """
-    size = audience_sizes.get(campaign.audience_segment, 0) if campaign.audience_segment else 0
-    factors = {
-        "urgency": campaign.urgency,
-        "expected_roi": min(1.0, campaign.expected_roi / policy.roi_scale),
-        "audience": audience_factor(size, policy.audience_scale),
-        "brand_significance": campaign.brand_significance,
-    }
-    total = sum(policy.weights.values())
-    score = sum(policy.weights[name] * value for name, value in factors.items()) / total
-    score = round(score, 6)  # stable across platforms' float sums
-    explained = {f"priority.{name}": round(value, 6) for name, value in factors.items()}
-    explained["audience_size"] = float(size)
-    return Priority(score, tier_of(score, policy), explained)
-
-
-# --- local calendar ----------------------------------------------------------------------------
-
-
-def zone_of(metadata: Mapping[str, Any] | None, policy: PriorityPolicy) -> ZoneInfo:
-    """The user's time zone (metadata ``time_zone``), else the policy's default."""
-    name = (metadata or {}).get("time_zone") or policy.default_time_zone
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo(policy.default_time_zone)
-
-
-def _local(ms: int, zone: ZoneInfo) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=zone)
-
-
-def _instant(local: datetime) -> int:
-    """Epoch ms of a local wall time; a time in a DST gap maps to just after the gap."""
-    return int(local.timestamp() * 1000)
-
-
-def next_local_midnight(ms: int, zone: ZoneInfo) -> int:
-    """Start of the user's next local day."""
-    day = _local(ms, zone).date() + timedelta(days=1)
-    return _instant(datetime(day.year, day.month, day.day, tzinfo=zone))
-
-
-def next_local_week(ms: int, zone: ZoneInfo) -> int:
-    """Start of the user's next local ISO week (Monday 00:00)."""
-    local = _local(ms, zone)
-    day = local.date() + timedelta(days=7 - local.weekday())
-    return _instant(datetime(day.year, day.month, day.day, tzinfo=zone))
-
-
-def quiet_until(ms: int, zone: ZoneInfo, start_min: int, end_min: int) -> int | None:
-    """If ``ms`` is in the user's local quiet hours, when they end; else None.
-
-    Quiet hours are [start, end) in local wall time and wrap midnight when start > end. The end
-    is built as a local wall time on the right date, so a DST change in between moves it in UTC.
-    """
-    if start_min == end_min:
-        return None
-    local = _local(ms, zone)
-    minute = local.hour * 60 + local.minute
-    quiet = (start_min <= minute < end_min) if start_min < end_min else \
-        (minute >= start_min or minute < end_min)
-    if not quiet:
-        return None
-    day = local.date()
-    if start_min > end_min and minute >= start_min:
-        day += timedelta(days=1)  # evening part: quiet ends tomorrow morning
-    end = datetime(day.year, day.month, day.day, end_min // 60, end_min % 60, tzinfo=zone)
-    return max(_instant(end), ms + 1)
-
-
-def cap_free_at(times: Iterable[int], ms: int, zone: ZoneInfo, cap: Cap) -> int:
-    """The earliest time >= ``ms`` at which one more send fits the cap (local day and week)."""
-    local = _local(ms, zone)
-    day = local.date()
-    week = local.isocalendar()[:2]
-    today = this_week = 0
-    for t in times:
-        sent = _local(t, zone)
-        if sent.isocalendar()[:2] == week:
-            this_week += 1
-            if sent.date() == day:
-                today += 1
-    if cap.per_week is not None and this_week >= cap.per_week:
-        return next_local_week(ms, zone)
-    if cap.per_day is not None and today >= cap.per_day:
-        return next_local_midnight(ms, zone)
-    return ms
-
-
 # --- candidates --------------------------------------------------------------------------------
 
 
@@ -302,7 +175,7 @@ class StepFacts:
         event: The click (a ClickEvent dict with ``ingest_time``), or None.
         changes: The step's SegmentChange dicts.
         churn_score: The churn score after the step (None without a model).
-        view: The user's ``udfs.view.UserView`` at ``now_ms`` (payload features).
+        view: The user's ``udfs.features.view.UserView`` at ``now_ms`` (payload features).
         metadata: The user's metadata dict, or None.
     """
 
@@ -410,7 +283,7 @@ def _fill_payload(campaign: Campaign, facts: StepFacts) -> tuple[dict[str, str],
                 str(int(value))
         return str(value)
 
-    return {name: _PLACEHOLDER_RE.sub(fill, text) for name, text in campaign.payload}, missing
+    return {name: PLACEHOLDER_RE.sub(fill, text) for name, text in campaign.payload}, missing
 
 
 # --- decisions ---------------------------------------------------------------------------------

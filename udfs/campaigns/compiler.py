@@ -1,0 +1,384 @@
+"""The campaign and priority-policy compiler: validate documents, build definitions.
+
+Inputs: campaign documents (``kind: campaign``) and the priority policy (``kind: priority``),
+as YAML files (``udfs.definitions.files``) or JSON bodies of DefinitionUpdate records
+(``udfs.campaigns.updates``) load them. Outputs: ``Campaign`` and ``PriorityPolicy`` objects and
+``DefinitionError`` items (file, path in the document, message, line). State: none.
+
+The grammar is documented in ``udfs/campaigns/CAMPAIGNS.md``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from udfs.campaigns.grammar import (
+    CAMPAIGN_KEYS,
+    CHANNELS,
+    FACTORS,
+    ON_CONFLICT,
+    PAYLOAD_EVENT_FIELDS,
+    PAYLOAD_METADATA_FIELDS,
+    PLACEHOLDER_RE,
+    POLICY_ID,
+    POLICY_KEYS,
+    QUIET_HOURS_MODES,
+    REQUIRED_CAMPAIGN_KEYS,
+    REQUIRED_POLICY_KEYS,
+    TIERS,
+    Campaign,
+    CampaignTrigger,
+    Cap,
+    PriorityPolicy,
+)
+from udfs.definitions.compiler import Compiler
+from udfs.definitions.diagnostics import describe, join_path, suggest
+
+_CLOCK_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+class CampaignCompiler(Compiler):
+    """Validates campaign and policy documents; collects every error."""
+
+    def fraction(self, data: Any, path: str, what: str) -> float | None:
+        """A number from 0 to 1; None after an error."""
+        value = self.number(data, path, what)
+        if value is not None and not 0 <= value <= 1:
+            self.error(path, f"{what} must be between 0 and 1, got {value}")
+            return None
+        return value
+
+    def whole(self, data: Any, path: str, what: str, minimum: int = 0) -> int | None:
+        """A whole number >= ``minimum``; None after an error."""
+        if isinstance(data, bool) or not isinstance(data, int) or data < minimum:
+            self.error(path, f"{what} must be a whole number >= {minimum}, got {describe(data)}")
+            return None
+        return data
+
+    def instant(self, data: Any, path: str) -> int | None:
+        """An ISO-8601 instant with a UTC offset, as epoch ms."""
+        if isinstance(data, str):
+            try:
+                parsed = datetime.fromisoformat(data.replace("Z", "+00:00"))
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed.tzinfo is not None:
+                return int(parsed.timestamp() * 1000)
+        self.error(path, f"bad instant {data!r}: expected ISO-8601 with a UTC offset, e.g. "
+                         "2026-11-27T00:00:00Z or 2026-11-27T09:00:00+01:00")
+        return None
+
+    def cap(self, data: Any, path: str) -> Cap | None:
+        """A frequency cap (``per_day``, ``per_week``); None if it is not a mapping."""
+        spec = self.mapping(data, path, "a cap", ("per_day", "per_week"), ())
+        if spec is None:
+            return None
+        per_day = self.whole(spec["per_day"], join_path(path, "per_day"), "per_day", 1) \
+            if "per_day" in spec else None
+        per_week = self.whole(spec["per_week"], join_path(path, "per_week"), "per_week", 1) \
+            if "per_week" in spec else None
+        if per_day is not None and per_week is not None and per_week < per_day:
+            self.error(path, f"per_week ({per_week}) is less than per_day ({per_day})")
+        return Cap(per_day, per_week)
+
+    def segment_ids(self, data: Any, path: str) -> tuple[str, ...]:
+        """A list of segment ids (empty after an error)."""
+        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+            self.error(path, f"expected a list of segment ids, got {describe(data)}")
+            return ()
+        return tuple(data)
+
+    # campaigns
+
+    def campaign_document(self, data: Any, path: str, source: str) -> Campaign | None:
+        """One campaign document (a mapping); None after an error."""
+        doc = self.mapping(data, path, "a campaign", CAMPAIGN_KEYS, REQUIRED_CAMPAIGN_KEYS)
+        if doc is None:
+            return None
+        before = len(self.errors)
+        self.identity(doc, path, "cart-abandonment-email")
+        enabled = self.enabled(doc, path)
+        trigger = self._trigger(doc["trigger"], join_path(path, "trigger")) \
+            if "trigger" in doc else None
+        channels = self._channels(doc.get("channels"), join_path(path, "channels")) \
+            if "channels" in doc else ()
+        template = doc.get("template")
+        if "template" in doc and not (isinstance(template, str) and template.strip()):
+            self.error(join_path(path, "template"), f"template must be a non-empty string, got "
+                       f"{describe(template)}")
+        payload = self._payload(doc.get("payload", {}), join_path(path, "payload"))
+        valid_from = self.instant(doc["valid_from"], join_path(path, "valid_from")) \
+            if "valid_from" in doc else None
+        valid_until = self.instant(doc["valid_until"], join_path(path, "valid_until")) \
+            if "valid_until" in doc else None
+        if valid_from is not None and valid_until is not None and valid_until <= valid_from:
+            self.error(join_path(path, "valid_until"), "valid_until must be after valid_from")
+        expires_after = self.duration(doc["expires_after"], join_path(path, "expires_after")) \
+            if "expires_after" in doc else None
+        priority = self._priority(doc.get("priority"), join_path(path, "priority")) \
+            if "priority" in doc else None
+        eligibility = self.mapping(doc.get("eligibility", {}), join_path(path, "eligibility"),
+                                   "eligibility", ("require_segments", "exclude_segments"), ())
+        require: tuple[str, ...] = ()
+        exclude: tuple[str, ...] = ()
+        if eligibility:
+            if "require_segments" in eligibility:
+                require = self.segment_ids(eligibility["require_segments"],
+                                           join_path(path, "eligibility.require_segments"))
+            if "exclude_segments" in eligibility:
+                exclude = self.segment_ids(eligibility["exclude_segments"],
+                                           join_path(path, "eligibility.exclude_segments"))
+        frequency = self.mapping(doc.get("frequency", {}), join_path(path, "frequency"),
+                                 "frequency", ("cap", "reeligible_after"), ())
+        cap = Cap()
+        reeligible = 0
+        if frequency:
+            if "cap" in frequency:
+                cap = self.cap(frequency["cap"], join_path(path, "frequency.cap")) or Cap()
+            if "reeligible_after" in frequency:
+                reeligible = self.duration(frequency["reeligible_after"],
+                                           join_path(path, "frequency.reeligible_after")) or 0
+        quiet = doc.get("quiet_hours", "respect")
+        if quiet not in QUIET_HOURS_MODES:
+            self.error(join_path(path, "quiet_hours"), f"quiet_hours must be one of "
+                       f"{', '.join(QUIET_HOURS_MODES)}, got {describe(quiet)} (bypass "
+                       "applies only to P0 triggers)")
+        on_conflict = doc.get("on_conflict", "defer")
+        if on_conflict not in ON_CONFLICT:
+            self.error(join_path(path, "on_conflict"), f"on_conflict must be one of "
+                       f"{', '.join(ON_CONFLICT)}, got {describe(on_conflict)}")
+        if trigger is not None and priority is not None and priority[3] is None:
+            priority = (*priority[:3], trigger.segment_enter)
+        if len(self.errors) > before or trigger is None or priority is None or not channels:
+            return None
+        return Campaign(
+            id=str(doc["id"]), version=int(doc["version"]), description=str(doc["description"]),
+            enabled=enabled, trigger=trigger, channels=channels, template=str(template),
+            payload=payload, valid_from_ms=valid_from, valid_until_ms=valid_until,
+            expires_after_ms=expires_after, urgency=priority[0], expected_roi=priority[1],
+            brand_significance=priority[2], audience_segment=priority[3],
+            require_segments=require, exclude_segments=exclude, cap=cap,
+            reeligible_after_ms=reeligible, bypass_quiet_hours=quiet == "bypass",
+            defer_on_conflict=on_conflict == "defer",
+            document=json.loads(json.dumps(doc)), source=source,
+        )
+
+    def _trigger(self, data: Any, path: str) -> CampaignTrigger | None:
+        kinds = ("segment_enter", "event", "churn_score")
+        spec = self.mapping(data, path, "a trigger", kinds, ())
+        if spec is None:
+            return None
+        if len(spec) != 1:
+            self.error(path, f"a trigger needs exactly one of {', '.join(kinds)}, got "
+                             f"{len(spec)}")
+            return None
+        kind, body = next(iter(spec.items()))
+        where = join_path(path, str(kind))
+        if kind == "segment_enter":
+            if not isinstance(body, str) or not body:
+                self.error(where, f"segment_enter needs a segment id, got {describe(body)}")
+                return None
+            return CampaignTrigger(segment_enter=body)
+        if kind == "event":
+            match = self.event_filter(body, where)
+            return None if match is None else CampaignTrigger(event=match)
+        if kind == "churn_score":
+            churn = self.mapping(body, where, "churn_score", ("crosses_above",),
+                                 ("crosses_above",))
+            if churn is None or "crosses_above" not in churn:
+                return None
+            value = self.fraction(churn["crosses_above"], join_path(where, "crosses_above"),
+                                  "crosses_above")
+            return None if value is None else CampaignTrigger(churn_crosses=value)
+        return None
+
+    def _channels(self, data: Any, path: str) -> tuple[str, ...]:
+        items = data if isinstance(data, list) else None
+        if not items:
+            self.error(path, f"channels must be a non-empty list of {', '.join(CHANNELS)}, got "
+                             f"{describe(data)}")
+            return ()
+        ok = True
+        for i, item in enumerate(items):
+            if item not in CHANNELS:
+                hint = suggest(item, CHANNELS) if isinstance(item, str) else ""
+                self.error(f"{path}[{i}]", f"unknown channel {item!r}: allowed: "
+                                           f"{', '.join(CHANNELS)}{hint}")
+                ok = False
+        if ok and len(set(items)) != len(items):
+            self.error(path, "a channel is listed twice")
+            ok = False
+        return tuple(items) if ok else ()
+
+    def _payload(self, data: Any, path: str) -> tuple[tuple[str, str], ...]:
+        if not isinstance(data, dict):
+            self.error(path, f"payload must be a mapping of template variables, got "
+                             f"{describe(data)}")
+            return ()
+        features, _ = self.features()
+        out = []
+        for name, text in data.items():
+            where = join_path(path, str(name))
+            if not isinstance(text, str | int | float) or isinstance(text, bool):
+                self.error(where, f"a payload value is text (may hold {{event.x}}, "
+                                  f"{{metadata.x}}, {{feature.x}}), got {describe(text)}")
+                continue
+            text = str(text)
+            for source, attr in PLACEHOLDER_RE.findall(text):
+                known = {"event": PAYLOAD_EVENT_FIELDS, "metadata": PAYLOAD_METADATA_FIELDS,
+                         "feature": tuple(sorted(features))}.get(source)
+                if known is None:
+                    self.error(where, f"unknown placeholder source {source!r} in {text!r}: "
+                                      "use event, metadata or feature")
+                elif attr not in known:
+                    self.error(where, f"unknown {source} field {attr!r} in {text!r}"
+                                      f"{suggest(attr, known)}")
+            out.append((str(name), text))
+        return tuple(out)
+
+    def _priority(self, data: Any, path: str
+                  ) -> tuple[float, float, float, str | None] | None:
+        keys = ("urgency", "expected_roi", "brand_significance", "audience")
+        spec = self.mapping(data, path, "priority", keys, keys[:3])
+        if spec is None or any(k not in spec for k in keys[:3]):
+            return None
+        urgency = self.fraction(spec["urgency"], join_path(path, "urgency"), "urgency")
+        roi = self.number(spec["expected_roi"], join_path(path, "expected_roi"), "expected_roi")
+        if roi is not None and roi < 0:
+            self.error(join_path(path, "expected_roi"), "expected_roi (USD per send) must be >= 0")
+            roi = None
+        brand = self.fraction(spec["brand_significance"], join_path(path, "brand_significance"),
+                              "brand_significance")
+        audience = spec.get("audience")
+        if audience is not None and not isinstance(audience, str):
+            self.error(join_path(path, "audience"), f"audience must be a segment id, got "
+                                                f"{describe(audience)}")
+            return None
+        if urgency is None or roi is None or brand is None:
+            return None
+        return (urgency, float(roi), brand, audience)
+
+    # the priority policy
+
+    def policy_document(self, data: Any, path: str, source: str) -> PriorityPolicy | None:
+        """The priority policy document (a mapping); None after an error."""
+        doc = self.mapping(data, path, "a priority policy", POLICY_KEYS, REQUIRED_POLICY_KEYS)
+        if doc is None:
+            return None
+        before = len(self.errors)
+        self.identity(doc, path, "cart-abandonment-email")
+        if doc.get("id") != POLICY_ID:
+            self.error(join_path(path, "id"), f"the priority policy's id must be {POLICY_ID!r} "
+                                          "(there is one policy; publish a new version)")
+        weights: dict[str, float] = {}
+        spec = self.mapping(doc.get("weights"), join_path(path, "weights"), "weights", FACTORS,
+                            FACTORS)
+        if spec:
+            for name in FACTORS:
+                if name in spec:
+                    value = self.number(spec[name], join_path(path, f"weights.{name}"), name)
+                    if value is not None and value < 0:
+                        self.error(join_path(path, f"weights.{name}"), "a weight must be >= 0")
+                    elif value is not None:
+                        weights[name] = float(value)
+            if len(weights) == len(FACTORS) and sum(weights.values()) <= 0:
+                self.error(join_path(path, "weights"), "at least one weight must be above 0")
+        roi_scale = self.number(doc.get("roi_scale", 100), join_path(path, "roi_scale"),
+                                "roi_scale")
+        audience_scale = self.whole(doc.get("audience_scale", 100_000),
+                                    join_path(path, "audience_scale"), "audience_scale", 2)
+        tiers = self._tiers(doc.get("tiers"), join_path(path, "tiers"))
+        window = self._optional_duration(doc, "decision_window", path)
+        interval = self._optional_duration(doc, "min_interval", path)
+        caps: dict[str, Cap] = {}
+        caps_spec = self.mapping(doc.get("channel_caps"), join_path(path, "channel_caps"),
+                                 "channel_caps", CHANNELS, ())
+        for channel, body in (caps_spec or {}).items():
+            if channel in CHANNELS:
+                cap = self.cap(body, join_path(path, f"channel_caps.{channel}"))
+                if cap is not None:
+                    caps[channel] = cap
+        quiet = self.mapping(doc.get("quiet_hours"), join_path(path, "quiet_hours"), "quiet_hours",
+                             ("start", "end"), ("start", "end"))
+        start = end = None
+        if quiet and "start" in quiet and "end" in quiet:
+            start = self._clock(quiet["start"], join_path(path, "quiet_hours.start"))
+            end = self._clock(quiet["end"], join_path(path, "quiet_hours.end"))
+        zone = doc.get("default_time_zone", "UTC")
+        if not _known_zone(zone):
+            self.error(join_path(path, "default_time_zone"), f"unknown time zone {zone!r}: use an "
+                       "IANA name such as UTC or Europe/Berlin")
+        if len(self.errors) > before or tiers is None or start is None or end is None \
+                or roi_scale is None or audience_scale is None or roi_scale <= 0:
+            if roi_scale is not None and roi_scale <= 0:
+                self.error(join_path(path, "roi_scale"), "roi_scale must be above 0")
+            return None
+        return PriorityPolicy(
+            id=str(doc["id"]), version=int(doc["version"]), description=str(doc["description"]),
+            weights=weights, roi_scale=float(roi_scale), audience_scale=audience_scale,
+            tiers=tiers, decision_window_ms=window, min_interval_ms=interval, channel_caps=caps,
+            quiet_start=start, quiet_end=end, default_time_zone=str(zone),
+            document=json.loads(json.dumps(doc)), source=source,
+        )
+
+    def _optional_duration(self, doc: Mapping[str, Any], key: str, path: str) -> int:
+        value = doc.get(key)
+        if value is None or value in ("0", "0s", 0):
+            return 0
+        return self.duration(value, join_path(path, key)) or 0
+
+    def _tiers(self, data: Any, path: str) -> tuple[float, float, float] | None:
+        spec = self.mapping(data, path, "tiers", TIERS[:3], TIERS[:3])
+        if spec is None or any(t not in spec for t in TIERS[:3]):
+            return None
+        values = [self.fraction(spec[t], join_path(path, t), f"the {t} threshold")
+                  for t in TIERS[:3]]
+        if any(v is None for v in values):
+            return None
+        p0, p1, p2 = (float(v) for v in values if v is not None)
+        if not p0 > p1 > p2:
+            self.error(path, f"thresholds must descend: P0 ({p0}) > P1 ({p1}) > P2 ({p2})")
+            return None
+        return (p0, p1, p2)
+
+    def _clock(self, data: Any, path: str) -> int | None:
+        match = _CLOCK_RE.match(data) if isinstance(data, str) else None
+        if match is None:
+            self.error(path, f"bad time of day {data!r}: expected HH:MM, e.g. \"21:00\"")
+            return None
+        return int(match.group(1)) * 60 + int(match.group(2))
+
+
+def _known_zone(name: Any) -> bool:
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def parse_campaign(document: Any, file: str = "<document>") -> Campaign:
+    """Validate and compile one campaign document.
+
+    Raises:
+        InvalidDefinitions: At least one error; ``.errors`` has them all.
+    """
+    compiler = CampaignCompiler(file)
+    return compiler.result(compiler.campaign_document(document, "", file))
+
+
+def parse_policy(document: Any, file: str = "<document>") -> PriorityPolicy:
+    """Validate and compile the priority policy document.
+
+    Raises:
+        InvalidDefinitions: At least one error; ``.errors`` has them all.
+    """
+    compiler = CampaignCompiler(file)
+    return compiler.result(compiler.policy_document(document, "", file))

@@ -1,0 +1,208 @@
+"""Definition files of every kind: read, validate, load; the shipped catalog.
+
+Inputs: YAML files or directories of them (a directory expands to its ``*.yaml``/``*.yml``
+files, sorted by name). A document with ``kind: campaign`` is a campaign, ``kind: priority``
+the priority policy, anything else a segment (or a ``segments:`` list). Outputs: a
+``DefinitionSet`` and every ``DefinitionError`` found (never raised for bad content by
+``validate_files``), or the set alone (``load_files``, which raises ``InvalidDefinitions``),
+and what ``nudgeflow defs validate`` prints. State: none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from udfs.campaigns.compiler import CampaignCompiler
+from udfs.campaigns.grammar import Campaign, PriorityPolicy
+from udfs.campaigns.updates import campaign_to_update, policy_to_update
+from udfs.definitions.diagnostics import (
+    DefinitionError,
+    InvalidDefinitions,
+    format_errors,
+    suggest,
+)
+from udfs.definitions.yaml_source import read_yaml
+from udfs.segments.compiler import validate_documents
+from udfs.segments.conditions import Segment
+from udfs.segments.updates import segment_to_update
+
+_CATALOG = Path(__file__).resolve().parent.parent / "catalog"
+#: Where the shipped segment catalog lives (one YAML file per segment).
+SEGMENT_CATALOG_DIR = _CATALOG / "segments"
+#: Where the shipped campaigns live (one YAML file per campaign).
+CAMPAIGN_CATALOG_DIR = _CATALOG / "campaigns"
+#: the priority policy shipped with the catalog (weights, tiers, caps, quiet hours)
+POLICY_FILE = _CATALOG / "priority-policy.yaml"
+
+
+@dataclass
+class DefinitionSet:
+    """Definitions of every kind, as read from files."""
+
+    segments: list[Segment] = field(default_factory=list)
+    campaigns: list[Campaign] = field(default_factory=list)
+    policies: list[PriorityPolicy] = field(default_factory=list)
+
+    def updates(self, published_at_ms: int = 0, published_by: str | None = "file"
+                ) -> list[dict[str, Any]]:
+        """All of them as UPSERT DefinitionUpdates (segments, campaigns, then the policy)."""
+        return [
+            *(segment_to_update(s, published_at_ms, published_by) for s in self.segments),
+            *(campaign_to_update(c, published_at_ms, published_by) for c in self.campaigns),
+            *(policy_to_update(p, published_at_ms, published_by) for p in self.policies),
+        ]
+
+    def all(self) -> list[Any]:
+        """Every definition: segments, campaigns, then the policy."""
+        return [*self.segments, *self.campaigns, *self.policies]
+
+
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
+        else:
+            out.append(path)
+    return out
+
+
+def _kind_of(data: Any) -> str:
+    kind = data.get("kind") if isinstance(data, dict) else None
+    return kind if kind in ("campaign", "priority") else "segment"
+
+
+def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = (),
+                   check_references: bool = True
+                   ) -> tuple[DefinitionSet, list[DefinitionError]]:
+    """Read and validate definition files of every kind (directories expand to *.yaml).
+
+    Never raises for bad content: unreadable files, YAML syntax errors, grammar errors and ids
+    duplicated across files all come back as errors. Ids must be unique across all kinds, and
+    every segment a campaign names must be defined in these files or in ``known_segments``
+    (unless ``check_references`` is False: a job may get the segment at runtime).
+
+    Args:
+        paths: YAML files or directories of them.
+        known_segments: Ids of segments defined elsewhere that campaigns may name.
+        check_references: Whether to check the segments campaigns name.
+
+    Returns:
+        The valid definitions, and every error found.
+    """
+    found = DefinitionSet()
+    errors: list[DefinitionError] = []
+    segment_docs: list[tuple[str, Any]] = []
+    segment_lines: dict[str, dict[str, int]] = {}
+    first_seen: dict[str, str] = {}
+    for path in _expand(paths):
+        file = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.append(DefinitionError(file, "", f"cannot read file: {exc}"))
+            continue
+        data, lines, yaml_errors = read_yaml(text, file)
+        errors.extend(yaml_errors)
+        if data is None and yaml_errors:
+            continue
+        kind = _kind_of(data)
+        if kind == "segment":
+            segment_docs.append((file, data))
+            segment_lines[file] = lines
+            continue
+        compiler = CampaignCompiler(file, lines)
+        if kind == "campaign":
+            campaign = compiler.campaign_document(data, "", file)
+            if campaign is not None:
+                found.campaigns.append(campaign)
+        else:
+            policy = compiler.policy_document(data, "", file)
+            if policy is not None:
+                found.policies.append(policy)
+        errors.extend(compiler.errors)
+    found.segments, segment_errors = validate_documents(segment_docs, segment_lines)
+    errors.extend(segment_errors)
+    for definition in found.all():
+        if definition.id in first_seen:
+            errors.append(DefinitionError(definition.source, "id", f"duplicate id "
+                          f"{definition.id!r}: already defined in {first_seen[definition.id]}; "
+                          "ids must be unique across segments, campaigns and the policy"))
+        first_seen.setdefault(definition.id, definition.source)
+    defined = {s.id for s in found.segments} | set(known_segments)
+    for campaign in found.campaigns if check_references else ():
+        for name in sorted(campaign.referenced_segments() - defined):
+            errors.append(DefinitionError(campaign.source, "", f"campaign {campaign.id} names "
+                          f"segment {name!r}, which is not defined{suggest(name, defined)}"))
+    if len(found.policies) > 1:
+        errors.append(DefinitionError(found.policies[1].source, "", "more than one priority "
+                                      "policy given; there is one policy"))
+    return found, errors
+
+
+def load_files(paths: Iterable[str | Path], known_segments: Iterable[str] = (),
+               check_references: bool = True) -> DefinitionSet:
+    """Like ``validate_files`` but raises when anything is wrong.
+
+    Raises:
+        InvalidDefinitions: At least one error; ``.errors`` has them all.
+    """
+    found, errors = validate_files(paths, known_segments, check_references)
+    if errors:
+        raise InvalidDefinitions(errors)
+    return found
+
+
+def load_catalog() -> DefinitionSet:
+    """The shipped catalog: segments, campaigns and the priority policy (files in name order).
+
+    Raises:
+        InvalidDefinitions: The catalog does not validate.
+    """
+    return load_files([SEGMENT_CATALOG_DIR, CAMPAIGN_CATALOG_DIR, POLICY_FILE])
+
+
+def catalog_files(segments_dir: str = "", campaigns_dir: str = "") -> list[Path]:
+    """The files a job loads at start: segments, campaigns (given or shipped), the policy.
+
+    A ``campaigns_dir`` holding a ``priority-policy.yaml`` replaces the shipped policy.
+    """
+    campaigns = Path(campaigns_dir) if campaigns_dir else CAMPAIGN_CATALOG_DIR
+    policy = campaigns / "priority-policy.yaml"
+    files = [Path(segments_dir) if segments_dir else SEGMENT_CATALOG_DIR, campaigns]
+    if not policy.exists():
+        files.append(POLICY_FILE)
+    return files
+
+
+def validate_command(paths: Sequence[str | Path]) -> tuple[int, str]:
+    """What ``nudgeflow defs validate FILE...`` prints and its exit code (every kind).
+
+    Campaigns may name the segments of the shipped catalog.
+
+    Args:
+        paths: Files or directories given on the command line.
+
+    Returns:
+        (0, a summary) when everything is valid, (1, the errors and a count) when not, (2, a
+        hint) when no path is given.
+    """
+    if not paths:
+        return 2, "nothing to validate: give definition YAML files or directories"
+    files = _expand(paths)
+    known = [s.id for s in load_catalog().segments]
+    found, errors = validate_files(files, known)
+    if errors:
+        return 1, (f"{format_errors(errors)}\n{len(errors)} error(s) in "
+                   f"{len({e.file for e in errors})} of {len(files)} file(s)")
+    parts = [f"{len(found.segments)} segment(s)"]
+    if found.campaigns:
+        parts.append(f"{len(found.campaigns)} campaign(s)")
+    if found.policies:
+        parts.append("the priority policy")
+    ids = ", ".join(f"{d.id} v{d.version}" for d in found.all())
+    return 0, f"ok: {', '.join(parts)} in {len(files)} file(s): {ids}"
