@@ -52,7 +52,7 @@ setup(
         "infra": ["*.yaml", "cql/*.cql", "jars/*/pom.xml",
                   "jars/*/src/main/java/io/nudgeflow/*/*.java"],
         "models": ["*.onnx", "*.json", "*.md"],
-        "udfs": ["catalog/*.yaml", "catalog/segments/*.yaml", "catalog/campaigns/*.yaml", "*.md"],
+        "udfs.catalog": ["*.yaml", "segments/*.yaml", "campaigns/*.yaml"],
         "udfs.features": ["*.md"],
         "udfs.segments": ["*.md"],
         "udfs.campaigns": ["*.md"],

@@ -34,7 +34,13 @@ from pyflink.java_gateway import get_gateway
 from jobs import names
 from jobs.config import ConfigError, NudgeflowConfig, add_config_arguments, config_from_args
 from jobs.env import create_env
-from udfs.descriptors import (
+from udfs.flink.decode import (
+    DecodeClicksFunction,
+    DecodeRecordsFunction,
+    definition_to_row,
+    metadata_to_engine_input,
+)
+from udfs.flink.descriptors import (
     DEAD_LETTER_TAG,
     DEFINITION_ROW,
     ENGINE_INPUT_ROW,
@@ -42,15 +48,8 @@ from udfs.descriptors import (
     KAFKA_OUT_ROW,
     definitions_state,
 )
-from udfs.functions import (
-    DecodeClicksFunction,
-    DecodeRecordsFunction,
-    EventTimeAssigner,
-    NeutralTimeAssigner,
-    UserEngineFunction,
-    definition_to_row,
-    metadata_to_engine_input,
-)
+from udfs.flink.event_time import EventTimeAssigner, NeutralTimeAssigner
+from udfs.flink.user_engine import UserEngineFunction
 from udfs.stores.membership import CassandraRedisStore, StoreFactory
 
 
@@ -253,7 +252,7 @@ def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
         udfs.definitions.diagnostics.InvalidDefinitions: a file does not validate (the job does
             not start).
     """
-    from udfs.definitions.files import SEGMENT_CATALOG_DIR, catalog_files, load_files
+    from udfs.catalog.files import SEGMENT_CATALOG_DIR, catalog_files, load_files
 
     if cfg.campaigns_dir == "none":
         files = [Path(cfg.segments_dir) if cfg.segments_dir else SEGMENT_CATALOG_DIR]

@@ -1,5 +1,13 @@
-"""What runs inside the job's operators.
+"""What runs inside the job's operators: pure domain packages around one engine step.
 
-Pure domain modules (no ``pyflink`` import; unit-tested without a JVM) and ``udfs.functions``,
-the thin PyFlink adapters that load state, call them, store state and emit.
+- ``udfs.intake``: decode and validate input records; dead letters.
+- ``udfs.definitions``: what every kind of definition shares (envelope, versions, diagnostics,
+  YAML loader, base compiler); ``udfs.segments`` and ``udfs.campaigns``: the two kinds
+  (grammar, evaluation; priority matrix, arbitration); ``udfs.catalog``: the shipped
+  definitions and the set in force (``Registries``).
+- ``udfs.features``: behavioural features (spec, state, vector, state codec); ``udfs.churn``:
+  the ONNX churn model.
+- ``udfs.engine``: the one pure per-user step.
+- ``udfs.stores``: the Cassandra + Redis membership store and the Redis key layout.
+- ``udfs.flink``: the PyFlink adapters, the only package that imports pyflink.
 """

@@ -3,10 +3,10 @@
 ``step(state, item, rules, now_ms) -> Step`` is the whole of what happens to a user for one
 input, with no I/O: behavioural features (``udfs.features``), the churn score (``rules.scorer``),
 segment membership (``udfs.segments``: ENTER/EXIT changes and the next time membership could
-change without input) and campaigns (``udfs.arbitration``: candidates, the priority matrix,
-per-user arbitration, caps, quiet hours, dedup -> TriggerEvents and TriggerDecisions). The Flink
-adapter (``udfs.functions.UserEngineFunction``) loads the state, calls ``step``, stores what the
-``Step`` says changed, registers its timers and emits its records.
+change without input) and campaigns (``udfs.campaigns.arbitration``: candidates, the priority
+matrix, per-user arbitration, caps, quiet hours, dedup -> TriggerEvents and TriggerDecisions).
+The Flink adapter (``udfs.flink.user_engine.UserEngineFunction``) loads the state, calls
+``step``, stores what the ``Step`` says changed, registers its timers and emits its records.
 
 Inputs: ``Click`` (a validated ClickEvent), ``MetadataUpdate`` (a UserMetadata) or ``Timer``.
 State (``UserState``): features, the latest metadata, membership (segment id -> definition
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from udfs.campaigns import arbitration
 from udfs.campaigns.arbitration import CampaignState
-from udfs.definitions.registries import Registries
+from udfs.catalog.registries import Registries
 from udfs.features import state as feature_state
 from udfs.features.vector import FeatureView, vector_list
 from udfs.segments.conditions import MEMBERSHIP_RECHECK_MS, evaluate

@@ -161,10 +161,13 @@ def sustained(samples: Sequence[tuple[float, float]], expected: int, received: i
 STAGE_FRAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decode", ("DecodeClicksFunction.process_element", "DecodeRecordsFunction.process_element")),
     ("scoring", ("MeasuredScorer.score", "vector_list")),
-    ("arbitration", ("UserEngineFunction._campaigns",)),
-    ("sinks", ("UserEngineFunction._emit",)),
-    ("state", ("UserEngineFunction._load_state", "encode_state", "ValueStateImpl.value",
-               "ValueStateImpl.update", "UserEngineFunction._decode_features")),
+    # the engine step's campaign half, and the adapter encoding its triggers and decisions
+    ("arbitration", ("_campaigns", "UserEngineFunction._triggers")),
+    # membership store writes, and encoding and emitting the segment changes
+    ("sinks", ("UserEngineFunction._segment_changes",)),
+    ("state", ("UserEngineFunction._load_state", "UserEngineFunction._store_state",
+               "encode_state", "ValueStateImpl.value", "ValueStateImpl.update",
+               "UserEngineFunction._decode_features")),
     ("engine", ("on_event", "on_metadata", "on_timer", "on_expiry", "_reevaluate")),
 )
 STAGES = ("decode", "engine", "scoring", "arbitration", "sinks", "state", "flink")

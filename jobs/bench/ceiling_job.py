@@ -18,7 +18,7 @@ from pyflink.java_gateway import get_gateway
 
 from jobs import names
 from jobs.config import add_config_arguments, config_from_args
-from udfs.descriptors import KAFKA_OUT_ROW
+from udfs.flink.descriptors import KAFKA_OUT_ROW
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec, CodecError
+from udfs.catalog.files import load_catalog, load_files
 from udfs.definitions.envelope import CAMPAIGN_KIND, POLICY_KIND, SEGMENT_KIND, delete_update
-from udfs.definitions.files import load_catalog, load_files
 
 
 class PublishError(RuntimeError):

@@ -242,7 +242,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_defs(args: argparse.Namespace) -> int:
     """``nudgeflow defs validate|publish|delete|list``."""
     from jobs.cli import defs
-    from udfs.definitions.files import validate_command
+    from udfs.catalog.files import validate_command
 
     if args.action == "validate":
         if not args.targets:

@@ -11,7 +11,7 @@ from models import CHURN_META, CHURN_ONNX
 from schemas.codec import Codec
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs.churn import ChurnModel
-from udfs.descriptors import SOURCE_RECORD_ROW
+from udfs.flink.descriptors import SOURCE_RECORD_ROW
 
 pytestmark = pytest.mark.pipeline
 

@@ -13,7 +13,7 @@ from jobs.connectors import click_watermarks
 from jobs.job import build, file_definitions
 from schemas.codec import Codec
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
-from udfs.descriptors import SOURCE_RECORD_ROW
+from udfs.flink.descriptors import SOURCE_RECORD_ROW
 
 pytestmark = pytest.mark.pipeline
 
@@ -110,7 +110,7 @@ def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_p
 def test_event_time_strategy_keeps_the_event_time_assigner(cfg, env):
     """PyFlink's with_idleness drops a timestamp assigner set before it: guard the order."""
     from jobs.job import event_time_strategy
-    from udfs.functions import EventTimeAssigner
+    from udfs.flink.event_time import EventTimeAssigner
 
     strategy = event_time_strategy(cfg, 5000)
     assert isinstance(strategy._timestamp_assigner, EventTimeAssigner)

@@ -12,8 +12,8 @@ from jobs.job import build, file_definitions
 from schemas.codec import Codec
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs.campaigns.priority import score_priority
-from udfs.definitions.files import load_catalog
-from udfs.descriptors import SOURCE_RECORD_ROW
+from udfs.catalog.files import load_catalog
+from udfs.flink.descriptors import SOURCE_RECORD_ROW
 
 pytestmark = pytest.mark.pipeline
 

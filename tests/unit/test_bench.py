@@ -10,7 +10,7 @@ import pytest
 from jobs.bench import bench
 
 OP = "TwoInputFunctionOperation.process_element1 (pyflink/fn_execution/embedded/operations.py:132)"
-ENGINE = "UserEngineFunction.process_element (udfs/functions.py:391)"
+ENGINE = "UserEngineFunction.process_element (udfs/flink/user_engine.py:391)"
 
 
 def _line(*frames: str, count: int) -> str:
@@ -46,16 +46,20 @@ def test_the_max_rate_probes_step_down_from_the_drained_capacity() -> None:
 def test_samples_are_sorted_into_stages_and_other_threads_ignored() -> None:
     lines = [
         _line(OP, ENGINE, "on_event (udfs/engine.py:69)", "_reevaluate (udfs/engine.py:147)",
-              "MeasuredScorer.score (udfs/functions.py:230)", count=30),
-        _line(OP, ENGINE, "on_event (udfs/engine.py:69)", "evaluate (udfs/segments.py:804)",
-              count=20),
-        _line(OP, ENGINE, "UserEngineFunction._finish (udfs/functions.py:446)",
-              "UserEngineFunction._emit (udfs/functions.py:466)", count=15),
-        _line(OP, ENGINE, "UserEngineFunction._finish (udfs/functions.py:446)",
-              "encode_state (udfs/features.py:1232)", count=5),
-        _line(OP, ENGINE, "UserEngineFunction._campaigns (udfs/functions.py:499)", count=10),
+              "MeasuredScorer.score (udfs/flink/metrics.py:230)", count=30),
+        _line(OP, ENGINE, "on_event (udfs/engine.py:69)",
+              "evaluate (udfs/segments/conditions.py:804)", count=20),
+        _line(OP, ENGINE, "UserEngineFunction._step (udfs/flink/user_engine.py:446)",
+              "UserEngineFunction._segment_changes (udfs/flink/user_engine.py:466)", count=15),
+        _line(OP, ENGINE, "UserEngineFunction._step (udfs/flink/user_engine.py:446)",
+              "UserEngineFunction._store_state (udfs/flink/user_engine.py:420)",
+              "encode_state (udfs/features/codec.py:232)", count=5),
+        _line(OP, ENGINE, "UserEngineFunction._step (udfs/flink/user_engine.py:446)",
+              "step (udfs/engine.py:146)", "_campaigns (udfs/engine.py:187)", count=6),
+        _line(OP, ENGINE, "UserEngineFunction._step (udfs/flink/user_engine.py:446)",
+              "UserEngineFunction._triggers (udfs/flink/user_engine.py:499)", count=4),
         _line("OneInputFunctionOperation.process_element (x.py:93)",
-              "DecodeClicksFunction.process_element (udfs/functions.py:70)", count=8),
+              "DecodeClicksFunction.process_element (udfs/flink/decode.py:70)", count=8),
         _line(OP, "RowDataConverter.to_internal (converters.py:105)", count=12),
         _line("Thread._bootstrap (threading.py:1002)",
               "LibevLoop._run_loop (cassandra/io/libevreactor.py:104)", count=500),

@@ -1,7 +1,7 @@
 """The campaign and priority-policy compiler: validate documents, build definitions.
 
 Inputs: campaign documents (``kind: campaign``) and the priority policy (``kind: priority``),
-as YAML files (``udfs.definitions.files``) or JSON bodies of DefinitionUpdate records
+as YAML files (``udfs.catalog.files``) or JSON bodies of DefinitionUpdate records
 (``udfs.campaigns.updates``) load them. Outputs: ``Campaign`` and ``PriorityPolicy`` objects and
 ``DefinitionError`` items (file, path in the document, message, line). State: none.
 

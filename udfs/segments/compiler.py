@@ -1,6 +1,6 @@
 """The segment grammar: validate segment documents and compile them into condition trees.
 
-Inputs: segment documents (YAML files via ``udfs.definitions.files``, JSON bodies of
+Inputs: segment documents (YAML files via ``udfs.catalog.files``, JSON bodies of
 DefinitionUpdate records at runtime via ``udfs.segments.updates``). Outputs: ``Segment``
 objects (a small precompiled condition tree plus the original document) and
 ``DefinitionError`` items (file, path in the document, message, line). State: none.

@@ -1,13 +1,10 @@
-"""Thin PyFlink adapters: load state, call the pure domain function, store state, emit.
+"""The per-user engine as a Flink function: load state, call ``udfs.engine.step``, store, emit.
 
-- ``DecodeClicksFunction``: Kafka record rows -> engine input rows; rejected records -> the
-  dead-letter side output (encoded DeadLetter rows ready for the Kafka sink). Never raises on
-  bad input.
-- ``DecodeRecordsFunction``: the same for user-metadata and definitions records.
-- ``UserEngineFunction`` (keyed by user, definitions broadcast): features, metadata join and
-  segment membership -> SegmentChange rows, written to Cassandra/Redis first; then campaigns
-  (``udfs.campaigns.arbitration``) -> TriggerEvent rows to the topic of their tier and
-  TriggerDecision rows.
+``UserEngineFunction`` is keyed by user with the definitions broadcast. For each click,
+metadata update or timer it loads the user's keyed state, steps the pure engine, stores what
+the step changed, registers its timers, writes its segment changes to the membership store
+(``udfs.stores``) and emits SegmentChanges, TriggerEvents and TriggerDecisions as
+``ENGINE_OUTPUT_ROW`` rows; late clicks go to the dead-letter side output.
 """
 
 from __future__ import annotations
@@ -21,22 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from pyflink.common import Row
-from pyflink.common.watermark_strategy import TimestampAssigner
-from pyflink.datastream import (
-    KeyedBroadcastProcessFunction,
-    OutputTag,
-    ProcessFunction,
-    RuntimeContext,
-)
+from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext
 
-from schemas.codec import Codec, CodecError, UnknownSchemaError
+from schemas.codec import Codec
 from udfs import engine, intake
 from udfs.campaigns import arbitration
+from udfs.catalog.registries import Registries
 from udfs.definitions.diagnostics import format_errors
-from udfs.definitions.registries import Registries
 from udfs.definitions.versioning import ChangeOutcome
-from udfs.descriptors import (
-    DEAD_LETTER_TAG,
+from udfs.features.codec import decode_state, encode_state
+from udfs.features.state import UserFeatures
+from udfs.flink.decode import dead_letter_row, maybe_bytes
+from udfs.flink.descriptors import (
     campaign_state,
     definitions_state,
     expiry_timer_state,
@@ -44,45 +37,15 @@ from udfs.descriptors import (
     user_features_state,
     user_metadata_state,
 )
-from udfs.features.codec import decode_state, encode_state
-from udfs.features.state import UserFeatures
-from udfs.metrics import BufferedCounter, SampledDistribution
+from udfs.flink.metrics import (
+    BufferedCounter,
+    LabelledCounters,
+    MeasuredScorer,
+    SampledDistribution,
+)
 
 #: the live segment sizes (audience factor) are re-read from the store at most this often
 AUDIENCE_REFRESH_S = 10.0
-
-
-class DecodeClicksFunction(ProcessFunction):
-    """Decode and validate the clicks topic's records; dead-letter what is bad."""
-
-    def __init__(self, dead_letter_topic: str, max_future_skew_ms: int) -> None:
-        self.dead_letter_topic = dead_letter_topic
-        self.max_future_skew_ms = max_future_skew_ms
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        """Load the schemas once per operator instance; register counters."""
-        self.codec = Codec.load()
-        metrics = runtime_context.get_metrics_group()
-        self.events_in = BufferedCounter(metrics.counter("events_in"))
-        self.events_valid = BufferedCounter(metrics.counter("events_valid"))
-        self.dead_lettered = LabelledCounters(metrics, "reason", "events_dead_lettered")
-
-    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        """Emit a click row, or a DeadLetter row on the side output."""
-        self.events_in.inc()
-        topic, partition, offset, timestamp, key, raw = value
-        record = intake.SourceRecord(
-            topic, partition, offset, timestamp, _maybe_bytes(key), _maybe_bytes(raw)
-        )
-        result = intake.decode_click(self.codec, record, self.max_future_skew_ms)
-        if isinstance(result, intake.Rejected):
-            self.dead_lettered.inc(result.reason_code)
-            yield dead_letter_row(self.codec, self.dead_letter_topic, record, result,
-                                  ctx.timer_service().current_processing_time())
-            return
-        self.events_valid.inc()
-        yield Row("click", result["user_id"], result["event_time"], record.timestamp,
-                  record.value)
 
 
 #: decoded user features kept per engine instance (roughly 8 KB each: ~80 MB at most)
@@ -119,129 +82,6 @@ def import_in_python_thread(module: str) -> None:
     worker.join()
     if errors:
         raise errors[0]
-
-
-class LabelledCounters:
-    """Counters created on first use under ``<group>_<label>`` (e.g. reason=LATE_EVENT)."""
-
-    def __init__(self, metrics: Any, group: str, name: str) -> None:
-        self.metrics = metrics
-        self.group = group
-        self.name = name
-        self.counters: dict[str, Any] = {}
-
-    def inc(self, label: str) -> None:
-        """Count one under ``label``."""
-        counter = self.counters.get(label)
-        if counter is None:
-            counter = self.metrics.add_group(self.group, label).counter(self.name)
-            self.counters[label] = counter
-        counter.inc()
-
-
-def dead_letter_row(codec: Codec, topic: str, record: intake.SourceRecord,
-                    rejected: intake.Rejected, failed_at: int) -> tuple[OutputTag, Row]:
-    """The side-output element that puts a rejected record on the dead-letter topic."""
-    letter = intake.dead_letter(record, rejected, failed_at)
-    return DEAD_LETTER_TAG, Row(topic, record.key, codec.encode("DeadLetter", letter))
-
-
-def _maybe_bytes(value: Any) -> bytes | None:
-    return None if value is None else bytes(value)
-
-
-class DecodeRecordsFunction(ProcessFunction):
-    """Validate a topic's single-object Avro records of one schema; dead-letter the rest.
-
-    Emits ``to_row(record, raw_bytes)`` for each valid record; used for the user-metadata and
-    definitions topics (the record bytes travel on, decoded where they are used).
-    """
-
-    def __init__(self, schema: str, dead_letter_topic: str, to_row: Any) -> None:
-        self.schema = schema
-        self.dead_letter_topic = dead_letter_topic
-        self.to_row = to_row
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        """Load the schemas; register the dead-letter counter."""
-        self.codec = Codec.load()
-        self.dead_lettered = LabelledCounters(runtime_context.get_metrics_group(), "reason",
-                                              "records_dead_lettered")
-
-    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        """Emit the row for a valid record, a DeadLetter row for anything else."""
-        topic, partition, offset, timestamp, key, raw = value
-        record = intake.SourceRecord(
-            topic, partition, offset, timestamp, _maybe_bytes(key), _maybe_bytes(raw)
-        )
-        problem = None
-        decoded = None
-        if not record.value:
-            problem = intake.Rejected("INVALID_AVRO", "empty record value", "decode")
-        else:
-            try:
-                decoded = self.codec.decode(record.value, expect=self.schema)
-            except UnknownSchemaError as exc:
-                problem = intake.Rejected("UNKNOWN_SCHEMA", str(exc), "decode")
-            except CodecError as exc:
-                problem = intake.Rejected("INVALID_AVRO", str(exc), "decode")
-        if problem is not None or decoded is None:
-            self.dead_lettered.inc(problem.reason_code if problem else "OTHER")
-            yield dead_letter_row(
-                self.codec, self.dead_letter_topic, record,
-                problem or intake.Rejected("OTHER", "undecodable", "decode"),
-                ctx.timer_service().current_processing_time())
-            return
-        yield self.to_row(decoded, record.value)
-
-
-def metadata_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
-    """A UserMetadata as the engine's input row (event time = its updated_at)."""
-    return Row("metadata", record["user_id"], record["updated_at"], None, raw)
-
-
-def definition_to_row(record: dict[str, Any], raw: bytes) -> Row:
-    """A DefinitionUpdate as a broadcast row."""
-    return Row(record["definition_id"], raw)
-
-
-class EventTimeAssigner(TimestampAssigner):
-    """Event time of an engine input row (its ``event_time`` field)."""
-
-    def extract_timestamp(self, value: Row, record_timestamp: int) -> int:
-        """The row's event time."""
-        return int(value[2])
-
-
-class NeutralTimeAssigner(TimestampAssigner):
-    """Timestamp 0 for control records: their watermark never moves the engine's event time."""
-
-    def extract_timestamp(self, value: Row, record_timestamp: int) -> int:
-        """Always 0 (the epoch)."""
-        return 0
-
-
-class MeasuredScorer:
-    """The churn model with its metrics.
-
-    Records scores computed, their distribution (per mille) and the scoring time (µs).
-    """
-
-    def __init__(self, model: Any, metrics: Any) -> None:
-        self.model = model
-        self.version = model.version
-        self.scores = BufferedCounter(metrics.counter("churn_scores"))
-        self.score_permille = SampledDistribution(metrics.distribution("churn_score_permille"))
-        self.score_us = SampledDistribution(metrics.distribution("churn_scoring_us"))
-
-    def score(self, vector: list[float]) -> float:
-        """Score one vector and record it."""
-        started = time.perf_counter()
-        value = float(self.model.score(vector))
-        self.score_us.update(int((time.perf_counter() - started) * 1e6))
-        self.score_permille.update(int(value * 1000))
-        self.scores.inc()
-        return value
 
 
 class UserEngineFunction(KeyedBroadcastProcessFunction):
@@ -322,7 +162,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
 
     def process_broadcast_element(self, value: Row, ctx: Any) -> Iterator[Any]:
         """Apply a DefinitionUpdate to the registry and, if it changed it, the broadcast state."""
-        definition_id, payload = value[0], _maybe_bytes(value[1]) or b""
+        definition_id, payload = value[0], maybe_bytes(value[1]) or b""
         state = ctx.get_broadcast_state(definitions_state())
         registries = self._load_registries(state)
         update = self.codec.decode(payload, expect="DefinitionUpdate")
@@ -378,7 +218,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.events.inc()
             item = engine.Click(self._click(value))
         else:
-            metadata = self.codec.decode(_maybe_bytes(value[4]) or b"", expect="UserMetadata")
+            metadata = self.codec.decode(maybe_bytes(value[4]) or b"", expect="UserMetadata")
             item = engine.MetadataUpdate(
                 metadata, max(event_time, ctx.timer_service().current_watermark()))
         yield from self._step(user_id, state, item, ctx)

@@ -1,4 +1,4 @@
-"""Cheaper Flink metrics for per-event figures (pure: wraps any object with inc/update).
+"""Flink metrics for per-event figures, cheaper (pure: wraps any object with inc/update).
 
 In PyFlink's thread mode every metric call crosses into the JVM; a few per event add up to
 several percent of an event's time. These wrappers cut the crossings and keep the metric.
@@ -60,3 +60,44 @@ class SampledDistribution:
         self.seen += 1
         if self.seen % self.every == 0:
             self.distribution.update(value)
+
+
+class LabelledCounters:
+    """Counters created on first use under ``<group>_<label>`` (e.g. reason=LATE_EVENT)."""
+
+    def __init__(self, metrics: Any, group: str, name: str) -> None:
+        self.metrics = metrics
+        self.group = group
+        self.name = name
+        self.counters: dict[str, Any] = {}
+
+    def inc(self, label: str) -> None:
+        """Count one under ``label``."""
+        counter = self.counters.get(label)
+        if counter is None:
+            counter = self.metrics.add_group(self.group, label).counter(self.name)
+            self.counters[label] = counter
+        counter.inc()
+
+
+class MeasuredScorer:
+    """The churn model with its metrics.
+
+    Records scores computed, their distribution (per mille) and the scoring time (µs).
+    """
+
+    def __init__(self, model: Any, metrics: Any) -> None:
+        self.model = model
+        self.version = model.version
+        self.scores = BufferedCounter(metrics.counter("churn_scores"))
+        self.score_permille = SampledDistribution(metrics.distribution("churn_score_permille"))
+        self.score_us = SampledDistribution(metrics.distribution("churn_scoring_us"))
+
+    def score(self, vector: list[float]) -> float:
+        """Score one vector and record it."""
+        started = time.perf_counter()
+        value = float(self.model.score(vector))
+        self.score_us.update(int((time.perf_counter() - started) * 1e6))
+        self.score_permille.update(int(value * 1000))
+        self.scores.inc()
+        return value

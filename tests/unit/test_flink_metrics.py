@@ -1,8 +1,8 @@
-"""Tests for udfs.metrics: batched counters and sampled distributions keep the figures."""
+"""Tests for udfs.flink.metrics: batched counters and sampled distributions keep the figures."""
 
 from __future__ import annotations
 
-from udfs.metrics import BufferedCounter, SampledDistribution
+from udfs.flink.metrics import BufferedCounter, SampledDistribution
 
 
 class RecordingCounter:
@@ -33,7 +33,7 @@ def test_counts_reach_the_flink_counter_in_batches_and_none_is_lost() -> None:
 
 def test_a_quiet_counter_is_flushed_after_a_second(monkeypatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr("udfs.metrics.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("udfs.flink.metrics.time.monotonic", lambda: clock[0])
     counter = RecordingCounter()
     buffered = BufferedCounter(counter)
     buffered.inc()

@@ -29,7 +29,7 @@ from udfs.segments.compiler import validate_documents
 from udfs.segments.conditions import Segment
 from udfs.segments.updates import segment_to_update
 
-_CATALOG = Path(__file__).resolve().parent.parent / "catalog"
+_CATALOG = Path(__file__).resolve().parent
 #: Where the shipped segment catalog lives (one YAML file per segment).
 SEGMENT_CATALOG_DIR = _CATALOG / "segments"
 #: Where the shipped campaigns live (one YAML file per campaign).

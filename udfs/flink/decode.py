@@ -1,0 +1,122 @@
+"""Decode and validate the job's input records; dead-letter what is bad.
+
+- ``DecodeClicksFunction``: Kafka record rows of the clicks topic -> engine input rows
+  (``ENGINE_INPUT_ROW``); rejected records -> the dead-letter side output (encoded DeadLetter
+  rows ready for the Kafka sink). Never raises on bad input.
+- ``DecodeRecordsFunction``: the same for the user-metadata and definitions topics.
+
+The decoding and validation themselves are ``udfs.intake`` (pure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pyflink.common import Row
+from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
+
+from schemas.codec import Codec, CodecError, UnknownSchemaError
+from udfs import intake
+from udfs.flink.descriptors import DEAD_LETTER_TAG
+from udfs.flink.metrics import BufferedCounter, LabelledCounters
+
+
+class DecodeClicksFunction(ProcessFunction):
+    """Decode and validate the clicks topic's records; dead-letter what is bad."""
+
+    def __init__(self, dead_letter_topic: str, max_future_skew_ms: int) -> None:
+        self.dead_letter_topic = dead_letter_topic
+        self.max_future_skew_ms = max_future_skew_ms
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """Load the schemas once per operator instance; register counters."""
+        self.codec = Codec.load()
+        metrics = runtime_context.get_metrics_group()
+        self.events_in = BufferedCounter(metrics.counter("events_in"))
+        self.events_valid = BufferedCounter(metrics.counter("events_valid"))
+        self.dead_lettered = LabelledCounters(metrics, "reason", "events_dead_lettered")
+
+    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        """Emit a click row, or a DeadLetter row on the side output."""
+        self.events_in.inc()
+        topic, partition, offset, timestamp, key, raw = value
+        record = intake.SourceRecord(
+            topic, partition, offset, timestamp, maybe_bytes(key), maybe_bytes(raw)
+        )
+        result = intake.decode_click(self.codec, record, self.max_future_skew_ms)
+        if isinstance(result, intake.Rejected):
+            self.dead_lettered.inc(result.reason_code)
+            yield dead_letter_row(self.codec, self.dead_letter_topic, record, result,
+                                  ctx.timer_service().current_processing_time())
+            return
+        self.events_valid.inc()
+        yield Row("click", result["user_id"], result["event_time"], record.timestamp,
+                  record.value)
+
+
+def dead_letter_row(codec: Codec, topic: str, record: intake.SourceRecord,
+                    rejected: intake.Rejected, failed_at: int) -> tuple[OutputTag, Row]:
+    """The side-output element that puts a rejected record on the dead-letter topic."""
+    letter = intake.dead_letter(record, rejected, failed_at)
+    return DEAD_LETTER_TAG, Row(topic, record.key, codec.encode("DeadLetter", letter))
+
+
+def maybe_bytes(value: Any) -> bytes | None:
+    """A Java byte[] handed over by the runtime (or None) as Python bytes."""
+    return None if value is None else bytes(value)
+
+
+class DecodeRecordsFunction(ProcessFunction):
+    """Validate a topic's single-object Avro records of one schema; dead-letter the rest.
+
+    Emits ``to_row(record, raw_bytes)`` for each valid record; used for the user-metadata and
+    definitions topics (the record bytes travel on, decoded where they are used).
+    """
+
+    def __init__(self, schema: str, dead_letter_topic: str, to_row: Any) -> None:
+        self.schema = schema
+        self.dead_letter_topic = dead_letter_topic
+        self.to_row = to_row
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """Load the schemas; register the dead-letter counter."""
+        self.codec = Codec.load()
+        self.dead_lettered = LabelledCounters(runtime_context.get_metrics_group(), "reason",
+                                              "records_dead_lettered")
+
+    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        """Emit the row for a valid record, a DeadLetter row for anything else."""
+        topic, partition, offset, timestamp, key, raw = value
+        record = intake.SourceRecord(
+            topic, partition, offset, timestamp, maybe_bytes(key), maybe_bytes(raw)
+        )
+        problem = None
+        decoded = None
+        if not record.value:
+            problem = intake.Rejected("INVALID_AVRO", "empty record value", "decode")
+        else:
+            try:
+                decoded = self.codec.decode(record.value, expect=self.schema)
+            except UnknownSchemaError as exc:
+                problem = intake.Rejected("UNKNOWN_SCHEMA", str(exc), "decode")
+            except CodecError as exc:
+                problem = intake.Rejected("INVALID_AVRO", str(exc), "decode")
+        if problem is not None or decoded is None:
+            self.dead_lettered.inc(problem.reason_code if problem else "OTHER")
+            yield dead_letter_row(
+                self.codec, self.dead_letter_topic, record,
+                problem or intake.Rejected("OTHER", "undecodable", "decode"),
+                ctx.timer_service().current_processing_time())
+            return
+        yield self.to_row(decoded, record.value)
+
+
+def metadata_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
+    """A UserMetadata as the engine's input row (event time = its updated_at)."""
+    return Row("metadata", record["user_id"], record["updated_at"], None, raw)
+
+
+def definition_to_row(record: dict[str, Any], raw: bytes) -> Row:
+    """A DefinitionUpdate as a broadcast row."""
+    return Row(record["definition_id"], raw)
