@@ -10,7 +10,7 @@ from udfs.campaigns.compiler import parse_campaign, parse_policy
 from udfs.campaigns.grammar import Cap
 from udfs.campaigns.local_time import cap_free_at, next_local_midnight, quiet_until
 from udfs.campaigns.priority import audience_factor, score_priority, tier_of
-from udfs.definitions.files import load_catalog
+from udfs.catalog.files import load_catalog
 
 POLICY_DOC = {
     "kind": "priority", "id": "priority-policy", "version": 3, "description": "test policy",

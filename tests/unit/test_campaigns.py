@@ -4,10 +4,10 @@ import pytest
 
 from udfs.campaigns.compiler import parse_campaign, parse_policy
 from udfs.campaigns.updates import campaign_to_update, policy_to_update
+from udfs.catalog.files import load_catalog, validate_command, validate_files
+from udfs.catalog.registries import Registries
 from udfs.definitions.diagnostics import InvalidDefinitions
 from udfs.definitions.envelope import CAMPAIGN_KIND, checksum, delete_update
-from udfs.definitions.files import load_catalog, validate_command, validate_files
-from udfs.definitions.registries import Registries
 from udfs.definitions.versioning import ChangeOutcome
 from udfs.segments.compiler import parse_segment
 from udfs.segments.updates import segment_to_update

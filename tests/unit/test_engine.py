@@ -5,8 +5,8 @@ import random
 import pytest
 
 from udfs import engine
+from udfs.catalog.files import load_catalog
 from udfs.definitions.envelope import delete_update
-from udfs.definitions.files import load_catalog
 from udfs.engine import UserState
 from udfs.segments.compiler import parse_segment
 from udfs.segments.updates import SegmentRegistry

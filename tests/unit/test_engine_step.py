@@ -12,8 +12,8 @@ import pytest
 from udfs import engine
 from udfs.campaigns import arbitration as arb
 from udfs.campaigns.priority import score_priority
-from udfs.definitions.files import catalog_files, load_catalog, load_files
-from udfs.definitions.registries import Registries
+from udfs.catalog.files import catalog_files, load_catalog, load_files
+from udfs.catalog.registries import Registries
 from udfs.engine import Click, MetadataUpdate, Rules, Timer, UserState
 
 NOON = 1_800_014_400_000  # 2027-01-15 12:00 UTC, a Friday: outside everyone's quiet hours

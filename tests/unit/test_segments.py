@@ -18,16 +18,16 @@ from typing import Any
 import pytest
 
 from schemas.codec import Codec
-from udfs.definitions.diagnostics import DefinitionError, InvalidDefinitions, format_errors
-from udfs.definitions.durations import format_duration, parse_duration
-from udfs.definitions.envelope import checksum, delete_update
-from udfs.definitions.files import (
+from udfs.catalog.files import (
     SEGMENT_CATALOG_DIR,
     load_catalog,
     load_files,
     validate_command,
     validate_files,
 )
+from udfs.definitions.diagnostics import DefinitionError, InvalidDefinitions, format_errors
+from udfs.definitions.durations import format_duration, parse_duration
+from udfs.definitions.envelope import checksum, delete_update
 from udfs.definitions.versioning import ChangeOutcome
 from udfs.definitions.vocabulary import event_types, known_feature_names
 from udfs.features.view import RecentEvent
