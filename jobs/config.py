@@ -1,7 +1,7 @@
 """The one configuration object of nudgeflow.
 
 ``NudgeflowConfig`` is frozen and typed; every field has a help text (its ``metadata["help"]``),
-shown by ``nudgeflow run --help`` and in README.md. Values are layered, later wins:
+shown by ``nudgeflow run --help`` and in docs/operations.md. Values are layered, later wins:
 
 1. the defaults below (they match the local stack of ``nudgeflow stack up``);
 2. a YAML file (``--config FILE`` or ``$NUDGEFLOW_CONFIG``), keys spelled as the fields;

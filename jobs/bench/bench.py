@@ -17,8 +17,8 @@ the local stack), loads a seeded generated workload into Kafka and measures:
 6. **knob sweep** (full mode): one knob at a time against the baseline.
 
 It prints the report, writes ``results.json`` and ``results.png`` under ``--out`` and, with
-``--update-readme``, the README's results section. The figures are the product's; the report
-(``jobs.bench.report``) names the bottleneck.
+``--update-docs``, the results section of docs/performance.md. The figures are the product's;
+the report (``jobs.bench.report``) names the bottleneck.
 """
 
 from __future__ import annotations
@@ -891,12 +891,14 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="directory of results.json, results.png and the jobs' logs "
                              "(default: $NUDGEFLOW_HOME/bench/<time>)")
-    parser.add_argument("--update-readme", type=Path, nargs="?", const=Path("README.md"),
-                        help="replace the results section of this README (default README.md)")
+    parser.add_argument("--update-docs", type=Path, nargs="?",
+                        const=Path("docs/performance.md"),
+                        help="replace the results section of this page "
+                             "(default docs/performance.md)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Start the stack if needed, run, print, write JSON and PNG (and the README section)."""
+    """Start the stack if needed, run, print, write JSON and PNG (and the docs results section)."""
     from infra import stack
     from infra.paths import StackPaths
     from jobs.bench import report as bench_report
@@ -932,11 +934,11 @@ def run_bench(args: argparse.Namespace) -> int:
     bench_report.draw_plot(results, out / "results.png")
     print(bench_report.format_report(results))
     print(f"\nresults: {out / 'results.json'}, plot: {out / 'results.png'}")
-    if args.update_readme:
-        text = args.update_readme.read_text()
-        args.update_readme.write_text(bench_report.replace_readme_section(
+    if args.update_docs:
+        text = args.update_docs.read_text()
+        args.update_docs.write_text(bench_report.replace_readme_section(
             text, bench_report.readme_section(results)))
-        print(f"README section updated: {args.update_readme}")
+        print(f"results section updated: {args.update_docs}")
     return 0
 
 

@@ -31,7 +31,7 @@ sender, which then drops it as duplicates. An adapter that keeps failing stops t
 Partitions are assigned by the sender itself (every partition of every tier topic), not by the
 consumer group protocol; the group id only names the committed offsets. Run one sender per
 group: a second sender with the same group would deliver the same triggers (its dedupe lookups
-would catch most, not all, of them). See README.md, "Consuming triggers".
+would catch most, not all, of them). See docs/consuming.md, "Consuming triggers".
 """
 
 from __future__ import annotations
@@ -765,7 +765,8 @@ def _open_sources(cfg: NudgeflowConfig, options: SenderOptions) -> list[_TierSou
                 raise SenderError(f"the trigger topic {topic!r} does not exist at "
                                   f"{cfg.kafka_bootstrap}; run `nudgeflow stack provision`")
             # assigned, not subscribed: kafka-python 3.0.12's group membership did not settle
-            # with one consumer per tier (see README); the group id only names the offsets
+            # with one consumer per tier (see docs/consuming.md); the group id only names the
+            # offsets
             consumer.assign(partitions)
             source = _TierSource(tier, topic, consumer, partitions)
             for tp in partitions:
