@@ -16,6 +16,7 @@ from jobs.cli import defs, wiring
 from jobs.config import as_flags
 from models import CHURN_ONNX
 from schemas.codec import Codec
+from tests.builders import CART, DAY_MS, click_bytes, metadata_bytes
 from tests.integration.kafka_io import TopicReader, produce_raw
 from udfs.churn import ChurnModel
 from udfs.stores import keys
@@ -50,12 +51,6 @@ def running_job(engine_cfg):
         deploy.cancel(engine_cfg.flink_rest_url, job_id)
 
 
-def _click(codec, event_id, user, event_type, t, **extra):
-    return codec.encode("ClickEvent", {
-        "event_id": event_id, "user_id": user, "event_type": event_type, "event_time": t,
-        "source": "WEB", "session_id": f"{user}-s1", "properties": {}, **extra})
-
-
 # the churn model scores every evaluation; whether these short scripted histories cross its
 # high-risk band is the model's business, so churn-risk-high is left out of the exact checks
 # (every change must still carry the model's score and version)
@@ -73,36 +68,32 @@ def test_scripted_scenario_to_the_record(engine_cfg, running_job, tmp_path):
     run = cfg.consumer_group
     alice, bob, carol, dave = (f"{run}-{n}" for n in ("alice", "bob", "carol", "dave"))
     t0 = (int(time.time() * 1000) // MIN - 120) * MIN  # two hours ago, on a minute
-    cart = {"product_id": "p1", "price": 150.0, "quantity": 1, "currency": "USD"}
     changes = TopicReader(cfg, cfg.segment_changes_topic, codec)
     letters = TopicReader(cfg, cfg.dead_letter_topic, codec)
     try:
         # 1. metadata joins: bob signed up two days before t0 -> a new sign-up
-        produce_raw(cfg, cfg.user_metadata_topic, [(bob.encode(), codec.encode("UserMetadata", {
-            "user_id": bob, "country": "DE", "time_zone": "Europe/Berlin", "plan": "FREE",
-            "signup_time": t0 - 2 * 86_400_000, "lifetime_value": 0.0,
-            "opt_ins": {"email": True, "sms": False, "push": True, "in_app": True,
-                        "paid_social": False},
-            "updated_at": t0 - 86_400_000}))])
+        produce_raw(cfg, cfg.user_metadata_topic, [(bob.encode(), metadata_bytes(
+            codec, bob, "Europe/Berlin", at=t0, signup_time=t0 - 2 * DAY_MS, email=True,
+            push=True, in_app=True))])
         changes.wait_for(lambda r: len(_changes(r)) >= 1, what="bob's sign-up ENTER")
 
         # 2. carts: alice abandons hers; bob buys
         produce_raw(cfg, cfg.clicks_topic, [
-            (alice.encode(), _click(codec, f"{run}-a1", alice, "ADD_TO_CART", t0, **cart)),
-            (bob.encode(), _click(codec, f"{run}-b1", bob, "ADD_TO_CART", t0 + 1000, **cart)),
-            (bob.encode(), _click(codec, f"{run}-b2", bob, "PURCHASE", t0 + MIN,
-                                  order_id="o1", **cart)),
-            (alice.encode(), _click(codec, f"{run}-a1", alice, "ADD_TO_CART", t0, **cart)),
+            (alice.encode(), click_bytes(codec, f"{run}-a1", alice, "ADD_TO_CART", t0, **CART)),
+            (bob.encode(), click_bytes(codec, f"{run}-b1", bob, "ADD_TO_CART", t0 + 1000, **CART)),
+            (bob.encode(), click_bytes(codec, f"{run}-b2", bob, "PURCHASE", t0 + MIN,
+                                       order_id="o1", **CART)),
+            (alice.encode(), click_bytes(codec, f"{run}-a1", alice, "ADD_TO_CART", t0, **CART)),
             (b"junk", b"\x00 not a click"),
         ])
         changes.wait_for(lambda r: len(_changes(r)) >= 4, what="cart ENTER/EXITs")
 
         # 3. event time moves past alice's 30 minutes; then an event 31 minutes behind is late
         produce_raw(cfg, cfg.clicks_topic, [
-            (carol.encode(), _click(codec, f"{run}-c1", carol, "PAGE_VIEW", t0 + 31 * MIN))])
+            (carol.encode(), click_bytes(codec, f"{run}-c1", carol, "PAGE_VIEW", t0 + 31 * MIN))])
         changes.wait_for(lambda r: len(_changes(r)) >= 5, what="alice's cart-abandoners ENTER")
         produce_raw(cfg, cfg.clicks_topic, [
-            (dave.encode(), _click(codec, f"{run}-d1", dave, "PAGE_VIEW", t0))])
+            (dave.encode(), click_bytes(codec, f"{run}-d1", dave, "PAGE_VIEW", t0))])
         letters.wait_for(lambda r: {rec["reason_code"] for _, _, rec in r} >=
                          {"INVALID_AVRO", "LATE_EVENT"}, what="dead letters")
 
@@ -120,7 +111,7 @@ def test_scripted_scenario_to_the_record(engine_cfg, running_job, tmp_path):
             assert time.monotonic() < deadline, "the job did not apply high-value-cart v2"
             time.sleep(0.5)
         produce_raw(cfg, cfg.clicks_topic, [
-            (alice.encode(), _click(codec, f"{run}-a2", alice, "PAGE_VIEW", t0 + 32 * MIN))])
+            (alice.encode(), click_bytes(codec, f"{run}-a2", alice, "PAGE_VIEW", t0 + 32 * MIN))])
         changes.wait_for(lambda r: len(_changes(r)) >= 6, what="alice's EXIT under v2")
         records = changes.drain()
     finally:

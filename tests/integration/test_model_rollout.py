@@ -11,6 +11,7 @@ import pytest
 from infra import deploy
 from models import CHURN_ONNX
 from schemas.codec import Codec
+from tests.builders import CART, click_bytes
 from tests.integration import flink_jobs
 from tests.integration.kafka_io import TopicReader, produce_raw
 from udfs.churn import META_VERSION_KEY, ChurnModel
@@ -47,12 +48,11 @@ def test_new_model_by_savepoint_keeps_state(isolated_cfg, tmp_path):
     codec = Codec.load()
     user = f"{cfg.consumer_group}-erin"
     t0 = (int(time.time() * 1000) // MIN - 60) * MIN
-    cart = {"product_id": "p1", "price": 150.0, "quantity": 1, "currency": "USD"}
 
-    def click(event_id, event_type, t, **extra):
-        return (user.encode(), codec.encode("ClickEvent", {
-            "event_id": f"{user}-{event_id}", "user_id": user, "event_type": event_type,
-            "event_time": t, "source": "WEB", "session_id": "s1", "properties": {}, **extra}))
+    def click(event_id, event_type, t, **fields):
+        """(key, ClickEvent bytes) of erin for produce_raw."""
+        return user.encode(), click_bytes(codec, f"{user}-{event_id}", user, event_type, t,
+                                          **fields)
 
     def high_value_cart(records):
         return [r for _, name, r in records
@@ -61,7 +61,7 @@ def test_new_model_by_savepoint_keeps_state(isolated_cfg, tmp_path):
     changes = TopicReader(cfg, cfg.segment_changes_topic, codec)
     job_id = _submit(cfg)
     try:
-        produce_raw(cfg, cfg.clicks_topic, [click("1", "ADD_TO_CART", t0, **cart)])
+        produce_raw(cfg, cfg.clicks_topic, [click("1", "ADD_TO_CART", t0, **CART)])
         changes.wait_for(lambda r: len(high_value_cart(r)) >= 1, what="the ENTER")
         savepoint = deploy.stop_with_savepoint(cfg.flink_rest_url, job_id,
                                                (tmp_path / "savepoints").as_uri())
@@ -72,7 +72,7 @@ def test_new_model_by_savepoint_keeps_state(isolated_cfg, tmp_path):
         job_id = _submit(cfg, "--from-savepoint", savepoint, "--churn-model", str(new_model))
         # only the restored state knows erin is in high-value-cart: a fresh job would not EXIT
         produce_raw(cfg, cfg.clicks_topic, [click("2", "PURCHASE", t0 + MIN, order_id="o1",
-                                                  **cart)])
+                                                  **CART)])
         records = changes.wait_for(lambda r: len(high_value_cart(r)) >= 2, what="the EXIT")
     finally:
         changes.close()

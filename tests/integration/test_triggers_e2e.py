@@ -22,6 +22,7 @@ from jobs.bench.bench import daytime_zone
 from jobs.cli import defs
 from jobs.config import ISOLATION_FIELDS, replace
 from schemas.codec import Codec
+from tests.builders import CART, click_bytes, metadata_bytes
 from tests.integration import flink_jobs
 from tests.integration.kafka_io import TopicReader, produce_raw
 from udfs.campaigns.grammar import TIERS
@@ -29,20 +30,11 @@ from udfs.campaigns.grammar import TIERS
 pytestmark = pytest.mark.integration
 
 MIN = 60_000
-CART = {"product_id": "p1", "price": 150.0, "quantity": 1, "currency": "USD"}
-def _click(codec, event_id, user, event_type, t, **extra):
-    return codec.encode("ClickEvent", {
-        "event_id": event_id, "user_id": user, "event_type": event_type, "event_time": t,
-        "source": "WEB", "session_id": f"{user}-s", "properties": {}, **extra})
 
 
 def _metadata(codec, user, tz, t, **opt_ins):
-    consent = {"email": False, "sms": False, "push": False, "in_app": False,
-               "paid_social": False, **opt_ins}
-    return user.encode(), codec.encode("UserMetadata", {
-        "user_id": user, "country": "DE", "time_zone": tz, "plan": "FREE",
-        "signup_time": t - 60 * 86_400_000, "lifetime_value": 10.0, "opt_ins": consent,
-        "updated_at": t - 86_400_000})
+    """(key, UserMetadata bytes) for produce_raw."""
+    return user.encode(), metadata_bytes(codec, user, tz, at=t, **opt_ins)
 
 
 def submit(cfg):
@@ -132,16 +124,16 @@ def test_scripted_scenario_lands_on_the_right_tier_topics(trigger_cfg, tmp_path)
                             say=lambda _: None) == 1
         wait_for_applied(cfg, flash, 1)
         produce_raw(cfg, cfg.clicks_topic, [
-            (ann.encode(), _click(codec, f"{ann}-1", ann, "ADD_TO_CART", t0, **CART)),
-            (ann.encode(), _click(codec, f"{ann}-1", ann, "ADD_TO_CART", t0, **CART)),  # again
-            (ben.encode(), _click(codec, f"{ben}-1", ben, "ADD_TO_CART", t0, **CART)),
-            (cal.encode(), _click(codec, f"{cal}-1", cal, "PRODUCT_VIEW", t0 + MIN,
-                                  product_id="toy-7", category="toys")),
+            (ann.encode(), click_bytes(codec, f"{ann}-1", ann, "ADD_TO_CART", t0, **CART)),
+            (ann.encode(), click_bytes(codec, f"{ann}-1", ann, "ADD_TO_CART", t0, **CART)),  # again
+            (ben.encode(), click_bytes(codec, f"{ben}-1", ben, "ADD_TO_CART", t0, **CART)),
+            (cal.encode(), click_bytes(codec, f"{cal}-1", cal, "PRODUCT_VIEW", t0 + MIN,
+                                       product_id="toy-7", category="toys")),
         ])
         time.sleep(2)
         # zed moves event time past the 30-minute abandonment window of ann and ben
         produce_raw(cfg, cfg.clicks_topic, [
-            (zed.encode(), _click(codec, f"{zed}-1", zed, "PAGE_VIEW", t0 + 45 * MIN))])
+            (zed.encode(), click_bytes(codec, f"{zed}-1", zed, "PAGE_VIEW", t0 + 45 * MIN))])
         readers.wait_until(lambda seen: len(seen) >= 4, 120, "four triggers")
         readers.drain(6)  # exactly-once: anything extra would show within a checkpoint or two
         exported = prometheus_lines(job_id)
@@ -199,7 +191,8 @@ def test_killing_the_taskmanager_loses_and_duplicates_no_trigger(trigger_cfg, lo
         killed = False
         for n, batch in enumerate(batches):
             produce_raw(cfg, cfg.clicks_topic, [
-                (u.encode(), _click(codec, f"{u}-cart", u, "ADD_TO_CART", t0 + n * 1000, **CART))
+                (u.encode(),
+                 click_bytes(codec, f"{u}-cart", u, "ADD_TO_CART", t0 + n * 1000, **CART))
                 for u in batch])
             if n == 3:
                 readers.wait_until(lambda seen: len(seen) > 0, 90, "the first triggers")
@@ -214,7 +207,7 @@ def test_killing_the_taskmanager_loses_and_duplicates_no_trigger(trigger_cfg, lo
         # a later click moves event time on: users whose click was processed before their
         # metadata (two sources race at start) waited AWAITING_METADATA; now they are decided
         clock = f"{run}-clock"
-        produce_raw(cfg, cfg.clicks_topic, [(clock.encode(), _click(
+        produce_raw(cfg, cfg.clicks_topic, [(clock.encode(), click_bytes(
             codec, f"{clock}-1", clock, "PAGE_VIEW", t0 + 5 * MIN))])
         readers.wait_until(lambda seen: len(seen) >= len(users), 240, "a trigger per user")
         readers.drain(6)

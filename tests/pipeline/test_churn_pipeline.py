@@ -9,6 +9,7 @@ from jobs.connectors import click_watermarks
 from jobs.job import build, file_definitions
 from models import CHURN_META, CHURN_ONNX
 from schemas.codec import Codec
+from tests.builders import click_bytes
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs.churn import ChurnModel
 from udfs.flink.descriptors import SOURCE_RECORD_ROW
@@ -32,10 +33,9 @@ def test_a_silent_buyer_drifts_into_churn_risk_high(env, cfg, tmp_path):
                      if event_type in ("ADD_TO_CART", "PURCHASE") else {})
             if event_type == "PURCHASE":
                 extra["order_id"] = f"o{day}"
-            payloads.append(codec.encode("ClickEvent", {
-                "event_id": f"e{n}", "user_id": "drifter", "event_type": event_type,
-                "event_time": T0 + day * DAY + k * 300_000, "source": "WEB",
-                "session_id": f"s{day}", "properties": {}, **extra}))
+            payloads.append(click_bytes(codec, f"e{n}", "drifter", event_type,
+                                        T0 + day * DAY + k * 300_000, session_id=f"s{day}",
+                                        **extra))
     last_event = T0 + 13 * DAY + 3 * 300_000
     rows = [Row("clicks", 0, i, T0 + 14 * DAY, b"drifter", p) for i, p in enumerate(payloads)]
 

@@ -12,6 +12,7 @@ from jobs.config import replace
 from jobs.connectors import click_watermarks
 from jobs.job import build, file_definitions
 from schemas.codec import Codec
+from tests.builders import CART, DAY_MS, click_bytes, metadata_bytes
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs.flink.descriptors import SOURCE_RECORD_ROW
 
@@ -19,12 +20,6 @@ pytestmark = pytest.mark.pipeline
 
 T0 = 1_800_000_000_000
 MIN = 60_000
-
-
-def _click(codec, event_id, user, event_type, t, **extra):
-    record = {"event_id": event_id, "user_id": user, "event_type": event_type, "event_time": t,
-              "source": "WEB", "session_id": f"{user}-s", "properties": {}, **extra}
-    return codec.encode("ClickEvent", record)
 
 
 def _rows(topic, payloads, timestamp):
@@ -37,22 +32,18 @@ def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_p
     # segment logic under test: churn scoring (tested in test_churn_pipeline) is off
     cfg = replace(cfg, churn_model="off")
     codec = Codec.load()
-    cart = {"product_id": "p1", "price": 150.0, "quantity": 1, "currency": "USD"}
     clicks = [
-        _click(codec, "a1", "alice", "ADD_TO_CART", T0, **cart),  # abandons
-        _click(codec, "b1", "bob", "ADD_TO_CART", T0 + 1000, **cart),
-        _click(codec, "b2", "bob", "PURCHASE", T0 + 10 * MIN, order_id="o1", **cart),
-        _click(codec, "a1", "alice", "ADD_TO_CART", T0, **cart),  # duplicate
+        click_bytes(codec, "a1", "alice", "ADD_TO_CART", T0, **CART),  # abandons
+        click_bytes(codec, "b1", "bob", "ADD_TO_CART", T0 + 1000, **CART),
+        click_bytes(codec, "b2", "bob", "PURCHASE", T0 + 10 * MIN, order_id="o1", **CART),
+        click_bytes(codec, "a1", "alice", "ADD_TO_CART", T0, **CART),  # duplicate
         b"not avro",
         # carol moves event time past alice's 30-minute window
-        _click(codec, "c1", "carol", "PAGE_VIEW", T0 + 40 * MIN),
+        click_bytes(codec, "c1", "carol", "PAGE_VIEW", T0 + 40 * MIN),
     ]
-    metadata = [codec.encode("UserMetadata", {
-        "user_id": "alice", "country": "DE", "time_zone": "Europe/Berlin", "plan": "FREE",
-        "signup_time": T0 - 2 * 86_400_000, "lifetime_value": 10.0,
-        "opt_ins": {"email": True, "sms": False, "push": False, "in_app": True,
-                    "paid_social": False},
-        "updated_at": T0 - 86_400_000})]
+    # alice signed up two days before T0: a new sign-up
+    metadata = [metadata_bytes(codec, "alice", "Europe/Berlin", at=T0,
+                               signup_time=T0 - 2 * DAY_MS, email=True, in_app=True)]
     bad_definition = codec.encode("DefinitionUpdate", {
         "definition_id": "broken", "kind": "SEGMENT", "action": "UPSERT", "version": 1,
         "body": "{not json", "checksum": "0" * 64, "published_at": T0, "published_by": None})

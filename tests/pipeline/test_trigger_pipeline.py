@@ -10,6 +10,7 @@ from jobs.config import replace
 from jobs.connectors import click_watermarks
 from jobs.job import build, file_definitions
 from schemas.codec import Codec
+from tests.builders import CART, click_bytes, metadata_bytes
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs.campaigns.priority import score_priority
 from udfs.catalog.files import load_catalog
@@ -19,22 +20,6 @@ pytestmark = pytest.mark.pipeline
 
 NOON = 1_800_014_400_000  # 2027-01-15 12:00 UTC, a Friday: outside everyone's quiet hours
 MIN = 60_000
-CART = {"product_id": "p1", "price": 150.0, "quantity": 1, "currency": "USD"}
-
-
-def _click(codec, event_id, user, event_type, t, **extra):
-    return codec.encode("ClickEvent", {
-        "event_id": event_id, "user_id": user, "event_type": event_type, "event_time": t,
-        "source": "WEB", "session_id": f"{user}-s", "properties": {}, **extra})
-
-
-def _metadata(codec, user, tz, **opt_ins):
-    consent = {"email": False, "sms": False, "push": False, "in_app": False,
-               "paid_social": False, **opt_ins}
-    return codec.encode("UserMetadata", {
-        "user_id": user, "country": "DE", "time_zone": tz, "plan": "FREE",
-        "signup_time": NOON - 60 * 86_400_000, "lifetime_value": 10.0, "opt_ins": consent,
-        "updated_at": NOON - 86_400_000})
 
 
 def _rows(topic, payloads, timestamp):
@@ -45,16 +30,16 @@ def test_triggers_go_to_their_tier_topic_with_rivals_and_reasons(env, cfg, tmp_p
     cfg = replace(cfg, churn_model="off")  # the churn campaign is covered by unit tests
     codec = Codec.load()
     metadata = [
-        _metadata(codec, "ann", "Europe/Berlin", email=True, sms=True, push=True),
-        _metadata(codec, "ben", "America/Sao_Paulo", push=True),
+        metadata_bytes(codec, "ann", "Europe/Berlin", at=NOON, email=True, sms=True, push=True),
+        metadata_bytes(codec, "ben", "America/Sao_Paulo", at=NOON, push=True),
     ]
     clicks = [
-        _click(codec, "ann-1", "ann", "ADD_TO_CART", NOON, **CART),
-        _click(codec, "ann-1", "ann", "ADD_TO_CART", NOON, **CART),  # duplicate delivery
-        _click(codec, "ben-1", "ben", "ADD_TO_CART", NOON + 1000, **CART),
-        _click(codec, "cid-1", "cid", "ADD_TO_CART", NOON + 2000, **CART),  # no metadata
+        click_bytes(codec, "ann-1", "ann", "ADD_TO_CART", NOON, **CART),
+        click_bytes(codec, "ann-1", "ann", "ADD_TO_CART", NOON, **CART),  # duplicate delivery
+        click_bytes(codec, "ben-1", "ben", "ADD_TO_CART", NOON + 1000, **CART),
+        click_bytes(codec, "cid-1", "cid", "ADD_TO_CART", NOON + 2000, **CART),  # no metadata
         # dan moves event time past the 30-minute abandonment window of ann and ben
-        _click(codec, "dan-1", "dan", "PAGE_VIEW", NOON + 45 * MIN),
+        click_bytes(codec, "dan-1", "dan", "PAGE_VIEW", NOON + 45 * MIN),
     ]
     outputs = build(
         env.from_collection(_rows("clicks", clicks, NOON + 46 * MIN),

@@ -5,6 +5,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.builders import click, metadata
 from udfs.campaigns import arbitration as arb
 from udfs.campaigns.compiler import parse_campaign, parse_policy
 from udfs.campaigns.grammar import Cap
@@ -43,8 +44,8 @@ def campaign(cid: str, urgency: float = 0.5, roi: float = 50, brand: float = 0.5
 
 
 def user(tz: str = "UTC", opt_ins=None, membership=None) -> arb.UserFacts:
-    metadata = {"user_id": "u1", "time_zone": tz, "opt_ins": opt_ins or OPT_ALL}
-    return arb.UserFacts("u1", metadata, membership or {}, 0.3, "m-1")
+    return arb.UserFacts("u1", metadata("u1", tz, at=NOON_UTC, **(opt_ins or OPT_ALL)),
+                         membership or {}, 0.3, "m-1")
 
 
 def defs(*campaigns, policy=POLICY, sizes=None) -> arb.Definitions:
@@ -433,9 +434,8 @@ def facts(event=None, changes=(), churn=None, now=NOON_UTC):
                          {"country": "DE", "time_zone": "Europe/Berlin"})
 
 
-EVENT = {"event_id": "e9", "event_type": "ADD_TO_CART", "event_time": NOON_UTC,
-         "source": "WEB", "product_id": "p1", "category": "shoes", "price": 60.0,
-         "quantity": 2, "currency": "USD", "ingest_time": NOON_UTC + 20}
+EVENT = click("e9", "u1", "ADD_TO_CART", NOON_UTC, product_id="p1", category="shoes",
+              price=60.0, quantity=2, ingest_time=NOON_UTC + 20)
 
 
 def test_an_event_trigger_with_conditions_fires_on_a_matching_click_only():

@@ -28,6 +28,7 @@ from models.churn_labels import (
     user_plans,
     workload_spec,
 )
+from tests.builders import click
 from udfs.churn import (
     INPUT_NAME,
     META_FEATURES_KEY,
@@ -147,16 +148,12 @@ def _session_events(user: str, t: int, n: int, buy: bool) -> list[dict]:
         steps += ["ADD_TO_CART", "CHECKOUT", "PURCHASE"]
     out = []
     for i, kind in enumerate(steps):
-        out.append({
-            "event_id": f"{user}-{t}-{i}", "user_id": user, "event_type": kind,
-            "event_time": t + i * 20_000, "source": "WEB", "session_id": f"{user}-{t}",
-            "page_url": None, "product_id": "P00001" if kind != "PAGE_VIEW" else None,
-            "category": None, "search_query": None,
-            "order_id": f"o-{user}-{t}" if kind in ("CHECKOUT", "PURCHASE") else None,
-            "currency": "USD" if kind in ("ADD_TO_CART", "PURCHASE") else None,
-            "price": 20.0 if kind in ("ADD_TO_CART", "PURCHASE") else None,
-            "quantity": 1 if kind in ("ADD_TO_CART", "PURCHASE") else None, "properties": {},
-        })
+        cart = kind in ("ADD_TO_CART", "PURCHASE")
+        out.append(click(
+            f"{user}-{t}-{i}", user, kind, t + i * 20_000, session_id=f"{user}-{t}",
+            product_id="P00001" if kind != "PAGE_VIEW" else None,
+            order_id=f"o-{user}-{t}" if kind in ("CHECKOUT", "PURCHASE") else None,
+            price=20.0 if cart else None, quantity=1 if cart else None))  # USD with a price
     return out
 
 

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from tests.builders import CART, click
 from udfs import engine
 from udfs.catalog.files import load_catalog
 from udfs.definitions.envelope import delete_update
@@ -18,14 +19,6 @@ MIN = 60_000
 @pytest.fixture(scope="module")
 def registry():
     return SegmentRegistry(load_catalog().segments)
-
-
-def click(event_id, user, event_type, t, **fields):
-    return {"event_id": event_id, "user_id": user, "event_type": event_type, "event_time": t,
-            "source": "WEB", "session_id": "s1", "page_url": None, "product_id": fields.get(
-                "product_id"), "category": None, "search_query": None, "order_id": fields.get(
-                "order_id"), "currency": "USD" if "price" in fields else None,
-            "price": fields.get("price"), "quantity": fields.get("quantity"), "properties": {}}
 
 
 def run(registry, state, events, timers=()):
@@ -48,7 +41,7 @@ def run(registry, state, events, timers=()):
 
 def test_cart_abandoner_enters_after_30_minutes_without_purchase(registry):
     state = UserState()
-    events = [click("e1", "u1", "ADD_TO_CART", T0, product_id="p1", price=150.0, quantity=1)]
+    events = [click("e1", "u1", "ADD_TO_CART", T0, **CART)]
     changes, timers = run(registry, state, events)
     assert [(c["segment_id"], c["change"]) for c in changes] == [("high-value-cart", "ENTER")]
     assert T0 + 30 * MIN in timers
@@ -60,9 +53,8 @@ def test_cart_abandoner_enters_after_30_minutes_without_purchase(registry):
 def test_purchase_within_window_keeps_user_out_and_exits_high_value_cart(registry):
     state = UserState()
     events = [
-        click("e1", "u2", "ADD_TO_CART", T0, product_id="p1", price=150.0, quantity=1),
-        click("e2", "u2", "PURCHASE", T0 + 10 * MIN, product_id="p1", price=150.0, quantity=1,
-              order_id="o1"),
+        click("e1", "u2", "ADD_TO_CART", T0, **CART),
+        click("e2", "u2", "PURCHASE", T0 + 10 * MIN, order_id="o1", **CART),
     ]
     changes, timers = run(registry, state, events)
     assert [(c["segment_id"], c["change"]) for c in changes] == [
@@ -72,7 +64,7 @@ def test_purchase_within_window_keeps_user_out_and_exits_high_value_cart(registr
 
 
 def test_duplicate_changes_nothing_and_ids_are_deterministic(registry):
-    event = click("e1", "u3", "ADD_TO_CART", T0, product_id="p1", price=150.0, quantity=1)
+    event = click("e1", "u3", "ADD_TO_CART", T0, **CART)
     first = engine.on_event(UserState(), event, registry)
     state = UserState()
     again = engine.on_event(state, event, registry)

@@ -9,6 +9,8 @@ from collections import Counter
 
 import pytest
 
+from tests import builders
+from tests.builders import CART, metadata
 from udfs import engine
 from udfs.campaigns import arbitration as arb
 from udfs.campaigns.priority import score_priority
@@ -19,25 +21,13 @@ from udfs.engine import Click, MetadataUpdate, Rules, Timer, UserState
 NOON = 1_800_014_400_000  # 2027-01-15 12:00 UTC, a Friday: outside everyone's quiet hours
 MIN = 60_000
 DAY = 86_400_000
-CART = {"product_id": "p1", "price": 150.0, "quantity": 1, "currency": "USD"}
 TTL = 90 * DAY
 
 
-def click(event_id, user, event_type, t, ingest=None, **extra):
-    return {"event_id": event_id, "user_id": user, "event_type": event_type, "event_time": t,
-            "source": "WEB", "session_id": f"{user}-s", "page_url": None,
-            "product_id": extra.get("product_id"), "category": None, "search_query": None,
-            "order_id": None, "currency": extra.get("currency"), "price": extra.get("price"),
-            "quantity": extra.get("quantity"), "properties": {},
-            "ingest_time": t if ingest is None else ingest}
-
-
-def metadata(user, tz, updated_at=NOON - DAY, **opt_ins):
-    consent = {"email": False, "sms": False, "push": False, "in_app": False,
-               "paid_social": False, **opt_ins}
-    return {"user_id": user, "country": "DE", "time_zone": tz, "plan": "FREE",
-            "signup_time": NOON - 60 * DAY, "lifetime_value": 10.0, "opt_ins": consent,
-            "updated_at": updated_at}
+def click(event_id, user, event_type, t, ingest=None, **fields):
+    """A click as the adapter hands it to the step: stamped with its Kafka append time."""
+    return builders.click(event_id, user, event_type, t,
+                          ingest_time=t if ingest is None else ingest, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +107,10 @@ class Harness:
 def scenario():
     return [
         (NOON - DAY, "ann", MetadataUpdate(
-            metadata("ann", "Europe/Berlin", email=True, sms=True, push=True), NOON - DAY)),
+            metadata("ann", "Europe/Berlin", at=NOON, email=True, sms=True, push=True),
+            NOON - DAY)),
         (NOON - DAY, "ben", MetadataUpdate(
-            metadata("ben", "America/Sao_Paulo", push=True), NOON - DAY)),
+            metadata("ben", "America/Sao_Paulo", at=NOON, push=True), NOON - DAY)),
         (NOON, "ann", Click(click("ann-1", "ann", "ADD_TO_CART", NOON, **CART))),
         (NOON, "ann", Click(click("ann-1", "ann", "ADD_TO_CART", NOON, **CART))),  # duplicate
         (NOON + 1000, "ben", Click(click("ben-1", "ben", "ADD_TO_CART", NOON + 1000, **CART))),
@@ -190,7 +181,8 @@ def test_the_same_inputs_give_the_same_records(catalog_rules):
 
 def test_a_duplicate_click_changes_nothing(catalog_rules):
     h = Harness(catalog_rules)
-    h.apply("ann", MetadataUpdate(metadata("ann", "UTC", email=True, sms=True), NOON - DAY))
+    h.apply("ann", MetadataUpdate(metadata("ann", "UTC", at=NOON, email=True, sms=True),
+                                  NOON - DAY))
     first = h.apply("ann", Click(click("a1", "ann", "ADD_TO_CART", NOON, **CART)))
     assert first.triggers and first.features_changed
     again = h.apply("ann", Click(click("a1", "ann", "ADD_TO_CART", NOON, **CART)))
@@ -224,9 +216,10 @@ def test_a_timer_always_reads_the_campaign_state_for_deferred_candidates(catalog
 
 def test_metadata_older_than_what_is_kept_is_ignored(catalog_rules):
     h = Harness(catalog_rules)
-    applied = h.apply("ann", MetadataUpdate(metadata("ann", "UTC", updated_at=NOON), NOON))
+    # metadata(at=...) is updated a day before at: the first at NOON, the second 1 ms before
+    applied = h.apply("ann", MetadataUpdate(metadata("ann", "UTC", at=NOON + DAY), NOON))
     assert applied.metadata_changed
-    older = h.apply("ann", MetadataUpdate(metadata("ann", "Asia/Tokyo", updated_at=NOON - 1),
+    older = h.apply("ann", MetadataUpdate(metadata("ann", "Asia/Tokyo", at=NOON + DAY - 1),
                                           NOON))
     assert not older.metadata_changed and older.changes == [] and older.triggers == []
     assert h.states["ann"].metadata["time_zone"] == "UTC"
@@ -260,7 +253,7 @@ def test_a_churn_crossing_fires_the_retention_offer_once(catalog_rules):
     scorer = StepScorer()
     rules = Rules(catalog_rules.registries, TTL, scorer)
     h = Harness(rules)
-    h.apply("gus", MetadataUpdate(metadata("gus", "UTC", email=True), NOON - DAY))
+    h.apply("gus", MetadataUpdate(metadata("gus", "UTC", at=NOON, email=True), NOON - DAY))
     h.apply("gus", Click(click("g1", "gus", "PAGE_VIEW", NOON)))
     assert h.triggers() == []
     scorer.value = 0.7
@@ -274,7 +267,7 @@ def test_a_churn_crossing_fires_the_retention_offer_once(catalog_rules):
 
 def test_emit_time_is_the_step_s_wall_clock_and_ingest_time_is_kept(catalog_rules):
     h = Harness(catalog_rules)
-    h.apply("ann", MetadataUpdate(metadata("ann", "UTC", sms=True), NOON - DAY))
+    h.apply("ann", MetadataUpdate(metadata("ann", "UTC", at=NOON, sms=True), NOON - DAY))
     step = h.apply("ann", Click(click("a1", "ann", "ADD_TO_CART", NOON, ingest=NOON + 5, **CART)),
                    now_ms=NOON + 7)
     sms = next(t for t in step.triggers if t["campaign_id"] == "high-value-cart-sms")

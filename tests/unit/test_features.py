@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.builders import click, metadata
 from udfs.features.codec import (
     STATE_SCHEMA,
     STATE_SCHEMA_NAME,
@@ -51,25 +52,8 @@ MIN = 60_000
 
 
 def ev(i: int | str, t: int, etype: str = "PAGE_VIEW", **fields: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "event_id": f"e-{i}",
-        "user_id": "u-1",
-        "event_type": etype,
-        "event_time": t,
-        "source": "WEB",
-        "session_id": None,
-        "page_url": None,
-        "product_id": None,
-        "category": None,
-        "search_query": None,
-        "order_id": None,
-        "currency": None,
-        "price": None,
-        "quantity": None,
-        "properties": {},
-    }
-    event.update(fields)
-    return event
+    """A click of user u-1 without a session or currency unless given."""
+    return click(f"e-{i}", "u-1", etype, t, **{"session_id": None, "currency": None, **fields})
 
 
 def run(events: list[dict[str, Any]], state: UserFeatures | None = None,
@@ -80,16 +64,10 @@ def run(events: list[dict[str, Any]], state: UserFeatures | None = None,
     return state
 
 
-METADATA = {
-    "user_id": "u-1",
-    "country": "DE",
-    "time_zone": "Europe/Berlin",
-    "plan": "PREMIUM",
-    "signup_time": T0 - 100 * DAY_MS,
-    "lifetime_value": 321.5,
-    "opt_ins": {"email": True, "sms": False, "push": True, "in_app": True, "paid_social": False},
-    "updated_at": T0 - DAY_MS,
-}
+# plan and lifetime value differ from the builder's, so that the vector shows they are read
+METADATA = {**metadata("u-1", "Europe/Berlin", at=T0, signup_time=T0 - 100 * DAY_MS,
+                       email=True, push=True, in_app=True),
+            "plan": "PREMIUM", "lifetime_value": 321.5}
 
 
 # --- the spec -----------------------------------------------------------------------------------

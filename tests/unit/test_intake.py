@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from schemas.codec import MAGIC, Codec
+from tests import builders
 from udfs.intake import (
     DEFAULT_MAX_FUTURE_SKEW_MS,
     Rejected,
@@ -31,23 +32,11 @@ def codec() -> Codec:
 
 
 def click(**changes: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "event_id": "e-1",
-        "user_id": "u-1",
-        "event_type": "PURCHASE",
-        "event_time": T0,
-        "source": "WEB",
-        "session_id": "s-1",
-        "page_url": "https://shop.example/p/42",
-        "product_id": "p-42",
-        "category": "shoes",
-        "search_query": None,
-        "order_id": "o-7",
-        "currency": "EUR",
-        "price": 19.99,
-        "quantity": 2,
-        "properties": {"utm_source": "mail"},
-    }
+    """One valid PURCHASE with its session, page, product, order and price; ``changes`` over it."""
+    event = builders.click("e-1", "u-1", "PURCHASE", T0, session_id="s-1",
+                           page_url="https://shop.example/p/42", product_id="p-42",
+                           category="shoes", order_id="o-7", currency="EUR", price=19.99,
+                           quantity=2, properties={"utm_source": "mail"})
     event.update(changes)
     return event
 
@@ -125,18 +114,9 @@ def test_corrupt_body_is_invalid_avro(codec: Codec) -> None:
 
 
 def test_other_record_type_is_invalid_avro(codec: Codec) -> None:
-    metadata = {
-        "user_id": "u-1",
-        "country": "DE",
-        "time_zone": "Europe/Berlin",
-        "plan": "FREE",
-        "signup_time": T0,
-        "lifetime_value": 0.0,
-        "opt_ins": {"email": True, "sms": False, "push": False, "in_app": True,
-                    "paid_social": False},
-        "updated_at": T0,
-    }
-    result = decode_click(codec, record(codec.encode("UserMetadata", metadata)))
+    metadata = builders.metadata_bytes(codec, "u-1", "Europe/Berlin", at=T0, email=True,
+                                       in_app=True)
+    result = decode_click(codec, record(metadata))
     assert isinstance(result, Rejected)
     assert result.reason_code == "INVALID_AVRO"
     assert result.stage == "decode"
