@@ -984,3 +984,27 @@ def test_misnamed_history_file_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "history" / "ClickEvent-1.avsc").write_text(text, encoding="utf-8")
     with pytest.raises(CodecError, match=r"<Name>\.v<N>\.avsc"):
         Codec(tmp_path)
+
+
+# --- enum and union indexes (fastavro would read -1 as the last symbol) -------------------------
+
+
+def _click_with_event_type_byte(index_byte: int) -> bytes:
+    from schemas.codec import Codec as _Codec
+    from tests.builders import click_bytes
+
+    data = bytearray(click_bytes(_Codec.load(), "e1", "u1", "PAGE_VIEW", 1_700_000_000_000))
+    data[16] = index_byte  # header 10, "e1" 3, "u1" 3: the EventType index (zig-zag)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("index_byte, index", [(0x01, -1), (0x13, -10), (0x14, 10), (0x7E, 63)])
+def test_enum_index_out_of_range_is_rejected(index_byte: int, index: int) -> None:
+    from schemas.codec import InvalidEnumIndexError
+
+    with pytest.raises(InvalidEnumIndexError, match=f"EventType index is {index}, "):
+        Codec.load().decode(_click_with_event_type_byte(index_byte), expect="ClickEvent")
+
+
+def test_enum_index_in_range_decodes() -> None:
+    assert Codec.load().decode(_click_with_event_type_byte(0x00))["event_type"] == "PAGE_VIEW"
