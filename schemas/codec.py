@@ -571,8 +571,10 @@ class _Stop(Exception):
 
 
 def _enum_scan_plan(parsed: Any) -> tuple[Any, ...]:
-    """The parsed writer schema's leading fields up to the last holding an enum, with the
-    named types they use: ``((field schemas...), names)``; empty when no field holds one."""
+    """The leading fields of a parsed writer schema, up to the last one holding an enum.
+
+    Returns ``((field schemas...), named types)``; empty when no field holds an enum.
+    """
     names: dict[str, Any] = {}
     _collect_names(parsed, names)
     fields = parsed.get("fields", []) if isinstance(parsed, dict) else []
@@ -619,8 +621,10 @@ def _holds_enum(schema: Any, names: dict[str, Any], seen: set[str]) -> bool:
 
 
 def _check_enum_indexes(reader: _Reader, data: bytes) -> None:
-    """Raise InvalidEnumIndexError if an enum or union index in the scanned fields is out of
-    range; a body that ends early is left to fastavro's read to report."""
+    """Raise InvalidEnumIndexError if an enum or union index in the scanned fields is bad.
+
+    A body that ends early is left to fastavro's read to report.
+    """
     field_types, names = reader.enum_scan
     pos = HEADER_SIZE
     try:

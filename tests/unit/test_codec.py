@@ -249,6 +249,11 @@ RECORDS: dict[str, dict[str, Any]] = {
         "key": b"user-000123",
         "stage": "decode",
         "failed_at": T,
+        "raw_size": 3,
+        "raw_sha256": "ab" * 32,
+        "raw_omitted": False,
+        "problems": [{"field": "(record)", "code": "NOT_SINGLE_OBJECT", "value": None,
+                      "value_size": None, "value_sha256": None}],
     },
     "DefinitionUpdate": {
         "definition_id": "cart-abandoners",
@@ -501,8 +506,12 @@ BYTE_EXACT = [
             "key": None,
             "stage": "watermark",
             "failed_at": T,
+            "raw_size": 2,
+            "raw_sha256": None,
+            "raw_omitted": False,
+            "problems": [],
         },
-        "c3019c64a23c2463eb5d"  # marker, fingerprint
+        "c30121cf34ae16bb487f"  # marker, fingerprint
         "06"  # reason_code LATE_EVENT = index 3
         "086c617465"  # reason "late"
         "0274"  # source_topic "t"
@@ -511,7 +520,11 @@ BYTE_EXACT = [
         "04c301"  # raw: 2 bytes
         "00"  # key null
         "1277617465726d61726b"  # stage "watermark"
-        "80a0abfef962",  # failed_at
+        "80a0abfef962"  # failed_at
+        "0204"  # raw_size: branch 1, 2
+        "00"  # raw_sha256 null
+        "00"  # raw_omitted false
+        "00",  # problems: empty array
         id="DeadLetter",
     ),
     pytest.param(

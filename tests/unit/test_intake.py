@@ -5,6 +5,7 @@ A real ``schemas.codec.Codec`` encodes and decodes; timestamps are fixed, there 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from typing import Any
@@ -151,7 +152,8 @@ def test_field_rules(codec: Codec, changes: dict[str, Any], needle: str) -> None
 def test_problem_names_the_event_id(codec: Codec) -> None:
     result = decode_event(codec, event_id="evt-99", price=-1.0)
     assert isinstance(result, Rejected)
-    assert result.reason == "event 'evt-99': field price is -1.0; prices must be >= 0"
+    assert result.reason == (
+        "event 'evt-99': field price is -1.0; a price must lie in [0, 1,000,000,000]")
 
 
 def test_several_problems_are_all_reported(codec: Codec) -> None:
@@ -219,6 +221,11 @@ def test_dead_letter_encodes_and_keeps_the_raw_record(codec: Codec) -> None:
         "key": b"u-9",
         "stage": "decode",
         "failed_at": T0 + 60_000,
+        "raw_size": len(raw),
+        "raw_sha256": hashlib.sha256(raw).hexdigest(),
+        "raw_omitted": False,
+        "problems": [{"field": "(record)", "code": "NOT_SINGLE_OBJECT", "value": None,
+                      "value_size": None, "value_sha256": None}],
     }
     assert codec.decode(codec.encode("DeadLetter", letter), expect="DeadLetter") == letter
 
