@@ -227,6 +227,24 @@ class Codec:
         """The short names of all current record types, sorted (``CampaignOutcome``, ...)."""
         return list(self._names)
 
+    def versions(self, name: str) -> list[tuple[int, bytes, dict[str, Any]]]:
+        """Every version of a record type this codec reads, oldest first.
+
+        Args:
+            name: Short or full record name.
+
+        Returns:
+            ``(version, fingerprint, writer schema)`` per version; the schema is the parsed
+            (fastavro) form without logical types, as the bytes of that version are laid out.
+
+        Raises:
+            UnknownSchemaError: No record type has that name.
+        """
+        short = self._writer(name).name
+        found = [(r.version, r.fingerprint, cast(dict[str, Any], r.writer))
+                 for r in self._readers.values() if r.name == short]
+        return sorted(found, key=lambda item: item[0])
+
     def fingerprint(self, name: str) -> bytes:
         """The 8-byte CRC-64-AVRO fingerprint of a record type's current schema.
 

@@ -169,6 +169,34 @@ def _reject(stage: str, problems: list[Problem], subject: str = "") -> Rejected:
     return Rejected(reason_code, reason, stage, tuple(problems))
 
 
+def click_time_rule_args(limits: Limits, codec: Codec) -> tuple[int, int, int, int, int, str]:
+    """The constructor arguments of the clicks source's Java ``ClickEventTimeAssigner``.
+
+    (max_future_skew_ms, max_event_age_ms, MIN_EVENT_TIME_MS, max_id_bytes, max_record_bytes,
+    layouts), where layouts lists every ClickEvent version the codec reads as
+    ``<fingerprint hex>:<EventType symbols>[:<EventSource symbols>]``: the assigner applies the
+    same time rule, size and id limits and enum ranges as this module, from these values only.
+
+    Raises:
+        ValueError: a ClickEvent version does not start with event_id, user_id, event_type,
+            event_time (the layout the assigner reads).
+    """
+    layouts = []
+    for version, fingerprint, schema in codec.versions("ClickEvent"):
+        fields = schema["fields"]
+        names = [f["name"] for f in fields[:4]]
+        if names != ["event_id", "user_id", "event_type", "event_time"]:
+            raise ValueError(f"ClickEvent version {version} starts with {names}; the clicks "
+                             "source's Java assigner reads event_id, user_id, event_type, "
+                             "event_time: keep that order in schemas/ClickEvent.avsc")
+        entry = f"{fingerprint.hex()}:{len(fields[2]['type']['symbols'])}"
+        if len(fields) > 4 and fields[4]["name"] == "source":
+            entry += f":{len(fields[4]['type']['symbols'])}"
+        layouts.append(entry)
+    return (limits.max_future_skew_ms, limits.max_event_age_ms, MIN_EVENT_TIME_MS,
+            limits.max_id_bytes, limits.max_record_bytes, ",".join(layouts))
+
+
 # --- decoding --------------------------------------------------------------------------------
 
 
