@@ -69,6 +69,11 @@ RULE_CODES = (
 )
 
 
+def reason_code_of(rule_code: str) -> str:
+    """The DeadLetter ``reason_code`` of a record whose first problem has ``rule_code``."""
+    return _REASON_CODES.get(rule_code, "INVALID_FIELD")
+
+
 @dataclass(frozen=True)
 class Limits:
     """What intake accepts: sizes, ranges and the event-time window.
@@ -162,7 +167,7 @@ def _reject(stage: str, problems: list[Problem], subject: str = "") -> Rejected:
 
     ``subject`` (e.g. which event) comes first; values appear only cut short.
     """
-    reason_code = _REASON_CODES.get(problems[0].code, "INVALID_FIELD")
+    reason_code = reason_code_of(problems[0].code)
     reason = subject + "; ".join(p.message for p in problems)
     if len(reason) > REASON_MAX_CHARS:
         reason = reason[: REASON_MAX_CHARS - 1] + "…"
