@@ -589,9 +589,10 @@ class _Stop(Exception):
 
 
 def _enum_scan_plan(parsed: Any) -> tuple[Any, ...]:
-    """The leading fields of a parsed writer schema, up to the last one holding an enum.
+    """The checks of a parsed writer schema's leading fields, up to the last holding an enum.
 
-    Returns ``((field schemas...), named types)``; empty when no field holds an enum.
+    Returns a flat tuple of ``(op, arg)`` steps (``_compile``); empty when no field holds an
+    enum.
     """
     names: dict[str, Any] = {}
     _collect_names(parsed, names)
@@ -600,9 +601,46 @@ def _enum_scan_plan(parsed: Any) -> tuple[Any, ...]:
     for i, field in enumerate(fields):
         if _holds_enum(field["type"], names, set()):
             last = i
-    if last < 0:
-        return ()
-    return (tuple(field["type"] for field in fields[: last + 1]), names)
+    steps: list[tuple[int, Any]] = []
+    for field in fields[: last + 1]:
+        _compile(field["type"], names, steps)
+    return tuple(steps)
+
+
+_BYTES, _VARINT, _ENUM, _FIXED, _UNION, _GENERIC = range(6)
+
+
+def _compile(schema: Any, names: dict[str, Any], steps: list[tuple[int, Any]]) -> None:
+    """Append the steps that skip ``schema`` and check its enum and union indexes."""
+    if isinstance(schema, str):
+        if schema in _FIXED_SIZES:
+            if _FIXED_SIZES[schema]:
+                steps.append((_FIXED, _FIXED_SIZES[schema]))
+        elif schema in ("int", "long"):
+            steps.append((_VARINT, None))
+        elif schema in ("string", "bytes"):
+            steps.append((_BYTES, None))
+        else:
+            _compile(names[schema], names, steps)
+    elif isinstance(schema, list):
+        branches = []
+        for branch in schema:
+            branch_steps: list[tuple[int, Any]] = []
+            _compile(branch, names, branch_steps)
+            branches.append(tuple(branch_steps))
+        steps.append((_UNION, tuple(branches)))
+    elif schema["type"] == "enum":
+        steps.append((_ENUM, (len(schema["symbols"]),
+                              str(schema["name"]).removeprefix(NAMESPACE + "."))))
+    elif schema["type"] == "record":
+        for field in schema["fields"]:
+            _compile(field["type"], names, steps)
+    elif schema["type"] == "fixed":
+        steps.append((_FIXED, int(schema["size"])))
+    elif schema["type"] in ("array", "map"):
+        steps.append((_GENERIC, (schema, names)))
+    else:
+        _compile(schema["type"], names, steps)
 
 
 def _collect_names(schema: Any, names: dict[str, Any]) -> None:
@@ -643,13 +681,40 @@ def _check_enum_indexes(reader: _Reader, data: bytes) -> None:
 
     A body that ends early is left to fastavro's read to report.
     """
-    field_types, names = reader.enum_scan
-    pos = HEADER_SIZE
     try:
-        for schema in field_types:
-            pos = _skip(schema, data, pos, names, reader)
+        _run_steps(reader.enum_scan, data, HEADER_SIZE, reader)
     except (_Stop, IndexError):
         return
+
+
+def _run_steps(steps: tuple[Any, ...], data: bytes, pos: int, reader: _Reader) -> int:
+    for op, arg in steps:
+        if op == _FIXED:
+            pos += arg
+            continue
+        if op == _GENERIC:
+            pos = _skip(arg[0], data, pos, arg[1], reader)
+            continue
+        byte = data[pos]
+        if byte < 0x80:  # a one-byte varint: the common case
+            value = (byte >> 1) ^ -(byte & 1)
+            pos += 1
+        else:
+            value, pos = _varint(data, pos)
+        if op == _BYTES:
+            if value < 0 or pos + value > len(data):
+                raise _Stop
+            pos += value
+        elif op == _ENUM:
+            if not 0 <= value < arg[0]:
+                raise InvalidEnumIndexError(_explain_index(reader, f"enum {arg[1]}", value,
+                                                           arg[0]))
+        elif op == _UNION:
+            if not 0 <= value < len(arg):
+                raise InvalidEnumIndexError(_explain_index(reader, "union branch", value,
+                                                           len(arg)))
+            pos = _run_steps(arg[value], data, pos, reader)
+    return pos
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
