@@ -71,7 +71,7 @@ class JobOutputs:
 def decode_clicks(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
     """Kafka record rows -> (valid clicks as engine input rows, encoded DeadLetter rows)."""
     decoded = records.process(
-        DecodeClicksFunction(cfg.dead_letter_topic, cfg.max_future_skew_ms),
+        DecodeClicksFunction(cfg.dead_letter_topic, cfg.intake_limits()),
         output_type=ENGINE_INPUT_ROW,
     ).uid(names.DECODE_CLICKS_UID).name(names.DECODE_CLICKS_NAME)
     return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
@@ -80,7 +80,8 @@ def decode_clicks(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream
 def decode_metadata(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
     """Kafka record rows of user-metadata -> (engine input rows, DeadLetter rows)."""
     decoded = records.process(
-        DecodeRecordsFunction("UserMetadata", cfg.dead_letter_topic, metadata_to_engine_input),
+        DecodeRecordsFunction("UserMetadata", cfg.dead_letter_topic, metadata_to_engine_input,
+                              cfg.intake_limits()),
         output_type=ENGINE_INPUT_ROW,
     ).uid(names.DECODE_METADATA_UID).name(names.DECODE_METADATA_NAME)
     return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
@@ -90,7 +91,8 @@ def decode_definitions(records: DataStream, cfg: NudgeflowConfig
                        ) -> tuple[DataStream, DataStream]:
     """Kafka record rows of the definitions topic -> (definition rows, DeadLetter rows)."""
     decoded = records.process(
-        DecodeRecordsFunction("DefinitionUpdate", cfg.dead_letter_topic, definition_to_row),
+        DecodeRecordsFunction("DefinitionUpdate", cfg.dead_letter_topic, definition_to_row,
+                              cfg.intake_limits()),
         output_type=DEFINITION_ROW,
     ).uid(names.DECODE_DEFINITIONS_UID).name(names.DECODE_DEFINITIONS_NAME)
     return decoded, decoded.get_side_output(DEAD_LETTER_TAG)

@@ -177,7 +177,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                     change.errors), "definitions"),
                 # processing time; the broadcast context's current_processing_time() is broken
                 # in PyFlink 2.2's thread mode (no such Java method)
-                int(time.time() * 1000),
+                int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes,
             )
         elif change.changed:
             # DELETEs are kept too (tombstones), so an older version arriving later stays stale
@@ -394,5 +394,5 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             intake.SourceRecord(self.cfg.clicks_topic, None, None, ingest_time,
                                 event["user_id"].encode(), raw),
             intake.Rejected("LATE_EVENT", reason, "watermark"),
-            ctx.timer_service().current_processing_time(),
+            ctx.timer_service().current_processing_time(), self.cfg.dead_letter_raw_max_bytes,
         )
