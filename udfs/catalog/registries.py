@@ -9,6 +9,7 @@ state with ``from_updates``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -31,7 +32,7 @@ class Registries:
         self.segments = SegmentRegistry()
         self.campaigns = CampaignRegistry()
         self.policies = PolicyRegistry()
-        self._derived: tuple[bool, Mapping[str, int]] | None = None
+        self._derived: tuple[bool, Mapping[str, int], bool, int] | None = None
 
     @classmethod
     def from_updates(cls, updates: Iterable[Mapping[str, Any]]) -> Registries:
@@ -69,11 +70,32 @@ class Registries:
         """The version of every segment in force, by id."""
         return self._derive()[1]
 
-    def _derive(self) -> tuple[bool, Mapping[str, int]]:
+    def reads_churn(self) -> bool:
+        """Whether any segment or campaign reads the churn score (it then changes with time)."""
+        return self._derive()[2]
+
+    def fingerprint(self) -> int:
+        """A 63-bit fingerprint of every definition's id, version and action (all kinds).
+
+        Equal fingerprints: the same definitions. The engine keeps, per user, the fingerprint
+        it last evaluated the user against, so an idle user's recheck can tell cheaply whether
+        anything changed since.
+        """
+        return self._derive()[3]
+
+    def _derive(self) -> tuple[bool, Mapping[str, int], bool, int]:
         # read per engine step, changed only by a definition update: computed once per change
         if self._derived is None:
+            churn_campaign = any(c.trigger.churn_crosses is not None
+                                 for c in self.campaign_map().values())
+            identity = "\n".join(sorted(
+                f"{u['kind']}|{u['definition_id']}|{u['version']}|{u['action']}"
+                for u in self.updates()))
+            digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
             self._derived = (
-                any(c.trigger.churn_crosses is not None for c in self.campaign_map().values()),
+                churn_campaign,
                 MappingProxyType({s.id: s.version for s in self.segments.definitions()}),
+                churn_campaign or any(s.uses_churn_score for s in self.segments.definitions()),
+                int.from_bytes(digest, "little") >> 1,
             )
         return self._derived
