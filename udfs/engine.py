@@ -40,6 +40,7 @@ from udfs.campaigns import arbitration
 from udfs.campaigns.arbitration import CampaignState
 from udfs.catalog.registries import Registries
 from udfs.clock import CLICK_RANK, METADATA_RANK, Pending, UserClock
+from udfs.currency.rates import to_reference
 from udfs.features import state as feature_state
 from udfs.features.vector import FeatureView, vector_list
 from udfs.segments.conditions import MEMBERSHIP_RECHECK_MS, evaluate
@@ -179,6 +180,8 @@ class Step:
         applied: inputs (clicks and metadata) applied in this step.
         clicks_applied: event ids of the clicks applied (trigger latency).
         late: inputs applied behind the user's clock (arrived after it had passed their time).
+        unconverted: currencies of clicks whose price could not be converted to USD (not in
+            the rate table): those clicks counted, their money did not.
         checks: time-driven checks evaluated; ``rechecks_skipped``: idle rechecks that found the
             definitions unchanged (near no-ops).
         expired: the user was idle beyond the TTL: every segment EXITed and the state was
@@ -201,6 +204,7 @@ class Step:
     applied: int = 0
     clicks_applied: list[str] = field(default_factory=list)
     late: int = 0
+    unconverted: list[str] = field(default_factory=list)
     checks: int = 0
     rechecks_skipped: int = 0
     expired: bool = False
@@ -375,7 +379,11 @@ def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Tim
     clock = state.clock
     event: dict[str, Any] | None = None
     if isinstance(item, Click):
-        event = item.event
+        # money in USD from here on (features, event filters, campaign payloads); the
+        # original price and currency stay on the event (original_price, original_currency)
+        event, unconverted = to_reference(item.event, rules.registries.rates.rates())
+        if unconverted is not None:
+            out.unconverted.append(unconverted)
         seg = on_event(state, event, registry, scorer)
         assert state.features is not None  # on_event created them
         out.features_changed = True

@@ -9,6 +9,7 @@ records by kind.
 
 from __future__ import annotations
 
+import glob
 import random
 import time
 from collections import defaultdict
@@ -88,7 +89,7 @@ def run_job(env: Any, cfg: Any, clicks: list[dict[str, Any]],
     from jobs.connectors import click_watermarks
     from jobs.job import build, file_definitions
     from schemas.codec import Codec
-    from tests.pipeline.fakes import FileWriterFactory, as_bytes
+    from tests.pipeline.fakes import FileWriterFactory
     from udfs.flink.descriptors import SOURCE_RECORD_ROW
 
     codec = Codec.load()
@@ -106,12 +107,21 @@ def run_job(env: Any, cfg: Any, clicks: list[dict[str, Any]],
         env.from_collection(meta_rows, type_info=SOURCE_RECORD_ROW),
         env.from_collection([], type_info=SOURCE_RECORD_ROW),
         cfg, file_definitions(cfg), None, store=FileWriterFactory(store_path))
+    from pyflink.common import Types
+
+    from tests.differential.sink import AppendToFile
+
+    out_path = store_path + ".out"
+    outputs.all().process(AppendToFile(out_path), output_type=Types.STRING()).print()
     out = JobOutput()
     started = time.monotonic()
-    with outputs.all().execute_and_collect() as results:
-        for _topic, _key, value in results:
-            name, record = codec.decode_named(as_bytes(value))
-            {"SegmentChange": out.changes, "TriggerEvent": out.triggers,
-             "TriggerDecision": out.decisions, "DeadLetter": out.dead_letters}[name].append(record)
+    env.execute("differential")
     out.seconds = time.monotonic() - started
+    kinds = {"SegmentChange": out.changes, "TriggerEvent": out.triggers,
+             "TriggerDecision": out.decisions, "DeadLetter": out.dead_letters}
+    for part in sorted(glob.glob(out_path + ".*")):
+        with open(part) as lines:
+            for line in lines:
+                name, record = codec.decode_named(bytes.fromhex(line.strip()))
+                kinds[name].append(record)
     return out

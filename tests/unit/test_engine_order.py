@@ -5,7 +5,9 @@ gives the same segment changes per (user, segment), the same triggers and the sa
 
 import pytest
 
+from jobs.workload.workload import USD_RATES
 from tests.differential import compare
+from tests.differential.reference import SEGMENTS, reference_changes
 from tests.differential.replay import shuffled, workload
 from tests.differential.sim import Simulator
 from udfs.catalog.files import catalog_files, load_files
@@ -20,6 +22,20 @@ BOUND = 5_000
 def rules():
     updates = load_files(catalog_files(), check_references=False).updates(0, "file")
     return Rules(Registries.from_updates(updates), 90 * DAY)
+
+
+def test_four_shipped_segments_match_an_independent_reference(rules, small):
+    """cart-abandoners, new-signups-7d, inactive-30d and high-value-cart (in USD), to the
+    change and its time, against tests/differential/reference.py."""
+    sim = play(rules, small.clicks, small.metadata)
+    got = {}
+    for c in sorted(sim.changes, key=lambda c: c["event_time"]):
+        if c["segment_id"] in SEGMENTS:
+            got.setdefault((c["user_id"], c["segment_id"]), []).append(
+                (c["change"], c["event_time"]))
+    expected = reference_changes(small.clicks, small.metadata, USD_RATES)
+    assert {k[1] for k in expected} == set(SEGMENTS)
+    assert got == expected, compare.first_difference(got, expected)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Inputs: DefinitionUpdate dicts of any kind (files at job start, the control topic at runtime).
 Outputs: the ``RegistryChange`` of each update, and what the engine reads per step: the
-campaigns in force, whether any fires on churn, the version of every segment. State: the
+campaigns in force, whether any fires on churn, the version of every segment, the currency
+rates. State: the
 registries (segments, campaigns, the priority policy); the engine rebuilds them from broadcast
 state with ``from_updates``.
 """
@@ -16,7 +17,8 @@ from typing import Any
 
 from udfs.campaigns.grammar import Campaign
 from udfs.campaigns.updates import CampaignRegistry, PolicyRegistry
-from udfs.definitions.envelope import CAMPAIGN_KIND, POLICY_KIND, SEGMENT_KIND
+from udfs.currency.rates import RatesRegistry
+from udfs.definitions.envelope import CAMPAIGN_KIND, POLICY_KIND, RATES_KIND, SEGMENT_KIND
 from udfs.definitions.versioning import RegistryChange, VersionedRegistry
 from udfs.segments.updates import SegmentRegistry
 
@@ -32,6 +34,7 @@ class Registries:
         self.segments = SegmentRegistry()
         self.campaigns = CampaignRegistry()
         self.policies = PolicyRegistry()
+        self.rates = RatesRegistry()
         self._derived: tuple[bool, Mapping[str, int], bool, int] | None = None
 
     @classmethod
@@ -46,7 +49,7 @@ class Registries:
         """Apply one update to the registry of its kind (see ``VersionedRegistry.apply``)."""
         by_kind: dict[str, VersionedRegistry[Any]] = {
             SEGMENT_KIND: self.segments, CAMPAIGN_KIND: self.campaigns,
-            POLICY_KIND: self.policies,
+            POLICY_KIND: self.policies, RATES_KIND: self.rates,
         }
         registry = by_kind.get(str(update.get("kind")), self.segments)
         change = registry.apply(update)
@@ -56,7 +59,8 @@ class Registries:
 
     def updates(self) -> list[dict[str, Any]]:
         """Every accepted update (tombstones included), by kind then id."""
-        return [*self.segments.updates(), *self.campaigns.updates(), *self.policies.updates()]
+        return [*self.segments.updates(), *self.campaigns.updates(), *self.policies.updates(),
+                *self.rates.updates()]
 
     def campaign_map(self) -> Mapping[str, Campaign]:
         """The campaigns in force by id."""

@@ -135,6 +135,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.late = metrics.counter("events_late")
         # inputs applied behind the user's clock (arrived after it passed their time)
         self.applied_late = metrics.counter("inputs_applied_late")
+        # clicks whose price had a currency missing from the rate table (money not counted)
+        self.unconverted = LabelledCounters(metrics, "currency", "money_unconverted")
         self.timers_fired = BufferedCounter(metrics.counter("timers_fired"))
         self.rechecks_skipped = BufferedCounter(metrics.counter("rechecks_skipped"))
         self.changes = LabelledCounters(metrics, "segment", "segment_changes")
@@ -262,6 +264,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.duplicates.inc()
         if step.late:
             self.applied_late.inc(step.late)
+        for currency in step.unconverted:
+            self.unconverted.inc(currency)
         if step.rechecks_skipped:
             self.rechecks_skipped.inc(step.rechecks_skipped)
         if step.expired:
