@@ -77,7 +77,9 @@ class NudgeflowConfig:
     outcomes_topic: str = _opt("outcomes", "Topic of Avro CampaignOutcomes (feedback).")
     # --- event time and the per-user engine ------------------------------------------------
     max_out_of_orderness_ms: int = _opt(
-        5_000, "Watermarks trail the newest event time by this much (bounded out-of-orderness)."
+        1_000,
+        "Watermarks trail the newest event time by this much (bounded out-of-orderness); "
+        "every input waits this long (plus the watermark interval) to be applied in order.",
     )
     idleness_ms: int = _opt(
         10_000, "A source partition without events for this long stops holding watermarks back."
