@@ -101,8 +101,8 @@ class NudgeflowConfig:
     )
     campaigns_dir: str = _opt(
         "",
-        "Directory of campaign YAML files (and optionally priority-policy.yaml) loaded at "
-        "start; empty: the shipped catalog; 'none': no campaigns.",
+        "Directory of campaign YAML files (and optionally priority-policy.yaml, "
+        "currency-rates.yaml) loaded at start; empty: the shipped catalog; 'none': no campaigns.",
     )
     redis_key_prefix: str = _opt("nudgeflow", "Prefix of the Redis keys nudgeflow writes.")
     churn_model: str = _opt(
