@@ -74,9 +74,12 @@ class UserState:
         if loader is not None:
             self.load = None
             loader(self)
-            if self.clock.clock_ms is None and self.features is not None:
-                # state from before the clock existed: it had applied up to the newest event
-                self.clock.clock_ms = self.features.last_event_ms
+            clock = self.clock
+            if clock.clock_ms is None and self.features is not None:
+                # state from before the clock existed (a restored savepoint): that build had
+                # applied up to the newest event; evaluating again there (nothing changes)
+                # gives the user's due times before anything later is applied
+                clock.clock_ms = clock.due_ms = self.features.last_event_ms
 
     def campaign_state(self) -> CampaignState:
         """The user's campaign state, loaded on first use."""

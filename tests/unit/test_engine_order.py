@@ -106,3 +106,43 @@ def test_an_in_order_replay_runs_every_check_at_its_time(rules, small):
     for c in enters:
         assert c["event_time"] - 30 * 60_000 in adds[c["user_id"]]
         assert c["cause_event_id"] is None  # a time-driven change
+
+
+def test_a_user_restored_from_before_the_clock_gets_their_due_times(rules):
+    """A savepoint of the build before the clock: features and membership, no clock state."""
+    from tests.builders import CART, click
+    from udfs import engine
+    from udfs.clock import CLICK_RANK, Pending
+
+    t0 = 1_800_000_000_000
+    old = engine.UserState()
+    engine.step(old, engine.Click(click("a1", "ann", "ADD_TO_CART", t0, **CART)), rules, 0)
+    features, membership = old.features, dict(old.membership)
+
+    def load(state):
+        state.features, state.membership = features, dict(membership)
+
+    restored = engine.UserState(load=load)  # the clock state is empty
+    later = Pending(t0 + 3_600_000, CLICK_RANK, "a2", b"", t0 + 3_600_000,
+                    engine.Click(click("a2", "ann", "PAGE_VIEW", t0 + 3_600_000)))
+    out = engine.step(restored, engine.Arrival("ann", later, t0 + 3_600_000), rules, 0)
+    # the abandonment 30 minutes after the add is found at its time, before the later click
+    assert [(c["segment_id"], c["change"], c["event_time"]) for c in out.changes] == [
+        ("cart-abandoners", "ENTER", t0 + 30 * 60_000)]
+    assert restored.clock.clock_ms == t0 + 3_600_000 and restored.clock.timer_ms is not None
+
+    # a timer the old build registered fires with an empty clock: evaluated at its time
+    again = engine.UserState(load=load)
+    out = engine.step(again, engine.Timer("ann", t0 + 30 * 60_000), rules, 0)
+    assert [(c["segment_id"], c["change"]) for c in out.changes] == [
+        ("cart-abandoners", "ENTER")]
+
+
+def test_an_unknown_clock_version_is_refused_with_a_clear_message():
+    from udfs.clock import UserClock, decode_clock, encode_clock
+
+    raw = encode_clock(UserClock(clock_ms=5))
+    assert decode_clock(raw).clock_ms == 5
+    with pytest.raises(ValueError, match="user clock state has version 9; this build reads "
+                                         "version 1"):
+        decode_clock(b"\x09" + raw[1:])
