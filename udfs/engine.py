@@ -335,15 +335,17 @@ def _check(state: UserState, user_id: str, at_ms: int, rules: Rules, now_ms: int
     """A time-driven check at its due time: expiry, a due change, or the idle recheck."""
     clock = state.clock
     out.clock_changed = True
+    evaluate = False
     if clock.expiry_ms is not None and clock.expiry_ms <= at_ms:
         state.ensure()
         if expired(state, at_ms, rules.state_ttl_ms):
             _expire(state, user_id, at_ms, rules, out)
             return
         clock.expiry_ms = None  # recomputed by the evaluation below
-    due = [t for t in (clock.due_ms, clock.campaign_due_ms, clock.expiry_ms) if t is not None]
-    if (not due or min(due) > at_ms) and clock.defs_fp == rules.registries.fingerprint() \
-            and not rules.churn_moves():
+        evaluate = True
+    due = [t for t in (clock.due_ms, clock.campaign_due_ms) if t is not None]
+    if not evaluate and (not due or min(due) > at_ms) \
+            and clock.defs_fp == rules.registries.fingerprint() and not rules.churn_moves():
         # only the idle recheck is due and no definition changed since the user's last
         # evaluation: nothing can have changed (no state is read)
         clock.clock_ms = at_ms if clock.clock_ms is None else max(clock.clock_ms, at_ms)

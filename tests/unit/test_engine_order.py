@@ -146,3 +146,43 @@ def test_an_unknown_clock_version_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="user clock state has version 9; this build reads "
                                          "version 1"):
         decode_clock(b"\x09" + raw[1:])
+
+
+def test_idle_rechecks_read_nothing_until_a_definition_changes(tmp_path):
+    """The daily recheck of an idle user is a near no-op while the definitions are unchanged;
+    after a change it evaluates, and the user enters a new segment at that day boundary."""
+    from tests.builders import click
+    from udfs import engine
+
+    updates = load_files(catalog_files(), check_references=False).updates(0, "file")
+    registries = Registries.from_updates(updates)
+    rules = Rules(registries, 90 * DAY)
+    t0 = 1_800_000_000_000
+    loads = []
+
+    def state_with_counted_loads(base):
+        def load(state):
+            loads.append(1)
+            state.features, state.metadata, state.membership = base
+        return engine.UserState(clock=base_clock[0], load=load)
+
+    user = engine.UserState()
+    engine.step(user, engine.Click(click("v1", "vic", "PAGE_VIEW", t0)), rules, 0)
+    base = (user.features, user.metadata, dict(user.membership))
+    base_clock = [user.clock]
+    # a week of event time passes: only idle rechecks (and the window edges of the view)
+    out = engine.step(state_with_counted_loads(base), engine.Timer("vic", t0 + 7 * DAY),
+                      rules, 0)
+    assert out.rechecks_skipped >= 5 and out.changes == []
+    loads_before = len(loads)
+    (tmp_path / "quiet.yaml").write_text(
+        "id: quiet-3d\nversion: 1\ndescription: No event for 3 days.\n"
+        "condition:\n  inactive: {for: 3d}\n")
+    for update in load_files([tmp_path / "quiet.yaml"]).updates(0, "file"):
+        registries.apply(update)
+    out = engine.step(state_with_counted_loads(base), engine.Timer("vic", t0 + 9 * DAY),
+                      rules, 0)
+    enter = [c for c in out.changes if c["segment_id"] == "quiet-3d"]
+    assert [c["change"] for c in enter] == ["ENTER"]
+    assert enter[0]["event_time"] % DAY == 0  # at the first recheck after the change
+    assert len(loads) > loads_before
