@@ -83,7 +83,9 @@ class NudgeflowConfig:
     outcomes_topic: str = _opt("outcomes", "Topic of Avro CampaignOutcomes (feedback).")
     # --- event time and the per-user engine ------------------------------------------------
     max_out_of_orderness_ms: int = _opt(
-        5_000, "Watermarks trail the newest event time by this much (bounded out-of-orderness)."
+        1_000,
+        "Watermarks trail the newest event time by this much (bounded out-of-orderness); "
+        "every input waits this long (plus the watermark interval) to be applied in order.",
     )
     idleness_ms: int = _opt(
         10_000, "A source partition without events for this long stops holding watermarks back."
@@ -140,8 +142,8 @@ class NudgeflowConfig:
     )
     campaigns_dir: str = _opt(
         "",
-        "Directory of campaign YAML files (and optionally priority-policy.yaml) loaded at "
-        "start; empty: the shipped catalog; 'none': no campaigns.",
+        "Directory of campaign YAML files (and optionally priority-policy.yaml, "
+        "currency-rates.yaml) loaded at start; empty: the shipped catalog; 'none': no campaigns.",
     )
     redis_key_prefix: str = _opt("nudgeflow", "Prefix of the Redis keys nudgeflow writes.")
     churn_model: str = _opt(

@@ -244,20 +244,22 @@ def churn_model_files(cfg: NudgeflowConfig) -> ModelFiles | None:
 
 
 def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
-    """The definition files as DefinitionUpdates: segments, campaigns and the priority policy.
+    """The definition files as DefinitionUpdates: segments, campaigns, the policy, the rates.
 
-    Segments come from ``cfg.segments_dir`` (or the shipped catalog), campaigns and the policy
-    from ``cfg.campaigns_dir`` (or the shipped catalog; ``none``: no campaigns). A campaign may
+    Segments come from ``cfg.segments_dir`` (or the shipped catalog), campaigns, the policy and
+    the currency rates from ``cfg.campaigns_dir`` (or the shipped catalog; ``none``: no
+    campaigns, the shipped rates). A campaign may
     name a segment that is not among the files: it may be published at runtime.
 
     Raises:
         udfs.definitions.diagnostics.InvalidDefinitions: a file does not validate (the job does
             not start).
     """
-    from udfs.catalog.files import SEGMENT_CATALOG_DIR, catalog_files, load_files
+    from udfs.catalog.files import RATES_FILE, SEGMENT_CATALOG_DIR, catalog_files, load_files
 
     if cfg.campaigns_dir == "none":
-        files = [Path(cfg.segments_dir) if cfg.segments_dir else SEGMENT_CATALOG_DIR]
+        # no campaigns, but money is still in USD
+        files = [Path(cfg.segments_dir) if cfg.segments_dir else SEGMENT_CATALOG_DIR, RATES_FILE]
     else:
         files = catalog_files(cfg.segments_dir, cfg.campaigns_dir)
     return load_files(files, check_references=False).updates(0, "file")

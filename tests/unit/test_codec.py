@@ -539,7 +539,7 @@ BYTE_EXACT = [
             "published_at": T,
             "published_by": None,
         },
-        "c301f9a64839cb5fbfb2"  # marker, fingerprint
+        "c30178aefd9a7c597044"  # marker, fingerprint
         "0a7365672d31"  # definition_id "seg-1"
         "00"  # kind SEGMENT = index 0
         "02"  # action DELETE = index 1
