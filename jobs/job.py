@@ -34,6 +34,7 @@ from pyflink.java_gateway import get_gateway
 from jobs import names
 from jobs.config import ConfigError, NudgeflowConfig, add_config_arguments, config_from_args
 from jobs.env import create_env
+from udfs.build import IMPORTED_BUILD
 from udfs.flink.decode import (
     DecodeClicksFunction,
     DecodeRecordsFunction,
@@ -145,14 +146,16 @@ def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowC
     """Key by user, connect the broadcast definitions, run the engine.
 
     Emits ``ENGINE_OUTPUT_ROW`` rows (SegmentChanges, written to the ``store`` before
-    they are emitted; TriggerEvents; TriggerDecisions); late events leave on the dead-letter
-    side output.
+    they are emitted; TriggerEvents; TriggerDecisions; DeadLetters of changes a store refused);
+    late events leave on the dead-letter side output. The engine carries this client's build
+    id (``udfs.build``) and fails at open on a TaskManager that holds another build's modules.
     """
     broadcast = definitions.broadcast(definitions_state())
     return (
         inputs.key_by(lambda row: row[1], key_type=Types.STRING())  # row[1] is user_id
         .connect(broadcast)
-        .process(UserEngineFunction(cfg, initial_definitions, model_files, store),
+        .process(UserEngineFunction(cfg, initial_definitions, model_files, store,
+                                    build_id=IMPORTED_BUILD),
                  output_type=ENGINE_OUTPUT_ROW)
         .uid(names.USER_ENGINE_UID)
         .name(names.USER_ENGINE_NAME)
@@ -211,8 +214,12 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         trigger_decisions=route_engine_records(engine, "TriggerDecision",
                                                cfg.trigger_decisions_topic,
                                                names.ROUTE_DECISIONS_UID),
-        dead_letters=click_letters.union(metadata_letters, definition_letters,
-                                         engine.get_side_output(DEAD_LETTER_TAG)),
+        # late clicks leave on the engine's side output; changes a store refused for good
+        # leave on its main output as DeadLetter rows (timers cannot use side outputs)
+        dead_letters=click_letters.union(
+            metadata_letters, definition_letters, engine.get_side_output(DEAD_LETTER_TAG),
+            route_engine_records(engine, "DeadLetter", cfg.dead_letter_topic,
+                                 names.ROUTE_DEAD_LETTERS_UID)),
     )
 
 
