@@ -9,7 +9,6 @@ infra/servers/flink.py for the local one).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -50,42 +49,67 @@ def build_job_archive(dest: Path | None = None, root: Path = REPO_DIR) -> Path:
     return dest
 
 
-def archive_digest(archive: Path) -> str:
-    """SHA-256 of the archive's file names and contents (not of zip timestamps)."""
-    digest = hashlib.sha256()
-    with zipfile.ZipFile(archive) as zipped:
-        for name in sorted(zipped.namelist()):
-            digest.update(name.encode())
-            digest.update(zipped.read(name))
-    return digest.hexdigest()
+def refresh_local_taskmanager(root: Path = REPO_DIR, say: Callable[[str], None] = print,
+                              rest_url: str = "http://127.0.0.1:8081") -> None:
+    """Restart the local stack's TaskManager unless it can only hold this build's modules.
 
+    The build is ``udfs.build.source_digest`` of ``root``. ``loaded_code_file`` records
+    ``<build> <TaskManager pid>`` after each submission, or ``fresh`` when the TaskManager
+    started; a TaskManager is trusted only if the file names this build and its current pid,
+    or says ``fresh`` and no job has been active on the cluster since (a job restored onto a
+    restarted TaskManager loads its modules without ``nudgeflow run``). Anything else may be
+    another build: the TaskManager is restarted, or, while jobs run there, the submission is
+    refused. Does nothing when the local TaskManager is not running.
 
-def refresh_local_taskmanager(archive: Path, say: Callable[[str], None] = print) -> None:
-    """Restart the local stack's TaskManager if it holds other job code than ``archive``.
-
-    Only for the stack of ``nudgeflow stack``; does nothing when its TaskManager is not running.
+    Raises:
+        DeployError: the TaskManager may hold another build and jobs are running on it.
     """
     from infra import stack
     from infra.servers.flink import FlinkTaskManager, loaded_code_file
+    from udfs.build import source_digest
 
     paths = StackPaths.from_env()
     taskmanager = FlinkTaskManager()
-    if stack.running_pid(taskmanager, paths) is None:
+    pid = stack.running_pid(taskmanager, paths)
+    if pid is None:
         return
-    digest = archive_digest(archive)
+    build = source_digest(root)
     loaded = loaded_code_file(paths)
-    if loaded.exists() and loaded.read_text().strip() != digest:
-        if running_jobs(taskmanager.address):
+    held = _held_build(loaded, pid, rest_url)
+    if held not in {build, "fresh"}:
+        what = "an unknown build" if held is None else f"build {held[:12]}"
+        jobs = running_jobs(rest_url)
+        if jobs:
             raise DeployError(
-                "the job's code changed since the local TaskManager loaded it, and jobs are "
-                "still running there; cancel them (`nudgeflow jobs cancel --all`) so that the "
-                "TaskManager can be restarted with the new code"
-            )
-        say("the job's code changed: restarting the local TaskManager (thread mode keeps the "
-            "old modules loaded)")
+                f"the local TaskManager may hold the Python modules of {what}, not this "
+                f"checkout's build {build[:12]} ({root}), and jobs are running there "
+                f"({', '.join(j['id'] for j in jobs)}): thread mode keeps a job's modules "
+                "loaded, so this job could run old code. Cancel them (`nudgeflow jobs cancel "
+                "--all`) or stop them with a savepoint (`nudgeflow jobs stop ID`), then run "
+                "again: the TaskManager is restarted with this build")
+        say(f"the local TaskManager may hold {what}: restarting it for build {build[:12]} "
+            "(thread mode keeps the old modules loaded)")
         stack.down(paths, [taskmanager], say=say)
         stack.up(paths, [taskmanager], say=say)
-    loaded.write_text(digest + "\n")
+        pid = stack.running_pid(taskmanager, paths)
+    loaded.write_text(f"{build} {pid}\n")
+
+
+def _held_build(loaded: Path, pid: int, rest_url: str) -> str | None:
+    """The build the TaskManager ``pid`` may hold: a digest, ``fresh``, or None (unknown)."""
+    try:
+        fields = loaded.read_text().split()
+        written_ms = loaded.stat().st_mtime * 1000
+    except OSError:
+        return None
+    if fields == ["fresh"]:
+        overview = rest_get(rest_url, "/jobs/overview").get("jobs", [])
+        active = [j for j in overview
+                  if j.get("end-time", -1) in (-1, None) or j["end-time"] >= written_ms]
+        return None if active else "fresh"
+    if len(fields) == 2 and fields[1] == str(pid):
+        return fields[0]
+    return None
 
 
 def flink_run_command(
@@ -141,7 +165,7 @@ def submit(
     """
     archive = build_job_archive()
     if local_stack:
-        refresh_local_taskmanager(archive)
+        refresh_local_taskmanager(rest_url=rest_url)
     cmd = flink_run_command(rest_url, job_args, archive, detached, python_executable, savepoint)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env=dict(env) if env is not None else None)
