@@ -78,7 +78,7 @@ def refresh_local_taskmanager(root: Path = REPO_DIR, say: Callable[[str], None] 
     held = _held_build(loaded, pid, rest_url)
     if held not in {build, "fresh"}:
         what = "an unknown build" if held is None else f"build {held[:12]}"
-        jobs = running_jobs(rest_url)
+        jobs = _settled_jobs(rest_url)
         if jobs:
             raise DeployError(
                 f"the local TaskManager may hold the Python modules of {what}, not this "
@@ -93,6 +93,17 @@ def refresh_local_taskmanager(root: Path = REPO_DIR, say: Callable[[str], None] 
         stack.up(paths, [taskmanager], say=say)
         pid = stack.running_pid(taskmanager, paths)
     loaded.write_text(f"{build} {pid}\n")
+
+
+def _settled_jobs(rest_url: str, timeout_s: float = 60.0) -> list[dict]:
+    """The cluster's unfinished jobs, once those being cancelled have ended (or the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    jobs = running_jobs(rest_url)
+    while jobs and all(j["state"] == "CANCELLING" for j in jobs) and \
+            time.monotonic() < deadline:
+        time.sleep(1)
+        jobs = running_jobs(rest_url)
+    return jobs
 
 
 def _held_build(loaded: Path, pid: int, rest_url: str) -> str | None:

@@ -37,8 +37,9 @@ from udfs.stores import keys
 
 log = logging.getLogger(__name__)
 
-#: a rebuild lock not released within this long (a rebuilder that died) expires
-LOCK_TTL_S = 900
+#: a rebuild lock not refreshed within this long (a rebuilder that died) expires; the
+#: rebuilder refreshes it with every batch of users it writes
+LOCK_TTL_S = 60
 #: writes in flight when the marker is deleted land before Cassandra is read
 GRACE_S = 1.0
 
@@ -118,7 +119,10 @@ def ensure_rebuilt(session: Any, keyspace: str, client: Any, prefix: str, force:
             return None
         return rebuild_redis(session, keyspace, client, prefix, say=say, grace_s=grace_s)
     finally:
-        client.eval(_RELEASE, 1, lock, token)
+        try:
+            client.eval(_RELEASE, 1, lock, token)
+        except Exception as exc:  # noqa: BLE001 - best effort: the lock expires anyway
+            log.warning("could not release the Redis rebuild lock %s: %s", lock, exc)
 
 
 def rebuild_redis(session: Any, keyspace: str, client: Any, prefix: str,
@@ -146,6 +150,8 @@ def rebuild_redis(session: Any, keyspace: str, client: Any, prefix: str,
 
     def flush_pipe() -> None:
         nonlocal churn_filled
+        pipe.expire(keys.rebuild_lock(prefix), LOCK_TTL_S)  # still rebuilding
+        queued.append(False)
         results = pipe.execute()
         churn_filled += sum(1 for r, is_fill in zip(results, queued, strict=True)
                             if is_fill and r == 1)
