@@ -10,6 +10,7 @@ infra/servers/flink.py for the local one).
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -49,12 +50,21 @@ def build_job_archive(dest: Path | None = None, root: Path = REPO_DIR) -> Path:
     return dest
 
 
-def refresh_local_taskmanager(root: Path = REPO_DIR, say: Callable[[str], None] = print,
-                              rest_url: str = "http://127.0.0.1:8081") -> None:
-    """Restart the local stack's TaskManager unless it can only hold this build's modules.
+def archive_build(archive: Path) -> str:
+    """The build id (``udfs.build.digest_files``) of the job code inside an archive."""
+    from udfs.build import digest_files
 
-    The build is ``udfs.build.source_digest`` of ``root``. ``loaded_code_file`` records
-    ``<build> <TaskManager pid>`` after each submission, or ``fresh`` when the TaskManager
+    with zipfile.ZipFile(archive) as zipped:
+        return digest_files((name, zipped.read(name)) for name in zipped.namelist())
+
+
+def refresh_local_taskmanager(build: str, say: Callable[[str], None] = print,
+                              rest_url: str = "http://127.0.0.1:8081") -> None:
+    """Restart the local stack's TaskManager unless it can only hold the modules of ``build``.
+
+    ``build`` is the id of the code about to be shipped (``archive_build``).
+    ``loaded_code_file`` records ``<build> <TaskManager pid>`` after each submission, or
+    ``fresh`` when the TaskManager
     started; a TaskManager is trusted only if the file names this build and its current pid,
     or says ``fresh`` and no job has been active on the cluster since (a job restored onto a
     restarted TaskManager loads its modules without ``nudgeflow run``). Anything else may be
@@ -66,14 +76,12 @@ def refresh_local_taskmanager(root: Path = REPO_DIR, say: Callable[[str], None] 
     """
     from infra import stack
     from infra.servers.flink import FlinkTaskManager, loaded_code_file
-    from udfs.build import source_digest
 
     paths = StackPaths.from_env()
     taskmanager = FlinkTaskManager()
     pid = stack.running_pid(taskmanager, paths)
     if pid is None:
         return
-    build = source_digest(root)
     loaded = loaded_code_file(paths)
     held = _held_build(loaded, pid, rest_url)
     if held not in {build, "fresh"}:
@@ -82,7 +90,7 @@ def refresh_local_taskmanager(root: Path = REPO_DIR, say: Callable[[str], None] 
         if jobs:
             raise DeployError(
                 f"the local TaskManager may hold the Python modules of {what}, not this "
-                f"checkout's build {build[:12]} ({root}), and jobs are running there "
+                f"job's build {build[:12]}, and jobs are running there "
                 f"({', '.join(j['id'] for j in jobs)}): thread mode keeps a job's modules "
                 "loaded, so this job could run old code. Cancel them (`nudgeflow jobs cancel "
                 "--all`) or stop them with a savepoint (`nudgeflow jobs stop ID`), then run "
@@ -174,12 +182,16 @@ def submit(
     Raises:
         DeployError: ``flink run`` failed; the message holds the end of its output.
     """
+    from udfs.build import BUILD_ID_ENV
+
     archive = build_job_archive()
+    build = archive_build(archive)
     if local_stack:
-        refresh_local_taskmanager(rest_url=rest_url)
+        refresh_local_taskmanager(build, rest_url=rest_url)
     cmd = flink_run_command(rest_url, job_args, archive, detached, python_executable, savepoint)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                          env=dict(env) if env is not None else None)
+    # the job's client hands this id to the engines, which check their TaskManager runs it
+    run_env = {**(os.environ if env is None else env), BUILD_ID_ENV: build}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=run_env)
     output = proc.stdout + proc.stderr
     match = re.search(r"JobID ([0-9a-f]{32})", output)
     if proc.returncode != 0 or match is None:

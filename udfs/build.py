@@ -4,8 +4,11 @@ In thread mode a TaskManager embeds one Python interpreter for its whole life an
 module a job imported: a later job from another checkout would run the old modules (or fail
 with ``ModuleNotFoundError`` for a module the old build did not have). So:
 
-- the client computes the build id (``source_digest``: SHA-256 of the relative paths and bytes
-  of every ``.py`` file of the job's packages) and hands it to the engine in the job graph;
+- the client computes the build id (``digest_files``: SHA-256 of the relative paths and bytes
+  of every ``.py`` file of the job's packages) and hands it to the engine in the job graph.
+  ``nudgeflow run`` computes it from the archive it ships and passes it in ``BUILD_ID_ENV``
+  (so the id is that of the code shipped, even if the checkout changes while the client
+  starts); without it, the client's own modules (``IMPORTED_BUILD``) are the build;
 - the engine's ``open()`` calls ``check_build``: the id of the modules actually imported in the
   TaskManager (``IMPORTED_BUILD``, computed from their files when this module was first
   imported there) must be the job's, and every loaded module of those packages must come from
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 #: the packages whose modules a job imports in the TaskManager
@@ -28,21 +32,36 @@ PACKAGES = ("jobs", "udfs", "schemas")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: the environment variable in which ``nudgeflow run`` hands the shipped archive's build id to
+#: the job's client (``jobs.job.main``)
+BUILD_ID_ENV = "NUDGEFLOW_BUILD_ID"
+
+
 class BuildMismatch(RuntimeError):
     """The TaskManager runs other modules than the job was built from."""
 
 
-def source_digest(root: Path) -> str:
-    """SHA-256 of the ``.py`` files of ``PACKAGES`` under ``root`` (relative paths and bytes)."""
+def is_build_file(relative_path: str) -> bool:
+    """Whether a file (path relative to the packages' parent, ``/``-separated) is in the build."""
+    parts = relative_path.split("/")
+    return (len(parts) > 1 and parts[0] in PACKAGES and relative_path.endswith(".py")
+            and "__pycache__" not in parts)
+
+
+def digest_files(files: Iterable[tuple[str, bytes]]) -> str:
+    """The build id of (relative path, bytes) pairs: SHA-256 over the build's files, by path."""
     digest = hashlib.sha256()
-    for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            if "__pycache__" in path.parts:
-                continue
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(b"\0")
-            digest.update(path.read_bytes())
+    for name, data in sorted((n, d) for n, d in files if is_build_file(n)):
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(data)
     return digest.hexdigest()
+
+
+def source_digest(root: Path) -> str:
+    """The build id of the packages under ``root`` (a checkout or an unpacked archive)."""
+    return digest_files((path.relative_to(root).as_posix(), path.read_bytes())
+                        for package in PACKAGES for path in (root / package).rglob("*.py"))
 
 
 #: the build of the modules this interpreter imported (their files, read at first import)

@@ -30,3 +30,18 @@ def test_another_build_fails_with_both_ids_and_what_to_do():
     message = str(failure.value)
     assert build.IMPORTED_BUILD[:12] in message and "000000000000" in message
     assert "restart the TaskManager" in message.replace("Restart", "restart")
+
+
+def test_an_archive_and_its_checkout_have_the_same_build(tmp_path):
+    from infra.deploy import archive_build, build_job_archive
+
+    archive = build_job_archive(tmp_path / "job.zip", root=build.ROOT)
+    assert archive_build(archive) == build.source_digest(build.ROOT)
+
+
+def test_only_python_sources_of_the_job_packages_are_the_build():
+    assert build.is_build_file("udfs/engine.py")
+    assert not build.is_build_file("udfs/catalog/segments/x.yaml")
+    assert not build.is_build_file("infra/deploy.py")
+    assert not build.is_build_file("udfs/__pycache__/engine.py")
+    assert not build.is_build_file("setup.py")
