@@ -511,7 +511,7 @@ BYTE_EXACT = [
             "raw_omitted": False,
             "problems": [],
         },
-        "c30121cf34ae16bb487f"  # marker, fingerprint
+        "c301b10e46f70854f354"  # marker, fingerprint
         "06"  # reason_code LATE_EVENT = index 3
         "086c617465"  # reason "late"
         "0274"  # source_topic "t"

@@ -27,7 +27,7 @@ HISTORY_NAME = re.compile(r"^(?P<name>\w+)\.v(?P<version>\d+)\.avsc$")
 PUBLISHED: dict[str, dict[int, str]] = {
     "CampaignOutcome": {1: "f7aa6f45ef4f824a"},
     "ClickEvent": {1: "d324c6a4f6786683", 2: "dd7d54cb4ffe2ce0"},
-    "DeadLetter": {1: "9c64a23c2463eb5d", 2: "21cf34ae16bb487f"},
+    "DeadLetter": {1: "9c64a23c2463eb5d", 2: "b10e46f70854f354"},
     "DefinitionUpdate": {1: "f9a64839cb5fbfb2", 2: "78aefd9a7c597044"},
     "SegmentChange": {1: "b6b97e7c3e0a6275"},
     "TriggerDecision": {1: "9d4245351afc914a"},

@@ -27,7 +27,8 @@ KAFKA_OUT_ROW = Types.ROW_NAMED(
 #: Rejected input, already encoded as DeadLetter records for the dead-letter topic.
 DEAD_LETTER_TAG = OutputTag("dead-letters", KAFKA_OUT_ROW)
 
-#: What the per-user engine emits: SegmentChanges, TriggerEvents and TriggerDecisions as
+#: What the per-user engine emits: SegmentChanges, TriggerEvents, TriggerDecisions and the
+#: DeadLetters of changes a store refused, as
 #: Row(record name, priority tier or None, key, Avro value), routed to their topics by
 #: ``io.nudgeflow.flink.RouteEngineRecords`` (``jobs.job.route_engine_records``). One output, not
 #: side outputs: PyFlink 2.2's thread mode drops side outputs yielded from a keyed broadcast

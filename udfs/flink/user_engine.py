@@ -6,7 +6,10 @@ metadata record (an ``engine.Arrival`` with the current watermark) and each time
 only if the step needs it), steps the pure engine, stores what the step changed, moves the
 user's one timer, writes its segment changes to the membership store (``udfs.stores``) and
 emits SegmentChanges, TriggerEvents and TriggerDecisions as ``ENGINE_OUTPUT_ROW`` rows; late
-clicks go to the dead-letter side output.
+clicks go to the dead-letter side output. A segment change a
+store refuses for good (``udfs.stores.membership.classify``) is emitted as a ``DeadLetter``
+engine row instead (routed to the dead-letter topic like the other kinds: a timer's records can
+only leave on the main output) and the job goes on.
 """
 
 from __future__ import annotations
@@ -47,10 +50,10 @@ from udfs.flink.metrics import (
     MeasuredScorer,
     SampledDistribution,
 )
+from udfs.flink.scoring import PythonThreadScorer
 
 #: the live segment sizes (audience factor) are re-read from the store at most this often
 AUDIENCE_REFRESH_S = 10.0
-
 
 #: decoded user features kept per engine instance (roughly 8 KB each: ~80 MB at most)
 FEATURES_CACHE_SIZE = 10_000
@@ -101,8 +104,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
 
     def __init__(self, cfg: Any, initial_definitions: list[dict[str, Any]],
                  model_files: tuple[bytes, bytes, str, str] | None,
-                 store_factory: Any) -> None:
+                 store_factory: Any, build_id: str | None = None) -> None:
         self.cfg = cfg
+        # the build the client submitted (udfs.build): open() checks the TaskManager runs it
+        self.build_id = build_id
         # the definitions of the segment files, in force from the first event on (a broadcast
         # stream would race with the first events)
         self.initial_definitions = initial_definitions
@@ -112,7 +117,14 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.store_factory = store_factory
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        """State handles, codec, the store writer and metrics, created once per instance."""
+        """State handles, codec, the store writer and metrics, created once per instance.
+
+        Raises:
+            udfs.build.BuildMismatch: the TaskManager holds another build's modules.
+        """
+        from udfs import build
+
+        build.check_build(self.build_id)
         self.codec = Codec.load()
         self.features_state = runtime_context.get_state(user_features_state())
         self.metadata_state = runtime_context.get_state(user_metadata_state())
@@ -144,6 +156,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.exits = metrics.counter("segment_exits")
         self.state_bytes = SampledDistribution(metrics.distribution("user_state_bytes"))
         self.store_retries = metrics.counter("store_retries")
+        self.store_rejected = LabelledCounters(metrics, "store", "store_rejected")
+        self.redis_rebuilds = metrics.counter("redis_rebuilds")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.registries: Registries | None = None
         self.scorer = None
@@ -153,14 +167,17 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
 
             onnx, meta, onnx_name, meta_name = self.model_files
             # one onnxruntime session per operator instance (single-threaded: Flink runs the
-            # instances in parallel)
-            model = ChurnModel.from_bytes(onnx, meta, Path(onnx_name), Path(meta_name))
-            self.scorer = MeasuredScorer(model, metrics)
+            # instances in parallel), created and run on a Python thread of its own with a
+            # watchdog: a JVM task thread can deadlock onnxruntime (udfs/flink/scoring.py)
+            self.scoring_thread = PythonThreadScorer(lambda: ChurnModel.from_bytes(
+                onnx, meta, Path(onnx_name), Path(meta_name)))
+            self.scorer = MeasuredScorer(self.scoring_thread, metrics)
         # user id -> (encoded state, the UserFeatures it encodes); see _decode_features
         self.features_cache: dict[str, tuple[bytes, UserFeatures]] = {}
         # user id -> (encoded metadata, its dict)
         self.metadata_cache: dict[str, tuple[bytes, dict[str, Any]]] = {}
-        self.writer = self.store_factory(on_retry=self.store_retries.inc)
+        self.writer = self.store_factory(on_retry=self.store_retries.inc,
+                                         on_rebuild=lambda _report: self.redis_rebuilds.inc())
         # per step: the membership as read (when the step read it), and whether the campaign
         # state was stored (see _load_state)
         self.rest_loaded = False
@@ -168,7 +185,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.campaigns_stored = False
 
     def close(self) -> None:
-        """Close the store connections."""
+        """Close the store connections and the scoring thread."""
+        scoring = getattr(self, "scoring_thread", None)
+        if scoring is not None:
+            scoring.close()
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.close()
@@ -374,13 +394,37 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
 
     def _segment_changes(self, step: engine.Step) -> Iterator[Row]:
         # durable before they are emitted (and so checkpointed); a step's changes together
-        self.writer.write_many(step.changes)
+        rejections = self.writer.write_many(step.changes) or []
+        refused = {rejection.change["change_id"] for rejection in rejections}
+        yield from self._store_rejections(rejections)
         for change in step.changes:
+            if change["change_id"] in refused:
+                continue
             (self.enters if change["change"] == "ENTER" else self.exits).inc()
             self.changes.inc(f"{change['segment_id']}.{change['change']}")
             record = {**change, "emitted_at": change["event_time"]}
             yield Row("SegmentChange", None, change["user_id"].encode(),
                       self.codec.encode("SegmentChange", record))
+
+    def _store_rejections(self, rejections: list[Any]) -> Iterator[Row]:
+        """Dead letters (engine rows of kind DeadLetter) of changes a store refused for good.
+
+        Bounded like every dead letter (``udfs.intake.dead_letter``): the SegmentChange bytes
+        are kept up to ``dead_letter_raw_max_bytes``, the key (the user id) is cut.
+        """
+        for rejection in rejections:
+            self.store_rejected.inc(rejection.store)
+            change = rejection.change
+            raw = self.codec.encode("SegmentChange", {**change,
+                                                      "emitted_at": change["event_time"]})
+            record = intake.SourceRecord(self.cfg.segment_changes_topic, None, None, None,
+                                         change["user_id"].encode("utf-8", "replace"), raw)
+            letter = intake.dead_letter(
+                record, intake.Rejected("STORE_REJECTED", rejection.reason(),
+                                        f"store:{rejection.store}"),
+                int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes)
+            yield Row("DeadLetter", None, letter["key"],
+                      self.codec.encode("DeadLetter", letter))
 
     def _triggers(self, user_id: str, step: engine.Step, emit_time: int) -> Iterator[Any]:
         for _ in range(step.trigger_duplicates):
