@@ -9,12 +9,14 @@ drill table. Every drill checks the same things (``verify``):
 - memberships: the final state per (user, segment) on the segment-changes topic, compared
   with Cassandra's ``membership_by_user`` and Redis's user sets (lost = missing in a store,
   extra = in a store but not on the topic); no change id twice on the topic;
-- dead letters: as many as the source's bad records;
+- dead letters: as many as the source's bad records, and as many per rule code;
 - the job RUNNING at the end, and no restart caused by the job's Python code or input (an
   exception with a Python traceback); restarts caused by the fault itself are counted.
 
-A new drill (the fuzz drill: 100,000 bad records) is a new ``RecordSource`` (``bad_records``
-set, its clicks mixed with the valid ones) run by the same functions.
+A drill of bad input is a ``RecordSource`` with ``bad_records`` set, its records mixed with the
+valid ones, run by the same functions: ``drill_fuzz`` (``FuzzedWorkload``: bad records of every
+class) and ``drill_burst`` (``BurstWorkload``: two bursts of future clicks, the outputs compared
+with a run without them).
 """
 
 from __future__ import annotations
@@ -701,11 +703,16 @@ def allow_large_records(cfg: NudgeflowConfig, topic: str, max_bytes: int) -> Non
         admin.close()
 
 
-#: output fields that are processing or append time, left out when runs are compared
-WALL_CLOCK_FIELDS = {
-    "triggers": ("emit_time", "ingest_time"),
+#: output fields that depend on when a record was processed, left out when runs are compared:
+#: processing or append time, and the live audience size (each segment's member count, read
+#: from Redis every 10 s of processing time: README, Priority matrix) with what it enters, the
+#: priority score and the explanation's reason and audience features. The tier, from that score,
+#: is compared (for this workload's campaign any audience size gives P1).
+NONDETERMINISTIC_FIELDS: dict[str, tuple[str, ...]] = {
+    "triggers": ("emit_time", "ingest_time", "priority_score", "explanation.reason",
+                 "explanation.features.audience_size", "explanation.features.priority.audience"),
     "segment_changes": ("emitted_at",),
-    "decisions": ("emit_time",),
+    "decisions": ("emit_time", "priority_score", "reason"),
 }
 
 
@@ -713,8 +720,8 @@ def drill_burst(st: Stack, users: int, burst: int) -> DrillResult:
     """The same valid workload twice, each run with its own topics, keyspace and Redis
     prefix: without, then with a ``burst``-record far-future and a ``burst``-record
     11-minutes-ahead invalid burst shuffled into its first batches; every output record
-    (triggers, segment changes, trigger decisions, without their wall-clock fields) must be
-    the same in both runs."""
+    (triggers, segment changes, trigger decisions, without their processing-dependent fields:
+    ``NONDETERMINISTIC_FIELDS``) must be the same in both runs."""
     valid = OwedCartTriggers(users)
     plain_stack = Stack(st.paths, drill_cfg(st.cfg, uuid.uuid4().hex[:8]))
     try:
@@ -752,10 +759,10 @@ def drill_burst(st: Stack, users: int, burst: int) -> DrillResult:
 def compare_outputs(a: dict[str, list[dict[str, Any]]], b: dict[str, list[dict[str, Any]]]
                     ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """Records of ``a`` not in ``b`` and of ``b`` not in ``a`` (as multisets, by kind), each
-    without its wall-clock fields (``WALL_CLOCK_FIELDS``), as canonical JSON."""
+    without its processing-dependent fields (``NONDETERMINISTIC_FIELDS``), as canonical JSON."""
     missing: dict[str, list[str]] = {}
     extra: dict[str, list[str]] = {}
-    for kind, skip in WALL_CLOCK_FIELDS.items():
+    for kind, skip in NONDETERMINISTIC_FIELDS.items():
         left = Counter(_canonical(r, skip) for r in a.get(kind, []))
         right = Counter(_canonical(r, skip) for r in b.get(kind, []))
         missing[kind] = sorted((left - right).elements())
@@ -764,5 +771,15 @@ def compare_outputs(a: dict[str, list[dict[str, Any]]], b: dict[str, list[dict[s
 
 
 def _canonical(record: dict[str, Any], skip: tuple[str, ...]) -> str:
-    return json.dumps({k: v for k, v in record.items() if k not in skip}, sort_keys=True,
-                      default=str)
+    return json.dumps(_without(record, skip), sort_keys=True, default=str)
+
+
+def _without(record: dict[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:
+    """``record`` without the fields named in ``skip`` (``a.b.c``: field ``b.c`` of record
+    field ``a``, or field ``c`` of ``a.b``; map keys may contain dots)."""
+    out = {k: v for k, v in record.items() if k not in skip}
+    for name, value in out.items():
+        nested = tuple(f[len(name) + 1:] for f in skip if f.startswith(name + "."))
+        if nested and isinstance(value, dict):
+            out[name] = _without(value, nested)
+    return out

@@ -10,10 +10,10 @@ from schemas.codec import Codec
 def produce_raw(cfg, topic, records, max_request_size=1_048_576):
     """Send (key, value) pairs and wait for every acknowledgement; raise if any failed.
 
-    Batched (up to 256 KiB per partition, 20 ms linger): about 1,600 small records a second
-    with kafka-python, whose pure-Python CRC32C of each batch is the bottleneck (about 4 MB/s;
-    the ``crc32c`` package would lift it). ``max_request_size`` bounds one record (the topic's
-    ``max.message.bytes`` must allow it too).
+    Batched (up to 256 KiB per partition, 20 ms linger): about 20,000 records of 130 bytes a
+    second; records of kilobytes are bound by kafka-python's pure-Python CRC32C of each batch
+    (about 5 MB/s, twice the unbatched producer's; the ``crc32c`` package would lift it).
+    ``max_request_size`` bounds one record (the topic's ``max.message.bytes`` must allow it).
     """
     producer = KafkaProducer(**cfg.python_client_kwargs(), acks="all", linger_ms=20,
                              batch_size=262_144, max_request_size=max_request_size)
