@@ -9,7 +9,8 @@ Subcommands:
   jars      resolve the Java dependencies from Maven Central into the cache
   sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
   stores    rebuild-redis: rebuild the Redis membership cache from Cassandra
-  drills    the fault drills on the local stack (kill -9, server outages; --quick: CI's form)
+  drills    the fault drills on the local stack (kill -9, server outages, fuzzed records,
+            invalid bursts; --quick: CI's form)
   bench     measure throughput, latency, cost per stage and resources (--quick: < 3 min)
 """
 
@@ -287,8 +288,8 @@ def cmd_jars(args: argparse.Namespace) -> int:
 def cmd_drills(args: argparse.Namespace) -> int:
     """``nudgeflow drills [--quick]``: the drill suite (tests/drills) under pytest.
 
-    The full form (5 TaskManager kills, minute-long outages) unless ``--quick``; prints the
-    drill table at the end.
+    The full form (5 TaskManager kills, minute-long outages, 100,000 fuzzed records) unless
+    ``--quick``; prints the drill table at the end.
     """
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "NUDGEFLOW_DRILLS": "quick" if args.quick else "full"}
@@ -453,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     stores_p.set_defaults(func=cmd_stores)
 
     drills_p = sub.add_parser("drills", help="the fault drills on the local stack: TaskManager "
-                              "kill -9, Kafka/Cassandra/Redis outages (--quick: CI's form)")
+                              "kill -9, Kafka/Cassandra/Redis outages, 100,000 fuzzed "
+                              "records, invalid bursts (--quick: CI's form)")
     drills_p.add_argument("--quick", action="store_true",
                           help="the reduced form CI runs (fewer kills, shorter outages)")
     drills_p.add_argument("-k", dest="select", help="only drills whose name matches (pytest -k)")

@@ -9,22 +9,27 @@ drill table. Every drill checks the same things (``verify``):
 - memberships: the final state per (user, segment) on the segment-changes topic, compared
   with Cassandra's ``membership_by_user`` and Redis's user sets (lost = missing in a store,
   extra = in a store but not on the topic); no change id twice on the topic;
-- dead letters: as many as the source's bad records;
+- dead letters: as many as the source's bad records, and as many per rule code;
 - the job RUNNING at the end, and no restart caused by the job's Python code or input (an
   exception with a Python traceback); restarts caused by the fault itself are counted.
 
-A new drill (the fuzz drill: 100,000 bad records) is a new ``RecordSource`` (``bad_records``
-set, its clicks mixed with the valid ones) run by the same functions.
+A drill of bad input is a ``RecordSource`` with ``bad_records`` set, its records mixed with the
+valid ones, run by the same functions: ``drill_fuzz`` (``FuzzedWorkload``: bad records of every
+class) and ``drill_burst`` (``BurstWorkload``: two bursts of future clicks, the outputs compared
+with a run without them).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
 import signal
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,6 +41,7 @@ from infra.servers.flink import FlinkTaskManager
 from jobs.bench.bench import daytime_zone
 from jobs.cli import wiring
 from jobs.config import ISOLATION_FIELDS, NudgeflowConfig, replace
+from jobs.workload import fuzz
 from schemas.codec import Codec
 from tests.builders import CART, click_bytes, metadata_bytes
 from tests.integration import flink_jobs
@@ -74,6 +80,11 @@ class RecordSource(Protocol):
 
     def users(self) -> list[str]:
         """The users whose memberships are compared across topic and stores."""
+        ...
+
+    def expected_reasons(self) -> dict[str, int]:
+        """Rule code (a DeadLetter's ``problems[0].code``) -> how many dead letters must have it;
+        the counts add up to ``bad_records`` ({} for a valid workload)."""
         ...
 
     bad_records: int  # records that must end in the dead-letter topic (0: a valid workload)
@@ -121,6 +132,177 @@ class OwedCartTriggers:
     def owed_triggers(self) -> set[tuple[str, str]]:
         """One high-value-cart-sms per user."""
         return {(u, "high-value-cart-sms") for u in self.users()}
+
+    def expected_reasons(self) -> dict[str, int]:
+        """No bad record."""
+        return {}
+
+
+#: fuzz classes of many bytes each (1 MB, 300 KB, 100 KB, 70 KB): at most ``heavy_cap`` each
+#: (kafka-python's pure-Python CRC32C produces about 4 MB/s)
+HEAVY_CLASSES = ("string_1mb", "poison_event_id", "user_id_100kb", "metadata_too_large")
+#: fuzz classes the broker refuses, so they never reach the job: a null key on the compacted
+#: user-metadata topic (``InvalidRecordException``); the clicks topic's ``null_key`` is sent
+UNSENDABLE_CLASSES = ("metadata_null_key",)
+#: the one class whose time must be taken from the broker's append time (wall clock); every
+#: other class's time is relative to the valid records of its batch, so that a record only
+#: Python rejects (its time inside the window, which the Java assigner lets count) moves event
+#: time no further than the valid records around it (README, Decode and validate)
+APPEND_TIME_CLASSES = ("eleven_minutes_ahead",)
+#: the largest fuzzed record (``string_1mb``, just over 1 MiB): the fuzz drill raises the
+#: clicks topic's max.message.bytes and the producer's max_request_size to this
+FUZZ_MAX_RECORD_BYTES = 2 * 1_048_576
+
+
+def _spread(total: int, parts: int, i: int) -> int:
+    """Part ``i`` of ``total`` split as evenly as possible into ``parts``."""
+    return total * (i + 1) // parts - total * i // parts
+
+
+@dataclass
+class FuzzedWorkload:
+    """The valid workload (``OwedCartTriggers``) with ``fuzzed`` bad records of every class
+    sendable to Kafka (``jobs/workload/fuzz.py``: 36 click classes, 9 metadata classes) mixed
+    in: the bad metadata among the valid metadata, the bad clicks shuffled into every batch of
+    valid clicks. Owed: the valid workload's triggers, and one dead letter per bad record with
+    its class's rule code."""
+
+    valid: OwedCartTriggers
+    fuzzed: int
+    heavy_cap: int = 50
+    seed: int = 19
+    bad_records: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # class -> records
+    reasons: dict[str, str] = field(default_factory=dict)  # class -> rule code
+
+    def __post_init__(self) -> None:
+        if self.fuzzed < 0:
+            raise ValueError(f"fuzzed must be >= 0, got {self.fuzzed}")
+        now = int(time.time() * 1000)
+        self.reasons = {r.cls: r.expected_reason for r in
+                        [*fuzz.fuzz_records(len(fuzz.CLICK_CLASSES), self.seed, now),
+                         *fuzz.fuzz_metadata_records(len(fuzz.METADATA_CLASSES), self.seed,
+                                                     now)]}
+        classes = [c for c in (*fuzz.CLICK_CLASSES, *fuzz.METADATA_CLASSES)
+                   if c not in UNSENDABLE_CLASSES]
+        heavy = [c for c in classes if c in HEAVY_CLASSES]
+        light = [c for c in classes if c not in HEAVY_CLASSES]
+        per_heavy = min(self.heavy_cap, self.fuzzed // len(classes))
+        rest = self.fuzzed - per_heavy * len(heavy)
+        self.counts = {c: per_heavy for c in heavy}
+        self.counts.update({c: _spread(rest, len(light), i) for i, c in enumerate(light)})
+        self.bad_records = sum(self.counts.values())
+
+    @property
+    def name(self) -> str:
+        """The load column."""
+        return (f"{self.valid.name} + {self.bad_records:,} fuzzed "
+                f"({sum(1 for n in self.counts.values() if n)} classes)")
+
+    def users(self) -> list[str]:
+        """The valid workload's users."""
+        return self.valid.users()
+
+    def owed_triggers(self) -> set[tuple[str, str]]:
+        """The valid workload's triggers."""
+        return self.valid.owed_triggers()
+
+    def expected_reasons(self) -> dict[str, int]:
+        """Every bad record's rule code."""
+        out: Counter[str] = Counter()
+        for cls, n in self.counts.items():
+            out[self.reasons[cls]] += n
+        return {code: n for code, n in out.items() if n}
+
+    def metadata(self, cfg: NudgeflowConfig, codec: Codec) -> list[tuple[bytes, bytes]]:
+        """The valid metadata and the bad metadata, shuffled together."""
+        wanted = {c: n for c, n in self.counts.items() if c in fuzz.METADATA_CLASSES}
+        made = fuzz.fuzz_metadata_records(max(wanted.values(), default=0)
+                                          * len(fuzz.METADATA_CLASSES), self.seed,
+                                          int(time.time() * 1000))
+        bad: list[tuple[bytes, bytes]] = []
+        for record in made:
+            if wanted.get(record.cls, 0) > 0:
+                wanted[record.cls] -= 1
+                assert record.key is not None, f"{record.cls} cannot be sent: it has no key"
+                bad.append((record.key, record.value))
+        mixed = [*self.valid.metadata(cfg, codec), *bad]
+        random.Random(self.seed).shuffle(mixed)  # noqa: S311 - test data, not crypto
+        return mixed
+
+    def click_batches(self, cfg: NudgeflowConfig, codec: Codec
+                      ) -> Iterator[list[tuple[bytes | None, bytes]]]:
+        """Each batch of valid clicks with its share of every bad click class, shuffled."""
+        rng = random.Random(self.seed)  # noqa: S311 - test data, not crypto
+        carts = -(-self.valid.count // self.valid.batch)  # the valid batches before the clock
+        click_classes = [c for c in fuzz.CLICK_CLASSES if self.counts.get(c)]
+        for i, batch in enumerate(self.valid.click_batches(cfg, codec)):
+            if i >= carts:
+                yield batch  # the clock click
+                continue
+            at = self.valid.t0 + i * self.valid.batch * 10  # the batch's event time
+            now = int(time.time() * 1000)  # about the records' append time
+            mixed = list(batch)
+            for n, cls in enumerate(click_classes):
+                k = _spread(self.counts[cls], carts, i)
+                if k:
+                    mixed.extend((r.key, r.value) for r in fuzz.fuzz_records(
+                        k, self.seed * 1_000_000 + i * 100 + n,
+                        now if cls in APPEND_TIME_CLASSES else at, classes=(cls,)))
+            rng.shuffle(mixed)
+            yield mixed
+
+
+@dataclass
+class BurstWorkload:
+    """The valid workload with two invalid bursts shuffled into its first two batches:
+    ``burst`` clicks far in the future (2100, or about year 146 million) and ``burst`` clicks
+    11 to 12 minutes ahead of the broker's append time, all rejected (``TIME_IN_FUTURE``)."""
+
+    valid: OwedCartTriggers
+    burst: int
+    seed: int = 11
+    bad_records: int = 0
+
+    def __post_init__(self) -> None:
+        self.bad_records = 2 * self.burst
+
+    @property
+    def name(self) -> str:
+        """The load column."""
+        return self.valid.name
+
+    def users(self) -> list[str]:
+        """The valid workload's users."""
+        return self.valid.users()
+
+    def owed_triggers(self) -> set[tuple[str, str]]:
+        """The valid workload's triggers."""
+        return self.valid.owed_triggers()
+
+    def expected_reasons(self) -> dict[str, int]:
+        """Every burst record is an event time in the future."""
+        return {"TIME_IN_FUTURE": self.bad_records} if self.bad_records else {}
+
+    def metadata(self, cfg: NudgeflowConfig, codec: Codec) -> list[tuple[bytes, bytes]]:
+        """The valid metadata."""
+        return self.valid.metadata(cfg, codec)
+
+    def click_batches(self, cfg: NudgeflowConfig, codec: Codec
+                      ) -> Iterator[list[tuple[bytes | None, bytes]]]:
+        """The valid batches; the two bursts shuffled into the first two."""
+        rng = random.Random(self.seed)  # noqa: S311 - test data, not crypto
+        for i, batch in enumerate(self.valid.click_batches(cfg, codec)):
+            if i < 2 and self.burst:
+                now = int(time.time() * 1000)
+                bursts = [*fuzz.fuzz_records(self.burst, self.seed * 10 + i, now,
+                                             classes=("far_future", "eleven_minutes_ahead"))]
+                half = [(r.key, r.value) for r in bursts]
+                mixed = list(batch) + half
+                rng.shuffle(mixed)
+                yield mixed
+            else:
+                yield batch
 
 
 # --- the stack and its faults ------------------------------------------------------------------
@@ -224,6 +406,8 @@ class DrillResult:
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: the run's outputs (records by kind: triggers, segment_changes, decisions), to compare runs
+    outputs: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     HEADER = ("drill", "load", "faults", "lost", "duplicated", "restarts", "duration")
 
@@ -275,20 +459,23 @@ def drop_keyspace(cfg: NudgeflowConfig) -> None:
 
 
 def run_drill(st: Stack, drill: str, source: RecordSource, faults: list[Fault],
-              fault_after_batches: list[int], timeout_s: float = 420.0) -> DrillResult:
+              fault_after_batches: list[int], timeout_s: float = 420.0,
+              max_record_bytes: int = 1_048_576) -> DrillResult:
     """Send ``source``'s records, inject ``faults[i]`` after batch ``fault_after_batches[i]``,
-    wait until every owed trigger arrived, then verify everything (``verify``)."""
+    wait until every owed trigger and dead letter arrived, then verify everything (``verify``).
+    ``max_record_bytes``: the producer's limit of one record (the topic's must allow it)."""
     cfg, codec = st.cfg, Codec.load()
     started = time.monotonic()
-    produce_raw(cfg, cfg.user_metadata_topic, source.metadata(cfg, codec))
+    produce_raw(cfg, cfg.user_metadata_topic, source.metadata(cfg, codec), max_record_bytes)
     tiers = {tier: TopicReader(cfg, cfg.trigger_topic(tier), codec) for tier in TIERS}
+    letters = TopicReader(cfg, cfg.dead_letter_topic, codec)
     job_id = flink_jobs.submit(cfg, fields=DRILL_FIELDS)
     described: list[str] = []
     owed = source.owed_triggers()
     try:
         schedule = dict(zip(fault_after_batches, faults, strict=True))
         for n, batch in enumerate(source.click_batches(cfg, codec)):
-            produce_raw(cfg, cfg.clicks_topic, batch)
+            produce_raw(cfg, cfg.clicks_topic, batch, max_record_bytes)
             if n in schedule:
                 _wait_for_some(tiers, 180)
                 described.append(schedule[n](st))
@@ -297,20 +484,34 @@ def run_drill(st: Stack, drill: str, source: RecordSource, faults: list[Fault],
         while len(_triggers(tiers)) < len(owed) and time.monotonic() < deadline:
             for reader in tiers.values():
                 reader.drain(0.3)
-        for reader in tiers.values():
+        while len(_dead_letters(letters)) < source.bad_records and time.monotonic() < deadline:
+            letters.drain(0.5)
+        for reader in (*tiers.values(), letters):
             reader.drain(4)  # exactly-once: a duplicate would show within a checkpoint or two
         state = deploy.job_state(cfg.flink_rest_url, job_id)
         exceptions = deploy.rest_get(cfg.flink_rest_url, f"/jobs/{job_id}/exceptions")
     finally:
         flink_jobs.cancel(cfg, job_id)
-        for reader in tiers.values():
+        for reader in (*tiers.values(), letters):
             reader.close()
     kinds = sorted({d.split(",")[0] for d in described})
     result = DrillResult(drill, source.name, f"{len(described)} x " + "; ".join(kinds)
                          if described else "none")
-    verify(result, cfg, codec, source, _triggers(tiers), state, exceptions)
+    verify(result, cfg, codec, source, _triggers(tiers), _dead_letters(letters), state,
+           exceptions)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _dead_letters(reader: TopicReader) -> list[dict[str, Any]]:
+    return [r for _, name, r in reader.records if name == "DeadLetter"]
+
+
+def rule_code(dead_letter: dict[str, Any]) -> str:
+    """A DeadLetter's rule code: its first problem's (``udfs.intake.RULE_CODES``), else its
+    reason code (e.g. ``LATE_EVENT``)."""
+    problems = dead_letter.get("problems") or []
+    return str(problems[0]["code"] if problems else dead_letter["reason_code"])
 
 
 def _triggers(tiers: dict[str, TopicReader]) -> list[tuple[str, dict[str, Any]]]:
@@ -331,9 +532,10 @@ def _wait_for_some(tiers: dict[str, TopicReader], timeout_s: float) -> None:
 
 
 def verify(result: DrillResult, cfg: NudgeflowConfig, codec: Codec, source: RecordSource,
-           triggers: list[tuple[str, dict[str, Any]]], state: str,
-           exceptions: dict[str, Any]) -> None:
-    """Fill ``result`` in: lost, duplicated, restarts, and the problems found (if any)."""
+           triggers: list[tuple[str, dict[str, Any]]], dead_letters: list[dict[str, Any]],
+           state: str, exceptions: dict[str, Any]) -> None:
+    """Fill ``result`` in: lost, duplicated, restarts, the problems found (if any) and the
+    run's outputs (``result.outputs``)."""
     owed = source.owed_triggers()
     got = [(r["user_id"], r["campaign_id"]) for _, r in triggers]
     ids = [r["trigger_id"] for _, r in triggers]
@@ -359,11 +561,18 @@ def verify(result: DrillResult, cfg: NudgeflowConfig, codec: Codec, source: Reco
     lost_c, extra_c = _diff(expected, in_cassandra)
     lost_r, extra_r = _diff(expected, in_redis)
 
-    letters = TopicReader(cfg, cfg.dead_letter_topic, codec)
+    decisions_reader = TopicReader(cfg, cfg.trigger_decisions_topic, codec)
     try:
-        dead_letters = [r for _, name, r in letters.drain(3) if name == "DeadLetter"]
+        decisions = [r for _, name, r in decisions_reader.drain(3) if name == "TriggerDecision"]
     finally:
-        letters.close()
+        decisions_reader.close()
+    result.outputs = {
+        "triggers": [r for _, r in triggers],
+        "segment_changes": [r for _, name, r in records if name == "SegmentChange"],
+        "decisions": decisions,
+    }
+    reasons = Counter(rule_code(d) for d in dead_letters)
+    expected_reasons = Counter(source.expected_reasons())
 
     entries = exceptions.get("exceptionHistory", {}).get("entries", [])
     python_failures = [e for e in entries if "Traceback (most recent call last)" in
@@ -378,7 +587,8 @@ def verify(result: DrillResult, cfg: NudgeflowConfig, codec: Codec, source: Reco
         "memberships": sum(len(s) for s in expected.values()),
         "cassandra_lost": lost_c, "cassandra_extra": extra_c,
         "redis_lost": lost_r, "redis_extra": extra_r,
-        "dead_letters": len(dead_letters), "state": state,
+        "dead_letters": len(dead_letters), "dead_letter_codes": dict(sorted(reasons.items())),
+        "state": state,
         "python_failures": len(python_failures),
     }
     problems = result.problems
@@ -393,6 +603,12 @@ def verify(result: DrillResult, cfg: NudgeflowConfig, codec: Codec, source: Reco
     if len(dead_letters) != source.bad_records:
         problems.append(f"{len(dead_letters)} dead letters, expected {source.bad_records}: "
                         f"{[d['reason'][:200] for d in dead_letters[:5]]}")
+    if reasons != expected_reasons:
+        missing, unexpected_codes = expected_reasons - reasons, reasons - expected_reasons
+        examples = [d["reason"][:200] for d in dead_letters
+                    if rule_code(d) in unexpected_codes][:3]
+        problems.append(f"dead letters by rule code differ from the bad records': missing "
+                        f"{dict(missing)}, unexpected {dict(unexpected_codes)} (e.g. {examples})")
     if result.details["memberships"] == 0:
         problems.append("no membership reached the segment-changes topic")
 
@@ -458,3 +674,112 @@ def drill_server_outage(st: Stack, source: RecordSource, server: str, seconds: f
 def source_batches(source: RecordSource, st: Stack) -> int:
     """How many click batches ``source`` sends (faults are placed among them)."""
     return sum(1 for _ in source.click_batches(st.cfg, Codec.load()))
+
+
+def drill_fuzz(st: Stack, valid: OwedCartTriggers, fuzzed: int, heavy_cap: int) -> DrillResult:
+    """``fuzzed`` bad records of every class mixed into the valid workload (``FuzzedWorkload``):
+    dead letters == bad records, in count and per rule code (none LATE_EVENT: no rejected
+    record moved event time past a valid one), the valid workload's triggers and memberships
+    exactly once, 0 restarts."""
+    source = FuzzedWorkload(valid, fuzzed, heavy_cap)
+    allow_large_records(st.cfg, st.cfg.clicks_topic, FUZZ_MAX_RECORD_BYTES)
+    result = run_drill(st, "fuzz", source, [], [], timeout_s=900.0,
+                       max_record_bytes=FUZZ_MAX_RECORD_BYTES)
+    result.faults = f"{source.bad_records:,} bad records mixed in"
+    if result.restarts:
+        result.problems.append(f"{result.restarts} restarts: bad input must not restart the job")
+    return result
+
+
+def allow_large_records(cfg: NudgeflowConfig, topic: str, max_bytes: int) -> None:
+    """Raise ``topic``'s max.message.bytes to ``max_bytes`` (the fuzz drill's 1 MB strings)."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(**cfg.python_client_kwargs())
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic,
+                                            configs={"max.message.bytes": str(max_bytes)})])
+    finally:
+        admin.close()
+
+
+#: output fields that depend on when a record was processed, left out when runs are compared:
+#: processing or append time, and the live audience size (each segment's member count, read
+#: from Redis every 10 s of processing time: README, Priority matrix) with what it enters, the
+#: priority score and the explanation's reason and audience features. The tier, from that score,
+#: is compared (for this workload's campaign any audience size gives P1).
+NONDETERMINISTIC_FIELDS: dict[str, tuple[str, ...]] = {
+    "triggers": ("emit_time", "ingest_time", "priority_score", "explanation.reason",
+                 "explanation.features.audience_size", "explanation.features.priority.audience"),
+    "segment_changes": ("emitted_at",),
+    "decisions": ("emit_time", "priority_score", "reason"),
+}
+
+
+def drill_burst(st: Stack, users: int, burst: int) -> DrillResult:
+    """The same valid workload twice, each run with its own topics, keyspace and Redis
+    prefix: without, then with a ``burst``-record far-future and a ``burst``-record
+    11-minutes-ahead invalid burst shuffled into its first batches; every output record
+    (triggers, segment changes, trigger decisions, without their processing-dependent fields:
+    ``NONDETERMINISTIC_FIELDS``) must be the same in both runs."""
+    valid = OwedCartTriggers(users)
+    plain_stack = Stack(st.paths, drill_cfg(st.cfg, uuid.uuid4().hex[:8]))
+    try:
+        plain = run_drill(plain_stack, "burst (run without)", valid, [], [])
+    finally:
+        drop_keyspace(plain_stack.cfg)
+    with_burst = run_drill(st, "invalid bursts", BurstWorkload(valid, burst), [], [])
+    result = DrillResult(
+        "invalid bursts", f"{valid.name}, twice (with and without)",
+        f"{burst:,} far-future + {burst:,} 11-min-ahead clicks",
+        lost=plain.lost + with_burst.lost, duplicated=plain.duplicated + with_burst.duplicated,
+        restarts=plain.restarts + with_burst.restarts,
+        seconds=plain.seconds + with_burst.seconds,
+        problems=[f"run without the bursts: {p}" for p in plain.problems] + with_burst.problems)
+    missing, extra = compare_outputs(plain.outputs, with_burst.outputs)
+    result.lost += sum(len(v) for v in missing.values())
+    result.duplicated += sum(len(v) for v in extra.values())
+    result.details = {
+        "compared": {kind: len(records) for kind, records in plain.outputs.items()},
+        "missing_with_burst": {kind: len(v) for kind, v in missing.items()},
+        "extra_with_burst": {kind: len(v) for kind, v in extra.items()},
+        "without": plain.details, "with": with_burst.details,
+    }
+    for kind in missing:
+        if missing[kind] or extra[kind]:
+            result.problems.append(
+                f"{kind}: {len(missing[kind])} of the run without the bursts missing or "
+                f"changed with them, {len(extra[kind])} new or changed; e.g. without: "
+                f"{missing[kind][:2]}, with: {extra[kind][:2]}")
+    if not plain.outputs.get("triggers"):
+        result.problems.append("the run without the bursts emitted no trigger to compare")
+    return result
+
+
+def compare_outputs(a: dict[str, list[dict[str, Any]]], b: dict[str, list[dict[str, Any]]]
+                    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Records of ``a`` not in ``b`` and of ``b`` not in ``a`` (as multisets, by kind), each
+    without its processing-dependent fields (``NONDETERMINISTIC_FIELDS``), as canonical JSON."""
+    missing: dict[str, list[str]] = {}
+    extra: dict[str, list[str]] = {}
+    for kind, skip in NONDETERMINISTIC_FIELDS.items():
+        left = Counter(_canonical(r, skip) for r in a.get(kind, []))
+        right = Counter(_canonical(r, skip) for r in b.get(kind, []))
+        missing[kind] = sorted((left - right).elements())
+        extra[kind] = sorted((right - left).elements())
+    return missing, extra
+
+
+def _canonical(record: dict[str, Any], skip: tuple[str, ...]) -> str:
+    return json.dumps(_without(record, skip), sort_keys=True, default=str)
+
+
+def _without(record: dict[str, Any], skip: tuple[str, ...]) -> dict[str, Any]:
+    """``record`` without the fields named in ``skip`` (``a.b.c``: field ``b.c`` of record
+    field ``a``, or field ``c`` of ``a.b``; map keys may contain dots)."""
+    out = {k: v for k, v in record.items() if k not in skip}
+    for name, value in out.items():
+        nested = tuple(f[len(name) + 1:] for f in skip if f.startswith(name + "."))
+        if nested and isinstance(value, dict):
+            out[name] = _without(value, nested)
+    return out

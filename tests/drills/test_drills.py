@@ -2,7 +2,8 @@
 
 Reduced form by default (what CI runs with the rest of `tests`); ``nudgeflow drills`` (or
 NUDGEFLOW_DRILLS=full) runs the full form: 3,000 users, 5 TaskManager kills, minute-long
-outages. Each drill's checks are ``tests.drills.runner.verify``.
+outages, 100,000 fuzzed records (reduced: 5,000), two 1,000-record invalid bursts (both forms).
+Each drill's checks are ``tests.drills.runner.verify``.
 """
 
 import pytest
@@ -35,4 +36,20 @@ def test_taskmanager_kill_loses_and_duplicates_nothing(drill_stack, record):
 def test_a_server_outage_loses_no_membership(drill_stack, record, server, seconds, wipe):
     result = record(runner.drill_server_outage(
         drill_stack, runner.OwedCartTriggers(USERS), server, seconds, wipe_redis=wipe))
+    _assert_clean(result)
+
+
+def test_fuzzed_records_all_dead_lettered_without_restart(drill_stack, record):
+    """Bad records of every class among the valid workload: each in the dead-letter topic
+    with its rule code, none late, the valid workload's output exactly once, 0 restarts."""
+    result = record(runner.drill_fuzz(
+        drill_stack, runner.OwedCartTriggers(USERS), fuzzed=100_000 if FULL else 5_000,
+        heavy_cap=50 if FULL else 10))
+    _assert_clean(result)
+
+
+def test_invalid_bursts_change_no_output(drill_stack, record):
+    """A far-future and an 11-minutes-ahead burst of invalid clicks: the valid workload's
+    output record for record as in a run without them."""
+    result = record(runner.drill_burst(drill_stack, USERS, burst=1000))
     _assert_clean(result)
