@@ -50,6 +50,8 @@ from udfs.campaigns.grammar import TIERS
 from udfs.stores import keys
 
 MIN = 60_000
+#: event time between two batches of carts: more than drill_cfg's max_out_of_orderness_ms
+BATCH_SPACING_MS = 3_000
 
 #: the job's flags a drill sets (its own topics, keyspace, checkpointing, no churn model)
 DRILL_FIELDS = (*ISOLATION_FIELDS, "cassandra_keyspace", "churn_model", "idleness_ms",
@@ -94,7 +96,12 @@ class RecordSource(Protocol):
 class OwedCartTriggers:
     """Each user: metadata with SMS consent, one add-to-cart over $100 -> exactly one
     high-value-cart-sms trigger (P1) and a high-value-cart membership; then a clock click
-    moves event time on 31 minutes (every cart also enters cart-abandoners, by a timer)."""
+    moves event time on 31 minutes (every cart also enters cart-abandoners, by a timer).
+
+    Batch ``i``'s carts are at ``t0 + i * BATCH_SPACING_MS``, more than the drills'
+    out-of-orderness bound apart: the event-time engine applies a batch once the watermark
+    passes it, so the next batch releases it (a fault after batch 1 meets a job with
+    triggers out)."""
 
     count: int
     batch: int = 150
@@ -106,6 +113,10 @@ class OwedCartTriggers:
     def name(self) -> str:
         """The load column."""
         return f"{self.count:,} users x 1 cart"
+
+    def batch_time(self, i: int) -> int:
+        """The event time of batch ``i``'s carts."""
+        return self.t0 + i * BATCH_SPACING_MS
 
     def users(self) -> list[str]:
         """The drill's users."""
@@ -123,7 +134,7 @@ class OwedCartTriggers:
         users = self.users()
         for n in range(0, len(users), self.batch):
             yield [(u.encode(), click_bytes(codec, f"{u}-cart", u, "ADD_TO_CART",
-                                            self.t0 + n * 10, **CART))
+                                            self.batch_time(n // self.batch), **CART))
                    for u in users[n:n + self.batch]]
         clock = f"d{self.run}-clock"
         yield [(clock.encode(), click_bytes(codec, f"{clock}-1", clock, "PAGE_VIEW",
@@ -240,7 +251,7 @@ class FuzzedWorkload:
             if i >= carts:
                 yield batch  # the clock click
                 continue
-            at = self.valid.t0 + i * self.valid.batch * 10  # the batch's event time
+            at = self.valid.batch_time(i)
             now = int(time.time() * 1000)  # about the records' append time
             mixed = list(batch)
             for n, cls in enumerate(click_classes):
