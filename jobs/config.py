@@ -90,6 +90,12 @@ class NudgeflowConfig:
     idleness_ms: int = _opt(
         10_000, "A source partition without events for this long stops holding watermarks back."
     )
+    quiet_release_ms: int = _opt(
+        3_000,
+        "An input still waiting for the watermark after this much processing time is applied "
+        "anyway: the stream went quiet and no later click will move the watermark. 0: never "
+        "(strictly event time; the last inputs then wait for the next click).",
+    )
     allowed_lateness_ms: int = _opt(
         60_000,
         "Events up to this much behind the watermark are still processed; later ones go to "
@@ -211,6 +217,7 @@ class NudgeflowConfig:
         if self.parallelism < 1:
             raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
         for name in ("max_out_of_orderness_ms", "idleness_ms", "allowed_lateness_ms",
+                     "quiet_release_ms",
                      "max_future_skew_ms", "state_ttl_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -114,6 +114,9 @@ def latency_figures(latencies: Sequence[float]) -> dict[str, float | None]:
             "max_ms": max(latencies) if latencies else None}
 
 
+#: how often the latency ladder's ticker sends a page view to every clicks partition
+TICK_S = 0.1
+
 #: the in-order delay probe: the configured out-of-orderness bound against this small one, at
 #: this rate (every partition busy, so watermarks move with the events)
 SMALL_BOUND_MS = 100
@@ -596,6 +599,13 @@ class Bench:
                                                        visible - record["event_time"]))
 
         results: list[dict[str, Any]] = []
+        # live traffic never stops: the engine applies a click once the watermark passes it, and
+        # a watermark moves only with later clicks on every partition; a ticker keeps one page
+        # view per partition flowing (every TICK_S, event time = now) while steps are read
+        ticking = threading.Event()
+        ticker = threading.Thread(target=self._tick, args=(producer, cfg.clicks_topic, ticking),
+                                  daemon=True)
+        ticker.start()
         try:
             self._warm_up(producer, cfg, buyers, read, seen, job)
             for rate in rates:
@@ -628,9 +638,23 @@ class Bench:
                 self.say(f"    {delivery} {rate:>6,}/s: {len(latencies)}/{expected} triggers, "
                          f"p99 {_fmt(results[-1]['p99_ms'])} ms")
         finally:
+            ticking.set()
+            ticker.join()
             producer.close()
             consumer.close()
         return results
+
+    def _tick(self, producer: Any, topic: str, stop: threading.Event) -> None:
+        """One page view per partition of ``topic`` every TICK_S until ``stop`` is set."""
+        partitions = sorted(producer.partitions_for(topic))
+        n = 0
+        while not stop.wait(TICK_S):
+            t = int(time.time() * 1000)
+            for partition in partitions:
+                user = f"tick-{partition}"
+                producer.send(topic, key=user.encode(), partition=partition,
+                              value=self._click(f"tick-{partition}-{n}", user, "PAGE_VIEW", t))
+            n += 1
 
     def _warm_up(self, producer: Any, cfg: Any, buyers: list[str], read: Any,
                  seen: dict[str, list[tuple[float, float]]],

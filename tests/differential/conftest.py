@@ -30,5 +30,5 @@ def make_cfg(jar_urls):
         # jump ahead, and the bounded sources end with their own final watermark anyway
         return replace(load_config(env={}), parallelism=parallelism, checkpoint_interval_ms=0,
                        delivery_guarantee="at-least-once", jars=jar_urls, churn_model="off",
-                       idleness_ms=3_600_000)
+                       idleness_ms=3_600_000, quiet_release_ms=0)
     return make

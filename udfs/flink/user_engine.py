@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pyflink.common import Row
-from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext
+from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext, TimeDomain
 
 from schemas.codec import Codec
 from udfs import engine, intake
@@ -158,6 +158,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.store_retries = metrics.counter("store_retries")
         self.store_rejected = LabelledCounters(metrics, "store", "store_rejected")
         self.redis_rebuilds = metrics.counter("redis_rebuilds")
+        # inputs applied by processing time because the stream went quiet (quiet_release_ms)
+        self.quiet_releases = metrics.counter("quiet_releases")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.registries: Registries | None = None
         self.scorer = None
@@ -261,10 +263,27 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             pending = Pending(event_time, METADATA_RANK, f"metadata@{event_time}", raw, 0)
         state = self._load_state(user_id)
         yield from self._step(user_id, state, engine.Arrival(user_id, pending, watermark), ctx)
+        if self.cfg.quiet_release_ms > 0 and state.clock.pending:
+            # a quiet stream moves no watermark: release the input after a while regardless
+            timers = ctx.timer_service()
+            timers.register_processing_time_timer(
+                timers.current_processing_time() + self.cfg.quiet_release_ms)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-        """The watermark passed the user's wake time: apply and check everything up to it."""
+        """The watermark passed the user's wake time: apply and check everything up to it.
+
+        A processing-time timer (``quiet_release_ms`` after an input arrived) applies what is
+        still pending although the watermark did not pass it: the stream went quiet.
+        """
         user_id = ctx.get_current_key()
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            state = self._load_state(user_id)
+            if not state.clock.pending:
+                return
+            self.quiet_releases.inc()
+            release = max(p.time_ms for p in state.clock.pending)
+            yield from self._step(user_id, state, engine.Timer(user_id, release), ctx)
+            return
         self.timers_fired.inc()
         watermark = max(timestamp, ctx.timer_service().current_watermark())
         state = self._load_state(user_id)
