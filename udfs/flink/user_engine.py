@@ -135,6 +135,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.store_retries = metrics.counter("store_retries")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.registries: Registries | None = None
+        self.rules: engine.Rules | None = None  # see _rules
         self.scorer = None
         if self.model_files is not None:
             import_in_python_thread("udfs.churn")
@@ -251,9 +252,17 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         yield from self._triggers(user_id, step, item, emit_time)
 
     def _rules(self) -> engine.Rules:
+        """The step's rules, rebuilt only when the audience sizes were re-read.
+
+        The registries are applied to in place, so a definition change needs no rebuild.
+        """
         assert self.registries is not None, "_load_registries runs before every step"
-        return engine.Rules(self.registries, self.cfg.state_ttl_ms, self.scorer,
-                            self._audience_sizes())
+        sizes = self._audience_sizes()
+        rules = self.rules
+        if rules is None or rules.audience_sizes is not sizes:
+            rules = self.rules = engine.Rules(self.registries, self.cfg.state_ttl_ms,
+                                              self.scorer, sizes)
+        return rules
 
     def _load_state(self, user_id: str) -> engine.UserState:
         self.loaded_membership = dict(self.membership.value() or {})
