@@ -9,8 +9,8 @@ infra/servers/flink.py for the local one).
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -50,42 +50,85 @@ def build_job_archive(dest: Path | None = None, root: Path = REPO_DIR) -> Path:
     return dest
 
 
-def archive_digest(archive: Path) -> str:
-    """SHA-256 of the archive's file names and contents (not of zip timestamps)."""
-    digest = hashlib.sha256()
+def archive_build(archive: Path) -> str:
+    """The build id (``udfs.build.digest_files``) of the job code inside an archive."""
+    from udfs.build import digest_files
+
     with zipfile.ZipFile(archive) as zipped:
-        for name in sorted(zipped.namelist()):
-            digest.update(name.encode())
-            digest.update(zipped.read(name))
-    return digest.hexdigest()
+        return digest_files((name, zipped.read(name)) for name in zipped.namelist())
 
 
-def refresh_local_taskmanager(archive: Path, say: Callable[[str], None] = print) -> None:
-    """Restart the local stack's TaskManager if it holds other job code than ``archive``.
+def refresh_local_taskmanager(build: str, say: Callable[[str], None] = print,
+                              rest_url: str = "http://127.0.0.1:8081") -> None:
+    """Restart the local stack's TaskManager unless it can only hold the modules of ``build``.
 
-    Only for the stack of ``nudgeflow stack``; does nothing when its TaskManager is not running.
+    ``build`` is the id of the code about to be shipped (``archive_build``).
+    ``loaded_code_file`` records ``<build> <TaskManager pid>`` after each submission, or
+    ``fresh`` when the TaskManager
+    started; a TaskManager is trusted only if the file names this build and its current pid,
+    or says ``fresh`` and no job has been active on the cluster since (a job restored onto a
+    restarted TaskManager loads its modules without ``nudgeflow run``). Anything else may be
+    another build: the TaskManager is restarted, or, while jobs run there, the submission is
+    refused. Does nothing when the local TaskManager is not running.
+
+    Raises:
+        DeployError: the TaskManager may hold another build and jobs are running on it.
     """
     from infra import stack
     from infra.servers.flink import FlinkTaskManager, loaded_code_file
 
     paths = StackPaths.from_env()
     taskmanager = FlinkTaskManager()
-    if stack.running_pid(taskmanager, paths) is None:
+    pid = stack.running_pid(taskmanager, paths)
+    if pid is None:
         return
-    digest = archive_digest(archive)
     loaded = loaded_code_file(paths)
-    if loaded.exists() and loaded.read_text().strip() != digest:
-        if running_jobs(taskmanager.address):
+    held = _held_build(loaded, pid, rest_url)
+    if held not in {build, "fresh"}:
+        what = "an unknown build" if held is None else f"build {held[:12]}"
+        jobs = _settled_jobs(rest_url)
+        if jobs:
             raise DeployError(
-                "the job's code changed since the local TaskManager loaded it, and jobs are "
-                "still running there; cancel them (`nudgeflow jobs cancel --all`) so that the "
-                "TaskManager can be restarted with the new code"
-            )
-        say("the job's code changed: restarting the local TaskManager (thread mode keeps the "
-            "old modules loaded)")
+                f"the local TaskManager may hold the Python modules of {what}, not this "
+                f"job's build {build[:12]}, and jobs are running there "
+                f"({', '.join(j['id'] for j in jobs)}): thread mode keeps a job's modules "
+                "loaded, so this job could run old code. Cancel them (`nudgeflow jobs cancel "
+                "--all`) or stop them with a savepoint (`nudgeflow jobs stop ID`), then run "
+                "again: the TaskManager is restarted with this build")
+        say(f"the local TaskManager may hold {what}: restarting it for build {build[:12]} "
+            "(thread mode keeps the old modules loaded)")
         stack.down(paths, [taskmanager], say=say)
         stack.up(paths, [taskmanager], say=say)
-    loaded.write_text(digest + "\n")
+        pid = stack.running_pid(taskmanager, paths)
+    loaded.write_text(f"{build} {pid}\n")
+
+
+def _settled_jobs(rest_url: str, timeout_s: float = 60.0) -> list[dict]:
+    """The cluster's unfinished jobs, once those being cancelled have ended (or the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    jobs = running_jobs(rest_url)
+    while jobs and all(j["state"] == "CANCELLING" for j in jobs) and \
+            time.monotonic() < deadline:
+        time.sleep(1)
+        jobs = running_jobs(rest_url)
+    return jobs
+
+
+def _held_build(loaded: Path, pid: int, rest_url: str) -> str | None:
+    """The build the TaskManager ``pid`` may hold: a digest, ``fresh``, or None (unknown)."""
+    try:
+        fields = loaded.read_text().split()
+        written_ms = loaded.stat().st_mtime * 1000
+    except OSError:
+        return None
+    if fields == ["fresh"]:
+        overview = rest_get(rest_url, "/jobs/overview").get("jobs", [])
+        active = [j for j in overview
+                  if j.get("end-time", -1) in (-1, None) or j["end-time"] >= written_ms]
+        return None if active else "fresh"
+    if len(fields) == 2 and fields[1] == str(pid):
+        return fields[0]
+    return None
 
 
 def flink_run_command(
@@ -139,12 +182,16 @@ def submit(
     Raises:
         DeployError: ``flink run`` failed; the message holds the end of its output.
     """
+    from udfs.build import BUILD_ID_ENV
+
     archive = build_job_archive()
+    build = archive_build(archive)
     if local_stack:
-        refresh_local_taskmanager(archive)
+        refresh_local_taskmanager(build, rest_url=rest_url)
     cmd = flink_run_command(rest_url, job_args, archive, detached, python_executable, savepoint)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                          env=dict(env) if env is not None else None)
+    # the job's client hands this id to the engines, which check their TaskManager runs it
+    run_env = {**(os.environ if env is None else env), BUILD_ID_ENV: build}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=run_env)
     output = proc.stdout + proc.stderr
     match = re.search(r"JobID ([0-9a-f]{32})", output)
     if proc.returncode != 0 or match is None:

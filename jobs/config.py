@@ -20,15 +20,21 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from udfs.intake import Limits
 
 ENV_PREFIX = "NUDGEFLOW_"
 DELIVERY_GUARANTEES = ("exactly-once", "at-least-once")
 STARTING_OFFSETS = ("committed", "earliest", "latest")
 EXECUTION_MODES = ("thread", "process")
 STATE_BACKENDS = ("hashmap", "rocksdb")
+#: the largest dead_letter_raw_max_bytes: 1 MiB (Kafka's default max.request.size and
+#: message.max.bytes) minus the 48 KiB the rest of a DeadLetter may take, minus a margin
+MAX_DEAD_LETTER_RAW_BYTES = 983_040
 #: the churn model shipped with nudgeflow (its metadata ``churn.json`` beside it); a plain path,
 #: so that the job imports nothing from ``models``
 SHIPPED_CHURN_MODEL = Path(__file__).resolve().parent.parent / "models" / "churn.onnx"
@@ -77,10 +83,18 @@ class NudgeflowConfig:
     outcomes_topic: str = _opt("outcomes", "Topic of Avro CampaignOutcomes (feedback).")
     # --- event time and the per-user engine ------------------------------------------------
     max_out_of_orderness_ms: int = _opt(
-        5_000, "Watermarks trail the newest event time by this much (bounded out-of-orderness)."
+        1_000,
+        "Watermarks trail the newest event time by this much (bounded out-of-orderness); "
+        "every input waits this long (plus the watermark interval) to be applied in order.",
     )
     idleness_ms: int = _opt(
         10_000, "A source partition without events for this long stops holding watermarks back."
+    )
+    quiet_release_ms: int = _opt(
+        3_000,
+        "An input still waiting for the watermark after this much processing time is applied "
+        "anyway: the stream went quiet and no later click will move the watermark. 0: never "
+        "(strictly event time; the last inputs then wait for the next click).",
     )
     allowed_lateness_ms: int = _opt(
         60_000,
@@ -88,8 +102,43 @@ class NudgeflowConfig:
         "the dead-letter topic with reason LATE_EVENT.",
     )
     max_future_skew_ms: int = _opt(
-        600_000, "Events whose time is this far ahead of the broker's append time are rejected."
+        600_000,
+        "Events (and metadata updated_at) more than this far ahead of the record's Kafka "
+        "timestamp (the broker's append time) are rejected as TIME_IN_FUTURE, in the clicks "
+        "source too, so they never move a watermark.",
     )
+    max_event_age_ms: int = _opt(
+        30 * 24 * 3600 * 1000,
+        "Clicks whose event time is more than this far behind the record's Kafka timestamp are "
+        "rejected as TIME_TOO_OLD (0: no age limit; times before 2000-01-01 are always "
+        "rejected).",
+    )
+    # --- input limits (udfs/intake.py; README "Decode and validate") -------------------------
+    max_record_bytes: int = _opt(
+        65_536, "A clicks or user-metadata value longer than this is rejected (TOO_LARGE) "
+        "before it is decoded.")
+    max_definition_bytes: int = _opt(
+        262_144, "A definitions-topic value longer than this is rejected (TOO_LARGE).")
+    max_id_bytes: int = _opt(
+        256, "Ids (event_id, user_id, session/product/order id, definition_id), Kafka keys and "
+        "property names: at most this many UTF-8 bytes (ID_TOO_LONG, KEY_TOO_LONG).")
+    max_string_bytes: int = _opt(
+        4096, "Other string fields (page_url, category, search_query, currency, country) and "
+        "property values: at most this many UTF-8 bytes (STRING_TOO_LONG).")
+    max_properties: int = _opt(
+        64, "A click's properties map holds at most this many entries (PROPERTIES_TOO_MANY).")
+    max_price: int = _opt(
+        1_000_000_000, "A click's unit price must be finite and in [0, max-price] "
+        "(NOT_FINITE, OUT_OF_RANGE).")
+    max_quantity: int = _opt(
+        1_000_000, "A click's quantity must be in [1, max-quantity] (OUT_OF_RANGE).")
+    max_lifetime_value: int = _opt(
+        1_000_000_000_000, "A user's lifetime_value must be finite and within +-this "
+        "(NOT_FINITE, OUT_OF_RANGE).")
+    dead_letter_raw_max_bytes: int = _opt(
+        65_536, "A DeadLetter carries the rejected value in raw up to this size; a longer one "
+        "is left out (raw_omitted) and found by topic, partition and offset. At most 983040, "
+        "so that every DeadLetter stays under Kafka's 1 MiB default record limit.")
     state_ttl_ms: int = _opt(
         90 * 24 * 3600 * 1000,
         "A user's state is cleared after this much event time without events (bounded state).",
@@ -99,8 +148,8 @@ class NudgeflowConfig:
     )
     campaigns_dir: str = _opt(
         "",
-        "Directory of campaign YAML files (and optionally priority-policy.yaml) loaded at "
-        "start; empty: the shipped catalog; 'none': no campaigns.",
+        "Directory of campaign YAML files (and optionally priority-policy.yaml, "
+        "currency-rates.yaml) loaded at start; empty: the shipped catalog; 'none': no campaigns.",
     )
     redis_key_prefix: str = _opt("nudgeflow", "Prefix of the Redis keys nudgeflow writes.")
     churn_model: str = _opt(
@@ -168,9 +217,24 @@ class NudgeflowConfig:
         if self.parallelism < 1:
             raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
         for name in ("max_out_of_orderness_ms", "idleness_ms", "allowed_lateness_ms",
+                     "quiet_release_ms",
                      "max_future_skew_ms", "state_ttl_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_event_age_ms < 0:
+            raise ConfigError(f"max_event_age_ms must be >= 0 (0: no limit), got "
+                              f"{self.max_event_age_ms}")
+        for name in ("max_record_bytes", "max_definition_bytes", "max_id_bytes",
+                     "max_string_bytes", "max_properties", "max_price", "max_quantity",
+                     "max_lifetime_value", "dead_letter_raw_max_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dead_letter_raw_max_bytes > MAX_DEAD_LETTER_RAW_BYTES:
+            raise ConfigError(
+                f"dead_letter_raw_max_bytes={self.dead_letter_raw_max_bytes} is over "
+                f"{MAX_DEAD_LETTER_RAW_BYTES}: a DeadLetter (raw plus up to 48 KiB of reason, "
+                "key and problems) could exceed Kafka's 1 MiB default record limit and stop "
+                "the job; lower it")
         if self.checkpoint_interval_ms < 0:
             raise ConfigError("checkpoint_interval_ms must be >= 0 (0 disables checkpoints)")
         self.prometheus_settings_map()  # raises ConfigError on a malformed pair
@@ -192,6 +256,24 @@ class NudgeflowConfig:
                 value = _mask(str(value))
             out[f.name] = repr(value)
         return out
+
+    def intake_limits(self) -> Limits:
+        """The input limits and event-time window of ``udfs.intake`` from this configuration."""
+        from udfs.intake import Limits
+
+        return Limits(
+            max_record_bytes=self.max_record_bytes,
+            max_definition_bytes=self.max_definition_bytes,
+            max_id_bytes=self.max_id_bytes,
+            max_string_bytes=self.max_string_bytes,
+            max_properties=self.max_properties,
+            max_price=self.max_price,
+            max_quantity=self.max_quantity,
+            max_lifetime_value=self.max_lifetime_value,
+            max_future_skew_ms=self.max_future_skew_ms,
+            max_event_age_ms=self.max_event_age_ms,
+            dead_letter_raw_max_bytes=self.dead_letter_raw_max_bytes,
+        )
 
     def churn_model_path(self) -> str | None:
         """The churn model file to load, None when scoring is off."""

@@ -20,6 +20,8 @@ from pyflink.datastream.connectors.kafka import (
 from pyflink.java_gateway import get_gateway
 
 from jobs.config import NudgeflowConfig
+from schemas.codec import Codec
+from udfs.intake import click_time_rule_args
 
 #: Kafka transactions must outlive the longest checkpoint; the broker allows up to 2 h
 #: (transaction.max.timeout.ms in infra/servers/kafka.py), Flink's default is 1 h.
@@ -92,7 +94,10 @@ def click_watermarks(cfg: NudgeflowConfig) -> WatermarkStrategy:
             Duration.of_millis(cfg.max_out_of_orderness_ms))
         .with_idleness(Duration.of_millis(cfg.idleness_ms))
     )
-    assigner = get_gateway().jvm.io.nudgeflow.flink.ClickEventTimeAssigner()
+    # the time rule, limits and enum ranges of udfs/intake.py: a record it will reject never
+    # moves a watermark (see the class's doc)
+    assigner = get_gateway().jvm.io.nudgeflow.flink.ClickEventTimeAssigner(
+        *click_time_rule_args(cfg.intake_limits(), Codec.load()))
     return WatermarkStrategy(base._j_watermark_strategy.withTimestampAssigner(assigner))
 
 

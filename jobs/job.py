@@ -22,6 +22,7 @@ environment comes from ``jobs.env``; the jars from the configuration (``jars``).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from pyflink.java_gateway import get_gateway
 from jobs import names
 from jobs.config import ConfigError, NudgeflowConfig, add_config_arguments, config_from_args
 from jobs.env import create_env
+from udfs.build import BUILD_ID_ENV, IMPORTED_BUILD
 from udfs.flink.decode import (
     DecodeClicksFunction,
     DecodeRecordsFunction,
@@ -71,7 +73,7 @@ class JobOutputs:
 def decode_clicks(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
     """Kafka record rows -> (valid clicks as engine input rows, encoded DeadLetter rows)."""
     decoded = records.process(
-        DecodeClicksFunction(cfg.dead_letter_topic, cfg.max_future_skew_ms),
+        DecodeClicksFunction(cfg.dead_letter_topic, cfg.intake_limits()),
         output_type=ENGINE_INPUT_ROW,
     ).uid(names.DECODE_CLICKS_UID).name(names.DECODE_CLICKS_NAME)
     return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
@@ -80,7 +82,8 @@ def decode_clicks(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream
 def decode_metadata(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
     """Kafka record rows of user-metadata -> (engine input rows, DeadLetter rows)."""
     decoded = records.process(
-        DecodeRecordsFunction("UserMetadata", cfg.dead_letter_topic, metadata_to_engine_input),
+        DecodeRecordsFunction("UserMetadata", cfg.dead_letter_topic, metadata_to_engine_input,
+                              cfg.intake_limits()),
         output_type=ENGINE_INPUT_ROW,
     ).uid(names.DECODE_METADATA_UID).name(names.DECODE_METADATA_NAME)
     return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
@@ -90,7 +93,8 @@ def decode_definitions(records: DataStream, cfg: NudgeflowConfig
                        ) -> tuple[DataStream, DataStream]:
     """Kafka record rows of the definitions topic -> (definition rows, DeadLetter rows)."""
     decoded = records.process(
-        DecodeRecordsFunction("DefinitionUpdate", cfg.dead_letter_topic, definition_to_row),
+        DecodeRecordsFunction("DefinitionUpdate", cfg.dead_letter_topic, definition_to_row,
+                              cfg.intake_limits()),
         output_type=DEFINITION_ROW,
     ).uid(names.DECODE_DEFINITIONS_UID).name(names.DECODE_DEFINITIONS_NAME)
     return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
@@ -141,18 +145,21 @@ def definition_watermarks(rows: DataStream, cfg: NudgeflowConfig) -> DataStream:
 
 def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowConfig,
                     initial_definitions: list[dict[str, Any]], model_files: ModelFiles | None,
-                    store: StoreFactory) -> DataStream:
+                    store: StoreFactory, build_id: str | None = None) -> DataStream:
     """Key by user, connect the broadcast definitions, run the engine.
 
     Emits ``ENGINE_OUTPUT_ROW`` rows (SegmentChanges, written to the ``store`` before
-    they are emitted; TriggerEvents; TriggerDecisions); late events leave on the dead-letter
-    side output.
+    they are emitted; TriggerEvents; TriggerDecisions; DeadLetters of changes a store refused);
+    late events leave on the dead-letter side output. The engine carries this client's build
+    id (``build_id``, default: this client's modules; ``udfs.build``) and fails at open on a
+    TaskManager that holds another build's modules.
     """
     broadcast = definitions.broadcast(definitions_state())
     return (
         inputs.key_by(lambda row: row[1], key_type=Types.STRING())  # row[1] is user_id
         .connect(broadcast)
-        .process(UserEngineFunction(cfg, initial_definitions, model_files, store),
+        .process(UserEngineFunction(cfg, initial_definitions, model_files, store,
+                                    build_id=build_id or IMPORTED_BUILD),
                  output_type=ENGINE_OUTPUT_ROW)
         .uid(names.USER_ENGINE_UID)
         .name(names.USER_ENGINE_NAME)
@@ -181,7 +188,8 @@ def membership_store(cfg: NudgeflowConfig) -> CassandraRedisStore:
 
 def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
           cfg: NudgeflowConfig, initial_definitions: list[dict[str, Any]],
-          model_files: ModelFiles | None, store: StoreFactory) -> JobOutputs:
+          model_files: ModelFiles | None, store: StoreFactory,
+          build_id: str | None = None) -> JobOutputs:
     """The job's graph: Kafka record rows of the three input topics -> output streams.
 
     ``clicks`` must carry event-time timestamps and watermarks already: they are read per Kafka
@@ -201,7 +209,7 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
     definition_rows, definition_letters = decode_definitions(definitions, cfg)
     definition_rows = definition_watermarks(definition_rows, cfg)
     engine = run_user_engine(valid_clicks.union(metadata_rows), definition_rows, cfg,
-                             initial_definitions, model_files, store)
+                             initial_definitions, model_files, store, build_id)
     return JobOutputs(
         segment_changes=route_engine_records(engine, "SegmentChange", cfg.segment_changes_topic,
                                              names.ROUTE_SEGMENT_CHANGES_UID),
@@ -211,8 +219,12 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         trigger_decisions=route_engine_records(engine, "TriggerDecision",
                                                cfg.trigger_decisions_topic,
                                                names.ROUTE_DECISIONS_UID),
-        dead_letters=click_letters.union(metadata_letters, definition_letters,
-                                         engine.get_side_output(DEAD_LETTER_TAG)),
+        # late clicks leave on the engine's side output; changes a store refused for good
+        # leave on its main output as DeadLetter rows (timers cannot use side outputs)
+        dead_letters=click_letters.union(
+            metadata_letters, definition_letters, engine.get_side_output(DEAD_LETTER_TAG),
+            route_engine_records(engine, "DeadLetter", cfg.dead_letter_topic,
+                                 names.ROUTE_DEAD_LETTERS_UID)),
     )
 
 
@@ -242,20 +254,22 @@ def churn_model_files(cfg: NudgeflowConfig) -> ModelFiles | None:
 
 
 def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
-    """The definition files as DefinitionUpdates: segments, campaigns and the priority policy.
+    """The definition files as DefinitionUpdates: segments, campaigns, the policy, the rates.
 
-    Segments come from ``cfg.segments_dir`` (or the shipped catalog), campaigns and the policy
-    from ``cfg.campaigns_dir`` (or the shipped catalog; ``none``: no campaigns). A campaign may
+    Segments come from ``cfg.segments_dir`` (or the shipped catalog), campaigns, the policy and
+    the currency rates from ``cfg.campaigns_dir`` (or the shipped catalog; ``none``: no
+    campaigns, the shipped rates). A campaign may
     name a segment that is not among the files: it may be published at runtime.
 
     Raises:
         udfs.definitions.diagnostics.InvalidDefinitions: a file does not validate (the job does
             not start).
     """
-    from udfs.catalog.files import SEGMENT_CATALOG_DIR, catalog_files, load_files
+    from udfs.catalog.files import RATES_FILE, SEGMENT_CATALOG_DIR, catalog_files, load_files
 
     if cfg.campaigns_dir == "none":
-        files = [Path(cfg.segments_dir) if cfg.segments_dir else SEGMENT_CATALOG_DIR]
+        # no campaigns, but money is still in USD
+        files = [Path(cfg.segments_dir) if cfg.segments_dir else SEGMENT_CATALOG_DIR, RATES_FILE]
     else:
         files = catalog_files(cfg.segments_dir, cfg.campaigns_dir)
     return load_files(files, check_references=False).updates(0, "file")
@@ -295,8 +309,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     definitions = kafka_records(
         env, cfg, cfg.definitions_topic, names.DEFINITIONS_SOURCE_UID,
         names.DEFINITIONS_SOURCE_NAME, bounded=args.bounded, from_earliest=True)
+    # the build id of the code shipped (`nudgeflow run` computes it from its archive)
     outputs = build(clicks, metadata, definitions, cfg, initial_definitions, model_files,
-                    membership_store(cfg))
+                    membership_store(cfg), build_id=os.environ.get(BUILD_ID_ENV))
     outputs.all().sink_to(routed_kafka_sink(cfg)).uid(names.KAFKA_SINK_UID).name(
         names.KAFKA_SINK_NAME
     )

@@ -21,7 +21,14 @@ import onnxruntime as ort
 
 from jobs.workload.workload import generate_users
 from models import CHURN_META, CHURN_ONNX
-from models.churn_labels import ChurnSpec, apply_event, kept_events, user_plans, workload_spec
+from models.churn_labels import (
+    ChurnSpec,
+    apply_event,
+    kept_events,
+    shipped_rates,
+    user_plans,
+    workload_spec,
+)
 from udfs.churn import ChurnModel
 from udfs.features.spec import FEATURE_NAMES
 from udfs.features.state import UserFeatures
@@ -34,10 +41,11 @@ def _states(spec: ChurnSpec) -> list[tuple[UserFeatures, dict[str, Any] | None]]
     metas = generate_users(workload_spec(spec))
     plans = user_plans(spec, metas)
     by_id = {m["user_id"]: m for m in metas}
+    per_usd = shipped_rates().per_usd
     states: dict[str, UserFeatures | None] = {}
     for ev in kept_events(spec, plans):
         if ev["event_time"] <= spec.cutoff_ms:
-            states[ev["user_id"]], _ = apply_event(states.get(ev["user_id"]), ev)
+            states[ev["user_id"]], _ = apply_event(states.get(ev["user_id"]), ev, per_usd)
     return [(s, by_id[u]) for u, s in sorted(states.items()) if s is not None]
 
 

@@ -4,8 +4,12 @@ Inputs: a :class:`ChurnSpec` (seeded). Outputs: the thinned ClickEvent stream
 (:func:`kept_events`), the hidden truth of every user (:class:`UserPlan`) and labelled feature
 snapshots (:class:`Snapshot`, :func:`labelled_snapshots`) whose vectors come from
 ``udfs.features.state.update`` and ``vector_list``: the code the per-user operator runs, so
-training and serving share one feature path. Pure and deterministic: randomness comes from the
-spec's seed only, time from ``ChurnSpec.start_ms``; no wall clock, no I/O.
+training and serving share one feature path. Money too: every click's price is converted to US
+dollars before the features see it, with ``udfs.currency.rates.to_reference`` and the shipped
+catalog's rate table (``udfs/catalog/currency-rates.yaml``, loaded as the job loads it at start:
+:func:`shipped_rates`), as the engine does (``udfs.engine``); a currency the table lacks loses
+its money there as it does in serving. Deterministic: randomness comes from the spec's seed
+only, time from ``ChurnSpec.start_ms``; no wall clock; the only I/O is reading the rate table.
 
 How churn is simulated. :mod:`jobs.workload.workload` (not modified; its public functions only)
 generates a busy population with nobody going inactive (``inactive_fraction=0``): sessions at
@@ -52,6 +56,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.workload.workload import DEFAULT_START_MS, WorkloadSpec, generate_events, generate_users
+from udfs.catalog.files import RATES_FILE, load_files
+from udfs.catalog.registries import Registries
+from udfs.currency.rates import RATES_ID, CurrencyRates, to_reference
 from udfs.features.spec import DAY_MS
 from udfs.features.state import UserFeatures, update
 from udfs.features.vector import vector_list
@@ -66,6 +73,7 @@ __all__ = [
     "churn_label",
     "kept_events",
     "labelled_snapshots",
+    "shipped_rates",
     "snapshot_vector",
     "user_plans",
     "workload_spec",
@@ -378,16 +386,37 @@ def kept_events(spec: ChurnSpec, plans: Mapping[str, UserPlan]) -> Iterator[dict
 # --- the serving path, replayed -----------------------------------------------------------------
 
 
-def apply_event(state: UserFeatures | None,
-                event: Mapping[str, Any]) -> tuple[UserFeatures | None, bool]:
+def shipped_rates() -> CurrencyRates:
+    """The shipped catalog's currency rate table, as the engine holds it after a job start.
+
+    Read the way the job reads it (``load_files`` on ``udfs/catalog/currency-rates.yaml``, the
+    file's DefinitionUpdate applied to ``Registries``): no second copy of the rates.
+
+    Raises:
+        udfs.definitions.diagnostics.InvalidDefinitions: the file does not validate.
+    """
+    registries = Registries.from_updates(load_files([RATES_FILE]).updates(0, "file"))
+    table = registries.rates.get(RATES_ID)
+    if not isinstance(table, CurrencyRates):
+        raise RuntimeError(f"{RATES_FILE} holds no currency rate table")
+    return table
+
+
+def apply_event(state: UserFeatures | None, event: Mapping[str, Any],
+                per_usd: Mapping[str, float] | None) -> tuple[UserFeatures | None, bool]:
     """Apply one event as the engine does: a duplicate is skipped (and not scored).
+
+    The price is converted to USD first with the engine's conversion
+    (``udfs.currency.rates.to_reference``) and ``per_usd``, the rate table in force (units per
+    USD: ``shipped_rates().per_usd`` for the shipped catalog; None, no table: prices dropped).
 
     Returns:
         The state and whether the event was applied (False for a duplicate).
     """
     if state is not None and state.is_duplicate(event["event_id"]):
         return state, False
-    return update(state, event), True
+    converted, _ = to_reference(dict(event), per_usd)
+    return update(state, converted), True
 
 
 def snapshot_vector(state: UserFeatures | None, now_ms: int,
@@ -435,6 +464,7 @@ class LabelledData:
 
     Attributes:
         spec: The simulation.
+        rates: The currency rate table the prices were converted to USD with.
         snapshots: Cutoff snapshots in user order, then event snapshots in user order.
         plans: Every user's hidden plan.
         events_kept: Kept records (duplicates included) up to the end of the label window.
@@ -442,18 +472,25 @@ class LabelledData:
     """
 
     spec: ChurnSpec
+    rates: CurrencyRates
     snapshots: list[Snapshot]
     plans: dict[str, UserPlan]
     events_kept: int
     events_fed: int
 
 
-def labelled_snapshots(spec: ChurnSpec) -> LabelledData:
+def labelled_snapshots(spec: ChurnSpec, rates: CurrencyRates | None = None) -> LabelledData:
     """Simulate, replay every user's events up to the cutoff through the features, label.
+
+    Args:
+        spec: The simulation.
+        rates: The currency rate table (default: the shipped catalog's, :func:`shipped_rates`).
 
     Returns:
         The labelled snapshots (see the module docs) and counts.
     """
+    table = rates if rates is not None else shipped_rates()
+    per_usd = table.per_usd
     users = generate_users(workload_spec(spec))
     plans = user_plans(spec, users)
     metadata = {u["user_id"]: (u if plans[u["user_id"]].has_metadata else None) for u in users}
@@ -468,7 +505,7 @@ def labelled_snapshots(spec: ChurnSpec) -> LabelledData:
         times.setdefault(uid, []).append(t)
         if t > cutoff:
             continue
-        state, applied = apply_event(states.get(uid), ev)
+        state, applied = apply_event(states.get(uid), ev, per_usd)
         states[uid] = state
         fed += applied
         if applied and uid not in at_event and t >= plans[uid].snapshot_ms:
@@ -486,4 +523,4 @@ def labelled_snapshots(spec: ChurnSpec) -> LabelledData:
         now, vec = at_event[uid]
         rows.append(Snapshot(uid, "event", now, vec, churn_label(times[uid], now, horizon, gap),
                              plans[uid].churner))
-    return LabelledData(spec, rows, plans, kept, fed)
+    return LabelledData(spec, table, rows, plans, kept, fed)

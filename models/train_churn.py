@@ -47,7 +47,7 @@ from udfs.churn import (
 from udfs.features.spec import FEATURE_NAMES, NEVER_SECONDS
 
 #: Version of the model this script produces; bump it whenever the output changes.
-VERSION = "churn-gbt-2026.11.1"
+VERSION = "churn-gbt-2026.11.2"
 #: GradientBoostingClassifier parameters.
 PARAMS: dict[str, Any] = {
     "n_estimators": 200,
@@ -118,6 +118,11 @@ def export_onnx(model: GradientBoostingClassifier, version: str) -> bytes:
     outputs = [o.name for o in onx.graph.output]
     if OUTPUT_NAME not in outputs:
         raise RuntimeError(f"skl2onnx produced outputs {outputs}, expected {OUTPUT_NAME!r}")
+    # skl2onnx lists the opset imports in set order, which follows the string hash seed of the
+    # process: sorted by domain, the bytes are the same in every run
+    opsets = sorted((o.domain, o.version) for o in onx.opset_import)
+    del onx.opset_import[:]
+    onx.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets)
     onx.graph.name = "nudgeflow_churn"
     onx.doc_string = f"nudgeflow churn model {version}: P(no event in the next 14 days)"
     for key, value in ((META_VERSION_KEY, version), (META_FEATURES_KEY, ",".join(FEATURE_NAMES))):
@@ -195,6 +200,8 @@ def train(spec: ChurnSpec, version: str = VERSION) -> tuple[bytes, dict[str, Any
         "model": f"sklearn GradientBoostingClassifier {PARAMS}",
         "onnx_file": "churn.onnx",
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "onnx_opsets": {o.domain or "ai.onnx": o.version
+                        for o in onnx.load_from_string(onnx_bytes).opset_import},
         "input_name": INPUT_NAME,
         "input_dtype": "float32",
         "output_name": OUTPUT_NAME,
@@ -215,6 +222,11 @@ def train(spec: ChurnSpec, version: str = VERSION) -> tuple[bytes, dict[str, Any
             "observation_days": spec.observation_days,
             "events_kept": data.events_kept,
             "events_fed": data.events_fed,
+            "currency_rates": {
+                "id": data.rates.id,
+                "version": data.rates.version,
+                "per_usd": dict(data.rates.per_usd),
+            },
             "label_disagrees_with_hidden_plan": {
                 k: round(float(np.mean([r.label != r.churner for r in rows if r.kind == k])), 4)
                 for k in SNAPSHOT_KINDS
@@ -294,9 +306,14 @@ def render_card(meta: dict[str, Any], spec: ChurnSpec, size_bytes: int) -> str:
         "serving code itself "
         "(`udfs.features.state.update` + `vector_list`, replayed event by event as the operator "
         "does), and `churn.json` stores the names, types and defaults, which the loader "
-        "compares with the running code. A parity test replays the same history with "
-        "`encode_state`/`decode_state` between events (the operator's state path) and checks "
-        "the vectors are equal.",
+        "compares with the running code. Money is in US dollars as in serving: each click's "
+        "price goes through the engine's conversion (`udfs.currency.rates.to_reference`) with "
+        f"the shipped rate table (`{t['currency_rates']['id']}` version "
+        f"{t['currency_rates']['version']}, `udfs/catalog/currency-rates.yaml`; "
+        "`churn.json` `training.currency_rates`) before the features see it. A parity test "
+        "replays the same history (clicks in EUR, GBP, JPY and more among them) through "
+        "`udfs.engine.step` with the catalog's rates and `encode_state`/`decode_state` "
+        "between events (the operator's path) and checks the vectors are equal.",
         "",
         "Most important features (impurity importance):",
         "",
@@ -344,7 +361,9 @@ def render_card(meta: dict[str, Any], spec: ChurnSpec, size_bytes: int) -> str:
         "## Model",
         "",
         f"scikit-learn `GradientBoostingClassifier` ({', '.join(f'{a}={b}' for a, b in t['params'].items())}), "  # noqa: E501
-        "exported with skl2onnx (opsets: ai.onnx 17, ai.onnx.ml 3; zipmap off): input "
+        "exported with skl2onnx (opsets: "
+        + ", ".join(f"{d} {v}" for d, v in meta["onnx_opsets"].items())
+        + "; zipmap off): input "
         f"`{meta['input_name']}` float32 [N, {len(meta['features'])}], output "
         f"`{meta['output_name']}` float32 [N, 2], column 1 = churn. Libraries: "
         + ", ".join(f"{a} {b}" for a, b in t["libraries"].items())
@@ -396,8 +415,9 @@ def render_card(meta: dict[str, Any], spec: ChurnSpec, size_bytes: int) -> str:
         "naturally infrequent users look like churners.",
         "- Scores on event snapshots are lower than at timers for the same user (the event "
         "itself is evidence of staying); compare scores of the same kind of moment.",
-        "- Money features are unconverted local currency (see FEATURES.md), so revenue-based "
-        "splits mix currencies.",
+        "- Money features are in USD at the shipped rates (version "
+        f"{t['currency_rates']['version']}); publishing a rate table with very different rates "
+        "moves the money features away from what the model was trained on: retrain then.",
         "- The feature vector is fixed by name, order, type and default: a change to "
         "`FEATURE_SPEC` makes the loader reject this model until it is retrained.",
         "",

@@ -45,6 +45,7 @@ __all__ = [
     "NAMESPACE",
     "Codec",
     "CodecError",
+    "InvalidEnumIndexError",
     "MalformedRecordError",
     "Buffer",
     "NotSingleObjectError",
@@ -91,6 +92,14 @@ class MalformedRecordError(CodecError):
     """A body does not decode with its schema, or a record to encode does not match it."""
 
 
+class InvalidEnumIndexError(MalformedRecordError):
+    """An enum (or union branch) index in the body is negative or past the last symbol.
+
+    fastavro would read a negative index as a symbol counted from the end (-1 as the last
+    symbol) instead of failing, so the codec checks every index before fastavro reads the body.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class _Writer:
     """What ``encode`` needs for one record type, computed once."""
@@ -112,6 +121,8 @@ class _Reader:
     reader: Any
     fresh_defaults: tuple[tuple[str, Any], ...]
     source: str
+    enum_scan: tuple[Any, ...] = ()
+    """The writer's leading fields up to the last one holding an enum: checked before reading."""
 
 
 class Codec:
@@ -181,7 +192,8 @@ class Codec:
             self._names.append(name)
             self._versions[name] = [*sorted(past), version]
             self._readers[fingerprint] = _Reader(
-                name, version, fingerprint, read_schema, None, (), source
+                name, version, fingerprint, read_schema, None, (), source,
+                _enum_scan_plan(read_schema),
             )
             for past_version, (past_raw, past_source) in sorted(past.items()):
                 past_fingerprint = _fingerprint(parse_schema(past_raw))
@@ -198,6 +210,7 @@ class Codec:
                     read_schema,
                     _added_mutable_defaults(past_raw, read_schema),
                     past_source,
+                    _enum_scan_plan(past_read),
                 )
 
     @classmethod
@@ -213,6 +226,24 @@ class Codec:
     def schema_names(self) -> list[str]:
         """The short names of all current record types, sorted (``CampaignOutcome``, ...)."""
         return list(self._names)
+
+    def versions(self, name: str) -> list[tuple[int, bytes, dict[str, Any]]]:
+        """Every version of a record type this codec reads, oldest first.
+
+        Args:
+            name: Short or full record name.
+
+        Returns:
+            ``(version, fingerprint, writer schema)`` per version; the schema is the parsed
+            (fastavro) form without logical types, as the bytes of that version are laid out.
+
+        Raises:
+            UnknownSchemaError: No record type has that name.
+        """
+        short = self._writer(name).name
+        found = [(r.version, r.fingerprint, cast(dict[str, Any], r.writer))
+                 for r in self._readers.values() if r.name == short]
+        return sorted(found, key=lambda item: item[0])
 
     def fingerprint(self, name: str) -> bytes:
         """The 8-byte CRC-64-AVRO fingerprint of a record type's current schema.
@@ -348,6 +379,8 @@ def _default_codec() -> Codec:
 
 def _read(reader: _Reader, data: bytes) -> Record:
     """Decodes the body after the header; the hot path."""
+    if reader.enum_scan:
+        _check_enum_indexes(reader, data)
     stream = BytesIO(data)
     stream.seek(HEADER_SIZE)
     try:
@@ -538,4 +571,220 @@ def _added_mutable_defaults(
         (field["name"], field["default"])
         for field in reader_parsed["fields"]
         if field["name"] not in written and isinstance(field.get("default"), dict | list)
+    )
+
+
+# --- enum index check ---------------------------------------------------------------------------
+#
+# fastavro indexes an enum's symbol list (and a union's branches) with the index it reads, so a
+# negative index silently becomes a symbol counted from the end. The codec walks the body's
+# leading fields, up to the last top-level field that holds an enum, and checks every enum and
+# union index on the way before fastavro reads the record (union indexes after that field are
+# left to fastavro). For a ClickEvent that is five fields (two strings, an enum,
+# a long, an enum): about a microsecond.
+
+
+class _Stop(Exception):
+    """The body ended inside the scanned fields: fastavro's read reports it."""
+
+
+def _enum_scan_plan(parsed: Any) -> tuple[Any, ...]:
+    """The checks of a parsed writer schema's leading fields, up to the last holding an enum.
+
+    Returns a flat tuple of ``(op, arg)`` steps (``_compile``); empty when no field holds an
+    enum.
+    """
+    names: dict[str, Any] = {}
+    _collect_names(parsed, names)
+    fields = parsed.get("fields", []) if isinstance(parsed, dict) else []
+    last = -1
+    for i, field in enumerate(fields):
+        if _holds_enum(field["type"], names, set()):
+            last = i
+    steps: list[tuple[int, Any]] = []
+    for field in fields[: last + 1]:
+        _compile(field["type"], names, steps)
+    return tuple(steps)
+
+
+_BYTES, _VARINT, _ENUM, _FIXED, _UNION, _GENERIC = range(6)
+
+
+def _compile(schema: Any, names: dict[str, Any], steps: list[tuple[int, Any]]) -> None:
+    """Append the steps that skip ``schema`` and check its enum and union indexes."""
+    if isinstance(schema, str):
+        if schema in _FIXED_SIZES:
+            if _FIXED_SIZES[schema]:
+                steps.append((_FIXED, _FIXED_SIZES[schema]))
+        elif schema in ("int", "long"):
+            steps.append((_VARINT, None))
+        elif schema in ("string", "bytes"):
+            steps.append((_BYTES, None))
+        else:
+            _compile(names[schema], names, steps)
+    elif isinstance(schema, list):
+        branches = []
+        for branch in schema:
+            branch_steps: list[tuple[int, Any]] = []
+            _compile(branch, names, branch_steps)
+            branches.append(tuple(branch_steps))
+        steps.append((_UNION, tuple(branches)))
+    elif schema["type"] == "enum":
+        steps.append((_ENUM, (len(schema["symbols"]),
+                              str(schema["name"]).removeprefix(NAMESPACE + "."))))
+    elif schema["type"] == "record":
+        for field in schema["fields"]:
+            _compile(field["type"], names, steps)
+    elif schema["type"] == "fixed":
+        steps.append((_FIXED, int(schema["size"])))
+    elif schema["type"] in ("array", "map"):
+        steps.append((_GENERIC, (schema, names)))
+    else:
+        _compile(schema["type"], names, steps)
+
+
+def _collect_names(schema: Any, names: dict[str, Any]) -> None:
+    if isinstance(schema, list):
+        for branch in schema:
+            _collect_names(branch, names)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("record", "enum", "fixed") and "name" in schema:
+            names[schema["name"]] = schema
+        for field in schema.get("fields", []):
+            _collect_names(field["type"], names)
+        for key in ("items", "values"):
+            if key in schema:
+                _collect_names(schema[key], names)
+
+
+def _holds_enum(schema: Any, names: dict[str, Any], seen: set[str]) -> bool:
+    if isinstance(schema, str):
+        if schema in names and schema not in seen:
+            return _holds_enum(names[schema], names, seen | {schema})
+        return False
+    if isinstance(schema, list):
+        return any(_holds_enum(branch, names, seen) for branch in schema)
+    if not isinstance(schema, dict):
+        return False
+    kind = schema.get("type")
+    if kind == "enum":
+        return True
+    if kind == "record":
+        return any(_holds_enum(f["type"], names, seen) for f in schema["fields"])
+    if kind in ("array", "map"):
+        return _holds_enum(schema.get("items", schema.get("values")), names, seen)
+    return isinstance(kind, dict | list) and _holds_enum(kind, names, seen)
+
+
+def _check_enum_indexes(reader: _Reader, data: bytes) -> None:
+    """Raise InvalidEnumIndexError if an enum or union index in the scanned fields is bad.
+
+    A body that ends early is left to fastavro's read to report.
+    """
+    try:
+        _run_steps(reader.enum_scan, data, HEADER_SIZE, reader)
+    except (_Stop, IndexError):
+        return
+
+
+def _run_steps(steps: tuple[Any, ...], data: bytes, pos: int, reader: _Reader) -> int:
+    for op, arg in steps:
+        if op == _FIXED:
+            pos += arg
+            continue
+        if op == _GENERIC:
+            pos = _skip(arg[0], data, pos, arg[1], reader)
+            continue
+        byte = data[pos]
+        if byte < 0x80:  # a one-byte varint: the common case
+            value = (byte >> 1) ^ -(byte & 1)
+            pos += 1
+        else:
+            value, pos = _varint(data, pos)
+        if op == _BYTES:
+            if value < 0 or pos + value > len(data):
+                raise _Stop
+            pos += value
+        elif op == _ENUM:
+            if not 0 <= value < arg[0]:
+                raise InvalidEnumIndexError(_explain_index(reader, f"enum {arg[1]}", value,
+                                                           arg[0]))
+        elif op == _UNION:
+            if not 0 <= value < len(arg):
+                raise InvalidEnumIndexError(_explain_index(reader, "union branch", value,
+                                                           len(arg)))
+            pos = _run_steps(arg[value], data, pos, reader)
+    return pos
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    raw = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        raw |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (raw >> 1) ^ -(raw & 1), pos
+        shift += 7
+        if shift > 63:
+            raise _Stop
+
+
+_FIXED_SIZES = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+
+
+def _skip(schema: Any, data: bytes, pos: int, names: dict[str, Any], reader: _Reader) -> int:
+    if isinstance(schema, str):
+        if schema in _FIXED_SIZES:
+            return pos + _FIXED_SIZES[schema]
+        if schema in ("int", "long"):
+            return _varint(data, pos)[1]
+        if schema in ("string", "bytes"):
+            length, pos = _varint(data, pos)
+            if length < 0 or pos + length > len(data):
+                raise _Stop
+            return pos + length
+        return _skip(names[schema], data, pos, names, reader)
+    if isinstance(schema, list):
+        index, pos = _varint(data, pos)
+        if not 0 <= index < len(schema):
+            raise InvalidEnumIndexError(_explain_index(reader, "union branch", index, len(schema)))
+        return _skip(schema[index], data, pos, names, reader)
+    kind = schema["type"]
+    if kind == "enum":
+        index, pos = _varint(data, pos)
+        if not 0 <= index < len(schema["symbols"]):
+            raise InvalidEnumIndexError(_explain_index(
+                reader, f"enum {str(schema['name']).removeprefix(NAMESPACE + '.')}", index,
+                len(schema["symbols"])))
+        return pos
+    if kind == "record":
+        for field in schema["fields"]:
+            pos = _skip(field["type"], data, pos, names, reader)
+        return pos
+    if kind == "fixed":
+        return pos + int(schema["size"])
+    if kind in ("array", "map"):
+        while True:
+            count, pos = _varint(data, pos)
+            if count == 0:
+                return pos
+            if count < 0:
+                count = -count
+                pos = _varint(data, pos)[1]  # the block's size in bytes
+            for _ in range(count):
+                if kind == "map":
+                    pos = _skip("string", data, pos, names, reader)
+                    pos = _skip(schema["values"], data, pos, names, reader)
+                else:
+                    pos = _skip(schema["items"], data, pos, names, reader)
+    return _skip(kind, data, pos, names, reader)
+
+
+def _explain_index(reader: _Reader, what: str, index: int, size: int) -> str:
+    return (
+        f"cannot decode a {reader.name} record (schema version {reader.version}): the {what} "
+        f"index is {index}, but it has {size} value(s) (valid indexes 0..{size - 1}). The "
+        "record is corrupt or was forged; send it to the dead-letter topic and check the "
+        "producer"
     )

@@ -97,7 +97,7 @@ class ChurnModel:
     """A loaded, checked churn model. Build it with :meth:`load`.
 
     Attributes:
-        version: The model version (e.g. ``churn-gbt-2026.11.1``); put it on every output
+        version: The model version (e.g. ``churn-gbt-2026.11.2``); put it on every output
             that carries a score.
         threshold: Scores at or above it count as "at risk" (chosen at training).
         sha256: Hex digest of the ONNX file.

@@ -8,10 +8,20 @@ matrix, per-user arbitration, caps, quiet hours, dedup -> TriggerEvents and Trig
 The Flink adapter (``udfs.flink.user_engine.UserEngineFunction``) loads the state, calls
 ``step``, stores what the ``Step`` says changed, registers its timers and emits its records.
 
-Inputs: ``Click`` (a validated ClickEvent), ``MetadataUpdate`` (a UserMetadata) or ``Timer``.
-State (``UserState``): features, the latest metadata, membership (segment id -> definition
-version at entry), the churn score, and the campaign state, read lazily through
-``UserState.load_campaigns`` (most steps never need it).
+Inputs: ``Arrival`` (a click or metadata record as it reaches the engine, with the watermark),
+``Timer`` (the watermark reached the user's wake time), or ``Click`` / ``MetadataUpdate``
+(applied at once, after every check due by their time; what tests and tools use).
+State (``UserState``): the user's clock (``udfs.clock.UserClock``: the event time of what was
+last applied, the inputs waiting for the watermark, the next due times), features, the latest
+metadata, membership (segment id -> definition version at entry), the churn score, and the
+campaign state. Everything but the clock is read lazily (``UserState.load`` and
+``UserState.load_campaigns``): a buffered arrival or a stale timer never reads it.
+
+Time (udfs/segments/SEGMENTS.md, "Time semantics"): a user's inputs are applied in event-time
+order once the watermark has passed them, and every time-driven check (an absence window
+ending, inactivity, a window edge, a deferred campaign falling due, expiry) runs at its own due
+time, before any input of that user at or after that time. The output is then a function of the
+events' event times alone, whatever their arrival order within the lateness bound.
 
 Membership follows the definitions lazily: a changed or deleted definition is applied to a user
 at that user's next event, metadata update or timer (Flink cannot cheaply visit every key from a
@@ -25,9 +35,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from schemas.codec import Codec
 from udfs.campaigns import arbitration
 from udfs.campaigns.arbitration import CampaignState
 from udfs.catalog.registries import Registries
+from udfs.clock import CLICK_RANK, METADATA_RANK, Pending, UserClock
+from udfs.currency.rates import to_reference
 from udfs.features import state as feature_state
 from udfs.features.vector import FeatureView, vector_list
 from udfs.segments.conditions import MEMBERSHIP_RECHECK_MS, evaluate
@@ -40,6 +53,8 @@ class UserState:
 
     ``campaigns`` is None until a step needs it; ``campaign_state()`` then loads it through
     ``load_campaigns`` (the adapter reads keyed state there) or starts a fresh one.
+    ``features``, ``metadata`` and ``membership`` are filled by ``load`` (once, by ``ensure``)
+    when given: the adapter reads them only when an input is applied or a check runs.
     """
 
     features: feature_state.UserFeatures | None = None
@@ -48,8 +63,23 @@ class UserState:
     churn_score: float | None = None
     model_version: str | None = None
     campaigns: CampaignState | None = None
+    clock: UserClock = field(default_factory=UserClock)
     load_campaigns: Callable[[], CampaignState] | None = field(
         default=None, repr=False, compare=False)
+    load: Callable[[UserState], None] | None = field(default=None, repr=False, compare=False)
+
+    def ensure(self) -> None:
+        """Fill features, metadata and membership through ``load`` on first use."""
+        loader = self.load
+        if loader is not None:
+            self.load = None
+            loader(self)
+            clock = self.clock
+            if clock.clock_ms is None and self.features is not None:
+                # state from before the clock existed (a restored savepoint): that build had
+                # applied up to the newest event; evaluating again there (nothing changes)
+                # gives the user's due times before anything later is applied
+                clock.clock_ms = clock.due_ms = self.features.last_event_ms
 
     def campaign_state(self) -> CampaignState:
         """The user's campaign state, loaded on first use."""
@@ -86,14 +116,33 @@ class MetadataUpdate:
 
 @dataclass(frozen=True)
 class Timer:
-    """An event-time timer of a user fired at ``time_ms``."""
+    """The watermark reached ``time_ms`` for a user (its Flink timer fired).
+
+    Applies, in order, every pending input and every due check at or before ``time_ms``.
+    """
 
     user_id: str
     time_ms: int
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """A click or metadata record reaching the engine while the watermark is ``watermark_ms``.
+
+    It is buffered in the user's clock, then everything at or before the watermark is applied
+    (``Timer``); an input at or behind the watermark is therefore applied at once.
+    """
+
+    user_id: str
+    pending: Pending
+    watermark_ms: int
+
+
 #: what a step is applied to
-Input = Click | MetadataUpdate | Timer
+Input = Click | MetadataUpdate | Timer | Arrival
+
+#: an idle user is re-evaluated against changed definitions this often (event time)
+RECHECK_MS = MEMBERSHIP_RECHECK_MS
 
 
 @dataclass(frozen=True)
@@ -112,6 +161,10 @@ class Rules:
     scorer: Scorer | None = None
     audience_sizes: Mapping[str, int] = field(default_factory=dict)
 
+    def churn_moves(self) -> bool:
+        """Whether a user's evaluation can change with time alone through the churn score."""
+        return self.scorer is not None and self.registries.reads_churn()
+
 
 @dataclass
 class Step:
@@ -121,69 +174,270 @@ class Step:
         changes: SegmentChange dicts (ENTER/EXIT), in order.
         triggers: TriggerEvent dicts to send.
         decisions: TriggerDecision dicts (suppressed or deferred candidates).
-        timers: event times at which the user must be stepped again (Flink timers).
+        timers: the user's new wake time, when it moved (one Flink timer per user).
+        cancel_timer_ms: the timer registered before, still pending, to delete.
         trigger_duplicates: candidates dropped because their trigger id was decided before.
-        duplicate: the click was a duplicate (same event id): nothing else happened.
-        expired: the user was idle beyond the TTL: every segment EXITed; drop all state.
+        duplicate: the input was a duplicate (same event id): nothing else happened.
+        duplicates: buffered inputs dropped as duplicates when applied in this step (besides
+            ``duplicate``).
+        applied: inputs (clicks and metadata) applied in this step.
+        clicks_applied: event ids of the clicks applied (trigger latency).
+        late: inputs applied behind the user's clock (arrived after it had passed their time).
+        unconverted: currencies of clicks whose price could not be converted to USD (not in
+            the rate table): those clicks counted, their money did not.
+        checks: time-driven checks evaluated; ``rechecks_skipped``: idle rechecks that found the
+            definitions unchanged (near no-ops).
+        expired: the user was idle beyond the TTL: every segment EXITed and the state was
+            dropped; whatever ``state`` holds now (inputs after the expiry) is all that is left.
         features_changed: ``state.features`` must be stored.
         metadata_changed: ``state.metadata`` must be stored.
         campaigns_changed: ``state.campaigns`` must be stored (cleared when empty).
-        expiry_timer_ms: when the user's state expires if nothing else arrives (set with
-            ``features_changed``; rounded to a day so it moves at most once a day).
+        clock_changed: ``state.clock`` must be stored.
+        expiry_timer_ms: when the user's state expires if nothing else arrives (day-rounded).
     """
 
     changes: list[dict[str, Any]] = field(default_factory=list)
     triggers: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     timers: list[int] = field(default_factory=list)
+    cancel_timer_ms: int | None = None
     trigger_duplicates: int = 0
     duplicate: bool = False
+    duplicates: int = 0
+    applied: int = 0
+    clicks_applied: list[str] = field(default_factory=list)
+    late: int = 0
+    unconverted: list[str] = field(default_factory=list)
+    checks: int = 0
+    rechecks_skipped: int = 0
     expired: bool = False
     features_changed: bool = False
     metadata_changed: bool = False
     campaigns_changed: bool = False
+    clock_changed: bool = False
     expiry_timer_ms: int | None = None
 
 
 def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
-    """Apply one input to one user's state: features, churn, segments, then campaigns.
+    """Apply one input to one user's state in event-time order, with every check due on the way.
+
+    Features, the churn score, segments and campaigns, for each input applied and each
+    time-driven check run.
 
     Args:
         state: the user's state; updated in place.
-        item: a click, a metadata update or a timer.
+        item: an arrival (buffered, then applied up to the watermark), a timer (apply up to its
+            time), or a click or metadata update to apply at once (after every check due by its
+            time).
         rules: the definitions in force, the TTL, the churn model, audience sizes.
         now_ms: wall-clock time of the step (a trigger's ``emit_time``; never read as event
             time).
     """
-    registry = rules.registries.segments
-    scorer = rules.scorer
-    event: dict[str, Any] | None = None
     out = Step()
+    clock = state.clock
+    if isinstance(item, Arrival):
+        if not clock.add(item.pending):
+            return Step(duplicate=True)
+        out.clock_changed = True
+        user_id, target = item.user_id, item.watermark_ms
+        if clock.clock_ms is None and clock.timer_ms is None:
+            state.ensure()  # a user from before the clock: set it from the state
+        _advance(state, user_id, target, rules, now_ms, out)
+    elif isinstance(item, Timer):
+        user_id, target = item.user_id, item.time_ms
+        if clock.timer_ms is not None and clock.timer_ms <= target:
+            clock.timer_ms = None  # it fired
+            out.clock_changed = True
+        if clock.clock_ms is None and clock.next_check_ms() is None:
+            # a timer of a user whose state is from before the clock (a restored savepoint):
+            # evaluate at its time as that build did, which sets the user's due times
+            state.ensure()
+            if state.features is not None or state.membership or state.metadata is not None:
+                clock.due_ms = target
+        _advance(state, user_id, target, rules, now_ms, out)
+    else:
+        pending = _as_pending(item)
+        user_id = pending.item.event["user_id"] if pending.rank == CLICK_RANK else \
+            pending.item.metadata["user_id"]
+        state.ensure()
+        _advance(state, user_id, pending.time_ms, rules, now_ms, out)
+        _apply(state, user_id, pending, rules, now_ms, out)
+        if out.duplicates and not (out.applied or out.checks or out.expired):
+            return Step(duplicate=True)
+        target = pending.time_ms
+    _schedule(state, target, out)
+    return out
+
+
+def _as_pending(item: Click | MetadataUpdate) -> Pending:
     if isinstance(item, Click):
         event = item.event
+        return Pending(event["event_time"], CLICK_RANK, str(event["event_id"]), b"",
+                       event.get("ingest_time") or 0, item)
+    return Pending(item.at_ms, METADATA_RANK, f"metadata@{item.metadata.get('updated_at')}", b"",
+                   0, item)
+
+
+def decode_pending(pending: Pending) -> Click | MetadataUpdate:
+    """The input a pending entry holds (its Avro payload decoded, unless it came decoded)."""
+    if pending.item is not None:
+        item: Click | MetadataUpdate = pending.item
+        return item
+    codec = Codec.load()
+    if pending.rank == CLICK_RANK:
+        event = codec.decode(pending.payload, expect="ClickEvent")
+        event["ingest_time"] = pending.ingest_time
+        return Click(event)
+    return MetadataUpdate(codec.decode(pending.payload, expect="UserMetadata"), pending.time_ms)
+
+
+def _advance(state: UserState, user_id: str, target: int, rules: Rules, now_ms: int,
+             out: Step) -> None:
+    """Apply every pending input and run every check at or before ``target``, in time order.
+
+    A check due at T runs before an input at T: what happens by time alone at T (a window
+    ending at T, exclusive) cannot depend on whether an input at T exists.
+    """
+    clock = state.clock
+    while True:
+        first = clock.first_pending()
+        check = clock.next_check_ms()
+        if check is not None and check <= target and (first is None or check <= first.time_ms):
+            _check(state, user_id, check, rules, now_ms, out)
+        elif first is not None and first.time_ms <= target:
+            clock.pending.remove(first)
+            out.clock_changed = True
+            _apply(state, user_id, first, rules, now_ms, out)
+        else:
+            return
+
+
+def _apply(state: UserState, user_id: str, pending: Pending, rules: Rules, now_ms: int,
+           out: Step) -> None:
+    """Apply one input at its time, or at the user's clock when that has passed it (late)."""
+    state.ensure()
+    item = decode_pending(pending)
+    if isinstance(item, Click) and state.features is not None and \
+            state.features.is_duplicate(item.event["event_id"]):
+        out.duplicates += 1
+        return
+    clock = state.clock
+    if clock.clock_ms is not None and pending.time_ms < clock.clock_ms:
+        out.late += 1
+    out.applied += 1
+    if isinstance(item, Click):
+        out.clicks_applied.append(str(item.event["event_id"]))
+    _evaluate(state, user_id, item, pending.time_ms, rules, now_ms, out)
+
+
+def _check(state: UserState, user_id: str, at_ms: int, rules: Rules, now_ms: int,
+           out: Step) -> None:
+    """A time-driven check at its due time: expiry, a due change, or the idle recheck."""
+    clock = state.clock
+    out.clock_changed = True
+    evaluate = False
+    if clock.expiry_ms is not None and clock.expiry_ms <= at_ms:
+        state.ensure()
+        if expired(state, at_ms, rules.state_ttl_ms):
+            _expire(state, user_id, at_ms, rules, out)
+            return
+        clock.expiry_ms = None  # recomputed by the evaluation below
+        evaluate = True
+    due = [t for t in (clock.due_ms, clock.campaign_due_ms) if t is not None]
+    if not evaluate and (not due or min(due) > at_ms) \
+            and clock.defs_fp == rules.registries.fingerprint() and not rules.churn_moves():
+        # only the idle recheck is due and no definition changed since the user's last
+        # evaluation: nothing can have changed (no state is read)
+        clock.clock_ms = at_ms if clock.clock_ms is None else max(clock.clock_ms, at_ms)
+        clock.recheck_ms = _next_recheck(at_ms)
+        out.rechecks_skipped += 1
+        return
+    state.ensure()
+    out.checks += 1
+    _evaluate(state, user_id, Timer(user_id, at_ms), at_ms, rules, now_ms, out)
+
+
+def _expire(state: UserState, user_id: str, at_ms: int, rules: Rules, out: Step) -> None:
+    """The user was idle beyond the TTL: EXIT every segment and drop the state."""
+    seg = on_expiry(state, user_id, at_ms, rules.state_ttl_ms, rules.scorer)
+    out.changes.extend(seg.changes)
+    out.expired = True
+    pending = state.clock.pending
+    state.features = None
+    state.metadata = None
+    state.membership = {}
+    state.churn_score = None
+    state.model_version = None
+    state.campaigns = CampaignState()
+    # in place: the pending inputs after the expiry stay, and apply to a fresh state
+    clock = state.clock
+    clock.clock_ms, clock.defs_fp, clock.pending = at_ms, 0, pending
+    clock.due_ms = clock.campaign_due_ms = clock.recheck_ms = clock.expiry_ms = None
+    out.features_changed = out.metadata_changed = out.campaigns_changed = False
+
+
+def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Timer, at_ms: int,
+              rules: Rules, now_ms: int, out: Step) -> None:
+    """One evaluation of the user at ``at_ms``: an input applied, or a check; results into out."""
+    registry = rules.registries.segments
+    scorer = rules.scorer
+    clock = state.clock
+    event: dict[str, Any] | None = None
+    if isinstance(item, Click):
+        # money in USD from here on (features, event filters, campaign payloads); the
+        # original price and currency stay on the event (original_price, original_currency)
+        event, unconverted = to_reference(item.event, rules.registries.rates.rates())
+        if unconverted is not None:
+            out.unconverted.append(unconverted)
         seg = on_event(state, event, registry, scorer)
-        if seg.duplicate:
-            return Step(duplicate=True)
         assert state.features is not None  # on_event created them
         out.features_changed = True
-        out.expiry_timer_ms = expiry_timer_ms(state.features.last_event_ms, rules.state_ttl_ms)
-        user_id, cause = event["user_id"], str(event["event_id"])
+        cause = str(event["event_id"])
     elif isinstance(item, MetadataUpdate):
         seg = on_metadata(state, item.metadata, registry, item.at_ms, scorer)
-        out.metadata_changed = seg.now_ms is not None  # an older record is ignored
-        user_id, cause = item.metadata["user_id"], f"metadata@{item.metadata.get('updated_at')}"
+        out.metadata_changed = out.metadata_changed or seg.now_ms is not None
+        cause = f"metadata@{item.metadata.get('updated_at')}"
     else:
-        user_id, cause = item.user_id, f"timer@{item.time_ms}"
-        if expired(state, item.time_ms, rules.state_ttl_ms):
-            # an idle user leaves every segment, then their state is dropped (bounded state)
-            seg = on_expiry(state, user_id, item.time_ms, rules.state_ttl_ms, scorer)
-            return Step(changes=seg.changes, expired=True)
-        seg = on_timer(state, user_id, item.time_ms, registry, scorer)
-    out.changes = seg.changes
-    if seg.next_timer_ms is not None:
-        out.timers.append(seg.next_timer_ms)
+        seg = on_timer(state, user_id, at_ms, registry, scorer)
+        cause = f"timer@{at_ms}"
+    out.changes.extend(seg.changes)
+    evaluated_at = seg.now_ms if seg.now_ms is not None else at_ms
+    clock.clock_ms = evaluated_at if clock.clock_ms is None else max(clock.clock_ms,
+                                                                     evaluated_at)
+    if seg.now_ms is None:
+        return  # older metadata, ignored: nothing was evaluated
+    clock.due_ms = seg.next_timer_ms
+    clock.defs_fp = rules.registries.fingerprint()
+    clock.recheck_ms = _next_recheck(seg.now_ms) if (
+        state.membership or state.features is not None) else None
+    # the first day boundary at which the user is idle for *more* than the TTL (expired)
+    clock.expiry_ms = expiry_timer_ms(state.features.last_event_ms + 1, rules.state_ttl_ms) \
+        if state.features is not None else None
     _campaigns(state, user_id, seg, rules, cause, event, isinstance(item, Timer), now_ms, out)
-    return out
+    # a due time is always after the evaluation's time (never loop on the same instant)
+    for name in ("due_ms", "campaign_due_ms"):
+        value = getattr(clock, name)
+        if value is not None and value <= seg.now_ms:
+            setattr(clock, name, seg.now_ms + 1)
+
+
+def _next_recheck(at_ms: int) -> int:
+    """The idle recheck after ``at_ms``: the next multiple of RECHECK_MS (aligned)."""
+    return (at_ms // RECHECK_MS + 1) * RECHECK_MS
+
+
+def _schedule(state: UserState, target: int, out: Step) -> None:
+    """Move the user's one timer to its wake time, if that changed."""
+    clock = state.clock
+    wake = clock.wake_ms()
+    if wake != clock.timer_ms:
+        if clock.timer_ms is not None and clock.timer_ms > target:
+            out.cancel_timer_ms = clock.timer_ms  # not fired yet: delete it
+        clock.timer_ms = wake
+        out.clock_changed = True
+        if wake is not None:
+            out.timers.append(wake)
+    out.expiry_timer_ms = clock.expiry_ms
 
 
 def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules, cause: str,
@@ -208,13 +462,11 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
     user = arbitration.UserFacts(user_id, state.metadata, state.membership, state.churn_score,
                                  state.model_version)
     outcome = arbitration.on_step(cstate, facts, user, defs, now_ms)
-    out.campaigns_changed = outcome.state_changed
-    due = cstate.next_due_ms()
-    if due is not None:
-        out.timers.append(due)
-    out.triggers = outcome.triggers
-    out.decisions = outcome.decisions
-    out.trigger_duplicates = outcome.duplicates
+    out.campaigns_changed = out.campaigns_changed or outcome.state_changed
+    state.clock.campaign_due_ms = cstate.next_due_ms()
+    out.triggers.extend(outcome.triggers)
+    out.decisions.extend(outcome.decisions)
+    out.trigger_duplicates += outcome.duplicates
 
 
 @dataclass(frozen=True)
@@ -222,7 +474,7 @@ class MembershipStep:
     """What the segment half of a step produced."""
 
     changes: list[dict[str, Any]]
-    next_timer_ms: int | None
+    next_timer_ms: int | None  # the earliest next_change_ms of the segments (no recheck)
     duplicate: bool = False
     now_ms: int | None = None  # the event time the step evaluated at (the user's clock)
     view: Any = None  # the FeatureView it evaluated (campaign payloads read it)
@@ -305,8 +557,8 @@ def is_late(event_time: int, watermark: int, allowed_lateness_ms: int) -> bool:
 def expiry_timer_ms(last_event_ms: int, ttl_ms: int) -> int:
     """When to check a user for expiry: ``ttl_ms`` after their last event, rounded up.
 
-    Rounded up to the next day boundary, so the timer moves at most once a day however active
-    the user is.
+    Rounded up to the next day boundary, so it moves at most once a day however active the user
+    is.
     """
     due = last_event_ms + ttl_ms
     return -(-due // MEMBERSHIP_RECHECK_MS) * MEMBERSHIP_RECHECK_MS
@@ -321,9 +573,11 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
                 cause: str, cause_event_id: str | None,
                 scorer: Scorer | None = None) -> MembershipStep:
     if state.features is not None:
-        # a user's clock never goes backwards: an out-of-order event, older metadata or a timer
-        # behind the user's newest event is evaluated at that newest event time
         now_ms = max(now_ms, state.features.last_event_ms)
+    if state.clock.clock_ms is not None:
+        # a user's clock never goes backwards: an input that arrived after the clock passed its
+        # time (late) is evaluated at the clock
+        now_ms = max(now_ms, state.clock.clock_ms)
     vector = None
     if scorer is not None and state.features is not None:
         # re-scored at every evaluation (each new event, metadata update and timer): the
@@ -364,9 +618,6 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
         deleted_in = registry.deleted_version(segment_id)
         emit(segment_id, "EXIT", deleted_in or entered_version,
              f"segment deleted in v{deleted_in}" if deleted_in else "segment no longer defined")
-    if state.membership or state.features is not None:
-        # housekeeping: a user who sends nothing still sees definition changes (new segments,
-        # changed and deleted ones) within a day of event time
-        recheck = (now_ms // MEMBERSHIP_RECHECK_MS + 1) * MEMBERSHIP_RECHECK_MS
-        next_timer = recheck if next_timer is None else min(next_timer, recheck)
+    # the idle recheck (definition changes reaching a user who sends nothing) is the clock's
+    # (``UserClock.recheck_ms``), not a due change
     return MembershipStep(changes, next_timer, now_ms=now_ms, view=view)

@@ -235,7 +235,7 @@ class FlinkTaskManager(_FlinkProcess):
     def prepare(self, paths: StackPaths) -> None:
         """Shared configuration, and a fresh TaskManager has loaded no job code yet."""
         super().prepare(paths)
-        loaded_code_file(paths).unlink(missing_ok=True)
+        loaded_code_file(paths).write_text("fresh\n")
 
     def probe(self, paths: StackPaths) -> None:
         """The REST overview counts at least one registered TaskManager."""
@@ -245,10 +245,11 @@ class FlinkTaskManager(_FlinkProcess):
 
 
 def loaded_code_file(paths: StackPaths) -> Path:
-    """Digest of the job archive whose Python modules the local TaskManager has imported.
+    """``<build> <pid>`` of the job code the local TaskManager imported, or ``fresh``.
 
     Thread mode runs every job's Python in the TaskManager's one embedded interpreter, which
     keeps imported modules across jobs: a job with changed code would run the old modules. So
-    ``nudgeflow run`` restarts the local TaskManager when the code differs from this digest.
+    ``nudgeflow run`` restarts the local TaskManager unless this file proves it holds the same
+    build (``udfs.build``; see ``infra.deploy.refresh_local_taskmanager``).
     """
     return paths.stack / "flink" / "taskmanager-code.sha256"

@@ -1,7 +1,10 @@
 """Redis from Debian's ``redis-server`` package, on loopback, serving segment membership.
 
-Persistence is RDB snapshots in the stack's data directory: Redis is the serving copy of
-membership, Cassandra the durable one, so a lost second of Redis writes is rebuilt from there.
+Persistence: an append-only file (``appendonly yes``, ``appendfsync everysec``: a crash loses at
+most about a second of writes) plus RDB snapshots, in the stack's data directory. Redis is the
+serving copy of membership, Cassandra the durable one: what Redis loses anyway (that second, or
+a wiped data directory) is rebuilt from Cassandra (``udfs/stores/rebuild.py``: by the engine when
+it finds Redis restarted or empty, or by ``nudgeflow stores rebuild-redis``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ class RedisServer(Server):
             f"dir {paths.data(self.name)}\n"
             "dbfilename dump.rdb\n"
             "save 60 1000\n"
-            "appendonly no\n"
+            "appendonly yes\n"
+            "appendfsync everysec\n"
+            "appenddirname appendonly\n"
             "maxmemory 1gb\n"
             "maxmemory-policy volatile-lru\n"
             f"logfile {paths.logs(self.name) / 'redis.log'}\n"

@@ -114,6 +114,32 @@ def latency_figures(latencies: Sequence[float]) -> dict[str, float | None]:
             "max_ms": max(latencies) if latencies else None}
 
 
+#: how often the latency ladder's ticker sends a page view to every clicks partition
+TICK_S = 0.1
+
+#: the in-order delay probe: the configured out-of-orderness bound against this small one, at
+#: this rate (every partition busy, so watermarks move with the events)
+SMALL_BOUND_MS = 100
+ORDER_PROBE_RATE = 1_000
+
+
+def in_order_delay(configured: dict[str, Any], small: dict[str, Any]) -> dict[str, Any]:
+    """The extra click-to-trigger delay of in-order application, from two latency steps.
+
+    An input waits until the watermark passes it: the out-of-orderness bound plus up to the
+    watermark interval. ``configured`` and ``small`` are latency steps (``latency_figures`` plus
+    ``bound_ms``) run with the configured bound and with ``SMALL_BOUND_MS``; the extra delay of
+    the configured bound over the small one is the difference of their percentiles (None where
+    either is missing).
+    """
+    def diff(key: str) -> float | None:
+        a, b = configured.get(key), small.get(key)
+        return None if a is None or b is None else round(a - b, 1)
+
+    return {"configured": configured, "small": small,
+            "extra_p50_ms": diff("p50_ms"), "extra_p99_ms": diff("p99_ms")}
+
+
 def max_rate_probes(capacity: float) -> list[int]:
     """Offered rates that look for the highest sustained one, highest first.
 
@@ -573,6 +599,13 @@ class Bench:
                                                        visible - record["event_time"]))
 
         results: list[dict[str, Any]] = []
+        # live traffic never stops: the engine applies a click once the watermark passes it, and
+        # a watermark moves only with later clicks on every partition; a ticker keeps one page
+        # view per partition flowing (every TICK_S, event time = now) while steps are read
+        ticking = threading.Event()
+        ticker = threading.Thread(target=self._tick, args=(producer, cfg.clicks_topic, ticking),
+                                  daemon=True)
+        ticker.start()
         try:
             self._warm_up(producer, cfg, buyers, read, seen, job)
             for rate in rates:
@@ -605,9 +638,23 @@ class Bench:
                 self.say(f"    {delivery} {rate:>6,}/s: {len(latencies)}/{expected} triggers, "
                          f"p99 {_fmt(results[-1]['p99_ms'])} ms")
         finally:
+            ticking.set()
+            ticker.join()
             producer.close()
             consumer.close()
         return results
+
+    def _tick(self, producer: Any, topic: str, stop: threading.Event) -> None:
+        """One page view per partition of ``topic`` every TICK_S until ``stop`` is set."""
+        partitions = sorted(producer.partitions_for(topic))
+        n = 0
+        while not stop.wait(TICK_S):
+            t = int(time.time() * 1000)
+            for partition in partitions:
+                user = f"tick-{partition}"
+                producer.send(topic, key=user.encode(), partition=partition,
+                              value=self._click(f"tick-{partition}-{n}", user, "PAGE_VIEW", t))
+            n += 1
 
     def _warm_up(self, producer: Any, cfg: Any, buyers: list[str], read: Any,
                  seen: dict[str, list[tuple[float, float]]],
@@ -742,6 +789,8 @@ class Bench:
             finally:
                 self._stop(job)
         results["latency"] = latency
+        # 2b. what in-order application costs: the configured bound against a small one
+        results["in_order_delay"] = self._in_order_delay(zone)
         # 3. the knobs, one at a time, on a smaller backlog with a latency probe each
         results["sweep"] = self._sweep(zone) if plan.sweep else []
         results["resources"] = self.monitor.stop()
@@ -773,6 +822,35 @@ class Bench:
                            f"{profile['seconds']:.0f} s of the p1 drain; idle = time outside "
                            f"Python (JVM work on that thread, waiting for input)")
         return {"stages": costs}
+
+    def _in_order_delay(self, zone: str) -> dict[str, Any]:
+        """Click-to-trigger latency with the configured out-of-orderness bound and a small one.
+
+        Inputs wait in the engine until the watermark passes them (event-time order): this
+        measures what that costs, p50/p99, at ``ORDER_PROBE_RATE`` at-least-once.
+        """
+        steps = {}
+        for name, bound in (("configured", None), ("small", SMALL_BOUND_MS)):
+            cfg = fresh_config()
+            bound_ms = cfg.max_out_of_orderness_ms if bound is None else bound
+            self.say(f"  in-order delay, max-out-of-orderness {bound_ms} ms ...")
+            buyers = [f"{cfg.consumer_group}-b{i}"
+                      for i in range(int(ORDER_PROBE_RATE * self.plan.step_s) // 10 + 40)]
+            self.publish_buyers(cfg, buyers, zone)
+            job = self._start_job(cfg, ("--delivery-guarantee", "at-least-once",
+                                        "--max-out-of-orderness-ms", str(bound_ms)))
+            self._job_jvm(job)
+            try:
+                [step] = self.latency_ladder(cfg, job, [ORDER_PROBE_RATE], self.plan.step_s,
+                                             buyers, "at-least-once", ORDER_PROBE_RATE * 2)
+            finally:
+                self._stop(job)
+            steps[name] = {**step, "bound_ms": bound_ms}
+        result = in_order_delay(steps["configured"], steps["small"])
+        self.say(f"    extra delay of {steps['configured']['bound_ms']} ms over "
+                 f"{SMALL_BOUND_MS} ms: p50 {_fmt(result['extra_p50_ms'])} ms, "
+                 f"p99 {_fmt(result['extra_p99_ms'])} ms")
+        return result
 
     def _sweep(self, zone: str) -> list[dict[str, Any]]:
         plan = self.plan

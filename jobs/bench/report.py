@@ -154,6 +154,7 @@ _LATENCY_HEAD = ("delivery", "offered/s", "achieved/s", "sustained", "p50 ms", "
 _STAGES_HEAD = ("stage", "µs/event", "share")
 _RESOURCES_HEAD = ("process", "CPU s", "CPU %", "peak RSS MiB")
 _SWEEP_HEAD = ("knob", "value", "events/s", "p99 ms")
+_ORDER_HEAD = ("max-out-of-orderness", "p50 ms", "p99 ms", "triggers")
 
 
 def _throughput_rows(results: dict) -> list[Row]:
@@ -188,6 +189,21 @@ def _stage_rows(stages: dict) -> list[Row]:
 def _resource_rows(results: dict) -> list[Row]:
     return [(r.get("name") or MISSING, _num(r.get("cpu_s"), 1), _percent(r.get("cpu_percent"), 0),
              _num(r.get("peak_rss_mib"))) for r in _entries(results, "resources")]
+
+
+def _order_rows(results: dict) -> list[Row]:
+    """The in-order delay probe: one row per bound, then the extra delay of the configured one."""
+    delay = _section(results, "in_order_delay")
+    rows: list[Row] = []
+    for key in ("configured", "small"):
+        step = delay.get(key) or {}
+        if step:
+            rows.append((f"{_num(step.get('bound_ms'))} ms ({key})", _ms(step.get("p50_ms")),
+                         _ms(step.get("p99_ms")), _num(step.get("triggers"))))
+    if rows:
+        rows.append(("extra delay", _ms(delay.get("extra_p50_ms")),
+                     _ms(delay.get("extra_p99_ms")), MISSING))
+    return rows
 
 
 def _sweep_rows(results: dict) -> list[Row]:
@@ -237,6 +253,8 @@ def format_report(results: dict) -> str:
         *_text_block("Throughput", _THROUGHPUT_HEAD, _throughput_rows(results)),
         "",
         *_text_block("Latency (click to trigger)", _LATENCY_HEAD, _latency_rows(results)),
+        *(_text_block("In-order application (click to trigger, at-least-once, 1,000/s)",
+                      _ORDER_HEAD, _order_rows(results)) if _order_rows(results) else []),
         "",
     ]
     stages = results.get("stages")

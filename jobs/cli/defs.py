@@ -20,7 +20,13 @@ from typing import Any
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec, CodecError
 from udfs.catalog.files import load_catalog, load_files
-from udfs.definitions.envelope import CAMPAIGN_KIND, POLICY_KIND, SEGMENT_KIND, delete_update
+from udfs.definitions.envelope import (
+    CAMPAIGN_KIND,
+    POLICY_KIND,
+    RATES_KIND,
+    SEGMENT_KIND,
+    delete_update,
+)
 
 
 class PublishError(RuntimeError):
@@ -128,7 +134,8 @@ def delete(cfg: NudgeflowConfig, definition_id: str, published_by: str | None,
     shipped = {d.id: (d.version, kind) for kind, group in (
         (SEGMENT_KIND, catalog.segments),
         (CAMPAIGN_KIND, catalog.campaigns),
-        (POLICY_KIND, catalog.policies)) for d in group}
+        (POLICY_KIND, catalog.policies),
+        (RATES_KIND, catalog.rates)) for d in group}
     if current is None and definition_id not in shipped:
         raise PublishError(f"{definition_id}: no such definition on {cfg.definitions_topic} or "
                            "in the shipped catalog; `nudgeflow defs list` shows what exists")

@@ -8,6 +8,9 @@ Subcommands:
   defs      validate, publish, delete and list definitions (segments, campaigns, priority policy)
   jars      resolve the Java dependencies from Maven Central into the cache
   sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
+  stores    rebuild-redis: rebuild the Redis membership cache from Cassandra
+  drills    the fault drills on the local stack (kill -9, server outages, fuzzed records,
+            invalid bursts; --quick: CI's form)
   bench     measure throughput, latency, cost per stage and resources (--quick: < 3 min)
 """
 
@@ -279,6 +282,53 @@ def cmd_jars(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- drills -------------------------------------------------------------------------------------
+
+
+def cmd_drills(args: argparse.Namespace) -> int:
+    """``nudgeflow drills [--quick]``: the drill suite (tests/drills) under pytest.
+
+    The full form (5 TaskManager kills, minute-long outages, 100,000 fuzzed records) unless
+    ``--quick``; prints the drill table at the end.
+    """
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "NUDGEFLOW_DRILLS": "quick" if args.quick else "full"}
+    cmd = [sys.executable, "-m", "pytest", str(repo / "tests" / "drills"), "-m", "drills",
+           "-p", "no:cacheprovider", "-s", "-q", *(["-k", args.select] if args.select else [])]
+    return subprocess.run(cmd, cwd=repo, env=env, check=False).returncode
+
+
+# --- stores -------------------------------------------------------------------------------------
+
+
+def cmd_stores(args: argparse.Namespace) -> int:
+    """``nudgeflow stores rebuild-redis``: Redis's membership keys from Cassandra, now."""
+    import redis
+
+    from jobs.cli import wiring
+    from udfs.stores import rebuild
+
+    cfg = config_from_args(args)
+    _say(f"rebuilding Redis prefix {cfg.redis_key_prefix!r} from Cassandra keyspace "
+         f"{cfg.cassandra_keyspace!r} ...")
+    try:
+        session = wiring.cassandra_session(cfg, cfg.cassandra_keyspace)
+    except Exception as exc:  # noqa: BLE001 - one clear line
+        return _fail(f"cannot connect to Cassandra at {cfg.cassandra_hosts}:"
+                     f"{cfg.cassandra_port} ({exc}); is it running? (`nudgeflow stack status`)")
+    client = redis.Redis.from_url(cfg.redis_url, socket_timeout=30)
+    try:
+        rebuild.ensure_rebuilt(session, cfg.cassandra_keyspace, client, cfg.redis_key_prefix,
+                               force=True, say=_say)
+    except redis.RedisError as exc:
+        return _fail(f"Redis at {cfg.redis_url.split('@')[-1]} failed during the rebuild "
+                     f"({exc}); it is idempotent: run it again once Redis answers")
+    finally:
+        session.cluster.shutdown()
+        client.close()
+    return 0
+
+
 # --- sender -------------------------------------------------------------------------------------
 
 
@@ -396,6 +446,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_sender_arguments(sender_p)
     add_config_arguments(sender_p)
     sender_p.set_defaults(func=cmd_sender)
+
+    stores_p = sub.add_parser("stores", help="rebuild-redis: rebuild the Redis membership "
+                              "cache (user sets, segment sizes, churn hashes) from Cassandra")
+    stores_p.add_argument("action", choices=["rebuild-redis"])
+    add_config_arguments(stores_p)
+    stores_p.set_defaults(func=cmd_stores)
+
+    drills_p = sub.add_parser("drills", help="the fault drills on the local stack: TaskManager "
+                              "kill -9, Kafka/Cassandra/Redis outages, 100,000 fuzzed "
+                              "records, invalid bursts (--quick: CI's form)")
+    drills_p.add_argument("--quick", action="store_true",
+                          help="the reduced form CI runs (fewer kills, shorter outages)")
+    drills_p.add_argument("-k", dest="select", help="only drills whose name matches (pytest -k)")
+    drills_p.set_defaults(func=cmd_drills)
 
     from jobs.bench.bench import add_bench_arguments, run_bench
 

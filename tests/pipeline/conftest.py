@@ -18,9 +18,13 @@ def jar_urls():
 
 @pytest.fixture
 def cfg(jar_urls):
-    # checkpoints off: the collection sources finish at once and nothing is transactional here
+    # checkpoints off: the collection sources finish at once and nothing is transactional here;
+    # idleness is wall-clock: on a busy machine a 10 s stall would let a split's watermark jump
+    # ahead (outputs would depend on load), and the bounded sources end with a final watermark;
+    # for the same reason no input is released by processing time (quiet_release_ms)
     return replace(load_config(env={}), parallelism=PARALLELISM, checkpoint_interval_ms=0,
-                   delivery_guarantee="at-least-once", jars=jar_urls)
+                   delivery_guarantee="at-least-once", jars=jar_urls, idleness_ms=3_600_000,
+                   quiet_release_ms=0)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ class FileWriterFactory:
     def __init__(self, path):
         self.path = path
 
-    def __call__(self, on_retry=None):
+    def __call__(self, on_retry=None, on_rebuild=None):
         return FileWriter(self.path)
 
 

@@ -525,3 +525,14 @@ def test_a_step_with_nothing_to_decide_leaves_the_state_untouched():
     crossed = arb.on_step(state, facts({**EVENT, "event_id": "e11"}, churn=0.7), user(),
                           defs(c), 1)
     assert crossed.state_changed
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (150.0, "150"), (19.99, "19.99"), (19.5, "19.5"), (0.001, "0"), (-3.0, "-3"),
+    (1e308, "1e+308"), (-1e300, "-1e+300"), (1e15, "1e+15"), (float("inf"), "inf"),
+    (float("-inf"), "-inf"), (float("nan"), "nan"), (5e-324, "0"),
+])
+def test_payload_numbers_never_raise(value: float, text: str) -> None:
+    from udfs.campaigns.arbitration import format_number
+
+    assert format_number(value) == text

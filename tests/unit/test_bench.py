@@ -142,3 +142,17 @@ def test_plans_ask_for_what_the_issue_names() -> None:
     # quick mode: a smaller backlog, no sweep, shorter steps (it must stay under 3 minutes)
     assert bench.QUICK.backlog < bench.FULL.backlog and bench.QUICK.sweep == ()
     assert bench.QUICK.step_s < bench.FULL.step_s
+
+
+def test_the_in_order_delay_is_the_difference_of_the_two_bounds() -> None:
+    from jobs.bench.bench import in_order_delay
+    from jobs.bench.report import format_report
+
+    configured = {"bound_ms": 1000, "p50_ms": 1180.0, "p99_ms": 1420.5, "triggers": 100}
+    small = {"bound_ms": 100, "p50_ms": 260.0, "p99_ms": 390.0, "triggers": 100}
+    delay = in_order_delay(configured, small)
+    assert (delay["extra_p50_ms"], delay["extra_p99_ms"]) == (920.0, 1030.5)
+    assert in_order_delay(configured, {"bound_ms": 100})["extra_p99_ms"] is None
+    text = format_report({"version": 1, "mode": "quick", "in_order_delay": delay})
+    assert "In-order application" in text and "1,000 ms (configured)" in text
+    assert "extra delay" in text

@@ -24,11 +24,14 @@ from models.churn_labels import (
     churn_label,
     kept_events,
     labelled_snapshots,
+    shipped_rates,
     snapshot_vector,
     user_plans,
     workload_spec,
 )
 from tests.builders import click
+from udfs.catalog.files import catalog_files, load_catalog, load_files
+from udfs.catalog.registries import Registries
 from udfs.churn import (
     INPUT_NAME,
     META_FEATURES_KEY,
@@ -39,6 +42,7 @@ from udfs.churn import (
     feature_spec_records,
     load_or_keep,
 )
+from udfs.engine import Click, Rules, UserState, step
 from udfs.features.codec import decode_state, encode_state
 from udfs.features.spec import DAY_MS, FEATURE_NAMES, FEATURE_SPEC
 from udfs.features.state import UserFeatures, update
@@ -57,6 +61,26 @@ def model() -> ChurnModel:
 @pytest.fixture(scope="module")
 def meta() -> dict[str, Any]:
     return json.loads(CHURN_META.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def serving_rules() -> Rules:
+    """The definitions a job loads at start (the shipped catalog, rate table included)."""
+    updates = load_files(catalog_files(), check_references=False).updates(0, "file")
+    return Rules(Registries.from_updates(updates), 10_000 * DAY_MS)
+
+
+def serve_click(stored: bytes | None, event: dict[str, Any], rules: Rules
+                ) -> tuple[bytes | None, bool]:
+    """One click through the operator's path: features decoded from their ValueState bytes,
+    ``udfs.engine.step`` (money converted to USD with the rate table in force, then the
+    features updated), encoded again. Returns the bytes and whether the click was applied."""
+    state = UserState(features=decode_state(stored) if stored is not None else None)
+    out = step(state, Click(dict(event)), rules, 0)
+    if out.duplicate:
+        return stored, False
+    assert state.features is not None and out.applied == 1 and out.unconverted == []
+    return encode_state(state.features), True
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +122,13 @@ def test_committed_model_beats_the_recency_baseline(meta):
     for kind in ("cutoff", "all"):
         assert by_kind[kind]["roc_auc"] > by_kind[kind]["baseline_recency_roc_auc"] + 0.01
     assert 0.75 < by_kind["cutoff"]["roc_auc"] < 0.97  # realistic, not trivial
+
+
+def test_committed_model_was_trained_on_usd_at_the_shipped_rates(meta):
+    """Serving converts money with the shipped table; a model trained otherwise is skewed."""
+    table = load_catalog().rates[0]
+    assert meta["training"]["currency_rates"] == {
+        "id": table.id, "version": table.version, "per_usd": dict(table.per_usd)}
 
 
 def test_model_card_carries_the_metrics(meta):
@@ -184,7 +215,7 @@ def test_vector_list_is_vector_in_feature_names_order(small_histories):
         state = None
         for ev in events:
             if ev["event_time"] <= now:
-                state, _ = apply_event(state, ev)
+                state, _ = apply_event(state, ev, shipped_rates().per_usd)
         named = vector(state, now, metadata[uid])
         assert set(named) == set(FEATURE_NAMES)
         assert vector_list(state, now, metadata[uid]) == [
@@ -194,28 +225,38 @@ def test_vector_list_is_vector_in_feature_names_order(small_histories):
     assert all(s.dtype in ("int", "float") for s in FEATURE_SPEC)
 
 
-def test_training_vectors_equal_the_operator_state_path(small_data, small_histories):
-    """Replaying through update() (training) == decode/update/encode per event (operator)."""
+def test_training_vectors_equal_the_operator_state_path(small_data, small_histories,
+                                                       serving_rules):
+    """Replaying as training does == the engine's step with decode/encode per event (operator).
+
+    The histories price most clicks in the users' local currencies (EUR, GBP, JPY, INR, ...):
+    the engine converts them to USD with the catalog's rate table before the features see them,
+    and training must have done the same (money features of the same history, equal vectors).
+    """
     by_user, metadata = small_histories
+    per_usd = shipped_rates().per_usd
     cutoff = SMALL.cutoff_ms
     expected = {s.user_id: s for s in small_data.snapshots if s.kind == "cutoff"}
     events_at = {s.user_id: s for s in small_data.snapshots if s.kind == "event"}
-    checked = 0
+    checked = foreign = 0
+    foreign_money: set[str] = set()
     for uid, events in by_user.items():
         memory: UserFeatures | None = None  # the training path
         stored: bytes | None = None  # the operator's ValueState bytes
         for ev in events:
             if ev["event_time"] > cutoff:
                 continue
-            memory, applied = apply_event(memory, ev)
-            state = decode_state(stored) if stored is not None else None
-            state, applied_too = apply_event(state, ev)
+            memory, applied = apply_event(memory, ev, per_usd)
+            stored, applied_too = serve_click(stored, ev, serving_rules)
             assert applied == applied_too
-            assert state is not None
-            stored = encode_state(state)
+            assert stored is not None
             if not applied:
                 continue  # a duplicate: the engine does not score it
-            operator = snapshot_vector(decode_state(stored), ev["event_time"], metadata[uid])
+            if ev["price"] is not None and ev["currency"] not in (None, "USD"):
+                foreign += 1
+                foreign_money.add(uid)
+            state = decode_state(stored)
+            operator = snapshot_vector(state, ev["event_time"], metadata[uid])
             assert snapshot_vector(memory, ev["event_time"], metadata[uid]) == operator
             snap = events_at.get(uid)
             if snap is not None and snap.now_ms == max(ev["event_time"], state.last_event_ms) \
@@ -229,6 +270,31 @@ def test_training_vectors_equal_the_operator_state_path(small_data, small_histor
         assert list(expected[uid].vector) == operator
         assert snapshot_vector(memory, cutoff, metadata[uid]) == operator
     assert len(expected) > 20 and checked >= len(events_at) > 5
+    # the parity covers money in other currencies, not only dollars
+    assert foreign > 50 and len(foreign_money & set(expected)) > 10
+
+
+def test_training_converts_a_foreign_price_as_serving_does(serving_rules):
+    """A euro and a yen cart: the training replay's money features are the engine's, in USD."""
+    t = DEFAULT_START_MS + DAY
+    events = [
+        click("f1", "fx", "ADD_TO_CART", t, product_id="P1", price=46.0, currency="EUR",
+              quantity=2),
+        click("f2", "fx", "ADD_TO_CART", t + 60_000, product_id="P2", price=1500.0,
+              currency="JPY", quantity=1),
+        click("f3", "fx", "PURCHASE", t + 120_000, product_id="P1", order_id="o1",
+              price=46.0, currency="EUR", quantity=2),
+    ]
+    memory: UserFeatures | None = None
+    stored: bytes | None = None
+    for ev in events:
+        memory, _ = apply_event(memory, ev, shipped_rates().per_usd)
+        stored, _ = serve_click(stored, ev, serving_rules)
+    now = t + DAY
+    served = vector(decode_state(stored), now, None)
+    assert vector(memory, now, None) == served
+    assert served["revenue_total"] == pytest.approx(100.0)  # 2 x 46 EUR at 0.92 per USD
+    assert served["cart_value"] == pytest.approx(10.0)  # left: 1,500 JPY at 150 per USD
 
 
 def test_labels_follow_the_definition():

@@ -249,6 +249,11 @@ RECORDS: dict[str, dict[str, Any]] = {
         "key": b"user-000123",
         "stage": "decode",
         "failed_at": T,
+        "raw_size": 3,
+        "raw_sha256": "ab" * 32,
+        "raw_omitted": False,
+        "problems": [{"field": "(record)", "code": "NOT_SINGLE_OBJECT", "value": None,
+                      "value_size": None, "value_sha256": None}],
     },
     "DefinitionUpdate": {
         "definition_id": "cart-abandoners",
@@ -501,8 +506,12 @@ BYTE_EXACT = [
             "key": None,
             "stage": "watermark",
             "failed_at": T,
+            "raw_size": 2,
+            "raw_sha256": None,
+            "raw_omitted": False,
+            "problems": [],
         },
-        "c3019c64a23c2463eb5d"  # marker, fingerprint
+        "c301b10e46f70854f354"  # marker, fingerprint
         "06"  # reason_code LATE_EVENT = index 3
         "086c617465"  # reason "late"
         "0274"  # source_topic "t"
@@ -511,7 +520,11 @@ BYTE_EXACT = [
         "04c301"  # raw: 2 bytes
         "00"  # key null
         "1277617465726d61726b"  # stage "watermark"
-        "80a0abfef962",  # failed_at
+        "80a0abfef962"  # failed_at
+        "0204"  # raw_size: branch 1, 2
+        "00"  # raw_sha256 null
+        "00"  # raw_omitted false
+        "00",  # problems: empty array
         id="DeadLetter",
     ),
     pytest.param(
@@ -526,7 +539,7 @@ BYTE_EXACT = [
             "published_at": T,
             "published_by": None,
         },
-        "c301f9a64839cb5fbfb2"  # marker, fingerprint
+        "c30178aefd9a7c597044"  # marker, fingerprint
         "0a7365672d31"  # definition_id "seg-1"
         "00"  # kind SEGMENT = index 0
         "02"  # action DELETE = index 1
@@ -984,3 +997,27 @@ def test_misnamed_history_file_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "history" / "ClickEvent-1.avsc").write_text(text, encoding="utf-8")
     with pytest.raises(CodecError, match=r"<Name>\.v<N>\.avsc"):
         Codec(tmp_path)
+
+
+# --- enum and union indexes (fastavro would read -1 as the last symbol) -------------------------
+
+
+def _click_with_event_type_byte(index_byte: int) -> bytes:
+    from schemas.codec import Codec as _Codec
+    from tests.builders import click_bytes
+
+    data = bytearray(click_bytes(_Codec.load(), "e1", "u1", "PAGE_VIEW", 1_700_000_000_000))
+    data[16] = index_byte  # header 10, "e1" 3, "u1" 3: the EventType index (zig-zag)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("index_byte, index", [(0x01, -1), (0x13, -10), (0x14, 10), (0x7E, 63)])
+def test_enum_index_out_of_range_is_rejected(index_byte: int, index: int) -> None:
+    from schemas.codec import InvalidEnumIndexError
+
+    with pytest.raises(InvalidEnumIndexError, match=f"EventType index is {index}, "):
+        Codec.load().decode(_click_with_event_type_byte(index_byte), expect="ClickEvent")
+
+
+def test_enum_index_in_range_decodes() -> None:
+    assert Codec.load().decode(_click_with_event_type_byte(0x00))["event_type"] == "PAGE_VIEW"

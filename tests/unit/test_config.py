@@ -414,3 +414,16 @@ def test_shipped_model_is_the_committed_file() -> None:
 
     assert load_config(env={}).churn_model_path() == str(CHURN_ONNX)
     assert load_config(env={}, overrides={"churn_model": "off"}).churn_model_path() is None
+
+
+def test_input_limits_are_configurable_and_bounded() -> None:
+    from jobs.config import ConfigError, load_config
+    from udfs.intake import Limits
+
+    assert load_config(env={}).intake_limits() == Limits()
+    cfg = load_config(env={"NUDGEFLOW_MAX_ID_BYTES": "64", "NUDGEFLOW_MAX_EVENT_AGE_MS": "0"})
+    assert (cfg.intake_limits().max_id_bytes, cfg.intake_limits().max_event_age_ms) == (64, 0)
+    with pytest.raises(ConfigError, match="dead_letter_raw_max_bytes=2000000 is over 983040"):
+        load_config(env={"NUDGEFLOW_DEAD_LETTER_RAW_MAX_BYTES": "2000000"})
+    with pytest.raises(ConfigError, match="max_record_bytes must be >= 1"):
+        load_config(env={"NUDGEFLOW_MAX_RECORD_BYTES": "0"})

@@ -232,9 +232,18 @@ def test_an_idle_user_expires_out_of_every_segment(catalog_rules):
     assert {c["segment_id"] for c in step.changes} == {"high-value-cart"}
     expiry = h.apply("fay", Timer("fay", step.expiry_timer_ms))
     assert expiry.expired
-    assert [(c["change"], c["reason"]) for c in expiry.changes] == [
-        ("EXIT", "user state expired: no event for 90 days")]
-    assert expiry.triggers == [] and expiry.decisions == []
+    # a timer applies every check due up to its time, each at its own time (the cart is
+    # abandoned 30 minutes after the add, the abandonment expires 7 days later, the cart line
+    # at the start of the 30th UTC day after), then the expiry; no check is skipped because the
+    # watermark jumped
+    assert [(c["segment_id"], c["change"], c["event_time"]) for c in expiry.changes] == [
+        ("cart-abandoners", "ENTER", NOON + 30 * MIN),
+        ("cart-abandoners", "EXIT", NOON + 7 * DAY + 30 * MIN),
+        ("high-value-cart", "EXIT", (NOON // DAY + 30) * DAY),
+        ("inactive-30d", "ENTER", NOON + 30 * DAY),
+        ("inactive-30d", "EXIT", step.expiry_timer_ms)]
+    assert expiry.changes[-1]["reason"] == "user state expired: no event for 90 days"
+    assert expiry.triggers == []
 
 
 class StepScorer:

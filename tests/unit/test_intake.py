@@ -5,6 +5,7 @@ A real ``schemas.codec.Codec`` encodes and decodes; timestamps are fixed, there 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from schemas.codec import MAGIC, Codec
 from tests import builders
+from udfs import intake
 from udfs.intake import (
     DEFAULT_MAX_FUTURE_SKEW_MS,
     Rejected,
@@ -151,7 +153,8 @@ def test_field_rules(codec: Codec, changes: dict[str, Any], needle: str) -> None
 def test_problem_names_the_event_id(codec: Codec) -> None:
     result = decode_event(codec, event_id="evt-99", price=-1.0)
     assert isinstance(result, Rejected)
-    assert result.reason == "event 'evt-99': field price is -1.0; prices must be >= 0"
+    assert result.reason == (
+        "event 'evt-99': field price is -1.0; a price must lie in [0, 1,000,000,000]")
 
 
 def test_several_problems_are_all_reported(codec: Codec) -> None:
@@ -219,6 +222,11 @@ def test_dead_letter_encodes_and_keeps_the_raw_record(codec: Codec) -> None:
         "key": b"u-9",
         "stage": "decode",
         "failed_at": T0 + 60_000,
+        "raw_size": len(raw),
+        "raw_sha256": hashlib.sha256(raw).hexdigest(),
+        "raw_omitted": False,
+        "problems": [{"field": "(record)", "code": "NOT_SINGLE_OBJECT", "value": None,
+                      "value_size": None, "value_sha256": None}],
     }
     assert codec.decode(codec.encode("DeadLetter", letter), expect="DeadLetter") == letter
 
@@ -245,3 +253,104 @@ def test_dead_letter_of_an_invalid_field(codec: Codec) -> None:
     assert letter["stage"] == "validate"
     assert letter["raw"] == data
     assert codec.decode(letter["raw"]) == click(quantity=0)  # replayable
+
+
+# --- limits, ids, keys, the event-time window (issue 19) ---------------------------------------
+
+
+def _codes(result: Any) -> list[str]:
+    assert isinstance(result, Rejected), result
+    return [p.code for p in result.problems]
+
+
+def test_key_must_be_present_and_short(codec: Codec) -> None:
+    data = codec.encode("ClickEvent", click())
+    ok = SourceRecord("clicks", 0, 1, RECORD_TS, b"u-1", data)
+    assert decode_click(codec, ok) == click()
+    assert _codes(decode_click(codec, SourceRecord("clicks", 0, 1, RECORD_TS, None, data))) == [
+        "KEY_MISSING"]
+    assert _codes(decode_click(codec, SourceRecord("clicks", 0, 1, RECORD_TS, b"k" * 257,
+                                                   data))) == ["KEY_TOO_LONG"]
+
+
+@pytest.mark.parametrize(("user_id", "code"), [
+    ("\x00", "ID_CONTROL"), ("u\x00", "ID_CONTROL"), ("u\x85", "ID_CONTROL"),
+    ("\u200b", "ID_BLANK"), ("\u00a0\u2003", "ID_BLANK"), ("\u0301", "ID_BLANK"),
+    ("u" * 257, "ID_TOO_LONG"), ("ü" * 129, "ID_TOO_LONG"),
+])
+def test_id_rules(codec: Codec, user_id: str, code: str) -> None:
+    assert _codes(decode_event(codec, user_id=user_id)) == [code]
+
+
+@pytest.mark.parametrize("user_id", ["ü" * 128, "用户-7", "u 1", "u" * 256, "\u200bu"])
+def test_visible_ids_under_the_limit_are_fine(codec: Codec, user_id: str) -> None:
+    assert isinstance(decode_event(codec, user_id=user_id), dict)
+
+
+def test_record_size_is_checked_before_decoding(codec: Codec) -> None:
+    data = codec.encode("ClickEvent", click(page_url="x" * 70_000))
+    result = decode_click(codec, record(data))
+    assert _codes(result) == ["RECORD_TOO_LARGE"]
+    assert isinstance(result, Rejected) and result.reason_code == "TOO_LARGE"
+    assert result.stage == "decode"
+
+
+def test_event_time_window_edges(codec: Codec) -> None:
+    limits = intake.Limits(max_future_skew_ms=1000, max_event_age_ms=5000)
+    data = codec.encode("ClickEvent", click())
+    assert limits.event_time_window(T0) == (T0 - 5000, T0 + 1000)
+    for ts, ok in ((T0 - 1000, True), (T0 - 1001, False), (T0 + 5000, True), (T0 + 5001, False)):
+        result = decode_click(codec, record(data, ts), limits=limits)
+        assert isinstance(result, dict) is ok, (ts, result)
+    no_age = intake.Limits(max_event_age_ms=0)
+    assert no_age.event_time_window(T0) == (intake.MIN_EVENT_TIME_MS, T0 + 600_000)
+    assert no_age.event_time_window(None) == (intake.MIN_EVENT_TIME_MS, None)
+    assert _codes(decode_event(codec, timestamp=None, event_time=intake.MIN_EVENT_TIME_MS - 1)) \
+        == ["TIME_TOO_OLD"]
+
+
+def test_metadata_rules(codec: Codec) -> None:
+    def meta(**changes: Any) -> Any:
+        value = builders.metadata("u-1", "Europe/Berlin", at=T0)
+        value.update(changes)
+        return intake.decode_metadata(codec, SourceRecord(
+            "user-metadata", 0, 1, T0, b"u-1", codec.encode("UserMetadata", value)))
+
+    assert isinstance(meta(), dict)
+    assert isinstance(meta(lifetime_value=-25.0), dict)  # net revenue may be negative
+    assert _codes(meta(time_zone="Europe/Nowhere")) == ["TIME_ZONE"]
+    assert _codes(meta(time_zone="")) == ["TIME_ZONE"]
+    assert _codes(meta(lifetime_value=math.inf)) == ["NOT_FINITE"]
+    assert _codes(meta(updated_at=T0 + 3_600_000)) == ["TIME_IN_FUTURE"]
+    assert _codes(meta(signup_time=-1)) == ["TIME_TOO_OLD"]
+    assert _codes(meta(user_id="\x00", updated_at=0)) == ["ID_CONTROL", "TIME_TOO_OLD"]
+
+
+def test_definition_rules(codec: Codec) -> None:
+    def definition(definition_id: str, body: str = "{}") -> bytes:
+        return codec.encode("DefinitionUpdate", {
+            "definition_id": definition_id, "kind": "SEGMENT", "action": "UPSERT", "version": 1,
+            "body": body, "checksum": "0" * 64, "published_at": T0, "published_by": None})
+
+    def decode(value: bytes, key: bytes | None = b"d") -> Any:
+        return intake.decode_definition(codec, SourceRecord("definitions", 0, 1, T0, key, value))
+
+    assert isinstance(decode(definition("seg-1")), dict)
+    assert _codes(decode(definition("\x00"))) == ["ID_CONTROL"]
+    assert _codes(decode(definition("seg-1", "x" * 300_000))) == ["RECORD_TOO_LARGE"]
+    assert _codes(decode(definition("seg-1"), None)) == ["KEY_MISSING"]
+
+
+def test_dead_letter_is_bounded(codec: Codec) -> None:
+    value = b"\xc3\x01" + b"z" * 100_000
+    rec = SourceRecord("clicks", 1, 2, T0, b"k" * 5000, value)
+    rejected = Rejected("INVALID_FIELD", "x" * 50_000, "validate")
+    letter = dead_letter(rec, rejected, T0, raw_max_bytes=65_536)
+    assert letter["raw"] == b"" and letter["raw_omitted"] is True
+    assert letter["raw_size"] == len(value)
+    assert letter["raw_sha256"] == hashlib.sha256(value).hexdigest()
+    assert len(letter["key"]) == intake.DEAD_LETTER_KEY_MAX_BYTES
+    assert len(letter["reason"]) == intake.REASON_MAX_CHARS
+    assert len(codec.encode("DeadLetter", letter)) < intake.dead_letter_bound(65_536)
+    kept = dead_letter(rec, rejected, T0, raw_max_bytes=len(value))
+    assert kept["raw"] == value and kept["raw_omitted"] is False

@@ -158,7 +158,7 @@ def test_replication_factor_default_and_override(tmp_path: Path) -> None:
 
 def test_cql_statements_fill_keyspace_and_replication() -> None:
     statements = cql_statements(load_config(env={}).cassandra_keyspace)
-    assert len(statements) == 4
+    assert len(statements) == 5
     first = statements[0]
     assert first.startswith("CREATE KEYSPACE IF NOT EXISTS nudgeflow")
     assert f"WITH replication = {LOCAL_REPLICATION}" in first
@@ -166,7 +166,7 @@ def test_cql_statements_fill_keyspace_and_replication() -> None:
     tables = [s.split()[5] for s in statements[1:]]
     assert all(s.startswith("CREATE TABLE IF NOT EXISTS ") for s in statements[1:])
     assert tables == ["nudgeflow.membership_by_user", "nudgeflow.members_by_segment",
-                      "nudgeflow.membership_changes"]
+                      "nudgeflow.membership_changes", "nudgeflow.redis_caches"]
     for statement in statements:
         assert "--" not in statement  # comments stripped
         assert "{" + "keyspace}" not in statement

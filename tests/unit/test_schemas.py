@@ -27,8 +27,8 @@ HISTORY_NAME = re.compile(r"^(?P<name>\w+)\.v(?P<version>\d+)\.avsc$")
 PUBLISHED: dict[str, dict[int, str]] = {
     "CampaignOutcome": {1: "f7aa6f45ef4f824a"},
     "ClickEvent": {1: "d324c6a4f6786683", 2: "dd7d54cb4ffe2ce0"},
-    "DeadLetter": {1: "9c64a23c2463eb5d"},
-    "DefinitionUpdate": {1: "f9a64839cb5fbfb2"},
+    "DeadLetter": {1: "9c64a23c2463eb5d", 2: "b10e46f70854f354"},
+    "DefinitionUpdate": {1: "f9a64839cb5fbfb2", 2: "78aefd9a7c597044"},
     "SegmentChange": {1: "b6b97e7c3e0a6275"},
     "TriggerDecision": {1: "9d4245351afc914a"},
     "TriggerEvent": {1: "941b9616363796e3"},
@@ -66,7 +66,7 @@ FIELDS: dict[str, list[str]] = {
     ],
     "DeadLetter": [
         "reason_code", "reason", "source_topic", "partition", "offset", "raw", "key", "stage",
-        "failed_at",
+        "failed_at", "raw_size", "raw_sha256", "raw_omitted", "problems",
     ],
     "DefinitionUpdate": [
         "definition_id", "kind", "action", "version", "body", "checksum", "published_at",

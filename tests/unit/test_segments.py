@@ -73,6 +73,9 @@ class FakeView:
     def recent_events(self) -> tuple[RecentEvent, ...]:
         return self.events
 
+    def cart_expiry_ms(self) -> int | None:
+        return None
+
 
 def ev(event_type: str, t: int, **kw: Any) -> RecentEvent:
     kw.setdefault("source", "WEB")

@@ -10,8 +10,8 @@ CHANGE = {"change_id": "c1", "user_id": "u1", "segment_id": "s1", "change": "ENT
           "churn_score": 0.2, "model_version": "m1"}
 
 
-class Flaky(Exception):
-    pass
+class Flaky(TimeoutError):
+    """A transient store error (classify: an OSError/TimeoutError the table does not name)."""
 
 
 def test_retry_policy_backs_off_exponentially_until_success():
@@ -81,25 +81,32 @@ class FakeSession:
 class FakePipeline:
     def __init__(self, log):
         self.log = log
+        self.results = []
 
-    def sadd(self, key, member):
-        self.log.append(("sadd", key, member))
+    def get(self, key):
+        assert key == "nf:rebuild-marker"
+        self.results.append(b"rid")
 
-    def srem(self, key, member):
-        self.log.append(("srem", key, member))
+    def info(self, section):
+        self.results.append({"run_id": "rid"})
 
     def expire(self, key, ttl):
         self.log.append(("expire", key, ttl))
+        self.results.append(True)
 
     def hset(self, key, mapping):
         self.log.append(("hset", key, mapping))
+        self.results.append(3)
 
     def evalsha(self, sha, numkeys, *keys_and_args):
         assert sha == "sha-of-membership" and numkeys == 2
         self.log.append(("membership", *keys_and_args))
+        self.results.append(1)
 
-    def execute(self):
+    def execute(self, raise_on_error=True):
+        assert raise_on_error is False  # errors come back per command, classified per change
         self.log.append(("exec",))
+        return self.results
 
 
 class FakeRedis:
@@ -113,8 +120,12 @@ class FakeRedis:
 def _writer(session, redis_client):
     writer = ms.CassandraRedisWriter.__new__(ms.CassandraRedisWriter)
     writer.session, writer.redis, writer.prefix = session, redis_client, "nf"
+    writer.keyspace = "ks"
     writer.retry = ms.RetryPolicy(first_delay_s=0)
     writer.on_retry = lambda: None
+    writer.on_rebuild = lambda _: None
+    writer.run_id_checked_at = 0.0
+    writer.rebuild_needed = False
     writer.transient = (Flaky,)
     writer.membership_sha = "sha-of-membership"
     for name in ("upsert_member", "delete_member", "upsert_segment_member",
@@ -191,10 +202,12 @@ def test_a_redis_that_lost_its_scripts_gets_the_script_again():
     from redis.exceptions import NoScriptError
 
     class ForgetfulPipeline(FakePipeline):
-        def execute(self):
+        def execute(self, raise_on_error=True):
             if client.loaded is None:
-                raise NoScriptError("NOSCRIPT No matching script")
-            super().execute()
+                self.log.append(("noscript",))
+                return [b"rid", {"run_id": "rid"}, NoScriptError("NOSCRIPT No matching script"),
+                        3, True]
+            return super().execute(raise_on_error)
 
     class ForgetfulRedis(FakeRedis):
         loaded = None
@@ -220,3 +233,150 @@ def test_every_redis_key_has_one_spelling():
     assert keys.segment_sizes("nf") == "nf:segment-sizes"
     assert keys.definitions("nf") == "nf:definitions"
     assert keys.sent("nf", "t1") == "nf:sent:t1"
+
+
+# --- error classification -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("store", "error", "expected"), [
+    ("cassandra", "cassandra.OperationTimedOut", "transient"),
+    ("cassandra", "cassandra.Unavailable", "transient"),
+    ("cassandra", "cassandra.WriteTimeout", "transient"),
+    ("cassandra", "cassandra.cluster.NoHostAvailable", "transient"),
+    ("cassandra", "cassandra.InvalidRequest", "permanent"),
+    ("cassandra", "cassandra.Unauthorized", "fatal"),
+    ("cassandra", "cassandra.AuthenticationFailed", "fatal"),
+    ("redis", "redis.exceptions.ConnectionError", "transient"),
+    ("redis", "redis.exceptions.TimeoutError", "transient"),
+    ("redis", "redis.exceptions.BusyLoadingError", "transient"),
+    ("redis", "redis.exceptions.ResponseError", "permanent"),
+    ("redis", "redis.exceptions.DataError", "permanent"),
+    ("redis", "redis.exceptions.AuthenticationError", "fatal"),
+])
+def test_every_store_error_class_is_classified(store, error, expected):
+    import importlib
+
+    module, name = error.rsplit(".", 1)
+    klass = getattr(importlib.import_module(module), name)
+    assert ms.classify(store, klass.__new__(klass)) == expected
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ("WRONGTYPE Operation against a key holding the wrong kind of value", "permanent"),
+    ("Error running script (call to f_1): @user_script:4: WRONGTYPE Operation", "permanent"),
+    ("OOM command not allowed when used memory > 'maxmemory'.", "transient"),
+    ("LOADING Redis is loading the dataset in memory", "transient"),
+    ("NOPERM this user has no permissions", "fatal"),
+])
+def test_redis_error_replies_are_classified_by_their_code(message, expected):
+    from redis.exceptions import ResponseError
+
+    assert ms.classify("redis", ResponseError(message)) == expected
+
+
+def test_cassandra_refusing_a_key_is_permanent_but_a_missing_table_is_fatal():
+    from cassandra import InvalidRequest
+
+    assert ms.classify("cassandra", InvalidRequest(
+        "Key length of 100000 is longer than maximum of 65535")) == "permanent"
+    assert ms.classify("cassandra", InvalidRequest(
+        "unconfigured table membership_by_user")) == "fatal"
+    assert ms.classify("cassandra", InvalidRequest("Keyspace 'nope' does not exist")) == "fatal"
+
+
+def test_an_unknown_error_is_fatal_not_silently_dead_lettered():
+    assert ms.classify("cassandra", KeyError("?")) == "fatal"
+    assert ms.classify("redis", OSError("broken pipe")) == "transient"
+
+
+class RefusingSession(FakeSession):
+    """Cassandra that refuses the change of one user for good."""
+
+    def __init__(self, refused_user):
+        super().__init__()
+        self.refused_user = refused_user
+
+    def execute_async(self, batch, timeout):
+        from cassandra import InvalidRequest
+
+        if batch.items[0][1][0] == self.refused_user:
+            return FakeFuture(InvalidRequest("Key length of 100000 is longer than 65535"))
+        return super().execute_async(batch, timeout)
+
+
+def test_a_change_cassandra_refuses_is_returned_not_raised_and_not_retried():
+    retries = []
+    session, client = RefusingSession("big"), FakeRedis()
+    writer = _writer(session, client)
+    writer.on_retry = lambda: retries.append(1)
+    big = {**CHANGE, "user_id": "big", "change_id": "c2"}
+    [rejection] = writer.write_many([CHANGE, big])
+    assert rejection.store == "cassandra" and rejection.change is big
+    assert rejection.reason().startswith("STORE_REJECTED: cassandra refused ENTER of segment")
+    assert "InvalidRequest" in rejection.reason() and "upsert_member" not in rejection.reason()
+    assert not retries
+    assert len(session.executed) == 1  # the other change landed
+
+
+def test_a_change_redis_refuses_is_returned_with_the_error_reply():
+    from redis.exceptions import ResponseError
+
+    class WrongTypePipeline(FakePipeline):
+        def execute(self, raise_on_error=True):
+            results = super().execute(raise_on_error)
+            results[2] = ResponseError("WRONGTYPE Operation against a key holding the wrong "
+                                       "kind of value")
+            return results
+
+    class WrongTypeRedis(FakeRedis):
+        def pipeline(self, transaction):
+            return WrongTypePipeline(self.log)
+
+    [rejection] = _writer(FakeSession(), WrongTypeRedis()).write_many([CHANGE])
+    assert rejection.store == "redis" and "WRONGTYPE" in rejection.reason()
+
+
+def test_a_long_value_is_cut_in_a_rejection_reason():
+    rejection = ms.StoreRejection({**CHANGE, "user_id": "x" * 100_000}, "cassandra", "INSERT",
+                                  "too long")
+    assert len(rejection.reason()) < 1000
+    assert "(100000 bytes, crc32 " in rejection.reason()
+
+
+def test_a_fatal_store_error_fails_with_what_to_do():
+    from cassandra import Unauthorized
+
+    class Denied(FakeSession):
+        def execute_async(self, batch, timeout):
+            return FakeFuture(Unauthorized("User nf has no MODIFY permission"))
+
+    with pytest.raises(ms.StoreConfigurationError, match="credentials, permissions"):
+        _writer(Denied(), FakeRedis()).write_many([CHANGE])
+
+
+def test_a_redis_without_its_rebuild_marker_is_rebuilt_and_the_step_written_again(monkeypatch):
+    class EmptyRedisPipeline(FakePipeline):
+        def get(self, key):
+            self.results.append(None if not rebuilt else b"rid")
+
+    class EmptyRedis(FakeRedis):
+        def pipeline(self, transaction):
+            return EmptyRedisPipeline(self.log)
+
+    rebuilt = []
+    monkeypatch.setattr(ms.rebuild, "ensure_rebuilt",
+                        lambda *args, **kwargs: rebuilt.append(args[3]))
+    client = EmptyRedis()
+    _writer(FakeSession(), client).write_many([CHANGE])
+    assert rebuilt == ["nf"]
+    # the step's Redis writes ran before and again after the rebuild (idempotent)
+    assert client.log.count(("exec",)) == 2
+
+
+def test_user_keys_parse_back_to_their_user():
+    from udfs.stores import keys
+
+    assert keys.user_id_of("nf", keys.user_segments("nf", "a:b")) == ("a:b", "segments")
+    assert keys.user_id_of("nf", keys.user_churn("nf", "u1")) == ("u1", "churn")
+    assert keys.user_id_of("nf", keys.segment_sizes("nf")) is None
+    assert keys.rebuild_marker("nf") == "nf:rebuild-marker"

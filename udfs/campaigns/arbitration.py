@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -279,11 +280,26 @@ def _fill_payload(campaign: Campaign, facts: StepFacts) -> tuple[dict[str, str],
             missing.append(match.group(0))
             return ""
         if isinstance(value, float):
-            return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else \
-                str(int(value))
+            return format_number(value)
         return str(value)
 
     return {name: PLACEHOLDER_RE.sub(fill, text) for name, text in campaign.payload}, missing
+
+
+def format_number(value: float) -> str:
+    """A float as a personalisation value: ``150`` for 150.0, ``19.99``, at most two decimals.
+
+    Never raises: magnitudes of 1e15 and more use six significant digits (``1e+308``), and
+    NaN or infinities (which intake rejects before they reach a campaign) read ``nan``,
+    ``inf``, ``-inf``.
+    """
+    if not math.isfinite(value):
+        return str(value)
+    if abs(value) >= 1e15:
+        return f"{value:.6g}"
+    if value.is_integer():
+        return str(int(value))
+    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 # --- decisions ---------------------------------------------------------------------------------

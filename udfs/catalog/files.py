@@ -2,7 +2,8 @@
 
 Inputs: YAML files or directories of them (a directory expands to its ``*.yaml``/``*.yml``
 files, sorted by name). A document with ``kind: campaign`` is a campaign, ``kind: priority``
-the priority policy, anything else a segment (or a ``segments:`` list). Outputs: a
+the priority policy, ``kind: currency_rates`` the currency rate table, anything else a segment
+(or a ``segments:`` list). Outputs: a
 ``DefinitionSet`` and every ``DefinitionError`` found (never raised for bad content by
 ``validate_files``), or the set alone (``load_files``, which raises ``InvalidDefinitions``),
 and what ``nudgeflow defs validate`` prints. State: none.
@@ -18,6 +19,7 @@ from typing import Any
 from udfs.campaigns.compiler import CampaignCompiler
 from udfs.campaigns.grammar import Campaign, PriorityPolicy
 from udfs.campaigns.updates import campaign_to_update, policy_to_update
+from udfs.currency.rates import CurrencyRates, compile_rates, rates_to_update
 from udfs.definitions.diagnostics import (
     DefinitionError,
     InvalidDefinitions,
@@ -36,6 +38,8 @@ SEGMENT_CATALOG_DIR = _CATALOG / "segments"
 CAMPAIGN_CATALOG_DIR = _CATALOG / "campaigns"
 #: the priority policy shipped with the catalog (weights, tiers, caps, quiet hours)
 POLICY_FILE = _CATALOG / "priority-policy.yaml"
+#: the currency rate table shipped with the catalog (units per US dollar)
+RATES_FILE = _CATALOG / "currency-rates.yaml"
 
 
 @dataclass
@@ -45,19 +49,21 @@ class DefinitionSet:
     segments: list[Segment] = field(default_factory=list)
     campaigns: list[Campaign] = field(default_factory=list)
     policies: list[PriorityPolicy] = field(default_factory=list)
+    rates: list[CurrencyRates] = field(default_factory=list)
 
     def updates(self, published_at_ms: int = 0, published_by: str | None = "file"
                 ) -> list[dict[str, Any]]:
-        """All of them as UPSERT DefinitionUpdates (segments, campaigns, then the policy)."""
+        """All of them as UPSERT DefinitionUpdates (segments, campaigns, the policy, rates)."""
         return [
             *(segment_to_update(s, published_at_ms, published_by) for s in self.segments),
             *(campaign_to_update(c, published_at_ms, published_by) for c in self.campaigns),
             *(policy_to_update(p, published_at_ms, published_by) for p in self.policies),
+            *(rates_to_update(r, published_at_ms, published_by) for r in self.rates),
         ]
 
     def all(self) -> list[Any]:
-        """Every definition: segments, campaigns, then the policy."""
-        return [*self.segments, *self.campaigns, *self.policies]
+        """Every definition: segments, campaigns, the policy, then the rate table."""
+        return [*self.segments, *self.campaigns, *self.policies, *self.rates]
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
@@ -73,7 +79,7 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
 
 def _kind_of(data: Any) -> str:
     kind = data.get("kind") if isinstance(data, dict) else None
-    return kind if kind in ("campaign", "priority") else "segment"
+    return kind if kind in ("campaign", "priority", "currency_rates") else "segment"
 
 
 def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = (),
@@ -120,6 +126,10 @@ def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = 
             campaign = compiler.campaign_document(data, "", file)
             if campaign is not None:
                 found.campaigns.append(campaign)
+        elif kind == "currency_rates":
+            rates = compile_rates(compiler, data, "", file)
+            if rates is not None:
+                found.rates.append(rates)
         else:
             policy = compiler.policy_document(data, "", file)
             if policy is not None:
@@ -141,6 +151,9 @@ def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = 
     if len(found.policies) > 1:
         errors.append(DefinitionError(found.policies[1].source, "", "more than one priority "
                                       "policy given; there is one policy"))
+    if len(found.rates) > 1:
+        errors.append(DefinitionError(found.rates[1].source, "", "more than one currency rate "
+                                      "table given; there is one table"))
     return found, errors
 
 
@@ -158,24 +171,26 @@ def load_files(paths: Iterable[str | Path], known_segments: Iterable[str] = (),
 
 
 def load_catalog() -> DefinitionSet:
-    """The shipped catalog: segments, campaigns and the priority policy (files in name order).
+    """The shipped catalog: segments, campaigns, the priority policy and the currency rates.
 
     Raises:
         InvalidDefinitions: The catalog does not validate.
     """
-    return load_files([SEGMENT_CATALOG_DIR, CAMPAIGN_CATALOG_DIR, POLICY_FILE])
+    return load_files([SEGMENT_CATALOG_DIR, CAMPAIGN_CATALOG_DIR, POLICY_FILE, RATES_FILE])
 
 
 def catalog_files(segments_dir: str = "", campaigns_dir: str = "") -> list[Path]:
-    """The files a job loads at start: segments, campaigns (given or shipped), the policy.
+    """The files a job loads at start: segments, campaigns (given or shipped), the policy, rates.
 
-    A ``campaigns_dir`` holding a ``priority-policy.yaml`` replaces the shipped policy.
+    A ``campaigns_dir`` holding a ``priority-policy.yaml`` (``currency-rates.yaml``) replaces the
+    shipped policy (rate table).
     """
     campaigns = Path(campaigns_dir) if campaigns_dir else CAMPAIGN_CATALOG_DIR
-    policy = campaigns / "priority-policy.yaml"
     files = [Path(segments_dir) if segments_dir else SEGMENT_CATALOG_DIR, campaigns]
-    if not policy.exists():
+    if not (campaigns / "priority-policy.yaml").exists():
         files.append(POLICY_FILE)
+    if not (campaigns / "currency-rates.yaml").exists():
+        files.append(RATES_FILE)
     return files
 
 
@@ -204,5 +219,7 @@ def validate_command(paths: Sequence[str | Path]) -> tuple[int, str]:
         parts.append(f"{len(found.campaigns)} campaign(s)")
     if found.policies:
         parts.append("the priority policy")
+    if found.rates:
+        parts.append("the currency rate table")
     ids = ", ".join(f"{d.id} v{d.version}" for d in found.all())
     return 0, f"ok: {', '.join(parts)} in {len(files)} file(s): {ids}"

@@ -2,20 +2,23 @@
 
 Inputs: DefinitionUpdate dicts of any kind (files at job start, the control topic at runtime).
 Outputs: the ``RegistryChange`` of each update, and what the engine reads per step: the
-campaigns in force, whether any fires on churn, the version of every segment. State: the
+campaigns in force, whether any fires on churn, the version of every segment, the currency
+rates. State: the
 registries (segments, campaigns, the priority policy); the engine rebuilds them from broadcast
 state with ``from_updates``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from udfs.campaigns.grammar import Campaign
 from udfs.campaigns.updates import CampaignRegistry, PolicyRegistry
-from udfs.definitions.envelope import CAMPAIGN_KIND, POLICY_KIND, SEGMENT_KIND
+from udfs.currency.rates import RatesRegistry
+from udfs.definitions.envelope import CAMPAIGN_KIND, POLICY_KIND, RATES_KIND, SEGMENT_KIND
 from udfs.definitions.versioning import RegistryChange, VersionedRegistry
 from udfs.segments.updates import SegmentRegistry
 
@@ -31,7 +34,8 @@ class Registries:
         self.segments = SegmentRegistry()
         self.campaigns = CampaignRegistry()
         self.policies = PolicyRegistry()
-        self._derived: tuple[bool, Mapping[str, int]] | None = None
+        self.rates = RatesRegistry()
+        self._derived: tuple[bool, Mapping[str, int], bool, int] | None = None
 
     @classmethod
     def from_updates(cls, updates: Iterable[Mapping[str, Any]]) -> Registries:
@@ -45,7 +49,7 @@ class Registries:
         """Apply one update to the registry of its kind (see ``VersionedRegistry.apply``)."""
         by_kind: dict[str, VersionedRegistry[Any]] = {
             SEGMENT_KIND: self.segments, CAMPAIGN_KIND: self.campaigns,
-            POLICY_KIND: self.policies,
+            POLICY_KIND: self.policies, RATES_KIND: self.rates,
         }
         registry = by_kind.get(str(update.get("kind")), self.segments)
         change = registry.apply(update)
@@ -55,7 +59,8 @@ class Registries:
 
     def updates(self) -> list[dict[str, Any]]:
         """Every accepted update (tombstones included), by kind then id."""
-        return [*self.segments.updates(), *self.campaigns.updates(), *self.policies.updates()]
+        return [*self.segments.updates(), *self.campaigns.updates(), *self.policies.updates(),
+                *self.rates.updates()]
 
     def campaign_map(self) -> Mapping[str, Campaign]:
         """The campaigns in force by id."""
@@ -69,11 +74,32 @@ class Registries:
         """The version of every segment in force, by id."""
         return self._derive()[1]
 
-    def _derive(self) -> tuple[bool, Mapping[str, int]]:
+    def reads_churn(self) -> bool:
+        """Whether any segment or campaign reads the churn score (it then changes with time)."""
+        return self._derive()[2]
+
+    def fingerprint(self) -> int:
+        """A 63-bit fingerprint of every definition's id, version and action (all kinds).
+
+        Equal fingerprints: the same definitions. The engine keeps, per user, the fingerprint
+        it last evaluated the user against, so an idle user's recheck can tell cheaply whether
+        anything changed since.
+        """
+        return self._derive()[3]
+
+    def _derive(self) -> tuple[bool, Mapping[str, int], bool, int]:
         # read per engine step, changed only by a definition update: computed once per change
         if self._derived is None:
+            churn_campaign = any(c.trigger.churn_crosses is not None
+                                 for c in self.campaign_map().values())
+            identity = "\n".join(sorted(
+                f"{u['kind']}|{u['definition_id']}|{u['version']}|{u['action']}"
+                for u in self.updates()))
+            digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
             self._derived = (
-                any(c.trigger.churn_crosses is not None for c in self.campaign_map().values()),
+                churn_campaign,
                 MappingProxyType({s.id: s.version for s in self.segments.definitions()}),
+                churn_campaign or any(s.uses_churn_score for s in self.segments.definitions()),
+                int.from_bytes(digest, "little") >> 1,
             )
         return self._derived

@@ -20,6 +20,7 @@ from udfs.definitions.diagnostics import DefinitionError, InvalidDefinitions, de
 SEGMENT_KIND = "SEGMENT"
 CAMPAIGN_KIND = "CAMPAIGN"
 POLICY_KIND = "PRIORITY_WEIGHTS"
+RATES_KIND = "CURRENCY_RATES"
 
 UPSERT = "UPSERT"
 DELETE = "DELETE"

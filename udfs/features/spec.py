@@ -167,22 +167,22 @@ FEATURE_SPEC: tuple[FeatureSpec, ...] = (
                 "Products in the cart: the cart events up to now applied in event-time order "
                 "(see FEATURES.md); a line untouched for 30 UTC days has expired."),
     FeatureSpec("cart_items", "int", 0.0, "units", "Sum of quantities in the cart."),
-    FeatureSpec("cart_value", "float", 0.0, "currency units",
+    FeatureSpec("cart_value", "float", 0.0, "USD",
                 "Sum over cart lines of quantity x latest unit price (lines without a price "
-                "add 0), in the events' currency, unconverted."),
+                "add 0), in USD (converted with the currency rate table)."),
     FeatureSpec("orders_30d", "int", 0.0, "orders",
                 "Distinct (order id, UTC day) pairs among PURCHASE events of the last 30 days "
                 "(a PURCHASE without order id is an order of its own; at most orders_per_day "
                 "(16) a day)."),
-    FeatureSpec("revenue_30d", "float", 0.0, "currency units",
+    FeatureSpec("revenue_30d", "float", 0.0, "USD",
                 "Sum of price x quantity (quantity defaults to 1) of PURCHASE events of the "
-                "last 30 days, in the events' currency, unconverted."),
+                "last 30 days, in USD (converted with the currency rate table)."),
     FeatureSpec("orders_total", "int", 0.0, "orders",
                 "Orders since the state began (see days_since_first_event): a PURCHASE is a "
                 "new order unless its order id was seen in the last 30 days."),
-    FeatureSpec("revenue_total", "float", 0.0, "currency units",
+    FeatureSpec("revenue_total", "float", 0.0, "USD",
                 "Purchase revenue since the state began, as revenue_30d."),
-    FeatureSpec("avg_order_value", "float", 0.0, "currency units",
+    FeatureSpec("avg_order_value", "float", 0.0, "USD",
                 "revenue_total / orders_total; 0 without orders."),
     FeatureSpec("mobile_share_30d", "float", 0.0, "ratio",
                 "Share of the last 30 days' events with source MOBILE; 0 without events."),

@@ -155,7 +155,7 @@ class UserFeatures:
         last_purchase_ms: Newest PURCHASE time; 0 if none.
         last_add_to_cart_ms: Newest ADD_TO_CART time; 0 if none.
         orders_total: Distinct orders since the state began.
-        revenue_total_milli: Purchase revenue since the state began, in 1/1000 currency units.
+        revenue_total_milli: Purchase revenue since the state began, in 1/1000 USD.
         type_counts: Event-type index -> 66 int32 counters: 12 five-minute slots, 24 hours,
             30 UTC days (three rings). Only types with a non-zero counter are present.
         source_counts: Source index -> 30 int32 day counters (a ring); non-zero ones only.

@@ -297,6 +297,20 @@ class FeatureView:
         """The churn score handed in, or None."""
         return self._churn_score
 
+    def cart_expiry_ms(self) -> int | None:
+        """When the next cart line counted at now_ms expires (see the cart in FEATURES.md).
+
+        A line untouched for 30 UTC days no longer counts: one last updated on day d counts up
+        to the start of day d + 30.
+        """
+        state = self._state
+        if state is None:
+            return None
+        cart = state.cart_at(self._now_ms) if state.cart_pending else state.cart
+        oldest = (self._now_ms // DAY_MS - N_DAYS + 1) * DAY_MS
+        return min(((line.updated_ms // DAY_MS + N_DAYS) * DAY_MS for line in cart.values()
+                    if line.updated_ms >= oldest), default=None)
+
 
 if TYPE_CHECKING:
     _VIEW_CHECK: UserView = FeatureView(None, None, 0)

@@ -63,6 +63,10 @@ class UserView(Protocol):
         """Event time of the user's latest event, None if none was seen."""
         ...
 
+    def cart_expiry_ms(self) -> int | None:
+        """When the next cart line counted now stops counting (30 UTC days untouched), or None."""
+        ...
+
     @property
     def churn_score(self) -> float | None:
         """The churn model's latest score (reserved: set by the churn issue), or None."""

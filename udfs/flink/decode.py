@@ -16,7 +16,7 @@ from typing import Any
 from pyflink.common import Row
 from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 
-from schemas.codec import Codec, CodecError, UnknownSchemaError
+from schemas.codec import Codec
 from udfs import intake
 from udfs.flink.descriptors import DEAD_LETTER_TAG
 from udfs.flink.metrics import BufferedCounter, LabelledCounters
@@ -25,9 +25,10 @@ from udfs.flink.metrics import BufferedCounter, LabelledCounters
 class DecodeClicksFunction(ProcessFunction):
     """Decode and validate the clicks topic's records; dead-letter what is bad."""
 
-    def __init__(self, dead_letter_topic: str, max_future_skew_ms: int) -> None:
+    def __init__(self, dead_letter_topic: str,
+                 limits: intake.Limits = intake.DEFAULT_LIMITS) -> None:
         self.dead_letter_topic = dead_letter_topic
-        self.max_future_skew_ms = max_future_skew_ms
+        self.limits = limits
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """Load the schemas once per operator instance; register counters."""
@@ -44,11 +45,12 @@ class DecodeClicksFunction(ProcessFunction):
         record = intake.SourceRecord(
             topic, partition, offset, timestamp, maybe_bytes(key), maybe_bytes(raw)
         )
-        result = intake.decode_click(self.codec, record, self.max_future_skew_ms)
+        result = intake.decode_click(self.codec, record, limits=self.limits)
         if isinstance(result, intake.Rejected):
             self.dead_lettered.inc(result.reason_code)
             yield dead_letter_row(self.codec, self.dead_letter_topic, record, result,
-                                  ctx.timer_service().current_processing_time())
+                                  ctx.timer_service().current_processing_time(),
+                                  self.limits.dead_letter_raw_max_bytes)
             return
         self.events_valid.inc()
         yield Row("click", result["user_id"], result["event_time"], record.timestamp,
@@ -56,10 +58,15 @@ class DecodeClicksFunction(ProcessFunction):
 
 
 def dead_letter_row(codec: Codec, topic: str, record: intake.SourceRecord,
-                    rejected: intake.Rejected, failed_at: int) -> tuple[OutputTag, Row]:
-    """The side-output element that puts a rejected record on the dead-letter topic."""
-    letter = intake.dead_letter(record, rejected, failed_at)
-    return DEAD_LETTER_TAG, Row(topic, record.key, codec.encode("DeadLetter", letter))
+                    rejected: intake.Rejected, failed_at: int,
+                    raw_max_bytes: int = intake.DEFAULT_LIMITS.dead_letter_raw_max_bytes,
+                    ) -> tuple[OutputTag, Row]:
+    """The side-output element that puts a rejected record on the dead-letter topic.
+
+    Bounded in size: see ``intake.dead_letter``.
+    """
+    letter = intake.dead_letter(record, rejected, failed_at, raw_max_bytes)
+    return DEAD_LETTER_TAG, Row(topic, letter["key"], codec.encode("DeadLetter", letter))
 
 
 def maybe_bytes(value: Any) -> bytes | None:
@@ -70,14 +77,17 @@ def maybe_bytes(value: Any) -> bytes | None:
 class DecodeRecordsFunction(ProcessFunction):
     """Validate a topic's single-object Avro records of one schema; dead-letter the rest.
 
-    Emits ``to_row(record, raw_bytes)`` for each valid record; used for the user-metadata and
-    definitions topics (the record bytes travel on, decoded where they are used).
+    Emits ``to_row(record, raw_bytes)`` for each valid record; used for the user-metadata
+    (``UserMetadata``) and definitions (``DefinitionUpdate``) topics, checked by
+    ``intake.decode_record`` (the record bytes travel on, decoded where they are used).
     """
 
-    def __init__(self, schema: str, dead_letter_topic: str, to_row: Any) -> None:
+    def __init__(self, schema: str, dead_letter_topic: str, to_row: Any,
+                 limits: intake.Limits = intake.DEFAULT_LIMITS) -> None:
         self.schema = schema
         self.dead_letter_topic = dead_letter_topic
         self.to_row = to_row
+        self.limits = limits
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """Load the schemas; register the dead-letter counter."""
@@ -91,25 +101,14 @@ class DecodeRecordsFunction(ProcessFunction):
         record = intake.SourceRecord(
             topic, partition, offset, timestamp, maybe_bytes(key), maybe_bytes(raw)
         )
-        problem = None
-        decoded = None
-        if not record.value:
-            problem = intake.Rejected("INVALID_AVRO", "empty record value", "decode")
-        else:
-            try:
-                decoded = self.codec.decode(record.value, expect=self.schema)
-            except UnknownSchemaError as exc:
-                problem = intake.Rejected("UNKNOWN_SCHEMA", str(exc), "decode")
-            except CodecError as exc:
-                problem = intake.Rejected("INVALID_AVRO", str(exc), "decode")
-        if problem is not None or decoded is None:
-            self.dead_lettered.inc(problem.reason_code if problem else "OTHER")
-            yield dead_letter_row(
-                self.codec, self.dead_letter_topic, record,
-                problem or intake.Rejected("OTHER", "undecodable", "decode"),
-                ctx.timer_service().current_processing_time())
+        result = intake.decode_record(self.codec, self.schema, record, self.limits)
+        if isinstance(result, intake.Rejected):
+            self.dead_lettered.inc(result.reason_code)
+            yield dead_letter_row(self.codec, self.dead_letter_topic, record, result,
+                                  ctx.timer_service().current_processing_time(),
+                                  self.limits.dead_letter_raw_max_bytes)
             return
-        yield self.to_row(decoded, record.value)
+        yield self.to_row(result, record.value)
 
 
 def metadata_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:

@@ -27,7 +27,8 @@ KAFKA_OUT_ROW = Types.ROW_NAMED(
 #: Rejected input, already encoded as DeadLetter records for the dead-letter topic.
 DEAD_LETTER_TAG = OutputTag("dead-letters", KAFKA_OUT_ROW)
 
-#: What the per-user engine emits: SegmentChanges, TriggerEvents and TriggerDecisions as
+#: What the per-user engine emits: SegmentChanges, TriggerEvents, TriggerDecisions and the
+#: DeadLetters of changes a store refused, as
 #: Row(record name, priority tier or None, key, Avro value), routed to their topics by
 #: ``io.nudgeflow.flink.RouteEngineRecords`` (``jobs.job.route_engine_records``). One output, not
 #: side outputs: PyFlink 2.2's thread mode drops side outputs yielded from a keyed broadcast
@@ -84,8 +85,21 @@ def membership_state() -> ValueStateDescriptor:
 
 
 def expiry_timer_state() -> ValueStateDescriptor:
-    """Per user: the event time of the pending state-expiry (TTL) timer."""
+    """Per user: the event time of the state-expiry timer of builds before the user clock.
+
+    No longer written (the expiry is one of the clock's due times); read never, cleared with
+    the user's state. Kept so a savepoint of those builds restores under the same name.
+    """
     return ValueStateDescriptor("expiry-timer", Types.LONG())
+
+
+def user_clock_state() -> ValueStateDescriptor:
+    """Per user: the clock, pending inputs and due times (``udfs.clock.encode_clock``).
+
+    Added with event-time-exact application; a savepoint from before has none for any user,
+    and the engine starts each user's clock from the rest of their state.
+    """
+    return ValueStateDescriptor("clock", BYTES_STATE)
 
 
 def campaign_state() -> ValueStateDescriptor:

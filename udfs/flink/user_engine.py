@@ -1,10 +1,15 @@
 """The per-user engine as a Flink function: load state, call ``udfs.engine.step``, store, emit.
 
-``UserEngineFunction`` is keyed by user with the definitions broadcast. For each click,
-metadata update or timer it loads the user's keyed state, steps the pure engine, stores what
-the step changed, registers its timers, writes its segment changes to the membership store
-(``udfs.stores``) and emits SegmentChanges, TriggerEvents and TriggerDecisions as
-``ENGINE_OUTPUT_ROW`` rows; late clicks go to the dead-letter side output.
+``UserEngineFunction`` is keyed by user with the definitions broadcast. For each click or
+metadata record (an ``engine.Arrival`` with the current watermark) and each timer (an
+``engine.Timer`` at the watermark) it loads the user's keyed state (the clock first, the rest
+only if the step needs it), steps the pure engine, stores what the step changed, moves the
+user's one timer, writes its segment changes to the membership store (``udfs.stores``) and
+emits SegmentChanges, TriggerEvents and TriggerDecisions as ``ENGINE_OUTPUT_ROW`` rows; late
+clicks go to the dead-letter side output. A segment change a
+store refuses for good (``udfs.stores.membership.classify``) is emitted as a ``DeadLetter``
+engine row instead (routed to the dead-letter topic like the other kinds: a timer's records can
+only leave on the main output) and the job goes on.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from pyflink.common import Row
-from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext
+from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext, TimeDomain
 
 from schemas.codec import Codec
 from udfs import engine, intake
 from udfs.campaigns import arbitration
 from udfs.catalog.registries import Registries
+from udfs.clock import CLICK_RANK, METADATA_RANK, Pending, decode_clock, encode_clock
 from udfs.definitions.diagnostics import format_errors
 from udfs.definitions.versioning import ChangeOutcome
 from udfs.features.codec import decode_state, encode_state
@@ -34,6 +40,7 @@ from udfs.flink.descriptors import (
     definitions_state,
     expiry_timer_state,
     membership_state,
+    user_clock_state,
     user_features_state,
     user_metadata_state,
 )
@@ -43,10 +50,10 @@ from udfs.flink.metrics import (
     MeasuredScorer,
     SampledDistribution,
 )
+from udfs.flink.scoring import PythonThreadScorer
 
 #: the live segment sizes (audience factor) are re-read from the store at most this often
 AUDIENCE_REFRESH_S = 10.0
-
 
 #: decoded user features kept per engine instance (roughly 8 KB each: ~80 MB at most)
 FEATURES_CACHE_SIZE = 10_000
@@ -97,8 +104,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
 
     def __init__(self, cfg: Any, initial_definitions: list[dict[str, Any]],
                  model_files: tuple[bytes, bytes, str, str] | None,
-                 store_factory: Any) -> None:
+                 store_factory: Any, build_id: str | None = None) -> None:
         self.cfg = cfg
+        # the build the client submitted (udfs.build): open() checks the TaskManager runs it
+        self.build_id = build_id
         # the definitions of the segment files, in force from the first event on (a broadcast
         # stream would race with the first events)
         self.initial_definitions = initial_definitions
@@ -108,13 +117,21 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.store_factory = store_factory
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        """State handles, codec, the store writer and metrics, created once per instance."""
+        """State handles, codec, the store writer and metrics, created once per instance.
+
+        Raises:
+            udfs.build.BuildMismatch: the TaskManager holds another build's modules.
+        """
+        from udfs import build
+
+        build.check_build(self.build_id)
         self.codec = Codec.load()
         self.features_state = runtime_context.get_state(user_features_state())
         self.metadata_state = runtime_context.get_state(user_metadata_state())
         self.membership = runtime_context.get_state(membership_state())
         self.expiry = runtime_context.get_state(expiry_timer_state())
         self.campaign_state = runtime_context.get_state(campaign_state())
+        self.clock_state = runtime_context.get_state(user_clock_state())
         metrics = runtime_context.get_metrics_group()
         self.triggers_by_tier = LabelledCounters(metrics, "tier", "triggers")
         self.triggers_by_campaign = LabelledCounters(metrics, "campaign", "triggers")
@@ -128,11 +145,21 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.events = BufferedCounter(metrics.counter("engine_events"))
         self.duplicates = metrics.counter("events_duplicate")
         self.late = metrics.counter("events_late")
+        # inputs applied behind the user's clock (arrived after it passed their time)
+        self.applied_late = metrics.counter("inputs_applied_late")
+        # clicks whose price had a currency missing from the rate table (money not counted)
+        self.unconverted = LabelledCounters(metrics, "currency", "money_unconverted")
+        self.timers_fired = BufferedCounter(metrics.counter("timers_fired"))
+        self.rechecks_skipped = BufferedCounter(metrics.counter("rechecks_skipped"))
         self.changes = LabelledCounters(metrics, "segment", "segment_changes")
         self.enters = metrics.counter("segment_enters")
         self.exits = metrics.counter("segment_exits")
         self.state_bytes = SampledDistribution(metrics.distribution("user_state_bytes"))
         self.store_retries = metrics.counter("store_retries")
+        self.store_rejected = LabelledCounters(metrics, "store", "store_rejected")
+        self.redis_rebuilds = metrics.counter("redis_rebuilds")
+        # inputs applied by processing time because the stream went quiet (quiet_release_ms)
+        self.quiet_releases = metrics.counter("quiet_releases")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.registries: Registries | None = None
         self.rules: engine.Rules | None = None  # see _rules
@@ -143,18 +170,28 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
 
             onnx, meta, onnx_name, meta_name = self.model_files
             # one onnxruntime session per operator instance (single-threaded: Flink runs the
-            # instances in parallel)
-            model = ChurnModel.from_bytes(onnx, meta, Path(onnx_name), Path(meta_name))
-            self.scorer = MeasuredScorer(model, metrics)
+            # instances in parallel), created and run on a Python thread of its own with a
+            # watchdog: a JVM task thread can deadlock onnxruntime (udfs/flink/scoring.py)
+            self.scoring_thread = PythonThreadScorer(lambda: ChurnModel.from_bytes(
+                onnx, meta, Path(onnx_name), Path(meta_name)))
+            self.scorer = MeasuredScorer(self.scoring_thread, metrics)
         # user id -> (encoded state, the UserFeatures it encodes); see _decode_features
         self.features_cache: dict[str, tuple[bytes, UserFeatures]] = {}
-        # user id -> (encoded metadata, its dict); user id -> the expiry timer last set
+        # user id -> (encoded metadata, its dict)
         self.metadata_cache: dict[str, tuple[bytes, dict[str, Any]]] = {}
-        self.expiry_cache: dict[str, int] = {}
-        self.writer = self.store_factory(on_retry=self.store_retries.inc)
+        self.writer = self.store_factory(on_retry=self.store_retries.inc,
+                                         on_rebuild=lambda _report: self.redis_rebuilds.inc())
+        # per step: the membership as read (when the step read it), and whether the campaign
+        # state was stored (see _load_state)
+        self.rest_loaded = False
+        self.loaded_membership: dict[str, int] = {}
+        self.campaigns_stored = False
 
     def close(self) -> None:
-        """Close the store connections."""
+        """Close the store connections and the scoring thread."""
+        scoring = getattr(self, "scoring_thread", None)
+        if scoring is not None:
+            scoring.close()
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.close()
@@ -178,7 +215,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                     change.errors), "definitions"),
                 # processing time; the broadcast context's current_processing_time() is broken
                 # in PyFlink 2.2's thread mode (no such Java method)
-                int(time.time() * 1000),
+                int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes,
             )
         elif change.changed:
             # DELETEs are kept too (tombstones), so an older version arriving later stays stale
@@ -206,33 +243,56 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     # -- users --------------------------------------------------------------------------------
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
-        """Step the engine with a click or a metadata update."""
-        kind, user_id, event_time = value[0], value[1], value[2]
-        state = self._load_state(user_id)
-        item: engine.Input
+        """Buffer a click or metadata record in the user's clock; apply what the watermark passed.
+
+        A click later than the watermark minus the allowed lateness is dead-lettered instead.
+        """
+        kind, user_id, event_time, ingest_time = value[0], value[1], value[2], value[3]
+        watermark = ctx.timer_service().current_watermark()
+        raw = bytes(value[4] or b"")
         if kind == "click":
-            watermark = ctx.timer_service().current_watermark()
             if engine.is_late(event_time, watermark, self.cfg.allowed_lateness_ms):
                 self.late.inc()
                 yield from self._late(value, watermark, ctx)
                 return
             self.events.inc()
-            item = engine.Click(self._click(value))
+            click = engine.Click(self._click(value))
+            pending = Pending(event_time, CLICK_RANK, str(click.event["event_id"]), raw,
+                              ingest_time or 0, click)
         else:
-            metadata = self.codec.decode(maybe_bytes(value[4]) or b"", expect="UserMetadata")
-            item = engine.MetadataUpdate(
-                metadata, max(event_time, ctx.timer_service().current_watermark()))
-        yield from self._step(user_id, state, item, ctx)
+            # metadata takes effect at its updated_at (the row's event time)
+            pending = Pending(event_time, METADATA_RANK, f"metadata@{event_time}", raw, 0)
+        state = self._load_state(user_id)
+        yield from self._step(user_id, state, engine.Arrival(user_id, pending, watermark), ctx)
+        if self.cfg.quiet_release_ms > 0 and state.clock.pending:
+            # a quiet stream moves no watermark: release the input after a while regardless
+            timers = ctx.timer_service()
+            timers.register_processing_time_timer(
+                timers.current_processing_time() + self.cfg.quiet_release_ms)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
-        """Step the engine at a timer (time-driven changes, deferred triggers, state expiry)."""
+        """The watermark passed the user's wake time: apply and check everything up to it.
+
+        A processing-time timer (``quiet_release_ms`` after an input arrived) applies what is
+        still pending although the watermark did not pass it: the stream went quiet.
+        """
         user_id = ctx.get_current_key()
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            state = self._load_state(user_id)
+            if not state.clock.pending:
+                return
+            self.quiet_releases.inc()
+            release = max(p.time_ms for p in state.clock.pending)
+            yield from self._step(user_id, state, engine.Timer(user_id, release), ctx)
+            return
+        self.timers_fired.inc()
+        watermark = max(timestamp, ctx.timer_service().current_watermark())
         state = self._load_state(user_id)
-        yield from self._step(user_id, state, engine.Timer(user_id, timestamp), ctx)
+        yield from self._step(user_id, state, engine.Timer(user_id, watermark), ctx)
 
     def _step(self, user_id: str, state: engine.UserState, item: engine.Input, ctx: Any
               ) -> Iterator[Any]:
-        """Call the engine, store what it changed, register its timers and emit its records."""
+        """Call the engine, store what it changed, move the user's timer and emit its records."""
         if self.registries is None:  # once per start: the state handle is a JVM call
             self._load_registries(ctx.get_broadcast_state(definitions_state()))
         emit_time = int(time.time() * 1000)
@@ -240,16 +300,28 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         if step.duplicate:
             self.duplicates.inc()
             return
+        for _ in range(step.duplicates):
+            self.duplicates.inc()
+        if step.late:
+            self.applied_late.inc(step.late)
+        for currency in step.unconverted:
+            self.unconverted.inc(currency)
+        if step.rechecks_skipped:
+            self.rechecks_skipped.inc(step.rechecks_skipped)
         if step.expired:
-            yield from self._segment_changes(step)
-            self._clear_state(user_id)
-            return
-        self._store_state(user_id, state, step, ctx)
+            # idle beyond the TTL: everything goes; what the step kept (inputs after the
+            # expiry) is stored again below
+            self._clear_state()
+            self.loaded_membership = {}
+            self.campaigns_stored = False
+        self._store_state(user_id, state, step)
         timers = ctx.timer_service()
+        if step.cancel_timer_ms is not None:
+            timers.delete_event_time_timer(step.cancel_timer_ms)
         for due in step.timers:
             timers.register_event_time_timer(due)
         yield from self._segment_changes(step)
-        yield from self._triggers(user_id, step, item, emit_time)
+        yield from self._triggers(user_id, step, emit_time)
 
     def _rules(self) -> engine.Rules:
         """The step's rules, rebuilt only when the audience sizes were re-read.
@@ -265,16 +337,25 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         return rules
 
     def _load_state(self, user_id: str) -> engine.UserState:
-        self.loaded_membership = dict(self.membership.value() or {})
-        raw_features = self.features_state.value()
-        raw_metadata = self.metadata_state.value()
+        """The user's clock now; features, metadata and membership when the step needs them."""
+        self.rest_loaded = False
+        self.loaded_membership = {}
         self.campaigns_stored = False
-        return engine.UserState(
-            features=self._decode_features(user_id, raw_features) if raw_features else None,
-            metadata=self._decode_metadata(user_id, raw_metadata) if raw_metadata else None,
-            membership=dict(self.loaded_membership),
-            load_campaigns=self._load_campaigns,
-        )
+
+        def load(state: engine.UserState) -> None:
+            self.rest_loaded = True
+            self.loaded_membership = dict(self.membership.value() or {})
+            raw_features = self.features_state.value()
+            raw_metadata = self.metadata_state.value()
+            state.features = self._decode_features(user_id, raw_features) \
+                if raw_features else None
+            state.metadata = self._decode_metadata(user_id, raw_metadata) \
+                if raw_metadata else None
+            state.membership = dict(self.loaded_membership)
+
+        raw_clock = self.clock_state.value()
+        return engine.UserState(clock=decode_clock(bytes(raw_clock) if raw_clock else None),
+                                load=load, load_campaigns=self._load_campaigns)
 
     def _decode_features(self, user_id: str, raw: bytes) -> UserFeatures:
         """Decode a user's features, reusing the object decoded last time if the bytes match.
@@ -306,28 +387,16 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.campaigns_stored = bool(raw)
         return arbitration.decode_state(bytes(raw) if raw else None)
 
-    def _store_state(self, user_id: str, state: engine.UserState, step: engine.Step,
-                     ctx: Any) -> None:
+    def _store_state(self, user_id: str, state: engine.UserState, step: engine.Step) -> None:
         # only what changed is written back: each state write is a conversion across the JVM
         if step.features_changed and state.features is not None:
             encoded = encode_state(state.features)
             self.features_state.update(encoded)
             _remember(self.features_cache, user_id, (encoded, state.features))
             self.state_bytes.update(len(encoded))
-        expiry = step.expiry_timer_ms
-        if expiry is not None:
-            # the expiry timer moves at most once a day (not at every event): fewer timer
-            # registrations and state writes, and fewer stale timers in the timer state
-            known = self.expiry_cache.get(user_id)
-            if known is None:
-                known = self.expiry.value()
-            if known != expiry:
-                ctx.timer_service().register_event_time_timer(expiry)
-                self.expiry.update(expiry)
-            _remember(self.expiry_cache, user_id, expiry)
         if step.metadata_changed and state.metadata is not None:
             self.metadata_state.update(self.codec.encode("UserMetadata", state.metadata))
-        if state.membership != self.loaded_membership:
+        if (self.rest_loaded or step.expired) and state.membership != self.loaded_membership:
             self.membership.update(state.membership)
         cstate = state.campaigns
         if step.campaigns_changed and cstate is not None:
@@ -336,35 +405,63 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 self.campaign_state.update(arbitration.encode_state(cstate))
             elif self.campaigns_stored:
                 self.campaign_state.clear()
+        if step.clock_changed:
+            if step.expired and state.features is None and state.metadata is None \
+                    and not state.clock.pending:
+                self.clock_state.clear()  # nothing left of the user
+            else:
+                self.clock_state.update(encode_clock(state.clock))
 
-    def _clear_state(self, user_id: str) -> None:
+    def _clear_state(self) -> None:
         self.features_state.clear()
         self.metadata_state.clear()
         self.membership.clear()
         self.expiry.clear()
-        self.expiry_cache.pop(user_id, None)
         self.campaign_state.clear()
+        self.clock_state.clear()
 
     def _segment_changes(self, step: engine.Step) -> Iterator[Row]:
         # durable before they are emitted (and so checkpointed); a step's changes together
-        self.writer.write_many(step.changes)
+        rejections = self.writer.write_many(step.changes) or []
+        refused = {rejection.change["change_id"] for rejection in rejections}
+        yield from self._store_rejections(rejections)
         for change in step.changes:
+            if change["change_id"] in refused:
+                continue
             (self.enters if change["change"] == "ENTER" else self.exits).inc()
             self.changes.inc(f"{change['segment_id']}.{change['change']}")
             record = {**change, "emitted_at": change["event_time"]}
             yield Row("SegmentChange", None, change["user_id"].encode(),
                       self.codec.encode("SegmentChange", record))
 
-    def _triggers(self, user_id: str, step: engine.Step, item: engine.Input, emit_time: int
-                  ) -> Iterator[Any]:
+    def _store_rejections(self, rejections: list[Any]) -> Iterator[Row]:
+        """Dead letters (engine rows of kind DeadLetter) of changes a store refused for good.
+
+        Bounded like every dead letter (``udfs.intake.dead_letter``): the SegmentChange bytes
+        are kept up to ``dead_letter_raw_max_bytes``, the key (the user id) is cut.
+        """
+        for rejection in rejections:
+            self.store_rejected.inc(rejection.store)
+            change = rejection.change
+            raw = self.codec.encode("SegmentChange", {**change,
+                                                      "emitted_at": change["event_time"]})
+            record = intake.SourceRecord(self.cfg.segment_changes_topic, None, None, None,
+                                         change["user_id"].encode("utf-8", "replace"), raw)
+            letter = intake.dead_letter(
+                record, intake.Rejected("STORE_REJECTED", rejection.reason(),
+                                        f"store:{rejection.store}"),
+                int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes)
+            yield Row("DeadLetter", None, letter["key"],
+                      self.codec.encode("DeadLetter", letter))
+
+    def _triggers(self, user_id: str, step: engine.Step, emit_time: int) -> Iterator[Any]:
         for _ in range(step.trigger_duplicates):
             self.trigger_duplicates.inc()
         key = user_id.encode()
-        event = item.event if isinstance(item, engine.Click) else None
         for trigger in step.triggers:
             self.triggers_by_tier.inc(trigger["tier"])
             self.triggers_by_campaign.inc(trigger["campaign_id"])
-            if event is not None and trigger["cause_event_id"] == event["event_id"]:
+            if trigger["cause_event_id"] in step.clicks_applied:
                 self.trigger_latency.update(max(0, emit_time - trigger["ingest_time"]))
             yield Row("TriggerEvent", trigger["tier"], key,
                       self.codec.encode("TriggerEvent", trigger))
@@ -403,5 +500,5 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             intake.SourceRecord(self.cfg.clicks_topic, None, None, ingest_time,
                                 event["user_id"].encode(), raw),
             intake.Rejected("LATE_EVENT", reason, "watermark"),
-            ctx.timer_service().current_processing_time(),
+            ctx.timer_service().current_processing_time(), self.cfg.dead_letter_raw_max_bytes,
         )

@@ -159,14 +159,19 @@ class FeatureClock:
 
     ``age`` features (``seconds_since_*``, ``days_since_*``) grow by one unit per ``unit_ms``;
     ``window`` features (``*_1h`` ... ``*_30d``) change when one of the counted events leaves
-    the window (``types`` None = every event type); ``decreasing`` says the value can only fall
-    then (counts and sums, not shares).
+    the window (``types`` None = every event type); ``cart`` features (``cart_lines``,
+    ``cart_items``, ``cart_value``) fall when a cart line expires (30 UTC days untouched);
+    ``decreasing`` says the value can only fall then (counts and sums, not shares).
     """
 
-    kind: str  # age | window
+    kind: str  # age | window | cart
     unit_ms: int  # age: milliseconds per unit of the value; window: window length
     types: frozenset[str] | None = None
     decreasing: bool = True
+
+
+#: features of the cart's lines: they fall when a line expires
+CART_FEATURES = frozenset({"cart_lines", "cart_items", "cart_value"})
 
 
 def feature_clock(name: str) -> FeatureClock | None:
@@ -175,6 +180,8 @@ def feature_clock(name: str) -> FeatureClock | None:
         return FeatureClock("age", 1000)
     if name.startswith("days_since_"):
         return FeatureClock("age", 86_400_000)
+    if name in CART_FEATURES:
+        return FeatureClock("cart", 30 * 86_400_000)
     for window in FEATURE_WINDOWS:
         if not name.endswith("_" + window):
             continue
@@ -260,6 +267,8 @@ class FeatureCondition(Condition):
             (self.op in (">", ">=") and not member) or (self.op in ("<", "<=") and member)
         ):
             return member, None, reason  # falling counts cannot flip these
+        if clock.kind == "cart":
+            return member, view.cart_expiry_ms(), reason
         return member, _window_next_change(view, now, clock), reason
 
 

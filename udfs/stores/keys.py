@@ -10,9 +10,15 @@ several deployments or test runs can share one Redis.
 | ``<prefix>:segment-sizes`` | hash | the engine | member count per segment |
 | ``<prefix>:definitions`` | hash | the engine | definition id -> version applied |
 | ``<prefix>:sent:<trigger_id>`` | string | ``nudgeflow sender`` | a delivered trigger (dedupe) |
+| ``<prefix>:rebuild-marker`` | string | the engine, ``stores rebuild-redis`` | run_id of the Redis
+  process that holds everything in Cassandra (missing or another run_id: rebuild) |
+| ``<prefix>:rebuild-lock`` | string | the same | who is rebuilding (expires) |
 """
 
 from __future__ import annotations
+
+#: user sets and churn hashes expire if a user is not touched for this long (Cassandra stays)
+USER_TTL_S = 30 * 24 * 3600
 
 
 def user_segments(prefix: str, user_id: str) -> str:
@@ -38,3 +44,24 @@ def definitions(prefix: str) -> str:
 def sent(prefix: str, trigger_id: str) -> str:
     """The sender's record that a trigger was delivered (dedupe across restarts)."""
     return f"{prefix}:sent:{trigger_id}"
+
+
+def rebuild_marker(prefix: str) -> str:
+    """The run_id of the Redis process known to hold every membership of Cassandra."""
+    return f"{prefix}:rebuild-marker"
+
+
+def rebuild_lock(prefix: str) -> str:
+    """Held (with an expiry) by whoever rebuilds Redis from Cassandra, so only one does."""
+    return f"{prefix}:rebuild-lock"
+
+
+def user_id_of(prefix: str, key: str) -> tuple[str, str] | None:
+    """(user id, ``segments`` or ``churn``) of a user key of ``prefix``; None for other keys."""
+    head = f"{prefix}:user:"
+    if not key.startswith(head):
+        return None
+    rest = key[len(head):]
+    if rest.endswith(":churn"):
+        return rest[: -len(":churn")], "churn"
+    return rest, "segments"

@@ -19,6 +19,21 @@ checkpoint barrier that passes the operator follows every write of the changes b
 completed checkpoint never covers a change that is not durable. Transient failures are retried
 with exponential backoff without limit, which blocks the operator and so backpressures the job
 during an outage instead of losing updates.
+
+Every store error is classified (``classify``, the table is ``ERROR_CLASSES``):
+
+- transient (timeouts, unavailable replicas, connection errors, Redis loading/OOM/read-only):
+  retried with backoff, as above;
+- permanent (the store refuses *this* change: Cassandra ``InvalidRequest`` for a partition key
+  over 65,535 bytes, a Redis error reply such as WRONGTYPE): not retried, not raised:
+  ``write_many`` returns a ``StoreRejection`` naming the store, the statement and the change,
+  and the engine dead-letters the change and goes on;
+- fatal (the store refuses *every* change: credentials, permissions, a missing keyspace or
+  table): ``StoreConfigurationError`` fails the task with what to fix.
+
+Redis is a cache rebuilt from Cassandra (``udfs.stores.rebuild``): every write's pipeline also
+reads the rebuild marker, so a Redis that came back empty (or, checked once a second, a Redis
+process other than the one the marker was written on) is rebuilt before the step goes on.
 """
 
 from __future__ import annotations
@@ -29,16 +44,16 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from udfs.stores import keys
+from udfs.stores import keys, rebuild
 
 log = logging.getLogger(__name__)
 
 #: members_by_segment spreads one segment over this many partitions
 SEGMENT_BUCKETS = 16
 #: Redis membership sets expire if a user is not touched for this long (Cassandra stays)
-REDIS_TTL_S = 30 * 24 * 3600
+REDIS_TTL_S = keys.USER_TTL_S
 
 CQL_UPSERT_MEMBER = (
     "INSERT INTO {ks}.membership_by_user "
@@ -82,11 +97,117 @@ return changed
 """
 
 
+ErrorClass = Literal["transient", "permanent", "fatal"]
+
+#: How each store error is handled: the one table (``classify`` applies it; docs/operations.md
+#: prints it). Exception class names (the drivers' own) or Redis error-reply prefixes.
+ERROR_CLASSES: dict[str, dict[str, ErrorClass]] = {
+    "cassandra": {
+        "NoHostAvailable": "transient", "OperationTimedOut": "transient",
+        "Unavailable": "transient", "ReadTimeout": "transient", "WriteTimeout": "transient",
+        "WriteFailure": "transient", "ReadFailure": "transient",
+        "CoordinationFailure": "transient", "ConnectionException": "transient",
+        "ConnectionShutdown": "transient", "OverloadedErrorMessage": "transient",
+        "IsBootstrappingErrorMessage": "transient",
+        "InvalidRequest": "permanent",  # e.g. a partition key over 65,535 bytes
+        "InvalidRequest: unconfigured table": "fatal",
+        "InvalidRequest: keyspace does not exist": "fatal",
+        "Unauthorized": "fatal", "AuthenticationFailed": "fatal",
+        "ConfigurationException": "fatal", "SyntaxException": "fatal",
+        # the driver refuses to serialize a value of the change (wrong type, out of range)
+        "TypeError": "permanent", "ValueError": "permanent", "struct.error": "permanent",
+    },
+    "redis": {
+        "ConnectionError": "transient", "TimeoutError": "transient",
+        "BusyLoadingError": "transient", "TryAgainError": "transient",
+        "ClusterDownError": "transient", "MasterDownError": "transient",
+        "ReadOnlyError": "transient", "OutOfMemoryError": "transient",
+        "reply LOADING": "transient", "reply BUSY": "transient", "reply OOM": "transient",
+        "reply READONLY": "transient", "reply MASTERDOWN": "transient",
+        "reply TRYAGAIN": "transient",
+        "AuthenticationError": "fatal", "NoPermissionError": "fatal",
+        "reply NOAUTH": "fatal", "reply NOPERM": "fatal", "reply WRONGPASS": "fatal",
+        # any other error reply refuses this change: WRONGTYPE, a value Redis will not take
+        "ResponseError": "permanent", "DataError": "permanent",
+    },
+}
+
+#: DeadLetter reason text prefix of a change a store refused (the reason_code is OTHER until
+#: the DeadLetter schema gains a STORE_REJECTED symbol)
+STORE_REJECTED = "STORE_REJECTED"
+
+
+def classify(store: str, exc: BaseException) -> ErrorClass:
+    """Whether a store error is transient (retry), permanent (dead-letter) or fatal (fail).
+
+    ``store`` is ``cassandra`` or ``redis``; the rules are ``ERROR_CLASSES``. An error the table
+    does not name is transient when it is an ``OSError``/``TimeoutError`` (the network) and
+    fatal otherwise: an unknown failure must be seen, not silently dead-letter every change.
+    """
+    table = ERROR_CLASSES[store]
+    message = str(exc)
+    if store == "redis" and type(exc).__name__ in {"ResponseError", "ReadOnlyError",
+                                                    "OutOfMemoryError", "NoPermissionError"}:
+        # an error reply: its first word says what it is ("WRONGTYPE ...", "OOM ..."); a
+        # script's error wraps the reply ("Error running script ... WRONGTYPE ...")
+        for word in message.replace(":", " ").split():
+            rule = table.get(f"reply {word}")
+            if rule is not None:
+                return rule
+    if store == "cassandra" and type(exc).__name__ == "InvalidRequest":
+        lowered = message.lower()
+        if "unconfigured table" in lowered:
+            return table["InvalidRequest: unconfigured table"]
+        if "keyspace" in lowered and "does not exist" in lowered:
+            return table["InvalidRequest: keyspace does not exist"]
+    for klass in type(exc).__mro__:
+        name = "struct.error" if klass.__module__ == "struct" else klass.__name__
+        if name in table:
+            return table[name]
+    if isinstance(exc, OSError | TimeoutError):
+        return "transient"
+    return "fatal"
+
+
+class StoreConfigurationError(RuntimeError):
+    """A store refuses every write (credentials, permissions, schema): fix it, then restart."""
+
+
+@dataclass(frozen=True)
+class StoreRejection:
+    """A change a store refused for good: it goes to the dead-letter topic, the job goes on."""
+
+    change: dict[str, Any]
+    store: str  # cassandra | redis
+    statement: str  # what was refused (CQL or Redis command)
+    error: str  # the store's answer
+
+    def reason(self) -> str:
+        """The DeadLetter reason: STORE_REJECTED, the store, the statement, the change."""
+        change = self.change
+        return (f"{STORE_REJECTED}: {self.store} refused {change['change']} of segment "
+                f"{change['segment_id']!r} for user {_preview(change['user_id'])} (change "
+                f"{_preview(change['change_id'])}): {self.statement}: {_preview(self.error, 400)}")
+
+
+def _preview(value: str, limit: int = 80) -> str:
+    """A value short enough for a message: its head, its length and a hash when cut."""
+    if len(value) <= limit:
+        return repr(value)
+    digest = zlib.crc32(value.encode("utf-8", "replace"))
+    size = len(value.encode("utf-8", "replace"))
+    return f"{value[:limit]!r}... ({size} bytes, crc32 {digest:08x})"
+
+
 class MembershipWriter(Protocol):
     """Where membership changes go; the Flink adapter depends only on this."""
 
-    def write_many(self, changes: list[dict[str, Any]]) -> None:
-        """Make an engine step's changes durable (blocking until all are acknowledged)."""
+    def write_many(self, changes: list[dict[str, Any]]) -> list[StoreRejection] | None:
+        """Make an engine step's changes durable (blocking until all are acknowledged).
+
+        Returns the changes a store refused for good (dead-lettered by the caller); None or
+        empty when every change landed.
+        """
         ...
 
     def record_definition(self, definition_id: str, description: str) -> None:
@@ -105,8 +226,9 @@ class MembershipWriter(Protocol):
 class StoreFactory(Protocol):
     """Creates an engine instance's writer in ``open()`` (picklable: it travels in the job)."""
 
-    def __call__(self, on_retry: Callable[[], None] = ...) -> MembershipWriter:
-        """A connected writer; ``on_retry`` counts each retried store call."""
+    def __call__(self, on_retry: Callable[[], None] = ...,
+                 on_rebuild: Callable[[rebuild.RebuildReport], None] = ...) -> MembershipWriter:
+        """A connected writer; ``on_retry`` counts retried store calls, ``on_rebuild`` rebuilds."""
         ...
 
 
@@ -138,24 +260,69 @@ class RetryPolicy:
                 delay = min(delay * 2, self.max_delay_s)
                 attempt += 1
 
+    def attempt(self, what: str, action: Callable[[], None], store: str,
+                on_retry: Callable[[], None] = lambda: None,
+                sleep: Callable[[float], None] = time.sleep) -> BaseException | None:
+        """Call ``action``, retrying transient errors; return a permanent error, raise a fatal.
+
+        Raises:
+            StoreConfigurationError: the store refuses every write (see ``classify``).
+        """
+        delay = self.first_delay_s
+        attempt = 1
+        while True:
+            try:
+                action()
+                return None
+            except Exception as exc:  # noqa: BLE001 - every error is classified
+                kind = classify(store, exc)
+                if kind == "permanent":
+                    return exc
+                if kind == "fatal":
+                    raise _fatal(store, what, exc) from exc
+                if self.max_attempts is not None and attempt >= self.max_attempts:
+                    raise
+                on_retry()
+                log.warning("%s failed (attempt %d: %s); retrying in %.2f s", what, attempt,
+                            exc, delay)
+                sleep(delay)
+                delay = min(delay * 2, self.max_delay_s)
+                attempt += 1
+
+
+def _fatal(store: str, what: str, exc: BaseException) -> StoreConfigurationError:
+    return StoreConfigurationError(
+        f"{store} refuses every write ({what}: {type(exc).__name__}: {_preview(str(exc), 300)}); "
+        f"this is not about one record: check the {store} address, credentials, permissions "
+        f"and that `nudgeflow stack provision` (or infra/cql/) created the schema, then restart "
+        f"the job")
+
 
 class CassandraRedisWriter:
     """The production writer: prepared CQL statements and one Redis pipeline per step."""
 
+    #: how often a write's pipeline also asks Redis for its process id (``run_id``), so a
+    #: restarted Redis is noticed within this long even if its append-only file kept the marker
+    RUN_ID_CHECK_S = 1.0
+
     def __init__(self, session: Any, keyspace: str, redis_client: Any, redis_prefix: str =
                  "nudgeflow", retry: RetryPolicy | None = None,
-                 on_retry: Callable[[], None] = lambda: None) -> None:
+                 on_retry: Callable[[], None] = lambda: None,
+                 on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None) -> None:
         from cassandra import OperationTimedOut, Unavailable, WriteTimeout
         from cassandra.cluster import NoHostAvailable
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         self.session = session
+        self.keyspace = keyspace
         self.redis = redis_client
         self.prefix = redis_prefix
         self.membership_sha = redis_client.script_load(_MEMBERSHIP_SCRIPT)
         self.retry = retry or RetryPolicy()
         self.on_retry = on_retry
+        self.on_rebuild = on_rebuild
+        # errors of best-effort reads (definitions, segment sizes): logged, never raised
         self.transient: tuple[type[BaseException], ...] = (
             NoHostAvailable, OperationTimedOut, Unavailable, WriteTimeout,
             RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError,
@@ -166,13 +333,21 @@ class CassandraRedisWriter:
         self.upsert_segment_member = session.prepare(CQL_UPSERT_SEGMENT_MEMBER.format(ks=ks))
         self.delete_segment_member = session.prepare(CQL_DELETE_SEGMENT_MEMBER.format(ks=ks))
         self.insert_history = session.prepare(CQL_INSERT_HISTORY.format(ks=ks))
+        self.run_id_checked_at = 0.0
+        self.rebuild_needed = False
 
     @classmethod
     def connect(cls, cassandra_hosts: list[str], cassandra_port: int, keyspace: str,
                 redis_url: str, username: str = "", password: str = "",
                 on_retry: Callable[[], None] = lambda: None,
-                redis_prefix: str = "nudgeflow") -> CassandraRedisWriter:
-        """Open a Cassandra session and a Redis client (call from the operator's open())."""
+                redis_prefix: str = "nudgeflow",
+                on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None,
+                ) -> CassandraRedisWriter:
+        """Open a Cassandra session and a Redis client (call from the operator's open()).
+
+        Rebuilds Redis from Cassandra first if it lost what the job wrote (see
+        ``udfs.stores.rebuild``).
+        """
         import redis
         from cassandra.auth import PlainTextAuthProvider
         from cassandra.cluster import Cluster
@@ -187,41 +362,110 @@ class CassandraRedisWriter:
         sessions: list[Any] = []
         RetryPolicy().run("connecting to Cassandra", lambda: sessions.append(cluster.connect()),
                           (NoHostAvailable,), on_retry)
-        return cls(sessions[0], keyspace, redis.Redis.from_url(redis_url, socket_timeout=5,
-                                                           socket_connect_timeout=5),
-                   redis_prefix=redis_prefix, on_retry=on_retry)
+        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        writer = cls(sessions[0], keyspace, client, redis_prefix=redis_prefix,
+                     on_retry=on_retry, on_rebuild=on_rebuild)
+        writer.rebuild_redis_if_needed()
+        return writer
 
-    def write_many(self, changes: list[dict[str, Any]]) -> None:
+    def rebuild_redis_if_needed(self) -> None:
+        """Rebuild Redis from Cassandra if its marker is missing or from another Redis process."""
+        needed: list[bool] = []
+        self.retry.run("checking the Redis rebuild marker", lambda: needed.append(
+            not rebuild.marker_valid(self.redis, self.prefix)), self.transient, self.on_retry)
+        if needed[0]:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        def run() -> None:
+            report = rebuild.ensure_rebuilt(self.session, self.keyspace, self.redis,
+                                            self.prefix, say=log.warning)
+            if report is not None:
+                self.on_rebuild(report)
+
+        self.retry.run("rebuilding Redis from Cassandra", run, self.transient, self.on_retry)
+        self.rebuild_needed = False
+
+    def write_many(self, changes: list[dict[str, Any]]) -> list[StoreRejection]:
         """Write an engine step's changes; returns once Cassandra and Redis acknowledged all.
 
         Every change's Cassandra batch is sent first, then all Redis writes go in one pipeline
         (one round trip), then the batches are awaited: the round trips of the two stores and
-        of the changes overlap. A failure is retried on its own (every write is idempotent).
+        of the changes overlap. A transient failure is retried on its own (every write is
+        idempotent); a change a store refuses for good is returned, not raised (the caller
+        dead-letters it). If the pipeline found Redis without its rebuild marker, Redis is
+        rebuilt from Cassandra once this step's batches landed, and the step's Redis writes
+        are repeated (idempotent: a set change counts once).
         """
         if not changes:
-            return
+            return []
+        rejected: dict[str, StoreRejection] = {}
         pending: list[tuple[dict[str, Any], Any]] = []
         for change in changes:
             try:
                 pending.append((change, self.session.execute_async(
                     self._cassandra_batch(change), timeout=10)))
-            except self.transient:
+            except Exception as exc:  # noqa: BLE001 - classified below (retried or refused)
+                if classify("cassandra", exc) == "fatal":
+                    raise _fatal("cassandra", "preparing a batch", exc) from exc
                 pending.append((change, None))  # retried synchronously below
-        ids = ", ".join(change["change_id"] for change in changes)
-        self.retry.run(f"redis write of {ids}", lambda: self._write_redis(changes),
-                       self.transient, self.on_retry)
+        self._redis_step(changes, rejected)
         for change, future in pending:
             if future is not None:
                 try:
                     future.result()
                     continue
-                except self.transient as exc:
+                except Exception as exc:  # noqa: BLE001 - classified
+                    kind = classify("cassandra", exc)
+                    if kind == "permanent":
+                        self._reject(rejected, change, "cassandra", exc)
+                        continue
+                    if kind == "fatal":
+                        raise _fatal("cassandra", f"write of {change['change_id']}", exc) \
+                            from exc
                     log.warning("cassandra write of %s failed (%s); retrying",
                                 change["change_id"], exc)
                     self.on_retry()
-            self.retry.run(f"cassandra write of {change['change_id']}",
-                           functools.partial(self._write_cassandra, change), self.transient,
-                           self.on_retry)
+            error = self.retry.attempt(f"cassandra write of {change['change_id']}",
+                                       functools.partial(self._write_cassandra, change),
+                                       "cassandra", self.on_retry)
+            if error is not None:
+                self._reject(rejected, change, "cassandra", error)
+        if self.rebuild_needed:
+            self._rebuild()
+            self._redis_step(changes, rejected)
+        return list(rejected.values())
+
+    def _reject(self, rejected: dict[str, StoreRejection], change: dict[str, Any], store: str,
+                error: BaseException) -> None:
+        if store == "cassandra":
+            statement = ("UNLOGGED BATCH of " + (
+                CQL_UPSERT_MEMBER if change["change"] == "ENTER" else CQL_DELETE_MEMBER
+            ).format(ks=self.keyspace).split(" (")[0].split(" WHERE")[0] + ", ...")
+        else:
+            statement = (f"EVALSHA membership {keys.user_segments(self.prefix, '<user>')} "
+                         f"{change['change']} {change['segment_id']}")
+        log.error("%s refused change %s: %s", store, _preview(change["change_id"]), error)
+        key = change["change_id"]
+        if key not in rejected:
+            rejected[key] = StoreRejection(change, store, statement,
+                                           f"{type(error).__name__}: {error}")
+
+    def _redis_step(self, changes: list[dict[str, Any]],
+                    rejected: dict[str, StoreRejection]) -> None:
+        errors: dict[int, BaseException] = {}
+
+        def run() -> None:
+            errors.clear()
+            errors.update(self._write_redis(changes))
+
+        error = self.retry.attempt(f"redis write of {len(changes)} change(s)", run, "redis",
+                                   self.on_retry)
+        if error is not None:  # the whole pipeline was refused: every change of the step
+            for change in changes:
+                self._reject(rejected, change, "redis", error)
+        for index, exc in errors.items():
+            self._reject(rejected, changes[index], "redis", exc)
 
     def _write_cassandra(self, change: dict[str, Any]) -> None:
         self.session.execute(self._cassandra_batch(change), timeout=10)
@@ -252,30 +496,65 @@ class CassandraRedisWriter:
                                         change["reason"]))
         return batch
 
-    def _write_redis(self, changes: list[dict[str, Any]]) -> None:
+    def _write_redis(self, changes: list[dict[str, Any]]) -> dict[int, BaseException]:
+        """One MULTI/EXEC pipeline of the step; returns the changes Redis refused, by index.
+
+        The pipeline starts by reading the rebuild marker (and, once a second, Redis's
+        ``run_id``): if Redis lost it, ``rebuild_needed`` is set. Transient errors raise (the
+        caller retries the whole pipeline, which is idempotent); an error reply of one
+        command refuses only its change.
+        """
         from redis.exceptions import NoScriptError
 
         pipe = self.redis.pipeline(transaction=True)
         sizes = keys.segment_sizes(self.prefix)
-        for change in changes:
+        pipe.get(keys.rebuild_marker(self.prefix))
+        now = time.monotonic()
+        check_run_id = now - self.run_id_checked_at >= self.RUN_ID_CHECK_S
+        if check_run_id:
+            pipe.info("server")
+        owners: list[int | None] = [None] * (2 if check_run_id else 1)
+        refused: dict[int, BaseException] = {}
+        for index, change in enumerate(changes):
             key = keys.user_segments(self.prefix, change["user_id"])
-            # EVALSHA, not a registered Script: redis-py checks SCRIPT EXISTS before every
-            # pipeline that holds a Script object, one more round trip per write
-            pipe.evalsha(self.membership_sha, 2, key, sizes, change["change"],
-                         change["segment_id"], REDIS_TTL_S)
-            if change.get("churn_score") is not None:
-                churn_key = keys.user_churn(self.prefix, change["user_id"])
-                pipe.hset(churn_key, mapping={"score": change["churn_score"],
-                                              "model_version": change.get("model_version") or "",
-                                              "event_time": change["event_time"]})
-                pipe.expire(churn_key, REDIS_TTL_S)
-        try:
-            pipe.execute()
-        except NoScriptError:
+            try:
+                # EVALSHA, not a registered Script: redis-py checks SCRIPT EXISTS before every
+                # pipeline that holds a Script object, one more round trip per write
+                pipe.evalsha(self.membership_sha, 2, key, sizes, change["change"],
+                             change["segment_id"], REDIS_TTL_S)
+                owners.append(index)
+                if change.get("churn_score") is not None:
+                    churn_key = keys.user_churn(self.prefix, change["user_id"])
+                    pipe.hset(churn_key, mapping={
+                        "score": change["churn_score"],
+                        "model_version": change.get("model_version") or "",
+                        "event_time": change["event_time"]})
+                    pipe.expire(churn_key, REDIS_TTL_S)
+                    owners += [index, index]
+            except Exception as exc:  # noqa: BLE001 - redis-py refused a value (DataError)
+                if classify("redis", exc) != "permanent":
+                    raise
+                refused[index] = exc
+        results = pipe.execute(raise_on_error=False)
+        if any(isinstance(result, NoScriptError) for result in results):
             # Redis restarted (or flushed its scripts): load the script again and repeat the
             # pipeline, which is idempotent (a set change counts once)
             self.membership_sha = self.redis.script_load(_MEMBERSHIP_SCRIPT)
-            self._write_redis(changes)
+            return self._write_redis(changes)
+        for owner, result in zip(owners, results, strict=False):
+            if isinstance(result, Exception):
+                if classify("redis", result) != "permanent" or owner is None:
+                    raise result
+                refused.setdefault(owner, result)
+        marker = results[0]
+        if check_run_id:
+            self.run_id_checked_at = now
+            run_id = results[1].get("run_id") if isinstance(results[1], dict) else None
+            if marker is not None and run_id is not None and _text(marker) != run_id:
+                marker = None
+        if marker is None:
+            self.rebuild_needed = True
+        return refused
 
     def record_definition(self, definition_id: str, description: str) -> None:
         """HSET <prefix>:definitions <id> <description> (best effort: only informational)."""
@@ -315,11 +594,14 @@ class CassandraRedisStore:
     username: str = ""
     password: str = field(default="", repr=False)
 
-    def __call__(self, on_retry: Callable[[], None] = lambda: None) -> CassandraRedisWriter:
+    def __call__(self, on_retry: Callable[[], None] = lambda: None,
+                 on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None,
+                 ) -> CassandraRedisWriter:
         """Connect a writer (blocks, retrying, until Cassandra answers)."""
         return CassandraRedisWriter.connect(
             list(self.cassandra_hosts), self.cassandra_port, self.keyspace, self.redis_url,
-            self.username, self.password, on_retry=on_retry, redis_prefix=self.redis_prefix)
+            self.username, self.password, on_retry=on_retry, redis_prefix=self.redis_prefix,
+            on_rebuild=on_rebuild)
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,166 @@
+"""A user's clock: what the engine has applied, what waits, and when the user is due next.
+
+The engine applies a user's inputs (clicks, metadata) in event-time order and runs every
+time-driven check at its own due time (see udfs/segments/SEGMENTS.md, "Time semantics").
+``UserClock`` is the small part of a user's state that makes this possible without reading the
+rest of it:
+
+- ``clock_ms``: the event time of what was last applied to the user (an input or a check);
+- ``pending``: inputs that arrived but are not applied yet, because the watermark has not
+  passed their time (Avro bytes as they arrived, decoded only when applied);
+- ``due_ms``: the next time a segment could change without input (a lower bound);
+- ``campaign_due_ms``: when the earliest deferred campaign candidate falls due;
+- ``recheck_ms``: the next definitions recheck of an idle user (housekeeping, daily);
+- ``expiry_ms``: when the user's state expires if nothing arrives (the state TTL, day-rounded);
+- ``timer_ms``: the one Flink event-time timer registered for the user (its earliest wake);
+- ``defs_fp``: a fingerprint of the definition versions the user was last evaluated against.
+
+Encoded as versioned little-endian bytes (``encode_clock``/``decode_clock``) for one keyed
+ValueState; a user without that state (a savepoint from before the clock existed) starts with an
+empty clock, which the engine sets from the rest of the state at the next step.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+#: the encoding's version byte
+CLOCK_VERSION = 1
+
+#: apply order of inputs with the same event time: metadata valid at t is seen by a click at t
+METADATA_RANK = 0
+CLICK_RANK = 1
+
+_NONE = -(2**63)
+_HEADER = struct.Struct("<Bqqqqqqqi")
+_ENTRY = struct.Struct("<qBqHI")
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An input waiting for the watermark.
+
+    Attributes:
+        time_ms: its event time (a click's ``event_time``, metadata's ``updated_at``).
+        rank: ``METADATA_RANK`` or ``CLICK_RANK`` (order among inputs at the same time).
+        key: the dedup and tie-break key: the event id, or ``metadata@<updated_at>``.
+        payload: the record's Avro single-object bytes (decoded only when applied); empty for
+            an input handed to the engine already decoded (``item``).
+        ingest_time: Kafka append time of its record (trigger latency).
+        item: the decoded input, when the caller has it (never encoded).
+    """
+
+    time_ms: int
+    rank: int
+    key: str
+    payload: bytes
+    ingest_time: int = 0
+    item: Any = field(default=None, compare=False)
+
+    def order(self) -> tuple[int, int, str]:
+        """The apply order: event time, metadata first, then the key."""
+        return (self.time_ms, self.rank, self.key)
+
+
+@dataclass
+class UserClock:
+    """The user's clock, pending inputs and next due times (see the module docstring)."""
+
+    clock_ms: int | None = None
+    due_ms: int | None = None
+    campaign_due_ms: int | None = None
+    recheck_ms: int | None = None
+    expiry_ms: int | None = None
+    timer_ms: int | None = None
+    defs_fp: int = 0
+    pending: list[Pending] = field(default_factory=list)
+
+    def add(self, item: Pending) -> bool:
+        """Buffer an input; False (nothing added) when one with the same key is pending."""
+        if any(p.key == item.key and p.rank == item.rank for p in self.pending):
+            return False
+        self.pending.append(item)
+        return True
+
+    def first_pending(self) -> Pending | None:
+        """The pending input to apply first, or None."""
+        return min(self.pending, key=Pending.order) if self.pending else None
+
+    def next_check_ms(self) -> int | None:
+        """The earliest time-driven check (due change, recheck or expiry), or None."""
+        times = [t for t in (self.due_ms, self.campaign_due_ms, self.recheck_ms, self.expiry_ms)
+                 if t is not None]
+        return min(times) if times else None
+
+    def wake_ms(self) -> int | None:
+        """When the user must be stepped next: the earliest pending input or check."""
+        times = [p.time_ms for p in self.pending]
+        check = self.next_check_ms()
+        if check is not None:
+            times.append(check)
+        return min(times) if times else None
+
+    def is_due(self, watermark_ms: int) -> bool:
+        """Whether anything is to be applied or checked at a watermark (cheap: no decoding)."""
+        wake = self.wake_ms()
+        return wake is not None and wake <= watermark_ms
+
+    def is_empty(self) -> bool:
+        """Nothing worth keeping: no clock set and nothing pending."""
+        return self.clock_ms is None and not self.pending
+
+
+def _opt(value: int | None) -> int:
+    return _NONE if value is None else value
+
+
+def _unopt(value: int) -> int | None:
+    return None if value == _NONE else value
+
+
+def encode_clock(clock: UserClock) -> bytes:
+    """The clock as versioned bytes (pending inputs as their Avro payloads)."""
+    parts = [_HEADER.pack(CLOCK_VERSION, _opt(clock.clock_ms), _opt(clock.due_ms),
+                          _opt(clock.campaign_due_ms), _opt(clock.recheck_ms),
+                          _opt(clock.expiry_ms), _opt(clock.timer_ms),
+                          clock.defs_fp, len(clock.pending))]
+    for p in clock.pending:
+        if p.item is not None and not p.payload:
+            raise ValueError(f"pending input {p.key!r} has no payload to store")
+        key = p.key.encode()
+        parts.append(_ENTRY.pack(p.time_ms, p.rank, p.ingest_time, len(key), len(p.payload)))
+        parts.append(key)
+        parts.append(p.payload)
+    return b"".join(parts)
+
+
+def decode_clock(raw: bytes | None) -> UserClock:
+    """The clock of ``encode_clock`` bytes; an empty clock for None (no state yet).
+
+    Raises:
+        ValueError: an unknown version or malformed bytes.
+    """
+    if not raw:
+        return UserClock()
+    if raw[0] != CLOCK_VERSION:
+        raise ValueError(f"user clock state has version {raw[0]}; this build reads "
+                         f"version {CLOCK_VERSION}")
+    try:
+        _, clock_ms, due, campaign_due, recheck, expiry, timer, fp, n = \
+            _HEADER.unpack_from(raw, 0)
+        offset = _HEADER.size
+        pending = []
+        for _ in range(n):
+            time_ms, rank, ingest, klen, plen = _ENTRY.unpack_from(raw, offset)
+            offset += _ENTRY.size
+            key = raw[offset:offset + klen].decode()
+            offset += klen
+            payload = bytes(raw[offset:offset + plen])
+            offset += plen
+            pending.append(Pending(time_ms, rank, key, payload, ingest))
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed user clock state: {exc}") from exc
+    return UserClock(_unopt(clock_ms), _unopt(due), _unopt(campaign_due), _unopt(recheck),
+                     _unopt(expiry), _unopt(timer), fp, pending)
