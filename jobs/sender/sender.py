@@ -7,7 +7,8 @@ Output: one ``adapter.send(trigger)`` call per trigger to deliver (a ``ChannelAd
 DeadLetter on ``cfg.dead_letter_topic`` for every record that does not decode; the consumer
 group's committed offsets; a report (per tier: delivered, duplicates, expired, bad, lag, rate).
 State: at most one buffered batch per tier, the scheduler's starvation counters, and the dedupe
-store (Redis keys ``<redis_key_prefix>:sent:<trigger_id>`` with a TTL, behind an in-memory LRU).
+store (Redis keys ``<redis_key_prefix>:sent:<group>:<channel>:<trigger_id>`` with a TTL, behind
+an in-memory LRU).
 
 Priority. Each tier has its own consumer holding at most one batch (``poll(max_records=
 batch_size)``). ``TierScheduler`` picks the batch to hand over: the highest-priority tier with a
@@ -21,17 +22,19 @@ record that arrives while a P1 batch is being delivered waits for that batch to 
 gets the next hand-over (see ``TierScheduler`` for the exact bound).
 
 Delivery: at least once to the channel, deduplicated. Per batch: decode, drop expired
-(``expires_at < now``), drop trigger_ids already sent (LRU, then Redis), send the rest (retrying
-with backoff), record the sent ids in Redis, write dead letters, then commit the offsets. A
-crash between a send and the Redis write (at most one batch) sends those triggers again after
-the restart; a crash after the Redis write but before the commit redelivers the batch to the
-sender, which then drops it as duplicates. An adapter that keeps failing stops the sender with
-``AdapterFailedError``: offsets are committed only up to the last trigger that was delivered.
+(``expires_at < now``), drop triggers this group already sent on that channel (LRU, then
+Redis), send the rest (retrying with backoff), record the sent ids in Redis, write dead
+letters, then commit the offsets. A crash between a send and the Redis write (at most one
+batch) sends those triggers again after the restart; a crash after the Redis write but before
+the commit redelivers the batch to the sender, which then drops it as duplicates. An adapter
+that keeps failing stops the sender with ``AdapterFailedError``: offsets are committed only up
+to the last trigger that was delivered.
 
 Partitions are assigned by the sender itself (every partition of every tier topic), not by the
-consumer group protocol; the group id only names the committed offsets. Run one sender per
-group: a second sender with the same group would deliver the same triggers (its dedupe lookups
-would catch most, not all, of them). See docs/consuming.md, "Consuming triggers".
+consumer group protocol; the group id names the committed offsets and the dedupe keys. Run one
+sender per group: a second sender with the same group would deliver the same triggers (its
+dedupe lookups would catch most, not all, of them). See docs/consuming.md, "Consuming
+triggers".
 """
 
 from __future__ import annotations
@@ -46,12 +49,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec, CodecError, Record, UnknownSchemaError, WrongSchemaError
 from udfs.campaigns.grammar import TIERS
 from udfs.intake import Rejected, SourceRecord, dead_letter
+from udfs.stores import keys
 
 DEFAULT_GROUP = "nudgeflow-sender"
 DEFAULT_ADAPTER = "jobs.sender.sender:ConsoleAdapter"
@@ -264,57 +268,65 @@ class TierScheduler:
 # --- dedupe ---------------------------------------------------------------------------------------
 
 
+class SentId(NamedTuple):
+    """What the dedupe store remembers: a group delivered a trigger on a channel.
+
+    The group and the channel are part of it so that senders of different channels or groups
+    that share one store never take each other's deliveries for their own.
+    """
+
+    group: str
+    channel: str
+    trigger_id: str
+
+
 class Deduper(Protocol):
-    """Remembers which trigger ids were sent."""
+    """Remembers which triggers were sent, by group, channel and trigger id."""
 
-    def seen(self, trigger_ids: Sequence[str]) -> set[str]:
-        """The ids among ``trigger_ids`` that were sent before."""
+    def seen(self, ids: Sequence[SentId]) -> set[SentId]:
+        """The ids among ``ids`` that were sent before."""
 
-    def mark(self, trigger_ids: Sequence[str]) -> None:
-        """Remember ``trigger_ids`` as sent."""
+    def mark(self, ids: Sequence[SentId]) -> None:
+        """Remember ``ids`` as sent."""
 
 
 class MemoryDedupe:
-    """A bounded LRU set of sent trigger ids (``--dedupe memory``; forgets on restart)."""
+    """A bounded LRU set of sent ids (``--dedupe memory``; forgets on restart)."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         if capacity < 1:
             raise ValueError(f"the dedupe cache needs a capacity >= 1, got {capacity}")
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[SentId, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def seen(self, trigger_ids: Sequence[str]) -> set[str]:
+    def seen(self, ids: Sequence[SentId]) -> set[SentId]:
         """The ids held; each hit becomes the most recently used."""
         hits = set()
-        for trigger_id in trigger_ids:
-            if trigger_id in self._ids:
-                self._ids.move_to_end(trigger_id)
-                hits.add(trigger_id)
+        for sent_id in ids:
+            if sent_id in self._ids:
+                self._ids.move_to_end(sent_id)
+                hits.add(sent_id)
         return hits
 
-    def mark(self, trigger_ids: Sequence[str]) -> None:
+    def mark(self, ids: Sequence[SentId]) -> None:
         """Add the ids; the least recently used ones beyond the capacity are forgotten."""
-        for trigger_id in trigger_ids:
-            self._ids[trigger_id] = None
-            self._ids.move_to_end(trigger_id)
+        for sent_id in ids:
+            self._ids[sent_id] = None
+            self._ids.move_to_end(sent_id)
         while len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
 
 
-def sent_key(cfg: NudgeflowConfig, trigger_id: str) -> str:
-    """The Redis key that records a trigger as sent."""
-    return f"{cfg.redis_key_prefix}:sent:{trigger_id}"
-
-
 class RedisDedupe:
-    """Sent trigger ids in Redis (one key per id, with a TTL), behind an in-memory LRU.
+    """Sent ids in Redis (one key per id, with a TTL), behind an in-memory LRU.
 
-    Redis makes the dedupe survive restarts and span every sender that shares the key prefix;
-    the LRU spares a round trip for the ids this process has seen recently. One ``MGET`` per
-    batch looks ids up, one pipeline of ``SET ... EX`` per batch records them.
+    The key is ``udfs.stores.keys.sent``. Redis makes the dedupe survive restarts and span
+    every process of a sender group that shares the key prefix; the LRU spares a round trip for
+    the ids this process has seen recently. One ``MGET`` per batch looks ids up, one pipeline
+    of ``SET ... EX`` per batch records them.
     """
 
     def __init__(self, client: Any, cfg: NudgeflowConfig, ttl_s: int,
@@ -329,13 +341,16 @@ class RedisDedupe:
         return SenderError(f"the dedupe store (Redis at {url}) failed: {exc}; use --dedupe memory "
                            "to run without Redis (dedupe then forgets on restart)")
 
-    def seen(self, trigger_ids: Sequence[str]) -> set[str]:
+    def _key(self, sent_id: SentId) -> str:
+        return keys.sent(self.cfg.redis_key_prefix, *sent_id)
+
+    def seen(self, ids: Sequence[SentId]) -> set[SentId]:
         """The ids sent before: LRU hits plus the ids that have a key in Redis."""
-        hits = self.cache.seen(trigger_ids)
-        missing = [i for i in dict.fromkeys(trigger_ids) if i not in hits]
+        hits = self.cache.seen(ids)
+        missing = [i for i in dict.fromkeys(ids) if i not in hits]
         if missing:
             try:
-                values = self.client.mget([sent_key(self.cfg, i) for i in missing])
+                values = self.client.mget([self._key(i) for i in missing])
             except Exception as exc:  # noqa: BLE001 - any client error means: cannot dedupe
                 raise self._fail(exc) from exc
             found = [i for i, value in zip(missing, values, strict=True) if value is not None]
@@ -343,18 +358,18 @@ class RedisDedupe:
             hits.update(found)
         return hits
 
-    def mark(self, trigger_ids: Sequence[str]) -> None:
+    def mark(self, ids: Sequence[SentId]) -> None:
         """Record the ids in Redis (with the TTL), then in the LRU."""
-        if not trigger_ids:
+        if not ids:
             return
         try:
             pipe = self.client.pipeline(transaction=False)
-            for trigger_id in trigger_ids:
-                pipe.set(sent_key(self.cfg, trigger_id), b"1", ex=self.ttl_s)
+            for sent_id in ids:
+                pipe.set(self._key(sent_id), b"1", ex=self.ttl_s)
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any client error means: cannot dedupe
             raise self._fail(exc) from exc
-        self.cache.mark(trigger_ids)
+        self.cache.mark(ids)
 
 
 # --- one batch ------------------------------------------------------------------------------------
@@ -403,12 +418,15 @@ def process_batch(
     dedupe: Deduper,
     adapter: ChannelAdapter,
     now_ms: int,
+    group: str,
     retry: DeliveryRetryPolicy | None = None,
     limit: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
     say: Callable[[str], None] = print,
 ) -> BatchOutcome:
     """Deliver one batch: decode, drop expired and duplicates, send the rest, mark them sent.
+
+    Triggers are deduplicated by ``SentId(group, channel, trigger_id)``.
 
     Records are handled in order; the outcome's ``handled`` prefix may be committed. Handling
     stops early (``handled`` < len) when ``limit`` triggers were delivered or the adapter keeps
@@ -420,10 +438,10 @@ def process_batch(
     retry = retry or DeliveryRetryPolicy()
     outcome = BatchOutcome()
     items = [(record, decode_trigger(codec, record)) for record in records]
-    candidates = [item["trigger_id"] for _, item in items
+    candidates = [_sent_id(group, item) for _, item in items
                   if isinstance(item, dict) and not is_expired(item, now_ms)]
     seen = dedupe.seen(candidates) if candidates else set()
-    sent: list[str] = []
+    sent: list[SentId] = []
     try:
         for record, item in items:
             if limit is not None and outcome.delivered >= limit:
@@ -435,7 +453,7 @@ def process_batch(
                     f"({item.reason_code}): {item.reason}")
             elif is_expired(item, now_ms):
                 outcome.expired += 1
-            elif item["trigger_id"] in seen:
+            elif (sent_id := _sent_id(group, item)) in seen:
                 outcome.duplicates += 1
             else:
                 try:
@@ -443,8 +461,8 @@ def process_batch(
                 except AdapterFailedError as exc:
                     outcome.error = exc
                     break
-                seen.add(item["trigger_id"])
-                sent.append(item["trigger_id"])
+                seen.add(sent_id)
+                sent.append(sent_id)
                 outcome.delivered += 1
             outcome.handled += 1
     finally:
@@ -452,6 +470,10 @@ def process_batch(
         if sent:
             dedupe.mark(sent)
     return outcome
+
+
+def _sent_id(group: str, trigger: Record) -> SentId:
+    return SentId(group, trigger["channel"], trigger["trigger_id"])
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -532,7 +554,8 @@ class SenderOptions:
     """How the sender runs (the Kafka, Redis and topic names come from NudgeflowConfig)."""
 
     group: str = DEFAULT_GROUP
-    """Consumer group id under which offsets are committed (one sender per group)."""
+    """Consumer group id under which offsets are committed (one sender per group); also part
+    of the dedupe key."""
     adapter: str = DEFAULT_ADAPTER
     """The channel adapter, as module:attribute (the CLI loads it; run_sender takes an object)."""
     batch_size: int = 100
@@ -594,7 +617,8 @@ class SenderOptions:
 #: (flag, metavar, SenderOptions field, type, choices, help) of the flags ``nudgeflow sender`` has
 _FLAGS: tuple[tuple[str, str | None, str, type, tuple[str, ...], str], ...] = (
     ("--group", "GROUP", "group", str, (),
-     "consumer group id of the committed offsets; run one sender per group"),
+     "consumer group id of the committed offsets and of the dedupe keys; run one sender per "
+     "group"),
     ("--adapter", "MODULE:ATTR", "adapter", str, (),
      "channel adapter: a class constructible without arguments, or an object with "
      "send(trigger)"),
@@ -926,8 +950,8 @@ def run_sender(
                     remaining = (None if options.max_triggers is None
                                  else options.max_triggers - report.total("delivered"))
                     outcome = process_batch(batch, codec=codec, dedupe=dedupe, adapter=adapter,
-                                            now_ms=clock(), retry=retry, limit=remaining,
-                                            sleep=sleep, say=say)
+                                            now_ms=clock(), group=options.group, retry=retry,
+                                            limit=remaining, sleep=sleep, say=say)
                     report.add(tier, outcome)
                     if outcome.dead_letters and letters is not None:
                         letters.write(outcome.dead_letters)
