@@ -5,10 +5,15 @@ single-object encoding, keyed by user_id), read with ``isolation_level=read_comm
 records of aborted or still open transactions are never seen.
 Output: one ``adapter.send(trigger)`` call per trigger to deliver (a ``ChannelAdapter``); a
 DeadLetter on ``cfg.dead_letter_topic`` for every record that does not decode; the consumer
-group's committed offsets; a report (per tier: delivered, duplicates, expired, bad, lag, rate).
+group's committed offsets; a report (per tier: delivered, duplicates, expired, bad, skipped,
+lag, rate).
 State: at most one buffered batch per tier, the scheduler's starvation counters, and the dedupe
 store (Redis keys ``<redis_key_prefix>:sent:<group>:<channel>:<trigger_id>`` with a TTL, behind
 an in-memory LRU).
+
+Channels. A sender takes the triggers of ``--channels`` (default: all channels) and skips the
+others: not delivered, not marked sent, counted as skipped, so that one sender per channel
+(each under its own group) can read the same topics without taking each other's triggers.
 
 Priority. Each tier has its own consumer holding at most one batch (``poll(max_records=
 batch_size)``). ``TierScheduler`` picks the batch to hand over: the highest-priority tier with a
@@ -21,9 +26,9 @@ record that arrives while a P1 batch is being delivered waits for that batch to 
 ``starvation_limit=L > 0`` a tier that had a batch waiting and was passed over L times in a row
 gets the next hand-over (see ``TierScheduler`` for the exact bound).
 
-Delivery: at least once to the channel, deduplicated. Per batch: decode, drop expired
-(``expires_at < now``), drop triggers this group already sent on that channel (LRU, then
-Redis), send the rest (retrying with backoff), record the sent ids in Redis, write dead
+Delivery: at least once to the channel, deduplicated. Per batch: decode, skip other channels,
+drop expired (``expires_at < now``), drop triggers this group already sent on that channel (LRU,
+then Redis), send the rest (retrying with backoff), record the sent ids in Redis, write dead
 letters, then commit the offsets. A crash between a send and the Redis write (at most one
 batch) sends those triggers again after the restart; a crash after the Redis write but before
 the commit redelivers the batch to the sender, which then drops it as duplicates. An adapter
@@ -53,7 +58,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec, CodecError, Record, UnknownSchemaError, WrongSchemaError
-from udfs.campaigns.grammar import TIERS
+from udfs.campaigns.grammar import CHANNELS, TIERS
 from udfs.intake import Rejected, SourceRecord, dead_letter
 from udfs.stores import keys
 
@@ -406,6 +411,8 @@ class BatchOutcome:
     duplicates: int = 0
     expired: int = 0
     bad: int = 0
+    skipped: int = 0
+    """Triggers of a channel this sender does not take (``--channels``), left untouched."""
     dead_letters: list[Record] = field(default_factory=list)
     error: SenderError | None = None
     """Set when the batch stopped early because the adapter kept failing."""
@@ -419,14 +426,17 @@ def process_batch(
     adapter: ChannelAdapter,
     now_ms: int,
     group: str,
+    channels: Collection[str] = CHANNELS,
     retry: DeliveryRetryPolicy | None = None,
     limit: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
     say: Callable[[str], None] = print,
 ) -> BatchOutcome:
-    """Deliver one batch: decode, drop expired and duplicates, send the rest, mark them sent.
+    """Deliver one batch: decode, skip, drop expired and duplicates, send, mark sent.
 
-    Triggers are deduplicated by ``SentId(group, channel, trigger_id)``.
+    A trigger whose channel is not in ``channels`` is only counted as skipped: it is not sent,
+    not looked up and not marked, so the sender of its channel still delivers it. The others
+    are deduplicated by ``SentId(group, channel, trigger_id)``.
 
     Records are handled in order; the outcome's ``handled`` prefix may be committed. Handling
     stops early (``handled`` < len) when ``limit`` triggers were delivered or the adapter keeps
@@ -439,7 +449,8 @@ def process_batch(
     outcome = BatchOutcome()
     items = [(record, decode_trigger(codec, record)) for record in records]
     candidates = [_sent_id(group, item) for _, item in items
-                  if isinstance(item, dict) and not is_expired(item, now_ms)]
+                  if isinstance(item, dict) and item["channel"] in channels
+                  and not is_expired(item, now_ms)]
     seen = dedupe.seen(candidates) if candidates else set()
     sent: list[SentId] = []
     try:
@@ -451,6 +462,10 @@ def process_batch(
                 outcome.dead_letters.append(dead_letter(record, item, now_ms))
                 say(f"bad record at {record.topic}/{record.partition}@{record.offset} "
                     f"({item.reason_code}): {item.reason}")
+            elif item["channel"] not in channels:
+                # another channel's sender delivers it: marking it here would make that
+                # sender drop it as a duplicate (issue 18)
+                outcome.skipped += 1
             elif is_expired(item, now_ms):
                 outcome.expired += 1
             elif (sent_id := _sent_id(group, item)) in seen:
@@ -487,12 +502,14 @@ class TierStats:
     duplicates: int = 0
     expired: int = 0
     bad: int = 0
+    skipped: int = 0
+    """Triggers of other channels (not in ``--channels``): neither delivered nor marked."""
     lag: int | None = None
     """Committed records not yet handed over: end offsets minus committed offsets (read
     committed; before the first commit, minus the start position); None: not measured."""
 
 
-COUNTERS = ("delivered", "duplicates", "expired", "bad")
+COUNTERS = ("delivered", "duplicates", "expired", "bad", "skipped")
 
 
 @dataclass
@@ -521,17 +538,18 @@ class SenderReport:
 
 
 def format_report(report: SenderReport, since: SenderReport | None = None) -> str:
-    """A small table: per tier delivered, rate, duplicates, expired, bad records and lag.
+    """A small table: per tier delivered, rate, duplicates, expired, bad, skipped and lag.
 
-    The rate is triggers delivered per second since ``since`` (a periodic report), or over the
-    whole run when ``since`` is None (the final report).
+    ``skipped`` counts the triggers of other channels (``--channels``). The rate is triggers
+    delivered per second since ``since`` (a periodic report), or over the whole run when
+    ``since`` is None (the final report).
     """
     span = report.elapsed_s - (since.elapsed_s if since else 0.0)
     title = f"sender after {report.elapsed_s:.1f} s"
     if report.stopped:
         title += f" (stopped: {report.stopped})"
     lines = [title, f"{'tier':<6}{'delivered':>10}{'/s':>9}{'duplicates':>12}{'expired':>9}"
-                    f"{'bad':>6}{'lag':>9}"]
+                    f"{'bad':>6}{'skipped':>9}{'lag':>9}"]
     rows = [(tier, stats, since.tiers[tier] if since else TierStats())
             for tier, stats in report.tiers.items()]
     total = TierStats(*(report.total(c) for c in COUNTERS))
@@ -542,7 +560,7 @@ def format_report(report: SenderReport, since: SenderReport | None = None) -> st
         rate = (stats.delivered - before.delivered) / span if span > 0 else 0.0
         lag = "-" if stats.lag is None else f"{stats.lag:,}"
         lines.append(f"{tier:<6}{stats.delivered:>10,}{rate:>9.1f}{stats.duplicates:>12,}"
-                     f"{stats.expired:>9,}{stats.bad:>6,}{lag:>9}")
+                     f"{stats.expired:>9,}{stats.bad:>6,}{stats.skipped:>9,}{lag:>9}")
     return "\n".join(lines)
 
 
@@ -556,6 +574,8 @@ class SenderOptions:
     group: str = DEFAULT_GROUP
     """Consumer group id under which offsets are committed (one sender per group); also part
     of the dedupe key."""
+    channels: tuple[str, ...] = CHANNELS
+    """The channels this sender delivers (default: all); triggers of others are skipped."""
     adapter: str = DEFAULT_ADAPTER
     """The channel adapter, as module:attribute (the CLI loads it; run_sender takes an object)."""
     batch_size: int = 100
@@ -589,6 +609,7 @@ class SenderOptions:
         problems = []
         if not self.group:
             problems.append("group must not be empty")
+        problems += _channel_problems(self.channels)
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.starvation_limit < 0:
@@ -614,11 +635,36 @@ class SenderOptions:
             raise ValueError("invalid sender options: " + "; ".join(problems))
 
 
+def _channel_problems(channels: Sequence[str]) -> list[str]:
+    valid = ", ".join(CHANNELS)
+    if isinstance(channels, str):  # a str is a Sequence too: "EMAIL" would be five channels
+        return [f"channels must be a tuple of channel names, got the string {channels!r}"]
+    if not channels:
+        return [f"channels must name at least one channel of {valid}"]
+    unknown = [c for c in channels if c not in CHANNELS]
+    if unknown:
+        return [f"channels: unknown channel(s) {', '.join(map(repr, unknown))}; the channels "
+                f"(the TriggerEvent schema's Channel enum) are {valid}"]
+    return []
+
+
+def parse_channels(text: str) -> tuple[str, ...]:
+    """The channels of a ``--channels`` value: ``"EMAIL, SMS"`` -> ``("EMAIL", "SMS")``.
+
+    Not validated here: ``SenderOptions`` checks the names against the schema's Channel enum.
+    """
+    return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
 #: (flag, metavar, SenderOptions field, type, choices, help) of the flags ``nudgeflow sender`` has
 _FLAGS: tuple[tuple[str, str | None, str, type, tuple[str, ...], str], ...] = (
     ("--group", "GROUP", "group", str, (),
      "consumer group id of the committed offsets and of the dedupe keys; run one sender per "
      "group"),
+    ("--channels", "EMAIL,SMS,...", "channels", str, (),
+     f"comma-separated channels this sender delivers, of {', '.join(CHANNELS)}; triggers of "
+     "other channels are skipped (not delivered, not marked sent, counted as skipped); "
+     "default: all channels"),
     ("--adapter", "MODULE:ATTR", "adapter", str, (),
      "channel adapter: a class constructible without arguments, or an object with "
      "send(trigger)"),
@@ -654,6 +700,8 @@ def add_sender_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, metavar, name, typ, choices, help_text in _FLAGS:
         env = ENV_PREFIX + flag[2:].replace("-", "_").upper()
         default = getattr(defaults, name)
+        if isinstance(default, tuple):  # --channels: spelled on the command line with commas
+            default = ",".join(default)
         kwargs: dict[str, Any] = {
             "dest": f"sender_{name}",
             "type": typ,
@@ -669,8 +717,14 @@ def add_sender_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> SenderOptions:
-    """The options given parsed arguments of a parser set up by ``add_sender_arguments``."""
-    return SenderOptions(**{name: getattr(args, f"sender_{name}") for _, _, name, *_ in _FLAGS})
+    """The options given parsed arguments of a parser set up by ``add_sender_arguments``.
+
+    Raises:
+        ValueError: an option is out of range or names an unknown channel.
+    """
+    values = {name: getattr(args, f"sender_{name}") for _, _, name, *_ in _FLAGS}
+    values["channels"] = parse_channels(values["channels"])
+    return SenderOptions(**values)
 
 
 # --- Kafka ----------------------------------------------------------------------------------------
@@ -913,7 +967,7 @@ def run_sender(
     last_idle_commit = 0.0
     signals: list[str] = []
     failure: SenderError | None = None
-    say(f"sender: group {options.group}, topics "
+    say(f"sender: group {options.group}, channels {','.join(options.channels)}, topics "
         f"{', '.join(s.topic for s in sources)}, starvation limit "
         f"{options.starvation_limit or 'off (strict)'}, dedupe {options.dedupe}")
     with _stop_on_signals(signals):
@@ -950,7 +1004,8 @@ def run_sender(
                     remaining = (None if options.max_triggers is None
                                  else options.max_triggers - report.total("delivered"))
                     outcome = process_batch(batch, codec=codec, dedupe=dedupe, adapter=adapter,
-                                            now_ms=clock(), group=options.group, retry=retry,
+                                            now_ms=clock(), group=options.group,
+                                            channels=options.channels, retry=retry,
                                             limit=remaining, sleep=sleep, say=say)
                     report.add(tier, outcome)
                     if outcome.dead_letters and letters is not None:

@@ -34,7 +34,7 @@ from jobs.sender.sender import (
     send_with_retry,
 )
 from schemas.codec import Codec
-from udfs.campaigns.grammar import TIERS
+from udfs.campaigns.grammar import CHANNELS, TIERS
 from udfs.intake import SourceRecord
 
 # kafka-python's import calls importlib.resources.read_text; the warning names importlib, so
@@ -328,20 +328,24 @@ def test_redis_dedupe_failure_is_a_clear_sender_error():
     assert "Connection refused" in message and "--dedupe memory" in message
 
 
-# --- the dedupe key: group and channel (issue 18) ------------------------------------------------
+# --- the dedupe key: group and channel; --channels (issue 18) -----------------------------------
 #
 # Several senders share one Redis: each test gives every sender its own RedisDedupe (its own
 # LRU, as a separate process has) over one FakeRedis.
 
 
-def deliver(batch, client, group, adapter=None):
+def deliver(batch, client, group, channels=CHANNELS, adapter=None):
     """One sender process handing ``batch`` over: (outcome, trigger ids its adapter got)."""
     adapter = adapter or Recorder()
     dedupe = RedisDedupe(client, load_config(env={}, overrides={"redis_key_prefix": "nf"}),
                          ttl_s=60)
     outcome = process_batch(batch, codec=CODEC, dedupe=dedupe, adapter=adapter, now_ms=NOW,
-                            group=group, say=quiet)
+                            group=group, channels=channels, say=quiet)
     return outcome, adapter.sent
+
+
+def counted(outcome):
+    return {c: getattr(outcome, c) for c in ("delivered", "duplicates", "expired", "skipped")}
 
 
 EMAIL_AND_SMS = [encoded(make_trigger("e1", channel="EMAIL"), 0),
@@ -363,9 +367,11 @@ class OneChannel(Recorder):
 
 def test_an_email_sender_does_not_make_the_sms_sender_drop_its_trigger():
     client = FakeRedis()
+    # the email sender as reported: every channel, its adapter passes over the SMS trigger
     deliver(EMAIL_AND_SMS, client, "email-sender", adapter=OneChannel("EMAIL"))
-    sms, sms_sent = deliver(EMAIL_AND_SMS, client, "sms-sender", adapter=OneChannel("SMS"))
-    assert sms_sent == ["s1"] and sms.duplicates == 0
+    sms, sms_sent = deliver(EMAIL_AND_SMS, client, "sms-sender", ("SMS",))
+    assert sms_sent == ["s1"]
+    assert (sms.delivered, sms.duplicates) == (1, 0)
 
 
 def test_a_redelivered_trigger_is_a_duplicate_for_the_same_group():
@@ -390,21 +396,63 @@ def test_two_groups_each_deliver_a_trigger_once():
     assert set(client.data) == {"nf:sent:sms-a:SMS:s1", "nf:sent:sms-b:SMS:s1"}
 
 
+def test_an_email_sender_leaves_sms_triggers_to_the_sms_sender():
+    client = FakeRedis()
+    email, email_sent = deliver(EMAIL_AND_SMS, client, "email-sender", ("EMAIL",))
+    sms, sms_sent = deliver(EMAIL_AND_SMS, client, "sms-sender", ("SMS",))
+    assert email_sent == ["e1"] and sms_sent == ["s1"]
+    assert counted(email) == {"delivered": 1, "duplicates": 0, "expired": 0, "skipped": 1}
+    assert counted(sms) == {"delivered": 1, "duplicates": 0, "expired": 0, "skipped": 1}
+    assert email.handled == sms.handled == 2  # a skipped trigger's offset may be committed
+    # a sender marks only what it delivered, under its group and channel
+    assert set(client.data) == {"nf:sent:email-sender:EMAIL:e1", "nf:sent:sms-sender:SMS:s1"}
+
+
+def test_a_trigger_of_another_channel_is_skipped_even_when_expired():
+    client = FakeRedis()
+    batch = [encoded(make_trigger("s1", channel="SMS", expires_at=NOW - 1), 0)]
+    outcome, sent = deliver(batch, client, "email-sender", ("EMAIL",))
+    assert sent == [] and counted(outcome)["skipped"] == 1 and counted(outcome)["expired"] == 0
+    assert client.mget_calls == [] and client.data == {}  # not looked up, not marked
+
+
+def test_the_channels_are_the_schema_channel_enum():
+    writer = CODEC.versions("TriggerEvent")[-1][2]
+    channel = next(f for f in writer["fields"] if f["name"] == "channel")
+    assert CHANNELS == tuple(channel["type"]["symbols"])
+    assert SenderOptions().channels == CHANNELS  # the default: every channel
+
+
+@pytest.mark.parametrize(("channels", "message"), [
+    (("EMAIL", "FAX"), "channels: unknown channel(s) 'FAX'; the channels (the TriggerEvent "
+                       "schema's Channel enum) are EMAIL, SMS, PUSH, IN_APP, PAID_SOCIAL"),
+    (("email",), "unknown channel(s) 'email'"),
+    ((), "channels must name at least one channel of EMAIL, SMS, PUSH, IN_APP, PAID_SOCIAL"),
+    ("SMS", "channels must be a tuple of channel names, got the string 'SMS'"),
+])
+def test_unknown_channels_are_refused(channels, message):
+    with pytest.raises(ValueError) as info:
+        SenderOptions(channels=channels)
+    assert message in str(info.value)
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
 def test_final_report_has_rates_totals_and_lag():
     report = SenderReport(elapsed_s=10.0, stopped="idle")
-    report.tiers["P0"] = TierStats(delivered=100, duplicates=3, expired=2, bad=1, lag=0)
+    report.tiers["P0"] = TierStats(delivered=100, duplicates=3, expired=2, bad=1, skipped=4,
+                                   lag=0)
     report.tiers["P3"] = TierStats(delivered=50, lag=7)
     for tier in ("P1", "P2"):
         report.tiers[tier].lag = 0
     lines = format_report(report).splitlines()
     assert lines[0] == "sender after 10.0 s (stopped: idle)"
-    assert lines[1].split() == ["tier", "delivered", "/s", "duplicates", "expired", "bad", "lag"]
-    assert lines[2].split() == ["P0", "100", "10.0", "3", "2", "1", "0"]
-    assert lines[5].split() == ["P3", "50", "5.0", "0", "0", "0", "7"]
-    assert lines[6].split() == ["all", "150", "15.0", "3", "2", "1", "7"]
+    assert lines[1].split() == ["tier", "delivered", "/s", "duplicates", "expired", "bad",
+                                "skipped", "lag"]
+    assert lines[2].split() == ["P0", "100", "10.0", "3", "2", "1", "4", "0"]
+    assert lines[5].split() == ["P3", "50", "5.0", "0", "0", "0", "0", "7"]
+    assert lines[6].split() == ["all", "150", "15.0", "3", "2", "1", "4", "7"]
 
 
 def test_periodic_report_rates_count_since_the_previous_report():
@@ -416,7 +464,7 @@ def test_periodic_report_rates_count_since_the_previous_report():
     assert before.tiers["P1"].delivered == 1000  # the snapshot is independent
     lines = format_report(now, before).splitlines()
     assert lines[0] == "sender after 12.0 s"
-    assert lines[3].split() == ["P1", "1,300", "150.0", "0", "0", "0", "-"]
+    assert lines[3].split() == ["P1", "1,300", "150.0", "0", "0", "0", "0", "-"]
     assert lines[6].split()[:3] == ["all", "1,300", "150.0"] and lines[6].split()[-1] == "-"
 
 
@@ -508,6 +556,22 @@ def test_flags_fall_back_to_environment_variables(monkeypatch):
     assert options.group == "sms-sender" and options.dedupe == "memory"
 
 
+def test_channels_flag_and_environment_variable(monkeypatch):
+    monkeypatch.delenv("NUDGEFLOW_SENDER_CHANNELS", raising=False)
+    assert _parse([]).channels == CHANNELS
+    assert _parse(["--channels", "SMS, EMAIL,SMS"]).channels == ("SMS", "EMAIL")
+    monkeypatch.setenv("NUDGEFLOW_SENDER_CHANNELS", "PUSH")
+    assert _parse([]).channels == ("PUSH",)
+    assert _parse(["--channels", "IN_APP"]).channels == ("IN_APP",)
+
+
+def test_cli_refuses_an_unknown_channel_without_connecting(capsys):
+    assert main(["sender", "--channels", "EMAIL,FAX", "--kafka-bootstrap", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown channel(s) 'FAX'" in err
+    assert "EMAIL, SMS, PUSH, IN_APP, PAID_SOCIAL" in err
+
+
 def test_cli_reports_a_bad_adapter_without_connecting(capsys):
     code = main(["sender", "--adapter", "no_such_module_xyz:Adapter",
                  "--kafka-bootstrap", "127.0.0.1:1"])
@@ -527,6 +591,9 @@ def test_cli_help_lists_the_sender_flags(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for part in ("--starvation-limit N", "--until-idle SECONDS", "--adapter MODULE:ATTR",
                  "[env: NUDGEFLOW_SENDER_GROUP] [default: 'nudgeflow-sender']",
+                 "--channels EMAIL,SMS,...", "default: all channels",
+                 "[env: NUDGEFLOW_SENDER_CHANNELS] "
+                 "[default: 'EMAIL,SMS,PUSH,IN_APP,PAID_SOCIAL']",
                  "--trigger-topic-prefix"):
         assert part in text
 
@@ -658,6 +725,17 @@ def test_an_adapter_failure_stops_the_sender_after_committing_the_delivered_pref
     # batch 1 (partition 0) whole; batch 2 (partition 1) up to, not including, p2-13
     assert consumers["P2"].commits == [{0: 10, 1: 0}, {1: 6}]
     assert report.tiers["P2"].lag == 22 - 16  # p2-13 and later are read again next time
+
+
+def test_the_loop_delivers_only_its_channels_and_counts_the_others_as_skipped(monkeypatch):
+    values = {("P1", i): CODEC.encode("TriggerEvent", make_trigger(
+        f"p1-{i}", tier="P1", channel="SMS" if i % 3 == 0 else "EMAIL")) for i in range(12)}
+    consumers = fake_sources(monkeypatch, {"P1": 12}, values=values)
+    adapter = Recorder()
+    report = run({"channels": ("SMS",)}, adapter)
+    assert adapter.sent == ["p1-0", "p1-6", "p1-3", "p1-9"]  # partition 0 first, then 1
+    assert (report.tiers["P1"].delivered, report.tiers["P1"].skipped) == (4, 8)
+    assert report.tiers["P1"].lag == 0 and consumers["P1"].commits[-1] == {0: 7, 1: 7}
 
 
 def test_a_stop_request_ends_the_run_between_batches(monkeypatch):
