@@ -5,9 +5,15 @@ single-object encoding, keyed by user_id), read with ``isolation_level=read_comm
 records of aborted or still open transactions are never seen.
 Output: one ``adapter.send(trigger)`` call per trigger to deliver (a ``ChannelAdapter``); a
 DeadLetter on ``cfg.dead_letter_topic`` for every record that does not decode; the consumer
-group's committed offsets; a report (per tier: delivered, duplicates, expired, bad, lag, rate).
+group's committed offsets; a report (per tier: delivered, duplicates, expired, bad, skipped,
+lag, rate).
 State: at most one buffered batch per tier, the scheduler's starvation counters, and the dedupe
-store (Redis keys ``<redis_key_prefix>:sent:<trigger_id>`` with a TTL, behind an in-memory LRU).
+store (Redis keys ``<redis_key_prefix>:sent:<group>:<channel>:<trigger_id>`` with a TTL, behind
+an in-memory LRU).
+
+Channels. A sender takes the triggers of ``--channels`` (default: all channels) and skips the
+others: not delivered, not marked sent, counted as skipped, so that one sender per channel
+(each under its own group) can read the same topics without taking each other's triggers.
 
 Priority. Each tier has its own consumer holding at most one batch (``poll(max_records=
 batch_size)``). ``TierScheduler`` picks the batch to hand over: the highest-priority tier with a
@@ -20,18 +26,20 @@ record that arrives while a P1 batch is being delivered waits for that batch to 
 ``starvation_limit=L > 0`` a tier that had a batch waiting and was passed over L times in a row
 gets the next hand-over (see ``TierScheduler`` for the exact bound).
 
-Delivery: at least once to the channel, deduplicated. Per batch: decode, drop expired
-(``expires_at < now``), drop trigger_ids already sent (LRU, then Redis), send the rest (retrying
-with backoff), record the sent ids in Redis, write dead letters, then commit the offsets. A
-crash between a send and the Redis write (at most one batch) sends those triggers again after
-the restart; a crash after the Redis write but before the commit redelivers the batch to the
-sender, which then drops it as duplicates. An adapter that keeps failing stops the sender with
-``AdapterFailedError``: offsets are committed only up to the last trigger that was delivered.
+Delivery: at least once to the channel, deduplicated. Per batch: decode, skip other channels,
+drop expired (``expires_at < now``), drop triggers this group already sent on that channel (LRU,
+then Redis), send the rest (retrying with backoff), record the sent ids in Redis, write dead
+letters, then commit the offsets. A crash between a send and the Redis write (at most one
+batch) sends those triggers again after the restart; a crash after the Redis write but before
+the commit redelivers the batch to the sender, which then drops it as duplicates. An adapter
+that keeps failing stops the sender with ``AdapterFailedError``: offsets are committed only up
+to the last trigger that was delivered.
 
 Partitions are assigned by the sender itself (every partition of every tier topic), not by the
-consumer group protocol; the group id only names the committed offsets. Run one sender per
-group: a second sender with the same group would deliver the same triggers (its dedupe lookups
-would catch most, not all, of them). See docs/consuming.md, "Consuming triggers".
+consumer group protocol; the group id names the committed offsets and the dedupe keys. Run one
+sender per group: a second sender with the same group would deliver the same triggers (its
+dedupe lookups would catch most, not all, of them). See docs/consuming.md, "Consuming
+triggers".
 """
 
 from __future__ import annotations
@@ -46,12 +54,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec, CodecError, Record, UnknownSchemaError, WrongSchemaError
-from udfs.campaigns.grammar import TIERS
+from udfs.campaigns.grammar import CHANNELS, TIERS
 from udfs.intake import Rejected, SourceRecord, dead_letter
+from udfs.stores import keys
 
 DEFAULT_GROUP = "nudgeflow-sender"
 DEFAULT_ADAPTER = "jobs.sender.sender:ConsoleAdapter"
@@ -264,57 +273,65 @@ class TierScheduler:
 # --- dedupe ---------------------------------------------------------------------------------------
 
 
+class SentId(NamedTuple):
+    """What the dedupe store remembers: a group delivered a trigger on a channel.
+
+    The group and the channel are part of it so that senders of different channels or groups
+    that share one store never take each other's deliveries for their own.
+    """
+
+    group: str
+    channel: str
+    trigger_id: str
+
+
 class Deduper(Protocol):
-    """Remembers which trigger ids were sent."""
+    """Remembers which triggers were sent, by group, channel and trigger id."""
 
-    def seen(self, trigger_ids: Sequence[str]) -> set[str]:
-        """The ids among ``trigger_ids`` that were sent before."""
+    def seen(self, ids: Sequence[SentId]) -> set[SentId]:
+        """The ids among ``ids`` that were sent before."""
 
-    def mark(self, trigger_ids: Sequence[str]) -> None:
-        """Remember ``trigger_ids`` as sent."""
+    def mark(self, ids: Sequence[SentId]) -> None:
+        """Remember ``ids`` as sent."""
 
 
 class MemoryDedupe:
-    """A bounded LRU set of sent trigger ids (``--dedupe memory``; forgets on restart)."""
+    """A bounded LRU set of sent ids (``--dedupe memory``; forgets on restart)."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         if capacity < 1:
             raise ValueError(f"the dedupe cache needs a capacity >= 1, got {capacity}")
         self.capacity = capacity
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[SentId, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def seen(self, trigger_ids: Sequence[str]) -> set[str]:
+    def seen(self, ids: Sequence[SentId]) -> set[SentId]:
         """The ids held; each hit becomes the most recently used."""
         hits = set()
-        for trigger_id in trigger_ids:
-            if trigger_id in self._ids:
-                self._ids.move_to_end(trigger_id)
-                hits.add(trigger_id)
+        for sent_id in ids:
+            if sent_id in self._ids:
+                self._ids.move_to_end(sent_id)
+                hits.add(sent_id)
         return hits
 
-    def mark(self, trigger_ids: Sequence[str]) -> None:
+    def mark(self, ids: Sequence[SentId]) -> None:
         """Add the ids; the least recently used ones beyond the capacity are forgotten."""
-        for trigger_id in trigger_ids:
-            self._ids[trigger_id] = None
-            self._ids.move_to_end(trigger_id)
+        for sent_id in ids:
+            self._ids[sent_id] = None
+            self._ids.move_to_end(sent_id)
         while len(self._ids) > self.capacity:
             self._ids.popitem(last=False)
 
 
-def sent_key(cfg: NudgeflowConfig, trigger_id: str) -> str:
-    """The Redis key that records a trigger as sent."""
-    return f"{cfg.redis_key_prefix}:sent:{trigger_id}"
-
-
 class RedisDedupe:
-    """Sent trigger ids in Redis (one key per id, with a TTL), behind an in-memory LRU.
+    """Sent ids in Redis (one key per id, with a TTL), behind an in-memory LRU.
 
-    Redis makes the dedupe survive restarts and span every sender that shares the key prefix;
-    the LRU spares a round trip for the ids this process has seen recently. One ``MGET`` per
-    batch looks ids up, one pipeline of ``SET ... EX`` per batch records them.
+    The key is ``udfs.stores.keys.sent``. Redis makes the dedupe survive restarts and span
+    every process of a sender group that shares the key prefix; the LRU spares a round trip for
+    the ids this process has seen recently. One ``MGET`` per batch looks ids up, one pipeline
+    of ``SET ... EX`` per batch records them.
     """
 
     def __init__(self, client: Any, cfg: NudgeflowConfig, ttl_s: int,
@@ -329,13 +346,16 @@ class RedisDedupe:
         return SenderError(f"the dedupe store (Redis at {url}) failed: {exc}; use --dedupe memory "
                            "to run without Redis (dedupe then forgets on restart)")
 
-    def seen(self, trigger_ids: Sequence[str]) -> set[str]:
+    def _key(self, sent_id: SentId) -> str:
+        return keys.sent(self.cfg.redis_key_prefix, *sent_id)
+
+    def seen(self, ids: Sequence[SentId]) -> set[SentId]:
         """The ids sent before: LRU hits plus the ids that have a key in Redis."""
-        hits = self.cache.seen(trigger_ids)
-        missing = [i for i in dict.fromkeys(trigger_ids) if i not in hits]
+        hits = self.cache.seen(ids)
+        missing = [i for i in dict.fromkeys(ids) if i not in hits]
         if missing:
             try:
-                values = self.client.mget([sent_key(self.cfg, i) for i in missing])
+                values = self.client.mget([self._key(i) for i in missing])
             except Exception as exc:  # noqa: BLE001 - any client error means: cannot dedupe
                 raise self._fail(exc) from exc
             found = [i for i, value in zip(missing, values, strict=True) if value is not None]
@@ -343,18 +363,18 @@ class RedisDedupe:
             hits.update(found)
         return hits
 
-    def mark(self, trigger_ids: Sequence[str]) -> None:
+    def mark(self, ids: Sequence[SentId]) -> None:
         """Record the ids in Redis (with the TTL), then in the LRU."""
-        if not trigger_ids:
+        if not ids:
             return
         try:
             pipe = self.client.pipeline(transaction=False)
-            for trigger_id in trigger_ids:
-                pipe.set(sent_key(self.cfg, trigger_id), b"1", ex=self.ttl_s)
+            for sent_id in ids:
+                pipe.set(self._key(sent_id), b"1", ex=self.ttl_s)
             pipe.execute()
         except Exception as exc:  # noqa: BLE001 - any client error means: cannot dedupe
             raise self._fail(exc) from exc
-        self.cache.mark(trigger_ids)
+        self.cache.mark(ids)
 
 
 # --- one batch ------------------------------------------------------------------------------------
@@ -391,6 +411,8 @@ class BatchOutcome:
     duplicates: int = 0
     expired: int = 0
     bad: int = 0
+    skipped: int = 0
+    """Triggers of a channel this sender does not take (``--channels``), left untouched."""
     dead_letters: list[Record] = field(default_factory=list)
     error: SenderError | None = None
     """Set when the batch stopped early because the adapter kept failing."""
@@ -403,12 +425,18 @@ def process_batch(
     dedupe: Deduper,
     adapter: ChannelAdapter,
     now_ms: int,
+    group: str,
+    channels: Collection[str] = CHANNELS,
     retry: DeliveryRetryPolicy | None = None,
     limit: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
     say: Callable[[str], None] = print,
 ) -> BatchOutcome:
-    """Deliver one batch: decode, drop expired and duplicates, send the rest, mark them sent.
+    """Deliver one batch: decode, skip, drop expired and duplicates, send, mark sent.
+
+    A trigger whose channel is not in ``channels`` is only counted as skipped: it is not sent,
+    not looked up and not marked, so the sender of its channel still delivers it. The others
+    are deduplicated by ``SentId(group, channel, trigger_id)``.
 
     Records are handled in order; the outcome's ``handled`` prefix may be committed. Handling
     stops early (``handled`` < len) when ``limit`` triggers were delivered or the adapter keeps
@@ -420,10 +448,11 @@ def process_batch(
     retry = retry or DeliveryRetryPolicy()
     outcome = BatchOutcome()
     items = [(record, decode_trigger(codec, record)) for record in records]
-    candidates = [item["trigger_id"] for _, item in items
-                  if isinstance(item, dict) and not is_expired(item, now_ms)]
+    candidates = [_sent_id(group, item) for _, item in items
+                  if isinstance(item, dict) and item["channel"] in channels
+                  and not is_expired(item, now_ms)]
     seen = dedupe.seen(candidates) if candidates else set()
-    sent: list[str] = []
+    sent: list[SentId] = []
     try:
         for record, item in items:
             if limit is not None and outcome.delivered >= limit:
@@ -433,9 +462,13 @@ def process_batch(
                 outcome.dead_letters.append(dead_letter(record, item, now_ms))
                 say(f"bad record at {record.topic}/{record.partition}@{record.offset} "
                     f"({item.reason_code}): {item.reason}")
+            elif item["channel"] not in channels:
+                # another channel's sender delivers it: marking it here would make that
+                # sender drop it as a duplicate (issue 18)
+                outcome.skipped += 1
             elif is_expired(item, now_ms):
                 outcome.expired += 1
-            elif item["trigger_id"] in seen:
+            elif (sent_id := _sent_id(group, item)) in seen:
                 outcome.duplicates += 1
             else:
                 try:
@@ -443,8 +476,8 @@ def process_batch(
                 except AdapterFailedError as exc:
                     outcome.error = exc
                     break
-                seen.add(item["trigger_id"])
-                sent.append(item["trigger_id"])
+                seen.add(sent_id)
+                sent.append(sent_id)
                 outcome.delivered += 1
             outcome.handled += 1
     finally:
@@ -452,6 +485,10 @@ def process_batch(
         if sent:
             dedupe.mark(sent)
     return outcome
+
+
+def _sent_id(group: str, trigger: Record) -> SentId:
+    return SentId(group, trigger["channel"], trigger["trigger_id"])
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -465,12 +502,14 @@ class TierStats:
     duplicates: int = 0
     expired: int = 0
     bad: int = 0
+    skipped: int = 0
+    """Triggers of other channels (not in ``--channels``): neither delivered nor marked."""
     lag: int | None = None
     """Committed records not yet handed over: end offsets minus committed offsets (read
     committed; before the first commit, minus the start position); None: not measured."""
 
 
-COUNTERS = ("delivered", "duplicates", "expired", "bad")
+COUNTERS = ("delivered", "duplicates", "expired", "bad", "skipped")
 
 
 @dataclass
@@ -499,17 +538,18 @@ class SenderReport:
 
 
 def format_report(report: SenderReport, since: SenderReport | None = None) -> str:
-    """A small table: per tier delivered, rate, duplicates, expired, bad records and lag.
+    """A small table: per tier delivered, rate, duplicates, expired, bad, skipped and lag.
 
-    The rate is triggers delivered per second since ``since`` (a periodic report), or over the
-    whole run when ``since`` is None (the final report).
+    ``skipped`` counts the triggers of other channels (``--channels``). The rate is triggers
+    delivered per second since ``since`` (a periodic report), or over the whole run when
+    ``since`` is None (the final report).
     """
     span = report.elapsed_s - (since.elapsed_s if since else 0.0)
     title = f"sender after {report.elapsed_s:.1f} s"
     if report.stopped:
         title += f" (stopped: {report.stopped})"
     lines = [title, f"{'tier':<6}{'delivered':>10}{'/s':>9}{'duplicates':>12}{'expired':>9}"
-                    f"{'bad':>6}{'lag':>9}"]
+                    f"{'bad':>6}{'skipped':>9}{'lag':>9}"]
     rows = [(tier, stats, since.tiers[tier] if since else TierStats())
             for tier, stats in report.tiers.items()]
     total = TierStats(*(report.total(c) for c in COUNTERS))
@@ -520,7 +560,7 @@ def format_report(report: SenderReport, since: SenderReport | None = None) -> st
         rate = (stats.delivered - before.delivered) / span if span > 0 else 0.0
         lag = "-" if stats.lag is None else f"{stats.lag:,}"
         lines.append(f"{tier:<6}{stats.delivered:>10,}{rate:>9.1f}{stats.duplicates:>12,}"
-                     f"{stats.expired:>9,}{stats.bad:>6,}{lag:>9}")
+                     f"{stats.expired:>9,}{stats.bad:>6,}{stats.skipped:>9,}{lag:>9}")
     return "\n".join(lines)
 
 
@@ -532,7 +572,10 @@ class SenderOptions:
     """How the sender runs (the Kafka, Redis and topic names come from NudgeflowConfig)."""
 
     group: str = DEFAULT_GROUP
-    """Consumer group id under which offsets are committed (one sender per group)."""
+    """Consumer group id under which offsets are committed (one sender per group); also part
+    of the dedupe key."""
+    channels: tuple[str, ...] = CHANNELS
+    """The channels this sender delivers (default: all); triggers of others are skipped."""
     adapter: str = DEFAULT_ADAPTER
     """The channel adapter, as module:attribute (the CLI loads it; run_sender takes an object)."""
     batch_size: int = 100
@@ -566,6 +609,7 @@ class SenderOptions:
         problems = []
         if not self.group:
             problems.append("group must not be empty")
+        problems += _channel_problems(self.channels)
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if self.starvation_limit < 0:
@@ -591,10 +635,36 @@ class SenderOptions:
             raise ValueError("invalid sender options: " + "; ".join(problems))
 
 
+def _channel_problems(channels: Sequence[str]) -> list[str]:
+    valid = ", ".join(CHANNELS)
+    if isinstance(channels, str):  # a str is a Sequence too: "EMAIL" would be five channels
+        return [f"channels must be a tuple of channel names, got the string {channels!r}"]
+    if not channels:
+        return [f"channels must name at least one channel of {valid}"]
+    unknown = [c for c in channels if c not in CHANNELS]
+    if unknown:
+        return [f"channels: unknown channel(s) {', '.join(map(repr, unknown))}; the channels "
+                f"(the TriggerEvent schema's Channel enum) are {valid}"]
+    return []
+
+
+def parse_channels(text: str) -> tuple[str, ...]:
+    """The channels of a ``--channels`` value: ``"EMAIL, SMS"`` -> ``("EMAIL", "SMS")``.
+
+    Not validated here: ``SenderOptions`` checks the names against the schema's Channel enum.
+    """
+    return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
 #: (flag, metavar, SenderOptions field, type, choices, help) of the flags ``nudgeflow sender`` has
 _FLAGS: tuple[tuple[str, str | None, str, type, tuple[str, ...], str], ...] = (
     ("--group", "GROUP", "group", str, (),
-     "consumer group id of the committed offsets; run one sender per group"),
+     "consumer group id of the committed offsets and of the dedupe keys; run one sender per "
+     "group"),
+    ("--channels", "EMAIL,SMS,...", "channels", str, (),
+     f"comma-separated channels this sender delivers, of {', '.join(CHANNELS)}; triggers of "
+     "other channels are skipped (not delivered, not marked sent, counted as skipped); "
+     "default: all channels"),
     ("--adapter", "MODULE:ATTR", "adapter", str, (),
      "channel adapter: a class constructible without arguments, or an object with "
      "send(trigger)"),
@@ -630,6 +700,8 @@ def add_sender_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, metavar, name, typ, choices, help_text in _FLAGS:
         env = ENV_PREFIX + flag[2:].replace("-", "_").upper()
         default = getattr(defaults, name)
+        if isinstance(default, tuple):  # --channels: spelled on the command line with commas
+            default = ",".join(default)
         kwargs: dict[str, Any] = {
             "dest": f"sender_{name}",
             "type": typ,
@@ -645,8 +717,14 @@ def add_sender_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> SenderOptions:
-    """The options given parsed arguments of a parser set up by ``add_sender_arguments``."""
-    return SenderOptions(**{name: getattr(args, f"sender_{name}") for _, _, name, *_ in _FLAGS})
+    """The options given parsed arguments of a parser set up by ``add_sender_arguments``.
+
+    Raises:
+        ValueError: an option is out of range or names an unknown channel.
+    """
+    values = {name: getattr(args, f"sender_{name}") for _, _, name, *_ in _FLAGS}
+    values["channels"] = parse_channels(values["channels"])
+    return SenderOptions(**values)
 
 
 # --- Kafka ----------------------------------------------------------------------------------------
@@ -889,7 +967,7 @@ def run_sender(
     last_idle_commit = 0.0
     signals: list[str] = []
     failure: SenderError | None = None
-    say(f"sender: group {options.group}, topics "
+    say(f"sender: group {options.group}, channels {','.join(options.channels)}, topics "
         f"{', '.join(s.topic for s in sources)}, starvation limit "
         f"{options.starvation_limit or 'off (strict)'}, dedupe {options.dedupe}")
     with _stop_on_signals(signals):
@@ -926,8 +1004,9 @@ def run_sender(
                     remaining = (None if options.max_triggers is None
                                  else options.max_triggers - report.total("delivered"))
                     outcome = process_batch(batch, codec=codec, dedupe=dedupe, adapter=adapter,
-                                            now_ms=clock(), retry=retry, limit=remaining,
-                                            sleep=sleep, say=say)
+                                            now_ms=clock(), group=options.group,
+                                            channels=options.channels, retry=retry,
+                                            limit=remaining, sleep=sleep, say=say)
                     report.add(tier, outcome)
                     if outcome.dead_letters and letters is not None:
                         letters.write(outcome.dead_letters)

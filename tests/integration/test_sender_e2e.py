@@ -4,13 +4,14 @@ A backlog is produced transactionally into the four tier topics, interleaved (P3
 round), with triggers that expired, the same trigger_id in P0 and P3, replays of P1 triggers,
 one aborted transaction and one record that is not Avro. The sender must deliver P0 before P1
 before P2 before P3 (starvation guard off), each expected trigger exactly once, nothing of the
-aborted transaction, and leave no lag; a second run of the group delivers nothing, and a run
-under a new group finds every trigger already sent (Redis dedupe across restarts). A second test
-turns the starvation guard on and sees P3 served while P0 still has a backlog.
+aborted transaction, and leave no lag; a second run of the group delivers nothing; a run under
+a new group delivers every trigger once more (the dedupe keys carry the group); and the first
+group, its offsets rewound, finds every trigger already sent (Redis dedupe across restarts). A
+second test turns the starvation guard on and sees P3 served while P0 still has a backlog.
 """
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 
 from jobs.sender.sender import SenderOptions, run_sender
 from schemas.codec import Codec
@@ -81,6 +82,20 @@ def backlog(cfg):
     return records, expected
 
 
+def rewind(cfg, group):
+    """Commit offset 0 on every partition of the tier topics for ``group``: what a sender that
+    crashed after its Redis writes but before its first commit leaves behind."""
+    consumer = KafkaConsumer(**cfg.python_client_kwargs(), group_id=group,
+                             enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for topic in cfg.trigger_topics().values()
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(partitions)
+        consumer.commit({tp: OffsetAndMetadata(0, "", -1) for tp in partitions})
+    finally:
+        consumer.close(autocommit=False)
+
+
 def options(cfg, **changes):
     values = {"group": f"{cfg.consumer_group}-sender", "until_idle_s": 1.0,
               "report_every_s": 0, "dedupe_ttl_s": 600, "starvation_limit": 0}
@@ -145,11 +160,20 @@ def test_drains_a_transactional_backlog_in_priority_order_exactly_once(isolated_
     assert report.total("delivered") + report.total("duplicates") + report.total("bad") == 0
     assert counts(report, "lag") == dict.fromkeys(TIERS, 0)
 
-    # a new group reads everything again; Redis knows every trigger was sent
+    # a new group is another consumer: it delivers every trigger once more (the dedupe keys
+    # carry the group) and drops only its own repeats
     fresh = RecordingAdapter()
     report = run_sender(cfg, options(cfg, group=f"{cfg.consumer_group}-sender-2", batch_size=500),
                         fresh, clock=lambda: NOW, say=lambda _: None)
-    assert fresh.sent == []
+    assert sorted(t for _, t in fresh.sent) == sorted(set().union(*expected.values()))
+    assert report.total("duplicates") == len(REPLAYED_P1) + len(SHARED_WITH_P0)
+
+    # the first group again, its offsets rewound: Redis knows every trigger was sent
+    rewind(cfg, options(cfg).group)
+    rewound = RecordingAdapter()
+    report = run_sender(cfg, options(cfg, batch_size=500), rewound, clock=lambda: NOW,
+                        say=lambda _: None)
+    assert rewound.sent == []
     assert report.total("duplicates") == len(set().union(*expected.values())) + \
         len(REPLAYED_P1) + len(SHARED_WITH_P0)
 

@@ -24,6 +24,7 @@ from jobs.sender.sender import (
     SenderError,
     SenderOptions,
     SenderReport,
+    SentId,
     TierScheduler,
     TierStats,
     format_report,
@@ -33,7 +34,7 @@ from jobs.sender.sender import (
     send_with_retry,
 )
 from schemas.codec import Codec
-from udfs.campaigns.grammar import TIERS
+from udfs.campaigns.grammar import CHANNELS, TIERS
 from udfs.intake import SourceRecord
 
 # kafka-python's import calls importlib.resources.read_text; the warning names importlib, so
@@ -43,17 +44,23 @@ pytestmark = pytest.mark.filterwarnings("ignore:read_text is deprecated:Deprecat
 
 NOW = 1_750_000_000_000  # a fixed wall clock (ms)
 CODEC = Codec.load()
+GROUP = "test-sender"
 
 
-def make_trigger(trigger_id, tier="P0", expires_at=None, user_id="u-1", campaign_id="c-1"):
-    """A valid TriggerEvent dict (shared with the integration test)."""
+def sent_ids(*trigger_ids, group=GROUP, channel="EMAIL"):
+    return [SentId(group, channel, trigger_id) for trigger_id in trigger_ids]
+
+
+def make_trigger(trigger_id, tier="P0", expires_at=None, user_id="u-1", campaign_id="c-1",
+                 channel="EMAIL"):
+    """A valid TriggerEvent dict (shared with the integration tests)."""
     return {
         "trigger_id": trigger_id,
         "user_id": user_id,
         "campaign_id": campaign_id,
         "campaign_version": 1,
         "step_id": "main",
-        "channel": "EMAIL",
+        "channel": channel,
         "tier": tier,
         "priority_score": 1.0,
         "template_id": f"tpl-{campaign_id}",
@@ -176,7 +183,7 @@ def test_expiry_is_strictly_before_now():
 
 def test_a_batch_drops_expired_duplicates_and_bad_records():
     dedupe = MemoryDedupe()
-    dedupe.mark(["sent-before"])
+    dedupe.mark(sent_ids("sent-before"))
     adapter = Recorder()
     batch = [
         encoded(make_trigger("t1"), 0),
@@ -188,11 +195,12 @@ def test_a_batch_drops_expired_duplicates_and_bad_records():
         encoded(make_trigger("t2", expires_at=NOW + 60_000), 6),
     ]
     outcome = process_batch(batch, codec=CODEC, dedupe=dedupe, adapter=adapter, now_ms=NOW,
-                            say=quiet)
+                            group=GROUP, say=quiet)
     assert adapter.sent == ["t1", "t2"]
     assert (outcome.delivered, outcome.duplicates, outcome.expired, outcome.bad) == (2, 2, 1, 2)
     assert outcome.handled == len(batch) and outcome.error is None
-    assert dedupe.seen(["t1", "t2", "old"]) == {"t1", "t2"}  # expired ids are not marked
+    # expired ids are not marked
+    assert dedupe.seen(sent_ids("t1", "t2", "old")) == set(sent_ids("t1", "t2"))
     letters = outcome.dead_letters
     assert [(d["offset"], d["raw"], d["reason_code"]) for d in letters] == [
         (3, b"not avro at all", "INVALID_AVRO"), (5, b"", "INVALID_AVRO")]
@@ -206,7 +214,7 @@ def test_a_record_of_another_type_is_a_dead_letter():
         "reason_code": "OTHER", "reason": "x", "source_topic": "t", "raw": b"", "stage": "s",
         "failed_at": NOW})
     outcome = process_batch([record(other, 0)], codec=CODEC, dedupe=MemoryDedupe(),
-                            adapter=Recorder(), now_ms=NOW, say=quiet)
+                            adapter=Recorder(), now_ms=NOW, group=GROUP, say=quiet)
     assert outcome.bad == 1 and outcome.dead_letters[0]["reason_code"] == "OTHER"
 
 
@@ -214,7 +222,7 @@ def test_the_limit_stops_a_batch_after_that_many_deliveries():
     adapter = Recorder()
     batch = [encoded(make_trigger(f"t{i}"), i) for i in range(5)]
     outcome = process_batch(batch, codec=CODEC, dedupe=MemoryDedupe(), adapter=adapter,
-                            now_ms=NOW, limit=2, say=quiet)
+                            now_ms=NOW, group=GROUP, limit=2, say=quiet)
     assert adapter.sent == ["t0", "t1"] and outcome.handled == 2
 
 
@@ -222,8 +230,8 @@ def test_adapter_failures_are_retried_with_backoff():
     adapter = Recorder(fail_times=2)
     sleeps = []
     outcome = process_batch([encoded(make_trigger("t1"), 0)], codec=CODEC, dedupe=MemoryDedupe(),
-                            adapter=adapter, now_ms=NOW, retry=DeliveryRetryPolicy(3, 0.5),
-                            sleep=sleeps.append, say=quiet)
+                            adapter=adapter, now_ms=NOW, group=GROUP,
+                            retry=DeliveryRetryPolicy(3, 0.5), sleep=sleeps.append, say=quiet)
     assert adapter.sent == ["t1"] and outcome.delivered == 1 and outcome.error is None
     assert sleeps == [0.5, 1.0]
 
@@ -234,14 +242,16 @@ def test_an_adapter_that_keeps_failing_stops_the_batch_before_the_trigger():
     sleeps = []
     batch = [encoded(make_trigger(f"t{i}"), i) for i in range(1, 5)]
     outcome = process_batch(batch, codec=CODEC, dedupe=dedupe, adapter=adapter, now_ms=NOW,
-                            retry=DeliveryRetryPolicy(3, 0.5), sleep=sleeps.append, say=quiet)
+                            group=GROUP, retry=DeliveryRetryPolicy(3, 0.5), sleep=sleeps.append,
+                            say=quiet)
     assert adapter.sent == ["t1"]
     assert outcome.handled == 1  # only t1's offset may be committed
     assert isinstance(outcome.error, AdapterFailedError)
     assert "failed 4 time(s) on trigger t2" in str(outcome.error)
     assert "ConnectionError: channel down" in str(outcome.error)
     assert sleeps == [0.5, 1.0, 2.0]
-    assert dedupe.seen(["t1", "t2"]) == {"t1"}  # what was sent is remembered even so
+    # what was sent is remembered even so
+    assert dedupe.seen(sent_ids("t1", "t2")) == set(sent_ids("t1"))
 
 
 def test_send_with_retry_without_retries_fails_at_once():
@@ -254,12 +264,13 @@ def test_send_with_retry_without_retries_fails_at_once():
 
 
 def test_memory_dedupe_is_a_bounded_lru():
+    a, b, c, d = sent_ids("a", "b", "c", "d")
     dedupe = MemoryDedupe(capacity=3)
-    dedupe.mark(["a", "b", "c"])
-    assert dedupe.seen(["a"]) == {"a"}  # a is now the most recently used
-    dedupe.mark(["d"])  # evicts b, the least recently used
+    dedupe.mark([a, b, c])
+    assert dedupe.seen([a]) == {a}  # a is now the most recently used
+    dedupe.mark([d])  # evicts b, the least recently used
     assert len(dedupe) == 3
-    assert dedupe.seen(["a", "b", "c", "d"]) == {"a", "c", "d"}
+    assert dedupe.seen([a, b, c, d]) == {a, c, d}
     with pytest.raises(ValueError, match="capacity"):
         MemoryDedupe(0)
 
@@ -296,22 +307,133 @@ def test_redis_dedupe_keys_ttl_and_cache():
     cfg = load_config(env={}, overrides={"redis_key_prefix": "nf"})
     client = FakeRedis()
     dedupe = RedisDedupe(client, cfg, ttl_s=691200, cache=MemoryDedupe(10))
-    dedupe.mark(["t1"])
-    assert client.data == {"nf:sent:t1": (b"1", 691200)}
-    client.data["nf:sent:t9"] = (b"1", 5)  # sent by another sender (or before a restart)
-    assert dedupe.seen(["t1", "t9", "t5"]) == {"t1", "t9"}
-    assert client.mget_calls == [["nf:sent:t9", "nf:sent:t5"]]  # t1 came from the LRU
-    assert dedupe.seen(["t9"]) == {"t9"} and len(client.mget_calls) == 1  # now cached too
+    t1, t9, t5 = sent_ids("t1", "t9", "t5", group="mail")
+    dedupe.mark([t1])
+    assert client.data == {"nf:sent:mail:EMAIL:t1": (b"1", 691200)}
+    # sent by another process of the group (or before a restart)
+    client.data["nf:sent:mail:EMAIL:t9"] = (b"1", 5)
+    assert dedupe.seen([t1, t9, t5]) == {t1, t9}
+    # t1 came from the LRU
+    assert client.mget_calls == [["nf:sent:mail:EMAIL:t9", "nf:sent:mail:EMAIL:t5"]]
+    assert dedupe.seen([t9]) == {t9} and len(client.mget_calls) == 1  # now cached too
 
 
 def test_redis_dedupe_failure_is_a_clear_sender_error():
     cfg = load_config(env={}, overrides={"redis_url": "redis://:hunter2@cache:6379/0"})
     dedupe = RedisDedupe(FakeRedis(fail=True), cfg, ttl_s=10)
     with pytest.raises(SenderError) as info:
-        dedupe.seen(["t1"])
+        dedupe.seen(sent_ids("t1"))
     message = str(info.value)
     assert "redis://***@cache:6379/0" in message and "hunter2" not in message
     assert "Connection refused" in message and "--dedupe memory" in message
+
+
+# --- the dedupe key: group and channel; --channels (issue 18) -----------------------------------
+#
+# Several senders share one Redis: each test gives every sender its own RedisDedupe (its own
+# LRU, as a separate process has) over one FakeRedis.
+
+
+def deliver(batch, client, group, channels=CHANNELS, adapter=None):
+    """One sender process handing ``batch`` over: (outcome, trigger ids its adapter got)."""
+    adapter = adapter or Recorder()
+    dedupe = RedisDedupe(client, load_config(env={}, overrides={"redis_key_prefix": "nf"}),
+                         ttl_s=60)
+    outcome = process_batch(batch, codec=CODEC, dedupe=dedupe, adapter=adapter, now_ms=NOW,
+                            group=group, channels=channels, say=quiet)
+    return outcome, adapter.sent
+
+
+def counted(outcome):
+    return {c: getattr(outcome, c) for c in ("delivered", "duplicates", "expired", "skipped")}
+
+
+EMAIL_AND_SMS = [encoded(make_trigger("e1", channel="EMAIL"), 0),
+                 encoded(make_trigger("s1", channel="SMS"), 1)]
+
+
+class OneChannel(Recorder):
+    """An adapter that accepts a trigger of another channel without sending it (the issue's
+    report: one sender per channel, every sender reading every trigger)."""
+
+    def __init__(self, channel):
+        super().__init__()
+        self.channel = channel
+
+    def send(self, trigger):
+        if trigger["channel"] == self.channel:
+            super().send(trigger)
+
+
+def test_an_email_sender_does_not_make_the_sms_sender_drop_its_trigger():
+    client = FakeRedis()
+    # the email sender as reported: every channel, its adapter passes over the SMS trigger
+    deliver(EMAIL_AND_SMS, client, "email-sender", adapter=OneChannel("EMAIL"))
+    sms, sms_sent = deliver(EMAIL_AND_SMS, client, "sms-sender", ("SMS",))
+    assert sms_sent == ["s1"]
+    assert (sms.delivered, sms.duplicates) == (1, 0)
+
+
+def test_a_redelivered_trigger_is_a_duplicate_for_the_same_group():
+    client = FakeRedis()
+    batch = [encoded(make_trigger("s1", channel="SMS"), 0)]
+    first, first_sent = deliver(batch, client, "sms-sender")
+    # a restarted process (a fresh LRU): the duplicate is found in Redis
+    again, again_sent = deliver(batch, client, "sms-sender")
+    assert first_sent == ["s1"] and again_sent == []
+    assert (first.delivered, first.duplicates) == (1, 0)
+    assert (again.delivered, again.duplicates) == (0, 1)
+
+
+def test_two_groups_each_deliver_a_trigger_once():
+    client = FakeRedis()
+    batch = [encoded(make_trigger("s1", channel="SMS"), 0)]
+    outcomes = {group: [deliver(batch, client, group) for _ in range(2)]
+                for group in ("sms-a", "sms-b")}
+    for group, ((first, first_sent), (again, again_sent)) in outcomes.items():
+        assert first_sent == ["s1"] and first.delivered == 1, group
+        assert again_sent == [] and again.duplicates == 1, group
+    assert set(client.data) == {"nf:sent:sms-a:SMS:s1", "nf:sent:sms-b:SMS:s1"}
+
+
+def test_an_email_sender_leaves_sms_triggers_to_the_sms_sender():
+    client = FakeRedis()
+    email, email_sent = deliver(EMAIL_AND_SMS, client, "email-sender", ("EMAIL",))
+    sms, sms_sent = deliver(EMAIL_AND_SMS, client, "sms-sender", ("SMS",))
+    assert email_sent == ["e1"] and sms_sent == ["s1"]
+    assert counted(email) == {"delivered": 1, "duplicates": 0, "expired": 0, "skipped": 1}
+    assert counted(sms) == {"delivered": 1, "duplicates": 0, "expired": 0, "skipped": 1}
+    assert email.handled == sms.handled == 2  # a skipped trigger's offset may be committed
+    # a sender marks only what it delivered, under its group and channel
+    assert set(client.data) == {"nf:sent:email-sender:EMAIL:e1", "nf:sent:sms-sender:SMS:s1"}
+
+
+def test_a_trigger_of_another_channel_is_skipped_even_when_expired():
+    client = FakeRedis()
+    batch = [encoded(make_trigger("s1", channel="SMS", expires_at=NOW - 1), 0)]
+    outcome, sent = deliver(batch, client, "email-sender", ("EMAIL",))
+    assert sent == [] and counted(outcome)["skipped"] == 1 and counted(outcome)["expired"] == 0
+    assert client.mget_calls == [] and client.data == {}  # not looked up, not marked
+
+
+def test_the_channels_are_the_schema_channel_enum():
+    writer = CODEC.versions("TriggerEvent")[-1][2]
+    channel = next(f for f in writer["fields"] if f["name"] == "channel")
+    assert CHANNELS == tuple(channel["type"]["symbols"])
+    assert SenderOptions().channels == CHANNELS  # the default: every channel
+
+
+@pytest.mark.parametrize(("channels", "message"), [
+    (("EMAIL", "FAX"), "channels: unknown channel(s) 'FAX'; the channels (the TriggerEvent "
+                       "schema's Channel enum) are EMAIL, SMS, PUSH, IN_APP, PAID_SOCIAL"),
+    (("email",), "unknown channel(s) 'email'"),
+    ((), "channels must name at least one channel of EMAIL, SMS, PUSH, IN_APP, PAID_SOCIAL"),
+    ("SMS", "channels must be a tuple of channel names, got the string 'SMS'"),
+])
+def test_unknown_channels_are_refused(channels, message):
+    with pytest.raises(ValueError) as info:
+        SenderOptions(channels=channels)
+    assert message in str(info.value)
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -319,16 +441,18 @@ def test_redis_dedupe_failure_is_a_clear_sender_error():
 
 def test_final_report_has_rates_totals_and_lag():
     report = SenderReport(elapsed_s=10.0, stopped="idle")
-    report.tiers["P0"] = TierStats(delivered=100, duplicates=3, expired=2, bad=1, lag=0)
+    report.tiers["P0"] = TierStats(delivered=100, duplicates=3, expired=2, bad=1, skipped=4,
+                                   lag=0)
     report.tiers["P3"] = TierStats(delivered=50, lag=7)
     for tier in ("P1", "P2"):
         report.tiers[tier].lag = 0
     lines = format_report(report).splitlines()
     assert lines[0] == "sender after 10.0 s (stopped: idle)"
-    assert lines[1].split() == ["tier", "delivered", "/s", "duplicates", "expired", "bad", "lag"]
-    assert lines[2].split() == ["P0", "100", "10.0", "3", "2", "1", "0"]
-    assert lines[5].split() == ["P3", "50", "5.0", "0", "0", "0", "7"]
-    assert lines[6].split() == ["all", "150", "15.0", "3", "2", "1", "7"]
+    assert lines[1].split() == ["tier", "delivered", "/s", "duplicates", "expired", "bad",
+                                "skipped", "lag"]
+    assert lines[2].split() == ["P0", "100", "10.0", "3", "2", "1", "4", "0"]
+    assert lines[5].split() == ["P3", "50", "5.0", "0", "0", "0", "0", "7"]
+    assert lines[6].split() == ["all", "150", "15.0", "3", "2", "1", "4", "7"]
 
 
 def test_periodic_report_rates_count_since_the_previous_report():
@@ -340,7 +464,7 @@ def test_periodic_report_rates_count_since_the_previous_report():
     assert before.tiers["P1"].delivered == 1000  # the snapshot is independent
     lines = format_report(now, before).splitlines()
     assert lines[0] == "sender after 12.0 s"
-    assert lines[3].split() == ["P1", "1,300", "150.0", "0", "0", "0", "-"]
+    assert lines[3].split() == ["P1", "1,300", "150.0", "0", "0", "0", "0", "-"]
     assert lines[6].split()[:3] == ["all", "1,300", "150.0"] and lines[6].split()[-1] == "-"
 
 
@@ -432,6 +556,22 @@ def test_flags_fall_back_to_environment_variables(monkeypatch):
     assert options.group == "sms-sender" and options.dedupe == "memory"
 
 
+def test_channels_flag_and_environment_variable(monkeypatch):
+    monkeypatch.delenv("NUDGEFLOW_SENDER_CHANNELS", raising=False)
+    assert _parse([]).channels == CHANNELS
+    assert _parse(["--channels", "SMS, EMAIL,SMS"]).channels == ("SMS", "EMAIL")
+    monkeypatch.setenv("NUDGEFLOW_SENDER_CHANNELS", "PUSH")
+    assert _parse([]).channels == ("PUSH",)
+    assert _parse(["--channels", "IN_APP"]).channels == ("IN_APP",)
+
+
+def test_cli_refuses_an_unknown_channel_without_connecting(capsys):
+    assert main(["sender", "--channels", "EMAIL,FAX", "--kafka-bootstrap", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown channel(s) 'FAX'" in err
+    assert "EMAIL, SMS, PUSH, IN_APP, PAID_SOCIAL" in err
+
+
 def test_cli_reports_a_bad_adapter_without_connecting(capsys):
     code = main(["sender", "--adapter", "no_such_module_xyz:Adapter",
                  "--kafka-bootstrap", "127.0.0.1:1"])
@@ -451,6 +591,9 @@ def test_cli_help_lists_the_sender_flags(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for part in ("--starvation-limit N", "--until-idle SECONDS", "--adapter MODULE:ATTR",
                  "[env: NUDGEFLOW_SENDER_GROUP] [default: 'nudgeflow-sender']",
+                 "--channels EMAIL,SMS,...", "default: all channels",
+                 "[env: NUDGEFLOW_SENDER_CHANNELS] "
+                 "[default: 'EMAIL,SMS,PUSH,IN_APP,PAID_SOCIAL']",
                  "--trigger-topic-prefix"):
         assert part in text
 
@@ -582,6 +725,17 @@ def test_an_adapter_failure_stops_the_sender_after_committing_the_delivered_pref
     # batch 1 (partition 0) whole; batch 2 (partition 1) up to, not including, p2-13
     assert consumers["P2"].commits == [{0: 10, 1: 0}, {1: 6}]
     assert report.tiers["P2"].lag == 22 - 16  # p2-13 and later are read again next time
+
+
+def test_the_loop_delivers_only_its_channels_and_counts_the_others_as_skipped(monkeypatch):
+    values = {("P1", i): CODEC.encode("TriggerEvent", make_trigger(
+        f"p1-{i}", tier="P1", channel="SMS" if i % 3 == 0 else "EMAIL")) for i in range(12)}
+    consumers = fake_sources(monkeypatch, {"P1": 12}, values=values)
+    adapter = Recorder()
+    report = run({"channels": ("SMS",)}, adapter)
+    assert adapter.sent == ["p1-0", "p1-6", "p1-3", "p1-9"]  # partition 0 first, then 1
+    assert (report.tiers["P1"].delivered, report.tiers["P1"].skipped) == (4, 8)
+    assert report.tiers["P1"].lag == 0 and consumers["P1"].commits[-1] == {0: 7, 1: 7}
 
 
 def test_a_stop_request_ends_the_run_between_batches(monkeypatch):

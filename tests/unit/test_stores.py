@@ -232,7 +232,7 @@ def test_every_redis_key_has_one_spelling():
     assert keys.user_churn("nf", "u1") == "nf:user:u1:churn"
     assert keys.segment_sizes("nf") == "nf:segment-sizes"
     assert keys.definitions("nf") == "nf:definitions"
-    assert keys.sent("nf", "t1") == "nf:sent:t1"
+    assert keys.sent("nf", "email-sender", "EMAIL", "t1") == "nf:sent:email-sender:EMAIL:t1"
 
 
 # --- error classification -----------------------------------------------------------------------

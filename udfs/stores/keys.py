@@ -9,7 +9,8 @@ several deployments or test runs can share one Redis.
 | ``<prefix>:user:<user_id>:churn`` | hash | the engine | latest churn score, model, time |
 | ``<prefix>:segment-sizes`` | hash | the engine | member count per segment |
 | ``<prefix>:definitions`` | hash | the engine | definition id -> version applied |
-| ``<prefix>:sent:<trigger_id>`` | string | ``nudgeflow sender`` | a delivered trigger (dedupe) |
+| ``<prefix>:sent:<group>:<channel>:<trigger_id>`` | string | ``nudgeflow sender`` | a trigger the
+  sender group delivered on that channel (dedupe; expires) |
 | ``<prefix>:rebuild-marker`` | string | the engine, ``stores rebuild-redis`` | run_id of the Redis
   process that holds everything in Cassandra (missing or another run_id: rebuild) |
 | ``<prefix>:rebuild-lock`` | string | the same | who is rebuilding (expires) |
@@ -41,9 +42,14 @@ def definitions(prefix: str) -> str:
     return f"{prefix}:definitions"
 
 
-def sent(prefix: str, trigger_id: str) -> str:
-    """The sender's record that a trigger was delivered (dedupe across restarts)."""
-    return f"{prefix}:sent:{trigger_id}"
+def sent(prefix: str, group: str, channel: str, trigger_id: str) -> str:
+    """The record that sender group ``group`` delivered a trigger on ``channel`` (dedupe).
+
+    The group and the channel are part of the key so that senders of different channels or
+    groups sharing one Redis never take each other's deliveries for their own. (Up to issue 18
+    the key was ``<prefix>:sent:<trigger_id>``; such keys are no longer read.)
+    """
+    return f"{prefix}:sent:{group}:{channel}:{trigger_id}"
 
 
 def rebuild_marker(prefix: str) -> str:
