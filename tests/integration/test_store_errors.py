@@ -79,10 +79,12 @@ def test_each_store_refuses_its_poison_change_and_the_others_land(own_keyspace):
 
 def test_poison_records_are_dead_lettered_and_the_job_goes_on(isolated_cfg):
     # intake refuses a 100 KB user id by default (ID_TOO_LONG): raise the limits so the poison
-    # reaches Cassandra, whose own refusal must not stop the job either
+    # reaches Cassandra, whose own refusal must not stop the job either; and keep the refused
+    # change's bytes in its dead letter (over dead_letter_raw_max_bytes, 64 KiB by default, a
+    # letter keeps only the reason, with the user id cut and hashed)
     cfg = replace(isolated_cfg, idleness_ms=500, max_out_of_orderness_ms=2000,
                   churn_model="off", checkpoint_interval_ms=1000, max_id_bytes=200_000,
-                  max_record_bytes=400_000)
+                  max_record_bytes=400_000, dead_letter_raw_max_bytes=400_000)
     codec = Codec.load()
     run = cfg.consumer_group
     ok, wrong = f"{run}-ok", f"{run}-wrongtype"
@@ -92,7 +94,7 @@ def test_poison_records_are_dead_lettered_and_the_job_goes_on(isolated_cfg):
     produce_raw(cfg, cfg.user_metadata_topic, [
         (u.encode(), metadata_bytes(codec, u, "UTC", at=t0)) for u in (ok, wrong, big)])
     job_id = flink_jobs.submit(cfg, fields=(*runner.DRILL_FIELDS, "max_id_bytes",
-                                            "max_record_bytes"))
+                                            "max_record_bytes", "dead_letter_raw_max_bytes"))
     try:
         produce_raw(cfg, cfg.clicks_topic, [
             (u.encode(), click_bytes(codec, f"{u[:40]}-cart", u, "ADD_TO_CART", t0, **CART))
