@@ -490,15 +490,20 @@ def run_drill(st: Stack, drill: str, source: RecordSource, faults: list[Fault],
         for n, batch in enumerate(batches):
             if n == len(batches) - 1 and n > 0:
                 # the last batch moves event time on by half an hour (the clock click): sent
-                # once the job has the carts, as live time would. Sent into a backlog left by a
-                # fault, it could run ahead of the other partitions' carts while their splits
-                # count as idle (idleness is wall-clock time and the outage stalled them) and
-                # make those carts late: docs/operations.md, "Idleness after a stall".
-                _wait_for_all(tiers, len(owed), deadline)
+                # once the job has read (and checkpointed) the carts, as live time would. Sent
+                # into a backlog left by a fault, it could run ahead of the other partitions'
+                # carts while their splits count as idle (idleness is wall-clock time and the
+                # fault stalled them) and make those carts late: docs/operations.md, "Idleness
+                # after a stall". (Not "once the triggers are out": a trigger deferred for the
+                # user's metadata falls due only when event time moves on.)
+                _wait_for_consumed(cfg, deadline)
             produce_raw(cfg, cfg.clicks_topic, batch, max_record_bytes)
             if n in schedule:
                 _wait_for_some(tiers, 180)
+                fault_at = int(time.time() * 1000)
                 described.append(schedule[n](st))
+                # the next fault (or the clock) meets a job that recovered from this one
+                _wait_for_checkpoint(cfg, job_id, fault_at, 180)
             time.sleep(0.3)
         _wait_for_all(tiers, len(owed), deadline)
         while len(_dead_letters(letters)) < source.bad_records and time.monotonic() < deadline:
@@ -534,6 +539,41 @@ def rule_code(dead_letter: dict[str, Any]) -> str:
 def _triggers(tiers: dict[str, TopicReader]) -> list[tuple[str, dict[str, Any]]]:
     return [(tier, record) for tier, reader in tiers.items()
             for _, name, record in reader.records if name == "TriggerEvent"]
+
+
+def _wait_for_consumed(cfg: NudgeflowConfig, deadline: float) -> None:
+    """Wait until the job's committed offsets (on checkpoints) reach the clicks topic's end."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    admin = KafkaAdminClient(**cfg.python_client_kwargs())
+    consumer = KafkaConsumer(**cfg.python_client_kwargs(), group_id=None)
+    try:
+        parts = [TopicPartition(cfg.clicks_topic, p)
+                 for p in consumer.partitions_for_topic(cfg.clicks_topic)]
+        end = consumer.end_offsets(parts)
+        while time.monotonic() < deadline:
+            group = admin.list_group_offsets(cfg.consumer_group).get(cfg.consumer_group, {})
+            if all(group.get(tp) is not None and group[tp].offset >= end[tp] for tp in parts):
+                return
+            time.sleep(0.5)
+    finally:
+        admin.close()
+        consumer.close()
+
+
+def _wait_for_checkpoint(cfg: NudgeflowConfig, job_id: str, after_ms: int,
+                         timeout_s: float) -> None:
+    """Wait until a checkpoint of the job completes after ``after_ms`` (it recovered)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            stats = deploy.rest_get(cfg.flink_rest_url, f"/jobs/{job_id}/checkpoints")
+            latest = ((stats.get("latest") or {}).get("completed") or {})
+            if (latest.get("latest_ack_timestamp") or 0) > after_ms:
+                return
+        except Exception:  # noqa: BLE001 - the REST API may be down with the TaskManager
+            pass
+        time.sleep(0.5)
 
 
 def _wait_for_all(tiers: dict[str, TopicReader], owed: int, deadline: float) -> None:
