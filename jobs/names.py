@@ -18,6 +18,9 @@ DEFINITIONS_SOURCE_NAME = "Kafka source: definitions"
 DECODE_DEFINITIONS_UID = "decode-definitions"
 DECODE_DEFINITIONS_NAME = "decode definitions"
 DEFINITION_WATERMARKS_UID = "definition-watermarks"
+# stateless Java map: Row(user_id, input) for the keyed engine (no Python per record)
+KEY_BY_USER_UID = "key-by-user"
+KEY_BY_USER_NAME = "key by user"
 USER_ENGINE_UID = "user-engine"
 USER_ENGINE_NAME = "per-user engine: features, churn, segments, campaigns"
 # stateless Java routing of the engine's records to their topics (uid = name)
