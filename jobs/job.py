@@ -37,7 +37,6 @@ from jobs.config import ConfigError, NudgeflowConfig, add_config_arguments, conf
 from jobs.env import create_env
 from udfs.build import BUILD_ID_ENV, IMPORTED_BUILD
 from udfs.flink.decode import (
-    DecodeClicksFunction,
     DecodeRecordsFunction,
     definition_to_row,
     metadata_to_engine_input,
@@ -70,13 +69,18 @@ class JobOutputs:
                                           self.dead_letters)
 
 
-def decode_clicks(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
-    """Kafka record rows -> (valid clicks as engine input rows, encoded DeadLetter rows)."""
-    decoded = records.process(
-        DecodeClicksFunction(cfg.dead_letter_topic, cfg.intake_limits()),
-        output_type=ENGINE_INPUT_ROW,
-    ).uid(names.DECODE_CLICKS_UID).name(names.DECODE_CLICKS_NAME)
-    return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
+def clicks_for_engine(records: DataStream) -> DataStream:
+    """Kafka record rows of the clicks topic -> engine input rows, in Java.
+
+    ``io.nudgeflow.flink.ClickEngineInput`` reads the user id from the record's bytes for the
+    keying; the engine decodes, validates and dead-letters the clicks itself, so no Python
+    operator (a thread contending for the one interpreter) runs before it.
+    """
+    rows = records._j_data_stream.map(  # noqa: SLF001 - a Java function
+        get_gateway().jvm.io.nudgeflow.flink.ClickEngineInput(),
+        ENGINE_INPUT_ROW.get_java_type_info())
+    rows.uid(names.CLICK_INPUT_UID).name(names.CLICK_INPUT_NAME)
+    return DataStream(rows)
 
 
 def decode_metadata(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
@@ -221,12 +225,11 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
     ``membership_store(cfg)``: Cassandra and Redis; pipeline tests pass a fake). Nothing here
     reads a file.
     """
-    valid_clicks, click_letters = decode_clicks(clicks, cfg)
     metadata_rows, metadata_letters = decode_metadata(metadata, cfg)
     metadata_rows = metadata_watermarks(metadata_rows, cfg)
     definition_rows, definition_letters = decode_definitions(definitions, cfg)
     definition_rows = definition_watermarks(definition_rows, cfg)
-    engine = run_user_engine(valid_clicks.union(metadata_rows), definition_rows, cfg,
+    engine = run_user_engine(clicks_for_engine(clicks).union(metadata_rows), definition_rows, cfg,
                              initial_definitions, model_files, store, build_id)
     return JobOutputs(
         segment_changes=route_engine_records(engine, "SegmentChange", cfg.segment_changes_topic,
@@ -237,10 +240,10 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         trigger_decisions=route_engine_records(engine, "TriggerDecision",
                                                cfg.trigger_decisions_topic,
                                                names.ROUTE_DECISIONS_UID),
-        # late clicks leave on the engine's side output; changes a store refused for good
-        # leave on its main output as DeadLetter rows (timers cannot use side outputs)
-        dead_letters=click_letters.union(
-            metadata_letters, definition_letters, engine.get_side_output(DEAD_LETTER_TAG),
+        # invalid and late clicks leave on the engine's side output; changes a store refused
+        # for good leave on its main output as DeadLetter rows (timers cannot use side outputs)
+        dead_letters=metadata_letters.union(
+            definition_letters, engine.get_side_output(DEAD_LETTER_TAG),
             route_engine_records(engine, "DeadLetter", cfg.dead_letter_topic,
                                  names.ROUTE_DEAD_LETTERS_UID)),
     )

@@ -6,8 +6,11 @@ the readable name freely, never the uid.
 
 CLICKS_SOURCE_UID = "clicks-source"
 CLICKS_SOURCE_NAME = "Kafka source: clicks"
-DECODE_CLICKS_UID = "decode-clicks"
-DECODE_CLICKS_NAME = "decode and validate clicks"
+# stateless Java map: a click record as the engine's input row, keyed by the user id in its
+# bytes (the engine decodes and validates it; "decode-clicks", the Python operator that did,
+# is gone: a savepoint holds no state of it)
+CLICK_INPUT_UID = "click-input"
+CLICK_INPUT_NAME = "clicks for the engine"
 METADATA_SOURCE_UID = "user-metadata-source"
 METADATA_SOURCE_NAME = "Kafka source: user-metadata"
 DECODE_METADATA_UID = "decode-user-metadata"

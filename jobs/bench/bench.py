@@ -245,7 +245,7 @@ def sustained(samples: Sequence[tuple[float, float]], expected: int, received: i
 #: (stage, function names that put a sample of the operator thread in it), checked in order:
 #: the first stage with a frame on the stack wins (scoring sits inside the engine's frames)
 STAGE_FRAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("decode", ("DecodeClicksFunction.process_element", "DecodeRecordsFunction.process_element")),
+    ("decode", ("decode_click", "DecodeRecordsFunction.process_element")),
     ("scoring", ("MeasuredScorer.score", "vector_list")),
     # the engine step's campaign half, and the adapter encoding its triggers and decisions
     ("arbitration", ("_campaigns", "UserEngineFunction._triggers")),
