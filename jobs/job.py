@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pyflink.common import Duration, Types, WatermarkStrategy
-from pyflink.datastream import DataStream
+from pyflink.datastream import DataStream, KeyedStream
 from pyflink.java_gateway import get_gateway
 
 from jobs import names
@@ -37,7 +37,6 @@ from jobs.config import ConfigError, NudgeflowConfig, add_config_arguments, conf
 from jobs.env import create_env
 from udfs.build import BUILD_ID_ENV, IMPORTED_BUILD
 from udfs.flink.decode import (
-    DecodeClicksFunction,
     DecodeRecordsFunction,
     definition_to_row,
     metadata_to_engine_input,
@@ -70,13 +69,18 @@ class JobOutputs:
                                           self.dead_letters)
 
 
-def decode_clicks(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
-    """Kafka record rows -> (valid clicks as engine input rows, encoded DeadLetter rows)."""
-    decoded = records.process(
-        DecodeClicksFunction(cfg.dead_letter_topic, cfg.intake_limits()),
-        output_type=ENGINE_INPUT_ROW,
-    ).uid(names.DECODE_CLICKS_UID).name(names.DECODE_CLICKS_NAME)
-    return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
+def clicks_for_engine(records: DataStream) -> DataStream:
+    """Kafka record rows of the clicks topic -> engine input rows, in Java.
+
+    ``io.nudgeflow.flink.ClickEngineInput`` reads the user id from the record's bytes for the
+    keying; the engine decodes, validates and dead-letters the clicks itself, so no Python
+    operator (a thread contending for the one interpreter) runs before it.
+    """
+    rows = records._j_data_stream.map(  # noqa: SLF001 - a Java function
+        get_gateway().jvm.io.nudgeflow.flink.ClickEngineInput(),
+        ENGINE_INPUT_ROW.get_java_type_info())
+    rows.uid(names.CLICK_INPUT_UID).name(names.CLICK_INPUT_NAME)
+    return DataStream(rows)
 
 
 def decode_metadata(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
@@ -156,7 +160,7 @@ def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowC
     """
     broadcast = definitions.broadcast(definitions_state())
     return (
-        inputs.key_by(lambda row: row[1], key_type=Types.STRING())  # row[1] is user_id
+        key_by_user(inputs)
         .connect(broadcast)
         .process(UserEngineFunction(cfg, initial_definitions, model_files, store,
                                     build_id=build_id or IMPORTED_BUILD),
@@ -164,6 +168,24 @@ def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowC
         .uid(names.USER_ENGINE_UID)
         .name(names.USER_ENGINE_NAME)
     )
+
+
+def key_by_user(inputs: DataStream) -> KeyedStream:
+    """Engine input rows keyed by their user id (field 1), with no Python call per row.
+
+    What ``inputs.key_by(lambda row: row[1], key_type=Types.STRING())`` builds, with its
+    Python ``AddKey`` map replaced by a Java one (``io.nudgeflow.flink.KeyByUser``): the same
+    Row(key, row) stream keyed by PyFlink's ``KeyByKeySelector`` with the same key type, so keys
+    and keyed state are unchanged (a savepoint of the previous layout restores), and the engine
+    no longer shares the interpreter with a keying thread.
+    """
+    jvm = get_gateway().jvm
+    with_key = inputs._j_data_stream.map(  # noqa: SLF001 - a Java function
+        jvm.io.nudgeflow.flink.KeyByUser(1),
+        Types.ROW([Types.STRING(), ENGINE_INPUT_ROW]).get_java_type_info())
+    with_key.name(names.KEY_BY_USER_NAME).uid(names.KEY_BY_USER_UID)
+    keyed = with_key.keyBy(jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(keyed, ENGINE_INPUT_ROW, inputs)
 
 
 def route_engine_records(engine: DataStream, record: str, topic: str, uid: str,
@@ -203,12 +225,11 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
     ``membership_store(cfg)``: Cassandra and Redis; pipeline tests pass a fake). Nothing here
     reads a file.
     """
-    valid_clicks, click_letters = decode_clicks(clicks, cfg)
     metadata_rows, metadata_letters = decode_metadata(metadata, cfg)
     metadata_rows = metadata_watermarks(metadata_rows, cfg)
     definition_rows, definition_letters = decode_definitions(definitions, cfg)
     definition_rows = definition_watermarks(definition_rows, cfg)
-    engine = run_user_engine(valid_clicks.union(metadata_rows), definition_rows, cfg,
+    engine = run_user_engine(clicks_for_engine(clicks).union(metadata_rows), definition_rows, cfg,
                              initial_definitions, model_files, store, build_id)
     return JobOutputs(
         segment_changes=route_engine_records(engine, "SegmentChange", cfg.segment_changes_topic,
@@ -219,10 +240,10 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         trigger_decisions=route_engine_records(engine, "TriggerDecision",
                                                cfg.trigger_decisions_topic,
                                                names.ROUTE_DECISIONS_UID),
-        # late clicks leave on the engine's side output; changes a store refused for good
-        # leave on its main output as DeadLetter rows (timers cannot use side outputs)
-        dead_letters=click_letters.union(
-            metadata_letters, definition_letters, engine.get_side_output(DEAD_LETTER_TAG),
+        # invalid and late clicks leave on the engine's side output; changes a store refused
+        # for good leave on its main output as DeadLetter rows (timers cannot use side outputs)
+        dead_letters=metadata_letters.union(
+            definition_letters, engine.get_side_output(DEAD_LETTER_TAG),
             route_engine_records(engine, "DeadLetter", cfg.dead_letter_topic,
                                  names.ROUTE_DEAD_LETTERS_UID)),
     )

@@ -6,8 +6,11 @@ the readable name freely, never the uid.
 
 CLICKS_SOURCE_UID = "clicks-source"
 CLICKS_SOURCE_NAME = "Kafka source: clicks"
-DECODE_CLICKS_UID = "decode-clicks"
-DECODE_CLICKS_NAME = "decode and validate clicks"
+# stateless Java map: a click record as the engine's input row, keyed by the user id in its
+# bytes (the engine decodes and validates it; "decode-clicks", the Python operator that did,
+# is gone: a savepoint holds no state of it)
+CLICK_INPUT_UID = "click-input"
+CLICK_INPUT_NAME = "clicks for the engine"
 METADATA_SOURCE_UID = "user-metadata-source"
 METADATA_SOURCE_NAME = "Kafka source: user-metadata"
 DECODE_METADATA_UID = "decode-user-metadata"
@@ -18,6 +21,9 @@ DEFINITIONS_SOURCE_NAME = "Kafka source: definitions"
 DECODE_DEFINITIONS_UID = "decode-definitions"
 DECODE_DEFINITIONS_NAME = "decode definitions"
 DEFINITION_WATERMARKS_UID = "definition-watermarks"
+# stateless Java map: Row(user_id, input) for the keyed engine (no Python per record)
+KEY_BY_USER_UID = "key-by-user"
+KEY_BY_USER_NAME = "key by user"
 USER_ENGINE_UID = "user-engine"
 USER_ENGINE_NAME = "per-user engine: features, churn, segments, campaigns"
 # stateless Java routing of the engine's records to their topics (uid = name)

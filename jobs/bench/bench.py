@@ -27,10 +27,12 @@ import argparse
 import dataclasses
 import os
 import platform
+import re
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -107,6 +109,64 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+#: a line of Prometheus' text format: name{labels} value
+_PROM_LINE = re.compile(r'^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)\{(?P<labels>.*)\}\s+(?P<value>\S+)')
+_PROM_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+#: the engine operator's records in, as Flink's Prometheus reporter names it
+ENGINE_RECORDS_IN = "flink_taskmanager_job_task_operator_numRecordsIn"
+
+
+def _words(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def engine_records_in(metrics_text: str, job_name: str, operator_name: str) -> int | None:
+    """Records that entered the engine operator of ``job_name`` (all subtasks), or None.
+
+    Read from a Flink Prometheus reporter's ``/metrics`` page: the operator's own
+    ``numRecordsIn``, counted by Flink as each record is handed to it, so a drain timed on it
+    measures the engine's intake, not when offsets were last committed (once per checkpoint:
+    a short drain timed that way reported what had not happened). Names are compared with
+    every non-alphanumeric run as one underscore (the reporter rewrites some characters).
+    """
+    total, seen = 0.0, False
+    job, operator = _words(job_name), _words(operator_name)
+    for line in metrics_text.splitlines():
+        match = _PROM_LINE.match(line)
+        if match is None or match["name"] != ENGINE_RECORDS_IN:
+            continue
+        labels = dict(_PROM_LABEL.findall(match["labels"]))
+        if _words(labels.get("job_name", "")) == job and \
+                _words(labels.get("operator_name", "")).startswith(operator):
+            total += float(match["value"])
+            seen = True
+    return int(total) if seen else None
+
+
+def implausible(throughput: Sequence[dict[str, Any]], ceiling_events_per_s: float,
+                cores: int) -> list[str]:
+    """Why these drain figures cannot be true (empty when they can).
+
+    A job cannot beat the pass-through of the same source and sink on the same machine, and
+    parallelism N cannot be more than min(N, cores) times parallelism 1 (both share the cores).
+    """
+    problems = []
+    for run in throughput:
+        if run["events_per_s"] > ceiling_events_per_s:
+            problems.append(f"{run['label']}: {run['events_per_s']:,.0f} events/s is above the "
+                            f"ceiling ({ceiling_events_per_s:,.0f}), the same source and sink "
+                            f"with nothing in between")
+    by_parallelism = {run.get("parallelism"): run["events_per_s"] for run in throughput}
+    base = by_parallelism.get(1)
+    for parallelism, rate in by_parallelism.items():
+        if base and parallelism and parallelism > 1 and \
+                rate > base * min(parallelism, max(cores, 1)):
+            problems.append(f"parallelism {parallelism}: {rate:,.0f} events/s is more than "
+                            f"{min(parallelism, cores)}x parallelism 1 ({base:,.0f}) on "
+                            f"{cores} cores")
+    return problems
+
+
 def latency_figures(latencies: Sequence[float]) -> dict[str, float | None]:
     """p50/p95/p99/max (ms) of some latencies; None each when there are none."""
     return {"p50_ms": percentile(latencies, 0.50), "p95_ms": percentile(latencies, 0.95),
@@ -118,9 +178,11 @@ def latency_figures(latencies: Sequence[float]) -> dict[str, float | None]:
 TICK_S = 0.1
 
 #: the in-order delay probe: the configured out-of-orderness bound against this small one, at
-#: this rate (every partition busy, so watermarks move with the events)
+#: this rate: every partition busy, so watermarks move with the events, and well below what
+#: the job sustains (at 1,000/s, near its capacity, queueing hid the bound: both bounds gave
+#: the same 3.7 s p50, because the watermark had passed each click before it reached the engine)
 SMALL_BOUND_MS = 100
-ORDER_PROBE_RATE = 1_000
+ORDER_PROBE_RATE = 300
 
 
 def in_order_delay(configured: dict[str, Any], small: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +247,7 @@ def sustained(samples: Sequence[tuple[float, float]], expected: int, received: i
 #: (stage, function names that put a sample of the operator thread in it), checked in order:
 #: the first stage with a frame on the stack wins (scoring sits inside the engine's frames)
 STAGE_FRAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("decode", ("DecodeClicksFunction.process_element", "DecodeRecordsFunction.process_element")),
+    ("decode", ("decode_click", "DecodeRecordsFunction.process_element")),
     ("scoring", ("MeasuredScorer.score", "vector_list")),
     # the engine step's campaign half, and the adapter encoding its triggers and decisions
     ("arbitration", ("_campaigns", "UserEngineFunction._triggers")),
@@ -356,6 +418,7 @@ def fresh_config(base: Any = None) -> Any:
     topics = [f for f in ISOLATION_FIELDS if f.endswith("_topic")
               and (base is None or f not in _INPUT_TOPICS)]
     cfg = replace(load_config(env={}) if base is None else base, consumer_group=tag,
+                  job_name=f"nudgeflow-{tag}",
                   transactional_id_prefix=tag, redis_key_prefix=tag,
                   trigger_topic_prefix=f"{tag}-triggers-",
                   **{f: f"{tag}-{f.removesuffix('_topic')}" for f in topics})
@@ -395,6 +458,50 @@ def machine() -> dict[str, Any]:
 # --- the run -------------------------------------------------------------------------------------
 
 
+class EngineProgress:
+    """How many records a local job's engine took in, read from its Prometheus reporter.
+
+    A local (MiniCluster) job's reporter listens on the first free port of
+    ``infra.servers.flink.PROMETHEUS_PORTS`` (the stack's JobManager and TaskManager hold
+    others); the page that names ``job_name`` is this job's.
+    """
+
+    def __init__(self, job_name: str, wait_s: float = 120.0) -> None:
+        from infra.servers.flink import PROMETHEUS_PORTS
+
+        first, last = (int(p) for p in PROMETHEUS_PORTS.split("-"))
+        self.ports = list(range(first, last + 1))
+        self.job_name = job_name
+        self.port: int | None = None
+        self.deadline = time.monotonic() + wait_s
+
+    def _page(self, port: int) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
+                text: str = page.read().decode("utf-8", "replace")
+                return text
+        except OSError:
+            return None
+
+    def records_in(self) -> int:
+        """Records in so far (0 until the job's engine reports)."""
+        from jobs import names
+
+        for port in [self.port] if self.port is not None else self.ports:
+            text = self._page(port)
+            done = None if text is None else engine_records_in(text, self.job_name,
+                                                                names.USER_ENGINE_NAME)
+            if done is not None:
+                self.port = port
+                return done
+        if time.monotonic() > self.deadline:
+            raise RuntimeError(
+                f"no Prometheus page on ports {self.ports[0]}-{self.ports[-1]} reports the "
+                f"engine of job {self.job_name!r}: the bench times drains on it. Is the "
+                f"reporter jar in the local Flink lib (infra.servers.flink.local_lib_dir)?")
+        return 0
+
+
 class Bench:
     """One benchmark run on the local stack (``nudgeflow stack up`` must be running)."""
 
@@ -417,13 +524,14 @@ class Bench:
                    ) -> subprocess.Popen[bytes]:
         from infra.servers.flink import local_run_env
         from jobs.cli.wiring import local_job_flags
-        from jobs.config import as_flags
+        from jobs.config import ISOLATION_FIELDS, as_flags
 
         log = self.out / f"{module.rsplit('.', 1)[1]}-{cfg.consumer_group}.log"
         with open(log, "wb") as sink:
             job = subprocess.Popen(
                 [sys.executable, "-m", module, "--local", "--starting-offsets", "earliest",
-                 *as_flags(cfg), *flags, *local_job_flags(cfg)],
+                 *as_flags(cfg, (*ISOLATION_FIELDS, "job_name")), *flags,
+                 *local_job_flags(cfg)],
                 stdout=sink, stderr=subprocess.STDOUT, env=local_run_env(self.paths))
         self.monitor.watch(job.pid, "job client (Python driver)")
         return job
@@ -504,20 +612,23 @@ class Bench:
         """Events/s of a job reading ``cfg``'s clicks from earliest until caught up.
 
         The clock runs from 5% of the backlog to all of it (the job's start-up is not counted).
-        Progress is the consumer group's committed offsets (committed on each checkpoint, every
-        second here), or, for a job that copies every click to ``copied_to``, that topic's end
-        offsets (exact, polled every 20 ms: the ceiling is too fast for checkpoints to time).
+        Progress is the records the engine operator took in (clicks and the backlog's metadata;
+        its ``numRecordsIn`` on the job's Prometheus reporter, polled every half second), or,
+        for a job that copies every click to ``copied_to``, that topic's end offsets (exact,
+        polled every 20 ms). Not the consumer group's committed offsets: they move once per
+        checkpoint, and a drain timed on them reported rates that never happened.
         With ``profile_s``, py-spy samples the job's JVM meanwhile. ``after`` runs on the
         still-running job once it has caught up (a latency probe). With ``max_s``, a job still
         draining that long after the 5% mark is timed on what it did so far (``partial``: a
         steady-state rate all the same, for configurations too slow to drain it all).
         """
-        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+        from kafka import KafkaConsumer, TopicPartition
 
-        target = self._end_offsets(cfg, cfg.clicks_topic)
+        clicks = self._end_offsets(cfg, cfg.clicks_topic)
+        target = clicks if copied_to is not None else \
+            clicks + self._end_offsets(cfg, cfg.user_metadata_topic)
         job = self._start_job(cfg, ("--checkpoint-interval-ms", "1000", *flags), module)
         jvm = self._job_jvm(job)
-        admin = KafkaAdminClient(**cfg.python_client_kwargs())
         watcher = KafkaConsumer(**cfg.python_client_kwargs(), group_id=None)
         group = cfg.consumer_group
         if copied_to is not None:
@@ -526,13 +637,13 @@ class Bench:
             def progress() -> int:
                 return sum(watcher.end_offsets(parts).values())
         else:
-            def progress() -> int:
-                offsets = admin.list_group_offsets(group).get(group, {})
-                return sum(meta.offset for tp, meta in offsets.items()
-                           if tp.topic == cfg.clicks_topic and meta.offset > 0)
+            reporter = EngineProgress(cfg.job_name)
+            progress = reporter.records_in
         profiler: subprocess.Popen[str] | None = None
         profile_file = self.out / f"profile-{group}.txt"
-        result: dict[str, Any] = {"label": label, "events": target}
+        result: dict[str, Any] = {"label": label, "events": clicks,
+                                  "progress": "copied records" if copied_to else
+                                  "engine records in (Prometheus)"}
         start: tuple[float, int] | None = None
         deadline = time.monotonic() + timeout_s
         try:
@@ -545,7 +656,8 @@ class Bench:
                 elif start is not None and (done >= target or (
                         max_s is not None and now - start[0] > max_s and done > start[1])):
                     result.update(seconds=round(now - start[0], 2),
-                                  events_per_s=round((done - start[1]) / (now - start[0]), 1))
+                                  events_per_s=round((done - start[1]) / (now - start[0]), 1),
+                                  timed_records=done - start[1])
                     if done < target:
                         result["partial"] = True
                         after = None  # the probe needs a job that has caught up
@@ -555,14 +667,13 @@ class Bench:
                                        f"{self.out}/*-{group}.log")
                 if now > deadline:
                     raise RuntimeError(f"{label}: the job did not catch up in {timeout_s:.0f} s")
-                time.sleep(0.02 if copied_to else 0.25)
+                time.sleep(0.02 if copied_to else 0.5)
             if profiler is not None:
                 result["profile"] = _finish_py_spy(profiler, profile_file, profile_s)
             if after is not None:
                 result.update(after(job))
         finally:
             self._stop(job)
-            admin.close()
             watcher.close()
         return result
 
@@ -757,6 +868,10 @@ class Bench:
             throughput.append(run)
             self.say(f"    {run['events_per_s']:,.0f} events/s")
         results["throughput"] = throughput
+        problems = implausible(throughput, ceiling["events_per_s"], os.cpu_count() or 1)
+        if problems:
+            raise RuntimeError("figures that cannot be true (a measurement bug, not a result): "
+                               + "; ".join(problems))
         p1 = throughput[0]
         results.update(self._stages(p1))
         # 2. latency, each delivery mode on topics of its own holding only the probe's users
@@ -846,7 +961,8 @@ class Bench:
             finally:
                 self._stop(job)
             steps[name] = {**step, "bound_ms": bound_ms}
-        result = in_order_delay(steps["configured"], steps["small"])
+        result = {**in_order_delay(steps["configured"], steps["small"]),
+                  "rate": ORDER_PROBE_RATE}
         self.say(f"    extra delay of {steps['configured']['bound_ms']} ms over "
                  f"{SMALL_BOUND_MS} ms: p50 {_fmt(result['extra_p50_ms'])} ms, "
                  f"p99 {_fmt(result['extra_p99_ms'])} ms")

@@ -253,7 +253,8 @@ def format_report(results: dict) -> str:
         *_text_block("Throughput", _THROUGHPUT_HEAD, _throughput_rows(results)),
         "",
         *_text_block("Latency (click to trigger)", _LATENCY_HEAD, _latency_rows(results)),
-        *(_text_block("In-order application (click to trigger, at-least-once, 1,000/s)",
+        *(_text_block("In-order application (click to trigger, at-least-once, "
+                      f"{_num((results.get('in_order_delay') or {}).get('rate'))}/s)",
                       _ORDER_HEAD, _order_rows(results)) if _order_rows(results) else []),
         "",
     ]

@@ -36,6 +36,10 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
         assert entry["events_per_s"] > 0
         assert entry["fraction_of_ceiling"] == pytest.approx(entry["events_per_s"] / ceiling,
                                                              abs=1e-3)
+        # timed on the engine's own intake, over most of the backlog (not committed offsets)
+        assert entry["progress"] == "engine records in (Prometheus)"
+        assert entry["timed_records"] >= 0.9 * bench.QUICK.backlog
+    assert bench.implausible(list(throughput.values()), ceiling, 2) == []
 
     by_mode: dict[str, list[dict]] = {}
     for step in results["latency"]:

@@ -58,8 +58,8 @@ def test_samples_are_sorted_into_stages_and_other_threads_ignored() -> None:
               "step (udfs/engine.py:146)", "_campaigns (udfs/engine.py:187)", count=6),
         _line(OP, ENGINE, "UserEngineFunction._step (udfs/flink/user_engine.py:446)",
               "UserEngineFunction._triggers (udfs/flink/user_engine.py:499)", count=4),
-        _line("OneInputFunctionOperation.process_element (x.py:93)",
-              "DecodeClicksFunction.process_element (udfs/flink/decode.py:70)", count=8),
+        _line(OP, ENGINE, "UserEngineFunction.process_element (udfs/flink/user_engine.py:258)",
+              "decode_click (udfs/intake.py:221)", count=8),
         _line(OP, "RowDataConverter.to_internal (converters.py:105)", count=12),
         _line("Thread._bootstrap (threading.py:1002)",
               "LibevLoop._run_loop (cassandra/io/libevreactor.py:104)", count=500),
@@ -156,3 +156,45 @@ def test_the_in_order_delay_is_the_difference_of_the_two_bounds() -> None:
     text = format_report({"version": 1, "mode": "quick", "in_order_delay": delay})
     assert "In-order application" in text and "1,000 ms (configured)" in text
     assert "extra delay" in text
+
+
+ENGINE = "per_user_engine:_features,_churn,_segments,_campaigns"  # as the reporter writes it
+
+
+def _series(name, job, operator, subtask, value):
+    return (f'flink_taskmanager_job_task_operator_{name}{{job_name="{job}",'
+            f'operator_name="{operator}",subtask_index="{subtask}",}} {value}')
+
+
+PAGE = "\n".join([
+    "# TYPE flink_taskmanager_job_task_operator_numRecordsIn gauge",
+    _series("numRecordsIn", "nudgeflow_bench_ab12", ENGINE, 0, "1200.0"),
+    _series("numRecordsIn", "nudgeflow_bench_ab12", ENGINE, 1, "34.0"),
+    _series("numRecordsIn", "nudgeflow_bench_ab12", "decode_and_validate_clicks", 0, "99999.0"),
+    _series("numRecordsIn", "nudgeflow_bench_zz99", ENGINE, 0, "777.0"),
+    _series("numRecordsOut", "nudgeflow_bench_ab12", ENGINE, 0, "5.0"),
+])
+
+
+def test_engine_records_in_sums_the_engines_subtasks_of_one_job() -> None:
+    from jobs import names
+
+    assert bench.engine_records_in(PAGE, "nudgeflow-bench-ab12", names.USER_ENGINE_NAME) == 1234
+    assert bench.engine_records_in(PAGE, "nudgeflow-bench-zz99", names.USER_ENGINE_NAME) == 777
+    assert bench.engine_records_in(PAGE, "nudgeflow-bench-none", names.USER_ENGINE_NAME) is None
+    assert bench.engine_records_in("", "nudgeflow-bench-ab12", names.USER_ENGINE_NAME) is None
+
+
+def test_figures_above_the_ceiling_or_beyond_linear_scaling_are_refused() -> None:
+    p1 = {"label": "p1", "parallelism": 1, "events_per_s": 1_000.0}
+    assert bench.implausible([p1, {"label": "p2", "parallelism": 2, "events_per_s": 1_900.0}],
+                             50_000, 2) == []
+    # the quick bench once reported p2 = 23,524 events/s against p1 = 699 on 2 cores
+    too_good = {"label": "p2", "parallelism": 2, "events_per_s": 23_524.0}
+    [problem] = bench.implausible([{**p1, "events_per_s": 699.0}, too_good], 68_000, 2)
+    assert "parallelism 2" in problem and "2x parallelism 1" in problem
+    # on one core, parallelism 2 cannot be faster than parallelism 1 at all
+    assert bench.implausible([p1, {"label": "p2", "parallelism": 2, "events_per_s": 1_100.0}],
+                             50_000, 1)
+    [above] = bench.implausible([{**p1, "events_per_s": 60_000.0}], 50_000, 2)
+    assert "above the ceiling" in above

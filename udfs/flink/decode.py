@@ -1,9 +1,9 @@
 """Decode and validate the job's input records; dead-letter what is bad.
 
-- ``DecodeClicksFunction``: Kafka record rows of the clicks topic -> engine input rows
-  (``ENGINE_INPUT_ROW``); rejected records -> the dead-letter side output (encoded DeadLetter
-  rows ready for the Kafka sink). Never raises on bad input.
-- ``DecodeRecordsFunction``: the same for the user-metadata and definitions topics.
+- ``DecodeRecordsFunction``: Kafka record rows of the user-metadata and definitions topics ->
+  rows of valid records; rejected records -> the dead-letter side output (encoded DeadLetter
+  rows ready for the Kafka sink). Never raises on bad input. Clicks are decoded and validated
+  by the engine itself (``udfs.flink.user_engine``): no Python operator runs before it.
 
 The decoding and validation themselves are ``udfs.intake`` (pure).
 """
@@ -19,42 +19,7 @@ from pyflink.datastream import OutputTag, ProcessFunction, RuntimeContext
 from schemas.codec import Codec
 from udfs import intake
 from udfs.flink.descriptors import DEAD_LETTER_TAG
-from udfs.flink.metrics import BufferedCounter, LabelledCounters
-
-
-class DecodeClicksFunction(ProcessFunction):
-    """Decode and validate the clicks topic's records; dead-letter what is bad."""
-
-    def __init__(self, dead_letter_topic: str,
-                 limits: intake.Limits = intake.DEFAULT_LIMITS) -> None:
-        self.dead_letter_topic = dead_letter_topic
-        self.limits = limits
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        """Load the schemas once per operator instance; register counters."""
-        self.codec = Codec.load()
-        metrics = runtime_context.get_metrics_group()
-        self.events_in = BufferedCounter(metrics.counter("events_in"))
-        self.events_valid = BufferedCounter(metrics.counter("events_valid"))
-        self.dead_lettered = LabelledCounters(metrics, "reason", "events_dead_lettered")
-
-    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        """Emit a click row, or a DeadLetter row on the side output."""
-        self.events_in.inc()
-        topic, partition, offset, timestamp, key, raw = value
-        record = intake.SourceRecord(
-            topic, partition, offset, timestamp, maybe_bytes(key), maybe_bytes(raw)
-        )
-        result = intake.decode_click(self.codec, record, limits=self.limits)
-        if isinstance(result, intake.Rejected):
-            self.dead_lettered.inc(result.reason_code)
-            yield dead_letter_row(self.codec, self.dead_letter_topic, record, result,
-                                  ctx.timer_service().current_processing_time(),
-                                  self.limits.dead_letter_raw_max_bytes)
-            return
-        self.events_valid.inc()
-        yield Row("click", result["user_id"], result["event_time"], record.timestamp,
-                  record.value)
+from udfs.flink.metrics import LabelledCounters
 
 
 def dead_letter_row(codec: Codec, topic: str, record: intake.SourceRecord,
@@ -113,7 +78,7 @@ class DecodeRecordsFunction(ProcessFunction):
 
 def metadata_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
     """A UserMetadata as the engine's input row (event time = its updated_at)."""
-    return Row("metadata", record["user_id"], record["updated_at"], None, raw)
+    return Row("metadata", record["user_id"], record["updated_at"], None, raw, None, None, None)
 
 
 def definition_to_row(record: dict[str, Any], raw: bytes) -> Row:

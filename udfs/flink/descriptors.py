@@ -40,14 +40,17 @@ ENGINE_OUTPUT_ROW = Types.ROW_NAMED(
 )
 
 
-#: What the per-user engine consumes: a click or a user's metadata, keyed by user id, as the
-#: validated Avro single-object bytes of the record (``payload``) plus the few fields routing
-#: and event time need. Bytes, not a row of the click's fields: a nested row costs a per-field
-#: serialization on the shuffle and a per-field conversion into and out of Python, several
-#: times the ~6 µs the engine takes to decode the bytes again.
+#: What the per-user engine consumes, keyed by user id: a click as its Kafka record (``payload``
+#: = the producer's bytes, decoded and validated by the engine itself; ``partition``, ``offset``
+#: and ``key`` for its dead letter; ``event_time`` unset, read when decoded), built in Java
+#: (``io.nudgeflow.flink.ClickEngineInput``) so no Python operator runs before the engine; or a
+#: user's metadata, validated upstream (``event_time`` = its updated_at). Bytes, not a row of
+#: the record's fields: a nested row costs a per-field serialization on the shuffle and a
+#: per-field conversion into and out of Python.
 ENGINE_INPUT_ROW = Types.ROW_NAMED(
-    ["kind", "user_id", "event_time", "ingest_time", "payload"],
+    ["kind", "user_id", "event_time", "ingest_time", "payload", "partition", "offset", "key"],
     [Types.STRING(), Types.STRING(), Types.LONG(), Types.LONG(),
+     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG(),
      Types.PRIMITIVE_ARRAY(Types.BYTE())],
 )
 

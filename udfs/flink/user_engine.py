@@ -142,6 +142,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.trigger_latency = metrics.distribution("trigger_latency_ms")
         self.audience_sizes: dict[str, int] = {}
         self.audience_read_at = 0.0
+        self.limits = self.cfg.intake_limits()
+        # intake: clicks in, valid, dead-lettered by reason (decoded here, not upstream)
+        self.events_in = BufferedCounter(metrics.counter("events_in"))
+        self.events_valid = BufferedCounter(metrics.counter("events_valid"))
+        self.dead_lettered = LabelledCounters(metrics, "reason", "events_dead_lettered")
         self.events = BufferedCounter(metrics.counter("engine_events"))
         self.duplicates = metrics.counter("events_duplicate")
         self.late = metrics.counter("events_late")
@@ -245,22 +250,41 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
         """Buffer a click or metadata record in the user's clock; apply what the watermark passed.
 
-        A click later than the watermark minus the allowed lateness is dead-lettered instead.
+        A click is decoded and validated here first (a bad one is dead-lettered with its
+        reasons: ``udfs.intake``); one later than the watermark minus the allowed lateness is
+        dead-lettered too.
         """
-        kind, user_id, event_time, ingest_time = value[0], value[1], value[2], value[3]
+        kind, user_id, ingest_time = value[0], value[1], value[3]
         watermark = ctx.timer_service().current_watermark()
         raw = bytes(value[4] or b"")
         if kind == "click":
+            self.events_in.inc()
+            record = intake.SourceRecord(self.cfg.clicks_topic, value[5], value[6], ingest_time,
+                                         maybe_bytes(value[7]), raw)
+            event = intake.decode_click(self.codec, record, limits=self.limits)
+            if not isinstance(event, intake.Rejected) and event["user_id"] != user_id:
+                # keyed in Java from the same bytes: never differs for a valid record
+                event = intake.Rejected("INVALID_FIELD", f"user id {event['user_id']!r} is "
+                                        f"not the key {user_id!r} it was routed by", "decode")
+            if isinstance(event, intake.Rejected):
+                self.dead_lettered.inc(event.reason_code)
+                yield dead_letter_row(self.codec, self.cfg.dead_letter_topic, record, event,
+                                      ctx.timer_service().current_processing_time(),
+                                      self.limits.dead_letter_raw_max_bytes)
+                return
+            self.events_valid.inc()
+            event_time = event["event_time"]
             if engine.is_late(event_time, watermark, self.cfg.allowed_lateness_ms):
                 self.late.inc()
-                yield from self._late(value, watermark, ctx)
+                yield self._late(record, event, watermark, ctx)
                 return
             self.events.inc()
-            click = engine.Click(self._click(value))
-            pending = Pending(event_time, CLICK_RANK, str(click.event["event_id"]), raw,
-                              ingest_time or 0, click)
+            event["ingest_time"] = ingest_time
+            pending = Pending(event_time, CLICK_RANK, str(event["event_id"]), raw,
+                              ingest_time or 0, engine.Click(event))
         else:
             # metadata takes effect at its updated_at (the row's event time)
+            event_time = value[2]
             pending = Pending(event_time, METADATA_RANK, f"metadata@{event_time}", raw, 0)
         state = self._load_state(user_id)
         yield from self._step(user_id, state, engine.Arrival(user_id, pending, watermark), ctx)
@@ -480,25 +504,16 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.audience_read_at = now
         return self.audience_sizes
 
-    def _click(self, value: Row) -> dict[str, Any]:
-        """The click of an engine input row (validated by DecodeClicksFunction upstream)."""
-        event = self.codec.decode(bytes(value[4]), expect="ClickEvent")
-        event["ingest_time"] = value[3]
-        return event
-
-    def _late(self, value: Row, watermark: int, ctx: Any) -> Iterator[Any]:
-        raw = bytes(value[4])  # the producer's own bytes go to the dead-letter topic
-        event = self.codec.decode(raw, expect="ClickEvent")
-        ingest_time = value[3]
+    def _late(self, record: intake.SourceRecord, event: dict[str, Any], watermark: int,
+              ctx: Any) -> tuple[Any, Row]:
+        """The dead letter of a click later than the allowed lateness (the producer's bytes)."""
         reason = (
             f"event {event['event_id']!r} of user {event['user_id']!r} has event_time "
             f"{event['event_time']}, {watermark - event['event_time']} ms behind the watermark "
             f"{watermark}; the allowed lateness is {self.cfg.allowed_lateness_ms} ms"
         )
-        yield dead_letter_row(
-            self.codec, self.cfg.dead_letter_topic,
-            intake.SourceRecord(self.cfg.clicks_topic, None, None, ingest_time,
-                                event["user_id"].encode(), raw),
+        return dead_letter_row(
+            self.codec, self.cfg.dead_letter_topic, record,
             intake.Rejected("LATE_EVENT", reason, "watermark"),
             ctx.timer_service().current_processing_time(), self.cfg.dead_letter_raw_max_bytes,
         )

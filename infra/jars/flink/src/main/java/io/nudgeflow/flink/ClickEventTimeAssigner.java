@@ -229,7 +229,7 @@ public final class ClickEventTimeAssigner implements SerializableTimestampAssign
     }
 
     /** Avro long: zig-zag varint. */
-    private static long readLong(byte[] b, int[] pos) {
+    static long readLong(byte[] b, int[] pos) {
         long raw = 0;
         int shift = 0;
         while (true) {
