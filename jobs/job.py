@@ -33,7 +33,13 @@ from pyflink.datastream import DataStream, KeyedStream
 from pyflink.java_gateway import get_gateway
 
 from jobs import names
-from jobs.config import ConfigError, NudgeflowConfig, add_config_arguments, config_from_args
+from jobs.config import (
+    ConfigError,
+    NudgeflowConfig,
+    add_config_arguments,
+    config_from_args,
+    replace,
+)
 from jobs.env import create_env
 from udfs.build import BUILD_ID_ENV, IMPORTED_BUILD
 from udfs.flink.decode import (
@@ -296,6 +302,21 @@ def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
     return load_files(files, check_references=False).updates(0, "file")
 
 
+#: "never idle": a bounded input ends, and its end moves the watermark on
+NEVER_IDLE_MS = 365 * 86_400_000
+
+
+def bounded_replay(cfg: NudgeflowConfig) -> NudgeflowConfig:
+    """``cfg`` for a bounded run (a replay): event time alone decides, not wall-clock time.
+
+    No partition counts as idle (``idleness_ms`` is wall-clock time: on a busy machine a
+    partition that is merely slow would be left out, and the end-of-input watermark of one
+    that finished would make the slow one's records late) and nothing is released by
+    processing time (``quiet_release_ms``): every input ends, which releases everything.
+    """
+    return replace(cfg, idleness_ms=NEVER_IDLE_MS, quiet_release_ms=0)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the job on Kafka: ``python -m jobs.job [--local] [--bounded] [config flags]``."""
     parser = argparse.ArgumentParser(prog="nudgeflow-job", description=__doc__)
@@ -306,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    if args.bounded:
+        cfg = bounded_replay(cfg)
     from udfs.churn import ModelRejected
 
     # the files are read and checked before anything starts: a bad file replaces nothing

@@ -53,7 +53,8 @@ def test_bounded_local_run_balances_and_stores_agree(isolated_cfg, tmp_path):
     assert "segment changes" in proc.stdout  # the live summary was shown
 
     letters = read_topic(cfg, cfg.dead_letter_topic, expected=len(bad), timeout_s=30)
-    assert sorted(record["raw"] for _, _, record in letters) == sorted(bad)
+    assert sorted(record["raw"] for _, _, record in letters) == sorted(bad), \
+        [(r["reason_code"], r["reason"][:200]) for _, _, r in letters if r["raw"] not in bad][:5]
 
     changes = [r for _, name, r in read_topic(cfg, cfg.segment_changes_topic, expected=1,
                                               timeout_s=30) if name == "SegmentChange"]

@@ -427,3 +427,11 @@ def test_input_limits_are_configurable_and_bounded() -> None:
         load_config(env={"NUDGEFLOW_DEAD_LETTER_RAW_MAX_BYTES": "2000000"})
     with pytest.raises(ConfigError, match="max_record_bytes must be >= 1"):
         load_config(env={"NUDGEFLOW_MAX_RECORD_BYTES": "0"})
+
+
+def test_a_bounded_replay_is_decided_by_event_time_alone():
+    from jobs.job import bounded_replay
+
+    cfg = bounded_replay(load_config(env={}))
+    assert cfg.quiet_release_ms == 0  # nothing applied by processing time
+    assert cfg.idleness_ms >= 30 * 86_400_000  # no partition left out for being slow
