@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 #: the packages whose modules a job imports in the TaskManager
 PACKAGES = ("jobs", "udfs", "schemas")
@@ -68,10 +70,25 @@ def source_digest(root: Path) -> str:
 IMPORTED_BUILD = source_digest(ROOT)
 
 
+def _loaded_modules() -> list[tuple[str, Any]]:
+    """A snapshot of ``sys.modules``, taken again if another thread imports meanwhile.
+
+    The engine instances of a TaskManager open at once on JVM task threads (and the scoring
+    thread imports onnxruntime), and a copy of ``sys.modules`` made while one of them imports
+    failed once with "dictionary changed size during iteration" (CI, parallelism 2).
+    """
+    for _ in range(100):
+        try:
+            return list(sys.modules.copy().items())
+        except RuntimeError:
+            time.sleep(0.01)
+    return list(sys.modules.copy().items())
+
+
 def foreign_modules() -> list[str]:
     """Loaded modules of ``PACKAGES`` imported from another directory than ``ROOT``."""
     foreign = []
-    for name, module in list(sys.modules.items()):
+    for name, module in _loaded_modules():
         file = getattr(module, "__file__", None)
         if name.split(".")[0] in PACKAGES and file:
             if not Path(file).resolve().is_relative_to(ROOT):

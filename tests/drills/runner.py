@@ -487,6 +487,9 @@ def run_drill(st: Stack, drill: str, source: RecordSource, faults: list[Fault],
         schedule = dict(zip(fault_after_batches, faults, strict=True))
         batches = list(source.click_batches(cfg, codec))
         deadline = time.monotonic() + timeout_s
+        # the users' metadata in first, so whether a cart's trigger waits for it (DEFERRED,
+        # AWAITING_METADATA: a race between two topics) cannot differ between two runs
+        _wait_for_consumed(cfg, deadline, cfg.user_metadata_topic)
         for n, batch in enumerate(batches):
             if n == len(batches) - 1 and n > 0:
                 # the last batch moves event time on by half an hour (the clock click): sent
@@ -541,15 +544,16 @@ def _triggers(tiers: dict[str, TopicReader]) -> list[tuple[str, dict[str, Any]]]
             for _, name, record in reader.records if name == "TriggerEvent"]
 
 
-def _wait_for_consumed(cfg: NudgeflowConfig, deadline: float) -> None:
-    """Wait until the job's committed offsets (on checkpoints) reach the clicks topic's end."""
+def _wait_for_consumed(cfg: NudgeflowConfig, deadline: float, topic: str | None = None) -> None:
+    """Wait until the job's committed offsets (on checkpoints) reach ``topic``'s end (default:
+    the clicks topic)."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     admin = KafkaAdminClient(**cfg.python_client_kwargs())
     consumer = KafkaConsumer(**cfg.python_client_kwargs(), group_id=None)
     try:
-        parts = [TopicPartition(cfg.clicks_topic, p)
-                 for p in consumer.partitions_for_topic(cfg.clicks_topic)]
+        topic = topic or cfg.clicks_topic
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         end = consumer.end_offsets(parts)
         while time.monotonic() < deadline:
             group = admin.list_group_offsets(cfg.consumer_group).get(cfg.consumer_group, {})
