@@ -17,9 +17,10 @@ The task thread hands each vector over and waits with a timeout (``SCORING_TIMEO
 score that does not come back fails the task with ``ScoringStalled`` naming the model, instead
 of silence. Cost: one thread hand-off per score, ~45 µs alone on the 2-core machine (plus
 ~15 µs for the model), but in the job the scoring thread must win the GIL from every other
-Python thread of the TaskManager, which may keep it for up to the 5 ms switch interval: 585 µs
-per event with three Python operators, 154 µs with the engine alone (``nudgeflow bench``
-stage profile, docs/performance.md). Batched scoring pays it once per batch (issue 13).
+Python thread of the TaskManager, which may keep it for up to the 5 ms switch interval: 37% of
+the engine thread's samples with three Python operators, 19% with the engine alone
+(``nudgeflow bench`` stage profile, docs/performance.md). Batched scoring pays it once per
+batch (issue 13).
 """
 
 from __future__ import annotations
