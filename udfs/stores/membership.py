@@ -244,21 +244,13 @@ class RetryPolicy:
             on_retry: Callable[[], None] = lambda: None,
             sleep: Callable[[float], None] = time.sleep) -> None:
         """Call ``action`` until it succeeds, sleeping between transient failures."""
-        delay = self.first_delay_s
-        attempt = 1
-        while True:
-            try:
-                action()
-                return
-            except transient as exc:
-                if self.max_attempts is not None and attempt >= self.max_attempts:
-                    raise
-                on_retry()
-                log.warning("%s failed (attempt %d: %s); retrying in %.2f s", what, attempt,
-                            exc, delay)
-                sleep(delay)
-                delay = min(delay * 2, self.max_delay_s)
-                attempt += 1
+
+        def kind(exc: Exception) -> str:
+            if isinstance(exc, transient):
+                return "transient"
+            raise exc
+
+        self._retrying(what, action, kind, on_retry, sleep)
 
     def attempt(self, what: str, action: Callable[[], None], store: str,
                 on_retry: Callable[[], None] = lambda: None,
@@ -268,18 +260,28 @@ class RetryPolicy:
         Raises:
             StoreConfigurationError: the store refuses every write (see ``classify``).
         """
+
+        def kind(exc: Exception) -> str:
+            found = classify(store, exc)
+            if found == "fatal":
+                raise _fatal(store, what, exc) from exc
+            return found
+
+        return self._retrying(what, action, kind, on_retry, sleep)
+
+    def _retrying(self, what: str, action: Callable[[], None],
+                  kind: Callable[[Exception], str], on_retry: Callable[[], None],
+                  sleep: Callable[[float], None]) -> BaseException | None:
+        """The backoff loop; ``kind`` says "transient" (retry), "permanent" (returned) or raises."""
         delay = self.first_delay_s
         attempt = 1
         while True:
             try:
                 action()
                 return None
-            except Exception as exc:  # noqa: BLE001 - every error is classified
-                kind = classify(store, exc)
-                if kind == "permanent":
+            except Exception as exc:  # noqa: BLE001 - ``kind`` decides
+                if kind(exc) == "permanent":
                     return exc
-                if kind == "fatal":
-                    raise _fatal(store, what, exc) from exc
                 if self.max_attempts is not None and attempt >= self.max_attempts:
                     raise
                 on_retry()
