@@ -88,7 +88,8 @@ class NudgeflowConfig:
         "every input waits this long (plus the watermark interval) to be applied in order.",
     )
     idleness_ms: int = _opt(
-        10_000, "A source partition without events for this long stops holding watermarks back."
+        10_000, "A source partition without events for this long stops holding watermarks back "
+        "(the user-metadata topic, once quiet this long after the job starts, for good)."
     )
     quiet_release_ms: int = _opt(
         3_000,

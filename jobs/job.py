@@ -110,32 +110,23 @@ def decode_definitions(records: DataStream, cfg: NudgeflowConfig
     return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
 
 
-def event_time_strategy(cfg: NudgeflowConfig, out_of_orderness_ms: int) -> WatermarkStrategy:
-    """Bounded out-of-orderness on the rows' ``event_time`` field, with idleness.
-
-    ``with_idleness`` must come first: PyFlink 2.2's returns a new strategy that silently drops
-    a Python timestamp assigner set before it (the Kafka record time would be used instead).
-    """
-    return (
-        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(out_of_orderness_ms))
-        .with_idleness(Duration.of_millis(cfg.idleness_ms))
-        .with_timestamp_assigner(EventTimeAssigner())
-    )
-
-
-def with_event_time(rows: DataStream, cfg: NudgeflowConfig, out_of_orderness_ms: int,
-                    uid: str) -> DataStream:
-    """Event-time timestamps and bounded-out-of-orderness watermarks with idleness."""
-    strategy = event_time_strategy(cfg, out_of_orderness_ms)
-    return rows.assign_timestamps_and_watermarks(strategy).uid(uid).name(uid)
-
-
 def metadata_watermarks(rows: DataStream, cfg: NudgeflowConfig) -> DataStream:
-    """Metadata event time (``updated_at``); no disorder bound, idle when quiet.
+    """Metadata event time (``updated_at``): held back while the backlog is read, never after.
 
-    Metadata never holds event time back for long.
+    The topic's backlog holds event time back while the job starts; once the topic has been
+    quiet for ``idleness_ms``, it never does again.
+
+    With plain idleness a fresh profile update would turn the input active again and hold every
+    user's clicks at its ``updated_at`` until the topic had been quiet for ``idleness_ms`` once
+    more (``io.nudgeflow.flink.ChangelogWatermarks`` says why and what it does instead). A
+    bounded replay never goes idle (``bounded_replay``), so there metadata and clicks are
+    ordered by event time alone.
     """
-    return with_event_time(rows, cfg, 0, names.METADATA_WATERMARKS_UID)
+    strategy = WatermarkStrategy(
+        get_gateway().jvm.io.nudgeflow.flink.ChangelogWatermarks(cfg.idleness_ms)
+    ).with_timestamp_assigner(EventTimeAssigner())
+    uid = names.METADATA_WATERMARKS_UID
+    return rows.assign_timestamps_and_watermarks(strategy).uid(uid).name(uid)
 
 
 def definition_watermarks(rows: DataStream, cfg: NudgeflowConfig) -> DataStream:

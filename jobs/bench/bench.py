@@ -112,35 +112,37 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 #: a line of Prometheus' text format: name{labels} value
 _PROM_LINE = re.compile(r'^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)\{(?P<labels>.*)\}\s+(?P<value>\S+)')
 _PROM_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-#: the engine operator's records in, as Flink's Prometheus reporter names it
-ENGINE_RECORDS_IN = "flink_taskmanager_job_task_operator_numRecordsIn"
+#: Flink's Prometheus reporter's names of the engine operator's metrics the bench reads
+OPERATOR_METRIC = "flink_taskmanager_job_task_operator_{}"
+RECORDS_IN = "numRecordsIn"
+ENGINE_WATERMARK = "currentOutputWatermark"
 
 
 def _words(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def engine_records_in(metrics_text: str, job_name: str, operator_name: str) -> int | None:
-    """Records that entered the engine operator of ``job_name`` (all subtasks), or None.
+def engine_metric(metrics_text: str, job_name: str, operator_name: str, metric: str,
+                  combine: Callable[[list[float]], float] = sum) -> float | None:
+    """One metric of the engine operator of ``job_name``, combined over its subtasks, or None.
 
-    Read from a Flink Prometheus reporter's ``/metrics`` page: the operator's own
-    ``numRecordsIn``, counted by Flink as each record is handed to it, so a drain timed on it
-    measures the engine's intake, not when offsets were last committed (once per checkpoint:
-    a short drain timed that way reported what had not happened). Names are compared with
-    every non-alphanumeric run as one underscore (the reporter rewrites some characters).
+    Read from a Flink Prometheus reporter's ``/metrics`` page, e.g. ``numRecordsIn`` (summed:
+    counted by Flink as each record is handed to the operator) or ``currentInputWatermark``
+    (``combine=min``: the event time every subtask has reached). Names are compared with every
+    non-alphanumeric run as one underscore (the reporter rewrites some characters).
     """
-    total, seen = 0.0, False
-    job, operator = _words(job_name), _words(operator_name)
+    values = []
+    wanted, job, operator = OPERATOR_METRIC.format(metric), _words(job_name), \
+        _words(operator_name)
     for line in metrics_text.splitlines():
         match = _PROM_LINE.match(line)
-        if match is None or match["name"] != ENGINE_RECORDS_IN:
+        if match is None or match["name"] != wanted:
             continue
         labels = dict(_PROM_LABEL.findall(match["labels"]))
         if _words(labels.get("job_name", "")) == job and \
                 _words(labels.get("operator_name", "")).startswith(operator):
-            total += float(match["value"])
-            seen = True
-    return int(total) if seen else None
+            values.append(float(match["value"]))
+    return combine(values) if values else None
 
 
 def implausible(throughput: Sequence[dict[str, Any]], ceiling_events_per_s: float,
@@ -176,6 +178,8 @@ def latency_figures(latencies: Sequence[float]) -> dict[str, float | None]:
 
 #: how often the latency ladder's ticker sends a page view to every clicks partition
 TICK_S = 0.1
+#: latency is probed once the engine's watermark is this close to now (event time is live)
+LIVE_WATERMARK_MS = 5_000
 
 #: the in-order delay probe: the configured out-of-orderness bound against this small one, at
 #: this rate: every partition busy, so watermarks move with the events, and well below what
@@ -483,23 +487,37 @@ class EngineProgress:
         except OSError:
             return None
 
-    def records_in(self) -> int:
-        """Records in so far (0 until the job's engine reports)."""
+    def _read(self, metric: str, combine: Callable[[list[float]], float] = sum
+              ) -> float | None:
         from jobs import names
 
         for port in [self.port] if self.port is not None else self.ports:
             text = self._page(port)
-            done = None if text is None else engine_records_in(text, self.job_name,
-                                                                names.USER_ENGINE_NAME)
-            if done is not None:
+            value = None if text is None else engine_metric(text, self.job_name,
+                                                            names.USER_ENGINE_NAME, metric,
+                                                            combine)
+            if value is not None:
                 self.port = port
-                return done
+                return value
         if time.monotonic() > self.deadline:
             raise RuntimeError(
                 f"no Prometheus page on ports {self.ports[0]}-{self.ports[-1]} reports the "
-                f"engine of job {self.job_name!r}: the bench times drains on it. Is the "
+                f"engine of job {self.job_name!r}: the bench reads its progress there. Is the "
                 f"reporter jar in the local Flink lib (infra.servers.flink.local_lib_dir)?")
-        return 0
+        return None
+
+    def records_in(self) -> int:
+        """Records in so far (0 until the job's engine reports)."""
+        return int(self._read(RECORDS_IN) or 0)
+
+    def watermark(self) -> int | None:
+        """The event time every engine subtask has reached (None until they report).
+
+        The engine's output watermark: its input watermark metric reads Long.MIN_VALUE (a
+        two-input operator; the definitions input never moves), and it holds nothing back.
+        """
+        value = self._read(ENGINE_WATERMARK, min)
+        return None if value is None else int(value)
 
 
 class Bench:
@@ -784,6 +802,31 @@ class Bench:
             producer.flush()
             n += 1
             read(time.monotonic() + 3, "warm-", 1)
+        self._wait_for_live_event_time(cfg, deadline)
+
+    def _wait_for_live_event_time(self, cfg: Any, deadline: float) -> None:
+        """Wait until the engine's watermark is within ``LIVE_WATERMARK_MS`` of now.
+
+        A job that has just started holds event time back until it has read the user-metadata
+        backlog and that topic has been quiet for ``idleness_ms``; the warm-up trigger may have
+        come through the quiet release meanwhile. Probed before that, every latency would be
+        the quiet release's, not the event-time delay's.
+        """
+        reporter = EngineProgress(cfg.job_name, wait_s=max(1.0, deadline - time.monotonic()))
+        started = time.monotonic()
+        while True:
+            watermark = reporter.watermark()
+            lag_ms = None if watermark is None else time.time() * 1000 - watermark
+            if lag_ms is not None and lag_ms < LIVE_WATERMARK_MS:
+                self.say(f"    event time live {time.monotonic() - started:.1f} s after the "
+                         f"warm-up (watermark {lag_ms:,.0f} ms behind)")
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    "the engine's watermark did not come within "
+                    f"{LIVE_WATERMARK_MS} ms of now (last: "
+                    f"{'none' if lag_ms is None else f'{lag_ms:,.0f} ms behind'})")
+            time.sleep(0.5)
 
     def _send(self, producer: Any, topic: str, prefix: str, buyers: list[str], rate: int,
               count: int) -> None:

@@ -98,10 +98,23 @@ def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_p
     assert "broken" in letters["INVALID_DEFINITION"]["reason"]
 
 
-def test_event_time_strategy_keeps_the_event_time_assigner(cfg, env):
-    """PyFlink's with_idleness drops a timestamp assigner set before it: guard the order."""
-    from jobs.job import event_time_strategy
-    from udfs.flink.event_time import EventTimeAssigner
+def test_metadata_holds_event_time_until_it_has_caught_up_then_never(env):
+    """The metadata input's watermarks (io.nudgeflow.flink.ChangelogWatermarks): its records'
+    event time while its backlog is read; idle for good once quiet, whatever comes after."""
+    from pyflink.java_gateway import get_gateway
 
-    strategy = event_time_strategy(cfg, 5000)
-    assert isinstance(strategy._timestamp_assigner, EventTimeAssigner)
+    generator = getattr(get_gateway().jvm.io.nudgeflow.flink, "ChangelogWatermarks$Generator")
+    none, idle = generator.NONE, generator.IDLE
+    g = generator(1000, None)
+    assert g.periodic(10) == none  # nothing read yet: holds event time back
+    g.record(T0, 100)
+    g.record(T0 - 5000, 200)  # an older update does not move it back
+    assert g.periodic(300) == T0 - 1
+    g.record(T0 + 10, 900)
+    assert g.periodic(1899) == T0 + 9  # 999 ms quiet: still reading
+    assert g.periodic(1900) == idle and g.caughtUp()  # quiet 1000 ms: caught up, idle
+    g.record(T0 + 60_000, 2000)  # a fresh update afterwards holds nothing
+    assert [g.periodic(t) for t in (2001, 5000, 10_000)] == [none] * 3
+    quiet = generator(1000, None)
+    assert quiet.periodic(999) == none and quiet.periodic(1000) == idle  # an empty topic
+

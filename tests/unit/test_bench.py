@@ -173,16 +173,23 @@ PAGE = "\n".join([
     _series("numRecordsIn", "nudgeflow_bench_ab12", "decode_and_validate_clicks", 0, "99999.0"),
     _series("numRecordsIn", "nudgeflow_bench_zz99", ENGINE, 0, "777.0"),
     _series("numRecordsOut", "nudgeflow_bench_ab12", ENGINE, 0, "5.0"),
+    _series("currentOutputWatermark", "nudgeflow_bench_ab12", ENGINE, 0, "1.700000009E12"),
+    _series("currentOutputWatermark", "nudgeflow_bench_ab12", ENGINE, 1, "1.7E12"),
 ])
 
 
-def test_engine_records_in_sums_the_engines_subtasks_of_one_job() -> None:
+def test_engine_metrics_are_the_engines_subtasks_of_one_job_combined() -> None:
     from jobs import names
 
-    assert bench.engine_records_in(PAGE, "nudgeflow-bench-ab12", names.USER_ENGINE_NAME) == 1234
-    assert bench.engine_records_in(PAGE, "nudgeflow-bench-zz99", names.USER_ENGINE_NAME) == 777
-    assert bench.engine_records_in(PAGE, "nudgeflow-bench-none", names.USER_ENGINE_NAME) is None
-    assert bench.engine_records_in("", "nudgeflow-bench-ab12", names.USER_ENGINE_NAME) is None
+    def read(text, job, metric="numRecordsIn", combine=sum):
+        return bench.engine_metric(text, job, names.USER_ENGINE_NAME, metric, combine)
+
+    assert read(PAGE, "nudgeflow-bench-ab12") == 1234
+    assert read(PAGE, "nudgeflow-bench-zz99") == 777
+    assert read(PAGE, "nudgeflow-bench-none") is None
+    assert read("", "nudgeflow-bench-ab12") is None
+    assert read(PAGE, "nudgeflow-bench-ab12", "currentOutputWatermark", min) == 1_700_000_000_000
+    assert read(PAGE, "nudgeflow-bench-ab12", "currentOutputWatermark", max) == 1_700_000_009_000
 
 
 def test_figures_above_the_ceiling_or_beyond_linear_scaling_are_refused() -> None:
