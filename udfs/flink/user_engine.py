@@ -148,6 +148,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.events_valid = BufferedCounter(metrics.counter("events_valid"))
         self.dead_lettered = LabelledCounters(metrics, "reason", "events_dead_lettered")
         self.events = BufferedCounter(metrics.counter("engine_events"))
+        # clicks finished: applied, dropped as duplicates, or dead-lettered (invalid, late); a
+        # click in between waits in its user's clock. Not buffered: the bench times drains on
+        # it, and a count held back until the next click would move a drain's end
+        self.clicks_done = metrics.counter("clicks_done")
         self.duplicates = metrics.counter("events_duplicate")
         self.late = metrics.counter("events_late")
         # inputs applied behind the user's clock (arrived after it passed their time)
@@ -268,6 +272,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                                         f"not the key {user_id!r} it was routed by", "decode")
             if isinstance(event, intake.Rejected):
                 self.dead_lettered.inc(event.reason_code)
+                self.clicks_done.inc()
                 yield dead_letter_row(self.codec, self.cfg.dead_letter_topic, record, event,
                                       ctx.timer_service().current_processing_time(),
                                       self.limits.dead_letter_raw_max_bytes)
@@ -276,6 +281,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             event_time = event["event_time"]
             if engine.is_late(event_time, watermark, self.cfg.allowed_lateness_ms):
                 self.late.inc()
+                self.clicks_done.inc()
                 yield self._late(record, event, watermark, ctx)
                 return
             self.events.inc()
@@ -323,9 +329,13 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         step = engine.step(state, item, self._rules(), emit_time)
         if step.duplicate:
             self.duplicates.inc()
+            if isinstance(item, engine.Arrival) and item.pending.rank == CLICK_RANK:
+                self.clicks_done.inc()
             return
         for _ in range(step.duplicates):
             self.duplicates.inc()
+        if step.clicks_applied or step.duplicates:  # a duplicate found on applying is a click
+            self.clicks_done.inc(len(step.clicks_applied) + step.duplicates)
         if step.late:
             self.applied_late.inc(step.late)
         for currency in step.unconverted:
