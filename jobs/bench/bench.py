@@ -471,7 +471,7 @@ class EngineProgress:
     others); the page that names ``job_name`` is this job's.
     """
 
-    def __init__(self, job_name: str, wait_s: float = 120.0) -> None:
+    def __init__(self, job_name: str, wait_s: float = 300.0) -> None:
         from infra.servers.flink import PROMETHEUS_PORTS
 
         first, last = (int(p) for p in PROMETHEUS_PORTS.split("-"))

@@ -36,8 +36,9 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
         assert entry["events_per_s"] > 0
         assert entry["fraction_of_ceiling"] == pytest.approx(entry["events_per_s"] / ceiling,
                                                              abs=1e-3)
-        # timed on the engine's own intake, over most of the backlog (not committed offsets)
-        assert entry["progress"] == "engine records in (Prometheus)"
+        # timed on the clicks the engine has done with, over most of the backlog (not on its
+        # intake, which runs ahead of applying, nor on committed offsets)
+        assert entry["progress"] == "engine clicks done (Prometheus)"
         # (the first reading comes a second or two after the job starts: the 5% mark is
         # often passed by then)
         assert entry["timed_records"] >= 0.5 * bench.QUICK.backlog
@@ -56,6 +57,14 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
             assert step["triggers"] == step["expected_triggers"] > 0
             assert 0 < step["p50_ms"] <= step["p95_ms"] <= step["p99_ms"] <= step["max_ms"]
             assert step["segment_changes"] > 0
+
+    # in-order application waits for the watermark: the configured bound costs more than a
+    # small one, and neither waits for the quiet release (3 s), which every probe click did
+    # while the probe ran before the job's event time was live
+    delay = results["in_order_delay"]
+    assert delay["configured"]["bound_ms"] > delay["small"]["bound_ms"]
+    assert delay["extra_p50_ms"] > 0
+    assert delay["configured"]["p50_ms"] < 3_000 and delay["small"]["p50_ms"] < 3_000
 
     stages = results["stages"]
     assert stages is not None, results.get("stages_error")

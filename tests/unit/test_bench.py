@@ -205,3 +205,12 @@ def test_figures_above_the_ceiling_or_beyond_linear_scaling_are_refused() -> Non
                              50_000, 1)
     [above] = bench.implausible([{**p1, "events_per_s": 60_000.0}], 50_000, 2)
     assert "above the ceiling" in above
+
+
+def test_compare_takes_named_checkouts_only(tmp_path, capsys) -> None:
+    from jobs.bench import compare
+
+    for spec in (f"before={tmp_path}", str(tmp_path), "=."):
+        with pytest.raises(SystemExit):
+            compare.main([spec])
+        assert "expected NAME=DIR" in capsys.readouterr().err

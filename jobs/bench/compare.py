@@ -1,0 +1,154 @@
+"""Drain one backlog with several builds of nudgeflow, alternating, in one run on one machine.
+
+    python -m jobs.bench.compare before=/path/to/old/checkout after=. [--rounds 2]
+        [--backlog 40000] [--users 3000] [--parallelism 1] [--out DIR]
+
+A throughput change is only worth what its comparison is: this machine is noisy, so every build
+drains the same backlog (loaded once) in every round, in ABBA order (the second round reversed,
+so a drift in the machine's speed weighs on both alike), and the median per build is reported.
+
+Each build is a checkout with its own code, jars and ``NUDGEFLOW_HOME`` (``OUT/home-<name>``):
+its job runs from its own directory, with the jars its own sources give. The drains are timed
+as ``nudgeflow bench`` times them (``Bench.drain``: the engine's ``clicks_done`` counter, read
+from the job's Prometheus reporter), so a build older than that counter needs it added (a
+six-line patch to ``udfs/flink/user_engine.py``; see docs/performance.md). Needs the local stack
+(``nudgeflow stack up``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.bench.bench import QUICK, Bench, fresh_config
+
+#: what a build's own code says about how to run its local job (printed as JSON)
+_LAUNCH = """
+import json
+from infra.paths import StackPaths
+from infra.servers.flink import local_run_env
+from jobs.cli.wiring import local_job_flags
+from jobs.config import load_config
+env = local_run_env(StackPaths.from_env(), env={})
+print(json.dumps({"flags": local_job_flags(load_config(env={})), "env": env}))
+"""
+
+
+@dataclass(frozen=True)
+class Build:
+    """One checkout to measure: its name in the report, its directory and its launch."""
+
+    name: str
+    root: Path
+    home: Path
+    flags: tuple[str, ...]
+    env: dict[str, str]
+
+    @classmethod
+    def prepare(cls, name: str, root: Path, out: Path) -> Build:
+        """Resolve the build's jars in its own home and read how its local job starts."""
+        home = out / f"home-{name}"
+        env = {**os.environ, "NUDGEFLOW_HOME": str(home), "PYTHONPATH": str(root)}
+        proc = subprocess.run([sys.executable, "-c", _LAUNCH], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"build {name!r} ({root}) could not prepare its job: "
+                               f"{proc.stderr.strip()[-2000:]}")
+        launch = json.loads(proc.stdout.strip().splitlines()[-1])
+        return cls(name, root, home, tuple(launch["flags"]),
+                   {**env, **launch["env"]})
+
+
+class BuildBench(Bench):
+    """``Bench`` whose jobs run from one build's checkout, with that build's jars."""
+
+    def __init__(self, build: Build, out: Path) -> None:
+        super().__init__(QUICK, out)
+        self.build = build
+
+    def _start_job(self, cfg: Any, flags: Sequence[str], module: str = "jobs.job"
+                   ) -> subprocess.Popen[bytes]:
+        from jobs.config import ISOLATION_FIELDS, as_flags
+
+        log = self.out / f"{self.build.name}-{cfg.consumer_group}.log"
+        with open(log, "wb") as sink:
+            job = subprocess.Popen(
+                [sys.executable, "-m", module, "--local", "--starting-offsets", "earliest",
+                 *as_flags(cfg, (*ISOLATION_FIELDS, "job_name")), *flags, *self.build.flags],
+                stdout=sink, stderr=subprocess.STDOUT, cwd=self.build.root, env=self.build.env)
+        self.monitor.watch(job.pid, f"job client ({self.build.name})")
+        return job
+
+
+def compare(builds: Sequence[tuple[str, Path]], rounds: int, backlog: int, users: int,
+            parallelism: int, out: Path, say: Any = print) -> dict[str, Any]:
+    """Drain one backlog with every build, ``rounds`` times, alternating; the figures."""
+    prepared = []
+    for name, root in builds:
+        say(f"  preparing {name} ({root}) ...")
+        prepared.append(Build.prepare(name, root.resolve(), out))
+    benches = {b.name: BuildBench(b, out) for b in prepared}
+    base = fresh_config()
+    say(f"  loading {backlog:,} events of {users:,} users ...")
+    next(iter(benches.values())).load_backlog(base, backlog, users)
+    runs: dict[str, list[float]] = {b.name: [] for b in prepared}
+    order = [b.name for b in prepared]
+    for round_no in range(rounds):
+        for name in order if round_no % 2 == 0 else list(reversed(order)):
+            result = benches[name].drain(
+                fresh_config(base), ("--parallelism", str(parallelism),
+                                     "--delivery-guarantee", "at-least-once"),
+                f"{name} p{parallelism} round {round_no + 1}")
+            runs[name].append(result["events_per_s"])
+            say(f"    {name} round {round_no + 1}: {result['events_per_s']:,.0f} events/s "
+                f"({result['timed_records']:,} clicks in {result['seconds']} s)")
+    summary = {name: {"runs": figures, "median_events_per_s": statistics.median(figures)}
+               for name, figures in runs.items()}
+    return {"backlog_events": backlog, "users": users, "parallelism": parallelism,
+            "rounds": rounds, "timing": "engine clicks_done (Prometheus)",
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "builds": {b.name: str(b.root) for b in prepared}, "results": summary}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: ``python -m jobs.bench.compare NAME=DIR NAME=DIR ...``."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.bench.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("builds", nargs="+", metavar="NAME=DIR",
+                        help="a build to measure: a name and a nudgeflow checkout")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--backlog", type=int, default=40_000)
+    parser.add_argument("--users", type=int, default=3_000)
+    parser.add_argument("--parallelism", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    builds = []
+    for spec in args.builds:
+        name, sep, root = spec.partition("=")
+        if not sep or not name or not (Path(root) / "jobs" / "job.py").is_file():
+            parser.error(f"{spec!r}: expected NAME=DIR, DIR a nudgeflow checkout "
+                         "(with jobs/job.py)")
+        builds.append((name, Path(root)))
+    out = args.out or Path(tempfile.mkdtemp(prefix="nudgeflow-compare-"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"nudgeflow bench compare (results and job logs in {out})")
+    result = compare(builds, args.rounds, args.backlog, args.users, args.parallelism, out)
+    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    for name, figures in result["results"].items():
+        runs = ", ".join(f"{f:,.0f}" for f in figures["runs"])
+        print(f"  {name}: median {figures['median_events_per_s']:,.0f} events/s ({runs})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
