@@ -435,3 +435,12 @@ def test_a_bounded_replay_is_decided_by_event_time_alone():
     cfg = bounded_replay(load_config(env={}))
     assert cfg.quiet_release_ms == 0  # nothing applied by processing time
     assert cfg.idleness_ms >= 30 * 86_400_000  # no partition left out for being slow
+
+
+def test_the_gil_switch_interval_is_a_positive_number_of_microseconds():
+    assert load_config(env={}).gil_switch_interval_us == 200
+    assert load_config(env={"NUDGEFLOW_GIL_SWITCH_INTERVAL_US": "5000"}) \
+        .gil_switch_interval_us == 5000
+    for bad in ("0", "-5", "2000000"):
+        with pytest.raises(ConfigError, match="gil_switch_interval_us must be 1..1000000"):
+            load_config(env={"NUDGEFLOW_GIL_SWITCH_INTERVAL_US": bad})

@@ -125,6 +125,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         from udfs import build
 
         build.check_build(self.build_id)
+        # each churn score crosses to the scoring thread and back: with Python's 5 ms switch
+        # interval each crossing could wait that long for the GIL behind another thread
+        sys.setswitchinterval(self.cfg.gil_switch_interval_us / 1_000_000)
         self.codec = Codec.load()
         self.features_state = runtime_context.get_state(user_features_state())
         self.metadata_state = runtime_context.get_state(user_metadata_state())
