@@ -133,6 +133,11 @@ class CampaignCompiler(Compiler):
             if "exclude_segments" in eligibility:
                 exclude = self.segment_ids(eligibility["exclude_segments"],
                                            join_path(path, "eligibility.exclude_segments"))
+        if trigger is not None and trigger.segment_enter in exclude:
+            self.error(join_path(path, "eligibility.exclude_segments"),
+                       f"the campaign fires when a user enters {trigger.segment_enter!r} but "
+                       f"excludes that segment's members, so it can never fire; remove "
+                       f"{trigger.segment_enter!r} from exclude_segments")
         frequency = self.mapping(doc.get("frequency", {}), join_path(path, "frequency"),
                                  "frequency", ("cap", "reeligible_after"), ())
         cap = Cap()

@@ -1,9 +1,9 @@
 """Definition files of every kind: read, validate, load; the shipped catalog.
 
-Inputs: YAML files or directories of them (a directory expands to its ``*.yaml``/``*.yml``
-files, sorted by name). A document with ``kind: campaign`` is a campaign, ``kind: priority``
-the priority policy, ``kind: currency_rates`` the currency rate table, anything else a segment
-(or a ``segments:`` list). Outputs: a
+Inputs: YAML files or directories of them (a directory expands to the ``*.yaml``/``*.yml``
+files in it and in its subdirectories, sorted by path). A document with ``kind: campaign`` is
+a campaign, ``kind: priority`` the priority policy, ``kind: currency_rates`` the currency rate
+table, anything else a segment (or a ``segments:`` list). Outputs: a
 ``DefinitionSet`` and every ``DefinitionError`` found (never raised for bad content by
 ``validate_files``), or the set alone (``load_files``, which raises ``InvalidDefinitions``),
 and what ``nudgeflow defs validate`` prints. State: none.
@@ -71,7 +71,9 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
+            # every level below too, in path order: teams keep catalogs in folders
+            out.extend(sorted(p for p in path.rglob("*")
+                              if p.suffix in (".yaml", ".yml") and p.is_file()))
         else:
             out.append(path)
     return out
@@ -85,7 +87,7 @@ def _kind_of(data: Any) -> str:
 def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = (),
                    check_references: bool = True
                    ) -> tuple[DefinitionSet, list[DefinitionError]]:
-    """Read and validate definition files of every kind (directories expand to *.yaml).
+    """Read and validate definition files of every kind (directories expand recursively).
 
     Never raises for bad content: unreadable files, YAML syntax errors, grammar errors and ids
     duplicated across files all come back as errors. Ids must be unique across all kinds, and

@@ -118,8 +118,11 @@ class Compiler:
         if isinstance(data, str):
             try:
                 return parse_duration(data)
-            except ValueError:
-                pass
+            except ValueError as exc:
+                if str(exc).startswith("duration too long"):
+                    self.error(path, f"bad duration {data!r}: at most 36500d (100 years); a "
+                                     "time plus a longer one does not fit a timestamp")
+                    return None
         hint = ""
         if isinstance(data, int | float) and not isinstance(data, bool):
             hint = (f" (a bare number has no unit: write e.g. {format_number(data)}m or "

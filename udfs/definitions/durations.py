@@ -10,6 +10,9 @@ import re
 
 _DURATION_UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION_RE = re.compile(r"^([0-9]+)(ms|s|m|h|d)$")
+#: the longest duration a definition may give: an event time plus it must still be a timestamp
+#: (an Avro long of milliseconds) with centuries to spare
+MAX_DURATION_MS = 36_500 * 86_400_000
 
 
 def parse_duration(text: str) -> int:
@@ -22,7 +25,8 @@ def parse_duration(text: str) -> int:
         The duration in milliseconds.
 
     Raises:
-        ValueError: The text is not such a duration, or is zero.
+        ValueError: The text is not such a duration, is zero, or is longer than
+            ``MAX_DURATION_MS`` (100 years).
     """
     match = _DURATION_RE.match(text.strip()) if isinstance(text, str) else None
     if match is None:
@@ -30,6 +34,8 @@ def parse_duration(text: str) -> int:
     ms = int(match[1]) * _DURATION_UNITS[match[2]]
     if ms <= 0:
         raise ValueError(f"duration must be positive: {text!r}")
+    if ms > MAX_DURATION_MS:
+        raise ValueError(f"duration too long: {text!r} is over 36500d (100 years)")
     return ms
 
 

@@ -45,7 +45,14 @@ def read_yaml(text: str, file: str) -> tuple[Any, dict[str, int], list[Definitio
         (the document or None, lines by document path, errors); the document is None after a
         syntax error, and is still returned next to duplicate-key errors.
     """
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses control characters here
+    except yaml.reader.ReaderError as exc:
+        at = text.count("\n", 0, exc.position) + 1
+        return None, {}, [DefinitionError(
+            file, "", f"not valid YAML: character U+{exc.character:04X}, a control "
+                      "character; YAML allows only printable characters, tabs and line "
+                      "breaks: remove it", at)]
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
