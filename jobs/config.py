@@ -31,6 +31,9 @@ ENV_PREFIX = "NUDGEFLOW_"
 DELIVERY_GUARANTEES = ("exactly-once", "at-least-once")
 STARTING_OFFSETS = ("committed", "earliest", "latest")
 EXECUTION_MODES = ("thread", "process")
+#: Kafka security protocols and the SASL mechanisms the job and the tools can log in with
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 STATE_BACKENDS = ("hashmap", "rocksdb")
 #: the largest dead_letter_raw_max_bytes: 1 MiB (Kafka's default max.request.size and
 #: message.max.bytes) minus the 48 KiB the rest of a DeadLetter may take, minus a margin
@@ -55,11 +58,23 @@ class NudgeflowConfig:
     # --- Kafka -----------------------------------------------------------------------------
     kafka_bootstrap: str = _opt("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated.")
     kafka_security_protocol: str = _opt(
-        "PLAINTEXT", "Kafka security.protocol (PLAINTEXT, SASL_SSL, ...)."
+        "PLAINTEXT", "Kafka security.protocol.", choices=KAFKA_SECURITY_PROTOCOLS
     )
-    kafka_sasl_mechanism: str = _opt("", "Kafka SASL mechanism (e.g. SCRAM-SHA-512); empty: none.")
+    kafka_sasl_mechanism: str = _opt(
+        "", "Kafka SASL mechanism (with SASL_PLAINTEXT or SASL_SSL); empty: none.",
+        choices=KAFKA_SASL_MECHANISMS,
+    )
     kafka_sasl_username: str = _opt("", "Kafka SASL user name.")
     kafka_sasl_password: str = _opt("", "Kafka SASL password.", secret=True)
+    kafka_ssl_ca_file: str = _opt(
+        "", "PEM file of the CA certificates that sign the brokers' (SSL, SASL_SSL); empty: "
+        "the JVM's and Python's default trust stores.")
+    kafka_ssl_client_pem: str = _opt(
+        "", "PEM file holding this client's private key and certificate chain, for brokers "
+        "that require mutual TLS; empty: none.")
+    kafka_ssl_key_password: str = _opt(
+        "", "Password of the private key in kafka-ssl-client-pem, if it is encrypted.",
+        secret=True)
     consumer_group: str = _opt("nudgeflow", "Consumer group id of the job's Kafka sources.")
     starting_offsets: str = _opt(
         "committed",
@@ -225,6 +240,7 @@ class NudgeflowConfig:
                 )
         if self.parallelism < 1:
             raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
+        self._check_kafka_security()
         if not 1 <= self.gil_switch_interval_us <= 1_000_000:
             raise ConfigError(f"gil_switch_interval_us must be 1..1000000 (µs), got "
                               f"{self.gil_switch_interval_us}")
@@ -335,6 +351,27 @@ class NudgeflowConfig:
         """The topic of a priority tier (``P0`` .. ``P3``)."""
         return f"{self.trigger_topic_prefix}{tier.lower()}"
 
+    def _check_kafka_security(self) -> None:
+        """The Kafka security settings fit together (a wrong one would fail at connect)."""
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not self.kafka_sasl_mechanism:
+            raise ConfigError(f"kafka_security_protocol={self.kafka_security_protocol} needs "
+                              f"kafka_sasl_mechanism (one of "
+                              f"{', '.join(m for m in KAFKA_SASL_MECHANISMS if m)})")
+        if self.kafka_sasl_mechanism and not sasl:
+            raise ConfigError(f"kafka_sasl_mechanism={self.kafka_sasl_mechanism} is used only "
+                              f"with kafka_security_protocol SASL_PLAINTEXT or SASL_SSL, got "
+                              f"{self.kafka_security_protocol}")
+        if sasl and not self.kafka_sasl_username:
+            raise ConfigError("kafka_sasl_username is empty: SASL needs a user name")
+        tls = self.kafka_security_protocol in ("SSL", "SASL_SSL")
+        for name in ("kafka_ssl_ca_file", "kafka_ssl_client_pem"):
+            if getattr(self, name) and not tls:
+                raise ConfigError(f"{name} is set but kafka_security_protocol is "
+                                  f"{self.kafka_security_protocol}: use SSL or SASL_SSL")
+        if self.kafka_ssl_key_password and not self.kafka_ssl_client_pem:
+            raise ConfigError("kafka_ssl_key_password is set without kafka_ssl_client_pem")
+
     def kafka_client_properties(self) -> dict[str, str]:
         """Java Kafka client properties for the job's sources and sinks (security included)."""
         props = {"bootstrap.servers": self.kafka_bootstrap}
@@ -348,9 +385,17 @@ class NudgeflowConfig:
                 else "org.apache.kafka.common.security.scram.ScramLoginModule"
             )
             props["sasl.jaas.config"] = (
-                f'{module} required username="{self.kafka_sasl_username}" '
-                f'password="{self.kafka_sasl_password}";'
+                f'{module} required username="{_jaas_quoted(self.kafka_sasl_username)}" '
+                f'password="{_jaas_quoted(self.kafka_sasl_password)}";'
             )
+        if self.kafka_ssl_ca_file:
+            props["ssl.truststore.type"] = "PEM"
+            props["ssl.truststore.location"] = self.kafka_ssl_ca_file
+        if self.kafka_ssl_client_pem:
+            props["ssl.keystore.type"] = "PEM"
+            props["ssl.keystore.location"] = self.kafka_ssl_client_pem
+            if self.kafka_ssl_key_password:
+                props["ssl.key.password"] = self.kafka_ssl_key_password
         return props
 
     def python_client_kwargs(self) -> dict[str, Any]:
@@ -362,7 +407,18 @@ class NudgeflowConfig:
             kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
             kwargs["sasl_plain_username"] = self.kafka_sasl_username
             kwargs["sasl_plain_password"] = self.kafka_sasl_password
+        if self.kafka_ssl_ca_file:
+            kwargs["ssl_cafile"] = self.kafka_ssl_ca_file
+        if self.kafka_ssl_client_pem:
+            kwargs["ssl_certfile"] = self.kafka_ssl_client_pem  # key and chain in one file
+            if self.kafka_ssl_key_password:
+                kwargs["ssl_password"] = self.kafka_ssl_key_password
         return kwargs
+
+
+def _jaas_quoted(value: str) -> str:
+    """A value inside a JAAS double-quoted string: backslashes and quotes escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _mask(value: str) -> str:

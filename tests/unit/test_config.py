@@ -328,11 +328,63 @@ def test_kafka_client_properties_scram() -> None:
 
 def test_kafka_client_properties_plain_mechanism() -> None:
     cfg = load_config(env={}, overrides={
-        "kafka_sasl_mechanism": "PLAIN", "kafka_sasl_username": "u", "kafka_sasl_password": "p",
+        "kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_mechanism": "PLAIN",
+        "kafka_sasl_username": "u", "kafka_sasl_password": "p",
     })
     jaas = cfg.kafka_client_properties()["sasl.jaas.config"]
     assert jaas.startswith("org.apache.kafka.common.security.plain.PlainLoginModule required ")
-    assert "security.protocol" not in cfg.kafka_client_properties()
+    assert cfg.kafka_client_properties()["security.protocol"] == "SASL_PLAINTEXT"
+
+
+def test_jaas_values_are_escaped() -> None:
+    cfg = load_config(env={}, overrides={
+        "kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "SCRAM-SHA-256",
+        "kafka_sasl_username": 'svc"x', "kafka_sasl_password": 'p"w\\d";',
+    })
+    assert cfg.kafka_client_properties()["sasl.jaas.config"] == (
+        'org.apache.kafka.common.security.scram.ScramLoginModule required '
+        'username="svc\\"x" password="p\\"w\\\\d\\";";')
+
+
+def test_kafka_tls_files_reach_the_job_and_the_tools() -> None:
+    cfg = load_config(env={}, overrides={
+        "kafka_security_protocol": "SSL", "kafka_ssl_ca_file": "/etc/kafka/ca.pem",
+        "kafka_ssl_client_pem": "/etc/kafka/client.pem", "kafka_ssl_key_password": "k3y",
+    })
+    assert cfg.kafka_client_properties() == {
+        "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "SSL",
+        "ssl.truststore.type": "PEM", "ssl.truststore.location": "/etc/kafka/ca.pem",
+        "ssl.keystore.type": "PEM", "ssl.keystore.location": "/etc/kafka/client.pem",
+        "ssl.key.password": "k3y",
+    }
+    kwargs = cfg.python_client_kwargs()
+    assert (kwargs["ssl_cafile"], kwargs["ssl_certfile"], kwargs["ssl_password"]) == (
+        "/etc/kafka/ca.pem", "/etc/kafka/client.pem", "k3y")
+    assert "'***'" == cfg.describe()["kafka_ssl_key_password"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"kafka_security_protocol": "SASL_SSL"},
+     "kafka_security_protocol=SASL_SSL needs kafka_sasl_mechanism (one of PLAIN, "
+     "SCRAM-SHA-256, SCRAM-SHA-512)"),
+    ({"kafka_sasl_mechanism": "SCRAM-SHA-512", "kafka_sasl_username": "u"},
+     "kafka_sasl_mechanism=SCRAM-SHA-512 is used only with kafka_security_protocol "
+     "SASL_PLAINTEXT or SASL_SSL, got PLAINTEXT"),
+    ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "PLAIN"},
+     "kafka_sasl_username is empty: SASL needs a user name"),
+    ({"kafka_ssl_ca_file": "/ca.pem"},
+     "kafka_ssl_ca_file is set but kafka_security_protocol is PLAINTEXT: use SSL or SASL_SSL"),
+    ({"kafka_security_protocol": "SSL", "kafka_ssl_key_password": "x"},
+     "kafka_ssl_key_password is set without kafka_ssl_client_pem"),
+    ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "OAUTHBEARER",
+      "kafka_sasl_username": "u"},
+     "kafka_sasl_mechanism='OAUTHBEARER' is not allowed"),
+    ({"kafka_security_protocol": "TLS"}, "kafka_security_protocol='TLS' is not allowed"),
+])
+def test_kafka_security_that_cannot_connect_is_refused(overrides, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={}, overrides=overrides)
+    assert message in str(info.value)
 
 
 # --- argparse -----------------------------------------------------------------------------------
