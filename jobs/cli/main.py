@@ -237,6 +237,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         rate=args.rate,
         duration_s=args.duration,
         progress=not args.quiet,
+        # the security settings too (bootstrap_servers is the same list)
+        producer_config=cfg.python_client_kwargs(),
     )
     _say(generate.format_summary(summary))
     return 0
