@@ -138,12 +138,18 @@ def flink_run_command(
     detached: bool = True,
     python_executable: str = sys.executable,
     savepoint: str | None = None,
+    allow_non_restored_state: bool = False,
 ) -> list[str]:
     """The ``flink run`` argv that submits ``python -m jobs.job <job_args>`` to a cluster.
 
     ``python_executable`` is the interpreter on the TaskManagers (``-pyexec``): this one for
-    the local stack; the image's Python (e.g. ``python3``) on a real cluster.
+    the local stack; the image's Python (e.g. ``python3``) on a real cluster. With
+    ``savepoint``, ``allow_non_restored_state`` lets the job start although the savepoint holds
+    state of an operator the new job no longer has (Flink's ``-n``: that state is dropped).
     """
+    if allow_non_restored_state and not savepoint:
+        raise DeployError("allow_non_restored_state applies only when starting from a "
+                          "savepoint")
     address = urlparse(rest_url)
     return [
         str(pyflink_home() / "bin" / "flink"),
@@ -152,6 +158,7 @@ def flink_run_command(
         f"{address.hostname}:{address.port or 8081}",
         *(["-d"] if detached else []),
         *(["-s", savepoint] if savepoint else []),
+        *(["-n"] if allow_non_restored_state else []),
         "-pym",
         "jobs.job",
         "-pyfs",
@@ -172,6 +179,7 @@ def submit(
     env: Mapping[str, str] | None = None,
     local_stack: bool = False,
     savepoint: str | None = None,
+    allow_non_restored_state: bool = False,
 ) -> str:
     """Submit the job; return its Flink job id.
 
@@ -188,7 +196,8 @@ def submit(
     build = archive_build(archive)
     if local_stack:
         refresh_local_taskmanager(build, rest_url=rest_url)
-    cmd = flink_run_command(rest_url, job_args, archive, detached, python_executable, savepoint)
+    cmd = flink_run_command(rest_url, job_args, archive, detached, python_executable, savepoint,
+                            allow_non_restored_state)
     # the job's client hands this id to the engines, which check their TaskManager runs it
     run_env = {**(os.environ if env is None else env), BUILD_ID_ENV: build}
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=run_env)

@@ -132,6 +132,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from jobs.cli import monitor, wiring
 
+    if args.allow_non_restored_state and not args.from_savepoint:
+        return _fail("--allow-non-restored-state applies only with --from-savepoint")
+    if args.local and args.from_savepoint:
+        return _fail("--from-savepoint starts a job on a Flink cluster (the stack's or yours); "
+                     "a --local MiniCluster starts with empty state: drop --local")
     cfg = config_from_args(args)
     _say(f"configuration: {cfg}")
     if args.local:
@@ -168,7 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     job_id = deploy.submit(cfg.flink_rest_url, job_args, detached=True,
                            python_executable=args.pyexec or sys.executable,
                            env=_secret_env(cfg), local_stack=_is_local(cfg.flink_rest_url),
-                           savepoint=args.from_savepoint)
+                           savepoint=args.from_savepoint,
+                           allow_non_restored_state=args.allow_non_restored_state)
     _say(f"job {job_id} submitted; web UI: {cfg.flink_rest_url}/#/job/running/{job_id}/overview")
     _say(f"stop it with: nudgeflow jobs cancel {job_id}")
     if args.no_watch:
@@ -387,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--from-savepoint", metavar="LOCATION",
                        help="cluster: start from this savepoint (keeps all state; see `jobs "
                        "stop`)")
+    run_p.add_argument("--allow-non-restored-state", action="store_true",
+                       help="cluster, with --from-savepoint: start although the savepoint "
+                       "holds state of an operator this job no longer has (that state is "
+                       "dropped; without it Flink refuses the savepoint)")
     run_p.add_argument("--pyexec", help="cluster: Python interpreter on the TaskManagers "
                        "(default: this one, right for the local stack)")
     run_p.add_argument("--log", default=os.path.join(

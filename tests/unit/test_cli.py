@@ -266,3 +266,26 @@ def test_layering_of_the_job() -> None:
     for package in ("infra", "schemas", "udfs"):
         for path in (root / package).rglob("*.py"):
             assert "jobs" not in _imported_packages(path), path
+
+
+def test_savepoint_options_that_would_be_ignored_are_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--allow-non-restored-state"]) == 1
+    assert "--allow-non-restored-state applies only with --from-savepoint" in \
+        capsys.readouterr().err
+    assert main(["run", "--local", "--from-savepoint", "file:///tmp/sp"]) == 1
+    assert "a --local MiniCluster starts with empty state: drop --local" in \
+        capsys.readouterr().err
+
+
+def test_flink_run_passes_allow_non_restored_state_with_the_savepoint(tmp_path) -> None:
+    from infra import deploy
+
+    argv = deploy.flink_run_command("http://jm:8081", ["--parallelism", "2"], tmp_path / "a.zip",
+                                    savepoint="s3://b/sp-1", allow_non_restored_state=True)
+    assert argv[argv.index("-s"):argv.index("-s") + 3] == ["-s", "s3://b/sp-1", "-n"]
+    assert "-n" not in deploy.flink_run_command("http://jm:8081", [], tmp_path / "a.zip",
+                                                savepoint="s3://b/sp-1")
+    with pytest.raises(deploy.DeployError, match="only when starting from a savepoint"):
+        deploy.flink_run_command("http://jm:8081", [], tmp_path / "a.zip",
+                                 allow_non_restored_state=True)
