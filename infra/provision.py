@@ -41,7 +41,8 @@ class TopicSpec:
 
 
 def topic_specs(field_topics: Mapping[str, str], tier_topics: Mapping[str, str],
-                path: Path = TOPICS_FILE) -> list[TopicSpec]:
+                path: Path = TOPICS_FILE, replication_factor: int | None = None
+                ) -> list[TopicSpec]:
     """The topics of the spec file, with their configured names.
 
     Args:
@@ -50,6 +51,8 @@ def topic_specs(field_topics: Mapping[str, str], tier_topics: Mapping[str, str],
         tier_topics: each priority tier to its trigger topic (``P0``: ``triggers-p0``); an
             entry ``tier: T`` is the topic ``tier_topics[T]``.
         path: the spec file.
+        replication_factor: every topic's replication factor instead of the file's (a
+            cluster's setting: the file describes the local stack's single broker).
 
     Raises:
         ProvisionError: the file is malformed (the message names the entry and the problem).
@@ -75,14 +78,14 @@ def topic_specs(field_topics: Mapping[str, str], tier_topics: Mapping[str, str],
         if not isinstance(partitions, int) or partitions < 1:
             raise ProvisionError(f"{where}: partitions must be a positive integer")
         config = {str(k): str(v) for k, v in (entry.get("config") or {}).items()}
-        specs.append(TopicSpec(name, partitions, int(entry.get("replication_factor",
-                                                               default_rf)), config))
+        factor = replication_factor or int(entry.get("replication_factor", default_rf))
+        specs.append(TopicSpec(name, partitions, factor, config))
     return specs
 
 
 def provision_topics(client_kwargs: Mapping[str, Any], field_topics: Mapping[str, str],
-                     tier_topics: Mapping[str, str], say: Callable[[str], None] = print
-                     ) -> list[str]:
+                     tier_topics: Mapping[str, str], say: Callable[[str], None] = print,
+                     replication_factor: int | None = None) -> list[str]:
     """Create missing topics and raise partitions/configs to the spec; return what changed.
 
     Args:
@@ -90,11 +93,12 @@ def provision_topics(client_kwargs: Mapping[str, Any], field_topics: Mapping[str
         field_topics: the topic names by field, as for ``topic_specs``.
         tier_topics: the trigger topic names by tier, as for ``topic_specs``.
         say: where progress lines go.
+        replication_factor: of the topics it creates, instead of the spec file's.
     """
     from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
 
-    specs = topic_specs(field_topics, tier_topics)
+    specs = topic_specs(field_topics, tier_topics, replication_factor=replication_factor)
     bootstrap = client_kwargs.get("bootstrap_servers", "")
     if not isinstance(bootstrap, str):
         bootstrap = ",".join(bootstrap)
@@ -174,12 +178,14 @@ def cassandra_session(hosts: Sequence[str], port: int, username: str = "", passw
 
 
 def provision_cassandra(hosts: Sequence[str], port: int, keyspace: str, username: str = "",
-                        password: str = "", say: Callable[[str], None] = print) -> int:
+                        password: str = "", say: Callable[[str], None] = print,
+                        replication: str = LOCAL_REPLICATION) -> int:
     """Apply the CQL files to ``keyspace``; return the number of statements run.
 
-    ``hosts``, ``port``, ``username`` and ``password`` are those of ``cassandra_session``.
+    ``hosts``, ``port``, ``username`` and ``password`` are those of ``cassandra_session``;
+    ``replication`` is the CQL replication map of a keyspace it creates.
     """
-    statements = cql_statements(keyspace)
+    statements = cql_statements(keyspace, replication)
     try:
         session = cassandra_session(hosts, port, username, password)
     except Exception as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -75,6 +76,9 @@ class NudgeflowConfig:
     kafka_ssl_key_password: str = _opt(
         "", "Password of the private key in kafka-ssl-client-pem, if it is encrypted.",
         secret=True)
+    kafka_replication_factor: int = _opt(
+        0, "Replication factor of the topics `nudgeflow` creates; 0: infra/topics.yaml's (1, "
+        "for the local stack's single broker).")
     consumer_group: str = _opt("nudgeflow", "Consumer group id of the job's Kafka sources.")
     starting_offsets: str = _opt(
         "committed",
@@ -179,6 +183,10 @@ class NudgeflowConfig:
     cassandra_keyspace: str = _opt("nudgeflow", "Cassandra keyspace.")
     cassandra_username: str = _opt("", "Cassandra user name; empty: no authentication.")
     cassandra_password: str = _opt("", "Cassandra password.", secret=True)
+    cassandra_replication: str = _opt(
+        "", "Replication of the keyspace `nudgeflow` creates, as a CQL map, e.g. {'class': "
+        "'NetworkTopologyStrategy', 'dc1': 3}; empty: SimpleStrategy with one replica (the "
+        "local stack). An existing keyspace keeps its own (ALTER KEYSPACE changes it).")
     redis_url: str = _opt("redis://127.0.0.1:6379/0", "Redis URL (may carry a password).",
                           secret=True)
     # --- Flink -----------------------------------------------------------------------------
@@ -241,6 +249,15 @@ class NudgeflowConfig:
         if self.parallelism < 1:
             raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
         self._check_kafka_security()
+        if self.kafka_replication_factor < 0:
+            raise ConfigError(f"kafka_replication_factor must be >= 0 (0: the topic file's), "
+                              f"got {self.kafka_replication_factor}")
+        if self.cassandra_replication and not re.fullmatch(
+                r"\{\s*'class'\s*:\s*'[A-Za-z.]+'\s*(,\s*'[A-Za-z0-9_.-]+'\s*:\s*'?[0-9A-Za-z_]+'?"
+                r"\s*)*\}", self.cassandra_replication):
+            raise ConfigError(
+                f"cassandra_replication {self.cassandra_replication!r} is not a CQL replication "
+                "map like {'class': 'NetworkTopologyStrategy', 'dc1': 3}")
         if not 1 <= self.gil_switch_interval_us <= 1_000_000:
             raise ConfigError(f"gil_switch_interval_us must be 1..1000000 (µs), got "
                               f"{self.gil_switch_interval_us}")

@@ -55,7 +55,8 @@ def provision_topics(cfg: NudgeflowConfig, say: Callable[[str], None] = print) -
     from infra import provision
 
     return provision.provision_topics(cfg.python_client_kwargs(), cfg.topic_fields(),
-                                      cfg.trigger_topics(), say=say)
+                                      cfg.trigger_topics(), say=say,
+                                      replication_factor=cfg.kafka_replication_factor or None)
 
 
 def provision_cassandra(cfg: NudgeflowConfig, say: Callable[[str], None] = print) -> int:
@@ -64,7 +65,8 @@ def provision_cassandra(cfg: NudgeflowConfig, say: Callable[[str], None] = print
 
     return provision.provision_cassandra(
         cfg.cassandra_hosts.split(","), cfg.cassandra_port, cfg.cassandra_keyspace,
-        cfg.cassandra_username, cfg.cassandra_password, say=say)
+        cfg.cassandra_username, cfg.cassandra_password, say=say,
+        replication=cfg.cassandra_replication or provision.LOCAL_REPLICATION)
 
 
 def cassandra_session(cfg: NudgeflowConfig, keyspace: str | None = None) -> Any:

@@ -19,7 +19,7 @@ from infra.provision import (
     cql_statements,
     topic_specs,
 )
-from jobs.config import NudgeflowConfig, load_config, replace
+from jobs.config import ConfigError, NudgeflowConfig, load_config, replace
 
 
 def specs_of(cfg: NudgeflowConfig, path: Path = TOPICS_FILE) -> list[TopicSpec]:
@@ -214,3 +214,26 @@ def test_longest_valid_keyspace() -> None:
     cfg = replace(load_config(env={}), cassandra_keyspace="a" * 48)
     statements = cql_statements(cfg.cassandra_keyspace)
     assert statements[0].startswith("CREATE KEYSPACE IF NOT EXISTS " + "a" * 48)
+
+
+def test_a_cluster_sets_the_replication_of_what_it_creates() -> None:
+    cfg = load_config(env={"NUDGEFLOW_KAFKA_REPLICATION_FACTOR": "3",
+                           "NUDGEFLOW_CASSANDRA_REPLICATION":
+                           "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': '2'}"})
+    specs = topic_specs(cfg.topic_fields(), cfg.trigger_topics(),
+                        replication_factor=cfg.kafka_replication_factor)
+    assert {s.replication_factor for s in specs} == {3}
+    local = topic_specs(cfg.topic_fields(), cfg.trigger_topics())
+    assert {s.replication_factor for s in local} == {1}
+    statements = cql_statements(cfg.cassandra_keyspace, cfg.cassandra_replication)
+    assert "WITH replication = {'class': 'NetworkTopologyStrategy', 'dc1': 3, 'dc2': '2'}" \
+        in statements[0]
+
+
+@pytest.mark.parametrize("bad", ["SimpleStrategy", "{'class': 'X'}; DROP KEYSPACE k",
+                                 "{'replication_factor': 3}"])
+def test_a_replication_that_is_not_a_cql_map_is_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="is not a CQL replication map"):
+        load_config(env={"NUDGEFLOW_CASSANDRA_REPLICATION": bad})
+    with pytest.raises(ConfigError, match="kafka_replication_factor must be >= 0"):
+        load_config(env={"NUDGEFLOW_KAFKA_REPLICATION_FACTOR": "-1"})
