@@ -33,6 +33,8 @@ DEV_REQUIRES = [
     "onnx==1.22.0",
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
+    # test certificate authorities for the stores' and Kafka's TLS settings
+    "trustme==1.2.1",
     "ruff==0.17.6",
     "mypy==2.4.1",
     "types-PyYAML",

@@ -157,7 +157,7 @@ def cql_statements(keyspace: str, replication: str = LOCAL_REPLICATION,
 
 
 def cassandra_session(hosts: Sequence[str], port: int, username: str = "", password: str = "",
-                      keyspace: str | None = None) -> Any:
+                      keyspace: str | None = None, ssl_ca_file: str = "") -> Any:
     """A cassandra-driver session (the caller shuts down its cluster).
 
     Args:
@@ -166,28 +166,24 @@ def cassandra_session(hosts: Sequence[str], port: int, username: str = "", passw
         username: empty: no authentication.
         password: the user's password.
         keyspace: the session's keyspace; None: none.
+        ssl_ca_file: PEM CAs of the nodes' certificates: TLS (``udfs.stores.connections``).
     """
-    from cassandra.auth import PlainTextAuthProvider
-    from cassandra.cluster import Cluster
+    from udfs.stores.connections import cassandra_cluster
 
-    auth = PlainTextAuthProvider(username, password) if username else None
-    cluster = Cluster(
-        list(hosts), port=port, auth_provider=auth, connect_timeout=10, protocol_version=5,
-    )
-    return cluster.connect(keyspace)
+    return cassandra_cluster(hosts, port, username, password, ssl_ca_file).connect(keyspace)
 
 
 def provision_cassandra(hosts: Sequence[str], port: int, keyspace: str, username: str = "",
                         password: str = "", say: Callable[[str], None] = print,
-                        replication: str = LOCAL_REPLICATION) -> int:
+                        replication: str = LOCAL_REPLICATION, ssl_ca_file: str = "") -> int:
     """Apply the CQL files to ``keyspace``; return the number of statements run.
 
-    ``hosts``, ``port``, ``username`` and ``password`` are those of ``cassandra_session``;
-    ``replication`` is the CQL replication map of a keyspace it creates.
+    ``hosts``, ``port``, ``username``, ``password`` and ``ssl_ca_file`` are those of
+    ``cassandra_session``; ``replication`` is the CQL replication map of a keyspace it creates.
     """
     statements = cql_statements(keyspace, replication)
     try:
-        session = cassandra_session(hosts, port, username, password)
+        session = cassandra_session(hosts, port, username, password, ssl_ca_file=ssl_ca_file)
     except Exception as exc:
         raise ProvisionError(
             f"cannot connect to Cassandra at {','.join(hosts)}:{port} ({exc}); "

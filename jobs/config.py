@@ -183,12 +183,18 @@ class NudgeflowConfig:
     cassandra_keyspace: str = _opt("nudgeflow", "Cassandra keyspace.")
     cassandra_username: str = _opt("", "Cassandra user name; empty: no authentication.")
     cassandra_password: str = _opt("", "Cassandra password.", secret=True)
+    cassandra_ssl_ca_file: str = _opt(
+        "", "PEM file of the CAs that sign the Cassandra nodes' certificates: connect over TLS "
+        "and verify each node's certificate and host name; empty: no TLS.")
     cassandra_replication: str = _opt(
         "", "Replication of the keyspace `nudgeflow` creates, as a CQL map, e.g. {'class': "
         "'NetworkTopologyStrategy', 'dc1': 3}; empty: SimpleStrategy with one replica (the "
         "local stack). An existing keyspace keeps its own (ALTER KEYSPACE changes it).")
-    redis_url: str = _opt("redis://127.0.0.1:6379/0", "Redis URL (may carry a password).",
-                          secret=True)
+    redis_url: str = _opt("redis://127.0.0.1:6379/0", "Redis URL (may carry a password); "
+                          "rediss://... connects over TLS.", secret=True)
+    redis_ssl_ca_file: str = _opt(
+        "", "With a rediss:// URL: PEM file of the CAs that sign the Redis server's "
+        "certificate; empty: the system's trust store.")
     # --- Flink -----------------------------------------------------------------------------
     job_name: str = _opt("nudgeflow", "Flink job name.")
     parallelism: int = _opt(1, "Default parallelism of the job's operators.")
@@ -249,6 +255,9 @@ class NudgeflowConfig:
         if self.parallelism < 1:
             raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
         self._check_kafka_security()
+        if self.redis_ssl_ca_file and not self.redis_url.startswith("rediss://"):
+            raise ConfigError("redis_ssl_ca_file is set but redis_url is not rediss://...: "
+                              "TLS to Redis needs a rediss:// URL")
         if self.kafka_replication_factor < 0:
             raise ConfigError(f"kafka_replication_factor must be >= 0 (0: the topic file's), "
                               f"got {self.kafka_replication_factor}")

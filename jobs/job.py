@@ -202,7 +202,8 @@ def membership_store(cfg: NudgeflowConfig) -> CassandraRedisStore:
     """Where the engine writes segment membership: Cassandra and Redis of ``cfg``."""
     return CassandraRedisStore(
         tuple(cfg.cassandra_hosts.split(",")), cfg.cassandra_port, cfg.cassandra_keyspace,
-        cfg.redis_url, cfg.redis_key_prefix, cfg.cassandra_username, cfg.cassandra_password)
+        cfg.redis_url, cfg.redis_key_prefix, cfg.cassandra_username, cfg.cassandra_password,
+        cfg.cassandra_ssl_ca_file, cfg.redis_ssl_ca_file)
 
 
 def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,

@@ -150,9 +150,9 @@ def delete(cfg: NudgeflowConfig, definition_id: str, published_by: str | None,
 
 def listing(cfg: NudgeflowConfig) -> str:
     """A table: each definition's version in the running job and on the control topic."""
-    import redis
+    from jobs.cli import wiring
 
-    client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, decode_responses=True)
+    client = wiring.redis_client(cfg, socket_timeout=5, decode_responses=True)
     applied = {str(k): str(v) for k, v in client.hgetall(applied_definitions_key(cfg)).items()}
     published = published_updates(cfg)
     ids = sorted(set(applied) | set(published))

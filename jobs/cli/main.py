@@ -324,7 +324,7 @@ def cmd_stores(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - one clear line
         return _fail(f"cannot connect to Cassandra at {cfg.cassandra_hosts}:"
                      f"{cfg.cassandra_port} ({exc}); is it running? (`nudgeflow stack status`)")
-    client = redis.Redis.from_url(cfg.redis_url, socket_timeout=30)
+    client = wiring.redis_client(cfg, socket_timeout=30)
     try:
         rebuild.ensure_rebuilt(session, cfg.cassandra_keyspace, client, cfg.redis_key_prefix,
                                force=True, say=_say)

@@ -66,7 +66,8 @@ def provision_cassandra(cfg: NudgeflowConfig, say: Callable[[str], None] = print
     return provision.provision_cassandra(
         cfg.cassandra_hosts.split(","), cfg.cassandra_port, cfg.cassandra_keyspace,
         cfg.cassandra_username, cfg.cassandra_password, say=say,
-        replication=cfg.cassandra_replication or provision.LOCAL_REPLICATION)
+        replication=cfg.cassandra_replication or provision.LOCAL_REPLICATION,
+        ssl_ca_file=cfg.cassandra_ssl_ca_file)
 
 
 def cassandra_session(cfg: NudgeflowConfig, keyspace: str | None = None) -> Any:
@@ -74,4 +75,12 @@ def cassandra_session(cfg: NudgeflowConfig, keyspace: str | None = None) -> Any:
     from infra import provision
 
     return provision.cassandra_session(cfg.cassandra_hosts.split(","), cfg.cassandra_port,
-                                       cfg.cassandra_username, cfg.cassandra_password, keyspace)
+                                       cfg.cassandra_username, cfg.cassandra_password, keyspace,
+                                       cfg.cassandra_ssl_ca_file)
+
+
+def redis_client(cfg: NudgeflowConfig, **options: Any) -> Any:
+    """A redis-py client for ``cfg``'s Redis (TLS with ``rediss://``: udfs.stores.connections)."""
+    from udfs.stores.connections import redis_client as connect
+
+    return connect(cfg.redis_url, cfg.redis_ssl_ca_file, **options)

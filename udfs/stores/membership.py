@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from udfs.stores import keys, rebuild
+from udfs.stores import connections, keys, rebuild
 
 log = logging.getLogger(__name__)
 
@@ -344,27 +344,24 @@ class CassandraRedisWriter:
                 on_retry: Callable[[], None] = lambda: None,
                 redis_prefix: str = "nudgeflow",
                 on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None,
+                cassandra_ssl_ca_file: str = "", redis_ssl_ca_file: str = "",
                 ) -> CassandraRedisWriter:
         """Open a Cassandra session and a Redis client (call from the operator's open()).
 
         Rebuilds Redis from Cassandra first if it lost what the job wrote (see
-        ``udfs.stores.rebuild``).
+        ``udfs.stores.rebuild``). The CA files turn on TLS (``udfs.stores.connections``).
         """
-        import redis
-        from cassandra.auth import PlainTextAuthProvider
-        from cassandra.cluster import Cluster
+        from cassandra.cluster import NoHostAvailable
         from cassandra.policies import DCAwareRoundRobinPolicy
 
-        auth = PlainTextAuthProvider(username, password) if username else None
-        cluster = Cluster(cassandra_hosts, port=cassandra_port, auth_provider=auth,
-                          load_balancing_policy=DCAwareRoundRobinPolicy(), protocol_version=5,
-                          connect_timeout=10)
-        from cassandra.cluster import NoHostAvailable
-
+        cluster = connections.cassandra_cluster(
+            cassandra_hosts, cassandra_port, username, password, cassandra_ssl_ca_file,
+            load_balancing_policy=DCAwareRoundRobinPolicy())
         sessions: list[Any] = []
         RetryPolicy().run("connecting to Cassandra", lambda: sessions.append(cluster.connect()),
                           (NoHostAvailable,), on_retry)
-        client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client = connections.redis_client(redis_url, redis_ssl_ca_file, socket_timeout=5,
+                                          socket_connect_timeout=5)
         writer = cls(sessions[0], keyspace, client, redis_prefix=redis_prefix,
                      on_retry=on_retry, on_rebuild=on_rebuild)
         writer.rebuild_redis_if_needed()
@@ -595,6 +592,8 @@ class CassandraRedisStore:
     redis_prefix: str = "nudgeflow"
     username: str = ""
     password: str = field(default="", repr=False)
+    cassandra_ssl_ca_file: str = ""
+    redis_ssl_ca_file: str = ""
 
     def __call__(self, on_retry: Callable[[], None] = lambda: None,
                  on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None,
@@ -603,7 +602,8 @@ class CassandraRedisStore:
         return CassandraRedisWriter.connect(
             list(self.cassandra_hosts), self.cassandra_port, self.keyspace, self.redis_url,
             self.username, self.password, on_retry=on_retry, redis_prefix=self.redis_prefix,
-            on_rebuild=on_rebuild)
+            on_rebuild=on_rebuild, cassandra_ssl_ca_file=self.cassandra_ssl_ca_file,
+            redis_ssl_ca_file=self.redis_ssl_ca_file)
 
 
 def _text(value: Any) -> str:
