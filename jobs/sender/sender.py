@@ -602,7 +602,8 @@ class SenderOptions:
     report_every_s: float = 10.0
     """Seconds between reports; 0: only the final report."""
     until_idle_s: float | None = None
-    """Stop once every tier was caught up for this long; None: run until stopped."""
+    """Stop once nothing was handed over for this long and the group has no lag left on the
+    tier topics (a dead member's partitions are waited for); None: run until stopped."""
     max_triggers: int | None = None
     """Stop after delivering this many triggers; None: no limit."""
     start: str = "earliest"
@@ -699,7 +700,8 @@ _FLAGS: tuple[tuple[str, str | None, str, type, tuple[str, ...], str], ...] = (
     ("--report-every", "SECONDS", "report_every_s", float, (),
      "time between reports; 0: only at exit"),
     ("--until-idle", "SECONDS", "until_idle_s", float, (),
-     "exit once every tier was caught up for this long (draining a backlog, tests)"),
+     "exit once this sender had nothing to hand over for this long and its group has no lag "
+     "left on the tier topics (draining a backlog, tests)"),
     ("--max-triggers", "N", "max_triggers", int, (), "exit after delivering this many triggers"),
     ("--start", None, "start", str, START_MODES, "where a group without committed offsets starts"),
     ("--bad-records", None, "bad_records", str, BAD_RECORD_MODES,

@@ -548,9 +548,11 @@ def test_flags_fall_back_to_environment_variables(monkeypatch):
     monkeypatch.setenv("NUDGEFLOW_SENDER_STARVATION_LIMIT", "5")
     monkeypatch.setenv("NUDGEFLOW_SENDER_UNTIL_IDLE", "2.5")
     monkeypatch.setenv("NUDGEFLOW_SENDER_GROUP", "email-sender")
+    monkeypatch.setenv("NUDGEFLOW_SENDER_SESSION_TIMEOUT", "10")
     options = _parse(["--group", "sms-sender", "--dedupe", "memory"])
     assert options.starvation_limit == 5 and options.until_idle_s == 2.5
     assert options.group == "sms-sender" and options.dedupe == "memory"
+    assert options.session_timeout_s == 10.0
 
 
 def test_channels_flag_and_environment_variable(monkeypatch):
@@ -591,6 +593,8 @@ def test_cli_help_lists_the_sender_flags(capsys):
                  "--channels EMAIL,SMS,...", "default: all channels",
                  "[env: NUDGEFLOW_SENDER_CHANNELS] "
                  "[default: 'EMAIL,SMS,PUSH,IN_APP,PAID_SOCIAL']",
+                 "--session-timeout SECONDS", "[env: NUDGEFLOW_SENDER_SESSION_TIMEOUT]",
+                 "senders of one group share the partitions",
                  "--trigger-topic-prefix"):
         assert part in text
 
