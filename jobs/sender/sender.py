@@ -1265,11 +1265,19 @@ class GroupSource:
             self.ledger.committed(offsets)
             self.consumer.commit(offsets=tps, asynchronous=True)
 
+    def all_partitions(self) -> dict[str, list[Partition]]:
+        """Every partition of each tier topic, by topic (empty: the topic does not exist)."""
+        found: dict[str, list[Partition]] = {}
+        for topic in self.topics.values():
+            # one topic at a time: a cluster's full metadata can be large
+            described = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
+            ok = described is not None and described.error is None
+            found[topic] = [(topic, p) for p in sorted(described.partitions)] if ok else []
+        return found
+
     def lag(self) -> dict[str, int]:
         """The group's lag per tier over every partition of the tier topics (all members)."""
-        metadata = self.consumer.list_topics(timeout=10)
-        partitions = [(topic, p) for topic in self.topics.values()
-                      for p in sorted(getattr(metadata.topics.get(topic), "partitions", {}))]
+        partitions = [p for parts in self.all_partitions().values() for p in parts]
         committed = {(tp.topic, tp.partition): tp.offset
                      for tp in self.consumer.committed(self._tps(partitions), timeout=10)}
         return group_lag(self.tier_of_topic, committed, self.offsets.earliest(partitions),
@@ -1316,9 +1324,7 @@ def _open_source(cfg: NudgeflowConfig, options: SenderOptions,
     source = GroupSource(consumer, offsets, topics, options, say)
     holder.append(source)
     try:
-        metadata = consumer.list_topics(timeout=10)
-        missing = [t for t in topics.values()
-                   if t not in metadata.topics or metadata.topics[t].error is not None]
+        missing = [topic for topic, parts in source.all_partitions().items() if not parts]
         if missing:
             raise SenderError(f"the trigger topic(s) {', '.join(missing)} do not exist at "
                               f"{cfg.kafka_bootstrap}; run `nudgeflow stack provision`")

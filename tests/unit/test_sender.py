@@ -859,6 +859,9 @@ class FakeConsumer:
         for t, p in self.logs:
             topics.setdefault(t, types.SimpleNamespace(partitions={}, error=None))
             topics[t].partitions[p] = None
+        if topic is not None:  # as librdkafka answers for one topic, existing or not
+            topics = {topic: topics.get(topic) or types.SimpleNamespace(
+                partitions={}, error="UNKNOWN_TOPIC_OR_PART")}
         return types.SimpleNamespace(topics=topics)
 
     def close(self):
