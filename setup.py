@@ -13,6 +13,9 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = [
     "apache-flink==2.2.1",
     "kafka-python==3.0.12",
+    # the reference sender's consumer group (cooperative-sticky rebalancing; jobs/sender/):
+    # librdkafka, whose group protocol settles where kafka-python 3.0.12's did not
+    "confluent-kafka==2.16.1",
     "cassandra-driver==3.30.1",
     "redis==8.1.0",
     "onnxruntime==1.32.0",

@@ -1,45 +1,52 @@
 """``nudgeflow sender``: the reference consumer of the trigger topics, P0 first.
 
 Input: the four tier topics ``<trigger_topic_prefix>p0`` .. ``p3`` (TriggerEvents in Avro
-single-object encoding, keyed by user_id), read with ``isolation_level=read_committed``, so
-records of aborted or still open transactions are never seen.
+single-object encoding, keyed by user_id), read by one confluent-kafka (librdkafka) consumer
+that is a member of the consumer group ``--group`` (cooperative-sticky assignment,
+``isolation.level=read_committed``, so records of aborted or still open transactions are never
+seen).
 Output: one ``adapter.send(trigger)`` call per trigger to deliver (a ``ChannelAdapter``); a
 DeadLetter on ``cfg.dead_letter_topic`` for every record that does not decode; the consumer
 group's committed offsets; a report (per tier: delivered, duplicates, expired, bad, skipped,
-lag, rate).
-State: at most one buffered batch per tier, the scheduler's starvation counters, and the dedupe
-store (Redis keys ``<redis_key_prefix>:sent:<group>:<channel>:<trigger_id>`` with a TTL, behind
-an in-memory LRU).
+the group's lag, rate).
+State: per tier a buffer of consumed records (a few batches; the tier's partitions are paused
+while it is full), at most one batch in flight, the offsets handled per assigned partition
+(``PartitionLedger``), the scheduler's starvation counters, and the dedupe store (Redis keys
+``<redis_key_prefix>:sent:<group>:<channel>:<trigger_id>`` with a TTL, behind an in-memory LRU).
+
+Scaling out. Senders started with the same ``--group`` share the tier topics' partitions: the
+group assigns each partition to one of them (cooperative-sticky: a rebalance moves only the
+partitions that change owner, the others keep flowing). A sender that stops cleanly commits
+and leaves at once; one that dies (SIGKILL, a lost host) keeps its partitions until
+``--session-timeout`` passes, then they move to the others, which resume from its last commit.
+On revocation a sender commits what it handled of the partitions leaving and drops the rest
+of their buffered records, so the next owner reads exactly what was not committed.
 
 Channels. A sender takes the triggers of ``--channels`` (default: all channels) and skips the
-others: not delivered, not marked sent, counted as skipped, so that one sender per channel
-(each under its own group) can read the same topics without taking each other's triggers.
+others: not delivered, not marked sent, counted as skipped, so that one sender group per
+channel can read the same topics without taking each other's triggers.
 
-Priority. Each tier has its own consumer holding at most one batch (``poll(max_records=
-batch_size)``). ``TierScheduler`` picks the batch to hand over: the highest-priority tier with a
-batch waiting. Before a lower tier is served, every higher tier without a batch is checked
-against its end offset (the last stable offset, read committed); a higher tier with committed
-records not yet fetched is fetched first (up to ``fetch_wait_ms``). So with
-``starvation_limit=0`` no P1 record is handed over while the P0 topic holds committed records
-this sender has not handed over yet, and so on down the tiers. The unit is the batch: a P0
-record that arrives while a P1 batch is being delivered waits for that batch to finish. With
+Priority, per sender, over the partitions assigned to it. ``TierScheduler`` picks the batch to
+hand over: the highest-priority tier with a batch (up to ``batch_size`` buffered records)
+waiting. Before a lower tier is served, every higher tier without a batch is checked against
+its end offsets (the last stable offsets, read committed); a higher tier with committed records
+not consumed yet is fetched first (up to ``fetch_wait_ms``). So with ``starvation_limit=0`` no
+P1 record is handed over while this sender's P0 partitions hold committed records it has not
+handed over yet, and so on down the tiers. The unit is the batch: a P0 record that arrives
+while a P1 batch is being delivered waits for that batch to finish. With
 ``starvation_limit=L > 0`` a tier that had a batch waiting and was passed over L times in a row
-gets the next hand-over (see ``TierScheduler`` for the exact bound).
+gets the next hand-over (see ``TierScheduler`` for the exact bound). Senders of one group order
+their own partitions; across senders there is no order (each serves its P0 first).
 
 Delivery: at least once to the channel, deduplicated. Per batch: decode, skip other channels,
 drop expired (``expires_at < now``), drop triggers this group already sent on that channel (LRU,
 then Redis), send the rest (retrying with backoff), record the sent ids in Redis, write dead
 letters, then commit the offsets. A crash between a send and the Redis write (at most one
-batch) sends those triggers again after the restart; a crash after the Redis write but before
-the commit redelivers the batch to the sender, which then drops it as duplicates. An adapter
-that keeps failing stops the sender with ``AdapterFailedError``: offsets are committed only up
-to the last trigger that was delivered.
-
-Partitions are assigned by the sender itself (every partition of every tier topic), not by the
-consumer group protocol; the group id names the committed offsets and the dedupe keys. Run one
-sender per group: a second sender with the same group would deliver the same triggers (its
-dedupe lookups would catch most, not all, of them). See docs/consuming.md, "Consuming
-triggers".
+batch) sends those triggers again after the restart (or from the sender that takes the
+partitions over); a crash after the Redis write but before the commit redelivers the batch,
+which is then dropped as duplicates. An adapter that keeps failing stops the sender with
+``AdapterFailedError``: offsets are committed only up to the last trigger that was delivered.
+See docs/consuming.md, "Consuming triggers".
 """
 
 from __future__ import annotations
@@ -51,8 +58,8 @@ import os
 import signal
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -572,8 +579,8 @@ class SenderOptions:
     """How the sender runs (the Kafka, Redis and topic names come from NudgeflowConfig)."""
 
     group: str = DEFAULT_GROUP
-    """Consumer group id under which offsets are committed (one sender per group); also part
-    of the dedupe key."""
+    """Consumer group the sender joins: its members share the partitions and commit offsets
+    under it; also part of the dedupe key."""
     channels: tuple[str, ...] = CHANNELS
     """The channels this sender delivers (default: all); triggers of others are skipped."""
     adapter: str = DEFAULT_ADAPTER
@@ -595,7 +602,8 @@ class SenderOptions:
     report_every_s: float = 10.0
     """Seconds between reports; 0: only the final report."""
     until_idle_s: float | None = None
-    """Stop once every tier was caught up for this long; None: run until stopped."""
+    """Stop once nothing was handed over for this long and the group has no lag left on the
+    tier topics (a dead member's partitions are waited for); None: run until stopped."""
     max_triggers: int | None = None
     """Stop after delivering this many triggers; None: no limit."""
     start: str = "earliest"
@@ -604,6 +612,9 @@ class SenderOptions:
     """dead-letter: write undecodable records to the dead-letter topic; skip: count and log."""
     fetch_wait_ms: int = 1000
     """How long to wait for a higher tier's known backlog to arrive before serving a lower one."""
+    session_timeout_s: float = 45.0
+    """How long the group waits for a silent member before moving its partitions to the others
+    (a killed sender's triggers wait this long)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -627,6 +638,10 @@ class SenderOptions:
         for name in ("adapter_retries", "retry_backoff_s", "report_every_s", "fetch_wait_ms"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 1 <= self.session_timeout_s <= 3600:
+            problems.append(f"session_timeout_s must be between 1 and 3600 seconds (and within "
+                            "the broker's group.min/max.session.timeout.ms, 6 to 1800 by "
+                            f"default), got {self.session_timeout_s}")
         if self.until_idle_s is not None and self.until_idle_s < 0:
             problems.append(f"until_idle_s must be >= 0, got {self.until_idle_s}")
         if self.max_triggers is not None and self.max_triggers < 1:
@@ -659,8 +674,8 @@ def parse_channels(text: str) -> tuple[str, ...]:
 #: (flag, metavar, SenderOptions field, type, choices, help) of the flags ``nudgeflow sender`` has
 _FLAGS: tuple[tuple[str, str | None, str, type, tuple[str, ...], str], ...] = (
     ("--group", "GROUP", "group", str, (),
-     "consumer group id of the committed offsets and of the dedupe keys; run one sender per "
-     "group"),
+     "consumer group to join: senders of one group share the partitions (scale out by starting "
+     "more); it names the committed offsets and is part of the dedupe keys"),
     ("--channels", "EMAIL,SMS,...", "channels", str, (),
      f"comma-separated channels this sender delivers, of {', '.join(CHANNELS)}; triggers of "
      "other channels are skipped (not delivered, not marked sent, counted as skipped); "
@@ -685,11 +700,14 @@ _FLAGS: tuple[tuple[str, str | None, str, type, tuple[str, ...], str], ...] = (
     ("--report-every", "SECONDS", "report_every_s", float, (),
      "time between reports; 0: only at exit"),
     ("--until-idle", "SECONDS", "until_idle_s", float, (),
-     "exit once every tier was caught up for this long (draining a backlog, tests)"),
+     "exit once this sender had nothing to hand over for this long and its group has no lag "
+     "left on the tier topics (draining a backlog, tests)"),
     ("--max-triggers", "N", "max_triggers", int, (), "exit after delivering this many triggers"),
     ("--start", None, "start", str, START_MODES, "where a group without committed offsets starts"),
     ("--bad-records", None, "bad_records", str, BAD_RECORD_MODES,
      "undecodable records: write them to the dead-letter topic, or only count and log them"),
+    ("--session-timeout", "SECONDS", "session_timeout_s", float, (),
+     "how long the group waits for a silent sender before moving its partitions to the others"),
 )
 
 
@@ -727,7 +745,17 @@ def options_from_args(args: argparse.Namespace) -> SenderOptions:
     return SenderOptions(**values)
 
 
-# --- Kafka ----------------------------------------------------------------------------------------
+# --- Kafka: the partitions this sender holds (pure) ---------------------------------------------
+
+
+Partition = tuple[str, int]
+"""A partition of a tier topic: (topic, partition number)."""
+
+PAUSE_BATCHES = 50
+"""A tier's partitions are paused once this many batches of it are buffered (bounds memory) and
+resumed at half of it. Pausing is kept rare on purpose: librdkafka drops a paused partition's
+prefetched records and fetches them again on resume, and the resumed fetch may wait behind a
+fetch in flight (up to ``fetch.wait.max.ms``); half a pause's worth of batches covers that."""
 
 
 def wall_clock_ms() -> int:
@@ -735,132 +763,580 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class _TierSource:
-    """One tier's consumer and the batch it buffered.
+@dataclass
+class PartitionState:
+    """What the sender knows of one assigned partition (offsets are next-to-read offsets)."""
 
-    The consumer is assigned every partition of the tier topic (not group-managed).
+    start: int | None = None
+    """Where this sender began reading it: the group's committed offset at assignment, or where
+    a group without one starts (``--start``); None: not known."""
+    done: int | None = None
+    """The offset after the last record handled (delivered, skipped, dropped or dead-lettered)."""
+    committed: int | None = None
+    """The offset this group last committed for it, as far as this sender knows."""
+
+
+class PartitionLedger:
+    """The records a sender holds and the offsets it may commit, per assigned partition.
+
+    Pure bookkeeping (no Kafka), driven by the consumer (``assign``, ``revoke``, ``add``) and the
+    delivery loop (``take``, ``settle``):
+
+    - a buffer per tier of records consumed but not handed over yet, in consumption order;
+    - at most one batch *in flight*: taken from a buffer and not settled yet;
+    - per partition ``done``: every record before it was handled.
+
+    Commit rule (``to_commit``): a partition with records buffered or in flight commits ``done``;
+    one without commits the consumer's position if that is further, because everything below the
+    position was consumed and handled, and the position also passes transaction markers and
+    aborted records, which no handled record accounts for (so the lag reaches 0). A batch that
+    fails or stops early is never committed past its last handled record: ``settle`` puts the
+    rest back at the front of its buffer, and a batch never settled holds its partitions.
+
+    Flow control (``flow``): a tier's partitions are paused once ``pause_at`` records of it are
+    buffered and resumed once less than half of that is left, so memory stays bounded while the
+    consumer keeps fetching the other tiers.
     """
 
-    def __init__(self, tier: str, topic: str, consumer: Any, partitions: list[Any]) -> None:
-        self.tier = tier
-        self.topic = topic
-        self.consumer = consumer
-        self.partitions = partitions
-        self.buffer: list[SourceRecord] = []
-        self.committed: dict[Any, int] = {}
-        # after a batch was handed over only in part, the consumer's positions lie beyond
-        # records that were not handled: from then on only handled offsets are committed
-        self.positions_trusted = True
+    def __init__(self, tier_of_topic: Mapping[str, str], batch_size: int,
+                 pause_at: int | None = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.tier_of_topic = dict(tier_of_topic)
+        self.batch_size = batch_size
+        self.pause_at = max(pause_at or PAUSE_BATCHES * batch_size, batch_size)
+        self.partitions: dict[Partition, PartitionState] = {}
+        self.buffers: dict[str, deque[SourceRecord]] = {
+            tier: deque() for tier in dict.fromkeys(self.tier_of_topic.values())}
+        self.in_flight: tuple[str, list[SourceRecord]] | None = None
+        self.paused: set[Partition] = set()
+        self.stale = 0
+        """Records dropped because their partition was not (or no longer) assigned."""
+        self._held: Counter[Partition] = Counter()  # records buffered or in flight, by partition
 
-    def fill(self, timeout_ms: int, max_records: int) -> bool:
-        """Poll once if nothing is buffered; whether a batch is buffered now."""
-        if not self.buffer:
-            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-            self.buffer = [
-                SourceRecord(m.topic, m.partition, m.offset, m.timestamp, m.key, m.value)
-                for messages in polled.values() for m in messages
-            ]
-        return bool(self.buffer)
+    def tier(self, partition: Partition) -> str:
+        """The tier whose topic the partition belongs to."""
+        return self.tier_of_topic[partition[0]]
 
-    def behind(self) -> bool:
-        """Whether the topic holds committed records this consumer has not fetched yet."""
-        ends = self.consumer.end_offsets(self.partitions)
-        return any(self.consumer.position(tp) < ends[tp] for tp in self.partitions)
+    def of_tier(self, tier: str) -> list[Partition]:
+        """The assigned partitions of a tier's topic, in order."""
+        return sorted(p for p in self.partitions if self.tier(p) == tier)
 
-    def await_backlog(self, wait_ms: int, max_records: int) -> bool:
-        """Fetch a batch the topic is known to hold (up to ``wait_ms``); whether one arrived."""
-        deadline = time.monotonic() + wait_ms / 1000
-        while not self.buffer and self.behind():
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0:
-                break
-            self.fill(min(remaining_ms, 100), max_records)
-        return bool(self.buffer)
+    def assign(self, starts: Mapping[Partition, int | None],
+               committed: Mapping[Partition, int | None] | None = None) -> None:
+        """Partitions added to this sender, with where it starts reading them.
 
-    def take(self) -> list[SourceRecord]:
-        batch, self.buffer = self.buffer, []
+        Args:
+            starts: each new partition's start offset (None: unknown).
+            committed: the group's committed offset of each, where it has one.
+        """
+        for partition, start in starts.items():
+            self.partitions[partition] = PartitionState(
+                start=start, committed=(committed or {}).get(partition))
+
+    def revoke(self, partitions: Iterable[Partition]) -> int:
+        """Partitions taken away: forget them and drop their buffered records.
+
+        Their records are handed over by the next owner (from the offset committed before the
+        revocation). Returns how many buffered records were dropped.
+        """
+        gone = {p for p in partitions if p in self.partitions}
+        if not gone:
+            return 0
+        dropped = 0
+        for tier, buffer in self.buffers.items():
+            kept = deque(r for r in buffer if (r.topic, r.partition) not in gone)
+            dropped += len(buffer) - len(kept)
+            self.buffers[tier] = kept
+        for partition in gone:
+            del self.partitions[partition]
+            self._held.pop(partition, None)
+            self.paused.discard(partition)
+        return dropped
+
+    def add(self, records: Iterable[SourceRecord]) -> None:
+        """Buffer consumed records under their tier (those of unassigned partitions are dropped)."""
+        for record in records:
+            partition = (record.topic, record.partition or 0)
+            if partition not in self.partitions:
+                self.stale += 1
+                continue
+            self.buffers[self.tier_of_topic[record.topic]].append(record)
+            self._held[partition] += 1
+
+    def waiting(self) -> set[str]:
+        """The tiers with records buffered (a batch to hand over)."""
+        return {tier for tier, buffer in self.buffers.items() if buffer}
+
+    def buffered(self, tier: str) -> int:
+        """How many records of a tier are buffered."""
+        return len(self.buffers[tier])
+
+    def take(self, tier: str) -> list[SourceRecord]:
+        """Hand over the next batch of a tier (up to ``batch_size`` records).
+
+        The batch is in flight until ``settle``: its partitions are not committed past it.
+        """
+        if self.in_flight is not None:
+            raise RuntimeError("a batch is still in flight: settle it before taking another")
+        buffer = self.buffers[tier]
+        batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
+        self.in_flight = (tier, batch)
         return batch
 
-    def _commit(self, offsets: dict[Any, int]) -> None:
-        from kafka import OffsetAndMetadata
+    def settle(self, handled: int) -> None:
+        """Mark the in-flight batch's first ``handled`` records done.
 
-        changed = {tp: o for tp, o in offsets.items() if self.committed.get(tp) != o}
-        if changed:
-            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in changed.items()})
-            self.committed.update(changed)
-
-    def commit_positions(self) -> None:
-        """Commit the consumer's positions: everything polled so far was handed over.
-
-        Positions also move past transaction markers and aborted records, which no handed-over
-        record accounts for; committing them is what brings the lag to 0.
+        The rest go back to the front of their buffer (handed over again next time, or by the
+        partition's next owner).
         """
-        if not self.buffer and self.positions_trusted:
-            self._commit({tp: self.consumer.position(tp) for tp in self.partitions})
+        if self.in_flight is None:
+            raise RuntimeError("no batch is in flight")
+        tier, batch = self.in_flight
+        self.in_flight = None
+        for record in batch[:handled]:
+            partition = (record.topic, record.partition or 0)
+            state = self.partitions.get(partition)
+            if state is None:  # revoked meanwhile: the next owner commits it
+                continue
+            offset = (record.offset or 0) + 1
+            state.done = offset if state.done is None else max(state.done, offset)
+            self._held[partition] -= 1
+        self.buffers[tier].extendleft(reversed(batch[handled:]))
 
-    def commit_handled(self, handled: Sequence[SourceRecord]) -> None:
-        """Commit up to the given records (a prefix of a batch)."""
-        from kafka import TopicPartition
+    def holds(self, partition: Partition) -> bool:
+        """Whether records of the partition are buffered or in flight."""
+        return self._held[partition] > 0  # take() keeps them counted until settle()
 
-        self.positions_trusted = False
-        offsets: dict[Any, int] = {}
-        for record in handled:
-            tp = TopicPartition(record.topic, record.partition)
-            offsets[tp] = max(offsets.get(tp, 0), (record.offset or 0) + 1)
-        self._commit(offsets)
+    def reached(self, partition: Partition, position: int | None) -> int | None:
+        """The offset up to which this sender read the partition (None: nothing known).
 
-    def lag(self) -> int:
-        """End offsets minus committed offsets (or the start positions before a commit)."""
-        ends = self.consumer.end_offsets(self.partitions)
-        done = sum(self.committed[tp] if tp in self.committed else self.consumer.position(tp)
-                   for tp in self.partitions)
-        return max(0, sum(ends.values()) - done)
+        The furthest of the consumer's position, what it handled and where it started.
+        """
+        state = self.partitions.get(partition) or PartitionState()
+        known = [o for o in (position, state.done, state.start) if o is not None and o >= 0]
+        return max(known) if known else None
+
+    def to_commit(self, positions: Mapping[Partition, int | None],
+                  partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
+        """Offsets to commit now (only those beyond what was committed), by the commit rule.
+
+        Args:
+            positions: the consumer's position of each partition (None or < 0: none yet).
+            partitions: which partitions (default: every assigned one).
+        """
+        offsets: dict[Partition, int] = {}
+        for partition in self.partitions if partitions is None else partitions:
+            state = self.partitions.get(partition)
+            if state is None:
+                continue
+            offset = state.done
+            position = positions.get(partition)
+            if position is not None and position >= 0 and not self.holds(partition):
+                offset = position if offset is None else max(offset, position)
+            if offset is not None and (state.committed is None or offset > state.committed):
+                offsets[partition] = offset
+        return offsets
+
+    def committed(self, offsets: Mapping[Partition, int | None]) -> None:
+        """Record commits (an offset of None: the commit failed, so commit it again later)."""
+        for partition, offset in offsets.items():
+            state = self.partitions.get(partition)
+            if state is not None:
+                state.committed = offset
+
+    def flow(self) -> tuple[list[Partition], list[Partition]]:
+        """The partitions to pause and to resume now; ``paused`` is updated to match."""
+        pause: list[Partition] = []
+        resume: list[Partition] = []
+        for tier, buffer in self.buffers.items():
+            if len(buffer) >= self.pause_at:
+                pause += [p for p in self.of_tier(tier) if p not in self.paused]
+            elif len(buffer) < self.pause_at // 2:
+                resume += [p for p in self.of_tier(tier) if p in self.paused]
+        self.paused.update(pause)
+        self.paused.difference_update(resume)
+        return pause, resume
+
+
+def group_lag(tier_of_topic: Mapping[str, str], committed: Mapping[Partition, int | None],
+              earliest: Mapping[Partition, int], latest: Mapping[Partition, int],
+              start: str = "earliest") -> dict[str, int]:
+    """The group's lag per tier: committed records not yet handled, over every partition.
+
+    A partition's lag is its end offset (the last stable offset) minus the group's committed
+    offset (never below the earliest offset still in the log). A partition the group never
+    committed counts from where such a group starts (``start``): the earliest offset, or the end
+    (lag 0).
+    """
+    lag = dict.fromkeys(dict.fromkeys(tier_of_topic.values()), 0)
+    for partition, end in latest.items():
+        first = earliest.get(partition, 0)
+        done = committed.get(partition)
+        if done is None or done < 0:
+            done = first if start == "earliest" else end
+        lag[tier_of_topic[partition[0]]] += max(0, end - max(done, first))
+    return lag
+
+
+# --- Kafka: the consumer --------------------------------------------------------------------------
+
+
+class OffsetLookup(Protocol):
+    """Looks up partition offsets at the broker (read committed)."""
+
+    def latest(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        """Each partition's end offset: the last stable offset (open transactions excluded)."""
+
+    def earliest(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        """Each partition's first offset still in the log."""
+
+
+def librdkafka_config(cfg: NudgeflowConfig) -> dict[str, Any]:
+    """Client settings of librdkafka (bootstrap and security) for ``cfg``'s Kafka."""
+    conf: dict[str, Any] = {"bootstrap.servers": cfg.kafka_bootstrap}
+    if cfg.kafka_security_protocol != "PLAINTEXT":
+        conf["security.protocol"] = cfg.kafka_security_protocol
+    if cfg.kafka_sasl_mechanism:
+        conf["sasl.mechanism"] = cfg.kafka_sasl_mechanism
+        conf["sasl.username"] = cfg.kafka_sasl_username
+        conf["sasl.password"] = cfg.kafka_sasl_password
+    return conf
+
+
+class _AdminOffsets:
+    """``OffsetLookup`` over confluent-kafka's AdminClient: one ListOffsets request per lookup."""
+
+    def __init__(self, conf: Mapping[str, Any], timeout_s: float = 10.0) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self.admin = AdminClient(dict(conf))
+        self.timeout_s = timeout_s
+
+    def _list(self, partitions: Sequence[Partition], latest: bool) -> dict[Partition, int]:
+        from confluent_kafka import IsolationLevel, TopicPartition
+        from confluent_kafka.admin import OffsetSpec
+
+        if not partitions:
+            return {}
+        spec = OffsetSpec.latest() if latest else OffsetSpec.earliest()
+        futures = self.admin.list_offsets({TopicPartition(t, p): spec for t, p in partitions},
+                                          isolation_level=IsolationLevel.READ_COMMITTED,
+                                          request_timeout=self.timeout_s)
+        return {(tp.topic, tp.partition): future.result().offset
+                for tp, future in futures.items()}
+
+    def latest(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        """See ``OffsetLookup.latest``."""
+        return self._list(partitions, latest=True)
+
+    def earliest(self, partitions: Sequence[Partition]) -> dict[Partition, int]:
+        """See ``OffsetLookup.earliest``."""
+        return self._list(partitions, latest=False)
+
+
+def _record(message: Any) -> SourceRecord:
+    kind, timestamp = message.timestamp()
+    return SourceRecord(message.topic(), message.partition(), message.offset(),
+                        timestamp if kind else None, message.key(), message.value())
+
+
+#: consumer errors that no retry fixes: the sender stops with the error instead of looping
+_FATAL_CONSUMER_ERRORS = ("UNKNOWN_TOPIC_OR_PART", "TOPIC_AUTHORIZATION_FAILED",
+                          "GROUP_AUTHORIZATION_FAILED", "INVALID_SESSION_TIMEOUT",
+                          "SASL_AUTHENTICATION_FAILED", "_AUTHENTICATION")
+
+
+class GroupSource:
+    """The sender's consumer: one member of the consumer group ``--group``.
+
+    It subscribes to the four tier topics (cooperative-sticky assignment, read committed), so
+    senders of one group share the partitions and a partition of a sender that leaves or dies
+    moves to the others. Consumed records go into a ``PartitionLedger``; a tier whose buffer
+    is full has its partitions paused. On revocation it commits what was handled of the
+    partitions leaving, then drops their buffered records (the next owner reads them from
+    there); lost partitions (this member was evicted) are dropped without a commit.
+    """
+
+    def __init__(self, consumer: Any, offsets: OffsetLookup, topics: Mapping[str, str],
+                 options: SenderOptions, say: Callable[[str], None] = print) -> None:
+        self.consumer = consumer
+        self.offsets = offsets
+        self.topics = dict(topics)
+        self.tier_of_topic = {topic: tier for tier, topic in self.topics.items()}
+        self.options = options
+        self.say = say
+        self.ledger = PartitionLedger(self.tier_of_topic, options.batch_size)
+        self.per_consume = max(options.batch_size, 500)
+        self.rebalances = 0
+        self.failure: SenderError | None = None  # set by a callback, raised by the loop
+        self._warned: dict[str, float] = {}
+
+    # -- the group protocol's callbacks (called from within poll, consume and close) --
+
+    def start(self) -> None:
+        """Join the group: subscribe to the tier topics."""
+        self.consumer.subscribe(list(self.topics.values()), on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
+        new = [(tp.topic, tp.partition) for tp in partitions]
+        if not new:
+            return
+        committed: dict[Partition, int | None] = {}
+        starts: dict[Partition, int | None] = {}
+        try:
+            for tp in self.consumer.committed(self._tps(new), timeout=10):
+                if tp.offset >= 0:
+                    committed[(tp.topic, tp.partition)] = tp.offset
+            fresh = [p for p in new if p not in committed]
+            reset = (self.offsets.earliest(fresh) if self.options.start == "earliest"
+                     else self.offsets.latest(fresh))
+            starts = {p: committed.get(p, reset.get(p)) for p in new}
+        except Exception as exc:  # noqa: BLE001 - start offsets only sharpen the priority check
+            self._warn("assign", f"could not look up where the new partitions start "
+                       f"({type(exc).__name__}: {exc}); priority checks treat them as unread")
+            starts = dict.fromkeys(new)
+        self.ledger.assign(starts, committed)
+        self.rebalances += 1
+        self.say(f"sender: assigned {_describe(new)} (now {len(self.ledger.partitions)} "
+                 "partitions)")
+
+    def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
+        gone = [(tp.topic, tp.partition) for tp in partitions]
+        if not gone:
+            return
+        try:
+            self.commit(gone, sync=True)
+        except Exception as exc:  # noqa: BLE001 - the next owner re-reads; Redis drops repeats
+            self._warn("revoke", f"could not commit the revoked partitions {_describe(gone)} "
+                       f"({type(exc).__name__}: {exc}); their next owner reads them from the "
+                       "last commit and drops what was delivered as duplicates")
+        self._forget(gone, "revoked")
+
+    def _on_lost(self, _consumer: Any, partitions: list[Any]) -> None:
+        lost = [(tp.topic, tp.partition) for tp in partitions]
+        if lost:  # another member owns them already: committing would overwrite its offsets
+            self._forget(lost, "lost (this sender was out of the group too long)")
+
+    def _forget(self, partitions: list[Partition], why: str) -> None:
+        paused = [p for p in partitions if p in self.ledger.paused]
+        if paused:  # a paused partition stays paused in librdkafka even after it comes back
+            self.consumer.resume(self._tps(paused))
+        dropped = self.ledger.revoke(partitions)
+        self.rebalances += 1
+        self.say(f"sender: {why} {_describe(partitions)} ({dropped} buffered records left to "
+                 f"the next owner; now {len(self.ledger.partitions)} partitions)")
+
+    def _on_commit(self, error: Any, partitions: list[Any]) -> None:
+        failed = {(tp.topic, tp.partition): None for tp in partitions or ()
+                  if error is not None or tp.error is not None}
+        if failed:
+            self.ledger.committed(failed)  # committed again on the next commit
+            self._warn("commit", f"an offset commit failed for {_describe(list(failed))}: "
+                       f"{error or partitions[0].error}; it is retried")
+
+    def _on_error(self, error: Any) -> None:
+        if error.fatal():
+            self.failure = SenderError(f"the Kafka consumer failed fatally: {error}; restart the "
+                                       "sender (it resumes from the committed offsets)")
+        else:  # librdkafka retries by itself (e.g. a broker restarting): only say so
+            self._warn(f"error-{error.code()}", f"Kafka: {error} (retrying)")
+
+    def _warn(self, kind: str, message: str, every_s: float = 30.0) -> None:
+        """Say a warning, at most once per ``every_s`` seconds per kind (no log flood)."""
+        now = time.monotonic()
+        if now - self._warned.get(kind, -every_s) >= every_s:
+            self._warned[kind] = now
+            self.say(f"sender: warning: {message}")
+
+    # -- reading --
+
+    @staticmethod
+    def _tps(partitions: Iterable[Partition], offsets: Mapping[Partition, int] | None = None
+             ) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        if offsets is None:
+            return [TopicPartition(t, p) for t, p in partitions]
+        return [TopicPartition(t, p, offsets[(t, p)]) for t, p in partitions]
+
+    def poll(self, timeout_s: float) -> int:
+        """Consume what is ready into the ledger; how many records came.
+
+        Waits up to ``timeout_s`` for a first record, takes what else is ready, then pauses or
+        resumes tiers by their buffers.
+        """
+        messages = []
+        if timeout_s > 0:
+            first = self.consumer.poll(timeout_s)
+            if first is not None:
+                messages.append(first)
+        messages += self.consumer.consume(num_messages=self.per_consume, timeout=0)
+        if self.failure is not None:
+            raise self.failure
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(_record(message))
+            elif error.fatal() or error.name() in _FATAL_CONSUMER_ERRORS:
+                raise SenderError(f"Kafka refused to serve the trigger topics: {error}; check "
+                                  "that the topics exist (`nudgeflow stack provision`) and the "
+                                  "sender's credentials and --session-timeout")
+            else:
+                self._warn(f"error-{error.code()}", f"Kafka: {error} (retrying)")
+        self.ledger.add(records)
+        pause, resume = self.ledger.flow()
+        if pause:
+            self.consumer.pause(self._tps(pause))
+        if resume:
+            self.consumer.resume(self._tps(resume))
+        return len(records)
+
+    def positions(self, partitions: Sequence[Partition]) -> dict[Partition, int | None]:
+        """The consumer's position (next offset to consume) of each partition (None: none)."""
+        if not partitions:
+            return {}
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None
+                for tp in self.consumer.position(self._tps(partitions))}
+
+    def behind(self, tiers: Sequence[str]) -> dict[str, dict[Partition, int]]:
+        """The tiers with committed records this sender has not consumed yet.
+
+        Of ``tiers``, those whose assigned partitions end beyond what this sender read, each
+        with its partitions' end offsets (one broker request for all).
+        """
+        partitions = [p for tier in tiers for p in self.ledger.of_tier(tier)]
+        if not partitions:
+            return {}
+        ends = self.offsets.latest(partitions)
+        positions = self.positions(partitions)
+        behind: dict[str, dict[Partition, int]] = {}
+        for partition in partitions:
+            reached = self.ledger.reached(partition, positions.get(partition))
+            if ends.get(partition, 0) > (reached or 0):
+                behind.setdefault(self.ledger.tier(partition), {})[partition] = ends[partition]
+        return behind
+
+    def await_backlog(self, tier: str, ends: Mapping[Partition, int], wait_ms: int) -> bool:
+        """Consume until a record of ``tier`` is buffered; whether one is.
+
+        Gives up after ``wait_ms`` or once the tier's partitions were read up to ``ends``.
+        """
+        deadline = time.monotonic() + wait_ms / 1000
+        while not self.ledger.buffered(tier):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            assigned = [p for p in ends if p in self.ledger.partitions]
+            positions = self.positions(assigned)
+            if all((self.ledger.reached(p, positions.get(p)) or 0) >= ends[p] for p in assigned):
+                break
+            self.poll(min(remaining, 0.1))
+        return bool(self.ledger.buffered(tier))
+
+    # -- committing --
+
+    def commit(self, partitions: Sequence[Partition] | None = None, sync: bool = False) -> None:
+        """Commit the offsets that moved, by the ledger's rule.
+
+        Default: every assigned partition. Asynchronous commits report failures through
+        ``_on_commit`` (the offset is then committed again next time).
+
+        Raises:
+            KafkaException: a synchronous commit failed.
+        """
+        parts = list(self.ledger.partitions) if partitions is None else list(partitions)
+        offsets = self.ledger.to_commit(self.positions(parts), parts)
+        if not offsets:
+            return
+        tps = self._tps(offsets, offsets)
+        if sync:
+            result = self.consumer.commit(offsets=tps, asynchronous=False)
+            failed = [tp for tp in result or () if tp.error is not None]
+            if failed:
+                from confluent_kafka import KafkaException
+
+                raise KafkaException(failed[0].error)
+            self.ledger.committed(offsets)
+        else:
+            # recorded first: a failure reported by _on_commit must undo it, whenever it comes
+            self.ledger.committed(offsets)
+            self.consumer.commit(offsets=tps, asynchronous=True)
+
+    def all_partitions(self) -> dict[str, list[Partition]]:
+        """Every partition of each tier topic, by topic (empty: the topic does not exist)."""
+        found: dict[str, list[Partition]] = {}
+        for topic in self.topics.values():
+            # one topic at a time: a cluster's full metadata can be large
+            described = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
+            ok = described is not None and described.error is None
+            found[topic] = [(topic, p) for p in sorted(described.partitions)] if ok else []
+        return found
+
+    def lag(self) -> dict[str, int]:
+        """The group's lag per tier over every partition of the tier topics (all members)."""
+        partitions = [p for parts in self.all_partitions().values() for p in parts]
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in self.consumer.committed(self._tps(partitions), timeout=10)}
+        return group_lag(self.tier_of_topic, committed, self.offsets.earliest(partitions),
+                         self.offsets.latest(partitions), self.options.start)
 
     def close(self) -> None:
-        self.consumer.close(autocommit=False)
+        """Leave the group (the revocation commits what is left) and release the clients."""
+        self.consumer.close()
 
 
-def _open_sources(cfg: NudgeflowConfig, options: SenderOptions) -> list[_TierSource]:
-    from kafka import KafkaConsumer, TopicPartition
+def _describe(partitions: Sequence[Partition]) -> str:
+    by_topic: dict[str, list[int]] = {}
+    for topic, partition in sorted(partitions):
+        by_topic.setdefault(topic, []).append(partition)
+    return ", ".join(f"{topic}[{','.join(map(str, ps))}]" for topic, ps in by_topic.items())
 
-    sources: list[_TierSource] = []
+
+def _open_source(cfg: NudgeflowConfig, options: SenderOptions,
+                 say: Callable[[str], None]) -> GroupSource:
+    from confluent_kafka import Consumer
+
+    topics = cfg.trigger_topics()
+    conf = librdkafka_config(cfg)
+    session_ms = int(options.session_timeout_s * 1000)
+    offsets = _AdminOffsets(conf)
+    holder: list[GroupSource] = []
+    consumer = Consumer({
+        **conf,
+        "group.id": options.group,
+        "client.id": "nudgeflow-sender",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "auto.offset.reset": options.start,
+        "session.timeout.ms": session_ms,
+        # three heartbeats per session timeout, as the Java client's defaults have it
+        "heartbeat.interval.ms": max(100, min(3000, session_ms // 3)),
+        # one fetch per broker is in flight at a time, and it waits up to this long for data
+        # when its partitions have none: a resumed tier's records wait behind it (default 500)
+        "fetch.wait.max.ms": 100,
+        "on_commit": lambda err, parts: holder[0]._on_commit(err, parts),
+        "error_cb": lambda err: holder[0]._on_error(err),
+    })
+    source = GroupSource(consumer, offsets, topics, options, say)
+    holder.append(source)
     try:
-        for tier in TIERS:
-            topic = cfg.trigger_topic(tier)
-            consumer = KafkaConsumer(
-                **cfg.python_client_kwargs(),
-                client_id=f"nudgeflow-sender-{tier.lower()}",
-                group_id=options.group,
-                enable_auto_commit=False,
-                isolation_level="read_committed",
-                auto_offset_reset=options.start,
-                max_poll_records=options.batch_size,
-            )
-            partitions = [TopicPartition(topic, p)
-                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
-            if not partitions:
-                consumer.close(autocommit=False)
-                raise SenderError(f"the trigger topic {topic!r} does not exist at "
-                                  f"{cfg.kafka_bootstrap}; run `nudgeflow stack provision`")
-            # assigned, not subscribed: kafka-python 3.0.12's group membership did not settle
-            # with one consumer per tier (see docs/consuming.md); the group id only names the
-            # offsets
-            consumer.assign(partitions)
-            source = _TierSource(tier, topic, consumer, partitions)
-            for tp in partitions:
-                committed = consumer.committed(tp)
-                if committed is not None:
-                    source.committed[tp] = committed
-            sources.append(source)
+        missing = [topic for topic, parts in source.all_partitions().items() if not parts]
+        if missing:
+            raise SenderError(f"the trigger topic(s) {', '.join(missing)} do not exist at "
+                              f"{cfg.kafka_bootstrap}; run `nudgeflow stack provision`")
+        source.start()
     except BaseException:
-        for source in sources:
-            source.close()
+        consumer.close()
         raise
-    return sources
+    return source
 
 
 class _DeadLetters:
-    """Writes DeadLetter records; created on the first bad record."""
+    """Writes DeadLetter records (confluent-kafka producer, acks=all); created on first use."""
 
     def __init__(self, cfg: NudgeflowConfig, codec: Codec) -> None:
         self.cfg = cfg
@@ -868,20 +1344,41 @@ class _DeadLetters:
         self.producer: Any = None
 
     def write(self, letters: Sequence[Record]) -> None:
-        from kafka import KafkaProducer
+        """Write the letters and wait for every acknowledgement.
+
+        Raises:
+            SenderError: a letter was not acknowledged within 30 s (never lose one: the batch
+                is then not committed and is read again after a restart).
+        """
+        from confluent_kafka import Producer
 
         if self.producer is None:
-            self.producer = KafkaProducer(**self.cfg.python_client_kwargs(), acks="all")
-        futures = [self.producer.send(self.cfg.dead_letter_topic, key=letter["key"],
-                                      value=self.codec.encode("DeadLetter", letter))
-                   for letter in letters]
-        self.producer.flush(timeout=30)
-        for future in futures:
-            future.get(timeout=30)  # raises if a dead letter was not written: never lose one
+            self.producer = Producer({**librdkafka_config(self.cfg), "acks": "all",
+                                      "enable.idempotence": True})
+        failures: list[str] = []
+
+        def acknowledged(error: Any, _message: Any) -> None:
+            if error is not None:
+                failures.append(str(error))
+
+        for letter in letters:
+            self.producer.produce(self.cfg.dead_letter_topic, key=letter["key"],
+                                  value=self.codec.encode("DeadLetter", letter),
+                                  on_delivery=acknowledged)
+        unsent = self.producer.flush(30)
+        if failures or unsent:
+            raise SenderError(
+                f"{len(failures) + unsent} of {len(letters)} dead letter(s) were not written to "
+                f"{self.cfg.dead_letter_topic!r} at {self.cfg.kafka_bootstrap} "
+                f"({failures[0] if failures else 'no acknowledgement within 30 s'}); does the "
+                "topic exist (`nudgeflow stack provision`)? The batch is not committed: it is "
+                "read again after a restart")
 
     def close(self) -> None:
+        """Flush and drop the producer."""
         if self.producer is not None:
-            self.producer.close(timeout=10)
+            self.producer.flush(10)
+            self.producer = None
 
 
 def open_dedupe(cfg: NudgeflowConfig, options: SenderOptions) -> Deduper:
@@ -924,9 +1421,11 @@ def run_sender(
 ) -> SenderReport:
     """Deliver triggers from the four tier topics to ``adapter`` until told to stop.
 
-    Stops on SIGINT/SIGTERM (when called in the main thread), when ``stop`` is set, after
-    ``options.max_triggers`` deliveries, or once every tier was caught up for
-    ``options.until_idle_s``. Prints a report every ``options.report_every_s`` and at the end.
+    The sender is one member of the consumer group ``options.group``: it delivers the triggers
+    of the partitions the group assigns it. Stops on SIGINT/SIGTERM (when called in the main
+    thread), when ``stop`` is set, after ``options.max_triggers`` deliveries, or once it had
+    nothing to hand over for ``options.until_idle_s`` and the group has no lag left on the tier
+    topics. Prints a report every ``options.report_every_s`` and at the end.
 
     Args:
         cfg: Kafka, Redis and topic names.
@@ -938,14 +1437,14 @@ def run_sender(
         sleep: waits between adapter retries.
 
     Returns:
-        The final report (lag measured after the last commit).
+        The final report (the group's lag measured after the last commit).
 
     Raises:
         AdapterFailedError: the adapter kept failing; offsets are committed up to the trigger
             before the failing one; ``exc.report`` holds the report.
         SenderError: a tier topic is missing, or Kafka, Redis or the dead-letter topic failed.
     """
-    from kafka.errors import KafkaError
+    from confluent_kafka import KafkaException
 
     codec = Codec.load()
     dedupe = open_dedupe(cfg, options)
@@ -953,13 +1452,13 @@ def run_sender(
     retry = DeliveryRetryPolicy(options.adapter_retries, options.retry_backoff_s)
     report = SenderReport()
     try:
-        sources = _open_sources(cfg, options)
+        source = _open_source(cfg, options, say)
     except SenderError:
         raise
     except Exception as exc:
         raise SenderError(f"cannot read the trigger topics at {cfg.kafka_bootstrap}: "
                           f"{type(exc).__name__}: {exc}") from exc
-    by_tier = {source.tier: source for source in sources}
+    ledger = source.ledger
     letters = _DeadLetters(cfg, codec) if options.bad_records == "dead-letter" else None
     started = time.monotonic()
     last_report, previous = started, report.snapshot()
@@ -968,7 +1467,7 @@ def run_sender(
     signals: list[str] = []
     failure: SenderError | None = None
     say(f"sender: group {options.group}, channels {','.join(options.channels)}, topics "
-        f"{', '.join(s.topic for s in sources)}, starvation limit "
+        f"{', '.join(source.topics.values())}, starvation limit "
         f"{options.starvation_limit or 'off (strict)'}, dedupe {options.dedupe}")
     with _stop_on_signals(signals):
         try:
@@ -980,27 +1479,26 @@ def run_sender(
                         report.total("delivered") >= options.max_triggers:
                     report.stopped = "max-triggers"
                     break
-                tier = _choose_tier(sources, scheduler, options)
+                tier = _choose_tier(source, scheduler, options)
                 now = time.monotonic()
                 if tier is None:
                     idle_since = idle_since or now
                     if now - last_idle_commit >= 1.0:
-                        for source in sources:
-                            source.commit_positions()
+                        source.commit()
                         last_idle_commit = now
                     if options.until_idle_s is not None and \
                             now - idle_since >= options.until_idle_s:
-                        if not any(source.behind() for source in sources):
+                        source.commit(sync=True)
+                        if not any(source.lag().values()):
                             report.stopped = "idle"
                             break
+                        # records wait in partitions of this group that nobody has handed
+                        # over yet (e.g. those of a sender that died, until they move here)
                         idle_since = now
-                    for source in sources:  # wait a little for new records, P0 first
-                        if source.fill(25, options.batch_size):
-                            break
+                    source.poll(0.1)  # wait a little for new records
                 else:
                     idle_since = None
-                    source = by_tier[tier]
-                    batch = source.take()
+                    batch = ledger.take(tier)
                     remaining = (None if options.max_triggers is None
                                  else options.max_triggers - report.total("delivered"))
                     outcome = process_batch(batch, codec=codec, dedupe=dedupe, adapter=adapter,
@@ -1010,33 +1508,30 @@ def run_sender(
                     report.add(tier, outcome)
                     if outcome.dead_letters and letters is not None:
                         letters.write(outcome.dead_letters)
-                    if outcome.handled == len(batch):
-                        source.commit_positions()
-                    else:
-                        source.commit_handled(batch[:outcome.handled])
+                    # only now are the records done with: delivered, recorded and lettered
+                    ledger.settle(outcome.handled)
+                    source.commit()
                     if outcome.error is not None:
                         failure = outcome.error
                         report.stopped = "adapter failed"
                         break
                 if options.report_every_s and now - last_report >= options.report_every_s:
                     report.elapsed_s = now - started
-                    _measure_lag(report, sources)
+                    _measure_lag(report, source)
                     say(format_report(report, previous))
                     last_report, previous = now, report.snapshot()
-            for source in sources:
-                source.commit_positions()
+            source.commit(sync=True)
             report.elapsed_s = time.monotonic() - started
-            _measure_lag(report, sources)
-        except KafkaError as exc:
+            _measure_lag(report, source)
+        except KafkaException as exc:
             report.stopped = "Kafka failed"
             report.elapsed_s = time.monotonic() - started
             raise SenderError(
-                f"Kafka at {cfg.kafka_bootstrap} failed: {type(exc).__name__}: {exc}; offsets "
-                "are committed up to the last batch handed over: restart to resume", report
+                f"Kafka at {cfg.kafka_bootstrap} failed: {exc}; offsets are committed up to the "
+                "last batch handed over: restart to resume", report
             ) from exc
         finally:
-            for source in sources:
-                source.close()
+            source.close()
             if letters is not None:
                 letters.close()
             close = getattr(adapter, "close", None)
@@ -1049,19 +1544,22 @@ def run_sender(
     return report
 
 
-def _choose_tier(sources: Sequence[_TierSource], scheduler: TierScheduler,
+def _choose_tier(source: GroupSource, scheduler: TierScheduler,
                  options: SenderOptions) -> str | None:
-    """Buffer a batch per tier where one is ready, then let the scheduler pick a tier."""
-    waiting = {source.tier for source in sources if source.fill(0, options.batch_size)}
-    # a higher tier whose records are committed but not fetched yet goes before a lower one
-    best = min((TIERS.index(tier) for tier in waiting), default=len(TIERS))
-    for source in sources[:best]:
-        if source.await_backlog(options.fetch_wait_ms, options.batch_size):
-            waiting.add(source.tier)
-            break
+    """Buffer what is ready, then let the scheduler pick a tier among those with a batch."""
+    source.poll(0)
+    waiting = source.ledger.waiting()
+    # a higher tier whose records are committed but not consumed yet goes before a lower one
+    best = min((TIERS.index(tier) for tier in waiting), default=0)
+    if best:
+        for tier, ends in sorted(source.behind(TIERS[:best]).items(),
+                                 key=lambda item: TIERS.index(item[0])):
+            if source.await_backlog(tier, ends, options.fetch_wait_ms):
+                break
+        waiting = source.ledger.waiting()  # a rebalance during the wait may have changed it
     return scheduler.pick(waiting)
 
 
-def _measure_lag(report: SenderReport, sources: Iterable[_TierSource]) -> None:
-    for source in sources:
-        report.tiers[source.tier].lag = source.lag()
+def _measure_lag(report: SenderReport, source: GroupSource) -> None:
+    for tier, lag in source.lag().items():
+        report.tiers[tier].lag = lag

@@ -1,5 +1,7 @@
 """Tests for jobs.sender.sender without Kafka or Redis: the scheduler, one batch's handling (expiry,
-dedupe, bad records, retries, limits), the dedupe stores, the report, adapters and options."""
+dedupe, bad records, retries, limits), the dedupe stores, the report, adapters and options, the
+partition ledger, and the delivery loop over a fake confluent-kafka group consumer (rebalances,
+commits, pausing)."""
 
 from __future__ import annotations
 
@@ -36,11 +38,6 @@ from jobs.sender.sender import (
 from schemas.codec import Codec
 from udfs.campaigns.grammar import CHANNELS, TIERS
 from udfs.intake import SourceRecord
-
-# kafka-python's import calls importlib.resources.read_text; the warning names importlib, so
-# pyproject's "ignore::DeprecationWarning:kafka.*" does not catch it
-pytestmark = pytest.mark.filterwarnings("ignore:read_text is deprecated:DeprecationWarning",
-                                        "ignore:open_text is deprecated:DeprecationWarning")
 
 NOW = 1_750_000_000_000  # a fixed wall clock (ms)
 CODEC = Codec.load()
@@ -551,9 +548,11 @@ def test_flags_fall_back_to_environment_variables(monkeypatch):
     monkeypatch.setenv("NUDGEFLOW_SENDER_STARVATION_LIMIT", "5")
     monkeypatch.setenv("NUDGEFLOW_SENDER_UNTIL_IDLE", "2.5")
     monkeypatch.setenv("NUDGEFLOW_SENDER_GROUP", "email-sender")
+    monkeypatch.setenv("NUDGEFLOW_SENDER_SESSION_TIMEOUT", "10")
     options = _parse(["--group", "sms-sender", "--dedupe", "memory"])
     assert options.starvation_limit == 5 and options.until_idle_s == 2.5
     assert options.group == "sms-sender" and options.dedupe == "memory"
+    assert options.session_timeout_s == 10.0
 
 
 def test_channels_flag_and_environment_variable(monkeypatch):
@@ -594,108 +593,343 @@ def test_cli_help_lists_the_sender_flags(capsys):
                  "--channels EMAIL,SMS,...", "default: all channels",
                  "[env: NUDGEFLOW_SENDER_CHANNELS] "
                  "[default: 'EMAIL,SMS,PUSH,IN_APP,PAID_SOCIAL']",
+                 "--session-timeout SECONDS", "[env: NUDGEFLOW_SENDER_SESSION_TIMEOUT]",
+                 "senders of one group share the partitions",
                  "--trigger-topic-prefix"):
         assert part in text
 
 
-# --- run_sender's loop over fake consumers ------------------------------------------------------
+# --- the partition ledger (pure) ----------------------------------------------------------------
+
+T0, T1 = ("triggers-p0", 0), ("triggers-p0", 1)
+TOPIC_TIERS = {f"triggers-{tier.lower()}": tier for tier in TIERS}
 
 
-class Message:
-    def __init__(self, topic, partition, offset, value):
-        self.topic, self.partition, self.offset, self.value = topic, partition, offset, value
-        self.timestamp, self.key = NOW, b"u-1"
+def ledger_with(records_by_partition, batch_size=3, pause_at=None):
+    ledger = sender.PartitionLedger(TOPIC_TIERS, batch_size, pause_at)
+    ledger.assign(dict.fromkeys(records_by_partition, 0))
+    ledger.add(record(b"v", offset, topic=t, partition=p)
+               for (t, p), offsets in records_by_partition.items() for offset in offsets)
+    return ledger
+
+
+def test_ledger_commits_handled_offsets_while_records_of_a_partition_are_held():
+    ledger = ledger_with({T0: range(5), T1: range(2)})
+    assert ledger.take("P0") == [record(b"v", o, topic="triggers-p0") for o in range(3)]
+    assert ledger.holds(T0) and ledger.holds(T1)
+    ledger.settle(3)
+    # T0 still holds offsets 3 and 4: its position (7, past a marker) must not be committed
+    assert ledger.to_commit({T0: 7, T1: 3}) == {T0: 3}
+    batch = ledger.take("P0")
+    assert [(r.partition, r.offset) for r in batch] == [(0, 3), (0, 4), (1, 0)]
+    ledger.settle(3)
+    assert ledger.to_commit({T0: 6, T1: 2}) == {T0: 6, T1: 1}  # T1 offset 1 is still held
+    ledger.committed({T0: 6, T1: 1})
+    assert ledger.to_commit({T0: 6, T1: 2}) == {}  # nothing moved
+    ledger.take("P0")
+    ledger.settle(1)
+    assert ledger.to_commit({T0: 6, T1: 3}) == {T1: 3}  # the position passes T1's marker
+
+
+def test_ledger_puts_the_unhandled_rest_of_a_batch_back_in_order():
+    ledger = ledger_with({T0: range(5)})
+    ledger.take("P0")
+    ledger.settle(1)  # e.g. --max-triggers, or the adapter failed on the second record
+    assert ledger.to_commit({T0: 5}) == {T0: 1}
+    assert [r.offset for r in ledger.take("P0")] == [1, 2, 3]
+    with pytest.raises(RuntimeError, match="in flight"):
+        ledger.take("P0")
+
+
+def test_ledger_a_batch_never_settled_holds_its_partitions():
+    ledger = ledger_with({T0: range(3)})
+    ledger.take("P0")  # the batch failed (Redis down): settle() is never called
+    assert ledger.buffered("P0") == 0 and ledger.holds(T0)
+    assert ledger.to_commit({T0: 4}) == {}
+
+
+def test_ledger_revoke_drops_buffered_records_and_forgets_the_partition():
+    ledger = ledger_with({T0: range(4), T1: range(4)})
+    ledger.take("P0")
+    ledger.settle(3)
+    assert ledger.revoke([T0]) == 1  # offset 3 is left to the next owner
+    assert ledger.to_commit({T1: 4}) == {}  # T1 holds all its records
+    assert [(r.partition, r.offset) for r in ledger.take("P0")] == [(1, 0), (1, 1), (1, 2)]
+    ledger.settle(3)
+    ledger.add([record(b"v", 4, topic="triggers-p0", partition=0)])  # fetched before the revoke
+    assert ledger.stale == 1 and ledger.buffered("P0") == 1
+    assert ledger.revoke([T0]) == 0
+
+
+def test_ledger_pauses_a_full_tier_and_resumes_it_at_half():
+    ledger = ledger_with({T0: range(4), T1: range(4)}, batch_size=2, pause_at=8)
+    assert ledger.flow() == ([T0, T1], [])
+    assert ledger.flow() == ([], [])  # already paused
+    for expected_resume in ([], [], [T0, T1]):
+        ledger.take("P0")
+        ledger.settle(2)
+        assert ledger.flow() == ([], expected_resume)  # 6, 4 (not below half), then 2 left
+    assert ledger.paused == set()
+    ledger.add(record(b"v", o, topic="triggers-p0", partition=1) for o in range(4, 10))
+    assert ledger.flow() == ([T0, T1], [])  # 8 buffered again
+    assert ledger.revoke([T1]) == 8 and ledger.paused == {T0}  # every record left was T1's
+
+
+def test_ledger_reached_is_the_furthest_known_offset():
+    ledger = ledger_with({T0: range(2)})
+    ledger.assign({T1: None})
+    assert ledger.reached(T0, None) == 0  # the start offset
+    assert ledger.reached(T1, None) is None
+    assert ledger.reached(T1, -1001) is None  # librdkafka's OFFSET_INVALID
+    assert ledger.reached(T1, 5) == 5
+    ledger.take("P0")
+    ledger.settle(2)
+    assert ledger.reached(T0, None) == 2
+
+
+def test_group_lag_counts_every_partition_from_its_commit():
+    tiers = {"triggers-p0": "P0", "triggers-p1": "P1"}
+    latest = {("triggers-p0", 0): 10, ("triggers-p0", 1): 7, ("triggers-p1", 0): 5,
+              ("triggers-p1", 1): 9}
+    earliest = {("triggers-p1", 1): 4}  # records before 4 were deleted (retention)
+    committed = {("triggers-p0", 0): 10, ("triggers-p0", 1): -1001, ("triggers-p1", 1): 2}
+    assert sender.group_lag(tiers, committed, earliest, latest) == {"P0": 7, "P1": 10}
+    # a group without a commit that starts at the end has no lag there
+    assert sender.group_lag(tiers, committed, earliest, latest, start="latest") == \
+        {"P0": 0, "P1": 5}
+
+
+# --- run_sender's loop over a fake confluent-kafka consumer ------------------------------------
+
+
+OFFSET_INVALID = -1001
+
+
+class FakeMessage:
+    def __init__(self, topic, partition, offset, value, error=None):
+        self._topic, self._partition, self._offset, self._value = topic, partition, offset, value
+        self._error = error
+
+    def topic(self):
+        return self._topic
+
+    def partition(self):
+        return self._partition
+
+    def offset(self):
+        return self._offset
+
+    def timestamp(self):
+        return (1, NOW)  # TIMESTAMP_CREATE_TIME
+
+    def key(self):
+        return b"u-1"
+
+    def value(self):
+        return self._value
+
+    def error(self):
+        return self._error
 
 
 class FakeConsumer:
-    """A tier consumer whose fetches take ``delay`` polls each; every partition ends with a
-    transaction marker that the position only passes on a poll after the last record."""
+    """A confluent-kafka Consumer in a group over fake tier topics.
 
-    def __init__(self, topic, values_by_partition, delay=0):
-        from kafka import TopicPartition
+    ``logs``: {(topic, partition): [values]}; each partition with records ends with a
+    transaction marker (its end offset is len + 1) that the position passes on the first fetch
+    that finds no record left in it. ``delays``: {topic: n}: each fetch of the topic takes n
+    calls of poll() or consume() to arrive. Rebalances (``schedule``) are served at the start
+    of a poll() or consume() call, as librdkafka serves its callbacks: ("assign" | "revoke" |
+    "lost", partitions, after this many calls). A partition's reading starts at the group's
+    committed offset, else 0. ``async_commits_fail``: asynchronous commits are reported failed
+    through ``on_commit``. ``others``: what another member read of the partitions revoked from
+    (or lost by) this one, from the group's committed offset on.
+    """
 
-        self.topic = topic
-        self.partitions = [TopicPartition(topic, p) for p in sorted(values_by_partition)]
-        self.log = {tp: values_by_partition[tp.partition] for tp in self.partitions}
-        self.pos = dict.fromkeys(self.partitions, 0)
-        self.end = {tp: len(values) + 1 for tp, values in self.log.items()}  # + the marker
-        self.delay = delay
-        self.in_flight = delay
+    def __init__(self, logs, delays=None, owned=None, async_commits_fail=False):
+        self.logs = logs
+        self.end = {p: len(values) + 1 if values else 0 for p, values in logs.items()}
+        self.pos = {}
+        self.delays = delays or {}
+        self.in_flight = {}
+        self.assigned = []
+        self.paused = set()
+        self.pause_events = []
+        self.group = {}
         self.commits = []
+        self.schedule = [("assign", sorted(logs) if owned is None else owned, 0)]
+        self.calls = 0
+        self.async_commits_fail = async_commits_fail
+        self.on_commit = None
+        self.others = {}
+        self.extra_messages = []
         self.closed = False
 
-    def poll(self, timeout_ms=0, max_records=500):
-        if self.in_flight:
-            self.in_flight -= 1
-            return {}
-        out = {}
-        for tp in self.partitions:
-            values = self.log[tp]
-            while self.pos[tp] < len(values) and sum(map(len, out.values())) < max_records:
-                out.setdefault(tp, []).append(
-                    Message(tp.topic, tp.partition, self.pos[tp], values[self.pos[tp]]))
-                self.pos[tp] += 1
-        if out:
-            self.in_flight = self.delay  # the next fetch is on its way
-        else:
-            for tp in self.partitions:  # only markers left: step over them
-                self.pos[tp] = self.end[tp]
+    def subscribe(self, topics, on_assign, on_revoke, on_lost):
+        self.topics = topics
+        self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
+
+    def _serve(self):
+        from confluent_kafka import TopicPartition
+
+        due = [item for item in self.schedule if item[2] <= self.calls]
+        self.schedule = [item for item in self.schedule if item[2] > self.calls]
+        for kind, parts, _ in due:
+            self.callbacks[kind](self, [TopicPartition(t, p) for t, p in parts])
+            if kind == "assign":
+                self.assigned += parts
+                for part in parts:
+                    self.pos.pop(part, None)
+            else:
+                self.assigned = [a for a in self.assigned if a not in parts]
+                for part in parts:
+                    start = self.group.get(part, 0)
+                    self.others[part] = self.logs[part][start:]
+                    self.group[part] = self.end[part]
+
+    def _fetch(self, n):
+        self.calls += 1
+        self._serve()
+        ready = set()
+        for topic in {t for t, _ in self.assigned}:
+            if self.in_flight.get(topic, 0) > 0:
+                self.in_flight[topic] -= 1
+            else:
+                ready.add(topic)
+        out, self.extra_messages = self.extra_messages, []
+        for part in sorted(self.assigned):
+            if part[0] not in ready or part in self.paused:
+                continue
+            values = self.logs[part]
+            if not values:  # an empty partition: no record, no marker, no position
+                continue
+            offset = self.pos.get(part, self.group.get(part, 0))
+            if offset >= len(values):
+                self.pos[part] = self.end[part]  # only the marker is left: step over it
+                continue
+            while offset < len(values) and len(out) < n:
+                out.append(FakeMessage(part[0], part[1], offset, values[offset]))
+                offset += 1
+                self.pos[part] = offset
+                self.in_flight[part[0]] = self.delays.get(part[0], 0)
         return out
 
-    def end_offsets(self, partitions):
-        return {tp: self.end[tp] for tp in partitions}
+    def poll(self, timeout=None):
+        messages = self._fetch(1)
+        return messages[0] if messages else None
 
-    def position(self, tp):
-        return self.pos[tp]
+    def consume(self, num_messages=1, timeout=-1):
+        return self._fetch(num_messages)
 
-    def commit(self, offsets):
-        self.commits.append({tp.partition: meta.offset for tp, meta in offsets.items()})
+    def position(self, partitions):
+        from confluent_kafka import TopicPartition
 
-    def close(self, autocommit=True):
+        return [TopicPartition(tp.topic, tp.partition,
+                               self.pos.get((tp.topic, tp.partition), OFFSET_INVALID))
+                for tp in partitions]
+
+    def committed(self, partitions, timeout=None):
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(tp.topic, tp.partition,
+                               self.group.get((tp.topic, tp.partition), OFFSET_INVALID))
+                for tp in partitions]
+
+    def commit(self, offsets, asynchronous=True):
+        if asynchronous and self.async_commits_fail:
+            self.on_commit("REBALANCE_IN_PROGRESS", offsets)
+            return None
+        for tp in offsets:
+            assert (tp.topic, tp.partition) in self.assigned, "committed a partition not owned"
+            self.group[(tp.topic, tp.partition)] = tp.offset
+        self.commits.append(({(tp.topic, tp.partition): tp.offset for tp in offsets},
+                             asynchronous))
+        return offsets
+
+    def pause(self, partitions):
+        self.paused.update((tp.topic, tp.partition) for tp in partitions)
+        self.pause_events.append(("pause", sorted((tp.topic, tp.partition) for tp in partitions)))
+
+    def resume(self, partitions):
+        self.paused.difference_update((tp.topic, tp.partition) for tp in partitions)
+        self.pause_events.append(("resume", sorted((tp.topic, tp.partition) for tp in partitions)))
+
+    def list_topics(self, topic=None, timeout=None):
+        topics = {}
+        for t, p in self.logs:
+            topics.setdefault(t, types.SimpleNamespace(partitions={}, error=None))
+            topics[t].partitions[p] = None
+        if topic is not None:  # as librdkafka answers for one topic, existing or not
+            topics = {topic: topics.get(topic) or types.SimpleNamespace(
+                partitions={}, error="UNKNOWN_TOPIC_OR_PART")}
+        return types.SimpleNamespace(topics=topics)
+
+    def close(self):
+        from confluent_kafka import TopicPartition
+
+        if self.assigned:  # leaving the group revokes what is assigned
+            self.callbacks["revoke"](self, [TopicPartition(t, p) for t, p in self.assigned])
+        self.assigned = []
         self.closed = True
 
 
-def fake_sources(monkeypatch, sizes, delays=None, values=None):
-    """Replace Kafka with FakeConsumers: ``sizes[tier]`` triggers over two partitions."""
-    consumers = {}
+class FakeOffsets:
+    def __init__(self, consumer):
+        self.consumer = consumer
+
+    def latest(self, partitions):
+        return {p: self.consumer.end[p] for p in partitions}
+
+    def earliest(self, partitions):
+        return dict.fromkeys(partitions, 0)
+
+
+def fake_group(monkeypatch, sizes, delays=None, values=None, **kwargs):
+    """Replace Kafka with a FakeConsumer: ``sizes[tier]`` triggers over two partitions."""
+    logs = {}
     for tier in TIERS:
         topic = f"triggers-{tier.lower()}"
-        by_partition = {0: [], 1: []}
+        logs[(topic, 0)], logs[(topic, 1)] = [], []
         for i in range(sizes.get(tier, 0)):
             value = (values or {}).get((tier, i)) or CODEC.encode(
                 "TriggerEvent", make_trigger(f"{tier.lower()}-{i}", tier=tier))
-            by_partition[i % 2].append(value)
-        consumers[tier] = FakeConsumer(topic, by_partition, (delays or {}).get(tier, 0))
+            logs[(topic, i % 2)].append(value)
+    consumer = FakeConsumer(logs, {f"triggers-{t.lower()}": d for t, d in (delays or {}).items()},
+                            **kwargs)
 
-    def open_sources(cfg, options):
-        return [sender._TierSource(t, c.topic, c, c.partitions) for t, c in consumers.items()]
+    def open_source(cfg, options, say):
+        source = sender.GroupSource(consumer, FakeOffsets(consumer), cfg.trigger_topics(),
+                                    options, say)
+        consumer.on_commit = source._on_commit
+        source.start()
+        return source
 
-    monkeypatch.setattr(sender, "_open_sources", open_sources)
-    return consumers
+    monkeypatch.setattr(sender, "_open_source", open_source)
+    return consumer
 
 
 def run(options, adapter, **kwargs):
     base = {"dedupe": "memory", "until_idle_s": 0.05, "report_every_s": 0, "batch_size": 10,
             "bad_records": "skip"}
     return sender.run_sender(load_config(env={}), SenderOptions(**{**base, **options}), adapter,
-                             clock=lambda: NOW, say=quiet, **kwargs)
+                             clock=lambda: NOW, say=kwargs.pop("say", quiet), **kwargs)
 
 
 def test_a_higher_tier_whose_fetch_is_in_flight_still_goes_first(monkeypatch):
-    # P0's batches take 3 polls to arrive; P1..P3 have theirs at once
-    consumers = fake_sources(monkeypatch, dict.fromkeys(TIERS, 30), delays={"P0": 3})
+    # P0's batches take 3 calls to arrive; P1..P3 have theirs at once
+    consumer = fake_group(monkeypatch, dict.fromkeys(TIERS, 30), delays={"P0": 3})
     adapter = Recorder()
     report = run({"starvation_limit": 0}, adapter)
     assert [t[:2] for t in adapter.sent] == ["p0"] * 30 + ["p1"] * 30 + ["p2"] * 30 + ["p3"] * 30
     assert report.stopped == "idle"
     # commits follow the positions, markers included: nothing left to read, lag 0
-    assert consumers["P0"].commits[-1] == {0: 16, 1: 16}
+    assert consumer.group == {(f"triggers-{t.lower()}", p): 16 for t in TIERS for p in (0, 1)}
     assert {tier: stats.lag for tier, stats in report.tiers.items()} == dict.fromkeys(TIERS, 0)
-    assert all(c.closed for c in consumers.values())
+    assert consumer.closed
 
 
 def test_the_loop_applies_the_starvation_guard(monkeypatch):
-    fake_sources(monkeypatch, {"P0": 100, "P3": 30})
+    fake_group(monkeypatch, {"P0": 100, "P3": 30})
     adapter = Recorder()
     run({"starvation_limit": 2}, adapter)
     batches = [adapter.sent[i][:2] for i in range(0, len(adapter.sent), 10)]
@@ -703,18 +937,19 @@ def test_the_loop_applies_the_starvation_guard(monkeypatch):
 
 
 def test_max_triggers_commits_only_what_was_handled(monkeypatch):
-    consumers = fake_sources(monkeypatch, {"P1": 30})
+    consumer = fake_group(monkeypatch, {"P1": 30})
     adapter = Recorder()
     report = run({"max_triggers": 15}, adapter)
     assert len(adapter.sent) == 15 and report.stopped == "max-triggers"
-    # batch 1: partition 0, offsets 0-9 (positions committed); batch 2: partition 0, offsets
-    # 10-14, then partition 1, offsets 0-4, of which only the first five were handled
-    assert consumers["P1"].commits == [{0: 10, 1: 0}, {0: 15}]
-    assert report.tiers["P1"].lag == 32 - 15  # two partitions of 15 records and a marker
+    # batch 1: partition 0, offsets 0-9; batch 2: partition 0, offsets 10-14 (then its marker),
+    # and partition 1, offsets 0-4, of which none was handed over: partition 1 is not committed
+    assert adapter.sent == [f"p1-{i}" for i in range(0, 30, 2)]
+    assert consumer.group == {("triggers-p1", 0): 16}
+    assert report.tiers["P1"].lag == 16  # partition 1: 15 records and a marker
 
 
 def test_an_adapter_failure_stops_the_sender_after_committing_the_delivered_prefix(monkeypatch):
-    consumers = fake_sources(monkeypatch, {"P2": 20})
+    consumer = fake_group(monkeypatch, {"P2": 20})
     adapter = Recorder(fail_times=99, fail_on="p2-13")  # partition 1 (odd ids), offset 6
     sleeps = []
     with pytest.raises(AdapterFailedError) as info:
@@ -723,25 +958,26 @@ def test_an_adapter_failure_stops_the_sender_after_committing_the_delivered_pref
     report = info.value.report
     assert report.stopped == "adapter failed" and report.tiers["P2"].delivered == 16
     # batch 1 (partition 0) whole; batch 2 (partition 1) up to, not including, p2-13
-    assert consumers["P2"].commits == [{0: 10, 1: 0}, {1: 6}]
-    assert report.tiers["P2"].lag == 22 - 16  # p2-13 and later are read again next time
+    assert consumer.group == {("triggers-p2", 0): 11, ("triggers-p2", 1): 6}
+    assert report.tiers["P2"].lag == 5  # p2-13 and later (and the marker) are read again
 
 
 def test_the_loop_delivers_only_its_channels_and_counts_the_others_as_skipped(monkeypatch):
     values = {("P1", i): CODEC.encode("TriggerEvent", make_trigger(
         f"p1-{i}", tier="P1", channel="SMS" if i % 3 == 0 else "EMAIL")) for i in range(12)}
-    consumers = fake_sources(monkeypatch, {"P1": 12}, values=values)
+    consumer = fake_group(monkeypatch, {"P1": 12}, values=values)
     adapter = Recorder()
     report = run({"channels": ("SMS",)}, adapter)
     assert adapter.sent == ["p1-0", "p1-6", "p1-3", "p1-9"]  # partition 0 first, then 1
     assert (report.tiers["P1"].delivered, report.tiers["P1"].skipped) == (4, 8)
-    assert report.tiers["P1"].lag == 0 and consumers["P1"].commits[-1] == {0: 7, 1: 7}
+    assert report.tiers["P1"].lag == 0
+    assert consumer.group == {("triggers-p1", 0): 7, ("triggers-p1", 1): 7}
 
 
 def test_a_stop_request_ends_the_run_between_batches(monkeypatch):
     import threading
 
-    fake_sources(monkeypatch, {"P0": 50})
+    fake_group(monkeypatch, {"P0": 50})
     stop = threading.Event()
 
     class StopAfterFirst(Recorder):
@@ -752,3 +988,184 @@ def test_a_stop_request_ends_the_run_between_batches(monkeypatch):
     adapter = StopAfterFirst()
     report = run({"until_idle_s": None}, adapter, stop=stop)
     assert report.stopped == "stop requested" and len(adapter.sent) == 10
+
+
+def test_sigterm_finishes_the_batch_commits_and_leaves_the_group(monkeypatch):
+    import signal
+
+    consumer = fake_group(monkeypatch, {"P1": 40})
+
+    class TermAfterFirst(Recorder):
+        def send(self, trigger):
+            super().send(trigger)
+            if len(self.sent) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled: the batch goes on
+
+    adapter = TermAfterFirst()
+    report = run({"until_idle_s": None}, adapter)
+    assert report.stopped == "SIGTERM" and len(adapter.sent) == 10
+    assert consumer.group == {("triggers-p1", 0): 10} and consumer.closed
+
+
+def p3_logs_split(consumer):
+    """The P3 trigger ids by partition, as the fake log holds them."""
+    return {p: [CODEC.decode(v)["trigger_id"] for v in consumer.logs[("triggers-p3", p)]]
+            for p in (0, 1)}
+
+
+def delivered_once_with_the_other_member(consumer, adapter):
+    """Every P3 trigger went once to this sender or the member that took its partitions."""
+    others = [CODEC.decode(v)["trigger_id"] for part, values in consumer.others.items()
+              for v in values]
+    everything = [t for ids in p3_logs_split(consumer).values() for t in ids]
+    return sorted(adapter.sent + others) == sorted(everything)
+
+
+def test_a_revoked_partition_is_committed_as_handled_and_its_buffer_left_to_the_next_owner(
+        monkeypatch):
+    consumer = fake_group(monkeypatch, {"P3": 40}, async_commits_fail=True)
+    revoked = ("triggers-p3", 1)
+
+    class RevokeMidway(Recorder):
+        def send(self, trigger):
+            super().send(trigger)
+            if len(self.sent) == 25:  # in the batch of partition 1's offsets 0-9
+                consumer.schedule.append(("revoke", [revoked], 0))
+
+    adapter = RevokeMidway()
+    lines = []
+    report = run({}, adapter, say=lines.append)
+    # batches: partition 0 (0-9, 10-19), partition 1 (0-9); then partition 1 was revoked with
+    # offsets 10-19 buffered: the revocation committed 10 (the asynchronous commits had
+    # failed) and the next owner read on from there
+    assert [t for t in adapter.sent if t in p3_logs_split(consumer)[1]] == \
+        p3_logs_split(consumer)[1][:10]
+    assert [CODEC.decode(v)["trigger_id"] for v in consumer.others[revoked]] == \
+        p3_logs_split(consumer)[1][10:]
+    assert delivered_once_with_the_other_member(consumer, adapter)
+    assert ({revoked: 10}, False) in consumer.commits  # the synchronous commit on revocation
+    assert report.stopped == "idle" and report.tiers["P3"].delivered == 30
+    assert any("revoked triggers-p3[1] (10 buffered records left to the next owner" in line
+               for line in lines)
+    assert any("an offset commit failed" in line for line in lines)
+
+
+def test_lost_partitions_are_not_committed(monkeypatch):
+    consumer = fake_group(monkeypatch, {"P3": 40}, async_commits_fail=True)
+    lost = ("triggers-p3", 1)
+
+    class LoseMidway(Recorder):
+        def send(self, trigger):
+            super().send(trigger)
+            if len(self.sent) == 25:
+                consumer.schedule.append(("lost", [lost], 0))
+
+    adapter = LoseMidway()
+    run({}, adapter)
+    # another member owns it already: this one must not commit (it would overwrite that
+    # member's offsets); the other reads from the last commit, so 0-9 go twice (Redis drops
+    # them in a real group)
+    assert not any(lost in offsets for offsets, _ in consumer.commits)
+    assert [CODEC.decode(v)["trigger_id"] for v in consumer.others[lost]] == \
+        p3_logs_split(consumer)[1]
+
+
+def test_until_idle_waits_for_partitions_of_the_group_that_nobody_handed_over(monkeypatch):
+    # partition 1 belongs to a member that died: the group moves it here once this sender,
+    # idle, has seen the group's lag
+    consumer = fake_group(monkeypatch, {"P2": 20}, owned=[("triggers-p2", 0)])
+    lags = []
+    group_lag = sender.GroupSource.lag
+
+    def lag(source):
+        lags.append(group_lag(source))
+        if len(lags) == 1:
+            consumer.schedule.append(("assign", [("triggers-p2", 1)], consumer.calls + 5))
+        return lags[-1]
+
+    monkeypatch.setattr(sender.GroupSource, "lag", lag)
+    adapter = Recorder()
+    report = run({"until_idle_s": 0.01}, adapter)
+    assert sorted(adapter.sent) == sorted(f"p2-{i}" for i in range(20))
+    assert lags[0]["P2"] == 11  # partition 1: 10 records and a marker, never committed
+    assert report.stopped == "idle" and report.tiers["P2"].lag == 0
+
+
+def test_a_failing_batch_is_not_committed(monkeypatch):
+    consumer = fake_group(monkeypatch, {"P0": 30})
+
+    class FailingSecondLookup(MemoryDedupe):
+        lookups = 0
+
+        def seen(self, ids):
+            self.lookups += 1
+            if self.lookups == 2:
+                raise SenderError("the dedupe store (Redis at redis://cache) failed: timeout")
+            return super().seen(ids)
+
+    monkeypatch.setattr(sender, "open_dedupe", lambda cfg, options: FailingSecondLookup())
+    adapter = Recorder()
+    with pytest.raises(SenderError, match="dedupe store"):
+        run({}, adapter)
+    # batch 2 (partition 0's 10-14, partition 1's 0-4) failed before anything was sent: only
+    # batch 1 is committed, on the asynchronous commit after it and not past it on close
+    assert adapter.sent == [f"p0-{i}" for i in range(0, 20, 2)]
+    assert consumer.group == {("triggers-p0", 0): 10} and consumer.closed
+
+
+def test_a_full_tier_is_paused_and_resumed_without_losing_records(monkeypatch):
+    monkeypatch.setattr(sender, "PAUSE_BATCHES", 2)  # pause at 20 buffered records
+    consumer = fake_group(monkeypatch, {"P3": 100})
+    adapter = Recorder()
+    run({}, adapter)
+    partitions = [("triggers-p3", 0), ("triggers-p3", 1)]
+    assert consumer.pause_events[:2] == [("pause", partitions), ("resume", partitions)]
+    assert adapter.sent == [f"p3-{i}" for i in range(0, 100, 2)] + \
+        [f"p3-{i}" for i in range(1, 100, 2)]
+    assert consumer.group == dict.fromkeys(partitions, 51)
+
+
+def test_a_consumer_error_kafka_cannot_retry_stops_the_sender_with_what_to_do(monkeypatch):
+    from confluent_kafka import KafkaError
+
+    consumer = fake_group(monkeypatch, {"P0": 5})
+    consumer.extra_messages = [FakeMessage("triggers-p0", 0, -1, None,
+                                           KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))]
+    with pytest.raises(SenderError, match=r"stack provision"):
+        run({}, Recorder())
+    assert consumer.closed
+
+
+def test_open_source_configures_a_cooperative_read_committed_group_member(monkeypatch):
+    import confluent_kafka
+
+    made = {}
+
+    class Consumer(FakeConsumer):
+        def __init__(self, conf):
+            made["conf"], made["consumer"] = conf, self
+            super().__init__({("triggers-p0", 0): []})
+
+    class NoOffsets:
+        def __init__(self, conf):
+            pass
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", Consumer)
+    monkeypatch.setattr(sender, "_AdminOffsets", NoOffsets)
+    options = SenderOptions(group="mail", session_timeout_s=6, start="latest")
+    with pytest.raises(SenderError) as info:
+        sender._open_source(load_config(env={}), options, quiet)
+    # only triggers-p0 exists in the fake cluster
+    assert "triggers-p1, triggers-p2, triggers-p3 do not exist" in str(info.value)
+    assert "nudgeflow stack provision" in str(info.value)
+    assert made["consumer"].closed
+    conf = made["conf"]
+    assert (conf["group.id"], conf["partition.assignment.strategy"], conf["isolation.level"],
+            conf["enable.auto.commit"], conf["auto.offset.reset"], conf["session.timeout.ms"],
+            conf["heartbeat.interval.ms"]) == \
+        ("mail", "cooperative-sticky", "read_committed", False, "latest", 6000, 2000)
+
+
+def test_session_timeout_is_validated():
+    with pytest.raises(ValueError, match="session_timeout_s must be between 1 and 3600"):
+        SenderOptions(session_timeout_s=0.5)
