@@ -424,6 +424,24 @@ class NudgeflowConfig:
                 props["ssl.key.password"] = self.kafka_ssl_key_password
         return props
 
+    def librdkafka_config(self) -> dict[str, Any]:
+        """Client settings for librdkafka (confluent-kafka): bootstrap and security."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username
+            conf["sasl.password"] = self.kafka_sasl_password
+        if self.kafka_ssl_ca_file:
+            conf["ssl.ca.location"] = self.kafka_ssl_ca_file
+        if self.kafka_ssl_client_pem:  # key and chain in one file
+            conf["ssl.certificate.location"] = self.kafka_ssl_client_pem
+            conf["ssl.key.location"] = self.kafka_ssl_client_pem
+            if self.kafka_ssl_key_password:
+                conf["ssl.key.password"] = self.kafka_ssl_key_password
+        return conf
+
     def python_client_kwargs(self) -> dict[str, Any]:
         """kafka-python client arguments (bootstrap and security) for tools and tests."""
         kwargs: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap.split(",")}

@@ -992,18 +992,6 @@ class OffsetLookup(Protocol):
         """Each partition's first offset still in the log."""
 
 
-def librdkafka_config(cfg: NudgeflowConfig) -> dict[str, Any]:
-    """Client settings of librdkafka (bootstrap and security) for ``cfg``'s Kafka."""
-    conf: dict[str, Any] = {"bootstrap.servers": cfg.kafka_bootstrap}
-    if cfg.kafka_security_protocol != "PLAINTEXT":
-        conf["security.protocol"] = cfg.kafka_security_protocol
-    if cfg.kafka_sasl_mechanism:
-        conf["sasl.mechanism"] = cfg.kafka_sasl_mechanism
-        conf["sasl.username"] = cfg.kafka_sasl_username
-        conf["sasl.password"] = cfg.kafka_sasl_password
-    return conf
-
-
 class _AdminOffsets:
     """``OffsetLookup`` over confluent-kafka's AdminClient: one ListOffsets request per lookup."""
 
@@ -1300,7 +1288,7 @@ def _open_source(cfg: NudgeflowConfig, options: SenderOptions,
     from confluent_kafka import Consumer
 
     topics = cfg.trigger_topics()
-    conf = librdkafka_config(cfg)
+    conf = cfg.librdkafka_config()
     session_ms = int(options.session_timeout_s * 1000)
     offsets = _AdminOffsets(conf)
     holder: list[GroupSource] = []
@@ -1353,7 +1341,7 @@ class _DeadLetters:
         from confluent_kafka import Producer
 
         if self.producer is None:
-            self.producer = Producer({**librdkafka_config(self.cfg), "acks": "all",
+            self.producer = Producer({**self.cfg.librdkafka_config(), "acks": "all",
                                       "enable.idempotence": True})
         failures: list[str] = []
 
@@ -1386,9 +1374,9 @@ def open_dedupe(cfg: NudgeflowConfig, options: SenderOptions) -> Deduper:
     cache = MemoryDedupe(options.dedupe_cache)
     if options.dedupe == "memory":
         return cache
-    import redis
+    from jobs.cli import wiring
 
-    client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
+    client = wiring.redis_client(cfg, socket_timeout=5)
     return RedisDedupe(client, cfg, options.dedupe_ttl_s, cache)
 
 

@@ -320,6 +320,10 @@ def test_kafka_client_properties_scram() -> None:
         "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "
         'username="alice" password="pw";',
     }
+    assert cfg.librdkafka_config() == {
+        "bootstrap.servers": "b1:9093,b2:9093", "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alice", "sasl.password": "pw",
+    }
     kwargs = cfg.python_client_kwargs()
     assert kwargs["bootstrap_servers"] == ["b1:9093", "b2:9093"]
     assert kwargs["security_protocol"] == "SASL_SSL"
@@ -361,6 +365,11 @@ def test_kafka_tls_files_reach_the_job_and_the_tools() -> None:
     assert (kwargs["ssl_cafile"], kwargs["ssl_certfile"], kwargs["ssl_password"]) == (
         "/etc/kafka/ca.pem", "/etc/kafka/client.pem", "k3y")
     assert "'***'" == cfg.describe()["kafka_ssl_key_password"]
+    assert cfg.librdkafka_config() == {
+        "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "SSL",
+        "ssl.ca.location": "/etc/kafka/ca.pem", "ssl.certificate.location": "/etc/kafka/client.pem",
+        "ssl.key.location": "/etc/kafka/client.pem", "ssl.key.password": "k3y",
+    }
 
 
 @pytest.mark.parametrize("overrides, message", [
