@@ -6,6 +6,7 @@ Subcommands:
   jobs      list, cancel or stop (with a savepoint) the jobs on the Flink cluster
   generate  write a seeded synthetic workload (users, clicks) to Kafka
   defs      validate, publish, delete and list definitions (segments, campaigns, priority policy)
+  segments  sizes: live segment sizes and when each changed; members ID: a segment's users
   jars      resolve the Java dependencies from Maven Central into the cache
   sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
   stores    rebuild-redis: rebuild the Redis membership cache from Cassandra
@@ -337,6 +338,38 @@ def cmd_stores(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- segments -----------------------------------------------------------------------------------
+
+
+def cmd_segments(args: argparse.Namespace) -> int:
+    """``nudgeflow segments sizes`` | ``nudgeflow segments members ID [--limit N]``."""
+    import redis
+    from cassandra.cluster import NoHostAvailable
+
+    from jobs.cli import segments
+
+    cfg = config_from_args(args)
+    if args.action == "members" and not args.segment:
+        return _fail("name the segment: nudgeflow segments members SEGMENT_ID [--limit N]", 2)
+    if args.action == "sizes" and args.segment:
+        return _fail("`segments sizes` lists every segment; for one segment's users use "
+                     f"`segments members {args.segment}`", 2)
+    if args.limit < 1:
+        return _fail(f"--limit must be at least 1, got {args.limit}", 2)
+    try:
+        if args.action == "sizes":
+            print(segments.sizes(cfg, int(time.time() * 1000)))
+        else:
+            print(segments.members(cfg, args.segment, args.limit))
+    except redis.RedisError as exc:
+        return _fail(f"Redis at {cfg.redis_url.split('@')[-1]} did not answer ({exc}); is it "
+                     "running? (`nudgeflow stack status`)")
+    except NoHostAvailable as exc:
+        return _fail(f"cannot reach Cassandra at {cfg.cassandra_hosts}:{cfg.cassandra_port} "
+                     f"({exc}); is it running? (`nudgeflow stack status`)")
+    return 0
+
+
 # --- sender -------------------------------------------------------------------------------------
 
 
@@ -443,6 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="publish/delete: who publishes (recorded in the update)")
     add_config_arguments(defs_p)
     defs_p.set_defaults(func=cmd_defs)
+
+    segments_p = sub.add_parser("segments", help="sizes: every segment's live size and when "
+                                "it last changed (Redis); members ID: its users (Cassandra)")
+    segments_p.add_argument("action", choices=["sizes", "members"])
+    segments_p.add_argument("segment", nargs="?", help="members: the segment id")
+    segments_p.add_argument("--limit", type=int, default=20,
+                            help="members: at most this many users (default 20)")
+    add_config_arguments(segments_p)
+    segments_p.set_defaults(func=cmd_segments)
 
     from infra.jars import COMPONENTS
 

@@ -1,6 +1,8 @@
 """The membership writer's logic with fake Cassandra/Redis clients (the real ones are exercised
 by tests/integration)."""
 
+import time
+
 import pytest
 
 from udfs.stores import membership as ms
@@ -157,8 +159,11 @@ def test_enter_upserts_three_tables_and_adds_to_the_redis_set():
     assert [statement for statement, _ in batch.items] == [
         "upsert_member", "upsert_segment_member", "insert_history"]
     assert batch.items[1][1] == ("s1", ms.segment_bucket("u1"), "u1", 3, batch.items[1][1][4])
+    [(_, _, written)] = [entry for entry in client.log if entry[1:2] == ("nf:segment-sizes-at",)]
+    assert abs(written["s1"] - time.time() * 1000) < 60_000  # when the size last moved
     assert client.log == [
         ("membership", "nf:user:u1", "nf:segment-sizes", "ENTER", "s1", ms.REDIS_TTL_S),
+        ("hset", "nf:segment-sizes-at", written),
         ("hset", "nf:user:u1:churn", {"score": 0.2, "model_version": "m1",
                                       "event_time": CHANGE["event_time"]}),
         ("expire", "nf:user:u1:churn", ms.REDIS_TTL_S), ("exec",)]

@@ -37,6 +37,11 @@ def segment_sizes(prefix: str) -> str:
     return f"{prefix}:segment-sizes"
 
 
+def segment_sizes_at(prefix: str) -> str:
+    """The hash segment id -> wall-clock ms of the last membership change written for it."""
+    return f"{prefix}:segment-sizes-at"
+
+
 def definitions(prefix: str) -> str:
     """The hash definition id -> the version the running job applies (``defs list``)."""
     return f"{prefix}:definitions"

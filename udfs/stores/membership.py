@@ -507,6 +507,8 @@ class CassandraRedisWriter:
 
         pipe = self.redis.pipeline(transaction=True)
         sizes = keys.segment_sizes(self.prefix)
+        sizes_at = keys.segment_sizes_at(self.prefix)
+        written_ms = int(time.time() * 1000)
         pipe.get(keys.rebuild_marker(self.prefix))
         now = time.monotonic()
         check_run_id = now - self.run_id_checked_at >= self.RUN_ID_CHECK_S
@@ -521,7 +523,10 @@ class CassandraRedisWriter:
                 # pipeline that holds a Script object, one more round trip per write
                 pipe.evalsha(self.membership_sha, 2, key, sizes, change["change"],
                              change["segment_id"], REDIS_TTL_S)
-                owners.append(index)
+                # when the segment's size last moved (or was confirmed by a replay), wall clock:
+                # `nudgeflow segments sizes` shows it
+                pipe.hset(sizes_at, mapping={change["segment_id"]: written_ms})
+                owners += [index, index]
                 if change.get("churn_score") is not None:
                     churn_key = keys.user_churn(self.prefix, change["user_id"])
                     pipe.hset(churn_key, mapping={

@@ -193,11 +193,13 @@ def rebuild_redis(session: Any, keyspace: str, client: Any, prefix: str,
         flush_user(current, segments, churn)
     flush_pipe()
     stale = _delete_stale_sets(client, prefix, users)
-    sizes_key = keys.segment_sizes(prefix)
+    sizes_key, sizes_at_key = keys.segment_sizes(prefix), keys.segment_sizes_at(prefix)
+    rebuilt_ms = int(time.time() * 1000)
     tx = client.pipeline(transaction=True)
-    tx.delete(sizes_key)
+    tx.delete(sizes_key, sizes_at_key)
     if sizes:
         tx.hset(sizes_key, mapping=dict(sizes))
+        tx.hset(sizes_at_key, mapping=dict.fromkeys(sizes, rebuilt_ms))
     tx.execute()
     _mark(session, keyspace, client, prefix, len(users))
     report = RebuildReport(prefix, len(users), memberships, len(sizes), churn_filled, stale,
