@@ -578,6 +578,19 @@ ISOLATION_FIELDS = (
 )
 
 
+def isolated(cfg: NudgeflowConfig, tag: str) -> NudgeflowConfig:
+    """``cfg`` with topics, consumer group, transactional ids and Redis prefix of ``tag``'s own.
+
+    Every topic field becomes ``<tag>-<name>`` (``it-1a2b-user-metadata``), the trigger topics
+    ``<tag>-triggers-p0`` .. ``p3``: tests, drills and measuring scripts never read each
+    other's records.
+    """
+    topics = {f.name: f"{tag}-{f.name.removesuffix('_topic').replace('_', '-')}"
+              for f in fields(NudgeflowConfig) if f.name.endswith("_topic")}
+    return replace(cfg, **topics, trigger_topic_prefix=f"{tag}-triggers-", consumer_group=tag,
+                   transactional_id_prefix=tag, redis_key_prefix=tag)
+
+
 def as_flags(cfg: NudgeflowConfig, names: Sequence[str] = ISOLATION_FIELDS) -> list[str]:
     """Command-line flags that hand some of ``cfg``'s values to another nudgeflow process."""
     flags: list[str] = []

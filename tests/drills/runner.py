@@ -40,7 +40,7 @@ from infra import deploy, stack
 from infra.servers.flink import FlinkTaskManager
 from jobs.bench.bench import daytime_zone
 from jobs.cli import wiring
-from jobs.config import ISOLATION_FIELDS, NudgeflowConfig, replace
+from jobs.config import ISOLATION_FIELDS, NudgeflowConfig, isolated, replace
 from jobs.workload import fuzz
 from schemas.codec import Codec
 from tests.builders import CART, click_bytes, metadata_bytes
@@ -444,15 +444,7 @@ def format_table(results: list[DrillResult]) -> str:
 def drill_cfg(base: NudgeflowConfig, run: str) -> NudgeflowConfig:
     """A drill's own topics, group, transactional ids, Redis prefix and Cassandra keyspace."""
     cfg = replace(
-        base,
-        clicks_topic=f"drill-{run}-clicks", user_metadata_topic=f"drill-{run}-user-metadata",
-        definitions_topic=f"drill-{run}-definitions",
-        segment_changes_topic=f"drill-{run}-segment-changes",
-        trigger_topic_prefix=f"drill-{run}-triggers-",
-        trigger_decisions_topic=f"drill-{run}-trigger-decisions",
-        dead_letter_topic=f"drill-{run}-dead-letter", outcomes_topic=f"drill-{run}-outcomes",
-        consumer_group=f"drill-{run}", transactional_id_prefix=f"drill-{run}",
-        redis_key_prefix=f"drill-{run}", cassandra_keyspace=f"drill_{run}",
+        isolated(base, f"drill-{run}"), cassandra_keyspace=f"drill_{run}",
         checkpoint_interval_ms=1000, parallelism=2, idleness_ms=500,
         max_out_of_orderness_ms=2000, churn_model="off")
     wiring.provision_topics(cfg, say=lambda _: None)

@@ -13,7 +13,7 @@ import pytest
 from infra import stack
 from infra.paths import StackPaths
 from jobs.cli import wiring
-from jobs.config import load_config, replace
+from jobs.config import isolated, load_config, replace
 
 
 @pytest.fixture(scope="session")
@@ -34,22 +34,7 @@ def local_stack():
 def isolated_cfg(local_stack):
     """A configuration whose topics, group and transactional ids are this test's alone."""
     run = uuid.uuid4().hex[:8]
-    base = load_config(env={})
-    cfg = replace(
-        base,
-        clicks_topic=f"it-{run}-clicks",
-        user_metadata_topic=f"it-{run}-user-metadata",
-        definitions_topic=f"it-{run}-definitions",
-        segment_changes_topic=f"it-{run}-segment-changes",
-        trigger_topic_prefix=f"it-{run}-triggers-",
-        trigger_decisions_topic=f"it-{run}-trigger-decisions",
-        dead_letter_topic=f"it-{run}-dead-letter",
-        outcomes_topic=f"it-{run}-outcomes",
-        consumer_group=f"it-{run}",
-        transactional_id_prefix=f"it-{run}",
-        redis_key_prefix=f"it-{run}",
-        checkpoint_interval_ms=2000,
-        parallelism=2,
-    )
+    cfg = replace(isolated(load_config(env={}), f"it-{run}"), checkpoint_interval_ms=2000,
+                  parallelism=2)
     wiring.provision_topics(cfg, say=lambda _: None)
     return cfg

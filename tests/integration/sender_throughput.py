@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from jobs.cli import wiring
-from jobs.config import as_flags, load_config, replace
+from jobs.config import as_flags, isolated, load_config
 from schemas.codec import Codec
 from tests.integration.test_sender_e2e import produce_transactions
 from tests.unit.test_sender import make_trigger
@@ -38,19 +38,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of a live process, all its threads (/proc/<pid>/stat fields 14, 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def isolated(run: str):
-    base = load_config(env={})
-    return replace(
-        base, clicks_topic=f"it-{run}-clicks", user_metadata_topic=f"it-{run}-user-metadata",
-        definitions_topic=f"it-{run}-definitions",
-        segment_changes_topic=f"it-{run}-segment-changes",
-        trigger_topic_prefix=f"it-{run}-triggers-",
-        trigger_decisions_topic=f"it-{run}-trigger-decisions",
-        dead_letter_topic=f"it-{run}-dead-letter", outcomes_topic=f"it-{run}-outcomes",
-        consumer_group=f"it-{run}", transactional_id_prefix=f"it-{run}",
-        redis_key_prefix=f"it-{run}")
 
 
 def produce_backlog(cfg, triggers: int) -> None:
@@ -103,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", type=Path, default=Path(__file__).resolve().parents[2],
                         help="source tree whose jobs.cli sender runs (default: this checkout)")
     args = parser.parse_args(argv)
-    cfg = isolated(uuid.uuid4().hex[:8])
+    cfg = isolated(load_config(env={}), f"it-{uuid.uuid4().hex[:8]}")
     wiring.provision_topics(cfg, say=lambda _: None)
     try:
         produce_backlog(cfg, args.triggers)

@@ -505,3 +505,20 @@ def test_the_gil_switch_interval_is_a_positive_number_of_microseconds():
     for bad in ("0", "-5", "2000000"):
         with pytest.raises(ConfigError, match="gil_switch_interval_us must be 1..1000000"):
             load_config(env={"NUDGEFLOW_GIL_SWITCH_INTERVAL_US": bad})
+
+
+def test_an_isolated_config_owns_every_topic_group_and_prefix() -> None:
+    from dataclasses import fields as dc_fields
+
+    from jobs.config import isolated
+
+    base = load_config(env={})
+    cfg = isolated(base, "it-1a2b")
+    topics = [f.name for f in dc_fields(cfg) if f.name.endswith("_topic")]
+    assert all(getattr(cfg, t).startswith("it-1a2b-") for t in topics)
+    assert len({getattr(cfg, t) for t in topics}) == len(topics)
+    assert cfg.user_metadata_topic == "it-1a2b-user-metadata"
+    assert cfg.trigger_topic("P0") == "it-1a2b-triggers-p0"
+    assert (cfg.consumer_group, cfg.transactional_id_prefix, cfg.redis_key_prefix) == \
+        ("it-1a2b",) * 3
+    assert cfg.kafka_bootstrap == base.kafka_bootstrap  # nothing else moves
