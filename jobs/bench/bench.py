@@ -543,20 +543,28 @@ class Bench:
 
     # -- jobs --
 
-    def _start_job(self, cfg: Any, flags: Sequence[str], module: str = "jobs.job"
-                   ) -> subprocess.Popen[bytes]:
+    def _launch(self, cfg: Any) -> tuple[list[str], Path | None, dict[str, str], str]:
+        """How a local job starts: its completing flags, directory, environment and label.
+
+        This checkout's code and jars; ``jobs.bench.compare`` runs another checkout's.
+        """
         from infra.servers.flink import local_run_env
         from jobs.cli.wiring import local_job_flags
+
+        return local_job_flags(cfg), None, local_run_env(self.paths), "job"
+
+    def _start_job(self, cfg: Any, flags: Sequence[str], module: str = "jobs.job"
+                   ) -> subprocess.Popen[bytes]:
         from jobs.config import ISOLATION_FIELDS, as_flags
 
+        own_flags, cwd, env, label = self._launch(cfg)
         log = self.out / f"{module.rsplit('.', 1)[1]}-{cfg.consumer_group}.log"
         with open(log, "wb") as sink:
             job = subprocess.Popen(
                 [sys.executable, "-m", module, "--local", "--starting-offsets", "earliest",
-                 *as_flags(cfg, (*ISOLATION_FIELDS, "job_name")), *flags,
-                 *local_job_flags(cfg)],
-                stdout=sink, stderr=subprocess.STDOUT, env=local_run_env(self.paths))
-        self.monitor.watch(job.pid, "job client (Python driver)")
+                 *as_flags(cfg, (*ISOLATION_FIELDS, "job_name")), *flags, *own_flags],
+                stdout=sink, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+        self.monitor.watch(job.pid, f"{label} client (Python driver)")
         return job
 
     def _job_jvm(self, job: subprocess.Popen[bytes], timeout_s: float = 60) -> int | None:

@@ -76,18 +76,8 @@ class BuildBench(Bench):
         super().__init__(QUICK, out)
         self.build = build
 
-    def _start_job(self, cfg: Any, flags: Sequence[str], module: str = "jobs.job"
-                   ) -> subprocess.Popen[bytes]:
-        from jobs.config import ISOLATION_FIELDS, as_flags
-
-        log = self.out / f"{self.build.name}-{cfg.consumer_group}.log"
-        with open(log, "wb") as sink:
-            job = subprocess.Popen(
-                [sys.executable, "-m", module, "--local", "--starting-offsets", "earliest",
-                 *as_flags(cfg, (*ISOLATION_FIELDS, "job_name")), *flags, *self.build.flags],
-                stdout=sink, stderr=subprocess.STDOUT, cwd=self.build.root, env=self.build.env)
-        self.monitor.watch(job.pid, f"job client ({self.build.name})")
-        return job
+    def _launch(self, cfg: Any) -> tuple[list[str], Path | None, dict[str, str], str]:
+        return list(self.build.flags), self.build.root, self.build.env, self.build.name
 
 
 def compare(builds: Sequence[tuple[str, Path]], rounds: int, backlog: int, users: int,

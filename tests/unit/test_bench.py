@@ -214,3 +214,13 @@ def test_compare_takes_named_checkouts_only(tmp_path, capsys) -> None:
         with pytest.raises(SystemExit):
             compare.main([spec])
         assert "expected NAME=DIR" in capsys.readouterr().err
+
+
+def test_a_compared_build_starts_its_jobs_from_its_own_checkout(tmp_path) -> None:
+    from jobs.bench.compare import Build, BuildBench
+
+    build = Build("before", tmp_path / "old", tmp_path / "home", ("--jars", "file:///old.jar"),
+                  {"NUDGEFLOW_HOME": str(tmp_path / "home")})
+    flags, cwd, env, label = BuildBench(build, tmp_path)._launch(None)
+    assert (flags, cwd, env, label) == (["--jars", "file:///old.jar"], tmp_path / "old",
+                                        build.env, "before")
