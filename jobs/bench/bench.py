@@ -114,7 +114,6 @@ _PROM_LINE = re.compile(r'^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)\{(?P<labels>.*)\}\
 _PROM_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 #: Flink's Prometheus reporter's names of the engine operator's metrics the bench reads
 OPERATOR_METRIC = "flink_taskmanager_job_task_operator_{}"
-RECORDS_IN = "numRecordsIn"
 CLICKS_DONE = "clicks_done"
 ENGINE_WATERMARK = "currentOutputWatermark"
 
@@ -464,7 +463,7 @@ def machine() -> dict[str, Any]:
 
 
 class EngineProgress:
-    """How many records a local job's engine took in, read from its Prometheus reporter.
+    """A local job's engine progress (clicks done, event time), from its Prometheus reporter.
 
     A local (MiniCluster) job's reporter listens on the first free port of
     ``infra.servers.flink.PROMETHEUS_PORTS`` (the stack's JobManager and TaskManager hold
@@ -506,10 +505,6 @@ class EngineProgress:
                 f"engine of job {self.job_name!r}: the bench reads its progress there. Is the "
                 f"reporter jar in the local Flink lib (infra.servers.flink.local_lib_dir)?")
         return None
-
-    def records_in(self) -> int:
-        """Records in so far (0 until the job's engine reports)."""
-        return int(self._read(RECORDS_IN) or 0)
 
     def clicks_done(self) -> int:
         """Clicks applied, dropped as duplicates or dead-lettered so far (0 until it reports)."""
