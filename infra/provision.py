@@ -138,6 +138,27 @@ def provision_topics(client_kwargs: Mapping[str, Any], field_topics: Mapping[str
     return changes
 
 
+def delete_topics(client_kwargs: Mapping[str, Any], prefix: str) -> list[str]:
+    """Delete every topic whose name starts with ``prefix``; return the names deleted.
+
+    Tests, drills and benchmarks give each run topics of its own (``it-1a2b-clicks``); they
+    delete them when they finish, or a broker that has served many runs holds thousands of
+    partitions, starts slowly and runs out of heap.
+    """
+    from kafka import KafkaAdminClient
+
+    if not prefix:
+        raise ValueError("delete_topics needs a non-empty prefix (it would delete every topic)")
+    admin = KafkaAdminClient(**client_kwargs, client_id="nudgeflow-provision")
+    try:
+        names = sorted(t for t in admin.list_topics() if t.startswith(prefix))
+        if names:
+            admin.delete_topics(names, timeout_ms=60_000)
+        return names
+    finally:
+        admin.close()
+
+
 def cql_statements(keyspace: str, replication: str = LOCAL_REPLICATION,
                    cql_dir: Path = CQL_DIR) -> list[str]:
     """The CQL statements of ``infra/cql/*.cql`` in file order, placeholders filled in."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import platform
 import re
@@ -408,6 +409,23 @@ def daytime_zone(*instants_ms: int) -> str:
 _INPUT_TOPICS = ("clicks_topic", "user_metadata_topic", "definitions_topic")
 
 
+#: this process's runs are tagged ``<RUN_TAG>-<n>``; ``delete_run_topics`` deletes their topics
+RUN_TAG = f"bench-{uuid.uuid4().hex[:6]}"
+_run_numbers = itertools.count(1)
+
+
+def delete_run_topics() -> None:
+    """Delete the topics of every run this process made (``fresh_config``'s)."""
+    from jobs.cli import wiring
+    from jobs.config import load_config
+
+    try:
+        wiring.delete_run_topics(load_config(env={}), RUN_TAG)
+    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the run's own outcome
+        print(f"nudgeflow bench: could not delete the run's topics ({RUN_TAG}-*): {exc}",
+              file=sys.stderr)
+
+
 def fresh_config(base: Any = None) -> Any:
     """A configuration of the run's own, topics provisioned.
 
@@ -418,7 +436,7 @@ def fresh_config(base: Any = None) -> Any:
     from jobs.cli import wiring
     from jobs.config import ISOLATION_FIELDS, load_config, replace
 
-    tag = f"bench-{uuid.uuid4().hex[:6]}"
+    tag = f"{RUN_TAG}-{next(_run_numbers)}"
     topics = [f for f in ISOLATION_FIELDS if f.endswith("_topic")
               and (base is None or f not in _INPUT_TOPICS)]
     cfg = replace(load_config(env={}) if base is None else base, consumer_group=tag,
@@ -1199,6 +1217,8 @@ def run_bench(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"nudgeflow bench: {exc}", file=sys.stderr)
         return 1
+    finally:
+        delete_run_topics()
     bench_report.write_json(results, out / "results.json")
     bench_report.draw_plot(results, out / "results.png")
     print(bench_report.format_report(results))

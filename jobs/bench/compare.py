@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.bench.bench import QUICK, Bench, fresh_config
+from jobs.bench.bench import QUICK, Bench, delete_run_topics, fresh_config
 
 #: what a build's own code says about how to run its local job (printed as JSON)
 _LAUNCH = """
@@ -132,7 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="nudgeflow-compare-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"nudgeflow bench compare (results and job logs in {out})")
-    result = compare(builds, args.rounds, args.backlog, args.users, args.parallelism, out)
+    try:
+        result = compare(builds, args.rounds, args.backlog, args.users, args.parallelism, out)
+    finally:
+        delete_run_topics()
     (out / "compare.json").write_text(json.dumps(result, indent=2))
     for name, figures in result["results"].items():
         runs = ", ".join(f"{f:,.0f}" for f in figures["runs"])

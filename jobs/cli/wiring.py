@@ -59,6 +59,13 @@ def provision_topics(cfg: NudgeflowConfig, say: Callable[[str], None] = print) -
                                       replication_factor=cfg.kafka_replication_factor or None)
 
 
+def delete_run_topics(cfg: NudgeflowConfig, tag: str) -> list[str]:
+    """Delete the topics of ``isolated(cfg, tag)`` (every topic named ``<tag>-...``)."""
+    from infra import provision
+
+    return provision.delete_topics(cfg.python_client_kwargs(), f"{tag}-")
+
+
 def provision_cassandra(cfg: NudgeflowConfig, say: Callable[[str], None] = print) -> int:
     """``infra.provision.provision_cassandra`` for ``cfg``'s Cassandra and keyspace."""
     from infra import provision

@@ -24,7 +24,7 @@ def full_form() -> bool:
 def drill_stack(local_stack):  # noqa: F811 - the fixture imported above
     cfg = runner.drill_cfg(load_config(env={}), uuid.uuid4().hex[:8])
     yield runner.Stack(local_stack, cfg)
-    runner.drop_keyspace(cfg)
+    runner.drop_drill(cfg)
 
 
 @pytest.fixture

@@ -452,6 +452,12 @@ def drill_cfg(base: NudgeflowConfig, run: str) -> NudgeflowConfig:
     return cfg
 
 
+def drop_drill(cfg: NudgeflowConfig) -> None:
+    """Drop a drill's keyspace and delete its topics (``drill_cfg``'s own)."""
+    drop_keyspace(cfg)
+    wiring.delete_run_topics(cfg, cfg.consumer_group)
+
+
 def drop_keyspace(cfg: NudgeflowConfig) -> None:
     """Drop a drill's keyspace (drills leave no tables behind)."""
     session = wiring.cassandra_session(cfg)
@@ -787,7 +793,7 @@ def drill_burst(st: Stack, users: int, burst: int) -> DrillResult:
     try:
         plain = run_drill(plain_stack, "burst (run without)", valid, [], [])
     finally:
-        drop_keyspace(plain_stack.cfg)
+        drop_drill(plain_stack.cfg)
     with_burst = run_drill(st, "invalid bursts", BurstWorkload(valid, burst), [], [])
     result = DrillResult(
         "invalid bursts", f"{valid.name}, twice (with and without)",

@@ -37,4 +37,5 @@ def isolated_cfg(local_stack):
     cfg = replace(isolated(load_config(env={}), f"it-{run}"), checkpoint_interval_ms=2000,
                   parallelism=2)
     wiring.provision_topics(cfg, say=lambda _: None)
-    return cfg
+    yield cfg
+    wiring.delete_run_topics(cfg, f"it-{run}")

@@ -96,14 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         produce_backlog(cfg, args.triggers)
         figures = measure(cfg, args.code.resolve(), args.triggers)
     finally:
-        from kafka.admin import KafkaAdminClient
-
-        admin = KafkaAdminClient(**cfg.python_client_kwargs())
-        try:
-            admin.delete_topics([t for t in admin.list_topics()
-                                 if t.startswith(f"it-{cfg.consumer_group[3:]}-")])
-        finally:
-            admin.close()
+        wiring.delete_run_topics(cfg, cfg.consumer_group)
     print(f"sender at {args.code}: {args.triggers:,} deliveries, "
           f"{figures['per_s']:,.0f} deliveries/s and {figures['cpu_per_1000']:.3f} CPU s per "
           f"1,000 deliveries (first to last delivery, {figures['span_s']:.2f} s); whole run "
