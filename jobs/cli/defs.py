@@ -1,6 +1,7 @@
 """``nudgeflow defs validate | publish | delete | list``: definitions as data.
 
-Segments, campaigns and the priority policy (``udfs.definitions``) all travel the same way.
+Segments, campaigns, journeys, the priority policy and the currency rate table
+(``udfs.definitions``) all travel the same way.
 
 - validate: parse and check YAML files offline (exit 1 with ``file:path: message`` lines);
 - publish: validate, then write each definition as a DefinitionUpdate to the definitions

@@ -98,8 +98,11 @@ def test_campaign_versions_follow_the_segment_rules_and_dispatch_by_kind():
     change = registries.apply(bad)
     assert change.outcome is ChangeOutcome.REJECTED
     assert "FAX" in change.errors[0].message
-    journey = {**v2, "kind": "JOURNEY", "definition_id": "j1"}
-    assert registries.apply(journey).outcome is ChangeOutcome.IGNORED
+    journey = {**v2, "kind": "JOURNEY", "definition_id": "j1"}  # a campaign's body
+    assert registries.apply(journey).outcome is ChangeOutcome.REJECTED
+    assert "j1" not in registries.journey_map()
+    unknown = {**v2, "kind": "WORKFLOW", "definition_id": "w1"}
+    assert registries.apply(unknown).outcome is ChangeOutcome.IGNORED
 
 
 def test_the_policy_is_replaced_at_runtime_by_a_newer_version():

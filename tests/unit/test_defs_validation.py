@@ -72,4 +72,4 @@ def test_an_id_shared_across_kinds_is_an_error(tmp_path: Path) -> None:
     [(name, field, message, _)] = _messages([segment, campaign])
     assert (name, field) == ("b-campaign.yaml", "id")
     assert message == (f"duplicate id 'high-value-cart': already defined in {segment}; ids "
-                       "must be unique across segments, campaigns and the policy")
+                       "must be unique across segments, campaigns, journeys and the policy")

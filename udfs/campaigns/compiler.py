@@ -5,7 +5,9 @@ as YAML files (``udfs.catalog.files``) or JSON bodies of DefinitionUpdate record
 (``udfs.campaigns.updates``) load them. Outputs: ``Campaign`` and ``PriorityPolicy`` objects and
 ``DefinitionError`` items (file, path in the document, message, line). State: none.
 
-The grammar is documented in ``udfs/campaigns/CAMPAIGNS.md``; keep the two in step.
+The grammar is documented in ``udfs/campaigns/CAMPAIGNS.md``; keep the two in step. What a
+campaign shares with a journey (trigger, channels, template, payload, priority, validity window,
+quiet-hours and conflict modes) is checked by ``DeliveryCompiler``, the base of both compilers.
 """
 
 from __future__ import annotations
@@ -40,10 +42,17 @@ from udfs.definitions.compiler import Compiler
 from udfs.definitions.diagnostics import describe, join_path, suggest
 
 _CLOCK_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+#: what may start a campaign (or a journey's instance): exactly one per trigger
+TRIGGER_KINDS = ("segment_enter", "event", "churn_score")
 
 
-class CampaignCompiler(Compiler):
-    """Validates campaign and policy documents; collects every error."""
+class DeliveryCompiler(Compiler):
+    """What campaigns and journeys share: triggers, channels, templates, payloads, priority.
+
+    Also the validity window and the quiet-hours and conflict modes. ``CampaignCompiler`` and
+    ``udfs.journeys.compiler.JourneyCompiler`` build on it, so a journey's entry and sends are
+    checked exactly as a campaign's trigger and message.
+    """
 
     def fraction(self, data: Any, path: str, what: str) -> float | None:
         """A number from 0 to 1; None after an error."""
@@ -52,13 +61,6 @@ class CampaignCompiler(Compiler):
             self.error(path, f"{what} must be between 0 and 1, got {value}")
             return None
         return value
-
-    def whole(self, data: Any, path: str, what: str, minimum: int = 0) -> int | None:
-        """A whole number >= ``minimum``; None after an error."""
-        if isinstance(data, bool) or not isinstance(data, int) or data < minimum:
-            self.error(path, f"{what} must be a whole number >= {minimum}, got {describe(data)}")
-            return None
-        return data
 
     def instant(self, data: Any, path: str) -> int | None:
         """An ISO-8601 instant with a UTC offset, as epoch ms."""
@@ -72,6 +74,151 @@ class CampaignCompiler(Compiler):
         self.error(path, f"bad instant {data!r}: expected ISO-8601 with a UTC offset, e.g. "
                          "2026-11-27T00:00:00Z or 2026-11-27T09:00:00+01:00")
         return None
+
+    def trigger(self, data: Any, path: str) -> CampaignTrigger | None:
+        """What makes a campaign fire or a journey start: exactly one of ``TRIGGER_KINDS``."""
+        spec = self.mapping(data, path, "a trigger", TRIGGER_KINDS, ())
+        if spec is None:
+            return None
+        if len(spec) != 1:
+            self.error(path, f"a trigger needs exactly one of {', '.join(TRIGGER_KINDS)}, got "
+                             f"{len(spec)}")
+            return None
+        kind, body = next(iter(spec.items()))
+        where = join_path(path, str(kind))
+        if kind == "segment_enter":
+            if not isinstance(body, str) or not body:
+                self.error(where, f"segment_enter needs a segment id, got {describe(body)}")
+                return None
+            return CampaignTrigger(segment_enter=body)
+        if kind == "event":
+            match = self.event_filter(body, where)
+            return None if match is None else CampaignTrigger(event=match)
+        if kind == "churn_score":
+            churn = self.mapping(body, where, "churn_score", ("crosses_above",),
+                                 ("crosses_above",))
+            if churn is None or "crosses_above" not in churn:
+                return None
+            value = self.fraction(churn["crosses_above"], join_path(where, "crosses_above"),
+                                  "crosses_above")
+            return None if value is None else CampaignTrigger(churn_crosses=value)
+        return None
+
+    def channels(self, data: Any, path: str) -> tuple[str, ...]:
+        """Channels in order of preference (empty after an error)."""
+        items = data if isinstance(data, list) else None
+        if not items:
+            self.error(path, f"channels must be a non-empty list of {', '.join(CHANNELS)}, got "
+                             f"{describe(data)}")
+            return ()
+        ok = True
+        for i, item in enumerate(items):
+            if item not in CHANNELS:
+                hint = suggest(item, CHANNELS) if isinstance(item, str) else ""
+                self.error(f"{path}[{i}]", f"unknown channel {item!r}: allowed: "
+                                           f"{', '.join(CHANNELS)}{hint}")
+                ok = False
+        if ok and len(set(items)) != len(items):
+            self.error(path, "a channel is listed twice")
+            ok = False
+        return tuple(items) if ok else ()
+
+    def template(self, data: Any, path: str) -> str | None:
+        """A message template id (non-empty text); None after an error."""
+        if not (isinstance(data, str) and data.strip()):
+            self.error(path, f"template must be a non-empty string, got {describe(data)}")
+            return None
+        return data
+
+    def payload(self, data: Any, path: str) -> tuple[tuple[str, str], ...]:
+        """Template variables: text with ``{event.x}``, ``{metadata.x}``, ``{feature.x}``."""
+        if not isinstance(data, dict):
+            self.error(path, f"payload must be a mapping of template variables, got "
+                             f"{describe(data)}")
+            return ()
+        features, _ = self.features()
+        out = []
+        for name, text in data.items():
+            where = join_path(path, str(name))
+            if not isinstance(text, str | int | float) or isinstance(text, bool):
+                self.error(where, f"a payload value is text (may hold {{event.x}}, "
+                                  f"{{metadata.x}}, {{feature.x}}), got {describe(text)}")
+                continue
+            text = str(text)
+            for source, attr in PLACEHOLDER_RE.findall(text):
+                known = {"event": PAYLOAD_EVENT_FIELDS, "metadata": PAYLOAD_METADATA_FIELDS,
+                         "feature": tuple(sorted(features))}.get(source)
+                if known is None:
+                    self.error(where, f"unknown placeholder source {source!r} in {text!r}: "
+                                      "use event, metadata or feature")
+                elif attr not in known:
+                    self.error(where, f"unknown {source} field {attr!r} in {text!r}"
+                                      f"{suggest(attr, known)}")
+            out.append((str(name), text))
+        return tuple(out)
+
+    def priority(self, data: Any, path: str, audience: bool = True
+                 ) -> tuple[float, float, float, str | None] | None:
+        """The matrix inputs: (urgency, expected_roi, brand_significance, audience segment).
+
+        Args:
+            data: The ``priority`` mapping.
+            path: Its document path.
+            audience: Whether an ``audience`` segment may be named (a journey's may not).
+        """
+        keys = ("urgency", "expected_roi", "brand_significance", "audience")[:4 if audience else 3]
+        spec = self.mapping(data, path, "priority", keys, keys[:3])
+        if spec is None or any(k not in spec for k in keys[:3]):
+            return None
+        urgency = self.fraction(spec["urgency"], join_path(path, "urgency"), "urgency")
+        roi = self.number(spec["expected_roi"], join_path(path, "expected_roi"), "expected_roi")
+        if roi is not None and roi < 0:
+            self.error(join_path(path, "expected_roi"), "expected_roi (USD per send) must be >= 0")
+            roi = None
+        brand = self.fraction(spec["brand_significance"], join_path(path, "brand_significance"),
+                              "brand_significance")
+        segment = spec.get("audience") if audience else None
+        if segment is not None and not isinstance(segment, str):
+            self.error(join_path(path, "audience"), f"audience must be a segment id, got "
+                                                f"{describe(segment)}")
+            return None
+        if urgency is None or roi is None or brand is None:
+            return None
+        return (urgency, float(roi), brand, segment)
+
+    def validity(self, doc: Mapping[str, Any], path: str) -> tuple[int | None, int | None]:
+        """``valid_from`` and ``valid_until`` as epoch ms (None: not given, or an error)."""
+        valid_from = self.instant(doc["valid_from"], join_path(path, "valid_from")) \
+            if "valid_from" in doc else None
+        valid_until = self.instant(doc["valid_until"], join_path(path, "valid_until")) \
+            if "valid_until" in doc else None
+        if valid_from is not None and valid_until is not None and valid_until <= valid_from:
+            self.error(join_path(path, "valid_until"), "valid_until must be after valid_from")
+        return valid_from, valid_until
+
+    def delivery_modes(self, doc: Mapping[str, Any], path: str) -> tuple[bool, bool]:
+        """(bypass quiet hours, defer on conflict) from ``quiet_hours`` and ``on_conflict``."""
+        quiet = doc.get("quiet_hours", "respect")
+        if quiet not in QUIET_HOURS_MODES:
+            self.error(join_path(path, "quiet_hours"), f"quiet_hours must be one of "
+                       f"{', '.join(QUIET_HOURS_MODES)}, got {describe(quiet)} (bypass "
+                       "applies only to P0 triggers)")
+        on_conflict = doc.get("on_conflict", "defer")
+        if on_conflict not in ON_CONFLICT:
+            self.error(join_path(path, "on_conflict"), f"on_conflict must be one of "
+                       f"{', '.join(ON_CONFLICT)}, got {describe(on_conflict)}")
+        return quiet == "bypass", on_conflict == "defer"
+
+
+class CampaignCompiler(DeliveryCompiler):
+    """Validates campaign and policy documents; collects every error."""
+
+    def whole(self, data: Any, path: str, what: str, minimum: int = 0) -> int | None:
+        """A whole number >= ``minimum``; None after an error."""
+        if isinstance(data, bool) or not isinstance(data, int) or data < minimum:
+            self.error(path, f"{what} must be a whole number >= {minimum}, got {describe(data)}")
+            return None
+        return data
 
     def cap(self, data: Any, path: str) -> Cap | None:
         """A frequency cap (``per_day``, ``per_week``); None if it is not a mapping."""
@@ -103,24 +250,17 @@ class CampaignCompiler(Compiler):
         before = len(self.errors)
         self.identity(doc, path, "cart-abandonment-email")
         enabled = self.enabled(doc, path)
-        trigger = self._trigger(doc["trigger"], join_path(path, "trigger")) \
+        trigger = self.trigger(doc["trigger"], join_path(path, "trigger")) \
             if "trigger" in doc else None
-        channels = self._channels(doc.get("channels"), join_path(path, "channels")) \
+        channels = self.channels(doc.get("channels"), join_path(path, "channels")) \
             if "channels" in doc else ()
-        template = doc.get("template")
-        if "template" in doc and not (isinstance(template, str) and template.strip()):
-            self.error(join_path(path, "template"), f"template must be a non-empty string, got "
-                       f"{describe(template)}")
-        payload = self._payload(doc.get("payload", {}), join_path(path, "payload"))
-        valid_from = self.instant(doc["valid_from"], join_path(path, "valid_from")) \
-            if "valid_from" in doc else None
-        valid_until = self.instant(doc["valid_until"], join_path(path, "valid_until")) \
-            if "valid_until" in doc else None
-        if valid_from is not None and valid_until is not None and valid_until <= valid_from:
-            self.error(join_path(path, "valid_until"), "valid_until must be after valid_from")
+        template = self.template(doc["template"], join_path(path, "template")) \
+            if "template" in doc else None
+        payload = self.payload(doc.get("payload", {}), join_path(path, "payload"))
+        valid_from, valid_until = self.validity(doc, path)
         expires_after = self.duration(doc["expires_after"], join_path(path, "expires_after")) \
             if "expires_after" in doc else None
-        priority = self._priority(doc.get("priority"), join_path(path, "priority")) \
+        priority = self.priority(doc.get("priority"), join_path(path, "priority")) \
             if "priority" in doc else None
         eligibility = self.mapping(doc.get("eligibility", {}), join_path(path, "eligibility"),
                                    "eligibility", ("require_segments", "exclude_segments"), ())
@@ -148,125 +288,23 @@ class CampaignCompiler(Compiler):
             if "reeligible_after" in frequency:
                 reeligible = self.duration(frequency["reeligible_after"],
                                            join_path(path, "frequency.reeligible_after")) or 0
-        quiet = doc.get("quiet_hours", "respect")
-        if quiet not in QUIET_HOURS_MODES:
-            self.error(join_path(path, "quiet_hours"), f"quiet_hours must be one of "
-                       f"{', '.join(QUIET_HOURS_MODES)}, got {describe(quiet)} (bypass "
-                       "applies only to P0 triggers)")
-        on_conflict = doc.get("on_conflict", "defer")
-        if on_conflict not in ON_CONFLICT:
-            self.error(join_path(path, "on_conflict"), f"on_conflict must be one of "
-                       f"{', '.join(ON_CONFLICT)}, got {describe(on_conflict)}")
+        bypass_quiet_hours, defer_on_conflict = self.delivery_modes(doc, path)
         if trigger is not None and priority is not None and priority[3] is None:
             priority = (*priority[:3], trigger.segment_enter)
-        if len(self.errors) > before or trigger is None or priority is None or not channels:
+        if len(self.errors) > before or trigger is None or priority is None or not channels \
+                or template is None:
             return None
         return Campaign(
             id=str(doc["id"]), version=int(doc["version"]), description=str(doc["description"]),
-            enabled=enabled, trigger=trigger, channels=channels, template=str(template),
+            enabled=enabled, trigger=trigger, channels=channels, template=template,
             payload=payload, valid_from_ms=valid_from, valid_until_ms=valid_until,
             expires_after_ms=expires_after, urgency=priority[0], expected_roi=priority[1],
             brand_significance=priority[2], audience_segment=priority[3],
             require_segments=require, exclude_segments=exclude, cap=cap,
-            reeligible_after_ms=reeligible, bypass_quiet_hours=quiet == "bypass",
-            defer_on_conflict=on_conflict == "defer",
+            reeligible_after_ms=reeligible, bypass_quiet_hours=bypass_quiet_hours,
+            defer_on_conflict=defer_on_conflict,
             document=json.loads(json.dumps(doc)), source=source,
         )
-
-    def _trigger(self, data: Any, path: str) -> CampaignTrigger | None:
-        kinds = ("segment_enter", "event", "churn_score")
-        spec = self.mapping(data, path, "a trigger", kinds, ())
-        if spec is None:
-            return None
-        if len(spec) != 1:
-            self.error(path, f"a trigger needs exactly one of {', '.join(kinds)}, got "
-                             f"{len(spec)}")
-            return None
-        kind, body = next(iter(spec.items()))
-        where = join_path(path, str(kind))
-        if kind == "segment_enter":
-            if not isinstance(body, str) or not body:
-                self.error(where, f"segment_enter needs a segment id, got {describe(body)}")
-                return None
-            return CampaignTrigger(segment_enter=body)
-        if kind == "event":
-            match = self.event_filter(body, where)
-            return None if match is None else CampaignTrigger(event=match)
-        if kind == "churn_score":
-            churn = self.mapping(body, where, "churn_score", ("crosses_above",),
-                                 ("crosses_above",))
-            if churn is None or "crosses_above" not in churn:
-                return None
-            value = self.fraction(churn["crosses_above"], join_path(where, "crosses_above"),
-                                  "crosses_above")
-            return None if value is None else CampaignTrigger(churn_crosses=value)
-        return None
-
-    def _channels(self, data: Any, path: str) -> tuple[str, ...]:
-        items = data if isinstance(data, list) else None
-        if not items:
-            self.error(path, f"channels must be a non-empty list of {', '.join(CHANNELS)}, got "
-                             f"{describe(data)}")
-            return ()
-        ok = True
-        for i, item in enumerate(items):
-            if item not in CHANNELS:
-                hint = suggest(item, CHANNELS) if isinstance(item, str) else ""
-                self.error(f"{path}[{i}]", f"unknown channel {item!r}: allowed: "
-                                           f"{', '.join(CHANNELS)}{hint}")
-                ok = False
-        if ok and len(set(items)) != len(items):
-            self.error(path, "a channel is listed twice")
-            ok = False
-        return tuple(items) if ok else ()
-
-    def _payload(self, data: Any, path: str) -> tuple[tuple[str, str], ...]:
-        if not isinstance(data, dict):
-            self.error(path, f"payload must be a mapping of template variables, got "
-                             f"{describe(data)}")
-            return ()
-        features, _ = self.features()
-        out = []
-        for name, text in data.items():
-            where = join_path(path, str(name))
-            if not isinstance(text, str | int | float) or isinstance(text, bool):
-                self.error(where, f"a payload value is text (may hold {{event.x}}, "
-                                  f"{{metadata.x}}, {{feature.x}}), got {describe(text)}")
-                continue
-            text = str(text)
-            for source, attr in PLACEHOLDER_RE.findall(text):
-                known = {"event": PAYLOAD_EVENT_FIELDS, "metadata": PAYLOAD_METADATA_FIELDS,
-                         "feature": tuple(sorted(features))}.get(source)
-                if known is None:
-                    self.error(where, f"unknown placeholder source {source!r} in {text!r}: "
-                                      "use event, metadata or feature")
-                elif attr not in known:
-                    self.error(where, f"unknown {source} field {attr!r} in {text!r}"
-                                      f"{suggest(attr, known)}")
-            out.append((str(name), text))
-        return tuple(out)
-
-    def _priority(self, data: Any, path: str
-                  ) -> tuple[float, float, float, str | None] | None:
-        keys = ("urgency", "expected_roi", "brand_significance", "audience")
-        spec = self.mapping(data, path, "priority", keys, keys[:3])
-        if spec is None or any(k not in spec for k in keys[:3]):
-            return None
-        urgency = self.fraction(spec["urgency"], join_path(path, "urgency"), "urgency")
-        roi = self.number(spec["expected_roi"], join_path(path, "expected_roi"), "expected_roi")
-        if roi is not None and roi < 0:
-            self.error(join_path(path, "expected_roi"), "expected_roi (USD per send) must be >= 0")
-            roi = None
-        brand = self.fraction(spec["brand_significance"], join_path(path, "brand_significance"),
-                              "brand_significance")
-        audience = spec.get("audience")
-        if audience is not None and not isinstance(audience, str):
-            self.error(join_path(path, "audience"), f"audience must be a segment id, got "
-                                                f"{describe(audience)}")
-            return None
-        if urgency is None or roi is None or brand is None:
-            return None
-        return (urgency, float(roi), brand, audience)
 
     # the priority policy
 

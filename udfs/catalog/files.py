@@ -2,8 +2,9 @@
 
 Inputs: YAML files or directories of them (a directory expands to the ``*.yaml``/``*.yml``
 files in it and in its subdirectories, sorted by path). A document with ``kind: campaign`` is
-a campaign, ``kind: priority`` the priority policy, ``kind: currency_rates`` the currency rate
-table, anything else a segment (or a ``segments:`` list). Outputs: a
+a campaign, ``kind: journey`` a journey, ``kind: priority`` the priority policy,
+``kind: currency_rates`` the currency rate table, one without ``kind`` a segment (or a
+``segments:`` list); any other ``kind`` is an error. Outputs: a
 ``DefinitionSet`` and every ``DefinitionError`` found (never raised for bad content by
 ``validate_files``), or the set alone (``load_files``, which raises ``InvalidDefinitions``),
 and what ``nudgeflow defs validate`` prints. State: none.
@@ -27,6 +28,9 @@ from udfs.definitions.diagnostics import (
     suggest,
 )
 from udfs.definitions.yaml_source import read_yaml
+from udfs.journeys.compiler import JourneyCompiler
+from udfs.journeys.grammar import Journey
+from udfs.journeys.updates import journey_to_update
 from udfs.segments.compiler import validate_documents
 from udfs.segments.conditions import Segment
 from udfs.segments.updates import segment_to_update
@@ -36,10 +40,16 @@ _CATALOG = Path(__file__).resolve().parent
 SEGMENT_CATALOG_DIR = _CATALOG / "segments"
 #: Where the shipped campaigns live (one YAML file per campaign).
 CAMPAIGN_CATALOG_DIR = _CATALOG / "campaigns"
+#: Where the shipped journeys live (one YAML file per journey). Opt-in: the job's default
+#: catalog (``load_catalog``, ``catalog_files``) leaves them out, since running them changes
+#: what every deployment sends; ``defs validate udfs/catalog/`` checks them with the rest.
+JOURNEY_CATALOG_DIR = _CATALOG / "journeys"
 #: the priority policy shipped with the catalog (weights, tiers, caps, quiet hours)
 POLICY_FILE = _CATALOG / "priority-policy.yaml"
 #: the currency rate table shipped with the catalog (units per US dollar)
 RATES_FILE = _CATALOG / "currency-rates.yaml"
+#: the ``kind`` values a document may have (a segment document has no ``kind``)
+DOCUMENT_KINDS = ("campaign", "journey", "priority", "currency_rates")
 
 
 @dataclass
@@ -48,22 +58,24 @@ class DefinitionSet:
 
     segments: list[Segment] = field(default_factory=list)
     campaigns: list[Campaign] = field(default_factory=list)
+    journeys: list[Journey] = field(default_factory=list)
     policies: list[PriorityPolicy] = field(default_factory=list)
     rates: list[CurrencyRates] = field(default_factory=list)
 
     def updates(self, published_at_ms: int = 0, published_by: str | None = "file"
                 ) -> list[dict[str, Any]]:
-        """All of them as UPSERT DefinitionUpdates (segments, campaigns, the policy, rates)."""
+        """All of them as UPSERT DefinitionUpdates, in the order of ``all``."""
         return [
             *(segment_to_update(s, published_at_ms, published_by) for s in self.segments),
             *(campaign_to_update(c, published_at_ms, published_by) for c in self.campaigns),
+            *(journey_to_update(j, published_at_ms, published_by) for j in self.journeys),
             *(policy_to_update(p, published_at_ms, published_by) for p in self.policies),
             *(rates_to_update(r, published_at_ms, published_by) for r in self.rates),
         ]
 
     def all(self) -> list[Any]:
-        """Every definition: segments, campaigns, the policy, then the rate table."""
-        return [*self.segments, *self.campaigns, *self.policies, *self.rates]
+        """Every definition: segments, campaigns, journeys, the policy, then the rate table."""
+        return [*self.segments, *self.campaigns, *self.journeys, *self.policies, *self.rates]
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
@@ -80,8 +92,19 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _kind_of(data: Any) -> str:
-    kind = data.get("kind") if isinstance(data, dict) else None
-    return kind if kind in ("campaign", "priority", "currency_rates") else "segment"
+    """The document's kind: a ``DOCUMENT_KINDS`` word, ``segment`` (no kind) or ``unknown``."""
+    if not isinstance(data, dict) or "kind" not in data:
+        return "segment"
+    kind = data["kind"]
+    return kind if kind in DOCUMENT_KINDS else "unknown"
+
+
+def _unknown_kind(file: str, data: dict[str, Any], lines: dict[str, int]) -> DefinitionError:
+    kind = data["kind"]
+    hint = suggest(kind, DOCUMENT_KINDS) if isinstance(kind, str) else ""
+    return DefinitionError(file, "kind", f"unknown kind {kind!r}: allowed: "
+                           f"{', '.join(DOCUMENT_KINDS)}, or no kind for a segment{hint}",
+                           lines.get("kind"))
 
 
 def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = (),
@@ -91,13 +114,14 @@ def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = 
 
     Never raises for bad content: unreadable files, YAML syntax errors, grammar errors and ids
     duplicated across files all come back as errors. Ids must be unique across all kinds, and
-    every segment a campaign names must be defined in these files or in ``known_segments``
-    (unless ``check_references`` is False: a job may get the segment at runtime).
+    every segment a campaign or journey names must be defined in these files or in
+    ``known_segments`` (unless ``check_references`` is False: a job may get the segment at
+    runtime).
 
     Args:
         paths: YAML files or directories of them.
-        known_segments: Ids of segments defined elsewhere that campaigns may name.
-        check_references: Whether to check the segments campaigns name.
+        known_segments: Ids of segments defined elsewhere that campaigns and journeys may name.
+        check_references: Whether to check the segments campaigns and journeys name.
 
     Returns:
         The valid definitions, and every error found.
@@ -123,6 +147,16 @@ def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = 
             segment_docs.append((file, data))
             segment_lines[file] = lines
             continue
+        if kind == "unknown":
+            errors.append(_unknown_kind(file, data, lines))
+            continue
+        if kind == "journey":
+            journeys = JourneyCompiler(file, lines)
+            journey = journeys.journey_document(data, "", file)
+            if journey is not None:
+                found.journeys.append(journey)
+            errors.extend(journeys.errors)
+            continue
         compiler = CampaignCompiler(file, lines)
         if kind == "campaign":
             campaign = compiler.campaign_document(data, "", file)
@@ -143,12 +177,15 @@ def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = 
         if definition.id in first_seen:
             errors.append(DefinitionError(definition.source, "id", f"duplicate id "
                           f"{definition.id!r}: already defined in {first_seen[definition.id]}; "
-                          "ids must be unique across segments, campaigns and the policy"))
+                          "ids must be unique across segments, campaigns, journeys and the "
+                          "policy"))
         first_seen.setdefault(definition.id, definition.source)
     defined = {s.id for s in found.segments} | set(known_segments)
-    for campaign in found.campaigns if check_references else ():
-        for name in sorted(campaign.referenced_segments() - defined):
-            errors.append(DefinitionError(campaign.source, "", f"campaign {campaign.id} names "
+    naming: list[tuple[str, Campaign | Journey]] = [
+        *(("campaign", c) for c in found.campaigns), *(("journey", j) for j in found.journeys)]
+    for noun, definition in naming if check_references else ():
+        for name in sorted(definition.referenced_segments() - defined):
+            errors.append(DefinitionError(definition.source, "", f"{noun} {definition.id} names "
                           f"segment {name!r}, which is not defined{suggest(name, defined)}"))
     if len(found.policies) > 1:
         errors.append(DefinitionError(found.policies[1].source, "", "more than one priority "
@@ -175,6 +212,8 @@ def load_files(paths: Iterable[str | Path], known_segments: Iterable[str] = (),
 def load_catalog() -> DefinitionSet:
     """The shipped catalog: segments, campaigns, the priority policy and the currency rates.
 
+    Not the shipped journeys (``JOURNEY_CATALOG_DIR``): they are opt-in.
+
     Raises:
         InvalidDefinitions: The catalog does not validate.
     """
@@ -185,7 +224,7 @@ def catalog_files(segments_dir: str = "", campaigns_dir: str = "") -> list[Path]
     """The files a job loads at start: segments, campaigns (given or shipped), the policy, rates.
 
     A ``campaigns_dir`` holding a ``priority-policy.yaml`` (``currency-rates.yaml``) replaces the
-    shipped policy (rate table).
+    shipped policy (rate table). The shipped journeys are not among them (opt-in).
     """
     campaigns = Path(campaigns_dir) if campaigns_dir else CAMPAIGN_CATALOG_DIR
     files = [Path(segments_dir) if segments_dir else SEGMENT_CATALOG_DIR, campaigns]
@@ -199,7 +238,7 @@ def catalog_files(segments_dir: str = "", campaigns_dir: str = "") -> list[Path]
 def validate_command(paths: Sequence[str | Path]) -> tuple[int, str]:
     """What ``nudgeflow defs validate FILE...`` prints and its exit code (every kind).
 
-    Campaigns may name the segments of the shipped catalog.
+    Campaigns and journeys may name the segments of the shipped catalog.
 
     Args:
         paths: Files or directories given on the command line.
@@ -219,6 +258,8 @@ def validate_command(paths: Sequence[str | Path]) -> tuple[int, str]:
     parts = [f"{len(found.segments)} segment(s)"]
     if found.campaigns:
         parts.append(f"{len(found.campaigns)} campaign(s)")
+    if found.journeys:
+        parts.append(f"{len(found.journeys)} journey(s)")
     if found.policies:
         parts.append("the priority policy")
     if found.rates:

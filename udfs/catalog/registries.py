@@ -2,10 +2,9 @@
 
 Inputs: DefinitionUpdate dicts of any kind (files at job start, the control topic at runtime).
 Outputs: the ``RegistryChange`` of each update, and what the engine reads per step: the
-campaigns in force, whether any fires on churn, the version of every segment, the currency
-rates. State: the
-registries (segments, campaigns, the priority policy); the engine rebuilds them from broadcast
-state with ``from_updates``.
+campaigns and journeys in force, whether any fires on churn, the version of every segment, the
+currency rates. State: the registries (segments, campaigns, journeys, the priority policy, the
+rate table); the engine rebuilds them from broadcast state with ``from_updates``.
 """
 
 from __future__ import annotations
@@ -18,21 +17,30 @@ from typing import Any
 from udfs.campaigns.grammar import Campaign
 from udfs.campaigns.updates import CampaignRegistry, PolicyRegistry
 from udfs.currency.rates import RatesRegistry
-from udfs.definitions.envelope import CAMPAIGN_KIND, POLICY_KIND, RATES_KIND, SEGMENT_KIND
+from udfs.definitions.envelope import (
+    CAMPAIGN_KIND,
+    JOURNEY_KIND,
+    POLICY_KIND,
+    RATES_KIND,
+    SEGMENT_KIND,
+)
 from udfs.definitions.versioning import RegistryChange, VersionedRegistry
+from udfs.journeys.grammar import Condition, Journey
+from udfs.journeys.updates import JourneyRegistry
 from udfs.segments.updates import SegmentRegistry
 
 
 class Registries:
     """The definitions in force, one registry per kind; what the engine keeps and applies.
 
-    ``apply`` routes a DefinitionUpdate to the registry of its kind; a kind nudgeflow does not
-    run yet (JOURNEY) is IGNORED.
+    ``apply`` routes a DefinitionUpdate to the registry of its kind (SEGMENT, CAMPAIGN,
+    JOURNEY, PRIORITY_WEIGHTS, CURRENCY_RATES); an update of any other kind is IGNORED.
     """
 
     def __init__(self) -> None:
         self.segments = SegmentRegistry()
         self.campaigns = CampaignRegistry()
+        self.journeys = JourneyRegistry()
         self.policies = PolicyRegistry()
         self.rates = RatesRegistry()
         self._derived: tuple[bool, Mapping[str, int], bool, int] | None = None
@@ -49,7 +57,7 @@ class Registries:
         """Apply one update to the registry of its kind (see ``VersionedRegistry.apply``)."""
         by_kind: dict[str, VersionedRegistry[Any]] = {
             SEGMENT_KIND: self.segments, CAMPAIGN_KIND: self.campaigns,
-            POLICY_KIND: self.policies, RATES_KIND: self.rates,
+            JOURNEY_KIND: self.journeys, POLICY_KIND: self.policies, RATES_KIND: self.rates,
         }
         registry = by_kind.get(str(update.get("kind")), self.segments)
         change = registry.apply(update)
@@ -59,15 +67,22 @@ class Registries:
 
     def updates(self) -> list[dict[str, Any]]:
         """Every accepted update (tombstones included), by kind then id."""
-        return [*self.segments.updates(), *self.campaigns.updates(), *self.policies.updates(),
-                *self.rates.updates()]
+        return [*self.segments.updates(), *self.campaigns.updates(), *self.journeys.updates(),
+                *self.policies.updates(), *self.rates.updates()]
 
     def campaign_map(self) -> Mapping[str, Campaign]:
         """The campaigns in force by id."""
         return self.campaigns.by_id()
 
+    def journey_map(self) -> Mapping[str, Journey]:
+        """The journeys in force by id."""
+        return self.journeys.by_id()
+
     def uses_churn(self) -> bool:
-        """Whether a campaign fires on a churn-score crossing (its state is then read per step)."""
+        """Whether a campaign fires, or a journey starts, on a churn-score crossing.
+
+        The campaign state is then read per step (it holds the score of the last crossing).
+        """
         return self._derive()[0]
 
     def segment_versions(self) -> Mapping[str, int]:
@@ -75,7 +90,11 @@ class Registries:
         return self._derive()[1]
 
     def reads_churn(self) -> bool:
-        """Whether any segment or campaign reads the churn score (it then changes with time)."""
+        """Whether any segment, campaign or journey reads the churn score.
+
+        A user's evaluation then changes with time alone; a journey reads it when it starts on a
+        churn crossing or tests ``churn_score`` in a condition (a wait's ``until`` included).
+        """
         return self._derive()[2]
 
     def fingerprint(self) -> int:
@@ -90,16 +109,26 @@ class Registries:
     def _derive(self) -> tuple[bool, Mapping[str, int], bool, int]:
         # read per engine step, changed only by a definition update: computed once per change
         if self._derived is None:
-            churn_campaign = any(c.trigger.churn_crosses is not None
-                                 for c in self.campaign_map().values())
+            journeys = self.journey_map().values()
+            churn_trigger = any(c.trigger.churn_crosses is not None
+                                for c in self.campaign_map().values()) \
+                or any(j.entry.trigger.churn_crosses is not None for j in journeys)
+            churn_condition = any(_tests_churn(c) for j in journeys for c in j.conditions())
             identity = "\n".join(sorted(
                 f"{u['kind']}|{u['definition_id']}|{u['version']}|{u['action']}"
                 for u in self.updates()))
             digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
             self._derived = (
-                churn_campaign,
+                churn_trigger,
                 MappingProxyType({s.id: s.version for s in self.segments.definitions()}),
-                churn_campaign or any(s.uses_churn_score for s in self.segments.definitions()),
+                churn_trigger or churn_condition
+                or any(s.uses_churn_score for s in self.segments.definitions()),
                 int.from_bytes(digest, "little") >> 1,
             )
         return self._derived
+
+
+def _tests_churn(condition: Condition) -> bool:
+    """Whether a journey condition, or one inside it, tests the churn score."""
+    return condition.churn_above is not None or condition.churn_below is not None \
+        or any(_tests_churn(c) for c in (*condition.all_of, *condition.any_of))

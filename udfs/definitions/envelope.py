@@ -16,9 +16,10 @@ from typing import Any
 
 from udfs.definitions.diagnostics import DefinitionError, InvalidDefinitions, describe
 
-#: DefinitionKind symbols of the kinds nudgeflow runs (JOURNEY is not run yet)
+#: DefinitionKind symbols of the kinds nudgeflow runs (every symbol of the Avro enum)
 SEGMENT_KIND = "SEGMENT"
 CAMPAIGN_KIND = "CAMPAIGN"
+JOURNEY_KIND = "JOURNEY"
 POLICY_KIND = "PRIORITY_WEIGHTS"
 RATES_KIND = "CURRENCY_RATES"
 
@@ -43,8 +44,9 @@ def definition_to_update(
 
     Args:
         definition: A validated definition with ``id``, ``version`` and ``document``
-            (a ``Segment``, ``Campaign`` or ``PriorityPolicy``).
-        kind: Its DefinitionKind symbol (SEGMENT, CAMPAIGN, PRIORITY_WEIGHTS).
+            (a ``Segment``, ``Campaign``, ``Journey``, ``PriorityPolicy`` or ``CurrencyRates``).
+        kind: Its DefinitionKind symbol (SEGMENT, CAMPAIGN, JOURNEY, PRIORITY_WEIGHTS,
+            CURRENCY_RATES).
         published_at_ms: Publication time, epoch ms.
         published_by: Who or what publishes it, or None.
 

@@ -7,7 +7,8 @@ definition; this is what the engine keeps in (and rebuilds from) Flink broadcast
 
 Each kind is a thin subclass of ``VersionedRegistry`` that names its kind and how an update
 becomes a definition (``udfs.segments.updates.SegmentRegistry``,
-``udfs.campaigns.updates.CampaignRegistry`` and ``PolicyRegistry``).
+``udfs.campaigns.updates.CampaignRegistry`` and ``PolicyRegistry``,
+``udfs.journeys.updates.JourneyRegistry``, ``udfs.currency.rates.RatesRegistry``).
 """
 
 from __future__ import annotations
