@@ -29,9 +29,11 @@ from typing import Any
 #: the encoding's version byte
 CLOCK_VERSION = 1
 
-#: apply order of inputs with the same event time: metadata valid at t is seen by a click at t
+#: apply order of inputs with the same event time: metadata valid at t is seen by a click at t;
+#: an engagement outcome (opened, clicked, ...) at t after both
 METADATA_RANK = 0
 CLICK_RANK = 1
+OUTCOME_RANK = 2
 
 _NONE = -(2**63)
 _HEADER = struct.Struct("<Bqqqqqqqi")
@@ -43,9 +45,12 @@ class Pending:
     """An input waiting for the watermark.
 
     Attributes:
-        time_ms: its event time (a click's ``event_time``, metadata's ``updated_at``).
-        rank: ``METADATA_RANK`` or ``CLICK_RANK`` (order among inputs at the same time).
-        key: the dedup and tie-break key: the event id, or ``metadata@<updated_at>``.
+        time_ms: its event time (a click's or outcome's ``event_time``, metadata's
+            ``updated_at``).
+        rank: ``METADATA_RANK``, ``CLICK_RANK`` or ``OUTCOME_RANK`` (order among inputs at the
+            same time).
+        key: the dedup and tie-break key: the event id, ``metadata@<updated_at>`` or
+            ``outcome@<outcome_id>``.
         payload: the record's Avro single-object bytes (decoded only when applied); empty for
             an input handed to the engine already decoded (``item``).
         ingest_time: Kafka append time of its record (trigger latency).

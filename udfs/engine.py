@@ -39,10 +39,11 @@ from schemas.codec import Codec
 from udfs.campaigns import arbitration
 from udfs.campaigns.arbitration import CampaignState
 from udfs.catalog.registries import Registries
-from udfs.clock import CLICK_RANK, METADATA_RANK, Pending, UserClock
+from udfs.clock import CLICK_RANK, METADATA_RANK, OUTCOME_RANK, Pending, UserClock
 from udfs.currency.rates import to_reference
 from udfs.features import state as feature_state
 from udfs.features.vector import FeatureView, vector_list
+from udfs.journeys import runner as journey_runner
 from udfs.segments.conditions import MEMBERSHIP_RECHECK_MS, evaluate
 from udfs.segments.updates import SegmentRegistry
 
@@ -115,6 +116,17 @@ class MetadataUpdate:
 
 
 @dataclass(frozen=True)
+class Engagement:
+    """A CampaignOutcome dict (delivered, opened, clicked, ...) of one of the user's triggers.
+
+    Applied at its ``event_time``, after any click or metadata at that time: journeys waiting
+    on it move on.
+    """
+
+    outcome: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Timer:
     """The watermark reached ``time_ms`` for a user (its Flink timer fired).
 
@@ -139,7 +151,7 @@ class Arrival:
 
 
 #: what a step is applied to
-Input = Click | MetadataUpdate | Timer | Arrival
+Input = Click | MetadataUpdate | Engagement | Timer | Arrival
 
 #: an idle user is re-evaluated against changed definitions this often (event time)
 RECHECK_MS = MEMBERSHIP_RECHECK_MS
@@ -177,6 +189,8 @@ class Step:
         timers: the user's new wake time, when it moved (one Flink timer per user).
         cancel_timer_ms: the timer registered before, still pending, to delete.
         trigger_duplicates: candidates dropped because their trigger id was decided before.
+        journey_moves: (journey id, node id, what) of every journey move (entered, sent,
+            waiting, converted, exited), in order: the per-node counters.
         duplicate: the input was a duplicate (same event id): nothing else happened.
         duplicates: buffered inputs dropped as duplicates when applied in this step (besides
             ``duplicate``).
@@ -202,6 +216,7 @@ class Step:
     timers: list[int] = field(default_factory=list)
     cancel_timer_ms: int | None = None
     trigger_duplicates: int = 0
+    journey_moves: list[tuple[str, str, str]] = field(default_factory=list)
     duplicate: bool = False
     duplicates: int = 0
     applied: int = 0
@@ -257,8 +272,9 @@ def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
         _advance(state, user_id, target, rules, now_ms, out)
     else:
         pending = _as_pending(item)
-        user_id = pending.item.event["user_id"] if pending.rank == CLICK_RANK else \
-            pending.item.metadata["user_id"]
+        user_id = item.event["user_id"] if isinstance(item, Click) else \
+            item.metadata["user_id"] if isinstance(item, MetadataUpdate) else \
+            item.outcome["user_id"]
         state.ensure()
         _advance(state, user_id, pending.time_ms, rules, now_ms, out)
         _apply(state, user_id, pending, rules, now_ms, out)
@@ -269,25 +285,35 @@ def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
     return out
 
 
-def _as_pending(item: Click | MetadataUpdate) -> Pending:
+def _as_pending(item: Click | MetadataUpdate | Engagement) -> Pending:
     if isinstance(item, Click):
         event = item.event
         return Pending(event["event_time"], CLICK_RANK, str(event["event_id"]), b"",
                        event.get("ingest_time") or 0, item)
+    if isinstance(item, Engagement):
+        return Pending(item.outcome["event_time"], OUTCOME_RANK,
+                       outcome_key(item.outcome), b"", 0, item)
     return Pending(item.at_ms, METADATA_RANK, f"metadata@{item.metadata.get('updated_at')}", b"",
                    0, item)
 
 
-def decode_pending(pending: Pending) -> Click | MetadataUpdate:
+def outcome_key(outcome: Mapping[str, Any]) -> str:
+    """The dedup key of an engagement outcome in the user's clock (a redelivery has the same)."""
+    return f"outcome@{outcome['outcome_id']}"
+
+
+def decode_pending(pending: Pending) -> Click | MetadataUpdate | Engagement:
     """The input a pending entry holds (its Avro payload decoded, unless it came decoded)."""
     if pending.item is not None:
-        item: Click | MetadataUpdate = pending.item
+        item: Click | MetadataUpdate | Engagement = pending.item
         return item
     codec = Codec.load()
     if pending.rank == CLICK_RANK:
         event = codec.decode(pending.payload, expect="ClickEvent")
         event["ingest_time"] = pending.ingest_time
         return Click(event)
+    if pending.rank == OUTCOME_RANK:
+        return Engagement(codec.decode(pending.payload, expect="CampaignOutcome"))
     return MetadataUpdate(codec.decode(pending.payload, expect="UserMetadata"), pending.time_ms)
 
 
@@ -325,6 +351,9 @@ def _apply(state: UserState, user_id: str, pending: Pending, rules: Rules, now_m
     if clock.clock_ms is not None and pending.time_ms < clock.clock_ms:
         out.late += 1
     out.applied += 1
+    if isinstance(item, Engagement):
+        _engage(state, user_id, item, pending.time_ms, rules, now_ms, out)
+        return
     if isinstance(item, Click):
         out.clicks_applied.append(str(item.event["event_id"]))
     _evaluate(state, user_id, item, pending.time_ms, rules, now_ms, out)
@@ -421,6 +450,20 @@ def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Tim
             setattr(clock, name, seg.now_ms + 1)
 
 
+def _engage(state: UserState, user_id: str, item: Engagement, at_ms: int, rules: Rules,
+            now_ms: int, out: Step) -> None:
+    """An engagement outcome at ``at_ms``: no feature or segment changes; journeys move on."""
+    clock = state.clock
+    now = at_ms if clock.clock_ms is None else max(at_ms, clock.clock_ms)
+    clock.clock_ms = now
+    view = FeatureView(state.features, state.metadata, now, state.churn_score, None)
+    seg = MembershipStep([], None, now_ms=now, view=view)
+    _campaigns(state, user_id, seg, rules, outcome_key(item.outcome), None, False, now_ms, out,
+               item.outcome)
+    if clock.campaign_due_ms is not None and clock.campaign_due_ms <= now:
+        clock.campaign_due_ms = now + 1
+
+
 def _next_recheck(at_ms: int) -> int:
     """The idle recheck after ``at_ms``: the next multiple of RECHECK_MS (aligned)."""
     return (at_ms // RECHECK_MS + 1) * RECHECK_MS
@@ -441,32 +484,61 @@ def _schedule(state: UserState, target: int, out: Step) -> None:
 
 
 def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules, cause: str,
-               event: dict[str, Any] | None, timer: bool, now_ms: int, out: Step) -> None:
-    """The campaigns' half of a step: fire, arbitrate, decide; results into ``out``.
+               event: dict[str, Any] | None, timer: bool, now_ms: int, out: Step,
+               engagement: dict[str, Any] | None = None) -> None:
+    """The campaigns' and journeys' half of a step: fire, move, arbitrate, decide; into ``out``.
 
-    The campaign state is read only when it can matter: at a timer (deferred candidates fall
-    due), when a campaign fires, or when a campaign watches the churn score (for crossings).
+    The campaign state (which holds the journey instances) is read only when it can matter: at
+    a timer (deferred candidates and journey waits fall due), at an engagement outcome, when a
+    campaign fires or a journey starts, when a campaign or journey watches the churn score (for
+    crossings), or at a click when a journey has a goal or an event condition.
     """
     registries = rules.registries
-    if seg.now_ms is None or not len(registries.campaigns):
+    journeys = registries.journey_map()
+    if seg.now_ms is None:
+        return
+    due = state.clock.campaign_due_ms
+    if not (len(registries.campaigns) or journeys) and (due is None or due > seg.now_ms):
+        # nothing defined and nothing due; a due time left by campaigns or journeys deleted
+        # since must still be decided (suppressed, ended) or it would fall due for ever
         return
     campaigns = registries.campaign_map()
     facts = arbitration.StepFacts(user_id, seg.now_ms, cause, event, tuple(seg.changes),
-                                  state.churn_score, seg.view, state.metadata)
-    if not (timer or registries.uses_churn()
-            or arbitration.find_candidates(campaigns.values(), facts, None)):
+                                  state.churn_score, seg.view, state.metadata, engagement)
+    if not (timer or engagement is not None or registries.uses_churn()
+            or arbitration.find_candidates(campaigns.values(), facts, None)
+            or (journeys and _journeys_matter(journeys, facts))):
         return
     cstate = state.campaign_state()
-    defs = arbitration.Definitions(campaigns, registries.policies.policy(),
-                                   registries.segment_versions(), rules.audience_sizes)
+    sends: list[arbitration.Candidate] = []
+    if journeys or cstate.journeys.instances:  # instances of a deleted journey end here
+        moved = journey_runner.on_step(
+            cstate.journeys, facts,
+            journey_runner.UserNow(state.membership, state.metadata, state.churn_score),
+            journeys, cstate.churn_score)
+        sends = moved.candidates
+        out.journey_moves.extend(moved.moves)
+        out.campaigns_changed = out.campaigns_changed or moved.changed
+    defs = arbitration.Definitions(
+        journey_runner.decision_campaigns(campaigns, journeys), registries.policies.policy(),
+        registries.segment_versions(), rules.audience_sizes,
+        journey_runner.churn_thresholds(journeys))
     user = arbitration.UserFacts(user_id, state.metadata, state.membership, state.churn_score,
                                  state.model_version)
-    outcome = arbitration.on_step(cstate, facts, user, defs, now_ms)
+    outcome = arbitration.on_step(cstate, facts, user, defs, now_ms, sends)
     out.campaigns_changed = out.campaigns_changed or outcome.state_changed
     state.clock.campaign_due_ms = cstate.next_due_ms()
     out.triggers.extend(outcome.triggers)
     out.decisions.extend(outcome.decisions)
     out.trigger_duplicates += outcome.duplicates
+
+
+def _journeys_matter(journeys: Mapping[str, Any], facts: arbitration.StepFacts) -> bool:
+    """Whether a step can start or move a journey without a timer or an outcome."""
+    if facts.event is not None and journey_runner.watches_events(journeys.values()):
+        return True
+    return any(arbitration.fired(j.entry.trigger, facts, None) is not None
+               for j in journeys.values() if j.enabled)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
 each record is an ``engine.Arrival`` with the watermark of the moment (the newest event time
 minus the out-of-orderness bound, as ``for_bounded_out_of_orderness`` emits it), the watermark
 fires due timers in time order before the next record, and the end of input fires the rest
-(watermark at the maximum). Clicks and metadata go through their Avro bytes, as in the job.
+(watermark at the maximum). Clicks, metadata and outcomes go through their Avro bytes, as in
+the job.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from typing import Any
 
 from schemas.codec import Codec
 from udfs import engine
-from udfs.clock import CLICK_RANK, METADATA_RANK, Pending, decode_clock, encode_clock
+from udfs.clock import (
+    CLICK_RANK,
+    METADATA_RANK,
+    OUTCOME_RANK,
+    Pending,
+    decode_clock,
+    encode_clock,
+)
 
 END_OF_INPUT = 2**63 - 1
 
@@ -100,6 +108,14 @@ class Simulator:
         t = record["updated_at"]
         pending = Pending(t, METADATA_RANK, f"metadata@{t}",
                           self.codec.encode("UserMetadata", record), 0)
+        self._step(record["user_id"], engine.Arrival(record["user_id"], pending,
+                                                     self.watermark))
+
+    def outcome(self, record: dict[str, Any]) -> None:
+        """One engagement outcome arriving (applied at its ``event_time``, after the clicks and
+        metadata of that time; it does not move the watermark: the clicks do)."""
+        pending = Pending(record["event_time"], OUTCOME_RANK, engine.outcome_key(record),
+                          self.codec.encode("CampaignOutcome", record), 0)
         self._step(record["user_id"], engine.Arrival(record["user_id"], pending,
                                                      self.watermark))
 

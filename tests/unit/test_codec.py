@@ -200,6 +200,9 @@ RECORDS: dict[str, dict[str, Any]] = {
         "campaign_id": "winback",
         "campaign_version": 3,
         "step_id": "main",
+        "journey_id": None,
+        "node_id": None,
+        "journey_instance": None,
         "channel": "EMAIL",
         "tier": "P0",
         "priority_score": 0.91,
@@ -415,9 +418,12 @@ BYTE_EXACT = [
         {
             "trigger_id": "t1",
             "user_id": "u1",
-            "campaign_id": "c1",
+            "campaign_id": "j1/n1",
             "campaign_version": 1,
-            "step_id": "main",
+            "step_id": "n1",
+            "journey_id": "j1",
+            "node_id": "n1",
+            "journey_instance": 2,
             "channel": "PUSH",
             "tier": "P1",
             "priority_score": 0.5,
@@ -438,10 +444,14 @@ BYTE_EXACT = [
                 "rivals": [{"campaign_id": "c2", "priority_score": 0.25, "outcome": "DEFERRED"}],
             },
         },
-        "c301941b9616363796e3"  # marker, fingerprint
-        "047431047531046331"  # trigger_id "t1", user_id "u1", campaign_id "c1"
+        "c3019c758597fb115bea"  # marker, fingerprint
+        "047431047531"  # trigger_id "t1", user_id "u1"
+        "0a6a312f6e31"  # campaign_id "j1/n1" (5 bytes)
         "02"  # campaign_version 1
-        "086d61696e"  # step_id "main"
+        "046e31"  # step_id "n1"
+        "02046a31"  # journey_id: branch 1, "j1"
+        "02046e31"  # node_id: branch 1, "n1"
+        "0204"  # journey_instance: branch 1, 2 -> zigzag 4
         "04"  # channel PUSH = index 2
         "02"  # tier P1 = index 1
         "000000000000e03f"  # priority_score 0.5

@@ -26,10 +26,20 @@ from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from udfs.campaigns.grammar import PLACEHOLDER_RE, Campaign, Cap, PriorityPolicy
+from udfs.campaigns.grammar import (
+    AUDIENCE_CHANNEL,
+    PLACEHOLDER_RE,
+    Campaign,
+    CampaignTrigger,
+    Cap,
+    PriorityPolicy,
+)
 from udfs.campaigns.local_time import cap_free_at, quiet_until, zone_of
 from udfs.campaigns.priority import Priority, score_priority
 from udfs.features.view import RecentEvent
+from udfs.journeys.state import JourneyState
+from udfs.journeys.state import from_doc as journey_state
+from udfs.journeys.state import to_doc as journey_doc
 
 #: how long sends and decided trigger ids are remembered (weekly caps need 7 local days)
 HISTORY_MS = 8 * 86_400_000
@@ -87,6 +97,7 @@ class Candidate:
     due_ms: int
     missing: list[str] = field(default_factory=list)
     deferrals: int = 0
+    journey_instance: int | None = None  # set on a journey node's send (its instance number)
 
 
 @dataclass
@@ -99,6 +110,8 @@ class CampaignState:
         decided: trigger id -> event time of its decision (sent or suppressed): dedup.
         pending: deferred candidates and those waiting out the decision window.
         churn_score: the churn score after the previous step, to detect a crossing.
+        journeys: the user's journey instances (``udfs.journeys.runner``), kept in the same
+            keyed state value: a journey's sends and the campaigns' share one decision.
     """
 
     sent: list[tuple[str, str, str, int]] = field(default_factory=list)
@@ -106,14 +119,17 @@ class CampaignState:
     decided: dict[str, int] = field(default_factory=dict)
     pending: list[Candidate] = field(default_factory=list)
     churn_score: float | None = None
+    journeys: JourneyState = field(default_factory=JourneyState)
 
     def last_sent_ms(self) -> int | None:
         """Event time of the user's latest trigger, or None."""
         return max((s[3] for s in self.sent), default=None)
 
     def next_due_ms(self) -> int | None:
-        """When the earliest pending candidate falls due, or None."""
-        return min((c.due_ms for c in self.pending), default=None)
+        """When the earliest pending candidate falls due or a journey's wait ends, or None."""
+        due = min((c.due_ms for c in self.pending), default=None)
+        waits = self.journeys.next_due_ms()
+        return waits if due is None else due if waits is None else min(due, waits)
 
     def prune(self, now_ms: int) -> None:
         """Forget what no rule can look at any more (bounded state)."""
@@ -125,7 +141,7 @@ class CampaignState:
     def is_empty(self) -> bool:
         """Nothing worth keeping (the adapter then clears the state)."""
         return not (self.sent or self.last_send or self.decided or self.pending) and \
-            self.churn_score is None
+            self.churn_score is None and self.journeys.is_empty()
 
 
 def encode_state(state: CampaignState) -> bytes:
@@ -133,6 +149,8 @@ def encode_state(state: CampaignState) -> bytes:
     doc = {"v": STATE_VERSION, "sent": state.sent, "last_send": state.last_send,
            "decided": state.decided, "pending": [asdict(c) for c in state.pending],
            "churn_score": state.churn_score}
+    if not state.journeys.is_empty():
+        doc["journeys"] = journey_doc(state.journeys)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -154,6 +172,8 @@ def decode_state(raw: bytes | None) -> CampaignState:
         decided={k: int(v) for k, v in doc["decided"].items()},
         pending=[Candidate(**c) for c in doc["pending"]],
         churn_score=doc.get("churn_score"),
+        # absent in state written before journeys (a savepoint restores with none running)
+        journeys=journey_state(doc.get("journeys")),
     )
 
 
@@ -178,6 +198,7 @@ class StepFacts:
         churn_score: The churn score after the step (None without a model).
         view: The user's ``udfs.features.view.UserView`` at ``now_ms`` (payload features).
         metadata: The user's metadata dict, or None.
+        outcome: The engagement outcome applied in this step (a CampaignOutcome dict), or None.
     """
 
     user_id: str
@@ -188,6 +209,7 @@ class StepFacts:
     churn_score: float | None
     view: Any
     metadata: Mapping[str, Any] | None
+    outcome: Mapping[str, Any] | None = None
 
     @cached_property
     def recent(self) -> RecentEvent | None:
@@ -201,70 +223,89 @@ class StepFacts:
                            event.get("currency"))
 
 
+@dataclass(frozen=True)
+class Cause:
+    """Why a trigger fired in a step: what its trigger id hashes and what goes on the record.
+
+    ``cause`` is what the trigger id hashes; ``event_id`` and ``event_time`` go on the
+    TriggerEvent; ``ingest_time`` is the causing record's Kafka timestamp (None for a
+    time-driven cause); ``features`` are explanation values (the event's value, the score).
+    """
+
+    cause: str
+    event_id: str
+    event_time: int
+    ingest_time: int | None
+    features: dict[str, float]
+
+
+def fired(trig: CampaignTrigger, facts: StepFacts, previous_churn: float | None
+          ) -> Cause | None:
+    """The cause, when this step fires ``trig``; None when it does not.
+
+    A trigger fires on an ENTER into its segment; a click matching its event filter; the churn
+    score crossing its threshold upwards (from below, or from no score).
+    """
+    if trig.segment_enter is not None:
+        change = next((c for c in facts.changes
+                       if c["change"] == "ENTER" and c["segment_id"] == trig.segment_enter), None)
+        if change is None:
+            return None
+        ingest = None
+        if facts.event is not None and change.get("cause_event_id") == facts.event.get(
+                "event_id"):
+            ingest = facts.event.get("ingest_time")
+        return Cause(str(change["change_id"]), str(change.get("cause_event_id") or facts.cause),
+                     int(change["event_time"]), ingest, {})
+    if trig.event is not None:
+        event, recent = facts.event, facts.recent
+        if event is None or recent is None or not trig.event.matches(recent):
+            return None
+        features = {"event.value": float(recent.value)} if recent.value is not None else {}
+        return Cause(str(event["event_id"]), str(event["event_id"]), int(event["event_time"]),
+                     event.get("ingest_time"), features)
+    threshold = trig.churn_crosses
+    score = facts.churn_score
+    if score is None or threshold is None or score < threshold or (
+            previous_churn is not None and previous_churn >= threshold):
+        return None
+    event = facts.event
+    return Cause(f"churn>={threshold}@{facts.cause}",
+                 str(event["event_id"]) if event is not None else facts.cause, facts.now_ms,
+                 event.get("ingest_time") if event is not None else None,
+                 {"churn_score": float(score)})
+
+
 def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
                     previous_churn: float | None) -> list[Candidate]:
-    """The campaigns this step fires, as candidates (before any rule is applied).
+    """The campaigns this step fires (``fired``), as candidates (before any rule is applied).
 
-    A campaign fires on: an ENTER into its segment; a click matching its event filter; the
-    churn score crossing its threshold upwards (from below, or from no score). The cause's
-    event time must lie in the campaign's validity window.
+    The cause's event time must lie in the campaign's validity window.
     """
     found = []
-    entered = {c["segment_id"]: c for c in facts.changes if c["change"] == "ENTER"}
     for campaign in campaigns:
         if not campaign.enabled:
             continue
-        trig = campaign.trigger
-        cause = cause_event_id = None
-        cause_time = facts.now_ms
-        ingest: int | None = None
-        features: dict[str, float] = {}
-        if trig.segment_enter is not None:
-            change = entered.get(trig.segment_enter)
-            if change is None:
-                continue
-            cause = change["change_id"]
-            cause_event_id = change.get("cause_event_id") or facts.cause
-            cause_time = change["event_time"]
-            if facts.event is not None and change.get("cause_event_id") == facts.event.get(
-                    "event_id"):
-                ingest = facts.event.get("ingest_time")
-        elif trig.event is not None:
-            event, recent = facts.event, facts.recent
-            if event is None or recent is None or not trig.event.matches(recent):
-                continue
-            cause = cause_event_id = event["event_id"]
-            cause_time = event["event_time"]
-            ingest = event.get("ingest_time")
-            value = recent.value
-            if value is not None:
-                features["event.value"] = float(value)
-        else:
-            threshold = trig.churn_crosses
-            score = facts.churn_score
-            if score is None or threshold is None or score < threshold or (
-                    previous_churn is not None and previous_churn >= threshold):
-                continue
-            cause = f"churn>={threshold}@{facts.cause}"
-            cause_event_id = facts.event["event_id"] if facts.event is not None else facts.cause
-            ingest = facts.event.get("ingest_time") if facts.event is not None else None
-            features["churn_score"] = float(score)
-        if campaign.valid_from_ms is not None and cause_time < campaign.valid_from_ms:
+        cause = fired(campaign.trigger, facts, previous_churn)
+        if cause is None:
             continue
-        if campaign.valid_until_ms is not None and cause_time >= campaign.valid_until_ms:
+        if campaign.valid_from_ms is not None and cause.event_time < campaign.valid_from_ms:
             continue
-        payload, missing = _fill_payload(campaign, facts)
+        if campaign.valid_until_ms is not None and cause.event_time >= campaign.valid_until_ms:
+            continue
+        payload, missing = fill_payload(campaign, facts)
         found.append(Candidate(
-            trigger_id=trigger_id(facts.user_id, campaign.id, STEP_ID, str(cause)),
-            campaign_id=campaign.id, campaign_version=campaign.version, cause=str(cause),
-            cause_event_id=str(cause_event_id), cause_event_time=int(cause_time),
-            ingest_time=ingest, payload=payload, features=features,
-            trigger_reason=trig.describe(), due_ms=facts.now_ms, missing=missing,
+            trigger_id=trigger_id(facts.user_id, campaign.id, STEP_ID, cause.cause),
+            campaign_id=campaign.id, campaign_version=campaign.version, cause=cause.cause,
+            cause_event_id=cause.event_id, cause_event_time=cause.event_time,
+            ingest_time=cause.ingest_time, payload=payload, features=dict(cause.features),
+            trigger_reason=campaign.trigger.describe(), due_ms=facts.now_ms, missing=missing,
         ))
     return found
 
 
-def _fill_payload(campaign: Campaign, facts: StepFacts) -> tuple[dict[str, str], list[str]]:
+def fill_payload(campaign: Campaign, facts: StepFacts) -> tuple[dict[str, str], list[str]]:
+    """The campaign's payload with its placeholders filled from the step; and those missing."""
     missing: list[str] = []
 
     def lookup(source: str, name: str) -> Any:
@@ -318,12 +359,18 @@ class UserFacts:
 
 @dataclass(frozen=True)
 class Definitions:
-    """The campaign definitions in force for a decision."""
+    """The campaign definitions in force for a decision.
+
+    ``campaigns`` includes the campaigns journey nodes send as (they never fire by themselves);
+    ``churn_thresholds``: the churn crossings that start journeys (the campaigns' own are read
+    from ``campaigns``), so a crossing of either is seen.
+    """
 
     campaigns: Mapping[str, Campaign]
     policy: PriorityPolicy | None
     segment_versions: Mapping[str, int]
     audience_sizes: Mapping[str, int]
+    churn_thresholds: tuple[float, ...] = ()
 
 
 @dataclass
@@ -369,7 +416,8 @@ def earliest_send(campaign: Campaign, channel: str, tier: str, now_ms: int,
 
     Applied until nothing moves: spacing after the user's last trigger (``min_interval``), the
     channel's cap across campaigns, the campaign's own cap, and quiet hours (a P0 trigger of a
-    campaign with ``quiet_hours: bypass`` ignores them).
+    campaign with ``quiet_hours: bypass`` ignores them, and so does an audience sync: the
+    PAID_SOCIAL channel adds the user to an ad audience, it interrupts nobody).
     """
     at = now_ms
     reasons: list[str] = []
@@ -390,7 +438,8 @@ def earliest_send(campaign: Campaign, channel: str, tier: str, now_ms: int,
         if moved > at:
             at = moved
             _add(reasons, CAMPAIGN_CAP)
-        if not (campaign.bypass_quiet_hours and tier == "P0"):
+        # an audience sync (PAID_SOCIAL) reaches nobody's phone at night: quiet hours do not apply
+        if channel != AUDIENCE_CHANNEL and not (campaign.bypass_quiet_hours and tier == "P0"):
             quiet_end = quiet_until(at, zone, policy.quiet_start, policy.quiet_end)
             if quiet_end is not None:
                 at = quiet_end
@@ -482,16 +531,20 @@ def decide(state: CampaignState, fresh: list[Candidate], user: UserFacts, defs: 
 
 
 def on_step(state: CampaignState, facts: StepFacts, user: UserFacts, defs: Definitions,
-            emit_time_ms: int) -> Outcome:
+            emit_time_ms: int, journey_sends: Iterable[Candidate] = ()) -> Outcome:
     """The campaigns' part of one engine step: find what fired, then decide what is due.
 
     Called after every event, metadata update and timer of a user (a timer may make deferred
-    candidates due, and its segment changes may fire campaigns).
+    candidates due, and its segment changes may fire campaigns). ``journey_sends``: the
+    candidates the user's journeys reached in this step (``udfs.journeys.runner``); they
+    compete with the campaigns' in the same decision.
     """
     campaigns = defs.campaigns.values()
-    fresh = find_candidates(campaigns, facts, state.churn_score)
+    fresh = [*find_candidates(campaigns, facts, state.churn_score), *journey_sends]
     changed = False
-    if churn_band(facts.churn_score, campaigns) != churn_band(state.churn_score, campaigns):
+    thresholds = [*(c.trigger.churn_crosses for c in campaigns
+                    if c.trigger.churn_crosses is not None), *defs.churn_thresholds]
+    if churn_band(facts.churn_score, thresholds) != churn_band(state.churn_score, thresholds):
         # kept only when it moves across a threshold: the state is not rewritten per event,
         # and a crossing is still seen (the kept score is on the same side of every threshold)
         state.churn_score = facts.churn_score
@@ -504,12 +557,11 @@ def on_step(state: CampaignState, facts: StepFacts, user: UserFacts, defs: Defin
     return out
 
 
-def churn_band(score: float | None, campaigns: Iterable[Campaign]) -> int:
+def churn_band(score: float | None, thresholds: Iterable[float]) -> int:
     """How many churn-crossing thresholds the score reaches (only a change is worth storing)."""
     if score is None:
         return -1
-    return sum(1 for c in campaigns if c.trigger.churn_crosses is not None
-               and score >= c.trigger.churn_crosses)
+    return sum(1 for threshold in thresholds if score >= threshold)
 
 
 _REASON_TEXT = {
@@ -654,7 +706,10 @@ def _trigger_event(winner: _Contender, user: UserFacts, defs: Definitions,
         "user_id": user.user_id,
         "campaign_id": campaign.id,
         "campaign_version": campaign.version,
-        "step_id": STEP_ID,
+        "step_id": campaign.node_id or STEP_ID,
+        "journey_id": campaign.journey_id,
+        "node_id": campaign.node_id,
+        "journey_instance": candidate.journey_instance,
         "channel": winner.channel,
         "tier": priority.tier,
         "priority_score": priority.score,

@@ -19,6 +19,8 @@ from udfs.definitions.event_filter import EventFilter
 POLICY_ID = "priority-policy"
 
 CHANNELS = ("EMAIL", "SMS", "PUSH", "IN_APP", "PAID_SOCIAL")
+#: the channel of ad-audience syncs (journeys' ``sync_audience`` nodes): no quiet hours
+AUDIENCE_CHANNEL = "PAID_SOCIAL"
 TIERS = ("P0", "P1", "P2", "P3")
 #: ClickEvent fields a payload template may read as {event.<field>}
 PAYLOAD_EVENT_FIELDS = ("event_id", "event_type", "product_id", "category", "price", "quantity",
@@ -100,6 +102,9 @@ class Campaign:
         defer_on_conflict: Losing an arbitration defers it (True) or suppresses it.
         document: The document as written (published as the DefinitionUpdate body).
         source: Where it came from.
+        journey_id, node_id: Set on the campaign a journey's send or sync_audience node
+            competes as (``udfs.journeys.runner.send_campaigns``; its id is
+            ``<journey>/<node>``, its trigger never fires by itself).
     """
 
     id: str
@@ -125,6 +130,8 @@ class Campaign:
     defer_on_conflict: bool = True
     document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
     source: str = field(default="", compare=False)
+    journey_id: str | None = None
+    node_id: str | None = None
 
     def referenced_segments(self) -> set[str]:
         """Every segment id this campaign names."""
