@@ -171,6 +171,12 @@ class NudgeflowConfig:
         "Directory of campaign YAML files (and optionally priority-policy.yaml, "
         "currency-rates.yaml) loaded at start; empty: the shipped catalog; 'none': no campaigns.",
     )
+    journeys_dir: str = _opt(
+        "",
+        "Directory of journey YAML files loaded at start; empty: none (journeys are opt-in: "
+        "the shipped ones are in udfs/catalog/journeys; they can also be published at "
+        "runtime with `nudgeflow defs publish`).",
+    )
     redis_key_prefix: str = _opt("nudgeflow", "Prefix of the Redis keys nudgeflow writes.")
     churn_model: str = _opt(
         "",

@@ -1,7 +1,8 @@
 """nudgeflow's Flink job: the per-user engine.
 
-Inputs: the clicks topic (ClickEvents), the compacted user-metadata topic (UserMetadata) and the
-definitions control topic (DefinitionUpdates), all Avro single-object records; plus the
+Inputs: the clicks topic (ClickEvents), the compacted user-metadata topic (UserMetadata), the
+outcomes topic (CampaignOutcomes: engagement feedback for journeys) and the definitions control
+topic (DefinitionUpdates), all Avro single-object records; plus the
 definition files (segments, campaigns, priority policy) and the churn model, read by ``main`` at
 start and handed to ``build`` as values.
 Outputs: SegmentChanges (ENTER/EXIT) on the segment-changes topic, keyed by user, also written to
@@ -46,6 +47,7 @@ from udfs.flink.decode import (
     DecodeRecordsFunction,
     definition_to_row,
     metadata_to_engine_input,
+    outcome_to_engine_input,
 )
 from udfs.flink.descriptors import (
     DEAD_LETTER_TAG,
@@ -99,6 +101,16 @@ def decode_metadata(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStre
     return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
 
 
+def decode_outcomes(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
+    """Kafka record rows of outcomes -> (engine input rows, DeadLetter rows)."""
+    decoded = records.process(
+        DecodeRecordsFunction("CampaignOutcome", cfg.dead_letter_topic, outcome_to_engine_input,
+                              cfg.intake_limits()),
+        output_type=ENGINE_INPUT_ROW,
+    ).uid(names.DECODE_OUTCOMES_UID).name(names.DECODE_OUTCOMES_NAME)
+    return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
+
+
 def decode_definitions(records: DataStream, cfg: NudgeflowConfig
                        ) -> tuple[DataStream, DataStream]:
     """Kafka record rows of the definitions topic -> (definition rows, DeadLetter rows)."""
@@ -110,7 +122,8 @@ def decode_definitions(records: DataStream, cfg: NudgeflowConfig
     return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
 
 
-def metadata_watermarks(rows: DataStream, cfg: NudgeflowConfig) -> DataStream:
+def metadata_watermarks(rows: DataStream, cfg: NudgeflowConfig,
+                        uid: str = names.METADATA_WATERMARKS_UID) -> DataStream:
     """Metadata event time (``updated_at``): held back while the backlog is read, never after.
 
     The topic's backlog holds event time back while the job starts; once the topic has been
@@ -120,12 +133,12 @@ def metadata_watermarks(rows: DataStream, cfg: NudgeflowConfig) -> DataStream:
     user's clicks at its ``updated_at`` until the topic had been quiet for ``idleness_ms`` once
     more (``io.nudgeflow.flink.ChangelogWatermarks`` says why and what it does instead). A
     bounded replay never goes idle (``bounded_replay``), so there metadata and clicks are
-    ordered by event time alone.
+    ordered by event time alone. The outcomes topic (engagement feedback: sparse, bursty) is
+    given the same strategy under its own ``uid``.
     """
     strategy = WatermarkStrategy(
         get_gateway().jvm.io.nudgeflow.flink.ChangelogWatermarks(cfg.idleness_ms)
     ).with_timestamp_assigner(EventTimeAssigner())
-    uid = names.METADATA_WATERMARKS_UID
     return rows.assign_timestamps_and_watermarks(strategy).uid(uid).name(uid)
 
 
@@ -209,8 +222,11 @@ def membership_store(cfg: NudgeflowConfig) -> CassandraRedisStore:
 def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
           cfg: NudgeflowConfig, initial_definitions: list[dict[str, Any]],
           model_files: ModelFiles | None, store: StoreFactory,
-          build_id: str | None = None) -> JobOutputs:
-    """The job's graph: Kafka record rows of the three input topics -> output streams.
+          build_id: str | None = None, outcomes: DataStream | None = None) -> JobOutputs:
+    """The job's graph: Kafka record rows of the input topics -> output streams.
+
+    ``outcomes`` (the outcomes topic's records: engagement feedback journeys wait on) is
+    optional: a graph without it runs campaigns and journeys, and no outcome reaches them.
 
     ``clicks`` must carry event-time timestamps and watermarks already: they are read per Kafka
     partition in the source (``jobs.connectors.click_watermarks``; tests assign the same
@@ -227,8 +243,15 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
     metadata_rows = metadata_watermarks(metadata_rows, cfg)
     definition_rows, definition_letters = decode_definitions(definitions, cfg)
     definition_rows = definition_watermarks(definition_rows, cfg)
-    engine = run_user_engine(clicks_for_engine(clicks).union(metadata_rows), definition_rows, cfg,
-                             initial_definitions, model_files, store, build_id)
+    inputs = clicks_for_engine(clicks).union(metadata_rows)
+    letters = [definition_letters]
+    if outcomes is not None:
+        outcome_rows, outcome_letters = decode_outcomes(outcomes, cfg)
+        inputs = inputs.union(metadata_watermarks(outcome_rows, cfg,
+                                                  names.OUTCOME_WATERMARKS_UID))
+        letters.append(outcome_letters)
+    engine = run_user_engine(inputs, definition_rows, cfg, initial_definitions, model_files,
+                             store, build_id)
     return JobOutputs(
         segment_changes=route_engine_records(engine, "SegmentChange", cfg.segment_changes_topic,
                                              names.ROUTE_SEGMENT_CHANGES_UID),
@@ -241,7 +264,7 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         # invalid and late clicks leave on the engine's side output; changes a store refused
         # for good leave on its main output as DeadLetter rows (timers cannot use side outputs)
         dead_letters=metadata_letters.union(
-            definition_letters, engine.get_side_output(DEAD_LETTER_TAG),
+            *letters, engine.get_side_output(DEAD_LETTER_TAG),
             route_engine_records(engine, "DeadLetter", cfg.dead_letter_topic,
                                  names.ROUTE_DEAD_LETTERS_UID)),
     )
@@ -277,8 +300,9 @@ def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
 
     Segments come from ``cfg.segments_dir`` (or the shipped catalog), campaigns, the policy and
     the currency rates from ``cfg.campaigns_dir`` (or the shipped catalog; ``none``: no
-    campaigns, the shipped rates). A campaign may
-    name a segment that is not among the files: it may be published at runtime.
+    campaigns, the shipped rates), journeys from ``cfg.journeys_dir`` (none when empty). A
+    campaign or journey may name a segment that is not among the files: it may be published at
+    runtime.
 
     Raises:
         udfs.definitions.diagnostics.InvalidDefinitions: a file does not validate (the job does
@@ -291,6 +315,8 @@ def file_definitions(cfg: NudgeflowConfig) -> list[dict[str, Any]]:
         files = [Path(cfg.segments_dir) if cfg.segments_dir else SEGMENT_CATALOG_DIR, RATES_FILE]
     else:
         files = catalog_files(cfg.segments_dir, cfg.campaigns_dir)
+    if cfg.journeys_dir:
+        files.append(Path(cfg.journeys_dir))
     return load_files(files, check_references=False).updates(0, "file")
 
 
@@ -341,13 +367,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                            watermarks=click_watermarks(cfg))
     metadata = kafka_records(env, cfg, cfg.user_metadata_topic, names.METADATA_SOURCE_UID,
                              names.METADATA_SOURCE_NAME, bounded=args.bounded)
+    outcomes = kafka_records(env, cfg, cfg.outcomes_topic, names.OUTCOMES_SOURCE_UID,
+                             names.OUTCOMES_SOURCE_NAME, bounded=args.bounded)
     # the control topic is read whole at every start (compacted; versions decide)
     definitions = kafka_records(
         env, cfg, cfg.definitions_topic, names.DEFINITIONS_SOURCE_UID,
         names.DEFINITIONS_SOURCE_NAME, bounded=args.bounded, from_earliest=True)
     # the build id of the code shipped (`nudgeflow run` computes it from its archive)
     outputs = build(clicks, metadata, definitions, cfg, initial_definitions, model_files,
-                    membership_store(cfg), build_id=os.environ.get(BUILD_ID_ENV))
+                    membership_store(cfg), build_id=os.environ.get(BUILD_ID_ENV),
+                    outcomes=outcomes)
     outputs.all().sink_to(routed_kafka_sink(cfg)).uid(names.KAFKA_SINK_UID).name(
         names.KAFKA_SINK_NAME
     )

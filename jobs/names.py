@@ -16,6 +16,13 @@ METADATA_SOURCE_NAME = "Kafka source: user-metadata"
 DECODE_METADATA_UID = "decode-user-metadata"
 DECODE_METADATA_NAME = "decode user metadata"
 METADATA_WATERMARKS_UID = "metadata-watermarks"
+# engagement outcomes (delivered, opened, clicked, ...) for journeys: added with journeys; a
+# savepoint from before has no state for these operators, and restores
+OUTCOMES_SOURCE_UID = "outcomes-source"
+OUTCOMES_SOURCE_NAME = "Kafka source: outcomes"
+DECODE_OUTCOMES_UID = "decode-outcomes"
+DECODE_OUTCOMES_NAME = "decode outcomes"
+OUTCOME_WATERMARKS_UID = "outcome-watermarks"
 DEFINITIONS_SOURCE_UID = "definitions-source"
 DEFINITIONS_SOURCE_NAME = "Kafka source: definitions"
 DECODE_DEFINITIONS_UID = "decode-definitions"

@@ -245,6 +245,22 @@ def decode_metadata(codec: Codec, record: SourceRecord,
     return decoded
 
 
+def decode_outcome(codec: Codec, record: SourceRecord,
+                   limits: Limits = DEFAULT_LIMITS) -> dict[str, Any] | Rejected:
+    """Decode an outcomes-topic record into a valid CampaignOutcome, or say why it is rejected.
+
+    The same checks as a click's before decoding, then ``outcome_problems``.
+    """
+    decoded = _decode(codec, record, "CampaignOutcome", limits.max_record_bytes, limits)
+    if isinstance(decoded, Rejected):
+        return decoded
+    problems = outcome_problems(decoded, record.timestamp, limits)
+    if problems:
+        return _reject("validate", problems,
+                       f"outcome {_preview(str(decoded.get('outcome_id')))!r}: ")
+    return decoded
+
+
 def decode_definition(codec: Codec, record: SourceRecord,
                       limits: Limits = DEFAULT_LIMITS) -> dict[str, Any] | Rejected:
     """Decode a definitions-topic record into a DefinitionUpdate, or say why it is rejected.
@@ -264,15 +280,20 @@ def decode_definition(codec: Codec, record: SourceRecord,
 
 def decode_record(codec: Codec, schema: str, record: SourceRecord,
                   limits: Limits = DEFAULT_LIMITS) -> dict[str, Any] | Rejected:
-    """``decode_click``, ``decode_metadata`` or ``decode_definition`` by schema name."""
+    """Decode and validate a record of ``schema``: ``decode_click``, ``decode_outcome``, ...
+
+    ClickEvent, UserMetadata, CampaignOutcome and DefinitionUpdate have rules.
+    """
     if schema == "ClickEvent":
         return decode_click(codec, record, limits=limits)
     if schema == "UserMetadata":
         return decode_metadata(codec, record, limits)
+    if schema == "CampaignOutcome":
+        return decode_outcome(codec, record, limits)
     if schema == "DefinitionUpdate":
         return decode_definition(codec, record, limits)
-    raise ValueError(f"no intake rules for {schema!r}; use ClickEvent, UserMetadata or "
-                     "DefinitionUpdate")
+    raise ValueError(f"no intake rules for {schema!r}; use ClickEvent, UserMetadata, "
+                     "CampaignOutcome or DefinitionUpdate")
 
 
 def _decode(codec: Codec, record: SourceRecord, schema: str, max_bytes: int,
@@ -499,6 +520,28 @@ def metadata_problems(record: Mapping[str, Any], record_timestamp: int | None,
                                high, record_timestamp)
     problems += _time_problems("signup_time", record.get("signup_time", 0), 0, high,
                                record_timestamp)
+    return problems
+
+
+def outcome_problems(record: Mapping[str, Any], record_timestamp: int | None,
+                     limits: Limits = DEFAULT_LIMITS) -> list[Problem]:
+    """The field rules a decoded CampaignOutcome breaks, one Problem each; empty when valid.
+
+    outcome_id, user_id and campaign_id are ids (trigger_id too, when set); event_time not
+    before 2000-01-01 nor more than max_future_skew_ms ahead of the record timestamp; revenue,
+    when set, finite within +-max_lifetime_value.
+    """
+    problems = id_problems("outcome_id", record.get("outcome_id"), limits.max_id_bytes)
+    problems += id_problems("user_id", record.get("user_id"), limits.max_id_bytes)
+    problems += id_problems("campaign_id", record.get("campaign_id"), limits.max_id_bytes)
+    problems += id_problems("trigger_id", record.get("trigger_id"), limits.max_id_bytes,
+                            required=False)
+    high = (None if record_timestamp is None or record_timestamp < 0
+            else record_timestamp + limits.max_future_skew_ms)
+    problems += _time_problems("event_time", record.get("event_time", 0), MIN_EVENT_TIME_MS,
+                               high, record_timestamp)
+    problems += _number_problems("revenue", record.get("revenue"), -limits.max_lifetime_value,
+                                 limits.max_lifetime_value, "revenue")
     return problems
 
 

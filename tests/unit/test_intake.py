@@ -326,6 +326,27 @@ def test_metadata_rules(codec: Codec) -> None:
     assert _codes(meta(user_id="\x00", updated_at=0)) == ["ID_CONTROL", "TIME_TOO_OLD"]
 
 
+def test_outcome_rules(codec: Codec) -> None:
+    def outcome(**changes: Any) -> Any:
+        value = {"outcome_id": "o-1", "trigger_id": "t-1", "user_id": "u-1",
+                 "campaign_id": "cart-abandonment-chain/email", "channel": "EMAIL",
+                 "outcome": "OPENED", "event_time": T0, "revenue": None, "currency": None}
+        value.update(changes)
+        return intake.decode_record(codec, "CampaignOutcome", SourceRecord(
+            "outcomes", 0, 1, T0, b"u-1", codec.encode("CampaignOutcome", value)))
+
+    assert isinstance(outcome(), dict)
+    assert isinstance(outcome(trigger_id=None, outcome="CONVERTED", revenue=19.5,
+                              currency="EUR"), dict)
+    assert _codes(outcome(event_time=T0 + 3_600_000)) == ["TIME_IN_FUTURE"]
+    assert _codes(outcome(outcome_id="")) == ["ID_BLANK"]
+    assert _codes(outcome(trigger_id="\x00", revenue=math.nan)) == ["ID_CONTROL", "NOT_FINITE"]
+    wrong = intake.decode_record(codec, "CampaignOutcome", SourceRecord(
+        "outcomes", 0, 1, T0, b"u-1", codec.encode("UserMetadata", builders.metadata(
+            "u-1", at=T0))))
+    assert _codes(wrong) == ["WRONG_SCHEMA"]
+
+
 def test_definition_rules(codec: Codec) -> None:
     def definition(definition_id: str, body: str = "{}") -> bytes:
         return codec.encode("DefinitionUpdate", {

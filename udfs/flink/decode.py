@@ -1,6 +1,7 @@
 """Decode and validate the job's input records; dead-letter what is bad.
 
-- ``DecodeRecordsFunction``: Kafka record rows of the user-metadata and definitions topics ->
+- ``DecodeRecordsFunction``: Kafka record rows of the user-metadata, outcomes and definitions
+  topics ->
   rows of valid records; rejected records -> the dead-letter side output (encoded DeadLetter
   rows ready for the Kafka sink). Never raises on bad input. Clicks are decoded and validated
   by the engine itself (``udfs.flink.user_engine``): no Python operator runs before it.
@@ -79,6 +80,11 @@ class DecodeRecordsFunction(ProcessFunction):
 def metadata_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
     """A UserMetadata as the engine's input row (event time = its updated_at)."""
     return Row("metadata", record["user_id"], record["updated_at"], None, raw, None, None, None)
+
+
+def outcome_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
+    """A CampaignOutcome as the engine's input row (event time = its event_time)."""
+    return Row("outcome", record["user_id"], record["event_time"], None, raw, None, None, None)
 
 
 def definition_to_row(record: dict[str, Any], raw: bytes) -> Row:

@@ -80,6 +80,28 @@ class LabelledCounters:
         counter.inc()
 
 
+class JourneyCounters:
+    """Per journey node: ``journey_<what>`` counters under groups ``journey=<id>, node=<id>``.
+
+    ``what`` is a move of ``udfs.journeys.runner`` (entered, sent, waiting: a wait begun,
+    converted, exited); counters are created on first use.
+    """
+
+    def __init__(self, metrics: Any) -> None:
+        self.metrics = metrics
+        self.counters: dict[tuple[str, str, str], Any] = {}
+
+    def inc(self, journey_id: str, node_id: str, what: str) -> None:
+        """Count one move of ``what`` at a journey's node."""
+        key = (journey_id, node_id, what)
+        counter = self.counters.get(key)
+        if counter is None:
+            counter = self.metrics.add_group("journey", journey_id).add_group(
+                "node", node_id).counter(f"journey_{what}")
+            self.counters[key] = counter
+        counter.inc()
+
+
 class MeasuredScorer:
     """The churn model with its metrics.
 

@@ -29,7 +29,7 @@ from schemas.codec import Codec
 from udfs import engine, intake
 from udfs.campaigns import arbitration
 from udfs.catalog.registries import Registries
-from udfs.clock import CLICK_RANK, METADATA_RANK, Pending, decode_clock, encode_clock
+from udfs.clock import CLICK_RANK, METADATA_RANK, OUTCOME_RANK, Pending, decode_clock, encode_clock
 from udfs.definitions.diagnostics import format_errors
 from udfs.definitions.versioning import ChangeOutcome
 from udfs.features.codec import decode_state, encode_state
@@ -46,6 +46,7 @@ from udfs.flink.descriptors import (
 )
 from udfs.flink.metrics import (
     BufferedCounter,
+    JourneyCounters,
     LabelledCounters,
     MeasuredScorer,
     SampledDistribution,
@@ -173,6 +174,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # inputs applied by processing time because the stream went quiet (quiet_release_ms)
         self.quiet_releases = metrics.counter("quiet_releases")
         self.bad_definitions = metrics.counter("definitions_rejected")
+        self.outcomes_in = metrics.counter("outcomes_in")
+        self.journey_moves = JourneyCounters(metrics)
         self.registries: Registries | None = None
         self.rules: engine.Rules | None = None  # see _rules
         self.scorer = None
@@ -255,7 +258,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     # -- users --------------------------------------------------------------------------------
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
-        """Buffer a click or metadata record in the user's clock; apply what the watermark passed.
+        """Buffer an input (click, metadata, outcome) in the user's clock; apply what is due.
 
         A click is decoded and validated here first (a bad one is dead-lettered with its
         reasons: ``udfs.intake``); one later than the watermark minus the allowed lateness is
@@ -291,6 +294,13 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             event["ingest_time"] = ingest_time
             pending = Pending(event_time, CLICK_RANK, str(event["event_id"]), raw,
                               ingest_time or 0, engine.Click(event))
+        elif kind == "outcome":
+            # validated upstream; decoded here for its id (the clock's dedup key): outcomes are
+            # few next to clicks
+            outcome = self.codec.decode(raw, expect="CampaignOutcome")
+            self.outcomes_in.inc()
+            item = engine.Engagement(outcome)
+            pending = Pending(value[2], OUTCOME_RANK, engine.outcome_key(outcome), raw, 0, item)
         else:
             # metadata takes effect at its updated_at (the row's event time)
             event_time = value[2]
@@ -494,6 +504,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     def _triggers(self, user_id: str, step: engine.Step, emit_time: int) -> Iterator[Any]:
         for _ in range(step.trigger_duplicates):
             self.trigger_duplicates.inc()
+        for journey_id, node_id, what in step.journey_moves:
+            self.journey_moves.inc(journey_id, node_id, what)
         key = user_id.encode()
         for trigger in step.triggers:
             self.triggers_by_tier.inc(trigger["tier"])
