@@ -578,9 +578,9 @@ def config_from_args(args: argparse.Namespace) -> NudgeflowConfig:
 
 #: the fields that make a job's Kafka and store names its own (tests, benchmarks, demos)
 ISOLATION_FIELDS = (
-    "clicks_topic", "user_metadata_topic", "definitions_topic", "segment_changes_topic",
-    "trigger_topic_prefix", "trigger_decisions_topic", "dead_letter_topic", "consumer_group",
-    "transactional_id_prefix", "redis_key_prefix",
+    "clicks_topic", "user_metadata_topic", "outcomes_topic", "definitions_topic",
+    "segment_changes_topic", "trigger_topic_prefix", "trigger_decisions_topic",
+    "dead_letter_topic", "consumer_group", "transactional_id_prefix", "redis_key_prefix",
 )
 
 
