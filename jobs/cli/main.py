@@ -7,6 +7,8 @@ Subcommands:
   generate  write a seeded synthetic workload (users, clicks) to Kafka
   defs      validate, publish, delete and list definitions (segments, campaigns, priority policy)
   segments  sizes: live segment sizes and when each changed; members ID: a segment's users
+  journeys  show FILE: a journey as a picture (PNG) and Graphviz DOT, with live counts
+            (--metrics)
   jars      resolve the Java dependencies from Maven Central into the cache
   sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
   stores    rebuild-redis: rebuild the Redis membership cache from Cassandra
@@ -370,6 +372,19 @@ def cmd_segments(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- journeys -----------------------------------------------------------------------------------
+
+
+def cmd_journeys(args: argparse.Namespace) -> int:
+    """``nudgeflow journeys show FILE [--out PNG] [--dot DOT] [--metrics URL]``."""
+    from jobs.cli import journeys
+
+    try:
+        return journeys.show(args.file, out=args.out, dot=args.dot, metrics=args.metrics or ())
+    except journeys.JourneyShowError as exc:
+        return _fail(str(exc))
+
+
 # --- sender -------------------------------------------------------------------------------------
 
 
@@ -485,6 +500,22 @@ def build_parser() -> argparse.ArgumentParser:
                             help="members: at most this many users (default 20)")
     add_config_arguments(segments_p)
     segments_p.set_defaults(func=cmd_segments)
+
+    journeys_p = sub.add_parser("journeys", help="show FILE: a journey as a picture (PNG, "
+                                "no Graphviz needed) and as Graphviz DOT text, with its live "
+                                "per-node counts (--metrics)")
+    journeys_p.add_argument("action", choices=["show"], help="show: print the DOT text and "
+                            "write the picture")
+    journeys_p.add_argument("file", help="a journey YAML file (kind: journey)")
+    journeys_p.add_argument("--out", metavar="PATH.png", help="where to write the picture "
+                            "(default: <journey id>.png in the current directory)")
+    journeys_p.add_argument("--dot", metavar="PATH.dot", help="write the DOT text there "
+                            "instead of to stdout")
+    journeys_p.add_argument("--metrics", metavar="URL", action="append",
+                            help="a Flink Prometheus reporter's page, e.g. "
+                            "http://127.0.0.1:9249/metrics: show the journey's per-node "
+                            "counters (summed over subtasks); repeat it for each TaskManager")
+    journeys_p.set_defaults(func=cmd_journeys)
 
     from infra.jars import COMPONENTS
 
