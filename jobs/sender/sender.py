@@ -6,6 +6,8 @@ that is a member of the consumer group ``--group`` (cooperative-sticky assignmen
 ``isolation.level=read_committed``, so records of aborted or still open transactions are never
 seen).
 Output: one ``adapter.send(trigger)`` call per trigger to deliver (a ``ChannelAdapter``); a
+DELIVERED CampaignOutcome on ``cfg.outcomes_topic`` (keyed by user_id) for every trigger the
+adapter delivered, which the engine's journeys wait on (``--no-outcomes`` turns it off); a
 DeadLetter on ``cfg.dead_letter_topic`` for every record that does not decode; the consumer
 group's committed offsets; a report (per tier: delivered, duplicates, expired, bad, skipped,
 the group's lag, rate).
@@ -40,12 +42,15 @@ their own partitions; across senders there is no order (each serves its P0 first
 
 Delivery: at least once to the channel, deduplicated. Per batch: decode, skip other channels,
 drop expired (``expires_at < now``), drop triggers this group already sent on that channel (LRU,
-then Redis), send the rest (retrying with backoff), record the sent ids in Redis, write dead
-letters, then commit the offsets. A crash between a send and the Redis write (at most one
-batch) sends those triggers again after the restart (or from the sender that takes the
-partitions over); a crash after the Redis write but before the commit redelivers the batch,
-which is then dropped as duplicates. An adapter that keeps failing stops the sender with
-``AdapterFailedError``: offsets are committed only up to the last trigger that was delivered.
+then Redis), send the rest (retrying with backoff), write their DELIVERED outcomes (waiting for
+the acknowledgements), record the sent ids in Redis, write dead letters, then commit the
+offsets. A crash between a send and the Redis write (at most one batch) sends those triggers
+again after the restart (or from the sender that takes the partitions over) and writes their
+outcomes again, with the same ``outcome_id`` (a hash of trigger id, channel and outcome; the
+engine drops the repeat); a crash after the Redis write but before the commit redelivers the
+batch, which is then dropped as duplicates (their outcomes were written before the Redis
+write). An adapter that keeps failing stops the sender with ``AdapterFailedError``: offsets are
+committed only up to the last trigger that was delivered.
 See docs/consuming.md, "Consuming triggers".
 """
 
@@ -53,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib
 import os
 import signal
@@ -76,6 +82,8 @@ BAD_RECORD_MODES = ("dead-letter", "skip")
 START_MODES = ("earliest", "latest")
 ENV_PREFIX = "NUDGEFLOW_SENDER_"
 DEAD_LETTER_STAGE = "sender-decode"
+DELIVERED = "DELIVERED"
+"""The CampaignOutcome.outcome the sender reports for every trigger its adapter delivered."""
 
 
 class SenderError(RuntimeError):
@@ -408,6 +416,32 @@ def decode_trigger(codec: Codec, record: SourceRecord) -> Record | Rejected:
         return Rejected("INVALID_AVRO", str(exc), DEAD_LETTER_STAGE)
 
 
+def derive_outcome_id(trigger_id: str, channel: str, outcome: str) -> str:
+    """The ``outcome_id`` of an outcome of a trigger on a channel: the same at every delivery.
+
+    A redelivered trigger (a crash before its batch was recorded as sent) gets an outcome with
+    the same id, which the engine drops as a repeat. 32 hex digits of a SHA-256, like trigger
+    ids, so it stays within the id limit whatever the trigger id's length; channel and outcome
+    are enum symbols (no ``|``), so the hashed text is unambiguous.
+    """
+    return hashlib.sha256(f"{trigger_id}|{channel}|{outcome}".encode()).hexdigest()[:32]
+
+
+def build_delivered_outcome(trigger: Record, delivered_at: int) -> Record:
+    """The DELIVERED CampaignOutcome of a trigger the adapter delivered at ``delivered_at`` (ms)."""
+    return {
+        "outcome_id": derive_outcome_id(trigger["trigger_id"], trigger["channel"], DELIVERED),
+        "trigger_id": trigger["trigger_id"],
+        "user_id": trigger["user_id"],
+        "campaign_id": trigger["campaign_id"],
+        "channel": trigger["channel"],
+        "outcome": DELIVERED,
+        "event_time": delivered_at,
+        "revenue": None,
+        "currency": None,
+    }
+
+
 @dataclass
 class BatchOutcome:
     """What happened to one handed-over batch."""
@@ -421,6 +455,8 @@ class BatchOutcome:
     skipped: int = 0
     """Triggers of a channel this sender does not take (``--channels``), left untouched."""
     dead_letters: list[Record] = field(default_factory=list)
+    outcomes: list[Record] = field(default_factory=list)
+    """One DELIVERED CampaignOutcome per trigger delivered, in delivery order (none when off)."""
     error: SenderError | None = None
     """Set when the batch stopped early because the adapter kept failing."""
 
@@ -438,6 +474,9 @@ def process_batch(
     limit: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
     say: Callable[[str], None] = print,
+    outcomes: bool = True,
+    write_outcomes: Callable[[Sequence[Record]], None] | None = None,
+    clock: Callable[[], int] | None = None,
 ) -> BatchOutcome:
     """Deliver one batch: decode, skip, drop expired and duplicates, send, mark sent.
 
@@ -449,8 +488,15 @@ def process_batch(
     stops early (``handled`` < len) when ``limit`` triggers were delivered or the adapter keeps
     failing (then ``error`` is set). Ids sent are marked in ``dedupe`` even then.
 
+    With ``outcomes`` every trigger delivered gets a DELIVERED CampaignOutcome in the result's
+    ``outcomes``, at ``clock()`` after its send (``now_ms`` without a clock). They are passed to
+    ``write_outcomes`` before the sent ids are marked: if writing fails, or the sender dies
+    before, the triggers are not marked either, so they are sent again after a restart and their
+    outcomes written then (same ids), instead of being dropped as duplicates with no outcome.
+
     Raises:
-        SenderError: the dedupe store failed (nothing of the batch counts as handled).
+        SenderError: the dedupe store or ``write_outcomes`` failed (nothing of the batch counts
+            as handled; a failed write leaves the sent ids unmarked).
     """
     retry = retry or DeliveryRetryPolicy()
     outcome = BatchOutcome()
@@ -486,10 +532,17 @@ def process_batch(
                 seen.add(sent_id)
                 sent.append(sent_id)
                 outcome.delivered += 1
+                if outcomes:
+                    delivered_at = now_ms if clock is None else clock()
+                    outcome.outcomes.append(build_delivered_outcome(item, delivered_at))
             outcome.handled += 1
     finally:
-        # marked even when the batch stops early: what was sent must not be sent again
+        # marked even when the batch stops early: what was sent must not be sent again; but
+        # only once its outcomes are written, or a restart would drop them as duplicates and
+        # never report them
         if sent:
+            if outcome.outcomes and write_outcomes is not None:
+                write_outcomes(outcome.outcomes)
             dedupe.mark(sent)
     return outcome
 
@@ -610,6 +663,8 @@ class SenderOptions:
     """Where a group without committed offsets starts: earliest or latest."""
     bad_records: str = "dead-letter"
     """dead-letter: write undecodable records to the dead-letter topic; skip: count and log."""
+    outcomes: bool = True
+    """Write a DELIVERED CampaignOutcome to the outcomes topic for every trigger delivered."""
     fetch_wait_ms: int = 1000
     """How long to wait for a higher tier's known backlog to arrive before serving a lower one."""
     session_timeout_s: float = 45.0
@@ -706,9 +761,22 @@ _FLAGS: tuple[tuple[str, str | None, str, type, tuple[str, ...], str], ...] = (
     ("--start", None, "start", str, START_MODES, "where a group without committed offsets starts"),
     ("--bad-records", None, "bad_records", str, BAD_RECORD_MODES,
      "undecodable records: write them to the dead-letter topic, or only count and log them"),
+    ("--outcomes", None, "outcomes", bool, (),
+     "write a DELIVERED CampaignOutcome to the outcomes topic for every trigger delivered "
+     "(keyed by user id): journeys wait on and branch by outcomes (DELIVERED, OPENED, "
+     "CLICKED, ...); a real channel sender would also report OPENED, CLICKED, ... from its "
+     "provider's webhooks. --no-outcomes: when something else reports deliveries"),
     ("--session-timeout", "SECONDS", "session_timeout_s", float, (),
      "how long the group waits for a silent sender before moving its partitions to the others"),
 )
+
+
+_SWITCH_VALUES = {"true": True, "1": True, "yes": True, "on": True,
+                  "false": False, "0": False, "no": False, "off": False}
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag[2:].replace("-", "_").upper()
 
 
 def add_sender_arguments(parser: argparse.ArgumentParser) -> None:
@@ -716,21 +784,25 @@ def add_sender_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sender (flag > env > default)")
     defaults = SenderOptions()
     for flag, metavar, name, typ, choices, help_text in _FLAGS:
-        env = ENV_PREFIX + flag[2:].replace("-", "_").upper()
+        env = _env_name(flag)
         default = getattr(defaults, name)
         if isinstance(default, tuple):  # --channels: spelled on the command line with commas
             default = ",".join(default)
         kwargs: dict[str, Any] = {
             "dest": f"sender_{name}",
-            "type": typ,
             # argparse converts a string default with ``type``, so an env value is checked too
+            # (a switch's env value is checked by options_from_args)
             "default": os.environ.get(env, default),
             "help": f"{help_text} [env: {env}] [default: {default!r}]",
         }
-        if choices:
-            kwargs["choices"] = list(choices)
+        if typ is bool:  # --x / --no-x
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["metavar"] = metavar
+            kwargs["type"] = typ
+            if choices:
+                kwargs["choices"] = list(choices)
+            else:
+                kwargs["metavar"] = metavar
         group.add_argument(flag, **kwargs)
 
 
@@ -738,10 +810,18 @@ def options_from_args(args: argparse.Namespace) -> SenderOptions:
     """The options given parsed arguments of a parser set up by ``add_sender_arguments``.
 
     Raises:
-        ValueError: an option is out of range or names an unknown channel.
+        ValueError: an option is out of range, names an unknown channel, or a switch's
+            environment variable is not true/false (1/0, yes/no, on/off).
     """
     values = {name: getattr(args, f"sender_{name}") for _, _, name, *_ in _FLAGS}
     values["channels"] = parse_channels(values["channels"])
+    for flag, _, name, typ, *_ in _FLAGS:
+        if typ is bool and isinstance(values[name], str):  # from the environment
+            switch = _SWITCH_VALUES.get(values[name].strip().lower())
+            if switch is None:
+                raise ValueError(f"{_env_name(flag)} must be true or false (1/0, yes/no, "
+                                 f"on/off), got {values[name]!r}")
+            values[name] = switch
     return SenderOptions(**values)
 
 
@@ -1323,19 +1403,32 @@ def _open_source(cfg: NudgeflowConfig, options: SenderOptions,
     return source
 
 
-class _DeadLetters:
-    """Writes DeadLetter records (confluent-kafka producer, acks=all); created on first use."""
+class _TopicWriter:
+    """Writes records of one schema to one topic and waits for every acknowledgement.
 
-    def __init__(self, cfg: NudgeflowConfig, codec: Codec) -> None:
+    One confluent-kafka producer (acks=all, idempotent), created on first use. The sender has
+    two: the dead letters and the DELIVERED outcomes.
+    """
+
+    def __init__(self, cfg: NudgeflowConfig, codec: Codec, topic: str, schema: str,
+                 key: Callable[[Record], bytes | None], what: str, unwritten: str) -> None:
         self.cfg = cfg
         self.codec = codec
+        self.topic = topic
+        self.schema = schema
+        self.key = key
+        """A record's Kafka key."""
+        self.what = what
+        """The records' name in errors ("dead letter(s)")."""
+        self.unwritten = unwritten
+        """What becomes of the batch when a write fails, for the error."""
         self.producer: Any = None
 
-    def write(self, letters: Sequence[Record]) -> None:
-        """Write the letters and wait for every acknowledgement.
+    def write(self, records: Sequence[Record]) -> None:
+        """Write the records and wait for every acknowledgement.
 
         Raises:
-            SenderError: a letter was not acknowledged within 30 s (never lose one: the batch
+            SenderError: a record was not acknowledged within 30 s (never lose one: the batch
                 is then not committed and is read again after a restart).
         """
         from confluent_kafka import Producer
@@ -1349,24 +1442,39 @@ class _DeadLetters:
             if error is not None:
                 failures.append(str(error))
 
-        for letter in letters:
-            self.producer.produce(self.cfg.dead_letter_topic, key=letter["key"],
-                                  value=self.codec.encode("DeadLetter", letter),
+        for record in records:
+            self.producer.produce(self.topic, key=self.key(record),
+                                  value=self.codec.encode(self.schema, record),
                                   on_delivery=acknowledged)
         unsent = self.producer.flush(30)
         if failures or unsent:
             raise SenderError(
-                f"{len(failures) + unsent} of {len(letters)} dead letter(s) were not written to "
-                f"{self.cfg.dead_letter_topic!r} at {self.cfg.kafka_bootstrap} "
+                f"{len(failures) + unsent} of {len(records)} {self.what} were not written to "
+                f"{self.topic!r} at {self.cfg.kafka_bootstrap} "
                 f"({failures[0] if failures else 'no acknowledgement within 30 s'}); does the "
-                "topic exist (`nudgeflow stack provision`)? The batch is not committed: it is "
-                "read again after a restart")
+                f"topic exist (`nudgeflow stack provision`)? {self.unwritten}")
 
     def close(self) -> None:
         """Flush and drop the producer."""
         if self.producer is not None:
             self.producer.flush(10)
             self.producer = None
+
+
+def _dead_letter_writer(cfg: NudgeflowConfig, codec: Codec) -> _TopicWriter:
+    """The writer of the sender's dead letters (keyed by the bad record's key)."""
+    return _TopicWriter(cfg, codec, cfg.dead_letter_topic, "DeadLetter", lambda r: r["key"],
+                        "dead letter(s)",
+                        "The batch is not committed: it is read again after a restart")
+
+
+def _outcome_writer(cfg: NudgeflowConfig, codec: Codec) -> _TopicWriter:
+    """The writer of the DELIVERED outcomes (keyed by user id, as the engine reads them)."""
+    return _TopicWriter(cfg, codec, cfg.outcomes_topic, "CampaignOutcome",
+                        lambda r: r["user_id"].encode(), "outcome(s)",
+                        "The batch is not committed and its triggers are not recorded as sent: "
+                        "they are sent again after a restart, and their outcomes written then "
+                        "(with the same outcome ids)")
 
 
 def open_dedupe(cfg: NudgeflowConfig, options: SenderOptions) -> Deduper:
@@ -1410,16 +1518,18 @@ def run_sender(
     """Deliver triggers from the four tier topics to ``adapter`` until told to stop.
 
     The sender is one member of the consumer group ``options.group``: it delivers the triggers
-    of the partitions the group assigns it. Stops on SIGINT/SIGTERM (when called in the main
-    thread), when ``stop`` is set, after ``options.max_triggers`` deliveries, or once it had
-    nothing to hand over for ``options.until_idle_s`` and the group has no lag left on the tier
-    topics. Prints a report every ``options.report_every_s`` and at the end.
+    of the partitions the group assigns it, and writes a DELIVERED CampaignOutcome for each to
+    ``cfg.outcomes_topic`` (unless ``options.outcomes`` is off). Stops on SIGINT/SIGTERM (when
+    called in the main thread), when ``stop`` is set, after ``options.max_triggers`` deliveries,
+    or once it had nothing to hand over for ``options.until_idle_s`` and the group has no lag
+    left on the tier topics. Prints a report every ``options.report_every_s`` and at the end.
 
     Args:
         cfg: Kafka, Redis and topic names.
         options: how to run (see ``SenderOptions``).
         adapter: receives each trigger to deliver.
-        clock: wall clock in epoch milliseconds, for ``expires_at`` and dead letters.
+        clock: wall clock in epoch milliseconds, for ``expires_at``, dead letters and the
+            outcomes' ``event_time`` (read after each delivery).
         say: where reports and warnings go.
         stop: set it to stop the sender from another thread.
         sleep: waits between adapter retries.
@@ -1430,7 +1540,8 @@ def run_sender(
     Raises:
         AdapterFailedError: the adapter kept failing; offsets are committed up to the trigger
             before the failing one; ``exc.report`` holds the report.
-        SenderError: a tier topic is missing, or Kafka, Redis or the dead-letter topic failed.
+        SenderError: a tier topic is missing, or Kafka, Redis, the dead-letter or the outcomes
+            topic failed.
     """
     from confluent_kafka import KafkaException
 
@@ -1447,7 +1558,8 @@ def run_sender(
         raise SenderError(f"cannot read the trigger topics at {cfg.kafka_bootstrap}: "
                           f"{type(exc).__name__}: {exc}") from exc
     ledger = source.ledger
-    letters = _DeadLetters(cfg, codec) if options.bad_records == "dead-letter" else None
+    letters = _dead_letter_writer(cfg, codec) if options.bad_records == "dead-letter" else None
+    outcomes = _outcome_writer(cfg, codec) if options.outcomes else None
     started = time.monotonic()
     last_report, previous = started, report.snapshot()
     idle_since: float | None = None
@@ -1456,7 +1568,8 @@ def run_sender(
     failure: SenderError | None = None
     say(f"sender: group {options.group}, channels {','.join(options.channels)}, topics "
         f"{', '.join(source.topics.values())}, starvation limit "
-        f"{options.starvation_limit or 'off (strict)'}, dedupe {options.dedupe}")
+        f"{options.starvation_limit or 'off (strict)'}, dedupe {options.dedupe}, outcomes "
+        f"{'to ' + cfg.outcomes_topic if outcomes else 'off'}")
     with _stop_on_signals(signals):
         try:
             while True:
@@ -1492,11 +1605,15 @@ def run_sender(
                     outcome = process_batch(batch, codec=codec, dedupe=dedupe, adapter=adapter,
                                             now_ms=clock(), group=options.group,
                                             channels=options.channels, retry=retry,
-                                            limit=remaining, sleep=sleep, say=say)
+                                            limit=remaining, sleep=sleep, say=say,
+                                            outcomes=options.outcomes,
+                                            write_outcomes=outcomes.write if outcomes else None,
+                                            clock=clock)
                     report.add(tier, outcome)
                     if outcome.dead_letters and letters is not None:
                         letters.write(outcome.dead_letters)
-                    # only now are the records done with: delivered, recorded and lettered
+                    # only now are the records done with: delivered, reported (the outcomes
+                    # were written before the sent ids were recorded), recorded and lettered
                     ledger.settle(outcome.handled)
                     source.commit()
                     if outcome.error is not None:
@@ -1520,8 +1637,9 @@ def run_sender(
             ) from exc
         finally:
             source.close()
-            if letters is not None:
-                letters.close()
+            for writer in (letters, outcomes):
+                if writer is not None:
+                    writer.close()
             close = getattr(adapter, "close", None)
             if callable(close):
                 close()

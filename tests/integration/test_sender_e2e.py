@@ -4,8 +4,9 @@ A backlog is produced transactionally into the four tier topics, interleaved (P3
 round), with triggers that expired, the same trigger_id in P0 and P3, replays of P1 triggers,
 one aborted transaction and one record that is not Avro. The sender must deliver P0 before P1
 before P2 before P3 (starvation guard off), each expected trigger exactly once, nothing of the
-aborted transaction, and leave no lag; a second run of the group delivers nothing; a run under
-a new group delivers every trigger once more (the dedupe keys carry the group); and the first
+aborted transaction, write one DELIVERED outcome per delivered trigger, and leave no lag; a
+second run of the group delivers nothing; a run under a new group delivers every trigger once
+more (the dedupe keys carry the group); and the first
 group, its offsets rewound, finds every trigger already sent (Redis dedupe across restarts). A
 second test turns the starvation guard on and sees P3 served while P0 still has a backlog.
 """
@@ -15,7 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartitio
 
 from jobs.sender.sender import SenderOptions, run_sender
 from schemas.codec import Codec
-from tests.integration.kafka_io import TopicReader
+from tests.integration.kafka_io import TopicReader, read_topic
 from tests.unit.test_sender import NOW, make_trigger
 from udfs.campaigns.grammar import TIERS
 
@@ -152,6 +153,14 @@ def test_drains_a_transactional_backlog_in_priority_order_exactly_once(isolated_
         reader.close()
     assert [(name, r["raw"], r["source_topic"], r["key"]) for _, name, r in letters] == [
         ("DeadLetter", GARBAGE, cfg.trigger_topic("P2"), b"u-broken")]
+
+    # one DELIVERED outcome per delivered trigger, keyed by its user, at the sender's clock
+    outcomes = read_topic(cfg, cfg.outcomes_topic, expected=len(delivered))
+    assert sorted(r["trigger_id"] for _, _, r in outcomes) == sorted(delivered)
+    assert {(name, r["outcome"], r["event_time"]) for _, name, r in outcomes} == {
+        ("CampaignOutcome", "DELIVERED", NOW)}
+    assert all(key == r["user_id"].encode() for key, _, r in outcomes)
+    assert len({r["outcome_id"] for _, _, r in outcomes}) == len(delivered)
 
     # the group committed everything: a restart delivers nothing
     again = RecordingAdapter()

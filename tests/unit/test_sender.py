@@ -1,7 +1,7 @@
 """Tests for jobs.sender.sender without Kafka or Redis: the scheduler, one batch's handling (expiry,
-dedupe, bad records, retries, limits), the dedupe stores, the report, adapters and options, the
-partition ledger, and the delivery loop over a fake confluent-kafka group consumer (rebalances,
-commits, pausing)."""
+dedupe, bad records, retries, limits, DELIVERED outcomes), the dedupe stores, the report, adapters
+and options, the partition ledger, and the delivery loop over a fake confluent-kafka group
+consumer (rebalances, commits, pausing) and producer (outcomes)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ from jobs.sender.sender import (
     SentId,
     TierScheduler,
     TierStats,
+    build_delivered_outcome,
+    derive_outcome_id,
     format_report,
     is_expired,
     load_adapter,
@@ -37,7 +39,7 @@ from jobs.sender.sender import (
 )
 from schemas.codec import Codec
 from udfs.campaigns.grammar import CHANNELS, TIERS
-from udfs.intake import SourceRecord
+from udfs.intake import SourceRecord, outcome_problems
 
 NOW = 1_750_000_000_000  # a fixed wall clock (ms)
 CODEC = Codec.load()
@@ -255,6 +257,120 @@ def test_send_with_retry_without_retries_fails_at_once():
     with pytest.raises(AdapterFailedError, match="failed 1 time"):
         send_with_retry(Recorder(fail_times=1), make_trigger("t"), DeliveryRetryPolicy(0),
                         say=quiet)
+
+
+# --- DELIVERED outcomes -------------------------------------------------------------------------
+
+
+def delivered(trigger_id, at=NOW, user_id="u-1", campaign_id="c-1", channel="EMAIL"):
+    return {"outcome_id": derive_outcome_id(trigger_id, channel, "DELIVERED"),
+            "trigger_id": trigger_id, "user_id": user_id, "campaign_id": campaign_id,
+            "channel": channel, "outcome": "DELIVERED", "event_time": at, "revenue": None,
+            "currency": None}
+
+
+def test_each_delivered_trigger_gets_one_delivered_outcome_and_nothing_else_does():
+    dedupe = MemoryDedupe()
+    dedupe.mark(sent_ids("sent-before"))
+    batch = [
+        encoded(make_trigger("t1", user_id="ann", campaign_id="welcome"), 0),
+        encoded(make_trigger("sms", channel="SMS"), 1),  # skipped: not this sender's channel
+        encoded(make_trigger("old", expires_at=NOW - 1), 2),
+        encoded(make_trigger("t1", user_id="ann", campaign_id="welcome"), 3),  # a replay
+        encoded(make_trigger("sent-before"), 4),
+        record(b"not avro at all", 5),
+        record(None, 6),
+        encoded(make_trigger("t2", user_id="bob", campaign_id="cart"), 7),
+    ]
+    outcome = process_batch(batch, codec=CODEC, dedupe=dedupe, adapter=Recorder(), now_ms=NOW,
+                            group=GROUP, channels=("EMAIL",), say=quiet)
+    assert (outcome.delivered, outcome.skipped, outcome.expired, outcome.duplicates,
+            outcome.bad) == (2, 1, 1, 2, 2)
+    assert outcome.outcomes == [delivered("t1", user_id="ann", campaign_id="welcome"),
+                                delivered("t2", user_id="bob", campaign_id="cart")]
+
+
+def test_a_delivered_outcome_is_a_valid_campaign_outcome():
+    outcome = build_delivered_outcome(make_trigger("t1", channel="PUSH", user_id="ann"), NOW)
+    value = CODEC.encode("CampaignOutcome", outcome)
+    assert CODEC.decode(value, expect="CampaignOutcome") == outcome
+    assert outcome_problems(outcome, NOW) == []  # what the engine checks before applying it
+    assert (outcome["channel"], outcome["outcome"], outcome["trigger_id"]) == \
+        ("PUSH", "DELIVERED", "t1")
+
+
+def test_outcome_ids_are_deterministic_and_tell_triggers_channels_and_outcomes_apart():
+    first = process_batch([encoded(make_trigger("t1"), 0)], codec=CODEC, dedupe=MemoryDedupe(),
+                          adapter=Recorder(), now_ms=NOW, group=GROUP, say=quiet)
+    # a redelivery after a crash: another process, another time, another group
+    again = process_batch([encoded(make_trigger("t1"), 9)], codec=CODEC, dedupe=MemoryDedupe(),
+                          adapter=Recorder(), now_ms=NOW + 60_000, group="other", say=quiet)
+    assert first.outcomes[0]["outcome_id"] == again.outcomes[0]["outcome_id"]
+    assert [first.outcomes[0]["event_time"], again.outcomes[0]["event_time"]] == \
+        [NOW, NOW + 60_000]
+    ids = {derive_outcome_id(*key) for key in [("t1", "EMAIL", "DELIVERED"),
+                                                ("t2", "EMAIL", "DELIVERED"),
+                                                ("t1", "SMS", "DELIVERED"),
+                                                ("t1", "EMAIL", "OPENED")]}
+    assert len(ids) == 4
+    # sha256("t1|EMAIL|DELIVERED"), first 32 hex digits: fixed, so other senders can match it
+    assert first.outcomes[0]["outcome_id"] == "8a71bda7493f789b4812a27ed9591e0d"
+    # 32 hex digits whatever the trigger id: within the engine's id limit
+    long_id = build_delivered_outcome(make_trigger("x" * 256), NOW)["outcome_id"]
+    assert len(long_id) == 32 and int(long_id, 16) >= 0
+
+
+def test_no_outcomes_when_they_are_off():
+    written = []
+    outcome = process_batch([encoded(make_trigger("t1"), 0)], codec=CODEC, dedupe=MemoryDedupe(),
+                            adapter=Recorder(), now_ms=NOW, group=GROUP, outcomes=False,
+                            write_outcomes=written.append, say=quiet)
+    assert outcome.delivered == 1 and outcome.outcomes == [] and written == []
+
+
+def test_the_delivery_time_is_read_from_the_clock_after_each_send():
+    times = iter([NOW + 10, NOW + 20])
+    outcome = process_batch([encoded(make_trigger(f"t{i}"), i) for i in range(2)], codec=CODEC,
+                            dedupe=MemoryDedupe(), adapter=Recorder(), now_ms=NOW, group=GROUP,
+                            clock=lambda: next(times), say=quiet)
+    assert [o["event_time"] for o in outcome.outcomes] == [NOW + 10, NOW + 20]
+
+
+class LoggingDedupe(MemoryDedupe):
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def mark(self, ids):
+        self.log.append(("mark", [i.trigger_id for i in ids]))
+        super().mark(ids)
+
+
+def test_outcomes_are_written_before_the_sent_ids_are_recorded():
+    log = []
+    adapter = Recorder(fail_times=99, fail_on="t3")
+    outcome = process_batch(
+        [encoded(make_trigger(f"t{i}"), i) for i in range(1, 5)], codec=CODEC,
+        dedupe=LoggingDedupe(log), adapter=adapter, now_ms=NOW, group=GROUP,
+        retry=DeliveryRetryPolicy(0), write_outcomes=lambda o: log.append(
+            ("write", [x["trigger_id"] for x in o])), say=quiet)
+    # the adapter failed on t3: the delivered prefix is reported, then recorded
+    assert isinstance(outcome.error, AdapterFailedError)
+    assert log == [("write", ["t1", "t2"]), ("mark", ["t1", "t2"])]
+
+
+def test_when_outcomes_cannot_be_written_the_triggers_are_not_recorded_as_sent():
+    dedupe = MemoryDedupe()
+
+    def fail(_outcomes):
+        raise SenderError("2 of 2 outcome(s) were not written")
+
+    with pytest.raises(SenderError, match="outcome"):
+        process_batch([encoded(make_trigger(f"t{i}"), i) for i in range(2)], codec=CODEC,
+                      dedupe=dedupe, adapter=Recorder(), now_ms=NOW, group=GROUP,
+                      write_outcomes=fail, say=quiet)
+    # sent again after a restart, and then reported (rather than dropped as duplicates)
+    assert dedupe.seen(sent_ids("t0", "t1")) == set()
 
 
 # --- dedupe stores ------------------------------------------------------------------------------
@@ -564,6 +680,21 @@ def test_channels_flag_and_environment_variable(monkeypatch):
     assert _parse(["--channels", "IN_APP"]).channels == ("IN_APP",)
 
 
+def test_outcomes_switch_and_environment_variable(monkeypatch):
+    monkeypatch.delenv("NUDGEFLOW_SENDER_OUTCOMES", raising=False)
+    assert _parse([]).outcomes is True
+    assert _parse(["--no-outcomes"]).outcomes is False
+    monkeypatch.setenv("NUDGEFLOW_SENDER_OUTCOMES", "off")
+    assert _parse([]).outcomes is False
+    assert _parse(["--outcomes"]).outcomes is True
+    monkeypatch.setenv("NUDGEFLOW_SENDER_OUTCOMES", "True")
+    assert _parse([]).outcomes is True
+    monkeypatch.setenv("NUDGEFLOW_SENDER_OUTCOMES", "maybe")
+    with pytest.raises(ValueError, match="NUDGEFLOW_SENDER_OUTCOMES must be true or false"):
+        _parse([])
+    assert _parse(["--no-outcomes"]).outcomes is False  # the flag wins over a bad variable
+
+
 def test_cli_refuses_an_unknown_channel_without_connecting(capsys):
     assert main(["sender", "--channels", "EMAIL,FAX", "--kafka-bootstrap", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
@@ -595,6 +726,8 @@ def test_cli_help_lists_the_sender_flags(capsys):
                  "[default: 'EMAIL,SMS,PUSH,IN_APP,PAID_SOCIAL']",
                  "--session-timeout SECONDS", "[env: NUDGEFLOW_SENDER_SESSION_TIMEOUT]",
                  "senders of one group share the partitions",
+                 "--outcomes, --no-outcomes", "journeys wait on and branch by outcomes",
+                 "[env: NUDGEFLOW_SENDER_OUTCOMES] [default: True]",
                  "--trigger-topic-prefix"):
         assert part in text
 
@@ -909,8 +1042,9 @@ def fake_group(monkeypatch, sizes, delays=None, values=None, **kwargs):
 
 
 def run(options, adapter, **kwargs):
+    # no producer unless a test fakes one (fake_producer)
     base = {"dedupe": "memory", "until_idle_s": 0.05, "report_every_s": 0, "batch_size": 10,
-            "bad_records": "skip"}
+            "bad_records": "skip", "outcomes": False}
     return sender.run_sender(load_config(env={}), SenderOptions(**{**base, **options}), adapter,
                              clock=lambda: NOW, say=kwargs.pop("say", quiet), **kwargs)
 
@@ -1111,6 +1245,101 @@ def test_a_failing_batch_is_not_committed(monkeypatch):
     # batch 1 is committed, on the asynchronous commit after it and not past it on close
     assert adapter.sent == [f"p0-{i}" for i in range(0, 20, 2)]
     assert consumer.group == {("triggers-p0", 0): 10} and consumer.closed
+
+
+class FakeProducer:
+    """confluent_kafka.Producer: keeps what was produced; ``fail`` reports an error for each."""
+
+    def __init__(self, conf, consumer, fail=None):
+        self.conf = conf
+        self.consumer = consumer
+        self.fail = fail
+        self.pending = []
+        self.written = []  # (topic, key, value)
+        self.flushes = []  # the group's committed offsets at each flush
+
+    def produce(self, topic, key=None, value=None, on_delivery=None):
+        self.pending.append((topic, key, value, on_delivery))
+
+    def flush(self, timeout=None):
+        self.flushes.append(dict(self.consumer.group))
+        for topic, key, value, on_delivery in self.pending:
+            on_delivery(self.fail, None)
+            if self.fail is None:
+                self.written.append((topic, key, value))
+        self.pending = []
+        return 0
+
+
+def fake_producer(monkeypatch, consumer, fail=None):
+    import confluent_kafka
+
+    made = []
+
+    def producer(conf):
+        made.append(FakeProducer(conf, consumer, fail))
+        return made[-1]
+
+    monkeypatch.setattr(confluent_kafka, "Producer", producer)
+    return made
+
+
+def test_the_loop_writes_a_delivered_outcome_per_delivery_before_committing(monkeypatch):
+    values = {("P1", i): CODEC.encode("TriggerEvent", make_trigger(
+        f"p1-{i}", tier="P1", user_id=f"u-{i}", expires_at=NOW - 1 if i == 4 else None))
+        for i in range(20)}
+    consumer = fake_group(monkeypatch, {"P1": 20}, values=values)
+    producers = fake_producer(monkeypatch, consumer)
+    adapter = Recorder()
+    lines = []
+    report = run({"outcomes": True}, adapter, say=lines.append)
+    assert report.tiers["P1"].delivered == 19 and report.tiers["P1"].expired == 1
+    [producer] = producers
+    assert producer.conf["acks"] == "all" and producer.conf["enable.idempotence"] is True
+    written = [(topic, key, CODEC.decode(value, expect="CampaignOutcome"))
+               for topic, key, value in producer.written]
+    assert [(topic, key, o["trigger_id"], o["outcome"]) for topic, key, o in written] == \
+        [("outcomes", f"u-{t[3:]}".encode(), t, "DELIVERED") for t in adapter.sent]
+    assert [o for _, _, o in written] == [
+        delivered(t, user_id=f"u-{t[3:]}") for t in adapter.sent]
+    # one flush per batch, each before that batch's offsets were committed
+    assert producer.flushes[0] == {} and producer.flushes[1] == {("triggers-p1", 0): 10}
+    assert consumer.group == {("triggers-p1", 0): 11, ("triggers-p1", 1): 11}
+    assert "outcomes to outcomes" in lines[0]
+
+
+def test_outcomes_that_are_not_written_stop_the_sender_before_the_commit(monkeypatch):
+    consumer = fake_group(monkeypatch, {"P0": 20})
+    fake_producer(monkeypatch, consumer, fail="UNKNOWN_TOPIC_OR_PART")
+    adapter = Recorder()
+    with pytest.raises(SenderError) as info:
+        run({"outcomes": True}, adapter)
+    message = str(info.value)
+    assert "10 of 10 outcome(s) were not written to 'outcomes'" in message
+    assert "UNKNOWN_TOPIC_OR_PART" in message and "nudgeflow stack provision" in message
+    assert "sent again after a restart" in message
+    assert len(adapter.sent) == 10 and consumer.group == {}  # the batch was not committed
+
+
+def test_dead_letters_and_outcomes_go_to_their_own_topics(monkeypatch):
+    trigger = CODEC.encode("TriggerEvent", make_trigger("p0-0", user_id="ann"))
+    consumer = fake_group(monkeypatch, {"P0": 2},
+                          values={("P0", 0): trigger, ("P0", 1): b"not avro at all"})
+    producers = fake_producer(monkeypatch, consumer)
+    run({"outcomes": True, "bad_records": "dead-letter"}, Recorder())
+    written = [(topic, key, CODEC.decode_named(value)[0])
+               for producer in producers for topic, key, value in producer.written]
+    # a dead letter keeps the bad record's key (the fake consumer's u-1); an outcome has the user's
+    assert sorted(written) == [("dead-letter", b"u-1", "DeadLetter"),
+                               ("outcomes", b"ann", "CampaignOutcome")]
+
+
+def test_the_loop_writes_no_outcomes_when_they_are_off(monkeypatch):
+    consumer = fake_group(monkeypatch, {"P0": 5})
+    producers = fake_producer(monkeypatch, consumer)
+    lines = []
+    run({"outcomes": False}, Recorder(), say=lines.append)
+    assert producers == [] and "outcomes off" in lines[0]
 
 
 def test_a_full_tier_is_paused_and_resumed_without_losing_records(monkeypatch):
