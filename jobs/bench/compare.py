@@ -2,6 +2,11 @@
 
     python -m jobs.bench.compare before=/path/to/old/checkout after=. [--rounds 2]
         [--backlog 40000] [--users 3000] [--parallelism 1] [--out DIR]
+        [--job-flags 'NAME=--flag value ...']
+
+``--job-flags`` adds job flags to one build's runs, so one checkout can be compared with itself
+under two settings (``plain=. journeys=. --job-flags 'journeys=--journeys-dir
+udfs/catalog/journeys'``).
 
 A throughput change is only worth what its comparison is: this machine is noisy, so every build
 drains the same backlog (loaded once) in every round, in ABBA order (the second round reversed,
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -55,8 +61,11 @@ class Build:
     env: dict[str, str]
 
     @classmethod
-    def prepare(cls, name: str, root: Path, out: Path) -> Build:
-        """Resolve the build's jars in its own home and read how its local job starts."""
+    def prepare(cls, name: str, root: Path, out: Path, extra: Sequence[str] = ()) -> Build:
+        """Resolve the build's jars in its own home and read how its local job starts.
+
+        ``extra``: job flags added to this build's runs (``--job-flags``).
+        """
         home = out / f"home-{name}"
         env = {**os.environ, "NUDGEFLOW_HOME": str(home), "PYTHONPATH": str(root)}
         proc = subprocess.run([sys.executable, "-c", _LAUNCH], cwd=root, env=env,
@@ -65,7 +74,7 @@ class Build:
             raise RuntimeError(f"build {name!r} ({root}) could not prepare its job: "
                                f"{proc.stderr.strip()[-2000:]}")
         launch = json.loads(proc.stdout.strip().splitlines()[-1])
-        return cls(name, root, home, tuple(launch["flags"]),
+        return cls(name, root, home, (*launch["flags"], *extra),
                    {**env, **launch["env"]})
 
 
@@ -81,12 +90,13 @@ class BuildBench(Bench):
 
 
 def compare(builds: Sequence[tuple[str, Path]], rounds: int, backlog: int, users: int,
-            parallelism: int, out: Path, say: Any = print) -> dict[str, Any]:
+            parallelism: int, out: Path, say: Any = print,
+            job_flags: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Drain one backlog with every build, ``rounds`` times, alternating; the figures."""
     prepared = []
     for name, root in builds:
         say(f"  preparing {name} ({root}) ...")
-        prepared.append(Build.prepare(name, root.resolve(), out))
+        prepared.append(Build.prepare(name, root.resolve(), out, (job_flags or {}).get(name, [])))
     benches = {b.name: BuildBench(b, out) for b in prepared}
     base = fresh_config()
     say(f"  loading {backlog:,} events of {users:,} users ...")
@@ -121,7 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=3_000)
     parser.add_argument("--parallelism", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--job-flags", action="append", default=[], metavar="NAME=FLAGS",
+                        help="job flags added to build NAME's runs (repeatable)")
     args = parser.parse_args(argv)
+    job_flags: dict[str, list[str]] = {}
+    for spec in args.job_flags:
+        name, sep, flags = spec.partition("=")
+        if not sep or not name:
+            parser.error(f"--job-flags {spec!r}: expected NAME=FLAGS")
+        job_flags.setdefault(name, []).extend(shlex.split(flags))
     builds = []
     for spec in args.builds:
         name, sep, root = spec.partition("=")
@@ -133,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"nudgeflow bench compare (results and job logs in {out})")
     try:
-        result = compare(builds, args.rounds, args.backlog, args.users, args.parallelism, out)
+        result = compare(builds, args.rounds, args.backlog, args.users, args.parallelism, out,
+                         job_flags=job_flags)
     finally:
         delete_run_topics()
     (out / "compare.json").write_text(json.dumps(result, indent=2))
