@@ -14,6 +14,7 @@ than one entry, so an instance always reaches an exit or a wait in a bounded num
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from udfs.campaigns.grammar import CampaignTrigger
@@ -215,6 +216,15 @@ class Journey:
             if node.wait is not None and node.wait.until is not None:
                 found.append(node.wait.until)
         return found
+
+    @cached_property
+    def watched_events(self) -> tuple[Condition, ...]:
+        """Every ``event`` condition, in conditions and waits: what a click is checked against.
+
+        Read at every click of a user with a running instance; computed once per journey
+        (a frozen dataclass: ``cached_property`` writes the instance dict directly).
+        """
+        return tuple(w for c in self.conditions() for w in c.event_conditions())
 
     def referenced_segments(self) -> set[str]:
         """Every segment id this journey names (entry trigger and conditions)."""

@@ -154,8 +154,7 @@ def on_step(state: JourneyState, facts: StepFacts, user: UserNow,
 
 def watches_events(journeys: Iterable[Journey]) -> bool:
     """Whether a click can matter to a running instance (a goal or an event condition)."""
-    return any(j.goal is not None or any(c.event_conditions() for c in j.conditions())
-               for j in journeys)
+    return any(j.goal is not None or j.watched_events for j in journeys)
 
 
 def _may_enter(state: JourneyState, journey: Journey, at_ms: int) -> bool:
@@ -333,12 +332,11 @@ def _record_event(state: JourneyState, facts: StepFacts, journeys: Mapping[str, 
         if journey.goal is not None and journey.goal.matches(recent):
             _end(state, instance, facts.now_ms, out, CONVERTED)
             continue
-        for condition in journey.conditions():
-            for watched in condition.event_conditions():
-                assert watched.event is not None
-                if watched.key not in instance.seen and watched.event.matches(recent):
-                    instance.seen[watched.key] = facts.now_ms
-                    out.changed = True
+        for watched in journey.watched_events:
+            assert watched.event is not None
+            if watched.key not in instance.seen and watched.event.matches(recent):
+                instance.seen[watched.key] = facts.now_ms
+                out.changed = True
 
 
 def _span(ms: int) -> str:
