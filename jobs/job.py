@@ -91,24 +91,26 @@ def clicks_for_engine(records: DataStream) -> DataStream:
     return DataStream(rows)
 
 
+def _decode_engine_input(records: DataStream, cfg: NudgeflowConfig, schema: str, to_row: Any,
+                         uid: str, name: str) -> tuple[DataStream, DataStream]:
+    """Kafka record rows of one topic -> (engine input rows, DeadLetter rows)."""
+    decoded = records.process(
+        DecodeRecordsFunction(schema, cfg.dead_letter_topic, to_row, cfg.intake_limits()),
+        output_type=ENGINE_INPUT_ROW,
+    ).uid(uid).name(name)
+    return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
+
+
 def decode_metadata(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
     """Kafka record rows of user-metadata -> (engine input rows, DeadLetter rows)."""
-    decoded = records.process(
-        DecodeRecordsFunction("UserMetadata", cfg.dead_letter_topic, metadata_to_engine_input,
-                              cfg.intake_limits()),
-        output_type=ENGINE_INPUT_ROW,
-    ).uid(names.DECODE_METADATA_UID).name(names.DECODE_METADATA_NAME)
-    return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
+    return _decode_engine_input(records, cfg, "UserMetadata", metadata_to_engine_input,
+                                names.DECODE_METADATA_UID, names.DECODE_METADATA_NAME)
 
 
 def decode_outcomes(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
     """Kafka record rows of outcomes -> (engine input rows, DeadLetter rows)."""
-    decoded = records.process(
-        DecodeRecordsFunction("CampaignOutcome", cfg.dead_letter_topic, outcome_to_engine_input,
-                              cfg.intake_limits()),
-        output_type=ENGINE_INPUT_ROW,
-    ).uid(names.DECODE_OUTCOMES_UID).name(names.DECODE_OUTCOMES_NAME)
-    return decoded, decoded.get_side_output(DEAD_LETTER_TAG)
+    return _decode_engine_input(records, cfg, "CampaignOutcome", outcome_to_engine_input,
+                                names.DECODE_OUTCOMES_UID, names.DECODE_OUTCOMES_NAME)
 
 
 def decode_definitions(records: DataStream, cfg: NudgeflowConfig
