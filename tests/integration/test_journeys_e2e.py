@@ -7,20 +7,30 @@ stand-in for the Flink adapter, tests/differential/sim.py) gives for the same re
 Event times lie a few days back, so the welcome drip's 48 hours and the cart chain's 28 run
 out inside the history; at the end of a bounded input Flink moves event time to the end of
 time, so users then fall inactive for 30 days and the re-engagement journey runs to its end
-(email, in-app after 7 days, the audience sync after 14)."""
+(email, in-app after 7 days, the audience sync after 14).
 
+And the job on the stack's Flink cluster, exactly-once, survives a TaskManager killed while
+every instance waits: no send lost or duplicated."""
+
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from jobs.config import as_flags
+from infra import stack
+from infra.servers.flink import FlinkTaskManager
+from jobs.bench.bench import daytime_zone
+from jobs.config import ISOLATION_FIELDS, as_flags, replace
 from schemas.codec import Codec
-from tests.builders import CART, click, metadata
+from tests.builders import CART, click, click_bytes, metadata, metadata_bytes
 from tests.differential.sim import Simulator
+from tests.integration import flink_jobs
 from tests.integration.kafka_io import produce_raw, read_topic
+from tests.integration.test_triggers_e2e import TierReaders, _exception_history
 from udfs.campaigns.arbitration import trigger_id
 from udfs.campaigns.grammar import TIERS
 from udfs.catalog.files import (
@@ -163,3 +173,91 @@ def test_the_three_journeys_send_their_documented_sequences(isolated_cfg, tmp_pa
     assert times[("rita", "email", lapsed)] == d0 + 30 * DAY
     assert times[("rita", "retarget", lapsed)] == d0 + 44 * DAY
 
+
+KILL_JOURNEY = """\
+kind: journey
+id: kill-drill
+version: 1
+description: An email on the add to cart, a push 30 minutes later.
+priority: {urgency: 0.7, expected_roi: 60, brand_significance: 0.5}
+nodes:
+  - id: start
+    entry: {trigger: {event: {type: ADD_TO_CART}}}
+    next: first
+  - id: first
+    send: {channels: [EMAIL], template: kill-drill-first}
+    next: pause
+  - id: pause
+    wait: {for: 30m}
+    next: second
+  - id: second
+    send: {channels: [PUSH], template: kill-drill-second}
+    next: done
+  - id: done
+    exit: {}
+"""
+
+
+def test_a_taskmanager_killed_during_a_wait_loses_and_duplicates_no_send(isolated_cfg,
+                                                                          local_stack,
+                                                                          tmp_path):
+    """The job on the stack's Flink cluster, exactly-once: 600 users enter a journey, their
+    first sends arrive, the TaskManager is killed (kill -9) while every instance waits, a
+    fresh one takes over from the checkpoint, then event time passes the waits: every user
+    gets exactly [first, second], no trigger twice."""
+    cfg = replace(isolated_cfg, idleness_ms=500, max_out_of_orderness_ms=2000,
+                  churn_model="off", checkpoint_interval_ms=1000)
+    codec = Codec.load()
+    run = cfg.consumer_group
+    users = [f"{run}-u{i:04d}" for i in range(600)]
+    t0 = (int(time.time() * 1000) // MIN - 40) * MIN
+    zone = daytime_zone(t0, t0 + 40 * MIN)
+    campaigns, journeys = tmp_path / "campaigns", tmp_path / "journeys"
+    campaigns.mkdir()
+    journeys.mkdir()
+    shutil.copy(POLICY_FILE, campaigns / "priority-policy.yaml")
+    (journeys / "kill-drill.yaml").write_text(KILL_JOURNEY)
+    fields = (*ISOLATION_FIELDS, "churn_model", "idleness_ms", "max_out_of_orderness_ms",
+              "checkpoint_interval_ms", "parallelism", "delivery_guarantee")
+    readers = TierReaders(cfg, codec)
+    job_id = flink_jobs.submit(cfg, "--campaigns-dir", str(campaigns), "--journeys-dir",
+                               str(journeys), fields=fields)
+    try:
+        # profiles first, then the carts; a profile that still reaches the engine after its
+        # user's cart defers the first send (AWAITING_METADATA, 60 s of event time), and the
+        # click at t0 + 3 min below decides it, long before any wait ends
+        produce_raw(cfg, cfg.user_metadata_topic, [
+            (u.encode(), metadata_bytes(codec, u, zone, at=t0, email=True, push=True))
+            for u in users])
+        time.sleep(3)
+        produce_raw(cfg, cfg.clicks_topic, [
+            (u.encode(), click_bytes(codec, f"{u}-cart", u, "ADD_TO_CART", t0 + i * 100,
+                                     **CART)) for i, u in enumerate(users)])
+        produce_raw(cfg, cfg.clicks_topic, [(f"{run}-early".encode(), click_bytes(
+            codec, f"{run}-early-1", f"{run}-early", "PAGE_VIEW", t0 + 3 * MIN))])
+        readers.wait_until(lambda seen: len(seen) >= len(users), 180, "every first send")
+        readers.drain(3)  # a checkpoint covers the instances' waits
+        pid = stack.running_pid(FlinkTaskManager(), local_stack)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
+        stack.up(local_stack, [FlinkTaskManager()])  # the job restores onto a fresh one
+        # a later click moves event time past every wait (30 minutes after each entry)
+        clock = f"{run}-clock"
+        produce_raw(cfg, cfg.clicks_topic, [(clock.encode(), click_bytes(
+            codec, f"{clock}-1", clock, "PAGE_VIEW", t0 + 35 * MIN))])
+        readers.wait_until(lambda seen: len(seen) >= 2 * len(users), 300, "every second send")
+        readers.drain(6)
+        failovers = _exception_history(cfg, job_id)
+    finally:
+        flink_jobs.cancel(cfg, job_id)
+        readers.close()
+
+    triggers = [r for _, _, r in readers.triggers()]
+    ids = [r["trigger_id"] for r in triggers]
+    assert len(ids) == len(set(ids)), "a send was delivered twice"
+    by_user: dict[str, list[str]] = {}
+    for r in sorted(triggers, key=lambda r: r["cause_event_time"]):
+        by_user.setdefault(r["user_id"], []).append(r["node_id"])
+    assert by_user == {u: ["first", "second"] for u in users}
+    assert failovers, "the job never failed over: the kill did not hit it"

@@ -9,6 +9,7 @@
 import os
 import signal
 import time
+from collections import Counter
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -66,8 +67,11 @@ class TierReaders:
         while not predicate(self.triggers()):
             if time.monotonic() > deadline:
                 seen = [(t, r["campaign_id"], r["user_id"]) for t, _, r in self.triggers()]
+                decided = Counter((r["outcome"], r["reason_code"])
+                                  for _, name, r in self.decisions.records
+                                  if name == "TriggerDecision")
                 raise AssertionError(f"timed out waiting for {what}; saw {len(seen)}: "
-                                     f"{seen[:20]}")
+                                     f"{seen[:20]}; decisions so far: {dict(decided)}")
             self.drain(0.5)
 
     def close(self):
