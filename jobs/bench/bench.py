@@ -448,6 +448,32 @@ def fresh_config(base: Any = None) -> Any:
     return cfg
 
 
+def newest_checkpoint(directory: Path) -> tuple[int, Path] | None:
+    """The newest completed checkpoint under ``directory``: (N, its folder), or None.
+
+    Completed: ``<job id>/chk-N`` has its ``_metadata`` file (written last).
+    """
+    done = []
+    for metadata in directory.glob("*/chk-*/_metadata"):
+        number = metadata.parent.name.removeprefix("chk-")
+        if number.isdigit():
+            done.append((int(number), metadata.parent))
+    return max(done, default=None)
+
+
+def checkpoint_bytes(folder: Path) -> int | None:
+    """The bytes of the files of one checkpoint folder.
+
+    None if Flink removed it meanwhile (a newer checkpoint subsumed it).
+    """
+    try:
+        if not folder.is_dir():
+            return None
+        return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    except FileNotFoundError:
+        return None
+
+
 def machine() -> dict[str, Any]:
     """The machine the figures are from."""
     cpu_model = ""
@@ -724,6 +750,65 @@ class Bench:
             watcher.close()
         return result
 
+    def own_checkpoints(self, cfg: Any, label: str) -> Any:
+        """``cfg`` with a checkpoint directory of its own under ``--out``, to measure its state."""
+        from jobs.config import replace
+
+        return replace(cfg, checkpoint_dir=(self.out / f"checkpoints-{label}").resolve().as_uri())
+
+    def state_size(self, cfg: Any, users: int) -> Callable[[Any], dict[str, Any]]:
+        """A drain's ``after``: the job's state per user, from a checkpoint taken once caught up.
+
+        The newest completed checkpoint (its ``_metadata`` written) after the drain caught up,
+        summed over its files: all the job's state, keyed (features, profile, membership,
+        campaigns and journeys) and operator state (offsets, a few hundred bytes), divided by
+        the workload's users.
+        """
+        directory = Path(cfg.checkpoint_dir.removeprefix("file://"))
+
+        def after(_job: Any) -> dict[str, Any]:
+            seen = newest_checkpoint(directory)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                now = newest_checkpoint(directory)
+                if now is not None and (seen is None or now[0] > seen[0]):
+                    size = checkpoint_bytes(now[1])
+                    if size is not None:
+                        return {"state_bytes": size,
+                                "state_bytes_per_user": round(size / users, 1)}
+            return {"state_error": f"no checkpoint completed in 30 s under {directory}"}
+
+        return after
+
+    def _journeys(self, base: Any, plain: dict[str, Any], users: int) -> dict[str, Any]:
+        """The p1 drain again with the three catalog journeys loaded, against ``plain``.
+
+        The same backlog, parallelism, delivery and checkpoint interval; only
+        ``--journeys-dir`` differs. One pair, in one run: the machine's speed drifts between
+        runs, so only figures of one run compare.
+        """
+        from udfs.catalog.files import JOURNEY_CATALOG_DIR
+
+        self.say("  throughput at parallelism 1 with the three catalog journeys ...")
+        cfg = self.own_checkpoints(fresh_config(base), "journeys")
+        run = self.drain(cfg, ("--parallelism", "1", "--delivery-guarantee", "at-least-once",
+                               "--journeys-dir", str(JOURNEY_CATALOG_DIR)),
+                         "p1 at-least-once, 3 journeys", after=self.state_size(cfg, users))
+        section = {
+            "journeys": sorted(p.stem for p in JOURNEY_CATALOG_DIR.glob("*.yaml")),
+            "without": {k: plain.get(k) for k in ("events_per_s", "state_bytes_per_user",
+                                                  "state_error")},
+            "with": {k: run.get(k) for k in ("events_per_s", "state_bytes_per_user",
+                                             "state_error", "partial")},
+        }
+        if plain.get("events_per_s") and run.get("events_per_s"):
+            section["throughput_change"] = round(run["events_per_s"] / plain["events_per_s"] - 1,
+                                                 3)
+        self.say(f"    {run['events_per_s']:,.0f} events/s "
+                 f"(without journeys {plain['events_per_s']:,.0f})")
+        return section
+
     def _end_markers(self, cfg: Any) -> None:
         """A page view on every clicks partition at event time now, after the backlog.
 
@@ -950,10 +1035,15 @@ class Bench:
         throughput = []
         for parallelism in (1, 2):
             self.say(f"  throughput at parallelism {parallelism} ...")
-            run = self.drain(fresh_config(base), ("--parallelism", str(parallelism),
-                                                        "--delivery-guarantee", "at-least-once"),
+            cfg = fresh_config(base)
+            if parallelism == 1:  # its state is the journeys section's baseline
+                cfg = self.own_checkpoints(cfg, "plain")
+            run = self.drain(cfg, ("--parallelism", str(parallelism),
+                                   "--delivery-guarantee", "at-least-once"),
                              f"p{parallelism} at-least-once",
-                             profile_s=plan.profile_s if parallelism == 1 else 0.0)
+                             profile_s=plan.profile_s if parallelism == 1 else 0.0,
+                             after=self.state_size(cfg, plan.users) if parallelism == 1
+                             else None)
             run.update(parallelism=parallelism, delivery="at-least-once",
                        execution_mode="thread",
                        fraction_of_ceiling=round(run["events_per_s"]
@@ -967,6 +1057,7 @@ class Bench:
                                + "; ".join(problems))
         p1 = throughput[0]
         results.update(self._stages(p1))
+        results["journeys"] = self._journeys(base, p1, plan.users)
         # 2. latency, each delivery mode on topics of its own holding only the probe's users
         best = max(run["events_per_s"] for run in throughput)
         probes = max_rate_probes(p1["events_per_s"])

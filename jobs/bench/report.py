@@ -155,6 +155,7 @@ _STAGES_HEAD = ("stage", "µs/event", "share")
 _RESOURCES_HEAD = ("process", "CPU s", "CPU %", "peak RSS MiB")
 _SWEEP_HEAD = ("knob", "value", "events/s", "p99 ms")
 _ORDER_HEAD = ("max-out-of-orderness", "p50 ms", "p99 ms", "triggers")
+_JOURNEYS_HEAD = ("p1 at-least-once", "events/s", "change", "state B/user")
 
 
 def _throughput_rows(results: dict) -> list[Row]:
@@ -189,6 +190,21 @@ def _stage_rows(stages: dict) -> list[Row]:
 def _resource_rows(results: dict) -> list[Row]:
     return [(r.get("name") or MISSING, _num(r.get("cpu_s"), 1), _percent(r.get("cpu_percent"), 0),
              _num(r.get("peak_rss_mib"))) for r in _entries(results, "resources")]
+
+
+def _journeys_rows(results: dict) -> list[Row]:
+    """The same drain without and with the catalog journeys: events/s and state per user."""
+    section = _section(results, "journeys")
+    if not section:
+        return []
+    names = ", ".join(section.get("journeys") or []) or MISSING
+    without, with_ = section.get("without") or {}, section.get("with") or {}
+    change = section.get("throughput_change")
+    return [("campaigns only", _rate(without.get("events_per_s")), "",
+             _num(without.get("state_bytes_per_user"))),
+            (f"+ journeys ({names})", _rate(with_.get("events_per_s")),
+             _fraction(change),
+             _num(with_.get("state_bytes_per_user")))]
 
 
 def _order_rows(results: dict) -> list[Row]:
@@ -256,6 +272,9 @@ def format_report(results: dict) -> str:
         *(_text_block("In-order application (click to trigger, at-least-once, "
                       f"{_num((results.get('in_order_delay') or {}).get('rate'))}/s)",
                       _ORDER_HEAD, _order_rows(results)) if _order_rows(results) else []),
+        *(_text_block("Journeys (the same backlog with the catalog's journeys loaded)",
+                      _JOURNEYS_HEAD, _journeys_rows(results))
+          if _journeys_rows(results) else []),
         "",
     ]
     stages = results.get("stages")
@@ -463,6 +482,9 @@ def readme_section(results: dict) -> str:
     ]
     if latency := _latency_rows(results):
         lines += ["", "**Latency** (click to trigger):", "", *_md_table(_LATENCY_HEAD, latency)]
+    if journeys := _journeys_rows(results):
+        lines += ["", "**Journeys** (the same backlog with the catalog's journeys loaded):", "",
+                  *_md_table(_JOURNEYS_HEAD, journeys)]
     stages = results.get("stages")
     if stages:
         lines += ["", f"**Stage costs** ({stages.get('source') or 'source unknown'}):", "",

@@ -224,3 +224,20 @@ def test_a_compared_build_starts_its_jobs_from_its_own_checkout(tmp_path) -> Non
     flags, cwd, env, label = BuildBench(build, tmp_path)._launch(None)
     assert (flags, cwd, env, label) == (["--jars", "file:///old.jar"], tmp_path / "old",
                                         build.env, "before")
+
+
+def test_the_newest_completed_checkpoint_is_measured(tmp_path) -> None:
+    assert bench.newest_checkpoint(tmp_path) is None
+    for number, files in ((9, {"_metadata": 10, "state-a": 100}),
+                          (10, {"_metadata": 20, "state-a": 300, "state-b": 5}),
+                          (11, {"state-a": 999})):  # still being written: no _metadata yet
+        folder = tmp_path / "job-1" / f"chk-{number}"
+        folder.mkdir(parents=True)
+        for name, size in files.items():
+            (folder / name).write_bytes(b"x" * size)
+    (tmp_path / "job-1" / "shared").mkdir()
+    number, folder = bench.newest_checkpoint(tmp_path)
+    assert number == 10 and folder.name == "chk-10"
+    assert bench.checkpoint_bytes(folder) == 325
+    # a checkpoint subsumed (deleted by Flink) while it was measured
+    assert bench.checkpoint_bytes(tmp_path / "job-1" / "chk-8") is None

@@ -306,3 +306,31 @@ def test_replace_without_one_marker_pair_raises(readme: str):
 def test_replace_refuses_a_section_without_markers():
     with pytest.raises(ValueError, match="build it with readme_section"):
         br.replace_readme_section(README, "just text")
+
+
+# -- journeys ---------------------------------------------------------------------------------
+
+
+def with_journeys(results: dict) -> dict:
+    results["journeys"] = {
+        "journeys": ["cart-abandonment-chain", "re-engagement-30d", "welcome-drip"],
+        "without": {"events_per_s": 1031.0, "state_bytes_per_user": 3812.4},
+        "with": {"events_per_s": 963.0, "state_bytes_per_user": 4101.0},
+        "throughput_change": -0.066,
+    }
+    return results
+
+
+def test_report_shows_journeys_against_campaigns_only():
+    report = br.format_report(with_journeys(sample_results()))
+    assert line_with(report, "campaigns only").split() == ["campaigns", "only", "1,031",
+                                                            "3,812"]
+    assert line_with(report, "+ journeys").split()[-3:] == ["963", "-6.6%", "4,101"]
+    assert "welcome-drip" in line_with(report, "+ journeys")
+    section = br.readme_section(with_journeys(sample_results()))
+    assert "**Journeys**" in section and "| 963 | -6.6% | 4,101 |" in section
+
+
+def test_report_without_a_journeys_section_leaves_it_out():
+    assert "Journeys" not in br.format_report(sample_results())
+    assert "Journeys" not in br.readme_section(sample_results())
