@@ -458,6 +458,8 @@ def _engage(state: UserState, user_id: str, item: Engagement, at_ms: int, rules:
     clock.clock_ms = now
     view = FeatureView(state.features, state.metadata, now, state.churn_score, None)
     seg = MembershipStep([], None, now_ms=now, view=view)
+    if arbitration.record_opt_out(state.campaign_state(), item.outcome):
+        out.campaigns_changed = True  # kept whatever is defined: a later campaign must see it
     _campaigns(state, user_id, seg, rules, outcome_key(item.outcome), None, False, now_ms, out,
                item.outcome)
     if clock.campaign_due_ms is not None and clock.campaign_due_ms <= now:

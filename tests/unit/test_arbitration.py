@@ -536,3 +536,61 @@ def test_payload_numbers_never_raise(value: float, text: str) -> None:
     from udfs.campaigns.arbitration import format_number
 
     assert format_number(value) == text
+
+
+# --- opt-outs from senders' outcomes ----------------------------------------------------------
+
+
+def opt_out(channel: str, t: int, outcome: str = "UNSUBSCRIBED") -> dict:
+    return {"outcome_id": f"o-{channel}-{t}", "trigger_id": "t0", "user_id": "u1",
+            "campaign_id": "c", "channel": channel, "outcome": outcome, "event_time": t}
+
+
+@pytest.mark.parametrize("outcome", ["UNSUBSCRIBED", "COMPLAINED"])
+def test_an_unsubscribe_or_complaint_withdraws_consent_for_that_channel_only(outcome):
+    c = campaign("c", channels=["SMS", "EMAIL"])
+    state = arb.CampaignState()
+    assert arb.record_opt_out(state, opt_out("SMS", NOON_UTC - 1000, outcome))
+    out = arb.decide(state, [candidate("c")], user(), defs(c), NOON_UTC, NOON_UTC)
+    assert [t["channel"] for t in out.triggers] == ["EMAIL"]
+    assert arb.record_opt_out(state, opt_out("EMAIL", NOON_UTC - 500, outcome))
+    out = arb.decide(state, [candidate("c", cause="e2")], user(), defs(c), NOON_UTC + 1,
+                     NOON_UTC + 1)
+    assert out.triggers == []
+    [decision] = out.decisions
+    assert decision["reason_code"] == "NO_CONSENT"
+    assert f"SMS at {NOON_UTC - 1000}" in decision["reason"]
+    assert f"EMAIL at {NOON_UTC - 500}" in decision["reason"]
+
+
+def test_other_outcomes_and_redelivered_or_older_opt_outs_change_nothing():
+    state = arb.CampaignState()
+    assert not arb.record_opt_out(state, {**opt_out("SMS", 10), "outcome": "OPENED"})
+    assert state.opt_outs == {}
+    assert arb.record_opt_out(state, opt_out("SMS", 10))
+    assert not arb.record_opt_out(state, opt_out("SMS", 10))  # redelivered
+    assert not arb.record_opt_out(state, opt_out("SMS", 5))  # older
+    assert state.opt_outs == {"SMS": 10}
+
+
+def test_a_profile_updated_after_the_opt_out_gives_consent_back():
+    c = campaign("c", channels=["SMS"])
+    written = user().metadata["updated_at"]
+    state = arb.CampaignState()
+    arb.record_opt_out(state, opt_out("SMS", written))  # at or after the profile: it holds
+    assert arb.decide(state, [candidate("c")], user(), defs(c), NOON_UTC,
+                      NOON_UTC).triggers == []
+    # an opt-out older than the profile: the profile's owner recorded a new opt-in since
+    state = arb.CampaignState()
+    arb.record_opt_out(state, opt_out("SMS", written - 1))
+    out = arb.decide(state, [candidate("c")], user(), defs(c), NOON_UTC, NOON_UTC)
+    assert [t["channel"] for t in out.triggers] == ["SMS"]
+
+
+def test_opt_outs_survive_the_state_encoding_and_old_state_restores_without_them():
+    state = arb.CampaignState()
+    arb.record_opt_out(state, opt_out("PUSH", 42))
+    assert not state.is_empty()
+    assert arb.decode_state(arb.encode_state(state)).opt_outs == {"PUSH": 42}
+    old = arb.encode_state(arb.CampaignState(churn_score=0.5))
+    assert b"opt_outs" not in old and arb.decode_state(old).opt_outs == {}

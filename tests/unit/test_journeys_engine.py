@@ -325,3 +325,23 @@ def test_split_is_deterministic_and_near_its_percentages():
     assert 0.27 < share < 0.33
     assert arms == [runner._branch(f"user-{i}", Instance("j", 1, 1, "ab", 0, 0), journey,
                                    node) for i in range(4000)]
+
+
+# --- consent withdrawn through a sender's outcome ----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["UNSUBSCRIBED", "COMPLAINED"])
+def test_an_sms_unsubscribe_after_the_email_suppresses_the_sms(chain_rules, kind):
+    sim = Simulator(chain_rules, BOUND)
+    abandon(sim)
+    heartbeat(sim, T + 45 * MINUTE + BOUND + 1)  # the email is out
+    email = sim.triggers[0]
+    # a reply STOP to an earlier SMS of another campaign: the sender reports it on SMS
+    sim.outcome({**outcome(email, kind, T + HOUR), "channel": "SMS",
+                 "outcome_id": f"stop-{kind}"})
+    sim.finish()
+    assert sends(sim) == [("email", "EMAIL", T + 30 * MINUTE),
+                          ("retarget", "PAID_SOCIAL", T + 30 * MINUTE + 28 * HOUR)]
+    [no_sms] = [d for d in sim.decisions if d["campaign_id"] == f"{CHAIN}/sms"]
+    assert (no_sms["outcome"], no_sms["reason_code"]) == ("SUPPRESSED", "NO_CONSENT")
+    assert f"SMS at {T + HOUR}" in no_sms["reason"]

@@ -112,6 +112,8 @@ class CampaignState:
         churn_score: the churn score after the previous step, to detect a crossing.
         journeys: the user's journey instances (``udfs.journeys.runner``), kept in the same
             keyed state value: a journey's sends and the campaigns' share one decision.
+        opt_outs: channel -> event time of the user's latest UNSUBSCRIBED or COMPLAINED
+            outcome on it (``record_opt_out``); kept for good, a few bytes per channel.
     """
 
     sent: list[tuple[str, str, str, int]] = field(default_factory=list)
@@ -120,6 +122,7 @@ class CampaignState:
     pending: list[Candidate] = field(default_factory=list)
     churn_score: float | None = None
     journeys: JourneyState = field(default_factory=JourneyState)
+    opt_outs: dict[str, int] = field(default_factory=dict)
 
     def last_sent_ms(self) -> int | None:
         """Event time of the user's latest trigger, or None."""
@@ -140,7 +143,8 @@ class CampaignState:
 
     def is_empty(self) -> bool:
         """Nothing worth keeping (the adapter then clears the state)."""
-        return not (self.sent or self.last_send or self.decided or self.pending) and \
+        return not (self.sent or self.last_send or self.decided or self.pending
+                    or self.opt_outs) and \
             self.churn_score is None and self.journeys.is_empty()
 
 
@@ -151,6 +155,8 @@ def encode_state(state: CampaignState) -> bytes:
            "churn_score": state.churn_score}
     if not state.journeys.is_empty():
         doc["journeys"] = journey_doc(state.journeys)
+    if state.opt_outs:
+        doc["opt_outs"] = state.opt_outs
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -174,6 +180,8 @@ def decode_state(raw: bytes | None) -> CampaignState:
         churn_score=doc.get("churn_score"),
         # absent in state written before journeys (a savepoint restores with none running)
         journeys=journey_state(doc.get("journeys")),
+        # absent in state written before opt-outs were honoured: none recorded
+        opt_outs={k: int(v) for k, v in (doc.get("opt_outs") or {}).items()},
     )
 
 
@@ -404,9 +412,42 @@ def expires_at(candidate: Candidate, campaign: Campaign) -> int | None:
     return min(limits) if limits else None
 
 
-def _consented(channel: str, metadata: Mapping[str, Any] | None) -> bool:
+#: a sender's outcomes that withdraw the user's consent to the channel (CampaignOutcome's doc)
+OPT_OUT_OUTCOMES = ("UNSUBSCRIBED", "COMPLAINED")
+
+
+def record_opt_out(state: CampaignState, outcome: Mapping[str, Any]) -> bool:
+    """Remember an UNSUBSCRIBED or COMPLAINED outcome as an opt-out of its channel.
+
+    Returns whether the state changed (a redelivered or older opt-out changes nothing).
+    """
+    if outcome.get("outcome") not in OPT_OUT_OUTCOMES:
+        return False
+    channel, at_ms = outcome["channel"], int(outcome["event_time"])
+    if state.opt_outs.get(channel, -1) >= at_ms:
+        return False
+    state.opt_outs[channel] = at_ms
+    return True
+
+
+def opted_out(channel: str, metadata: Mapping[str, Any] | None,
+              opt_outs: Mapping[str, int]) -> int | None:
+    """When the user opted out of ``channel`` through a sender, if that still holds, else None.
+
+    An opt-out holds against every profile written at or before it: the profile's opt-in is
+    older news. A profile updated after it (``updated_at`` later: the user opted in again,
+    and the profile's owner recorded it) gives consent back.
+    """
+    at_ms = opt_outs.get(channel)
+    if at_ms is None or at_ms < int((metadata or {}).get("updated_at") or 0):
+        return None
+    return at_ms
+
+
+def _consented(channel: str, metadata: Mapping[str, Any] | None,
+               opt_outs: Mapping[str, int]) -> bool:
     opt_ins = (metadata or {}).get("opt_ins") or {}
-    return bool(opt_ins.get(channel.lower()))
+    return bool(opt_ins.get(channel.lower())) and opted_out(channel, metadata, opt_outs) is None
 
 
 def earliest_send(campaign: Campaign, channel: str, tier: str, now_ms: int,
@@ -618,10 +659,14 @@ def _qualify(candidate: Candidate, state: CampaignState, user: UserFacts, defs: 
             f"{METADATA_GRACE_MS // 1000} s of event time for it", None, candidate.due_ms, None,
             now_ms, emit_time_ms))
         return None
-    channels = [c for c in campaign.channels if _consented(c, user.metadata)]
+    channels = [c for c in campaign.channels if _consented(c, user.metadata, state.opt_outs)]
     if not channels:
+        unsubscribed = [f"{c} at {at}" for c in campaign.channels
+                        if (at := opted_out(c, user.metadata, state.opt_outs)) is not None]
         suppress(NO_CONSENT, f"the user has not opted in to {', '.join(campaign.channels)}"
-                 + ("" if user.metadata else " (no metadata for the user yet)"))
+                 + ("" if user.metadata else " (no metadata for the user yet)")
+                 + (f" (unsubscribed or complained: {', '.join(unsubscribed)})"
+                    if unsubscribed else ""))
         return None
     priority = score_priority(campaign, policy, defs.audience_sizes)
     zone = zone_of(user.metadata, policy)
