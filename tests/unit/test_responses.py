@@ -1,14 +1,21 @@
 """Tests for the simulated audience: jobs.workload.responses (pure: determinism, rates, times,
-ids, attribution marks)."""
+ids, attribution marks) and jobs.workload.respond (the loop over a fake source and writer, the
+Kafka glue over fake confluent-kafka clients, the flags of `nudgeflow respond`)."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import types
 
 import pytest
 
+from jobs.cli.main import build_parser, main
+from jobs.config import load_config
 from jobs.sender.sender import derive_outcome_id
+from jobs.workload import respond
+from jobs.workload.respond import Responder, ResponderCounts, format_counts, respond_loop
 from jobs.workload.responses import (
     CLICK_SCHEMA,
     NF_TRIGGER,
@@ -19,12 +26,14 @@ from jobs.workload.responses import (
     respond_to_holdout,
     respond_to_trigger,
 )
-from schemas.codec import Codec
-from udfs.intake import click_problems, outcome_problems
+from schemas.codec import Codec, CodecError
+from udfs.intake import SourceRecord, click_problems, outcome_problems
 
 T0 = 1_750_000_000_000
 HOUR, DAY = 3_600_000, 86_400_000
 CODEC = Codec.load()
+CFG = load_config(env={})
+TIER_TOPICS = tuple(CFG.trigger_topics().values())
 
 
 def trigger(n, channel="EMAIL", campaign="c-1", at=T0, user=None):
@@ -302,3 +311,310 @@ def test_the_spec_copies_its_mappings():
     spec = ResponseSpec(effects=effects)
     effects["c-1"] = 0.9
     assert spec.effects == {"c-1": 0.1}
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+class JsonCodec:
+    """Decodes JSON values: lets the loop be fed HOLDOUT decisions before the schema has them."""
+
+    def decode(self, data, expect=None):
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise CodecError(f"not JSON: {exc}") from exc
+
+
+class FakeSource:
+    """A RecordSource: hands out its records in batches, then nothing; records commits."""
+
+    def __init__(self, batches, clock):
+        self.batches = list(batches)
+        self.clock = clock
+        self.commits = []
+        self.closed = False
+
+    def poll(self, timeout_s):
+        self.clock.now += timeout_s
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, positions):
+        self.commits.append(dict(positions))
+
+    def close(self):
+        self.closed = True
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+class Written:
+    def __init__(self):
+        self.responses = []
+
+    def __call__(self, responses):
+        self.responses.extend(responses)
+
+
+def rec(topic, offset, value, partition=0):
+    return SourceRecord(topic, partition, offset, T0, b"k", value)
+
+
+def json_rec(topic, offset, record, partition=0):
+    return rec(topic, offset, json.dumps(record).encode(), partition)
+
+
+def run(batches, spec, release="immediate", now_ms=T0 + 10 * DAY, codec=None):
+    clock = FakeClock()
+    source = FakeSource(batches, clock)
+    responder = Responder(spec, TIER_TOPICS, CFG.trigger_decisions_topic, codec or JsonCodec(),
+                          release, say=lambda _line: None)
+    written = Written()
+    counts = respond_loop(source, responder, written, idle_exit_s=1.0, clock=lambda: now_ms,
+                          monotonic=clock, commit_every_s=0.0)
+    return counts, written.responses, source, responder
+
+
+def test_the_loop_answers_a_redelivered_trigger_once():
+    spec = ResponseSpec(open_rates={"EMAIL": 1.0}, click_rates={"EMAIL": 1.0}, p_convert=1.0)
+    p1 = CFG.trigger_topic("P1")
+    first = [json_rec(p1, 0, trigger(1)), json_rec(p1, 1, trigger(2))]
+    redelivered = [json_rec(p1, 2, trigger(1))]
+    counts, written, source, _ = run([first, redelivered], spec)
+    assert (counts.triggers, counts.duplicates) == (2, 1)
+    expected = respond_to_trigger(trigger(1), spec) + respond_to_trigger(trigger(2), spec)
+    assert written == sorted(expected, key=lambda r: r.event_time)  # in event-time order
+    assert (counts.opens, counts.clicks, counts.conversions, counts.attributed) == (2, 2, 2, 2)
+    assert counts.stopped == "idle" and counts.held == 0
+    assert source.commits[-1] == {(p1, 0): 3}
+
+
+def test_the_loop_answers_holdouts_and_ignores_other_decisions_and_bad_records():
+    spec = ResponseSpec(p_convert=1.0)
+    topic = CFG.trigger_decisions_topic
+    records = [json_rec(topic, 0, decision(1)), json_rec(topic, 1, decision(2, "SUPPRESSED")),
+               json_rec(topic, 2, decision(1)), rec(topic, 3, b""),
+               rec(CFG.trigger_topic("P0"), 0, b"\xc3\x01garbage")]
+    counts, written, _, _ = run([records], spec, codec=CODEC)
+    assert counts.bad == 5  # HOLDOUT is not in this branch's TriggerDecision schema yet
+    counts, written, _, _ = run([records[:3] + records[4:]], spec)  # JSON: decodes
+    assert (counts.holdouts, counts.duplicates, counts.bad) == (1, 1, 1)
+    assert [r.kind for r in written] == ["PURCHASE"] and written[0].user_id == "hu-1"
+    assert written[0].record["properties"] == {}
+
+
+def test_held_responses_wait_for_their_time_and_hold_back_the_commit():
+    spec = ResponseSpec(open_rates={"EMAIL": 1.0}, click_rates={"EMAIL": 0.0}, p_convert=0.0,
+                        open_delay_ms=(HOUR, HOUR))
+    p2 = CFG.trigger_topic("P2")
+    records = [json_rec(p2, 5, trigger(1, at=T0)), json_rec(p2, 6, trigger(2, at=T0 + DAY))]
+    # the wall clock is between the two opens: the first is written, the second held
+    counts, written, source, responder = run([records], spec, release="event-time",
+                                             now_ms=T0 + HOUR + 1)
+    assert [r.record["trigger_id"] for r in written] == [trigger(1)["trigger_id"]]
+    assert (counts.opens, counts.held) == (1, 1)
+    assert source.commits[-1] == {(p2, 0): 6}  # not past the trigger still waiting
+    assert responder.next_due_ms() == T0 + DAY + HOUR
+    later = responder.due(T0 + DAY + HOUR)
+    assert [r.record["trigger_id"] for r in later] == [trigger(2)["trigger_id"]]
+    assert responder.positions() == {(p2, 0): 7}
+
+
+def test_format_counts_names_every_counter():
+    line = format_counts(ResponderCounts(triggers=1_234, holdouts=5, opens=7, conversions=3,
+                                         attributed=2, held=9, elapsed_s=1.5, stopped="idle"))
+    assert "stopped: idle" in line and "1,234 trigger(s)" in line
+    assert "3 conversion(s) (2 after a click)" in line and "held 9" in line
+
+
+# --- the Kafka glue over fake confluent-kafka clients -------------------------------------------
+
+
+class FakeMessage:
+    def __init__(self, topic, partition, offset, value):
+        self._args = (topic, partition, offset, value)
+
+    def topic(self):
+        return self._args[0]
+
+    def partition(self):
+        return self._args[1]
+
+    def offset(self):
+        return self._args[2]
+
+    def value(self):
+        return self._args[3]
+
+    def key(self):
+        return b"u"
+
+    def timestamp(self):
+        return (1, T0)
+
+    def error(self):
+        return None
+
+
+class FakeConsumer:
+    def __init__(self, conf, logs, partitions):
+        self.conf, self.logs, self.partitions = conf, logs, partitions
+        self.assigned, self.commits, self.closed, self.delivered = [], [], False, False
+
+    def list_topics(self, topic=None, timeout=None):
+        return types.SimpleNamespace(topics={
+            t: types.SimpleNamespace(partitions=dict.fromkeys(range(n)))
+            for t, n in self.partitions.items()})
+
+    def assign(self, partitions):
+        self.assigned = [(tp.topic, tp.partition, tp.offset) for tp in partitions]
+
+    def consume(self, num_messages=1, timeout=-1):
+        if self.delivered:
+            return []
+        self.delivered = True
+        return [FakeMessage(t, p, o, v) for (t, p), values in self.logs.items()
+                for o, v in enumerate(values)]
+
+    def commit(self, offsets=None, asynchronous=True):
+        assert not asynchronous
+        self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
+
+    def close(self):
+        self.closed = True
+
+
+class FakeProducer:
+    def __init__(self, conf):
+        self.conf = conf
+        self.written = []
+
+    def produce(self, topic, key=None, value=None, on_delivery=None):
+        self.written.append((topic, key, value))
+        on_delivery(None, None)
+
+    def flush(self, timeout=None):
+        return 0
+
+
+def fake_kafka(monkeypatch, logs, partitions=None):
+    import confluent_kafka
+
+    partitions = partitions or {t: 1 for t in (*TIER_TOPICS, CFG.trigger_decisions_topic)}
+    made = {"consumers": [], "producers": []}
+
+    def consumer(conf):
+        made["consumers"].append(FakeConsumer(conf, logs, partitions))
+        return made["consumers"][-1]
+
+    def producer(conf):
+        made["producers"].append(FakeProducer(conf))
+        return made["producers"][-1]
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", consumer)
+    monkeypatch.setattr(confluent_kafka, "Producer", producer)
+    return made
+
+
+def test_run_responder_writes_outcomes_and_purchases_to_their_topics_keyed_by_user(monkeypatch):
+    spec = ResponseSpec(open_rates={"PUSH": 1.0}, click_rates={"PUSH": 1.0}, p_convert=1.0)
+    p0, p3 = CFG.trigger_topic("P0"), CFG.trigger_topic("P3")
+    triggers = [trigger(1, channel="PUSH", user="ann"), trigger(2, channel="PUSH", user="bob")]
+    logs = {(p0, 0): [CODEC.encode("TriggerEvent", triggers[0])],
+            (p3, 0): [CODEC.encode("TriggerEvent", triggers[1]),
+                      CODEC.encode("TriggerEvent", triggers[0])]}  # a replay on another tier
+    made = fake_kafka(monkeypatch, logs)
+    clock = FakeClock()
+
+    def monotonic():
+        clock.now += 0.3
+        return clock.now
+
+    counts = respond.run_responder(CFG, spec, idle_exit_s=2.0, progress=False, group="g-test",
+                                   say=lambda _line: None, clock=lambda: T0 + 10 * DAY,
+                                   monotonic=monotonic)
+    assert (counts.triggers, counts.duplicates, counts.opens, counts.clicks,
+            counts.conversions) == (2, 1, 2, 2, 2)
+    (consumer,) = made["consumers"]
+    assert consumer.conf["isolation.level"] == "read_committed"
+    assert consumer.conf["group.id"] == "g-test" and consumer.conf["enable.auto.commit"] is False
+    assert {(t, p) for t, p, _ in consumer.assigned} == {
+        (t, 0) for t in (*TIER_TOPICS, CFG.trigger_decisions_topic)}
+    assert consumer.commits[-1] == {(p0, 0): 1, (p3, 0): 2} and consumer.closed
+    written = [w for producer in made["producers"] for w in producer.written]
+    outcomes = [(k, CODEC.decode(v, expect="CampaignOutcome")) for t, k, v in written
+                if t == CFG.outcomes_topic]
+    clicks = [(k, CODEC.decode(v, expect="ClickEvent")) for t, k, v in written
+              if t == CFG.clicks_topic]
+    assert len(outcomes) == 4 and len(clicks) == 2 and len(written) == 6
+    assert all(k == record["user_id"].encode() for k, record in outcomes + clicks)
+    assert {record["user_id"] for _, record in clicks} == {"ann", "bob"}
+    expected = [r.record for t in triggers for r in respond_to_trigger(t, spec)]
+    assert sorted(json.dumps(r, sort_keys=True) for _, r in outcomes + clicks) == sorted(
+        json.dumps(r, sort_keys=True) for r in expected)
+    assert all(p.conf["enable.idempotence"] and p.conf["acks"] == "all"
+               for p in made["producers"])
+
+
+def test_run_responder_refuses_missing_topics_and_says_what_to_do(monkeypatch):
+    partitions = {t: 1 for t in TIER_TOPICS}  # no trigger-decisions topic
+    made = fake_kafka(monkeypatch, {}, partitions)
+    with pytest.raises(respond.ResponderError, match="stack provision"):
+        respond.run_responder(CFG, ResponseSpec(), progress=False)
+    assert made["consumers"][0].closed
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def parse(*argv):
+    return respond.options_from_args(build_parser().parse_args(["respond", *argv]))
+
+
+def test_the_flags_make_the_spec(monkeypatch):
+    monkeypatch.delenv("NUDGEFLOW_RESPOND_OPEN", raising=False)
+    spec, options = parse("--seed", "9", "--open", "EMAIL=0.3", "--open", "sms=0.6",
+                          "--click", "PUSH=0.5", "--convert", "0.04", "--unsubscribe", "0.01",
+                          "--effect", "c-a=0.02", "--effect", "c-b=-0.01", "--window", "36h",
+                          "--idle-exit", "5", "--release", "immediate", "--group", "g")
+    assert spec.seed == 9
+    assert spec.open_rates == {"EMAIL": 0.3, "SMS": 0.6, "PUSH": 0.08, "IN_APP": 0.3}
+    assert spec.click_rates["PUSH"] == 0.5 and spec.click_rates["EMAIL"] == 0.2
+    assert (spec.p_convert, spec.p_unsubscribe) == (0.04, 0.01)
+    assert spec.effects == {"c-a": 0.02, "c-b": -0.01}
+    assert spec.conversion_window_ms == 36 * HOUR
+    assert options == respond.RespondOptions(5.0, "g", "immediate")
+    defaults, default_options = parse()
+    assert defaults == ResponseSpec() and default_options == respond.RespondOptions()
+
+
+def test_the_environment_fills_in_missing_flags(monkeypatch):
+    monkeypatch.setenv("NUDGEFLOW_RESPOND_EFFECT", "c-a=0.05, c-b=0.01")
+    monkeypatch.setenv("NUDGEFLOW_RESPOND_CONVERT", "0.1")
+    spec, _ = parse()
+    assert spec.effects == {"c-a": 0.05, "c-b": 0.01} and spec.p_convert == 0.1
+    spec, _ = parse("--effect", "c-c=0.2")  # a flag wins over the variable
+    assert spec.effects == {"c-c": 0.2}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--open", "EMIAL=0.3"], "--open EMIAL=0.3: unknown channel 'EMIAL'"),
+    (["--open", "PAID_SOCIAL=0.1"], "PAID_SOCIAL (ad-audience syncs) is never opened"),
+    (["--click", "EMAIL"], "--click 'EMAIL': expected CHANNEL=PROBABILITY"),
+    (["--open", "EMAIL=1.5"], "--open EMAIL=1.5: must be a probability in [0, 1]"),
+    (["--effect", "c-1=lots"], "--effect c-1=lots: 'lots' is not a number"),
+    (["--effect", "c-1=-2"], "must be an added probability in [-1, 1]"),
+    (["--convert", "1.2"], "--convert must be a probability in [0, 1], got 1.2"),
+    (["--window", "3 days"], "--window 3 days: not a duration"),
+    (["--idle-exit", "-1"], "--idle-exit must be >= 0 seconds"),
+])
+def test_bad_flags_are_one_clear_line_and_exit_2(argv, message, capsys):
+    assert main(["respond", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nudgeflow: error: ") and message in err
