@@ -614,7 +614,7 @@ def _pairs(values: list[str] | None, flag: str) -> list[tuple[str, str]]:
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            form, example = (("CAMPAIGN=DELTA", "winback-email=0.02") if flag == "--effect"
+            form, example = (("CAMPAIGN=DELTA", "cart-abandonment-email=0.02") if flag == "--effect"
                              else ("CHANNEL=PROBABILITY", "EMAIL=0.3"))
             raise ValueError(f"{flag} {item!r}: expected {form}, e.g. {flag} {example}")
         pairs.append((key.strip(), value.strip()))
