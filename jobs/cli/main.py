@@ -11,6 +11,8 @@ Subcommands:
             (--metrics)
   jars      resolve the Java dependencies from Maven Central into the cache
   sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
+  respond   a seeded simulated audience: opens, clicks, unsubscribes and purchases in answer
+            to the triggers (for tests and demos)
   stores    rebuild-redis: rebuild the Redis membership cache from Cassandra
   drills    the fault drills on the local stack (kill -9, server outages, fuzzed records,
             invalid bursts; --quick: CI's form)
@@ -404,6 +406,30 @@ def cmd_sender(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- respond ------------------------------------------------------------------------------------
+
+
+def cmd_respond(args: argparse.Namespace) -> int:
+    """``nudgeflow respond``: a seeded simulated audience answering the job's triggers."""
+    from jobs.workload import respond
+
+    cfg = config_from_args(args)
+    try:
+        spec, options = respond.options_from_args(args)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    _say(f"responder: seed {spec.seed}, group {options.group}, release {options.release}, "
+         f"reading {', '.join(cfg.trigger_topics().values())} and "
+         f"{cfg.trigger_decisions_topic}, writing {cfg.outcomes_topic} and {cfg.clicks_topic}")
+    try:
+        counts = respond.run_responder(cfg, spec, options.idle_exit_s, progress=True,
+                                       group=options.group, release=options.release, say=_say)
+    except respond.ResponderError as exc:
+        return _fail(str(exc))
+    _say(respond.format_counts(counts))
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -531,6 +557,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_sender_arguments(sender_p)
     add_config_arguments(sender_p)
     sender_p.set_defaults(func=cmd_sender)
+
+    from jobs.workload.respond import add_respond_arguments
+
+    respond_p = sub.add_parser("respond", help="a seeded simulated audience: opens, clicks, "
+                               "unsubscribes and purchases in answer to the triggers and "
+                               "holdouts (for tests and demos)")
+    add_respond_arguments(respond_p)
+    add_config_arguments(respond_p)
+    respond_p.set_defaults(func=cmd_respond)
 
     stores_p = sub.add_parser("stores", help="rebuild-redis: rebuild the Redis membership "
                               "cache (user sets, segment sizes, churn hashes) from Cassandra")

@@ -1103,7 +1103,8 @@ class _AdminOffsets:
         return self._list(partitions, latest=False)
 
 
-def _record(message: Any) -> SourceRecord:
+def source_record(message: Any) -> SourceRecord:
+    """A confluent-kafka message as a ``SourceRecord`` (no timestamp when it has none)."""
     kind, timestamp = message.timestamp()
     return SourceRecord(message.topic(), message.partition(), message.offset(),
                         timestamp if kind else None, message.key(), message.value())
@@ -1247,7 +1248,7 @@ class GroupSource:
         for message in messages:
             error = message.error()
             if error is None:
-                records.append(_record(message))
+                records.append(source_record(message))
             elif error.fatal() or error.name() in _FATAL_CONSUMER_ERRORS:
                 raise SenderError(f"Kafka refused to serve the trigger topics: {error}; check "
                                   "that the topics exist (`nudgeflow stack provision`) and the "
@@ -1403,11 +1404,12 @@ def _open_source(cfg: NudgeflowConfig, options: SenderOptions,
     return source
 
 
-class _TopicWriter:
+class TopicWriter:
     """Writes records of one schema to one topic and waits for every acknowledgement.
 
     One confluent-kafka producer (acks=all, idempotent), created on first use. The sender has
-    two: the dead letters and the DELIVERED outcomes.
+    two: the dead letters and the DELIVERED outcomes; ``nudgeflow respond`` writes its simulated
+    outcomes and purchases with two more.
     """
 
     def __init__(self, cfg: NudgeflowConfig, codec: Codec, topic: str, schema: str,
@@ -1461,16 +1463,16 @@ class _TopicWriter:
             self.producer = None
 
 
-def _dead_letter_writer(cfg: NudgeflowConfig, codec: Codec) -> _TopicWriter:
+def _dead_letter_writer(cfg: NudgeflowConfig, codec: Codec) -> TopicWriter:
     """The writer of the sender's dead letters (keyed by the bad record's key)."""
-    return _TopicWriter(cfg, codec, cfg.dead_letter_topic, "DeadLetter", lambda r: r["key"],
+    return TopicWriter(cfg, codec, cfg.dead_letter_topic, "DeadLetter", lambda r: r["key"],
                         "dead letter(s)",
                         "The batch is not committed: it is read again after a restart")
 
 
-def _outcome_writer(cfg: NudgeflowConfig, codec: Codec) -> _TopicWriter:
+def _outcome_writer(cfg: NudgeflowConfig, codec: Codec) -> TopicWriter:
     """The writer of the DELIVERED outcomes (keyed by user id, as the engine reads them)."""
-    return _TopicWriter(cfg, codec, cfg.outcomes_topic, "CampaignOutcome",
+    return TopicWriter(cfg, codec, cfg.outcomes_topic, "CampaignOutcome",
                         lambda r: r["user_id"].encode(), "outcome(s)",
                         "The batch is not committed and its triggers are not recorded as sent: "
                         "they are sent again after a restart, and their outcomes written then "

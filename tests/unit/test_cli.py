@@ -38,7 +38,7 @@ def _help_text(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     text = _help_text(["--help"], capsys)
     assert text.startswith("usage: nudgeflow")
-    for command in ("stack", "run", "jobs", "generate", "jars"):
+    for command in ("stack", "run", "jobs", "generate", "jars", "respond"):
         assert f" {command} " in text
     assert "NUDGEFLOW_* environment variables" in text
 
