@@ -7,21 +7,29 @@ as YAML files (``udfs.catalog.files``) or JSON bodies of DefinitionUpdate record
 
 The grammar is documented in ``udfs/campaigns/CAMPAIGNS.md``; keep the two in step. What a
 campaign shares with a journey (trigger, channels, template, payload, priority, validity window,
-quiet-hours and conflict modes) is checked by ``DeliveryCompiler``, the base of both compilers.
+quiet-hours and conflict modes, attribution and holdout) is checked by ``DeliveryCompiler``, the
+base of both compilers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from udfs.attribution.attribution import MODELS, AttributionRule
+from udfs.attribution.holdout import CONTROL_SALT, MAX_SHARE, ControlGroup
+from udfs.attribution.roi import RoiFeedback
 from udfs.campaigns.grammar import (
+    ATTRIBUTION_KEYS,
     CAMPAIGN_KEYS,
     CHANNELS,
+    CONTROL_GROUP_KEYS,
+    DEFAULT_GOAL,
     FACTORS,
     ON_CONFLICT,
     PAYLOAD_EVENT_FIELDS,
@@ -32,6 +40,7 @@ from udfs.campaigns.grammar import (
     QUIET_HOURS_MODES,
     REQUIRED_CAMPAIGN_KEYS,
     REQUIRED_POLICY_KEYS,
+    ROI_FEEDBACK_KEYS,
     TIERS,
     Campaign,
     CampaignTrigger,
@@ -39,9 +48,14 @@ from udfs.campaigns.grammar import (
     PriorityPolicy,
 )
 from udfs.definitions.compiler import Compiler
-from udfs.definitions.diagnostics import describe, join_path, suggest
+from udfs.definitions.diagnostics import describe, format_number, join_path, listing, suggest
+from udfs.definitions.durations import format_duration
+from udfs.definitions.event_filter import EventFilter
 
 _CLOCK_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+_PERCENT_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
+#: the longest attribution window: a user's touches are kept in state this long
+MAX_ATTRIBUTION_WINDOW_MS = 90 * 86_400_000
 #: what may start a campaign (or a journey's instance): exactly one per trigger
 TRIGGER_KINDS = ("segment_enter", "event", "churn_score")
 
@@ -209,6 +223,84 @@ class DeliveryCompiler(Compiler):
                        f"{', '.join(ON_CONFLICT)}, got {describe(on_conflict)}")
         return quiet == "bypass", on_conflict == "defer"
 
+    def percent(self, data: Any, path: str, what: str, maximum: float = 1.0) -> float | None:
+        """A percentage as a fraction: ``10%``, or the number 10 (as a split's ``percent``).
+
+        Args:
+            data: As written.
+            path: Its document path.
+            what: Its name in messages.
+            maximum: The largest fraction allowed (0.5: at most 50%).
+
+        Returns:
+            The fraction in [0, maximum]; None after an error.
+        """
+        value: float | None = None
+        if isinstance(data, str) and (match := _PERCENT_RE.match(data)):
+            value = float(match.group(1))
+        elif isinstance(data, int | float) and not isinstance(data, bool) \
+                and math.isfinite(data):
+            value = float(data)
+        top = format_number(maximum * 100)
+        if value is None:
+            hint = " (add the % sign)" if isinstance(data, str) and \
+                _PERCENT_RE.match(f"{data}%") else ""
+            self.error(path, f"{what} must be a percentage from 0% to {top}%, e.g. 10% (or the "
+                             f"number 10), got {describe(data)}{hint}")
+            return None
+        if not 0 <= value <= maximum * 100:
+            self.error(path, f"{what} must be from 0% to {top}%, got {format_number(value)}%")
+            return None
+        return value / 100
+
+    def attribution(self, data: Any, path: str, goal: bool = True
+                    ) -> tuple[AttributionRule, EventFilter | None] | None:
+        """The ``attribution`` mapping: (rule, goal or None for the default); None after an error.
+
+        Args:
+            data: ``{window: 7d, model: last_touch, goal: PURCHASE}``, every key optional.
+            path: Its document path.
+            goal: Whether a ``goal`` may be named (a journey's attribution may not: the
+                journey's own ``goal`` is its conversion).
+        """
+        keys = ATTRIBUTION_KEYS if goal else tuple(k for k in ATTRIBUTION_KEYS if k != "goal")
+        if not goal and isinstance(data, dict) and "goal" in data:
+            self.error(join_path(path, "goal"), "a journey's attribution has no goal: its "
+                       "conversions are the journey's own goal (the top-level goal: {event: "
+                       "...}, PURCHASE when absent); move it there")
+            data = {k: v for k, v in data.items() if k != "goal"}
+        spec = self.mapping(data, path, "attribution", keys, ())
+        if spec is None:
+            return None
+        before = len(self.errors)
+        window = AttributionRule().window_ms
+        if "window" in spec:
+            where = join_path(path, "window")
+            window = self.duration(spec["window"], where) or window
+            if window > MAX_ATTRIBUTION_WINDOW_MS:
+                self.error(where, f"attribution window {spec['window']!r} is too long: at most "
+                           f"{format_duration(MAX_ATTRIBUTION_WINDOW_MS)} (every user's touches "
+                           "are kept in state for the window)")
+        model = spec.get("model", AttributionRule().model)
+        if model not in MODELS:
+            shown = repr(model) if isinstance(model, str) else describe(model)
+            hint = suggest(model, MODELS) if isinstance(model, str) else ""
+            self.error(join_path(path, "model"), f"unknown attribution model {shown}: allowed: "
+                       f"{listing(MODELS)} (last_touch: the latest trigger in the window takes "
+                       f"the conversion; linear: equal shares){hint}")
+        target = self.event_filter(spec["goal"], join_path(path, "goal")) \
+            if goal and "goal" in spec else None
+        if len(self.errors) > before:
+            return None
+        return AttributionRule(window, str(model)), target
+
+    def holdout(self, doc: Mapping[str, Any], path: str) -> float:
+        """The ``holdout`` share as a fraction (0 when absent or after an error)."""
+        if "holdout" not in doc:
+            return 0.0
+        share = self.percent(doc["holdout"], join_path(path, "holdout"), "holdout", MAX_SHARE)
+        return share or 0.0
+
 
 class CampaignCompiler(DeliveryCompiler):
     """Validates campaign and policy documents; collects every error."""
@@ -289,11 +381,15 @@ class CampaignCompiler(DeliveryCompiler):
                 reeligible = self.duration(frequency["reeligible_after"],
                                            join_path(path, "frequency.reeligible_after")) or 0
         bypass_quiet_hours, defer_on_conflict = self.delivery_modes(doc, path)
+        attribution = self.attribution(doc["attribution"], join_path(path, "attribution")) \
+            if "attribution" in doc else (AttributionRule(), None)
+        holdout = self.holdout(doc, path)
         if trigger is not None and priority is not None and priority[3] is None:
             priority = (*priority[:3], trigger.segment_enter)
         if len(self.errors) > before or trigger is None or priority is None or not channels \
-                or template is None:
+                or template is None or attribution is None:
             return None
+        rule, goal = attribution
         return Campaign(
             id=str(doc["id"]), version=int(doc["version"]), description=str(doc["description"]),
             enabled=enabled, trigger=trigger, channels=channels, template=template,
@@ -304,6 +400,7 @@ class CampaignCompiler(DeliveryCompiler):
             reeligible_after_ms=reeligible, bypass_quiet_hours=bypass_quiet_hours,
             defer_on_conflict=defer_on_conflict,
             document=json.loads(json.dumps(doc)), source=source,
+            attribution=rule, goal=goal or DEFAULT_GOAL, holdout=holdout,
         )
 
     # the priority policy
@@ -352,6 +449,10 @@ class CampaignCompiler(DeliveryCompiler):
         if quiet and "start" in quiet and "end" in quiet:
             start = self._clock(quiet["start"], join_path(path, "quiet_hours.start"))
             end = self._clock(quiet["end"], join_path(path, "quiet_hours.end"))
+        control = self.control_group(doc["control_group"], join_path(path, "control_group")) \
+            if "control_group" in doc else None
+        feedback = self.roi_feedback(doc["roi_feedback"], join_path(path, "roi_feedback")) \
+            if "roi_feedback" in doc else None
         zone = doc.get("default_time_zone", "UTC")
         if not _known_zone(zone):
             self.error(join_path(path, "default_time_zone"), f"unknown time zone {zone!r}: use an "
@@ -366,8 +467,47 @@ class CampaignCompiler(DeliveryCompiler):
             weights=weights, roi_scale=float(roi_scale), audience_scale=audience_scale,
             tiers=tiers, decision_window_ms=window, min_interval_ms=interval, channel_caps=caps,
             quiet_start=start, quiet_end=end, default_time_zone=str(zone),
-            document=json.loads(json.dumps(doc)), source=source,
+            document=json.loads(json.dumps(doc)), source=source, control_group=control,
+            roi_feedback=feedback,
         )
+
+    def control_group(self, data: Any, path: str) -> ControlGroup | None:
+        """The global control group ``{share: 5%, salt: ...}``; None after an error."""
+        spec = self.mapping(data, path, "control_group", CONTROL_GROUP_KEYS, ("share",))
+        if spec is None or "share" not in spec:
+            return None
+        share = self.percent(spec["share"], join_path(path, "share"), "control_group.share",
+                             MAX_SHARE)
+        salt = spec.get("salt", CONTROL_SALT)
+        if not (isinstance(salt, str) and salt.strip()):
+            self.error(join_path(path, "salt"), f"salt must be a non-empty string (a new salt "
+                       f"draws a new control group), got {describe(salt)}")
+            return None
+        return None if share is None else ControlGroup(share, salt)
+
+    def roi_feedback(self, data: Any, path: str) -> RoiFeedback | None:
+        """ROI feedback ``{min_sends: 200, smoothing: 0.2, max_step: 25%}``; None after an error."""
+        spec = self.mapping(data, path, "roi_feedback", ROI_FEEDBACK_KEYS, ())
+        if spec is None:
+            return None
+        before = len(self.errors)
+        default = RoiFeedback()
+        min_sends = self.whole(spec["min_sends"], join_path(path, "min_sends"), "min_sends", 1) \
+            if "min_sends" in spec else default.min_sends
+        smoothing = self.fraction(spec["smoothing"], join_path(path, "smoothing"), "smoothing") \
+            if "smoothing" in spec else default.smoothing
+        if smoothing == 0:
+            self.error(join_path(path, "smoothing"), "smoothing must be above 0 (0 would never "
+                       "move the ROI from the typed value: leave roi_feedback out instead)")
+        max_step = self.percent(spec["max_step"], join_path(path, "max_step"), "max_step") \
+            if "max_step" in spec else default.max_step
+        if max_step == 0:
+            self.error(join_path(path, "max_step"), "max_step must be above 0% (0% would never "
+                       "move the ROI from the typed value: leave roi_feedback out instead)")
+        if len(self.errors) > before or min_sends is None or smoothing is None \
+                or max_step is None:
+            return None
+        return RoiFeedback(min_sends, float(smoothing), max_step)
 
     def _optional_duration(self, doc: Mapping[str, Any], key: str, path: str) -> int:
         value = doc.get(key)

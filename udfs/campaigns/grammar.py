@@ -2,8 +2,10 @@
 
 Inputs: none (built by ``udfs.campaigns.compiler``). Outputs: the definition types
 (``Campaign``, ``CampaignTrigger``, ``Cap``, ``PriorityPolicy``) and the words of the grammar
-(channels, tiers, priority factors, payload placeholders, the keys of each document). State:
-none. The grammar is documented in ``udfs/campaigns/CAMPAIGNS.md``; keep the two in step.
+(channels, tiers, priority factors, payload placeholders, the keys of each document). The
+settings of the closed loop a campaign or the policy carries (``AttributionRule``,
+``ControlGroup``, ``RoiFeedback``) are defined next to their rules in ``udfs.attribution``.
+State: none. The grammar is documented in ``udfs/campaigns/CAMPAIGNS.md``; keep the two in step.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from udfs.attribution.attribution import AttributionRule
+from udfs.attribution.holdout import ControlGroup
+from udfs.attribution.roi import RoiFeedback
 from udfs.definitions.event_filter import EventFilter
 
 #: the id of the priority policy in force (one policy; a new version replaces it)
@@ -32,14 +37,21 @@ FACTORS = ("urgency", "expected_roi", "audience", "brand_significance")
 
 CAMPAIGN_KEYS = ("kind", "id", "version", "description", "enabled", "trigger", "channels",
                  "template", "payload", "valid_from", "valid_until", "expires_after",
-                 "priority", "eligibility", "frequency", "quiet_hours", "on_conflict")
+                 "priority", "eligibility", "frequency", "quiet_hours", "on_conflict",
+                 "attribution", "holdout")
 REQUIRED_CAMPAIGN_KEYS = ("kind", "id", "version", "description", "trigger", "channels",
                           "template", "priority")
 POLICY_KEYS = ("kind", "id", "version", "description", "weights", "roi_scale",
                "audience_scale", "tiers", "decision_window", "min_interval", "channel_caps",
-               "quiet_hours", "default_time_zone")
+               "quiet_hours", "default_time_zone", "control_group", "roi_feedback")
 REQUIRED_POLICY_KEYS = ("kind", "id", "version", "description", "weights", "tiers",
                         "channel_caps", "quiet_hours")
+#: the keys of a campaign's ``attribution`` (a journey's has no ``goal``: it has its own)
+ATTRIBUTION_KEYS = ("window", "model", "goal")
+CONTROL_GROUP_KEYS = ("share", "salt")
+ROI_FEEDBACK_KEYS = ("min_sends", "smoothing", "max_step")
+#: what a conversion is when a campaign (or journey) names no goal
+DEFAULT_GOAL = EventFilter(frozenset({"PURCHASE"}), label="PURCHASE")
 #: a payload placeholder: ``{event.product_id}``, ``{metadata.country}``, ``{feature.cart_value}``
 PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\.([a-z_]+)\}")
 
@@ -105,6 +117,11 @@ class Campaign:
         journey_id, node_id: Set on the campaign a journey's send or sync_audience node
             competes as (``udfs.journeys.runner.send_campaigns``; its id is
             ``<journey>/<node>``, its trigger never fires by itself).
+        attribution: Window and model crediting conversions to its triggers (a journey's
+            send: the journey's).
+        goal: The clicks that are conversions of it (default ``DEFAULT_GOAL``, PURCHASE).
+        holdout: The share of users (0..0.5) held out of it, by a stable hash of the user and
+            its id (a journey's send: of the journey's id), ``udfs.attribution.holdout``.
     """
 
     id: str
@@ -132,6 +149,9 @@ class Campaign:
     source: str = field(default="", compare=False)
     journey_id: str | None = None
     node_id: str | None = None
+    attribution: AttributionRule = AttributionRule()
+    goal: EventFilter = DEFAULT_GOAL
+    holdout: float = 0.0
 
     def referenced_segments(self) -> set[str]:
         """Every segment id this campaign names."""
@@ -159,6 +179,9 @@ class PriorityPolicy:
         quiet_start, quiet_end: Quiet hours as minutes after local midnight; the window wraps
             midnight when start > end. Equal values mean no quiet hours.
         default_time_zone: Used for users without metadata or with an unknown zone.
+        control_group: The global control group (users who get no campaign), or None.
+        roi_feedback: How measured revenue per send replaces typed ``expected_roi``
+            (``udfs.attribution.roi``), or None: the typed values are used.
     """
 
     id: str
@@ -176,3 +199,5 @@ class PriorityPolicy:
     default_time_zone: str
     document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
     source: str = field(default="", compare=False)
+    control_group: ControlGroup | None = None
+    roi_feedback: RoiFeedback | None = None

@@ -5,10 +5,11 @@ bodies of DefinitionUpdate records (``udfs.journeys.updates``) load them. Output
 objects and ``DefinitionError`` items (file, path in the document, message, line). State: none.
 
 The grammar is documented in ``udfs/journeys/JOURNEYS.md``; keep the two in step. A journey's
-entry trigger, sends, priority, validity window and quiet-hours/conflict modes are checked by
-``udfs.campaigns.compiler.DeliveryCompiler`` exactly as a campaign's. This module adds the nodes,
-the conditions they test, and the checks on the graph: one entry, no dangling edge, no edge back
-into the entry, no cycle, nothing unreachable, every outcome tested after its send.
+entry trigger, sends, priority, validity window, quiet-hours/conflict modes, attribution and
+holdout are checked by ``udfs.campaigns.compiler.DeliveryCompiler`` exactly as a campaign's.
+This module adds the nodes, the conditions they test, and the checks on the graph: one entry,
+no dangling edge, no edge back into the entry, no cycle, nothing unreachable, every outcome
+tested after its send.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from udfs.attribution.attribution import AttributionRule
 from udfs.campaigns.compiler import DeliveryCompiler
 from udfs.campaigns.grammar import PAYLOAD_METADATA_FIELDS
 from udfs.definitions.compiler import ID_RE
@@ -123,6 +125,9 @@ class JourneyCompiler(DeliveryCompiler):
         valid_from, valid_until = self.validity(doc, path)
         bypass_quiet_hours, defer_on_conflict = self.delivery_modes(doc, path)
         goal = self._goal(doc["goal"], join_path(path, "goal")) if "goal" in doc else None
+        attribution = self.attribution(doc["attribution"], join_path(path, "attribution"),
+                                       goal=False) if "attribution" in doc else None
+        holdout = self.holdout(doc, path)
         graph = self._nodes(doc["nodes"], join_path(path, "nodes"), name) \
             if "nodes" in doc else None
         if len(self.errors) > before or priority is None or graph is None:
@@ -135,7 +140,8 @@ class JourneyCompiler(DeliveryCompiler):
             expires_after_ms=expires_after, valid_from_ms=valid_from,
             valid_until_ms=valid_until, bypass_quiet_hours=bypass_quiet_hours,
             defer_on_conflict=defer_on_conflict, document=json.loads(json.dumps(doc)),
-            source=source,
+            source=source, attribution=attribution[0] if attribution else AttributionRule(),
+            holdout=holdout,
         )
 
     def _goal(self, data: Any, path: str) -> EventFilter | None:

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from udfs.campaigns.grammar import CampaignTrigger
+from udfs.attribution.attribution import AttributionRule
+from udfs.campaigns.grammar import DEFAULT_GOAL, CampaignTrigger
 from udfs.definitions.event_filter import EventFilter
 
 JOURNEY_KEYS = ("kind", "id", "version", "description", "enabled", "nodes", "goal", "priority",
-                "expires_after", "quiet_hours", "on_conflict", "valid_from", "valid_until")
+                "expires_after", "quiet_hours", "on_conflict", "valid_from", "valid_until",
+                "attribution", "holdout")
 REQUIRED_JOURNEY_KEYS = ("kind", "id", "version", "description", "nodes", "priority")
 #: the keys that say what a node is (exactly one per node)
 NODE_KINDS = ("entry", "send", "sync_audience", "wait", "condition", "split", "exit")
@@ -180,6 +182,10 @@ class Journey:
         bypass_quiet_hours, defer_on_conflict: as a campaign's.
         document: The document as written (published as the DefinitionUpdate body).
         source: Where it came from.
+        attribution: Window and model crediting conversions (its ``attribution_goal``) to its
+            sends; the journey is one unit, so ``linear`` splits a conversion across its sends.
+        holdout: The share of users (0..0.5) held out of every send of the journey (one arm
+            per user for the whole journey: the hash is of the journey's id).
     """
 
     id: str
@@ -199,6 +205,13 @@ class Journey:
     defer_on_conflict: bool = True
     document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
     source: str = field(default="", compare=False)
+    attribution: AttributionRule = AttributionRule()
+    holdout: float = 0.0
+
+    @property
+    def attribution_goal(self) -> EventFilter:
+        """What counts as its conversion: its ``goal``, or PURCHASE when it names none."""
+        return self.goal if self.goal is not None else DEFAULT_GOAL
 
     @property
     def entry(self) -> Entry:

@@ -62,8 +62,9 @@ _send_campaigns_cache: dict[tuple[tuple[str, int, bool], ...], dict[str, Campaig
 def send_campaigns(journeys: Mapping[str, Journey]) -> dict[str, Campaign]:
     """The campaign each send and sync_audience node competes as, by id (``<journey>/<node>``).
 
-    It carries the journey's priority factors, expiry, quiet-hours and conflict rules, so
-    arbitration treats a journey's send exactly as a campaign's (cached per set of versions).
+    It carries the journey's priority factors, expiry, quiet-hours and conflict rules,
+    attribution rule, goal and holdout share, so arbitration treats a journey's send exactly as
+    a campaign's (cached per set of versions).
     """
     key = tuple(sorted((j.id, j.version, j.enabled) for j in journeys.values()))
     cached = _send_campaigns_cache.get(key)
@@ -99,7 +100,8 @@ def _node_campaign(journey: Journey, node: Node) -> Campaign:
         audience_segment=journey.entry.trigger.segment_enter,
         bypass_quiet_hours=journey.bypass_quiet_hours,
         defer_on_conflict=journey.defer_on_conflict, source=journey.source,
-        journey_id=journey.id, node_id=node.id)
+        journey_id=journey.id, node_id=node.id, attribution=journey.attribution,
+        goal=journey.attribution_goal, holdout=journey.holdout)
 
 
 # --- the step ----------------------------------------------------------------------------------
