@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from schemas.codec import Codec
+from udfs.attribution.touches import LiftFact
 from udfs.campaigns import arbitration
 from udfs.campaigns.arbitration import CampaignState
 from udfs.catalog.registries import Registries
@@ -191,6 +192,10 @@ class Step:
         trigger_duplicates: candidates dropped because their trigger id was decided before.
         journey_moves: (journey id, node id, what) of every journey move (entered, sent,
             waiting, converted, exited), in order: the per-node counters.
+        converted: CampaignOutcome CONVERTED records of the attributed conversions (to the
+            outcomes topic).
+        lift: the assignments and conversions of the step, for the per-campaign statistics
+            (``udfs.attribution.touches.LiftFact``).
         duplicate: the input was a duplicate (same event id): nothing else happened.
         duplicates: buffered inputs dropped as duplicates when applied in this step (besides
             ``duplicate``).
@@ -217,6 +222,8 @@ class Step:
     cancel_timer_ms: int | None = None
     trigger_duplicates: int = 0
     journey_moves: list[tuple[str, str, str]] = field(default_factory=list)
+    converted: list[dict[str, Any]] = field(default_factory=list)
+    lift: list[LiftFact] = field(default_factory=list)
     duplicate: bool = False
     duplicates: int = 0
     applied: int = 0
@@ -509,7 +516,10 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
                                   state.churn_score, seg.view, state.metadata, engagement)
     if not (timer or engagement is not None or registries.uses_churn()
             or arbitration.find_candidates(campaigns.values(), facts, None)
-            or (journeys and _journeys_matter(journeys, facts))):
+            or (journeys and _journeys_matter(journeys, facts))
+            or arbitration.may_convert(facts, campaigns.values())
+            or any(arbitration.goal_matches(j.attribution_goal, facts)
+                   for j in journeys.values())):
         return
     cstate = state.campaign_state()
     sends: list[arbitration.Candidate] = []
@@ -533,6 +543,8 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
     out.triggers.extend(outcome.triggers)
     out.decisions.extend(outcome.decisions)
     out.trigger_duplicates += outcome.duplicates
+    out.converted.extend(outcome.converted)
+    out.lift.extend(outcome.lift)
 
 
 def _journeys_matter(journeys: Mapping[str, Any], facts: arbitration.StepFacts) -> bool:

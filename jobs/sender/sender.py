@@ -439,6 +439,7 @@ def build_delivered_outcome(trigger: Record, delivered_at: int) -> Record:
         "event_time": delivered_at,
         "revenue": None,
         "currency": None,
+        "attribution_rule": None,  # only attributed conversions (the engine's) name a rule
     }
 
 

@@ -332,6 +332,7 @@ def _outcome(trigger: Mapping[str, Any], outcome: str, at: int) -> Response:
         "event_time": at,
         "revenue": None,
         "currency": None,
+        "attribution_rule": None,  # only attributed conversions (the engine's) name a rule
     })
 
 

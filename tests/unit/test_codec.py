@@ -278,6 +278,7 @@ RECORDS: dict[str, dict[str, Any]] = {
         "event_time": T + 3_600_000,
         "revenue": 42.0,
         "currency": "EUR",
+        "attribution_rule": "last_touch 7d",
     },
     "UserFeaturesState": {  # the body of per-user keyed state (udfs.features.codec), not Kafka
         "first_event_ms": T - 86_400_000,
@@ -572,8 +573,9 @@ BYTE_EXACT = [
             "event_time": T,
             "revenue": 2.5,
             "currency": "EUR",
+            "attribution_rule": None,
         },
-        "c301f7aa6f45ef4f824a"  # marker, fingerprint
+        "c30118c5e979daf3f150"  # marker, fingerprint
         "046f31"  # outcome_id "o1"
         "02047431"  # trigger_id: branch 1, "t1"
         "047531046331"  # user_id "u1", campaign_id "c1"
@@ -581,7 +583,8 @@ BYTE_EXACT = [
         "06"  # outcome CONVERTED = index 3
         "80a0abfef962"  # event_time
         "020000000000000440"  # revenue: branch 1, 2.5
-        "0206455552",  # currency: branch 1, "EUR"
+        "0206455552"  # currency: branch 1, "EUR"
+        "00",  # attribution_rule: null
         id="CampaignOutcome",
     ),
     pytest.param(

@@ -25,7 +25,7 @@ HISTORY_NAME = re.compile(r"^(?P<name>\w+)\.v(?P<version>\d+)\.avsc$")
 # Fingerprint (CRC-64-AVRO, little-endian hex) of every published version. Consumers in other
 # teams resolve writer schemas by these bytes, so a published version must never change.
 PUBLISHED: dict[str, dict[int, str]] = {
-    "CampaignOutcome": {1: "f7aa6f45ef4f824a"},
+    "CampaignOutcome": {1: "f7aa6f45ef4f824a", 2: "18c5e979daf3f150"},
     "ClickEvent": {1: "d324c6a4f6786683", 2: "dd7d54cb4ffe2ce0"},
     "DeadLetter": {1: "9c64a23c2463eb5d", 2: "b10e46f70854f354"},
     "DefinitionUpdate": {1: "f9a64839cb5fbfb2", 2: "78aefd9a7c597044"},
@@ -75,7 +75,7 @@ FIELDS: dict[str, list[str]] = {
     ],
     "CampaignOutcome": [
         "outcome_id", "trigger_id", "user_id", "campaign_id", "channel", "outcome", "event_time",
-        "revenue", "currency",
+        "revenue", "currency", "attribution_rule",
     ],
     "UserFeaturesState": [
         "first_event_ms", "last_event_ms", "last_purchase_ms", "last_add_to_cart_ms",

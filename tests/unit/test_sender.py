@@ -266,7 +266,7 @@ def delivered(trigger_id, at=NOW, user_id="u-1", campaign_id="c-1", channel="EMA
     return {"outcome_id": derive_outcome_id(trigger_id, channel, "DELIVERED"),
             "trigger_id": trigger_id, "user_id": user_id, "campaign_id": campaign_id,
             "channel": channel, "outcome": "DELIVERED", "event_time": at, "revenue": None,
-            "currency": None}
+            "currency": None, "attribution_rule": None}
 
 
 def test_each_delivered_trigger_gets_one_delivered_outcome_and_nothing_else_does():

@@ -26,8 +26,14 @@ from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from udfs.attribution.attribution import Touch, attribution_unit
+from udfs.attribution.holdout import CONTROL, TREATED, assign_arm
+from udfs.attribution.touches import LiftFact, TouchLog
+from udfs.attribution.touches import from_doc as touch_log
+from udfs.attribution.touches import to_doc as touch_doc
 from udfs.campaigns.grammar import (
     AUDIENCE_CHANNEL,
+    DEFAULT_GOAL,
     PLACEHOLDER_RE,
     Campaign,
     CampaignTrigger,
@@ -36,6 +42,7 @@ from udfs.campaigns.grammar import (
 )
 from udfs.campaigns.local_time import cap_free_at, quiet_until, zone_of
 from udfs.campaigns.priority import Priority, score_priority
+from udfs.definitions.event_filter import EventFilter
 from udfs.features.view import RecentEvent
 from udfs.journeys.state import JourneyState
 from udfs.journeys.state import from_doc as journey_state
@@ -54,6 +61,8 @@ DEFERRED = "DEFERRED"
 # reason codes of TriggerDecision (see schemas/TriggerDecision.avsc)
 NO_POLICY = "NO_POLICY"
 CAMPAIGN_GONE = "CAMPAIGN_GONE"
+HOLDOUT = "HOLDOUT"  # held out of the campaign (its holdout share): counted, not sent
+CONTROL_GROUP = "CONTROL_GROUP"  # in the policy's global control group: no campaign at all
 NOT_ELIGIBLE = "NOT_ELIGIBLE"
 NO_CONSENT = "NO_CONSENT"
 REELIGIBILITY = "REELIGIBILITY"
@@ -114,6 +123,8 @@ class CampaignState:
             keyed state value: a journey's sends and the campaigns' share one decision.
         opt_outs: channel -> event time of the user's latest UNSUBSCRIBED or COMPLAINED
             outcome on it (``record_opt_out``); kept for good, a few bytes per channel.
+        touches: the triggers sent and the candidates held out that a conversion can still be
+            credited to (``udfs.attribution.touches``).
     """
 
     sent: list[tuple[str, str, str, int]] = field(default_factory=list)
@@ -123,6 +134,7 @@ class CampaignState:
     churn_score: float | None = None
     journeys: JourneyState = field(default_factory=JourneyState)
     opt_outs: dict[str, int] = field(default_factory=dict)
+    touches: TouchLog = field(default_factory=TouchLog)
 
     def last_sent_ms(self) -> int | None:
         """Event time of the user's latest trigger, or None."""
@@ -140,11 +152,12 @@ class CampaignState:
         self.sent = [s for s in self.sent if s[3] >= horizon]
         self.decided = {k: t for k, t in self.decided.items() if t >= horizon}
         self.last_send = {k: t for k, t in self.last_send.items() if t >= now_ms - LAST_SEND_MS}
+        self.touches.prune(now_ms)
 
     def is_empty(self) -> bool:
         """Nothing worth keeping (the adapter then clears the state)."""
         return not (self.sent or self.last_send or self.decided or self.pending
-                    or self.opt_outs) and \
+                    or self.opt_outs or not self.touches.is_empty()) and \
             self.churn_score is None and self.journeys.is_empty()
 
 
@@ -157,6 +170,8 @@ def encode_state(state: CampaignState) -> bytes:
         doc["journeys"] = journey_doc(state.journeys)
     if state.opt_outs:
         doc["opt_outs"] = state.opt_outs
+    if not state.touches.is_empty():
+        doc["touches"] = touch_doc(state.touches)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -182,6 +197,7 @@ def decode_state(raw: bytes | None) -> CampaignState:
         journeys=journey_state(doc.get("journeys")),
         # absent in state written before opt-outs were honoured: none recorded
         opt_outs={k: int(v) for k, v in (doc.get("opt_outs") or {}).items()},
+        touches=touch_log(doc.get("touches")),  # absent before attribution: none
     )
 
 
@@ -389,6 +405,8 @@ class Outcome:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     duplicates: int = 0
     state_changed: bool = False  # whether the CampaignState must be stored again
+    converted: list[dict[str, Any]] = field(default_factory=list)  # CampaignOutcome CONVERTED
+    lift: list[LiftFact] = field(default_factory=list)  # for the per-campaign statistics
 
 
 @dataclass
@@ -545,7 +563,8 @@ def decide(state: CampaignState, fresh: list[Candidate], user: UserFacts, defs: 
         if contender is not None:
             contenders.append(contender)
     contenders.sort(key=lambda c: (-c.priority.score, c.campaign.id, c.candidate.trigger_id))
-    now_sendable = [c for c in contenders if c.send_at == now_ms]
+    now_sendable = _hold_out([c for c in contenders if c.send_at == now_ms], state, user,
+                             defs, now_ms, emit_time_ms, out)
     later = [c for c in contenders if c.send_at > now_ms]
     winner = now_sendable[0] if now_sendable else None
     rivals: list[tuple[_Contender, str]] = []
@@ -553,7 +572,7 @@ def decide(state: CampaignState, fresh: list[Candidate], user: UserFacts, defs: 
         policy = defs.policy
         assert policy is not None  # without a policy _qualify suppresses every candidate
         zone = zone_of(user.metadata, policy)
-        _record_send(state, winner, now_ms)
+        _record_send(state, winner, now_ms, out)
         for loser in now_sendable[1:]:
             send_at, reasons = earliest_send(loser.campaign, loser.channel, loser.priority.tier,
                                              now_ms, state, policy, zone)
@@ -590,11 +609,21 @@ def on_step(state: CampaignState, facts: StepFacts, user: UserFacts, defs: Defin
         # and a crossing is still seen (the kept score is on the same side of every threshold)
         state.churn_score = facts.churn_score
         changed = True
+    converted: list[dict[str, Any]] = []
+    lift: list[LiftFact] = []
+    recent = facts.recent
+    if recent is not None and not state.touches.is_empty():
+        converted, lift = state.touches.convert(
+            facts.event or {}, user.user_id,
+            lambda touch, _: goal_of(touch, defs.campaigns).matches(recent))
+        changed = changed or bool(lift)
     due = state.next_due_ms()
     if not fresh and (due is None or due > facts.now_ms):
-        return Outcome(state_changed=changed)  # the common step: nothing to decide
+        # the common step: nothing to decide
+        return Outcome(state_changed=changed, converted=converted, lift=lift)
     out = decide(state, fresh, user, defs, facts.now_ms, emit_time_ms)
     out.state_changed = True
+    out.converted[:0], out.lift[:0] = converted, lift
     return out
 
 
@@ -677,10 +706,83 @@ def _qualify(candidate: Candidate, state: CampaignState, user: UserFacts, defs: 
                       expires_at(candidate, campaign))
 
 
-def _record_send(state: CampaignState, winner: _Contender, now_ms: int) -> None:
+def _record_send(state: CampaignState, winner: _Contender, now_ms: int, out: Outcome) -> None:
     state.sent.append((winner.candidate.trigger_id, winner.campaign.id, winner.channel, now_ms))
     state.last_send[winner.campaign.id] = now_ms
     state.decided[winner.candidate.trigger_id] = now_ms
+    out.lift.append(state.touches.record(_touch(winner, TREATED, now_ms)))
+
+
+def _touch(contender: _Contender, arm: str, now_ms: int) -> Touch:
+    campaign = contender.campaign
+    return Touch(contender.candidate.trigger_id, campaign.id, campaign.journey_id,
+                 contender.channel, now_ms, arm, campaign.attribution)
+
+
+def _hold_out(sendable: list[_Contender], state: CampaignState, user: UserFacts,
+              defs: Definitions, now_ms: int, emit_time_ms: int, out: Outcome
+              ) -> list[_Contender]:
+    """Take the held-out candidates out of those that would be sent now; the rest compete.
+
+    The arm is drawn here, when a candidate would be sent now, so a held-out user is counted
+    at the same moment a treated one is sent, and the campaign that would have lost to it
+    is sent instead: the held-out user gets the world without that campaign. A held-out
+    candidate is decided (SUPPRESSED with reason ``HOLDOUT``, or ``CONTROL_GROUP`` for the
+    policy's global control group) and recorded as a touch, so its later conversions are
+    counted the same way as a treated one's.
+    """
+    policy = defs.policy
+    control = policy.control_group if policy is not None else None
+    kept: list[_Contender] = []
+    for contender in sendable:
+        campaign = contender.campaign
+        unit = attribution_unit(campaign.id, campaign.journey_id)
+        arm = assign_arm(user.user_id, unit, campaign.holdout, control)
+        if arm == TREATED:
+            kept.append(contender)
+            continue
+        candidate = contender.candidate
+        state.decided[candidate.trigger_id] = now_ms
+        out.lift.append(state.touches.record(_touch(contender, arm, now_ms)))
+        if arm == CONTROL:
+            code = CONTROL_GROUP
+            reason = (f"the user is in the global control group "
+                      f"({_share(control.share if control else 0)} of users get no campaign)")
+        else:
+            code = HOLDOUT
+            reason = f"the user is in the {_share(campaign.holdout)} holdout of {unit}"
+        out.decisions.append(_decision(candidate, user.user_id, SUPPRESSED, code, reason,
+                                       contender.priority, None, contender.channel, now_ms,
+                                       emit_time_ms))
+    return kept
+
+
+def _share(share: float) -> str:
+    return f"{share * 100:g}%"
+
+
+def goal_of(touch: Touch, campaigns: Mapping[str, Campaign]) -> EventFilter:
+    """What counts as a conversion of a touch.
+
+    Its campaign's goal (a journey's send: the journey's), or PURCHASE once the campaign is gone.
+    """
+    campaign = campaigns.get(touch.campaign_id)
+    return campaign.goal if campaign is not None else DEFAULT_GOAL
+
+
+def may_convert(facts: StepFacts, campaigns: Iterable[Campaign]) -> bool:
+    """Whether the step's click is a goal of any campaign: only then are the touches read.
+
+    A PURCHASE always is: the default goal, kept by campaigns deleted since they touched someone.
+    """
+    return goal_matches(DEFAULT_GOAL, facts) or any(goal_matches(c.goal, facts)
+                                                   for c in campaigns)
+
+
+def goal_matches(goal: EventFilter, facts: StepFacts) -> bool:
+    """Whether the step's click (if any) is ``goal``."""
+    recent = facts.recent
+    return recent is not None and goal.matches(recent)
 
 
 def _defer_or_suppress(state: CampaignState, contender: _Contender, user_id: str, now_ms: int,
