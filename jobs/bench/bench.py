@@ -601,7 +601,9 @@ class Bench:
         with open(log, "wb") as sink:
             job = subprocess.Popen(
                 [sys.executable, "-m", module, "--local", "--starting-offsets", "earliest",
-                 *as_flags(cfg, (*ISOLATION_FIELDS, "job_name")), *flags, *own_flags],
+                 *as_flags(cfg, (*ISOLATION_FIELDS, "job_name",
+                                 *(("checkpoint_dir",) if cfg.checkpoint_dir else ()))),
+                 *flags, *own_flags],
                 stdout=sink, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         self.monitor.watch(job.pid, f"{label} client (Python driver)")
         return job
@@ -781,32 +783,43 @@ class Bench:
 
         return after
 
-    def _journeys(self, base: Any, plain: dict[str, Any], users: int) -> dict[str, Any]:
-        """The p1 drain again with the three catalog journeys loaded, against ``plain``.
+    def _journeys(self, base: Any, users: int) -> dict[str, Any]:
+        """The p1 drain without and with the three catalog journeys loaded, ABBA.
 
         The same backlog, parallelism, delivery and checkpoint interval; only
-        ``--journeys-dir`` differs. One pair, in one run: the machine's speed drifts between
-        runs, so only figures of one run compare.
+        ``--journeys-dir`` differs. Four drains in the order plain, journeys, journeys, plain,
+        so a drift of the machine's speed during the run weighs on both builds alike; each
+        build's figure is the mean of its two drains, and its state per user is measured
+        after each drain (``state_size``).
         """
         from udfs.catalog.files import JOURNEY_CATALOG_DIR
 
-        self.say("  throughput at parallelism 1 with the three catalog journeys ...")
-        cfg = self.own_checkpoints(fresh_config(base), "journeys")
-        run = self.drain(cfg, ("--parallelism", "1", "--delivery-guarantee", "at-least-once",
-                               "--journeys-dir", str(JOURNEY_CATALOG_DIR)),
-                         "p1 at-least-once, 3 journeys", after=self.state_size(cfg, users))
-        section = {
+        flags = ("--parallelism", "1", "--delivery-guarantee", "at-least-once")
+        builds = {"without": flags, "with": (*flags, "--journeys-dir", str(JOURNEY_CATALOG_DIR))}
+        runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+        for n, build in enumerate(("without", "with", "with", "without")):
+            self.say(f"  journeys: {build} the three catalog journeys, drain {n + 1} of 4 ...")
+            cfg = self.own_checkpoints(fresh_config(base), f"journeys-{n + 1}-{build}")
+            run = self.drain(cfg, builds[build], f"p1 at-least-once, {build} journeys",
+                             after=self.state_size(cfg, users))
+            runs[build].append(run)
+            self.say(f"    {run['events_per_s']:,.0f} events/s")
+        section: dict[str, Any] = {
             "journeys": sorted(p.stem for p in JOURNEY_CATALOG_DIR.glob("*.yaml")),
-            "without": {k: plain.get(k) for k in ("events_per_s", "state_bytes_per_user",
-                                                  "state_error")},
-            "with": {k: run.get(k) for k in ("events_per_s", "state_bytes_per_user",
-                                             "state_error", "partial")},
+            "order": "ABBA (without, with, with, without)",
         }
-        if plain.get("events_per_s") and run.get("events_per_s"):
-            section["throughput_change"] = round(run["events_per_s"] / plain["events_per_s"] - 1,
-                                                 3)
-        self.say(f"    {run['events_per_s']:,.0f} events/s "
-                 f"(without journeys {plain['events_per_s']:,.0f})")
+        for build, pair in runs.items():
+            rates = [r["events_per_s"] for r in pair]
+            states = [r["state_bytes_per_user"] for r in pair if "state_bytes_per_user" in r]
+            section[build] = {
+                "events_per_s": round(sum(rates) / len(rates), 1),
+                "runs_events_per_s": rates,
+                "state_bytes_per_user": round(sum(states) / len(states), 1) if states else None,
+                "state_error": next((r["state_error"] for r in pair if "state_error" in r),
+                                    None),
+            }
+        without, with_ = section["without"]["events_per_s"], section["with"]["events_per_s"]
+        section["throughput_change"] = round(with_ / without - 1, 3) if without else None
         return section
 
     def _end_markers(self, cfg: Any) -> None:
@@ -1035,15 +1048,10 @@ class Bench:
         throughput = []
         for parallelism in (1, 2):
             self.say(f"  throughput at parallelism {parallelism} ...")
-            cfg = fresh_config(base)
-            if parallelism == 1:  # its state is the journeys section's baseline
-                cfg = self.own_checkpoints(cfg, "plain")
-            run = self.drain(cfg, ("--parallelism", str(parallelism),
-                                   "--delivery-guarantee", "at-least-once"),
+            run = self.drain(fresh_config(base), ("--parallelism", str(parallelism),
+                                                        "--delivery-guarantee", "at-least-once"),
                              f"p{parallelism} at-least-once",
-                             profile_s=plan.profile_s if parallelism == 1 else 0.0,
-                             after=self.state_size(cfg, plan.users) if parallelism == 1
-                             else None)
+                             profile_s=plan.profile_s if parallelism == 1 else 0.0)
             run.update(parallelism=parallelism, delivery="at-least-once",
                        execution_mode="thread",
                        fraction_of_ceiling=round(run["events_per_s"]
@@ -1057,7 +1065,7 @@ class Bench:
                                + "; ".join(problems))
         p1 = throughput[0]
         results.update(self._stages(p1))
-        results["journeys"] = self._journeys(base, p1, plan.users)
+        results["journeys"] = self._journeys(base, plan.users)
         # 2. latency, each delivery mode on topics of its own holding only the probe's users
         best = max(run["events_per_s"] for run in throughput)
         probes = max_rate_probes(p1["events_per_s"])

@@ -200,9 +200,9 @@ def _journeys_rows(results: dict) -> list[Row]:
     names = ", ".join(section.get("journeys") or []) or MISSING
     without, with_ = section.get("without") or {}, section.get("with") or {}
     change = section.get("throughput_change")
-    return [("campaigns only", _rate(without.get("events_per_s")), "",
+    return [("campaigns only (mean of 2)", _rate(without.get("events_per_s")), "",
              _num(without.get("state_bytes_per_user"))),
-            (f"+ journeys ({names})", _rate(with_.get("events_per_s")),
+            (f"+ journeys ({names}; mean of 2)", _rate(with_.get("events_per_s")),
              _fraction(change),
              _num(with_.get("state_bytes_per_user")))]
 

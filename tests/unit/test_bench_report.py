@@ -323,8 +323,7 @@ def with_journeys(results: dict) -> dict:
 
 def test_report_shows_journeys_against_campaigns_only():
     report = br.format_report(with_journeys(sample_results()))
-    assert line_with(report, "campaigns only").split() == ["campaigns", "only", "1,031",
-                                                            "3,812"]
+    assert line_with(report, "campaigns only").split()[-2:] == ["1,031", "3,812"]
     assert line_with(report, "+ journeys").split()[-3:] == ["963", "-6.6%", "4,101"]
     assert "welcome-drip" in line_with(report, "+ journeys")
     section = br.readme_section(with_journeys(sample_results()))
