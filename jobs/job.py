@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from jobs.config import (
 )
 from jobs.env import create_env
 from udfs.build import BUILD_ID_ENV, IMPORTED_BUILD
+from udfs.flink.campaign_stats import CampaignStatsFunction
 from udfs.flink.decode import (
     DecodeRecordsFunction,
     definition_to_row,
@@ -59,6 +60,7 @@ from udfs.flink.descriptors import (
 )
 from udfs.flink.event_time import EventTimeAssigner, NeutralTimeAssigner
 from udfs.flink.user_engine import UserEngineFunction
+from udfs.stores.campaign_stats import StatsStoreFactory
 from udfs.stores.membership import CassandraRedisStore, StoreFactory
 
 
@@ -70,11 +72,12 @@ class JobOutputs:
     triggers: DataStream  # TriggerEvents, each on the topic of its priority tier
     trigger_decisions: DataStream  # TriggerDecisions: suppressed or deferred candidates
     dead_letters: DataStream  # DeadLetters: rejected, late and invalid records
+    conversions: DataStream  # CampaignOutcomes CONVERTED: attributed conversions, to outcomes
 
     def all(self) -> DataStream:
         """Every output in one stream (one sink, one transaction)."""
         return self.segment_changes.union(self.triggers, self.trigger_decisions,
-                                          self.dead_letters)
+                                          self.dead_letters, self.conversions)
 
 
 def clicks_for_engine(records: DataStream) -> DataStream:
@@ -213,6 +216,23 @@ def route_engine_records(engine: DataStream, record: str, topic: str, uid: str,
     return routed.uid(uid).name(uid)
 
 
+def campaign_statistics(engine: DataStream, stats_store: Callable[[], Any]) -> DataStream:
+    """The engine's lift facts, keyed by campaign (or journey) id, added up and published.
+
+    ``udfs.flink.campaign_stats.CampaignStatsFunction`` keeps each unit's statistics in keyed
+    state and writes them to Redis; it emits nothing (Flink runs an operator without a sink).
+    """
+    facts = route_engine_records(engine, "LiftFact", "campaign-stats", names.ROUTE_LIFT_UID)
+    return (facts.key_by(lambda row: bytes(row[1]).decode(), key_type=Types.STRING())
+            .process(CampaignStatsFunction(stats_store))
+            .uid(names.CAMPAIGN_STATS_UID).name(names.CAMPAIGN_STATS_UID))
+
+
+def campaign_stats_store(cfg: NudgeflowConfig) -> StatsStoreFactory:
+    """Where the per-campaign statistics go: the Redis of ``cfg``."""
+    return StatsStoreFactory(cfg.redis_url, cfg.redis_key_prefix, cfg.redis_ssl_ca_file)
+
+
 def membership_store(cfg: NudgeflowConfig) -> CassandraRedisStore:
     """Where the engine writes segment membership: Cassandra and Redis of ``cfg``."""
     return CassandraRedisStore(
@@ -224,7 +244,8 @@ def membership_store(cfg: NudgeflowConfig) -> CassandraRedisStore:
 def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
           cfg: NudgeflowConfig, initial_definitions: list[dict[str, Any]],
           model_files: ModelFiles | None, store: StoreFactory,
-          build_id: str | None = None, outcomes: DataStream | None = None) -> JobOutputs:
+          build_id: str | None = None, outcomes: DataStream | None = None,
+          stats_store: Callable[[], Any] | None = None) -> JobOutputs:
     """The job's graph: Kafka record rows of the input topics -> output streams.
 
     ``outcomes`` (the outcomes topic's records: engagement feedback journeys wait on) is
@@ -238,7 +259,9 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
     ``file_definitions(cfg)``: segments, campaigns and the priority policy); ``model_files`` is
     the churn model as bytes (``main`` passes ``churn_model_files(cfg)``; None: no scoring);
     ``store`` creates the membership store's writer in each engine instance (``main`` passes
-    ``membership_store(cfg)``: Cassandra and Redis; pipeline tests pass a fake). Nothing here
+    ``membership_store(cfg)``: Cassandra and Redis; pipeline tests pass a fake).
+    ``stats_store`` creates the per-campaign statistics' writer (``main`` passes
+    ``campaign_stats_store(cfg)``: Redis); None: the lift facts are not added up. Nothing here
     reads a file.
     """
     metadata_rows, metadata_letters = decode_metadata(metadata, cfg)
@@ -254,6 +277,8 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         letters.append(outcome_letters)
     engine = run_user_engine(inputs, definition_rows, cfg, initial_definitions, model_files,
                              store, build_id)
+    if stats_store is not None:
+        campaign_statistics(engine, stats_store)
     return JobOutputs(
         segment_changes=route_engine_records(engine, "SegmentChange", cfg.segment_changes_topic,
                                              names.ROUTE_SEGMENT_CHANGES_UID),
@@ -263,6 +288,10 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         trigger_decisions=route_engine_records(engine, "TriggerDecision",
                                                cfg.trigger_decisions_topic,
                                                names.ROUTE_DECISIONS_UID),
+        # attributed conversions go to the outcomes topic the job reads: journeys waiting on
+        # a conversion see them like any sender's outcome
+        conversions=route_engine_records(engine, "CampaignOutcome", cfg.outcomes_topic,
+                                         names.ROUTE_CONVERSIONS_UID),
         # invalid and late clicks leave on the engine's side output; changes a store refused
         # for good leave on its main output as DeadLetter rows (timers cannot use side outputs)
         dead_letters=metadata_letters.union(
@@ -378,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # the build id of the code shipped (`nudgeflow run` computes it from its archive)
     outputs = build(clicks, metadata, definitions, cfg, initial_definitions, model_files,
                     membership_store(cfg), build_id=os.environ.get(BUILD_ID_ENV),
-                    outcomes=outcomes)
+                    outcomes=outcomes, stats_store=campaign_stats_store(cfg))
     outputs.all().sink_to(routed_kafka_sink(cfg)).uid(names.KAFKA_SINK_UID).name(
         names.KAFKA_SINK_NAME
     )

@@ -387,6 +387,20 @@ def cmd_journeys(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """``nudgeflow report campaigns [--out PNG] [--json]``: sends, conversions and lift."""
+    from jobs.cli import report
+
+    cfg = config_from_args(args)
+    try:
+        stats = report.read_stats(cfg)
+    except Exception as exc:  # noqa: BLE001 - the store's errors, said to the user
+        return _fail(f"could not read the campaign statistics from Redis at {cfg.redis_url} "
+                     f"(prefix {cfg.redis_key_prefix!r}): {exc}; is the stack up "
+                     "(`nudgeflow stack up`)?")
+    return report.campaigns(stats, Path(args.out) if args.out else None, args.json)
+
+
 # --- sender -------------------------------------------------------------------------------------
 
 
@@ -526,6 +540,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="members: at most this many users (default 20)")
     add_config_arguments(segments_p)
     segments_p.set_defaults(func=cmd_segments)
+
+    report_p = sub.add_parser("report", help="campaigns: sends, conversions, holdouts and "
+                              "measured lift per campaign and journey (table, --json, --out PNG)")
+    report_p.add_argument("what", choices=["campaigns"])
+    report_p.add_argument("--out", help="also draw the lift and conversions to this PNG")
+    report_p.add_argument("--json", action="store_true", help="print JSON, not a table")
+    add_config_arguments(report_p)
+    report_p.set_defaults(func=cmd_report)
 
     journeys_p = sub.add_parser("journeys", help="show FILE: a journey as a picture (PNG, "
                                 "no Graphviz needed) and as Graphviz DOT text, with its live "

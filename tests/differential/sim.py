@@ -43,6 +43,8 @@ class Simulator:
     changes: list[dict[str, Any]] = field(default_factory=list)
     triggers: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    converted: list[dict[str, Any]] = field(default_factory=list)  # CONVERTED outcomes
+    lift: list[Any] = field(default_factory=list)  # LiftFacts
     dead: list[str] = field(default_factory=list)
     timers_fired: int = 0
     steps: int = 0
@@ -78,6 +80,8 @@ class Simulator:
         self.changes.extend(out.changes)
         self.triggers.extend(out.triggers)
         self.decisions.extend(out.decisions)
+        self.converted.extend(out.converted)
+        self.lift.extend(out.lift)
 
     def advance(self, watermark: int) -> None:
         """Move the watermark and fire every registered timer at or before it, in time order."""

@@ -111,3 +111,8 @@ def campaign_state() -> ValueStateDescriptor:
     Encoded by udfs.campaigns.arbitration.encode_state.
     """
     return ValueStateDescriptor("campaigns", BYTES_STATE)
+
+
+def campaign_stats_state() -> ValueStateDescriptor:
+    """Per campaign or journey: its closed-loop statistics (``udfs.attribution.stats``, JSON)."""
+    return ValueStateDescriptor("campaign-stats", BYTES_STATE)

@@ -15,6 +15,7 @@ only leave on the main output) and the job goes on.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import threading
 import time
@@ -27,6 +28,7 @@ from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext, Ti
 
 from schemas.codec import Codec
 from udfs import engine, intake
+from udfs.attribution.stats import fact_to_doc
 from udfs.campaigns import arbitration
 from udfs.catalog.registries import Registries
 from udfs.clock import CLICK_RANK, METADATA_RANK, OUTCOME_RANK, Pending, decode_clock, encode_clock
@@ -139,6 +141,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         metrics = runtime_context.get_metrics_group()
         self.triggers_by_tier = LabelledCounters(metrics, "tier", "triggers")
         self.triggers_by_campaign = LabelledCounters(metrics, "campaign", "triggers")
+        self.conversions = LabelledCounters(metrics, "campaign", "conversions_attributed")
         self.suppressed = LabelledCounters(metrics, "reason", "triggers_suppressed")
         self.deferred = LabelledCounters(metrics, "reason", "triggers_deferred")
         self.trigger_duplicates = metrics.counter("triggers_duplicate")
@@ -519,6 +522,13 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             counters.inc(decision["reason_code"])
             yield Row("TriggerDecision", None, key,
                       self.codec.encode("TriggerDecision", decision))
+        for conversion in step.converted:
+            self.conversions.inc(conversion["campaign_id"])
+            yield Row("CampaignOutcome", None, key,
+                      self.codec.encode("CampaignOutcome", conversion))
+        for fact in step.lift:  # to the per-campaign statistics, keyed by unit
+            yield Row("LiftFact", None, fact.unit.encode(),
+                      json.dumps(fact_to_doc(fact), separators=(",", ":")).encode())
 
     def _audience_sizes(self) -> dict[str, int]:
         """Live segment sizes from the store, re-read at most every AUDIENCE_REFRESH_S."""

@@ -14,6 +14,8 @@ several deployments or test runs can share one Redis.
 | ``<prefix>:rebuild-marker`` | string | the engine, ``stores rebuild-redis`` | run_id of the Redis
   process that holds everything in Cassandra (missing or another run_id: rebuild) |
 | ``<prefix>:rebuild-lock`` | string | the same | who is rebuilding (expires) |
+| ``<prefix>:campaign-stats`` | hash | the engine's per-campaign statistics | campaign or journey
+  id -> its statistics as JSON (``udfs.attribution.stats``), read by ``nudgeflow report`` |
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def segment_sizes(prefix: str) -> str:
 def segment_sizes_at(prefix: str) -> str:
     """The hash segment id -> wall-clock ms of the last membership change written for it."""
     return f"{prefix}:segment-sizes-at"
+
+
+def campaign_stats(prefix: str) -> str:
+    """The hash campaign (or journey) id -> its closed-loop statistics as JSON."""
+    return f"{prefix}:campaign-stats"
 
 
 def definitions(prefix: str) -> str:
