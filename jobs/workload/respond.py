@@ -1,8 +1,9 @@
 """``nudgeflow respond``: a simulated audience that answers the triggers the job sends.
 
 Input: the four tier topics (TriggerEvents) and the trigger-decisions topic (TriggerDecisions;
-only those with outcome HOLDOUT are answered), read committed by one confluent-kafka consumer
-that is assigned every partition of the five topics and commits its offsets under ``--group``.
+only the held-out ones are answered: SUPPRESSED with reason HOLDOUT or CONTROL_GROUP), read
+committed by one confluent-kafka consumer that is assigned every partition of the five topics
+and commits its offsets under ``--group``.
 Output: the responses of :mod:`jobs.workload.responses`: OPENED, CLICKED and UNSUBSCRIBED
 CampaignOutcomes on ``cfg.outcomes_topic`` and PURCHASE ClickEvents on ``cfg.clicks_topic``,
 keyed by user_id, Avro single-object encoded; counts of what it read and wrote.
@@ -40,12 +41,12 @@ from jobs.config import NudgeflowConfig
 from jobs.sender.sender import SenderError, TopicWriter, source_record, wall_clock_ms
 from jobs.workload.responses import (
     CLICK_SCHEMA,
-    HOLDOUT,
     NF_TRIGGER,
     OPENABLE_CHANNELS,
     OUTCOME_SCHEMA,
     Response,
     ResponseSpec,
+    is_holdout,
     respond_to_holdout,
     respond_to_trigger,
 )
@@ -224,7 +225,7 @@ class Responder:
             decision = self._decode(record, "TriggerDecision")
             # only a held-out user responds; a suppressed or deferred trigger reached nobody
             # (a deferred one that is sent later comes as a TriggerEvent)
-            if decision is None or decision.get("outcome") != HOLDOUT or \
+            if decision is None or not is_holdout(decision) or \
                     self._repeat(decision["trigger_id"]):
                 return None
             self.counts.holdouts += 1

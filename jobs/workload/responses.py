@@ -54,6 +54,7 @@ __all__ = [
     "purchase_ids",
     "respond_to_holdout",
     "respond_to_trigger",
+    "is_holdout",
 ]
 
 SECOND_MS, MINUTE_MS, HOUR_MS, DAY_MS = 1_000, 60_000, 3_600_000, 86_400_000
@@ -61,7 +62,19 @@ SECOND_MS, MINUTE_MS, HOUR_MS, DAY_MS = 1_000, 60_000, 3_600_000, 86_400_000
 OUTCOME_SCHEMA = "CampaignOutcome"
 CLICK_SCHEMA = "ClickEvent"
 HOLDOUT = "HOLDOUT"
-"""The TriggerDecision.outcome of a user held out of a campaign (the control group)."""
+"""The reason code of a TriggerDecision of a user held out of a campaign (outcome SUPPRESSED)."""
+CONTROL_GROUP = "CONTROL_GROUP"
+"""The reason code of a user in the global control group (outcome SUPPRESSED)."""
+
+
+def is_holdout(decision: Mapping[str, Any]) -> bool:
+    """Whether a TriggerDecision held the user out (of the campaign, or of every campaign).
+
+    The engine decides a held-out candidate as SUPPRESSED with reason code HOLDOUT or
+    CONTROL_GROUP: TriggerDecision's outcome enum is closed, so no new symbol was added.
+    """
+    return decision.get("outcome") == "SUPPRESSED" and \
+        decision.get("reason_code") in (HOLDOUT, CONTROL_GROUP)
 NF_TRIGGER = "nf_trigger"
 """The ClickEvent.properties key a post-click purchase carries: the trigger id clicked."""
 
@@ -262,8 +275,8 @@ def respond_to_holdout(decision: Mapping[str, Any], spec: ResponseSpec) -> list[
 
     A held-out user got no message, so nothing is opened or clicked and the purchase (if any)
     carries no ``nf_trigger``. Its time counts from ``decided_at``, the decision's event time
-    (``emit_time`` is processing time). A decision of any other outcome (SUPPRESSED, DEFERRED)
-    has no response.
+    (``emit_time`` is processing time). Any other decision (``is_holdout`` false: suppressed
+    for another reason, deferred) has no response.
 
     Args:
         decision: A decoded TriggerDecision; reads outcome, trigger_id, user_id and
@@ -276,7 +289,7 @@ def respond_to_holdout(decision: Mapping[str, Any], spec: ResponseSpec) -> list[
     Raises:
         ValueError: a field it reads is missing.
     """
-    if decision.get("outcome") != HOLDOUT:
+    if not is_holdout(decision):
         return []
     _require(decision, ("trigger_id", "user_id", "decided_at"), "TriggerDecision")
     purchase = _conversion(decision, int(decision["decided_at"]), spec, treated=False,

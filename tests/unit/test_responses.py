@@ -50,11 +50,11 @@ def trigger(n, channel="EMAIL", campaign="c-1", at=T0, user=None):
     }
 
 
-def decision(n, outcome="HOLDOUT", campaign="c-1", at=T0):
-    """A TriggerDecision dict (HOLDOUT is not in this branch's schema yet: not encodable)."""
+def decision(n, reason="HOLDOUT", campaign="c-1", at=T0, outcome="SUPPRESSED"):
+    """A TriggerDecision dict: a holdout (SUPPRESSED, reason HOLDOUT) unless told otherwise."""
     return {
         "trigger_id": f"h-{campaign}-{n}", "user_id": f"hu-{n}", "campaign_id": campaign,
-        "campaign_version": 1, "outcome": outcome, "reason_code": "HOLDOUT",
+        "campaign_version": 1, "outcome": outcome, "reason_code": reason,
         "reason": "control group", "tier": "P1", "priority_score": 1.0, "channel": "EMAIL",
         "deferred_until": None, "cause_event_id": f"e-{n}", "decided_at": at,
         "emit_time": at + 2_000,
@@ -227,8 +227,10 @@ def test_held_out_users_open_and_click_nothing_and_carry_no_trigger_mark():
     assert {r.schema for r in purchases} == {CLICK_SCHEMA}
     assert all(r.record["properties"] == {} for r in purchases)
     assert all(r.user_id.startswith("hu-") for r in purchases)
-    for outcome in ("SUPPRESSED", "DEFERRED"):
-        assert all(respond_to_holdout(decision(i, outcome), spec) == [] for i in range(200))
+    for other in ({"reason": "NO_CONSENT"}, {"outcome": "DEFERRED", "reason": "QUIET_HOURS"}):
+        assert all(respond_to_holdout(decision(i, **other), spec) == [] for i in range(200))
+    control = [respond_to_holdout(decision(i, "CONTROL_GROUP"), spec) for i in range(2_000)]
+    assert control == answers  # the global control group is held out too
 
 
 def test_paid_social_is_never_opened_but_its_users_still_convert():
@@ -400,11 +402,15 @@ def test_the_loop_answers_a_redelivered_trigger_once():
 def test_the_loop_answers_holdouts_and_ignores_other_decisions_and_bad_records():
     spec = ResponseSpec(p_convert=1.0)
     topic = CFG.trigger_decisions_topic
-    records = [json_rec(topic, 0, decision(1)), json_rec(topic, 1, decision(2, "SUPPRESSED")),
+    avro = [rec(topic, 0, CODEC.encode("TriggerDecision", decision(1))),
+            rec(topic, 1, CODEC.encode("TriggerDecision", decision(2, "NO_CONSENT"))),
+            rec(topic, 2, CODEC.encode("TriggerDecision", decision(1))), rec(topic, 3, b""),
+            rec(CFG.trigger_topic("P0"), 0, b"\xc3\x01garbage")]
+    counts, written, _, _ = run([avro], spec, codec=CODEC)
+    assert (counts.holdouts, counts.duplicates, counts.bad) == (1, 1, 2)
+    records = [json_rec(topic, 0, decision(1)), json_rec(topic, 1, decision(2, "NO_CONSENT")),
                json_rec(topic, 2, decision(1)), rec(topic, 3, b""),
                rec(CFG.trigger_topic("P0"), 0, b"\xc3\x01garbage")]
-    counts, written, _, _ = run([records], spec, codec=CODEC)
-    assert counts.bad == 5  # HOLDOUT is not in this branch's TriggerDecision schema yet
     counts, written, _, _ = run([records[:3] + records[4:]], spec)  # JSON: decodes
     assert (counts.holdouts, counts.duplicates, counts.bad) == (1, 1, 1)
     assert [r.kind for r in written] == ["PURCHASE"] and written[0].user_id == "hu-1"
