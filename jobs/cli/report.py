@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +84,18 @@ def to_json(stats: Mapping[str, UnitStats]) -> dict[str, Any]:
     return out
 
 
+def _day(day: int) -> datetime:
+    """An event-time day number (ms since the epoch // DAY_MS) as its UTC midnight."""
+    return datetime.fromtimestamp(day * DAY_MS / 1000, tz=UTC)
+
+
 def draw(stats: Mapping[str, UnitStats], path: Path, top: int = 8) -> None:
     """The PNG: lift with its interval per unit (left), conversions per day (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.dates import DateFormatter, DayLocator
 
     units = sorted(stats, key=lambda u: (-stats[u].arm(TREATED).assigned, u))[:top]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, max(3.5, 0.5 * len(units) + 2)))
@@ -112,10 +119,12 @@ def draw(stats: Mapping[str, UnitStats], path: Path, top: int = 8) -> None:
             for arm, style in ((TREATED, "-"), (HOLDOUT, "--")):
                 days = sorted(d for d, cells in stats[unit].daily.items() if arm in cells)
                 if days:
-                    right.plot([d * DAY_MS / 86_400_000 for d in days],
-                               [stats[unit].daily[d][arm][1] for d in days], style,
+                    right.plot([_day(d) for d in days],
+                               [stats[unit].daily[d][arm][1] for d in days], style, marker="o",
                                label=f"{unit} ({arm})")
-        right.set_xlabel("event-time day (days since 1970-01-01)")
+        right.set_xlabel("event-time day (UTC)")
+        right.xaxis.set_major_locator(DayLocator())
+        right.xaxis.set_major_formatter(DateFormatter("%b %d"))
         right.set_ylabel("conversions")
         right.set_title("Conversions per day")
         if right.lines:
