@@ -169,13 +169,13 @@ class Erasure:
 
     **After the erasure** the user's state is ``UserState(erased=True)`` and nothing else: a
     marker. Their clicks and outcomes that arrive later are dropped and counted
-    (``Step.erased_dropped``), never applied or dead-lettered, until a non-null metadata record
-    for the id arrives: that is a re-registration and starts a fresh user. The marker is kept
-    because without it a click still in flight on the clicks topic (or from a device still
-    sending under the id) would quietly recreate the user (features, segment entries, Redis
-    keys, triggers), undoing the erasure. It holds nothing but the id (the state's key) and one
-    flag, and lives until a re-registration. A repeated tombstone erases again: no changes, the
-    same store deletes (idempotent).
+    (``Step.erased_dropped``), neither applied nor dead-lettered by the engine, until a non-null
+    metadata record for the id arrives: that is a re-registration and starts a fresh user. The
+    marker is kept because without it a click still in flight on the clicks topic (or from a
+    device still sending under the id) would quietly recreate the user (features, segment
+    entries, Redis keys, triggers), undoing the erasure. It holds nothing but the id (the
+    state's key) and one flag, and lives until a re-registration. A repeated tombstone erases
+    again: no changes, the same store deletes (idempotent).
     """
 
     user_id: str

@@ -15,8 +15,9 @@ An erasure (an ``erase`` row: a user-metadata tombstone; ``udfs.engine.Erasure``
 once: its EXITs are written and emitted as usual, then every keyed state of the user is cleared
 but the ``erased`` marker, the user's timer is deleted and the stores delete the user
 (``MembershipWriter.erase_user``). An erased user's later clicks and outcomes are dropped and
-counted, even those that would have been dead-lettered (invalid or late): nothing of theirs
-reaches any topic.
+counted, even clicks that would have been dead-lettered (invalid or late): the engine emits
+nothing of theirs (the metadata and outcome decoders, which run before any user's state, still
+dead-letter an invalid record of theirs).
 """
 
 from __future__ import annotations
