@@ -106,14 +106,6 @@ def user_clock_state() -> ValueStateDescriptor:
     return ValueStateDescriptor("clock", BYTES_STATE)
 
 
-def campaign_state() -> ValueStateDescriptor:
-    """Per user: sends, decided trigger ids, deferred candidates.
-
-    Encoded by udfs.campaigns.arbitration.encode_state.
-    """
-    return ValueStateDescriptor("campaigns", BYTES_STATE)
-
-
 def erased_state() -> ValueStateDescriptor:
     """Per user: True from an erasure (a user-metadata tombstone) until the user re-registers.
 
@@ -123,3 +115,11 @@ def erased_state() -> ValueStateDescriptor:
     it: restored there, an erased user's later clicks would start them afresh.
     """
     return ValueStateDescriptor("erased", Types.BOOLEAN())
+
+
+def campaign_state() -> ValueStateDescriptor:
+    """Per user: sends, decided trigger ids, deferred candidates.
+
+    Encoded by udfs.campaigns.arbitration.encode_state.
+    """
+    return ValueStateDescriptor("campaigns", BYTES_STATE)
