@@ -9,8 +9,9 @@ The Flink adapter (``udfs.flink.user_engine.UserEngineFunction``) loads the stat
 ``step``, stores what the ``Step`` says changed, registers its timers and emits its records.
 
 Inputs: ``Arrival`` (a click or metadata record as it reaches the engine, with the watermark),
-``Timer`` (the watermark reached the user's wake time), or ``Click`` / ``MetadataUpdate``
-(applied at once, after every check due by their time; what tests and tools use).
+``Timer`` (the watermark reached the user's wake time), ``Click`` / ``MetadataUpdate``
+(applied at once, after every check due by their time; what tests and tools use), or
+``Erasure`` (a user-metadata tombstone: the user is forgotten at once; see its docstring).
 State (``UserState``): the user's clock (``udfs.clock.UserClock``: the event time of what was
 last applied, the inputs waiting for the watermark, the next due times), features, the latest
 metadata, membership (segment id -> definition version at entry), the churn score, and the
@@ -69,6 +70,8 @@ class UserState:
     load_campaigns: Callable[[], CampaignState] | None = field(
         default=None, repr=False, compare=False)
     load: Callable[[UserState], None] | None = field(default=None, repr=False, compare=False)
+    #: erased and not re-registered since: the only state such a user has (see ``Erasure``)
+    erased: bool = False
 
     def ensure(self) -> None:
         """Fill features, metadata and membership through ``load`` on first use."""
@@ -151,8 +154,37 @@ class Arrival:
     watermark_ms: int
 
 
+@dataclass(frozen=True)
+class Erasure:
+    """A tombstone on user-metadata: forget the user (the right to be forgotten).
+
+    Applied at once when it reaches the engine, at the user's current event time (their clock;
+    ``requested_ms``, the tombstone's Kafka timestamp, only for a user without one), not
+    buffered until the watermark passes it: erasure is a legal obligation with a deadline, not an
+    event to order among the user's clicks, and holding it back would keep processing the
+    user's data meanwhile. So, unlike everything else, what an erasure cuts off depends on when
+    it arrives. The step (``erase``) EXITs every segment the user is in with reason
+    ``user erased``, drops the inputs still pending, the deferred triggers and the journey
+    instances (nothing of the user fires after it), and tells the adapter to clear all keyed
+    state, delete the user's timer and delete the user from the stores (``Step.erasure``).
+
+    **After the erasure** the user's state is ``UserState(erased=True)`` and nothing else: a
+    marker. Their clicks and outcomes that arrive later are dropped and counted
+    (``Step.erased_dropped``), neither applied nor dead-lettered by the engine, until a non-null
+    metadata record for the id arrives: that is a re-registration and starts a fresh user. The
+    marker is kept because without it a click still in flight on the clicks topic (or from a
+    device still sending under the id) would quietly recreate the user (features, segment
+    entries, Redis keys, triggers), undoing the erasure. It holds nothing but the id (the
+    state's key) and one flag, and lives until a re-registration. A repeated tombstone erases
+    again: no changes, the same store deletes (idempotent).
+    """
+
+    user_id: str
+    requested_ms: int
+
+
 #: what a step is applied to
-Input = Click | MetadataUpdate | Engagement | Timer | Arrival
+Input = Click | MetadataUpdate | Engagement | Timer | Arrival | Erasure
 
 #: an idle user is re-evaluated against changed definitions this often (event time)
 RECHECK_MS = MEMBERSHIP_RECHECK_MS
@@ -213,6 +245,16 @@ class Step:
         campaigns_changed: ``state.campaigns`` must be stored (cleared when empty).
         clock_changed: ``state.clock`` must be stored.
         expiry_timer_ms: when the user's state expires if nothing else arrives (day-rounded).
+        erasure: the user was erased (``Erasure``): clear every keyed state, keep only the
+            erased marker, delete the user's timer (``cancel_timer_ms``) and delete the user
+            from the stores, every row of ``erased_segments`` included.
+        erased_segments: the segments whose store rows of the user an erasure deletes: the
+            user's memberships and every segment id the registry knows (deleted ones too), so
+            a row left by an older run or a refused write goes as well.
+        erased_dropped: inputs of an erased user dropped (arrived after the erasure, or pending
+            when it came); ``erased_clicks_dropped``: how many of them were clicks.
+        reregistered: metadata arrived for an erased user: the marker is cleared, and the user
+            starts afresh from this input.
     """
 
     changes: list[dict[str, Any]] = field(default_factory=list)
@@ -238,6 +280,11 @@ class Step:
     campaigns_changed: bool = False
     clock_changed: bool = False
     expiry_timer_ms: int | None = None
+    erasure: bool = False
+    erased_segments: tuple[str, ...] = ()
+    erased_dropped: int = 0
+    erased_clicks_dropped: int = 0
+    reregistered: bool = False
 
 
 def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
@@ -249,13 +296,20 @@ def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
     Args:
         state: the user's state; updated in place.
         item: an arrival (buffered, then applied up to the watermark), a timer (apply up to its
-            time), or a click or metadata update to apply at once (after every check due by its
-            time).
+            time), a click or metadata update to apply at once (after every check due by its
+            time), or an erasure (applied at once: ``Erasure``).
         rules: the definitions in force, the TTL, the churn model, audience sizes.
         now_ms: wall-clock time of the step (a trigger's ``emit_time``; never read as event
             time).
     """
+    if isinstance(item, Erasure):
+        return erase(state, item, rules)
     out = Step()
+    if state.erased:
+        if not _reregisters(item):
+            return _dropped_after_erasure(item)
+        state.erased = False  # a new non-null metadata record: a fresh user from here on
+        out.reregistered = True
     clock = state.clock
     if isinstance(item, Arrival):
         if not clock.add(item.pending):
@@ -707,3 +761,57 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
     # the idle recheck (definition changes reaching a user who sends nothing) is the clock's
     # (``UserClock.recheck_ms``), not a due change
     return MembershipStep(changes, next_timer, now_ms=now_ms, view=view)
+
+
+# --- erasure ------------------------------------------------------------------------------------
+
+#: the reason of the EXITs of an erasure
+ERASED_REASON = "user erased"
+
+
+def erase(state: UserState, item: Erasure, rules: Rules) -> Step:
+    """Forget a user at once (``Erasure``): EXIT every segment, drop everything, keep the marker.
+
+    The EXITs are stamped with the user's clock (``item.requested_ms`` if they have none), carry
+    the version each segment was entered under and no churn score (nothing new is derived from
+    the user while they are erased), and have deterministic change ids (user, segment, time and
+    the request). ``state`` is left as ``UserState(erased=True)`` with a fresh clock.
+    """
+    state.ensure()
+    clock = state.clock
+    at_ms = clock.clock_ms if clock.clock_ms is not None else item.requested_ms
+    state.churn_score = state.model_version = None
+    cause = f"erasure@{item.requested_ms}"
+    changes = [_change(state, item.user_id, segment_id, "EXIT", version, at_ms, ERASED_REASON,
+                       cause, None)
+               for segment_id, version in sorted(state.membership.items())]
+    # journey instances end here: their exits keep the per-node counters balanced
+    moves = [(instance.journey_id, instance.node, journey_runner.EXITED)
+             for instance in state.campaign_state().journeys.instances.values()]
+    known = {str(u["definition_id"]) for u in rules.registries.segments.updates()}
+    out = Step(changes=changes, journey_moves=moves, cancel_timer_ms=clock.timer_ms,
+               erasure=True, erased_segments=tuple(sorted(known | set(state.membership))),
+               erased_dropped=len(clock.pending),
+               erased_clicks_dropped=sum(p.rank == CLICK_RANK for p in clock.pending))
+    state.features = state.metadata = None
+    state.membership = {}
+    state.campaigns = CampaignState()
+    state.clock = UserClock()
+    state.erased = True
+    return out
+
+
+def _reregisters(item: Input) -> bool:
+    """Whether an input of an erased user is a re-registration (a non-null metadata record)."""
+    if isinstance(item, Arrival):
+        return item.pending.rank == METADATA_RANK
+    return isinstance(item, MetadataUpdate)
+
+
+def _dropped_after_erasure(item: Input) -> Step:
+    """An input of an erased user that is not a re-registration: dropped (a timer: ignored)."""
+    if isinstance(item, Timer):
+        return Step()  # a timer the adapter could not delete (processing time, older builds)
+    click = isinstance(item, Click) or (isinstance(item, Arrival)
+                                        and item.pending.rank == CLICK_RANK)
+    return Step(erased_dropped=1, erased_clicks_dropped=int(click))

@@ -2,9 +2,10 @@
 
 Input: one Kafka record of the clicks, user-metadata or definitions topic (its bytes and where
 it came from) and the ``Limits`` of the job's configuration.
-Output: the decoded record (a dict), or a ``Rejected`` carrying the reason and one ``Problem``
-per thing wrong, which the adapter turns into a ``DeadLetter`` for the dead-letter topic.
-Nothing here raises on bad input.
+Output: the decoded record (a dict), an ``ErasureRequest`` (a user-metadata tombstone: the user
+is to be erased), or a ``Rejected`` carrying the reason and one ``Problem`` per thing wrong,
+which the adapter turns into a ``DeadLetter`` for the dead-letter topic. Nothing here raises on
+bad input.
 
 The checks run cheapest first, and nothing reads a field before the record passed the checks
 it depends on: the size of the value (before it is decoded), the key, the single-object header
@@ -63,7 +64,8 @@ _REASON_CODES = {
 }
 #: every rule code a record can be rejected with (the field rules map to INVALID_FIELD)
 RULE_CODES = (
-    *_REASON_CODES, "KEY_MISSING", "KEY_TOO_LONG", "ID_BLANK", "ID_CONTROL", "ID_TOO_LONG",
+    *_REASON_CODES, "KEY_MISSING", "KEY_TOO_LONG", "KEY_NOT_UTF8", "ID_BLANK", "ID_CONTROL",
+    "ID_TOO_LONG",
     "STRING_TOO_LONG", "PROPERTIES_TOO_MANY", "NOT_FINITE", "OUT_OF_RANGE", "TIME_IN_FUTURE",
     "TIME_TOO_OLD", "TIME_ZONE",
 )
@@ -162,6 +164,19 @@ class Rejected:
     problems: tuple[Problem, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class ErasureRequest:
+    """A tombstone (null value) on the user-metadata topic: erase the user its key names.
+
+    ``requested_at`` is the tombstone's Kafka record timestamp (``MIN_EVENT_TIME_MS`` when the
+    record has none, or one before that); the engine erases at once, at the user's own event
+    time, and uses it only for a user it has no clock for (``udfs.engine.Erasure``).
+    """
+
+    user_id: str
+    requested_at: int
+
+
 def _reject(stage: str, problems: list[Problem], subject: str = "") -> Rejected:
     """A Rejected for ``problems``: the reason code of the first, every message in reason.
 
@@ -228,13 +243,16 @@ def decode_click(
     return decoded
 
 
-def decode_metadata(codec: Codec, record: SourceRecord,
-                    limits: Limits = DEFAULT_LIMITS) -> dict[str, Any] | Rejected:
+def decode_metadata(codec: Codec, record: SourceRecord, limits: Limits = DEFAULT_LIMITS
+                    ) -> dict[str, Any] | ErasureRequest | Rejected:
     """Decode a user-metadata record into a valid UserMetadata, or say why it is rejected.
 
     The same checks as a click's before decoding, then ``metadata_problems``. A null value (a
-    tombstone: the user was deleted) is rejected as empty: the engine does not handle deletion.
+    tombstone: the user asked to be forgotten) is an ``ErasureRequest`` for the user its key
+    names (``erasure_request``); an empty but not null value is still rejected as empty.
     """
+    if record.value is None:
+        return erasure_request(record, limits)
     decoded = _decode(codec, record, "UserMetadata", limits.max_record_bytes, limits)
     if isinstance(decoded, Rejected):
         return decoded
@@ -243,6 +261,43 @@ def decode_metadata(codec: Codec, record: SourceRecord,
         return _reject("validate", problems,
                        f"metadata of user {_preview(str(decoded.get('user_id')))!r}: ")
     return decoded
+
+
+def erasure_request(record: SourceRecord, limits: Limits = DEFAULT_LIMITS
+                    ) -> ErasureRequest | Rejected:
+    """The ``ErasureRequest`` of a user-metadata tombstone, or why it names no user.
+
+    The key is the user id (UTF-8), under the same id rules as a UserMetadata's ``user_id``. A
+    tombstone without a key (or with an empty one) cannot say whom to erase: it is rejected
+    (``KEY_MISSING``), as are a key over the id limit, one that is not UTF-8 and one that breaks
+    an id rule, so the dead letter tells the producer what to fix.
+    """
+    key = record.key
+    subject = "tombstone (null value) on user-metadata: "
+    if not key:
+        return _reject("validate", [Problem(
+            "(key)", "KEY_MISSING",
+            "the record has no key, so there is no user to erase; producers must key a user's "
+            "tombstone by their user_id (UTF-8), like their UserMetadata records",
+            None if key is None else "")], subject)
+    key_problem = _key_problem(key, limits.max_id_bytes, "UserMetadata")
+    if key_problem is not None:
+        return _reject("validate", [key_problem], subject)
+    try:
+        user_id = key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _reject("validate", [Problem(
+            "(key)", "KEY_NOT_UTF8",
+            f"the key is not UTF-8 ({exc.reason} at byte {exc.start}), so it cannot be a user "
+            "id; producers must key a user's tombstone by their user_id encoded as UTF-8",
+            key.decode("utf-8", "replace"))], subject)
+    problems = id_problems("user_id", user_id, limits.max_id_bytes)
+    if problems:
+        return _reject("validate", problems, subject)
+    timestamp = record.timestamp
+    if timestamp is None or timestamp < MIN_EVENT_TIME_MS:
+        timestamp = MIN_EVENT_TIME_MS
+    return ErasureRequest(user_id, timestamp)
 
 
 def decode_outcome(codec: Codec, record: SourceRecord,
@@ -279,10 +334,12 @@ def decode_definition(codec: Codec, record: SourceRecord,
 
 
 def decode_record(codec: Codec, schema: str, record: SourceRecord,
-                  limits: Limits = DEFAULT_LIMITS) -> dict[str, Any] | Rejected:
+                  limits: Limits = DEFAULT_LIMITS
+                  ) -> dict[str, Any] | ErasureRequest | Rejected:
     """Decode and validate a record of ``schema``: ``decode_click``, ``decode_outcome``, ...
 
-    ClickEvent, UserMetadata, CampaignOutcome and DefinitionUpdate have rules.
+    ClickEvent, UserMetadata, CampaignOutcome and DefinitionUpdate have rules; only a
+    UserMetadata tombstone gives an ``ErasureRequest``.
     """
     if schema == "ClickEvent":
         return decode_click(codec, record, limits=limits)

@@ -5,7 +5,8 @@ each record is an ``engine.Arrival`` with the watermark of the moment (the newes
 minus the out-of-orderness bound, as ``for_bounded_out_of_orderness`` emits it), the watermark
 fires due timers in time order before the next record, and the end of input fires the rest
 (watermark at the maximum). Clicks, metadata and outcomes go through their Avro bytes, as in
-the job.
+the job. An erasure (a tombstone) is stepped at once; as the adapter does, the user's clock and
+timers are dropped and only the erased marker is kept.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Simulator:
     converted: list[dict[str, Any]] = field(default_factory=list)  # CONVERTED outcomes
     lift: list[Any] = field(default_factory=list)  # LiftFacts
     dead: list[str] = field(default_factory=list)
+    erased_dropped: int = 0
     timers_fired: int = 0
     steps: int = 0
     watermark: int = -(2**63)
@@ -66,7 +68,13 @@ class Simulator:
         out = engine.step(state, item, self.rules, 0)
         if out.duplicate:
             return
-        if out.expired and state.features is None and not state.clock.pending:
+        self.erased_dropped += out.erased_dropped
+        if out.erasure:
+            # the adapter clears every keyed state but the marker and deletes the user's timer
+            self.states[user] = engine.UserState(erased=True)
+            self.clocks.pop(user, None)
+            self.registered.pop(user, None)
+        elif out.expired and state.features is None and not state.clock.pending:
             self.states.pop(user, None)
             self.clocks.pop(user, None)
         elif self.encode:
@@ -122,6 +130,10 @@ class Simulator:
                           self.codec.encode("CampaignOutcome", record), 0)
         self._step(record["user_id"], engine.Arrival(record["user_id"], pending,
                                                      self.watermark))
+
+    def erase(self, user: str, requested_ms: int) -> None:
+        """A tombstone for ``user`` arriving (applied at once; it does not move the watermark)."""
+        self._step(user, engine.Erasure(user, requested_ms))
 
     def finish(self) -> None:
         """End of input: the watermark jumps to the maximum and every timer fires."""

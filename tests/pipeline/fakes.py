@@ -8,7 +8,7 @@ import json
 
 
 class FileWriter:
-    """A MembershipWriter that appends each change to a file."""
+    """A MembershipWriter that appends each change to a file (erasures to ``<path>.erased``)."""
 
     def __init__(self, path):
         self.path = path
@@ -17,6 +17,11 @@ class FileWriter:
         with open(self.path, "a") as out:
             for change in changes:
                 out.write(json.dumps(change, sort_keys=True) + "\n")
+
+    def erase_user(self, user_id, segment_ids):
+        with open(self.path + ".erased", "a") as out:
+            out.write(json.dumps({"user_id": user_id, "segments": sorted(segment_ids)}) + "\n")
+        return []
 
     def record_definition(self, definition_id, description):
         with open(self.path + ".definitions", "a") as out:

@@ -375,3 +375,55 @@ def test_dead_letter_is_bounded(codec: Codec) -> None:
     assert len(codec.encode("DeadLetter", letter)) < intake.dead_letter_bound(65_536)
     kept = dead_letter(rec, rejected, T0, raw_max_bytes=len(value))
     assert kept["raw"] == value and kept["raw_omitted"] is False
+
+
+# --- tombstones on user-metadata: erasure requests (issue 15) ----------------------------------
+
+
+def tombstone(key: bytes | None, timestamp: int | None = RECORD_TS) -> SourceRecord:
+    return SourceRecord("user-metadata", 2, 77, timestamp, key, None)
+
+
+def test_a_keyed_tombstone_is_an_erasure_request(codec: Codec) -> None:
+    assert intake.decode_metadata(codec, tombstone(b"u-1")) == intake.ErasureRequest(
+        "u-1", RECORD_TS)
+    assert intake.decode_record(codec, "UserMetadata", tombstone("用户-7".encode())) == \
+        intake.ErasureRequest("用户-7", RECORD_TS)
+    # a record without a timestamp (or a broken one) still erases; the engine uses its own time
+    assert intake.decode_metadata(codec, tombstone(b"u-1", None)).requested_at == \
+        intake.MIN_EVENT_TIME_MS
+    assert intake.decode_metadata(codec, tombstone(b"u-1", -1)).requested_at == \
+        intake.MIN_EVENT_TIME_MS
+
+
+def test_a_tombstone_without_a_key_is_dead_lettered_saying_why(codec: Codec) -> None:
+    for key in (None, b""):
+        rejected = intake.decode_metadata(codec, tombstone(key))
+        assert _codes(rejected) == ["KEY_MISSING"]
+        assert isinstance(rejected, Rejected)
+        assert rejected.reason.startswith("tombstone (null value) on user-metadata: ")
+        assert "no user to erase" in rejected.reason
+        letter = codec.decode(codec.encode("DeadLetter", dead_letter(
+            tombstone(key), rejected, T0)), expect="DeadLetter")
+        assert (letter["reason_code"], letter["raw"], letter["key"]) == (
+            "INVALID_FIELD", b"", key)
+        assert (letter["source_topic"], letter["partition"], letter["offset"]) == (
+            "user-metadata", 2, 77)
+
+
+@pytest.mark.parametrize(("key", "code"), [
+    (b"k" * 257, "KEY_TOO_LONG"), (b"\xff\xfe", "KEY_NOT_UTF8"), (b"u\x00", "ID_CONTROL"),
+    ("\u200b".encode(), "ID_BLANK"), (b"   ", "ID_BLANK"),
+])
+def test_a_tombstone_whose_key_is_no_user_id_is_dead_lettered(codec: Codec, key: bytes,
+                                                               code: str) -> None:
+    assert _codes(intake.decode_metadata(codec, tombstone(key))) == [code]
+
+
+def test_an_empty_value_is_not_a_tombstone(codec: Codec) -> None:
+    # Kafka compaction treats only a null value as a tombstone; an empty one is a broken record
+    empty = SourceRecord("user-metadata", 0, 1, RECORD_TS, b"u-1", b"")
+    assert _codes(intake.decode_metadata(codec, empty)) == ["EMPTY"]
+    # and a tombstone on the clicks topic is no erasure either
+    assert _codes(decode_click(codec, SourceRecord("clicks", 0, 1, RECORD_TS, b"u-1", None))) \
+        == ["EMPTY"]

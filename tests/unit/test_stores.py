@@ -385,3 +385,82 @@ def test_user_keys_parse_back_to_their_user():
     assert keys.user_id_of("nf", keys.user_churn("nf", "u1")) == ("u1", "churn")
     assert keys.user_id_of("nf", keys.segment_sizes("nf")) is None
     assert keys.rebuild_marker("nf") == "nf:rebuild-marker"
+
+
+# --- erasure (issue 15) ----------------------------------------------------------------------
+
+
+class Row:
+    def __init__(self, segment_id):
+        self.segment_id = segment_id
+
+
+class ErasingSession(FakeSession):
+    """Cassandra whose membership_by_user lists ``listed`` for the user."""
+
+    def __init__(self, listed, refuse_deletes=False):
+        super().__init__()
+        self.listed = listed
+        self.refuse_deletes = refuse_deletes
+
+    def execute(self, statement, parameters=None, timeout=None):
+        if statement == "select_user_segments":
+            self.executed.append((statement, parameters))
+            return [Row(s) for s in self.listed]
+        if self.refuse_deletes:
+            from cassandra import InvalidRequest
+
+            raise InvalidRequest("refused for the test")
+        self.executed.append(statement)
+        return []
+
+
+class ErasingRedis(FakeRedis):
+    def eval(self, script, numkeys, *keys_and_args):
+        assert "SMEMBERS" in script and "DEL" in script and numkeys == 4
+        self.log.append(("erase", *keys_and_args[:4]))
+        return 0
+
+
+def _erasing_writer(session, client):
+    writer = _writer(session, client)
+    for name in ("select_user_segments", "delete_user", "delete_user_history"):
+        setattr(writer, name, name)
+    return writer
+
+
+def test_erasure_deletes_every_segment_row_then_the_users_partitions_and_redis_keys():
+    session, client = ErasingSession(["old-segment", "s1"]), ErasingRedis()
+    assert _erasing_writer(session, client).erase_user("u1", ["s1", "s2"]) == []
+    assert session.executed[0] == ("select_user_segments", ("u1",))
+    *segment_batches, last = session.executed[1:]
+    bucket = ms.segment_bucket("u1")
+    deleted = [params for batch in segment_batches for statement, params in batch.items
+               if statement == "delete_segment_member"]
+    # what Cassandra lists (a segment no longer defined) and what the engine knows, once each
+    assert sorted(deleted) == [("old-segment", bucket, "u1"), ("s1", bucket, "u1"),
+                               ("s2", bucket, "u1")]
+    # the user's partitions go last: a retry after a crash still finds what to delete
+    assert last.items == [("delete_user", ("u1",)), ("delete_user_history", ("u1",))]
+    assert client.log == [("erase", "nf:user:u1", "nf:user:u1:churn", "nf:segment-sizes",
+                           "nf:segment-sizes-at")]
+
+
+def test_erasure_batches_stay_small_whatever_the_catalog():
+    session = ErasingSession([])
+    segments = [f"s{i:03d}" for i in range(2 * ms.ERASE_BATCH_SIZE + 1)]
+    _erasing_writer(session, ErasingRedis()).erase_user("u1", segments)
+    sizes = [len(batch.items) for batch in session.executed[1:]]
+    assert sizes == [ms.ERASE_BATCH_SIZE, ms.ERASE_BATCH_SIZE, 1, 2]
+
+
+def test_an_erasure_cassandra_refuses_is_returned_with_what_is_left_to_delete():
+    session, client = ErasingSession(["s1"], refuse_deletes=True), ErasingRedis()
+    [rejection] = _erasing_writer(session, client).erase_user("u1", ["s1"])
+    assert rejection.store == "cassandra" and rejection.user_id == "u1"
+    reason = rejection.reason()
+    assert reason.startswith("STORE_REJECTED: cassandra refused the erasure of user 'u1'")
+    assert "DELETE FROM ks.membership_by_user WHERE user_id = ?" in reason
+    assert "membership_changes" in reason and "by hand" in reason
+    assert client.log and client.log[0][0] == "erase"  # Redis was still erased
+

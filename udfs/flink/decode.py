@@ -5,6 +5,9 @@
   rows of valid records; rejected records -> the dead-letter side output (encoded DeadLetter
   rows ready for the Kafka sink). Never raises on bad input. Clicks are decoded and validated
   by the engine itself (``udfs.flink.user_engine``): no Python operator runs before it.
+  A user-metadata tombstone with a user id for its key becomes an engine input row of kind
+  ``erase`` on the metadata path (``metadata_to_engine_input``): the same operators and uids,
+  so savepoints restore.
 
 The decoding and validation themselves are ``udfs.intake`` (pure).
 """
@@ -77,8 +80,17 @@ class DecodeRecordsFunction(ProcessFunction):
         yield self.to_row(result, record.value)
 
 
-def metadata_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
-    """A UserMetadata as the engine's input row (event time = its updated_at)."""
+def metadata_to_engine_input(record: dict[str, Any] | intake.ErasureRequest,
+                             raw: bytes | None) -> Row:
+    """A UserMetadata as the engine's input row (event time = its updated_at).
+
+    An ``ErasureRequest`` (a tombstone) becomes a row of kind ``erase`` with no payload whose
+    event time is the tombstone's Kafka timestamp: the engine applies it at once, whatever the
+    watermark (``udfs.engine.Erasure``), so the time only keeps the metadata input's watermark
+    moving as the record's neighbours do.
+    """
+    if isinstance(record, intake.ErasureRequest):
+        return Row("erase", record.user_id, record.requested_at, None, b"", None, None, None)
     return Row("metadata", record["user_id"], record["updated_at"], None, raw, None, None, None)
 
 

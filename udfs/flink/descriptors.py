@@ -44,7 +44,8 @@ ENGINE_OUTPUT_ROW = Types.ROW_NAMED(
 #: = the producer's bytes, decoded and validated by the engine itself; ``partition``, ``offset``
 #: and ``key`` for its dead letter; ``event_time`` unset, read when decoded), built in Java
 #: (``io.nudgeflow.flink.ClickEngineInput``) so no Python operator runs before the engine; or a
-#: user's metadata, validated upstream (``event_time`` = its updated_at). Bytes, not a row of
+#: user's metadata, validated upstream (``event_time`` = its updated_at); or (kind ``erase``,
+#: no payload) a user-metadata tombstone, ``event_time`` = its Kafka timestamp. Bytes, not a row of
 #: the record's fields: a nested row costs a per-field serialization on the shuffle and a
 #: per-field conversion into and out of Python.
 ENGINE_INPUT_ROW = Types.ROW_NAMED(
@@ -103,6 +104,17 @@ def user_clock_state() -> ValueStateDescriptor:
     and the engine starts each user's clock from the rest of their state.
     """
     return ValueStateDescriptor("clock", BYTES_STATE)
+
+
+def erased_state() -> ValueStateDescriptor:
+    """Per user: True from an erasure (a user-metadata tombstone) until the user re-registers.
+
+    The one thing kept of an erased user, and only while they have no other state (see
+    ``udfs.engine.Erasure`` for why it is kept). Added with erasure: a savepoint from before has
+    it for no user (nobody was erased), so it restores unchanged. A build from before never reads
+    it: restored there, an erased user's later clicks would start them afresh.
+    """
+    return ValueStateDescriptor("erased", Types.BOOLEAN())
 
 
 def campaign_state() -> ValueStateDescriptor:

@@ -10,6 +10,14 @@ clicks go to the dead-letter side output. A segment change a
 store refuses for good (``udfs.stores.membership.classify``) is emitted as a ``DeadLetter``
 engine row instead (routed to the dead-letter topic like the other kinds: a timer's records can
 only leave on the main output) and the job goes on.
+
+An erasure (an ``erase`` row: a user-metadata tombstone; ``udfs.engine.Erasure``) is stepped at
+once: its EXITs are written and emitted as usual, then every keyed state of the user is cleared
+but the ``erased`` marker, the user's timer is deleted and the stores delete the user
+(``MembershipWriter.erase_user``). An erased user's later clicks and outcomes are dropped and
+counted, even clicks that would have been dead-lettered (invalid or late): the engine emits
+nothing of theirs (the metadata and outcome decoders, which run before any user's state, still
+dead-letter an invalid record of theirs).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from udfs.flink.decode import dead_letter_row, maybe_bytes
 from udfs.flink.descriptors import (
     campaign_state,
     definitions_state,
+    erased_state,
     expiry_timer_state,
     membership_state,
     user_clock_state,
@@ -138,6 +147,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.expiry = runtime_context.get_state(expiry_timer_state())
         self.campaign_state = runtime_context.get_state(campaign_state())
         self.clock_state = runtime_context.get_state(user_clock_state())
+        self.erased_marker = runtime_context.get_state(erased_state())
         metrics = runtime_context.get_metrics_group()
         self.triggers_by_tier = LabelledCounters(metrics, "tier", "triggers")
         self.triggers_by_campaign = LabelledCounters(metrics, "campaign", "triggers")
@@ -178,6 +188,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.quiet_releases = metrics.counter("quiet_releases")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.outcomes_in = metrics.counter("outcomes_in")
+        # erasures applied (user-metadata tombstones; a repeated one counts again), and inputs
+        # of erased users dropped (arrived after the erasure, or pending when it came)
+        self.users_erased = metrics.counter("users_erased")
+        self.erased_dropped = metrics.counter("inputs_dropped_erased")
         self.journey_moves = JourneyCounters(metrics)
         self.registries: Registries | None = None
         self.rules: engine.Rules | None = None  # see _rules
@@ -280,8 +294,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 event = intake.Rejected("INVALID_FIELD", f"user id {event['user_id']!r} is "
                                         f"not the key {user_id!r} it was routed by", "decode")
             if isinstance(event, intake.Rejected):
-                self.dead_lettered.inc(event.reason_code)
                 self.clicks_done.inc()
+                if self._erased_now():
+                    self.erased_dropped.inc()  # not even dead-lettered: nothing of theirs out
+                    return
+                self.dead_lettered.inc(event.reason_code)
                 yield dead_letter_row(self.codec, self.cfg.dead_letter_topic, record, event,
                                       ctx.timer_service().current_processing_time(),
                                       self.limits.dead_letter_raw_max_bytes)
@@ -289,14 +306,22 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.events_valid.inc()
             event_time = event["event_time"]
             if engine.is_late(event_time, watermark, self.cfg.allowed_lateness_ms):
-                self.late.inc()
                 self.clicks_done.inc()
+                if self._erased_now():
+                    self.erased_dropped.inc()
+                    return
+                self.late.inc()
                 yield self._late(record, event, watermark, ctx)
                 return
             self.events.inc()
             event["ingest_time"] = ingest_time
             pending = Pending(event_time, CLICK_RANK, str(event["event_id"]), raw,
                               ingest_time or 0, engine.Click(event))
+        elif kind == "erase":
+            # a tombstone: applied at once, whatever the watermark (udfs.engine.Erasure)
+            state = self._load_state(user_id)
+            yield from self._step(user_id, state, engine.Erasure(user_id, value[2]), ctx)
+            return
         elif kind == "outcome":
             # validated upstream; decoded here for its id (the clock's dedup key): outcomes are
             # few next to clicks
@@ -348,6 +373,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             if isinstance(item, engine.Arrival) and item.pending.rank == CLICK_RANK:
                 self.clicks_done.inc()
             return
+        if step.erased_dropped:
+            self.erased_dropped.inc(step.erased_dropped)
+            self.clicks_done.inc(step.erased_clicks_dropped)  # they are done with: dropped
         for _ in range(step.duplicates):
             self.duplicates.inc()
         if step.clicks_applied or step.duplicates:  # a duplicate found on applying is a click
@@ -358,19 +386,27 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.unconverted.inc(currency)
         if step.rechecks_skipped:
             self.rechecks_skipped.inc(step.rechecks_skipped)
-        if step.expired:
-            # idle beyond the TTL: everything goes; what the step kept (inputs after the
-            # expiry) is stored again below
-            self._clear_state()
-            self.loaded_membership = {}
-            self.campaigns_stored = False
-        self._store_state(user_id, state, step)
+        if step.erasure:
+            self._forget(user_id, ctx)
+        else:
+            if step.reregistered:
+                self.erased_marker.clear()
+            if step.expired:
+                # idle beyond the TTL: everything goes; what the step kept (inputs after the
+                # expiry) is stored again below
+                self._clear_state()
+                self.loaded_membership = {}
+                self.campaigns_stored = False
+            self._store_state(user_id, state, step)
         timers = ctx.timer_service()
         if step.cancel_timer_ms is not None:
             timers.delete_event_time_timer(step.cancel_timer_ms)
         for due in step.timers:
             timers.register_event_time_timer(due)
         yield from self._segment_changes(step)
+        if step.erasure:
+            # after the EXITs (they write history rows too): whatever is left of the user goes
+            yield from self._erase_from_stores(user_id, step)
         yield from self._triggers(user_id, step, emit_time)
 
     def _rules(self) -> engine.Rules:
@@ -404,8 +440,15 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             state.membership = dict(self.loaded_membership)
 
         raw_clock = self.clock_state.value()
+        # an erased user never has a clock: the marker is read only for users without one
+        # (new, expired or erased), not at every input
+        erased = not raw_clock and bool(self.erased_marker.value())
         return engine.UserState(clock=decode_clock(bytes(raw_clock) if raw_clock else None),
-                                load=load, load_campaigns=self._load_campaigns)
+                                load=load, load_campaigns=self._load_campaigns, erased=erased)
+
+    def _erased_now(self) -> bool:
+        """Whether the current user is erased (for inputs dropped before a step)."""
+        return not self.clock_state.value() and bool(self.erased_marker.value())
 
     def _decode_features(self, user_id: str, raw: bytes) -> UserFeatures:
         """Decode a user's features, reusing the object decoded last time if the bytes match.
@@ -469,6 +512,42 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.expiry.clear()
         self.campaign_state.clear()
         self.clock_state.clear()
+
+    def _forget(self, user_id: str, ctx: Any) -> None:
+        """An erasure's keyed state: everything cleared but the erased marker.
+
+        The step's ``cancel_timer_ms`` deletes the user's one timer; the expiry timer of a build
+        before the user clock, if the user still has one, is deleted here. A processing-time
+        timer (``quiet_release_ms``) cannot be found to delete: it finds nothing pending.
+        """
+        legacy_expiry = self.expiry.value()
+        if legacy_expiry is not None:
+            ctx.timer_service().delete_event_time_timer(legacy_expiry)
+        self._clear_state()
+        self.erased_marker.update(True)
+        # the decoded copies of the user's state in memory go too
+        self.features_cache.pop(user_id, None)
+        self.metadata_cache.pop(user_id, None)
+        self.loaded_membership = {}
+        self.campaigns_stored = False
+
+    def _erase_from_stores(self, user_id: str, step: engine.Step) -> Iterator[Row]:
+        """Delete the user from Cassandra and Redis; dead-letter what a store refused for good.
+
+        The dead letter names the user (its key) and what is left to delete by hand: the
+        erasure is a legal obligation, and a refusal must reach someone.
+        """
+        self.users_erased.inc()
+        for rejection in self.writer.erase_user(user_id, step.erased_segments) or []:
+            self.store_rejected.inc(rejection.store)
+            record = intake.SourceRecord(self.cfg.user_metadata_topic, None, None, None,
+                                         user_id.encode("utf-8", "replace"), None)
+            letter = intake.dead_letter(
+                record, intake.Rejected("STORE_REJECTED", rejection.reason(),
+                                        f"store:{rejection.store}"),
+                int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes)
+            yield Row("DeadLetter", None, letter["key"],
+                      self.codec.encode("DeadLetter", letter))
 
     def _segment_changes(self, step: engine.Step) -> Iterator[Row]:
         # durable before they are emitted (and so checkpointed); a step's changes together

@@ -12,6 +12,13 @@ Inputs: SegmentChange dicts (ENTER/EXIT). Writes per change:
   and, when the change carries a churn score, ``<prefix>:user:<user_id>:churn``: a hash of the
   latest score, model version and event time.
 
+An erasure (a user-metadata tombstone; ``erase_user``, after the erasure's EXITs were written)
+deletes the rest of the user: in Cassandra their ``members_by_segment`` row in every segment
+the engine knows or ``membership_by_user`` lists, their ``membership_by_user`` partition and
+their ``membership_changes`` partition (the history is partitioned by user, so it is deleted
+whole, the erasure's own EXIT rows included); in Redis their set and churn hash, the count of
+every segment still in the set taken down (one Lua script: atomic, and a repeat finds nothing).
+
 Every write is keyed by the change's identity, so replaying a change after a restart writes the
 same rows again. Durability: ``write_many`` returns only after Cassandra and Redis acknowledged
 all of a step's changes; the Flink operator calls it before emitting them downstream, so a
@@ -42,7 +49,7 @@ import functools
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -73,6 +80,13 @@ CQL_INSERT_HISTORY = (
     "(user_id, event_time, change_id, segment_id, change, definition_version, reason) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+# an erasure: the user's segments as Cassandra lists them, then the user's partitions
+CQL_SELECT_USER_SEGMENTS = "SELECT segment_id FROM {ks}.membership_by_user WHERE user_id = ?"
+CQL_DELETE_USER = "DELETE FROM {ks}.membership_by_user WHERE user_id = ?"
+CQL_DELETE_USER_HISTORY = "DELETE FROM {ks}.membership_changes WHERE user_id = ?"
+#: an erasure's members_by_segment deletes go in unlogged batches of at most this many (a
+#: catalog of hundreds of segments stays under Cassandra's batch size limit)
+ERASE_BATCH_SIZE = 32
 
 
 def segment_bucket(user_id: str, buckets: int = SEGMENT_BUCKETS) -> int:
@@ -94,6 +108,20 @@ else
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return changed
+"""
+
+
+# Erase a user's Redis keys: take every segment still in their set off its count, delete the set
+# and the churn hash. Atomic, and a repeat finds the set gone and counts nothing twice.
+# KEYS: user set, churn hash, sizes hash, sizes-at hash; ARGV: wall-clock ms (sizes-at).
+_ERASE_SCRIPT = """
+local segments = redis.call('SMEMBERS', KEYS[1])
+for _, segment in ipairs(segments) do
+  redis.call('HINCRBY', KEYS[3], segment, -1)
+  redis.call('HSET', KEYS[4], segment, ARGV[1])
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return #segments
 """
 
 
@@ -190,6 +218,22 @@ class StoreRejection:
                 f"{_preview(change['change_id'])}): {self.statement}: {_preview(self.error, 400)}")
 
 
+@dataclass(frozen=True)
+class ErasureRejection:
+    """Part of an erasure a store refused for good: what is left of the user there, by hand."""
+
+    user_id: str
+    store: str  # cassandra | redis
+    statement: str  # what was refused, i.e. what still has to run
+    error: str  # the store's answer
+
+    def reason(self) -> str:
+        """The DeadLetter reason: STORE_REJECTED, the store, the user, what is left to delete."""
+        return (f"{STORE_REJECTED}: {self.store} refused the erasure of user "
+                f"{_preview(self.user_id)}: {_preview(self.error, 400)}. The user is gone from "
+                f"the job's state, not from {self.store}: run {self.statement} for them by hand")
+
+
 def _preview(value: str, limit: int = 80) -> str:
     """A value short enough for a message: its head, its length and a hash when cut."""
     if len(value) <= limit:
@@ -207,6 +251,16 @@ class MembershipWriter(Protocol):
 
         Returns the changes a store refused for good (dead-lettered by the caller); None or
         empty when every change landed.
+        """
+        ...
+
+    def erase_user(self, user_id: str, segment_ids: Iterable[str]
+                   ) -> list[ErasureRejection] | None:
+        """Delete what the stores still hold of an erased user (blocking, retried).
+
+        Called after the erasure's EXITs were written; ``segment_ids`` are the segments to
+        delete the user's per-segment rows of besides those the store lists for them. Returns
+        what a store refused for good (dead-lettered by the caller); None or empty when done.
         """
         ...
 
@@ -335,6 +389,9 @@ class CassandraRedisWriter:
         self.upsert_segment_member = session.prepare(CQL_UPSERT_SEGMENT_MEMBER.format(ks=ks))
         self.delete_segment_member = session.prepare(CQL_DELETE_SEGMENT_MEMBER.format(ks=ks))
         self.insert_history = session.prepare(CQL_INSERT_HISTORY.format(ks=ks))
+        self.select_user_segments = session.prepare(CQL_SELECT_USER_SEGMENTS.format(ks=ks))
+        self.delete_user = session.prepare(CQL_DELETE_USER.format(ks=ks))
+        self.delete_user_history = session.prepare(CQL_DELETE_USER_HISTORY.format(ks=ks))
         self.run_id_checked_at = 0.0
         self.rebuild_needed = False
 
@@ -559,6 +616,76 @@ class CassandraRedisWriter:
         if marker is None:
             self.rebuild_needed = True
         return refused
+
+    def erase_user(self, user_id: str, segment_ids: Iterable[str]) -> list[ErasureRejection]:
+        """Delete what Cassandra and Redis still hold of an erased user; see the module doc.
+
+        Cassandra first: the segments ``membership_by_user`` lists for the user join
+        ``segment_ids``; the user's ``members_by_segment`` rows go, then (last, so a retry after
+        a crash still finds what to delete) their ``membership_by_user`` and
+        ``membership_changes`` partitions. Then Redis, in one script. Each part is retried like
+        a write (transient errors without limit; a fatal one raises); a part a store refuses
+        for good is returned and the other parts still run.
+
+        Raises:
+            StoreConfigurationError: a store refuses every write (see ``classify``).
+        """
+        rejected: list[ErasureRejection] = []
+        segments = set(segment_ids)
+        ks = self.keyspace
+
+        def read() -> None:
+            rows = self.session.execute(self.select_user_segments, (user_id,), timeout=10)
+            segments.update(row.segment_id for row in rows)
+
+        def delete() -> None:
+            for batch in self._erase_batches(user_id, sorted(segments)):
+                self.session.execute(batch, timeout=10)
+
+        # (store, what, action, the statement left to run by hand if the store refuses it)
+        parts: list[tuple[str, str, Callable[[], None], str]] = [
+            ("cassandra", "reading the segments of", read,
+             CQL_SELECT_USER_SEGMENTS.format(ks=ks)),
+            ("cassandra", "deleting", delete,
+             f"{CQL_DELETE_SEGMENT_MEMBER.format(ks=ks)} (every segment, bucket "
+             f"{segment_bucket(user_id)}), {CQL_DELETE_USER.format(ks=ks)} and "
+             f"{CQL_DELETE_USER_HISTORY.format(ks=ks)}"),
+            ("redis", "deleting", functools.partial(self._erase_redis, user_id),
+             f"DEL {keys.user_segments(self.prefix, '<user>')} "
+             f"{keys.user_churn(self.prefix, '<user>')} (and HINCRBY "
+             f"{keys.segment_sizes(self.prefix)} <segment> -1 for each segment in the set)"),
+        ]
+        for store, what, action, statement in parts:
+            error = self.retry.attempt(f"{store} erasure: {what} user {_preview(user_id)}",
+                                       action, store, self.on_retry)
+            if error is not None:
+                log.error("%s refused the erasure of user %s: %s", store, _preview(user_id),
+                          error)
+                rejected.append(ErasureRejection(user_id, store, statement,
+                                                 f"{type(error).__name__}: {error}"))
+        return rejected
+
+    def _erase_batches(self, user_id: str, segments: list[str]) -> list[Any]:
+        """Unlogged batches deleting the user's per-segment rows, then their partitions."""
+        from cassandra.query import BatchStatement, BatchType
+
+        bucket = segment_bucket(user_id)
+        batches = []
+        for start in range(0, len(segments), ERASE_BATCH_SIZE):
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for segment in segments[start:start + ERASE_BATCH_SIZE]:
+                batch.add(self.delete_segment_member, (segment, bucket, user_id))
+            batches.append(batch)
+        last = BatchStatement(batch_type=BatchType.UNLOGGED)
+        last.add(self.delete_user, (user_id,))
+        last.add(self.delete_user_history, (user_id,))
+        batches.append(last)
+        return batches
+
+    def _erase_redis(self, user_id: str) -> None:
+        self.redis.eval(_ERASE_SCRIPT, 4, keys.user_segments(self.prefix, user_id),
+                        keys.user_churn(self.prefix, user_id), keys.segment_sizes(self.prefix),
+                        keys.segment_sizes_at(self.prefix), int(time.time() * 1000))
 
     def record_definition(self, definition_id: str, description: str) -> None:
         """HSET <prefix>:definitions <id> <description> (best effort: only informational)."""
