@@ -10,6 +10,9 @@ outcome (read committed) with the trigger it is credited to; the statistics the 
 (Redis, ``nudgeflow report campaigns``) count every assignment and conversion once, and their
 lift intervals contain the true Δ and exclude zero for the positive campaign.
 
+And a user who unsubscribes from a channel (an UNSUBSCRIBED outcome on the outcomes topic)
+gets no later trigger on it, while a user who did not still does.
+
 The draws are seeded hashes of the trigger ids, so the sample is the same on every run: the
 interval checks cannot flake, and they would fail if the counts or the interval were wrong.
 """
@@ -47,7 +50,7 @@ P_CONVERT, DELTA = 0.08, 0.08
 CAMPAIGNS = {"lift-positive": "ADD_TO_CART", "lift-zero": "SEARCH"}
 
 
-def campaign_yaml(campaign_id: str, event_type: str) -> str:
+def campaign_yaml(campaign_id: str, event_type: str, holdout: str = "50%") -> str:
     return f"""\
 kind: campaign
 id: {campaign_id}
@@ -57,7 +60,7 @@ trigger: {{event: {{type: {event_type}}}}}
 channels: [PUSH]
 template: {campaign_id}
 priority: {{urgency: 0.6, expected_roi: 50, brand_significance: 0.5}}
-holdout: 50%
+holdout: {holdout}
 attribution: {{window: 3d}}
 """
 
@@ -223,3 +226,60 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
     assert 0 < positive.low <= DELTA <= positive.high, positive
     assert zero.low is not None and zero.high is not None
     assert zero.low <= 0 <= zero.high, zero
+
+
+def test_an_unsubscribed_user_gets_no_later_trigger_on_that_channel(isolated_cfg, tmp_path):
+    cfg = replace(isolated_cfg, idleness_ms=500, max_out_of_orderness_ms=2000,
+                  churn_model="off", checkpoint_interval_ms=1000)
+    codec = Codec.load()
+    run = cfg.consumer_group
+    quits, stays = f"{run}-quits", f"{run}-stays"
+    t0 = (int(time.time() * 1000) - 3 * 3_600_000) // MIN * MIN
+    zone = daytime_zone(t0, t0 + 90 * MIN)
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    shutil.copy(POLICY_FILE, campaigns / "priority-policy.yaml")
+    (campaigns / "cart-push.yaml").write_text(campaign_yaml("cart-push", "ADD_TO_CART", "0%"))
+    fields = (*ISOLATION_FIELDS, "churn_model", "idleness_ms", "max_out_of_orderness_ms",
+              "checkpoint_interval_ms", "parallelism", "delivery_guarantee")
+    readers = TierReaders(cfg, codec)
+    job_id = flink_jobs.submit(cfg, "--campaigns-dir", str(campaigns), fields=fields)
+    try:
+        produce_raw(cfg, cfg.user_metadata_topic, [
+            (u.encode(), metadata_bytes(codec, u, zone, at=t0 - MIN, push=True))
+            for u in (quits, stays)])
+        time.sleep(3)
+        produce_raw(cfg, cfg.clicks_topic, [
+            (u.encode(), click_bytes(codec, f"{u}-cart-1", u, "ADD_TO_CART", t0))
+            for u in (quits, stays)])
+        produce_raw(cfg, cfg.clicks_topic, [(f"{run}-clock".encode(), click_bytes(
+            codec, f"{run}-clock-1", f"{run}-clock", "PAGE_VIEW", t0 + 2 * MIN))])
+        readers.wait_until(lambda seen: len(seen) >= 2, 120, "the first pushes")
+        [first] = [r for _, _, r in readers.triggers() if r["user_id"] == quits]
+        produce_raw(cfg, cfg.outcomes_topic, [(quits.encode(), codec.encode("CampaignOutcome", {
+            "outcome_id": f"{run}-stop", "trigger_id": first["trigger_id"], "user_id": quits,
+            "campaign_id": first["campaign_id"], "channel": "PUSH", "outcome": "UNSUBSCRIBED",
+            "event_time": t0 + 5 * MIN, "revenue": None, "currency": None}))])
+        time.sleep(2)
+        produce_raw(cfg, cfg.clicks_topic, [
+            (u.encode(), click_bytes(codec, f"{u}-cart-2", u, "ADD_TO_CART", t0 + 60 * MIN))
+            for u in (quits, stays)])
+        produce_raw(cfg, cfg.clicks_topic, [(f"{run}-clock".encode(), click_bytes(
+            codec, f"{run}-clock-2", f"{run}-clock", "PAGE_VIEW", t0 + 70 * MIN))])
+        readers.wait_until(lambda seen: len(seen) >= 3, 120, "the second push of the other user")
+        deadline = time.monotonic() + 60
+        while not any(r["user_id"] == quits and r["reason_code"] == "NO_CONSENT"
+                      for _, name, r in readers.decisions.records if name == "TriggerDecision"):
+            assert time.monotonic() < deadline, "no NO_CONSENT decision for the unsubscribed"
+            readers.drain(1)
+        readers.drain(3)
+    finally:
+        flink_jobs.cancel(cfg, job_id)
+        readers.close()
+    sends = sorted((r["user_id"], r["cause_event_id"]) for _, _, r in readers.triggers())
+    assert sends == sorted([(quits, f"{quits}-cart-1"), (stays, f"{stays}-cart-1"),
+                            (stays, f"{stays}-cart-2")])
+    [refused] = [r for _, name, r in readers.decisions.records
+                 if name == "TriggerDecision" and r["user_id"] == quits]
+    assert (refused["outcome"], refused["cause_event_id"]) == ("SUPPRESSED", f"{quits}-cart-2")
+    assert f"PUSH at {t0 + 5 * MIN}" in refused["reason"]
