@@ -70,6 +70,7 @@ class JobOutput:
     triggers: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    conversions: list[dict[str, Any]] = field(default_factory=list)  # CONVERTED outcomes
     seconds: float = 0.0
 
     def changes_by_key(self) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
@@ -118,7 +119,8 @@ def run_job(env: Any, cfg: Any, clicks: list[dict[str, Any]],
     env.execute("differential")
     out.seconds = time.monotonic() - started
     kinds = {"SegmentChange": out.changes, "TriggerEvent": out.triggers,
-             "TriggerDecision": out.decisions, "DeadLetter": out.dead_letters}
+             "TriggerDecision": out.decisions, "DeadLetter": out.dead_letters,
+             "CampaignOutcome": out.conversions}
     for part in sorted(glob.glob(out_path + ".*")):
         with open(part) as lines:
             for line in lines:

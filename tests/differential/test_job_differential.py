@@ -1,8 +1,9 @@
 """The job is event-time exact: one seeded workload through the real job graph on a MiniCluster,
 in event-time order at parallelism 1, shuffled within the out-of-orderness bound with 5%
 duplicates at parallelism 4, and in order at parallelism 4, gives identical SegmentChange
-sequences per (user, segment) (change, time, reason, version) and identical triggers and
-decisions (all fields but the wall-clock emit_time); the same as the pure step through the
+sequences per (user, segment) (change, time, reason, version), identical triggers and
+decisions (all fields but the wall-clock emit_time) and identical CONVERTED outcomes
+(attributed conversions); the same as the pure step through the
 adapter's stand-in; and, for four shipped segments, the same changes at the same times as an
 independent reference implementation (tests/differential/reference.py).
 
@@ -55,7 +56,12 @@ def runs(data, make_cfg, tmp_path_factory):
 
 def _outputs(run):
     return (compare.changes_by_key(run.changes), compare.triggers(run.triggers),
-            compare.decisions(run.decisions))
+            compare.decisions(run.decisions), sorted(map(_conversion, run.conversions)))
+
+
+def _conversion(record):
+    """A CONVERTED outcome as a comparable tuple (every field is derived from event time)."""
+    return tuple(sorted(record.items()))
 
 
 def test_the_workload_reaches_the_horizons(data, runs):
@@ -68,6 +74,7 @@ def test_the_workload_reaches_the_horizons(data, runs):
     assert any(c["segment_id"] == "inactive-30d" and c["change"] == "ENTER"
                for c in runs["ordered-p1"].changes)  # the 30-day inactivity horizon
     assert runs["ordered-p1"].triggers and runs["ordered-p1"].decisions
+    assert runs["ordered-p1"].conversions  # purchases after sends: attribution is compared
 
 
 @pytest.mark.parametrize("other", ["shuffled-p4", "ordered-p4"])
@@ -78,6 +85,7 @@ def test_any_arrival_order_and_parallelism_give_the_same_output(runs, other):
                                                         runs["ordered-p1"].triggers)
     assert got[2] == base[2], compare.record_difference(runs[other].decisions,
                                                         runs["ordered-p1"].decisions)
+    assert got[3] == base[3]  # the same conversions credited to the same triggers
     # the shuffled copy's duplicates were dropped, and nothing was late
     assert [d for d in runs[other].dead_letters if d["reason_code"] == "LATE_EVENT"] == []
 
@@ -97,6 +105,7 @@ def test_the_job_gives_what_the_pure_step_gives(data, runs, make_cfg):
         sim.triggers, runs["ordered-p1"].triggers)
     assert compare.decisions(sim.decisions) == job[2], compare.record_difference(
         sim.decisions, runs["ordered-p1"].decisions)
+    assert sorted(map(_conversion, sim.converted)) == job[3]
 
 
 def test_four_shipped_segments_match_an_independent_reference(data, runs):
