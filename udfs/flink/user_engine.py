@@ -196,8 +196,12 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.registries: Registries | None = None
         self.rules: engine.Rules | None = None  # see _rules
         self.scorer = None
+        # imported even with scoring off: a TaskManager keeps its interpreter, and the first
+        # job's files, for its life; a later job of the same build with scoring on would import
+        # udfs.churn from that first job's directory, deleted when it ended, and restart for
+        # ever with ModuleNotFoundError (seen after a churn-off job on a fresh TaskManager)
+        import_in_python_thread("udfs.churn")
         if self.model_files is not None:
-            import_in_python_thread("udfs.churn")
             from udfs.churn import ChurnModel
 
             onnx, meta, onnx_name, meta_name = self.model_files
