@@ -114,12 +114,14 @@ def test_scripted_scenario_lands_on_the_right_tier_topics(trigger_cfg, tmp_path)
         # a P0 campaign published while the job runs: a flash sale on toys, valid today
         flash = f"flash-{run}"
         now = datetime.fromtimestamp(time.time(), tz=ZoneInfo("UTC"))
+        start = datetime.fromtimestamp(t0 / 1000, tz=ZoneInfo("UTC"))
         (tmp_path / "flash.yaml").write_text(yaml.safe_dump({
             "kind": "campaign", "id": flash, "version": 1, "description": "flash sale",
             "trigger": {"event": {"type": "PRODUCT_VIEW", "where": {"category": "toys"}}},
             "channels": ["PUSH"], "template": "flash-toys",
             "payload": {"product_id": "{event.product_id}"},
-            "valid_from": f"{now.date().isoformat()}T00:00:00Z",
+            # from the day of t0 (two hours back: the day before, just after midnight UTC)
+            "valid_from": f"{start.date().isoformat()}T00:00:00Z",
             "valid_until": f"{now.date().isoformat()}T23:59:59Z",
             "expires_after": "3h",
             "priority": {"urgency": 1.0, "expected_roi": 100, "brand_significance": 1.0},
