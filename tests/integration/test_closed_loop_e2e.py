@@ -13,8 +13,10 @@ lift intervals contain the true Δ and exclude zero for the positive campaign.
 And a user who unsubscribes from a channel (an UNSUBSCRIBED outcome on the outcomes topic)
 gets no later trigger on it, while a user who did not still does.
 
-The draws are seeded hashes of the trigger ids, so the sample is the same on every run: the
-interval checks cannot flake, and they would fail if the counts or the interval were wrong.
+The arms and the draws are hashes of the user and trigger ids, which are fixed, so the sample
+is the same on every run: the interval checks cannot flake, and they would fail if the counts
+or the interval were wrong. A few purchases may reach the job behind its watermark on a loaded
+machine (dead-lettered as late, not applied): they are not conversions, and at most 2% may be.
 """
 
 import os
@@ -45,7 +47,7 @@ pytestmark = pytest.mark.integration
 MIN, DAY = 60_000, 86_400_000
 USERS = 20_000
 SPEEDUP = 2 * DAY // 60  # the responder's clock: two days of event time in a minute
-READ_S = 15  # ... once it has read every trigger and decision
+READ_S = 30  # ... once it has read every trigger and decision
 P_CONVERT, DELTA = 0.08, 0.08
 CAMPAIGNS = {"lift-positive": "ADD_TO_CART", "lift-zero": "SEARCH"}
 
@@ -83,7 +85,10 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
                   churn_model="off", checkpoint_interval_ms=1000)
     codec = Codec.load()
     run = cfg.consumer_group
-    users = [f"{run}-u{i:05d}" for i in range(USERS)]
+    # fixed ids (the topics and Redis keys are this run's own, and no segment is written):
+    # every run draws the same arms and the same purchases, so the interval checks see the
+    # same sample each time and cannot flake
+    users = [f"lift-u{i:05d}" for i in range(USERS)]
     t0 = (int(time.time() * 1000) - 3 * DAY) // MIN * MIN
     early = t0 + 6 * MIN  # a click that moves event time past the first decisions
     restored = early + MIN  # and one after the TaskManager kill
@@ -97,6 +102,13 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
               "checkpoint_interval_ms", "parallelism", "delivery_guarantee")
     readers = TierReaders(cfg, codec)
     outcomes = TopicReader(cfg, cfg.outcomes_topic, codec)
+    letters = TopicReader(cfg, cfg.dead_letter_topic, codec)
+
+    def late_purchases() -> set[str]:
+        """Event ids of purchases the job dead-lettered as late (it never applied them)."""
+        read_all(letters, 0.5)
+        return {codec.decode(r["raw"])["event_id"] for _, _, r in letters.records
+                if r["reason_code"] == "LATE_EVENT" and r["raw"]}
     spec = ResponseSpec(seed=11, open_rates={}, click_rates={}, p_convert=P_CONVERT,
                         effects={"lift-positive": DELTA}, conversion_window_ms=2 * DAY)
     # no segments: the campaigns fire on clicks, and 20,000 users' segment writes would load
@@ -161,26 +173,33 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
         def sure(purchase_ms: int, decided_ms: int) -> bool:
             return purchase_ms > max(decided_ms + MIN, restored + MIN)
 
+        # (outcome id -> (trigger, purchase event id)), for the purchases of treated users
         expected, maybe = {}, {}
         for trigger in sent:
             for response in respond_to_trigger(trigger, spec):
                 if response.kind == "PURCHASE":
-                    key = outcome_id(trigger["trigger_id"], response.record["event_id"])
+                    event_id = response.record["event_id"]
                     (expected if sure(response.event_time, trigger["cause_event_time"])
-                     else maybe)[key] = trigger
-        held_buyers = {c: [0, 0] for c in CAMPAIGNS}  # sure, maybe
-        for decision in held:
-            for response in respond_to_holdout(decision, spec):
-                held_buyers[decision["campaign_id"]][
-                    0 if sure(response.event_time, decision["decided_at"]) else 1] += 1
+                     else maybe)[outcome_id(trigger["trigger_id"], event_id)] = (trigger,
+                                                                                 event_id)
+        held_purchases = [(d["campaign_id"], sure(r.event_time, d["decided_at"]),
+                           r.record["event_id"])
+                          for d in held for r in respond_to_holdout(d, spec)]
+        # a purchase the job received behind its watermark (a partition of the responder's
+        # writes that fell behind on a loaded machine) is dead-lettered as late, not applied:
+        # it is no conversion; how many there are is bounded below
         deadline = time.monotonic() + 300
-        converted: list[dict] = []
-        while len(converted) < len(expected):
-            assert time.monotonic() < deadline, \
-                f"{len(converted)} of {len(expected)} CONVERTED outcomes arrived"
+        while True:
             read_all(outcomes, 1)
-            converted = [r for _, _, r in outcomes.records if r["outcome"] == "CONVERTED"]
+            late = late_purchases()
+            ids = {r["outcome_id"] for _, _, r in outcomes.records if r["outcome"] == "CONVERTED"}
+            want = {k for k, (_, event_id) in expected.items() if event_id not in late}
+            if want <= ids:
+                break
+            assert time.monotonic() < deadline, \
+                f"{len(want & ids)} of {len(want)} CONVERTED outcomes arrived"
         read_all(outcomes, 4)
+        late = late_purchases()
         failovers = _exception_history(cfg, job_id)
         store = RedisStatsStore.connect(cfg.redis_url, cfg.redis_key_prefix)
         try:
@@ -189,7 +208,8 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
                 stats = store.read_all()
                 done = sum(s.arm(TREATED).converted + s.arm(HOLDOUT).converted
                            for s in stats.values())
-                if done >= len(expected) + sum(b[0] for b in held_buyers.values()):
+                sure_held = sum(1 for _, ok, e in held_purchases if ok and e not in late)
+                if done >= len(want) + sure_held:
                     break
                 assert time.monotonic() < deadline, f"the statistics count {done} conversions"
                 time.sleep(1)
@@ -199,6 +219,7 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
         flink_jobs.cancel(cfg, job_id)
         readers.close()
         outcomes.consumer.close()
+        letters.consumer.close()
 
     assert failovers, "the job never failed over: the kill did not hit it"
     # every user decided once: sent or held out, never both, never twice
@@ -211,9 +232,11 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
     converted = [r for _, _, r in outcomes.records if r["outcome"] == "CONVERTED"]
     ids = [r["outcome_id"] for r in converted]
     assert len(ids) == len(set(ids)), "a conversion was written twice"
-    assert set(expected) <= set(ids) <= set(expected) | set(maybe)
+    purchases = len(expected) + len(maybe) + len(held_purchases)
+    assert len(late) <= 0.02 * purchases, f"{len(late)} of {purchases} purchases were late"
+    assert want <= set(ids) <= set(expected) | set(maybe)
     for record in converted:
-        trigger = expected.get(record["outcome_id"]) or maybe[record["outcome_id"]]
+        trigger, _ = expected.get(record["outcome_id"]) or maybe[record["outcome_id"]]
         assert (record["trigger_id"], record["campaign_id"], record["user_id"]) == (
             trigger["trigger_id"], trigger["campaign_id"], trigger["user_id"])
         assert record["attribution_rule"] == "last_touch 3d" and record["revenue"] > 0
@@ -224,8 +247,9 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
         assert s.arm(HOLDOUT).assigned == sum(1 for d in held if d["campaign_id"] == campaign_id)
         assert s.arm(TREATED).converted == sum(1 for r in converted
                                                if r["campaign_id"] == campaign_id)
-        sure_held, maybe_held = held_buyers[campaign_id]
-        assert sure_held <= s.arm(HOLDOUT).converted <= sure_held + maybe_held
+        mine = [(ok, e) for c, ok, e in held_purchases if c == campaign_id]
+        assert sum(1 for ok, e in mine if ok and e not in late) <= s.arm(HOLDOUT).converted \
+            <= len(mine)
     positive, zero = stats["lift-positive"].lift(), stats["lift-zero"].lift()
     assert positive.low is not None and positive.high is not None
     assert 0 < positive.low <= DELTA <= positive.high, positive
