@@ -67,15 +67,6 @@ attribution: {{window: 3d}}
 """
 
 
-def read_all(reader: TopicReader, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for batch in reader.consumer.poll(timeout_ms=300).values():
-            for message in batch:
-                name, record = reader.codec.decode_named(message.value)
-                reader.records.append((message.key, name, record))
-
-
 def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
         isolated_cfg, local_stack, tmp_path):
     # idleness 30 s: while the audience answers, a partition without a purchase for a moment
@@ -106,7 +97,7 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
 
     def late_purchases() -> set[str]:
         """Event ids of purchases the job dead-lettered as late (it never applied them)."""
-        read_all(letters, 0.5)
+        letters.drain(0.5)
         return {codec.decode(r["raw"])["event_id"] for _, _, r in letters.records
                 if r["reason_code"] == "LATE_EVENT" and r["raw"]}
     spec = ResponseSpec(seed=11, open_rates={}, click_rates={}, p_convert=P_CONVERT,
@@ -190,7 +181,7 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
         # it is no conversion; how many there are is bounded below
         deadline = time.monotonic() + 300
         while True:
-            read_all(outcomes, 1)
+            outcomes.drain(1)
             late = late_purchases()
             ids = {r["outcome_id"] for _, _, r in outcomes.records if r["outcome"] == "CONVERTED"}
             want = {k for k, (_, event_id) in expected.items() if event_id not in late}
@@ -198,7 +189,7 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
                 break
             assert time.monotonic() < deadline, \
                 f"{len(want & ids)} of {len(want)} CONVERTED outcomes arrived"
-        read_all(outcomes, 4)
+        outcomes.drain(4)
         late = late_purchases()
         failovers = _exception_history(cfg, job_id)
         store = RedisStatsStore.connect(cfg.redis_url, cfg.redis_key_prefix)
@@ -218,8 +209,8 @@ def test_measured_lift_recovers_the_true_effects_through_a_taskmanager_kill(
     finally:
         flink_jobs.cancel(cfg, job_id)
         readers.close()
-        outcomes.consumer.close()
-        letters.consumer.close()
+        outcomes.close()
+        letters.close()
 
     assert failovers, "the job never failed over: the kill did not hit it"
     # every user decided once: sent or held out, never both, never twice

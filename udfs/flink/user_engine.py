@@ -543,15 +543,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         """
         self.users_erased.inc()
         for rejection in self.writer.erase_user(user_id, step.erased_segments) or []:
-            self.store_rejected.inc(rejection.store)
-            record = intake.SourceRecord(self.cfg.user_metadata_topic, None, None, None,
-                                         user_id.encode("utf-8", "replace"), None)
-            letter = intake.dead_letter(
-                record, intake.Rejected("STORE_REJECTED", rejection.reason(),
-                                        f"store:{rejection.store}"),
-                int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes)
-            yield Row("DeadLetter", None, letter["key"],
-                      self.codec.encode("DeadLetter", letter))
+            yield self._rejected_letter(rejection, self.cfg.user_metadata_topic, user_id, None)
 
     def _segment_changes(self, step: engine.Step) -> Iterator[Row]:
         # durable before they are emitted (and so checkpointed); a step's changes together
@@ -574,18 +566,23 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         are kept up to ``dead_letter_raw_max_bytes``, the key (the user id) is cut.
         """
         for rejection in rejections:
-            self.store_rejected.inc(rejection.store)
             change = rejection.change
             raw = self.codec.encode("SegmentChange", {**change,
                                                       "emitted_at": change["event_time"]})
-            record = intake.SourceRecord(self.cfg.segment_changes_topic, None, None, None,
-                                         change["user_id"].encode("utf-8", "replace"), raw)
-            letter = intake.dead_letter(
-                record, intake.Rejected("STORE_REJECTED", rejection.reason(),
-                                        f"store:{rejection.store}"),
-                int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes)
-            yield Row("DeadLetter", None, letter["key"],
-                      self.codec.encode("DeadLetter", letter))
+            yield self._rejected_letter(rejection, self.cfg.segment_changes_topic,
+                                        change["user_id"], raw)
+
+    def _rejected_letter(self, rejection: Any, topic: str, user_id: str,
+                         raw: bytes | None) -> Row:
+        """The DeadLetter row of a write a store refused for good (counted by store)."""
+        self.store_rejected.inc(rejection.store)
+        record = intake.SourceRecord(topic, None, None, None,
+                                     user_id.encode("utf-8", "replace"), raw)
+        letter = intake.dead_letter(
+            record, intake.Rejected("STORE_REJECTED", rejection.reason(),
+                                    f"store:{rejection.store}"),
+            int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes)
+        return Row("DeadLetter", None, letter["key"], self.codec.encode("DeadLetter", letter))
 
     def _triggers(self, user_id: str, step: engine.Step, emit_time: int) -> Iterator[Any]:
         for _ in range(step.trigger_duplicates):
