@@ -73,11 +73,14 @@ class JobOutputs:
     trigger_decisions: DataStream  # TriggerDecisions: suppressed or deferred candidates
     dead_letters: DataStream  # DeadLetters: rejected, late and invalid records
     conversions: DataStream  # CampaignOutcomes CONVERTED: attributed conversions, to outcomes
+    # DefinitionUpdates CAMPAIGN_ROI: measured ROI, to the control topic (None: no statistics)
+    roi_updates: DataStream | None = None
 
     def all(self) -> DataStream:
         """Every output in one stream (one sink, one transaction)."""
+        extra = [self.roi_updates] if self.roi_updates is not None else []
         return self.segment_changes.union(self.triggers, self.trigger_decisions,
-                                          self.dead_letters, self.conversions)
+                                          self.dead_letters, self.conversions, *extra)
 
 
 def clicks_for_engine(records: DataStream) -> DataStream:
@@ -216,15 +219,18 @@ def route_engine_records(engine: DataStream, record: str, topic: str, uid: str,
     return routed.uid(uid).name(uid)
 
 
-def campaign_statistics(engine: DataStream, stats_store: Callable[[], Any]) -> DataStream:
+def campaign_statistics(engine: DataStream, stats_store: Callable[[], Any],
+                        cfg: NudgeflowConfig) -> DataStream:
     """The engine's lift facts, keyed by campaign (or journey) id, added up and published.
 
     ``udfs.flink.campaign_stats.CampaignStatsFunction`` keeps each unit's statistics in keyed
-    state and writes them to Redis; it emits nothing (Flink runs an operator without a sink).
+    state and writes them to Redis; it emits the measured ROI updates (DefinitionUpdate rows for
+    the control topic, only when the policy has ``roi_feedback``), which close the loop.
     """
     facts = route_engine_records(engine, "LiftFact", "campaign-stats", names.ROUTE_LIFT_UID)
     return (facts.key_by(lambda row: bytes(row[1]).decode(), key_type=Types.STRING())
-            .process(CampaignStatsFunction(stats_store))
+            .process(CampaignStatsFunction(stats_store, cfg.definitions_topic),
+                     output_type=KAFKA_OUT_ROW)
             .uid(names.CAMPAIGN_STATS_UID).name(names.CAMPAIGN_STATS_UID))
 
 
@@ -277,8 +283,8 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         letters.append(outcome_letters)
     engine = run_user_engine(inputs, definition_rows, cfg, initial_definitions, model_files,
                              store, build_id)
-    if stats_store is not None:
-        campaign_statistics(engine, stats_store)
+    roi_updates = campaign_statistics(engine, stats_store, cfg) \
+        if stats_store is not None else None
     return JobOutputs(
         segment_changes=route_engine_records(engine, "SegmentChange", cfg.segment_changes_topic,
                                              names.ROUTE_SEGMENT_CHANGES_UID),
@@ -298,6 +304,7 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
             *letters, engine.get_side_output(DEAD_LETTER_TAG),
             route_engine_records(engine, "DeadLetter", cfg.dead_letter_topic,
                                  names.ROUTE_DEAD_LETTERS_UID)),
+        roi_updates=roi_updates,
     )
 
 

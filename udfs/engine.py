@@ -588,7 +588,7 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
     defs = arbitration.Definitions(
         journey_runner.decision_campaigns(campaigns, journeys), registries.policies.policy(),
         registries.segment_versions(), rules.audience_sizes,
-        journey_runner.churn_thresholds(journeys))
+        journey_runner.churn_thresholds(journeys), registries.measured_roi())
     user = arbitration.UserFacts(user_id, state.metadata, state.membership, state.churn_score,
                                  state.model_version)
     outcome = arbitration.on_step(cstate, facts, user, defs, now_ms, sends)

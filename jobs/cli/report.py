@@ -7,7 +7,8 @@ out. State: none.
 
 The lift is the treated arm's conversion rate minus the holdout arm's, with Newcombe's hybrid
 score interval (``udfs.attribution.lift``); a unit with no holdout (``holdout`` not set) shows
-its rates and revenue per send, and no lift.
+its rates and revenue per send, and no lift. ``ROI in use`` is what the closed loop last
+published for the unit (``udfs.attribution.roi``; only with ``roi_feedback`` in the policy).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from udfs.attribution.holdout import CONTROL, HOLDOUT, TREATED
 from udfs.attribution.stats import DAY_MS, UnitStats
 
 HEAD = ("campaign / journey", "sends", "conv", "rate", "held out", "conv", "rate",
-        "lift (95% interval)", "relative", "revenue/send", "control")
+        "lift (95% interval)", "relative", "revenue/send", "ROI in use", "control")
 MISSING = "–"
 
 
@@ -49,6 +50,7 @@ def rows(stats: Mapping[str, UnitStats]) -> list[tuple[str, ...]]:
                     interval,
                     MISSING if lift.relative is None else f"{lift.relative * 100:+.1f}%",
                     MISSING if lift.revenue_per_send is None else f"${lift.revenue_per_send:,.2f}",
+                    MISSING if s.roi.in_use is None else f"${s.roi.in_use:,.2f}",
                     f"{control.assigned:,}"))
     return out
 
@@ -79,6 +81,7 @@ def to_json(stats: Mapping[str, UnitStats]) -> dict[str, Any]:
             "lift": {"difference": lift.difference, "low": lift.low, "high": lift.high,
                      "relative": lift.relative, "revenue_per_send": lift.revenue_per_send,
                      "confidence": lift.confidence, "method": lift.method, "note": lift.note},
+            "roi_in_use": s.roi.in_use, "roi_version": s.roi.version or None,
             "last_at_ms": s.last_at_ms,
         }
     return out

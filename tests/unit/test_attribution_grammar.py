@@ -175,12 +175,13 @@ def test_the_policy_without_the_keys_has_no_control_group_and_no_feedback():
 
 def test_the_policy_s_control_group_and_roi_feedback():
     p = parse_policy(policy(control_group={"share": "5%", "salt": "2026-h1"},
-                            roi_feedback={"min_sends": 500, "smoothing": 0.1, "max_step": "10%"}))
+                            roi_feedback={"min_sends": 500, "smoothing": 0.1, "max_step": "10%",
+                                          "update_every": 20}))
     assert p.control_group == ControlGroup(0.05, "2026-h1")
-    assert p.roi_feedback == RoiFeedback(500, 0.1, 0.10)
+    assert p.roi_feedback == RoiFeedback(500, 0.1, 0.10, 20)
     defaults = parse_policy(policy(control_group={"share": 5}, roi_feedback={}))
     assert defaults.control_group == ControlGroup(0.05)
-    assert defaults.roi_feedback == RoiFeedback(200, 0.2, 0.25)
+    assert defaults.roi_feedback == RoiFeedback(200, 0.2, 0.25, 50)
 
 
 def test_the_policy_keys_survive_a_definition_update():
@@ -214,8 +215,10 @@ def test_the_policy_keys_survive_a_definition_update():
     ({"roi_feedback": {"max_step": "150%"}},
      ("roi_feedback.max_step", "max_step must be from 0% to 100%, got 150%")),
     ({"roi_feedback": None},
-     ("roi_feedback", "roi_feedback must be a mapping with keys min_sends, smoothing, max_step; "
-      "got nothing (null)")),
+     ("roi_feedback", "roi_feedback must be a mapping with keys min_sends, smoothing, max_step, "
+      "update_every; got nothing (null)")),
+    ({"roi_feedback": {"update_every": 0}},
+     ("roi_feedback.update_every", "update_every must be a whole number >= 1, got the number 0")),
     ({"roi_feedbak": {}},
      ("roi_feedbak", None)),
 ])

@@ -550,7 +550,7 @@ BYTE_EXACT = [
             "published_at": T,
             "published_by": None,
         },
-        "c30178aefd9a7c597044"  # marker, fingerprint
+        "c30148451a8b419aa2ca"  # marker, fingerprint
         "0a7365672d31"  # definition_id "seg-1"
         "00"  # kind SEGMENT = index 0
         "02"  # action DELETE = index 1

@@ -28,7 +28,7 @@ PUBLISHED: dict[str, dict[int, str]] = {
     "CampaignOutcome": {1: "f7aa6f45ef4f824a", 2: "18c5e979daf3f150"},
     "ClickEvent": {1: "d324c6a4f6786683", 2: "dd7d54cb4ffe2ce0"},
     "DeadLetter": {1: "9c64a23c2463eb5d", 2: "b10e46f70854f354"},
-    "DefinitionUpdate": {1: "f9a64839cb5fbfb2", 2: "78aefd9a7c597044"},
+    "DefinitionUpdate": {1: "f9a64839cb5fbfb2", 2: "78aefd9a7c597044", 3: "48451a8b419aa2ca"},
     "SegmentChange": {1: "b6b97e7c3e0a6275"},
     "TriggerDecision": {1: "9d4245351afc914a"},
     "TriggerEvent": {1: "941b9616363796e3", 2: "9c758597fb115bea"},

@@ -28,6 +28,7 @@ from udfs.attribution.attribution import (
     converted_outcome,
     prune,
 )
+from udfs.attribution.roi import Pricing
 
 #: LiftFact kinds
 ASSIGNED = "assigned"
@@ -49,6 +50,8 @@ class LiftFact:
         at_ms: Event time of the touch or of the conversion.
         revenue: The revenue credited (USD), 0 for ``assigned``.
         trigger_id: The touch's trigger id (for audit; the statistics do not keep it).
+        pricing: A send's (``treated`` ``assigned``): its campaign's typed ROI and the
+            policy's ``roi_feedback``, for the statistics' ROI tracker; None otherwise.
     """
 
     unit: str
@@ -57,6 +60,7 @@ class LiftFact:
     at_ms: int
     revenue: float
     trigger_id: str
+    pricing: Pricing | None = None
 
 
 @dataclass

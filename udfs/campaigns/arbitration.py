@@ -21,13 +21,14 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from udfs.attribution.attribution import Touch, attribution_unit
 from udfs.attribution.holdout import CONTROL, TREATED, assign_arm
+from udfs.attribution.roi import MeasuredRoi, Pricing
 from udfs.attribution.touches import LiftFact, TouchLog
 from udfs.attribution.touches import from_doc as touch_log
 from udfs.attribution.touches import to_doc as touch_doc
@@ -395,6 +396,24 @@ class Definitions:
     segment_versions: Mapping[str, int]
     audience_sizes: Mapping[str, int]
     churn_thresholds: tuple[float, ...] = ()
+    measured_roi: Mapping[str, MeasuredRoi] = field(default_factory=dict)
+
+    def roi_of(self, campaign: Campaign) -> MeasuredRoi | None:
+        """The measured ROI the matrix uses for a campaign, or None (the typed one).
+
+        Only while the policy has ``roi_feedback``: taking it out goes back to typed values
+        at once. A journey's sends use their journey's (one unit).
+        """
+        if self.policy is None or self.policy.roi_feedback is None:
+            return None
+        return self.measured_roi.get(attribution_unit(campaign.id, campaign.journey_id))
+
+    def priority(self, campaign: Campaign) -> Priority:
+        """The campaign's priority under the policy (which must be set), measured ROI used."""
+        assert self.policy is not None
+        measured = self.roi_of(campaign)
+        return score_priority(campaign, self.policy, self.audience_sizes,
+                              measured.choice() if measured is not None else None)
 
 
 @dataclass
@@ -543,8 +562,8 @@ def decide(state: CampaignState, fresh: list[Candidate], user: UserFacts, defs: 
         pending_ids.add(candidate.trigger_id)
         window = defs.policy.decision_window_ms if defs.policy is not None else 0
         campaign = defs.campaigns.get(candidate.campaign_id)
-        if window and campaign is not None and defs.policy is not None and score_priority(
-                campaign, defs.policy, defs.audience_sizes).tier != "P0":
+        if window and campaign is not None and defs.policy is not None \
+                and defs.priority(campaign).tier != "P0":
             candidate.due_ms = open_window or candidate.cause_event_time + window
             open_window = candidate.due_ms
             if candidate.due_ms > now_ms:
@@ -572,7 +591,7 @@ def decide(state: CampaignState, fresh: list[Candidate], user: UserFacts, defs: 
         policy = defs.policy
         assert policy is not None  # without a policy _qualify suppresses every candidate
         zone = zone_of(user.metadata, policy)
-        _record_send(state, winner, now_ms, out)
+        _record_send(state, winner, defs, now_ms, out)
         for loser in now_sendable[1:]:
             send_at, reasons = earliest_send(loser.campaign, loser.channel, loser.priority.tier,
                                              now_ms, state, policy, zone)
@@ -697,7 +716,7 @@ def _qualify(candidate: Candidate, state: CampaignState, user: UserFacts, defs: 
                  + (f" (unsubscribed or complained: {', '.join(unsubscribed)})"
                     if unsubscribed else ""))
         return None
-    priority = score_priority(campaign, policy, defs.audience_sizes)
+    priority = defs.priority(campaign)
     zone = zone_of(user.metadata, policy)
     options = [(earliest_send(campaign, c, priority.tier, now_ms, state, policy, zone), i, c)
                for i, c in enumerate(channels)]
@@ -706,11 +725,15 @@ def _qualify(candidate: Candidate, state: CampaignState, user: UserFacts, defs: 
                       expires_at(candidate, campaign))
 
 
-def _record_send(state: CampaignState, winner: _Contender, now_ms: int, out: Outcome) -> None:
+def _record_send(state: CampaignState, winner: _Contender, defs: Definitions, now_ms: int,
+                 out: Outcome) -> None:
     state.sent.append((winner.candidate.trigger_id, winner.campaign.id, winner.channel, now_ms))
     state.last_send[winner.campaign.id] = now_ms
     state.decided[winner.candidate.trigger_id] = now_ms
-    out.lift.append(state.touches.record(_touch(winner, TREATED, now_ms)))
+    fact = state.touches.record(_touch(winner, TREATED, now_ms))
+    # the statistics' ROI tracker starts from the typed value, under the policy's settings
+    feedback = defs.policy.roi_feedback if defs.policy is not None else None
+    out.lift.append(replace(fact, pricing=Pricing(winner.campaign.expected_roi, feedback)))
 
 
 def _touch(contender: _Contender, arm: str, now_ms: int) -> Touch:
@@ -813,6 +836,9 @@ def _defer_or_suppress(state: CampaignState, contender: _Contender, user_id: str
 def _decision(candidate: Candidate, user_id: str, outcome: str, code: str, reason: str,
               priority: Priority | None, deferred_until: int | None, channel: str | None,
               now_ms: int, emit_time_ms: int) -> dict[str, Any]:
+    if priority is not None and priority.roi.measured:
+        # a change of priority the loop caused shows in the decisions it changed
+        reason += f" (ROI {priority.roi.source})"
     return {
         "trigger_id": candidate.trigger_id,
         "user_id": user_id,
@@ -839,11 +865,14 @@ def _trigger_event(winner: _Contender, user: UserFacts, defs: Definitions,
     for segment_id in sorted(campaign.referenced_segments()):
         if segment_id in defs.segment_versions:
             versions[segment_id] = defs.segment_versions[segment_id]
+    measured = defs.roi_of(campaign)
+    if measured is not None:
+        versions[measured.id] = measured.version
     features = {**priority.factors, **candidate.features}
     if user.churn_score is not None:
         features.setdefault("churn_score", float(user.churn_score))
-    reason = (f"{candidate.trigger_reason}; {priority.tier} (score {priority.score:.3f}) on "
-              f"{winner.channel}")
+    reason = (f"{candidate.trigger_reason}; {priority.tier} (score {priority.score:.3f}, ROI "
+              f"{priority.roi.source}) on {winner.channel}")
     if candidate.deferrals:
         reason += f"; sent after {candidate.deferrals} deferral(s)"
     if rivals:

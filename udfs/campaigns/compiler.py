@@ -486,7 +486,10 @@ class CampaignCompiler(DeliveryCompiler):
         return None if share is None else ControlGroup(share, salt)
 
     def roi_feedback(self, data: Any, path: str) -> RoiFeedback | None:
-        """ROI feedback ``{min_sends: 200, smoothing: 0.2, max_step: 25%}``; None after an error."""
+        """ROI feedback ``{min_sends: 200, smoothing: 0.2, max_step: 25%, update_every: 50}``.
+
+        None after an error.
+        """
         spec = self.mapping(data, path, "roi_feedback", ROI_FEEDBACK_KEYS, ())
         if spec is None:
             return None
@@ -504,10 +507,13 @@ class CampaignCompiler(DeliveryCompiler):
         if max_step == 0:
             self.error(join_path(path, "max_step"), "max_step must be above 0% (0% would never "
                        "move the ROI from the typed value: leave roi_feedback out instead)")
+        update_every = self.whole(spec["update_every"], join_path(path, "update_every"),
+                                  "update_every", 1) \
+            if "update_every" in spec else default.update_every
         if len(self.errors) > before or min_sends is None or smoothing is None \
-                or max_step is None:
+                or max_step is None or update_every is None:
             return None
-        return RoiFeedback(min_sends, float(smoothing), max_step)
+        return RoiFeedback(min_sends, float(smoothing), max_step, update_every)
 
     def _optional_duration(self, doc: Mapping[str, Any], key: str, path: str) -> int:
         value = doc.get(key)

@@ -49,7 +49,7 @@ REQUIRED_POLICY_KEYS = ("kind", "id", "version", "description", "weights", "tier
 #: the keys of a campaign's ``attribution`` (a journey's has no ``goal``: it has its own)
 ATTRIBUTION_KEYS = ("window", "model", "goal")
 CONTROL_GROUP_KEYS = ("share", "salt")
-ROI_FEEDBACK_KEYS = ("min_sends", "smoothing", "max_step")
+ROI_FEEDBACK_KEYS = ("min_sends", "smoothing", "max_step", "update_every")
 #: what a conversion is when a campaign (or journey) names no goal
 DEFAULT_GOAL = EventFilter(frozenset({"PURCHASE"}), label="PURCHASE")
 #: a payload placeholder: ``{event.product_id}``, ``{metadata.country}``, ``{feature.cart_value}``

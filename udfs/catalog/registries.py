@@ -3,8 +3,9 @@
 Inputs: DefinitionUpdate dicts of any kind (files at job start, the control topic at runtime).
 Outputs: the ``RegistryChange`` of each update, and what the engine reads per step: the
 campaigns and journeys in force, whether any fires on churn, the version of every segment, the
-currency rates. State: the registries (segments, campaigns, journeys, the priority policy, the
-rate table); the engine rebuilds them from broadcast state with ``from_updates``.
+currency rates, the measured ROI of campaigns. State: the registries (segments, campaigns,
+journeys, the priority policy, the rate table, measured ROI); the engine rebuilds them from
+broadcast state with ``from_updates``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from udfs.attribution.roi import MeasuredRoi, RoiRegistry
 from udfs.campaigns.grammar import Campaign
 from udfs.campaigns.updates import CampaignRegistry, PolicyRegistry
 from udfs.currency.rates import RatesRegistry
@@ -22,6 +24,7 @@ from udfs.definitions.envelope import (
     JOURNEY_KIND,
     POLICY_KIND,
     RATES_KIND,
+    ROI_KIND,
     SEGMENT_KIND,
 )
 from udfs.definitions.versioning import RegistryChange, VersionedRegistry
@@ -34,7 +37,8 @@ class Registries:
     """The definitions in force, one registry per kind; what the engine keeps and applies.
 
     ``apply`` routes a DefinitionUpdate to the registry of its kind (SEGMENT, CAMPAIGN,
-    JOURNEY, PRIORITY_WEIGHTS, CURRENCY_RATES); an update of any other kind is IGNORED.
+    JOURNEY, PRIORITY_WEIGHTS, CURRENCY_RATES, CAMPAIGN_ROI); an update of any other kind is
+    IGNORED.
     """
 
     def __init__(self) -> None:
@@ -43,6 +47,7 @@ class Registries:
         self.journeys = JourneyRegistry()
         self.policies = PolicyRegistry()
         self.rates = RatesRegistry()
+        self.roi = RoiRegistry()
         self._derived: tuple[bool, Mapping[str, int], bool, int] | None = None
 
     @classmethod
@@ -58,21 +63,26 @@ class Registries:
         by_kind: dict[str, VersionedRegistry[Any]] = {
             SEGMENT_KIND: self.segments, CAMPAIGN_KIND: self.campaigns,
             JOURNEY_KIND: self.journeys, POLICY_KIND: self.policies, RATES_KIND: self.rates,
+            ROI_KIND: self.roi,
         }
         registry = by_kind.get(str(update.get("kind")), self.segments)
         change = registry.apply(update)
-        if change.changed:
+        if change.changed and registry is not self.roi:  # measured ROI changes no evaluation
             self._derived = None
         return change
 
     def updates(self) -> list[dict[str, Any]]:
         """Every accepted update (tombstones included), by kind then id."""
         return [*self.segments.updates(), *self.campaigns.updates(), *self.journeys.updates(),
-                *self.policies.updates(), *self.rates.updates()]
+                *self.policies.updates(), *self.rates.updates(), *self.roi.updates()]
 
     def campaign_map(self) -> Mapping[str, Campaign]:
         """The campaigns in force by id."""
         return self.campaigns.by_id()
+
+    def measured_roi(self) -> Mapping[str, MeasuredRoi]:
+        """Campaign or journey id -> the ROI the closed loop measured for it."""
+        return self.roi.by_unit()
 
     def journey_map(self) -> Mapping[str, Journey]:
         """The journeys in force by id."""
@@ -98,7 +108,10 @@ class Registries:
         return self._derive()[2]
 
     def fingerprint(self) -> int:
-        """A 63-bit fingerprint of every definition's id, version and action (all kinds).
+        """A 63-bit fingerprint of every definition's id, version and action.
+
+        Every kind but measured ROI, which moves often and changes no segment or trigger
+        condition, only priorities when a candidate competes.
 
         Equal fingerprints: the same definitions. The engine keeps, per user, the fingerprint
         it last evaluated the user against, so an idle user's recheck can tell cheaply whether
@@ -116,7 +129,7 @@ class Registries:
             churn_condition = any(_tests_churn(c) for j in journeys for c in j.conditions())
             identity = "\n".join(sorted(
                 f"{u['kind']}|{u['definition_id']}|{u['version']}|{u['action']}"
-                for u in self.updates()))
+                for u in self.updates() if u["kind"] != ROI_KIND))
             digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
             self._derived = (
                 churn_trigger,

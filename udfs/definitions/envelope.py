@@ -22,6 +22,8 @@ CAMPAIGN_KIND = "CAMPAIGN"
 JOURNEY_KIND = "JOURNEY"
 POLICY_KIND = "PRIORITY_WEIGHTS"
 RATES_KIND = "CURRENCY_RATES"
+#: a campaign's measured ROI, published by the job itself (``udfs.attribution.roi``)
+ROI_KIND = "CAMPAIGN_ROI"
 
 UPSERT = "UPSERT"
 DELETE = "DELETE"
@@ -44,9 +46,10 @@ def definition_to_update(
 
     Args:
         definition: A validated definition with ``id``, ``version`` and ``document``
-            (a ``Segment``, ``Campaign``, ``Journey``, ``PriorityPolicy`` or ``CurrencyRates``).
+            (a ``Segment``, ``Campaign``, ``Journey``, ``PriorityPolicy``, ``CurrencyRates``
+            or ``MeasuredRoi``).
         kind: Its DefinitionKind symbol (SEGMENT, CAMPAIGN, JOURNEY, PRIORITY_WEIGHTS,
-            CURRENCY_RATES).
+            CURRENCY_RATES, CAMPAIGN_ROI).
         published_at_ms: Publication time, epoch ms.
         published_by: Who or what publishes it, or None.
 
