@@ -7,7 +7,8 @@ fingerprint, Avro body): current-version triggers, one written with the publishe
 ``java`` on the nudgeflow-flink jar and the consumer jars (Avro, kafka-clients), reads the topic
 read_committed and prints JSON lines; every record must equal what the Python codec decodes
 from the same bytes, field by field, the version-1 record resolved to the current version, and
-the refused values reported with a message that says why.
+the refused values reported with a message that says why; told to expect ClickEvents
+(``nudgeflow.expect.record``), the deserializer refuses every trigger.
 """
 
 import json
@@ -39,10 +40,11 @@ def java_classpath():
     return ":".join(str(p) for p in [*own, *consumer])
 
 
-def dump_topic(classpath, *args, timeout_s=120):
+def dump_topic(classpath, *args, timeout_s=120, java_options=()):
     """Runs DumpTopic; returns its JSON lines, failing the test with its stderr if it fails."""
     proc = subprocess.run(  # noqa: S603 - fixed java command line of the test's own jars
-        ["java", "-cp", classpath, "io.nudgeflow.flink.tools.DumpTopic", *map(str, args)],
+        ["java", *java_options, "-cp", classpath, "io.nudgeflow.flink.tools.DumpTopic",
+         *map(str, args)],
         capture_output=True, text=True, timeout=timeout_s, check=False)
     assert proc.returncode == 0, f"DumpTopic exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     return [json.loads(line) for line in proc.stdout.splitlines()]
@@ -106,6 +108,13 @@ def test_a_jvm_consumer_reads_the_trigger_topic(isolated_cfg, java_classpath):
     assert ("unknown schema fingerprint 0123456789abcdef"
             in by_key["from-the-future"]["error"])
     assert "upgrade the nudgeflow-flink jar" in by_key["from-the-future"]["error"]
+
+    clicks_only = dump_topic(java_classpath, isolated_cfg.kafka_bootstrap, topic,
+                             java_options=["-Dnudgeflow.expect.record=ClickEvent"])
+    wrong = [line for line in clicks_only if line["key"] in values]
+    assert len(wrong) == len(values)
+    assert all("expected a io.nudgeflow.ClickEvent" in line["error"] and
+               "holds a io.nudgeflow.TriggerEvent" in line["error"] for line in wrong)
 
 
 def test_the_jar_knows_every_published_fingerprint(java_classpath):

@@ -34,7 +34,9 @@ import org.apache.kafka.common.serialization.ByteArrayDeserializer;
  * if TIMEOUT_MS (default 60 s) passes first. A line is {@code {"partition":..,"offset":..,
  * "key":..,"value":<the record>}}, or {@code "error":<message>} in place of the value for a
  * record the deserializer refused (the dump then goes on). {@code --fingerprints} prints the
- * shipped schema versions instead: {@code {"source":..,"fingerprint":..}}.
+ * shipped schema versions instead: {@code {"source":..,"fingerprint":..}}. The system property
+ * {@code -Dnudgeflow.expect.record=NAME} is passed on to the deserializer (values of other
+ * record types are then reported as errors).
  */
 public final class DumpTopic {
 
@@ -71,6 +73,10 @@ public final class DumpTopic {
         props.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");
         props.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class);
         props.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, SingleObjectDeserializer.class);
+        String expect = System.getProperty(SingleObjectDeserializer.EXPECT_CONFIG);
+        if (expect != null) {
+            props.put(SingleObjectDeserializer.EXPECT_CONFIG, expect);
+        }
         long deadline = System.currentTimeMillis() + timeoutMs;
         long printed = 0;
         try (KafkaConsumer<byte[], GenericRecord> consumer = new KafkaConsumer<>(props)) {
