@@ -1,6 +1,6 @@
 """Resolve the project's Java dependencies from Maven Central, once, into a cache.
 
-Each component (``kafka``, ``cassandra``, ``flink``, ``metrics``) has its own
+Each component (``kafka``, ``cassandra``, ``flink``, ``metrics``, ``consumer``) has its own
 ``infra/jars/<component>/pom.xml`` so that their transitive dependencies never mix on one
 classpath. ``ensure_jars`` copies a component's runtime dependencies into
 ``$NUDGEFLOW_HOME/jars/<component>/`` with ``mvn dependency:copy-dependencies`` and records the
@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra.paths import INFRA_DIR, StackPaths
+from infra.paths import INFRA_DIR, REPO_DIR, StackPaths
 
-COMPONENTS = ("kafka", "cassandra", "flink", "metrics")
+COMPONENTS = ("kafka", "cassandra", "flink", "metrics", "consumer")
 _STAMP = ".resolved-from"
 
 
@@ -32,9 +32,14 @@ def pom_path(component: str) -> Path:
 
 
 def _module_files(component: str) -> list[Path]:
-    """The pom and any Java sources of a component (the flink module compiles its own jar)."""
+    """The pom and any Java sources of a component (the flink module compiles its own jar).
+
+    The flink jar also carries the schemas (its pom copies ``schemas/`` in, for
+    SingleObjectDeserializer), so a changed schema rebuilds it too.
+    """
     module = pom_path(component).parent
-    return [pom_path(component), *sorted(module.glob("src/**/*.java"))]
+    schemas = sorted((REPO_DIR / "schemas").glob("**/*.avsc")) if component == "flink" else []
+    return [pom_path(component), *sorted(module.glob("src/**/*.java")), *schemas]
 
 
 def _pom_digest(component: str) -> str:
@@ -73,7 +78,7 @@ def ensure_jars(component: str, paths: StackPaths | None = None, quiet: bool = F
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    has_sources = len(_module_files(component)) > 1
+    has_sources = any(path.suffix == ".java" for path in _module_files(component))
     cmd = [
         mvn,
         "-B",
