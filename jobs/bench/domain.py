@@ -1,0 +1,320 @@
+"""The domain floor: the pure per-user engine over a seeded workload, in a plain Python loop.
+
+``python -m jobs.bench.domain [--clicks N --users U --seed S --repeat R --json OUT]``
+
+Inputs: a workload from the project's generator (``jobs.workload``: clicks with its share of
+duplicates and out-of-order events, every user's metadata, optionally metadata updates in the
+stream), encoded to Avro as they sit on the topics, and the shipped catalog (segments,
+campaigns, the priority policy, currency rates and the opt-in journeys) with the committed churn
+model (``--no-churn`` for none). Outputs: µs per input overall, and per stage from one cProfile
+pass (decode, features, segments, scoring vector and model, campaigns, journeys, state
+encoding), printed as a table and with ``--json`` written to a file. State: none kept.
+
+The loop does what ``udfs.flink.user_engine.UserEngineFunction`` does around ``engine.step``
+and nothing of Flink's: a click is decoded and validated (``intake.decode_click``) and handed
+over with its bytes, metadata as bytes (the engine decodes it), each as an ``engine.Arrival``
+with the watermark of the moment (newest event time minus the out-of-orderness bound); one
+timer per user fires when the watermark passes it; what a step changed is encoded as the
+adapter writes it to keyed state (features, metadata, campaign state, clock). Every pass starts
+from empty state, so the passes do the same work. The input ends at the newest event time: the
+timers after it (idle rechecks, expiry far in the future) are not drained.
+
+To compare two builds of the engine, run it in each checkout on the same machine, alternating
+(A B B A), and compare the medians: a single pass on a shared machine moves by up to 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import heapq
+import json
+import pstats
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.workload.workload import PLANS, WorkloadSpec, generate_events, generate_users
+from schemas.codec import Codec
+from udfs import engine, intake
+from udfs.campaigns import arbitration
+from udfs.catalog.files import JOURNEY_CATALOG_DIR, catalog_files, load_files
+from udfs.catalog.registries import Registries
+from udfs.clock import CLICK_RANK, METADATA_RANK, Pending, decode_clock, encode_clock
+from udfs.features.codec import encode_state
+
+DAY_MS = 86_400_000
+#: the job's defaults: out-of-orderness bound of the watermark, allowed lateness, state TTL
+BOUND_MS = 1_000
+ALLOWED_LATENESS_MS = 60_000
+STATE_TTL_MS = 90 * DAY_MS
+
+#: stage -> the functions whose cumulative profile time it is (module file suffix, name);
+#: the model is the scorer's ``score``, whatever class implements it
+STAGES: dict[str, tuple[tuple[str, str], ...]] = {
+    "decode": (("udfs/intake.py", "decode_click"), ("udfs/engine.py", "decode_pending")),
+    "features": (("udfs/features/state.py", "update"),),
+    "scoring: vector": (("udfs/features/vector.py", "vector_list"),),
+    "scoring: model": (("udfs/churn.py", "score"),),
+    "segments": (("udfs/engine.py", "_reevaluate"),),
+    "journeys": (("udfs/journeys/runner.py", "on_step"),),
+    "campaigns": (("udfs/engine.py", "_campaigns"),),
+    "state encoding": (("jobs/bench/domain.py", "_encode"),),
+}
+#: stages measured inside another one, subtracted from it (segments scores; campaigns runs
+#: the journeys)
+NESTED = {"segments": ("scoring: vector", "scoring: model"), "campaigns": ("journeys",)}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One workload as the engine's operator receives it, in arrival order.
+
+    ``records``: (kind, user id, event time, Avro bytes) with kind ``click`` or ``metadata``.
+    """
+
+    records: tuple[tuple[str, str, int, bytes], ...]
+    clicks: int
+    metadata: int
+    users: int
+
+
+def build_inputs(clicks: int, users: int, seed: int, metadata_updates: float = 0.0,
+                 days: float | None = None) -> Inputs:
+    """A seeded workload: every user's metadata first, then the clicks in emission order.
+
+    ``metadata_updates``: after this share of the clicks (chosen by the seed) comes a new
+    metadata record of a random user, stamped with that click's time (a changed lifetime
+    value, plan or opt-in), so metadata changes mid-stream as well. ``days``: the event-time
+    span (about); None: the generator's default rate (60,000 clicks of 3,000 users in a day).
+    """
+    # the generator's span is about events / (users * sessions per user per day * 5.6) days
+    spec = WorkloadSpec(users=users, events=clicks, seed=seed)
+    if days is not None:
+        spec = dataclasses.replace(spec, sessions_per_user_per_day=clicks / (users * 5.6 * days))
+    codec = Codec.load()
+    rng = random.Random(seed)  # noqa: S311 - a reproducible workload, not a secret
+    metas = generate_users(spec)
+    latest = {m["user_id"]: m for m in metas}
+    records = [("metadata", m["user_id"], m["updated_at"], codec.encode("UserMetadata", m))
+               for m in sorted(metas, key=lambda m: (m["updated_at"], m["user_id"]))]
+    n_meta = len(records)
+    for event in generate_events(spec):
+        records.append(("click", event["user_id"], event["event_time"],
+                        codec.encode("ClickEvent", event)))
+        if metadata_updates and rng.random() < metadata_updates:
+            user = rng.choice(metas)["user_id"]
+            changed = _changed_metadata(latest[user], event["event_time"], rng)
+            latest[user] = changed
+            records.append(("metadata", user, changed["updated_at"],
+                            codec.encode("UserMetadata", changed)))
+            n_meta += 1
+    return Inputs(tuple(records), clicks, n_meta, users)
+
+
+def _changed_metadata(current: dict[str, Any], at_ms: int, rng: random.Random) -> dict[str, Any]:
+    """A user's metadata with one field changed, as of ``at_ms`` (never older than before)."""
+    changed = dict(current, updated_at=max(at_ms, current["updated_at"] + 1))
+    what = rng.randrange(3)
+    if what == 0:
+        changed["lifetime_value"] = round(rng.uniform(0, 2_000), 2)
+    elif what == 1:
+        changed["plan"] = rng.choice(PLANS)
+    else:
+        opt_ins = dict(current["opt_ins"])
+        channel = rng.choice(sorted(opt_ins))
+        opt_ins[channel] = not opt_ins[channel]
+        changed["opt_ins"] = opt_ins
+    return changed
+
+
+def shipped_rules(churn: bool = True) -> engine.Rules:
+    """The shipped catalog with its opt-in journeys, the job's TTL and the committed model."""
+    files = [*catalog_files(), JOURNEY_CATALOG_DIR]
+    registries = Registries.from_updates(load_files(files, check_references=False).updates(0))
+    scorer = None
+    if churn:
+        from models import CHURN_ONNX
+        from udfs.churn import ChurnModel
+
+        scorer = ChurnModel.load(CHURN_ONNX)
+    return engine.Rules(registries, STATE_TTL_MS, scorer)
+
+
+@dataclass
+class Outcome:
+    """What one pass produced: counts, every record emitted, the final states (by user)."""
+
+    inputs: int = 0
+    steps: int = 0
+    timers: int = 0
+    late: int = 0
+    rejected: int = 0
+    emitted: list[tuple[str, Any]] = field(default_factory=list)
+    stored_bytes: int = 0
+    states: dict[str, engine.UserState] = field(default_factory=dict)
+    clocks: dict[str, bytes] = field(default_factory=dict)
+
+
+def play(inputs: Inputs, rules: engine.Rules, keep: bool = False) -> Outcome:
+    """One pass from empty state over every input; ``keep``: collect what the steps emitted."""
+    codec = Codec.load()
+    out = Outcome()
+    timers: list[tuple[int, str]] = []
+    registered: dict[str, set[int]] = {}
+    watermark = newest = -(2**63)
+
+    def run(user: str, item: engine.Input) -> None:
+        state = out.states.setdefault(user, engine.UserState())
+        state.clock = decode_clock(out.clocks.get(user))  # read per step, as keyed state is
+        step = engine.step(state, item, rules, 0)
+        out.steps += 1
+        if step.duplicate:
+            return
+        out.stored_bytes += _encode(codec, state, step, out.clocks, user)
+        mine = registered.setdefault(user, set())
+        if step.cancel_timer_ms is not None:
+            mine.discard(step.cancel_timer_ms)
+        for due in step.timers:
+            if due not in mine:
+                mine.add(due)
+                heapq.heappush(timers, (due, user))
+        if keep:
+            out.emitted.append((user, _emitted(step)))
+
+    def advance(to: int) -> None:
+        while timers and timers[0][0] <= to:
+            due, user = heapq.heappop(timers)
+            if due in registered[user]:
+                registered[user].discard(due)
+                out.timers += 1
+                run(user, engine.Timer(user, to))
+
+    for kind, user, event_time, raw in inputs.records:
+        out.inputs += 1
+        if kind == "metadata":
+            run(user, engine.Arrival(user, Pending(event_time, METADATA_RANK,
+                                                   f"metadata@{event_time}", raw, 0), watermark))
+            continue
+        record = intake.SourceRecord("clicks", 0, out.inputs, event_time, user.encode(), raw)
+        event = intake.decode_click(codec, record)
+        if isinstance(event, intake.Rejected):
+            out.rejected += 1
+            continue
+        if engine.is_late(event_time, watermark, ALLOWED_LATENESS_MS):
+            out.late += 1
+            continue
+        event["ingest_time"] = event_time
+        pending = Pending(event_time, CLICK_RANK, str(event["event_id"]), raw, event_time,
+                          engine.Click(event))
+        run(user, engine.Arrival(user, pending, watermark))
+        newest = max(newest, event_time)
+        watermark = max(watermark, newest - BOUND_MS - 1)
+        advance(watermark)
+    advance(newest)  # the input ends where its newest event is
+    return out
+
+
+def _encode(codec: Codec, state: engine.UserState, step: engine.Step, clocks: dict[str, bytes],
+            user: str) -> int:
+    """Encode what the step changed as the adapter writes it to keyed state; bytes written."""
+    written = 0
+    if step.features_changed and state.features is not None:
+        written += len(encode_state(state.features))
+    if step.metadata_changed and state.metadata is not None:
+        written += len(codec.encode("UserMetadata", state.metadata))
+    if step.campaigns_changed and state.campaigns is not None:
+        written += len(arbitration.encode_state(state.campaigns))
+    if step.clock_changed or step.expired:
+        clocks[user] = encode_clock(state.clock)
+        written += len(clocks[user])
+    return written
+
+
+def _emitted(step: engine.Step) -> dict[str, Any]:
+    """Everything a step says, but the flags of what to store (compared as they are)."""
+    return dataclasses.asdict(step)
+
+
+def timed(inputs: Inputs, rules: engine.Rules) -> tuple[float, Outcome]:
+    """(µs per input, the outcome) of one pass."""
+    t0 = time.perf_counter_ns()
+    outcome = play(inputs, rules)
+    return (time.perf_counter_ns() - t0) / 1_000 / len(inputs.records), outcome
+
+
+def stage_table(inputs: Inputs, rules: engine.Rules, us_per_input: float) -> dict[str, float]:
+    """µs per input of each stage: one profiled pass, its shares applied to ``us_per_input``.
+
+    cProfile inflates functions of many small calls more than others, so the split is an
+    estimate; the total is the unprofiled one.
+    """
+    profile = cProfile.Profile()
+    profile.runcall(play, inputs, rules)
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in stats.values())  # own times add up to the whole
+    cumulative: dict[str, float] = {}
+    for stage, functions in STAGES.items():
+        cumulative[stage] = sum(
+            entry[3] for (file, _, name), entry in stats.items()
+            if any(file.endswith(suffix) and name == fn for suffix, fn in functions))
+    for stage, inner in NESTED.items():
+        cumulative[stage] -= sum(cumulative[s] for s in inner)
+    table = {stage: us_per_input * seconds / total for stage, seconds in cumulative.items()}
+    table["other (loop, clock, currency, step bookkeeping)"] = us_per_input - sum(table.values())
+    return table
+
+
+def main(argv: Sequence[str] | None = None,
+         printer: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the domain floor benchmark; returns what it printed as a dict (also ``--json``)."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.bench.domain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clicks", type=int, default=60_000, help="clicks (default 60,000)")
+    parser.add_argument("--users", type=int, default=3_000, help="users (default 3,000)")
+    parser.add_argument("--seed", type=int, default=7, help="workload seed (default 7)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes (default 3)")
+    parser.add_argument("--metadata-updates", type=float, default=0.0,
+                        help="share of clicks followed by a metadata update (default 0)")
+    parser.add_argument("--no-churn", action="store_true", help="no churn model")
+    parser.add_argument("--no-profile", action="store_true", help="skip the per-stage table")
+    parser.add_argument("--json", metavar="OUT", help="write the figures to this file")
+    args = parser.parse_args(argv)
+    inputs = build_inputs(args.clicks, args.users, args.seed, args.metadata_updates)
+    rules = shipped_rules(churn=not args.no_churn)
+    play(inputs, rules)  # warm up: imports, caches, the model's first runs
+    passes = [timed(inputs, rules) for _ in range(max(1, args.repeat))]
+    us = statistics.median(p[0] for p in passes)
+    outcome = passes[0][1]
+    result: dict[str, Any] = {
+        "clicks": inputs.clicks, "users": inputs.users, "metadata": inputs.metadata,
+        "inputs": outcome.inputs, "steps": outcome.steps, "timers": outcome.timers,
+        "late": outcome.late, "rejected": outcome.rejected, "churn": not args.no_churn,
+        "us_per_input": us,
+        "us_per_input_runs": [p[0] for p in passes],
+        "state_bytes_per_input": outcome.stored_bytes / outcome.inputs,
+    }
+    printer(f"domain floor: {inputs.clicks:,} clicks + {inputs.metadata:,} metadata records of "
+            f"{inputs.users:,} users ({outcome.steps:,} steps, {outcome.timers:,} timers fired, "
+            f"{outcome.late} late), churn scoring {'on' if result['churn'] else 'off'}")
+    printer(f"  {us:8.1f} µs per input (median of {len(passes)}: "
+            + ", ".join(f"{p[0]:.1f}" for p in passes) + ")")
+    if not args.no_profile:
+        result["stages_us"] = stage_table(inputs, rules, us)
+        printer("  per stage (cProfile shares of the total):")
+        for stage, value in result["stages_us"].items():
+            printer(f"    {stage:<50} {value:7.1f} µs")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
