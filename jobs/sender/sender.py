@@ -120,7 +120,10 @@ class ChannelAdapter(Protocol):
 
     ``send`` returns once the channel accepted the trigger and raises when it did not; the
     sender then retries with backoff and finally stops (it never skips a trigger that failed).
-    An adapter may also have ``close()``, called once when the sender stops.
+    An adapter may also have ``close()``, called once when the sender stops, and
+    ``expired(trigger)``, called once for each trigger dropped because its ``expires_at`` passed
+    (before or while it waited for budget): the CampaignOutcome schema has no EXPIRED symbol,
+    so the sender writes no outcome for it.
     """
 
     def send(self, trigger: Record) -> None:
@@ -149,6 +152,10 @@ class ConsoleAdapter:
     def send(self, trigger: Record) -> None:
         """Print the trigger's line."""
         self.say(describe_trigger(trigger))
+
+    def expired(self, trigger: Record) -> None:
+        """Print the line of a trigger dropped because its ``expires_at`` passed."""
+        self.say("expired " + describe_trigger(trigger))
 
 
 def load_adapter(spec: str) -> ChannelAdapter:
