@@ -40,6 +40,15 @@ while a P1 batch is being delivered waits for that batch to finish. With
 gets the next hand-over (see ``TierScheduler`` for the exact bound). Senders of one group order
 their own partitions; across senders there is no order (each serves its P0 first).
 
+Budgets and admission (``jobs.sender.budgets``): a channel may have a send budget for the whole
+group (``--budget SMS=50/s``, kept in Redis and changeable at runtime), enforced by GCRA in one
+Lua script per admission. Within a batch triggers are admitted in deadline order; one refused
+waits as long as the script says while other channels go on; one whose ``expires_at`` passes
+while it waits is dropped as expired (``adapter.expired``; no outcome: the schema has no
+EXPIRED symbol); a batch whose every remaining trigger waits gives way to a higher tier that
+has records (the rest goes back to the buffer). KPIs (``jobs.sender.kpis``): on-time rate,
+queue wait, expired, deduped, budget utilisation, in the report and on ``--metrics-port``.
+
 Delivery: at least once to the channel, deduplicated. Per batch: decode, skip other channels,
 drop expired (``expires_at < now``), drop triggers this group already sent on that channel (LRU,
 then Redis), send the rest (retrying with backoff), write their DELIVERED outcomes (waiting for
