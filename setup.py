@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     # the benchmark's cost per stage: samples the job's embedded Python (jobs/bench/bench.py)
     "py-spy==0.4.3",
+    # the sender's delivery KPIs on --metrics-port (jobs/sender/kpis.py)
+    "prometheus-client==0.26.0",
 ]
 
 DEV_REQUIRES = [

@@ -11,6 +11,7 @@ Subcommands:
             (--metrics)
   jars      resolve the Java dependencies from Maven Central into the cache
   sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
+  sender-budgets  set, show or clear a sender group's per-channel send budgets (Redis)
   respond   a seeded simulated audience: opens, clicks, unsubscribes and purchases in answer
             to the triggers (for tests and demos)
   stores    rebuild-redis: rebuild the Redis membership cache from Cassandra
@@ -420,6 +421,44 @@ def cmd_sender(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sender_budgets(args: argparse.Namespace) -> int:
+    """``nudgeflow sender-budgets``: set, show or clear a sender group's send budgets.
+
+    The budgets live in Redis (``<prefix>:budgets:<group>``); running senders of the group read
+    them at their next admission, so this changes them at runtime.
+    """
+    from jobs.cli import wiring
+    from jobs.sender.budgets import BudgetError, RedisBudgets, budgets_text, parse_budget
+
+    cfg = config_from_args(args)
+    try:
+        parsed = dict(parse_budget(text) for text in args.budgets) if args.action == "set" \
+            else {}
+    except BudgetError as exc:
+        return _fail(str(exc), 2)
+    if args.action == "set" and not parsed:
+        return _fail("sender-budgets set needs at least one CHANNEL=COUNT/UNIT[@BURST]", 2)
+    if args.action == "clear" and not args.budgets:
+        return _fail("sender-budgets clear needs the channels to clear (e.g. SMS EMAIL)", 2)
+    try:
+        budgets = RedisBudgets(wiring.redis_client(cfg, socket_timeout=5),
+                               cfg.redis_key_prefix, args.group)
+        if args.action == "set":
+            budgets.set(parsed)
+        elif args.action == "clear":
+            budgets.remove(args.budgets)
+        current = budgets.get()
+    except Exception as exc:  # noqa: BLE001 - any client error is reported the same way
+        return _fail(f"cannot reach the budgets in Redis at {cfg.describe()['redis_url']}: "
+                     f"{exc}; is Redis up (`nudgeflow stack status`)?")
+    print(f"send budgets of sender group {args.group}:")
+    for channel, limits in sorted(current.items()):
+        print(f"  {channel:<12}{budgets_text(limits)}")
+    if not current:
+        print("  (none: every channel unlimited)")
+    return 0
+
+
 # --- respond ------------------------------------------------------------------------------------
 
 
@@ -579,6 +618,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_sender_arguments(sender_p)
     add_config_arguments(sender_p)
     sender_p.set_defaults(func=cmd_sender)
+
+    from jobs.sender.sender import BUDGET_HELP, DEFAULT_GROUP, ENV_PREFIX
+
+    budgets_p = sub.add_parser("sender-budgets", help="set, show or clear a sender group's "
+                               "per-channel send budgets (kept in Redis, read by running "
+                               "senders at every admission)")
+    budgets_p.add_argument("action", choices=["set", "show", "clear"])
+    budgets_p.add_argument("budgets", nargs="*", metavar="CHANNEL=LIMITS",
+                           help=f"set: {BUDGET_HELP}; clear: the channels to clear")
+    budgets_p.add_argument("--group", default=os.environ.get(ENV_PREFIX + "GROUP", DEFAULT_GROUP),
+                           help=f"the sender group [env: {ENV_PREFIX}GROUP] "
+                           f"[default: {DEFAULT_GROUP!r}]")
+    add_config_arguments(budgets_p)
+    budgets_p.set_defaults(func=cmd_sender_budgets)
 
     from jobs.workload.respond import add_respond_arguments
 

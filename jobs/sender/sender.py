@@ -40,6 +40,15 @@ while a P1 batch is being delivered waits for that batch to finish. With
 gets the next hand-over (see ``TierScheduler`` for the exact bound). Senders of one group order
 their own partitions; across senders there is no order (each serves its P0 first).
 
+Budgets and admission (``jobs.sender.budgets``): a channel may have a send budget for the whole
+group (``--budget SMS=50/s``, kept in Redis and changeable at runtime), enforced by GCRA in one
+Lua script per admission. Within a batch triggers are admitted in deadline order; one refused
+waits as long as the script says while other channels go on; one whose ``expires_at`` passes
+while it waits is dropped as expired (``adapter.expired``; no outcome: the schema has no
+EXPIRED symbol); a batch whose every remaining trigger waits gives way to a higher tier that
+has records (the rest goes back to the buffer). KPIs (``jobs.sender.kpis``): on-time rate,
+queue wait, expired, deduped, budget utilisation, in the report and on ``--metrics-port``.
+
 Delivery: at least once to the channel, deduplicated. Per batch: decode, skip other channels,
 drop expired (``expires_at < now``), drop triggers this group already sent on that channel (LRU,
 then Redis), send the rest (retrying with backoff), write their DELIVERED outcomes (waiting for
@@ -60,6 +69,7 @@ import argparse
 import contextlib
 import hashlib
 import importlib
+import math
 import os
 import signal
 import threading
@@ -70,6 +80,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from jobs.config import NudgeflowConfig
+from jobs.sender.budgets import (
+    Admitter,
+    BudgetError,
+    MemoryBudgets,
+    RedisBudgets,
+    parse_budget,
+)
+from jobs.sender.kpis import Delivery, DeliveryKpis, PrometheusKpis, format_kpis
 from schemas.codec import Codec, CodecError, Record, UnknownSchemaError, WrongSchemaError
 from udfs.campaigns.grammar import CHANNELS, TIERS
 from udfs.intake import Rejected, SourceRecord, dead_letter
@@ -111,7 +129,10 @@ class ChannelAdapter(Protocol):
 
     ``send`` returns once the channel accepted the trigger and raises when it did not; the
     sender then retries with backoff and finally stops (it never skips a trigger that failed).
-    An adapter may also have ``close()``, called once when the sender stops.
+    An adapter may also have ``close()``, called once when the sender stops, and
+    ``expired(trigger)``, called once for each trigger dropped because its ``expires_at`` passed
+    (before or while it waited for budget): the CampaignOutcome schema has no EXPIRED symbol,
+    so the sender writes no outcome for it.
     """
 
     def send(self, trigger: Record) -> None:
@@ -140,6 +161,10 @@ class ConsoleAdapter:
     def send(self, trigger: Record) -> None:
         """Print the trigger's line."""
         self.say(describe_trigger(trigger))
+
+    def expired(self, trigger: Record) -> None:
+        """Print the line of a trigger dropped because its ``expires_at`` passed."""
+        self.say("expired " + describe_trigger(trigger))
 
 
 def load_adapter(spec: str) -> ChannelAdapter:
@@ -448,7 +473,10 @@ class BatchOutcome:
     """What happened to one handed-over batch."""
 
     handled: int = 0
-    """How many records, from the batch's start, are done with (their offsets may be committed)."""
+    """How many records of the batch are done with (delivered, dropped, skipped or lettered)."""
+    handled_at: list[int] = field(default_factory=list)
+    """The indices in the batch of the records done with (what ``PartitionLedger.settle``
+    takes): triggers are delivered in deadline order, so these need not be a prefix."""
     delivered: int = 0
     duplicates: int = 0
     expired: int = 0
@@ -458,8 +486,30 @@ class BatchOutcome:
     dead_letters: list[Record] = field(default_factory=list)
     outcomes: list[Record] = field(default_factory=list)
     """One DELIVERED CampaignOutcome per trigger delivered, in delivery order (none when off)."""
+    deliveries: list[Delivery] = field(default_factory=list)
+    """Tier, channel, emit time, deadline and delivery time of each delivery (for the KPIs)."""
+    expirations: list[tuple[str, str]] = field(default_factory=list)
+    """(tier, channel) of each trigger dropped as expired."""
+    preempted: bool = False
+    """The batch stopped waiting for budget because ``preempt`` said so (a higher tier)."""
     error: SenderError | None = None
     """Set when the batch stopped early because the adapter kept failing."""
+
+    def done(self, index: int) -> None:
+        """Record that the batch's record at ``index`` is done with."""
+        self.handled_at.append(index)
+        self.handled += 1
+
+
+MAX_BUDGET_WAIT_S = 0.1
+"""Longest single sleep while every remaining trigger of a batch waits for budget: ``preempt``
+is asked (and Kafka polled) at least this often."""
+
+
+def deadline_of(trigger: Record) -> float:
+    """A trigger's ``expires_at`` for ordering (no deadline: last)."""
+    expires_at = trigger.get("expires_at")
+    return math.inf if expires_at is None else expires_at
 
 
 def process_batch(
@@ -478,16 +528,29 @@ def process_batch(
     outcomes: bool = True,
     write_outcomes: Callable[[Sequence[Record]], None] | None = None,
     clock: Callable[[], int] | None = None,
+    budget: Admitter | None = None,
+    preempt: Callable[[], bool] | None = None,
 ) -> BatchOutcome:
-    """Deliver one batch: decode, skip, drop expired and duplicates, send, mark sent.
+    """Deliver one batch: decode, skip, drop expired and duplicates, admit by budget, send, mark.
 
     A trigger whose channel is not in ``channels`` is only counted as skipped: it is not sent,
     not looked up and not marked, so the sender of its channel still delivers it. The others
     are deduplicated by ``SentId(group, channel, trigger_id)``.
 
-    Records are handled in order; the outcome's ``handled`` prefix may be committed. Handling
-    stops early (``handled`` < len) when ``limit`` triggers were delivered or the adapter keeps
-    failing (then ``error`` is set). Ids sent are marked in ``dedupe`` even then.
+    Admission: the triggers to deliver are taken in deadline order (``expires_at``, none last;
+    a batch is of one tier, and the scheduler hands higher tiers over first). Each asks
+    ``budget`` for a cell of its channel; a refused one waits exactly as long as the budget
+    says while triggers of other channels go on. A trigger whose ``expires_at`` passes while
+    it waits is dropped as expired (``adapter.expired(trigger)`` is called if the adapter has
+    it: the schema has no EXPIRED outcome symbol yet). When every remaining trigger waits,
+    ``preempt()`` is asked (at least every ``MAX_BUDGET_WAIT_S``): True stops the batch there
+    (``preempted``), and the rest goes back to the buffer, so a higher tier that arrived is
+    served first and this tier waits rather than drops.
+
+    The outcome's ``handled_at`` lists the records done with (their offsets may be committed
+    with ``PartitionLedger.settle``). Handling stops early when ``limit`` triggers were
+    delivered, the adapter keeps failing (then ``error`` is set) or ``preempt`` says so. Ids
+    sent or expired are marked in ``dedupe`` even then.
 
     With ``outcomes`` every trigger delivered gets a DELIVERED CampaignOutcome in the result's
     ``outcomes``, at ``clock()`` after its send (``now_ms`` without a clock). They are passed to
@@ -496,10 +559,14 @@ def process_batch(
     outcomes written then (same ids), instead of being dropped as duplicates with no outcome.
 
     Raises:
+        ValueError: a ``budget`` without a ``clock`` (waiting needs time to pass).
         SenderError: the dedupe store or ``write_outcomes`` failed (nothing of the batch counts
             as handled; a failed write leaves the sent ids unmarked).
     """
+    if budget is not None and clock is None:
+        raise ValueError("process_batch: a budget needs a clock to wait on")
     retry = retry or DeliveryRetryPolicy()
+    now_of = clock or (lambda: now_ms)
     outcome = BatchOutcome()
     items = [(record, decode_trigger(codec, record)) for record in records]
     candidates = [_sent_id(group, item) for _, item in items
@@ -507,10 +574,20 @@ def process_batch(
                   and not is_expired(item, now_ms)]
     seen = dedupe.seen(candidates) if candidates else set()
     sent: list[SentId] = []
+    gone: list[SentId] = []  # expired: marked too, so the group drops them once
+    on_expired = getattr(adapter, "expired", None)
+
+    def expire(index: int, trigger: Record) -> None:
+        outcome.expired += 1
+        outcome.expirations.append((trigger["tier"], trigger["channel"]))
+        gone.append(_sent_id(group, trigger))
+        if callable(on_expired):
+            on_expired(trigger)
+        outcome.done(index)
+
+    pending: dict[int, Record] = {}  # index -> trigger to deliver
     try:
-        for record, item in items:
-            if limit is not None and outcome.delivered >= limit:
-                break
+        for index, (record, item) in enumerate(items):
             if isinstance(item, Rejected):
                 outcome.bad += 1
                 outcome.dead_letters.append(dead_letter(record, item, now_ms))
@@ -521,31 +598,85 @@ def process_batch(
                 # sender drop it as a duplicate (issue 18)
                 outcome.skipped += 1
             elif is_expired(item, now_ms):
-                outcome.expired += 1
+                expire(index, item)
+                continue
             elif (sent_id := _sent_id(group, item)) in seen:
                 outcome.duplicates += 1
             else:
-                try:
-                    send_with_retry(adapter, item, retry, sleep=sleep, say=say)
-                except AdapterFailedError as exc:
-                    outcome.error = exc
-                    break
-                seen.add(sent_id)
-                sent.append(sent_id)
-                outcome.delivered += 1
-                if outcomes:
-                    delivered_at = now_ms if clock is None else clock()
-                    outcome.outcomes.append(build_delivered_outcome(item, delivered_at))
-            outcome.handled += 1
+                seen.add(sent_id)  # a replay later in the same batch is a duplicate of it
+                pending[index] = item
+                continue
+            outcome.done(index)
+        order = sorted(pending, key=lambda i: (deadline_of(pending[i]), i))
+        _deliver_pending({i: pending[i] for i in order}, outcome, sent, expire,
+                         adapter=adapter, retry=retry, limit=limit, sleep=sleep, say=say,
+                         outcomes=outcomes, now_of=now_of, budget=budget, preempt=preempt,
+                         group=group)
     finally:
         # marked even when the batch stops early: what was sent must not be sent again; but
         # only once its outcomes are written, or a restart would drop them as duplicates and
         # never report them
-        if sent:
-            if outcome.outcomes and write_outcomes is not None:
-                write_outcomes(outcome.outcomes)
-            dedupe.mark(sent)
+        if sent and outcome.outcomes and write_outcomes is not None:
+            write_outcomes(outcome.outcomes)
+        if sent or gone:
+            dedupe.mark([*sent, *gone])
     return outcome
+
+
+def _deliver_pending(pending: dict[int, Record], outcome: BatchOutcome,
+                     sent: list[SentId], expire: Callable[[int, Record], None], *,
+                     adapter: ChannelAdapter, retry: DeliveryRetryPolicy, limit: int | None,
+                     sleep: Callable[[float], None], say: Callable[[str], None], outcomes: bool,
+                     now_of: Callable[[], int], budget: Admitter | None,
+                     preempt: Callable[[], bool] | None, group: str) -> None:
+    """The admission loop of ``process_batch``: deliver or expire ``pending`` (deadline order).
+
+    ``pending`` maps batch index -> trigger; delivered and expired ones are removed from it.
+    """
+    blocked: dict[str, float] = {}  # channel -> epoch ms its budget may admit again
+    while pending:
+        progressed = False
+        now = now_of()  # then the time of each delivery: the clock is read once per send
+        for index, trigger in list(pending.items()):
+            if limit is not None and outcome.delivered >= limit:
+                return
+            channel = trigger["channel"]
+            if is_expired(trigger, now):
+                del pending[index]
+                expire(index, trigger)
+                progressed = True
+                continue
+            if blocked.get(channel, -math.inf) > now:
+                continue
+            if budget is not None:
+                admission = budget.admit(channel, trigger["tier"])
+                if not admission.admitted:
+                    blocked[channel] = now + admission.wait_ms
+                    continue
+            try:
+                send_with_retry(adapter, trigger, retry, sleep=sleep, say=say)
+            except AdapterFailedError as exc:
+                outcome.error = exc
+                return
+            del pending[index]
+            progressed = True
+            sent.append(_sent_id(group, trigger))
+            outcome.delivered += 1
+            delivered_at = now = now_of()
+            outcome.deliveries.append(Delivery(trigger["tier"], channel, trigger["emit_time"],
+                                               trigger.get("expires_at"), delivered_at))
+            if outcomes:
+                outcome.outcomes.append(build_delivered_outcome(trigger, delivered_at))
+            outcome.done(index)
+        if pending and not progressed:
+            if preempt is not None and preempt():
+                outcome.preempted = True
+                return
+            # every remaining trigger waits: sleep until a budget frees a cell or a deadline
+            # passes (then it is dropped), but ask preempt again within MAX_BUDGET_WAIT_S
+            wake = min(min(blocked.get(t["channel"], math.inf), deadline_of(t) + 1)
+                       for t in pending.values())
+            sleep(min(max((wake - now_of()) / 1000, 0.001), MAX_BUDGET_WAIT_S))
 
 
 def _sent_id(group: str, trigger: Record) -> SentId:
@@ -582,6 +713,9 @@ class SenderReport:
     stopped: str = ""
     """Why the run ended (idle, max-triggers, SIGTERM, SIGINT, stop requested, adapter failed);
     empty while it runs."""
+    kpis: DeliveryKpis = field(default_factory=DeliveryKpis)
+    """On-time rate, queue wait, expired and deduped counts, budget utilisation (a snapshot
+    shares it: it is not a rate)."""
 
     def total(self, counter: str) -> int:
         """A counter summed over the tiers."""
@@ -592,6 +726,7 @@ class SenderReport:
         stats = self.tiers[tier]
         for counter in COUNTERS:
             setattr(stats, counter, getattr(stats, counter) + getattr(outcome, counter))
+        self.kpis.record(outcome.deliveries, outcome.expirations, {tier: outcome.duplicates})
 
     def snapshot(self) -> SenderReport:
         """An independent copy (to compute rates against later)."""
@@ -601,6 +736,7 @@ class SenderReport:
 def format_report(report: SenderReport, since: SenderReport | None = None) -> str:
     """A small table: per tier delivered, rate, duplicates, expired, bad, skipped and lag.
 
+    Then, once something was delivered, expired or deduped, the delivery KPIs (``format_kpis``).
     ``skipped`` counts the triggers of other channels (``--channels``). The rate is triggers
     delivered per second since ``since`` (a periodic report), or over the whole run when
     ``since`` is None (the final report).
@@ -622,6 +758,8 @@ def format_report(report: SenderReport, since: SenderReport | None = None) -> st
         lag = "-" if stats.lag is None else f"{stats.lag:,}"
         lines.append(f"{tier:<6}{stats.delivered:>10,}{rate:>9.1f}{stats.duplicates:>12,}"
                      f"{stats.expired:>9,}{stats.bad:>6,}{stats.skipped:>9,}{lag:>9}")
+    if total.delivered or total.expired or total.duplicates or report.kpis.utilisation:
+        lines.append(format_kpis(report.kpis))
     return "\n".join(lines)
 
 
@@ -671,6 +809,11 @@ class SenderOptions:
     session_timeout_s: float = 45.0
     """How long the group waits for a silent member before moving its partitions to the others
     (a killed sender's triggers wait this long)."""
+    budgets: tuple[str, ...] = ()
+    """Send budgets to set at start, ``CHANNEL=COUNT/UNIT[@BURST][,...]`` each (e.g.
+    ``SMS=50/s``); stored in Redis for the whole group (``jobs.sender.budgets``)."""
+    metrics_port: int | None = None
+    """Serve the delivery KPIs as Prometheus metrics on this port; None: off."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -702,6 +845,13 @@ class SenderOptions:
             problems.append(f"until_idle_s must be >= 0, got {self.until_idle_s}")
         if self.max_triggers is not None and self.max_triggers < 1:
             problems.append(f"max_triggers must be >= 1, got {self.max_triggers}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            problems.append(f"metrics_port must be a TCP port (0-65535), got {self.metrics_port}")
+        for text in self.budgets:
+            try:
+                parse_budget(text)
+            except BudgetError as exc:
+                problems.append(str(exc))
         if problems:
             raise ValueError("invalid sender options: " + "; ".join(problems))
 
@@ -769,7 +919,17 @@ _FLAGS: tuple[tuple[str, str | None, str, type, tuple[str, ...], str], ...] = (
      "provider's webhooks. --no-outcomes: when something else reports deliveries"),
     ("--session-timeout", "SECONDS", "session_timeout_s", float, (),
      "how long the group waits for a silent sender before moving its partitions to the others"),
+    ("--metrics-port", "PORT", "metrics_port", int, (),
+     "serve the delivery KPIs (on-time rate, queue wait, expired, deduped, budget "
+     "utilisation) as Prometheus metrics on this port; default: off"),
 )
+
+BUDGET_HELP = (
+    "a send budget for the whole sender group, CHANNEL=COUNT/UNIT[@BURST][,...] with UNIT s, "
+    "min, h or day (e.g. SMS=50/s, EMAIL=1000/min,20000/day, SMS=50/s@10); repeat for more "
+    "channels. Stored in Redis at start (other channels' budgets are kept); change it while "
+    "senders run with `nudgeflow sender-budgets set`. BURST: the bucket (default COUNT)")
+
 
 
 _SWITCH_VALUES = {"true": True, "1": True, "yes": True, "on": True,
@@ -805,6 +965,9 @@ def add_sender_arguments(parser: argparse.ArgumentParser) -> None:
             else:
                 kwargs["metavar"] = metavar
         group.add_argument(flag, **kwargs)
+    env = _env_name("--budget")
+    group.add_argument("--budget", dest="sender_budgets", action="append", metavar="CH=N/UNIT",
+                       help=f"{BUDGET_HELP} [env: {env}, ';'-separated] [default: none]")
 
 
 def options_from_args(args: argparse.Namespace) -> SenderOptions:
@@ -816,6 +979,10 @@ def options_from_args(args: argparse.Namespace) -> SenderOptions:
     """
     values = {name: getattr(args, f"sender_{name}") for _, _, name, *_ in _FLAGS}
     values["channels"] = parse_channels(values["channels"])
+    budgets = getattr(args, "sender_budgets", None)
+    if budgets is None:
+        budgets = [b for b in os.environ.get(_env_name("--budget"), "").split(";") if b.strip()]
+    values["budgets"] = tuple(budgets)
     for flag, _, name, typ, *_ in _FLAGS:
         if typ is bool and isinstance(values[name], str):  # from the environment
             switch = _SWITCH_VALUES.get(values[name].strip().lower())
@@ -965,25 +1132,39 @@ class PartitionLedger:
         self.in_flight = (tier, batch)
         return batch
 
-    def settle(self, handled: int) -> None:
-        """Mark the in-flight batch's first ``handled`` records done.
+    def settle(self, handled: int | Collection[int]) -> None:
+        """Mark records of the in-flight batch done: its first ``handled``, or those at indices.
 
-        The rest go back to the front of their buffer (handed over again next time, or by the
-        partition's next owner).
+        Indices, because a batch delivered in deadline order finishes out of offset order.
+        A partition's ``done`` never passes a record of it that is not done, so a commit never
+        skips one. The rest go back to the front of their buffer in offset order (handed over
+        again next time), except those of partitions revoked meanwhile (their next owner reads
+        them).
         """
         if self.in_flight is None:
             raise RuntimeError("no batch is in flight")
         tier, batch = self.in_flight
         self.in_flight = None
-        for record in batch[:handled]:
+        done = set(range(handled)) if isinstance(handled, int) else set(handled)
+        first_open: dict[Partition, int] = {}  # per partition, the lowest offset not done
+        for index, record in enumerate(batch):
+            partition = (record.topic, record.partition or 0)
+            if index not in done:
+                offset = record.offset or 0
+                first_open[partition] = min(first_open.get(partition, offset), offset)
+        for index, record in enumerate(batch):
+            if index not in done:
+                continue
             partition = (record.topic, record.partition or 0)
             state = self.partitions.get(partition)
             if state is None:  # revoked meanwhile: the next owner commits it
                 continue
-            offset = (record.offset or 0) + 1
+            offset = min((record.offset or 0) + 1, first_open.get(partition, 1 << 62))
             state.done = offset if state.done is None else max(state.done, offset)
             self._held[partition] -= 1
-        self.buffers[tier].extendleft(reversed(batch[handled:]))
+        rest = [r for i, r in enumerate(batch) if i not in done
+                and (r.topic, r.partition or 0) in self.partitions]
+        self.buffers[tier].extendleft(reversed(rest))
 
     def holds(self, partition: Partition) -> bool:
         """Whether records of the partition are buffered or in flight."""
@@ -1480,6 +1661,41 @@ def _outcome_writer(cfg: NudgeflowConfig, codec: Codec) -> TopicWriter:
                         "(with the same outcome ids)")
 
 
+def open_budgets(cfg: NudgeflowConfig, options: SenderOptions,
+                 clock: Callable[[], int]) -> MemoryBudgets | RedisBudgets:
+    """The group's budgets: in Redis (shared, changeable at runtime) unless ``--dedupe memory``.
+
+    The ``--budget`` flags are stored first (other channels' budgets in Redis are kept).
+    With ``--dedupe memory`` there is no Redis: the flags' budgets hold for this process only.
+    """
+    parsed = dict(parse_budget(text) for text in options.budgets)
+    if options.dedupe == "memory":
+        return MemoryBudgets(parsed, clock)
+    from jobs.cli import wiring
+
+    budgets = RedisBudgets(wiring.redis_client(cfg, socket_timeout=5), cfg.redis_key_prefix,
+                           options.group)
+    try:
+        budgets.set(parsed)
+    except Exception as exc:  # noqa: BLE001 - any client error: the budgets cannot be shared
+        url = cfg.describe()["redis_url"].strip("'")
+        raise SenderError(f"cannot store the send budgets in Redis at {url}: {exc}; is Redis "
+                          "up? (--dedupe memory runs without Redis, budgets per process)") from exc
+    return budgets
+
+
+def measure_utilisation(budgets: MemoryBudgets | RedisBudgets) -> dict[str, float]:
+    """The group's budget utilisation per budgeted channel (Redis only; {} on failure)."""
+    if not isinstance(budgets, RedisBudgets):
+        return {}
+    try:
+        shares = {channel: budgets.utilisation(channel, limits)
+                  for channel, limits in budgets.get().items()}
+    except Exception:  # noqa: BLE001 - a report must not stop the sender; the admission would
+        return {}
+    return {channel: share for channel, share in shares.items() if share is not None}
+
+
 def open_dedupe(cfg: NudgeflowConfig, options: SenderOptions) -> Deduper:
     """The dedupe store the options ask for."""
     cache = MemoryDedupe(options.dedupe_cache)
@@ -1550,6 +1766,8 @@ def run_sender(
 
     codec = Codec.load()
     dedupe = open_dedupe(cfg, options)
+    budgets = open_budgets(cfg, options, clock)
+    metrics = PrometheusKpis(options.metrics_port) if options.metrics_port is not None else None
     scheduler = TierScheduler(TIERS, options.starvation_limit)
     retry = DeliveryRetryPolicy(options.adapter_retries, options.retry_backoff_s)
     report = SenderReport()
@@ -1611,13 +1829,17 @@ def run_sender(
                                             limit=remaining, sleep=sleep, say=say,
                                             outcomes=options.outcomes,
                                             write_outcomes=outcomes.write if outcomes else None,
-                                            clock=clock)
+                                            clock=clock, budget=budgets,
+                                            preempt=_preempter(source, tier))
                     report.add(tier, outcome)
+                    if metrics is not None:
+                        metrics.record(outcome.deliveries, outcome.expirations,
+                                       {tier: outcome.duplicates})
                     if outcome.dead_letters and letters is not None:
                         letters.write(outcome.dead_letters)
                     # only now are the records done with: delivered, reported (the outcomes
                     # were written before the sent ids were recorded), recorded and lettered
-                    ledger.settle(outcome.handled)
+                    ledger.settle(outcome.handled_at)
                     source.commit()
                     if outcome.error is not None:
                         failure = outcome.error
@@ -1626,11 +1848,15 @@ def run_sender(
                 if options.report_every_s and now - last_report >= options.report_every_s:
                     report.elapsed_s = now - started
                     _measure_lag(report, source)
+                    report.kpis.utilisation = measure_utilisation(budgets)
+                    if metrics is not None:
+                        metrics.set_utilisation(report.kpis.utilisation)
                     say(format_report(report, previous))
                     last_report, previous = now, report.snapshot()
             source.commit(sync=True)
             report.elapsed_s = time.monotonic() - started
             _measure_lag(report, source)
+            report.kpis.utilisation = measure_utilisation(budgets)
         except KafkaException as exc:
             report.stopped = "Kafka failed"
             report.elapsed_s = time.monotonic() - started
@@ -1646,6 +1872,8 @@ def run_sender(
             close = getattr(adapter, "close", None)
             if callable(close):
                 close()
+            if metrics is not None:
+                metrics.close()
     say(format_report(report))
     if failure is not None:
         failure.report = report
@@ -1667,6 +1895,25 @@ def _choose_tier(source: GroupSource, scheduler: TierScheduler,
                 break
         waiting = source.ledger.waiting()  # a rebalance during the wait may have changed it
     return scheduler.pick(waiting)
+
+
+def _preempter(source: GroupSource, tier: str) -> Callable[[], bool]:
+    """``process_batch``'s ``preempt`` for a batch of ``tier``.
+
+    It says stop waiting for budget when a higher tier has records buffered (polled now: this
+    also keeps the consumer in the group while a batch waits) or a partition of the batch was
+    revoked (its next owner has it).
+    """
+    higher = TIERS[:TIERS.index(tier)]
+
+    def preempt() -> bool:
+        source.poll(0)
+        in_flight = source.ledger.in_flight[1] if source.ledger.in_flight else []
+        if any((r.topic, r.partition or 0) not in source.ledger.partitions for r in in_flight):
+            return True
+        return bool(source.ledger.waiting() & set(higher))
+
+    return preempt
 
 
 def _measure_lag(report: SenderReport, source: GroupSource) -> None:

@@ -195,11 +195,12 @@ def test_a_batch_drops_expired_duplicates_and_bad_records():
     ]
     outcome = process_batch(batch, codec=CODEC, dedupe=dedupe, adapter=adapter, now_ms=NOW,
                             group=GROUP, say=quiet)
-    assert adapter.sent == ["t1", "t2"]
+    assert adapter.sent == ["t2", "t1"]  # deadline order: t1 has no deadline, so it goes last
     assert (outcome.delivered, outcome.duplicates, outcome.expired, outcome.bad) == (2, 2, 1, 2)
     assert outcome.handled == len(batch) and outcome.error is None
-    # expired ids are not marked
-    assert dedupe.seen(sent_ids("t1", "t2", "old")) == set(sent_ids("t1", "t2"))
+    assert sorted(outcome.handled_at) == list(range(len(batch)))
+    # expired ids are marked too: the group drops a trigger once, delivered or expired
+    assert dedupe.seen(sent_ids("t1", "t2", "old")) == set(sent_ids("t1", "t2", "old"))
     letters = outcome.dead_letters
     assert [(d["offset"], d["raw"], d["reason_code"]) for d in letters] == [
         (3, b"not avro at all", "INVALID_AVRO"), (5, b"", "INVALID_AVRO")]
@@ -329,7 +330,7 @@ def test_no_outcomes_when_they_are_off():
 
 
 def test_the_delivery_time_is_read_from_the_clock_after_each_send():
-    times = iter([NOW + 10, NOW + 20])
+    times = iter([NOW + 5, NOW + 10, NOW + 20])  # the first read: expiry before the sends
     outcome = process_batch([encoded(make_trigger(f"t{i}"), i) for i in range(2)], codec=CODEC,
                             dedupe=MemoryDedupe(), adapter=Recorder(), now_ms=NOW, group=GROUP,
                             clock=lambda: next(times), say=quiet)

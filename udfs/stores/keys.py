@@ -10,7 +10,13 @@ several deployments or test runs can share one Redis.
 | ``<prefix>:segment-sizes`` | hash | the engine | member count per segment |
 | ``<prefix>:definitions`` | hash | the engine | definition id -> version applied |
 | ``<prefix>:sent:<group>:<channel>:<trigger_id>`` | string | ``nudgeflow sender`` | a trigger the
-  sender group delivered on that channel (dedupe; expires) |
+  sender group delivered on that channel, or dropped as expired (dedupe; expires) |
+| ``<prefix>:budgets:<group>`` | hash | ``nudgeflow sender`` (``--budget``, ``budgets set``) |
+  channel -> its send budget (``50/s@10,2000/min@2000``), read at every admission |
+| ``<prefix>:budget-state:<group>:<channel>`` | hash | the sender's admission script | limit ->
+  GCRA theoretical arrival time (ms; expires) |
+| ``<prefix>:budget-used:<group>:<channel>`` | hash | the same | epoch second -> admissions
+  (two minutes) |
 | ``<prefix>:rebuild-marker`` | string | the engine, ``stores rebuild-redis`` | run_id of the Redis
   process that holds everything in Cassandra (missing or another run_id: rebuild) |
 | ``<prefix>:rebuild-lock`` | string | the same | who is rebuilding (expires) |
@@ -62,6 +68,21 @@ def sent(prefix: str, group: str, channel: str, trigger_id: str) -> str:
     the key was ``<prefix>:sent:<trigger_id>``; such keys are no longer read.)
     """
     return f"{prefix}:sent:{group}:{channel}:{trigger_id}"
+
+
+def budgets(prefix: str, group: str) -> str:
+    """The hash channel -> send budget of sender group ``group`` (jobs.sender.budgets)."""
+    return f"{prefix}:budgets:{group}"
+
+
+def budget_state(prefix: str, group: str, channel: str) -> str:
+    """The hash limit -> GCRA theoretical arrival time of a group's channel budget."""
+    return f"{prefix}:budget-state:{group}:{channel}"
+
+
+def budget_used(prefix: str, group: str, channel: str) -> str:
+    """The hash epoch second -> admissions of a group on a channel (budget utilisation)."""
+    return f"{prefix}:budget-used:{group}:{channel}"
 
 
 def rebuild_marker(prefix: str) -> str:
