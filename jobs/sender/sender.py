@@ -6,11 +6,12 @@ that is a member of the consumer group ``--group`` (cooperative-sticky assignmen
 ``isolation.level=read_committed``, so records of aborted or still open transactions are never
 seen).
 Output: one ``adapter.send(trigger)`` call per trigger to deliver (a ``ChannelAdapter``); a
-DELIVERED CampaignOutcome on ``cfg.outcomes_topic`` (keyed by user_id) for every trigger the
-adapter delivered, which the engine's journeys wait on (``--no-outcomes`` turns it off); a
+CampaignOutcome on ``cfg.outcomes_topic`` (keyed by user_id) for every trigger the adapter
+delivered (DELIVERED), the sender dropped unsent (EXPIRED) or the channel refused for good
+(FAILED), which the engine's journeys wait on (``--no-outcomes`` turns it off); a
 DeadLetter on ``cfg.dead_letter_topic`` for every record that does not decode; the consumer
-group's committed offsets; a report (per tier: delivered, duplicates, expired, bad, skipped,
-the group's lag, rate).
+group's committed offsets; a report (per tier: delivered, duplicates, expired, failed, bad,
+skipped, the group's lag, rate).
 State: per tier a buffer of consumed records (a few batches; the tier's partitions are paused
 while it is full), at most one batch in flight, the offsets handled per assigned partition
 (``PartitionLedger``), the scheduler's starvation counters, and the dedupe store (Redis keys
@@ -44,14 +45,15 @@ Budgets and admission (``jobs.sender.budgets``): a channel may have a send budge
 group (``--budget SMS=50/s``, kept in Redis and changeable at runtime), enforced by GCRA in one
 Lua script per admission. Within a batch triggers are admitted in deadline order; one refused
 waits as long as the script says while other channels go on; one whose ``expires_at`` passes
-while it waits is dropped as expired (``adapter.expired``; no outcome: the schema has no
-EXPIRED symbol); a batch whose every remaining trigger waits gives way to a higher tier that
+while it waits is dropped as expired (``adapter.expired``, and an EXPIRED outcome); a batch
+whose every remaining trigger waits gives way to a higher tier that
 has records (the rest goes back to the buffer). KPIs (``jobs.sender.kpis``): on-time rate,
 queue wait, expired, deduped, budget utilisation, in the report and on ``--metrics-port``.
 
 Delivery: at least once to the channel, deduplicated. Per batch: decode, skip other channels,
 drop expired (``expires_at < now``), drop triggers this group already sent on that channel (LRU,
-then Redis), send the rest (retrying with backoff), write their DELIVERED outcomes (waiting for
+then Redis), send the rest (retrying with backoff), write their DELIVERED outcomes, EXPIRED for
+those dropped and FAILED for those the channel refused for good (``DeliveryRefused``; waiting for
 the acknowledgements), record the sent ids in Redis, write dead letters, then commit the
 offsets. A crash between a send and the Redis write (at most one batch) sends those triggers
 again after the restart (or from the sender that takes the partitions over) and writes their
@@ -102,6 +104,10 @@ ENV_PREFIX = "NUDGEFLOW_SENDER_"
 DEAD_LETTER_STAGE = "sender-decode"
 DELIVERED = "DELIVERED"
 """The CampaignOutcome.outcome the sender reports for every trigger its adapter delivered."""
+EXPIRED = "EXPIRED"
+"""... for every trigger dropped because its ``expires_at`` passed before it could be sent."""
+FAILED = "FAILED"
+"""... for every trigger the adapter refused for good (``DeliveryRefused``)."""
 
 
 class SenderError(RuntimeError):
@@ -120,6 +126,15 @@ class AdapterFailedError(SenderError):
     """The channel adapter kept failing on one trigger; the sender stopped before it."""
 
 
+class DeliveryRefused(Exception):
+    """Raised by an adapter for a trigger its channel refuses for good.
+
+    E.g. an invalid address or a blocked number: not retried, reported as a FAILED outcome,
+    and the sender goes on. Any other exception means the channel may accept it later:
+    retried, then the sender stops.
+    """
+
+
 # --- the channel adapter --------------------------------------------------------------------------
 
 
@@ -128,11 +143,12 @@ class ChannelAdapter(Protocol):
     """What the sender hands triggers to: one call per trigger to deliver.
 
     ``send`` returns once the channel accepted the trigger and raises when it did not; the
-    sender then retries with backoff and finally stops (it never skips a trigger that failed).
-    An adapter may also have ``close()``, called once when the sender stops, and
-    ``expired(trigger)``, called once for each trigger dropped because its ``expires_at`` passed
-    (before or while it waited for budget): the CampaignOutcome schema has no EXPIRED symbol,
-    so the sender writes no outcome for it.
+    sender then retries with backoff and finally stops (it never skips a trigger that failed),
+    unless the exception is ``DeliveryRefused``: the channel will never take it, so it gets a
+    FAILED outcome and is not tried again. An adapter may also have ``close()``, called once
+    when the sender stops, and ``expired(trigger)``, called once for each trigger dropped
+    because its ``expires_at`` passed (before or while it waited for budget; it gets an EXPIRED
+    outcome too).
     """
 
     def send(self, trigger: Record) -> None:
@@ -244,6 +260,8 @@ def send_with_retry(
         try:
             adapter.send(trigger)
             return
+        except DeliveryRefused:
+            raise  # the channel will never take it: no retry (a FAILED outcome)
         except Exception as exc:  # noqa: BLE001 - the adapter's failures are ours to retry
             if attempt == len(delays):
                 raise AdapterFailedError(
@@ -454,14 +472,19 @@ def derive_outcome_id(trigger_id: str, channel: str, outcome: str) -> str:
 
 def build_delivered_outcome(trigger: Record, delivered_at: int) -> Record:
     """The DELIVERED CampaignOutcome of a trigger the adapter delivered at ``delivered_at`` (ms)."""
+    return build_outcome(trigger, DELIVERED, delivered_at)
+
+
+def build_outcome(trigger: Record, what: str, at_ms: int) -> Record:
+    """The CampaignOutcome ``what`` (DELIVERED, EXPIRED, FAILED) of a trigger at ``at_ms``."""
     return {
-        "outcome_id": derive_outcome_id(trigger["trigger_id"], trigger["channel"], DELIVERED),
+        "outcome_id": derive_outcome_id(trigger["trigger_id"], trigger["channel"], what),
         "trigger_id": trigger["trigger_id"],
         "user_id": trigger["user_id"],
         "campaign_id": trigger["campaign_id"],
         "channel": trigger["channel"],
-        "outcome": DELIVERED,
-        "event_time": delivered_at,
+        "outcome": what,
+        "event_time": at_ms,
         "revenue": None,
         "currency": None,
         "attribution_rule": None,  # only attributed conversions (the engine's) name a rule
@@ -483,9 +506,12 @@ class BatchOutcome:
     bad: int = 0
     skipped: int = 0
     """Triggers of a channel this sender does not take (``--channels``), left untouched."""
+    failed: int = 0
+    """Triggers the adapter refused for good (``DeliveryRefused``): FAILED, not retried."""
     dead_letters: list[Record] = field(default_factory=list)
     outcomes: list[Record] = field(default_factory=list)
-    """One DELIVERED CampaignOutcome per trigger delivered, in delivery order (none when off)."""
+    """One CampaignOutcome per trigger delivered (DELIVERED), expired (EXPIRED) or refused
+    (FAILED), in the order it happened (none when off)."""
     deliveries: list[Delivery] = field(default_factory=list)
     """Tier, channel, emit time, deadline and delivery time of each delivery (for the KPIs)."""
     expirations: list[tuple[str, str]] = field(default_factory=list)
@@ -542,7 +568,8 @@ def process_batch(
     ``budget`` for a cell of its channel; a refused one waits exactly as long as the budget
     says while triggers of other channels go on. A trigger whose ``expires_at`` passes while
     it waits is dropped as expired (``adapter.expired(trigger)`` is called if the adapter has
-    it: the schema has no EXPIRED outcome symbol yet). When every remaining trigger waits,
+    it). One the adapter refuses with ``DeliveryRefused`` is not retried. When every remaining
+    trigger waits,
     ``preempt()`` is asked (at least every ``MAX_BUDGET_WAIT_S``): True stops the batch there
     (``preempted``), and the rest goes back to the buffer, so a higher tier that arrived is
     served first and this tier waits rather than drops.
@@ -550,11 +577,12 @@ def process_batch(
     The outcome's ``handled_at`` lists the records done with (their offsets may be committed
     with ``PartitionLedger.settle``). Handling stops early when ``limit`` triggers were
     delivered, the adapter keeps failing (then ``error`` is set) or ``preempt`` says so. Ids
-    sent or expired are marked in ``dedupe`` even then.
+    sent, expired or refused are marked in ``dedupe`` even then.
 
     With ``outcomes`` every trigger delivered gets a DELIVERED CampaignOutcome in the result's
-    ``outcomes``, at ``clock()`` after its send (``now_ms`` without a clock). They are passed to
-    ``write_outcomes`` before the sent ids are marked: if writing fails, or the sender dies
+    ``outcomes``, at ``clock()`` after its send (``now_ms`` without a clock), every expired one
+    an EXPIRED and every refused one a FAILED outcome. They are passed to
+    ``write_outcomes`` before the ids are marked: if writing fails, or the sender dies
     before, the triggers are not marked either, so they are sent again after a restart and their
     outcomes written then (same ids), instead of being dropped as duplicates with no outcome.
 
@@ -583,6 +611,8 @@ def process_batch(
         gone.append(_sent_id(group, trigger))
         if callable(on_expired):
             on_expired(trigger)
+        if outcomes:
+            outcome.outcomes.append(build_outcome(trigger, EXPIRED, now_of()))
         outcome.done(index)
 
     pending: dict[int, Record] = {}  # index -> trigger to deliver
@@ -608,7 +638,7 @@ def process_batch(
                 continue
             outcome.done(index)
         order = sorted(pending, key=lambda i: (deadline_of(pending[i]), i))
-        _deliver_pending({i: pending[i] for i in order}, outcome, sent, expire,
+        _deliver_pending({i: pending[i] for i in order}, outcome, sent, gone, expire,
                          adapter=adapter, retry=retry, limit=limit, sleep=sleep, say=say,
                          outcomes=outcomes, now_of=now_of, budget=budget, preempt=preempt,
                          group=group)
@@ -616,7 +646,7 @@ def process_batch(
         # marked even when the batch stops early: what was sent must not be sent again; but
         # only once its outcomes are written, or a restart would drop them as duplicates and
         # never report them
-        if sent and outcome.outcomes and write_outcomes is not None:
+        if outcome.outcomes and write_outcomes is not None:
             write_outcomes(outcome.outcomes)
         if sent or gone:
             dedupe.mark([*sent, *gone])
@@ -624,14 +654,16 @@ def process_batch(
 
 
 def _deliver_pending(pending: dict[int, Record], outcome: BatchOutcome,
-                     sent: list[SentId], expire: Callable[[int, Record], None], *,
+                     sent: list[SentId], gone: list[SentId],
+                     expire: Callable[[int, Record], None], *,
                      adapter: ChannelAdapter, retry: DeliveryRetryPolicy, limit: int | None,
                      sleep: Callable[[float], None], say: Callable[[str], None], outcomes: bool,
                      now_of: Callable[[], int], budget: Admitter | None,
                      preempt: Callable[[], bool] | None, group: str) -> None:
     """The admission loop of ``process_batch``: deliver or expire ``pending`` (deadline order).
 
-    ``pending`` maps batch index -> trigger; delivered and expired ones are removed from it.
+    ``pending`` maps batch index -> trigger; delivered, expired and refused ones are removed
+    from it. A refused one (``DeliveryRefused``) goes to ``gone``: marked, never tried again.
     """
     blocked: dict[str, float] = {}  # channel -> epoch ms its budget may admit again
     while pending:
@@ -658,6 +690,16 @@ def _deliver_pending(pending: dict[int, Record], outcome: BatchOutcome,
             except AdapterFailedError as exc:
                 outcome.error = exc
                 return
+            except DeliveryRefused as exc:
+                del pending[index]
+                progressed = True
+                gone.append(_sent_id(group, trigger))
+                outcome.failed += 1
+                say(f"refused for good: {describe_trigger(trigger)}: {exc}")
+                if outcomes:
+                    outcome.outcomes.append(build_outcome(trigger, FAILED, now_of()))
+                outcome.done(index)
+                continue
             del pending[index]
             progressed = True
             sent.append(_sent_id(group, trigger))
@@ -696,12 +738,14 @@ class TierStats:
     bad: int = 0
     skipped: int = 0
     """Triggers of other channels (not in ``--channels``): neither delivered nor marked."""
+    failed: int = 0
+    """Triggers the channel refused for good (``DeliveryRefused``): a FAILED outcome each."""
     lag: int | None = None
     """Committed records not yet handed over: end offsets minus committed offsets (read
     committed; before the first commit, minus the start position); None: not measured."""
 
 
-COUNTERS = ("delivered", "duplicates", "expired", "bad", "skipped")
+COUNTERS = ("delivered", "duplicates", "expired", "bad", "skipped", "failed")
 
 
 @dataclass
@@ -734,7 +778,7 @@ class SenderReport:
 
 
 def format_report(report: SenderReport, since: SenderReport | None = None) -> str:
-    """A small table: per tier delivered, rate, duplicates, expired, bad, skipped and lag.
+    """A small table: per tier delivered, rate, duplicates, expired, failed, bad, skipped, lag.
 
     Then, once something was delivered, expired or deduped, the delivery KPIs (``format_kpis``).
     ``skipped`` counts the triggers of other channels (``--channels``). The rate is triggers
@@ -746,7 +790,7 @@ def format_report(report: SenderReport, since: SenderReport | None = None) -> st
     if report.stopped:
         title += f" (stopped: {report.stopped})"
     lines = [title, f"{'tier':<6}{'delivered':>10}{'/s':>9}{'duplicates':>12}{'expired':>9}"
-                    f"{'bad':>6}{'skipped':>9}{'lag':>9}"]
+                    f"{'failed':>8}{'bad':>6}{'skipped':>9}{'lag':>9}"]
     rows = [(tier, stats, since.tiers[tier] if since else TierStats())
             for tier, stats in report.tiers.items()]
     total = TierStats(*(report.total(c) for c in COUNTERS))
@@ -757,7 +801,8 @@ def format_report(report: SenderReport, since: SenderReport | None = None) -> st
         rate = (stats.delivered - before.delivered) / span if span > 0 else 0.0
         lag = "-" if stats.lag is None else f"{stats.lag:,}"
         lines.append(f"{tier:<6}{stats.delivered:>10,}{rate:>9.1f}{stats.duplicates:>12,}"
-                     f"{stats.expired:>9,}{stats.bad:>6,}{stats.skipped:>9,}{lag:>9}")
+                     f"{stats.expired:>9,}{stats.failed:>8,}{stats.bad:>6,}{stats.skipped:>9,}"
+                     f"{lag:>9}")
     if total.delivered or total.expired or total.duplicates or report.kpis.utilisation:
         lines.append(format_kpis(report.kpis))
     return "\n".join(lines)
@@ -803,7 +848,8 @@ class SenderOptions:
     bad_records: str = "dead-letter"
     """dead-letter: write undecodable records to the dead-letter topic; skip: count and log."""
     outcomes: bool = True
-    """Write a DELIVERED CampaignOutcome to the outcomes topic for every trigger delivered."""
+    """Write a CampaignOutcome to the outcomes topic for every trigger delivered (DELIVERED),
+    expired (EXPIRED) or refused for good (FAILED)."""
     fetch_wait_ms: int = 1000
     """How long to wait for a higher tier's known backlog to arrive before serving a lower one."""
     session_timeout_s: float = 45.0
@@ -913,8 +959,9 @@ _FLAGS: tuple[tuple[str, str | None, str, type, tuple[str, ...], str], ...] = (
     ("--bad-records", None, "bad_records", str, BAD_RECORD_MODES,
      "undecodable records: write them to the dead-letter topic, or only count and log them"),
     ("--outcomes", None, "outcomes", bool, (),
-     "write a DELIVERED CampaignOutcome to the outcomes topic for every trigger delivered "
-     "(keyed by user id): journeys wait on and branch by outcomes (DELIVERED, OPENED, "
+     "write a CampaignOutcome to the outcomes topic for every trigger delivered (DELIVERED), "
+     "dropped unsent (EXPIRED) or refused by the channel (FAILED), keyed by user id: "
+     "journeys wait on and branch by outcomes (DELIVERED, OPENED, "
      "CLICKED, ...); a real channel sender would also report OPENED, CLICKED, ... from its "
      "provider's webhooks. --no-outcomes: when something else reports deliveries"),
     ("--session-timeout", "SECONDS", "session_timeout_s", float, (),
@@ -1737,11 +1784,12 @@ def run_sender(
     """Deliver triggers from the four tier topics to ``adapter`` until told to stop.
 
     The sender is one member of the consumer group ``options.group``: it delivers the triggers
-    of the partitions the group assigns it, and writes a DELIVERED CampaignOutcome for each to
-    ``cfg.outcomes_topic`` (unless ``options.outcomes`` is off). Stops on SIGINT/SIGTERM (when
-    called in the main thread), when ``stop`` is set, after ``options.max_triggers`` deliveries,
-    or once it had nothing to hand over for ``options.until_idle_s`` and the group has no lag
-    left on the tier topics. Prints a report every ``options.report_every_s`` and at the end.
+    of the partitions the group assigns it, and writes a CampaignOutcome for each to
+    ``cfg.outcomes_topic`` (DELIVERED, EXPIRED or FAILED; unless ``options.outcomes`` is off).
+    Stops on SIGINT/SIGTERM (when called in the main thread), when ``stop`` is set, after
+    ``options.max_triggers`` deliveries, or once it had nothing to hand over for
+    ``options.until_idle_s`` and the group has no lag left on the tier topics. Prints a report
+    every ``options.report_every_s`` and at the end.
 
     Args:
         cfg: Kafka, Redis and topic names.

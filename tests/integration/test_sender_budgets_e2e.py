@@ -155,7 +155,9 @@ def test_three_senders_share_an_sms_budget_by_priority_and_deadline(isolated_cfg
     for n in survivors:
         assert procs[n].returncode == 0, texts[n][-3000:]
         assert "(stopped: idle)" in texts[n], texts[n][-3000:]
-        assert "delivery KPIs" in texts[n] and "P0/SMS" in texts[n], texts[n][-3000:]
+        # the table's rows per tier; a survivor holds only some partitions of each tier topic
+        # (the group balances partitions over all four topics), so it may have sent no P0 SMS
+        assert "delivery KPIs" in texts[n] and "P0/*" in texts[n], texts[n][-3000:]
 
     per_sender = [events(text) for text in texts]
     handled = Counter(e[1] for evs in per_sender for e in evs)

@@ -154,13 +154,18 @@ def test_drains_a_transactional_backlog_in_priority_order_exactly_once(isolated_
     assert [(name, r["raw"], r["source_topic"], r["key"]) for _, name, r in letters] == [
         ("DeadLetter", GARBAGE, cfg.trigger_topic("P2"), b"u-broken")]
 
-    # one DELIVERED outcome per delivered trigger, keyed by its user, at the sender's clock
-    outcomes = read_topic(cfg, cfg.outcomes_topic, expected=len(delivered))
-    assert sorted(r["trigger_id"] for _, _, r in outcomes) == sorted(delivered)
-    assert {(name, r["outcome"], r["event_time"]) for _, name, r in outcomes} == {
-        ("CampaignOutcome", "DELIVERED", NOW)}
+    # one DELIVERED outcome per delivered trigger and one EXPIRED per expired one, keyed by its
+    # user, at the sender's clock
+    expired = len(EXPIRED) * len(TIERS)
+    outcomes = read_topic(cfg, cfg.outcomes_topic, expected=len(delivered) + expired)
+    by_kind = {kind: sorted(r["trigger_id"] for _, _, r in outcomes if r["outcome"] == kind)
+               for kind in ("DELIVERED", "EXPIRED")}
+    assert by_kind["DELIVERED"] == sorted(delivered)
+    assert len(by_kind["EXPIRED"]) == expired == len(set(by_kind["EXPIRED"]))
+    assert not set(by_kind["EXPIRED"]) & set(delivered)
+    assert {(name, r["event_time"]) for _, name, r in outcomes} == {("CampaignOutcome", NOW)}
     assert all(key == r["user_id"].encode() for key, _, r in outcomes)
-    assert len({r["outcome_id"] for _, _, r in outcomes}) == len(delivered)
+    assert len({r["outcome_id"] for _, _, r in outcomes}) == len(delivered) + expired
 
     # the group committed everything: a restart delivers nothing
     again = RecordingAdapter()

@@ -575,7 +575,7 @@ BYTE_EXACT = [
             "currency": "EUR",
             "attribution_rule": None,
         },
-        "c30118c5e979daf3f150"  # marker, fingerprint
+        "c301c26b3d2d924dab39"  # marker, fingerprint
         "046f31"  # outcome_id "o1"
         "02047431"  # trigger_id: branch 1, "t1"
         "047531046331"  # user_id "u1", campaign_id "c1"

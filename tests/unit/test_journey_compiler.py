@@ -243,7 +243,8 @@ def test_reentry_split_exit_and_nested_conditions():
       "j1; did you mean 'email'?")),
     (edit(I_BOUGHT, condition={"outcome": {"node": "email", "is": "opened"}}),
      ("nodes[4].condition.outcome.is", "unknown outcome 'opened': allowed: DELIVERED, OPENED, "
-      "CLICKED, CONVERTED, BOUNCED, UNSUBSCRIBED, COMPLAINED; did you mean 'OPENED'?")),
+      "CLICKED, CONVERTED, BOUNCED, UNSUBSCRIBED, COMPLAINED, EXPIRED, FAILED; did you mean "
+      "'OPENED'?")),
     # sends
     (with_nodes({**START, "next": "w"}, {"id": "w", "wait": {"for": "1h"}, "next": "done"}, DONE),
      ("nodes", "journey j1 sends nothing: add a send or sync_audience node")),

@@ -25,7 +25,7 @@ HISTORY_NAME = re.compile(r"^(?P<name>\w+)\.v(?P<version>\d+)\.avsc$")
 # Fingerprint (CRC-64-AVRO, little-endian hex) of every published version. Consumers in other
 # teams resolve writer schemas by these bytes, so a published version must never change.
 PUBLISHED: dict[str, dict[int, str]] = {
-    "CampaignOutcome": {1: "f7aa6f45ef4f824a", 2: "18c5e979daf3f150"},
+    "CampaignOutcome": {1: "f7aa6f45ef4f824a", 2: "18c5e979daf3f150", 3: "c26b3d2d924dab39"},
     "ClickEvent": {1: "d324c6a4f6786683", 2: "dd7d54cb4ffe2ce0"},
     "DeadLetter": {1: "9c64a23c2463eb5d", 2: "b10e46f70854f354"},
     "DefinitionUpdate": {1: "f9a64839cb5fbfb2", 2: "78aefd9a7c597044", 3: "48451a8b419aa2ca"},

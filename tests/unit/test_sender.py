@@ -20,6 +20,7 @@ from jobs.sender.sender import (
     AdapterFailedError,
     AdapterLoadError,
     ConsoleAdapter,
+    DeliveryRefused,
     DeliveryRetryPolicy,
     MemoryDedupe,
     RedisDedupe,
@@ -263,14 +264,15 @@ def test_send_with_retry_without_retries_fails_at_once():
 # --- DELIVERED outcomes -------------------------------------------------------------------------
 
 
-def delivered(trigger_id, at=NOW, user_id="u-1", campaign_id="c-1", channel="EMAIL"):
-    return {"outcome_id": derive_outcome_id(trigger_id, channel, "DELIVERED"),
+def delivered(trigger_id, at=NOW, user_id="u-1", campaign_id="c-1", channel="EMAIL",
+              what="DELIVERED"):
+    return {"outcome_id": derive_outcome_id(trigger_id, channel, what),
             "trigger_id": trigger_id, "user_id": user_id, "campaign_id": campaign_id,
-            "channel": channel, "outcome": "DELIVERED", "event_time": at, "revenue": None,
+            "channel": channel, "outcome": what, "event_time": at, "revenue": None,
             "currency": None, "attribution_rule": None}
 
 
-def test_each_delivered_trigger_gets_one_delivered_outcome_and_nothing_else_does():
+def test_each_delivered_or_expired_trigger_gets_one_outcome_and_nothing_else_does():
     dedupe = MemoryDedupe()
     dedupe.mark(sent_ids("sent-before"))
     batch = [
@@ -287,8 +289,40 @@ def test_each_delivered_trigger_gets_one_delivered_outcome_and_nothing_else_does
                             group=GROUP, channels=("EMAIL",), say=quiet)
     assert (outcome.delivered, outcome.skipped, outcome.expired, outcome.duplicates,
             outcome.bad) == (2, 1, 1, 2, 2)
-    assert outcome.outcomes == [delivered("t1", user_id="ann", campaign_id="welcome"),
+    assert outcome.outcomes == [delivered("old", what="EXPIRED"),
+                                delivered("t1", user_id="ann", campaign_id="welcome"),
                                 delivered("t2", user_id="bob", campaign_id="cart")]
+    for value in outcome.outcomes:  # EXPIRED is a CampaignOutcome (version 3)
+        assert CODEC.decode(CODEC.encode("CampaignOutcome", value)) == value
+
+
+class Refusing(Recorder):
+    """Refuses one trigger for good (an invalid address), delivers the rest."""
+
+    def send(self, trigger):
+        if trigger["trigger_id"] == "bad-address":
+            raise DeliveryRefused("no such mailbox")
+        super().send(trigger)
+
+
+def test_a_trigger_the_channel_refuses_for_good_gets_a_failed_outcome_and_the_batch_goes_on():
+    dedupe = MemoryDedupe()
+    batch = [encoded(make_trigger("t1"), 0), encoded(make_trigger("bad-address"), 1),
+             encoded(make_trigger("t2"), 2)]
+    adapter = Refusing()
+    lines = []
+    outcome = process_batch(batch, codec=CODEC, dedupe=dedupe, adapter=adapter, now_ms=NOW,
+                            group=GROUP, say=lines.append, retry=DeliveryRetryPolicy(3, 0.0))
+    assert adapter.sent == ["t1", "t2"]  # not retried, and the rest delivered
+    assert (outcome.delivered, outcome.failed, outcome.error) == (2, 1, None)
+    assert outcome.outcomes == [delivered("t1"), delivered("bad-address", what="FAILED"),
+                                delivered("t2")]
+    assert sorted(outcome.handled_at) == [0, 1, 2]
+    assert any("refused for good" in line and "no such mailbox" in line for line in lines)
+    # recorded like a delivery: the group does not try it again
+    again = process_batch([encoded(make_trigger("bad-address"), 3)], codec=CODEC, dedupe=dedupe,
+                          adapter=adapter, now_ms=NOW, group=GROUP, say=quiet)
+    assert (again.duplicates, again.failed) == (1, 0)
 
 
 def test_a_delivered_outcome_is_a_valid_campaign_outcome():
@@ -556,17 +590,17 @@ def test_unknown_channels_are_refused(channels, message):
 def test_final_report_has_rates_totals_and_lag():
     report = SenderReport(elapsed_s=10.0, stopped="idle")
     report.tiers["P0"] = TierStats(delivered=100, duplicates=3, expired=2, bad=1, skipped=4,
-                                   lag=0)
+                                   failed=5, lag=0)
     report.tiers["P3"] = TierStats(delivered=50, lag=7)
     for tier in ("P1", "P2"):
         report.tiers[tier].lag = 0
     lines = format_report(report).splitlines()
     assert lines[0] == "sender after 10.0 s (stopped: idle)"
-    assert lines[1].split() == ["tier", "delivered", "/s", "duplicates", "expired", "bad",
-                                "skipped", "lag"]
-    assert lines[2].split() == ["P0", "100", "10.0", "3", "2", "1", "4", "0"]
-    assert lines[5].split() == ["P3", "50", "5.0", "0", "0", "0", "0", "7"]
-    assert lines[6].split() == ["all", "150", "15.0", "3", "2", "1", "4", "7"]
+    assert lines[1].split() == ["tier", "delivered", "/s", "duplicates", "expired", "failed",
+                                "bad", "skipped", "lag"]
+    assert lines[2].split() == ["P0", "100", "10.0", "3", "2", "5", "1", "4", "0"]
+    assert lines[5].split() == ["P3", "50", "5.0", "0", "0", "0", "0", "0", "7"]
+    assert lines[6].split() == ["all", "150", "15.0", "3", "2", "5", "1", "4", "7"]
 
 
 def test_periodic_report_rates_count_since_the_previous_report():
@@ -578,7 +612,7 @@ def test_periodic_report_rates_count_since_the_previous_report():
     assert before.tiers["P1"].delivered == 1000  # the snapshot is independent
     lines = format_report(now, before).splitlines()
     assert lines[0] == "sender after 12.0 s"
-    assert lines[3].split() == ["P1", "1,300", "150.0", "0", "0", "0", "0", "-"]
+    assert lines[3].split() == ["P1", "1,300", "150.0", "0", "0", "0", "0", "0", "-"]
     assert lines[6].split()[:3] == ["all", "1,300", "150.0"] and lines[6].split()[-1] == "-"
 
 
@@ -1299,9 +1333,12 @@ def test_the_loop_writes_a_delivered_outcome_per_delivery_before_committing(monk
     assert producer.conf["acks"] == "all" and producer.conf["enable.idempotence"] is True
     written = [(topic, key, CODEC.decode(value, expect="CampaignOutcome"))
                for topic, key, value in producer.written]
+    # the expired trigger's EXPIRED outcome first (dropped as its batch was handed over), then
+    # one DELIVERED per delivery
     assert [(topic, key, o["trigger_id"], o["outcome"]) for topic, key, o in written] == \
+        [("outcomes", b"u-4", "p1-4", "EXPIRED")] + \
         [("outcomes", f"u-{t[3:]}".encode(), t, "DELIVERED") for t in adapter.sent]
-    assert [o for _, _, o in written] == [
+    assert [o for _, _, o in written[1:]] == [
         delivered(t, user_id=f"u-{t[3:]}") for t in adapter.sent]
     # one flush per batch, each before that batch's offsets were committed
     assert producer.flushes[0] == {} and producer.flushes[1] == {("triggers-p1", 0): 10}

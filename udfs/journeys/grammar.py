@@ -30,7 +30,8 @@ NODE_KINDS = ("entry", "send", "sync_audience", "wait", "condition", "split", "e
 #: what an instance may start again after it ended: never, after a cool-down, or at once
 REENTRY = ("never", "after", "always")
 #: what a condition may ask of an earlier send's outcomes (CampaignOutcome.outcome)
-OUTCOMES = ("DELIVERED", "OPENED", "CLICKED", "CONVERTED", "BOUNCED", "UNSUBSCRIBED", "COMPLAINED")
+OUTCOMES = ("DELIVERED", "OPENED", "CLICKED", "CONVERTED", "BOUNCED", "UNSUBSCRIBED", "COMPLAINED",
+            "EXPIRED", "FAILED")
 #: the template id of an audience sync trigger (the audience is in the payload)
 AUDIENCE_TEMPLATE = "audience-sync"
 
