@@ -27,7 +27,7 @@ from udfs.definitions.diagnostics import (
     format_errors,
     suggest,
 )
-from udfs.definitions.yaml_source import read_yaml
+from udfs.definitions.yaml_source import decode_utf8, read_yaml
 from udfs.journeys.compiler import JourneyCompiler
 from udfs.journeys.grammar import Journey
 from udfs.journeys.updates import journey_to_update
@@ -134,9 +134,14 @@ def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = 
     for path in _expand(paths):
         file = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            errors.append(DefinitionError(file, "", f"cannot read file: {exc}"))
+            raw = path.read_bytes()
+        except OSError as exc:
+            errors.append(DefinitionError(file, "", f"cannot read file: {exc.strerror or exc}; "
+                                          "check the path and its permissions"))
+            continue
+        text, decode_errors = decode_utf8(raw, file)
+        errors.extend(decode_errors)
+        if text is None:
             continue
         data, lines, yaml_errors = read_yaml(text, file)
         errors.extend(yaml_errors)
