@@ -150,3 +150,88 @@ def test_every_duration_field_is_bounded(tmp_path: Path, source, path, condition
     assert [(e.path, e.message) for e in errors] == [(path, (
         "bad duration '400000000d': at most 36500d (100 years); a time plus a longer one does "
         "not fit a timestamp"))]
+
+
+# (b) ids shared across kinds, with the shipped catalog too
+
+CAMPAIGN = """kind: campaign
+id: {id}
+version: {version}
+description: A test campaign.
+trigger: {{segment_enter: {segment}}}
+channels: [EMAIL]
+template: t
+priority: {{urgency: 0.5, expected_roi: 10, brand_significance: 0.5}}
+"""
+
+
+def test_an_id_shared_with_a_shipped_definition_of_another_kind_is_an_error(
+        tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CAMPAIGN.format(id="cart-abandoners", version=1, segment="inactive-30d"))
+    code, text = validate_command([path])
+    assert code == 1
+    assert text == (
+        f"{path}:id: id 'cart-abandoners' is a campaign here and a shipped segment in "
+        f"{SEGMENT_CATALOG_DIR / 'cart-abandoners.yaml'}: every kind shares the control topic's "
+        "keys (compacted: one definition per id), so one would replace the other; rename one\n"
+        "1 error(s) in 1 of 1 file(s)")
+
+
+# references and ids against the control topic (--against-topic), the topic given as data
+
+def _published(*updates):
+    return {u["definition_id"]: u for u in updates}
+
+
+def _segment_update(segment_id: str, version: int = 1):
+    from udfs.segments.compiler import parse_segment
+    from udfs.segments.updates import segment_to_update
+
+    segment = parse_segment({"id": segment_id, "version": version, "description": "d",
+                             "condition": {"inactive": {"for": "7d"}}})
+    return segment_to_update(segment, 0, "test")
+
+
+def test_a_campaign_may_name_a_segment_published_on_the_topic(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CAMPAIGN.format(id="vip-email", version=1, segment="vips"))
+    code, text = validate_command([path])
+    assert code == 1 and "campaign vip-email names segment 'vips', which is not defined" in text
+    code, text = validate_command([path], _published(_segment_update("vips")))
+    assert (code, text) == (0, "ok: 0 segment(s), 1 campaign(s) in 1 file(s): vip-email v1")
+
+
+def test_a_segment_deleted_on_the_topic_cannot_be_named(tmp_path: Path) -> None:
+    from udfs.definitions.envelope import delete_update
+
+    path = tmp_path / "c.yaml"
+    path.write_text(CAMPAIGN.format(id="lapsed-email", version=1, segment="lapsed-purchasers"))
+    assert validate_command([path])[0] == 0
+    code, text = validate_command([path], _published(delete_update("lapsed-purchasers", 2, 0)))
+    assert (code, text) == (1, (
+        f"{path}: campaign lapsed-email names segment 'lapsed-purchasers', which is not "
+        "defined\n1 error(s) in 1 of 1 file(s)"))
+
+
+def test_an_id_held_by_another_kind_on_the_topic_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(CAMPAIGN.format(id="vips", version=1, segment="cart-abandoners"))
+    code, text = validate_command([path], _published(_segment_update("vips", 3)),
+                                  "nudgeflow.definitions")
+    assert (code, text) == (1, (
+        f"{path}:id: id 'vips' is a campaign here and a segment (v3) on nudgeflow.definitions: "
+        "every kind shares the control topic's keys (compacted: one definition per id), so one "
+        "would replace the other; rename one\n1 error(s) in 1 of 1 file(s)"))
+
+
+def test_a_version_the_topic_already_holds_with_other_content_is_an_error(
+        tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("id: vips\nversion: 2\ndescription: d\ncondition: {inactive: {for: 30d}}\n")
+    code, text = validate_command([path], _published(_segment_update("vips", 2)))
+    assert (code, text) == (1, (
+        f"{path}:version: v2 cannot be published: v2 is already on the control topic (UPSERT) "
+        "with other content; set version to 3 or higher\n1 error(s) in 1 of 1 file(s)"))
+    path.write_text("id: vips\nversion: 2\ndescription: d\ncondition: {inactive: {for: 7d}}\n")
+    assert validate_command([path], _published(_segment_update("vips", 2)))[0] == 0
