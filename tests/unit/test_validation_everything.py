@@ -235,3 +235,60 @@ def test_a_version_the_topic_already_holds_with_other_content_is_an_error(
         "with other content; set version to 3 or higher\n1 error(s) in 1 of 1 file(s)"))
     path.write_text("id: vips\nversion: 2\ndescription: d\ncondition: {inactive: {for: 7d}}\n")
     assert validate_command([path], _published(_segment_update("vips", 2)))[0] == 0
+
+
+# the JSON Schema of the grammar, generated from the compilers' key lists
+
+def test_the_schema_takes_its_keys_from_the_grammar() -> None:
+    from udfs.campaigns.grammar import CAMPAIGN_KEYS, CHANNELS, REQUIRED_CAMPAIGN_KEYS
+    from udfs.catalog.schema import definition_schema
+    from udfs.journeys.grammar import JOURNEY_KEYS
+
+    defs = definition_schema()["$defs"]
+    assert list(defs["campaign"]["properties"]) == list(CAMPAIGN_KEYS)
+    assert defs["campaign"]["required"] == list(REQUIRED_CAMPAIGN_KEYS)
+    assert list(defs["journey"]["properties"]) == list(JOURNEY_KEYS)
+    assert defs["channels"]["items"] == {"enum": list(CHANNELS)}
+    assert set(defs) >= {"segment", "campaign", "journey", "priority", "currency_rates"}
+
+
+def _schema_errors(document):
+    """Where a document breaks the schema: jsonschema when installed, else a key check."""
+    from udfs.catalog.schema import definition_schema
+
+    schema = definition_schema()
+    try:
+        import jsonschema
+    except ImportError:  # a tiny structural check: the top-level keys of the kind
+        kind = document.get("kind", "segment")
+        allowed = schema["$defs"][kind]["properties"]
+        return sorted(set(document) - set(allowed))
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    return sorted(e.message for e in validator.iter_errors(document))
+
+
+CATALOG_FILES = sorted(Path(SEGMENT_CATALOG_DIR).parent.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CATALOG_FILES, ids=[p.stem for p in CATALOG_FILES])
+def test_every_shipped_file_matches_the_schema(path: Path) -> None:
+    assert _schema_errors(yaml.safe_load(path.read_text())) == []
+
+
+def test_the_schema_refuses_an_unknown_key_and_a_missing_one() -> None:
+    doc = yaml.safe_load((CAMPAIGN_CATALOG_DIR / "cart-abandonment-email.yaml").read_text())
+    doc["chanels"] = doc.pop("channels")
+    assert _schema_errors(doc) == [
+        "'channels' is a required property",
+        "Additional properties are not allowed ('chanels' was unexpected)"]
+
+
+def test_defs_schema_prints_the_schema(capsys) -> None:
+    import json
+
+    from jobs.cli.main import main
+    from udfs.catalog.schema import definition_schema
+
+    assert main(["defs", "schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == definition_schema()
