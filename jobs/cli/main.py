@@ -5,7 +5,7 @@ Subcommands:
   run       run the job: on the stack's Flink cluster (default) or in-process (--local)
   jobs      list, cancel or stop (with a savepoint) the jobs on the Flink cluster
   generate  write a seeded synthetic workload (users, clicks) to Kafka
-  defs      validate, publish, delete and list definitions (segments, campaigns, priority policy)
+  defs      validate, publish, delete and list definitions; schema: JSON Schema of the YAML
   segments  sizes: live segment sizes and when each changed; members ID: a segment's users
   journeys  show FILE: a journey as a picture (PNG) and Graphviz DOT, with live counts
             (--metrics)
@@ -257,14 +257,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_defs(args: argparse.Namespace) -> int:
-    """``nudgeflow defs validate|publish|delete|list``."""
+    """``nudgeflow defs validate|publish|delete|list|schema``."""
     from jobs.cli import defs
     from udfs.catalog.files import validate_command
 
+    if args.action == "schema":
+        import json
+
+        from udfs.catalog.schema import definition_schema
+
+        print(json.dumps(definition_schema(), indent=2), flush=True)
+        return 0
     if args.action == "validate":
         if not args.targets:
             return _fail("name the YAML files or directories to validate")
-        code, text = validate_command(args.targets)
+        if args.against_topic:
+            cfg = config_from_args(args)
+            published = defs.published_updates(cfg)
+            code, text = validate_command(args.targets, published, cfg.definitions_topic)
+        else:
+            code, text = validate_command(args.targets)
         print(text, file=sys.stdout if code == 0 else sys.stderr, flush=True)
         return code
     cfg = config_from_args(args)
@@ -562,10 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen_p.set_defaults(func=cmd_generate)
 
     defs_p = sub.add_parser("defs", help="validate, publish, delete and list definitions "
-                            "(YAML: segments, campaigns, priority policy)")
-    defs_p.add_argument("action", choices=["validate", "publish", "delete", "list"])
+                            "(YAML: segments, campaigns, journeys, priority policy, currency "
+                            "rates); schema: the JSON Schema of the YAML, for editors")
+    defs_p.add_argument("action", choices=["validate", "publish", "delete", "list", "schema"])
     defs_p.add_argument("targets", nargs="*", help="validate/publish: YAML files or "
                         "directories; delete: definition ids")
+    defs_p.add_argument("--against-topic", action="store_true",
+                        help="validate: also check ids, versions and segment references against "
+                        "the definitions control topic (needs Kafka)")
     defs_p.add_argument("--by", default=os.environ.get("USER"),
                         help="publish/delete: who publishes (recorded in the update)")
     add_config_arguments(defs_p)

@@ -142,7 +142,7 @@ def test_an_id_used_by_two_kinds_is_an_error(tmp_path):
         "trigger: {segment_enter: dup}\nchannels: [EMAIL]\ntemplate: t\n"
         "priority: {urgency: 0.5, expected_roi: 10, brand_significance: 0.5}\n")
     _, errors = validate_files([tmp_path])
-    assert any("duplicate id 'dup'" in e.message for e in errors)
+    assert any("id 'dup' is a campaign here and a segment in" in e.message for e in errors)
 
 
 def test_errors_carry_line_numbers(tmp_path):

@@ -71,5 +71,6 @@ def test_an_id_shared_across_kinds_is_an_error(tmp_path: Path) -> None:
     campaign.write_text(CAMPAIGN.format(id="high-value-cart"))
     [(name, field, message, _)] = _messages([segment, campaign])
     assert (name, field) == ("b-campaign.yaml", "id")
-    assert message == (f"duplicate id 'high-value-cart': already defined in {segment}; ids "
-                       "must be unique across segments, campaigns, journeys and the policy")
+    assert message == (f"id 'high-value-cart' is a campaign here and a segment in {segment}: "
+                       "every kind shares the control topic's keys (compacted: one definition "
+                       "per id), so one would replace the other; rename one")

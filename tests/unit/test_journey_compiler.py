@@ -514,9 +514,9 @@ def test_a_journey_id_used_by_a_campaign_is_an_error(tmp_path: Path):
     (tmp_path / "b.yaml").write_text(CHAIN)
     _, errors = validate_files([tmp_path], ["cart-abandoners"])
     assert [(Path(e.file).name, e.path, e.message) for e in errors] == [(
-        "b.yaml", "id", f"duplicate id 'cart-abandonment-chain': already defined in "
-        f"{tmp_path / 'a.yaml'}; ids must be unique across segments, campaigns, journeys and "
-        "the policy")]
+        "b.yaml", "id", "id 'cart-abandonment-chain' is a journey here and a campaign in "
+        f"{tmp_path / 'a.yaml'}: every kind shares the control topic's keys (compacted: one "
+        "definition per id), so one would replace the other; rename one")]
 
 
 def test_an_unknown_kind_is_named_not_read_as_a_segment(tmp_path: Path):

@@ -12,7 +12,7 @@ and what ``nudgeflow defs validate`` prints. State: none.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,16 @@ from udfs.definitions.diagnostics import (
     format_errors,
     suggest,
 )
-from udfs.definitions.yaml_source import read_yaml
+from udfs.definitions.envelope import (
+    CAMPAIGN_KIND,
+    DELETE,
+    JOURNEY_KIND,
+    POLICY_KIND,
+    RATES_KIND,
+    ROI_KIND,
+    SEGMENT_KIND,
+)
+from udfs.definitions.yaml_source import decode_utf8, read_yaml
 from udfs.journeys.compiler import JourneyCompiler
 from udfs.journeys.grammar import Journey
 from udfs.journeys.updates import journey_to_update
@@ -50,6 +59,10 @@ POLICY_FILE = _CATALOG / "priority-policy.yaml"
 RATES_FILE = _CATALOG / "currency-rates.yaml"
 #: the ``kind`` values a document may have (a segment document has no ``kind``)
 DOCUMENT_KINDS = ("campaign", "journey", "priority", "currency_rates")
+#: each DefinitionKind as messages name it
+KIND_WORDS = {SEGMENT_KIND: "segment", CAMPAIGN_KIND: "campaign", JOURNEY_KIND: "journey",
+              POLICY_KIND: "priority policy", RATES_KIND: "currency rate table",
+              ROI_KIND: "measured ROI"}
 
 
 @dataclass
@@ -76,6 +89,14 @@ class DefinitionSet:
     def all(self) -> list[Any]:
         """Every definition: segments, campaigns, journeys, the policy, then the rate table."""
         return [*self.segments, *self.campaigns, *self.journeys, *self.policies, *self.rates]
+
+    def kinds(self) -> list[tuple[str, Any]]:
+        """Every definition with its DefinitionKind symbol, in the order of ``all``."""
+        return [*((SEGMENT_KIND, d) for d in self.segments),
+                *((CAMPAIGN_KIND, d) for d in self.campaigns),
+                *((JOURNEY_KIND, d) for d in self.journeys),
+                *((POLICY_KIND, d) for d in self.policies),
+                *((RATES_KIND, d) for d in self.rates)]
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
@@ -134,9 +155,14 @@ def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = 
     for path in _expand(paths):
         file = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            errors.append(DefinitionError(file, "", f"cannot read file: {exc}"))
+            raw = path.read_bytes()
+        except OSError as exc:
+            errors.append(DefinitionError(file, "", f"cannot read file: {exc.strerror or exc}; "
+                                          "check the path and its permissions"))
+            continue
+        text, decode_errors = decode_utf8(raw, file)
+        errors.extend(decode_errors)
+        if text is None:
             continue
         data, lines, yaml_errors = read_yaml(text, file)
         errors.extend(yaml_errors)
@@ -173,13 +199,19 @@ def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = 
         errors.extend(compiler.errors)
     found.segments, segment_errors = validate_documents(segment_docs, segment_lines)
     errors.extend(segment_errors)
-    for definition in found.all():
-        if definition.id in first_seen:
+    first_kind: dict[str, str] = {}
+    for kind, definition in found.kinds():
+        if definition.id in first_seen and first_kind[definition.id] != kind:
+            errors.append(DefinitionError(definition.source, "id", _shared_key(
+                definition.id, kind, f"a {KIND_WORDS[first_kind[definition.id]]} in "
+                f"{first_seen[definition.id]}")))
+        elif definition.id in first_seen:
             errors.append(DefinitionError(definition.source, "id", f"duplicate id "
                           f"{definition.id!r}: already defined in {first_seen[definition.id]}; "
                           "ids must be unique across segments, campaigns, journeys and the "
                           "policy"))
         first_seen.setdefault(definition.id, definition.source)
+        first_kind.setdefault(definition.id, kind)
     defined = {s.id for s in found.segments} | set(known_segments)
     naming: list[tuple[str, Campaign | Journey]] = [
         *(("campaign", c) for c in found.campaigns), *(("journey", j) for j in found.journeys)]
@@ -194,6 +226,65 @@ def validate_files(paths: Iterable[str | Path], known_segments: Iterable[str] = 
         errors.append(DefinitionError(found.rates[1].source, "", "more than one currency rate "
                                       "table given; there is one table"))
     return found, errors
+
+
+def _shared_key(definition_id: str, kind: str, other: str) -> str:
+    return (f"id {definition_id!r} is a {KIND_WORDS[kind]} here and {other}: every kind shares "
+            "the control topic's keys (compacted: one definition per id), so one would replace "
+            "the other; rename one")
+
+
+def applied_segments(shipped: Iterable[str], published: Mapping[str, Mapping[str, Any]]
+                     ) -> set[str]:
+    """The segment ids a running job applies: the shipped ones and the topic's, less deletions.
+
+    Args:
+        shipped: Ids of the segments the job loads at start (the shipped catalog).
+        published: The latest DefinitionUpdate per id on the control topic
+            (``jobs.cli.defs.published_updates``).
+    """
+    held = set(shipped)
+    for definition_id, update in published.items():
+        if update["action"] == DELETE:
+            held.discard(definition_id)
+        elif update["kind"] == SEGMENT_KIND:
+            held.add(definition_id)
+    return held
+
+
+def check_against_published(found: DefinitionSet, published: Mapping[str, Mapping[str, Any]],
+                            topic: str = "the control topic") -> list[DefinitionError]:
+    """What publishing the files would break on the control topic (pure: the topic as data).
+
+    A file's id held on the topic by a definition of another kind is an error (they share the
+    compacted key space); so is a version at or below the topic's one unless it is the same
+    version with the same content (``defs publish`` would refuse it).
+
+    Args:
+        found: The definitions read from the files (``validate_files``).
+        published: The latest DefinitionUpdate per id on the control topic
+            (``jobs.cli.defs.published_updates``).
+        topic: The topic's name, for messages.
+
+    Returns:
+        One error per conflict, on the file's ``id`` or ``version``.
+    """
+    errors: list[DefinitionError] = []
+    for (kind, definition), update in zip(found.kinds(), found.updates(), strict=True):
+        held = published.get(definition.id)
+        if held is None:
+            continue
+        if held["kind"] != kind and held["action"] != DELETE:
+            errors.append(DefinitionError(definition.source, "id", _shared_key(
+                definition.id, kind, f"a {KIND_WORDS.get(held['kind'], held['kind'])} "
+                f"(v{held['version']}) on {topic}")))
+        elif update["version"] < held["version"] or (
+                update["version"] == held["version"] and update["checksum"] != held["checksum"]):
+            errors.append(DefinitionError(definition.source, "version", f"v{update['version']} "
+                          f"cannot be published: v{held['version']} is already on {topic} "
+                          f"({held['action']}) with other content; set version to "
+                          f"{held['version'] + 1} or higher"))
+    return errors
 
 
 def load_files(paths: Iterable[str | Path], known_segments: Iterable[str] = (),
@@ -235,13 +326,20 @@ def catalog_files(segments_dir: str = "", campaigns_dir: str = "") -> list[Path]
     return files
 
 
-def validate_command(paths: Sequence[str | Path]) -> tuple[int, str]:
+def validate_command(paths: Sequence[str | Path],
+                     published: Mapping[str, Mapping[str, Any]] | None = None,
+                     topic: str = "the control topic") -> tuple[int, str]:
     """What ``nudgeflow defs validate FILE...`` prints and its exit code (every kind).
 
-    Campaigns and journeys may name the segments of the shipped catalog.
+    Campaigns and journeys may name the segments of the shipped catalog, and, when
+    ``published`` is given, those the control topic holds (less those it deleted); the files'
+    ids and versions are then checked against it too (``check_against_published``).
 
     Args:
         paths: Files or directories given on the command line.
+        published: The latest DefinitionUpdate per id on the control topic
+            (``--against-topic``), or None to check the files alone.
+        topic: The topic's name, for messages.
 
     Returns:
         (0, a summary) when everything is valid, (1, the errors and a count) when not, (2, a
@@ -250,8 +348,21 @@ def validate_command(paths: Sequence[str | Path]) -> tuple[int, str]:
     if not paths:
         return 2, "nothing to validate: give definition YAML files or directories"
     files = _expand(paths)
-    known = [s.id for s in load_catalog().segments]
+    catalog = load_catalog()
+    known: Iterable[str] = [s.id for s in catalog.segments]
+    if published is not None:
+        known = applied_segments(known, published)
     found, errors = validate_files(files, known)
+    shipped = {d.id: (kind, d) for kind, d in catalog.kinds()}
+    for kind, definition in found.kinds():
+        # a shipped definition of another kind would share this id's key when both are live
+        other = shipped.get(definition.id)
+        if other is not None and other[0] != kind and \
+                (published is None or published.get(definition.id, {}).get("action") != DELETE):
+            errors.append(DefinitionError(definition.source, "id", _shared_key(
+                definition.id, kind, f"a shipped {KIND_WORDS[other[0]]} in {other[1].source}")))
+    if published is not None:
+        errors.extend(check_against_published(found, published, topic))
     if errors:
         return 1, (f"{format_errors(errors)}\n{len(errors)} error(s) in "
                    f"{len({e.file for e in errors})} of {len(files)} file(s)")

@@ -34,7 +34,7 @@ from udfs.definitions.diagnostics import (
     listing,
     suggest,
 )
-from udfs.definitions.durations import parse_duration
+from udfs.definitions.durations import MAX_DURATION_MS, parse_duration
 from udfs.definitions.envelope import check_identity
 from udfs.definitions.event_filter import (
     NUMERIC_WHERE_FIELDS,
@@ -120,8 +120,9 @@ class Compiler:
                 return parse_duration(data)
             except ValueError as exc:
                 if str(exc).startswith("duration too long"):
-                    self.error(path, f"bad duration {data!r}: at most 36500d (100 years); a "
-                                     "time plus a longer one does not fit a timestamp")
+                    days = MAX_DURATION_MS // 86_400_000
+                    self.error(path, f"bad duration {data!r}: at most {days}d ({days // 365} "
+                                     "years); a time plus a longer one does not fit a timestamp")
                     return None
         hint = ""
         if isinstance(data, int | float) and not isinstance(data, bool):
