@@ -9,7 +9,8 @@ by tier (P0 generous, P3 tight, so some P3 and P2 SMS cannot make theirs at 50/s
 its partitions move to the others after `--session-timeout`.
 
 Scaled down from the issue's 20,000 triggers to ``TRIGGERS`` (3,000, of which 600 SMS) so the
-test runs in about a minute here: the SMS budget, not the backlog size, sets the duration.
+test runs in about a minute in CI: the SMS budget, not the backlog size, sets the duration;
+``NUDGEFLOW_TEST_TRIGGERS=20000`` runs the issue's size.
 
 Checked: every trigger is delivered or expired (none lost); none is handled twice, except
 triggers of the killed sender's last batch (the documented at-least-once window); every P0 is
@@ -38,7 +39,9 @@ from udfs.stores import keys
 
 pytestmark = pytest.mark.integration
 
-TRIGGERS = 3000  # the issue asks for 20,000; scaled down to keep the test near a minute
+# the issue asks for 20,000; CI runs 3,000 to keep the test near a minute, and
+# NUDGEFLOW_TEST_TRIGGERS=20000 runs the full size by hand (about 2 minutes here)
+TRIGGERS = int(os.environ.get("NUDGEFLOW_TEST_TRIGGERS", "3000"))
 SMS_EVERY = 5  # one trigger in five is an SMS: 600
 BUDGET_PER_S, BURST = 50, 10
 BATCH = 20
