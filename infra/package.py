@@ -113,14 +113,15 @@ def archive_build(archive: Path) -> str:
 
 @dataclass(frozen=True)
 class SetupMetadata:
-    """The version and runtime requirements declared in setup.py (read, never executed)."""
+    """The version, Python range and runtime requirements of setup.py (read, never executed)."""
 
     version: str
+    python_requires: str
     install_requires: list[str]
 
 
 def setup_metadata(root: Path = REPO_DIR) -> SetupMetadata:
-    """setup.py's ``version=`` and ``INSTALL_REQUIRES``, parsed with ``ast``.
+    """setup.py's ``version=``, ``python_requires=`` and ``INSTALL_REQUIRES``, parsed with ``ast``.
 
     Parsed rather than imported: importing setup.py runs ``setup()``.
 
@@ -129,17 +130,20 @@ def setup_metadata(root: Path = REPO_DIR) -> SetupMetadata:
     """
     path = root / "setup.py"
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    version = requires = None
+    version = python = requires = None
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Name) and t.id == "INSTALL_REQUIRES" for t in node.targets):
             requires = ast.literal_eval(node.value)
         if isinstance(node, ast.keyword) and node.arg == "version":
             version = ast.literal_eval(node.value)
-    if not isinstance(version, str) or not isinstance(requires, list):
-        raise PackageError(f"{path}: expected a literal version=... and INSTALL_REQUIRES = "
-                           "[...] (the archive's version and the image's requirements)")
-    return SetupMetadata(version, [str(r) for r in requires])
+        if isinstance(node, ast.keyword) and node.arg == "python_requires":
+            python = ast.literal_eval(node.value)
+    if not (isinstance(version, str) and isinstance(python, str) and isinstance(requires, list)):
+        raise PackageError(f"{path}: expected literal version=..., python_requires=... and "
+                           "INSTALL_REQUIRES = [...] (the archive's version, the image's Python "
+                           "and its requirements)")
+    return SetupMetadata(version, python, [str(r) for r in requires])
 
 
 def package(out_dir: Path, root: Path = REPO_DIR) -> tuple[Path, Path]:
