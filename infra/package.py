@@ -29,6 +29,8 @@ from infra.paths import REPO_DIR
 PACKAGES = ("jobs", "udfs", "schemas", "infra", "models")
 #: sources and the data files the job reads (catalog YAML, Avro schemas, CQL, the model)
 SHIPPED_SUFFIXES = frozenset({".py", ".avsc", ".yaml", ".cql", ".onnx", ".json"})
+#: folders of those packages that only deploy the job (manifests, the CRD schema copy)
+NOT_SHIPPED = ("infra/k8s", "infra/docker")
 #: the manifest's name inside the archive (at its root, beside the packages)
 MANIFEST_NAME = "nudgeflow-manifest.json"
 # zip's earliest representable time: a fixed stamp keeps the bytes independent of file mtimes
@@ -42,7 +44,8 @@ class PackageError(RuntimeError):
 def archive_files(root: Path = REPO_DIR) -> list[tuple[str, Path]]:
     """The (archive name, file) pairs of the job archive, sorted by name.
 
-    Caches, Maven's ``target/`` output and files of other kinds (Java, Markdown, poms) stay out.
+    Caches, Maven's ``target/`` output, ``NOT_SHIPPED`` and files of other kinds (Java,
+    Markdown, poms) stay out.
 
     Raises:
         PackageError: a package folder is missing under ``root``.
@@ -55,9 +58,11 @@ def archive_files(root: Path = REPO_DIR) -> list[tuple[str, Path]]:
                                f"holding {', '.join(PACKAGES)}")
         for path in folder.rglob("*"):
             parts = path.relative_to(root).parts
+            name = path.relative_to(root).as_posix()
             if (path.is_file() and path.suffix in SHIPPED_SUFFIXES
-                    and "__pycache__" not in parts and "target" not in parts):
-                files.append((path.relative_to(root).as_posix(), path))
+                    and "__pycache__" not in parts and "target" not in parts
+                    and not name.startswith(tuple(f"{n}/" for n in NOT_SHIPPED))):
+                files.append((name, path))
     return sorted(files)
 
 

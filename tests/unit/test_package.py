@@ -86,6 +86,8 @@ def test_no_tests_caches_or_build_output(names):
     assert not [n for n in names if n.startswith("tests/")]
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if "/target/" in n or n.endswith((".jar", ".java"))]
+    # deployment files (manifests, the operator's CRD schema) are not the job's
+    assert not [n for n in names if n.startswith(("infra/k8s/", "infra/docker/"))]
 
 
 def test_two_builds_are_the_same_bytes_whatever_the_checkout_and_mtimes(archive, tmp_path):
