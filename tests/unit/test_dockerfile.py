@@ -112,6 +112,11 @@ def test_the_jars_are_the_poms_connector_and_project_jar(steps):
     ]
 
 
+def test_flink_python_is_on_the_cluster_classpath(steps):
+    runs = [args for kind, args in steps if kind == "RUN"]
+    assert "cp /opt/flink/opt/flink-python-*.jar /opt/flink/lib/" in runs
+
+
 def test_jars_are_resolved_the_way_infra_jars_resolves_them(steps):
     runs = [args for kind, args in steps if kind == "RUN" and "mvn " in args]
     assert len(runs) == 1
