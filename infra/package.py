@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
 import json
 import zipfile
 from collections.abc import Iterable
@@ -86,7 +87,7 @@ def build_job_archive(dest: Path, root: Path = REPO_DIR, version: str | None = N
         PackageError: a package folder is missing or setup.py cannot be read.
     """
     contents = [(name, path.read_bytes()) for name, path in archive_files(root)]
-    meta = manifest(contents, version or setup_metadata(root).version)
+    meta = manifest(contents, version or project_version(root))
     entries = [*contents, (MANIFEST_NAME, (json.dumps(meta, indent=1) + "\n").encode())]
     dest.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -149,6 +150,24 @@ def setup_metadata(root: Path = REPO_DIR) -> SetupMetadata:
                            "INSTALL_REQUIRES = [...] (the archive's version, the image's Python "
                            "and its requirements)")
     return SetupMetadata(version, python, [str(r) for r in requires])
+
+
+def project_version(root: Path = REPO_DIR) -> str:
+    """The version of setup.py in ``root``, or of the installed distribution without one.
+
+    An installed (not editable) nudgeflow has no setup.py beside its packages, and ``nudgeflow
+    run`` still builds the archive it ships from them.
+
+    Raises:
+        PackageError: neither a setup.py nor an installed distribution says.
+    """
+    if (root / "setup.py").is_file():
+        return setup_metadata(root).version
+    try:
+        return importlib.metadata.version("nudgeflow")
+    except importlib.metadata.PackageNotFoundError:
+        raise PackageError(f"no setup.py in {root} and nudgeflow is not installed: build the "
+                           "archive from a checkout") from None
 
 
 def package(out_dir: Path, root: Path = REPO_DIR) -> tuple[Path, Path]:

@@ -136,3 +136,13 @@ def test_nudgeflow_package_writes_archive_and_requirements(tmp_path, capsys):
 def test_a_checkout_without_a_package_is_refused_naming_it(tmp_path):
     with pytest.raises(package.PackageError, match="jobs is missing"):
         package.archive_files(tmp_path)
+
+
+def test_an_installed_copy_without_setup_py_takes_the_distributions_version(tmp_path,
+                                                                             monkeypatch):
+    for name in package.PACKAGES:
+        (tmp_path / name).mkdir()
+    (tmp_path / "jobs" / "job.py").write_text("")
+    monkeypatch.setattr(package.importlib.metadata, "version", lambda name: "9.9.9")
+    archive = package.build_job_archive(tmp_path / "job.zip", root=tmp_path)
+    assert package.read_manifest(archive)["version"] == "9.9.9"
