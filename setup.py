@@ -22,15 +22,23 @@ INSTALL_REQUIRES = [
     "avro==1.12.2",
     "fastavro==1.13.1",
     "PyYAML==6.0.3",
-    # the benchmark report's plot (jobs/bench/report.py, Agg backend: no display needed)
-    "matplotlib==3.11.2",
-    # the benchmark's cost per stage: samples the job's embedded Python (jobs/bench/bench.py)
-    "py-spy==0.4.3",
     # the sender's delivery KPIs on --metrics-port (jobs/sender/kpis.py)
     "prometheus-client==0.26.0",
 ]
 
+# Not needed to run the job, so not in the image (infra/docker/Dockerfile installs
+# INSTALL_REQUIRES only): `pip install nudgeflow[bench]` where the benchmark runs or pictures are
+# drawn.
+BENCH_REQUIRES = [
+    # the benchmark report's plot (jobs/bench/report.py), `report --out` and `journeys show`
+    # (Agg backend: no display needed)
+    "matplotlib==3.11.2",
+    # the benchmark's cost per stage: samples the job's embedded Python (jobs/bench/bench.py)
+    "py-spy==0.4.3",
+]
+
 DEV_REQUIRES = [
+    *BENCH_REQUIRES,
     # training the churn model (models/train_churn.py) and building bad model files in tests;
     # serving needs only onnxruntime
     "scikit-learn==1.9.1",
@@ -66,6 +74,6 @@ setup(
         "udfs.journeys": ["*.md"],
     },
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": DEV_REQUIRES},
+    extras_require={"bench": BENCH_REQUIRES, "dev": DEV_REQUIRES},
     entry_points={"console_scripts": ["nudgeflow = jobs.cli.main:main"]},
 )

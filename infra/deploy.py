@@ -1,8 +1,8 @@
 """Submit the job to a Flink cluster with ``flink run``, shipping the job's Python packages.
 
 The packages (jobs, udfs, schemas, infra, models: code and data files) are zipped into one
-archive that ``flink run -pyfs`` ships to the cluster and puts on the Python path of the
-TaskManagers; the jars (Kafka connector, nudgeflow-flink) go with the job graph through
+archive (``infra.package``) that ``flink run -pyfs`` ships to the cluster and puts on the Python
+path of the TaskManagers; the jars (Kafka connector, nudgeflow-flink) go with the job graph through
 ``pipeline.jars``. The cluster's own configuration names its Python interpreter (see
 infra/servers/flink.py for the local one).
 """
@@ -17,45 +17,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from infra.paths import REPO_DIR, StackPaths
+from infra.package import archive_build, build_job_archive
+from infra.paths import StackPaths
 from infra.servers.flink import pyflink_home
-
-PACKAGES = ("jobs", "udfs", "schemas", "infra", "models")
-_SHIPPED_SUFFIXES = {".py", ".avsc", ".yaml", ".cql", ".onnx", ".json"}
 
 
 class DeployError(RuntimeError):
     """Submitting or watching the job failed; the message carries Flink's answer."""
 
 
-def build_job_archive(dest: Path | None = None, root: Path = REPO_DIR) -> Path:
-    """Zip the job's packages (sources and data files, no caches) for ``flink run -pyfs``."""
-    dest = dest or StackPaths.from_env().home / "deploy" / "nudgeflow-job.zip"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as archive:
-        for package in PACKAGES:
-            for path in sorted((root / package).rglob("*")):
-                if (
-                    path.is_file()
-                    and path.suffix in _SHIPPED_SUFFIXES
-                    and "__pycache__" not in path.parts
-                    and "target" not in path.parts
-                ):
-                    archive.write(path, path.relative_to(root).as_posix())
-    return dest
-
-
-def archive_build(archive: Path) -> str:
-    """The build id (``udfs.build.digest_files``) of the job code inside an archive."""
-    from udfs.build import digest_files
-
-    with zipfile.ZipFile(archive) as zipped:
-        return digest_files((name, zipped.read(name)) for name in zipped.namelist())
+def shipped_archive() -> Path:
+    """Build the job archive ``nudgeflow run`` ships (``infra.package``) under the home."""
+    return build_job_archive(StackPaths.from_env().home / "deploy" / "nudgeflow-job.zip")
 
 
 def refresh_local_taskmanager(build: str, say: Callable[[str], None] = print,
@@ -192,7 +169,7 @@ def submit(
     """
     from udfs.build import BUILD_ID_ENV
 
-    archive = build_job_archive()
+    archive = shipped_archive()
     build = archive_build(archive)
     if local_stack:
         refresh_local_taskmanager(build, rest_url=rest_url)

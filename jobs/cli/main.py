@@ -10,6 +10,8 @@ Subcommands:
   journeys  show FILE: a journey as a picture (PNG) and Graphviz DOT, with live counts
             (--metrics)
   jars      resolve the Java dependencies from Maven Central into the cache
+  package   build the job archive (code, catalog, churn model, manifest) for `flink run` and
+            the image
   sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
   sender-budgets  set, show or clear a sender group's per-channel send budgets (Redis)
   respond   a seeded simulated audience: opens, clicks, unsubscribes and purchases in answer
@@ -305,6 +307,20 @@ def cmd_jars(args: argparse.Namespace) -> int:
 
     for component in args.components or COMPONENTS:
         _say(f"{component}: {ensure_jars(component)}")
+    return 0
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    """``nudgeflow package [--out DIR]``: the job archive and its requirements file."""
+    from infra.package import package, read_manifest
+
+    archive, requirements = package(Path(args.out))
+    meta = read_manifest(archive)
+    _say(f"{archive}: nudgeflow {meta['version']}, build {meta['build'][:12]}, "
+         f"{len(meta['files'])} files")
+    _say(f"{requirements}: the runtime dependencies the image installs")
+    _say(f"ship it with: flink run -pym jobs.job -pyfs {archive} ...; or build the image: "
+         "docker build -f infra/docker/Dockerfile . (docs/operations.md)")
     return 0
 
 
@@ -627,6 +643,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"{', '.join(COMPONENTS)} (default: all)")
     jars_p.set_defaults(func=cmd_jars)
 
+    package_p = sub.add_parser("package", help="build the job archive (jobs, udfs with the "
+                               "catalog, schemas, the churn model, a manifest) for `flink run "
+                               "-pyfs` and the image")
+    package_p.add_argument("--out", default="dist", help="the directory to write "
+                           "nudgeflow-job-<version>.zip and requirements.txt to (default: dist)")
+    package_p.set_defaults(func=cmd_package)
+
     from jobs.sender.sender import add_sender_arguments
 
     sender_p = sub.add_parser("sender", help="deliver the trigger topics to a channel adapter, "
@@ -693,13 +716,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI turns known failures into one clear line
         from infra.deploy import DeployError
         from infra.jars import JarResolutionError
+        from infra.package import PackageError
         from infra.provision import ProvisionError
         from infra.stack import StackError
         from jobs.cli.defs import PublishError
         from udfs.definitions.diagnostics import DefinitionError
 
         if isinstance(exc, StackError | DeployError | ProvisionError | JarResolutionError |
-                      PublishError):
+                      PublishError | PackageError):
             return _fail(str(exc))
         if isinstance(exc, DefinitionError):
             return _fail(segments_errors(exc))

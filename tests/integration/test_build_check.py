@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 def test_a_job_of_another_build_fails_at_open_naming_both_builds(isolated_cfg):
     cfg = isolated_cfg
-    archive = deploy.build_job_archive()
+    archive = deploy.shipped_archive()
     cmd = deploy.flink_run_command(cfg.flink_rest_url, [
         *as_flags(cfg), "--starting-offsets", "earliest", *wiring.cluster_job_flags(cfg)],
         archive)

@@ -33,7 +33,7 @@ def test_another_build_fails_with_both_ids_and_what_to_do():
 
 
 def test_an_archive_and_its_checkout_have_the_same_build(tmp_path):
-    from infra.deploy import archive_build, build_job_archive
+    from infra.package import archive_build, build_job_archive
 
     archive = build_job_archive(tmp_path / "job.zip", root=build.ROOT)
     assert archive_build(archive) == build.source_digest(build.ROOT)
