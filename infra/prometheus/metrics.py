@@ -23,6 +23,8 @@ metrics, and every name ``rules.yml`` and the dashboard query against ``exported
 
 from __future__ import annotations
 
+import re
+
 OPERATOR_SCOPE = "flink_taskmanager_job_task_operator"
 """The reporter's prefix of a metric registered on an operator (Python metrics included)."""
 
@@ -113,3 +115,23 @@ def exported() -> frozenset[str]:
     names |= {f"{JOB_SCOPE}_{name}" for name in FLINK_JOB_METRICS}
     names |= {f"{JOBMANAGER_SCOPE}_{name}" for name in FLINK_JOBMANAGER_METRICS}
     return frozenset(names | set(SENDER_METRICS) | set(PROMETHEUS_METRICS))
+
+
+# a PromQL expression's parts that hold no metric name: strings (removed first: they may hold
+# braces), label matchers, ranges, Grafana variables, the label lists of by/without/on/...
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_NAMES = re.compile(r"\{[^}]*\}|\[[^\]]*\]|\$\w+"
+                        r"|\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+# an identifier not inside another (so no exponent of 1e3), with a "(" after it if a function
+_WORD = re.compile(r"(?<![\w.:])([A-Za-z_:][\w:]*)(\s*\()?")
+_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "inf", "nan"})
+
+
+def promql_names(expr: str) -> set[str]:
+    """The metric names (and recording-rule names, with a colon) a PromQL expression reads.
+
+    Not a parser: enough for the rules and dashboard here, which tests check against
+    ``exported()`` so that a typo or a renamed metric fails a test instead of a graph.
+    """
+    words = _WORD.finditer(_NOT_NAMES.sub(" ", _STRINGS.sub('""', expr)))
+    return {m[1] for m in words if not m[2] and m[1].lower() not in _KEYWORDS}
