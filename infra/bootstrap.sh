@@ -2,6 +2,7 @@
 # Install everything nudgeflow needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - Debian packages: redis-server, and Java 17 + Maven if they are missing;
 #   - a virtualenv at .venv with nudgeflow (editable) and its dev tools, pinned in setup.py;
+#   - promtool (the rules' tests run it) in .venv/bin, taken out of Debian's prometheus package;
 #   - the Java jars (Kafka, Cassandra, Flink Kafka connector + nudgeflow-flink) from Maven
 #     Central into $NUDGEFLOW_HOME/jars (default ~/.nudgeflow/jars).
 # Re-running it is cheap: everything already present is kept.
@@ -42,6 +43,20 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
     exit 1
   fi
   touch "$stamp"
+fi
+
+# promtool only: `apt-get download` fetches the .deb and dpkg-deb unpacks it in a temporary
+# directory, so the package is not installed and no Prometheus service is set up or started
+if ! command -v promtool >/dev/null && [ ! -x .venv/bin/promtool ]; then
+  say "extracting promtool from Debian's prometheus package into .venv/bin"
+  deb_dir=$(mktemp -d)
+  if ! (cd "$deb_dir" && apt-get download prometheus >/dev/null 2>&1); then
+    as_root apt-get update -qq
+    (cd "$deb_dir" && apt-get download prometheus >/dev/null 2>&1)
+  fi
+  dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/root"
+  install -m 0755 "$deb_dir/root/usr/bin/promtool" .venv/bin/promtool
+  rm -rf "$deb_dir"
 fi
 
 say "resolving jars (cached in ${NUDGEFLOW_HOME:-$HOME/.nudgeflow}/jars)"

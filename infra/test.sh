@@ -4,6 +4,8 @@
 # are not running and stopped again afterwards). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian packages, the venv, jars, and promtool in .venv/bin (tests/unit/test_prometheus_rules.py
+# runs `promtool test rules` and fails without it)
 bash infra/bootstrap.sh
 .venv/bin/python -m ruff check jobs udfs schemas infra tests
 # type checks of jobs, udfs, schemas and infra (files and settings: pyproject.toml [tool.mypy])
