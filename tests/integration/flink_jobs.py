@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+import time
 
 from infra import deploy
 from jobs.config import ISOLATION_FIELDS, as_flags
@@ -23,3 +24,19 @@ def cancel(cfg, job_id):
     """Cancel the job unless it already ended."""
     if deploy.job_state(cfg.flink_rest_url, job_id) not in {"FAILED", "FINISHED", "CANCELED"}:
         deploy.cancel(cfg.flink_rest_url, job_id)
+
+
+def wait_until_open(cfg, job_id, timeout_s=120):
+    """Wait until every task of the job is RUNNING: its operators opened, its modules loaded.
+
+    A test that cancels a job at once cancels it while its Python operators are still loading;
+    waiting first keeps every test's job a whole one.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        vertices = deploy.rest_get(cfg.flink_rest_url, f"/jobs/{job_id}").get("vertices", [])
+        if vertices and all(v.get("status") == "RUNNING" for v in vertices):
+            return
+        assert time.monotonic() < deadline, f"job {job_id}: tasks not all RUNNING: " + ", ".join(
+            f"{v.get('name')}: {v.get('status')}" for v in vertices)
+        time.sleep(0.5)

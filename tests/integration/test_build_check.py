@@ -55,6 +55,7 @@ def test_nudgeflow_run_restarts_a_taskmanager_that_may_hold_another_build(isolat
     before = stack.running_pid(taskmanager, paths)
     loaded_code_file(paths).write_text(f"{'f' * 64} {before}\n")
     job_id = flink_jobs.submit(cfg)
+    flink_jobs.wait_until_open(cfg, job_id)  # not cancelled while its operators load
     flink_jobs.cancel(cfg, job_id)
     after = stack.running_pid(taskmanager, paths)
     assert after is not None and after != before
