@@ -194,6 +194,13 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.erased_dropped = metrics.counter("inputs_dropped_erased")
         self.journey_moves = JourneyCounters(metrics)
         self.registries: Registries | None = None
+        # compiled here once, not kept (_load_registries merges the broadcast state at the first
+        # step): it loads the data files compiling reads lazily (the event vocabulary, from the
+        # schemas package) while this job's files exist. In thread mode the interpreter
+        # outlives the job and keeps its modules; a job cancelled before its first record
+        # left the next job of the build reading them from its deleted directory
+        # (FileNotFoundError in udfs.definitions.vocabulary)
+        Registries.from_updates(self.initial_definitions)
         self.rules: engine.Rules | None = None  # see _rules
         self.scorer = None
         # imported even with scoring off: a TaskManager keeps its interpreter, and the first
