@@ -32,7 +32,7 @@ import redis
 
 from jobs.config import as_flags
 from tests.integration.test_sender_e2e import produce_transactions, trigger_record
-from tests.integration.test_sender_group import owned
+from tests.integration.test_sender_group import wait_until_each_owns_partitions
 from tests.unit.test_sender import make_trigger
 from udfs.campaigns.grammar import TIERS
 from udfs.stores import keys
@@ -110,11 +110,7 @@ def test_three_senders_share_an_sms_budget_by_priority_and_deadline(isolated_cfg
             procs.append(start_sender(cfg, group, out))
     client = redis.Redis.from_url(cfg.redis_url, decode_responses=True)
     try:
-        deadline = time.monotonic() + 30
-        while not all(owned(path.read_text()) for path in paths):
-            assert time.monotonic() < deadline, "the group did not give each sender partitions"
-            assert all(p.poll() is None for p in procs), "a sender exited before the backlog"
-            time.sleep(0.05)
+        wait_until_each_owns_partitions(paths, procs)
 
         now = time.time_ns() // 1_000_000
         records, expected = [], {}

@@ -82,6 +82,15 @@ def owned(text):
     return held
 
 
+def wait_until_each_owns_partitions(paths, procs, timeout_s=30):
+    """Wait until every sender (its output file, its process) holds partitions of the group."""
+    deadline = time.monotonic() + timeout_s
+    while not all(owned(path.read_text()) for path in paths):
+        assert time.monotonic() < deadline, "the group did not give each sender partitions"
+        assert all(p.poll() is None for p in procs), "a sender exited before the backlog"
+        time.sleep(0.05)
+
+
 def test_a_killed_senders_partitions_move_to_the_others_and_nothing_is_lost(
         isolated_cfg, tmp_path):
     cfg = isolated_cfg
@@ -99,11 +108,7 @@ def test_a_killed_senders_partitions_move_to_the_others_and_nothing_is_lost(
         with open(path, "w") as out:
             procs.append(start_sender(cfg, group, out))
     try:
-        deadline = time.monotonic() + 30
-        while not all(owned(path.read_text()) for path in paths):
-            assert time.monotonic() < deadline, "the group did not give each sender partitions"
-            assert all(p.poll() is None for p in procs), "a sender exited before the backlog"
-            time.sleep(0.05)
+        wait_until_each_owns_partitions(paths, procs)
         shares = [owned(path.read_text()) for path in paths]
         assert len(set().union(*shares)) == sum(map(len, shares)) == 4 * len(TIERS)
         produce_transactions(cfg, [(records[i:i + 500], True) for i in range(0, TRIGGERS, 500)])

@@ -4,6 +4,7 @@ policy has ``roi_feedback``; triggers and decisions say which ROI they used."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -151,7 +152,7 @@ def test_a_measured_roi_travels_as_a_definition_update_and_is_held_by_version():
 ])
 def test_a_bad_measured_roi_is_rejected_with_what_is_wrong(change, message):
     update = published()
-    body = canonical_body({**__import__("json").loads(update["body"]), **change})
+    body = canonical_body({**json.loads(update["body"]), **change})
     update = {**update, "body": body, "checksum": checksum(body)}
     result = RoiRegistry().apply(update)
     assert result.outcome is ChangeOutcome.REJECTED

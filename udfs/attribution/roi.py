@@ -37,6 +37,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from udfs.definitions.compiler import MAX_VERSION, Compiler
@@ -258,6 +259,10 @@ class RoiRegistry(VersionedRegistry[MeasuredRoi]):
 
     kind = ROI_KIND
     noun = "measured ROI"
+    # by_unit's mapping and the definitions tuple it was built from (the registry replaces the
+    # tuple on every change, so identity tells whether it is current)
+    _units: Mapping[str, MeasuredRoi] = MappingProxyType({})
+    _units_of: tuple[MeasuredRoi, ...] = ()
 
     def parse_update(self, update: Mapping[str, Any]) -> MeasuredRoi:
         """The measured ROI an UPSERT update carries (``update_to_roi``)."""
@@ -266,8 +271,8 @@ class RoiRegistry(VersionedRegistry[MeasuredRoi]):
     def by_unit(self) -> Mapping[str, MeasuredRoi]:
         """Unit (campaign or journey id) -> its measured ROI."""
         definitions = self.definitions()
-        if getattr(self, "_units_of", None) is not definitions:
-            self._units = {d.unit: d for d in definitions}
+        if self._units_of is not definitions:
+            self._units = MappingProxyType({d.unit: d for d in definitions})
             self._units_of = definitions
         return self._units
 

@@ -194,13 +194,14 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.erased_dropped = metrics.counter("inputs_dropped_erased")
         self.journey_moves = JourneyCounters(metrics)
         self.registries: Registries | None = None
-        # compiled here once, not kept (_load_registries merges the broadcast state at the first
-        # step): it loads the data files compiling reads lazily (the event vocabulary, from the
-        # schemas package) while this job's files exist. In thread mode the interpreter
-        # outlives the job and keeps its modules; a job cancelled before its first record
-        # left the next job of the build reading them from its deleted directory
-        # (FileNotFoundError in udfs.definitions.vocabulary)
-        Registries.from_updates(self.initial_definitions)
+        # the file definitions compiled here, at open, and completed with the broadcast state
+        # at the first step (_load_registries): compiling reads data files lazily (the event
+        # vocabulary, from the schemas package), and must do so while this job's files exist.
+        # In thread mode the interpreter outlives the job and keeps its modules; a job
+        # cancelled before its first record left the next job of the build reading them from
+        # its deleted directory (FileNotFoundError in udfs.definitions.vocabulary)
+        self.file_registries: Registries | None = Registries.from_updates(
+            self.initial_definitions)
         self.rules: engine.Rules | None = None  # see _rules
         self.scorer = None
         # imported even with scoring off: a TaskManager keeps its interpreter, and the first
@@ -274,7 +275,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         """
         if self.registries is not None:
             return self.registries
-        registries = Registries.from_updates(self.initial_definitions)
+        # compiled at open; used once (applied to in place from here on)
+        registries, self.file_registries = self.file_registries, None
+        assert registries is not None, "open() compiles the file definitions"
         for _, payload in state.items():
             registries.apply(self.codec.decode(bytes(payload), expect="DefinitionUpdate"))
         self.registries = registries
