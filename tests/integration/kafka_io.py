@@ -53,8 +53,13 @@ class TopicReader:
         self.consumer = KafkaConsumer(
             **cfg.python_client_kwargs(), isolation_level="read_committed",
             enable_auto_commit=False, auto_offset_reset="earliest", group_id=None)
-        partitions = [TopicPartition(topic, p)
-                      for p in self.consumer.partitions_for_topic(topic) or []]
+        # a topic created moments ago may not be in the broker's metadata yet (seen in CI:
+        # "No partitions are currently assigned"); each call asks the cluster again
+        deadline = time.monotonic() + 30
+        while not (ids := self.consumer.partitions_for_topic(topic)):
+            assert time.monotonic() < deadline, f"topic {topic} has no partitions after 30 s"
+            time.sleep(0.2)
+        partitions = [TopicPartition(topic, p) for p in ids]
         self.consumer.assign(partitions)
         self.consumer.seek_to_beginning(*partitions)
         self.records = []  # (key, record name, record)
