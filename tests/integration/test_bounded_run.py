@@ -6,10 +6,8 @@ fires: users go inactive, then their state expires and they leave every segment.
 therefore ends with every ENTER matched by an EXIT, and timers that fire far ahead of the wall
 clock must still be written (Kafka refuses record timestamps more than an hour ahead)."""
 
-import dataclasses
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
@@ -17,33 +15,22 @@ import redis
 
 from jobs.cli import wiring
 from jobs.config import as_flags
-from jobs.workload import generate
-from jobs.workload.workload import WorkloadSpec, generate_events, generate_users, malformed_records
+from jobs.workload.workload import WorkloadSpec, malformed_records
 from schemas.codec import Codec
 from tests.integration.kafka_io import produce_raw, read_topic
+from tests.integration.workloads import recent_workload
 from udfs.stores import keys
 
 pytestmark = pytest.mark.integration
 
-BASE_SPEC = WorkloadSpec(users=40, events=1000, seed=11)
-SPEC = dataclasses.replace(BASE_SPEC, start_ms=generate.recent_start_ms(BASE_SPEC))
+SPEC = WorkloadSpec(users=40, events=1000, seed=11)
 
 
 def test_bounded_local_run_balances_and_stores_agree(isolated_cfg, tmp_path):
     cfg = isolated_cfg
     codec = Codec.load()
     # this run's own user ids: Cassandra and Redis are shared with other tests and runs
-    prefix = f"{cfg.consumer_group}-"
-    users = [{**u, "user_id": prefix + u["user_id"]} for u in generate_users(SPEC)]
-    events = [{**e, "user_id": prefix + e["user_id"]} for e in generate_events(SPEC)]
-    # SPEC places the workload by its estimated span, which the generated one can overshoot
-    # (its length depends on the start's time of day): moved back whole, the last click lands
-    # two minutes ago, never ahead of the wall clock (else TIME_IN_FUTURE; seen in CI)
-    overshoot = max(e["event_time"] for e in events) - (int(time.time() * 1000) - 120_000)
-    if overshoot > 0:
-        events = [{**e, "event_time": e["event_time"] - overshoot} for e in events]
-        users = [{**u, "updated_at": u["updated_at"] - overshoot,
-                  "signup_time": u["signup_time"] - overshoot} for u in users]
+    users, events = recent_workload(SPEC, f"{cfg.consumer_group}-")
     produce_raw(cfg, cfg.user_metadata_topic,
                 [(u["user_id"].encode(), codec.encode("UserMetadata", u)) for u in users])
     produce_raw(cfg, cfg.clicks_topic,
