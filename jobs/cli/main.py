@@ -5,7 +5,8 @@ Subcommands:
   run       run the job: on the stack's Flink cluster (default) or in-process (--local)
   jobs      list, cancel or stop (with a savepoint) the jobs on the Flink cluster
   generate  write a seeded synthetic workload (users, clicks) to Kafka
-  defs      validate, publish, delete and list definitions; schema: JSON Schema of the YAML
+  defs      validate, publish, delete and list definitions; schema: JSON Schema of the YAML;
+            what-if: try candidate definitions on history, next to the live ones
   segments  sizes: live segment sizes and when each changed; members ID: a segment's users
   journeys  show FILE: a journey as a picture (PNG) and Graphviz DOT, with live counts
             (--metrics)
@@ -270,6 +271,8 @@ def cmd_defs(args: argparse.Namespace) -> int:
 
         print(json.dumps(definition_schema(), indent=2), flush=True)
         return 0
+    if args.action == "what-if":
+        return cmd_what_if(args)
     if args.action == "validate":
         if not args.targets:
             return _fail("name the YAML files or directories to validate")
@@ -298,6 +301,37 @@ def cmd_defs(args: argparse.Namespace) -> int:
             _say(f"published DELETE of {definition_id} as v{version}")
     elif args.action == "list":
         _say(defs.listing(cfg))
+    return 0
+
+
+def cmd_what_if(args: argparse.Namespace) -> int:
+    """``nudgeflow defs what-if FILES... --from TIME [--to TIME]`` (``jobs.cli.whatif``)."""
+    import json
+
+    from jobs.cli import whatif, whatif_report
+
+    if not args.targets:
+        return _fail("name the candidate YAML files or directories to try")
+    if not args.start:
+        return _fail("give --from TIME: where the report starts (ISO 8601, a date, or epoch ms)")
+    cfg = config_from_args(args)
+    try:
+        request = whatif.WhatIfRequest(
+            files=args.targets, start_ms=whatif.parse_time(args.start, "--from"),
+            end_ms=whatif.parse_time(args.end, "--to") if args.end else None,
+            clicks_file=Path(args.clicks_file) if args.clicks_file else None,
+            samples=args.samples, progress=not args.quiet,
+            keep_dir=Path(args.keep) if args.keep else None)
+        comparison = whatif.what_if(cfg, request, say=lambda m: print(m, file=sys.stderr))
+    except whatif.WhatIfError as exc:
+        return _fail(str(exc))
+    if args.plot:
+        whatif_report.plot(comparison, Path(args.plot))
+        print(f"plot: {args.plot}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(whatif_report.to_json(comparison), indent=2), flush=True)
+    else:
+        print(whatif_report.render_text(comparison), flush=True)
     return 0
 
 
@@ -592,9 +626,28 @@ def build_parser() -> argparse.ArgumentParser:
     defs_p = sub.add_parser("defs", help="validate, publish, delete and list definitions "
                             "(YAML: segments, campaigns, journeys, priority policy, currency "
                             "rates); schema: the JSON Schema of the YAML, for editors")
-    defs_p.add_argument("action", choices=["validate", "publish", "delete", "list", "schema"])
-    defs_p.add_argument("targets", nargs="*", help="validate/publish: YAML files or "
+    defs_p.add_argument("action", choices=["validate", "publish", "delete", "list", "schema",
+                                           "what-if"])
+    defs_p.add_argument("targets", nargs="*", help="validate/publish/what-if: YAML files or "
                         "directories; delete: definition ids")
+    defs_p.add_argument("--from", dest="start", metavar="TIME",
+                        help="what-if: where the report starts, in event time (ISO 8601 such "
+                        "as 2026-11-30T12:00Z, a date, or epoch ms); the history before it "
+                        "still builds state")
+    defs_p.add_argument("--to", dest="end", metavar="TIME",
+                        help="what-if: where the report ends (default: the history's last click)")
+    defs_p.add_argument("--clicks-file", metavar="FILE",
+                        help="what-if: replay the ClickEvents of this JSON-lines or Avro "
+                        "container file instead of the clicks topic (metadata still comes from "
+                        "the user-metadata topic)")
+    defs_p.add_argument("--json", action="store_true", help="what-if: the report as JSON")
+    defs_p.add_argument("--plot", metavar="PNG", help="what-if: also draw audience sizes and "
+                        "triggers over time, live vs live + candidate, into this PNG")
+    defs_p.add_argument("--samples", type=int, default=5,
+                        help="what-if: sample triggers of the candidates to show")
+    defs_p.add_argument("--keep", metavar="DIR", help="what-if: keep each run's plan, records "
+                        "and log in DIR")
+    defs_p.add_argument("--quiet", action="store_true", help="what-if: no progress bar")
     defs_p.add_argument("--against-topic", action="store_true",
                         help="validate: also check ids, versions and segment references against "
                         "the definitions control topic (needs Kafka)")

@@ -746,3 +746,47 @@ def _ts(epoch_ms: int) -> Any:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+
+
+class DiscardingWriter:
+    """A MembershipWriter that writes nothing: the engine's changes are only emitted.
+
+    What-if runs (``nudgeflow defs what-if``) use it, so trying a definition on history never
+    touches the production stores. The priority matrix's audience factor reads
+    ``segment_sizes``: the live sizes the run was given, fixed for its whole length, so the run
+    is a function of its inputs.
+    """
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = dict(sizes)
+
+    def write_many(self, changes: list[dict[str, Any]]) -> list[StoreRejection]:
+        """Nothing is written; nothing is refused."""
+        return []
+
+    def erase_user(self, user_id: str, segment_ids: Iterable[str]) -> list[ErasureRejection]:
+        """Nothing is held, so nothing is erased."""
+        return []
+
+    def record_definition(self, definition_id: str, description: str) -> None:
+        """Not recorded: the running job's record in Redis stays its own."""
+
+    def segment_sizes(self) -> dict[str, int]:
+        """The sizes given at start."""
+        return dict(self.sizes)
+
+    def close(self) -> None:
+        """No connection to release."""
+
+
+@dataclass(frozen=True)
+class DiscardingStore:
+    """The StoreFactory of ``DiscardingWriter`` (picklable: the sizes are plain values)."""
+
+    audience_sizes: tuple[tuple[str, int], ...] = ()
+
+    def __call__(self, on_retry: Callable[[], None] = lambda: None,
+                 on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None,
+                 ) -> DiscardingWriter:
+        """A writer that writes nothing and reports ``audience_sizes``."""
+        return DiscardingWriter(dict(self.audience_sizes))
