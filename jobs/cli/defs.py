@@ -14,7 +14,6 @@ Segments, campaigns, journeys, the priority policy and the currency rate table
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,36 +41,26 @@ def applied_definitions_key(cfg: NudgeflowConfig) -> str:
 def published_updates(cfg: NudgeflowConfig, codec: Codec | None = None,
                       timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
     """The latest DefinitionUpdate per id on the control topic (read to its end)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from jobs.cli.wiring import TopicMissing, TopicStalled, topic_values
 
     codec = codec or Codec.load()
-    consumer = KafkaConsumer(**cfg.python_client_kwargs(), enable_auto_commit=False,
-                             isolation_level="read_committed", group_id=None)
     latest: dict[str, dict[str, Any]] = {}
     try:
-        partitions = [TopicPartition(cfg.definitions_topic, p)
-                      for p in consumer.partitions_for_topic(cfg.definitions_topic) or []]
-        if not partitions:
-            raise PublishError(f"the definitions topic {cfg.definitions_topic!r} does not exist; "
-                               "run `nudgeflow stack up` (or `stack provision`)")
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(p) < ends[p] for p in partitions):
-            if time.monotonic() > deadline:
-                raise PublishError(f"reading {cfg.definitions_topic} timed out")
-            for batch in consumer.poll(timeout_ms=500).values():
-                for message in batch:
-                    try:
-                        update = codec.decode(message.value, expect="DefinitionUpdate")
-                    except CodecError:
-                        continue  # the job dead-letters it; nothing to show here
-                    held = latest.get(update["definition_id"])
-                    if held is None or update["version"] > held["version"]:
-                        latest[update["definition_id"]] = update
-    finally:
-        consumer.close()
+        for value in topic_values(cfg, cfg.definitions_topic, stall_s=timeout_s):
+            if value is None:
+                continue  # a compaction tombstone: nothing to show
+            try:
+                update = codec.decode(value, expect="DefinitionUpdate")
+            except CodecError:
+                continue  # the job dead-letters it; nothing to show here
+            held = latest.get(update["definition_id"])
+            if held is None or update["version"] > held["version"]:
+                latest[update["definition_id"]] = update
+    except TopicMissing:
+        raise PublishError(f"the definitions topic {cfg.definitions_topic!r} does not exist; "
+                           "run `nudgeflow stack up` (or `stack provision`)") from None
+    except TopicStalled:
+        raise PublishError(f"reading {cfg.definitions_topic} timed out") from None
     return latest
 
 

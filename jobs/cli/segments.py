@@ -68,13 +68,25 @@ def _ints(raw: Mapping[Any, Any]) -> dict[str, int]:
     return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}
 
 
+def live_sizes(cfg: NudgeflowConfig) -> dict[str, int]:
+    """Segment id -> live member count, as the engine keeps it in Redis (never below 0)."""
+    from jobs.cli import wiring
+
+    client = wiring.redis_client(cfg, socket_connect_timeout=3, socket_timeout=10)
+    try:
+        raw = _ints(client.hgetall(keys.segment_sizes(cfg.redis_key_prefix)))
+    finally:
+        client.close()
+    return {segment: max(0, n) for segment, n in raw.items()}
+
+
 def sizes(cfg: NudgeflowConfig, now_ms: int) -> str:
     """The live sizes table, read from Redis."""
     from jobs.cli import wiring
 
+    counts = live_sizes(cfg)
     client = wiring.redis_client(cfg, socket_timeout=10)
     try:
-        counts = _ints(client.hgetall(keys.segment_sizes(cfg.redis_key_prefix)))
         updated = _ints(client.hgetall(keys.segment_sizes_at(cfg.redis_key_prefix)))
     finally:
         client.close()

@@ -108,37 +108,19 @@ def topic_history(cfg: NudgeflowConfig, codec: Codec) -> History:
     """The clicks topic's retained history: every record read once for its event time.
 
     Raises:
-        WhatIfError: the topic does not exist or holds no valid click.
+        WhatIfError: the topic does not exist, cannot be read, or holds no valid click.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from jobs.cli.wiring import TopicMissing, TopicStalled, topic_values
 
-    consumer = KafkaConsumer(**cfg.python_client_kwargs(), enable_auto_commit=False,
-                             isolation_level="read_committed", group_id=None)
-    times: list[int] = []
     try:
-        found = consumer.partitions_for_topic(cfg.clicks_topic)
-        if not found:
-            raise WhatIfError(f"the clicks topic {cfg.clicks_topic!r} does not exist at "
-                              f"{cfg.kafka_bootstrap}; check --clicks-topic, or replay a file "
-                              "(--clicks-file)")
-        partitions = [TopicPartition(cfg.clicks_topic, p) for p in sorted(found)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        idle_since = time.monotonic()
-        while any(consumer.position(p) < ends[p] for p in partitions):
-            batches = consumer.poll(timeout_ms=500)
-            if batches:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > 30:
-                raise WhatIfError(f"reading {cfg.clicks_topic} stalled for 30 s")
-            for batch in batches.values():
-                for message in batch:
-                    t = _event_time(codec, message.value)
-                    if t is not None:
-                        times.append(t)
-    finally:
-        consumer.close()
+        times = [t for value in topic_values(cfg, cfg.clicks_topic)
+                 if (t := _event_time(codec, value)) is not None]
+    except TopicMissing:
+        raise WhatIfError(f"the clicks topic {cfg.clicks_topic!r} does not exist at "
+                          f"{cfg.kafka_bootstrap}; check --clicks-topic, or replay a file "
+                          "(--clicks-file)") from None
+    except TopicStalled as exc:
+        raise WhatIfError(str(exc)) from None
     if not times:
         raise WhatIfError(f"the clicks topic {cfg.clicks_topic!r} holds no valid ClickEvent: "
                           "nothing to replay")
@@ -252,24 +234,13 @@ def _with_version(update: dict[str, Any], version: int) -> dict[str, Any]:
 
 def live_audience_sizes(cfg: NudgeflowConfig) -> tuple[dict[str, int], str | None]:
     """The segment sizes the running job keeps in Redis, and a note when they were not read."""
-    from udfs.stores import keys
-    from udfs.stores.connections import redis_client
+    from jobs.cli.segments import live_sizes
 
     try:
-        client = redis_client(cfg.redis_url, cfg.redis_ssl_ca_file, socket_connect_timeout=3,
-                              socket_timeout=5)
-        try:
-            raw = client.hgetall(keys.segment_sizes(cfg.redis_key_prefix))
-        finally:
-            client.close()
+        return live_sizes(cfg), None
     except Exception as exc:  # noqa: BLE001 - any failure: run without them, and say so
         return {}, (f"note: the live segment sizes could not be read from {cfg.redis_url} "
                     f"({type(exc).__name__}); the audience factor of the priority matrix is 0")
-    return {_text(k): max(0, int(v)) for k, v in raw.items()}, None
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def run_config(cfg: NudgeflowConfig) -> NudgeflowConfig:

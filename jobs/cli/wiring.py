@@ -8,12 +8,15 @@ line does both, here, and passes the results on as configuration values:
 - for a job run in a process of its own on this machine (``--local``): the checkpoint directory
   under ``$NUDGEFLOW_HOME`` and the Prometheus reporter's settings;
 - provisioning (``infra.provision``) with the topic names, Kafka client settings and Cassandra
-  address of a configuration.
+  address of a configuration;
+- the clients of a configuration's stores and topics for the commands (``redis_client``,
+  ``cassandra_session``, ``topic_values``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from jobs.config import NudgeflowConfig
@@ -91,3 +94,47 @@ def redis_client(cfg: NudgeflowConfig, **options: Any) -> Any:
     from udfs.stores.connections import redis_client as connect
 
     return connect(cfg.redis_url, cfg.redis_ssl_ca_file, **options)
+
+
+class TopicMissing(RuntimeError):
+    """The topic to read does not exist (the message names it)."""
+
+
+class TopicStalled(RuntimeError):
+    """Reading a topic made no progress for too long (the message names it)."""
+
+
+def topic_values(cfg: NudgeflowConfig, topic: str, stall_s: float = 30.0
+                 ) -> Iterator[bytes | None]:
+    """Every committed record value of ``topic``, from its beginning to its end at the call.
+
+    Read with assigned partitions and no consumer group, so nothing is committed anywhere.
+
+    Raises:
+        TopicMissing: the topic does not exist.
+        TopicStalled: no record arrived for ``stall_s`` while the end was not reached.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**cfg.python_client_kwargs(), enable_auto_commit=False,
+                             isolation_level="read_committed", group_id=None)
+    try:
+        found = consumer.partitions_for_topic(topic)
+        if not found:
+            raise TopicMissing(f"the topic {topic!r} does not exist at {cfg.kafka_bootstrap}")
+        partitions = [TopicPartition(topic, p) for p in sorted(found)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        progress_at = time.monotonic()
+        while any(consumer.position(p) < ends[p] for p in partitions):
+            batches = consumer.poll(timeout_ms=500)
+            if batches:
+                progress_at = time.monotonic()
+            elif time.monotonic() - progress_at > stall_s:
+                raise TopicStalled(f"reading {topic} made no progress for {stall_s:.0f} s")
+            for batch in batches.values():
+                for message in batch:
+                    yield message.value
+    finally:
+        consumer.close()
