@@ -18,7 +18,7 @@ from jobs.config import as_flags
 from jobs.workload.workload import WorkloadSpec, malformed_records
 from schemas.codec import Codec
 from tests.integration.kafka_io import produce_raw, read_topic
-from tests.integration.workloads import recent_workload
+from tests.integration.workloads import produce_workload, recent_workload
 from udfs.stores import keys
 
 pytestmark = pytest.mark.integration
@@ -31,10 +31,7 @@ def test_bounded_local_run_balances_and_stores_agree(isolated_cfg, tmp_path):
     codec = Codec.load()
     # this run's own user ids: Cassandra and Redis are shared with other tests and runs
     users, events = recent_workload(SPEC, f"{cfg.consumer_group}-")
-    produce_raw(cfg, cfg.user_metadata_topic,
-                [(u["user_id"].encode(), codec.encode("UserMetadata", u)) for u in users])
-    produce_raw(cfg, cfg.clicks_topic,
-                [(e["user_id"].encode(), codec.encode("ClickEvent", e)) for e in events])
+    produce_workload(cfg, users, events, codec)
     bad = malformed_records(seed=5, n=5, samples=[codec.encode("ClickEvent", events[0])])
     produce_raw(cfg, cfg.clicks_topic, [(b"broken", value) for value in bad])
 

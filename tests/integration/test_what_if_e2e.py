@@ -20,8 +20,8 @@ from jobs.cli.whatif_report import Window, summarize
 from jobs.config import as_flags
 from jobs.workload.workload import WorkloadSpec
 from schemas.codec import Codec
-from tests.integration.kafka_io import produce_raw, read_topic
-from tests.integration.workloads import recent_workload
+from tests.integration.kafka_io import read_topic
+from tests.integration.workloads import produce_workload, recent_workload
 from udfs.catalog.files import CAMPAIGN_CATALOG_DIR, SEGMENT_CATALOG_DIR
 
 pytestmark = pytest.mark.integration
@@ -106,10 +106,7 @@ def test_what_if_matches_a_live_run_and_writes_nothing(isolated_cfg, tmp_path):
     cfg = isolated_cfg
     codec = Codec.load()
     users, events = recent_workload(SPEC, f"{cfg.consumer_group}-")
-    produce_raw(cfg, cfg.user_metadata_topic,
-                [(u["user_id"].encode(), codec.encode("UserMetadata", u)) for u in users])
-    produce_raw(cfg, cfg.clicks_topic,
-                [(e["user_id"].encode(), codec.encode("ClickEvent", e)) for e in events])
+    produce_workload(cfg, users, events, codec)
     first = min(e["event_time"] for e in events)
     last = max(e["event_time"] for e in events)
     # the report starts two hours into the history: the hours before only build state

@@ -5,6 +5,8 @@ import time
 
 from jobs.workload import generate
 from jobs.workload.workload import WorkloadSpec, generate_events, generate_users
+from schemas.codec import Codec
+from tests.integration.kafka_io import produce_raw
 
 
 def recent_workload(spec: WorkloadSpec, prefix: str) -> tuple[list[dict], list[dict]]:
@@ -24,3 +26,11 @@ def recent_workload(spec: WorkloadSpec, prefix: str) -> tuple[list[dict], list[d
         users = [{**u, "updated_at": u["updated_at"] - overshoot,
                   "signup_time": u["signup_time"] - overshoot} for u in users]
     return users, events
+
+
+def produce_workload(cfg, users: list[dict], events: list[dict], codec: Codec) -> None:
+    """The users' metadata, then the clicks, to the topics of ``cfg``, keyed by user."""
+    produce_raw(cfg, cfg.user_metadata_topic,
+                [(u["user_id"].encode(), codec.encode("UserMetadata", u)) for u in users])
+    produce_raw(cfg, cfg.clicks_topic,
+                [(e["user_id"].encode(), codec.encode("ClickEvent", e)) for e in events])
