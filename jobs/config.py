@@ -100,6 +100,10 @@ class NudgeflowConfig:
     )
     dead_letter_topic: str = _opt("dead-letter", "Topic of Avro DeadLetters (rejected input).")
     outcomes_topic: str = _opt("outcomes", "Topic of Avro CampaignOutcomes (feedback).")
+    backfill_topic: str = _opt(
+        "backfill-requests",
+        "Topic of Avro BackfillRequests: per-user re-evaluations (`defs publish --backfill`).",
+    )
     # --- event time and the per-user engine ------------------------------------------------
     max_out_of_orderness_ms: int = _opt(
         1_000,
@@ -579,7 +583,7 @@ def config_from_args(args: argparse.Namespace) -> NudgeflowConfig:
 #: the fields that make a job's Kafka and store names its own (tests, benchmarks, demos)
 ISOLATION_FIELDS = (
     "clicks_topic", "user_metadata_topic", "outcomes_topic", "definitions_topic",
-    "segment_changes_topic", "trigger_topic_prefix", "trigger_decisions_topic",
+    "backfill_topic", "segment_changes_topic", "trigger_topic_prefix", "trigger_decisions_topic",
     "dead_letter_topic", "consumer_group", "transactional_id_prefix", "redis_key_prefix",
 )
 

@@ -46,6 +46,7 @@ from udfs.build import BUILD_ID_ENV, IMPORTED_BUILD
 from udfs.flink.campaign_stats import CampaignStatsFunction
 from udfs.flink.decode import (
     DecodeRecordsFunction,
+    backfill_to_engine_input,
     definition_to_row,
     metadata_to_engine_input,
     outcome_to_engine_input,
@@ -119,6 +120,12 @@ def decode_outcomes(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStre
                                 names.DECODE_OUTCOMES_UID, names.DECODE_OUTCOMES_NAME)
 
 
+def decode_backfills(records: DataStream, cfg: NudgeflowConfig) -> tuple[DataStream, DataStream]:
+    """Kafka record rows of backfill-requests -> (engine input rows, DeadLetter rows)."""
+    return _decode_engine_input(records, cfg, "BackfillRequest", backfill_to_engine_input,
+                                names.DECODE_BACKFILL_UID, names.DECODE_BACKFILL_NAME)
+
+
 def decode_definitions(records: DataStream, cfg: NudgeflowConfig
                        ) -> tuple[DataStream, DataStream]:
     """Kafka record rows of the definitions topic -> (definition rows, DeadLetter rows)."""
@@ -150,19 +157,21 @@ def metadata_watermarks(rows: DataStream, cfg: NudgeflowConfig,
     return rows.assign_timestamps_and_watermarks(strategy).uid(uid).name(uid)
 
 
-def definition_watermarks(rows: DataStream, cfg: NudgeflowConfig) -> DataStream:
+def definition_watermarks(rows: DataStream, cfg: NudgeflowConfig,
+                          uid: str = names.DEFINITION_WATERMARKS_UID) -> DataStream:
     """Timestamp 0 and idleness for definitions: they neither hold nor push event time.
 
     The control topic is quiet, so it goes idle; its Kafka timestamps are wall-clock, so an idle
     click stream would let them drag the watermark to "now" and make every event late.
     Timestamp 0 does both: Flink ignores an input whose watermark is behind the operator's
-    until it catches up.
+    until it catches up. The backfill requests (applied at once, at the watermark, not by their
+    time) get the same under their own ``uid``.
     """
     return rows.assign_timestamps_and_watermarks(
         WatermarkStrategy.for_monotonous_timestamps()
         .with_idleness(Duration.of_millis(cfg.idleness_ms))
         .with_timestamp_assigner(NeutralTimeAssigner())
-    ).uid(names.DEFINITION_WATERMARKS_UID).name(names.DEFINITION_WATERMARKS_UID)
+    ).uid(uid).name(uid)
 
 
 def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowConfig,
@@ -251,11 +260,14 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
           cfg: NudgeflowConfig, initial_definitions: list[dict[str, Any]],
           model_files: ModelFiles | None, store: StoreFactory,
           build_id: str | None = None, outcomes: DataStream | None = None,
-          stats_store: Callable[[], Any] | None = None) -> JobOutputs:
+          stats_store: Callable[[], Any] | None = None,
+          backfills: DataStream | None = None) -> JobOutputs:
     """The job's graph: Kafka record rows of the input topics -> output streams.
 
     ``outcomes`` (the outcomes topic's records: engagement feedback journeys wait on) is
     optional: a graph without it runs campaigns and journeys, and no outcome reaches them.
+    ``backfills`` (the backfill-requests topic's records, ``defs publish --backfill``) is
+    optional too: bounded replays and what-if runs have none.
 
     ``clicks`` must carry event-time timestamps and watermarks already: they are read per Kafka
     partition in the source (``jobs.connectors.click_watermarks``; tests assign the same
@@ -281,6 +293,11 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         inputs = inputs.union(metadata_watermarks(outcome_rows, cfg,
                                                   names.OUTCOME_WATERMARKS_UID))
         letters.append(outcome_letters)
+    if backfills is not None:
+        backfill_rows, backfill_letters = decode_backfills(backfills, cfg)
+        inputs = inputs.union(definition_watermarks(backfill_rows, cfg,
+                                                    names.BACKFILL_WATERMARKS_UID))
+        letters.append(backfill_letters)
     engine = run_user_engine(inputs, definition_rows, cfg, initial_definitions, model_files,
                              store, build_id)
     roi_updates = campaign_statistics(engine, stats_store, cfg) \
@@ -407,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                              names.METADATA_SOURCE_NAME, bounded=args.bounded)
     outcomes = kafka_records(env, cfg, cfg.outcomes_topic, names.OUTCOMES_SOURCE_UID,
                              names.OUTCOMES_SOURCE_NAME, bounded=args.bounded)
+    # per-user re-evaluations of `defs publish --backfill` (none in a bounded replay)
+    backfills = None if args.bounded else kafka_records(
+        env, cfg, cfg.backfill_topic, names.BACKFILL_SOURCE_UID, names.BACKFILL_SOURCE_NAME)
     # the control topic is read whole at every start (compacted; versions decide)
     definitions = kafka_records(
         env, cfg, cfg.definitions_topic, names.DEFINITIONS_SOURCE_UID,
@@ -414,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     # the build id of the code shipped (`nudgeflow run` computes it from its archive)
     outputs = build(clicks, metadata, definitions, cfg, initial_definitions, model_files,
                     membership_store(cfg), build_id=os.environ.get(BUILD_ID_ENV),
-                    outcomes=outcomes, stats_store=campaign_stats_store(cfg))
+                    outcomes=outcomes, stats_store=campaign_stats_store(cfg),
+                    backfills=backfills)
     outputs.all().sink_to(routed_kafka_sink(cfg)).uid(names.KAFKA_SINK_UID).name(
         names.KAFKA_SINK_NAME
     )

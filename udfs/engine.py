@@ -183,8 +183,47 @@ class Erasure:
     requested_ms: int
 
 
+@dataclass(frozen=True)
+class Backfill:
+    """A backfill request (``defs publish --backfill``): re-evaluate the user now.
+
+    A definition change otherwise reaches a user lazily, at their next input or daily recheck
+    (udfs/segments/SEGMENTS.md, "Change policy"); a backfill sends one of these per known user
+    so the change applies at once. It is applied when it reaches the engine, not buffered: what
+    is due up to the watermark is applied first (as for any arrival), then the user is evaluated
+    at the watermark (their clock, when that is later) against the definitions in force.
+    So, like an erasure, what a backfill changes depends on when it arrives; it never moves
+    event time past the watermark, so no later input of the user becomes late because of it.
+
+    Outcomes (``Step.backfill``): ``evaluated``; ``current`` (their last evaluation already used
+    these definitions: nothing to do, which makes a repeated backfill a no-op); ``unknown``
+    (nothing of the user has been applied: there is nothing to evaluate and nothing is
+    stored); ``erased``; ``stale`` (a definition the request was made for is not in force here
+    yet: ``Step.backfill_lacking``; the adapter dead-letters the request, and re-running the
+    backfill is safe).
+
+    The segment changes it causes carry the cause ``backfill@<backfill_id>`` (in their change
+    ids and reasons); so do the triggers (``cause_event_id``), and a campaign or journey with
+    ``on_backfill: skip`` (the default) is suppressed (``BACKFILL``) or not started.
+    """
+
+    user_id: str
+    backfill_id: str
+    requires: Mapping[str, int]
+    watermark_ms: int
+
+
+#: ``Step.backfill`` outcomes
+BACKFILL_EVALUATED = "evaluated"
+BACKFILL_CURRENT = "current"
+BACKFILL_UNKNOWN = "unknown"
+BACKFILL_ERASED = "erased"
+BACKFILL_STALE = "stale"
+BACKFILL_OUTCOMES = (BACKFILL_EVALUATED, BACKFILL_CURRENT, BACKFILL_UNKNOWN, BACKFILL_ERASED,
+                     BACKFILL_STALE)
+
 #: what a step is applied to
-Input = Click | MetadataUpdate | Engagement | Timer | Arrival | Erasure
+Input = Click | MetadataUpdate | Engagement | Timer | Arrival | Erasure | Backfill
 
 #: an idle user is re-evaluated against changed definitions this often (event time)
 RECHECK_MS = MEMBERSHIP_RECHECK_MS
@@ -255,6 +294,8 @@ class Step:
             when it came); ``erased_clicks_dropped``: how many of them were clicks.
         reregistered: metadata arrived for an erased user: the marker is cleared, and the user
             starts afresh from this input.
+        backfill: what a ``Backfill`` did (``BACKFILL_OUTCOMES``); None for other inputs.
+        backfill_lacking: for a stale backfill, the definitions (``id vN``) not in force yet.
     """
 
     changes: list[dict[str, Any]] = field(default_factory=list)
@@ -285,6 +326,8 @@ class Step:
     erased_dropped: int = 0
     erased_clicks_dropped: int = 0
     reregistered: bool = False
+    backfill: str | None = None
+    backfill_lacking: tuple[str, ...] = ()
 
 
 def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
@@ -304,6 +347,8 @@ def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
     """
     if isinstance(item, Erasure):
         return erase(state, item, rules)
+    if isinstance(item, Backfill):
+        return backfill(state, item, rules, now_ms)
     out = Step()
     if state.erased:
         if not _reregisters(item):
@@ -466,8 +511,37 @@ def _expire(state: UserState, user_id: str, at_ms: int, rules: Rules, out: Step)
     out.features_changed = out.metadata_changed = out.campaigns_changed = False
 
 
-def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Timer, at_ms: int,
-              rules: Rules, now_ms: int, out: Step) -> None:
+def backfill(state: UserState, item: Backfill, rules: Rules, now_ms: int) -> Step:
+    """Re-evaluate a user against the definitions in force, at once (``Backfill``)."""
+    if state.erased:
+        return Step(backfill=BACKFILL_ERASED)
+    lacking = rules.registries.lacking(item.requires)
+    if lacking:
+        return Step(backfill=BACKFILL_STALE, backfill_lacking=tuple(lacking))
+    out = Step()
+    state.ensure()
+    user_id, target = item.user_id, item.watermark_ms
+    _advance(state, user_id, target, rules, now_ms, out)  # what is due first, in order
+    clock = state.clock
+    if (state.features is None and state.metadata is None and not state.membership) or \
+            clock.clock_ms is None:
+        # nothing applied yet (their first input will be, with these definitions), or no
+        # time to evaluate at
+        out.backfill = BACKFILL_UNKNOWN
+    elif clock.defs_fp == rules.registries.fingerprint():
+        out.backfill = BACKFILL_CURRENT
+    else:
+        out.backfill = BACKFILL_EVALUATED
+        at_ms = max(clock.clock_ms, target)
+        out.checks += 1
+        out.clock_changed = True
+        _evaluate(state, user_id, item, at_ms, rules, now_ms, out)
+    _schedule(state, target, out)
+    return out
+
+
+def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Timer | Backfill,
+              at_ms: int, rules: Rules, now_ms: int, out: Step) -> None:
     """One evaluation of the user at ``at_ms``: an input applied, or a check; results into out."""
     registry = rules.registries.segments
     scorer = rules.scorer
@@ -487,6 +561,10 @@ def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Tim
         seg = on_metadata(state, item.metadata, registry, item.at_ms, scorer)
         out.metadata_changed = out.metadata_changed or seg.now_ms is not None
         cause = f"metadata@{item.metadata.get('updated_at')}"
+    elif isinstance(item, Backfill):
+        cause = arbitration.backfill_cause(item.backfill_id)
+        seg = _reevaluate(state, user_id, at_ms, registry, cause=cause, cause_event_id=None,
+                          scorer=scorer)
     else:
         seg = on_timer(state, user_id, at_ms, registry, scorer)
         cause = f"timer@{at_ms}"
@@ -503,7 +581,9 @@ def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Tim
     # the first day boundary at which the user is idle for *more* than the TTL (expired)
     clock.expiry_ms = expiry_timer_ms(state.features.last_event_ms + 1, rules.state_ttl_ms) \
         if state.features is not None else None
-    _campaigns(state, user_id, seg, rules, cause, event, isinstance(item, Timer), now_ms, out)
+    _campaigns(state, user_id, seg, rules, cause, event, not isinstance(item, (Click,
+                                                                              MetadataUpdate)),
+               now_ms, out)
     # a due time is always after the evaluation's time (never loop on the same instant)
     for name in ("due_ms", "campaign_due_ms"):
         value = getattr(clock, name)

@@ -67,7 +67,7 @@ RULE_CODES = (
     *_REASON_CODES, "KEY_MISSING", "KEY_TOO_LONG", "KEY_NOT_UTF8", "ID_BLANK", "ID_CONTROL",
     "ID_TOO_LONG",
     "STRING_TOO_LONG", "PROPERTIES_TOO_MANY", "NOT_FINITE", "OUT_OF_RANGE", "TIME_IN_FUTURE",
-    "TIME_TOO_OLD", "TIME_ZONE",
+    "TIME_TOO_OLD", "TIME_ZONE", "KEY_MISMATCH", "DEFINITIONS_NOT_IN_FORCE",
 )
 
 
@@ -316,6 +316,37 @@ def decode_outcome(codec: Codec, record: SourceRecord,
     return decoded
 
 
+def decode_backfill(codec: Codec, record: SourceRecord,
+                    limits: Limits = DEFAULT_LIMITS) -> dict[str, Any] | Rejected:
+    """Decode a backfill-requests record into a valid BackfillRequest, or say why it is rejected.
+
+    The same checks as every topic's before decoding; then ``user_id``, ``backfill_id`` and
+    every definition id must be printable ids, every version at least 1, and the key (the
+    user id the request was routed by) equal to ``user_id``.
+    """
+    decoded = _decode(codec, record, "BackfillRequest", limits.max_record_bytes, limits)
+    if isinstance(decoded, Rejected):
+        return decoded
+    problems = [*id_problems("user_id", decoded["user_id"], limits.max_id_bytes),
+                *id_problems("backfill_id", decoded["backfill_id"], limits.max_id_bytes)]
+    for name, version in sorted(decoded["definitions"].items()):
+        problems.extend(id_problems(f"definitions[{name!r}]", name, limits.max_id_bytes))
+        if version < 1:
+            problems.append(Problem(f"definitions[{name!r}]", "OUT_OF_RANGE",
+                                    f"definition {name!r} has version {version}; versions start "
+                                    "at 1", version))
+    key = (record.key or b"").decode("utf-8", "replace")
+    if not problems and key != decoded["user_id"]:
+        problems.append(Problem("(key)", "KEY_MISMATCH",
+                                f"the record key {_preview(key)!r} is not its user_id "
+                                f"{_preview(decoded['user_id'])!r}; key each request by the "
+                                "user it names", key))
+    if problems:
+        return _reject("validate", problems[:MAX_PROBLEMS],
+                       f"backfill request {_preview(str(decoded['backfill_id']))!r}: ")
+    return decoded
+
+
 def decode_definition(codec: Codec, record: SourceRecord,
                       limits: Limits = DEFAULT_LIMITS) -> dict[str, Any] | Rejected:
     """Decode a definitions-topic record into a DefinitionUpdate, or say why it is rejected.
@@ -349,8 +380,10 @@ def decode_record(codec: Codec, schema: str, record: SourceRecord,
         return decode_outcome(codec, record, limits)
     if schema == "DefinitionUpdate":
         return decode_definition(codec, record, limits)
+    if schema == "BackfillRequest":
+        return decode_backfill(codec, record, limits)
     raise ValueError(f"no intake rules for {schema!r}; use ClickEvent, UserMetadata, "
-                     "CampaignOutcome or DefinitionUpdate")
+                     "CampaignOutcome, DefinitionUpdate or BackfillRequest")
 
 
 def _decode(codec: Codec, record: SourceRecord, schema: str, max_bytes: int,

@@ -52,7 +52,7 @@ LABELLED_METRICS = (
     ("reason", "triggers_suppressed"), ("reason", "triggers_deferred"),
     ("reason", "events_dead_lettered"), ("currency", "money_unconverted"),
     ("segment", "segment_changes"), ("store", "store_rejected"),
-    ("reason", "records_dead_lettered"),
+    ("reason", "records_dead_lettered"), ("outcome", "backfill_requests"),
 )
 """Counters under a key-value group: exported as ``<key>_<name>`` with the label ``<key>``."""
 

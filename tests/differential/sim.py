@@ -5,7 +5,8 @@ each record is an ``engine.Arrival`` with the watermark of the moment (the newes
 minus the out-of-orderness bound, as ``for_bounded_out_of_orderness`` emits it), the watermark
 fires due timers in time order before the next record, and the end of input fires the rest
 (watermark at the maximum). Clicks, metadata and outcomes go through their Avro bytes, as in
-the job. An erasure (a tombstone) is stepped at once; as the adapter does, the user's clock and
+the job. A backfill request is stepped at once, at the watermark. An erasure (a tombstone) is
+stepped at once; as the adapter does, the user's clock and
 timers are dropped and only the erased marker is kept.
 """
 
@@ -48,6 +49,7 @@ class Simulator:
     lift: list[Any] = field(default_factory=list)  # LiftFacts
     dead: list[str] = field(default_factory=list)
     erased_dropped: int = 0
+    backfills: dict[str, int] = field(default_factory=dict)  # outcome -> count
     timers_fired: int = 0
     steps: int = 0
     watermark: int = -(2**63)
@@ -69,6 +71,8 @@ class Simulator:
         if out.duplicate:
             return
         self.erased_dropped += out.erased_dropped
+        if out.backfill is not None:
+            self.backfills[out.backfill] = self.backfills.get(out.backfill, 0) + 1
         if out.erasure:
             # the adapter clears every keyed state but the marker and deletes the user's timer
             self.states[user] = engine.UserState(erased=True)
@@ -134,6 +138,11 @@ class Simulator:
     def erase(self, user: str, requested_ms: int) -> None:
         """A tombstone for ``user`` arriving (applied at once; it does not move the watermark)."""
         self._step(user, engine.Erasure(user, requested_ms))
+
+    def backfill(self, user: str, backfill_id: str,
+                 requires: dict[str, int] | None = None) -> None:
+        """A backfill request for ``user`` arriving (applied at once, at the watermark)."""
+        self._step(user, engine.Backfill(user, backfill_id, requires or {}, self.watermark))
 
     def finish(self) -> None:
         """End of input: the watermark jumps to the maximum and every timer fires."""

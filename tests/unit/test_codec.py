@@ -242,6 +242,12 @@ RECORDS: dict[str, dict[str, Any]] = {
         "decided_at": T,
         "emit_time": T + 40,
     },
+    "BackfillRequest": {
+        "backfill_id": "new-segment.v3-1a2b",
+        "user_id": "user-000123",
+        "requested_at": T,
+        "definitions": {"new-segment": 3, "new-segment-push": 1},
+    },
     "DeadLetter": {
         "reason_code": "INVALID_AVRO",
         "reason": "not Avro single-object encoding",
@@ -310,6 +316,17 @@ RECORDS: dict[str, dict[str, Any]] = {
 # endian. Map/array: one block (zigzag count, items), then 00. Record: fields in schema order.
 
 BYTE_EXACT = [
+    pytest.param(
+        "BackfillRequest",
+        {"backfill_id": "b1", "user_id": "u1", "requested_at": T, "definitions": {"s": 2}},
+        "c301"  # marker
+        "e4aff368d5ba9650"  # CRC-64-AVRO of the canonical form, little endian
+        "046231"  # backfill_id "b1"
+        "047531"  # user_id "u1"
+        "80a0abfef962"  # requested_at 1700000000000
+        "02" "0273" "04" "00",  # definitions: one entry, "s" -> 2, end of map
+        id="BackfillRequest",
+    ),
     pytest.param(
         "UserActivityCount",
         {"user_id": "u1", "event_count": 3, "last_event_id": "e9", "last_event_time": T},
@@ -967,6 +984,7 @@ def test_load_is_cached() -> None:
 def test_schema_names(codec: Codec) -> None:
     assert codec.schema_names() == sorted(
         [
+            "BackfillRequest",
             "CampaignOutcome",
             "ClickEvent",
             "DeadLetter",

@@ -139,7 +139,8 @@ def test_reentry_split_exit_and_nested_conditions():
     # unknown keys, with a did-you-mean
     ({**BASE, "goals": {}}, ("goals", "unknown key 'goals' in a journey: allowed: kind, id, "
      "version, description, enabled, nodes, goal, priority, expires_after, quiet_hours, "
-     "on_conflict, valid_from, valid_until, attribution, holdout; did you mean 'goal'?")),
+     "on_conflict, on_backfill, valid_from, valid_until, attribution, holdout; did you mean "
+     "'goal'?")),
     (edit(I_EMAIL, nxt="wait", drop=("next",)), ("nodes[1].nxt", "unknown key 'nxt' in a node: "
      "allowed: id, entry, send, sync_audience, wait, condition, split, exit, next, on_timeout, "
      "then, else; did you mean 'next'?")),

@@ -43,13 +43,14 @@ def test_every_configured_topic_is_specified(specs: dict[str, TopicSpec]) -> Non
     expected = {
         cfg.clicks_topic, cfg.user_metadata_topic, cfg.definitions_topic,
         cfg.segment_changes_topic, cfg.dead_letter_topic, cfg.trigger_decisions_topic,
-        cfg.outcomes_topic, *(cfg.trigger_topic(t) for t in ("P0", "P1", "P2", "P3")),
+        cfg.outcomes_topic, cfg.backfill_topic,
+        *(cfg.trigger_topic(t) for t in ("P0", "P1", "P2", "P3")),
     }
     assert set(specs) == expected
     assert set(specs) == {
         "clicks", "user-metadata", "definitions", "segment-changes",
         "triggers-p0", "triggers-p1", "triggers-p2", "triggers-p3", "trigger-decisions",
-        "dead-letter", "outcomes",
+        "dead-letter", "outcomes", "backfill-requests",
     }
 
 

@@ -25,6 +25,7 @@ HISTORY_NAME = re.compile(r"^(?P<name>\w+)\.v(?P<version>\d+)\.avsc$")
 # Fingerprint (CRC-64-AVRO, little-endian hex) of every published version. Consumers in other
 # teams resolve writer schemas by these bytes, so a published version must never change.
 PUBLISHED: dict[str, dict[int, str]] = {
+    "BackfillRequest": {1: "e4aff368d5ba9650"},
     "CampaignOutcome": {1: "f7aa6f45ef4f824a", 2: "18c5e979daf3f150", 3: "c26b3d2d924dab39"},
     "ClickEvent": {1: "d324c6a4f6786683", 2: "dd7d54cb4ffe2ce0"},
     "DeadLetter": {1: "9c64a23c2463eb5d", 2: "b10e46f70854f354"},
@@ -39,6 +40,7 @@ PUBLISHED: dict[str, dict[int, str]] = {
 
 # The field names of each current record, in order: the contract other teams code against.
 FIELDS: dict[str, list[str]] = {
+    "BackfillRequest": ["backfill_id", "user_id", "requested_at", "definitions"],
     "ClickEvent": [
         "event_id", "user_id", "event_type", "event_time", "source", "session_id", "page_url",
         "product_id", "category", "search_query", "order_id", "currency", "price", "quantity",

@@ -75,10 +75,26 @@ CHANNEL_CAP = "CHANNEL_CAP"
 CAMPAIGN_CAP = "CAMPAIGN_CAP"
 MIN_INTERVAL = "MIN_INTERVAL"
 AWAITING_METADATA = "AWAITING_METADATA"
+BACKFILL = "BACKFILL"  # caused by a backfill, and the campaign says ``on_backfill: skip``
 
 #: a user's first click often arrives before their metadata (two topics): a candidate of a user
 #: without metadata waits this long (event time) once before consent is judged
 METADATA_GRACE_MS = 60_000
+
+
+#: how the cause label of what a backfill causes starts: ``backfill@<backfill id>`` is the
+#: SegmentChanges' cause and the TriggerEvents' ``cause_event_id`` (senders can tell them by it)
+BACKFILL_PREFIX = "backfill@"
+
+
+def backfill_cause(backfill_id: str) -> str:
+    """The cause label of what a backfill (``udfs.engine.Backfill``) causes."""
+    return f"{BACKFILL_PREFIX}{backfill_id}"
+
+
+def caused_by_backfill(cause: str) -> bool:
+    """Whether a cause label (or a trigger's ``cause_event_id``) is a backfill's."""
+    return cause.startswith(BACKFILL_PREFIX)
 
 
 # --- state -------------------------------------------------------------------------------------
@@ -676,6 +692,10 @@ def _qualify(candidate: Candidate, state: CampaignState, user: UserFacts, defs: 
     if campaign is None or not campaign.enabled:
         suppress(CAMPAIGN_GONE, f"campaign {candidate.campaign_id} was deleted or disabled "
                                 "before the trigger could be sent")
+        return None
+    if not campaign.send_on_backfill and caused_by_backfill(candidate.cause_event_id):
+        suppress(BACKFILL, f"caused by a backfill ({candidate.cause_event_id}) and "
+                           f"{campaign.journey_id or campaign.id} has on_backfill: skip")
         return None
     if policy is None:
         suppress(NO_POLICY, "no priority policy is defined; publish priority-policy")

@@ -31,6 +31,7 @@ from udfs.campaigns.grammar import (
     CONTROL_GROUP_KEYS,
     DEFAULT_GOAL,
     FACTORS,
+    ON_BACKFILL,
     ON_CONFLICT,
     PAYLOAD_EVENT_FIELDS,
     PAYLOAD_METADATA_FIELDS,
@@ -210,8 +211,11 @@ class DeliveryCompiler(Compiler):
             self.error(join_path(path, "valid_until"), "valid_until must be after valid_from")
         return valid_from, valid_until
 
-    def delivery_modes(self, doc: Mapping[str, Any], path: str) -> tuple[bool, bool]:
-        """(bypass quiet hours, defer on conflict) from ``quiet_hours`` and ``on_conflict``."""
+    def delivery_modes(self, doc: Mapping[str, Any], path: str) -> tuple[bool, bool, bool]:
+        """The delivery modes: (bypass quiet hours, defer on conflict, send on backfill).
+
+        From ``quiet_hours``, ``on_conflict`` and ``on_backfill``.
+        """
         quiet = doc.get("quiet_hours", "respect")
         if quiet not in QUIET_HOURS_MODES:
             self.error(join_path(path, "quiet_hours"), f"quiet_hours must be one of "
@@ -221,7 +225,12 @@ class DeliveryCompiler(Compiler):
         if on_conflict not in ON_CONFLICT:
             self.error(join_path(path, "on_conflict"), f"on_conflict must be one of "
                        f"{', '.join(ON_CONFLICT)}, got {describe(on_conflict)}")
-        return quiet == "bypass", on_conflict == "defer"
+        on_backfill = doc.get("on_backfill", "skip")
+        if on_backfill not in ON_BACKFILL:
+            self.error(join_path(path, "on_backfill"), f"on_backfill must be one of "
+                       f"{', '.join(ON_BACKFILL)}, got {describe(on_backfill)} (what a trigger "
+                       "caused by defs publish --backfill does)")
+        return quiet == "bypass", on_conflict == "defer", on_backfill == "send"
 
     def percent(self, data: Any, path: str, what: str, maximum: float = 1.0) -> float | None:
         """A percentage as a fraction: ``10%``, or the number 10 (as a split's ``percent``).
@@ -380,7 +389,7 @@ class CampaignCompiler(DeliveryCompiler):
             if "reeligible_after" in frequency:
                 reeligible = self.duration(frequency["reeligible_after"],
                                            join_path(path, "frequency.reeligible_after")) or 0
-        bypass_quiet_hours, defer_on_conflict = self.delivery_modes(doc, path)
+        bypass_quiet_hours, defer_on_conflict, send_on_backfill = self.delivery_modes(doc, path)
         attribution = self.attribution(doc["attribution"], join_path(path, "attribution")) \
             if "attribution" in doc else (AttributionRule(), None)
         holdout = self.holdout(doc, path)
@@ -398,7 +407,7 @@ class CampaignCompiler(DeliveryCompiler):
             brand_significance=priority[2], audience_segment=priority[3],
             require_segments=require, exclude_segments=exclude, cap=cap,
             reeligible_after_ms=reeligible, bypass_quiet_hours=bypass_quiet_hours,
-            defer_on_conflict=defer_on_conflict,
+            defer_on_conflict=defer_on_conflict, send_on_backfill=send_on_backfill,
             document=json.loads(json.dumps(doc)), source=source,
             attribution=rule, goal=goal or DEFAULT_GOAL, holdout=holdout,
         )

@@ -32,13 +32,15 @@ PAYLOAD_EVENT_FIELDS = ("event_id", "event_type", "product_id", "category", "pri
                         "currency", "order_id", "page_url", "search_query", "source")
 PAYLOAD_METADATA_FIELDS = ("country", "time_zone", "plan", "lifetime_value")
 ON_CONFLICT = ("defer", "suppress")
+#: ``on_backfill``: what a trigger caused by ``defs publish --backfill`` does (default skip)
+ON_BACKFILL = ("skip", "send")
 QUIET_HOURS_MODES = ("respect", "bypass")
 FACTORS = ("urgency", "expected_roi", "audience", "brand_significance")
 
 CAMPAIGN_KEYS = ("kind", "id", "version", "description", "enabled", "trigger", "channels",
                  "template", "payload", "valid_from", "valid_until", "expires_after",
                  "priority", "eligibility", "frequency", "quiet_hours", "on_conflict",
-                 "attribution", "holdout")
+                 "on_backfill", "attribution", "holdout")
 REQUIRED_CAMPAIGN_KEYS = ("kind", "id", "version", "description", "trigger", "channels",
                           "template", "priority")
 POLICY_KEYS = ("kind", "id", "version", "description", "weights", "roi_scale",
@@ -112,6 +114,9 @@ class Campaign:
         reeligible_after_ms: After a trigger, the same campaign is suppressed this long.
         bypass_quiet_hours: Sent during quiet hours when its tier is P0.
         defer_on_conflict: Losing an arbitration defers it (True) or suppresses it.
+        send_on_backfill: A trigger caused by a backfill is sent (``on_backfill: send``) or
+            suppressed with reason BACKFILL (``skip``, the default: publishing with
+            ``--backfill`` fills segments without messaging everyone already in them).
         document: The document as written (published as the DefinitionUpdate body).
         source: Where it came from.
         journey_id, node_id: Set on the campaign a journey's send or sync_audience node
@@ -145,6 +150,7 @@ class Campaign:
     reeligible_after_ms: int = 0
     bypass_quiet_hours: bool = False
     defer_on_conflict: bool = True
+    send_on_backfill: bool = False
     document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
     source: str = field(default="", compare=False)
     journey_id: str | None = None

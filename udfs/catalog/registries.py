@@ -119,6 +119,19 @@ class Registries:
         """
         return self._derive()[3]
 
+    def lacking(self, requires: Mapping[str, int]) -> list[str]:
+        """Which of ``requires`` (definition id -> version) are not in force yet, as ``id vN``.
+
+        A definition is in force at a version when its latest update (a deletion included)
+        has that version or a later one.
+        """
+        latest: dict[str, int] = {}
+        for update in self.updates():
+            name, version = str(update["definition_id"]), int(update["version"])
+            latest[name] = max(version, latest.get(name, version))
+        return [f"{name} v{version}" for name, version in sorted(requires.items())
+                if latest.get(name, -1) < version]
+
     def _derive(self) -> tuple[bool, Mapping[str, int], bool, int]:
         # read per engine step, changed only by a definition update: computed once per change
         if self._derived is None:

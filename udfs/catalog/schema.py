@@ -25,6 +25,7 @@ from udfs.campaigns.grammar import (
     CHANNELS,
     CONTROL_GROUP_KEYS,
     FACTORS,
+    ON_BACKFILL,
     ON_CONFLICT,
     POLICY_ID,
     POLICY_KEYS,
@@ -127,7 +128,8 @@ def _defs() -> dict[str, Any]:
         "valid_from": {"type": "string", "description": "ISO-8601 with a UTC offset"},
         "valid_until": {"type": "string", "description": "ISO-8601 with a UTC offset"},
         "expires_after": _DURATION, "quiet_hours": {"enum": list(QUIET_HOURS_MODES)},
-        "on_conflict": {"enum": list(ON_CONFLICT)}, "holdout": _PERCENT,
+        "on_conflict": {"enum": list(ON_CONFLICT)}, "on_backfill": {"enum": list(ON_BACKFILL)},
+        "holdout": _PERCENT,
     }
     segment_props = _identity(None)
     segment_props["condition"] = _ref("condition")

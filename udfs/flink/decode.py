@@ -99,6 +99,16 @@ def outcome_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
     return Row("outcome", record["user_id"], record["event_time"], None, raw, None, None, None)
 
 
+def backfill_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
+    """A BackfillRequest as the engine's input row (applied at once: ``udfs.engine.Backfill``).
+
+    Its event time is its ``requested_at``; the stream carries neutral watermarks
+    (``jobs.job.definition_watermarks``), so it neither holds nor pushes event time.
+    """
+    return Row("backfill", record["user_id"], record["requested_at"], None, raw, None, None,
+               None)
+
+
 def definition_to_row(record: dict[str, Any], raw: bytes) -> Row:
     """A DefinitionUpdate as a broadcast row."""
     return Row(record["definition_id"], raw)

@@ -192,8 +192,13 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # of erased users dropped (arrived after the erasure, or pending when it came)
         self.users_erased = metrics.counter("users_erased")
         self.erased_dropped = metrics.counter("inputs_dropped_erased")
+        # backfill requests by what they did (udfs.engine.BACKFILL_OUTCOMES): progress of a
+        # `defs publish --backfill`
+        self.backfills = LabelledCounters(metrics, "outcome", "backfill_requests")
         self.journey_moves = JourneyCounters(metrics)
         self.registries: Registries | None = None
+        self.last_backfill: str | None = None  # what the last step's backfill did
+        self.last_backfill_lacking: tuple[str, ...] = ()
         # the file definitions compiled here, at open, and completed with the broadcast state
         # at the first step (_load_registries): compiling reads data files lazily (the event
         # vocabulary, from the schemas package), and must do so while this job's files exist.
@@ -331,6 +336,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             event["ingest_time"] = ingest_time
             pending = Pending(event_time, CLICK_RANK, str(event["event_id"]), raw,
                               ingest_time or 0, engine.Click(event))
+        elif kind == "backfill":
+            # applied at once, at the watermark (udfs.engine.Backfill)
+            yield from self._backfill(user_id, value, watermark, ctx)
+            return
         elif kind == "erase":
             # a tombstone: applied at once, whatever the watermark (udfs.engine.Erasure)
             state = self._load_state(user_id)
@@ -354,6 +363,37 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             timers = ctx.timer_service()
             timers.register_processing_time_timer(
                 timers.current_processing_time() + self.cfg.quiet_release_ms)
+
+    def _backfill(self, user_id: str, value: Row, watermark: int, ctx: Any) -> Iterator[Any]:
+        """Step a backfill request and count what it did.
+
+        A request made for definitions this instance does not apply yet is dead-lettered (safe
+        to re-run: it is evaluated then).
+        """
+        raw = bytes(value[4] or b"")
+        request = self.codec.decode(raw, expect="BackfillRequest")  # validated upstream
+        item = engine.Backfill(user_id, request["backfill_id"], request["definitions"],
+                               watermark)
+        state = self._load_state(user_id)
+        step_out: list[Any] = list(self._step(user_id, state, item, ctx))
+        outcome = self.last_backfill or engine.BACKFILL_UNKNOWN
+        self.backfills.inc(outcome)
+        if outcome == engine.BACKFILL_STALE:
+            record = intake.SourceRecord(self.cfg.backfill_topic, value[5], value[6], value[2],
+                                         user_id.encode(), raw)
+            rejected = intake.Rejected(
+                "OTHER", f"backfill request {request['backfill_id']!r} for user {user_id!r} "
+                f"reached the engine before these definitions were in force: "
+                f"{', '.join(self.last_backfill_lacking)}; run the backfill again once the job "
+                "applies them (`nudgeflow defs list`): users already evaluated are skipped",
+                "engine", (intake.Problem("definitions", "DEFINITIONS_NOT_IN_FORCE",
+                                          "definitions not in force yet",
+                                          ", ".join(self.last_backfill_lacking)),))
+            step_out.append(dead_letter_row(
+                self.codec, self.cfg.dead_letter_topic, record, rejected,
+                ctx.timer_service().current_processing_time(),
+                self.limits.dead_letter_raw_max_bytes))
+        yield from step_out
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         """The watermark passed the user's wake time: apply and check everything up to it.
@@ -382,6 +422,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self._load_registries(ctx.get_broadcast_state(definitions_state()))
         emit_time = int(time.time() * 1000)
         step = engine.step(state, item, self._rules(), emit_time)
+        self.last_backfill, self.last_backfill_lacking = step.backfill, step.backfill_lacking
         if step.duplicate:
             self.duplicates.inc()
             if isinstance(item, engine.Arrival) and item.pending.rank == CLICK_RANK:

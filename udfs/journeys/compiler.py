@@ -123,7 +123,7 @@ class JourneyCompiler(DeliveryCompiler):
         expires_after = self.duration(doc["expires_after"], join_path(path, "expires_after")) \
             if "expires_after" in doc else None
         valid_from, valid_until = self.validity(doc, path)
-        bypass_quiet_hours, defer_on_conflict = self.delivery_modes(doc, path)
+        bypass_quiet_hours, defer_on_conflict, send_on_backfill = self.delivery_modes(doc, path)
         goal = self._goal(doc["goal"], join_path(path, "goal")) if "goal" in doc else None
         attribution = self.attribution(doc["attribution"], join_path(path, "attribution"),
                                        goal=False) if "attribution" in doc else None
@@ -139,7 +139,8 @@ class JourneyCompiler(DeliveryCompiler):
             urgency=priority[0], expected_roi=priority[1], brand_significance=priority[2],
             expires_after_ms=expires_after, valid_from_ms=valid_from,
             valid_until_ms=valid_until, bypass_quiet_hours=bypass_quiet_hours,
-            defer_on_conflict=defer_on_conflict, document=json.loads(json.dumps(doc)),
+            defer_on_conflict=defer_on_conflict, send_on_backfill=send_on_backfill,
+            document=json.loads(json.dumps(doc)),
             source=source, attribution=attribution[0] if attribution else AttributionRule(),
             holdout=holdout,
         )

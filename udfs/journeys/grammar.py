@@ -22,8 +22,8 @@ from udfs.campaigns.grammar import DEFAULT_GOAL, CampaignTrigger
 from udfs.definitions.event_filter import EventFilter
 
 JOURNEY_KEYS = ("kind", "id", "version", "description", "enabled", "nodes", "goal", "priority",
-                "expires_after", "quiet_hours", "on_conflict", "valid_from", "valid_until",
-                "attribution", "holdout")
+                "expires_after", "quiet_hours", "on_conflict", "on_backfill", "valid_from",
+                "valid_until", "attribution", "holdout")
 REQUIRED_JOURNEY_KEYS = ("kind", "id", "version", "description", "nodes", "priority")
 #: the keys that say what a node is (exactly one per node)
 NODE_KINDS = ("entry", "send", "sync_audience", "wait", "condition", "split", "exit")
@@ -181,6 +181,8 @@ class Journey:
         expires_after_ms: A send is worthless this long after the instance reached its node.
         valid_from_ms, valid_until_ms: Instances start only in [from, until).
         bypass_quiet_hours, defer_on_conflict: as a campaign's.
+        send_on_backfill: An entry caused by a backfill starts an instance (``on_backfill:
+            send``), or not (``skip``, the default); its sends are campaigns' that say the same.
         document: The document as written (published as the DefinitionUpdate body).
         source: Where it came from.
         attribution: Window and model crediting conversions (its ``attribution_goal``) to its
@@ -204,6 +206,7 @@ class Journey:
     valid_until_ms: int | None = None
     bypass_quiet_hours: bool = False
     defer_on_conflict: bool = True
+    send_on_backfill: bool = False
     document: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
     source: str = field(default="", compare=False)
     attribution: AttributionRule = AttributionRule()

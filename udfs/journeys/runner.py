@@ -24,6 +24,7 @@ from typing import Any
 from udfs.campaigns.arbitration import (
     Candidate,
     StepFacts,
+    caused_by_backfill,
     fill_payload,
     fired,
     trigger_id,
@@ -99,7 +100,8 @@ def _node_campaign(journey: Journey, node: Node) -> Campaign:
         brand_significance=journey.brand_significance,
         audience_segment=journey.entry.trigger.segment_enter,
         bypass_quiet_hours=journey.bypass_quiet_hours,
-        defer_on_conflict=journey.defer_on_conflict, source=journey.source,
+        defer_on_conflict=journey.defer_on_conflict, send_on_backfill=journey.send_on_backfill,
+        source=journey.source,
         journey_id=journey.id, node_id=node.id, attribution=journey.attribution,
         goal=journey.attribution_goal, holdout=journey.holdout)
 
@@ -147,7 +149,8 @@ def on_step(state: JourneyState, facts: StepFacts, user: UserNow,
             out.changed = True
         _advance(state, instance, journey, facts, user, out, "")
     for journey in journeys.values():
-        if journey.enabled and journey.id not in state.instances:
+        if journey.enabled and journey.id not in state.instances and (
+                journey.send_on_backfill or not caused_by_backfill(facts.cause)):
             cause = fired(journey.entry.trigger, facts, previous_churn)
             if cause is not None and _may_enter(state, journey, cause.event_time):
                 _enter(state, journey, facts, user, out)
