@@ -78,8 +78,12 @@ def _produce(cfg: NudgeflowConfig, updates: Sequence[dict[str, Any]], codec: Cod
 
 
 def publish(cfg: NudgeflowConfig, paths: Sequence[str], published_by: str | None,
-            now_ms: int, say: Callable[[str], None] = print) -> int:
-    """Validate the files and publish their definitions; return how many were published.
+            now_ms: int, say: Callable[[str], None] = print) -> tuple[int, dict[str, int]]:
+    """Validate the files and publish their definitions.
+
+    Returns:
+        How many were published, and the version of every definition the files hold
+        (published now or already): what a backfill of them is for.
 
     Raises:
         udfs.definitions.diagnostics.InvalidDefinitions: a file does not validate (nothing is
@@ -91,9 +95,11 @@ def publish(cfg: NudgeflowConfig, paths: Sequence[str], published_by: str | None
     loaded = load_files(paths, known_segments=known)
     held = published_updates(cfg, codec)
     to_send = []
+    versions: dict[str, int] = {}
     for update, definition in zip(loaded.updates(now_ms, published_by), loaded.all(),
                                   strict=True):
         label = f"{definition.id} v{definition.version}"
+        versions[definition.id] = int(update["version"])
         current = held.get(definition.id)
         if current is not None and update["version"] <= current["version"]:
             if update["version"] == current["version"] and update["checksum"] == \
@@ -108,7 +114,7 @@ def publish(cfg: NudgeflowConfig, paths: Sequence[str], published_by: str | None
         to_send.append(update)
         say(f"  {label} ({update['kind'].lower()}): publishing")
     _produce(cfg, to_send, codec)
-    return len(to_send)
+    return len(to_send), versions
 
 
 def delete(cfg: NudgeflowConfig, definition_id: str, published_by: str | None,

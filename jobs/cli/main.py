@@ -293,8 +293,24 @@ def cmd_defs(args: argparse.Namespace) -> int:
         if code != 0:
             print(text, file=sys.stderr, flush=True)
             return code
-        count = defs.publish(cfg, args.targets, args.by, now_ms, say=_say)
+        count, versions = defs.publish(cfg, args.targets, args.by, now_ms, say=_say)
         _say(f"published {count} definition(s) to {cfg.definitions_topic}")
+        if args.backfill:
+            from jobs.cli import backfill
+
+            try:
+                report = backfill.run_backfill(
+                    cfg, versions, rate=args.rate or backfill.DEFAULT_RATE,
+                    metrics_urls=args.metrics or backfill.LOCAL_METRICS,
+                    progress=not args.quiet, say=_say)
+            except backfill.BackfillError as exc:
+                return _fail(str(exc))
+            if args.json:
+                import json
+
+                print(json.dumps(report.as_dict()), flush=True)  # the last line of stdout
+            else:
+                _say(report.text())
     elif args.action == "delete":
         for definition_id in args.targets:
             version = defs.delete(cfg, definition_id, args.by, now_ms)
@@ -640,17 +656,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what-if: replay the ClickEvents of this JSON-lines or Avro "
                         "container file instead of the clicks topic (metadata still comes from "
                         "the user-metadata topic)")
-    defs_p.add_argument("--json", action="store_true", help="what-if: the report as JSON")
+    defs_p.add_argument("--json", action="store_true", help="what-if, publish --backfill: the "
+                        "report as JSON (--backfill: its last line of output)")
     defs_p.add_argument("--plot", metavar="PNG", help="what-if: also draw audience sizes and "
                         "triggers over time, live vs live + candidate, into this PNG")
     defs_p.add_argument("--samples", type=int, default=5,
                         help="what-if: sample triggers of the candidates to show")
     defs_p.add_argument("--keep", metavar="DIR", help="what-if: keep each run's plan, records "
                         "and log in DIR")
-    defs_p.add_argument("--quiet", action="store_true", help="what-if: no progress bar")
+    defs_p.add_argument("--quiet", action="store_true",
+                        help="what-if, publish --backfill: no progress bar")
     defs_p.add_argument("--against-topic", action="store_true",
                         help="validate: also check ids, versions and segment references against "
                         "the definitions control topic (needs Kafka)")
+    defs_p.add_argument("--backfill", action="store_true",
+                        help="publish: then re-evaluate every known user against the published "
+                        "definitions now, instead of at each user's next event (waits until "
+                        "the running job applies them)")
+    defs_p.add_argument("--rate", type=float,
+                        help="publish --backfill: at most this many re-evaluation requests per "
+                        "second, so live traffic keeps its latency (default 500)")
+    defs_p.add_argument("--metrics", metavar="URL", action="append",
+                        help="publish --backfill: a Flink Prometheus reporter's page to follow "
+                        "the engine's answers on; repeat it for each TaskManager (default: the "
+                        "local stack's, ports 9249-9259)")
     defs_p.add_argument("--by", default=os.environ.get("USER"),
                         help="publish/delete: who publishes (recorded in the update)")
     add_config_arguments(defs_p)

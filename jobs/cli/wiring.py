@@ -108,6 +108,16 @@ def topic_values(cfg: NudgeflowConfig, topic: str, stall_s: float = 30.0
                  ) -> Iterator[bytes | None]:
     """Every committed record value of ``topic``, from its beginning to its end at the call.
 
+    ``topic_records`` without the keys.
+    """
+    for _, value in topic_records(cfg, topic, stall_s):
+        yield value
+
+
+def topic_records(cfg: NudgeflowConfig, topic: str, stall_s: float = 30.0
+                  ) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """Every committed record (key, value) of ``topic``, from its beginning to its end at the call.
+
     Read with assigned partitions and no consumer group, so nothing is committed anywhere.
 
     Raises:
@@ -135,6 +145,6 @@ def topic_values(cfg: NudgeflowConfig, topic: str, stall_s: float = 30.0
                 raise TopicStalled(f"reading {topic} made no progress for {stall_s:.0f} s")
             for batch in batches.values():
                 for message in batch:
-                    yield message.value
+                    yield message.key, message.value
     finally:
         consumer.close()
