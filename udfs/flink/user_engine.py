@@ -458,7 +458,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             timers.delete_event_time_timer(step.cancel_timer_ms)
         for due in step.timers:
             timers.register_event_time_timer(due)
-        yield from self._segment_changes(step)
+        yield from self._segment_changes(step, emit_time)
         if step.erasure:
             # after the EXITs (they write history rows too): whatever is left of the user goes
             yield from self._erase_from_stores(user_id, step)
@@ -596,8 +596,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         for rejection in self.writer.erase_user(user_id, step.erased_segments) or []:
             yield self._rejected_letter(rejection, self.cfg.user_metadata_topic, user_id, None)
 
-    def _segment_changes(self, step: engine.Step) -> Iterator[Row]:
-        # durable before they are emitted (and so checkpointed); a step's changes together
+    def _segment_changes(self, step: engine.Step, emit_time: int) -> Iterator[Row]:
+        # durable before they are emitted (and so checkpointed); a step's changes together.
+        # emitted_at is the processing time of the step (the contract: emitted_at - event_time
+        # is the segment latency)
         rejections = self.writer.write_many(step.changes) or []
         refused = {rejection.change["change_id"] for rejection in rejections}
         yield from self._store_rejections(rejections)
@@ -606,7 +608,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 continue
             (self.enters if change["change"] == "ENTER" else self.exits).inc()
             self.changes.inc(f"{change['segment_id']}.{change['change']}")
-            record = {**change, "emitted_at": change["event_time"]}
+            record = {**change, "emitted_at": emit_time}
             yield Row("SegmentChange", None, change["user_id"].encode(),
                       self.codec.encode("SegmentChange", record))
 
