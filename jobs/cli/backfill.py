@@ -159,11 +159,17 @@ def wait_until_applied(cfg: NudgeflowConfig, definitions: Mapping[str, int],
         client.close()
 
 
-def known_users(cfg: NudgeflowConfig) -> list[str]:
+#: where ``known_users`` looks: ``all`` (the user-metadata topic and Cassandra) or ``metadata``
+USER_SOURCES = ("all", "metadata")
+
+
+def known_users(cfg: NudgeflowConfig, source: str = "all") -> list[str]:
     """Every user the stores know: metadata on the user-metadata topic, or a membership row.
 
     A user whose latest metadata record is a tombstone (erased) is left out unless Cassandra
-    still holds a row of theirs.
+    still holds a row of theirs. ``source="metadata"``: the topic alone (Cassandra's
+    ``membership_by_user`` may hold users of other jobs sharing its keyspace, or anonymous
+    users without a profile).
     """
     from jobs.cli import wiring
 
@@ -172,6 +178,8 @@ def known_users(cfg: NudgeflowConfig) -> list[str]:
         if key:
             latest[key.decode("utf-8", "replace")] = value is not None
     users = {user for user, alive in latest.items() if alive}
+    if source == "metadata":
+        return sorted(users)
     session = wiring.cassandra_session(cfg, cfg.cassandra_keyspace)
     try:
         rows = session.execute(
@@ -243,8 +251,8 @@ class _Progress:
 def run_backfill(cfg: NudgeflowConfig, definitions: Mapping[str, int], rate: float = DEFAULT_RATE,
                  metrics_urls: Sequence[str] = LOCAL_METRICS, wait_s: float = 600.0,
                  progress: bool = True, say: Callable[[str], None] = print,
-                 users: Sequence[str] | None = None) -> BackfillReport:
-    """Re-evaluate every known user (or ``users``) against ``definitions`` (id -> version).
+                 users_from: str = "all") -> BackfillReport:
+    """Re-evaluate every known user (``known_users``) against ``definitions`` (id -> version).
 
     Raises:
         BackfillError: the job does not apply the definitions, or the rate is not positive.
@@ -256,7 +264,7 @@ def run_backfill(cfg: NudgeflowConfig, definitions: Mapping[str, int], rate: flo
                             f"got {rate}")
     codec = Codec.load()
     wait_until_applied(cfg, definitions)
-    targets = list(users) if users is not None else known_users(cfg)
+    targets = known_users(cfg, users_from)
     backfill = backfill_id(definitions)
     say(f"backfill {backfill}: {len(targets):,} known users, at most {rate:,.0f} requests/s")
     before = read_outcomes(metrics_urls)

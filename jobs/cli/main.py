@@ -302,6 +302,7 @@ def cmd_defs(args: argparse.Namespace) -> int:
                 report = backfill.run_backfill(
                     cfg, versions, rate=args.rate or backfill.DEFAULT_RATE,
                     metrics_urls=args.metrics or backfill.LOCAL_METRICS,
+                    users_from=args.users_from,
                     progress=not args.quiet, say=_say)
             except backfill.BackfillError as exc:
                 return _fail(str(exc))
@@ -676,6 +677,10 @@ def build_parser() -> argparse.ArgumentParser:
     defs_p.add_argument("--rate", type=float,
                         help="publish --backfill: at most this many re-evaluation requests per "
                         "second, so live traffic keeps its latency (default 500)")
+    defs_p.add_argument("--users-from", choices=["all", "metadata"], default="all",
+                        help="publish --backfill: the known users: all (default: every user "
+                        "with metadata on the user-metadata topic or a membership row in "
+                        "Cassandra) or metadata (the topic alone)")
     defs_p.add_argument("--metrics", metavar="URL", action="append",
                         help="publish --backfill: a Flink Prometheus reporter's page to follow "
                         "the engine's answers on; repeat it for each TaskManager (default: the "
