@@ -565,6 +565,8 @@ def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Tim
         cause = arbitration.backfill_cause(item.backfill_id)
         seg = _reevaluate(state, user_id, at_ms, registry, cause=cause, cause_event_id=None,
                           scorer=scorer)
+        for change in seg.changes:  # for people: why now, without a click of theirs
+            change["reason"] = f"{cause}: {change['reason']}"
     else:
         seg = on_timer(state, user_id, at_ms, registry, scorer)
         cause = f"timer@{at_ms}"
@@ -581,9 +583,9 @@ def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Tim
     # the first day boundary at which the user is idle for *more* than the TTL (expired)
     clock.expiry_ms = expiry_timer_ms(state.features.last_event_ms + 1, rules.state_ttl_ms) \
         if state.features is not None else None
-    _campaigns(state, user_id, seg, rules, cause, event, not isinstance(item, (Click,
-                                                                              MetadataUpdate)),
-               now_ms, out)
+    # a timer or a backfill: deferred candidates may be due, so the campaign state is read
+    time_driven = not isinstance(item, (Click, MetadataUpdate))
+    _campaigns(state, user_id, seg, rules, cause, event, time_driven, now_ms, out)
     # a due time is always after the evaluation's time (never loop on the same instant)
     for name in ("due_ms", "campaign_due_ms"):
         value = getattr(clock, name)

@@ -136,6 +136,8 @@ def test_a_backfill_gives_the_membership_of_a_definition_in_force_from_the_start
     entries = [c for c in backfilled.changes if c["segment_id"] == "window-shoppers"]
     assert {c["event_time"] for c in entries} == {backfilled.watermark}
     assert all(c["cause_event_id"] is None and c["change"] == "ENTER" for c in entries)
+    assert all(c["reason"].startswith("backfill@bf-1: events_product_view_7d ")
+               for c in entries)
     assert {c["change_id"] for c in entries} == {
         engine.change_id(c["user_id"], "window-shoppers", "ENTER", backfilled.watermark,
                          "backfill@bf-1") for c in entries}
