@@ -126,8 +126,9 @@ def test_scripted_scenario_lands_on_the_right_tier_topics(trigger_cfg, tmp_path)
             "expires_after": "3h",
             "priority": {"urgency": 1.0, "expected_roi": 100, "brand_significance": 1.0},
             "quiet_hours": "bypass"}))
-        assert defs.publish(cfg, [str(tmp_path / "flash.yaml")], "test", int(time.time() * 1000),
-                            say=lambda _: None) == 1
+        published, _ = defs.publish(cfg, [str(tmp_path / "flash.yaml")], "test",
+                                    int(time.time() * 1000), say=lambda _: None)
+        assert published == 1
         wait_for_applied(cfg, flash, 1)
         produce_raw(cfg, cfg.clicks_topic, [
             (ann.encode(), click_bytes(codec, f"{ann}-1", ann, "ADD_TO_CART", t0, **CART)),
