@@ -602,7 +602,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # is the segment latency)
         rejections = self.writer.write_many(step.changes) or []
         refused = {rejection.change["change_id"] for rejection in rejections}
-        yield from self._store_rejections(rejections)
+        yield from self._store_rejections(rejections, emit_time)
         for change in step.changes:
             if change["change_id"] in refused:
                 continue
@@ -612,7 +612,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             yield Row("SegmentChange", None, change["user_id"].encode(),
                       self.codec.encode("SegmentChange", record))
 
-    def _store_rejections(self, rejections: list[Any]) -> Iterator[Row]:
+    def _store_rejections(self, rejections: list[Any], emit_time: int) -> Iterator[Row]:
         """Dead letters (engine rows of kind DeadLetter) of changes a store refused for good.
 
         Bounded like every dead letter (``udfs.intake.dead_letter``): the SegmentChange bytes
@@ -620,8 +620,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         """
         for rejection in rejections:
             change = rejection.change
-            raw = self.codec.encode("SegmentChange", {**change,
-                                                      "emitted_at": change["event_time"]})
+            raw = self.codec.encode("SegmentChange", {**change, "emitted_at": emit_time})
             yield self._rejected_letter(rejection, self.cfg.segment_changes_topic,
                                         change["user_id"], raw)
 
