@@ -38,8 +38,10 @@ from jobs.config import NudgeflowConfig
 from schemas.codec import Codec
 from udfs.engine import BACKFILL_OUTCOMES
 
-#: default send rate, requests per second: about a fifth of what one engine subtask applies
-DEFAULT_RATE = 500.0
+#: default send rate, requests per second: about a quarter of what the local stack's engine
+#: applies at parallelism 2 (~900/s); 400/s there took the live probe's p99 to 2.0x (see
+#: docs/performance.md, "Backfill and live latency")
+DEFAULT_RATE = 250.0
 #: how long to wait for the running job to apply the published versions
 APPLY_TIMEOUT_S = 120.0
 #: the local stack's Prometheus reporter ports (``infra.servers.flink.PROMETHEUS_PORTS``)

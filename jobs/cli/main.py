@@ -676,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the running job applies them)")
     defs_p.add_argument("--rate", type=float,
                         help="publish --backfill: at most this many re-evaluation requests per "
-                        "second, so live traffic keeps its latency (default 500)")
+                        "second, so live traffic keeps its latency (default 250)")
     defs_p.add_argument("--users-from", choices=["all", "metadata"], default="all",
                         help="publish --backfill: the known users: all (default: every user "
                         "with metadata on the user-metadata topic or a membership row in "
