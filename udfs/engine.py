@@ -58,6 +58,9 @@ class UserState:
     ``load_campaigns`` (the adapter reads keyed state there) or starts a fresh one.
     ``features``, ``metadata`` and ``membership`` are filled by ``load`` (once, by ``ensure``)
     when given: the adapter reads them only when an input is applied or a check runs.
+    ``churn_score`` and ``model_version`` are the latest evaluation's within one step: ``step``
+    starts them at None (they are not keyed state; the campaign state keeps its own score for
+    crossings).
     """
 
     features: feature_state.UserFeatures | None = None
@@ -345,6 +348,10 @@ def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
         now_ms: wall-clock time of the step (a trigger's ``emit_time``; never read as event
             time).
     """
+    # derived by each evaluation in the step, never kept between steps (the adapter has no keyed
+    # state for them): a step that scores nothing (an engagement outcome) reads no score, whether
+    # or not the caller's state object lived on since the last step
+    state.churn_score = state.model_version = None
     if isinstance(item, Erasure):
         return erase(state, item, rules)
     if isinstance(item, Backfill):

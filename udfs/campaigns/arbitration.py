@@ -135,7 +135,8 @@ class CampaignState:
         last_send: campaign id -> event time of its last send to this user.
         decided: trigger id -> event time of its decision (sent or suppressed): dedup.
         pending: deferred candidates and those waiting out the decision window.
-        churn_score: the churn score after the previous step, to detect a crossing.
+        churn_score: the churn score as of the last step that moved it across a threshold
+            (steps that score nothing leave it), to detect a crossing.
         journeys: the user's journey instances (``udfs.journeys.runner``), kept in the same
             keyed state value: a journey's sends and the campaigns' share one decision.
         opt_outs: channel -> event time of the user's latest UNSUBSCRIBED or COMPLAINED
@@ -639,9 +640,13 @@ def on_step(state: CampaignState, facts: StepFacts, user: UserFacts, defs: Defin
     changed = False
     thresholds = [*(c.trigger.churn_crosses for c in campaigns
                     if c.trigger.churn_crosses is not None), *defs.churn_thresholds]
-    if churn_band(facts.churn_score, thresholds) != churn_band(state.churn_score, thresholds):
+    if facts.churn_score is not None and \
+            churn_band(facts.churn_score, thresholds) != churn_band(state.churn_score, thresholds):
         # kept only when it moves across a threshold: the state is not rewritten per event,
-        # and a crossing is still seen (the kept score is on the same side of every threshold)
+        # and a crossing is still seen (the kept score is on the same side of every threshold).
+        # A step without a score (an engagement outcome scores nothing; scoring off) leaves it:
+        # taken as "no score" it would make the next score a crossing from nothing, and when
+        # that next score comes would depend on when the outcome arrived
         state.churn_score = facts.churn_score
         changed = True
     converted: list[dict[str, Any]] = []
