@@ -36,6 +36,8 @@ EXECUTION_MODES = ("thread", "process")
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 STATE_BACKENDS = ("hashmap", "rocksdb")
+#: Flink's upper bound on key groups (``KeyGroupRangeAssignment.UPPER_BOUND_MAX_PARALLELISM``)
+MAX_KEY_GROUPS = 32_768
 #: the largest dead_letter_raw_max_bytes: 1 MiB (Kafka's default max.request.size and
 #: message.max.bytes) minus the 48 KiB the rest of a DeadLetter may take, minus a margin
 MAX_DEAD_LETTER_RAW_BYTES = 983_040
@@ -208,6 +210,10 @@ class NudgeflowConfig:
     # --- Flink -----------------------------------------------------------------------------
     job_name: str = _opt("nudgeflow", "Flink job name.")
     parallelism: int = _opt(1, "Default parallelism of the job's operators.")
+    max_parallelism: int = _opt(
+        128, "Key groups of the keyed state (pipeline.max-parallelism): the most the job can be "
+        "rescaled to. Fixed for the life of the state: a savepoint taken with another value is "
+        "refused by Flink.")
     execution_mode: str = _opt(
         "thread",
         "python.execution-mode: thread (in the JVM, ~25x faster here) or process.",
@@ -264,6 +270,11 @@ class NudgeflowConfig:
                 )
         if self.parallelism < 1:
             raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
+        if not self.parallelism <= self.max_parallelism <= MAX_KEY_GROUPS:
+            raise ConfigError(
+                f"max_parallelism must be between parallelism ({self.parallelism}) and "
+                f"{MAX_KEY_GROUPS}, got {self.max_parallelism}; it is fixed for the life of the "
+                "job's state (a savepoint keeps it), so set it to the most you will scale to")
         self._check_kafka_security()
         if self.redis_ssl_ca_file and not self.redis_url.startswith("rediss://"):
             raise ConfigError("redis_ssl_ca_file is set but redis_url is not rediss://...: "

@@ -78,6 +78,9 @@ def create_env(cfg: NudgeflowConfig, local: bool) -> StreamExecutionEnvironment:
         conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.parallelism)
+    # explicit, so rescaling never depends on the parallelism the state was first taken at
+    # (Flink's default is derived from it: 128 up to parallelism 85, more above)
+    env.set_max_parallelism(cfg.max_parallelism)
     return env
 
 

@@ -238,6 +238,16 @@ def test_parallelism_and_interval_ranges() -> None:
         load_config(env={}, overrides={"checkpoint_interval_ms": -1})
 
 
+def test_max_parallelism_is_fixed_between_the_parallelism_and_flinks_bound() -> None:
+    assert load_config(env={}).max_parallelism == 128  # Flink's default up to parallelism 85
+    assert load_config(env={"NUDGEFLOW_MAX_PARALLELISM": "4096"}).max_parallelism == 4096
+    with pytest.raises(ConfigError, match=r"max_parallelism must be between parallelism \(8\) "
+                       r"and 32768, got 4; it is fixed for the life of the job's state"):
+        load_config(env={}, overrides={"parallelism": 8, "max_parallelism": 4})
+    with pytest.raises(ConfigError, match="got 40000"):
+        load_config(env={}, overrides={"max_parallelism": 40_000})
+
+
 def test_replace_validates_again() -> None:
     cfg = load_config(env={})
     assert replace(cfg, parallelism=5).parallelism == 5
