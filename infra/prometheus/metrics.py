@@ -11,8 +11,9 @@ Flink's Prometheus reporter names a metric by its scope and its groups, joined b
 
 Counters are exported as gauges without ``_total`` (use ``rate``/``increase`` on them all the
 same: they only grow, and reset when a task restarts). PyFlink's distributions are last-value
-gauges in thread mode (``MetricDistribution`` is a ``Gauge<Long>``): ``trigger_latency_ms`` is
-the latency of one recent trigger per subtask, not a histogram.
+gauges in thread mode (``MetricDistribution`` is a ``Gauge<Long>``), so the latency and size
+figures are ``Histogram``s made of counters instead (``HISTOGRAMS``):
+``histogram_quantile(0.99, sum by (le, tier) (rate(<name>_bucket[5m])))`` reads them.
 
 The sender's metrics come from prometheus-client (``jobs/sender/kpis.py``): counters end in
 ``_total``, the queue-wait histogram has ``_bucket``/``_sum``/``_count``.
@@ -38,9 +39,9 @@ ENGINE_METRICS = (
     # udfs/flink/user_engine.py: counters and (last-value) distributions, no groups
     "events_in", "events_valid", "engine_events", "clicks_done", "events_duplicate",
     "events_late", "inputs_applied_late", "timers_fired", "rechecks_skipped", "segment_enters",
-    "segment_exits", "user_state_bytes", "store_retries", "redis_rebuilds", "quiet_releases",
+    "segment_exits", "store_retries", "redis_rebuilds", "quiet_releases",
     "definitions_rejected", "outcomes_in", "users_erased", "inputs_dropped_erased",
-    "triggers_duplicate", "trigger_latency_ms",
+    "triggers_duplicate",
     # udfs/flink/metrics.py MeasuredScorer (with churn scoring on)
     "churn_scores", "churn_score_permille", "churn_scoring_us",
 )
@@ -55,6 +56,13 @@ LABELLED_METRICS = (
     ("reason", "records_dead_lettered"), ("outcome", "backfill_requests"),
 )
 """Counters under a key-value group: exported as ``<key>_<name>`` with the label ``<key>``."""
+
+HISTOGRAMS = (
+    # (metric name, label keys): udfs/flink/metrics.py Histogram, registered in user_engine.py
+    ("trigger_latency_ms", ("tier",)), ("user_state_bytes", ()),
+)
+"""Histograms of counters: ``<keys>_le_<name>_bucket{le=...}``, ``<keys>_<name>_sum`` and
+``<keys>_<name>_count`` (the bucket counters sit in a group ``le``, so its key joins the name)."""
 
 JOURNEY_MOVES = ("entered", "sent", "waiting", "converted", "exited")
 """``JourneyCounters``: ``journey_<move>`` under groups journey=<id>, node=<id>."""
@@ -110,6 +118,9 @@ def exported() -> frozenset[str]:
     """Every metric name the job, Flink and the sender export (and Prometheus's ``up``)."""
     names = {operator_metric(name) for name in ENGINE_METRICS + FLINK_OPERATOR_METRICS}
     names |= {operator_metric(name, key) for key, name in LABELLED_METRICS}
+    for name, keys in HISTOGRAMS:
+        names |= {operator_metric(f"{name}_bucket", *keys, "le"),
+                  operator_metric(f"{name}_sum", *keys), operator_metric(f"{name}_count", *keys)}
     names |= {operator_metric(f"journey_{move}", "journey", "node") for move in JOURNEY_MOVES}
     names |= {operator_metric(name, CAMPAIGN_STATS_GROUP) for name in CAMPAIGN_STATS_METRICS}
     names |= {f"{JOB_SCOPE}_{name}" for name in FLINK_JOB_METRICS}

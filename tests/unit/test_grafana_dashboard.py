@@ -63,9 +63,9 @@ def test_the_dashboard_covers_what_operators_ask() -> None:
     queried = {name for panel in graphs() for target in panel["targets"]
                for name in metrics.promql_names(target["expr"])}
     op = "flink_taskmanager_job_task_operator_"
-    engine = ["events_in", "pendingRecords", "trigger_latency_ms", "tier_triggers",
+    engine = ["events_in", "pendingRecords", "tier_le_trigger_latency_ms_bucket", "tier_triggers",
               "campaign_triggers", "reason_triggers_suppressed", "reason_triggers_deferred",
-              "segment_enters", "segment_exits", "user_state_bytes",
+              "segment_enters", "segment_exits", "le_user_state_bytes_bucket",
               "reason_events_dead_lettered", "store_retries"]
     for wanted in [*(op + name for name in engine),
                    "flink_jobmanager_job_lastCheckpointDuration",

@@ -94,19 +94,25 @@ FLINK_CODE = ROOT / "udfs" / "flink"
 # metrics.counter("x"), group.distribution("x"), ... (also over a line break)
 BY_NAME = re.compile(r'\b(?:metrics|group)\.(?:counter|distribution|gauge|meter)\(\s*"(\w+)"')
 LABELLED = re.compile(r'LabelledCounters\([^,]+,\s*"(\w+)",\s*"(\w+)"\)')
+# Histogram(metrics, "x", ...) and LabelledHistograms(metrics, "key", "x", ...)
+HISTOGRAM = re.compile(r'\bHistogram\(\s*\w+,\s*"(\w+)"')
+LABELLED_HISTOGRAM = re.compile(r'LabelledHistograms\(\s*\w+,\s*"(\w+)",\s*"(\w+)"')
 
 
 def registered_in_code():
     text = "\n".join(path.read_text() for path in sorted(FLINK_CODE.glob("*.py")))
-    return set(BY_NAME.findall(text)), set(LABELLED.findall(text))
+    histograms = {(name, ()) for name in HISTOGRAM.findall(text)}
+    histograms |= {(name, (key,)) for key, name in LABELLED_HISTOGRAM.findall(text)}
+    return set(BY_NAME.findall(text)), set(LABELLED.findall(text)), histograms
 
 
 def test_the_metric_list_is_what_the_flink_functions_register() -> None:
-    by_name, labelled = registered_in_code()
+    by_name, labelled, histograms = registered_in_code()
     listed = set(metrics.ENGINE_METRICS) | set(metrics.CAMPAIGN_STATS_METRICS)
     assert by_name == listed, "udfs/flink registers other metrics than infra/prometheus/" \
         f"metrics.py lists: missing {by_name - listed}, gone {listed - by_name}"
     assert labelled == set(metrics.LABELLED_METRICS)
+    assert histograms == set(metrics.HISTOGRAMS)
     assert 'add_group("nudgeflow")' in (FLINK_CODE / "campaign_stats.py").read_text()
     assert 'counter(f"journey_{what}")' in (FLINK_CODE / "metrics.py").read_text()
 
@@ -138,4 +144,7 @@ def test_exported_names_follow_the_reporters_scopes() -> None:
     assert "flink_taskmanager_job_task_operator_nudgeflow_campaign_stats_facts" in exported
     assert "flink_taskmanager_job_task_operator_journey_node_journey_sent" in exported
     assert "flink_jobmanager_job_lastCheckpointDuration" in exported
+    assert "flink_taskmanager_job_task_operator_tier_le_trigger_latency_ms_bucket" in exported
+    assert "flink_taskmanager_job_task_operator_tier_trigger_latency_ms_count" in exported
+    assert "flink_taskmanager_job_task_operator_le_user_state_bytes_bucket" in exported
     assert "flink_taskmanager_job_task_operator_pendingRecords" in exported

@@ -7,6 +7,7 @@ several percent of an event's time. These wrappers cut the crossings and keep th
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from typing import Any
 
 
@@ -60,6 +61,133 @@ class SampledDistribution:
         self.seen += 1
         if self.seen % self.every == 0:
             self.distribution.update(value)
+
+
+def _bounds(start: float, stop: float, factor: float) -> tuple[int, ...]:
+    """Whole-number bucket bounds from ``start`` to at least ``stop``, ~``factor`` apart.
+
+    Whole numbers because Flink's Prometheus reporter rewrites every character of a label value
+    outside ``[A-Za-z0-9_:]`` (``5.75`` would reach Prometheus as ``5_75``, which is no number);
+    rounded to 3 significant digits, so the labels stay readable.
+    """
+    out: list[int] = []
+    value = start
+    while not out or out[-1] < stop:
+        rounded = round(value) if value < 100 else int(float(f"{value:.3g}"))
+        if not out or rounded > out[-1]:
+            out.append(rounded)
+        value *= factor
+    return tuple(out)
+
+
+#: upper bounds (ms) of the latency histograms: 5 ms to 5 min, ~1.15x apart, so above 50 ms a
+#: quantile that Prometheus interpolates inside a bucket is off by less than 16% of its value
+#: (far less when values spread evenly inside it)
+LATENCY_BUCKETS_MS = _bounds(5, 300_000, 1.15)
+#: upper bounds (bytes) of the state-size histogram: 256 B to 1 MiB, ~1.5x apart
+SIZE_BUCKETS_BYTES = _bounds(256, 1 << 20, 1.5)
+
+
+def le_label(bound: float) -> str:
+    """A bucket's ``le`` label (``250``, ``+Inf``).
+
+    The reporter turns ``+Inf`` into ``_Inf``: the scrape config renames it back
+    (``metric_relabel_configs``, see ``infra/servers/prometheus.py``), or ``histogram_quantile``
+    finds no ``+Inf`` bucket and answers NaN.
+    """
+    if bound == float("inf"):
+        return "+Inf"
+    if bound != int(bound):
+        raise ValueError(f"bucket bound {bound} is not a whole number: the reporter would "
+                         "rewrite its '.'")
+    return str(int(bound))
+
+
+class Histogram:
+    """A Prometheus histogram made of Flink counters, cheap per observation.
+
+    PyFlink's thread-mode distributions are last-value gauges, so no percentile can be taken from
+    them. This keeps one counter per bucket (``<name>_bucket`` under the group ``le=<bound>``,
+    cumulative as Prometheus expects, ``+Inf`` last), ``<name>_sum`` and ``<name>_count`` on
+    ``group``: ``histogram_quantile`` then works on what the Prometheus reporter exports. An
+    observation is a ``bisect`` in Python; the counters are moved (a JVM call each) only for
+    buckets that changed, every ``FLUSH_EVERY`` observations or ``FLUSH_AFTER_S``, so a
+    histogram lags by at most that much.
+    """
+
+    FLUSH_EVERY = 200
+    FLUSH_AFTER_S = 1.0
+
+    def __init__(self, group: Any, name: str, bounds: tuple[int, ...]) -> None:
+        if list(bounds) != sorted(set(bounds)) or not bounds:
+            raise ValueError(f"histogram {name}: bounds must be increasing, got {bounds}")
+        self.bounds = bounds
+        self.buckets = [group.add_group("le", le_label(b)).counter(f"{name}_bucket")
+                        for b in (*bounds, float("inf"))]
+        self.sum = group.counter(f"{name}_sum")
+        self.count = group.counter(f"{name}_count")
+        self.pending = [0] * (len(bounds) + 1)  # per bucket, not cumulative
+        self.pending_sum = 0
+        self.pending_count = 0
+        self.flushed_at = time.monotonic()
+
+    def observe(self, value: int) -> None:
+        """Record one value (whole units: counters hold integers)."""
+        self.pending[bisect_left(self.bounds, value)] += 1
+        self.pending_sum += value
+        self.pending_count += 1
+        if self.pending_count >= self.FLUSH_EVERY or \
+                time.monotonic() - self.flushed_at >= self.FLUSH_AFTER_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Move the Flink counters by what was observed since the last flush."""
+        if self.pending_count:
+            cumulative = 0
+            for counter, n in zip(self.buckets, self.pending, strict=True):
+                cumulative += n
+                if cumulative:
+                    counter.inc(cumulative)
+            self.sum.inc(self.pending_sum)
+            self.count.inc(self.pending_count)
+            self.pending = [0] * len(self.pending)
+            self.pending_sum = self.pending_count = 0
+        self.flushed_at = time.monotonic()
+
+
+class LabelledHistograms:
+    """Histograms created on first use under ``<group>=<label>`` (e.g. tier=P0)."""
+
+    def __init__(self, metrics: Any, group: str, name: str, bounds: tuple[int, ...]) -> None:
+        self.metrics = metrics
+        self.group = group
+        self.name = name
+        self.bounds = bounds
+        self.histograms: dict[str, Histogram] = {}
+        self.checked_at = time.monotonic()
+
+    def observe(self, label: str, value: int) -> None:
+        """Record one value under ``label``."""
+        histogram = self.histograms.get(label)
+        if histogram is None:
+            histogram = Histogram(self.metrics.add_group(self.group, label), self.name,
+                                  self.bounds)
+            self.histograms[label] = histogram
+        histogram.observe(value)
+
+    def tick(self) -> None:
+        """Flush what waits longer than ``Histogram.FLUSH_AFTER_S``.
+
+        Call it often: a quiet histogram is flushed by its next observation only, which may
+        not come.
+        """
+        now = time.monotonic()
+        if now - self.checked_at < Histogram.FLUSH_AFTER_S:
+            return
+        self.checked_at = now
+        for histogram in self.histograms.values():
+            if histogram.pending_count:
+                histogram.flush()
 
 
 class LabelledCounters:

@@ -56,11 +56,14 @@ from udfs.flink.descriptors import (
     user_metadata_state,
 )
 from udfs.flink.metrics import (
+    LATENCY_BUCKETS_MS,
+    SIZE_BUCKETS_BYTES,
     BufferedCounter,
+    Histogram,
     JourneyCounters,
     LabelledCounters,
+    LabelledHistograms,
     MeasuredScorer,
-    SampledDistribution,
 )
 from udfs.flink.scoring import PythonThreadScorer
 
@@ -155,8 +158,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.suppressed = LabelledCounters(metrics, "reason", "triggers_suppressed")
         self.deferred = LabelledCounters(metrics, "reason", "triggers_deferred")
         self.trigger_duplicates = metrics.counter("triggers_duplicate")
-        # ingestion (Kafka append time of the causing click) -> trigger emitted, ms
-        self.trigger_latency = metrics.distribution("trigger_latency_ms")
+        # ingestion (Kafka append time of the causing click) -> trigger emitted, ms, per tier:
+        # a real histogram (Prometheus takes percentiles of it), not a last-value gauge
+        self.trigger_latency = LabelledHistograms(metrics, "tier", "trigger_latency_ms",
+                                                  LATENCY_BUCKETS_MS)
         self.audience_sizes: dict[str, int] = {}
         self.audience_read_at = 0.0
         self.limits = self.cfg.intake_limits()
@@ -180,7 +185,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.changes = LabelledCounters(metrics, "segment", "segment_changes")
         self.enters = metrics.counter("segment_enters")
         self.exits = metrics.counter("segment_exits")
-        self.state_bytes = SampledDistribution(metrics.distribution("user_state_bytes"))
+        self.state_bytes = Histogram(metrics, "user_state_bytes", SIZE_BUCKETS_BYTES)
         self.store_retries = metrics.counter("store_retries")
         self.store_rejected = LabelledCounters(metrics, "store", "store_rejected")
         self.redis_rebuilds = metrics.counter("redis_rebuilds")
@@ -541,7 +546,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             encoded = encode_state(state.features)
             self.features_state.update(encoded)
             _remember(self.features_cache, user_id, (encoded, state.features))
-            self.state_bytes.update(len(encoded))
+            self.state_bytes.observe(len(encoded))
         if step.metadata_changed and state.metadata is not None:
             self.metadata_state.update(self.codec.encode("UserMetadata", state.metadata))
         if (self.rest_loaded or step.expired) and state.membership != self.loaded_membership:
@@ -637,6 +642,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         return Row("DeadLetter", None, letter["key"], self.codec.encode("DeadLetter", letter))
 
     def _triggers(self, user_id: str, step: engine.Step, emit_time: int) -> Iterator[Any]:
+        self.trigger_latency.tick()
         for _ in range(step.trigger_duplicates):
             self.trigger_duplicates.inc()
         for journey_id, node_id, what in step.journey_moves:
@@ -646,7 +652,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.triggers_by_tier.inc(trigger["tier"])
             self.triggers_by_campaign.inc(trigger["campaign_id"])
             if trigger["cause_event_id"] in step.clicks_applied:
-                self.trigger_latency.update(max(0, emit_time - trigger["ingest_time"]))
+                self.trigger_latency.observe(trigger["tier"],
+                                             max(0, emit_time - trigger["ingest_time"]))
             yield Row("TriggerEvent", trigger["tier"], key,
                       self.codec.encode("TriggerEvent", trigger))
         for decision in step.decisions:
