@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
+import math
 import os
 import platform
 import re
@@ -33,6 +35,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
@@ -144,6 +148,58 @@ def engine_metric(metrics_text: str, job_name: str, operator_name: str, metric: 
                 _words(labels.get("operator_name", "")).startswith(operator):
             values.append(float(match["value"]))
     return combine(values) if values else None
+
+
+#: the local stack's Prometheus server (infra/servers/prometheus.py): the bench reads the engine's
+#: own trigger-latency histogram there, next to what it measures from outside
+PROMETHEUS_URL = "http://127.0.0.1:9090"
+#: waited after a latency step before Prometheus is asked: the engine flushes its histograms
+#: within a second (FLUSH_AFTER_S) and Prometheus scrapes every 5 s
+PROMETHEUS_SETTLE_S = 7.0
+TRIGGER_LATENCY_BUCKETS = OPERATOR_METRIC.format("tier_le_trigger_latency_ms_bucket")
+
+
+def step_quantile_query(job_name: str, tier: str, q: float, span_ms: int) -> str:
+    """PromQL: the q-quantile of ``job_name``'s trigger latency in ``tier`` over ``span_ms``.
+
+    Its bucket counts now minus those ``span_ms`` ago (a bucket absent then counts from 0), so
+    exactly the triggers recorded in between, whatever the scrape times.
+    """
+    label = re.sub(r"[^A-Za-z0-9_:]", "_", job_name)  # as the reporter writes label values
+    series = f'{TRIGGER_LATENCY_BUCKETS}{{job_name="{label}",tier="{tier}"}}'
+    now = f"sum by (le) ({series})"
+    before = f"sum by (le) ({series} offset {span_ms}ms)"
+    return f"histogram_quantile({q}, {now} - ({before} or {now} * 0))"
+
+
+def prometheus_query(url: str, query: str, at_s: float) -> list[dict[str, Any]] | None:
+    """An instant query of Prometheus's HTTP API at ``at_s``; None if no server answers."""
+    params = urllib.parse.urlencode({"query": query, "time": f"{at_s:.3f}"})
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query?{params}",  # noqa: S310
+                                    timeout=5) as response:
+            body = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return list(body.get("data", {}).get("result", [])) if body.get("status") == "success" \
+        else None
+
+
+def prometheus_step_latency(url: str, job_name: str, tier: str, started_s: float,
+                            ended_s: float) -> dict[str, float | None] | None:
+    """p50/p95/p99 (ms) of the triggers the engine recorded in [started, ended].
+
+    As Prometheus computes them from the engine's histogram; None when no server answers.
+    """
+    span_ms = int((ended_s - started_s) * 1000)
+    figures: dict[str, float | None] = {}
+    for key, q in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+        result = prometheus_query(url, step_quantile_query(job_name, tier, q, span_ms), ended_s)
+        if result is None:
+            return None
+        value = float(result[0]["value"][1]) if result else math.nan
+        figures[key] = None if math.isnan(value) else round(value, 1)
+    return figures
 
 
 def implausible(throughput: Sequence[dict[str, Any]], ceiling_events_per_s: float,
@@ -883,8 +939,12 @@ class Bench:
         ticker = threading.Thread(target=self._tick, args=(producer, cfg.clicks_topic, ticking),
                                   daemon=True)
         ticker.start()
+        # the engine's own view of the same triggers, if the stack's Prometheus answers
+        prometheus = prometheus_query(PROMETHEUS_URL, "up", time.time()) is not None
         try:
             self._warm_up(producer, cfg, buyers, read, seen, job)
+            if prometheus:
+                time.sleep(PROMETHEUS_SETTLE_S)  # the warm-up's triggers are scraped first
             for rate in rates:
                 for kind in seen:
                     seen[kind].clear()
@@ -894,7 +954,7 @@ class Bench:
                 step_buyers = [buyers.pop() for _ in range(expected)]
                 sender = threading.Thread(target=self._send, args=(
                     producer, cfg.clicks_topic, prefix, step_buyers, rate, count))
-                sent_at = time.monotonic()
+                sent_at, started_s = time.monotonic(), time.time()
                 sender.start()
                 # wait for the step's triggers: the send time plus the time to work off what
                 # the job could not keep up with, plus checkpoints (exactly-once)
@@ -912,8 +972,17 @@ class Bench:
                     "sustained": sustained(seen["trigger"], expected, len(latencies), rate,
                                            drain_rate),
                     **latency_figures(latencies)})
+                engine_side = None
+                if prometheus:
+                    time.sleep(PROMETHEUS_SETTLE_S)
+                    engine_side = prometheus_step_latency(PROMETHEUS_URL, cfg.job_name, "P1",
+                                                          started_s, time.time())
+                # ingestion to emission, from the engine's histogram: the same triggers but for
+                # the sink and the consumer (and, exactly-once, the checkpoint that commits them)
+                results[-1]["engine_histogram"] = engine_side
                 self.say(f"    {delivery} {rate:>6,}/s: {len(latencies)}/{expected} triggers, "
-                         f"p99 {_fmt(results[-1]['p99_ms'])} ms")
+                         f"p99 {_fmt(results[-1]['p99_ms'])} ms (engine's histogram in "
+                         f"Prometheus: {_fmt((engine_side or {}).get('p99_ms'))} ms)")
         finally:
             ticking.set()
             ticker.join()

@@ -150,7 +150,7 @@ def _sustained_text(results: dict) -> str:
 
 _THROUGHPUT_HEAD = ("configuration", "events/s", "of ceiling")
 _LATENCY_HEAD = ("delivery", "offered/s", "achieved/s", "sustained", "p50 ms", "p95 ms",
-                 "p99 ms", "max ms", "triggers")
+                 "p99 ms", "max ms", "triggers", "Prometheus p50/p99 ms")
 _STAGES_HEAD = ("stage", "µs/event", "share")
 _RESOURCES_HEAD = ("process", "CPU s", "CPU %", "peak RSS MiB")
 _SWEEP_HEAD = ("knob", "value", "events/s", "p99 ms")
@@ -173,7 +173,15 @@ def _latency_rows(results: dict) -> list[Row]:
     return [(e.get("delivery") or MISSING, _rate(e.get("offered_rate")),
              _rate(e.get("achieved_rate")), _yes_no(e.get("sustained")), _ms(e.get("p50_ms")),
              _ms(e.get("p95_ms")), _ms(e.get("p99_ms")), _ms(e.get("max_ms")),
-             _num(e.get("triggers"))) for e in _entries(results, "latency")]
+             _num(e.get("triggers")), _engine_side(e.get("engine_histogram")))
+            for e in _entries(results, "latency")]
+
+
+def _engine_side(figures: dict | None) -> str:
+    """The engine's own p50/p99 of a step (its histogram, read from Prometheus), or a dash."""
+    if not figures:
+        return MISSING
+    return f"{_ms(figures.get('p50_ms'))} / {_ms(figures.get('p99_ms'))}"
 
 
 def _stage_rows(stages: dict) -> list[Row]:

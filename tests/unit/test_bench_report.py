@@ -44,7 +44,8 @@ def sample_results() -> dict:
              "p50_ms": None, "p95_ms": 850.0, "p99_ms": 900.0, "max_ms": 1210.0},
             {"delivery": "exactly-once", "offered_rate": 1000, "achieved_rate": 997.0,
              "sustained": True, "triggers": 238, "segment_changes": 79,
-             "p50_ms": 5.5, "p95_ms": 640.0, "p99_ms": 1050.0, "max_ms": 1100.0},
+             "p50_ms": 5.5, "p95_ms": 640.0, "p99_ms": 1050.0, "max_ms": 1100.0,
+             "engine_histogram": {"p50_ms": 4.9, "p95_ms": 300.0, "p99_ms": 420.5}},
         ],
         "stages": {"source": "py-spy samples of the job's Python operator thread",
                    "us_per_event": {"decode": 40.0, "engine": 300.0, "scoring": 200.0,
@@ -103,9 +104,10 @@ def test_report_latency_rows_show_sustained_and_missing_percentile():
     report = br.format_report(sample_results())
     unsustained = line_with(report, "1,310").split()
     assert unsustained == ["at-least-once", "5,000", "1,100", "no", "–", "850", "900", "1,210",
-                           "1,310"]
+                           "1,310", "–"]  # no Prometheus figures
     exactly_once = line_with(report, "  exactly-once  ").split()
     assert exactly_once[3:5] == ["yes", "5.5"]  # sub-10 ms keeps its decimal
+    assert exactly_once[-3:] == ["4.9", "/", "420"]  # the engine's histogram: p50 / p99
 
 
 def test_report_stage_costs_have_share_and_total():
@@ -235,7 +237,7 @@ def test_readme_section_tables():
     assert "| p2 exactly-once | 1,226 | 25.1% |" in rows
     assert rows.index("| ceiling | 4,878 | 100.0% |") + 1 == rows.index(
         "| p1 at-least-once | 800 | 16.4% |")
-    assert "| at-least-once | 5,000 | 1,100 | no | – | 850 | 900 | 1,210 | 1,310 |" in rows
+    assert "| at-least-once | 5,000 | 1,100 | no | – | 850 | 900 | 1,210 | 1,310 | – |" in rows
     assert "| bundle_size | 1000 | 950 | – |" in rows
     assert "| engine | 300 | 27.3% |" in rows
     assert "| job JVM (Flink + embedded Python) | 120.0 | 85% | 900 |" in rows
