@@ -2,7 +2,8 @@
 # Install everything nudgeflow needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - Debian packages: redis-server, and Java 17 + Maven if they are missing;
 #   - a virtualenv at .venv with nudgeflow (editable) and its dev tools, pinned in setup.py;
-#   - promtool (the rules' tests run it) in .venv/bin, taken out of Debian's prometheus package;
+#   - promtool (the rules' tests run it) and prometheus (the stack's server) in .venv/bin, taken
+#     out of Debian's prometheus package;
 #   - the Java jars (Kafka, Cassandra, Flink Kafka connector + nudgeflow-flink) from Maven
 #     Central into $NUDGEFLOW_HOME/jars (default ~/.nudgeflow/jars).
 # Re-running it is cheap: everything already present is kept.
@@ -45,10 +46,11 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# promtool only: `apt-get download` fetches the .deb and dpkg-deb unpacks it in a temporary
-# directory, so the package is not installed and no Prometheus service is set up or started
-if ! command -v promtool >/dev/null && [ ! -x .venv/bin/promtool ]; then
-  say "extracting promtool from Debian's prometheus package into .venv/bin"
+# promtool and prometheus only: `apt-get download` fetches the .deb and dpkg-deb unpacks it in a
+# temporary directory, so the package is not installed and no Prometheus service is set up or
+# started (`nudgeflow stack up` runs the server, infra/servers/prometheus.py)
+if [ ! -x .venv/bin/promtool ] || [ ! -x .venv/bin/prometheus ]; then
+  say "extracting promtool and prometheus from Debian's prometheus package into .venv/bin"
   deb_dir=$(mktemp -d)
   if ! (cd "$deb_dir" && apt-get download prometheus >/dev/null 2>&1); then
     as_root apt-get update -qq
@@ -56,6 +58,7 @@ if ! command -v promtool >/dev/null && [ ! -x .venv/bin/promtool ]; then
   fi
   dpkg-deb -x "$deb_dir"/prometheus_*.deb "$deb_dir/root"
   install -m 0755 "$deb_dir/root/usr/bin/promtool" .venv/bin/promtool
+  install -m 0755 "$deb_dir/root/usr/bin/prometheus" .venv/bin/prometheus
   rm -rf "$deb_dir"
 fi
 

@@ -37,7 +37,7 @@ def shipped_archive() -> Path:
 
 def refresh_local_taskmanager(build: str, say: Callable[[str], None] = print,
                               rest_url: str = "http://127.0.0.1:8081") -> None:
-    """Restart the local stack's TaskManager unless it can only hold the modules of ``build``.
+    """Restart the local stack's TaskManagers unless each can only hold the modules of ``build``.
 
     ``build`` is the id of the code about to be shipped (``archive_build``).
     ``loaded_code_file`` records ``<build> <TaskManager pid>`` after each submission, or
@@ -55,29 +55,35 @@ def refresh_local_taskmanager(build: str, say: Callable[[str], None] = print,
     from infra.servers.flink import FlinkTaskManager, loaded_code_file
 
     paths = StackPaths.from_env()
-    taskmanager = FlinkTaskManager()
-    pid = stack.running_pid(taskmanager, paths)
-    if pid is None:
-        return
-    loaded = loaded_code_file(paths)
-    held = _held_build(loaded, pid, rest_url)
-    if held not in {build, "fresh"}:
-        what = "an unknown build" if held is None else f"build {held[:12]}"
+    running = [(tm, pid) for tm in stack.default_servers(paths)
+               if isinstance(tm, FlinkTaskManager)
+               and (pid := stack.running_pid(tm, paths)) is not None]
+    stale = []
+    for taskmanager, pid in running:
+        held = _held_build(loaded_code_file(paths, taskmanager.index), pid, rest_url)
+        if held not in {build, "fresh"}:
+            stale.append((taskmanager, "an unknown build" if held is None
+                          else f"build {held[:12]}"))
+    if stale:
+        names = ", ".join(tm.name for tm, _ in stale)
+        what = stale[0][1]
         jobs = _settled_jobs(rest_url)
         if jobs:
             raise DeployError(
-                f"the local TaskManager may hold the Python modules of {what}, not this "
-                f"job's build {build[:12]}, and jobs are running there "
+                f"the local TaskManager ({names}) may hold the Python modules of {what}, not "
+                f"this job's build {build[:12]}, and jobs are running there "
                 f"({', '.join(j['id'] for j in jobs)}): thread mode keeps a job's modules "
                 "loaded, so this job could run old code. Cancel them (`nudgeflow jobs cancel "
                 "--all`) or stop them with a savepoint (`nudgeflow jobs stop ID`), then run "
                 "again: the TaskManager is restarted with this build")
-        say(f"the local TaskManager may hold {what}: restarting it for build {build[:12]} "
-            "(thread mode keeps the old modules loaded)")
-        stack.down(paths, [taskmanager], say=say)
-        stack.up(paths, [taskmanager], say=say)
+        say(f"the local TaskManager ({names}) may hold {what}: restarting it for build "
+            f"{build[:12]} (thread mode keeps the old modules loaded)")
+        restart = [tm for tm, _ in stale]
+        stack.down(paths, restart, say=say)
+        stack.up(paths, restart, say=say)
+    for taskmanager, _ in running:
         pid = stack.running_pid(taskmanager, paths)
-    loaded.write_text(f"{build} {pid}\n")
+        loaded_code_file(paths, taskmanager.index).write_text(f"{build} {pid}\n")
 
 
 def _settled_jobs(rest_url: str, timeout_s: float = 60.0) -> list[dict]:

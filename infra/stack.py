@@ -21,8 +21,14 @@ from pathlib import Path
 from infra.paths import StackPaths
 from infra.servers.base import NotReady, Server
 from infra.servers.cassandra import CassandraServer
-from infra.servers.flink import FlinkJobManager, FlinkTaskManager
+from infra.servers.flink import (
+    MAX_TASKMANAGERS,
+    FlinkJobManager,
+    FlinkTaskManager,
+    taskmanager_count,
+)
 from infra.servers.kafka import KafkaServer
+from infra.servers.prometheus import PrometheusServer
 from infra.servers.redis import RedisServer
 
 
@@ -30,14 +36,22 @@ class StackError(RuntimeError):
     """A server could not be started or did not become ready; the message names its log."""
 
 
-def default_servers() -> list[Server]:
-    """The local stack, in start order (the TaskManager registers with the JobManager)."""
+def default_servers(paths: StackPaths | None = None,
+                    taskmanagers: int | None = None) -> list[Server]:
+    """The local stack, in start order (the TaskManagers register with the JobManager).
+
+    ``taskmanagers``: how many TaskManagers; default: what ``stack up --taskmanagers`` last
+    recorded in the stack directory (1 if never).
+    """
+    count = taskmanagers if taskmanagers is not None else taskmanager_count(
+        paths or StackPaths.from_env())
     return [
         KafkaServer(),
         CassandraServer(),
         RedisServer(),
+        PrometheusServer(),
         FlinkJobManager(),
-        FlinkTaskManager(),
+        *(FlinkTaskManager(index) for index in range(1, count + 1)),
     ]
 
 
@@ -150,7 +164,7 @@ def up(
             names the server, the last probe error and the log file to read.
     """
     paths = paths or StackPaths.from_env()
-    servers = list(default_servers() if servers is None else servers)
+    servers = list(default_servers(paths) if servers is None else servers)
     paths.stack.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     pending: list[_Starting] = []
@@ -220,7 +234,9 @@ def down(
     """Stop the processes ``up`` started (reverse order), SIGTERM then SIGKILL; return names."""
     paths = paths or StackPaths.from_env()
     stopped = []
-    for server in reversed(list(default_servers() if servers is None else servers)):
+    # every TaskManager that may run, whatever the count now says: only pid files found count
+    everything = default_servers(paths, MAX_TASKMANAGERS)
+    for server in reversed(list(everything if servers is None else servers)):
         pid = running_pid(server, paths)
         pid_file = paths.pid_file(server.name)
         if pid is None:
@@ -284,7 +300,7 @@ def status(paths: StackPaths | None = None, servers: Sequence[Server] | None = N
     """Each server's state: ready (answers its probe), unhealthy (running, no answer), stopped."""
     paths = paths or StackPaths.from_env()
     rows = []
-    for server in default_servers() if servers is None else servers:
+    for server in default_servers(paths) if servers is None else servers:
         pid = running_pid(server, paths)
         if pid is None:
             state, detail = "stopped", ""

@@ -1,8 +1,9 @@
 """A Flink standalone session cluster from the pyflink wheel's own distribution.
 
 The apache-flink wheel carries a whole Flink (``pyflink/bin``, ``lib``, ``opt``, ``plugins``).
-The JobManager and one TaskManager run as two foreground processes
-(``jobmanager.sh start-foreground``), so ``nudgeflow stack`` owns their pids. Configuration and
+The JobManager and one TaskManager (or N: ``nudgeflow stack up --taskmanagers N``) run as
+foreground processes (``jobmanager.sh start-foreground``), so ``nudgeflow stack`` owns their
+pids. Configuration and
 logs live under the stack directory (``FLINK_CONF_DIR``, ``FLINK_LOG_DIR``); Python UDFs run in
 thread mode with this environment's interpreter.
 """
@@ -25,6 +26,8 @@ CONF_NAME = "flink"
 #: Prometheus scrapes each Flink process on the first free port of this range (JobManager
 #: first, then TaskManagers; a local MiniCluster is one process)
 PROMETHEUS_PORTS = "9249-9259"
+#: the most TaskManagers the local stack starts (each takes 3 GiB and a reporter port)
+MAX_TASKMANAGERS = 8
 
 
 def prometheus_settings() -> dict[str, str]:
@@ -104,6 +107,9 @@ def cluster_config(paths: StackPaths, rest_port: int, slots: int) -> str:
             "host": "127.0.0.1",
             "numberOfTaskSlots": slots,
             "memory": {"process": {"size": "3072m"}},
+            # with several TaskManagers, a job's slots are spread over them (not packed into
+            # the first): parallelism 2 on two TaskManagers runs on both
+            "load-balance": {"mode": "SLOTS"},
         },
         "parallelism": {"default": 1},
         "metrics": {"reporter": {"prom": {
@@ -222,11 +228,36 @@ class FlinkJobManager(_FlinkProcess):
 
 
 class FlinkTaskManager(_FlinkProcess):
-    """The session cluster's TaskManager (runs the job's tasks and Python UDFs)."""
+    """A TaskManager of the session cluster (runs the job's tasks and Python UDFs).
+
+    The first is ``flink-taskmanager``; with ``--taskmanagers N`` the others are
+    ``flink-taskmanager-2`` ... ``-N``, each a process of its own with its own console log,
+    Flink log and record of the job code it loaded.
+    """
 
     name = "flink-taskmanager"
     role = "taskmanager"
     start_timeout_s = 90.0
+
+    def __init__(self, index: int = 1, rest_port: int = 8081, slots: int = 4) -> None:
+        super().__init__(rest_port, slots)
+        if not 1 <= index <= MAX_TASKMANAGERS:
+            raise ValueError(f"TaskManager index must be 1..{MAX_TASKMANAGERS}, got {index}")
+        self.index = index
+        if index > 1:
+            self.name = f"flink-taskmanager-{index}"
+
+    def env(self, paths: StackPaths) -> dict[str, str]:
+        """The shared environment; a log name of its own (the scripts name logs by ident)."""
+        env = super().env(paths)
+        if self.index > 1:
+            env["FLINK_IDENT_STRING"] = f"tm{self.index}"
+        return env
+
+    def log_file(self, paths: StackPaths) -> str:
+        """Console output of this TaskManager."""
+        suffix = "" if self.index == 1 else f"-{self.index}"
+        return str(paths.logs(CONF_NAME) / f"{self.role}{suffix}.out")
 
     def listen_address(self) -> str | None:
         """The TaskManager serves no fixed port of its own (the REST port is the JobManager's)."""
@@ -235,21 +266,40 @@ class FlinkTaskManager(_FlinkProcess):
     def prepare(self, paths: StackPaths) -> None:
         """Shared configuration, and a fresh TaskManager has loaded no job code yet."""
         super().prepare(paths)
-        loaded_code_file(paths).write_text("fresh\n")
+        loaded_code_file(paths, self.index).write_text("fresh\n")
 
     def probe(self, paths: StackPaths) -> None:
-        """The REST overview counts at least one registered TaskManager."""
+        """The REST overview counts as many registered TaskManagers as this one's index."""
         overview = self.overview()
-        if int(str(overview.get("taskmanagers", 0))) < 1:
-            raise NotReady("the JobManager has no registered TaskManager yet")
+        registered = int(str(overview.get("taskmanagers", 0)))
+        if registered < self.index:
+            raise NotReady(f"the JobManager has {registered} registered TaskManager(s), "
+                           f"waiting for {self.index}")
 
 
-def loaded_code_file(paths: StackPaths) -> Path:
-    """``<build> <pid>`` of the job code the local TaskManager imported, or ``fresh``.
+def taskmanager_count(paths: StackPaths) -> int:
+    """How many TaskManagers the stack runs: what ``stack up --taskmanagers`` last set, or 1."""
+    try:
+        return int((paths.stack / CONF_NAME / "taskmanagers").read_text())
+    except (OSError, ValueError):
+        return 1
+
+
+def set_taskmanager_count(paths: StackPaths, count: int) -> None:
+    """Record how many TaskManagers the stack runs (``stack down`` and ``status`` read it)."""
+    if not 1 <= count <= MAX_TASKMANAGERS:
+        raise ValueError(f"--taskmanagers must be 1..{MAX_TASKMANAGERS}, got {count}")
+    (paths.stack / CONF_NAME).mkdir(parents=True, exist_ok=True)
+    (paths.stack / CONF_NAME / "taskmanagers").write_text(f"{count}\n")
+
+
+def loaded_code_file(paths: StackPaths, index: int = 1) -> Path:
+    """``<build> <pid>`` of the job code a local TaskManager imported, or ``fresh``.
 
     Thread mode runs every job's Python in the TaskManager's one embedded interpreter, which
     keeps imported modules across jobs: a job with changed code would run the old modules. So
     ``nudgeflow run`` restarts the local TaskManager unless this file proves it holds the same
     build (``udfs.build``; see ``infra.deploy.refresh_local_taskmanager``).
     """
-    return paths.stack / "flink" / "taskmanager-code.sha256"
+    suffix = "" if index == 1 else f"-{index}"
+    return paths.stack / "flink" / f"taskmanager{suffix}-code.sha256"

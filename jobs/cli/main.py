@@ -62,7 +62,19 @@ def cmd_stack(args: argparse.Namespace) -> int:
     from jobs.cli import wiring
 
     paths = StackPaths.from_env()
-    servers = stack.select(stack.default_servers(), args.servers)
+    if args.taskmanagers is not None:
+        if args.action != "up":
+            return _fail("--taskmanagers applies to `stack up` only")
+        from infra.servers.flink import MAX_TASKMANAGERS, set_taskmanager_count
+
+        if not 1 <= args.taskmanagers <= MAX_TASKMANAGERS:
+            return _fail(f"--taskmanagers must be 1..{MAX_TASKMANAGERS}, got {args.taskmanagers}")
+        set_taskmanager_count(paths, args.taskmanagers)
+        # fewer than before: the ones above the new count stop
+        extra = stack.default_servers(paths, MAX_TASKMANAGERS)[
+            len(stack.default_servers(paths)):]
+        stack.down(paths, extra, say=_say)
+    servers = stack.select(stack.default_servers(paths), args.servers)
     cfg = config_from_args(args)
     if args.action == "up":
         _say(f"nudgeflow stack up (state in {paths.stack})")
@@ -577,13 +589,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
-    stack_p = sub.add_parser("stack", help="start/stop/inspect the local Kafka, Cassandra, Redis "
-                             "and Flink")
+    stack_p = sub.add_parser("stack", help="start/stop/inspect the local Kafka, Cassandra, Redis, "
+                             "Prometheus and Flink")
     stack_p.add_argument("action", choices=["up", "down", "status", "logs", "provision"])
     stack_p.add_argument("servers", nargs="*", help="only these servers (kafka, cassandra, redis, "
-                         "flink); default: all")
+                         "prometheus, flink); default: all")
     stack_p.add_argument("--no-provision", action="store_true",
                          help="up: do not create topics and tables")
+    stack_p.add_argument("--taskmanagers", type=int, metavar="N",
+                         help="up: run N Flink TaskManagers (4 slots each; kept for later "
+                         "`stack` commands; default: as last set, 1 at first)")
     stack_p.add_argument("-n", "--lines", type=int, default=50, help="logs: lines to show")
     stack_p.add_argument("-f", "--follow", action="store_true", help="logs: follow one log")
     add_config_arguments(stack_p)

@@ -369,8 +369,8 @@ def test_select_unknown_name_lists_known_ones() -> None:
     with pytest.raises(StackError) as info:
         stack.select(servers, ["kafka", "kafak", "zookeeper"])
     assert str(info.value) == (
-        "unknown server(s) kafak, zookeeper; known: kafka, cassandra, redis, flink-jobmanager, "
-        "flink-taskmanager"
+        "unknown server(s) kafak, zookeeper; known: kafka, cassandra, redis, prometheus, "
+        "flink-jobmanager, flink-taskmanager"
     )
 
 
@@ -394,3 +394,67 @@ def test_format_status_renders_a_table() -> None:
     # columns line up: every row's state starts where the header's does
     assert {line.index(word) for line, word in zip(lines[1:4], ["ready", "stopped", "unhealthy"],
                                                    strict=True)} == {lines[0].index("state")}
+
+
+# --- several TaskManagers -----------------------------------------------------------------------
+
+
+def test_the_stack_runs_as_many_taskmanagers_as_last_set(paths: StackPaths) -> None:
+    from infra.servers.flink import set_taskmanager_count, taskmanager_count
+
+    names = [s.name for s in stack.default_servers(paths)]
+    assert names == ["kafka", "cassandra", "redis", "prometheus", "flink-jobmanager",
+                     "flink-taskmanager"]
+    set_taskmanager_count(paths, 3)
+    assert taskmanager_count(paths) == 3
+    assert [s.name for s in stack.default_servers(paths)][-3:] == [
+        "flink-taskmanager", "flink-taskmanager-2", "flink-taskmanager-3"]
+    assert [s.name for s in stack.select(stack.default_servers(paths), ["flink"])] == [
+        "flink-jobmanager", "flink-taskmanager", "flink-taskmanager-2", "flink-taskmanager-3"]
+    with pytest.raises(ValueError, match="--taskmanagers must be 1..8, got 9"):
+        set_taskmanager_count(paths, 9)
+
+
+def test_each_taskmanager_has_its_own_log_and_code_record(paths: StackPaths) -> None:
+    from infra.servers.flink import FlinkTaskManager, loaded_code_file
+
+    first, third = FlinkTaskManager(), FlinkTaskManager(3)
+    assert Path(first.log_file(paths)).name == "taskmanager.out"
+    assert Path(third.log_file(paths)).name == "taskmanager-3.out"
+    assert "FLINK_IDENT_STRING" not in first.env(paths)
+    assert third.env(paths)["FLINK_IDENT_STRING"] == "tm3"  # Flink's own log file name
+    assert loaded_code_file(paths, 1) != loaded_code_file(paths, 3)
+    assert loaded_code_file(paths) == loaded_code_file(paths, 1)
+
+
+def test_a_taskmanager_is_ready_when_as_many_have_registered(
+        paths: StackPaths, monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.servers.flink import FlinkTaskManager
+
+    monkeypatch.setattr(FlinkTaskManager, "overview", lambda self: {"taskmanagers": 2})
+    FlinkTaskManager(2).probe(paths)
+    with pytest.raises(NotReady, match="has 2 registered TaskManager"):
+        FlinkTaskManager(3).probe(paths)
+
+
+def test_down_stops_taskmanagers_above_the_count_too(paths: StackPaths, started) -> None:
+    from infra.servers.flink import FlinkTaskManager, set_taskmanager_count
+
+    class SleepingTaskManager(FlinkTaskManager):
+        def prepare(self, paths: StackPaths) -> None:
+            paths.logs("flink").mkdir(parents=True, exist_ok=True)
+
+        def command(self, paths: StackPaths) -> list[str]:
+            return [sys.executable, "-c", SLEEP]
+
+        def env(self, paths: StackPaths) -> dict[str, str]:
+            return {}
+
+        def probe(self, paths: StackPaths) -> None:
+            pass
+
+    set_taskmanager_count(paths, 2)
+    stack.up(paths, [SleepingTaskManager(2)], say=lambda _: None)
+    set_taskmanager_count(paths, 1)  # the count went down while the second still runs
+    assert stack.running_pid(SleepingTaskManager(2), paths) is not None
+    assert stack.down(paths, say=lambda _: None) == ["flink-taskmanager-2"]
