@@ -24,6 +24,11 @@ INSTALL_REQUIRES = [
     "PyYAML==6.0.3",
     # the sender's delivery KPIs on --metrics-port (jobs/sender/kpis.py)
     "prometheus-client==0.26.0",
+    # the engine's spans over OTLP/HTTP (udfs/spans.py; only with --tracing-otlp-endpoint).
+    # 1.27.0: the newest whose protocol package accepts protobuf 4, which apache-beam (under
+    # apache-flink) holds below 4.26
+    "opentelemetry-sdk==1.27.0",
+    "opentelemetry-exporter-otlp-proto-http==1.27.0",
 ]
 
 # Not needed to run the job, so not in the image (infra/docker/Dockerfile installs

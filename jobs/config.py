@@ -259,6 +259,14 @@ class NudgeflowConfig:
         "pairs separated by ';', applied when its jar is on the JVM's classpath "
         "($FLINK_LIB_DIR); `nudgeflow run --local` and the bench set both. Empty: no reporter.",
     )
+    # --- tracing (udfs/tracing.py, udfs/spans.py) ---------------------------------------------
+    tracing_otlp_endpoint: str = _opt(
+        "", "OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces): the engine exports "
+        "a span per sampled click it applies. Empty: no spans (the traceparent headers of its "
+        "outputs are written all the same).")
+    tracing_sample_ratio: float = _opt(
+        0.01, "Share of clicks without a sampled traceparent of their own whose traces are "
+        "sampled (0..1); a click whose producer sampled it is always sampled.")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -270,6 +278,12 @@ class NudgeflowConfig:
                 )
         if self.parallelism < 1:
             raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
+        if not 0.0 <= self.tracing_sample_ratio <= 1.0:
+            raise ConfigError(f"tracing_sample_ratio must be between 0 and 1, got "
+                              f"{self.tracing_sample_ratio}")
+        if self.tracing_otlp_endpoint and not re.match(r"https?://", self.tracing_otlp_endpoint):
+            raise ConfigError(f"tracing_otlp_endpoint must be an http:// or https:// URL, got "
+                              f"{self.tracing_otlp_endpoint!r}")
         if not self.parallelism <= self.max_parallelism <= MAX_KEY_GROUPS:
             raise ConfigError(
                 f"max_parallelism must be between parallelism ({self.parallelism}) and "
@@ -504,11 +518,19 @@ def _coerce(name: str, raw: Any, target: type, origin: str) -> Any:
             return int(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{origin}: {name} must be an integer, got {raw!r}") from None
+    if target is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{origin}: {name} must be a number, got {raw!r}")
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{origin}: {name} must be a number, got {raw!r}") from None
     return str(raw)
 
 
 def _field_types() -> dict[str, type]:
-    return {f.name: (int if f.type in ("int", int) else str) for f in fields(NudgeflowConfig)}
+    kinds: dict[Any, type] = {"int": int, int: int, "float": float, float: float}
+    return {f.name: kinds.get(f.type, str) for f in fields(NudgeflowConfig)}
 
 
 def load_config(

@@ -46,7 +46,7 @@ def kafka_records(
     from_earliest: bool = False,
     watermarks: WatermarkStrategy | None = None,
 ) -> DataStream:
-    """A stream of Row(topic, partition, offset, timestamp, key, value) from one topic.
+    """A stream of Row(topic, partition, offset, timestamp, key, value, traceparent) of a topic.
 
     Args:
         env: the job's environment.

@@ -47,7 +47,7 @@ def _collection(env: Any, topic: str, records: list[tuple[bytes, bytes, int]]) -
 
     from udfs.flink.descriptors import SOURCE_RECORD_ROW
 
-    rows = [Row(topic, 0, offset, timestamp, key, value)
+    rows = [Row(topic, 0, offset, timestamp, key, value, None)
             for offset, (key, value, timestamp) in enumerate(records)]
     return env.from_collection(rows, type_info=SOURCE_RECORD_ROW)
 

@@ -26,8 +26,10 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-#: the encoding's version byte
-CLOCK_VERSION = 1
+#: the encoding's version byte; 2 added each pending input's trace context (version 1, from
+#: savepoints of earlier builds, is read as pending inputs without one)
+CLOCK_VERSION = 2
+_READABLE = (1, 2)
 
 #: apply order of inputs with the same event time: metadata valid at t is seen by a click at t;
 #: an engagement outcome (opened, clicked, ...) at t after both
@@ -37,7 +39,8 @@ OUTCOME_RANK = 2
 
 _NONE = -(2**63)
 _HEADER = struct.Struct("<Bqqqqqqqi")
-_ENTRY = struct.Struct("<qBqHI")
+_ENTRY_V1 = struct.Struct("<qBqHI")
+_ENTRY = struct.Struct("<qBqHIB")  # + the trace context's length
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class Pending:
             an input handed to the engine already decoded (``item``).
         ingest_time: Kafka append time of its record (trigger latency).
         item: the decoded input, when the caller has it (never encoded).
+        trace: a click's W3C ``traceparent`` (``udfs.tracing``), kept until it is applied so
+            what it causes joins its trace; empty for other inputs.
     """
 
     time_ms: int
@@ -63,6 +68,7 @@ class Pending:
     payload: bytes
     ingest_time: int = 0
     item: Any = field(default=None, compare=False)
+    trace: str = ""
 
     def order(self) -> tuple[int, int, str]:
         """The apply order: event time, metadata first, then the key."""
@@ -135,9 +141,12 @@ def encode_clock(clock: UserClock) -> bytes:
         if p.item is not None and not p.payload:
             raise ValueError(f"pending input {p.key!r} has no payload to store")
         key = p.key.encode()
-        parts.append(_ENTRY.pack(p.time_ms, p.rank, p.ingest_time, len(key), len(p.payload)))
+        trace = p.trace.encode("ascii")
+        parts.append(_ENTRY.pack(p.time_ms, p.rank, p.ingest_time, len(key), len(p.payload),
+                                 len(trace)))
         parts.append(key)
         parts.append(p.payload)
+        parts.append(trace)
     return b"".join(parts)
 
 
@@ -149,22 +158,28 @@ def decode_clock(raw: bytes | None) -> UserClock:
     """
     if not raw:
         return UserClock()
-    if raw[0] != CLOCK_VERSION:
-        raise ValueError(f"user clock state has version {raw[0]}; this build reads "
-                         f"version {CLOCK_VERSION}")
+    version = raw[0]
+    if version not in _READABLE:
+        raise ValueError(f"user clock state has version {version}; this build reads versions "
+                         f"{' and '.join(map(str, _READABLE))}")
+    entry = _ENTRY if version == 2 else _ENTRY_V1
     try:
         _, clock_ms, due, campaign_due, recheck, expiry, timer, fp, n = \
             _HEADER.unpack_from(raw, 0)
         offset = _HEADER.size
         pending = []
         for _ in range(n):
-            time_ms, rank, ingest, klen, plen = _ENTRY.unpack_from(raw, offset)
-            offset += _ENTRY.size
+            time_ms, rank, ingest, klen, plen, *tlen = entry.unpack_from(raw, offset)
+            offset += entry.size
             key = raw[offset:offset + klen].decode()
             offset += klen
             payload = bytes(raw[offset:offset + plen])
             offset += plen
-            pending.append(Pending(time_ms, rank, key, payload, ingest))
+            trace = ""
+            if tlen:
+                trace = raw[offset:offset + tlen[0]].decode("ascii")
+                offset += tlen[0]
+            pending.append(Pending(time_ms, rank, key, payload, ingest, trace=trace))
     except (struct.error, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed user clock state: {exc}") from exc
     return UserClock(_unopt(clock_ms), _unopt(due), _unopt(campaign_due), _unopt(recheck),

@@ -275,6 +275,8 @@ class Step:
             ``duplicate``).
         applied: inputs (clicks and metadata) applied in this step.
         clicks_applied: event ids of the clicks applied (trigger latency).
+        click_traces: event id -> (W3C traceparent, Kafka append time) of the clicks applied
+            that had a trace context (``udfs.tracing``): what they caused joins their trace.
         late: inputs applied behind the user's clock (arrived after it had passed their time).
         unconverted: currencies of clicks whose price could not be converted to USD (not in
             the rate table): those clicks counted, their money did not.
@@ -314,6 +316,7 @@ class Step:
     duplicates: int = 0
     applied: int = 0
     clicks_applied: list[str] = field(default_factory=list)
+    click_traces: dict[str, tuple[str, int]] = field(default_factory=dict)
     late: int = 0
     unconverted: list[str] = field(default_factory=list)
     checks: int = 0
@@ -468,7 +471,10 @@ def _apply(state: UserState, user_id: str, pending: Pending, rules: Rules, now_m
         _engage(state, user_id, item, pending.time_ms, rules, now_ms, out)
         return
     if isinstance(item, Click):
-        out.clicks_applied.append(str(item.event["event_id"]))
+        event_id = str(item.event["event_id"])
+        out.clicks_applied.append(event_id)
+        if pending.trace:
+            out.click_traces[event_id] = (pending.trace, pending.ingest_time)
     _evaluate(state, user_id, item, pending.time_ms, rules, now_ms, out)
 
 

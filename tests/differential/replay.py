@@ -96,7 +96,7 @@ def run_job(env: Any, cfg: Any, clicks: list[dict[str, Any]],
     codec = Codec.load()
 
     def rows(topic: str, records: list[dict[str, Any]], name: str, time_of: Any) -> list[Row]:
-        return [Row(topic, 0, i, time_of(r), r["user_id"].encode(), codec.encode(name, r))
+        return [Row(topic, 0, i, time_of(r), r["user_id"].encode(), codec.encode(name, r), None)
                 for i, r in enumerate(records)]
 
     click_rows = rows("clicks", [{k: v for k, v in c.items() if k != "ingest_time"}

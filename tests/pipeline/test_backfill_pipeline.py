@@ -30,19 +30,19 @@ def test_bad_and_stale_requests_are_dead_lettered_with_their_reason(env, cfg, tm
     codec = Codec.load()
     clicks = [click_bytes(codec, "ann-1", "ann", "ADD_TO_CART", T0, **CART),
               click_bytes(codec, "mo-1", "mo", "PAGE_VIEW", T0 + 2 * MIN)]
-    click_rows = [Row("clicks", i % 2, i, T0, b"k", value) for i, value in enumerate(clicks)]
+    click_rows = [Row("clicks", i % 2, i, T0, b"k", value, None) for i, value in enumerate(clicks)]
     backfill_rows = [
-        Row("backfill-requests", 0, 0, T0, b"ann", request(codec, "ann", {"nope": 1})),
-        Row("backfill-requests", 1, 0, T0, b"bob", request(codec, "ann", {})),
-        Row("backfill-requests", 0, 1, T0, b"nobody", request(codec, "nobody", {})),
+        Row("backfill-requests", 0, 0, T0, b"ann", request(codec, "ann", {"nope": 1}), None),
+        Row("backfill-requests", 1, 0, T0, b"bob", request(codec, "ann", {}), None),
+        Row("backfill-requests", 0, 1, T0, b"nobody", request(codec, "nobody", {}), None),
     ]
     outputs = build(
         env.from_collection(click_rows, type_info=SOURCE_RECORD_ROW)
         .assign_timestamps_and_watermarks(click_watermarks(cfg)),
         env.from_collection([Row("user-metadata", 0, 0, T0, b"mo",
-                                 metadata_bytes(codec, "mo", at=T0 + 86_400_000))],
+                                 metadata_bytes(codec, "mo", at=T0 + 86_400_000), None)],
                             type_info=SOURCE_RECORD_ROW),
-        env.from_collection([Row("definitions", 0, 0, T0, b"d", b"")],
+        env.from_collection([Row("definitions", 0, 0, T0, b"d", b"", None)],
                             type_info=SOURCE_RECORD_ROW),
         cfg, file_definitions(cfg), None, store=FileWriterFactory(str(tmp_path / "w.jsonl")),
         backfills=env.from_collection(backfill_rows, type_info=SOURCE_RECORD_ROW))

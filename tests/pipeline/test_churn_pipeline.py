@@ -37,7 +37,7 @@ def test_a_silent_buyer_drifts_into_churn_risk_high(env, cfg, tmp_path):
                                         T0 + day * DAY + k * 300_000, session_id=f"s{day}",
                                         **extra))
     last_event = T0 + 13 * DAY + 3 * 300_000
-    rows = [Row("clicks", 0, i, T0 + 14 * DAY, b"drifter", p) for i, p in enumerate(payloads)]
+    rows = [Row("clicks", 0, i, T0 + 14 * DAY, b"drifter", p, None) for i, p in enumerate(payloads)]
 
     outputs = build(env.from_collection(rows, type_info=SOURCE_RECORD_ROW)
                     .assign_timestamps_and_watermarks(click_watermarks(cfg)),
@@ -48,7 +48,7 @@ def test_a_silent_buyer_drifts_into_churn_risk_high(env, cfg, tmp_path):
                     (CHURN_ONNX.read_bytes(), CHURN_META.read_bytes(), "churn.onnx", "churn.json"),
                     store=FileWriterFactory(str(tmp_path / "w.jsonl")))
     with outputs.all().execute_and_collect() as results:
-        records = [codec.decode_named(as_bytes(value)) for _, _, value in results]
+        records = [codec.decode_named(as_bytes(value)) for _, _, value, _ in results]
 
     changes = [r for name, r in records if name == "SegmentChange"]
     assert changes and all(c["model_version"] == model.version for c in changes)

@@ -23,7 +23,7 @@ MIN = 60_000
 
 
 def _rows(topic, payloads, timestamp):
-    return [Row(topic, i % 2, i, timestamp, b"k", p) for i, p in enumerate(payloads)]
+    return [Row(topic, i % 2, i, timestamp, b"k", p, None) for i, p in enumerate(payloads)]
 
 
 
@@ -58,7 +58,7 @@ def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_p
         cfg, file_definitions(cfg), None, store=FileWriterFactory(str(written)))
     with outputs.all().execute_and_collect() as results:
         rows = [(topic, as_bytes(key), codec.decode_named(as_bytes(value)))
-                for topic, key, value in results]
+                for topic, key, value, _ in results]
 
     changes = [record for topic, _, (name, record) in rows if name == "SegmentChange"]
     # the end of the bounded input fires every pending timer (up to state expiry); look at the

@@ -56,20 +56,20 @@ def test_a_tombstone_erases_the_user_and_a_keyless_one_is_dead_lettered(env, cfg
         click_bytes(codec, "mo-1", "mo", "PAGE_VIEW", T0 + 2 * MIN),
         click_bytes(codec, "mo-2", "mo", "PAGE_VIEW", T0 + 2 * MIN),
     ]
-    click_rows = [Row("clicks", i % 2, i, T0 + 3 * MIN, b"k", value)
+    click_rows = [Row("clicks", i % 2, i, T0 + 3 * MIN, b"k", value, None)
                   for i, value in enumerate(clicks)]
     # erin's second cart, the last record: it reaches the engine after her erasure
     click_rows.append(Row("clicks", 0, 4, T0 + 3 * MIN, b"late", click_bytes(
-        codec, "erin-2", "erin", "ADD_TO_CART", T0 + 90_000, **{**CART, "product_id": "p2"})))
+        codec, "erin-2", "erin", "ADD_TO_CART", T0 + 90_000, **{**CART, "product_id": "p2"}), None))
     # a profile ahead of each tombstone (the collection is spread round-robin over two
     # decoders) moves metadata event time to T0 + 30 s, past erin's click, while the tombstones
     # are held; it then stays below T0 + 1 min until the input ends, so every timer of erin's
     # (a deferred trigger at T0 + 1 min, the abandonment at T0 + 30 min) comes after her erasure
     profiles = [metadata_bytes(codec, user, at=T0 + 30_000 + 86_400_000) for user in ("mo", "al")]
-    metadata_rows = [Row("user-metadata", 0, 0, T0 + MIN, b"mo", profiles[0]),
-                     Row("user-metadata", 1, 0, T0 + MIN, b"al", profiles[1]),
-                     Row("user-metadata", 0, 1, T0 + MIN, b"erin", None),
-                     Row("user-metadata", 1, 1, T0 + MIN, None, None)]
+    metadata_rows = [Row("user-metadata", 0, 0, T0 + MIN, b"mo", profiles[0], None),
+                     Row("user-metadata", 1, 0, T0 + MIN, b"al", profiles[1], None),
+                     Row("user-metadata", 0, 1, T0 + MIN, b"erin", None, None),
+                     Row("user-metadata", 1, 1, T0 + MIN, None, None, None)]
     written = tmp_path / "written.jsonl"
     outputs = build(
         env.from_collection(click_rows, type_info=SOURCE_RECORD_ROW)
@@ -78,7 +78,7 @@ def test_a_tombstone_erases_the_user_and_a_keyless_one_is_dead_lettered(env, cfg
         env.from_collection(metadata_rows, type_info=SOURCE_RECORD_ROW)
         # a task of its own: chained, its sleep would also stop the periodic watermarks
         .map(_hold_tombstones, output_type=SOURCE_RECORD_ROW).disable_chaining(),
-        env.from_collection([Row("definitions", 0, 0, T0, b"d", b"")],
+        env.from_collection([Row("definitions", 0, 0, T0, b"d", b"", None)],
                             type_info=SOURCE_RECORD_ROW),
         cfg, file_definitions(cfg), None, store=FileWriterFactory(str(written)))
     # the values only: the keyless tombstone's dead letter has a null key, which

@@ -80,18 +80,19 @@ def _mixed(valid):
 
 def _run(env, cfg, tmp_path, name, clicks, metadata):
     env.get_config().set_auto_watermark_interval(WATERMARK_INTERVAL_MS)
-    rows = [Row("clicks", i % 2, i, ts, key, value) for i, (key, value, ts) in enumerate(clicks)]
+    rows = [Row("clicks", i % 2, i, ts, key, value, None)
+            for i, (key, value, ts) in enumerate(clicks)]
     codec = Codec.load()
     # one valid profile of a user without clicks in both runs (a source needs a record)
     metadata = [(b"nobody", metadata_bytes(codec, "nobody", at=T0), T0), *metadata]
-    meta_rows = [Row("user-metadata", i % 2, i, ts, key, value)
+    meta_rows = [Row("user-metadata", i % 2, i, ts, key, value, None)
                  for i, (key, value, ts) in enumerate(metadata)]
     outputs = build(
         env.from_collection(rows, type_info=SOURCE_RECORD_ROW)
         .assign_timestamps_and_watermarks(click_watermarks(cfg)),
         env.from_collection(meta_rows, type_info=SOURCE_RECORD_ROW),
         # an empty definitions record: dead-lettered (source_topic definitions) in both runs
-        env.from_collection([Row("definitions", 0, 0, T0, b"d", b"")],
+        env.from_collection([Row("definitions", 0, 0, T0, b"d", b"", None)],
                             type_info=SOURCE_RECORD_ROW),
         cfg, file_definitions(cfg), None, store=FileWriterFactory(str(tmp_path / name)))
     # each output summed up in the job (collecting thousands of DeadLetter byte arrays through

@@ -25,7 +25,7 @@ CHAIN = "cart-abandonment-chain"
 
 
 def _rows(topic, payloads, timestamp):
-    return [Row(topic, i % 2, i, timestamp, b"k", p) for i, p in enumerate(payloads)]
+    return [Row(topic, i % 2, i, timestamp, b"k", p, None) for i, p in enumerate(payloads)]
 
 
 def test_the_cart_chain_follows_an_opened_email_read_from_outcomes(env, cfg, tmp_path):
@@ -67,7 +67,7 @@ def test_the_cart_chain_follows_an_opened_email_read_from_outcomes(env, cfg, tmp
         outcomes=env.from_collection(_rows("outcomes", outcomes, NOON + HOUR),
                                      type_info=SOURCE_RECORD_ROW))
     with outputs.all().execute_and_collect() as results:
-        rows = [(topic, codec.decode_named(as_bytes(value))) for topic, _, value in results]
+        rows = [(topic, codec.decode_named(as_bytes(value))) for topic, _, value, _ in results]
 
     sends = sorted((r["user_id"], r["node_id"], r["channel"], r["cause_event_time"])
                    for _, (name, r) in rows if name == "TriggerEvent")

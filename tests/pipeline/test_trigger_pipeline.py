@@ -23,7 +23,7 @@ MIN = 60_000
 
 
 def _rows(topic, payloads, timestamp):
-    return [Row(topic, i % 2, i, timestamp, b"k", p) for i, p in enumerate(payloads)]
+    return [Row(topic, i % 2, i, timestamp, b"k", p, None) for i, p in enumerate(payloads)]
 
 
 def test_triggers_go_to_their_tier_topic_with_rivals_and_reasons(env, cfg, tmp_path):
@@ -52,7 +52,7 @@ def test_triggers_go_to_their_tier_topic_with_rivals_and_reasons(env, cfg, tmp_p
         store=FileWriterFactory(str(tmp_path / "written.jsonl")))
     with outputs.all().execute_and_collect() as results:
         rows = [(topic, as_bytes(key), codec.decode_named(as_bytes(value)))
-                for topic, key, value in results]
+                for topic, key, value, _ in results]
 
     # the end of the bounded input fires every timer; the script covers its first hour
     hour = NOON + 60 * MIN

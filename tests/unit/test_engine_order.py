@@ -144,8 +144,28 @@ def test_an_unknown_clock_version_is_refused_with_a_clear_message():
     raw = encode_clock(UserClock(clock_ms=5))
     assert decode_clock(raw).clock_ms == 5
     with pytest.raises(ValueError, match="user clock state has version 9; this build reads "
-                                         "version 1"):
+                                         "versions 1 and 2"):
         decode_clock(b"\x09" + raw[1:])
+
+
+def test_a_clock_of_the_previous_version_restores_its_pending_inputs_without_a_trace():
+    """Version 1 (savepoints of builds before the trace context) still reads; version 2 keeps
+    each pending click's traceparent."""
+    import struct
+
+    from udfs.clock import CLICK_RANK, Pending, UserClock, decode_clock, encode_clock
+
+    header = struct.pack("<Bqqqqqqqi", 1, 5, -(2**63), -(2**63), -(2**63), -(2**63), 7, 42, 1)
+    entry = struct.pack("<qBqHI", 9, CLICK_RANK, 3, 2, 4) + b"e1" + b"abcd"
+    old = decode_clock(header + entry)
+    assert (old.clock_ms, old.timer_ms, old.defs_fp) == (5, 7, 42)
+    assert old.pending == [Pending(9, CLICK_RANK, "e1", b"abcd", 3)]
+    assert old.pending[0].trace == ""
+    traced = Pending(9, CLICK_RANK, "e1", b"abcd", 3,
+                     trace="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    again = decode_clock(encode_clock(UserClock(clock_ms=5, pending=[traced])))
+    assert again.pending[0].trace == traced.trace
+    assert encode_clock(old)[0] == 2  # written back in the current version
 
 
 def test_idle_rechecks_read_nothing_until_a_definition_changes(tmp_path):

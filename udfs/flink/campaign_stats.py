@@ -32,7 +32,8 @@ StatsStoreFactory = Callable[[], Any]
 class CampaignStatsFunction(KeyedProcessFunction):
     """Keyed by campaign or journey id; input Row(topic, key = unit id, value = fact JSON).
 
-    Emits Row(topic, key, value) DefinitionUpdates (kind CAMPAIGN_ROI) for ``definitions_topic``.
+    Emits Row(topic, key, value, traceparent None) DefinitionUpdates (kind CAMPAIGN_ROI) for
+    ``definitions_topic``.
     """
 
     def __init__(self, store_factory: StatsStoreFactory, definitions_topic: str) -> None:
@@ -70,4 +71,4 @@ class CampaignStatsFunction(KeyedProcessFunction):
         update = roi_to_update(measured, stats.last_at_ms or fact.at_ms)
         self.roi_updates.inc()
         yield Row(self.definitions_topic, measured.id.encode(),
-                  self.codec.encode("DefinitionUpdate", update))
+                  self.codec.encode("DefinitionUpdate", update), None)

@@ -35,7 +35,8 @@ def dead_letter_row(codec: Codec, topic: str, record: intake.SourceRecord,
     Bounded in size: see ``intake.dead_letter``.
     """
     letter = intake.dead_letter(record, rejected, failed_at, raw_max_bytes)
-    return DEAD_LETTER_TAG, Row(topic, letter["key"], codec.encode("DeadLetter", letter))
+    return DEAD_LETTER_TAG, Row(topic, letter["key"], codec.encode("DeadLetter", letter),
+                                None)
 
 
 def maybe_bytes(value: Any) -> bytes | None:
@@ -66,7 +67,7 @@ class DecodeRecordsFunction(ProcessFunction):
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         """Emit the row for a valid record, a DeadLetter row for anything else."""
-        topic, partition, offset, timestamp, key, raw = value
+        topic, partition, offset, timestamp, key, raw = value[:6]
         record = intake.SourceRecord(
             topic, partition, offset, timestamp, maybe_bytes(key), maybe_bytes(raw)
         )
@@ -90,13 +91,16 @@ def metadata_to_engine_input(record: dict[str, Any] | intake.ErasureRequest,
     moving as the record's neighbours do.
     """
     if isinstance(record, intake.ErasureRequest):
-        return Row("erase", record.user_id, record.requested_at, None, b"", None, None, None)
-    return Row("metadata", record["user_id"], record["updated_at"], None, raw, None, None, None)
+        return Row("erase", record.user_id, record.requested_at, None, b"", None, None, None,
+                   None)
+    return Row("metadata", record["user_id"], record["updated_at"], None, raw, None, None, None,
+               None)
 
 
 def outcome_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
     """A CampaignOutcome as the engine's input row (event time = its event_time)."""
-    return Row("outcome", record["user_id"], record["event_time"], None, raw, None, None, None)
+    return Row("outcome", record["user_id"], record["event_time"], None, raw, None, None, None,
+               None)
 
 
 def backfill_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
@@ -106,7 +110,7 @@ def backfill_to_engine_input(record: dict[str, Any], raw: bytes) -> Row:
     (``jobs.job.definition_watermarks``), so it neither holds nor pushes event time.
     """
     return Row("backfill", record["user_id"], record["requested_at"], None, raw, None, None,
-               None)
+               None, None)
 
 
 def definition_to_row(record: dict[str, Any], raw: bytes) -> Row:

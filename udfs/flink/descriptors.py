@@ -10,18 +10,22 @@ from pyflink.common import Types
 from pyflink.datastream import OutputTag
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-#: A Kafka record as nudgeflow-flink's KafkaRecordWithMetadataDeserializer emits it.
-SOURCE_RECORD_FIELDS = ("topic", "partition", "offset", "timestamp", "key", "value")
+#: A Kafka record as nudgeflow-flink's KafkaRecordWithMetadataDeserializer emits it
+#: (``traceparent``: its W3C trace context header, or None).
+SOURCE_RECORD_FIELDS = ("topic", "partition", "offset", "timestamp", "key", "value",
+                        "traceparent")
 SOURCE_RECORD_ROW = Types.ROW_NAMED(
     list(SOURCE_RECORD_FIELDS),
     [Types.STRING(), Types.INT(), Types.LONG(), Types.LONG(),
-     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING()],
 )
 
-#: What the routed Kafka sink writes: Row(topic, key, value); see RoutedRecordSerializer.java.
+#: What the routed Kafka sink writes: Row(topic, key, value, traceparent or None); see
+#: RoutedRecordSerializer.java (the traceparent becomes the record's header).
 KAFKA_OUT_ROW = Types.ROW_NAMED(
-    ["topic", "key", "value"],
-    [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())],
+    ["topic", "key", "value", "traceparent"],
+    [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE()),
+     Types.STRING()],
 )
 
 #: Rejected input, already encoded as DeadLetter records for the dead-letter topic.
@@ -29,14 +33,15 @@ DEAD_LETTER_TAG = OutputTag("dead-letters", KAFKA_OUT_ROW)
 
 #: What the per-user engine emits: SegmentChanges, TriggerEvents, TriggerDecisions and the
 #: DeadLetters of changes a store refused, as
-#: Row(record name, priority tier or None, key, Avro value), routed to their topics by
+#: Row(record name, priority tier or None, key, Avro value, traceparent or None: the cause
+#: click's trace, udfs/tracing.py), routed to their topics by
 #: ``io.nudgeflow.flink.RouteEngineRecords`` (``jobs.job.route_engine_records``). One output, not
 #: side outputs: PyFlink 2.2's thread mode drops side outputs yielded from a keyed broadcast
 #: function's ``on_timer`` (it does not pass its results through the side-output collector).
 ENGINE_OUTPUT_ROW = Types.ROW_NAMED(
-    ["record", "tier", "key", "value"],
+    ["record", "tier", "key", "value", "traceparent"],
     [Types.STRING(), Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()),
-     Types.PRIMITIVE_ARRAY(Types.BYTE())],
+     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING()],
 )
 
 
@@ -45,14 +50,16 @@ ENGINE_OUTPUT_ROW = Types.ROW_NAMED(
 #: and ``key`` for its dead letter; ``event_time`` unset, read when decoded), built in Java
 #: (``io.nudgeflow.flink.ClickEngineInput``) so no Python operator runs before the engine; or a
 #: user's metadata, validated upstream (``event_time`` = its updated_at); or (kind ``erase``,
-#: no payload) a user-metadata tombstone, ``event_time`` = its Kafka timestamp. Bytes, not a row of
+#: no payload) a user-metadata tombstone, ``event_time`` = its Kafka timestamp. ``traceparent``: a
+#: click's W3C trace context header (None otherwise). Bytes, not a row of
 #: the record's fields: a nested row costs a per-field serialization on the shuffle and a
 #: per-field conversion into and out of Python.
 ENGINE_INPUT_ROW = Types.ROW_NAMED(
-    ["kind", "user_id", "event_time", "ingest_time", "payload", "partition", "offset", "key"],
+    ["kind", "user_id", "event_time", "ingest_time", "payload", "partition", "offset", "key",
+     "traceparent"],
     [Types.STRING(), Types.STRING(), Types.LONG(), Types.LONG(),
      Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG(),
-     Types.PRIMITIVE_ARRAY(Types.BYTE())],
+     Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING()],
 )
 
 #: A validated DefinitionUpdate (payload = its Avro single-object bytes), broadcast to every

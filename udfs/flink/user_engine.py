@@ -35,7 +35,7 @@ from pyflink.common import Row
 from pyflink.datastream import KeyedBroadcastProcessFunction, RuntimeContext, TimeDomain
 
 from schemas.codec import Codec
-from udfs import engine, intake
+from udfs import engine, intake, tracing
 from udfs.attribution.stats import fact_to_doc
 from udfs.campaigns import arbitration
 from udfs.catalog.registries import Registries
@@ -79,6 +79,26 @@ def _remember(cache: dict[str, Any], user_id: str, value: Any) -> None:
     if len(cache) >= FEATURES_CACHE_SIZE and user_id not in cache:
         cache.clear()  # crude but O(1) per event; a miss only costs a decode or a state read
     cache[user_id] = value
+
+
+#: a traced click of a step: its context, the engine's span for it, its Kafka append time
+_Traced = tuple[tracing.TraceContext, tracing.TraceContext, int]
+
+
+def _engine_traces(step: engine.Step) -> dict[str, _Traced]:
+    """The step's applied clicks with a trace context, by event id (``udfs.tracing``)."""
+    traced: dict[str, _Traced] = {}
+    for event_id, (traceparent, ingest) in step.click_traces.items():
+        click = tracing.parse(traceparent)
+        if click is not None:
+            traced[event_id] = (click, tracing.engine_context(click, event_id), ingest)
+    return traced
+
+
+def _traceparent(traces: dict[str, _Traced], cause_event_id: str | None) -> str | None:
+    """The ``traceparent`` header of a record caused by ``cause_event_id``, if it is traced."""
+    traced = traces.get(cause_event_id) if cause_event_id else None
+    return traced[1].traceparent() if traced is not None else None
 
 
 def import_in_python_thread(module: str) -> None:
@@ -201,6 +221,12 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # `defs publish --backfill`
         self.backfills = LabelledCounters(metrics, "outcome", "backfill_requests")
         self.journey_moves = JourneyCounters(metrics)
+        # a span per sampled click applied, when an OTLP endpoint is set (udfs/spans.py)
+        self.spans: Any = None
+        if self.cfg.tracing_otlp_endpoint:
+            from udfs.spans import ClickSpans
+
+            self.spans = ClickSpans(self.cfg.tracing_otlp_endpoint, self.cfg.job_name)
         self.registries: Registries | None = None
         self.last_backfill: str | None = None  # what the last step's backfill did
         self.last_backfill_lacking: tuple[str, ...] = ()
@@ -242,7 +268,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.campaigns_stored = False
 
     def close(self) -> None:
-        """Close the store connections and the scoring thread."""
+        """Close the store connections, the scoring thread and the span exporter."""
+        spans = getattr(self, "spans", None)
+        if spans is not None:
+            spans.close()
         scoring = getattr(self, "scoring_thread", None)
         if scoring is not None:
             scoring.close()
@@ -339,8 +368,12 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 return
             self.events.inc()
             event["ingest_time"] = ingest_time
-            pending = Pending(event_time, CLICK_RANK, str(event["event_id"]), raw,
-                              ingest_time or 0, engine.Click(event))
+            event_id = str(event["event_id"])
+            # its producer's trace, or one made here; it waits with the click in the clock
+            context = tracing.at_ingestion(value[8] if len(value) > 8 else None, event_id,
+                                           self.cfg.tracing_sample_ratio)
+            pending = Pending(event_time, CLICK_RANK, event_id, raw, ingest_time or 0,
+                              engine.Click(event), trace=context.traceparent())
         elif kind == "backfill":
             # applied at once, at the watermark (udfs.engine.Backfill)
             yield from self._backfill(user_id, value, watermark, ctx)
@@ -463,11 +496,29 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             timers.delete_event_time_timer(step.cancel_timer_ms)
         for due in step.timers:
             timers.register_event_time_timer(due)
-        yield from self._segment_changes(step, emit_time)
+        traces = _engine_traces(step) if step.click_traces else {}
+        yield from self._segment_changes(step, emit_time, traces)
         if step.erasure:
             # after the EXITs (they write history rows too): whatever is left of the user goes
             yield from self._erase_from_stores(user_id, step)
-        yield from self._triggers(user_id, step, emit_time)
+        yield from self._triggers(user_id, step, emit_time, traces)
+        if self.spans is not None and traces:
+            self._export_spans(step, traces, emit_time)
+
+    def _export_spans(self, step: engine.Step, traces: dict[str, _Traced], started: int
+                      ) -> None:
+        """A span per sampled click of the step, with what it caused as its events."""
+        done = int(time.time() * 1000)
+        for event_id, (click, engine_span, ingest) in traces.items():
+            if not click.sampled:
+                continue
+            outputs = [("SegmentChange", {"segment": c["segment_id"], "change": c["change"]})
+                       for c in step.changes if c.get("cause_event_id") == event_id]
+            outputs += [("TriggerEvent", {"campaign": t["campaign_id"], "tier": t["tier"],
+                                          "channel": t["channel"]})
+                        for t in step.triggers if t.get("cause_event_id") == event_id]
+            self.spans.click_applied(click, engine_span, event_id, ingest, started, done,
+                                     outputs)
 
     def _rules(self) -> engine.Rules:
         """The step's rules, rebuilt only when the audience sizes were re-read.
@@ -601,7 +652,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         for rejection in self.writer.erase_user(user_id, step.erased_segments) or []:
             yield self._rejected_letter(rejection, self.cfg.user_metadata_topic, user_id, None)
 
-    def _segment_changes(self, step: engine.Step, emit_time: int) -> Iterator[Row]:
+    def _segment_changes(self, step: engine.Step, emit_time: int,
+                         traces: dict[str, _Traced]) -> Iterator[Row]:
         # durable before they are emitted (and so checkpointed); a step's changes together.
         # emitted_at is the processing time of the step (the contract: emitted_at - event_time
         # is the segment latency)
@@ -615,7 +667,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.changes.inc(f"{change['segment_id']}.{change['change']}")
             record = {**change, "emitted_at": emit_time}
             yield Row("SegmentChange", None, change["user_id"].encode(),
-                      self.codec.encode("SegmentChange", record))
+                      self.codec.encode("SegmentChange", record),
+                      _traceparent(traces, change["cause_event_id"]))
 
     def _store_rejections(self, rejections: list[Any], emit_time: int) -> Iterator[Row]:
         """Dead letters (engine rows of kind DeadLetter) of changes a store refused for good.
@@ -639,9 +692,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             record, intake.Rejected("STORE_REJECTED", rejection.reason(),
                                     f"store:{rejection.store}"),
             int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes)
-        return Row("DeadLetter", None, letter["key"], self.codec.encode("DeadLetter", letter))
+        return Row("DeadLetter", None, letter["key"], self.codec.encode("DeadLetter", letter),
+                   None)
 
-    def _triggers(self, user_id: str, step: engine.Step, emit_time: int) -> Iterator[Any]:
+    def _triggers(self, user_id: str, step: engine.Step, emit_time: int,
+                  traces: dict[str, _Traced]) -> Iterator[Any]:
         self.trigger_latency.tick()
         for _ in range(step.trigger_duplicates):
             self.trigger_duplicates.inc()
@@ -655,19 +710,21 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 self.trigger_latency.observe(trigger["tier"],
                                              max(0, emit_time - trigger["ingest_time"]))
             yield Row("TriggerEvent", trigger["tier"], key,
-                      self.codec.encode("TriggerEvent", trigger))
+                      self.codec.encode("TriggerEvent", trigger),
+                      _traceparent(traces, trigger["cause_event_id"]))
         for decision in step.decisions:
             counters = self.suppressed if decision["outcome"] == "SUPPRESSED" else self.deferred
             counters.inc(decision["reason_code"])
             yield Row("TriggerDecision", None, key,
-                      self.codec.encode("TriggerDecision", decision))
+                      self.codec.encode("TriggerDecision", decision),
+                      _traceparent(traces, decision.get("cause_event_id")))
         for conversion in step.converted:
             self.conversions.inc(conversion["campaign_id"])
             yield Row("CampaignOutcome", None, key,
-                      self.codec.encode("CampaignOutcome", conversion))
+                      self.codec.encode("CampaignOutcome", conversion), None)
         for fact in step.lift:  # to the per-campaign statistics, keyed by unit
             yield Row("LiftFact", None, fact.unit.encode(),
-                      json.dumps(fact_to_doc(fact), separators=(",", ":")).encode())
+                      json.dumps(fact_to_doc(fact), separators=(",", ":")).encode(), None)
 
     def _audience_sizes(self) -> dict[str, int]:
         """Live segment sizes from the store, re-read at most every AUDIENCE_REFRESH_S."""

@@ -12,7 +12,7 @@ import org.apache.flink.types.Row;
  * <p>Input: Row(topic, partition, offset, timestamp, key, value) of {@link
  * KafkaRecordWithMetadataDeserializer}. Output: the engine input row (udfs/flink/descriptors.py,
  * ENGINE_INPUT_ROW): Row("click", user_id, event_time = null (read when decoded), ingest_time =
- * the Kafka timestamp, payload = the value, partition, offset, key).
+ * the Kafka timestamp, payload = the value, partition, offset, key, traceparent header).
  *
  * <p>The user id is the ClickEvent's second field (after event_id) in every published version,
  * right after the 10-byte single-object header (see {@link ClickEventTimeAssigner}). A record
@@ -31,7 +31,8 @@ public final class ClickEngineInput implements MapFunction<Row, Row> {
         Object value = record.getField(5);
         byte[] bytes = value instanceof byte[] ? (byte[]) value : null;
         return Row.of("click", userId(bytes), null, record.getField(3), bytes,
-                record.getField(1), record.getField(2), record.getField(4));
+                record.getField(1), record.getField(2), record.getField(4),
+                record.getArity() > 6 ? record.getField(6) : null);
     }
 
     /** The user id of a single-object ClickEvent's bytes, or "" when it cannot be read. */

@@ -21,6 +21,6 @@ public final class PassThroughRecord implements MapFunction<Row, Row> {
 
     @Override
     public Row map(Row record) {
-        return Row.of(targetTopic, record.getField(4), record.getField(5));
+        return Row.of(targetTopic, record.getField(4), record.getField(5), null);
     }
 }

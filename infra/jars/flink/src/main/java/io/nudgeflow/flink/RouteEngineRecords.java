@@ -7,7 +7,8 @@ import org.apache.flink.util.Collector;
 
 /**
  * Picks one kind of the per-user engine's records and routes it to its Kafka topic: Row(record,
- * tier, key, value) of the engine to Row(topic, key, value) of {@link RoutedRecordSerializer}.
+ * tier, key, value, traceparent) of the engine to Row(topic, key, value, traceparent) of {@link
+ * RoutedRecordSerializer}.
  *
  * <p>The engine emits SegmentChanges, TriggerEvents and TriggerDecisions on one output (PyFlink's
  * thread mode drops side outputs yielded from a keyed broadcast function's timers), each marked
@@ -48,6 +49,7 @@ public final class RouteEngineRecords implements FlatMapFunction<Row, Row> {
             }
             target = topic + tier.toLowerCase(Locale.ROOT);
         }
-        out.collect(Row.of(target, row.getField(2), row.getField(3)));
+        out.collect(Row.of(target, row.getField(2), row.getField(3),
+                row.getArity() > 4 ? row.getField(4) : null));
     }
 }

@@ -1,11 +1,14 @@
 package io.nudgeflow.flink;
 
+import java.nio.charset.StandardCharsets;
 import org.apache.flink.connector.kafka.sink.KafkaRecordSerializationSchema;
 import org.apache.flink.kafka.shaded.org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.flink.types.Row;
 
 /**
- * Writes Row(topic, key, value) as a Kafka record to the row's topic, with the row's key (so
+ * Writes Row(topic, key, value, traceparent) as a Kafka record to the row's topic, with the
+ * row's W3C trace context as its {@code traceparent} header when there is one, and the row's
+ * key (so
  * Kafka's default partitioner keeps one user's records in order on one partition). One sink can
  * so serve several topics (one per priority tier) under one transaction. PyFlink's Python topic
  * selector cannot set keys.
@@ -27,7 +30,13 @@ public final class RoutedRecordSerializer implements KafkaRecordSerializationSch
             throw new IllegalArgumentException(
                     "RoutedRecordSerializer got a row without a topic: " + element);
         }
-        return new ProducerRecord<>(
+        ProducerRecord<byte[], byte[]> record = new ProducerRecord<>(
                 topic, null, null, (byte[]) element.getField(1), (byte[]) element.getField(2));
+        Object traceparent = element.getArity() > 3 ? element.getField(3) : null;
+        if (traceparent != null) {
+            record.headers().add(KafkaRecordWithMetadataDeserializer.TRACEPARENT,
+                    ((String) traceparent).getBytes(StandardCharsets.US_ASCII));
+        }
+        return record;
     }
 }
