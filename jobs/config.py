@@ -36,6 +36,10 @@ EXECUTION_MODES = ("thread", "process")
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 STATE_BACKENDS = ("hashmap", "rocksdb")
+#: the job's Kafka connector (flink-sql-connector-kafka) carries the Kafka client relocated
+#: under this package: a JAAS line naming the unshaded login module fails at the first
+#: connection with "No LoginModule found"
+FLINK_KAFKA_SHADED_PREFIX = "org.apache.flink.kafka.shaded."
 #: Flink's upper bound on key groups (``KeyGroupRangeAssignment.UPPER_BOUND_MAX_PARALLELISM``)
 MAX_KEY_GROUPS = 32_768
 #: the largest dead_letter_raw_max_bytes: 1 MiB (Kafka's default max.request.size and
@@ -434,13 +438,16 @@ class NudgeflowConfig:
             raise ConfigError("kafka_ssl_key_password is set without kafka_ssl_client_pem")
 
     def kafka_client_properties(self) -> dict[str, str]:
-        """Java Kafka client properties for the job's sources and sinks (security included)."""
+        """Java Kafka client properties for the job's sources and sinks (security included).
+
+        The JAAS login module is named as the job's shaded Kafka connector has it.
+        """
         props = {"bootstrap.servers": self.kafka_bootstrap}
         if self.kafka_security_protocol != "PLAINTEXT":
             props["security.protocol"] = self.kafka_security_protocol
         if self.kafka_sasl_mechanism:
             props["sasl.mechanism"] = self.kafka_sasl_mechanism
-            module = (
+            module = FLINK_KAFKA_SHADED_PREFIX + (
                 "org.apache.kafka.common.security.plain.PlainLoginModule"
                 if self.kafka_sasl_mechanism == "PLAIN"
                 else "org.apache.kafka.common.security.scram.ScramLoginModule"

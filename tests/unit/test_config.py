@@ -309,6 +309,11 @@ def test_trigger_topic() -> None:
     assert other.trigger_topic("P2") == "t.p2"
 
 
+#: the Kafka client's security package as the job's shaded connector (flink-sql-connector-kafka)
+#: has it: the unshaded name fails at connect with "No LoginModule found"
+_SHADED = "org.apache.flink.kafka.shaded.org.apache.kafka.common.security"
+
+
 def test_kafka_client_properties_plaintext() -> None:
     assert load_config(env={}).kafka_client_properties() == {
         "bootstrap.servers": "127.0.0.1:9092"
@@ -327,7 +332,7 @@ def test_kafka_client_properties_scram() -> None:
         "bootstrap.servers": "b1:9093,b2:9093",
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-512",
-        "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        "sasl.jaas.config": f"{_SHADED}.scram.ScramLoginModule required "
         'username="alice" password="pw";',
     }
     assert cfg.librdkafka_config() == {
@@ -346,7 +351,7 @@ def test_kafka_client_properties_plain_mechanism() -> None:
         "kafka_sasl_username": "u", "kafka_sasl_password": "p",
     })
     jaas = cfg.kafka_client_properties()["sasl.jaas.config"]
-    assert jaas.startswith("org.apache.kafka.common.security.plain.PlainLoginModule required ")
+    assert jaas.startswith(f"{_SHADED}.plain.PlainLoginModule required ")
     assert cfg.kafka_client_properties()["security.protocol"] == "SASL_PLAINTEXT"
 
 
@@ -356,7 +361,7 @@ def test_jaas_values_are_escaped() -> None:
         "kafka_sasl_username": 'svc"x', "kafka_sasl_password": 'p"w\\d";',
     })
     assert cfg.kafka_client_properties()["sasl.jaas.config"] == (
-        'org.apache.kafka.common.security.scram.ScramLoginModule required '
+        f'{_SHADED}.scram.ScramLoginModule required '
         'username="svc\\"x" password="p\\"w\\\\d\\";";')
 
 
