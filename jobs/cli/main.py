@@ -829,6 +829,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(exc))
         if isinstance(exc, DefinitionError):
             return _fail(segments_errors(exc))
+        from kafka.errors import KafkaError
+
+        if isinstance(exc, KafkaError):
+            # kafka-python says "Unable to bootstrap" for a broker that is down, unreachable or
+            # refused the login alike
+            return _fail(f"Kafka did not answer ({type(exc).__name__}: {exc}). Check "
+                         "--kafka-bootstrap and that the brokers run, then the security "
+                         "settings (protocol, SASL mechanism, user and password, CA file): a "
+                         "rejected login looks the same from here")
         raise
 
 

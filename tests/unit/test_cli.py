@@ -290,3 +290,18 @@ def test_flink_run_passes_allow_non_restored_state_with_the_savepoint(tmp_path) 
     with pytest.raises(deploy.DeployError, match="only when starting from a savepoint"):
         deploy.flink_run_command("http://jm:8081", [], tmp_path / "a.zip",
                                  allow_non_restored_state=True)
+
+
+def test_a_kafka_that_does_not_answer_is_one_line_that_says_what_to_check(
+        monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    def unreachable(args):
+        raise KafkaTimeoutError("Unable to bootstrap from ['b1:9093']")
+
+    monkeypatch.setattr(cli, "cmd_generate", unreachable)
+    assert main(["generate", "--users", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "Kafka did not answer (KafkaTimeoutError" in err and "Unable to bootstrap" in err
+    assert "SASL mechanism, user and password" in err  # a refused login looks the same
+    assert "Traceback" not in err

@@ -11,8 +11,8 @@ through the adapter's stand-in (tests/differential/sim.py)
   savepoint), outcomes late, same-time timers in another order across users;
 
 gives the same segment changes, triggers, decisions and CONVERTED outcomes. The last two are
-what a rescale by savepoint changes (tests/integration/test_rescale_e2e.py); an outcome applied late is the documented arrival-order case, and only journeys
-(none here) may read it.
+what a rescale by savepoint changes (tests/integration/test_rescale_e2e.py); an outcome applied
+late is the documented arrival-order case, and only journeys (none here) may read it.
 """
 
 import pytest
