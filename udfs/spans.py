@@ -1,17 +1,19 @@
 """The engine's spans, exported with OpenTelemetry over OTLP/HTTP (no pyflink import).
 
 Inputs: a sampled click's trace context (``udfs.tracing``), its Kafka append time and what its
-step emitted. Outputs: one span per sampled click applied, ``nudgeflow.engine``, child of the
+step emitted. Outputs, per sampled click applied: the span ``nudgeflow.engine``, child of the
 click's context (its producer's span, or the one created at ingestion), with the span id
 ``udfs.tracing.engine_context`` gives, so the ``traceparent`` headers of the segment changes and
 triggers it caused name it as their parent. It starts at the click's Kafka append time and ends
 when the engine emitted what the click caused, so its length is the click's ingest-to-emit
-latency (the watermark wait included, as ``nudgeflow.wait_ms``); each segment change and trigger
-is an event on it. State: the SDK's batch of spans not yet sent (a background thread sends it;
-``close`` flushes it).
+latency; each segment change and trigger is an event on it. Its two stages are child spans:
+``nudgeflow.watermark_wait`` (Kafka append to the step that applied it: the in-order wait,
+also ``nudgeflow.wait_ms``) and ``nudgeflow.evaluate`` (the step: features, churn score,
+segments, campaigns, store writes). State: the SDK's batch of spans not yet sent (a
+background thread sends it; ``close`` flushes it).
 
-Only sampled clicks get a span (``tracing_sample_ratio``, or the producer's decision), so the cost
-at full load is the header handling of every click plus a span per sampled one.
+Only sampled clicks get spans (``tracing_sample_ratio``, or the producer's decision), so the cost
+at full load is the header handling of every click plus three spans per sampled one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from udfs.tracing import TraceContext
 
 SERVICE = "nudgeflow"
 SPAN_NAME = "nudgeflow.engine"
+WAIT_SPAN = "nudgeflow.watermark_wait"
+EVALUATE_SPAN = "nudgeflow.evaluate"
 _NS_PER_MS = 1_000_000
 
 
@@ -82,7 +86,13 @@ class ClickSpans:
                         "nudgeflow.outputs": len(outputs)})
         for name, attributes in outputs:
             span.add_event(name, attributes=attributes, timestamp=emit_ms * _NS_PER_MS)
-        span.end(end_time=max(emit_ms, start_ms) * _NS_PER_MS)
+        end_ms = max(emit_ms, step_started_ms)
+        inside = trace.set_span_in_context(span)
+        for name, begin, end in ((WAIT_SPAN, start_ms, step_started_ms),
+                                 (EVALUATE_SPAN, step_started_ms, end_ms)):
+            self.tracer.start_span(name, context=inside, start_time=begin * _NS_PER_MS).end(
+                end_time=end * _NS_PER_MS)
+        span.end(end_time=end_ms * _NS_PER_MS)
         self.exported += 1
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from tests.integration import flink_jobs
 from tests.integration.kafka_io import produce_raw
 from tests.otlp import OtlpReceiver
 from udfs import tracing
-from udfs.spans import SPAN_NAME
+from udfs.spans import EVALUATE_SPAN, SPAN_NAME, WAIT_SPAN
 
 pytestmark = pytest.mark.integration
 
@@ -94,9 +94,9 @@ def test_a_clicks_traceparent_reaches_what_it_caused_and_its_span_is_exported(is
                 cfg, cfg.segment_changes_topic, codec,
                 lambda seen: any(r["user_id"] == traced and r["segment_id"] == "high-value-cart"
                                  for r, _ in seen))
-            spans = receiver.wait_for(1, timeout_s=30)
+            received = receiver.wait_for(3, timeout_s=30)
             time.sleep(3)  # anything else exported would arrive now
-            spans = receiver.wait_for(len(spans) + 1, timeout_s=0.1)
+            received = receiver.wait_for(len(received) + 1, timeout_s=0.1)
         finally:
             producer.close()
             flink_jobs.cancel(cfg, job_id)
@@ -124,11 +124,14 @@ def test_a_clicks_traceparent_reaches_what_it_caused_and_its_span_is_exported(is
         made.traceparent()
     assert not made.sampled
 
-    # exactly one span: the sampled click's, child of the producer's span, the id the headers
-    # name; ben's and the ticker's clicks were not sampled
-    assert [(s.name, s.trace_id, s.span_id, s.parent_span_id) for s in spans] == [
-        (SPAN_NAME, sent.trace_id, engine.span_id, sent.span_id)]
+    # exactly one click's spans: the sampled click's, child of the producer's span, the id the
+    # headers name, with its two stages; ben's and the ticker's clicks were not sampled
+    spans = [s for s in received if s.name == SPAN_NAME]
+    assert [(s.trace_id, s.span_id, s.parent_span_id) for s in spans] == [
+        (sent.trace_id, engine.span_id, sent.span_id)]
     [span] = spans
+    assert sorted((s.name, s.parent_span_id) for s in received if s is not span) == [
+        (EVALUATE_SPAN, engine.span_id), (WAIT_SPAN, engine.span_id)]
     assert ("TriggerEvent", {"campaign": trigger["campaign_id"], "tier": "P1",
                              "channel": trigger["channel"]}) in span.events
     # the span runs from the click's Kafka append time to the emission: the ingest-to-emit

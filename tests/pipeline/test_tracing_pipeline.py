@@ -16,7 +16,7 @@ from tests.otlp import OtlpReceiver
 from tests.pipeline.fakes import FileWriterFactory, as_bytes
 from udfs import tracing
 from udfs.flink.descriptors import SOURCE_RECORD_ROW
-from udfs.spans import SPAN_NAME
+from udfs.spans import EVALUATE_SPAN, SPAN_NAME, WAIT_SPAN
 
 pytestmark = pytest.mark.pipeline
 
@@ -52,7 +52,7 @@ def test_outputs_carry_their_clicks_trace_and_sampled_clicks_export_a_span(env, 
         with outputs.all().execute_and_collect() as results:
             rows = [(codec.decode_named(as_bytes(value)), header)
                     for _, _, value, header in results]
-        spans = receiver.wait_for(1, timeout_s=30)
+        received = receiver.wait_for(3, timeout_s=30)
 
     def header_of(name, **match):
         [(record, header)] = [(r, h) for (n, r), h in rows if n == name
@@ -74,10 +74,14 @@ def test_outputs_carry_their_clicks_trace_and_sampled_clicks_export_a_span(env, 
     # a trigger of a timer (the abandonment email, 30 minutes on) has no click in its step
     assert header_of("TriggerEvent", user_id="ann", campaign_id="cart-abandonment-email") is None
 
-    # one span: ann's (sampled by her producer); ben's and dan's were not sampled
-    assert [(s.name, s.trace_id, s.span_id, s.parent_span_id) for s in spans] == [
-        (SPAN_NAME, ann_click.trace_id, ann_engine.span_id, ann_click.span_id)]
+    # one click's spans: ann's (sampled by her producer); ben's and dan's were not sampled
+    spans = [s for s in received if s.name == SPAN_NAME]
+    assert [(s.trace_id, s.span_id, s.parent_span_id) for s in spans] == [
+        (ann_click.trace_id, ann_engine.span_id, ann_click.span_id)]
     [span] = spans
+    stages = sorted((s.name, s.trace_id, s.parent_span_id) for s in received if s is not span)
+    assert stages == [(EVALUATE_SPAN, ann_click.trace_id, ann_engine.span_id),
+                      (WAIT_SPAN, ann_click.trace_id, ann_engine.span_id)]
     assert span.attributes["nudgeflow.event_id"] == "ann-1"
     assert ("TriggerEvent", {"campaign": "high-value-cart-sms", "tier": "P1", "channel": "SMS"}) \
         in span.events

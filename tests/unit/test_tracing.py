@@ -6,7 +6,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.otlp import OtlpReceiver
 from udfs import tracing
-from udfs.spans import SPAN_NAME, ClickSpans
+from udfs.spans import EVALUATE_SPAN, SPAN_NAME, WAIT_SPAN, ClickSpans
 
 GIVEN = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -62,8 +62,14 @@ def test_a_click_span_is_the_engine_span_named_in_the_outputs_headers():
     spans.click_applied(click, engine, "e1", ingest_ms=1_000, step_started_ms=2_500,
                         emit_ms=2_520, outputs=[("TriggerEvent", {"campaign": "c", "tier": "P1"})])
     spans.close()
-    [span] = exporter.get_finished_spans()
-    assert span.name == SPAN_NAME
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(by_name) == {SPAN_NAME, WAIT_SPAN, EVALUATE_SPAN}
+    span = by_name[SPAN_NAME]
+    # its stages: the watermark wait, then the step, children of the engine's span
+    wait, evaluate = by_name[WAIT_SPAN], by_name[EVALUATE_SPAN]
+    assert wait.parent.span_id == evaluate.parent.span_id == span.context.span_id
+    assert (wait.start_time, wait.end_time) == (1_000 * 10**6, 2_500 * 10**6)
+    assert (evaluate.start_time, evaluate.end_time) == (2_500 * 10**6, 2_520 * 10**6)
     assert f"{span.context.trace_id:032x}" == click.trace_id
     assert f"{span.context.span_id:016x}" == engine.span_id  # what the headers name
     assert f"{span.parent.span_id:016x}" == click.span_id
@@ -81,7 +87,9 @@ def test_spans_reach_an_otlp_http_receiver():
         engine = tracing.engine_context(click, "e7")
         spans.click_applied(click, engine, "e7", 10, 20, 30, [])
         spans.close()  # flushes
-        [got] = receiver.wait_for(1, timeout_s=10)
+        received = receiver.wait_for(3, timeout_s=10)
+    [got] = [s for s in received if s.name == SPAN_NAME]
+    assert sorted(s.name for s in received) == sorted([SPAN_NAME, WAIT_SPAN, EVALUATE_SPAN])
     assert (got.trace_id, got.span_id, got.parent_span_id) == (
         click.trace_id, engine.span_id, click.span_id)
     assert got.attributes["nudgeflow.event_id"] == "e7"
