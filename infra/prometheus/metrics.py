@@ -57,6 +57,12 @@ LABELLED_METRICS = (
 )
 """Counters under a key-value group: exported as ``<key>_<name>`` with the label ``<key>``."""
 
+LABELLED_LAST_VALUES = (
+    # (group key = the label, metric name): LabelledLastValues in user_engine.py; last-value
+    # gauges (one per subtask, all reading the same store: take the max)
+    ("segment", "segment_size"),
+)
+
 HISTOGRAMS = (
     # (metric name, label keys): udfs/flink/metrics.py Histogram, registered in user_engine.py
     ("trigger_latency_ms", ("tier",)), ("user_state_bytes", ()),
@@ -117,7 +123,7 @@ def operator_metric(name: str, *groups: str) -> str:
 def exported() -> frozenset[str]:
     """Every metric name the job, Flink and the sender export (and Prometheus's ``up``)."""
     names = {operator_metric(name) for name in ENGINE_METRICS + FLINK_OPERATOR_METRICS}
-    names |= {operator_metric(name, key) for key, name in LABELLED_METRICS}
+    names |= {operator_metric(name, key) for key, name in LABELLED_METRICS + LABELLED_LAST_VALUES}
     for name, keys in HISTOGRAMS:
         names |= {operator_metric(f"{name}_bucket", *keys, "le"),
                   operator_metric(f"{name}_sum", *keys), operator_metric(f"{name}_count", *keys)}

@@ -5,6 +5,7 @@ at every offered rate in both delivery modes, cost per stage, resources)."""
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -77,6 +78,12 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
     assert compared, "no at-least-once step had 50 triggers to compare"
     for step in by_mode["exactly-once"]:
         assert step["engine_histogram"]["p50_ms"] <= step["p50_ms"] * 1.2
+
+    # the live segment sizes the engines read from Redis reached the stack's Prometheus too
+    sizes = bench.prometheus_query(
+        bench.PROMETHEUS_URL, "max by (segment) (max_over_time("
+        "flink_taskmanager_job_task_operator_segment_segment_size[30m]))", time.time())
+    assert sizes and max(float(r["value"][1]) for r in sizes) > 0, sizes
 
     # in-order application waits for the watermark: the configured bound costs more than a
     # small one, and neither waits for the quiet release (3 s), which every probe click did

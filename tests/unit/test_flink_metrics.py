@@ -10,6 +10,7 @@ from udfs.flink.metrics import (
     BufferedCounter,
     Histogram,
     LabelledHistograms,
+    LabelledLastValues,
     SampledDistribution,
     le_label,
 )
@@ -130,3 +131,23 @@ def test_bucket_bounds_are_close_enough_for_a_20_percent_quantile() -> None:
         le_label(5.75)
     with pytest.raises(ValueError, match="bounds must be increasing"):
         Histogram(RecordingGroup(), "x", (10, 5))
+
+
+class RecordingDistributions(RecordingGroup):
+    def distribution(self, name: str) -> RecordingDistribution:
+        return self.counters.setdefault((*self.path, name), RecordingDistribution())
+
+    def add_group(self, key: str, value: str) -> RecordingDistributions:
+        child = RecordingDistributions((*self.path, f"{key}={value}"))
+        child.counters = self.counters
+        return child
+
+
+def test_last_values_are_one_figure_per_label_created_on_first_use() -> None:
+    group = RecordingDistributions()
+    sizes = LabelledLastValues(group, "segment", "segment_size")
+    sizes.set("vip", 10)
+    sizes.set("vip", 12)
+    sizes.set("new", 3)
+    assert {k: v.values for k, v in group.counters.items()} == {
+        ("segment=vip", "segment_size"): [10, 12], ("segment=new", "segment_size"): [3]}

@@ -66,6 +66,7 @@ def test_the_dashboard_covers_what_operators_ask() -> None:
     engine = ["events_in", "pendingRecords", "tier_le_trigger_latency_ms_bucket", "tier_triggers",
               "campaign_triggers", "reason_triggers_suppressed", "reason_triggers_deferred",
               "segment_enters", "segment_exits", "le_user_state_bytes_bucket",
+              "segment_segment_size",
               "reason_events_dead_lettered", "store_retries"]
     for wanted in [*(op + name for name in engine),
                    "flink_jobmanager_job_lastCheckpointDuration",

@@ -94,6 +94,7 @@ FLINK_CODE = ROOT / "udfs" / "flink"
 # metrics.counter("x"), group.distribution("x"), ... (also over a line break)
 BY_NAME = re.compile(r'\b(?:metrics|group)\.(?:counter|distribution|gauge|meter)\(\s*"(\w+)"')
 LABELLED = re.compile(r'LabelledCounters\([^,]+,\s*"(\w+)",\s*"(\w+)"\)')
+LAST_VALUES = re.compile(r'LabelledLastValues\([^,]+,\s*"(\w+)",\s*"(\w+)"\)')
 # Histogram(metrics, "x", ...) and LabelledHistograms(metrics, "key", "x", ...)
 HISTOGRAM = re.compile(r'\bHistogram\(\s*\w+,\s*"(\w+)"')
 LABELLED_HISTOGRAM = re.compile(r'LabelledHistograms\(\s*\w+,\s*"(\w+)",\s*"(\w+)"')
@@ -103,16 +104,18 @@ def registered_in_code():
     text = "\n".join(path.read_text() for path in sorted(FLINK_CODE.glob("*.py")))
     histograms = {(name, ()) for name in HISTOGRAM.findall(text)}
     histograms |= {(name, (key,)) for key, name in LABELLED_HISTOGRAM.findall(text)}
-    return set(BY_NAME.findall(text)), set(LABELLED.findall(text)), histograms
+    return (set(BY_NAME.findall(text)), set(LABELLED.findall(text)), histograms,
+            set(LAST_VALUES.findall(text)))
 
 
 def test_the_metric_list_is_what_the_flink_functions_register() -> None:
-    by_name, labelled, histograms = registered_in_code()
+    by_name, labelled, histograms, last_values = registered_in_code()
     listed = set(metrics.ENGINE_METRICS) | set(metrics.CAMPAIGN_STATS_METRICS)
     assert by_name == listed, "udfs/flink registers other metrics than infra/prometheus/" \
         f"metrics.py lists: missing {by_name - listed}, gone {listed - by_name}"
     assert labelled == set(metrics.LABELLED_METRICS)
     assert histograms == set(metrics.HISTOGRAMS)
+    assert last_values == set(metrics.LABELLED_LAST_VALUES)
     assert 'add_group("nudgeflow")' in (FLINK_CODE / "campaign_stats.py").read_text()
     assert 'counter(f"journey_{what}")' in (FLINK_CODE / "metrics.py").read_text()
 

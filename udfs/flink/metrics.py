@@ -208,6 +208,28 @@ class LabelledCounters:
         counter.inc()
 
 
+class LabelledLastValues:
+    """Last-value figures under ``<group>=<label>`` (e.g. segment=cart-abandoners).
+
+    Created on first use. A PyFlink distribution in thread mode is a last-value gauge, which is
+    what a size read from a store every few seconds needs.
+    """
+
+    def __init__(self, metrics: Any, group: str, name: str) -> None:
+        self.metrics = metrics
+        self.group = group
+        self.name = name
+        self.gauges: dict[str, Any] = {}
+
+    def set(self, label: str, value: int) -> None:
+        """The figure under ``label`` is now ``value``."""
+        gauge = self.gauges.get(label)
+        if gauge is None:
+            gauge = self.metrics.add_group(self.group, label).distribution(self.name)
+            self.gauges[label] = gauge
+        gauge.update(int(value))
+
+
 class JourneyCounters:
     """Per journey node: ``journey_<what>`` counters under groups ``journey=<id>, node=<id>``.
 

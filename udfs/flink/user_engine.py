@@ -63,6 +63,7 @@ from udfs.flink.metrics import (
     JourneyCounters,
     LabelledCounters,
     LabelledHistograms,
+    LabelledLastValues,
     MeasuredScorer,
 )
 from udfs.flink.scoring import PythonThreadScorer
@@ -221,6 +222,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # `defs publish --backfill`
         self.backfills = LabelledCounters(metrics, "outcome", "backfill_requests")
         self.journey_moves = JourneyCounters(metrics)
+        # live segment sizes (the store's, read for the audience factor): the dashboard's sizes
+        self.segment_sizes = LabelledLastValues(metrics, "segment", "segment_size")
         # a span per sampled click applied, when an OTLP endpoint is set (udfs/spans.py)
         self.spans: Any = None
         if self.cfg.tracing_otlp_endpoint:
@@ -733,6 +736,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             reader = getattr(self.writer, "segment_sizes", None)
             self.audience_sizes = reader() if reader is not None else {}
             self.audience_read_at = now
+            for segment_id, size in self.audience_sizes.items():
+                self.segment_sizes.set(segment_id, size)
         return self.audience_sizes
 
     def _late(self, record: intake.SourceRecord, event: dict[str, Any], watermark: int,
