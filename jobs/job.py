@@ -67,7 +67,7 @@ from udfs.stores.membership import CassandraRedisStore, StoreFactory
 
 @dataclass(frozen=True)
 class JobOutputs:
-    """The job's output streams, each of Row(topic, key, value) ready for the Kafka sink."""
+    """The job's output streams, each of Row(topic, key, value, traceparent) for the Kafka sink."""
 
     segment_changes: DataStream  # SegmentChanges, written to the membership store first
     triggers: DataStream  # TriggerEvents, each on the topic of its priority tier
@@ -217,7 +217,7 @@ def key_by_user(inputs: DataStream) -> KeyedStream:
 
 def route_engine_records(engine: DataStream, record: str, topic: str, uid: str,
                          by_tier: bool = False) -> DataStream:
-    """The engine's records of one kind, as Row(topic, key, value) for the Kafka sink.
+    """The engine's records of one kind, as Row(topic, key, value, traceparent) for the Kafka sink.
 
     A Java flat map (``io.nudgeflow.flink.RouteEngineRecords``): no Python per record. With
     ``by_tier``, ``topic`` is a prefix completed by the record's priority tier.
