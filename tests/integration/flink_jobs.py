@@ -38,5 +38,16 @@ def wait_until_open(cfg, job_id, timeout_s=120):
         if vertices and all(v.get("status") == "RUNNING" for v in vertices):
             return
         assert time.monotonic() < deadline, f"job {job_id}: tasks not all RUNNING: " + ", ".join(
-            f"{v.get('name')}: {v.get('status')}" for v in vertices)
+            f"{v.get('name')}: {v.get('status')}" for v in vertices) + _root_exception(cfg, job_id)
         time.sleep(0.5)
+
+
+def _root_exception(cfg, job_id):
+    """The job's latest root exception (why it restarts), for an assertion message."""
+    try:
+        history = deploy.rest_get(cfg.flink_rest_url, f"/jobs/{job_id}/exceptions")
+    except Exception as exc:  # noqa: BLE001 - only a diagnosis
+        return f"; its exceptions could not be read: {exc}"
+    entries = history.get("exceptionHistory", {}).get("entries", [])
+    text = entries[0].get("stacktrace", "") if entries else history.get("root-exception", "")
+    return f"; latest exception: {text[:3000]}" if text else "; no exception recorded"

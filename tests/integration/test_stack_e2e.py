@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_every_server_is_ready(local_stack):
     rows = stack.status(local_stack)
     assert {r.name: r.state for r in rows} == {
-        "kafka": "ready", "cassandra": "ready", "redis": "ready",
+        "kafka": "ready", "cassandra": "ready", "redis": "ready", "prometheus": "ready",
         "flink-jobmanager": "ready", "flink-taskmanager": "ready",
     }
 

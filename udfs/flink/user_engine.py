@@ -68,6 +68,12 @@ from udfs.flink.metrics import (
 )
 from udfs.flink.scoring import PythonThreadScorer
 
+# imported with the module, not when a job first asks for spans: in thread mode the interpreter
+# outlives a job and keeps its modules, so a later job of the same build would import a
+# submodule not yet loaded from the first job's deleted directory (ModuleNotFoundError:
+# udfs.spans); ~80 ms once per TaskManager for the OpenTelemetry SDK
+from udfs.spans import ClickSpans
+
 #: the live segment sizes (audience factor) are re-read from the store at most this often
 AUDIENCE_REFRESH_S = 10.0
 
@@ -227,8 +233,6 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # a span per sampled click applied, when an OTLP endpoint is set (udfs/spans.py)
         self.spans: Any = None
         if self.cfg.tracing_otlp_endpoint:
-            from udfs.spans import ClickSpans
-
             self.spans = ClickSpans(self.cfg.tracing_otlp_endpoint, self.cfg.job_name)
         self.registries: Registries | None = None
         self.last_backfill: str | None = None  # what the last step's backfill did
