@@ -26,6 +26,14 @@ CONF_NAME = "flink"
 #: Prometheus scrapes each Flink process on the first free port of this range (JobManager
 #: first, then TaskManagers; a local MiniCluster is one process)
 PROMETHEUS_PORTS = "9249-9259"
+
+
+def reporter_ports() -> range:
+    """The ports of ``PROMETHEUS_PORTS``, one per Flink process that may serve ``/metrics``."""
+    first, _, last = PROMETHEUS_PORTS.partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
 #: the most TaskManagers the local stack starts (each takes 3 GiB and a reporter port)
 MAX_TASKMANAGERS = 8
 

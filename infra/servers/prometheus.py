@@ -26,18 +26,13 @@ from pathlib import Path
 
 from infra.paths import StackPaths
 from infra.servers.base import NotReady, Server
-from infra.servers.flink import PROMETHEUS_PORTS
+from infra.servers.flink import reporter_ports
 
 #: where `nudgeflow sender --metrics-port` is looked for: one port per sender process
 SENDER_PORTS = range(9300, 9303)
 #: how often every target is read; a rate over 1 minute then has 12 points
 SCRAPE_INTERVAL = "5s"
 RULES = Path(__file__).resolve().parent.parent / "prometheus" / "rules.yml"
-
-
-def _port_range(ports: str) -> range:
-    first, _, last = ports.partition("-")
-    return range(int(first), int(last or first) + 1)
 
 
 #: Flink's reporter writes a label value's characters outside [A-Za-z0-9_:] as "_", so a
@@ -55,7 +50,7 @@ def scrape_config(rules: Path = RULES) -> dict[str, object]:
         "rule_files": [str(rules)],
         "scrape_configs": [
             {"job_name": "local-flink", "static_configs": [
-                {"targets": [f"127.0.0.1:{port}" for port in _port_range(PROMETHEUS_PORTS)]}],
+                {"targets": [f"127.0.0.1:{port}" for port in reporter_ports()]}],
              "metric_relabel_configs": FLINK_RELABEL},
             {"job_name": "local-sender", "static_configs": [
                 {"targets": [f"127.0.0.1:{port}" for port in SENDER_PORTS]}]},

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra.servers.flink import reporter_ports
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec
 from udfs.engine import BACKFILL_OUTCOMES
@@ -45,7 +46,7 @@ DEFAULT_RATE = 250.0
 #: how long to wait for the running job to apply the published versions
 APPLY_TIMEOUT_S = 120.0
 #: the local stack's Prometheus reporter ports (``infra.servers.flink.PROMETHEUS_PORTS``)
-LOCAL_METRICS = tuple(f"http://127.0.0.1:{port}/metrics" for port in range(9249, 9260))
+LOCAL_METRICS = tuple(f"http://127.0.0.1:{port}/metrics" for port in reporter_ports())
 
 _METRIC = re.compile(r'_backfill_requests\{[^}]*outcome="(?P<outcome>[a-z]+)"[^}]*\}\s+'
                      r"(?P<value>[0-9.eE+-]+)\s*$")
