@@ -5,7 +5,8 @@
 #   - promtool (the rules' tests run it) and prometheus (the stack's server) in .venv/bin, taken
 #     out of Debian's prometheus package;
 #   - the Java jars (Kafka, Cassandra, Flink Kafka connector + nudgeflow-flink) from Maven
-#     Central into $NUDGEFLOW_HOME/jars (default ~/.nudgeflow/jars).
+#     Central into $NUDGEFLOW_HOME/jars (default ~/.nudgeflow/jars);
+#   - the schema registry (Apicurio Registry's server archive, from Maven Central) beside them.
 # Re-running it is cheap: everything already present is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,4 +65,6 @@ fi
 
 say "resolving jars (cached in ${NUDGEFLOW_HOME:-$HOME/.nudgeflow}/jars)"
 .venv/bin/nudgeflow jars >/dev/null
+# the schema registry of the Confluent wire format option (infra/servers/registry.py)
+.venv/bin/python -m infra.servers.registry
 say "ready: activate with 'source .venv/bin/activate', or call .venv/bin/nudgeflow"

@@ -30,6 +30,7 @@ from infra.servers.flink import (
 from infra.servers.kafka import KafkaServer
 from infra.servers.prometheus import PrometheusServer
 from infra.servers.redis import RedisServer
+from infra.servers.registry import RegistryServer
 
 
 class StackError(RuntimeError):
@@ -50,6 +51,7 @@ def default_servers(paths: StackPaths | None = None,
         CassandraServer(),
         RedisServer(),
         PrometheusServer(),
+        RegistryServer(),
         FlinkJobManager(),
         *(FlinkTaskManager(index) for index in range(1, count + 1)),
     ]

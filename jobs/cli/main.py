@@ -590,10 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
     stack_p = sub.add_parser("stack", help="start/stop/inspect the local Kafka, Cassandra, Redis, "
-                             "Prometheus and Flink")
+                             "Prometheus, schema registry and Flink")
     stack_p.add_argument("action", choices=["up", "down", "status", "logs", "provision"])
     stack_p.add_argument("servers", nargs="*", help="only these servers (kafka, cassandra, redis, "
-                         "prometheus, flink); default: all")
+                         "prometheus, registry, flink); default: all")
     stack_p.add_argument("--no-provision", action="store_true",
                          help="up: do not create topics and tables")
     stack_p.add_argument("--taskmanagers", type=int, metavar="N",

@@ -18,6 +18,7 @@ def test_every_server_is_ready(local_stack):
     rows = stack.status(local_stack)
     assert {r.name: r.state for r in rows} == {
         "kafka": "ready", "cassandra": "ready", "redis": "ready", "prometheus": "ready",
+        "registry": "ready",
         "flink-jobmanager": "ready", "flink-taskmanager": "ready",
     }
 

@@ -188,7 +188,7 @@ def test_stack_status_of_an_empty_home(
     assert lines[0].split() == ["server", "state", "pid", "address", "log"]
     assert [line.split()[:3] for line in lines[1:]] == [
         [name, "stopped", "-"]
-        for name in ("kafka", "cassandra", "redis", "prometheus", "flink-jobmanager",
+        for name in ("kafka", "cassandra", "redis", "prometheus", "registry", "flink-jobmanager",
                      "flink-taskmanager")
     ]
     assert str(tmp_path / "home" / "stack" / "kafka" / "logs") in lines[1]

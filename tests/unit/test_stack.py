@@ -370,7 +370,7 @@ def test_select_unknown_name_lists_known_ones() -> None:
         stack.select(servers, ["kafka", "kafak", "zookeeper"])
     assert str(info.value) == (
         "unknown server(s) kafak, zookeeper; known: kafka, cassandra, redis, prometheus, "
-        "flink-jobmanager, flink-taskmanager"
+        "registry, flink-jobmanager, flink-taskmanager"
     )
 
 
@@ -403,7 +403,7 @@ def test_the_stack_runs_as_many_taskmanagers_as_last_set(paths: StackPaths) -> N
     from infra.servers.flink import set_taskmanager_count, taskmanager_count
 
     names = [s.name for s in stack.default_servers(paths)]
-    assert names == ["kafka", "cassandra", "redis", "prometheus", "flink-jobmanager",
+    assert names == ["kafka", "cassandra", "redis", "prometheus", "registry", "flink-jobmanager",
                      "flink-taskmanager"]
     set_taskmanager_count(paths, 3)
     assert taskmanager_count(paths) == 3

@@ -1,0 +1,129 @@
+"""A schema registry with Confluent's REST API: Apicurio Registry, on loopback.
+
+The job's Confluent wire format option (``output_wire_format: confluent``) registers the output
+topics' schemas here and frames each value as ``00 | 4-byte schema id | Avro body``, which
+Confluent's deserializers, Kafka Connect's AvroConverter, ksqlDB and Flink's ``avro-confluent``
+format read. Apicurio Registry (Apache 2.0) serves Confluent's API under ``/apis/ccompat/v7``;
+Confluent's own registry is not on Maven Central and Karapace is not on PyPI, but Apicurio's
+server is on Maven Central as one archive (a Quarkus runner jar and its ``lib/``).
+
+``install`` downloads that archive once, checks its SHA-256 and unpacks it into
+``$NUDGEFLOW_HOME/jars/registry`` (``infra/bootstrap.sh`` calls it; ``prepare`` does too, so
+``stack up`` works without it). Storage: an H2 database file in the stack's data directory, so
+schema ids survive a restart (records on the topics keep pointing at the right schema).
+Runs on Java 17, the same ``java`` as Kafka's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from infra.paths import StackPaths
+from infra.servers.base import NotReady, Server
+from infra.servers.kafka import java_executable
+
+VERSION = "3.0.9"
+#: Maven Central's copy of the server archive (io.apicurio:apicurio-registry-app:tar.gz:all)
+ARCHIVE_URL = ("https://repo1.maven.org/maven2/io/apicurio/apicurio-registry-app/"
+               f"{VERSION}/apicurio-registry-app-{VERSION}-all.tar.gz")
+ARCHIVE_SHA256 = "2b28181501a20cbf6efcd77f9b7153908fc01f3d3a7c32024c0bd9e1b04c8a43"
+RUNNER = f"apicurio-registry-app-{VERSION}-runner.jar"
+#: the path of Confluent's REST API on an Apicurio server
+CONFLUENT_API = "/apis/ccompat/v7"
+DEFAULT_PORT = 8085
+
+
+def install_dir(paths: StackPaths) -> Path:
+    """Where the unpacked server lives (its runner jar and ``lib/``)."""
+    return paths.jars("registry")
+
+
+def install(paths: StackPaths | None = None, quiet: bool = False) -> Path:
+    """Download, check and unpack the server once; return its directory.
+
+    Raises:
+        RuntimeError: the download failed or its checksum is not the pinned one.
+    """
+    paths = paths or StackPaths.from_env()
+    target = install_dir(paths)
+    if (target / RUNNER).is_file():
+        return target
+    if not quiet:
+        print(f"[registry] downloading Apicurio Registry {VERSION} (109 MB) from Maven Central "
+              f"into {target} (first run only) ...", file=sys.stderr, flush=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        archive = Path(scratch) / "registry.tar.gz"
+        try:
+            with urllib.request.urlopen(ARCHIVE_URL, timeout=60) as response, \
+                    archive.open("wb") as out:  # noqa: S310 - a fixed https URL
+                shutil.copyfileobj(response, out, 1 << 20)
+        except (urllib.error.URLError, OSError) as exc:
+            raise RuntimeError(f"cannot download the schema registry from {ARCHIVE_URL}: {exc}; "
+                               "check the machine reaches Maven Central and try again") from None
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != ARCHIVE_SHA256:
+            raise RuntimeError(f"{ARCHIVE_URL} has SHA-256 {digest}, not the pinned "
+                               f"{ARCHIVE_SHA256}: the download is corrupt or was replaced; "
+                               "nothing was installed")
+        unpacked = Path(scratch) / "unpacked"
+        with tarfile.open(archive) as tar:
+            tar.extractall(unpacked, filter="data")
+        if target.exists():
+            shutil.rmtree(target)
+        unpacked.rename(target)
+    return target
+
+
+class RegistryServer(Server):
+    """Apicurio Registry in the foreground, listening on loopback."""
+
+    name = "registry"
+    start_timeout_s = 90.0
+
+    def __init__(self, port: int = DEFAULT_PORT) -> None:
+        self.port = port
+
+    @property
+    def address(self) -> str:
+        """Where the HTTP API answers."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The base URL of Confluent's API (what ``schema_registry_url`` is set to)."""
+        return f"http://{self.address}{CONFLUENT_API}"
+
+    def prepare(self, paths: StackPaths) -> None:
+        """Install the server if needed; create the data and log directories."""
+        install(paths)
+        for directory in (paths.data(self.name), paths.logs(self.name)):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def command(self, paths: StackPaths) -> list[str]:
+        """``java ... -jar apicurio-registry-app-<v>-runner.jar`` with its settings as -D flags."""
+        database = paths.data(self.name) / "registry"
+        return [java_executable(), "-Xms64m", "-Xmx384m", "-XX:+UseSerialGC",
+                "-Dquarkus.http.host=127.0.0.1", f"-Dquarkus.http.port={self.port}",
+                f"-Dapicurio.datasource.url=jdbc:h2:file:{database}",
+                "-jar", str(install_dir(paths) / RUNNER)]
+
+    def probe(self, paths: StackPaths) -> None:
+        """Confluent's ``/subjects`` answers 200."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/subjects", timeout=2) as response:  # noqa: S310
+                if response.status != 200:
+                    raise NotReady(f"{CONFLUENT_API}/subjects answered {response.status}")
+        except (urllib.error.URLError, OSError) as exc:
+            raise NotReady(f"{CONFLUENT_API}/subjects failed: {exc}") from None
+
+
+if __name__ == "__main__":
+    install()
