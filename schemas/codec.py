@@ -1,15 +1,20 @@
 """Avro single-object encoding of nudgeflow's records: the one module that reads the .avsc files.
 
-Every Kafka value nudgeflow writes or reads is one record in Avro single-object encoding
+By default every Kafka value nudgeflow writes or reads is one record in Avro single-object encoding
 (https://avro.apache.org/docs/current/specification/#single-object-encoding)::
 
     C3 01 | 8-byte little-endian CRC-64-AVRO fingerprint of the schema's Parsing Canonical Form
           | Avro binary body
 
-The fingerprint identifies the writer's schema. The codec knows the current version of every
-record (``schemas/<Name>.avsc``) and every published past version
-(``schemas/history/<Name>.v<N>.avsc``); data written with a past version is resolved into the
-current version's shape, with defaults for the fields the writer did not have.
+The fingerprint identifies the writer's schema. A codec made with ``with_schema_registry`` also
+decodes Confluent's wire format (``00``, a 4-byte big-endian schema id, the Avro body), which
+the job writes with ``output_wire_format: confluent``: it asks the registry for the id's schema
+once and then reads the record exactly as if it carried that schema's fingerprint.
+
+The codec knows the current version of every record (``schemas/<Name>.avsc``) and every
+published past version (``schemas/history/<Name>.v<N>.avsc``); data written with a past version
+is resolved into the current version's shape, with defaults for the fields the writer did not
+have.
 
 Python representation: records are plain dicts; enums are their symbol strings; ``bytes`` are
 ``bytes``; timestamps (``timestamp-millis``) are ``int`` milliseconds since the Unix epoch, UTC,
@@ -27,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -48,6 +54,9 @@ __all__ = [
     "InvalidEnumIndexError",
     "MalformedRecordError",
     "Buffer",
+    "CONFLUENT_MAGIC",
+    "SchemaLookup",
+    "confluent_framed",
     "NotSingleObjectError",
     "Record",
     "UnknownSchemaError",
@@ -62,6 +71,16 @@ NAMESPACE = "io.nudgeflow"
 
 HEADER_SIZE = len(MAGIC) + 8
 """Marker plus fingerprint: the body starts at this offset."""
+
+CONFLUENT_MAGIC = b"\x00"
+"""The byte that starts a value in Confluent's wire format (then a 4-byte schema id, the body)."""
+
+CONFLUENT_HEADER_SIZE = len(CONFLUENT_MAGIC) + 4
+"""Marker plus big-endian schema id: the Confluent-framed body starts at this offset."""
+
+SchemaLookup = Callable[[int], str]
+"""The text of the schema a registry holds under an id; raises ``LookupError`` for an id it
+does not have (any other exception means the registry could not be asked, and propagates)."""
 
 Record = dict[str, Any]
 """A decoded record, or one to encode."""
@@ -150,6 +169,9 @@ class Codec:
         self._readers: dict[bytes, _Reader] = {}
         self._names: list[str] = []
         self._versions: dict[str, list[int]] = {}
+        self._texts: dict[str, str] = {}
+        self._lookup: SchemaLookup | None = None
+        self._fingerprints_by_id: dict[int, bytes] = {}
 
         current: dict[str, tuple[dict[str, Any], str]] = {}
         for entry in sorted(root.iterdir(), key=lambda e: e.name):
@@ -183,6 +205,7 @@ class Codec:
         for name, (raw, source) in sorted(current.items()):
             past = history.get(name, {})
             version = max(past, default=0) + 1
+            self._texts[name] = json.dumps(raw)
             write_schema = parse_schema(raw)
             fingerprint = _fingerprint(write_schema)
             read_schema = cast(dict[str, Any], parse_schema(_without_logical_types(raw)))
@@ -259,6 +282,33 @@ class Codec:
         """
         return self._writer(name).header[len(MAGIC) :]
 
+    def schema_text(self, name: str) -> str:
+        """The current schema of a record type as JSON text, docs included (what a registry gets).
+
+        Raises:
+            UnknownSchemaError: No record type has that name.
+        """
+        return self._texts[self._writer(name).name]
+
+    def with_schema_registry(self, lookup: SchemaLookup) -> Codec:
+        """This codec, also decoding Confluent's wire format with the schemas ``lookup`` gives.
+
+        A Confluent-framed value (``00``, schema id, body) is read as the schema version whose
+        fingerprint equals that of the registry's schema for the id, so it resolves into the
+        current version like single-object data does; a schema that is not one of this
+        codec's versions is unknown. Each id is looked up once.
+
+        Args:
+            lookup: The registry's schema text for an id (``jobs.schema_registry.schema_lookup``).
+
+        Returns:
+            A new codec sharing this one's schemas; this one is unchanged.
+        """
+        other = copy.copy(self)
+        other._lookup = lookup
+        other._fingerprints_by_id = {}
+        return other
+
     def encode(self, name: str, record: Record) -> bytes:
         """Encodes a record with the current version of its schema.
 
@@ -308,6 +358,8 @@ class Codec:
             MalformedRecordError: The body does not decode with the writer's schema.
         """
         raw = data if type(data) is bytes else _as_bytes(data)
+        if raw[:1] == CONFLUENT_MAGIC:
+            raw = self._as_single_object(raw)
         reader = self._reader_for(raw)
         if expect is not None and expect != reader.name:
             self._check_expected(reader, expect)
@@ -328,8 +380,41 @@ class Codec:
             MalformedRecordError: The body does not decode with the writer's schema.
         """
         raw = data if type(data) is bytes else _as_bytes(data)
+        if raw[:1] == CONFLUENT_MAGIC:
+            raw = self._as_single_object(raw)
         reader = self._reader_for(raw)
         return reader.name, _read(reader, raw)
+
+    def _as_single_object(self, raw: bytes) -> bytes:
+        """A Confluent-framed value with its header replaced by the single-object one."""
+        if len(raw) < CONFLUENT_HEADER_SIZE or self._lookup is None:
+            raise NotSingleObjectError(_explain_not_single_object(raw, self._lookup is not None))
+        schema_id = int.from_bytes(raw[1:CONFLUENT_HEADER_SIZE], "big")
+        fingerprint = self._fingerprints_by_id.get(schema_id)
+        if fingerprint is None:
+            fingerprint = self._fingerprint_of_id(schema_id, self._lookup)
+            self._fingerprints_by_id[schema_id] = fingerprint
+        return MAGIC + fingerprint + raw[CONFLUENT_HEADER_SIZE:]
+
+    def _fingerprint_of_id(self, schema_id: int, lookup: SchemaLookup) -> bytes:
+        """The fingerprint of the registry's schema for an id, if it is one of ours."""
+        try:
+            text = lookup(schema_id)
+        except LookupError as exc:
+            raise UnknownSchemaError(
+                f"Confluent-framed record with schema id {schema_id}, which the schema registry "
+                f"does not have ({exc}). Check that schema_registry_url names the registry its "
+                "producer registered with") from None
+        try:
+            fingerprint = _fingerprint(parse_schema(json.loads(text)))
+        except Exception as exc:  # noqa: BLE001 - any parse failure: the schema is not Avro
+            raise UnknownSchemaError(
+                f"Confluent-framed record with schema id {schema_id}: the registry's schema for "
+                f"it is not an Avro schema this reader can parse ({exc})") from None
+        if fingerprint not in self._readers:
+            raise UnknownSchemaError(f"Confluent-framed record with schema id {schema_id}: "
+                                     + self._explain_unknown_fingerprint(fingerprint))
+        return fingerprint
 
     def _reader_for(self, raw: bytes) -> _Reader:
         """The reader of the schema version named by the single-object header."""
@@ -422,12 +507,23 @@ def _as_bytes(data: object) -> bytes:
     )
 
 
-def _explain_not_single_object(data: bytes) -> str:
+def _explain_not_single_object(data: bytes, has_registry: bool = False) -> str:
+    if data[:1] == CONFLUENT_MAGIC and len(data) < CONFLUENT_HEADER_SIZE and has_registry:
+        return (
+            f"neither Avro single-object encoding nor Confluent's wire format: {len(data)} "
+            f"bytes ({data.hex(' ')}), too short for 00 and a 4-byte schema id. The record was "
+            "truncated; check the producer"
+        )
     if data[:2] != MAGIC:
         start = data[:8].hex(" ") or "nothing, it is empty"
         hint = ""
-        if data[:1] == b"\x00":
-            hint = " (a leading 00 suggests Confluent Schema Registry framing)"
+        if data[:1] == CONFLUENT_MAGIC and len(data) >= CONFLUENT_HEADER_SIZE:
+            schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")
+            hint = (f" (a leading 00 suggests Confluent's wire format, schema id {schema_id}: "
+                    "a reader with a schema registry decodes it, e.g. `nudgeflow sender` with "
+                    "schema_registry_url set, or Codec.with_schema_registry)")
+        elif data[:1] == CONFLUENT_MAGIC:
+            hint = " (a leading 00 suggests Confluent's wire format, but it is too short)"
         elif data[:1] in (b"{", b"["):
             hint = " (it looks like JSON)"
         return (
@@ -788,3 +884,22 @@ def _explain_index(reader: _Reader, what: str, index: int, size: int) -> str:
         "record is corrupt or was forged; send it to the dead-letter topic and check the "
         "producer"
     )
+
+
+def confluent_framed(single_object: Buffer, schema_id: int) -> bytes:
+    """A single-object encoded record in Confluent's wire format, under a registry's schema id.
+
+    The body is the same Avro binary; only the header changes (``C3 01`` + fingerprint becomes
+    ``00`` + the id, big-endian). The job's ``io.nudgeflow.flink.RouteEngineRecords`` does the
+    same in Java; this one is for Python producers and tests.
+
+    Raises:
+        NotSingleObjectError: ``single_object`` has no single-object header.
+        ValueError: ``schema_id`` does not fit in 4 bytes.
+    """
+    raw = bytes(single_object)
+    if raw[:2] != MAGIC or len(raw) < HEADER_SIZE:
+        raise NotSingleObjectError(_explain_not_single_object(raw))
+    if not 0 <= schema_id < 1 << 32:
+        raise ValueError(f"schema id {schema_id} does not fit Confluent's 4-byte id")
+    return CONFLUENT_MAGIC + schema_id.to_bytes(4, "big") + raw[HEADER_SIZE:]

@@ -27,6 +27,7 @@ from schemas.codec import (
     NotSingleObjectError,
     UnknownSchemaError,
     WrongSchemaError,
+    confluent_framed,
 )
 
 SCHEMA_DIR = Path(codec_module.__file__).resolve().parent
@@ -1052,3 +1053,88 @@ def test_enum_index_out_of_range_is_rejected(index_byte: int, index: int) -> Non
 
 def test_enum_index_in_range_decodes() -> None:
     assert Codec.load().decode(_click_with_event_type_byte(0x00))["event_type"] == "PAGE_VIEW"
+
+
+# --- Confluent's wire format (00, 4-byte schema id, body) ---------------------------------------
+
+
+def _registry(codec: Codec, extra: dict[int, str] | None = None) -> dict[int, str]:
+    """A fake registry: ids 1.. hold the current schemas, 99 the ClickEvent of version 1."""
+    texts = {n: codec.schema_text(name) for n, name in enumerate(codec.schema_names(), 1)}
+    texts[99] = (SCHEMA_DIR / "history" / "ClickEvent.v1.avsc").read_text(encoding="utf-8")
+    return {**texts, **(extra or {})}
+
+
+def _looked_up(registry: dict[int, str], calls: list[int]) -> Any:
+    def lookup(schema_id: int) -> str:
+        calls.append(schema_id)
+        if schema_id not in registry:
+            raise LookupError(f"no schema {schema_id}")
+        return registry[schema_id]
+    return lookup
+
+
+@pytest.mark.parametrize("name", sorted(RECORDS))
+def test_confluent_framed_records_decode_like_single_object(codec: Codec, name: str) -> None:
+    registry = _registry(codec)
+    schema_id = next(i for i, text in registry.items() if text == codec.schema_text(name))
+    calls: list[int] = []
+    reader = codec.with_schema_registry(_looked_up(registry, calls))
+    single = codec.encode(name, RECORDS[name])
+    framed = confluent_framed(single, schema_id)
+    assert framed == b"\x00" + schema_id.to_bytes(4, "big") + single[10:]
+    assert reader.decode(framed, expect=name) == codec.decode(single)
+    assert reader.decode_named(framed) == (name, codec.decode(single))
+    assert reader.decode(single) == codec.decode(single)  # both encodings, one reader
+    assert calls == [schema_id]  # each id is looked up once
+
+
+def test_a_past_version_under_its_id_resolves_to_the_current_shape(codec: Codec) -> None:
+    reader = codec.with_schema_registry(_looked_up(_registry(codec), []))
+    framed = confluent_framed(click_v1_bytes(), 99)
+    assert reader.decode(framed, expect="ClickEvent") == codec.decode(click_v1_bytes())
+
+
+def test_confluent_framing_problems_are_named(codec: Codec) -> None:
+    foreign = json.dumps({"type": "record", "name": "Other", "namespace": "x",
+                          "fields": [{"name": "a", "type": "int"}]})
+    reader = codec.with_schema_registry(_looked_up(_registry(codec, {7: foreign, 8: "{not"}),
+                                                   []))
+    body = codec.encode("ClickEvent", RECORDS["ClickEvent"])
+    with pytest.raises(UnknownSchemaError, match="schema id 5000, which the schema registry "
+                       "does not have"):
+        reader.decode(confluent_framed(body, 5000))
+    with pytest.raises(UnknownSchemaError, match="schema id 7: unknown schema fingerprint"):
+        reader.decode(confluent_framed(body, 7))
+    with pytest.raises(UnknownSchemaError, match="schema id 8: the registry's schema"):
+        reader.decode(confluent_framed(body, 8))
+    with pytest.raises(NotSingleObjectError, match="too short for 00 and a 4-byte schema id"):
+        reader.decode(b"\x00\x00\x01")
+    # without a registry the codec says what the data is and how to read it
+    with pytest.raises(NotSingleObjectError, match="Confluent's wire format, schema id 3: a "
+                       "reader with a schema registry decodes it"):
+        codec.decode(confluent_framed(body, 3))
+
+
+def test_a_registry_that_cannot_be_asked_is_not_a_bad_record(codec: Codec) -> None:
+    def down(schema_id: int) -> str:
+        raise ConnectionError("registry down")
+
+    reader = codec.with_schema_registry(down)
+    body = codec.encode("ClickEvent", RECORDS["ClickEvent"])
+    with pytest.raises(ConnectionError):  # not a CodecError: readers retry, not dead-letter
+        reader.decode(confluent_framed(body, 1))
+
+
+def test_confluent_framed_refuses_what_it_cannot_frame(codec: Codec) -> None:
+    with pytest.raises(NotSingleObjectError):
+        confluent_framed(b"\x00\x00\x00\x00\x01body", 1)
+    with pytest.raises(ValueError, match="4-byte id"):
+        confluent_framed(codec.encode("ClickEvent", RECORDS["ClickEvent"]), 1 << 32)
+
+
+def test_schema_text_is_the_current_schema(codec: Codec) -> None:
+    for name in codec.schema_names():
+        text = codec.schema_text(name)
+        assert json.loads(text) == schema_json(name)
+        assert crc64_avro(canonical_form(json.loads(text)).encode()) == codec.fingerprint(name)
