@@ -15,7 +15,8 @@ INSTALL_REQUIRES = [
     "kafka-python==3.0.12",
     # the reference sender's consumer group (cooperative-sticky rebalancing; jobs/sender/):
     # librdkafka, whose group protocol settles where kafka-python 3.0.12's did not
-    "confluent-kafka==2.16.1",
+    # with its schema registry client: the Confluent wire format option (jobs/schema_registry.py)
+    "confluent-kafka[avro,schemaregistry]==2.16.1",
     "cassandra-driver==3.30.1",
     "redis==8.1.0",
     "onnxruntime==1.32.0",

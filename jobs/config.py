@@ -36,6 +36,8 @@ EXECUTION_MODES = ("thread", "process")
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 STATE_BACKENDS = ("hashmap", "rocksdb")
+#: how values are framed on the topics other teams read (jobs/schema_registry.py)
+WIRE_FORMATS = ("single-object", "confluent")
 #: the job's Kafka connector (flink-sql-connector-kafka) carries the Kafka client relocated
 #: under this package: a JAAS line naming the unshaded login module fails at the first
 #: connection with "No LoginModule found"
@@ -271,6 +273,24 @@ class NudgeflowConfig:
     tracing_sample_ratio: float = _opt(
         0.01, "Share of clicks without a sampled traceparent of their own whose traces are "
         "sampled (0..1); a click whose producer sampled it is always sampled.")
+    # --- the output topics' wire format (jobs/schema_registry.py) ---------------------------
+    output_wire_format: str = _opt(
+        "single-object", "How the job frames the values of the topics other teams read "
+        "(segment changes, the trigger topics, trigger decisions): single-object (C3 01, the "
+        "schema's fingerprint, the Avro body; no registry) or confluent (00, a schema "
+        "registry's 4-byte schema id, the Avro body; read by Confluent deserializers, Kafka "
+        "Connect's AvroConverter, ksqlDB and Flink's avro-confluent). With confluent the job "
+        "registers the schemas under <topic>-value when it is submitted.",
+        choices=WIRE_FORMATS)
+    schema_registry_url: str = _opt(
+        "http://127.0.0.1:8085/apis/ccompat/v7",
+        "A schema registry with Confluent's REST API (Confluent's; Apicurio's under "
+        "/apis/ccompat/v7; Karapace): output-wire-format confluent registers the schemas there, "
+        "and nudgeflow's readers (the sender) look schema ids up there. Default: the local "
+        "stack's.")
+    schema_registry_user_info: str = _opt(
+        "", "user:password for the schema registry's HTTP basic auth; empty: none.",
+        secret=True)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -294,6 +314,11 @@ class NudgeflowConfig:
                 f"{MAX_KEY_GROUPS}, got {self.max_parallelism}; it is fixed for the life of the "
                 "job's state (a savepoint keeps it), so set it to the most you will scale to")
         self._check_kafka_security()
+        if not re.match(r"https?://", self.schema_registry_url):
+            raise ConfigError(f"schema_registry_url must be an http:// or https:// URL, got "
+                              f"{self.schema_registry_url!r}")
+        if self.schema_registry_user_info and ":" not in self.schema_registry_user_info:
+            raise ConfigError("schema_registry_user_info must be user:password")
         if self.redis_ssl_ca_file and not self.redis_url.startswith("rediss://"):
             raise ConfigError("redis_ssl_ca_file is set but redis_url is not rediss://...: "
                               "TLS to Redis needs a rediss:// URL")

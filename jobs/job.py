@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from jobs.config import (
     replace,
 )
 from jobs.env import create_env
+from schemas.codec import MAGIC, Codec
 from udfs.build import BUILD_ID_ENV, IMPORTED_BUILD
 from udfs.flink.campaign_stats import CampaignStatsFunction
 from udfs.flink.decode import (
@@ -216,13 +217,24 @@ def key_by_user(inputs: DataStream) -> KeyedStream:
 
 
 def route_engine_records(engine: DataStream, record: str, topic: str, uid: str,
-                         by_tier: bool = False) -> DataStream:
+                         by_tier: bool = False,
+                         schema_ids: Mapping[str, int] | None = None) -> DataStream:
     """The engine's records of one kind, as Row(topic, key, value, traceparent) for the Kafka sink.
 
     A Java flat map (``io.nudgeflow.flink.RouteEngineRecords``): no Python per record. With
-    ``by_tier``, ``topic`` is a prefix completed by the record's priority tier.
+    ``by_tier``, ``topic`` is a prefix completed by the record's priority tier. With
+    ``schema_ids`` (a schema registry's id per target topic), values leave in Confluent's wire
+    format instead of single-object encoding (jobs/schema_registry.py).
     """
-    route = get_gateway().jvm.io.nudgeflow.flink.RouteEngineRecords(record, topic, by_tier)
+    jvm = get_gateway().jvm
+    if schema_ids is None:
+        route = jvm.io.nudgeflow.flink.RouteEngineRecords(record, topic, by_tier)
+    else:
+        ids = jvm.java.util.HashMap()
+        for target, schema_id in schema_ids.items():
+            ids.put(target, jvm.java.lang.Integer(schema_id))
+        route = jvm.io.nudgeflow.flink.RouteEngineRecords(
+            record, topic, by_tier, ids, MAGIC + Codec.load().fingerprint(record))
     routed = DataStream(engine._j_data_stream.flatMap(  # noqa: SLF001 - a Java function
         route, KAFKA_OUT_ROW.get_java_type_info()))
     return routed.uid(uid).name(uid)
@@ -261,8 +273,13 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
           model_files: ModelFiles | None, store: StoreFactory,
           build_id: str | None = None, outcomes: DataStream | None = None,
           stats_store: Callable[[], Any] | None = None,
-          backfills: DataStream | None = None) -> JobOutputs:
+          backfills: DataStream | None = None,
+          schema_ids: Mapping[str, int] | None = None) -> JobOutputs:
     """The job's graph: Kafka record rows of the input topics -> output streams.
+
+    ``schema_ids``: a schema registry's id per framed topic (``main`` registers them with
+    ``output_wire_format: confluent``): segment changes, triggers and decisions then leave in
+    Confluent's wire format. None: every value in single-object encoding.
 
     ``outcomes`` (the outcomes topic's records: engagement feedback journeys wait on) is
     optional: a graph without it runs campaigns and journeys, and no outcome reaches them.
@@ -304,13 +321,16 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         if stats_store is not None else None
     return JobOutputs(
         segment_changes=route_engine_records(engine, "SegmentChange", cfg.segment_changes_topic,
-                                             names.ROUTE_SEGMENT_CHANGES_UID),
+                                             names.ROUTE_SEGMENT_CHANGES_UID,
+                                             schema_ids=schema_ids),
         # the trigger topics by priority tier: triggers-p0 .. triggers-p3
         triggers=route_engine_records(engine, "TriggerEvent", cfg.trigger_topic_prefix,
-                                      names.ROUTE_TRIGGERS_UID, by_tier=True),
+                                      names.ROUTE_TRIGGERS_UID, by_tier=True,
+                                      schema_ids=schema_ids),
         trigger_decisions=route_engine_records(engine, "TriggerDecision",
                                                cfg.trigger_decisions_topic,
-                                               names.ROUTE_DECISIONS_UID),
+                                               names.ROUTE_DECISIONS_UID,
+                                               schema_ids=schema_ids),
         # attributed conversions go to the outcomes topic the job reads: journeys waiting on
         # a conversion see them like any sender's outcome
         conversions=route_engine_records(engine, "CampaignOutcome", cfg.outcomes_topic,
@@ -411,6 +431,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ModelRejected as exc:
         raise SystemExit(f"nudgeflow-job: {exc}") from None
 
+    schema_ids = None
+    if cfg.output_wire_format == "confluent":
+        from jobs.schema_registry import RegistryError, register_output_schemas
+
+        try:
+            schema_ids = register_output_schemas(cfg)
+        except RegistryError as exc:
+            raise SystemExit(f"nudgeflow-job: output-wire-format confluent: {exc}") from None
     from jobs.connectors import click_watermarks, kafka_records, routed_kafka_sink
 
     try:
@@ -435,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     outputs = build(clicks, metadata, definitions, cfg, initial_definitions, model_files,
                     membership_store(cfg), build_id=os.environ.get(BUILD_ID_ENV),
                     outcomes=outcomes, stats_store=campaign_stats_store(cfg),
-                    backfills=backfills)
+                    backfills=backfills, schema_ids=schema_ids)
     outputs.all().sink_to(routed_kafka_sink(cfg)).uid(names.KAFKA_SINK_UID).name(
         names.KAFKA_SINK_NAME
     )

@@ -1,7 +1,8 @@
 """``nudgeflow sender``: the reference consumer of the trigger topics, P0 first.
 
 Input: the four tier topics ``<trigger_topic_prefix>p0`` .. ``p3`` (TriggerEvents in Avro
-single-object encoding, keyed by user_id), read by one confluent-kafka (librdkafka) consumer
+single-object encoding, or in Confluent's wire format, whose schema ids it looks up once each
+in ``cfg.schema_registry_url``; keyed by user_id), read by one confluent-kafka (librdkafka) consumer
 that is a member of the consumer group ``--group`` (cooperative-sticky assignment,
 ``isolation.level=read_committed``, so records of aborted or still open transactions are never
 seen).
@@ -82,6 +83,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from jobs.config import NudgeflowConfig
+from jobs.schema_registry import RegistryError, schema_lookup
 from jobs.sender.budgets import (
     Admitter,
     BudgetError,
@@ -1812,7 +1814,9 @@ def run_sender(
     """
     from confluent_kafka import KafkaException
 
-    codec = Codec.load()
+    # triggers in Confluent's wire format (the job's output_wire_format: confluent) are read
+    # with the registry's schema for their id; single-object ones need no registry
+    codec = Codec.load().with_schema_registry(schema_lookup(cfg))
     dedupe = open_dedupe(cfg, options)
     budgets = open_budgets(cfg, options, clock)
     metrics = PrometheusKpis(options.metrics_port) if options.metrics_port is not None else None
@@ -1912,6 +1916,13 @@ def run_sender(
                 f"Kafka at {cfg.kafka_bootstrap} failed: {exc}; offsets are committed up to the "
                 "last batch handed over: restart to resume", report
             ) from exc
+        except RegistryError as exc:
+            # a trigger whose schema id cannot be looked up now is not a bad record: stop
+            # before handing its batch over, so a restart reads it again
+            report.stopped = "schema registry failed"
+            report.elapsed_s = time.monotonic() - started
+            raise SenderError(f"{exc}; offsets are committed up to the last batch handed over: "
+                              "restart to resume", report) from exc
         finally:
             source.close()
             for writer in (letters, outcomes):

@@ -480,7 +480,10 @@ def run_responder(cfg: NudgeflowConfig, spec: ResponseSpec, idle_exit_s: float =
     """
     from confluent_kafka import KafkaException
 
-    codec = Codec.load()
+    from jobs.schema_registry import schema_lookup
+
+    # reads the job's outputs in either wire format (output_wire_format)
+    codec = Codec.load().with_schema_registry(schema_lookup(cfg))
     responder = Responder(spec, cfg.trigger_topics().values(), cfg.trigger_decisions_topic,
                           codec, release, say)
     try:

@@ -537,3 +537,20 @@ def test_an_isolated_config_owns_every_topic_group_and_prefix() -> None:
     assert (cfg.consumer_group, cfg.transactional_id_prefix, cfg.redis_key_prefix) == \
         ("it-1a2b",) * 3
     assert cfg.kafka_bootstrap == base.kafka_bootstrap  # nothing else moves
+
+
+# --- the output wire format ----------------------------------------------------------------------
+
+
+def test_the_wire_format_and_its_registry_are_checked(clean_environ: None) -> None:
+    cfg = load_config(env={"NUDGEFLOW_OUTPUT_WIRE_FORMAT": "confluent",
+                           "NUDGEFLOW_SCHEMA_REGISTRY_USER_INFO": "team:s3cret"})
+    assert cfg.output_wire_format == "confluent"
+    assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg.describe())
+    with pytest.raises(ConfigError, match="output_wire_format='avro' is not allowed; choose "
+                       "one of: single-object, confluent"):
+        replace(cfg, output_wire_format="avro")
+    with pytest.raises(ConfigError, match="schema_registry_url must be an http:// or https://"):
+        replace(cfg, schema_registry_url="127.0.0.1:8085")
+    with pytest.raises(ConfigError, match="user:password"):
+        replace(cfg, schema_registry_user_info="token-only")
