@@ -160,6 +160,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                      "a --local MiniCluster starts with empty state: drop --local")
     cfg = config_from_args(args)
     _say(f"configuration: {cfg}")
+    if cfg.output_wire_format == "confluent":
+        # the job registers its schemas when it starts (idempotent); asked here first, a
+        # registry that refuses or cannot be reached fails in one line, before any submission
+        from jobs.schema_registry import RegistryError, register_output_schemas
+
+        try:
+            ids = register_output_schemas(cfg)
+        except RegistryError as exc:
+            return _fail(f"output-wire-format confluent: {exc}")
+        _say(f"schemas registered at {cfg.schema_registry_url}: "
+             + ", ".join(f"{topic} id {schema_id}" for topic, schema_id in ids.items()))
     if args.local:
         log_path = Path(args.log).resolve()
         log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -305,3 +305,19 @@ def test_a_kafka_that_does_not_answer_is_one_line_that_says_what_to_check(
     assert "Kafka did not answer (KafkaTimeoutError" in err and "Unable to bootstrap" in err
     assert "SASL mechanism, user and password" in err  # a refused login looks the same
     assert "Traceback" not in err
+
+
+def test_run_with_the_confluent_format_fails_in_one_line_without_a_registry(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [n for n in os.environ if n.startswith("NUDGEFLOW_")]:
+        monkeypatch.delenv(name)
+    # nothing listens on port 1: the check fails before anything is resolved or submitted
+    code = main(["run", "--no-watch", "--output-wire-format", "confluent",
+                 "--schema-registry-url", "http://127.0.0.1:1/apis/ccompat/v7",
+                 "--flink-rest-url", "http://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert ("nudgeflow: error: output-wire-format confluent: cannot reach the schema registry "
+            "at http://127.0.0.1:1/apis/ccompat/v7") in err
+    assert "nudgeflow stack up registry" in err and "Traceback" not in err
