@@ -10,4 +10,5 @@ bash infra/bootstrap.sh
 .venv/bin/python -m ruff check jobs udfs schemas infra tests
 # type checks of jobs, udfs, schemas and infra (files and settings: pyproject.toml [tool.mypy])
 .venv/bin/python -m mypy
-exec .venv/bin/python -m pytest tests "$@"
+# the 30 slowest tests are listed at the end: where CI time goes
+exec .venv/bin/python -m pytest tests --durations=30 "$@"
