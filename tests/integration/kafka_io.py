@@ -5,6 +5,7 @@ import time
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from schemas.codec import Codec
+from tests.builders import click_bytes
 
 
 def produce_raw(cfg, topic, records, max_request_size=1_048_576):
@@ -88,3 +89,26 @@ class TopicReader:
 
     def close(self):
         self.consumer.close()
+
+
+def tick_until(cfg, producer, codec, ticker, read, what, timeout_s=120.0):
+    """Send page views of ``ticker``'s users until ``read()`` returns; return what it returned.
+
+    A click is applied once the watermark passes it, and only later clicks move the watermark:
+    the ticker's page views (ten at a time, eight users) do that. ``read`` is tried after each
+    ten; it raises AssertionError when what it waits for is not there yet (a short timeout of
+    its own). Fails with ``what`` after ``timeout_s``.
+    """
+    deadline, n = time.monotonic() + timeout_s, 0
+    while True:
+        for _ in range(10):
+            n += 1
+            user = f"{ticker}-{n % 8}"
+            producer.send(cfg.clicks_topic, key=user.encode(),
+                          value=click_bytes(codec, f"{ticker}-e{n}", user, "PAGE_VIEW",
+                                            int(time.time() * 1000)))
+        producer.flush()
+        try:
+            return read()
+        except AssertionError:
+            assert time.monotonic() < deadline, f"{what} after {timeout_s:.0f} s"

@@ -27,7 +27,7 @@ from jobs.schema_registry import framed_topics, schema_lookup, subject
 from schemas.codec import CONFLUENT_MAGIC, Codec
 from tests.builders import CART, click_bytes, metadata
 from tests.integration import flink_jobs
-from tests.integration.kafka_io import produce_raw
+from tests.integration.kafka_io import produce_raw, tick_until
 from tests.integration.test_sender_channels import DELIVERY, final_report
 
 pytestmark = pytest.mark.integration
@@ -101,23 +101,10 @@ def test_confluent_tooling_reads_the_jobs_outputs_and_the_sender_delivers_them(i
         producer.send(cfg.clicks_topic, key=user.encode(), value=click_bytes(
             codec, f"{user}-1", user, "ADD_TO_CART", int(time.time() * 1000), **CART))
         producer.flush()
-        # later page views (a ticker) move the watermark past the click
-        deadline, n = time.monotonic() + 120, 0
-        while True:
-            for _ in range(10):
-                n += 1
-                producer.send(cfg.clicks_topic, key=f"{ticker}-{n % 8}".encode(),
-                              value=click_bytes(codec, f"{ticker}-e{n}", f"{ticker}-{n % 8}",
-                                                "PAGE_VIEW", int(time.time() * 1000)))
-            producer.flush()
-            try:
-                triggers = _read_with_confluent(
-                    cfg, cfg.trigger_topic("P1"),
-                    lambda seen: any(r["cause_event_id"] == f"{user}-1" for r in seen),
-                    timeout_s=3)
-                break
-            except AssertionError:
-                assert time.monotonic() < deadline, "no P1 trigger after 120 s"
+        triggers = tick_until(cfg, producer, codec, ticker, lambda: _read_with_confluent(
+            cfg, cfg.trigger_topic("P1"),
+            lambda seen: any(r["cause_event_id"] == f"{user}-1" for r in seen), timeout_s=3),
+            "no P1 trigger")
         changes = _read_with_confluent(
             cfg, cfg.segment_changes_topic,
             lambda seen: any(r["user_id"] == user and r["segment_id"] == "high-value-cart"

@@ -16,7 +16,7 @@ from jobs.config import ISOLATION_FIELDS, replace
 from schemas.codec import Codec
 from tests.builders import CART, click_bytes, metadata
 from tests.integration import flink_jobs
-from tests.integration.kafka_io import produce_raw
+from tests.integration.kafka_io import produce_raw, tick_until
 from tests.otlp import OtlpReceiver
 from udfs import tracing
 from udfs.spans import EVALUATE_SPAN, SPAN_NAME, WAIT_SPAN
@@ -75,21 +75,9 @@ def test_a_clicks_traceparent_reaches_what_it_caused_and_its_span_is_exported(is
             def caused_for_both(seen):  # a P1 trigger at each of the two clicks
                 return {r["cause_event_id"] for r, _ in seen} >= {f"{traced}-1", f"{plain}-1"}
 
-            # later page views (a ticker) move the watermark past the two clicks
-            deadline, n = time.monotonic() + 120, 0
-            while True:
-                for _ in range(10):
-                    n += 1
-                    producer.send(cfg.clicks_topic, key=f"{ticker}-{n % 8}".encode(),
-                                  value=click_bytes(codec, f"{ticker}-e{n}", f"{ticker}-{n % 8}",
-                                                    "PAGE_VIEW", int(time.time() * 1000)))
-                producer.flush()
-                try:
-                    triggers = _records_with_headers(cfg, cfg.trigger_topic("P1"), codec,
-                                                     caused_for_both, timeout_s=3)
-                    break
-                except AssertionError:
-                    assert time.monotonic() < deadline, "no P1 triggers after 120 s"
+            triggers = tick_until(cfg, producer, codec, ticker, lambda: _records_with_headers(
+                cfg, cfg.trigger_topic("P1"), codec, caused_for_both, timeout_s=3),
+                "no P1 triggers")
             changes = _records_with_headers(
                 cfg, cfg.segment_changes_topic, codec,
                 lambda seen: any(r["user_id"] == traced and r["segment_id"] == "high-value-cart"
