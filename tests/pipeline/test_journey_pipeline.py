@@ -5,27 +5,19 @@ time; a record that is not a CampaignOutcome is dead-lettered."""
 import shutil
 
 import pytest
-from pyflink.common import Row
 
 from jobs.config import replace
-from jobs.connectors import click_watermarks
-from jobs.job import build, file_definitions
 from schemas.codec import Codec
 from tests.builders import CART, click_bytes, metadata_bytes
-from tests.pipeline.fakes import FileWriterFactory, as_bytes
+from tests.pipeline.fakes import as_bytes, scripted_outputs
 from udfs.campaigns.arbitration import trigger_id
 from udfs.catalog.files import JOURNEY_CATALOG_DIR, POLICY_FILE
-from udfs.flink.descriptors import SOURCE_RECORD_ROW
 
 pytestmark = pytest.mark.pipeline
 
 NOON = 1_800_014_400_000  # 2027-01-15 12:00 UTC, a Friday: outside everyone's quiet hours
 MIN, HOUR = 60_000, 3_600_000
 CHAIN = "cart-abandonment-chain"
-
-
-def _rows(topic, payloads, timestamp):
-    return [Row(topic, i % 2, i, timestamp, b"k", p, None) for i, p in enumerate(payloads)]
 
 
 def test_the_cart_chain_follows_an_opened_email_read_from_outcomes(env, cfg, tmp_path):
@@ -55,17 +47,8 @@ def test_the_cart_chain_follows_an_opened_email_read_from_outcomes(env, cfg, tmp
     outcomes = [codec.encode("CampaignOutcome", opened),
                 codec.encode("CampaignOutcome", opened),  # redelivered
                 b"not an outcome"]
-    outputs = build(
-        env.from_collection(_rows("clicks", clicks, NOON + 46 * MIN),
-                            type_info=SOURCE_RECORD_ROW)
-        .assign_timestamps_and_watermarks(click_watermarks(cfg)),
-        env.from_collection(_rows("user-metadata", metadata, NOON - MIN),
-                            type_info=SOURCE_RECORD_ROW),
-        env.from_collection([], type_info=SOURCE_RECORD_ROW),
-        cfg, file_definitions(cfg), None,
-        store=FileWriterFactory(str(tmp_path / "written.jsonl")),
-        outcomes=env.from_collection(_rows("outcomes", outcomes, NOON + HOUR),
-                                     type_info=SOURCE_RECORD_ROW))
+    outputs = scripted_outputs(env, cfg, tmp_path, clicks, NOON + 46 * MIN,
+                               metadata, NOON - MIN, outcomes, NOON + HOUR)
     with outputs.all().execute_and_collect() as results:
         rows = [(topic, codec.decode_named(as_bytes(value))) for topic, _, value, _ in results]
 

@@ -4,26 +4,18 @@ graph, checked to the record on the tier topics and the trigger-decisions topic.
 from collections import Counter
 
 import pytest
-from pyflink.common import Row
 
 from jobs.config import replace
-from jobs.connectors import click_watermarks
-from jobs.job import build, file_definitions
 from schemas.codec import Codec
 from tests.builders import CART, click_bytes, metadata_bytes
-from tests.pipeline.fakes import FileWriterFactory, as_bytes
+from tests.pipeline.fakes import as_bytes, scripted_outputs
 from udfs.campaigns.priority import score_priority
 from udfs.catalog.files import load_catalog
-from udfs.flink.descriptors import SOURCE_RECORD_ROW
 
 pytestmark = pytest.mark.pipeline
 
 NOON = 1_800_014_400_000  # 2027-01-15 12:00 UTC, a Friday: outside everyone's quiet hours
 MIN = 60_000
-
-
-def _rows(topic, payloads, timestamp):
-    return [Row(topic, i % 2, i, timestamp, b"k", p, None) for i, p in enumerate(payloads)]
 
 
 def test_triggers_go_to_their_tier_topic_with_rivals_and_reasons(env, cfg, tmp_path):
@@ -41,15 +33,8 @@ def test_triggers_go_to_their_tier_topic_with_rivals_and_reasons(env, cfg, tmp_p
         # dan moves event time past the 30-minute abandonment window of ann and ben
         click_bytes(codec, "dan-1", "dan", "PAGE_VIEW", NOON + 45 * MIN),
     ]
-    outputs = build(
-        env.from_collection(_rows("clicks", clicks, NOON + 46 * MIN),
-                            type_info=SOURCE_RECORD_ROW)
-        .assign_timestamps_and_watermarks(click_watermarks(cfg)),
-        env.from_collection(_rows("user-metadata", metadata, NOON - MIN),
-                            type_info=SOURCE_RECORD_ROW),
-        env.from_collection([], type_info=SOURCE_RECORD_ROW),
-        cfg, file_definitions(cfg), None,
-        store=FileWriterFactory(str(tmp_path / "written.jsonl")))
+    outputs = scripted_outputs(env, cfg, tmp_path, clicks, NOON + 46 * MIN,
+                               metadata, NOON - MIN)
     with outputs.all().execute_and_collect() as results:
         rows = [(topic, as_bytes(key), codec.decode_named(as_bytes(value)))
                 for topic, key, value, _ in results]

@@ -7,14 +7,11 @@ Everything else (dead letters) keeps the single-object header."""
 import pytest
 
 from jobs.config import replace
-from jobs.connectors import click_watermarks
-from jobs.job import build, file_definitions
 from jobs.schema_registry import framed_topics
 from schemas.codec import CONFLUENT_MAGIC, MAGIC, Codec
 from tests.builders import CART, click_bytes, metadata_bytes
-from tests.pipeline.fakes import FileWriterFactory, as_bytes
-from tests.pipeline.test_trigger_pipeline import MIN, NOON, _rows
-from udfs.flink.descriptors import SOURCE_RECORD_ROW
+from tests.pipeline.fakes import as_bytes, scripted_outputs
+from tests.pipeline.test_trigger_pipeline import MIN, NOON
 
 pytestmark = pytest.mark.pipeline
 
@@ -27,15 +24,8 @@ def _outputs(env, cfg, tmp_path, schema_ids):
         click_bytes(codec, "bad-1", "", "ADD_TO_CART", NOON),  # no user id: a dead letter
         click_bytes(codec, "dan-1", "dan", "PAGE_VIEW", NOON + 45 * MIN),
     ]
-    outputs = build(
-        env.from_collection(_rows("clicks", clicks, NOON + 46 * MIN),
-                            type_info=SOURCE_RECORD_ROW)
-        .assign_timestamps_and_watermarks(click_watermarks(cfg)),
-        env.from_collection(_rows("user-metadata", metadata, NOON - MIN),
-                            type_info=SOURCE_RECORD_ROW),
-        env.from_collection([], type_info=SOURCE_RECORD_ROW),
-        cfg, file_definitions(cfg), None,
-        store=FileWriterFactory(str(tmp_path / "written.jsonl")), schema_ids=schema_ids)
+    outputs = scripted_outputs(env, cfg, tmp_path, clicks, NOON + 46 * MIN,
+                               metadata, NOON - MIN, schema_ids=schema_ids)
     with outputs.all().execute_and_collect() as results:
         return [(topic, as_bytes(value)) for topic, _, value, _ in results]
 
