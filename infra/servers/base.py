@@ -7,6 +7,8 @@ real request (not just an open port).
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from abc import ABC, abstractmethod
 
 from infra.paths import StackPaths
@@ -14,6 +16,16 @@ from infra.paths import StackPaths
 
 class NotReady(Exception):
     """A readiness probe failed; the message says what was tried and what came back."""
+
+
+def probe_http(url: str, timeout_s: float = 2.0) -> None:
+    """GET ``url`` (a server's own loopback address); raise ``NotReady`` unless it answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+            if response.status != 200:
+                raise NotReady(f"GET {url} answered {response.status}")
+    except (urllib.error.URLError, OSError) as exc:
+        raise NotReady(f"GET {url} failed: {exc}") from None
 
 
 class Server(ABC):

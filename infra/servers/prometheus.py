@@ -20,12 +20,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from infra.paths import StackPaths
-from infra.servers.base import NotReady, Server
+from infra.servers.base import Server, probe_http
 from infra.servers.flink import reporter_ports
 
 #: where `nudgeflow sender --metrics-port` is looked for: one port per sender process
@@ -105,9 +103,4 @@ class PrometheusServer(Server):
 
     def probe(self, paths: StackPaths) -> None:
         """``/-/ready`` answers 200."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:  # noqa: S310
-                if response.status != 200:
-                    raise NotReady(f"/-/ready answered {response.status}")
-        except (urllib.error.URLError, OSError) as exc:
-            raise NotReady(f"/-/ready failed: {exc}") from None
+        probe_http(f"{self.url}/-/ready")

@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 
 from infra.paths import StackPaths
-from infra.servers.base import NotReady, Server
+from infra.servers.base import Server, probe_http
 from infra.servers.kafka import java_executable
 
 VERSION = "3.0.9"
@@ -61,14 +61,17 @@ def install(paths: StackPaths | None = None, quiet: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         archive = Path(scratch) / "registry.tar.gz"
+        sha256 = hashlib.sha256()  # hashed as it arrives: the archive is not read twice
         try:
             with urllib.request.urlopen(ARCHIVE_URL, timeout=60) as response, \
                     archive.open("wb") as out:  # noqa: S310 - a fixed https URL
-                shutil.copyfileobj(response, out, 1 << 20)
+                while chunk := response.read(1 << 20):
+                    sha256.update(chunk)
+                    out.write(chunk)
         except (urllib.error.URLError, OSError) as exc:
             raise RuntimeError(f"cannot download the schema registry from {ARCHIVE_URL}: {exc}; "
                                "check the machine reaches Maven Central and try again") from None
-        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        digest = sha256.hexdigest()
         if digest != ARCHIVE_SHA256:
             raise RuntimeError(f"{ARCHIVE_URL} has SHA-256 {digest}, not the pinned "
                                f"{ARCHIVE_SHA256}: the download is corrupt or was replaced; "
@@ -117,12 +120,7 @@ class RegistryServer(Server):
 
     def probe(self, paths: StackPaths) -> None:
         """Confluent's ``/subjects`` answers 200."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/subjects", timeout=2) as response:  # noqa: S310
-                if response.status != 200:
-                    raise NotReady(f"{CONFLUENT_API}/subjects answered {response.status}")
-        except (urllib.error.URLError, OSError) as exc:
-            raise NotReady(f"{CONFLUENT_API}/subjects failed: {exc}") from None
+        probe_http(f"{self.url}/subjects")
 
 
 if __name__ == "__main__":
