@@ -543,20 +543,15 @@ def _mask(value: str) -> str:
 
 
 def _coerce(name: str, raw: Any, target: type, origin: str) -> Any:
-    if target is int:
-        if isinstance(raw, bool):
-            raise ConfigError(f"{origin}: {name} must be an integer, got {raw!r}")
+    if target in (int, float):
+        wrong = ConfigError(f"{origin}: {name} must be "
+                            f"{'an integer' if target is int else 'a number'}, got {raw!r}")
+        if isinstance(raw, bool):  # YAML's true/false would otherwise read as 1/0
+            raise wrong
         try:
-            return int(raw)
+            return target(raw)
         except (TypeError, ValueError):
-            raise ConfigError(f"{origin}: {name} must be an integer, got {raw!r}") from None
-    if target is float:
-        if isinstance(raw, bool):
-            raise ConfigError(f"{origin}: {name} must be a number, got {raw!r}")
-        try:
-            return float(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{origin}: {name} must be a number, got {raw!r}") from None
+            raise wrong from None
     return str(raw)
 
 

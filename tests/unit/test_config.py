@@ -142,6 +142,15 @@ def test_bool_is_not_an_int(tmp_path: Path) -> None:
         load_config(path, env={})
 
 
+def test_a_float_field_takes_numbers_only(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path / "a.yaml", "tracing_sample_ratio: 0.5\n"),
+                       env={}).tracing_sample_ratio == 0.5
+    for text, shown in (("yes", "True"), ("'half'", "'half'")):
+        with pytest.raises(ConfigError, match=f"tracing_sample_ratio must be a number, got "
+                           f"{shown}"):
+            load_config(_write(tmp_path / "b.yaml", f"tracing_sample_ratio: {text}\n"), env={})
+
+
 def test_bad_int_in_env_names_the_variable() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env={"NUDGEFLOW_CASSANDRA_PORT": "9042x"})
