@@ -19,6 +19,7 @@ at ``/apis/ccompat/v7``; any registry with that API will do.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from schemas.codec import Codec, SchemaLookup
@@ -94,16 +95,15 @@ def schema_lookup(cfg: NudgeflowConfig) -> SchemaLookup:
     an unknown schema); a registry that cannot be reached raises ``RegistryError``, which is
     not a bad record: the reader should stop and retry, not dead-letter it.
     """
-    clients: list[SchemaRegistryClient] = []  # made at the first lookup: a reader of
-    # single-object data never imports the registry client (~0.2 CPU s at start-up)
+    # made at the first lookup: a reader of single-object data never imports the registry
+    # client (~0.2 CPU s at start-up)
+    client = functools.cache(lambda: registry_client(cfg))
 
     def lookup(schema_id: int) -> str:
         from confluent_kafka.schema_registry import SchemaRegistryError
 
-        if not clients:
-            clients.append(registry_client(cfg))
         try:
-            text = clients[0].get_schema(schema_id).schema_str
+            text = client().get_schema(schema_id).schema_str
             if text is None:
                 raise LookupError(f"{cfg.schema_registry_url} gave schema {schema_id} no text")
             return text

@@ -357,10 +357,7 @@ class Codec:
             WrongSchemaError: ``expect`` was given and the data holds another record type.
             MalformedRecordError: The body does not decode with the writer's schema.
         """
-        raw = data if type(data) is bytes else _as_bytes(data)
-        if raw[:1] == CONFLUENT_MAGIC:
-            raw = self._as_single_object(raw)
-        reader = self._reader_for(raw)
+        reader, raw = self._reader_for(data)
         if expect is not None and expect != reader.name:
             self._check_expected(reader, expect)
         return _read(reader, raw)
@@ -379,10 +376,7 @@ class Codec:
             UnknownSchemaError: The fingerprint is not one of the known schema versions.
             MalformedRecordError: The body does not decode with the writer's schema.
         """
-        raw = data if type(data) is bytes else _as_bytes(data)
-        if raw[:1] == CONFLUENT_MAGIC:
-            raw = self._as_single_object(raw)
-        reader = self._reader_for(raw)
+        reader, raw = self._reader_for(data)
         return reader.name, _read(reader, raw)
 
     def _as_single_object(self, raw: bytes) -> bytes:
@@ -416,14 +410,17 @@ class Codec:
                                      + self._explain_unknown_fingerprint(fingerprint))
         return fingerprint
 
-    def _reader_for(self, raw: bytes) -> _Reader:
-        """The reader of the schema version named by the single-object header."""
+    def _reader_for(self, data: Buffer) -> tuple[_Reader, bytes]:
+        """The reader of the data's schema version, and the data with a single-object header."""
+        raw = data if type(data) is bytes else _as_bytes(data)
+        if raw[:1] == CONFLUENT_MAGIC:
+            raw = self._as_single_object(raw)
         if raw[:2] != MAGIC or len(raw) < HEADER_SIZE:
             raise NotSingleObjectError(_explain_not_single_object(raw))
         reader = self._readers.get(raw[2:HEADER_SIZE])
         if reader is None:
             raise UnknownSchemaError(self._explain_unknown_fingerprint(raw[2:HEADER_SIZE]))
-        return reader
+        return reader, raw
 
     def _writer(self, name: str) -> _Writer:
         writer = self._writers.get(name)

@@ -480,7 +480,7 @@ def run_responder(cfg: NudgeflowConfig, spec: ResponseSpec, idle_exit_s: float =
     """
     from confluent_kafka import KafkaException
 
-    from jobs.schema_registry import schema_lookup
+    from jobs.schema_registry import RegistryError, schema_lookup
 
     # reads the job's outputs in either wire format (output_wire_format)
     codec = Codec.load().with_schema_registry(schema_lookup(cfg))
@@ -501,6 +501,9 @@ def run_responder(cfg: NudgeflowConfig, spec: ResponseSpec, idle_exit_s: float =
     except KafkaException as exc:
         raise ResponderError(f"Kafka at {cfg.kafka_bootstrap} failed: {exc}; offsets are "
                              "committed up to the responses written: restart to resume") from exc
+    except RegistryError as exc:
+        raise ResponderError(f"{exc}; offsets are committed up to the responses written: "
+                             "restart to resume") from exc
     finally:
         writer.close()
         source.close()

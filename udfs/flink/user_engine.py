@@ -88,8 +88,9 @@ def _remember(cache: dict[str, Any], user_id: str, value: Any) -> None:
     cache[user_id] = value
 
 
-#: a traced click of a step: its context, the engine's span for it, its Kafka append time
-_Traced = tuple[tracing.TraceContext, tracing.TraceContext, int]
+#: a traced click of a step: its context, the engine's span for it, its Kafka append time, and
+#: the traceparent header of what it caused (formatted once per click, not per output)
+_Traced = tuple[tracing.TraceContext, tracing.TraceContext, int, str]
 
 
 def _engine_traces(step: engine.Step) -> dict[str, _Traced]:
@@ -98,14 +99,15 @@ def _engine_traces(step: engine.Step) -> dict[str, _Traced]:
     for event_id, (traceparent, ingest) in step.click_traces.items():
         click = tracing.parse(traceparent)
         if click is not None:
-            traced[event_id] = (click, tracing.engine_context(click, event_id), ingest)
+            engine_span = tracing.engine_context(click, event_id)
+            traced[event_id] = (click, engine_span, ingest, engine_span.traceparent())
     return traced
 
 
 def _traceparent(traces: dict[str, _Traced], cause_event_id: str | None) -> str | None:
     """The ``traceparent`` header of a record caused by ``cause_event_id``, if it is traced."""
     traced = traces.get(cause_event_id) if cause_event_id else None
-    return traced[1].traceparent() if traced is not None else None
+    return traced[3] if traced is not None else None
 
 
 def import_in_python_thread(module: str) -> None:
@@ -516,7 +518,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                       ) -> None:
         """A span per sampled click of the step, with what it caused as its events."""
         done = int(time.time() * 1000)
-        for event_id, (click, engine_span, ingest) in traces.items():
+        for event_id, (click, engine_span, ingest, _) in traces.items():
             if not click.sampled:
                 continue
             outputs = [("SegmentChange", {"segment": c["segment_id"], "change": c["change"]})
