@@ -11,6 +11,13 @@ one Python operator per slot, so parallelism comes from slots, not from ORT thre
 Create the model in the operator's ``open()``, once per operator instance; it is not
 picklable on purpose. Pure: no pyflink.
 
+Scores are computed by onnxruntime, or, when the graph is a binary tree ensemble (the shipped
+model), by the same trees compiled to numpy (``udfs.tree_ensemble``): ~12 µs on the calling
+thread, which may then be a Flink task thread (onnxruntime may not run there). Every load
+checks the compiled trees against onnxruntime on the smoke rows and on a seeded sample of rows
+that straddle every threshold, and keeps onnxruntime if they differ by more than
+``udfs.tree_ensemble.AGREEMENT_TOL``; :attr:`ChurnModel.scorer` says which one serves.
+
 :meth:`ChurnModel.load` rejects, with :class:`ModelRejected` naming the file, what mismatched and
 what was expected, a model that:
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -39,7 +47,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from udfs import tree_ensemble
 from udfs.features.spec import FEATURE_NAMES, FEATURE_SPEC
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "INPUT_NAME",
@@ -104,10 +115,13 @@ class ChurnModel:
         onnx_path: Where the model was loaded from.
         meta_path: Where its metadata was loaded from.
         metadata: The parsed metadata (metrics, training details).
+        scorer: ``"numpy"`` when the compiled trees score (any thread may call :meth:`score`),
+            ``"onnxruntime"`` otherwise (call it from a thread Python created).
+        scorer_note: Why onnxruntime serves, when it does (what the compiler refused).
     """
 
-    __slots__ = ("_input", "_outputs", "_session", "_width", "meta_path", "metadata",
-                 "onnx_path", "sha256", "threshold", "version")
+    __slots__ = ("_input", "_outputs", "_session", "_trees", "_width", "meta_path", "metadata",
+                 "onnx_path", "scorer_note", "sha256", "threshold", "version")
 
     def __init__(self, session: ort.InferenceSession, metadata: dict[str, Any],
                  onnx_path: Path, meta_path: Path, sha256: str) -> None:
@@ -121,15 +135,25 @@ class ChurnModel:
         self.sha256 = sha256
         self.onnx_path = onnx_path
         self.meta_path = meta_path
+        self._trees: tree_ensemble.TreeEnsemble | None = None
+        self.scorer_note = "not compiled"
+
+    @property
+    def scorer(self) -> str:
+        """What computes the scores: ``"numpy"`` (compiled trees) or ``"onnxruntime"``."""
+        return "numpy" if self._trees is not None else "onnxruntime"
 
     @classmethod
     def load(cls, onnx_path: str | os.PathLike[str],
-             meta_path: str | os.PathLike[str] | None = None) -> ChurnModel:
+             meta_path: str | os.PathLike[str] | None = None, compiled: bool = True
+             ) -> ChurnModel:
         """Load and check a model; see the module docs for what is checked.
 
         Args:
             onnx_path: The ONNX file.
             meta_path: Its metadata JSON; default: ``onnx_path`` with the suffix ``.json``.
+            compiled: Serve from the compiled trees when the graph allows (False: always
+                onnxruntime, e.g. as the reference in a comparison).
 
         Returns:
             The model, ready to score.
@@ -142,14 +166,15 @@ class ChurnModel:
         meta_bytes = _read_bytes(meta_file)  # the metadata first: its problems explain more
         meta = _parse_metadata(meta_bytes, meta_file)
         _check_features(meta_file, meta)
-        return cls.from_bytes(_read_bytes(onnx_file), meta_bytes, onnx_file, meta_file)
+        return cls.from_bytes(_read_bytes(onnx_file), meta_bytes, onnx_file, meta_file,
+                              compiled)
 
     @classmethod
     def from_bytes(cls, data: bytes, meta_bytes: bytes, onnx_file: Path,
-                   meta_file: Path) -> ChurnModel:
+                   meta_file: Path, compiled: bool = True) -> ChurnModel:
         """Load and check a model from the contents of its two files (shipped with a job).
 
-        The paths only name the files in messages.
+        The paths only name the files in messages; ``compiled`` as in :meth:`load`.
 
         Raises:
             ModelRejected: The files cannot serve; the message says which file and why.
@@ -170,7 +195,34 @@ class ChurnModel:
         _check_io(onnx_file, session, meta)
         model = cls(session, meta, onnx_file, meta_file, digest)
         _smoke(model)
+        if compiled:
+            model._compile(data)
+        else:
+            model.scorer_note = "onnxruntime serves: compilation turned off"
         return model
+
+    def _compile(self, data: bytes) -> None:
+        """Serve from the compiled trees if the graph compiles and agrees with onnxruntime."""
+        try:
+            trees = tree_ensemble.compile_classifier(data, self._width)
+        except tree_ensemble.NotCompilable as exc:
+            self.scorer_note = f"onnxruntime serves: {exc}"
+            log.info("churn model %s: %s", self.version, self.scorer_note)
+            return
+        rows = _agreement_rows(trees)
+        expected = self._session.run(self._outputs, {self._input: rows})[0][:, 1]
+        worst = float(np.max(np.abs(trees.probabilities(rows) - expected)))
+        if worst > tree_ensemble.AGREEMENT_TOL:
+            self.scorer_note = (f"onnxruntime serves: the compiled trees differ from it by "
+                                f"{worst:.2g} on {len(rows)} check rows (more than "
+                                f"{tree_ensemble.AGREEMENT_TOL:g})")
+            log.warning("churn model %s (%s): %s", self.version, self.onnx_path,
+                        self.scorer_note)
+            return
+        self._trees = trees
+        self.scorer_note = (f"compiled trees serve ({len(trees.roots)} trees, depth "
+                            f"{trees.depth}; within {worst:.2g} of onnxruntime on {len(rows)} "
+                            "check rows)")
 
     def score(self, vector: Sequence[float]) -> float:
         """P(churn) of one feature vector (``FEATURE_NAMES`` order).
@@ -181,6 +233,8 @@ class ChurnModel:
         if len(vector) != self._width:
             raise ValueError(f"a churn feature vector has {self._width} values "
                              f"(FEATURE_NAMES), got {len(vector)}")
+        if self._trees is not None:
+            return self._trees.probability(vector)
         x = np.asarray(vector, dtype=np.float32).reshape(1, self._width)
         return float(self._session.run(self._outputs, {self._input: x})[0][0, 1])
 
@@ -196,6 +250,8 @@ class ChurnModel:
         if x.ndim != 2 or x.shape[1] != self._width:
             raise ValueError(f"churn feature vectors have {self._width} values "
                              f"(FEATURE_NAMES), got an array of shape {x.shape}")
+        if self._trees is not None:
+            return [float(p) for p in self._trees.probabilities(x)]
         probabilities = self._session.run(self._outputs, {self._input: x})[0]
         return [float(p) for p in probabilities[:, 1]]
 
@@ -332,6 +388,34 @@ def _check_io(path: Path, session: ort.InferenceSession, meta: dict[str, Any]) -
         found = [(o.name, o.type, o.shape) for o in outputs.values()]
         raise ModelRejected(path, f"outputs are {found}, expected {want_out!r} tensor(float) "
                                   "[batch, 2] (zipmap off)")
+
+
+#: rows of the load-time agreement check: the smoke rows, then a seeded sample (AGREEMENT_SEED)
+AGREEMENT_ROWS = 512
+AGREEMENT_SEED = 13
+
+
+def _agreement_rows(trees: tree_ensemble.TreeEnsemble) -> np.ndarray:
+    """Rows that reach many leaves: each feature at, just below or just above a threshold.
+
+    Per feature, values are drawn from that feature's thresholds (nudged by one float32 ulp
+    either way, or not at all), so the rows fall on both sides of every split, ties included.
+    """
+    rng = np.random.default_rng(AGREEMENT_SEED)
+    rows = np.zeros((AGREEMENT_ROWS, trees.width), dtype=np.float32)
+    branches = np.isfinite(trees.threshold)
+    for column in range(trees.width):
+        cuts = trees.threshold[branches & (trees.feature == column)]
+        if cuts.size == 0:
+            rows[:, column] = rng.normal(size=AGREEMENT_ROWS).astype(np.float32)
+            continue
+        picked = rng.choice(cuts, size=AGREEMENT_ROWS)
+        nudge = rng.integers(-1, 2, size=AGREEMENT_ROWS)
+        toward = np.where(nudge < 0, -np.inf, np.inf).astype(np.float32)
+        rows[:, column] = np.where(nudge == 0, picked, np.nextafter(picked, toward))
+    defaults = [float(s.default) for s in FEATURE_SPEC]
+    smoke = np.asarray([defaults, [0.0] * len(defaults), [1.0] * len(defaults)], np.float32)
+    return np.vstack([smoke, rows])
 
 
 def _smoke(model: ChurnModel) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pyflink")
 
-from udfs.flink.scoring import PythonThreadScorer, ScoringStalled  # noqa: E402
+from udfs.flink.scoring import PythonThreadScorer, ScoringStalled, load_scorer  # noqa: E402
 
 
 class Model:
@@ -56,3 +56,30 @@ def test_a_model_that_does_not_load_raises_its_error():
 
     with pytest.raises(RuntimeError, match="corrupt"):
         PythonThreadScorer(load)
+
+
+def test_a_compiled_model_is_loaded_on_a_python_thread_and_then_scores_on_the_callers():
+    loaded_on = []
+    model = Model()
+    model.scorer = "numpy"
+
+    def load():
+        loaded_on.append(threading.current_thread())
+        return model
+
+    scorer = load_scorer(load)
+    assert scorer is model  # no thread in between
+    assert [t.name for t in loaded_on] == ["churn-scorer"]
+    assert scorer.score([1.0]) == 0.25
+    assert model.threads == {threading.current_thread().name}
+    loaded_on[0].join(timeout=5)
+    assert not loaded_on[0].is_alive()  # the loading thread ended
+
+
+def test_a_model_that_needs_onnxruntime_stays_behind_the_scoring_thread():
+    model = Model()
+    model.scorer = "onnxruntime"
+    scorer = load_scorer(lambda: model)
+    assert isinstance(scorer, PythonThreadScorer)
+    assert scorer.score([1.0]) == 0.25 and model.threads == {"churn-scorer"}
+    scorer.close()

@@ -21,6 +21,11 @@ Python thread of the TaskManager, which may keep it for up to the 5 ms switch in
 the engine thread's samples with three Python operators, 19% with the engine alone
 (``nudgeflow bench`` stage profile, docs/performance.md). Batched scoring pays it once per
 batch (issue 13).
+
+**Unless the model is compiled.** A tree-ensemble model is scored by numpy on the task thread
+itself (``udfs.tree_ensemble``; ``ChurnModel.scorer == "numpy"``): ``load_scorer`` then loads
+it on the Python thread (onnxruntime still checks it at load) and stops that thread, and no
+score crosses threads.
 """
 
 from __future__ import annotations
@@ -102,3 +107,20 @@ class PythonThreadScorer:
     def close(self) -> None:
         """Stop the scoring thread (it ends after the request in hand)."""
         self._requests.put(None)
+
+
+def load_scorer(load: Callable[[], Any], timeout_s: float = SCORING_TIMEOUT_S) -> Any:
+    """The churn model to score with on a task thread: itself if it needs no onnxruntime call.
+
+    ``load`` runs on a Python thread (creating an onnxruntime session must); a model whose
+    ``scorer`` is ``"numpy"`` is returned as is and the thread ends, any other stays behind a
+    ``PythonThreadScorer``.
+
+    Raises:
+        ScoringStalled: loading did not finish within ``timeout_s``.
+    """
+    threaded = PythonThreadScorer(load, timeout_s=timeout_s)
+    if getattr(threaded.model, "scorer", None) == "numpy":
+        threaded.close()
+        return threaded.model
+    return threaded

@@ -66,7 +66,7 @@ from udfs.flink.metrics import (
     LabelledLastValues,
     MeasuredScorer,
 )
-from udfs.flink.scoring import PythonThreadScorer
+from udfs.flink.scoring import load_scorer
 
 # imported with the module, not when a job first asks for spans: in thread mode the interpreter
 # outlives a job and keeps its modules, so a later job of the same build would import a
@@ -258,12 +258,12 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             from udfs.churn import ChurnModel
 
             onnx, meta, onnx_name, meta_name = self.model_files
-            # one onnxruntime session per operator instance (single-threaded: Flink runs the
-            # instances in parallel), created and run on a Python thread of its own with a
-            # watchdog: a JVM task thread can deadlock onnxruntime (udfs/flink/scoring.py)
-            self.scoring_thread = PythonThreadScorer(lambda: ChurnModel.from_bytes(
+            # one model per operator instance, loaded on a Python thread (a JVM task thread can
+            # deadlock onnxruntime); a tree ensemble then scores here, in numpy, anything else
+            # on that thread with a watchdog (udfs/flink/scoring.py)
+            self.scoring = load_scorer(lambda: ChurnModel.from_bytes(
                 onnx, meta, Path(onnx_name), Path(meta_name)))
-            self.scorer = MeasuredScorer(self.scoring_thread, metrics)
+            self.scorer = MeasuredScorer(self.scoring, metrics)
         # user id -> (encoded state, the UserFeatures it encodes); see _decode_features
         self.features_cache: dict[str, tuple[bytes, UserFeatures]] = {}
         # user id -> (encoded metadata, its dict)
@@ -281,8 +281,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         spans = getattr(self, "spans", None)
         if spans is not None:
             spans.close()
-        scoring = getattr(self, "scoring_thread", None)
-        if scoring is not None:
+        scoring = getattr(self, "scoring", None)
+        if scoring is not None and hasattr(scoring, "close"):  # a thread, not the model
             scoring.close()
         writer = getattr(self, "writer", None)
         if writer is not None:

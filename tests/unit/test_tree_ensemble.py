@@ -1,0 +1,186 @@
+"""The compiled tree ensemble against onnxruntime: same leaves, same scores, same engine output.
+
+onnxruntime is the reference: every comparison runs the same ONNX bytes through it. The
+hand-made ensemble has trees of unequal depth (a leaf at the root, at level 1 and at level 3)
+and is probed at its thresholds exactly (ties go to the true branch), one ulp either side, and
+with NaN (no missing-value tracking: NaN goes to the false branch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from jobs.bench import domain
+from models import CHURN_META, CHURN_ONNX
+from udfs import tree_ensemble
+from udfs.churn import ChurnModel
+from udfs.features.spec import FEATURE_NAMES
+from udfs.tree_ensemble import NotCompilable, compile_classifier
+
+WIDTH = 3
+# (tree, node, mode, feature, threshold, true node, false node, leaf weight)
+NODES = [
+    (0, 0, "BRANCH_LEQ", 0, 0.5, 1, 2, 0.0),
+    (0, 1, "LEAF", 0, 0.0, 0, 0, 1.25),
+    (0, 2, "BRANCH_LEQ", 1, -1.0, 3, 4, 0.0),
+    (0, 3, "LEAF", 0, 0.0, 0, 0, -2.0),
+    (0, 4, "BRANCH_LEQ", 2, 3.0, 5, 6, 0.0),
+    (0, 5, "LEAF", 0, 0.0, 0, 0, 0.5),
+    (0, 6, "LEAF", 0, 0.0, 0, 0, 0.75),
+    (1, 0, "LEAF", 0, 0.0, 0, 0, -0.125),
+    (2, 0, "BRANCH_LEQ", 2, -7.5, 1, 2, 0.0),
+    (2, 1, "LEAF", 0, 0.0, 0, 0, 0.3),
+    (2, 2, "LEAF", 0, 0.0, 0, 0, -0.6),
+]
+
+
+def _ensemble(nodes: list[tuple[Any, ...]] = NODES, *, post: str = "LOGISTIC",
+              labels: tuple[int, ...] = (0, 1), class_id: int = 0, tracks_missing: int = 0,
+              base: float = -0.25, extra_op: bool = False) -> bytes:
+    """A TreeEnsembleClassifier as scikit-learn's binary export writes one (variants refused)."""
+    leaves = [n for n in nodes if n[2] == "LEAF"]
+    node = helper.make_node(
+        "TreeEnsembleClassifier", ["features"], ["label", "proba"], domain="ai.onnx.ml",
+        nodes_treeids=[n[0] for n in nodes], nodes_nodeids=[n[1] for n in nodes],
+        nodes_modes=[n[2] for n in nodes], nodes_featureids=[n[3] for n in nodes],
+        nodes_values=[n[4] for n in nodes], nodes_truenodeids=[n[5] for n in nodes],
+        nodes_falsenodeids=[n[6] for n in nodes],
+        nodes_missing_value_tracks_true=[tracks_missing] * len(nodes),
+        class_treeids=[n[0] for n in leaves], class_nodeids=[n[1] for n in leaves],
+        class_ids=[class_id] * len(leaves), class_weights=[n[7] for n in leaves],
+        classlabels_int64s=list(labels), base_values=[base], post_transform=post)
+    last = helper.make_node("Add" if extra_op else "Identity",
+                            ["proba", "proba"] if extra_op else ["proba"], ["probabilities"])
+    graph = helper.make_graph(
+        [node, last], "trees",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", WIDTH])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+def _onnxruntime(data: bytes, rows: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], {"features": rows})[0][:, 1].astype(np.float64)
+
+
+def _probe_rows() -> np.ndarray:
+    """Every feature at each threshold, one float32 ulp either side, far away, and NaN."""
+    per_feature: list[list[float]] = [[-100.0, 100.0, float("nan")] for _ in range(WIDTH)]
+    for _, _, mode, feature, threshold, *_ in NODES:
+        if mode != "LEAF":
+            t = np.float32(threshold)
+            per_feature[feature] += [float(t), float(np.nextafter(t, np.float32(-np.inf))),
+                                     float(np.nextafter(t, np.float32(np.inf)))]
+    grid = np.meshgrid(*per_feature, indexing="ij")
+    return np.stack([g.ravel() for g in grid], axis=1).astype(np.float32)
+
+
+def test_the_hand_made_ensemble_scores_as_onnxruntime_row_by_row_and_in_batches():
+    data = _ensemble()
+    trees = compile_classifier(data, WIDTH)
+    assert trees.depth == 3 and len(trees.roots) == 3
+    rows = _probe_rows()
+    expected = _onnxruntime(data, rows)
+    assert len(rows) == 6 * 6 * 9  # 3 far/NaN values + 3 per threshold: 1, 1 and 2 of them
+    np.testing.assert_allclose(trees.probabilities(rows), expected, rtol=0, atol=1e-6)
+    single = [trees.probability(row.tolist()) for row in rows]
+    np.testing.assert_array_equal(single, trees.probabilities(rows))
+
+
+def test_a_leaf_weight_moved_changes_the_score_where_onnxruntime_would():
+    """Sensitivity: a wrong leaf would show. Changing one leaf's weight moves exactly the rows
+    that reach it, in both implementations alike."""
+    moved = [(*n[:7], n[7] + 1.0) if n[:2] == (0, 5) else n for n in NODES]
+    rows = _probe_rows()
+    before = compile_classifier(_ensemble(), WIDTH).probabilities(rows)
+    after = compile_classifier(_ensemble(moved), WIDTH).probabilities(rows)
+    np.testing.assert_allclose(after, _onnxruntime(_ensemble(moved), rows), rtol=0, atol=1e-6)
+    assert 0 < int((np.abs(after - before) > 1e-3).sum()) < len(rows)
+
+
+@pytest.mark.parametrize(("variant", "fragment"), [
+    ({"post": "NONE"}, "post_transform"),
+    ({"labels": (0, 1, 2)}, "class labels"),
+    ({"class_id": 1}, "class 1"),
+    ({"tracks_missing": 1}, "missing-value"),
+    ({"extra_op": True}, "Add"),
+    ({"nodes": [(*NODES[0][:2], "BRANCH_LT", *NODES[0][3:]), *NODES[1:]]}, "BRANCH_LT"),
+    ({"nodes": [(*NODES[0][:3], 5, *NODES[0][4:]), *NODES[1:]]}, "outside 0..2"),
+])
+def test_graphs_outside_the_supported_form_are_refused_with_the_reason(variant, fragment):
+    with pytest.raises(NotCompilable, match=fragment):
+        compile_classifier(_ensemble(**variant), WIDTH)
+
+
+def test_unparseable_bytes_are_refused():
+    with pytest.raises(NotCompilable, match="cannot be parsed"):
+        compile_classifier(b"\x00not onnx", WIDTH)
+
+
+@pytest.fixture(scope="module")
+def compiled() -> ChurnModel:
+    return ChurnModel.load(CHURN_ONNX, CHURN_META)
+
+
+@pytest.fixture(scope="module")
+def reference() -> ChurnModel:
+    return ChurnModel.load(CHURN_ONNX, CHURN_META, compiled=False)
+
+
+def test_the_shipped_model_is_served_by_the_compiled_trees(compiled, reference):
+    assert compiled.scorer == "numpy" and "200 trees, depth 3" in compiled.scorer_note
+    assert reference.scorer == "onnxruntime"
+    rng = np.random.default_rng(5)
+    rows = (rng.standard_normal((3000, len(FEATURE_NAMES)))
+            * rng.choice([1.0, 10.0, 1000.0], size=(3000, len(FEATURE_NAMES)))
+            ).astype(np.float32)
+    np.testing.assert_allclose(compiled.score_batch(rows), reference.score_batch(rows),
+                               rtol=0, atol=1e-6)
+    assert [compiled.score(r) for r in rows[:200]] == compiled.score_batch(rows[:200])
+
+
+def test_a_model_that_does_not_agree_with_onnxruntime_is_served_by_onnxruntime(monkeypatch):
+    monkeypatch.setattr(tree_ensemble, "AGREEMENT_TOL", -1.0)  # nothing agrees that well
+    model = ChurnModel.load(CHURN_ONNX, CHURN_META)
+    assert model.scorer == "onnxruntime"
+    assert "differ from it" in model.scorer_note
+
+
+def _close(a: Any, b: Any, path: str = "") -> None:
+    """Equal, but floats (churn scores) within 1e-6."""
+    if isinstance(a, float) and isinstance(b, float):
+        assert abs(a - b) <= 1e-6, f"{path}: {a} != {b}"
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        assert len(a) == len(b), f"{path}: {len(a)} != {len(b)} items"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def test_the_engine_emits_the_same_records_with_either_scorer(compiled, reference):
+    """Differential: the shipped catalog over a seeded workload (duplicates, disorder) with the
+    compiled trees and with onnxruntime gives the same steps, records and final states."""
+    inputs = domain.build_inputs(clicks=1500, users=120, seed=21)
+    rules = domain.shipped_rules(churn=False)
+    fast, slow = (domain.play(inputs, dataclasses.replace(rules, scorer=scorer), keep=True)
+                  for scorer in (compiled, reference))
+    changes = sum(len(e["changes"]) for _, e in fast.emitted)
+    scored = sum(1 for _, e in fast.emitted for c in e["changes"] if c["churn_score"] is not None)
+    assert changes > 50 and scored > 50, (changes, scored)  # the scores reach the records
+    assert (fast.steps, fast.timers) == (slow.steps, slow.timers)
+    _close(fast.emitted, slow.emitted)
