@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "cassandra-driver==3.30.1",
     "redis==8.1.0",
     "onnxruntime==1.32.0",
+    # reads the churn model's trees to score them with numpy (udfs/tree_ensemble.py)
+    "onnx==1.22.0",
     "avro==1.12.2",
     "fastavro==1.13.1",
     "PyYAML==6.0.3",
@@ -45,11 +47,9 @@ BENCH_REQUIRES = [
 
 DEV_REQUIRES = [
     *BENCH_REQUIRES,
-    # training the churn model (models/train_churn.py) and building bad model files in tests;
-    # serving needs only onnxruntime
+    # training the churn model (models/train_churn.py)
     "scikit-learn==1.9.1",
     "skl2onnx==1.20.0",
-    "onnx==1.22.0",
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
     # test certificate authorities for the stores' and Kafka's TLS settings

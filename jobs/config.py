@@ -229,8 +229,9 @@ class NudgeflowConfig:
         200,
         "sys.setswitchinterval of the Python that runs the operators, in microseconds "
         "(Python's default: 5000): how long one Python thread keeps the GIL while another "
-        "waits for it. The engine hands each churn score to a scoring thread and back; with "
-        "200 a drain ran about a third faster here than with 5000 (docs/performance.md). "
+        "waits for it. A churn model onnxruntime must score (not a tree ensemble) is scored "
+        "on a thread of its own, each score handed over and back; with 200 a drain ran about "
+        "a third faster here than with 5000 (docs/performance.md). "
         "Process-wide: it applies to every job in the TaskManager's interpreter.",
     )
     state_backend: str = _opt("hashmap", "state.backend.type.", choices=STATE_BACKENDS)
