@@ -13,9 +13,6 @@ rest of it:
 - ``recheck_ms``: the next definitions recheck of an idle user (housekeeping, daily);
 - ``expiry_ms``: when the user's state expires if nothing arrives (the state TTL, day-rounded);
 - ``timer_ms``: the one Flink event-time timer registered for the user (its earliest wake);
-- ``quiet_ms`` and ``quiet_watermark_ms``: the one processing-time timer that releases the
-  pending inputs if the stream goes quiet (``quiet_release_ms``), and the watermark when it was
-  set (``arm_quiet_release``, ``quiet_release_action``);
 - ``defs_fp``: a fingerprint of the definition versions the user was last evaluated against.
 
 Encoded as versioned little-endian bytes (``encode_clock``/``decode_clock``) for one keyed
@@ -26,15 +23,13 @@ empty clock, which the engine sets from the rest of the state at the next step.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 #: the encoding's version byte; 2 added each pending input's trace context (version 1, from
-#: savepoints of earlier builds, is read as pending inputs without one); 3 added the quiet
-#: release timer (versions 1 and 2 are read without one)
-CLOCK_VERSION = 3
-_READABLE = (1, 2, 3)
+#: savepoints of earlier builds, is read as pending inputs without one)
+CLOCK_VERSION = 2
+_READABLE = (1, 2)
 
 #: apply order of inputs with the same event time: metadata valid at t is seen by a click at t;
 #: an engagement outcome (opened, clicked, ...) at t after both
@@ -43,8 +38,7 @@ CLICK_RANK = 1
 OUTCOME_RANK = 2
 
 _NONE = -(2**63)
-_HEADER_V2 = struct.Struct("<Bqqqqqqqi")
-_HEADER = struct.Struct("<Bqqqqqqqqqi")  # + quiet_ms, quiet_watermark_ms
+_HEADER = struct.Struct("<Bqqqqqqqi")
 _ENTRY_V1 = struct.Struct("<qBqHI")
 _ENTRY = struct.Struct("<qBqHIB")  # + the trace context's length
 
@@ -93,8 +87,6 @@ class UserClock:
     timer_ms: int | None = None
     defs_fp: int = 0
     pending: list[Pending] = field(default_factory=list)
-    quiet_ms: int | None = None
-    quiet_watermark_ms: int | None = None
 
     def add(self, item: Pending) -> bool:
         """Buffer an input; False (nothing added) when one with the same key is pending."""
@@ -143,8 +135,8 @@ def encode_clock(clock: UserClock) -> bytes:
     """The clock as versioned bytes (pending inputs as their Avro payloads)."""
     parts = [_HEADER.pack(CLOCK_VERSION, _opt(clock.clock_ms), _opt(clock.due_ms),
                           _opt(clock.campaign_due_ms), _opt(clock.recheck_ms),
-                          _opt(clock.expiry_ms), _opt(clock.timer_ms), _opt(clock.quiet_ms),
-                          _opt(clock.quiet_watermark_ms), clock.defs_fp, len(clock.pending))]
+                          _opt(clock.expiry_ms), _opt(clock.timer_ms),
+                          clock.defs_fp, len(clock.pending))]
     for p in clock.pending:
         if p.item is not None and not p.payload:
             raise ValueError(f"pending input {p.key!r} has no payload to store")
@@ -170,17 +162,11 @@ def decode_clock(raw: bytes | None) -> UserClock:
     if version not in _READABLE:
         raise ValueError(f"user clock state has version {version}; this build reads versions "
                          f"{' and '.join(map(str, _READABLE))}")
-    entry = _ENTRY_V1 if version == 1 else _ENTRY
-    quiet = quiet_watermark = _NONE
+    entry = _ENTRY if version == 2 else _ENTRY_V1
     try:
-        if version == 3:
-            _, clock_ms, due, campaign_due, recheck, expiry, timer, quiet, quiet_watermark, \
-                fp, n = _HEADER.unpack_from(raw, 0)
-            offset = _HEADER.size
-        else:
-            _, clock_ms, due, campaign_due, recheck, expiry, timer, fp, n = \
-                _HEADER_V2.unpack_from(raw, 0)
-            offset = _HEADER_V2.size
+        _, clock_ms, due, campaign_due, recheck, expiry, timer, fp, n = \
+            _HEADER.unpack_from(raw, 0)
+        offset = _HEADER.size
         pending = []
         for _ in range(n):
             time_ms, rank, ingest, klen, plen, *tlen = entry.unpack_from(raw, offset)
@@ -197,50 +183,4 @@ def decode_clock(raw: bytes | None) -> UserClock:
     except (struct.error, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed user clock state: {exc}") from exc
     return UserClock(_unopt(clock_ms), _unopt(due), _unopt(campaign_due), _unopt(recheck),
-                     _unopt(expiry), _unopt(timer), fp, pending, _unopt(quiet),
-                     _unopt(quiet_watermark))
-
-
-def arm_quiet_release(clock: UserClock, now_ms: int, watermark_ms: Callable[[], int],
-                      quiet_release_ms: int) -> tuple[int | None, int | None]:
-    """After a step: the processing-time timer to (register, delete) for the quiet release.
-
-    One timer per stretch of waiting: set ``quiet_release_ms`` after inputs start to wait,
-    deleted when none waits any more. (One timer per input, deleted never, cost a Python call
-    per input ~3 s later that found nothing to release: more than half of the engine's time in
-    a drain, issue 13.) ``watermark_ms`` is asked only when a timer is set. Updates ``clock``
-    (``quiet_ms``, ``quiet_watermark_ms``); the caller stores it when a time is returned.
-    """
-    if clock.pending and clock.quiet_ms is None and quiet_release_ms > 0:
-        clock.quiet_ms, clock.quiet_watermark_ms = now_ms + quiet_release_ms, watermark_ms()
-        return clock.quiet_ms, None
-    if not clock.pending and clock.quiet_ms is not None:
-        stale, clock.quiet_ms, clock.quiet_watermark_ms = clock.quiet_ms, None, None
-        return None, stale
-    return None, None
-
-
-#: what a quiet-release timer does (``quiet_release_action``)
-RELEASE, REARM, IGNORE = "release", "rearm", "ignore"
-
-
-def quiet_release_action(clock: UserClock, timer_ms: int, watermark_ms: int) -> str:
-    """What a quiet-release timer firing at ``timer_ms`` does, at watermark ``watermark_ms``.
-
-    Clears the clock's timer when it is this one (the caller stores the clock).
-
-    - ``RELEASE``: apply what waits: the watermark has not moved since the timer was set (the
-      stream is quiet), or the timer is an older build's (one per input; its clock has none);
-    - ``REARM``: the watermark moved meanwhile, so the stream is not quiet and the inputs will
-      be passed by event time: set the timer again (``arm_quiet_release``);
-    - ``IGNORE``: nothing waits, or the timer is not the clock's (an older build's, outlived).
-    """
-    own = clock.quiet_ms is not None and clock.quiet_ms == timer_ms
-    watermark_at_arming = clock.quiet_watermark_ms
-    if own:
-        clock.quiet_ms = clock.quiet_watermark_ms = None
-    if not clock.pending or (clock.quiet_ms is not None and not own):
-        return IGNORE
-    if own and watermark_at_arming is not None and watermark_ms > watermark_at_arming:
-        return REARM
-    return RELEASE
+                     _unopt(expiry), _unopt(timer), fp, pending)

@@ -144,7 +144,7 @@ def test_an_unknown_clock_version_is_refused_with_a_clear_message():
     raw = encode_clock(UserClock(clock_ms=5))
     assert decode_clock(raw).clock_ms == 5
     with pytest.raises(ValueError, match="user clock state has version 9; this build reads "
-                                         "versions 1 and 2 and 3"):
+                                         "versions 1 and 2"):
         decode_clock(b"\x09" + raw[1:])
 
 
@@ -165,22 +165,7 @@ def test_a_clock_of_the_previous_version_restores_its_pending_inputs_without_a_t
                      trace="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
     again = decode_clock(encode_clock(UserClock(clock_ms=5, pending=[traced])))
     assert again.pending[0].trace == traced.trace
-    assert encode_clock(old)[0] == 3  # written back in the current version
-
-
-def test_a_version_2_clock_reads_without_a_quiet_release_timer_and_version_3_keeps_it():
-    import struct
-
-    from udfs.clock import CLICK_RANK, Pending, UserClock, decode_clock, encode_clock
-
-    header = struct.pack("<Bqqqqqqqi", 2, 5, -(2**63), -(2**63), -(2**63), -(2**63), 7, 42, 1)
-    entry = struct.pack("<qBqHIB", 9, CLICK_RANK, 3, 2, 4, 0) + b"e1" + b"abcd"
-    old = decode_clock(header + entry)
-    assert (old.clock_ms, old.timer_ms, old.defs_fp, old.quiet_ms) == (5, 7, 42, None)
-    assert old.pending == [Pending(9, CLICK_RANK, "e1", b"abcd", 3)]
-    armed = UserClock(clock_ms=5, timer_ms=7, defs_fp=42, pending=old.pending, quiet_ms=1_000,
-                      quiet_watermark_ms=-3)
-    assert decode_clock(encode_clock(armed)) == armed
+    assert encode_clock(old)[0] == 2  # written back in the current version
 
 
 def test_idle_rechecks_read_nothing_until_a_definition_changes(tmp_path):

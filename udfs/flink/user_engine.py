@@ -39,18 +39,7 @@ from udfs import engine, intake, tracing
 from udfs.attribution.stats import fact_to_doc
 from udfs.campaigns import arbitration
 from udfs.catalog.registries import Registries
-from udfs.clock import (
-    CLICK_RANK,
-    METADATA_RANK,
-    OUTCOME_RANK,
-    REARM,
-    RELEASE,
-    Pending,
-    arm_quiet_release,
-    decode_clock,
-    encode_clock,
-    quiet_release_action,
-)
+from udfs.clock import CLICK_RANK, METADATA_RANK, OUTCOME_RANK, Pending, decode_clock, encode_clock
 from udfs.definitions.diagnostics import format_errors
 from udfs.definitions.versioning import ChangeOutcome
 from udfs.features.codec import decode_state, encode_state
@@ -416,6 +405,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             pending = Pending(event_time, METADATA_RANK, f"metadata@{event_time}", raw, 0)
         state = self._load_state(user_id)
         yield from self._step(user_id, state, engine.Arrival(user_id, pending, watermark), ctx)
+        if self.cfg.quiet_release_ms > 0 and state.clock.pending:
+            # a quiet stream moves no watermark: release the input after a while regardless
+            timers = ctx.timer_service()
+            timers.register_processing_time_timer(
+                timers.current_processing_time() + self.cfg.quiet_release_ms)
 
     def _backfill(self, user_id: str, value: Row, watermark: int, ctx: Any) -> Iterator[Any]:
         """Step a backfill request and count what it did.
@@ -451,25 +445,17 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         """The watermark passed the user's wake time: apply and check everything up to it.
 
-        A processing-time timer (``quiet_release_ms`` after inputs started to wait) applies
-        what is still pending although the watermark did not pass it, if the watermark has not
-        moved since: the stream went quiet (``udfs.clock.quiet_release_action``).
+        A processing-time timer (``quiet_release_ms`` after an input arrived) applies what is
+        still pending although the watermark did not pass it: the stream went quiet.
         """
         user_id = ctx.get_current_key()
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             state = self._load_state(user_id)
-            clock, timers = state.clock, ctx.timer_service()
-            armed = clock.quiet_ms
-            action = quiet_release_action(clock, timestamp, timers.current_watermark())
-            if action == RELEASE:
-                self.quiet_releases.inc()
-                release = max(p.time_ms for p in clock.pending)
-                yield from self._step(user_id, state, engine.Timer(user_id, release), ctx)
+            if not state.clock.pending:
                 return
-            if action == REARM:
-                self._move_quiet_timer(clock, ctx, int(time.time() * 1000))
-            if clock.quiet_ms != armed:
-                self.clock_state.update(encode_clock(clock))
+            self.quiet_releases.inc()
+            release = max(p.time_ms for p in state.clock.pending)
+            yield from self._step(user_id, state, engine.Timer(user_id, release), ctx)
             return
         self.timers_fired.inc()
         watermark = max(timestamp, ctx.timer_service().current_watermark())
@@ -502,13 +488,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.unconverted.inc(currency)
         if step.rechecks_skipped:
             self.rechecks_skipped.inc(step.rechecks_skipped)
-        quiet_moved = False
         if step.erasure:
             self._forget(user_id, ctx)
         else:
-            # before the state is stored: the clock keeps the quiet-release timer
-            quiet_moved = (self._move_quiet_timer(state.clock, ctx, emit_time)
-                           and not step.clock_changed)
             if step.reregistered:
                 self.erased_marker.clear()
             if step.expired:
@@ -521,8 +503,6 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         timers = ctx.timer_service()
         if step.cancel_timer_ms is not None:
             timers.delete_event_time_timer(step.cancel_timer_ms)
-        if quiet_moved:
-            self.clock_state.update(encode_clock(state.clock))
         for due in step.timers:
             timers.register_event_time_timer(due)
         traces = _engine_traces(step) if step.click_traces else {}
@@ -533,20 +513,6 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         yield from self._triggers(user_id, step, emit_time, traces)
         if self.spans is not None and traces:
             self._export_spans(step, traces, emit_time)
-
-    def _move_quiet_timer(self, clock: Any, ctx: Any, now_ms: int) -> bool:
-        """Set or delete the user's quiet-release timer as its clock needs; whether it moved.
-
-        ``now_ms`` is the wall clock, which is Flink's processing time.
-        """
-        timers = ctx.timer_service()
-        register, delete = arm_quiet_release(clock, now_ms, timers.current_watermark,
-                                             self.cfg.quiet_release_ms)
-        if register is not None:
-            timers.register_processing_time_timer(register)
-        if delete is not None:
-            timers.delete_processing_time_timer(delete)
-        return register is not None or delete is not None
 
     def _export_spans(self, step: engine.Step, traces: dict[str, _Traced], started: int
                       ) -> None:
