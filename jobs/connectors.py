@@ -86,19 +86,23 @@ def click_watermarks(cfg: NudgeflowConfig) -> WatermarkStrategy:
     """Bounded out-of-orderness on each click's own event time, read in Java from its bytes.
 
     Given to the clicks source, it keeps one watermark per Kafka partition, so reading a backlog
-    partition by partition does not make the slower partitions' events late; idle partitions
-    stop holding the watermark back after ``cfg.idleness_ms``.
+    partition by partition does not make the slower partitions' events late; a partition quiet
+    for ``cfg.quiet_release_ms`` moves its watermark to its newest event time, which applies
+    what waits for it (``io.nudgeflow.flink.QuietReleaseWatermarks``); idle partitions stop
+    holding the watermark back after ``cfg.idleness_ms``.
     """
-    base = (
-        WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_millis(cfg.max_out_of_orderness_ms))
-        .with_idleness(Duration.of_millis(cfg.idleness_ms))
-    )
+    jvm = get_gateway().jvm
     # the time rule, limits and enum ranges of udfs/intake.py: a record it will reject never
     # moves a watermark (see the class's doc)
-    assigner = get_gateway().jvm.io.nudgeflow.flink.ClickEventTimeAssigner(
+    assigner = jvm.io.nudgeflow.flink.ClickEventTimeAssigner(
         *click_time_rule_args(cfg.intake_limits(), Codec.load()))
-    return WatermarkStrategy(base._j_watermark_strategy.withTimestampAssigner(assigner))
+    strategy = (
+        jvm.io.nudgeflow.flink.QuietReleaseWatermarks(cfg.max_out_of_orderness_ms,
+                                                      cfg.quiet_release_ms)
+        .withIdleness(Duration.of_millis(cfg.idleness_ms)._j_duration)
+        .withTimestampAssigner(assigner)
+    )
+    return WatermarkStrategy(strategy)
 
 
 def routed_kafka_sink(cfg: NudgeflowConfig) -> KafkaSink:

@@ -118,3 +118,27 @@ def test_metadata_holds_event_time_until_it_has_caught_up_then_never(env):
     quiet = generator(1000, None)
     assert quiet.periodic(999) == none and quiet.periodic(1000) == idle  # an empty topic
 
+
+def test_the_clicks_watermark_releases_what_waits_once_the_input_is_quiet(env):
+    """The clicks' watermarks (io.nudgeflow.flink.QuietReleaseWatermarks): the newest event
+    time minus the bound while records come; the newest event time itself once no record came
+    for the quiet time (it then applies every waiting input); never with a quiet time of 0."""
+    from pyflink.java_gateway import get_gateway
+
+    generator = getattr(get_gateway().jvm.io.nudgeflow.flink, "QuietReleaseWatermarks$Generator")
+    none = generator.NONE
+    g = generator(1000, 3000, None)  # bound 1 s, quiet 3 s
+    assert g.periodic(10) == none  # nothing read yet
+    g.record(T0, 100)
+    g.record(T0 - 500, 200)  # an older click does not move it back
+    assert g.periodic(3099) == T0 - 1001  # 2,899 ms quiet: the bound holds
+    assert g.periodic(3200) == T0  # 3,000 ms quiet: everything seen is released
+    g.record(T0 + 5000, 3300)  # traffic again: the bound again
+    assert g.periodic(3400) == T0 + 3999
+    strict = generator(1000, 0, None)
+    strict.record(T0, 0)
+    assert strict.periodic(10**9) == T0 - 1001  # quiet time 0: event time alone
+    strategy = get_gateway().jvm.io.nudgeflow.flink.QuietReleaseWatermarks
+    with pytest.raises(Exception, match="0 or more"):
+        strategy(-1, 3000)
+
