@@ -125,17 +125,28 @@ def test_the_clicks_watermark_releases_what_waits_once_the_input_is_quiet(env):
     for the quiet time (it then applies every waiting input); never with a quiet time of 0."""
     from pyflink.java_gateway import get_gateway
 
-    generator = getattr(get_gateway().jvm.io.nudgeflow.flink, "QuietReleaseWatermarks$Generator")
+    gateway = get_gateway()
+    generator = getattr(gateway.jvm.io.nudgeflow.flink, "QuietReleaseWatermarks$Generator")
     none = generator.NONE
-    g = generator(1000, 3000, None)  # bound 1 s, quiet 3 s
+
+    def shared():  # the subtask's newest event time, shared by its splits' generators
+        newest = gateway.new_array(gateway.jvm.long, 1)
+        newest[0] = none
+        return newest
+
+    subtask = shared()
+    g, other, empty = (generator(1000, 3000, None, subtask) for _ in range(3))  # bound 1 s
     assert g.periodic(10) == none  # nothing read yet
     g.record(T0, 100)
     g.record(T0 - 500, 200)  # an older click does not move it back
+    other.record(T0 + 60_000, 150)  # another partition of the subtask is ahead
     assert g.periodic(3099) == T0 - 1001  # 2,899 ms quiet: the bound holds
-    assert g.periodic(3200) == T0  # 3,000 ms quiet: everything seen is released
-    g.record(T0 + 5000, 3300)  # traffic again: the bound again
-    assert g.periodic(3400) == T0 + 3999
-    strict = generator(1000, 0, None)
+    # 3,000 ms quiet: released up to the newest click of the subtask, so partitions that went
+    # quiet together do not hold each other back (nor one that never had a record)
+    assert g.periodic(3200) == other.periodic(3200) == empty.periodic(3200) == T0 + 60_000
+    g.record(T0 + 70_000, 3300)  # traffic again: the bound again
+    assert g.periodic(3400) == T0 + 68_999
+    strict = generator(1000, 0, None, shared())
     strict.record(T0, 0)
     assert strict.periodic(10**9) == T0 - 1001  # quiet time 0: event time alone
     strategy = get_gateway().jvm.io.nudgeflow.flink.QuietReleaseWatermarks

@@ -11,10 +11,14 @@ import org.apache.flink.util.clock.RelativeClock;
  * Watermarks of the clicks: bounded out-of-orderness, and a release when the input goes quiet.
  *
  * <p>While records come, the watermark is the newest event time minus the bound minus 1 ms, as
- * {@code forBoundedOutOfOrderness(bound)} gives. Once the input has had no record for {@code
- * quietMs} (the job's {@code quiet-release-ms}), the watermark moves to the newest event time
- * seen: every input waiting in the engine for the watermark is applied, because no later click
- * will come to move it. The next record goes on from there (a watermark never moves back, so
+ * {@code forBoundedOutOfOrderness(bound)} gives. Once a split (Kafka partition) has had no
+ * record for {@code quietMs} (the job's {@code quiet-release-ms}), its watermark moves to the
+ * newest event time any split of this source subtask has seen: every input waiting in the
+ * engine for the watermark is applied, because no later click will come to move it. (The
+ * subtask's newest, not the split's own: splits that went quiet together would otherwise hold
+ * each other at the oldest of their newest times, and once they all go idle, Flink does not
+ * move a source's combined watermark on. Across subtasks it does: when every input of the
+ * engine is idle, it takes the highest watermark.) The next record goes on from there (a watermark never moves back, so
  * until the newest event time passes that point again, nothing new is emitted; an input behind
  * it is applied at once, at the user's clock, as any input that arrives behind the watermark).
  *
@@ -36,6 +40,8 @@ public final class QuietReleaseWatermarks<T> implements WatermarkStrategy<T> {
 
     private final long boundMs;
     private final long quietMs;
+    /** The newest event time any split of this subtask has seen (its generators share it). */
+    private transient long[] newest;
 
     /**
      * @param boundMs the out-of-orderness bound (max-out-of-orderness-ms), at least 0
@@ -53,7 +59,10 @@ public final class QuietReleaseWatermarks<T> implements WatermarkStrategy<T> {
     @Override
     public WatermarkGenerator<T> createWatermarkGenerator(
             WatermarkGeneratorSupplier.Context context) {
-        return new Generator<>(boundMs, quietMs, context.getInputActivityClock());
+        if (newest == null) { // one strategy instance per source subtask, one generator per split
+            newest = new long[] {Long.MIN_VALUE};
+        }
+        return new Generator<>(boundMs, quietMs, context.getInputActivityClock(), newest);
     }
 
     /**
@@ -70,6 +79,7 @@ public final class QuietReleaseWatermarks<T> implements WatermarkStrategy<T> {
         private final long boundMs;
         private final long quietMs;
         private final RelativeClock clock;
+        private final long[] newest;
         private long maxTimestamp = Long.MIN_VALUE;
         private long lastRecordMs;
 
@@ -77,31 +87,36 @@ public final class QuietReleaseWatermarks<T> implements WatermarkStrategy<T> {
          * @param boundMs the out-of-orderness bound
          * @param quietMs release after this long without a record; 0: never
          * @param clock the input-activity clock; null when the caller passes the time itself
+         * @param newest the newest event time of the subtask's splits, shared by their
+         *     generators (one element)
          */
-        public Generator(long boundMs, long quietMs, RelativeClock clock) {
+        public Generator(long boundMs, long quietMs, RelativeClock clock, long[] newest) {
             this.boundMs = boundMs;
             this.quietMs = quietMs;
             this.clock = clock;
+            this.newest = newest;
             this.lastRecordMs = clock == null ? 0 : clock.relativeTimeMillis();
         }
 
         /** A record with event time {@code timestamp} arrived at {@code nowMs}. */
         public void record(long timestamp, long nowMs) {
             maxTimestamp = Math.max(maxTimestamp, timestamp);
+            newest[0] = Math.max(newest[0], timestamp);
             lastRecordMs = nowMs;
         }
 
         /**
-         * The watermark at {@code nowMs}: the newest event time once the input has been quiet
-         * for {@code quietMs}, else the newest minus the bound minus 1 ms; {@link #NONE} before
-         * any record.
+         * The watermark at {@code nowMs}: once this split has been quiet for {@code quietMs}, the
+         * newest event time of the subtask's splits; else this split's newest minus the bound
+         * minus 1 ms; {@link #NONE} before any record.
          */
         public long periodic(long nowMs) {
+            if (quietMs > 0 && nowMs - lastRecordMs >= quietMs) {
+                long release = Math.max(maxTimestamp, newest[0]);
+                return release == Long.MIN_VALUE ? NONE : release;
+            }
             if (maxTimestamp == Long.MIN_VALUE) {
                 return NONE;
-            }
-            if (quietMs > 0 && nowMs - lastRecordMs >= quietMs) {
-                return maxTimestamp;
             }
             return maxTimestamp - boundMs - 1;
         }
