@@ -8,7 +8,7 @@ must be on the job's classpath: ``jobs.env.create_env`` puts the configured jars
 
 from __future__ import annotations
 
-from pyflink.common import Duration, WatermarkStrategy
+from pyflink.common import WatermarkStrategy
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
@@ -96,12 +96,10 @@ def click_watermarks(cfg: NudgeflowConfig) -> WatermarkStrategy:
     # moves a watermark (see the class's doc)
     assigner = jvm.io.nudgeflow.flink.ClickEventTimeAssigner(
         *click_time_rule_args(cfg.intake_limits(), Codec.load()))
-    strategy = (
-        jvm.io.nudgeflow.flink.QuietReleaseWatermarks(cfg.max_out_of_orderness_ms,
-                                                      cfg.quiet_release_ms)
-        .withIdleness(Duration.of_millis(cfg.idleness_ms)._j_duration)
-        .withTimestampAssigner(assigner)
-    )
+    # idleness is the strategy's own: a split must release before it goes idle
+    strategy = jvm.io.nudgeflow.flink.QuietReleaseWatermarks(
+        cfg.max_out_of_orderness_ms, cfg.quiet_release_ms, cfg.idleness_ms,
+    ).withTimestampAssigner(assigner)
     return WatermarkStrategy(strategy)
 
 
