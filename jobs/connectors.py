@@ -8,7 +8,7 @@ must be on the job's classpath: ``jobs.env.create_env`` puts the configured jars
 
 from __future__ import annotations
 
-from pyflink.common import WatermarkStrategy
+from pyflink.common import Duration, WatermarkStrategy
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
@@ -82,6 +82,11 @@ def kafka_records(
     return env.from_source(builder.build(), strategy, name).uid(uid)
 
 
+#: a quiet clicks partition goes idle at least this long after its release (two watermark
+#: intervals: the release must be emitted before the split stops emitting)
+QUIET_BEFORE_IDLE_MS = 500
+
+
 def click_watermarks(cfg: NudgeflowConfig) -> WatermarkStrategy:
     """Bounded out-of-orderness on each click's own event time, read in Java from its bytes.
 
@@ -96,10 +101,17 @@ def click_watermarks(cfg: NudgeflowConfig) -> WatermarkStrategy:
     # moves a watermark (see the class's doc)
     assigner = jvm.io.nudgeflow.flink.ClickEventTimeAssigner(
         *click_time_rule_args(cfg.intake_limits(), Codec.load()))
-    # idleness is the strategy's own: a split must release before it goes idle
-    strategy = jvm.io.nudgeflow.flink.QuietReleaseWatermarks(
-        cfg.max_out_of_orderness_ms, cfg.quiet_release_ms, cfg.idleness_ms,
-    ).withTimestampAssigner(assigner)
+    # a split marked idle emits nothing: with the release on, it goes idle only after it
+    # released (QUIET_BEFORE_IDLE_MS after the quiet time, if idleness-ms is shorter than that)
+    idle_ms = cfg.idleness_ms
+    if cfg.quiet_release_ms > 0:
+        idle_ms = max(idle_ms, cfg.quiet_release_ms + QUIET_BEFORE_IDLE_MS)
+    strategy = (
+        jvm.io.nudgeflow.flink.QuietReleaseWatermarks(cfg.max_out_of_orderness_ms,
+                                                      cfg.quiet_release_ms)
+        .withIdleness(Duration.of_millis(idle_ms)._j_duration)
+        .withTimestampAssigner(assigner)
+    )
     return WatermarkStrategy(strategy)
 
 

@@ -98,10 +98,9 @@ def test_scripted_scenario_to_the_record(engine_cfg, running_job, tmp_path):
                          {"INVALID_AVRO", "LATE_EVENT"}, what="dead letters")
 
         # 4. a stricter high-value-cart (v2: over $200) is published while the job runs, once
-        # the quiet clicks have released event time up to carol's click (their partitions go
-        # idle after 500 ms here, and release first: QuietReleaseWatermarks), so alice's check
-        # due at t0 + 31 min has run under v1
-        time.sleep(3)
+        # the quiet clicks have released event time up to carol's click (3 s after the last
+        # click: QuietReleaseWatermarks), so alice's check due at t0 + 31 min has run under v1
+        time.sleep(5)
         definition = tmp_path / "high-value-cart.yaml"
         definition.write_text(
             "id: high-value-cart\nversion: 2\ndescription: Cart worth more than $200.\n"

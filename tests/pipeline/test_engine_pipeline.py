@@ -113,6 +113,7 @@ def test_metadata_holds_event_time_until_it_has_caught_up_then_never(env):
     g.record(T0 + 10, 900)
     assert g.periodic(1899) == T0 + 9  # 999 ms quiet: still reading
     assert g.periodic(1900) == idle and g.caughtUp()  # quiet 1000 ms: caught up, idle
+    assert g.newest() == T0 + 10  # emitted before it goes idle: what it delivered is released
     g.record(T0 + 60_000, 2000)  # a fresh update afterwards holds nothing
     assert [g.periodic(t) for t in (2001, 5000, 10_000)] == [none] * 3
     quiet = generator(1000, None)
@@ -129,42 +130,39 @@ def test_the_clicks_watermark_releases_what_waits_once_the_input_is_quiet(env):
     generator = getattr(gateway.jvm.io.nudgeflow.flink, "QuietReleaseWatermarks$Generator")
     none = generator.NONE
 
-    def shared():  # {newest event time, last record} of a subtask, shared by its splits
-        subtask = gateway.new_array(gateway.jvm.long, 2)
-        subtask[0], subtask[1] = none, 0
-        return subtask
+    def shared():  # the subtask's newest event time and its splits, shared by their generators
+        newest = gateway.new_array(gateway.jvm.long, 1)
+        newest[0] = none
+        return newest, gateway.jvm.java.util.ArrayList()
 
     subtask = shared()
-    # bound 1 s, quiet 3 s, idle after 10 s
-    g, other, empty = (generator(1000, 3000, 10_000, None, subtask) for _ in range(3))
+    g, other, empty = (generator(1000, 3000, None, *subtask) for _ in range(3))  # 1 s, 3 s
     assert g.periodic(10) == none  # nothing read yet
     g.record(T0, 100)
     g.record(T0 - 500, 200)  # an older click does not move it back
     other.record(T0 + 60_000, 150)  # another partition of the subtask is ahead
     assert g.periodic(3099) == T0 - 1001  # 2,899 ms quiet: the bound holds
     # 3,000 ms quiet, every partition: released up to the newest click of the subtask, so
-    # partitions that went quiet together do not hold each other back (nor an empty one)
-    assert g.periodic(3200) == other.periodic(3200) == empty.periodic(3200) == T0 + 60_000
+    # partitions that went quiet together do not hold each other back (nor an empty one); each
+    # split says it is quiet at its own periodic check, so it takes one round of them
+    assert [x.periodic(3200) for x in (g, other, empty)] == [T0, T0 + 60_000, T0 + 60_000]
+    assert {x.periodic(3400) for x in (g, other, empty)} == {T0 + 60_000}
     # a quiet partition among busy ones releases only its own clicks: it does not jump ahead
     # of them, so a late burst on it is not made late by the others
     mixed = shared()
-    quiet_one, busy_one = (generator(1000, 3000, 10_000, None, mixed) for _ in range(2))
+    quiet_one, busy_one = (generator(1000, 3000, None, *mixed) for _ in range(2))
     quiet_one.record(T0, 0)
     busy_one.record(T0 + 60_000, 3000)
-    assert quiet_one.periodic(3000) == T0 and busy_one.periodic(3000) == T0 + 58_999
-    assert quiet_one.periodic(6000) == busy_one.periodic(6000) == T0 + 60_000  # all quiet
-    g.record(T0 + 70_000, 3300)  # traffic again: the bound again
-    assert g.periodic(3400) == T0 + 68_999 and not g.idle(3400)
-    assert g.idle(13_300) and not g.idle(13_299)
-    # idleness shorter than the quiet time: the split releases when it goes idle
-    brief = generator(1000, 3000, 500, None, shared())
-    brief.record(T0, 0)
-    assert brief.periodic(499) == T0 - 1001 and not brief.idle(499)
-    assert brief.periodic(500) == T0 and brief.idle(500)
-    strict = generator(1000, 0, 500, None, shared())
+    assert quiet_one.periodic(3000) == T0
+    assert busy_one.periodic(3000) == T0 + 58_999
+    assert quiet_one.periodic(6000) == T0  # busy_one has not said it is quiet yet
+    assert busy_one.periodic(6000) == quiet_one.periodic(6200) == T0 + 60_000  # all quiet
+    g.record(T0 + 70_000, 3500)  # traffic again: the bound again
+    assert g.periodic(3600) == T0 + 68_999
+    strict = generator(1000, 0, None, *shared())
     strict.record(T0, 0)
-    assert strict.periodic(10**9) == T0 - 1001 and strict.idle(500)  # no release: event time
+    assert strict.periodic(10**9) == T0 - 1001  # quiet time 0: event time alone
     strategy = get_gateway().jvm.io.nudgeflow.flink.QuietReleaseWatermarks
     with pytest.raises(Exception, match="0 or more"):
-        strategy(-1, 3000, 0)
+        strategy(-1, 3000)
 

@@ -18,7 +18,8 @@ import org.apache.flink.util.clock.RelativeClock;
  * changelog's updates are sporadic by nature, so in a live job that stall recurs.
  *
  * <p>Here, while the job starts, the backlog still holds event time back (the first clicks see
- * the profiles written before them); after that its records only carry their timestamps, and the
+ * the profiles written before them); once caught up it releases what it delivered (a watermark
+ * at its newest time, then idle); after that its records only carry their timestamps, and the
  * clicks alone move event time. A record then applies at its updated_at once the clicks'
  * watermark passes it, or at once, at the user's current event time, if that is already later.
  *
@@ -114,10 +115,21 @@ public final class ChangelogWatermarks<T> implements WatermarkStrategy<T> {
             record(eventTimestamp, clock.relativeTimeMillis());
         }
 
+        /** The newest event time read (Long.MIN_VALUE before any record). */
+        public long newest() {
+            return maxTimestamp;
+        }
+
         @Override
         public void onPeriodicEmit(WatermarkOutput output) {
             long next = periodic(clock.relativeTimeMillis());
             if (next == IDLE) {
+                // caught up: what it delivered is released (its newest time, not minus 1 ms),
+                // so a profile update with no click after it is applied once every input is
+                // idle (Flink then takes the highest watermark of the engine's inputs)
+                if (maxTimestamp != Long.MIN_VALUE) {
+                    output.emitWatermark(new Watermark(maxTimestamp));
+                }
                 output.markIdle();
             } else if (next != NONE) {
                 output.emitWatermark(new Watermark(next));

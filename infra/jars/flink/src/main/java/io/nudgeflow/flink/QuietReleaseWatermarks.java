@@ -7,6 +7,9 @@ import org.apache.flink.api.common.eventtime.WatermarkOutput;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;
 import org.apache.flink.util.clock.RelativeClock;
 
+import java.util.ArrayList;
+import java.util.List;
+
 /**
  * Watermarks of the clicks: bounded out-of-orderness, and a release when the input goes quiet.
  *
@@ -29,10 +32,9 @@ import org.apache.flink.util.clock.RelativeClock;
  * release: a third of the engine's time in a drain (issue 13). One check per watermark interval
  * in the source costs nothing, and it releases by event time, in time order.
  *
- * <p>Idleness is built in: a split without a record for {@code idleMs} (the job's {@code
- * idleness-ms}) is marked idle, so it stops holding the watermark back, and it releases first if
- * it has not yet ({@code withIdleness} around this strategy would mark a split idle before a
- * quiet time longer than the idleness could release it, and an idle split emits nothing).
+ * <p>Idleness comes from {@code withIdleness} around this strategy, with a timeout longer than
+ * the quiet time (jobs/connectors.py): a split marked idle emits nothing, so it must release
+ * first.
  *
  * <p>Quiet means quiet on the input-activity clock, which stands still while the source is
  * back-pressured: a job busy with a backlog is not quiet. The check is per source split (Kafka
@@ -47,37 +49,32 @@ public final class QuietReleaseWatermarks<T> implements WatermarkStrategy<T> {
 
     private final long boundMs;
     private final long quietMs;
-    private final long idleMs;
-    /**
-     * Shared by the generators of this subtask's splits: the newest event time any of them has
-     * seen, and when the last record came (input-activity clock).
-     */
-    private transient long[] subtask;
+    /** The newest event time any split of this subtask has seen (its generators share it). */
+    private transient long[] newest;
+    /** The generators of this subtask's splits (each says whether its split is quiet). */
+    private transient List<Generator<T>> splits;
 
     /**
      * @param boundMs the out-of-orderness bound (max-out-of-orderness-ms), at least 0
      * @param quietMs release after this long without a record; 0: never
-     * @param idleMs idle after this long without a record; 0: never
      */
-    public QuietReleaseWatermarks(long boundMs, long quietMs, long idleMs) {
-        if (boundMs < 0 || quietMs < 0 || idleMs < 0) {
-            throw new IllegalArgumentException("QuietReleaseWatermarks: the bound, the quiet "
-                    + "time and the idle time must be 0 or more, got " + boundMs + ", "
-                    + quietMs + " and " + idleMs);
+    public QuietReleaseWatermarks(long boundMs, long quietMs) {
+        if (boundMs < 0 || quietMs < 0) {
+            throw new IllegalArgumentException("QuietReleaseWatermarks: the bound and the quiet "
+                    + "time must be 0 or more, got " + boundMs + " and " + quietMs);
         }
         this.boundMs = boundMs;
         this.quietMs = quietMs;
-        this.idleMs = idleMs;
     }
 
     @Override
     public WatermarkGenerator<T> createWatermarkGenerator(
             WatermarkGeneratorSupplier.Context context) {
-        RelativeClock clock = context.getInputActivityClock();
-        if (subtask == null) { // one strategy instance per source subtask, one generator per split
-            subtask = new long[] {Long.MIN_VALUE, clock.relativeTimeMillis()};
+        if (splits == null) { // one strategy instance per source subtask, one generator per split
+            newest = new long[] {Long.MIN_VALUE};
+            splits = new ArrayList<>();
         }
-        return new Generator<>(boundMs, quietMs, idleMs, clock, subtask);
+        return new Generator<>(boundMs, quietMs, context.getInputActivityClock(), newest, splits);
     }
 
     /**
@@ -93,50 +90,54 @@ public final class QuietReleaseWatermarks<T> implements WatermarkStrategy<T> {
 
         private final long boundMs;
         private final long quietMs;
-        private final long idleMs;
         private final RelativeClock clock;
-        private final long[] subtask;
+        private final long[] newest;
+        private final List<Generator<T>> splits;
+        private boolean quiet;
         private long maxTimestamp = Long.MIN_VALUE;
         private long lastRecordMs;
-        private long emitted = Long.MIN_VALUE;
 
         /**
          * @param boundMs the out-of-orderness bound
          * @param quietMs release after this long without a record; 0: never
-         * @param idleMs idle after this long without a record (and release first); 0: never
          * @param clock the input-activity clock; null when the caller passes the time itself
-         * @param subtask shared by the generators of the subtask's splits: {the newest event
-         *     time, the time of the last record}
+         * @param newest the newest event time of the subtask's splits (one element, shared)
+         * @param splits the generators of the subtask's splits (shared; this one joins it)
          */
-        public Generator(long boundMs, long quietMs, long idleMs, RelativeClock clock,
-                         long[] subtask) {
+        public Generator(long boundMs, long quietMs, RelativeClock clock, long[] newest,
+                         List<Generator<T>> splits) {
             this.boundMs = boundMs;
             this.quietMs = quietMs;
-            this.idleMs = idleMs;
             this.clock = clock;
-            this.subtask = subtask;
+            this.newest = newest;
+            this.splits = splits;
+            splits.add(this);
             this.lastRecordMs = clock == null ? 0 : clock.relativeTimeMillis();
         }
 
         /** A record with event time {@code timestamp} arrived at {@code nowMs}. */
         public void record(long timestamp, long nowMs) {
             maxTimestamp = Math.max(maxTimestamp, timestamp);
-            subtask[0] = Math.max(subtask[0], timestamp);
-            subtask[1] = Math.max(subtask[1], nowMs);
+            newest[0] = Math.max(newest[0], timestamp);
             lastRecordMs = nowMs;
+            quiet = false;
         }
 
         /**
-         * The watermark at {@code nowMs}. Once this split has been quiet for {@code quietMs} (or
-         * {@code idleMs}, if shorter): the newest event time of the subtask's splits if they
-         * all have been, else this split's own newest. Before: this split's newest minus the
-         * bound minus 1 ms. {@link #NONE} before any record.
+         * The watermark at {@code nowMs}. Once this split has been quiet for {@code quietMs}:
+         * the newest event time of the subtask's splits if they all have been, else this
+         * split's own newest (each split's own check, on its own activity clock, says whether it
+         * is quiet). Before: this split's newest minus the bound minus 1 ms. {@link #NONE}
+         * before any record.
          */
         public long periodic(long nowMs) {
-            long release = quietMs > 0 && idleMs > 0 ? Math.min(quietMs, idleMs) : quietMs;
-            if (release > 0 && nowMs - lastRecordMs >= release) {
-                long upTo = nowMs - subtask[1] >= release
-                        ? Math.max(maxTimestamp, subtask[0]) : maxTimestamp;
+            quiet = quietMs > 0 && nowMs - lastRecordMs >= quietMs;
+            if (quiet) {
+                boolean allQuiet = true;
+                for (Generator<T> split : splits) {
+                    allQuiet &= split.quiet;
+                }
+                long upTo = allQuiet ? Math.max(maxTimestamp, newest[0]) : maxTimestamp;
                 return upTo == Long.MIN_VALUE ? NONE : upTo;
             }
             if (maxTimestamp == Long.MIN_VALUE) {
@@ -154,21 +155,11 @@ public final class QuietReleaseWatermarks<T> implements WatermarkStrategy<T> {
             }
         }
 
-        /** Whether the split is idle at {@code nowMs} (no record for {@code idleMs}). */
-        public boolean idle(long nowMs) {
-            return idleMs > 0 && nowMs - lastRecordMs >= idleMs;
-        }
-
         @Override
         public void onPeriodicEmit(WatermarkOutput output) {
-            long now = clock.relativeTimeMillis();
-            long next = periodic(now);
-            if (next != NONE && next > emitted) { // an emitted watermark makes the split active
-                emitted = next;
+            long next = periodic(clock.relativeTimeMillis());
+            if (next != NONE) {
                 output.emitWatermark(new Watermark(next));
-            }
-            if (idle(now)) {
-                output.markIdle();
             }
         }
     }
