@@ -92,9 +92,10 @@ def click_watermarks(cfg: NudgeflowConfig) -> WatermarkStrategy:
 
     Given to the clicks source, it keeps one watermark per Kafka partition, so reading a backlog
     partition by partition does not make the slower partitions' events late; a partition quiet
-    for ``cfg.quiet_release_ms`` moves its watermark to its newest event time, which applies
-    what waits for it (``io.nudgeflow.flink.QuietReleaseWatermarks``); idle partitions stop
-    holding the watermark back after ``cfg.idleness_ms``.
+    for ``cfg.quiet_release_ms`` moves its watermark to its newest event time (to the newest of
+    all once all are quiet), which applies what waits for it
+    (``io.nudgeflow.flink.QuietReleaseWatermarks``); idle partitions stop holding the watermark
+    back after ``cfg.idleness_ms`` (at least ``QUIET_BEFORE_IDLE_MS`` after the release).
     """
     jvm = get_gateway().jvm
     # the time rule, limits and enum ranges of udfs/intake.py: a record it will reject never

@@ -23,9 +23,11 @@ import java.util.List;
  * oldest of their newest times, and once they all go idle, Flink does not move a source's
  * combined watermark on. Across subtasks it does: when every input of the engine is idle, it
  * takes the highest watermark. Only when all are quiet: a quiet split among busy ones does not
- * jump ahead of its own clicks, so a late burst on it is not made late by the others.) The next record goes on from there (a watermark never moves back, so
- * until the newest event time passes that point again, nothing new is emitted; an input behind
- * it is applied at once, at the user's clock, as any input that arrives behind the watermark).
+ * jump ahead of its own clicks, so a late burst on it is not made late by the others.)
+ *
+ * <p>The next record goes on from there (a watermark never moves back, so until the newest
+ * event time passes that point again, nothing new is emitted; an input behind it is applied at
+ * once, at the user's clock, as any input that arrives behind the watermark).
  *
  * <p>Why here and not in the engine: the engine used to set a processing-time timer per input
  * to release it, which cost a Python call per input ~3 s later, usually to find nothing left to
