@@ -116,6 +116,10 @@ def test_metadata_holds_event_time_until_it_has_caught_up_then_never(env):
     assert g.newest() == T0 + 10  # emitted before it goes idle: what it delivered is released
     g.record(T0 + 60_000, 2000)  # a fresh update afterwards holds nothing
     assert [g.periodic(t) for t in (2001, 5000, 10_000)] == [none] * 3
+    # but once quiet again, it is released (then idle again): a profile update with no click
+    # after it is applied when every input is idle
+    assert g.laterRelease(2999) == none and g.laterRelease(3000) == T0 + 60_000
+    assert g.laterRelease(10_000) == none  # once
     quiet = generator(1000, None)
     assert quiet.periodic(999) == none and quiet.periodic(1000) == idle  # an empty topic
 
