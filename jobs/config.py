@@ -124,10 +124,9 @@ class NudgeflowConfig:
     )
     quiet_release_ms: int = _opt(
         3_000,
-        "A clicks partition without a click for this long moves its watermark to its newest "
-        "click (once all are quiet, to the newest of all), so the inputs still waiting for the "
-        "watermark are applied: the stream went quiet and no later click will move it. 0: "
-        "never (strictly event time; the last inputs then wait for the next click).",
+        "An input still waiting for the watermark after this much processing time is applied "
+        "anyway: the stream went quiet and no later click will move the watermark. 0: never "
+        "(strictly event time; the last inputs then wait for the next click).",
     )
     allowed_lateness_ms: int = _opt(
         60_000,

@@ -82,38 +82,23 @@ def kafka_records(
     return env.from_source(builder.build(), strategy, name).uid(uid)
 
 
-#: a quiet clicks partition goes idle at least this long after its release (two watermark
-#: intervals: the release must be emitted before the split stops emitting)
-QUIET_BEFORE_IDLE_MS = 500
-
-
 def click_watermarks(cfg: NudgeflowConfig) -> WatermarkStrategy:
     """Bounded out-of-orderness on each click's own event time, read in Java from its bytes.
 
     Given to the clicks source, it keeps one watermark per Kafka partition, so reading a backlog
-    partition by partition does not make the slower partitions' events late; a partition quiet
-    for ``cfg.quiet_release_ms`` moves its watermark to its newest event time (to the newest of
-    all once all are quiet), which applies what waits for it
-    (``io.nudgeflow.flink.QuietReleaseWatermarks``); idle partitions stop holding the watermark
-    back after ``cfg.idleness_ms`` (at least ``QUIET_BEFORE_IDLE_MS`` after the release).
+    partition by partition does not make the slower partitions' events late; idle partitions
+    stop holding the watermark back after ``cfg.idleness_ms``.
     """
-    jvm = get_gateway().jvm
+    base = (
+        WatermarkStrategy.for_bounded_out_of_orderness(
+            Duration.of_millis(cfg.max_out_of_orderness_ms))
+        .with_idleness(Duration.of_millis(cfg.idleness_ms))
+    )
     # the time rule, limits and enum ranges of udfs/intake.py: a record it will reject never
     # moves a watermark (see the class's doc)
-    assigner = jvm.io.nudgeflow.flink.ClickEventTimeAssigner(
+    assigner = get_gateway().jvm.io.nudgeflow.flink.ClickEventTimeAssigner(
         *click_time_rule_args(cfg.intake_limits(), Codec.load()))
-    # a split marked idle emits nothing: with the release on, it goes idle only after it
-    # released (QUIET_BEFORE_IDLE_MS after the quiet time, if idleness-ms is shorter than that)
-    idle_ms = cfg.idleness_ms
-    if cfg.quiet_release_ms > 0:
-        idle_ms = max(idle_ms, cfg.quiet_release_ms + QUIET_BEFORE_IDLE_MS)
-    strategy = (
-        jvm.io.nudgeflow.flink.QuietReleaseWatermarks(cfg.max_out_of_orderness_ms,
-                                                      cfg.quiet_release_ms)
-        .withIdleness(Duration.of_millis(idle_ms)._j_duration)
-        .withTimestampAssigner(assigner)
-    )
-    return WatermarkStrategy(strategy)
+    return WatermarkStrategy(base._j_watermark_strategy.withTimestampAssigner(assigner))
 
 
 def routed_kafka_sink(cfg: NudgeflowConfig) -> KafkaSink:

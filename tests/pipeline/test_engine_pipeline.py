@@ -113,60 +113,8 @@ def test_metadata_holds_event_time_until_it_has_caught_up_then_never(env):
     g.record(T0 + 10, 900)
     assert g.periodic(1899) == T0 + 9  # 999 ms quiet: still reading
     assert g.periodic(1900) == idle and g.caughtUp()  # quiet 1000 ms: caught up, idle
-    assert g.newest() == T0 + 10  # emitted before it goes idle: what it delivered is released
     g.record(T0 + 60_000, 2000)  # a fresh update afterwards holds nothing
     assert [g.periodic(t) for t in (2001, 5000, 10_000)] == [none] * 3
-    # but once quiet again, it is released (then idle again): a profile update with no click
-    # after it is applied when every input is idle
-    assert g.laterRelease(2999) == none and g.laterRelease(3000) == T0 + 60_000
-    assert g.laterRelease(10_000) == none  # once
     quiet = generator(1000, None)
     assert quiet.periodic(999) == none and quiet.periodic(1000) == idle  # an empty topic
-
-
-def test_the_clicks_watermark_releases_what_waits_once_the_input_is_quiet(env):
-    """The clicks' watermarks (io.nudgeflow.flink.QuietReleaseWatermarks): the newest event
-    time minus the bound while records come; the newest event time itself once no record came
-    for the quiet time (it then applies every waiting input); never with a quiet time of 0."""
-    from pyflink.java_gateway import get_gateway
-
-    gateway = get_gateway()
-    generator = getattr(gateway.jvm.io.nudgeflow.flink, "QuietReleaseWatermarks$Generator")
-    none = generator.NONE
-
-    def shared():  # the subtask's newest event time and its splits, shared by their generators
-        newest = gateway.new_array(gateway.jvm.long, 1)
-        newest[0] = none
-        return newest, gateway.jvm.java.util.ArrayList()
-
-    subtask = shared()
-    g, other, empty = (generator(1000, 3000, None, *subtask) for _ in range(3))  # 1 s, 3 s
-    assert g.periodic(10) == none  # nothing read yet
-    g.record(T0, 100)
-    g.record(T0 - 500, 200)  # an older click does not move it back
-    other.record(T0 + 60_000, 150)  # another partition of the subtask is ahead
-    assert g.periodic(3099) == T0 - 1001  # 2,899 ms quiet: the bound holds
-    # 3,000 ms quiet, every partition: released up to the newest click of the subtask, so
-    # partitions that went quiet together do not hold each other back (nor an empty one); each
-    # split says it is quiet at its own periodic check, so it takes one round of them
-    assert [x.periodic(3200) for x in (g, other, empty)] == [T0, T0 + 60_000, T0 + 60_000]
-    assert {x.periodic(3400) for x in (g, other, empty)} == {T0 + 60_000}
-    # a quiet partition among busy ones releases only its own clicks: it does not jump ahead
-    # of them, so a late burst on it is not made late by the others
-    mixed = shared()
-    quiet_one, busy_one = (generator(1000, 3000, None, *mixed) for _ in range(2))
-    quiet_one.record(T0, 0)
-    busy_one.record(T0 + 60_000, 3000)
-    assert quiet_one.periodic(3000) == T0
-    assert busy_one.periodic(3000) == T0 + 58_999
-    assert quiet_one.periodic(6000) == T0  # busy_one has not said it is quiet yet
-    assert busy_one.periodic(6000) == quiet_one.periodic(6200) == T0 + 60_000  # all quiet
-    g.record(T0 + 70_000, 3500)  # traffic again: the bound again
-    assert g.periodic(3600) == T0 + 68_999
-    strict = generator(1000, 0, None, *shared())
-    strict.record(T0, 0)
-    assert strict.periodic(10**9) == T0 - 1001  # quiet time 0: event time alone
-    strategy = get_gateway().jvm.io.nudgeflow.flink.QuietReleaseWatermarks
-    with pytest.raises(Exception, match="0 or more"):
-        strategy(-1, 3000)
 

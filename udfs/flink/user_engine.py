@@ -218,8 +218,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.store_retries = metrics.counter("store_retries")
         self.store_rejected = LabelledCounters(metrics, "store", "store_rejected")
         self.redis_rebuilds = metrics.counter("redis_rebuilds")
-        # inputs applied by a processing-time timer restored from a savepoint of a build that set
-        # one per input (a quiet stream is released by the clicks' watermarks now)
+        # inputs applied by processing time because the stream went quiet (quiet_release_ms)
         self.quiet_releases = metrics.counter("quiet_releases")
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.outcomes_in = metrics.counter("outcomes_in")
@@ -405,9 +404,12 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             event_time = value[2]
             pending = Pending(event_time, METADATA_RANK, f"metadata@{event_time}", raw, 0)
         state = self._load_state(user_id)
-        # a quiet stream is released by the clicks' watermarks (QuietReleaseWatermarks in the
-        # source), not by a timer per input here: those cost a third of a drain (issue 13)
         yield from self._step(user_id, state, engine.Arrival(user_id, pending, watermark), ctx)
+        if self.cfg.quiet_release_ms > 0 and state.clock.pending:
+            # a quiet stream moves no watermark: release the input after a while regardless
+            timers = ctx.timer_service()
+            timers.register_processing_time_timer(
+                timers.current_processing_time() + self.cfg.quiet_release_ms)
 
     def _backfill(self, user_id: str, value: Row, watermark: int, ctx: Any) -> Iterator[Any]:
         """Step a backfill request and count what it did.
@@ -443,10 +445,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         """The watermark passed the user's wake time: apply and check everything up to it.
 
-        A processing-time timer applies what is still pending although the watermark did not
-        pass it. Builds before issue 13 set one per input to release a quiet stream (the
-        clicks' watermarks do that now: ``io.nudgeflow.flink.QuietReleaseWatermarks``); such
-        timers restored from their savepoints still fire once, and release as they did.
+        A processing-time timer (``quiet_release_ms`` after an input arrived) applies what is
+        still pending although the watermark did not pass it: the stream went quiet.
         """
         user_id = ctx.get_current_key()
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
@@ -638,7 +638,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
 
         The step's ``cancel_timer_ms`` deletes the user's one timer; the expiry timer of a build
         before the user clock, if the user still has one, is deleted here. A processing-time
-        timer restored from an older build cannot be found to delete: it finds nothing pending.
+        timer (``quiet_release_ms``) cannot be found to delete: it finds nothing pending.
         """
         legacy_expiry = self.expiry.value()
         if legacy_expiry is not None:

@@ -18,11 +18,8 @@ import org.apache.flink.util.clock.RelativeClock;
  * changelog's updates are sporadic by nature, so in a live job that stall recurs.
  *
  * <p>Here, while the job starts, the backlog still holds event time back (the first clicks see
- * the profiles written before them); once caught up it releases what it delivered (a watermark
- * at its newest time, then idle); after that its records only carry their timestamps, and the
- * clicks move event time, but for one release of what came since each time the input has been
- * quiet for {@code quietMs} again (a watermark, then idle at once: {@link
- * Generator#laterRelease}), so a profile update with no click after it is still applied. A record then applies at its updated_at once the clicks'
+ * the profiles written before them); after that its records only carry their timestamps, and the
+ * clicks alone move event time. A record then applies at its updated_at once the clicks'
  * watermark passes it, or at once, at the user's current event time, if that is already later.
  *
  * <p>A bounded replay passes a quiet time longer than the replay ({@code jobs.job.bounded_replay}):
@@ -72,7 +69,6 @@ public final class ChangelogWatermarks<T> implements WatermarkStrategy<T> {
         private long maxTimestamp = Long.MIN_VALUE;
         private long lastRecordMs;
         private boolean caughtUp;
-        private long laterMax = Long.MIN_VALUE;
 
         /**
          * @param quietMs caught up once no record came for this long
@@ -88,26 +84,8 @@ public final class ChangelogWatermarks<T> implements WatermarkStrategy<T> {
         public void record(long timestamp, long nowMs) {
             if (!caughtUp) {
                 maxTimestamp = Math.max(maxTimestamp, timestamp);
-            } else {
-                laterMax = Math.max(laterMax, timestamp);
+                lastRecordMs = nowMs;
             }
-            lastRecordMs = nowMs;
-        }
-
-        /**
-         * After it has caught up: the watermark that releases the records read since, once the
-         * input has been quiet for {@code quietMs} again (the input then goes idle again at
-         * once), or {@link #NONE}. A profile update with no click after it is so applied when
-         * every other input is idle too; a watermark behind the engine's does nothing, and it
-         * holds nothing back, being idle again in the same breath.
-         */
-        public long laterRelease(long nowMs) {
-            if (!caughtUp || laterMax == Long.MIN_VALUE || nowMs - lastRecordMs < quietMs) {
-                return NONE;
-            }
-            long release = laterMax;
-            laterMax = Long.MIN_VALUE;
-            return release;
         }
 
         /**
@@ -136,28 +114,10 @@ public final class ChangelogWatermarks<T> implements WatermarkStrategy<T> {
             record(eventTimestamp, clock.relativeTimeMillis());
         }
 
-        /** The newest event time read (Long.MIN_VALUE before any record). */
-        public long newest() {
-            return maxTimestamp;
-        }
-
         @Override
         public void onPeriodicEmit(WatermarkOutput output) {
-            long now = clock.relativeTimeMillis();
-            long later = laterRelease(now);
-            if (later != NONE) {
-                output.emitWatermark(new Watermark(later));
-                output.markIdle();
-                return;
-            }
-            long next = periodic(now);
+            long next = periodic(clock.relativeTimeMillis());
             if (next == IDLE) {
-                // caught up: what it delivered is released (its newest time, not minus 1 ms),
-                // so a profile update with no click after it is applied once every input is
-                // idle (Flink then takes the highest watermark of the engine's inputs)
-                if (maxTimestamp != Long.MIN_VALUE) {
-                    output.emitWatermark(new Watermark(maxTimestamp));
-                }
                 output.markIdle();
             } else if (next != NONE) {
                 output.emitWatermark(new Watermark(next));
