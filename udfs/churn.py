@@ -413,14 +413,17 @@ def _agreement_rows(trees: tree_ensemble.TreeEnsemble) -> np.ndarray:
         nudge = rng.integers(-1, 2, size=AGREEMENT_ROWS)
         toward = np.where(nudge < 0, -np.inf, np.inf).astype(np.float32)
         rows[:, column] = np.where(nudge == 0, picked, np.nextafter(picked, toward))
+    return np.vstack([np.asarray(_smoke_rows(), np.float32), rows])
+
+
+def _smoke_rows() -> list[list[float]]:
+    """The smoke prediction's rows: every feature at its default, all zeros, all ones."""
     defaults = [float(s.default) for s in FEATURE_SPEC]
-    smoke = np.asarray([defaults, [0.0] * len(defaults), [1.0] * len(defaults)], np.float32)
-    return np.vstack([smoke, rows])
+    return [defaults, [0.0] * len(defaults), [1.0] * len(defaults)]
 
 
 def _smoke(model: ChurnModel) -> None:
-    defaults = [float(s.default) for s in FEATURE_SPEC]
-    rows = [defaults, [0.0] * len(defaults), [1.0] * len(defaults)]
+    rows = _smoke_rows()
     x = np.asarray(rows, dtype=np.float32)
     try:
         probabilities = model._session.run(model._outputs, {model._input: x})[0]
