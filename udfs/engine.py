@@ -831,17 +831,19 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
 
     segments = registry.by_id()
     for segment_id, segment in segments.items():
-        result = evaluate(segment, view)  # a disabled segment evaluates to not-a-member
+        # without the reason: it is built (a second, explaining evaluation of the same pure
+        # function) only for a change, and building it costs more than deciding
+        result = evaluate(segment, view, explain=False)  # disabled: not a member
         if result.next_change_ms is not None and result.next_change_ms > now_ms:
             next_timer = result.next_change_ms if next_timer is None else min(
                 next_timer, result.next_change_ms)
         was_member = segment_id in state.membership
         if result.member and not was_member:
             state.membership[segment_id] = segment.version
-            emit(segment_id, "ENTER", segment.version, result.reason)
+            emit(segment_id, "ENTER", segment.version, evaluate(segment, view).reason)
         elif not result.member and was_member:
             entered_version = state.membership.pop(segment_id)
-            reason = result.reason
+            reason = evaluate(segment, view).reason
             if entered_version != segment.version:
                 reason = f"definition changed to v{segment.version}: {reason}"
             emit(segment_id, "EXIT", segment.version, reason)

@@ -94,7 +94,13 @@ def seg(condition: Any, **doc: Any) -> Segment:
 
 
 def check(condition: Any, v: FakeView) -> Evaluation:
-    return evaluate(seg(condition), v)
+    """The evaluation, checked against the engine's unexplained one (the reasons left out)."""
+    segment = seg(condition)
+    result = evaluate(segment, v)
+    quiet = evaluate(segment, v, explain=False)
+    assert (quiet.member, quiet.next_change_ms) == (result.member, result.next_change_ms)
+    assert quiet.reason in ("", result.reason)
+    return result
 
 
 def errors_in(tmp_path: Path, text: str, name: str = "bad.yaml") -> list[DefinitionError]:
