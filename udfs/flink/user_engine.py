@@ -39,7 +39,15 @@ from udfs import engine, intake, tracing
 from udfs.attribution.stats import fact_to_doc
 from udfs.campaigns import arbitration
 from udfs.catalog.registries import Registries
-from udfs.clock import CLICK_RANK, METADATA_RANK, OUTCOME_RANK, Pending, decode_clock, encode_clock
+from udfs.clock import (
+    CLICK_RANK,
+    METADATA_RANK,
+    OUTCOME_RANK,
+    Pending,
+    QuietTimers,
+    decode_clock,
+    encode_clock,
+)
 from udfs.definitions.diagnostics import format_errors
 from udfs.definitions.versioning import ChangeOutcome
 from udfs.features.codec import decode_state, encode_state
@@ -220,6 +228,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.redis_rebuilds = metrics.counter("redis_rebuilds")
         # inputs applied by processing time because the stream went quiet (quiet_release_ms)
         self.quiet_releases = metrics.counter("quiet_releases")
+        self.quiet_timers = QuietTimers(self.cfg.quiet_release_ms)
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.outcomes_in = metrics.counter("outcomes_in")
         # erasures applied (user-metadata tombstones; a repeated one counts again), and inputs
@@ -407,9 +416,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         yield from self._step(user_id, state, engine.Arrival(user_id, pending, watermark), ctx)
         if self.cfg.quiet_release_ms > 0 and state.clock.pending:
             # a quiet stream moves no watermark: release the input after a while regardless
+            # (by the user's quiet timer already on the way, if one is)
             timers = ctx.timer_service()
-            timers.register_processing_time_timer(
-                timers.current_processing_time() + self.cfg.quiet_release_ms)
+            due = self.quiet_timers.register(user_id, timers.current_processing_time())
+            if due is not None:
+                timers.register_processing_time_timer(due)
 
     def _backfill(self, user_id: str, value: Row, watermark: int, ctx: Any) -> Iterator[Any]:
         """Step a backfill request and count what it did.
@@ -450,6 +461,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         """
         user_id = ctx.get_current_key()
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            self.quiet_timers.fired(user_id, timestamp)
             state = self._load_state(user_id)
             if not state.clock.pending:
                 return
