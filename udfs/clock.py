@@ -23,6 +23,7 @@ empty clock, which the engine sets from the rest of the state at the next step.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,8 +151,12 @@ def encode_clock(clock: UserClock) -> bytes:
     return b"".join(parts)
 
 
-def decode_clock(raw: bytes | None) -> UserClock:
+def decode_clock(raw: bytes | None, items: Mapping[tuple[int, str], Any] | None = None
+                 ) -> UserClock:
     """The clock of ``encode_clock`` bytes; an empty clock for None (no state yet).
+
+    ``items``: decoded inputs by (rank, key), handed back on the pending entries they belong to
+    (``PendingItems``), so those are not decoded again when applied.
 
     Raises:
         ValueError: an unknown version or malformed bytes.
@@ -179,7 +184,8 @@ def decode_clock(raw: bytes | None) -> UserClock:
             if tlen:
                 trace = raw[offset:offset + tlen[0]].decode("ascii")
                 offset += tlen[0]
-            pending.append(Pending(time_ms, rank, key, payload, ingest, trace=trace))
+            item = items.get((rank, key)) if items else None
+            pending.append(Pending(time_ms, rank, key, payload, ingest, item, trace))
     except (struct.error, UnicodeDecodeError) as exc:
         raise ValueError(f"malformed user clock state: {exc}") from exc
     return UserClock(_unopt(clock_ms), _unopt(due), _unopt(campaign_due), _unopt(recheck),
@@ -227,3 +233,40 @@ class QuietTimers:
 
     def __len__(self) -> int:
         return len(self._due)
+
+
+class PendingItems:
+    """The decoded inputs waiting in users' clocks, kept between steps (one operator's memory).
+
+    A click is decoded when it arrives (it is validated then) and waits in its user's clock as
+    bytes until the watermark passes it; the clock is keyed state, so the next step reads it
+    back as bytes and the click would be decoded a second time when applied. ``remember``
+    keeps what a step left pending, ``for_user`` hands it to ``decode_clock``. An input's
+    payload never changes while it waits (a second arrival with its key is a duplicate, not
+    added), so the decoded item always matches the bytes it is attached to.
+
+    Not keyed state: after a restore this is empty and the pending inputs are decoded from
+    their bytes. Bounded: at ``max_users`` users it starts again from empty (a miss costs a
+    decode).
+    """
+
+    def __init__(self, max_users: int) -> None:
+        self.max_users = max_users
+        self._items: dict[str, dict[tuple[int, str], Any]] = {}
+
+    def for_user(self, user_id: str) -> Mapping[tuple[int, str], Any] | None:
+        """The user's decoded pending inputs by (rank, key), or None."""
+        return self._items.get(user_id)
+
+    def remember(self, user_id: str, clock: UserClock) -> None:
+        """Keep the decoded inputs the user's clock holds after a step (and forget the rest)."""
+        items = {(p.rank, p.key): p.item for p in clock.pending if p.item is not None}
+        if not items:
+            self._items.pop(user_id, None)
+            return
+        if len(self._items) >= self.max_users and user_id not in self._items:
+            self._items.clear()  # crude but O(1) per step
+        self._items[user_id] = items
+
+    def __len__(self) -> int:
+        return len(self._items)

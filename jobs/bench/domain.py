@@ -15,7 +15,9 @@ and nothing of Flink's: a click is decoded and validated (``intake.decode_click`
 over with its bytes, metadata as bytes (the engine decodes it), each as an ``engine.Arrival``
 with the watermark of the moment (newest event time minus the out-of-orderness bound); one
 timer per user fires when the watermark passes it; what a step changed is encoded as the
-adapter writes it to keyed state (features, metadata, campaign state, clock). Every pass starts
+adapter writes it to keyed state (features, metadata, campaign state, clock), and the clock is
+read back from those bytes at the next step with the decoded inputs the adapter keeps in memory
+(``udfs.clock.PendingItems``: a waiting click is not decoded twice). Every pass starts
 from empty state, so the passes do the same work. The input ends at the newest event time: the
 timers after it (idle rechecks, expiry far in the future) are not drained.
 
@@ -45,7 +47,14 @@ from udfs import engine, intake
 from udfs.campaigns import arbitration
 from udfs.catalog.files import JOURNEY_CATALOG_DIR, catalog_files, load_files
 from udfs.catalog.registries import Registries
-from udfs.clock import CLICK_RANK, METADATA_RANK, Pending, decode_clock, encode_clock
+from udfs.clock import (
+    CLICK_RANK,
+    METADATA_RANK,
+    Pending,
+    PendingItems,
+    decode_clock,
+    encode_clock,
+)
 from udfs.features.codec import encode_state
 
 DAY_MS = 86_400_000
@@ -161,22 +170,31 @@ class Outcome:
     clocks: dict[str, bytes] = field(default_factory=dict)
 
 
-def play(inputs: Inputs, rules: engine.Rules, keep: bool = False) -> Outcome:
-    """One pass from empty state over every input; ``keep``: collect what the steps emitted."""
+def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
+         reuse_decoded: bool = True) -> Outcome:
+    """One pass from empty state over every input; ``keep``: collect what the steps emitted.
+
+    ``reuse_decoded=False``: every waiting input is decoded again from its bytes when applied
+    (the adapter without its ``PendingItems``, or after a restore).
+    """
     codec = Codec.load()
     out = Outcome()
     timers: list[tuple[int, str]] = []
     registered: dict[str, set[int]] = {}
+    waiting = PendingItems(max_users=10_000)  # as udfs.flink.user_engine keeps them
     watermark = newest = -(2**63)
 
     def run(user: str, item: engine.Input) -> None:
         state = out.states.setdefault(user, engine.UserState())
-        state.clock = decode_clock(out.clocks.get(user))  # read per step, as keyed state is
+        # read per step, as keyed state is, with the decoded inputs the adapter keeps
+        state.clock = decode_clock(out.clocks.get(user),
+                                   waiting.for_user(user) if reuse_decoded else None)
         step = engine.step(state, item, rules, 0)
         out.steps += 1
         if step.duplicate:
             return
         out.stored_bytes += _encode(codec, state, step, out.clocks, user)
+        waiting.remember(user, state.clock)
         mine = registered.setdefault(user, set())
         if step.cancel_timer_ms is not None:
             mine.discard(step.cancel_timer_ms)

@@ -44,6 +44,7 @@ from udfs.clock import (
     METADATA_RANK,
     OUTCOME_RANK,
     Pending,
+    PendingItems,
     QuietTimers,
     decode_clock,
     encode_clock,
@@ -229,6 +230,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # inputs applied by processing time because the stream went quiet (quiet_release_ms)
         self.quiet_releases = metrics.counter("quiet_releases")
         self.quiet_timers = QuietTimers(self.cfg.quiet_release_ms)
+        self.pending_items = PendingItems(FEATURES_CACHE_SIZE)
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.outcomes_in = metrics.counter("outcomes_in")
         # erasures applied (user-metadata tombstones; a repeated one counts again), and inputs
@@ -512,6 +514,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 self.loaded_membership = {}
                 self.campaigns_stored = False
             self._store_state(user_id, state, step)
+        # the decoded inputs still waiting: not decoded again when the watermark passes them
+        self.pending_items.remember(user_id, state.clock)
         timers = ctx.timer_service()
         if step.cancel_timer_ms is not None:
             timers.delete_event_time_timer(step.cancel_timer_ms)
@@ -575,8 +579,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # an erased user never has a clock: the marker is read only for users without one
         # (new, expired or erased), not at every input
         erased = not raw_clock and bool(self.erased_marker.value())
-        return engine.UserState(clock=decode_clock(bytes(raw_clock) if raw_clock else None),
-                                load=load, load_campaigns=self._load_campaigns, erased=erased)
+        clock = decode_clock(bytes(raw_clock) if raw_clock else None,
+                             self.pending_items.for_user(user_id))
+        return engine.UserState(clock=clock, load=load, load_campaigns=self._load_campaigns,
+                                erased=erased)
 
     def _erased_now(self) -> bool:
         """Whether the current user is erased (for inputs dropped before a step)."""
