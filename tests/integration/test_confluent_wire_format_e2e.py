@@ -22,6 +22,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import StringDeserializer
 from kafka import KafkaProducer
 
+from jobs.bench.bench import daytime_zone
 from jobs.config import ISOLATION_FIELDS, as_flags, replace
 from jobs.schema_registry import framed_topics, schema_lookup, subject
 from schemas.codec import CONFLUENT_MAGIC, Codec
@@ -91,8 +92,11 @@ def test_confluent_tooling_reads_the_jobs_outputs_and_the_sender_delivers_them(i
     run = cfg.consumer_group
     user, ticker = f"{run}-ann", f"{run}-tick"
     now = int(time.time() * 1000)
+    # a zone where the next minutes are daytime: quiet hours (21:00-08:00 local) would defer the
+    # P1 trigger until morning
+    zone = daytime_zone(now, now + 15 * 60_000)
     produce_raw(cfg, cfg.user_metadata_topic, [(user.encode(), codec.encode(
-        "UserMetadata", metadata(user, at=now, sms=True, email=True)))])
+        "UserMetadata", metadata(user, zone, at=now, sms=True, email=True)))])
     job_id = flink_jobs.submit(cfg, fields=(*ISOLATION_FIELDS, "output_wire_format",
                                             "schema_registry_url", "parallelism"))
     producer = KafkaProducer(**cfg.python_client_kwargs(), acks="all", linger_ms=0)

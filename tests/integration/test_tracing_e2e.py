@@ -12,6 +12,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from jobs.bench.bench import daytime_zone
 from jobs.config import ISOLATION_FIELDS, replace
 from schemas.codec import Codec
 from tests.builders import CART, click_bytes, metadata
@@ -54,8 +55,11 @@ def test_a_clicks_traceparent_reaches_what_it_caused_and_its_span_is_exported(is
         run = cfg.consumer_group
         traced, plain, ticker = f"{run}-ann", f"{run}-ben", f"{run}-tick"
         now = int(time.time() * 1000)
+        # a zone where the next minutes are daytime: quiet hours (21:00-08:00 local) would
+        # defer the P1 triggers until morning
+        zone = daytime_zone(now, now + 15 * 60_000)
         produce_raw(cfg, cfg.user_metadata_topic, [
-            (user.encode(), codec.encode("UserMetadata", metadata(user, at=now, sms=True,
+            (user.encode(), codec.encode("UserMetadata", metadata(user, zone, at=now, sms=True,
                                                                   email=True)))
             for user in (traced, plain)])
         job_id = flink_jobs.submit(cfg, fields=(*ISOLATION_FIELDS, "tracing_otlp_endpoint",
