@@ -107,7 +107,8 @@ class AllOf(Condition):
             if not member:
                 return False, nxt, reason
             soonest = _earliest(soonest, nxt)
-            reasons.append(reason)
+            if explain:
+                reasons.append(reason)
         return True, soonest, " and ".join(reasons) if explain else ""
 
     def children(self) -> tuple[Condition, ...]:
@@ -134,7 +135,8 @@ class AnyOf(Condition):
             if member:
                 return True, nxt, reason
             soonest = _earliest(soonest, nxt)
-            reasons.append(reason)
+            if explain:
+                reasons.append(reason)
         return False, soonest, " and ".join(reasons) if explain else ""
 
     def children(self) -> tuple[Condition, ...]:
