@@ -51,3 +51,26 @@ def _root_exception(cfg, job_id):
     entries = history.get("exceptionHistory", {}).get("entries", [])
     text = entries[0].get("stacktrace", "") if entries else history.get("root-exception", "")
     return f"; latest exception: {text[:3000]}" if text else "; no exception recorded"
+
+
+def wait_until_read(cfg, job_id, source, count, timeout_s=120):
+    """Wait until the vertex of the Kafka source ``source`` has passed on ``count`` records.
+
+    For a test whose premise is that a backlog (profiles) reached the engine before what it
+    sends next: the metadata input goes idle for good once quiet for ``idleness_ms`` after it
+    opens, so on a loaded machine a backlog read later than that no longer holds event time
+    back, and a click sent at once could be applied first. Flink's REST metrics lag by up to
+    its fetcher interval (10 s), so this waits at least that long in the worst case.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        vertices = deploy.rest_get(cfg.flink_rest_url, f"/jobs/{job_id}").get("vertices", [])
+        written = [v.get("metrics", {}).get("write-records", 0) for v in vertices
+                   if f"Kafka source: {source} " in v.get("name", "")]
+        assert len(written) <= 1, f"more than one vertex reads {source}"
+        if written and written[0] >= count:
+            return
+        assert time.monotonic() < deadline, (
+            f"job {job_id}: {source} passed on {written[0] if written else 0} of {count} records "
+            f"in {timeout_s} s" + _root_exception(cfg, job_id))
+        time.sleep(0.5)

@@ -263,14 +263,16 @@ def test_an_unsubscribed_user_gets_no_later_trigger_on_that_channel(isolated_cfg
     fields = (*ISOLATION_FIELDS, "churn_model", "idleness_ms", "max_out_of_orderness_ms",
               "checkpoint_interval_ms", "parallelism", "delivery_guarantee")
     readers = TierReaders(cfg, codec)
-    # the profiles before the job: their backlog holds event time back until it is read (sent
-    # after the start, a loaded machine could apply a click before its profile, and the push
-    # would wait for it, then be refused for lack of consent)
+    # the profiles first, and the clicks once the job has passed them on to the engine: a click
+    # applied before its profile makes the push wait for it, then be refused for lack of consent
+    # (the profiles' backlog holds event time back only if read within idleness_ms of the start,
+    # which a loaded machine does not always do)
     produce_raw(cfg, cfg.user_metadata_topic, [
         (u.encode(), metadata_bytes(codec, u, zone, at=t0 - MIN, push=True))
         for u in (quits, stays)])
     job_id = flink_jobs.submit(cfg, "--campaigns-dir", str(campaigns), fields=fields)
     try:
+        flink_jobs.wait_until_read(cfg, job_id, "user-metadata", 2)
         produce_raw(cfg, cfg.clicks_topic, [
             (u.encode(), click_bytes(codec, f"{u}-cart-1", u, "ADD_TO_CART", t0))
             for u in (quits, stays)])
