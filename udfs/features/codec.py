@@ -116,12 +116,17 @@ def encode_state(state: UserFeatures) -> bytes:
     Returns:
         The bytes to store.
     """
+    return _write_record(_record(state))
+
+
+def _record(state: UserFeatures) -> dict[str, Any]:
+    """The state as the Avro record STATE_SCHEMA describes (packed arrays as bytes)."""
     type_mask, type_counts = _pack_blocks(state.type_counts)
     source_mask, source_counts = _pack_blocks(state.source_counts)
     cart, pending = state.cart, state.cart_pending
     products = sorted(cart)
     lines = [cart[p] for p in products]
-    record = {
+    return {
         "first_event_ms": state.first_event_ms,
         "last_event_ms": state.last_event_ms,
         "last_purchase_ms": state.last_purchase_ms,
@@ -153,10 +158,52 @@ def encode_state(state: UserFeatures) -> bytes:
         "pending_strings": "\x00".join(f"{op.event_id}\x00{op.product_id or ''}"
                                        for op in pending),
     }
-    out = io.BytesIO()
-    out.write(_VERSION_BYTE)
-    fastavro.schemaless_writer(out, _PARSED, record)
-    return out.getvalue()
+
+
+def _fields(schema: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The record's (name, type) pairs; every type is long, bytes or string (checked)."""
+    fields = tuple((f["name"], f["type"]) for f in schema["fields"])
+    odd = [f"{name}: {kind}" for name, kind in fields if kind not in ("long", "bytes", "string")]
+    if odd:  # pragma: no cover - a schema change that _write_record would have to learn
+        raise ImportError(f"udfs.features.codec writes only long, bytes and string fields: "
+                          f"{', '.join(odd)}")
+    return fields
+
+
+_FIELDS = _fields(STATE_SCHEMA)
+
+
+def _write_record(record: dict[str, Any]) -> bytes:
+    """The version byte and ``record`` in Avro binary: what fastavro's writer gives, faster.
+
+    A record of flat long, bytes and string fields is a zig-zag varint per long and a varint
+    length before each bytes or string value (the Avro specification, "Binary Encoding").
+    fastavro's schemaless writer, which walks the schema on every call, took ~26 µs of
+    ``encode_state``'s ~46 µs per state of the domain benchmark; this takes ~17 (2026-12-03).
+    ``tests/unit/test_features.py`` checks the bytes against fastavro's.
+    """
+    out = bytearray(_VERSION_BYTE)
+    for name, kind in _FIELDS:
+        value = record[name]
+        if kind == "long":
+            _write_long(out, value)
+        else:
+            if kind == "string":
+                value = value.encode()
+            _write_long(out, len(value))
+            out += value
+    return bytes(out)
+
+
+def _write_long(out: bytearray, value: int) -> None:
+    """Append ``value`` (a signed 64-bit int) to ``out`` as an Avro zig-zag varint."""
+    if not -(1 << 63) <= value < 1 << 63:
+        raise ValueError(f"feature state: {value} does not fit an Avro long")
+    value = (value << 1) ^ (value >> 63)
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
 
 
 def _pack_blocks(blocks: dict[int, array[int]]) -> tuple[int, bytes]:
