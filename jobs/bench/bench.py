@@ -442,8 +442,13 @@ class ResourceMonitor:
                  "peak_rss_mib": round(v["peak_rss_mib"], 1)} for role, v in by_role.items()]
 
 
-_ZONES = ("UTC", "Europe/Berlin", "Asia/Kolkata", "Asia/Tokyo", "Australia/Sydney",
-          "America/Los_Angeles", "America/New_York", "America/Sao_Paulo", "Pacific/Honolulu")
+#: zones at most about two hours apart all round the clock (winter and summer offsets), so a
+#: span of up to about five hours has one (a gap of 4.5 h once left a 4 h span at 09:00 UTC
+#: without one)
+_ZONES = ("UTC", "Europe/Berlin", "Europe/Athens", "Asia/Dubai", "Asia/Kolkata", "Asia/Bangkok",
+          "Asia/Tokyo", "Australia/Sydney", "Pacific/Auckland", "Pacific/Honolulu",
+          "America/Anchorage", "America/Los_Angeles", "America/Denver", "America/New_York",
+          "America/Sao_Paulo", "Atlantic/Cape_Verde")
 
 
 def daytime_zone(*instants_ms: int) -> str:

@@ -134,6 +134,17 @@ def test_a_daytime_zone_has_no_quiet_hours_at_the_instants() -> None:
     assert all(10 <= hour < 18 for hour in hours)
 
 
+@pytest.mark.parametrize("day", ["2026-01-15", "2026-07-15"])  # winter and summer offsets
+def test_a_span_of_five_hours_has_a_daytime_zone_at_any_time_of_day(day: str) -> None:
+    # the e2e tests ask for spans up to 4 h starting at whatever time CI runs
+    from datetime import datetime, timezone
+
+    midnight = int(datetime.fromisoformat(day).replace(tzinfo=timezone.utc).timestamp() * 1000)
+    for quarter in range(96):
+        start = midnight + quarter * 900_000
+        bench.daytime_zone(start, start + 5 * 3_600_000)  # raises when none fits
+
+
 def test_plans_ask_for_what_the_issue_names() -> None:
     assert bench.FULL.backlog == 1_000_000
     knobs = {point.knob for point in bench.FULL.sweep}
