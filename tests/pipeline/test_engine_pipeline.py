@@ -115,6 +115,12 @@ def test_metadata_holds_event_time_until_it_has_caught_up_then_never(env):
     assert g.periodic(1900) == idle and g.caughtUp()  # quiet 1000 ms: caught up, idle
     g.record(T0 + 60_000, 2000)  # a fresh update afterwards holds nothing
     assert [g.periodic(t) for t in (2001, 5000, 10_000)] == [none] * 3
+    # an empty topic: quiet from the first check (the task running), not from the generator's
+    # creation, which precedes the Python decode's start-up in the chain (seconds when loaded)
     quiet = generator(1000, None)
-    assert quiet.periodic(999) == none and quiet.periodic(1000) == idle  # an empty topic
+    assert quiet.periodic(5000) == none
+    assert quiet.periodic(5999) == none and quiet.periodic(6000) == idle
+    late = generator(1000, None)  # a record before the first check starts the quiet time too
+    late.record(T0, 7000)
+    assert late.periodic(7999) == T0 - 1 and late.periodic(8000) == idle
 

@@ -22,6 +22,13 @@ import org.apache.flink.util.clock.RelativeClock;
  * clicks alone move event time. A record then applies at its updated_at once the clicks'
  * watermark passes it, or at once, at the user's current event time, if that is already later.
  *
+ * <p>The quiet time counts from the first periodic check or the first record, not from the
+ * generator's creation: Flink opens a chain from its tail, so this operator opens before the
+ * Python decode in front of it has started its interpreter (seconds on a loaded machine), and
+ * its first periodic check runs only once the whole task runs. Counted from creation, an
+ * input whose start-up took longer than {@code quietMs} was idle before it could read a record,
+ * and clicks could be applied before the profiles written before them.
+ *
  * <p>A bounded replay passes a quiet time longer than the replay ({@code jobs.job.bounded_replay}):
  * the input then never goes idle, and this is exactly {@code forBoundedOutOfOrderness(0)}, which
  * keeps a replay decided by event time alone.
@@ -64,10 +71,13 @@ public final class ChangelogWatermarks<T> implements WatermarkStrategy<T> {
         /** {@link #periodic}'s answer when the input has just caught up: mark it idle. */
         public static final long IDLE = Long.MAX_VALUE;
 
+        private static final long UNSET = Long.MIN_VALUE;
+
         private final long quietMs;
         private final RelativeClock clock;
         private long maxTimestamp = Long.MIN_VALUE;
-        private long lastRecordMs;
+        /** When the last record came or, before any, the first check; UNSET before either. */
+        private long lastRecordMs = UNSET;
         private boolean caughtUp;
 
         /**
@@ -77,7 +87,6 @@ public final class ChangelogWatermarks<T> implements WatermarkStrategy<T> {
         public Generator(long quietMs, RelativeClock clock) {
             this.quietMs = quietMs;
             this.clock = clock;
-            this.lastRecordMs = clock == null ? 0 : clock.relativeTimeMillis();
         }
 
         /** A record with event time {@code timestamp} arrived at {@code nowMs}. */
@@ -91,11 +100,15 @@ public final class ChangelogWatermarks<T> implements WatermarkStrategy<T> {
         /**
          * The periodic check at {@code nowMs}: the watermark to emit (the newest event time so far,
          * minus 1 ms, as {@code forBoundedOutOfOrderness(0)} does), {@link #IDLE} when the input has
-         * just caught up, or {@link #NONE}.
+         * been quiet for {@code quietMs} since its last record (or, before any, since the first
+         * check), or {@link #NONE}.
          */
         public long periodic(long nowMs) {
             if (caughtUp) {
                 return NONE;
+            }
+            if (lastRecordMs == UNSET) {
+                lastRecordMs = nowMs;  // the first check: the task runs, the quiet time starts
             }
             if (nowMs - lastRecordMs >= quietMs) {
                 caughtUp = true;
