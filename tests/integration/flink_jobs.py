@@ -57,10 +57,10 @@ def wait_until_read(cfg, job_id, source, count, timeout_s=120):
     """Wait until the vertex of the Kafka source ``source`` has passed on ``count`` records.
 
     For a test whose premise is that a backlog (profiles) reached the engine before what it
-    sends next: the metadata input goes idle for good once quiet for ``idleness_ms`` after it
-    opens, so on a loaded machine a backlog read later than that no longer holds event time
-    back, and a click sent at once could be applied first. Flink's REST metrics lag by up to
-    its fetcher interval (10 s), so this waits at least that long in the worst case.
+    sends next: the metadata input goes idle for good once quiet for ``idleness_ms`` after its
+    task starts running, so on a loaded machine a backlog read later than that no longer holds
+    event time back, and a click sent at once could be applied first. Flink's REST metrics lag
+    by up to its fetcher interval (10 s), so this can wait that long.
     """
     deadline = time.monotonic() + timeout_s
     while True:
