@@ -178,8 +178,8 @@ def _write_record(record: dict[str, Any]) -> bytes:
 
     A record of flat long, bytes and string fields is a zig-zag varint per long and a varint
     length before each bytes or string value (the Avro specification, "Binary Encoding").
-    fastavro's schemaless writer, which walks the schema on every call, took ~26 µs of
-    ``encode_state``'s ~46 µs per state of the domain benchmark; this takes ~17 (2026-12-03).
+    fastavro's schemaless writer, which walks the schema on every call, took ~26 µs per state
+    of the domain benchmark; this takes ~17 (2026-12-03, docs/performance.md).
     ``tests/unit/test_features.py`` checks the bytes against fastavro's.
     """
     out = bytearray(_VERSION_BYTE)
