@@ -1,4 +1,4 @@
-"""`nudgeflow defs what-if` on the stack: 50,000 clicks of history, a candidate segment and two
+"""`nudgeflow defs what-if` on the stack: 20,000 clicks of history, a candidate segment and two
 candidate campaigns. The report's live + candidate side must equal what a live bounded run of the
 same definitions over the same events emits (segment changes, triggers by campaign, channel and
 tier, suppressions and deferrals by reason, arbitration losses), and the what-if must have
@@ -26,7 +26,7 @@ from udfs.catalog.files import CAMPAIGN_CATALOG_DIR, SEGMENT_CATALOG_DIR
 
 pytestmark = pytest.mark.integration
 
-SPEC = WorkloadSpec(users=2000, events=50_000, seed=23)
+SPEC = WorkloadSpec(users=800, events=20_000, seed=23)
 
 CANDIDATE_SEGMENT = """\
 id: window-shoppers
