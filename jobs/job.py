@@ -61,6 +61,7 @@ from udfs.flink.descriptors import (
     definitions_state,
 )
 from udfs.flink.event_time import EventTimeAssigner, NeutralTimeAssigner
+from udfs.flink.membership_writes import MEMBERSHIP_WRITE, MembershipWriteFunction
 from udfs.flink.user_engine import UserEngineFunction
 from udfs.stores.campaign_stats import StatsStoreFactory
 from udfs.stores.membership import CassandraRedisStore, StoreFactory
@@ -180,8 +181,8 @@ def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowC
                     store: StoreFactory, build_id: str | None = None) -> DataStream:
     """Key by user, connect the broadcast definitions, run the engine.
 
-    Emits ``ENGINE_OUTPUT_ROW`` rows (SegmentChanges, written to the ``store`` before
-    they are emitted; TriggerEvents; TriggerDecisions; DeadLetters of changes a store refused);
+    Emits ``ENGINE_OUTPUT_ROW`` rows (``MembershipWrite`` rows for ``write_membership``;
+    TriggerEvents; TriggerDecisions; ...);
     late events leave on the dead-letter side output. The engine carries this client's build
     id (``build_id``, default: this client's modules; ``udfs.build``) and fails at open on a
     TaskManager that holds another build's modules.
@@ -196,6 +197,24 @@ def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowC
         .uid(names.USER_ENGINE_UID)
         .name(names.USER_ENGINE_NAME)
     )
+
+
+def write_membership(engine: DataStream, cfg: NudgeflowConfig, store: StoreFactory
+                     ) -> DataStream:
+    """The engine's membership writes, written to ``store`` by a task of their own.
+
+    ``udfs.flink.membership_writes.MembershipWriteFunction`` starts a new chain, so its waits
+    for Cassandra and Redis run on a thread of their own while the engine goes on; it follows
+    the engine on a forward edge (same parallelism), which keeps each user's writes in the
+    engine's order. Emits ``ENGINE_OUTPUT_ROW`` rows: the SegmentChanges once written, and
+    DeadLetters of what a store refused for good. No keyed state: a savepoint taken before
+    this operator existed restores (it starts empty).
+    """
+    writes = route_engine_records(engine, MEMBERSHIP_WRITE, "membership-writes",
+                                  names.ROUTE_MEMBERSHIP_WRITES_UID)
+    return (writes.process(MembershipWriteFunction(cfg, store), output_type=ENGINE_OUTPUT_ROW)
+            .uid(names.MEMBERSHIP_WRITES_UID).name(names.MEMBERSHIP_WRITES_NAME)
+            .start_new_chain())
 
 
 def key_by_user(inputs: DataStream) -> KeyedStream:
@@ -317,10 +336,11 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         letters.append(backfill_letters)
     engine = run_user_engine(inputs, definition_rows, cfg, initial_definitions, model_files,
                              store, build_id)
+    written = write_membership(engine, cfg, store)
     roi_updates = campaign_statistics(engine, stats_store, cfg) \
         if stats_store is not None else None
     return JobOutputs(
-        segment_changes=route_engine_records(engine, "SegmentChange", cfg.segment_changes_topic,
+        segment_changes=route_engine_records(written, "SegmentChange", cfg.segment_changes_topic,
                                              names.ROUTE_SEGMENT_CHANGES_UID,
                                              schema_ids=schema_ids),
         # the trigger topics by priority tier: triggers-p0 .. triggers-p3
@@ -336,11 +356,13 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         conversions=route_engine_records(engine, "CampaignOutcome", cfg.outcomes_topic,
                                          names.ROUTE_CONVERSIONS_UID),
         # invalid and late clicks leave on the engine's side output; changes a store refused
-        # for good leave on its main output as DeadLetter rows (timers cannot use side outputs)
+        # for good leave the membership writer as DeadLetter rows
         dead_letters=metadata_letters.union(
             *letters, engine.get_side_output(DEAD_LETTER_TAG),
             route_engine_records(engine, "DeadLetter", cfg.dead_letter_topic,
-                                 names.ROUTE_DEAD_LETTERS_UID)),
+                                 names.ROUTE_DEAD_LETTERS_UID),
+            route_engine_records(written, "DeadLetter", cfg.dead_letter_topic,
+                                 names.ROUTE_STORE_DEAD_LETTERS_UID)),
         roi_updates=roi_updates,
     )
 

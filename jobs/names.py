@@ -39,6 +39,11 @@ KEY_BY_USER_NAME = "key by user"
 USER_ENGINE_UID = "user-engine"
 USER_ENGINE_NAME = "per-user engine: features, churn, segments, campaigns"
 # stateless Java routing of the engine's records to their topics (uid = name)
+ROUTE_MEMBERSHIP_WRITES_UID = "route-membership-writes"
+# the membership store's writes, a Python task of its own after the engine (forward edge)
+MEMBERSHIP_WRITES_UID = "membership-writes"
+MEMBERSHIP_WRITES_NAME = "membership writes: Cassandra and Redis"
+ROUTE_STORE_DEAD_LETTERS_UID = "route-store-dead-letters"
 ROUTE_SEGMENT_CHANGES_UID = "route-segment-changes"
 ROUTE_TRIGGERS_UID = "route-triggers-by-tier"
 ROUTE_DECISIONS_UID = "route-trigger-decisions"

@@ -312,7 +312,8 @@ STAGE_FRAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("scoring", ("MeasuredScorer.score", "vector_list")),
     # the engine step's campaign half, and the adapter encoding its triggers and decisions
     ("arbitration", ("_campaigns", "UserEngineFunction._triggers")),
-    # membership store writes, and encoding and emitting the segment changes
+    # handing a step's membership changes to the writer's thread (the writes themselves run
+    # on that thread: ``WRITER_FRAME``, not counted here)
     ("sinks", ("UserEngineFunction._segment_changes",)),
     ("state", ("UserEngineFunction._load_state", "UserEngineFunction._store_state",
                "encode_state", "ValueStateImpl.value", "ValueStateImpl.update",
@@ -320,6 +321,9 @@ STAGE_FRAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("engine", ("on_event", "on_metadata", "on_timer", "on_expiry", "_reevaluate")),
 )
 STAGES = ("decode", "engine", "scoring", "arbitration", "sinks", "state", "flink")
+#: a frame of the membership writer's thread (``udfs.flink.membership_writes``), a Python
+#: operator thread of its own: its samples are not the engine thread's
+WRITER_FRAME = "MembershipWriteFunction.process_element"
 
 
 def classify_samples(lines: Iterable[str]) -> tuple[Counter[str], int]:
@@ -328,7 +332,8 @@ def classify_samples(lines: Iterable[str]) -> tuple[Counter[str], int]:
     A raw line is ``frame;frame;...;frame count``, outermost first, each frame
     ``function (file:line)``. Samples of other threads (the Cassandra driver's loop, Redis,
     pools) are not counted; what is on the operator thread outside our stages (PyFlink's row
-    conversion, timers, metrics) is ``flink``. Returns (per stage, operator samples).
+    conversion, timers, metrics) is ``flink``; the membership writer's operator thread is not
+    counted either. Returns (per stage, operator samples).
     """
     per_stage: Counter[str] = Counter()
     total = 0
@@ -338,7 +343,9 @@ def classify_samples(lines: Iterable[str]) -> tuple[Counter[str], int]:
             continue
         functions = [frame.split(" (")[0] for frame in stack.split(";")]
         if not functions or not ("Operation" in functions[0] or "on_timer" in functions[0]):
-            continue  # not the operator thread
+            continue  # not an operator thread
+        if WRITER_FRAME in functions:
+            continue  # the membership writer's thread, not the engine's
         total += int(count)
         names = set(functions)
         stage = next((name for name, frames in STAGE_FRAMES

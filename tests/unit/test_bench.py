@@ -63,6 +63,10 @@ def test_samples_are_sorted_into_stages_and_other_threads_ignored() -> None:
         _line(OP, "RowDataConverter.to_internal (converters.py:105)", count=12),
         _line("Thread._bootstrap (threading.py:1002)",
               "LibevLoop._run_loop (cassandra/io/libevreactor.py:104)", count=500),
+        # the membership writer's operator thread: not the engine's
+        _line("OneInputFunctionOperation.process_element (pyflink/.../operations.py:98)",
+              "MembershipWriteFunction.process_element (udfs/flink/membership_writes.py:9)",
+              "CassandraRedisWriter.write_many (udfs/stores/membership.py:445)", count=70),
         "garbage line without count",
     ]
     per_stage, total = bench.classify_samples(lines)

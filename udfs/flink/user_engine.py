@@ -4,20 +4,20 @@
 metadata record (an ``engine.Arrival`` with the current watermark) and each timer (an
 ``engine.Timer`` at the watermark) it loads the user's keyed state (the clock first, the rest
 only if the step needs it), steps the pure engine, stores what the step changed, moves the
-user's one timer, writes its segment changes to the membership store (``udfs.stores``) and
-emits SegmentChanges, TriggerEvents and TriggerDecisions as ``ENGINE_OUTPUT_ROW`` rows; late
-clicks go to the dead-letter side output. A segment change a
-store refuses for good (``udfs.stores.membership.classify``) is emitted as a ``DeadLetter``
-engine row instead (routed to the dead-letter topic like the other kinds: a timer's records can
-only leave on the main output) and the job goes on.
+user's one timer, and emits a step's segment changes as one ``MembershipWrite`` row and its
+TriggerEvents and TriggerDecisions as ``ENGINE_OUTPUT_ROW`` rows (a timer's records can only
+leave on the main output); late clicks go to the dead-letter side output. The membership
+writes run in an operator of their own, on another thread (``udfs.flink.membership_writes``):
+it writes the changes to the membership store (``udfs.stores``) and only then emits them as
+SegmentChanges, or as ``DeadLetter`` rows when a store refuses them for good.
 
 An erasure (an ``erase`` row: a user-metadata tombstone; ``udfs.engine.Erasure``) is stepped at
-once: its EXITs are written and emitted as usual, then every keyed state of the user is cleared
-but the ``erased`` marker, the user's timer is deleted and the stores delete the user
-(``MembershipWriter.erase_user``). An erased user's later clicks and outcomes are dropped and
-counted, even clicks that would have been dead-lettered (invalid or late): the engine emits
-nothing of theirs (the metadata and outcome decoders, which run before any user's state, still
-dead-letter an invalid record of theirs).
+once: its EXITs are emitted as usual, then every keyed state of the user is cleared but the
+``erased`` marker, the user's timer is deleted and a ``MembershipWrite`` row asks the writer to
+delete the user from the stores after those EXITs (``MembershipWriter.erase_user``). An erased
+user's later clicks and outcomes are dropped and counted, even clicks that would have been
+dead-lettered (invalid or late): the engine emits nothing of theirs (the metadata and outcome
+decoders, which run before any user's state, still dead-letter an invalid record of theirs).
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ from udfs.flink.descriptors import (
     user_features_state,
     user_metadata_state,
 )
+from udfs.flink.membership_writes import MEMBERSHIP_WRITE, changes_payload, erasure_payload
 from udfs.flink.metrics import (
     LATENCY_BUCKETS_MS,
     SIZE_BUCKETS_BYTES,
@@ -148,11 +149,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     """Keyed by user, with the definitions broadcast: the per-user engine.
 
     For each click, metadata update or timer: load the user's state, call ``engine.step``,
-    store what it changed, register its timers, write its membership changes to the membership
-    store (blocking, retried; ``udfs.stores.membership``), then emit its SegmentChanges,
-    TriggerEvents and TriggerDecisions as ``ENGINE_OUTPUT_ROW`` rows (routed to their topics
-    downstream, in Java). Events later than the watermark minus the allowed lateness go to the
-    dead-letter side output (LATE_EVENT).
+    store what it changed, register its timers, then emit its membership changes (one
+    ``MembershipWrite`` row for ``udfs.flink.membership_writes``), TriggerEvents and
+    TriggerDecisions as ``ENGINE_OUTPUT_ROW`` rows (routed downstream, in Java). Events later
+    than the watermark minus the allowed lateness go to the dead-letter side output
+    (LATE_EVENT).
     """
 
     def __init__(self, cfg: Any, initial_definitions: list[dict[str, Any]],
@@ -220,12 +221,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.unconverted = LabelledCounters(metrics, "currency", "money_unconverted")
         self.timers_fired = BufferedCounter(metrics.counter("timers_fired"))
         self.rechecks_skipped = BufferedCounter(metrics.counter("rechecks_skipped"))
-        self.changes = LabelledCounters(metrics, "segment", "segment_changes")
-        self.enters = metrics.counter("segment_enters")
-        self.exits = metrics.counter("segment_exits")
         self.state_bytes = Histogram(metrics, "user_state_bytes", SIZE_BUCKETS_BYTES)
         self.store_retries = metrics.counter("store_retries")
-        self.store_rejected = LabelledCounters(metrics, "store", "store_rejected")
         self.redis_rebuilds = metrics.counter("redis_rebuilds")
         # inputs applied by processing time because the stream went quiet (quiet_release_ms)
         self.quiet_releases = metrics.counter("quiet_releases")
@@ -279,6 +276,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.features_cache: dict[str, tuple[bytes, UserFeatures]] = {}
         # user id -> (encoded metadata, its dict)
         self.metadata_cache: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        # the store's client for the definitions' history and the live segment sizes (the
+        # membership writes are udfs.flink.membership_writes's)
         self.writer = self.store_factory(on_retry=self.store_retries.inc,
                                          on_rebuild=lambda _report: self.redis_rebuilds.inc())
         # per step: the membership as read (when the step read it), and whether the campaign
@@ -670,57 +669,29 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.campaigns_stored = False
 
     def _erase_from_stores(self, user_id: str, step: engine.Step) -> Iterator[Row]:
-        """Delete the user from Cassandra and Redis; dead-letter what a store refused for good.
+        """Ask the membership writer to delete the user from Cassandra and Redis.
 
-        The dead letter names the user (its key) and what is left to delete by hand: the
-        erasure is a legal obligation, and a refusal must reach someone.
+        ``udfs.flink.membership_writes`` deletes them after the step's EXITs (the same channel,
+        in order) and dead-letters what a store refused for good: the erasure is a legal
+        obligation, and a refusal must reach someone.
         """
         self.users_erased.inc()
-        for rejection in self.writer.erase_user(user_id, step.erased_segments) or []:
-            yield self._rejected_letter(rejection, self.cfg.user_metadata_topic, user_id, None)
+        yield Row(MEMBERSHIP_WRITE, None, user_id.encode(),
+                  erasure_payload(user_id, list(step.erased_segments)), None)
 
     def _segment_changes(self, step: engine.Step, emit_time: int,
                          traces: dict[str, _Traced]) -> Iterator[Row]:
-        # durable before they are emitted (and so checkpointed); a step's changes together.
-        # emitted_at is the processing time of the step (the contract: emitted_at - event_time
-        # is the segment latency)
-        rejections = self.writer.write_many(step.changes) or []
-        refused = {rejection.change["change_id"] for rejection in rejections}
-        yield from self._store_rejections(rejections, emit_time)
-        for change in step.changes:
-            if change["change_id"] in refused:
-                continue
-            (self.enters if change["change"] == "ENTER" else self.exits).inc()
-            self.changes.inc(f"{change['segment_id']}.{change['change']}")
-            record = {**change, "emitted_at": emit_time}
-            yield Row("SegmentChange", None, change["user_id"].encode(),
-                      self.codec.encode("SegmentChange", record),
-                      _traceparent(traces, change["cause_event_id"]))
+        """The step's changes, together, to the membership writer (``membership_writes``).
 
-    def _store_rejections(self, rejections: list[Any], emit_time: int) -> Iterator[Row]:
-        """Dead letters (engine rows of kind DeadLetter) of changes a store refused for good.
-
-        Bounded like every dead letter (``udfs.intake.dead_letter``): the SegmentChange bytes
-        are kept up to ``dead_letter_raw_max_bytes``, the key (the user id) is cut.
+        It writes them to the stores and then emits them as SegmentChanges; emitted_at is the
+        processing time of this step (the contract: emitted_at - event_time is the segment
+        latency).
         """
-        for rejection in rejections:
-            change = rejection.change
-            raw = self.codec.encode("SegmentChange", {**change, "emitted_at": emit_time})
-            yield self._rejected_letter(rejection, self.cfg.segment_changes_topic,
-                                        change["user_id"], raw)
-
-    def _rejected_letter(self, rejection: Any, topic: str, user_id: str,
-                         raw: bytes | None) -> Row:
-        """The DeadLetter row of a write a store refused for good (counted by store)."""
-        self.store_rejected.inc(rejection.store)
-        record = intake.SourceRecord(topic, None, None, None,
-                                     user_id.encode("utf-8", "replace"), raw)
-        letter = intake.dead_letter(
-            record, intake.Rejected("STORE_REJECTED", rejection.reason(),
-                                    f"store:{rejection.store}"),
-            int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes)
-        return Row("DeadLetter", None, letter["key"], self.codec.encode("DeadLetter", letter),
-                   None)
+        if not step.changes:
+            return
+        traceparents = [_traceparent(traces, change["cause_event_id"]) for change in step.changes]
+        yield Row(MEMBERSHIP_WRITE, None, step.changes[0]["user_id"].encode(),
+                  changes_payload(step.changes, emit_time, traceparents), None)
 
     def _triggers(self, user_id: str, step: engine.Step, emit_time: int,
                   traces: dict[str, _Traced]) -> Iterator[Any]:

@@ -1,0 +1,140 @@
+"""The membership store's writes as an operator of their own, off the engine's thread.
+
+``MembershipWriteFunction`` runs after the per-user engine, in a task (a thread) of its own on
+a forward edge. The engine emits one ``MembershipWrite`` row per step that changed membership
+(the step's SegmentChanges together) and one per erasure; this operator writes them to the
+membership store (``udfs.stores.membership``: Cassandra, then Redis; blocking, retried) and
+only then emits the SegmentChanges, as ``ENGINE_OUTPUT_ROW`` rows for the Kafka routing. A
+change a store refuses for good becomes a ``DeadLetter`` row (STORE_REJECTED) instead, as does
+what an erasure could not delete.
+
+Why a separate task: a step's writes wait for two stores (a millisecond or more on a loaded
+machine, most of it waiting), and on the engine's thread that wait stopped the engine. Here
+the engine goes on with the next users while the writes of the last ones are in flight.
+
+What still holds:
+
+- **durable before checkpointed**: a checkpoint barrier reaches this operator after every row
+  the engine emitted before it, and this operator handles each row to the end (written,
+  acknowledged) before the next; so a completed checkpoint covers no change that is not in
+  both stores, as before. After a failure the engine's rows since the last checkpoint are
+  produced again and written again (every write is idempotent);
+- **per-user order**: a user's rows come from one engine subtask over one forward channel, in
+  the order the engine emitted them: a user's EXIT is never written before the ENTER before it,
+  and an erasure runs after the EXITs of its step;
+- **an outage stops nothing but the writes**: while a store is down this operator retries and
+  backpressures the engine, as the engine's own writes did.
+
+The rows' value is JSON (internal to the job, never on a topic): ``{"at": emit_time,
+"changes": [SegmentChange dicts without emitted_at], "traceparents": [..]}`` or ``{"erase":
+user_id, "segments": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from pyflink.common import Row
+from pyflink.datastream import ProcessFunction, RuntimeContext
+
+from schemas.codec import Codec
+from udfs import intake
+from udfs.flink.decode import maybe_bytes
+from udfs.flink.metrics import LabelledCounters
+
+#: the engine's row kind of a step's membership writes (routed here, never to a topic)
+MEMBERSHIP_WRITE = "MembershipWrite"
+
+
+def changes_payload(changes: list[dict[str, Any]], emit_time: int,
+                    traceparents: list[str | None]) -> bytes:
+    """The value of a ``MembershipWrite`` row of a step's changes (see the module)."""
+    return json.dumps({"at": emit_time, "changes": changes, "traceparents": traceparents},
+                      separators=(",", ":")).encode()
+
+
+def erasure_payload(user_id: str, segment_ids: list[str]) -> bytes:
+    """The value of a ``MembershipWrite`` row that deletes what is left of a user."""
+    return json.dumps({"erase": user_id, "segments": sorted(segment_ids)},
+                      separators=(",", ":")).encode()
+
+
+class MembershipWriteFunction(ProcessFunction):
+    """Write each ``MembershipWrite`` row to the membership store, then emit its SegmentChanges.
+
+    Input: the engine's ``MembershipWrite`` rows as routed (Row(topic, key, value,
+    traceparent)); output: ``ENGINE_OUTPUT_ROW`` rows (SegmentChange, DeadLetter).
+    """
+
+    def __init__(self, cfg: Any, store_factory: Any) -> None:
+        self.cfg = cfg
+        # creates the membership store in open() (a client is never pickled)
+        self.store_factory = store_factory
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        """The codec, the metrics and the store's writer (blocks until Cassandra answers)."""
+        self.codec = Codec.load()
+        metrics = runtime_context.get_metrics_group()
+        self.changes = LabelledCounters(metrics, "segment", "segment_changes")
+        self.enters = metrics.counter("segment_enters")
+        self.exits = metrics.counter("segment_exits")
+        self.store_retries = metrics.counter("store_retries")
+        self.store_rejected = LabelledCounters(metrics, "store", "store_rejected")
+        self.redis_rebuilds = metrics.counter("redis_rebuilds")
+        self.writer = self.store_factory(on_retry=self.store_retries.inc,
+                                         on_rebuild=lambda _report: self.redis_rebuilds.inc())
+
+    def close(self) -> None:
+        """Close the store connections."""
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.close()
+
+    def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
+        """Write one row's changes (or erasure) and emit what the stores accepted."""
+        doc = json.loads(maybe_bytes(value[2]) or b"{}")
+        if "erase" in doc:
+            user_id = doc["erase"]
+            for rejection in self.writer.erase_user(user_id, doc["segments"]) or []:
+                yield self._rejected_letter(rejection, self.cfg.user_metadata_topic, user_id,
+                                            None)
+            return
+        emit_time, changes = doc["at"], doc["changes"]
+        # durable before they are emitted (and so checkpointed); a step's changes together.
+        # emitted_at is the processing time of the engine's step (the contract: emitted_at -
+        # event_time is the segment latency)
+        rejections = self.writer.write_many(changes) or []
+        refused = {rejection.change["change_id"] for rejection in rejections}
+        for rejection in rejections:
+            change = rejection.change
+            raw = self.codec.encode("SegmentChange", {**change, "emitted_at": emit_time})
+            yield self._rejected_letter(rejection, self.cfg.segment_changes_topic,
+                                        change["user_id"], raw)
+        for change, traceparent in zip(changes, doc["traceparents"], strict=True):
+            if change["change_id"] in refused:
+                continue
+            (self.enters if change["change"] == "ENTER" else self.exits).inc()
+            self.changes.inc(f"{change['segment_id']}.{change['change']}")
+            yield Row("SegmentChange", None, change["user_id"].encode(),
+                      self.codec.encode("SegmentChange", {**change, "emitted_at": emit_time}),
+                      traceparent)
+
+    def _rejected_letter(self, rejection: Any, topic: str, user_id: str,
+                         raw: bytes | None) -> Row:
+        """The DeadLetter row of a write a store refused for good (counted by store).
+
+        Bounded like every dead letter (``udfs.intake.dead_letter``): the SegmentChange bytes
+        are kept up to ``dead_letter_raw_max_bytes``, the key (the user id) is cut.
+        """
+        self.store_rejected.inc(rejection.store)
+        record = intake.SourceRecord(topic, None, None, None,
+                                     user_id.encode("utf-8", "replace"), raw)
+        letter = intake.dead_letter(
+            record, intake.Rejected("STORE_REJECTED", rejection.reason(),
+                                    f"store:{rejection.store}"),
+            int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes)
+        return Row("DeadLetter", None, letter["key"], self.codec.encode("DeadLetter", letter),
+                   None)
