@@ -181,11 +181,11 @@ def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowC
                     store: StoreFactory, build_id: str | None = None) -> DataStream:
     """Key by user, connect the broadcast definitions, run the engine.
 
-    Emits ``ENGINE_OUTPUT_ROW`` rows (``MembershipWrite`` rows for ``write_membership``;
-    TriggerEvents; TriggerDecisions; ...);
-    late events leave on the dead-letter side output. The engine carries this client's build
-    id (``build_id``, default: this client's modules; ``udfs.build``) and fails at open on a
-    TaskManager that holds another build's modules.
+    Emits ``ENGINE_OUTPUT_ROW`` rows (a step's segment changes as one ``MembershipWrite`` row
+    for ``write_membership``; TriggerEvents; TriggerDecisions; CampaignOutcomes; LiftFacts;
+    DeadLetters of rejected definitions); late events leave on the dead-letter side output.
+    The engine carries this client's build id (``build_id``, default: this client's modules;
+    ``udfs.build``) and fails at open on a TaskManager that holds another build's modules.
     """
     broadcast = definitions.broadcast(definitions_state())
     return (
