@@ -182,8 +182,8 @@ def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowC
     """Key by user, connect the broadcast definitions, run the engine.
 
     Emits ``ENGINE_OUTPUT_ROW`` rows (a step's segment changes as one ``MembershipWrite`` row
-    for ``write_membership``; TriggerEvents; TriggerDecisions; CampaignOutcomes; LiftFacts;
-    DeadLetters of rejected definitions); late events leave on the dead-letter side output.
+    for ``write_membership``; TriggerEvents; TriggerDecisions; CampaignOutcomes; LiftFacts);
+    invalid and late clicks and rejected definitions leave on the dead-letter side output.
     The engine carries this client's build id (``build_id``, default: this client's modules;
     ``udfs.build``) and fails at open on a TaskManager that holds another build's modules.
     """
@@ -206,8 +206,9 @@ def write_membership(engine: DataStream, cfg: NudgeflowConfig, store: StoreFacto
     ``udfs.flink.membership_writes.MembershipWriteFunction`` starts a new chain, so its waits
     for Cassandra and Redis run on a thread of their own while the engine goes on; it follows
     the engine on a forward edge (same parallelism), which keeps each user's writes in the
-    engine's order. Emits ``ENGINE_OUTPUT_ROW`` rows: the SegmentChanges once written, and
-    DeadLetters of what a store refused for good. No keyed state: a savepoint taken before
+    engine's order. Emits ``ENGINE_OUTPUT_ROW`` rows: the SegmentChanges once written; the
+    DeadLetters of what a store refused for good leave on its ``DEAD_LETTER_TAG`` side output.
+    No keyed state: a savepoint taken before
     this operator existed restores (it starts empty).
     """
     writes = route_engine_records(engine, MEMBERSHIP_WRITE, "membership-writes",
@@ -355,14 +356,11 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         # a conversion see them like any sender's outcome
         conversions=route_engine_records(engine, "CampaignOutcome", cfg.outcomes_topic,
                                          names.ROUTE_CONVERSIONS_UID),
-        # invalid and late clicks leave on the engine's side output; changes a store refused
-        # for good leave the membership writer as DeadLetter rows
+        # invalid and late clicks leave on the engine's side output, changes a store refused
+        # for good on the membership writer's
         dead_letters=metadata_letters.union(
             *letters, engine.get_side_output(DEAD_LETTER_TAG),
-            route_engine_records(engine, "DeadLetter", cfg.dead_letter_topic,
-                                 names.ROUTE_DEAD_LETTERS_UID),
-            route_engine_records(written, "DeadLetter", cfg.dead_letter_topic,
-                                 names.ROUTE_STORE_DEAD_LETTERS_UID)),
+            written.get_side_output(DEAD_LETTER_TAG)),
         roi_updates=roi_updates,
     )
 

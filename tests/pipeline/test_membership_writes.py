@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 from jobs.config import NudgeflowConfig
 from schemas.codec import Codec
+from udfs.flink.descriptors import DEAD_LETTER_TAG
 from udfs.flink.membership_writes import (
     MembershipWriteFunction,
     changes_payload,
@@ -96,8 +97,10 @@ def test_a_refused_change_is_dead_lettered_and_the_others_emitted():
     function, metrics = opened(writer)
     rows = list(function.process_element(
         routed(changes_payload([change(1), change(2), change(3)], 5_000, [None] * 3)), None))
-    assert [row[0] for row in rows] == ["DeadLetter", "SegmentChange", "SegmentChange"]
-    letter = Codec.load().decode(bytes(rows[0][3]), expect="DeadLetter")
+    assert [row[0] for row in rows] == [DEAD_LETTER_TAG, "SegmentChange", "SegmentChange"]
+    topic, _, value, _ = rows[0][1]  # (tag, Row(topic, key, value, traceparent))
+    assert topic == NudgeflowConfig().dead_letter_topic
+    letter = Codec.load().decode(bytes(value), expect="DeadLetter")
     assert letter["reason_code"] == "STORE_REJECTED"
     assert "redis refused ENTER of segment 's2'" in letter["reason"]
     assert metrics.counts["segment_enters"] == 2
@@ -109,7 +112,9 @@ def test_an_erasure_deletes_the_user_and_dead_letters_what_a_store_refused():
     assert list(function.process_element(routed(erasure_payload("ann", ["b", "a"])), None)) == []
     rows = list(function.process_element(routed(erasure_payload("bob", [])), None))
     assert writer.calls == [("erase_user", "ann", ["a", "b"]), ("erase_user", "bob", [])]
-    assert [row[0] for row in rows] == ["DeadLetter"]
+    assert [row[0] for row in rows] == [DEAD_LETTER_TAG]
+    letter = Codec.load().decode(bytes(rows[0][1][2]), expect="DeadLetter")
+    assert letter["reason_code"] == "STORE_REJECTED" and "erasure of user" in letter["reason"]
     function.close()
     assert writer.calls[-1] == ("close",)
 

@@ -5,8 +5,8 @@ a forward edge. The engine emits one ``MembershipWrite`` row per step that chang
 (the step's SegmentChanges together) and one per erasure; this operator writes them to the
 membership store (``udfs.stores.membership``: Cassandra, then Redis; blocking, retried) and
 only then emits the SegmentChanges, as ``ENGINE_OUTPUT_ROW`` rows for the Kafka routing. A
-change a store refuses for good becomes a ``DeadLetter`` row (STORE_REJECTED) instead, as does
-what an erasure could not delete.
+change a store refuses for good goes to the dead-letter side output (STORE_REJECTED) instead,
+as does what an erasure could not delete.
 
 Why a separate task: a step's writes wait for two stores (a millisecond or more on a loaded
 machine, most of it waiting), and on the engine's thread that wait stopped the engine. Here
@@ -22,8 +22,9 @@ What still holds:
 - **per-user order**: a user's rows come from one engine subtask over one forward channel, in
   the order the engine emitted them: a user's EXIT is never written before the ENTER before it,
   and an erasure runs after the EXITs of its step;
-- **an outage stops nothing but the writes**: while a store is down this operator retries and
-  backpressures the engine, as the engine's own writes did.
+- **an outage stalls, it loses nothing**: while a store is down this operator retries, and
+  once the channel's buffers are full the engine behind it waits too (backpressure), as it
+  did when it wrote itself.
 
 The rows' value is JSON (internal to the job, never on a topic): ``{"at": emit_time,
 "changes": [SegmentChange dicts without emitted_at], "traceparents": [..]}`` or ``{"erase":
@@ -42,7 +43,7 @@ from pyflink.datastream import ProcessFunction, RuntimeContext
 
 from schemas.codec import Codec
 from udfs import intake
-from udfs.flink.decode import maybe_bytes
+from udfs.flink.decode import dead_letter_row
 from udfs.flink.metrics import LabelledCounters
 
 #: the engine's row kind of a step's membership writes (routed here, never to a topic)
@@ -66,7 +67,8 @@ class MembershipWriteFunction(ProcessFunction):
     """Write each ``MembershipWrite`` row to the membership store, then emit its SegmentChanges.
 
     Input: the engine's ``MembershipWrite`` rows as routed (Row(topic, key, value,
-    traceparent)); output: ``ENGINE_OUTPUT_ROW`` rows (SegmentChange, DeadLetter).
+    traceparent)); output: ``ENGINE_OUTPUT_ROW`` SegmentChange rows, and DeadLetters on the
+    ``DEAD_LETTER_TAG`` side output.
     """
 
     def __init__(self, cfg: Any, store_factory: Any) -> None:
@@ -93,9 +95,9 @@ class MembershipWriteFunction(ProcessFunction):
         if writer is not None:
             writer.close()
 
-    def process_element(self, value: Row, ctx: Any) -> Iterator[Row]:
+    def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
         """Write one row's changes (or erasure) and emit what the stores accepted."""
-        doc = json.loads(maybe_bytes(value[2]) or b"{}")
+        doc = json.loads(bytes(value[2]))
         if "erase" in doc:
             user_id = doc["erase"]
             for rejection in self.writer.erase_user(user_id, doc["segments"]) or []:
@@ -123,8 +125,8 @@ class MembershipWriteFunction(ProcessFunction):
                       traceparent)
 
     def _rejected_letter(self, rejection: Any, topic: str, user_id: str,
-                         raw: bytes | None) -> Row:
-        """The DeadLetter row of a write a store refused for good (counted by store).
+                         raw: bytes | None) -> tuple[Any, Row]:
+        """The dead letter of a write a store refused for good (counted by store).
 
         Bounded like every dead letter (``udfs.intake.dead_letter``): the SegmentChange bytes
         are kept up to ``dead_letter_raw_max_bytes``, the key (the user id) is cut.
@@ -132,9 +134,7 @@ class MembershipWriteFunction(ProcessFunction):
         self.store_rejected.inc(rejection.store)
         record = intake.SourceRecord(topic, None, None, None,
                                      user_id.encode("utf-8", "replace"), raw)
-        letter = intake.dead_letter(
-            record, intake.Rejected("STORE_REJECTED", rejection.reason(),
-                                    f"store:{rejection.store}"),
+        return dead_letter_row(
+            self.codec, self.cfg.dead_letter_topic, record,
+            intake.Rejected("STORE_REJECTED", rejection.reason(), f"store:{rejection.store}"),
             int(time.time() * 1000), self.cfg.dead_letter_raw_max_bytes)
-        return Row("DeadLetter", None, letter["key"], self.codec.encode("DeadLetter", letter),
-                   None)

@@ -9,7 +9,7 @@ TriggerEvents and TriggerDecisions as ``ENGINE_OUTPUT_ROW`` rows (a timer's reco
 leave on the main output); late clicks go to the dead-letter side output. The membership
 writes run in an operator of their own, on another thread (``udfs.flink.membership_writes``):
 it writes the changes to the membership store (``udfs.stores``) and only then emits them as
-SegmentChanges, or as ``DeadLetter`` rows when a store refuses them for good.
+SegmentChanges, or as dead letters when a store refuses them for good.
 
 An erasure (an ``erase`` row: a user-metadata tombstone; ``udfs.engine.Erasure``) is stepped at
 once: its EXITs are emitted as usual, then every keyed state of the user is cleared but the
@@ -524,7 +524,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         yield from self._segment_changes(step, emit_time, traces)
         if step.erasure:
             # after the EXITs (they write history rows too): whatever is left of the user goes
-            yield from self._erase_from_stores(user_id, step)
+            yield from self._erasure_write(user_id, step)
         yield from self._triggers(user_id, step, emit_time, traces)
         if self.spans is not None and traces:
             self._export_spans(step, traces, emit_time)
@@ -668,7 +668,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.loaded_membership = {}
         self.campaigns_stored = False
 
-    def _erase_from_stores(self, user_id: str, step: engine.Step) -> Iterator[Row]:
+    def _erasure_write(self, user_id: str, step: engine.Step) -> Iterator[Row]:
         """Ask the membership writer to delete the user from Cassandra and Redis.
 
         ``udfs.flink.membership_writes`` deletes them after the step's EXITs (the same channel,
