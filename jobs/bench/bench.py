@@ -70,6 +70,8 @@ class Plan:
     backlog: int
     step_s: float  # seconds of sending per latency step
     profile_s: float  # seconds of py-spy sampling during the p1 drain
+    #: the journeys section's drains: ABBA, or AB where the run is only a smoke check
+    journey_order: tuple[str, ...] = ("without", "with", "with", "without")
     sweep_backlog: int = 0
     sweep: tuple[SweepPoint, ...] = ()
 
@@ -93,7 +95,8 @@ SWEEP = (
                ("--bundle-time-ms", "5", "--buffer-timeout-ms", "5")),
 )
 
-QUICK = Plan("quick", users=1_000, backlog=12_000, step_s=1.0, profile_s=5.0)
+QUICK = Plan("quick", users=1_000, backlog=12_000, step_s=1.0, profile_s=5.0,
+             journey_order=("without", "with"))
 FULL = Plan("full", users=50_000, backlog=1_000_000, step_s=5.0, profile_s=20.0,
             sweep_backlog=20_000, sweep=SWEEP)
 
@@ -851,22 +854,24 @@ class Bench:
 
         return after
 
-    def _journeys(self, base: Any, users: int) -> dict[str, Any]:
-        """The p1 drain without and with the three catalog journeys loaded, ABBA.
+    def _journeys(self, base: Any, users: int, order: Sequence[str]) -> dict[str, Any]:
+        """The p1 drain without and with the three catalog journeys loaded, in ``order``.
 
         The same backlog, parallelism, delivery and checkpoint interval; only
-        ``--journeys-dir`` differs. Four drains in the order plain, journeys, journeys, plain,
-        so a drift of the machine's speed during the run weighs on both builds alike; each
-        build's figure is the mean of its two drains, and its state per user is measured
-        after each drain (``state_size``).
+        ``--journeys-dir`` differs. The full run drains in the order plain, journeys, journeys,
+        plain (ABBA), so a drift of the machine's speed during the run weighs on both builds
+        alike; each build's figure is the mean of its drains, and its state per user is
+        measured after each drain (``state_size``). The quick run drains each build once: a
+        smoke check of the section, not a figure to compare.
         """
         from udfs.catalog.files import JOURNEY_CATALOG_DIR
 
         flags = ("--parallelism", "1", "--delivery-guarantee", "at-least-once")
         builds = {"without": flags, "with": (*flags, "--journeys-dir", str(JOURNEY_CATALOG_DIR))}
         runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
-        for n, build in enumerate(("without", "with", "with", "without")):
-            self.say(f"  journeys: {build} the three catalog journeys, drain {n + 1} of 4 ...")
+        for n, build in enumerate(order):
+            self.say(f"  journeys: {build} the three catalog journeys, drain {n + 1} of "
+                     f"{len(order)} ...")
             cfg = self.own_checkpoints(fresh_config(base), f"journeys-{n + 1}-{build}")
             run = self.drain(cfg, builds[build], f"p1 at-least-once, {build} journeys",
                              after=self.state_size(cfg, users))
@@ -874,7 +879,8 @@ class Bench:
             self.say(f"    {run['events_per_s']:,.0f} events/s")
         section: dict[str, Any] = {
             "journeys": sorted(p.stem for p in JOURNEY_CATALOG_DIR.glob("*.yaml")),
-            "order": "ABBA (without, with, with, without)",
+            "order": "".join("A" if b == "without" else "B" for b in order)
+            + f" ({', '.join(order)})",
         }
         for build, pair in runs.items():
             rates = [r["events_per_s"] for r in pair]
@@ -882,6 +888,7 @@ class Bench:
             section[build] = {
                 "events_per_s": round(sum(rates) / len(rates), 1),
                 "runs_events_per_s": rates,
+                "drains": len(rates),
                 "state_bytes_per_user": round(sum(states) / len(states), 1) if states else None,
                 "state_error": next((r["state_error"] for r in pair if "state_error" in r),
                                     None),
@@ -1146,7 +1153,7 @@ class Bench:
                                + "; ".join(problems))
         p1 = throughput[0]
         results.update(self._stages(p1))
-        results["journeys"] = self._journeys(base, plan.users)
+        results["journeys"] = self._journeys(base, plan.users, plan.journey_order)
         # 2. latency, each delivery mode on topics of its own holding only the probe's users
         best = max(run["events_per_s"] for run in throughput)
         probes = max_rate_probes(p1["events_per_s"])

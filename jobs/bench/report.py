@@ -200,6 +200,12 @@ def _resource_rows(results: dict) -> list[Row]:
              _num(r.get("peak_rss_mib"))) for r in _entries(results, "resources")]
 
 
+def _drains(build: dict) -> str:
+    """How a build's figure was made: "mean of N" drains, or "one drain" (quick mode)."""
+    drains = build.get("drains") or len(build.get("runs_events_per_s") or []) or 2
+    return "one drain" if drains == 1 else f"mean of {drains}"
+
+
 def _journeys_rows(results: dict) -> list[Row]:
     """The same drain without and with the catalog journeys: events/s and state per user."""
     section = _section(results, "journeys")
@@ -208,9 +214,9 @@ def _journeys_rows(results: dict) -> list[Row]:
     names = ", ".join(section.get("journeys") or []) or MISSING
     without, with_ = section.get("without") or {}, section.get("with") or {}
     change = section.get("throughput_change")
-    return [("campaigns only (mean of 2)", _rate(without.get("events_per_s")), "",
+    return [(f"campaigns only ({_drains(without)})", _rate(without.get("events_per_s")), "",
              _num(without.get("state_bytes_per_user"))),
-            (f"+ journeys ({names}; mean of 2)", _rate(with_.get("events_per_s")),
+            (f"+ journeys ({names}; {_drains(with_)})", _rate(with_.get("events_per_s")),
              _fraction(change),
              _num(with_.get("state_bytes_per_user")))]
 

@@ -332,6 +332,16 @@ def test_report_shows_journeys_against_campaigns_only():
     assert "**Journeys**" in section and "| 963 | -6.6% | 4,101 |" in section
 
 
+def test_report_says_how_many_drains_each_journeys_figure_is():
+    results = with_journeys(sample_results())
+    assert "(mean of 2)" in line_with(br.format_report(results), "campaigns only")
+    for build in ("without", "with"):  # the quick run's AB: one drain each
+        results["journeys"][build]["drains"] = 1
+    report = br.format_report(results)
+    assert "(one drain)" in line_with(report, "campaigns only")
+    assert "; one drain)" in line_with(report, "+ journeys")
+
+
 def test_report_without_a_journeys_section_leaves_it_out():
     assert "Journeys" not in br.format_report(sample_results())
     assert "Journeys" not in br.readme_section(sample_results())
