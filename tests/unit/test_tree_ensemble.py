@@ -97,6 +97,52 @@ def test_the_hand_made_ensemble_scores_as_onnxruntime_row_by_row_and_in_batches(
     np.testing.assert_array_equal(single, trees.probabilities(rows))
 
 
+def _deep_nodes(depth: int) -> list[tuple[Any, ...]]:
+    """One full tree of ``depth`` levels (2**depth - 1 branch nodes) over the three features."""
+    nodes: list[tuple[Any, ...]] = []
+    branches = 2 ** depth - 1
+    for n in range(2 ** (depth + 1) - 1):
+        if n < branches:
+            nodes.append((0, n, "BRANCH_LEQ", n % WIDTH, 0.25 * n - 1.0, 2 * n + 1, 2 * n + 2,
+                          0.0))
+        else:
+            nodes.append((0, n, "LEAF", 0, 0.0, 0, 0, 0.1 * (n - branches) - 0.4))
+    return nodes
+
+
+def test_the_table_lookup_scores_exactly_as_the_level_walk():
+    """Differential: the one-lookup form (``PathTable``) against the walk over the same trees,
+    on the probe rows (ties, ulps, NaN) and the shipped model's random rows, one by one and
+    in batches: identical log-odds, not merely close."""
+    hand_made = compile_classifier(_ensemble(), WIDTH)
+    shipped = ChurnModel.load(CHURN_ONNX, CHURN_META)._trees
+    assert shipped is not None
+    rng = np.random.default_rng(11)
+    random_rows = (rng.standard_normal((2000, len(FEATURE_NAMES)))
+                   * rng.choice([1.0, 10.0, 1000.0], size=(2000, len(FEATURE_NAMES)))
+                   ).astype(np.float32)
+    random_rows[rng.random(random_rows.shape) < 0.02] = np.nan
+    for trees, rows in ((hand_made, _probe_rows()), (shipped, random_rows)):
+        assert trees.table is not None
+        walk = dataclasses.replace(trees, table=None)
+        np.testing.assert_array_equal(trees.log_odds(rows), walk.log_odds(rows))
+        np.testing.assert_array_equal([trees.log_odds(row) for row in rows[:300]],
+                                      [walk.log_odds(row) for row in rows[:300]])
+
+
+def test_trees_with_more_branch_nodes_than_the_table_takes_are_walked():
+    fits = compile_classifier(_ensemble(_deep_nodes(3)), WIDTH)  # 7 branch nodes
+    assert fits.table is not None and fits.table.branches == tree_ensemble.TABLE_MAX_BRANCHES
+    data = _ensemble(_deep_nodes(4))  # 15
+    deep = compile_classifier(data, WIDTH)
+    assert deep.table is None and deep.depth == 4
+    rows = np.random.default_rng(3).uniform(-3, 4, size=(500, WIDTH)).astype(np.float32)
+    np.testing.assert_allclose(deep.probabilities(rows), _onnxruntime(data, rows), rtol=0,
+                               atol=1e-6)
+    np.testing.assert_allclose(fits.probabilities(rows), _onnxruntime(_ensemble(_deep_nodes(3)),
+                                                                      rows), rtol=0, atol=1e-6)
+
+
 def test_a_leaf_weight_moved_changes_the_score_where_onnxruntime_would():
     """Sensitivity: a wrong leaf would show. Changing one leaf's weight moves exactly the rows
     that reach it, in both implementations alike."""
