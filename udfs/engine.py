@@ -44,7 +44,9 @@ from udfs.catalog.registries import Registries
 from udfs.clock import CLICK_RANK, METADATA_RANK, OUTCOME_RANK, Pending, UserClock
 from udfs.currency.rates import to_reference
 from udfs.features import state as feature_state
+from udfs.features.spec import FEATURE_NAMES
 from udfs.features.vector import FeatureView, vector_list
+from udfs.features.vector import vector as feature_values
 from udfs.journeys import runner as journey_runner
 from udfs.segments.conditions import MEMBERSHIP_RECHECK_MS, evaluate
 from udfs.segments.updates import SegmentRegistry
@@ -813,15 +815,15 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
         # a user's clock never goes backwards: an input that arrived after the clock passed its
         # time (late) is evaluated at the clock
         now_ms = max(now_ms, state.clock.clock_ms)
-    vector = None
+    values = None
     if scorer is not None and state.features is not None:
         # re-scored at every evaluation (each new event, metadata update and timer): the
-        # vector changes with time alone (recency), and a score costs ~12 µs; the segments
-        # then read the same vector
-        vector = vector_list(state.features, now_ms, state.metadata)
-        state.churn_score = scorer.score(vector)
+        # vector changes with time alone (recency), and a score costs ~10 µs; the segments
+        # then read the same values
+        values = feature_values(state.features, now_ms, state.metadata)
+        state.churn_score = scorer.score([values[name] for name in FEATURE_NAMES])
         state.model_version = scorer.version
-    view = FeatureView(state.features, state.metadata, now_ms, state.churn_score, vector)
+    view = FeatureView(state.features, state.metadata, now_ms, state.churn_score, values)
     changes: list[dict[str, Any]] = []
     next_timer: int | None = None
 

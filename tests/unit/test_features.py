@@ -911,7 +911,7 @@ def test_a_view_given_the_vector_answers_like_one_that_computes_it():
         state = update(state, ev(i, T0 + i * 60_000, etype,
                                  **(cart if etype in ("ADD_TO_CART", "PURCHASE") else {})))
     now = T0 + 3_600_000
-    given = FeatureView(state, None, now, vector=vector_list(state, now, None))
+    given = FeatureView(state, None, now, values=vector(state, now, None))
     computed = FeatureView(state, None, now)
     assert [given.feature(n) for n in FEATURE_NAMES] == [computed.feature(n)
                                                          for n in FEATURE_NAMES]

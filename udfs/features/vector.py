@@ -227,17 +227,17 @@ class FeatureView:
         metadata: Mapping[str, Any] | None,
         now_ms: int,
         churn_score: float | None = None,
-        vector: list[float] | None = None,
+        values: dict[str, float] | None = None,
     ) -> None:
         self._state = state
         self._metadata = metadata
         self._now_ms = now_ms
         self._churn_score = churn_score
-        # ``vector``: the vector_list of the same state, metadata and time, when the caller
-        # already has it (the engine scores it): no feature is computed twice
-        self._values: dict[str, float] = (
-            dict(zip(FEATURE_NAMES, vector, strict=True)) if vector is not None else {})
-        self._rest_done = vector is not None
+        # ``values``: ``vector`` of the same state, metadata and time, when the caller already
+        # has it (the engine scores it): no feature is computed twice. Taken as is, not copied
+        # (the view only adds to it, and it is complete)
+        self._values: dict[str, float] = values if values is not None else {}
+        self._rest_done = values is not None
         self._recent: tuple[RecentEvent, ...] | None = None
 
     @property
