@@ -96,11 +96,18 @@ class TreeEnsemble:
     #: the one-lookup form of the same trees, when each has few enough branch nodes
     table: PathTable | None = None
 
-    def log_odds(self, x: np.ndarray) -> np.ndarray:
-        """The float32 log-odds of class 1 for rows ``x`` (float32[rows, width] or [width])."""
+    def log_odds(self, x: np.ndarray) -> np.ndarray | np.float32:
+        """The float32 log-odds of class 1 for rows ``x`` (float32[rows, width] or [width]).
+
+        One row gives a float32 scalar (or a 0-d array, walked), rows an array.
+        """
         table = self.table
         if table is None:
             return self._walk(x)
+        if x.ndim == 1:  # one row: the engine's case, kept to the fewest numpy calls
+            index = (x[table.feature] <= table.threshold).reshape(-1, table.branches) \
+                @ table.powers
+            return np.float32(table.weights[index + table.offsets].sum() + self.base)
         bits = x[..., table.feature] <= table.threshold
         index = bits.reshape(*bits.shape[:-1], -1, table.branches) @ table.powers
         return (table.weights[index + table.offsets].sum(axis=-1) + self.base

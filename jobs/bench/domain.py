@@ -68,7 +68,7 @@ STATE_TTL_MS = 90 * DAY_MS
 STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "decode": (("udfs/intake.py", "decode_click"), ("udfs/engine.py", "decode_pending")),
     "features": (("udfs/features/state.py", "update"),),
-    "scoring: vector": (("udfs/features/vector.py", "vector_list"),),
+    "scoring: vector": (("udfs/features/vector.py", "vector"),),
     "scoring: model": (("udfs/churn.py", "score"),),
     "segments": (("udfs/engine.py", "_reevaluate"),),
     "journeys": (("udfs/journeys/runner.py", "on_step"),),
