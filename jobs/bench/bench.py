@@ -7,8 +7,10 @@ the local stack), loads a seeded generated workload into Kafka and measures:
    (``jobs.bench.ceiling_job``), events/s;
 2. **throughput**: the job draining the pre-loaded backlog from earliest until caught up, at
    parallelism 1 and 2 (at-least-once), events/s from 5% of the backlog to all of it;
-3. **cost per stage**: py-spy samples of the job's Python operator thread during the p1 drain,
-   sorted into decode, engine, scoring, arbitration, sinks, state and Flink, in µs per event;
+3. **cost per stage**: py-spy samples of the engine's Python operator thread during the p1
+   drain, sorted into decode, engine, scoring, arbitration, sinks, state and Flink, in µs per
+   event; the other Python operator threads of the interpreter (membership writer, campaign
+   statistics) are told apart by thread id and reported on their own;
 4. **latency**: clicks sent at fixed rates (the highest the job sustained, 1k, 5k, 10k/s) while
    a consumer reads the P1 trigger topic and segment-changes (read committed); event time of the
    cause -> trigger visible, p50/p95/p99/max, at-least-once and exactly-once;
@@ -40,7 +42,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -312,7 +314,7 @@ def sustained(samples: Sequence[tuple[float, float]], expected: int, received: i
 #: the first stage with a frame on the stack wins (scoring sits inside the engine's frames)
 STAGE_FRAMES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decode", ("decode_click", "DecodeRecordsFunction.process_element")),
-    ("scoring", ("MeasuredScorer.score", "vector_list")),
+    ("scoring", ("MeasuredScorer.score", "vector", "vector_list")),
     # the engine step's campaign half, and the adapter encoding its triggers and decisions
     ("arbitration", ("_campaigns", "UserEngineFunction._triggers")),
     # handing a step's membership changes to the writer's thread (the writes themselves run
@@ -329,32 +331,97 @@ STAGES = ("decode", "engine", "scoring", "arbitration", "sinks", "state", "flink
 WRITER_FRAME = "MembershipWriteFunction.process_element"
 
 
-def classify_samples(lines: Iterable[str]) -> tuple[Counter[str], int]:
-    """Samples of the Python operator thread per stage, from py-spy's ``--format raw`` lines.
+#: py-spy's ``--threads`` root frame: ``thread (<id>): <name>``
+_THREAD_FRAME = re.compile(r"^thread \((\w+)\)")
+#: a frame of one of the project's operator functions (``UserEngineFunction.on_timer``, ...)
+_OPERATOR_FRAME = re.compile(r"^(\w+Function)\.")
+#: the engine's operator function: its thread is the one the stages describe
+ENGINE_FUNCTION = "UserEngineFunction"
 
-    A raw line is ``frame;frame;...;frame count``, outermost first, each frame
-    ``function (file:line)``. Samples of other threads (the Cassandra driver's loop, Redis,
-    pools) are not counted; what is on the operator thread outside our stages (PyFlink's row
-    conversion, timers, metrics) is ``flink``; the membership writer's operator thread is not
-    counted either. Returns (per stage, operator samples).
+
+def _samples(lines: Iterable[str]) -> Iterator[tuple[str | None, list[str], int]]:
+    """(thread id or None, function names outermost first, count) per py-spy raw line.
+
+    A raw line is ``frame;frame;...;frame count``, each frame ``function (file:line)``; with
+    ``--threads`` the first frame is ``thread (<id>): <name>``. Lines without a count are
+    skipped.
     """
-    per_stage: Counter[str] = Counter()
-    total = 0
     for line in lines:
         stack, _, count = line.rstrip().rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        functions = [frame.split(" (")[0] for frame in stack.split(";")]
-        if not functions or not ("Operation" in functions[0] or "on_timer" in functions[0]):
-            continue  # not an operator thread
-        if WRITER_FRAME in functions:
-            continue  # the membership writer's thread, not the engine's
-        total += int(count)
+        frames = stack.split(";")
+        match = _THREAD_FRAME.match(frames[0])
+        thread = match.group(1) if match else None
+        functions = [frame.split(" (")[0] for frame in (frames[1:] if match else frames)]
+        if functions:
+            yield thread, functions, int(count)
+
+
+def _operator_of(functions: Sequence[str]) -> str | None:
+    """The project's operator function a stack runs in (``UserEngineFunction``), or None."""
+    for function in functions:
+        match = _OPERATOR_FRAME.match(function)
+        if match:
+            return match.group(1)
+    return None
+
+
+def classify_samples(lines: Iterable[str]) -> tuple[Counter[str], int]:
+    """Samples of the engine's Python operator thread per stage, from py-spy's raw lines.
+
+    With thread ids (``--threads``) only the threads that ran the engine
+    (``ENGINE_FUNCTION``) count: every other Python operator thread of the interpreter (the
+    membership writer, the campaign statistics) is ``operator_threads``'s. Without them,
+    operator threads are told apart by their frames: the membership writer's is left out,
+    others (the Cassandra driver's loop, Redis, pools) never count. What is on the engine's
+    thread outside our stages (PyFlink's row conversion, timers, metrics) is ``flink``.
+    Returns (per stage, engine samples).
+    """
+    samples = list(_samples(lines))
+    by_thread = any(thread is not None for thread, _, _ in samples)
+    engine_threads = {thread for thread, functions, _ in samples
+                      if _operator_of(functions) == ENGINE_FUNCTION}
+    per_stage: Counter[str] = Counter()
+    total = 0
+    for thread, functions, count in samples:
+        if by_thread:
+            if thread not in engine_threads:
+                continue
+        elif not ("Operation" in functions[0] or "on_timer" in functions[0]) \
+                or WRITER_FRAME in functions:
+            continue  # not an operator thread, or the membership writer's
+        total += count
         names = set(functions)
         stage = next((name for name, frames in STAGE_FRAMES
                       if any(frame in names for frame in frames)), "flink")
-        per_stage[stage] += int(count)
+        per_stage[stage] += count
     return per_stage, total
+
+
+def operator_threads(lines: Iterable[str]) -> Counter[str]:
+    """Samples per Python operator thread other than the engine's, by operator function.
+
+    Needs py-spy's thread ids (``--threads``); a thread is named by the operator function its
+    samples run most often (``MembershipWriteFunction``, ``CampaignStatsFunction``), and
+    threads that never ran one (the Cassandra driver's loop) are left out. Their samples
+    include their waits (``--idle``): a thread blocked on a store is not using the interpreter.
+    """
+    seen: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    totals: Counter[str] = Counter()
+    for thread, functions, count in _samples(lines):
+        if thread is None:
+            continue
+        totals[thread] += count
+        operator = _operator_of(functions)
+        if operator is not None:
+            seen[thread][operator] += count
+    named: Counter[str] = Counter()
+    for thread, operators in seen.items():
+        operator = operators.most_common(1)[0][0]
+        if operator != ENGINE_FUNCTION:
+            named[operator] += totals[thread]
+    return named
 
 
 def stage_costs(per_stage: Counter[str], operator_samples: int, seconds: float, rate_hz: int,
@@ -1207,15 +1274,20 @@ class Bench:
         if not profile or "error" in profile:
             reason = (profile or {}).get("error", "the drain ended before py-spy started")
             return {"stages": None, "stages_error": reason}
-        per_stage, total = classify_samples(Path(profile["file"]).read_text().splitlines())
+        lines = Path(profile["file"]).read_text().splitlines()
+        per_stage, total = classify_samples(lines)
         if not total:
             return {"stages": None,
-                    "stages_error": "py-spy saw no sample of the Python operator thread"}
+                    "stages_error": "py-spy saw no sample of the engine's operator thread"}
         costs = stage_costs(per_stage, total, profile["seconds"], PY_SPY_RATE,
                             p1["events_per_s"])
-        costs["source"] = (f"py-spy, {PY_SPY_RATE} samples/s of the Python operator thread for "
-                           f"{profile['seconds']:.0f} s of the p1 drain; idle = time outside "
-                           f"Python (JVM work on that thread, waiting for input)")
+        costs["source"] = (f"py-spy, {PY_SPY_RATE} samples/s of the engine's operator thread "
+                           f"for {profile['seconds']:.0f} s of the p1 drain; idle = time "
+                           f"outside Python (JVM work on that thread, waiting for input)")
+        expected = profile["seconds"] * PY_SPY_RATE
+        costs["other_threads_us_per_event"] = {
+            name: round(samples / expected * costs["total_us_per_event"], 1)
+            for name, samples in sorted(operator_threads(lines).items())}
         return {"stages": costs}
 
     def _in_order_delay(self, zone: str) -> dict[str, Any]:
@@ -1299,7 +1371,8 @@ def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[str]:
     py_spy = Path(sys.executable).with_name("py-spy")
     return subprocess.Popen(
         [str(py_spy if py_spy.exists() else "py-spy"), "record", "-p", str(pid), "-d",
-         str(int(seconds)), "-r", str(PY_SPY_RATE), "--nonblocking", "--idle", "--format",
+         str(int(seconds)), "-r", str(PY_SPY_RATE), "--nonblocking", "--idle", "--threads",
+         "--format",
          "raw", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -195,6 +195,16 @@ def _stage_rows(stages: dict) -> list[Row]:
     return rows
 
 
+def _other_threads(stages: dict) -> str | None:
+    """One line on the other Python operator threads of the interpreter, or None."""
+    others = stages.get("other_threads_us_per_event") or {}
+    if not others:
+        return None
+    listed = ", ".join(f"{name} {_num(cost)}" for name, cost in others.items())
+    return (f"Other Python operator threads, µs/event of their samples (waits included; they "
+            f"share the engine's interpreter): {listed}")
+
+
 def _resource_rows(results: dict) -> list[Row]:
     return [(r.get("name") or MISSING, _num(r.get("cpu_s"), 1), _percent(r.get("cpu_percent"), 0),
              _num(r.get("peak_rss_mib"))) for r in _entries(results, "resources")]
@@ -295,6 +305,8 @@ def format_report(results: dict) -> str:
     if stages:
         lines += [f"Stage costs ({stages.get('source') or 'source unknown'})",
                   *_text_table(_STAGES_HEAD, _stage_rows(stages))]
+        if others := _other_threads(stages):
+            lines += [f"  {others}"]
     else:
         reason = results.get("stages_error") or "no reason given"
         lines += ["Stage costs", f"  unavailable: {reason}"]
@@ -503,6 +515,8 @@ def readme_section(results: dict) -> str:
     if stages:
         lines += ["", f"**Stage costs** ({stages.get('source') or 'source unknown'}):", "",
                   *_md_table(_STAGES_HEAD, _stage_rows(stages))]
+        if others := _other_threads(stages):
+            lines += ["", others + "."]
     if resources := _resource_rows(results):
         lines += ["", "**Resources** (whole run):", "", *_md_table(_RESOURCES_HEAD, resources)]
     if sweep := _sweep_rows(results):

@@ -75,6 +75,39 @@ def test_samples_are_sorted_into_stages_and_other_threads_ignored() -> None:
                          "arbitration": 10, "decode": 8, "flink": 12}
 
 
+def test_with_thread_ids_only_the_engines_threads_are_staged_and_the_others_named() -> None:
+    """py-spy ``--threads``: the campaign statistics' and the writer's threads run Python too
+    (and wait on Redis with --idle); before thread ids they inflated the engine's stages."""
+    engine, stats, writer, loop = (f"thread (0x{n}): " for n in ("A1", "B2", "C3", "D4"))
+    engine_op = "UserEngineFunction.on_timer (udfs/flink/user_engine.py:471)"
+    stats_op = "CampaignStatsFunction.process_element (udfs/flink/campaign_stats.py:69)"
+    writer_op = "MembershipWriteFunction.process_element (udfs/flink/membership_writes.py:9)"
+    lines = [
+        _line(engine + "pemja", OP, engine_op, "on_event (udfs/engine.py:69)",
+              "MeasuredScorer.score (udfs/flink/metrics.py:230)", count=30),
+        # the engine's thread in PyFlink's code only (no engine frame): still its samples
+        _line(engine + "pemja", "FunctionOperation._output_elements (operations.py:57)",
+              count=10),
+        _line(stats + "pemja", "OneInputFunctionOperation.process_element (operations.py:93)",
+              stats_op, "RedisStatsStore.write (udfs/stores/campaign_stats.py:33)", count=44),
+        _line(stats + "pemja", "OneInputFunctionOperation.process_element (operations.py:93)",
+              count=6),
+        _line(writer + "pemja", "OneInputFunctionOperation.process_element (operations.py:93)",
+              writer_op, count=7),
+        _line(loop + "Thread-3", "Thread._bootstrap (threading.py:1002)",
+              "LibevLoop._run_loop (cassandra/io/libevreactor.py:104)", count=500),
+    ]
+    per_stage, total = bench.classify_samples(lines)
+    assert total == 40
+    assert per_stage == {"scoring": 30, "flink": 10}
+    assert bench.operator_threads(lines) == {"CampaignStatsFunction": 50,
+                                             "MembershipWriteFunction": 7}
+    # without thread ids the old rule holds, and other threads cannot be named
+    untagged = [line.split(": ", 1)[1].split(";", 1)[1] for line in lines]
+    assert bench.classify_samples(untagged)[1] == 40 + 44 + 6  # the statistics counted in
+    assert bench.operator_threads(untagged) == {}
+
+
 def test_stage_costs_share_an_events_time_by_samples() -> None:
     per_stage, total = bench.classify_samples([
         _line(OP, ENGINE, "on_event (e.py:1)", count=600),

@@ -332,6 +332,16 @@ def test_report_shows_journeys_against_campaigns_only():
     assert "**Journeys**" in section and "| 963 | -6.6% | 4,101 |" in section
 
 
+def test_report_names_the_other_python_operator_threads_under_the_stages():
+    results = sample_results()
+    assert "Other Python operator threads" not in br.format_report(results)
+    results["stages"]["other_threads_us_per_event"] = {"CampaignStatsFunction": 412.5,
+                                                       "MembershipWriteFunction": 88.0}
+    line = line_with(br.format_report(results), "Other Python operator threads")
+    assert "CampaignStatsFunction 412" in line and "MembershipWriteFunction 88" in line
+    assert "CampaignStatsFunction 412" in br.readme_section(results)
+
+
 def test_report_says_how_many_drains_each_journeys_figure_is():
     results = with_journeys(sample_results())
     assert "(mean of 2)" in line_with(br.format_report(results), "campaigns only")
