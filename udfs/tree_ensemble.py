@@ -5,15 +5,17 @@ may deadlock there, ``udfs/flink/scoring.py``), so every score crossed to a scor
 back. Alone that hand-off costs ~45 µs; in the job, where the scoring thread must win the
 interpreter lock from the task thread, it cost a third to a half of the engine thread's time
 (issue 13). The shipped churn model is one ``TreeEnsembleClassifier`` (200 trees of depth 3):
-scored with numpy on the calling thread, with no thread and no onnxruntime call.
+walked with numpy, level by level for all trees at once, a score costs ~12 µs on the calling
+thread, with no thread and no onnxruntime call.
 
-**How a row is scored.** A tree of at most ``TABLE_MAX_BRANCHES`` branch nodes (the shipped
-depth-3 trees have 7) is one table lookup: all branch comparisons of all trees are made at once,
-each tree's comparison bits form an index, and a table built at compile time holds the leaf
-weight for every combination of them (``PathTable``: 2**7 weights per tree). That is five numpy
-calls a row whatever the depth, about half the time of the level-by-level walk that serves
-deeper ensembles (three gathers and a select per level for all trees at once). Both reach the
-same leaves and sum the same weights in the same order, so they give identical scores.
+**The interpreter lock.** numpy lets go of the GIL inside some calls: ``take`` and ``@`` always,
+fancy indexing and comparisons above 500 elements. On a Flink task thread every other Python
+thread of the TaskManager (the membership writer, the campaign statistics, the Cassandra
+driver's loop) may take the lock then, and the engine waits up to the switch interval (5 ms)
+to get it back. The walk below uses only fancy indexing, comparisons and ``where`` on arrays of
+one entry per tree, which keep the lock (a unit test checks it for the shipped model). A
+faster one-lookup form (all 1,400 branch comparisons of the 200 trees at once, ~2x faster
+alone) was tried and dropped: its large arrays and ``@`` released the lock on most calls.
 
 **What is compiled** (``compile_classifier``; anything else returns None with the reason, and
 the caller keeps onnxruntime): a graph whose only nodes are one ``ai.onnx.ml``
@@ -44,35 +46,12 @@ from onnx import helper
 #: the largest |compiled - onnxruntime| accepted on the load-time check (``udfs.churn``)
 AGREEMENT_TOL = 1e-5
 
-#: trees with at most this many branch nodes each are scored by table lookup (``PathTable``:
-#: 2**branches weights per tree, 128 for the shipped depth-3 trees); deeper ones are walked
-TABLE_MAX_BRANCHES = 7
-
 _CLASSIFIER = "TreeEnsembleClassifier"
 _ML_DOMAIN = "ai.onnx.ml"
 
 
 class NotCompilable(ValueError):
     """The graph is outside what ``compile_classifier`` supports (the message says what)."""
-
-
-@dataclass(frozen=True)
-class PathTable:
-    """Every tree's leaf weight as a function of its branch comparisons, for one-step scoring.
-
-    Tree ``k``'s branch nodes are compared at ``feature``/``threshold`` entries
-    ``k * branches .. (k + 1) * branches - 1`` (a tree with fewer is padded with comparisons
-    no entry depends on); their outcomes (1 = ``x[feature] <= threshold``) weighted by
-    ``powers`` plus ``offsets[k]`` index ``weights``, which holds the weight of the leaf that
-    combination reaches.
-    """
-
-    feature: np.ndarray  # intp[trees * branches]
-    threshold: np.ndarray  # float32[trees * branches]
-    powers: np.ndarray  # intp[branches]: 1, 2, 4, ...
-    offsets: np.ndarray  # intp[trees]: k * 2**branches
-    weights: np.ndarray  # float64[trees * 2**branches]
-    branches: int
 
 
 @dataclass(frozen=True)
@@ -93,28 +72,9 @@ class TreeEnsemble:
     base: float
     depth: int
     width: int  # the number of input features
-    #: the one-lookup form of the same trees, when each has few enough branch nodes
-    table: PathTable | None = None
 
-    def log_odds(self, x: np.ndarray) -> np.ndarray | np.float32:
-        """The float32 log-odds of class 1 for rows ``x`` (float32[rows, width] or [width]).
-
-        One row gives a float32 scalar (or a 0-d array, walked), rows an array.
-        """
-        table = self.table
-        if table is None:
-            return self._walk(x)
-        if x.ndim == 1:  # one row: the engine's case, kept to the fewest numpy calls
-            index = (x[table.feature] <= table.threshold).reshape(-1, table.branches) \
-                @ table.powers
-            return np.float32(table.weights[index + table.offsets].sum() + self.base)
-        bits = x[..., table.feature] <= table.threshold
-        index = bits.reshape(*bits.shape[:-1], -1, table.branches) @ table.powers
-        return (table.weights[index + table.offsets].sum(axis=-1) + self.base
-                ).astype(np.float32)
-
-    def _walk(self, x: np.ndarray) -> np.ndarray:
-        """``log_odds`` level by level: every tree moves one level per round, for any depth."""
+    def log_odds(self, x: np.ndarray) -> np.ndarray:
+        """The float32 log-odds of class 1 for rows ``x`` (float32[rows, width] or [width])."""
         node = self.roots if x.ndim == 1 else np.broadcast_to(self.roots, (x.shape[0],
                                                                            len(self.roots)))
         rows = None if x.ndim == 1 else np.arange(x.shape[0])[:, None]
@@ -216,53 +176,9 @@ def _from_attributes(attrs: dict[str, object], width: int) -> TreeEnsemble:
             raise NotCompilable(f"a class weight is on node {i} of tree {t}, not on a leaf")
         weight[k] += float(np.float32(w))
     roots = np.array([index[(t, 0)] for t in sorted(set(trees))], dtype=np.intp)
-    depth = _depth(roots, leaf, true_next, false_next)
     return TreeEnsemble(roots, feature, threshold, true_next, false_next, weight,
-                        base_values[0] if base_values else 0.0, depth, width,
-                        _path_table(roots, leaf, feature, threshold, true_next, false_next,
-                                    weight))
-
-
-def _path_table(roots: np.ndarray, leaf: np.ndarray, feature: np.ndarray,
-                threshold: np.ndarray, true_next: np.ndarray, false_next: np.ndarray,
-                weight: np.ndarray) -> PathTable | None:
-    """The trees as a ``PathTable``, or None if one has more than ``TABLE_MAX_BRANCHES``.
-
-    Runs after ``_depth``, which refused cycles. Each tree's branch nodes are numbered in
-    breadth-first order; for every combination of their outcomes the tree is walked from its
-    root to the leaf that combination reaches (at most 2**7 walks of a few steps per tree).
-    """
-    per_tree: list[list[int]] = []
-    for root in roots:
-        order: list[int] = []
-        queue = [int(root)]
-        while queue:
-            node = queue.pop(0)
-            if leaf[node] or node in order:
-                continue
-            order.append(node)
-            if len(order) > TABLE_MAX_BRANCHES:
-                return None
-            queue += [int(true_next[node]), int(false_next[node])]
-        per_tree.append(order)
-    branches = max([1, *(len(order) for order in per_tree)])
-    size = 1 << branches
-    table_feature = np.zeros((len(roots), branches), dtype=np.intp)
-    table_threshold = np.full((len(roots), branches), np.inf, dtype=np.float32)
-    weights = np.zeros((len(roots), size), dtype=np.float64)
-    for k, (root, order) in enumerate(zip(roots, per_tree, strict=True)):
-        position = {node: j for j, node in enumerate(order)}
-        table_feature[k, :len(order)] = feature[order]
-        table_threshold[k, :len(order)] = threshold[order]
-        for outcomes in range(size):
-            node = int(root)
-            while not leaf[node]:
-                node = int(true_next[node] if outcomes >> position[node] & 1
-                           else false_next[node])
-            weights[k, outcomes] = weight[node]
-    return PathTable(table_feature.ravel(), table_threshold.ravel(),
-                     (1 << np.arange(branches)).astype(np.intp),
-                     np.arange(len(roots), dtype=np.intp) * size, weights.ravel(), branches)
+                        base_values[0] if base_values else 0.0,
+                        _depth(roots, leaf, true_next, false_next), width)
 
 
 def _depth(roots: np.ndarray, leaf: np.ndarray, true_next: np.ndarray,

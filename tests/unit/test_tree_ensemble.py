@@ -9,6 +9,9 @@ with NaN (no missing-value tracking: NaN goes to the false branch).
 from __future__ import annotations
 
 import dataclasses
+import sys
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -95,52 +98,6 @@ def test_the_hand_made_ensemble_scores_as_onnxruntime_row_by_row_and_in_batches(
     np.testing.assert_allclose(trees.probabilities(rows), expected, rtol=0, atol=1e-6)
     single = [trees.probability(row.tolist()) for row in rows]
     np.testing.assert_array_equal(single, trees.probabilities(rows))
-
-
-def _deep_nodes(depth: int) -> list[tuple[Any, ...]]:
-    """One full tree of ``depth`` levels (2**depth - 1 branch nodes) over the three features."""
-    nodes: list[tuple[Any, ...]] = []
-    branches = 2 ** depth - 1
-    for n in range(2 ** (depth + 1) - 1):
-        if n < branches:
-            nodes.append((0, n, "BRANCH_LEQ", n % WIDTH, 0.25 * n - 1.0, 2 * n + 1, 2 * n + 2,
-                          0.0))
-        else:
-            nodes.append((0, n, "LEAF", 0, 0.0, 0, 0, 0.1 * (n - branches) - 0.4))
-    return nodes
-
-
-def test_the_table_lookup_scores_exactly_as_the_level_walk():
-    """Differential: the one-lookup form (``PathTable``) against the walk over the same trees,
-    on the probe rows (ties, ulps, NaN) and the shipped model's random rows, one by one and
-    in batches: identical log-odds, not merely close."""
-    hand_made = compile_classifier(_ensemble(), WIDTH)
-    shipped = ChurnModel.load(CHURN_ONNX, CHURN_META)._trees
-    assert shipped is not None
-    rng = np.random.default_rng(11)
-    random_rows = (rng.standard_normal((2000, len(FEATURE_NAMES)))
-                   * rng.choice([1.0, 10.0, 1000.0], size=(2000, len(FEATURE_NAMES)))
-                   ).astype(np.float32)
-    random_rows[rng.random(random_rows.shape) < 0.02] = np.nan
-    for trees, rows in ((hand_made, _probe_rows()), (shipped, random_rows)):
-        assert trees.table is not None
-        walk = dataclasses.replace(trees, table=None)
-        np.testing.assert_array_equal(trees.log_odds(rows), walk.log_odds(rows))
-        np.testing.assert_array_equal([trees.log_odds(row) for row in rows[:300]],
-                                      [walk.log_odds(row) for row in rows[:300]])
-
-
-def test_trees_with_more_branch_nodes_than_the_table_takes_are_walked():
-    fits = compile_classifier(_ensemble(_deep_nodes(3)), WIDTH)  # 7 branch nodes
-    assert fits.table is not None and fits.table.branches == tree_ensemble.TABLE_MAX_BRANCHES
-    data = _ensemble(_deep_nodes(4))  # 15
-    deep = compile_classifier(data, WIDTH)
-    assert deep.table is None and deep.depth == 4
-    rows = np.random.default_rng(3).uniform(-3, 4, size=(500, WIDTH)).astype(np.float32)
-    np.testing.assert_allclose(deep.probabilities(rows), _onnxruntime(data, rows), rtol=0,
-                               atol=1e-6)
-    np.testing.assert_allclose(fits.probabilities(rows), _onnxruntime(_ensemble(_deep_nodes(3)),
-                                                                      rows), rtol=0, atol=1e-6)
 
 
 def test_a_leaf_weight_moved_changes_the_score_where_onnxruntime_would():
@@ -230,3 +187,45 @@ def test_the_engine_emits_the_same_records_with_either_scorer(compiled, referenc
     assert changes > 50 and scored > 50, (changes, scored)  # the scores reach the records
     assert (fast.steps, fast.timers) == (slow.steps, slow.timers)
     _close(fast.emitted, slow.emitted)
+
+
+def _other_thread_ran_during(work: Any, calls: int) -> int:
+    """How often another Python thread got the interpreter lock while ``work`` ran ``calls``
+    times. With a switch interval of 100 s the running thread is never asked to let go, so the
+    other thread (which releases the lock at every step) can only run when ``work`` releases
+    it itself, as numpy does inside some calls."""
+    steps = [0]
+    stop = threading.Event()
+
+    def other() -> None:
+        while not stop.is_set():
+            steps[0] += 1
+            time.sleep(0)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    thread = threading.Thread(target=other, daemon=True)
+    try:
+        thread.start()
+        time.sleep(0.01)  # it runs; then this thread takes the lock back and keeps it
+        before = steps[0]
+        for _ in range(calls):
+            work()
+        ran = steps[0] - before
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        thread.join()
+    return ran
+
+
+def test_scoring_a_row_never_lets_another_python_thread_run(compiled):
+    """On a Flink task thread a released lock may go to the writer's or the statistics'
+    thread, and the engine waits up to 5 ms to get it back (module docs)."""
+    rows = [[float(v) for v in row] for row in np.random.default_rng(2).standard_normal(
+        (50, len(FEATURE_NAMES)))]
+    assert _other_thread_ran_during(lambda: [compiled.score(row) for row in rows], 60) == 0
+    # the check can see a release: ``take`` of the same size always lets go
+    x = np.asarray(rows[0], dtype=np.float32)
+    indices = np.arange(1400) % len(FEATURE_NAMES)
+    assert _other_thread_ran_during(lambda: [x.take(indices) for _ in range(100)], 60) > 0
