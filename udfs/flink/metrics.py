@@ -266,9 +266,9 @@ class MeasuredScorer:
         self.model = model
         self.version = model.version
         self.scores = BufferedCounter(metrics.counter("churn_scores"))
-        # one score in 64: a distribution update is a JVM call that cost a third of the score
-        # itself at 1 in 8 (the stage profile), and hundreds of scores a second describe the
-        # distribution as well at 1 in 64
+        # one score in 64: a distribution update is a JVM call, and at 1 in 8 the two took ~5% of
+        # the engine thread's samples (the bench's stage profile); hundreds of scores a second
+        # describe the distribution as well at 1 in 64
         self.score_permille = SampledDistribution(
             metrics.distribution("churn_score_permille"), every=SCORE_SAMPLE_EVERY)
         self.score_us = SampledDistribution(metrics.distribution("churn_scoring_us"),
