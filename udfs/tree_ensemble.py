@@ -12,11 +12,11 @@ thread, with no thread and no onnxruntime call.
 arrays of 200 entries, fancy indexing and comparisons above 500 (measured). On a Flink task
 thread every other Python thread of the TaskManager (the membership writer, the campaign
 statistics, the Cassandra driver's loop) may take the lock then, and the engine waits up to the
-switch interval (5 ms) to get it back. The walk below uses only fancy indexing, comparisons and
-``where`` on arrays of one entry per tree, which keep the lock (a unit test checks it for the
-shipped model). A faster one-lookup form (all 1,400 branch comparisons of the 200 trees at once,
-~2x faster alone) was tried and dropped: its large arrays and ``@`` released the lock on most
-calls.
+switch interval (``gil_switch_interval_us``, 200 µs in the job) to get it back: every release is
+a chance to lose the lock. The walk below uses only fancy indexing, comparisons and ``where`` on
+arrays of one entry per tree, which keep the lock (a unit test checks it for the shipped model).
+A faster one-lookup form (all 1,400 branch comparisons of the 200 trees at once, ~2x faster
+alone) was tried and dropped: its large arrays and ``@`` released the lock on most calls.
 
 **What is compiled** (``compile_classifier``; anything else returns None with the reason, and
 the caller keeps onnxruntime): a graph whose only nodes are one ``ai.onnx.ml``

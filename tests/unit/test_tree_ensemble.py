@@ -221,7 +221,7 @@ def _other_thread_ran_during(work: Any, calls: int) -> int:
 
 def test_scoring_a_row_never_lets_another_python_thread_run(compiled):
     """On a Flink task thread a released lock may go to the writer's or the statistics'
-    thread, and the engine waits up to 5 ms to get it back (module docs)."""
+    thread, and the engine waits up to the switch interval to get it back (module docs)."""
     rows = [[float(v) for v in row] for row in np.random.default_rng(2).standard_normal(
         (50, len(FEATURE_NAMES)))]
     assert _other_thread_ran_during(lambda: [compiled.score(row) for row in rows], 60) == 0
