@@ -44,8 +44,7 @@ from udfs.catalog.registries import Registries
 from udfs.clock import CLICK_RANK, METADATA_RANK, OUTCOME_RANK, Pending, UserClock
 from udfs.currency.rates import to_reference
 from udfs.features import state as feature_state
-from udfs.features.spec import FEATURE_NAMES
-from udfs.features.vector import FeatureView, vector_list
+from udfs.features.vector import FeatureView, as_list, vector_list
 from udfs.features.vector import vector as feature_values
 from udfs.journeys import runner as journey_runner
 from udfs.segments.conditions import MEMBERSHIP_RECHECK_MS, evaluate
@@ -821,7 +820,7 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
         # vector changes with time alone (recency), and a score costs ~12 µs; the segments
         # then read the same values
         values = feature_values(state.features, now_ms, state.metadata)
-        state.churn_score = scorer.score([values[name] for name in FEATURE_NAMES])
+        state.churn_score = scorer.score(as_list(values))
         state.model_version = scorer.version
     view = FeatureView(state.features, state.metadata, now_ms, state.churn_score, values)
     changes: list[dict[str, Any]] = []

@@ -42,7 +42,7 @@ from udfs.features.view import RecentEvent
 if TYPE_CHECKING:
     from udfs.features.view import UserView
 
-__all__ = ["FeatureView", "vector", "vector_list"]
+__all__ = ["FeatureView", "as_list", "vector", "vector_list"]
 
 _DEFAULTS: dict[str, float] = {spec.name: float(spec.default) for spec in FEATURE_SPEC}
 _COUNT_NAMES: tuple[tuple[str, str, str, str], ...] = tuple(
@@ -103,7 +103,11 @@ def vector_list(
     Returns:
         One float per FEATURE_SPEC entry.
     """
-    values = vector(state, now_ms, metadata)
+    return as_list(vector(state, now_ms, metadata))
+
+
+def as_list(values: Mapping[str, float]) -> list[float]:
+    """A ``vector`` dict as a list in FEATURE_NAMES order (the churn model's input)."""
     return [values[name] for name in FEATURE_NAMES]
 
 
