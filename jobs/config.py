@@ -252,6 +252,12 @@ class NudgeflowConfig:
     bundle_size: int = _opt(1000, "python.fn-execution.bundle.size.")
     bundle_time_ms: int = _opt(100, "python.fn-execution.bundle.time (ms).")
     buffer_timeout_ms: int = _opt(100, "execution.buffer-timeout (ms): latency vs throughput.")
+    membership_batch_rows: int = _opt(
+        500, "The membership writer takes the engine's write steps in batches of at most this "
+        "many (one Python call and one round of Cassandra and Redis writes per batch).")
+    membership_batch_ms: int = _opt(
+        50, "A batch of membership writes leaves at most this long (ms) after its first step, "
+        "and before every checkpoint barrier: the most a segment change waits to be batched.")
     flink_rest_url: str = _opt("http://127.0.0.1:8081", "REST address of the Flink cluster.")
     jars: str = _opt(
         "",
@@ -303,6 +309,9 @@ class NudgeflowConfig:
                 )
         if self.parallelism < 1:
             raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
+        for name in ("membership_batch_rows", "membership_batch_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.tracing_sample_ratio <= 1.0:
             raise ConfigError(f"tracing_sample_ratio must be between 0 and 1, got "
                               f"{self.tracing_sample_ratio}")

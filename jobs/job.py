@@ -206,14 +206,22 @@ def write_membership(engine: DataStream, cfg: NudgeflowConfig, store: StoreFacto
     ``udfs.flink.membership_writes.MembershipWriteFunction`` starts a new chain, so its waits
     for Cassandra and Redis run on a thread of their own while the engine goes on; it follows
     the engine on a forward edge (same parallelism), which keeps each user's writes in the
-    engine's order. Emits ``ENGINE_OUTPUT_ROW`` rows: the SegmentChanges once written; the
-    DeadLetters of what a store refused for good leave on its ``DEAD_LETTER_TAG`` side output.
-    No keyed state: a savepoint taken before
-    this operator existed restores (it starts empty).
+    engine's order. In front of it, on the engine's thread, ``io.nudgeflow.flink.BatchJsonRows``
+    gathers the write rows into batches (``membership_batch_rows``, ``membership_batch_ms``,
+    and before every checkpoint barrier and watermark), so the writer's Python thread wakes
+    once per batch, not once per engine step. Emits ``ENGINE_OUTPUT_ROW`` rows: the
+    SegmentChanges once written; the DeadLetters of what a store refused for good leave on its
+    ``DEAD_LETTER_TAG`` side output. No keyed state in either: a savepoint taken before they
+    existed restores (they start empty).
     """
     writes = route_engine_records(engine, MEMBERSHIP_WRITE, "membership-writes",
                                   names.ROUTE_MEMBERSHIP_WRITES_UID)
-    return (writes.process(MembershipWriteFunction(cfg, store), output_type=ENGINE_OUTPUT_ROW)
+    batches = DataStream(writes._j_data_stream.transform(  # noqa: SLF001 - a Java operator
+        names.BATCH_MEMBERSHIP_WRITES_UID, KAFKA_OUT_ROW.get_java_type_info(),
+        get_gateway().jvm.io.nudgeflow.flink.BatchJsonRows(
+            "membership-writes", cfg.membership_batch_rows, cfg.membership_batch_ms)))
+    batches = batches.uid(names.BATCH_MEMBERSHIP_WRITES_UID)
+    return (batches.process(MembershipWriteFunction(cfg, store), output_type=ENGINE_OUTPUT_ROW)
             .uid(names.MEMBERSHIP_WRITES_UID).name(names.MEMBERSHIP_WRITES_NAME)
             .start_new_chain())
 

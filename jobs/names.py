@@ -40,6 +40,8 @@ USER_ENGINE_UID = "user-engine"
 USER_ENGINE_NAME = "per-user engine: features, churn, segments, campaigns"
 # stateless Java routing of the engine's records to their topics (uid = name)
 ROUTE_MEMBERSHIP_WRITES_UID = "route-membership-writes"
+# stateless Java batching of those rows (io.nudgeflow.flink.BatchJsonRows; uid = name)
+BATCH_MEMBERSHIP_WRITES_UID = "batch-membership-writes"
 # the membership store's writes, a Python task of its own after the engine (forward edge)
 MEMBERSHIP_WRITES_UID = "membership-writes"
 MEMBERSHIP_WRITES_NAME = "membership writes: Cassandra and Redis"

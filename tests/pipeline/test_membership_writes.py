@@ -74,6 +74,39 @@ def routed(payload):
     return ("membership-writes", b"ann", payload, None)
 
 
+def batch(*payloads):
+    """Rows' payloads as io.nudgeflow.flink.BatchJsonRows joins them: a JSON array."""
+    return ("membership-writes", None, b"[" + b",".join(payloads) + b"]", None)
+
+
+def test_a_batchs_steps_are_written_together_and_an_erasure_in_its_place():
+    writer = Writer(refuse={"c3"})
+    function, metrics = opened(writer)
+    rows = list(function.process_element(batch(
+        changes_payload([change(1)], 5_000, ["00-tp-1"]),
+        changes_payload([change(2, "EXIT"), change(3)], 6_000, [None, "00-tp-3"]),
+        erasure_payload("bob", ["s9"]),
+        changes_payload([change(4, user="cy")], 7_000, [None])), None))
+    # the steps before the erasure in one call, the erasure, then the steps after it
+    assert writer.calls == [("write_many", ["c1", "c2", "c3"]), ("erase_user", "bob", ["s9"]),
+                            ("write_many", ["c4"])]
+    assert [row[0] for row in rows] == ["SegmentChange", "SegmentChange", DEAD_LETTER_TAG,
+                                        "SegmentChange"]
+    codec = Codec.load()
+    emitted = [codec.decode(bytes(row[3]), expect="SegmentChange")
+               for row in rows if row[0] == "SegmentChange"]
+    # each change keeps its own step's emitted_at and traceparent, in the engine's order
+    assert [(c["change_id"], c["emitted_at"]) for c in emitted] == [
+        ("c1", 5_000), ("c2", 6_000), ("c4", 7_000)]
+    assert [row[4] for row in rows if row[0] == "SegmentChange"] == ["00-tp-1", None, None]
+    assert [row[2] for row in rows if row[0] == "SegmentChange"] == [b"ann", b"ann", b"cy"]
+    letter = codec.decode(bytes(rows[2][1][2]), expect="DeadLetter")
+    assert letter["reason_code"] == "STORE_REJECTED"
+    assert codec.decode(letter["raw"], expect="SegmentChange")["emitted_at"] == 6_000
+    assert metrics.counts["membership_write_batches"] == 1
+    assert metrics.counts["segment_enters"] == 2 and metrics.counts["segment_exits"] == 1
+
+
 def test_a_steps_changes_are_written_together_before_any_is_emitted():
     writer = Writer()
     function, metrics = opened(writer)
@@ -97,8 +130,8 @@ def test_a_refused_change_is_dead_lettered_and_the_others_emitted():
     function, metrics = opened(writer)
     rows = list(function.process_element(
         routed(changes_payload([change(1), change(2), change(3)], 5_000, [None] * 3)), None))
-    assert [row[0] for row in rows] == [DEAD_LETTER_TAG, "SegmentChange", "SegmentChange"]
-    topic, _, value, _ = rows[0][1]  # (tag, Row(topic, key, value, traceparent))
+    assert [row[0] for row in rows] == ["SegmentChange", DEAD_LETTER_TAG, "SegmentChange"]
+    topic, _, value, _ = rows[1][1]  # (tag, Row(topic, key, value, traceparent))
     assert topic == NudgeflowConfig().dead_letter_topic
     letter = Codec.load().decode(bytes(value), expect="DeadLetter")
     assert letter["reason_code"] == "STORE_REJECTED"

@@ -86,6 +86,7 @@ class MembershipWriteFunction(ProcessFunction):
         self.store_retries = metrics.counter("store_retries")
         self.store_rejected = LabelledCounters(metrics, "store", "store_rejected")
         self.redis_rebuilds = metrics.counter("redis_rebuilds")
+        self.batches = metrics.counter("membership_write_batches")
         self.writer = self.store_factory(on_retry=self.store_retries.inc,
                                          on_rebuild=lambda _report: self.redis_rebuilds.inc())
 
@@ -96,33 +97,55 @@ class MembershipWriteFunction(ProcessFunction):
             writer.close()
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
-        """Write one row's changes (or erasure) and emit what the stores accepted."""
-        doc = json.loads(bytes(value[2]))
-        if "erase" in doc:
-            user_id = doc["erase"]
-            for rejection in self.writer.erase_user(user_id, doc["segments"]) or []:
-                yield self._rejected_letter(rejection, self.cfg.user_metadata_topic, user_id,
-                                            None)
+        """Write one batch of the engine's write rows, in order; emit what the stores accepted.
+
+        The value is the JSON array of the rows' documents (``io.nudgeflow.flink.BatchJsonRows``
+        gathers them); one document alone, a row of a build before the batching that an
+        unaligned checkpoint may hold in flight, is read as a batch of one. Consecutive steps'
+        changes go to the stores in one ``write_many`` call (one Redis pipeline, their Cassandra
+        batches in flight together; a user's later change is sent after their earlier one); an
+        erasure is written between the steps before it and the steps after it.
+        """
+        docs = json.loads(bytes(value[2]))
+        self.batches.inc()
+        steps: list[dict[str, Any]] = []
+        for doc in docs if isinstance(docs, list) else [docs]:
+            if "erase" in doc:
+                yield from self._write_steps(steps)
+                steps = []
+                yield from self._erase(doc["erase"], doc["segments"])
+            else:
+                steps.append(doc)
+        yield from self._write_steps(steps)
+
+    def _erase(self, user_id: str, segment_ids: list[str]) -> Iterator[Any]:
+        """Delete what the stores hold of an erased user; dead-letter what they refused."""
+        for rejection in self.writer.erase_user(user_id, segment_ids) or []:
+            yield self._rejected_letter(rejection, self.cfg.user_metadata_topic, user_id, None)
+
+    def _write_steps(self, steps: list[dict[str, Any]]) -> Iterator[Any]:
+        """Write the changes of consecutive steps together, then emit them (or dead letters)."""
+        if not steps:
             return
-        emit_time, changes = doc["at"], doc["changes"]
-        # durable before they are emitted (and so checkpointed); a step's changes together.
-        # emitted_at is the processing time of the engine's step (the contract: emitted_at -
-        # event_time is the segment latency)
+        # durable before they are emitted (and so checkpointed). emitted_at is the processing
+        # time of the engine's step (the contract: emitted_at - event_time is the segment
+        # latency)
+        changes = [change for step in steps for change in step["changes"]]
+        emitted = [(change, step["at"], traceparent) for step in steps
+                   for change, traceparent in zip(step["changes"], step["traceparents"],
+                                                  strict=True)]
         rejections = self.writer.write_many(changes) or []
-        refused = {rejection.change["change_id"] for rejection in rejections}
-        for rejection in rejections:
-            change = rejection.change
+        refused = {rejection.change["change_id"]: rejection for rejection in rejections}
+        for change, emit_time, traceparent in emitted:
             raw = self.codec.encode("SegmentChange", {**change, "emitted_at": emit_time})
-            yield self._rejected_letter(rejection, self.cfg.segment_changes_topic,
-                                        change["user_id"], raw)
-        for change, traceparent in zip(changes, doc["traceparents"], strict=True):
-            if change["change_id"] in refused:
+            rejection = refused.get(change["change_id"])
+            if rejection is not None:
+                yield self._rejected_letter(rejection, self.cfg.segment_changes_topic,
+                                            change["user_id"], raw)
                 continue
             (self.enters if change["change"] == "ENTER" else self.exits).inc()
             self.changes.inc(f"{change['segment_id']}.{change['change']}")
-            yield Row("SegmentChange", None, change["user_id"].encode(),
-                      self.codec.encode("SegmentChange", {**change, "emitted_at": emit_time}),
-                      traceparent)
+            yield Row("SegmentChange", None, change["user_id"].encode(), raw, traceparent)
 
     def _rejected_letter(self, rejection: Any, topic: str, user_id: str,
                          raw: bytes | None) -> tuple[Any, Row]:
