@@ -107,6 +107,20 @@ def test_a_batchs_steps_are_written_together_and_an_erasure_in_its_place():
     assert metrics.counts["segment_enters"] == 2 and metrics.counts["segment_exits"] == 1
 
 
+def test_a_users_segment_changing_twice_in_a_batch_is_written_in_two_rounds_in_order():
+    writer = Writer()
+    function, _ = opened(writer)
+    enter, other, exit_ = change(1), change(2, user="cy"), {**change(1, "EXIT"), "change_id": "c9"}
+    rows = list(function.process_element(batch(
+        changes_payload([enter, other], 5_000, [None, None]),
+        changes_payload([exit_], 6_000, [None])), None))
+    # the EXIT cannot land before the ENTER: it is written only once the ENTER's round landed
+    assert writer.calls == [("write_many", ["c1", "c2"]), ("write_many", ["c9"])]
+    assert [bytes(row[3]) for row in rows] == [
+        Codec.load().encode("SegmentChange", {**c, "emitted_at": at})
+        for c, at in ((enter, 5_000), (other, 5_000), (exit_, 6_000))]
+
+
 def test_a_steps_changes_are_written_together_before_any_is_emitted():
     writer = Writer()
     function, metrics = opened(writer)

@@ -47,6 +47,29 @@ def test_retry_policy_can_be_bounded():
     assert len(retries) == 2
 
 
+def test_write_rounds_keep_a_users_segment_changes_in_separate_rounds_in_order():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        changes = [{"change_id": f"c{n}", "user_id": rng.choice("abc"),
+                    "segment_id": rng.choice("xyz")} for n in range(rng.randint(0, 12))]
+        rounds = ms.write_rounds(changes)
+        assert [c for r in rounds for c in r] == changes  # nothing lost, reordered or repeated
+        for index, round_ in enumerate(rounds):
+            keys = [(c["user_id"], c["segment_id"]) for c in round_]
+            assert round_ and len(set(keys)) == len(keys)  # a pair at most once per round
+            if index + 1 < len(rounds):  # a round ends only where a pair repeats
+                first = rounds[index + 1][0]
+                assert (first["user_id"], first["segment_id"]) in keys
+
+
+def test_write_rounds_of_distinct_pairs_are_one_round():
+    changes = [{"user_id": u, "segment_id": s} for u in "ab" for s in "xy"]
+    assert ms.write_rounds(changes) == [changes]
+    assert ms.write_rounds([]) == []
+
+
 def test_segment_bucket_is_stable_and_in_range():
     assert ms.segment_bucket("u1") == ms.segment_bucket("u1")
     assert {ms.segment_bucket(f"u{i}") for i in range(1000)} == set(range(ms.SEGMENT_BUCKETS))
@@ -188,8 +211,10 @@ def test_a_steps_changes_go_to_redis_in_one_round_trip_and_cassandra_together():
     session, client = FakeSession(), FakeRedis()
     second = {**CHANGE, "segment_id": "s2", "change_id": "c2", "change": "EXIT"}
     _writer(session, client).write_many([CHANGE, second])
-    assert [batch.items[0][0] for batch in session.executed] == ["upsert_member",
-                                                                  "delete_member"]
+    # one Cassandra batch (one request) of both changes' statements
+    assert [[item[0] for item in batch.items] for batch in session.executed] == [
+        ["upsert_member", "upsert_segment_member", "insert_history",
+         "delete_member", "delete_segment_member", "insert_history"]]
     assert [entry[0] for entry in client.log].count("exec") == 1
     assert [entry[3:5] for entry in client.log if entry[0] == "membership"] == [
         ("ENTER", "s1"), ("EXIT", "s2")]
@@ -197,10 +222,13 @@ def test_a_steps_changes_go_to_redis_in_one_round_trip_and_cassandra_together():
 
 def test_a_failed_cassandra_batch_among_several_is_retried_alone():
     session, client = FakeSession(failures=1), FakeRedis()
-    second = {**CHANGE, "segment_id": "s2", "change_id": "c2"}
-    _writer(session, client).write_many([CHANGE, second])
-    # the first batch failed in flight and was written again; the second landed at once
-    assert [batch.items[0][1][1] for batch in session.executed] == ["s2", "s1"]
+    changes = [{**CHANGE, "segment_id": f"s{n}", "change_id": f"c{n}"} for n in range(1, 5)]
+    _writer(session, client).write_many(changes)
+    # batches of CASSANDRA_BATCH_CHANGES: the first failed in flight and its changes were
+    # written again one by one; the second landed at once
+    assert ms.CASSANDRA_BATCH_CHANGES == 3
+    assert [[item[1][1] for item in batch.items if item[0] == "upsert_member"]
+            for batch in session.executed] == [["s4"], ["s1"], ["s2"], ["s3"]]
 
 
 def test_a_redis_that_lost_its_scripts_gets_the_script_again():
@@ -301,12 +329,23 @@ class RefusingSession(FakeSession):
         super().__init__()
         self.refused_user = refused_user
 
-    def execute_async(self, batch, timeout):
+    def _refusal(self, batch):
         from cassandra import InvalidRequest
 
-        if batch.items[0][1][0] == self.refused_user:
-            return FakeFuture(InvalidRequest("Key length of 100000 is longer than 65535"))
-        return super().execute_async(batch, timeout)
+        if any(item[0] == "upsert_member" and item[1][0] == self.refused_user
+               for item in batch.items):  # the whole batch is refused, as Cassandra does
+            return InvalidRequest("Key length of 100000 is longer than 65535")
+        return None
+
+    def execute_async(self, batch, timeout):
+        error = self._refusal(batch)
+        return FakeFuture(error) if error else super().execute_async(batch, timeout)
+
+    def execute(self, batch, timeout):
+        error = self._refusal(batch)
+        if error:
+            raise error
+        super().execute(batch, timeout)
 
 
 def test_a_change_cassandra_refuses_is_returned_not_raised_and_not_retried():
@@ -319,8 +358,11 @@ def test_a_change_cassandra_refuses_is_returned_not_raised_and_not_retried():
     assert rejection.store == "cassandra" and rejection.change is big
     assert rejection.reason().startswith("STORE_REJECTED: cassandra refused ENTER of segment")
     assert "InvalidRequest" in rejection.reason() and "upsert_member" not in rejection.reason()
-    assert not retries
-    assert len(session.executed) == 1  # the other change landed
+    assert not retries  # refused for good: not retried
+    # the two went in one batch, which Cassandra refused whole; written one by one, the other
+    # change landed and the refused one was found
+    assert [[item[1][0] for item in batch.items] for batch in session.executed] == [
+        ["u1", "s1", "u1"]]
 
 
 def test_a_change_redis_refuses_is_returned_with_the_error_reply():

@@ -45,6 +45,7 @@ from schemas.codec import Codec
 from udfs import intake
 from udfs.flink.decode import dead_letter_row
 from udfs.flink.metrics import LabelledCounters
+from udfs.stores.membership import write_rounds
 
 #: the engine's row kind of a step's membership writes (routed here, never to a topic)
 MEMBERSHIP_WRITE = "MembershipWrite"
@@ -102,8 +103,9 @@ class MembershipWriteFunction(ProcessFunction):
         The value is the JSON array of the rows' documents (``io.nudgeflow.flink.BatchJsonRows``
         gathers them); one document alone, a row of a build before the batching that an
         unaligned checkpoint may hold in flight, is read as a batch of one. Consecutive steps'
-        changes go to the stores in one ``write_many`` call (one Redis pipeline, their Cassandra
-        batches in flight together; a user's later change is sent after their earlier one); an
+        changes go to the stores together (one ``write_many`` call: one Redis pipeline, their
+        Cassandra batches in flight at once), cut into rounds written one after the other only
+        where a user's segment changes twice (``write_rounds``: its later change lands last); an
         erasure is written between the steps before it and the steps after it.
         """
         docs = json.loads(bytes(value[2]))
@@ -134,8 +136,11 @@ class MembershipWriteFunction(ProcessFunction):
         emitted = [(change, step["at"], traceparent) for step in steps
                    for change, traceparent in zip(step["changes"], step["traceparents"],
                                                   strict=True)]
-        rejections = self.writer.write_many(changes) or []
-        refused = {rejection.change["change_id"]: rejection for rejection in rejections}
+        refused: dict[str, Any] = {}  # change id -> its StoreRejection
+        # a user's segment changed twice in the batch: its changes go in separate rounds
+        for changes_of_round in write_rounds(changes):
+            for rejection in self.writer.write_many(changes_of_round) or []:
+                refused[rejection.change["change_id"]] = rejection
         for change, emit_time, traceparent in emitted:
             raw = self.codec.encode("SegmentChange", {**change, "emitted_at": emit_time})
             rejection = refused.get(change["change_id"])

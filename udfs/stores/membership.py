@@ -49,7 +49,7 @@ import functools
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -84,9 +84,37 @@ CQL_INSERT_HISTORY = (
 CQL_SELECT_USER_SEGMENTS = "SELECT segment_id FROM {ks}.membership_by_user WHERE user_id = ?"
 CQL_DELETE_USER = "DELETE FROM {ks}.membership_by_user WHERE user_id = ?"
 CQL_DELETE_USER_HISTORY = "DELETE FROM {ks}.membership_changes WHERE user_id = ?"
+#: a round's changes go to Cassandra in unlogged batches of at most this many (3 statements,
+#: up to 3 partitions each): one request per batch, where the driver's cost lies (~0.4 ms of
+#: CPU per request, whatever its size), and under Cassandra's default warning thresholds
+#: (more than 10 partitions, or 5 KiB, in one unlogged batch)
+CASSANDRA_BATCH_CHANGES = 3
 #: an erasure's members_by_segment deletes go in unlogged batches of at most this many (a
 #: catalog of hundreds of segments stays under Cassandra's batch size limit)
 ERASE_BATCH_SIZE = 32
+
+
+def write_rounds(changes: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``changes`` cut, in order, into runs in which each (user, segment) appears at most once.
+
+    ``write_many`` sends a round's writes together (Cassandra batches in flight at once, one
+    retried on its own while the others landed), so two changes of one user's segment in one
+    round could land in either order. Rounds written one after the other keep them in order: the
+    later change always lands last. A round ends only where a pair repeats.
+    """
+    rounds: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for change in changes:
+        key = (change["user_id"], change["segment_id"])
+        if key in seen:
+            rounds.append(current)
+            current, seen = [], set()
+        current.append(change)
+        seen.add(key)
+    if current:
+        rounds.append(current)
+    return rounds
 
 
 def segment_bucket(user_id: str, buckets: int = SEGMENT_BUCKETS) -> int:
@@ -443,7 +471,10 @@ class CassandraRedisWriter:
         self.rebuild_needed = False
 
     def write_many(self, changes: list[dict[str, Any]]) -> list[StoreRejection]:
-        """Write an engine step's changes; returns once Cassandra and Redis acknowledged all.
+        """Write one round of changes; returns once Cassandra and Redis acknowledged all.
+
+        A round holds each (user, segment) at most once (one engine step's changes do; cut
+        several steps' with ``write_rounds``): its writes are not ordered among themselves.
 
         Every change's Cassandra batch is sent first, then all Redis writes go in one pipeline
         (one round trip), then the batches are awaited: the round trips of the two stores and
@@ -456,37 +487,42 @@ class CassandraRedisWriter:
         if not changes:
             return []
         rejected: dict[str, StoreRejection] = {}
-        pending: list[tuple[dict[str, Any], Any]] = []
-        for change in changes:
+        pending: list[tuple[list[dict[str, Any]], Any]] = []
+        for start in range(0, len(changes), CASSANDRA_BATCH_CHANGES):
+            group = changes[start:start + CASSANDRA_BATCH_CHANGES]
             try:
-                pending.append((change, self.session.execute_async(
-                    self._cassandra_batch(change), timeout=10)))
+                pending.append((group, self.session.execute_async(
+                    self._cassandra_batch(group), timeout=10)))
             except Exception as exc:  # noqa: BLE001 - classified below (retried or refused)
                 if classify("cassandra", exc) == "fatal":
                     raise _fatal("cassandra", "preparing a batch", exc) from exc
-                pending.append((change, None))  # retried synchronously below
+                pending.append((group, None))  # retried synchronously below
         self._redis_step(changes, rejected)
-        for change, future in pending:
+        for group, future in pending:
             if future is not None:
                 try:
                     future.result()
                     continue
                 except Exception as exc:  # noqa: BLE001 - classified
                     kind = classify("cassandra", exc)
-                    if kind == "permanent":
-                        self._reject(rejected, change, "cassandra", exc)
-                        continue
                     if kind == "fatal":
-                        raise _fatal("cassandra", f"write of {change['change_id']}", exc) \
+                        raise _fatal("cassandra", f"write of {group[0]['change_id']}", exc) \
                             from exc
-                    log.warning("cassandra write of %s failed (%s); retrying",
-                                change["change_id"], exc)
-                    self.on_retry()
-            error = self.retry.attempt(f"cassandra write of {change['change_id']}",
-                                       functools.partial(self._write_cassandra, change),
-                                       "cassandra", self.on_retry)
-            if error is not None:
-                self._reject(rejected, change, "cassandra", error)
+                    if kind == "permanent" and len(group) == 1:
+                        self._reject(rejected, group[0], "cassandra", exc)
+                        continue
+                    # transient, or one of several changes refused: each on its own (retried,
+                    # or the one refused found and returned; every write is idempotent)
+                    log.warning("cassandra write of %d change(s) from %s failed (%s); writing "
+                                "them one by one", len(group), group[0]["change_id"], exc)
+                    if kind == "transient":
+                        self.on_retry()
+            for change in group:
+                error = self.retry.attempt(f"cassandra write of {change['change_id']}",
+                                           functools.partial(self._write_cassandra, change),
+                                           "cassandra", self.on_retry)
+                if error is not None:
+                    self._reject(rejected, change, "cassandra", error)
         if self.rebuild_needed:
             self._rebuild()
             self._redis_step(changes, rejected)
@@ -524,20 +560,26 @@ class CassandraRedisWriter:
             self._reject(rejected, changes[index], "redis", exc)
 
     def _write_cassandra(self, change: dict[str, Any]) -> None:
-        self.session.execute(self._cassandra_batch(change), timeout=10)
+        self.session.execute(self._cassandra_batch([change]), timeout=10)
 
-    def _cassandra_batch(self, change: dict[str, Any]) -> Any:
+    def _cassandra_batch(self, changes: list[dict[str, Any]]) -> Any:
         from cassandra.query import BatchStatement, BatchType
 
-        user, segment = change["user_id"], change["segment_id"]
-        bucket = segment_bucket(user)
-        event_time = _ts(change["event_time"])
-        # one unlogged batch per change (one round trip): a logged batch would buy
+        # one unlogged batch per few changes (one round trip): a logged batch would buy
         # all-or-nothing with a batchlog write and delete on every change, ~2x Cassandra's CPU;
         # here every statement is idempotent and the batch is retried until it lands, and a
         # job that dies first replays the change from its checkpoint, so the three tables
         # converge all the same
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for change in changes:
+            self._add_change(batch, change)
+        return batch
+
+    def _add_change(self, batch: Any, change: dict[str, Any]) -> None:
+        """The three tables' statements of one change."""
+        user, segment = change["user_id"], change["segment_id"]
+        bucket = segment_bucket(user)
+        event_time = _ts(change["event_time"])
         if change["change"] == "ENTER":
             batch.add(self.upsert_member, (user, segment, change["definition_version"],
                                            event_time, change.get("churn_score"),
@@ -550,7 +592,6 @@ class CassandraRedisWriter:
         batch.add(self.insert_history, (user, event_time, change["change_id"], segment,
                                         change["change"], change["definition_version"],
                                         change["reason"]))
-        return batch
 
     def _write_redis(self, changes: list[dict[str, Any]]) -> dict[int, BaseException]:
         """One MULTI/EXEC pipeline of the step; returns the changes Redis refused, by index.
