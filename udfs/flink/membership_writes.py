@@ -12,23 +12,31 @@ Why a separate task: a step's writes wait for two stores (a millisecond or more 
 machine, most of it waiting), and on the engine's thread that wait stopped the engine. Here
 the engine goes on with the next users while the writes of the last ones are in flight.
 
+Why batches: the rows reach this operator gathered by ``io.nudgeflow.flink.BatchJsonRows`` (a
+Java operator on the engine's thread: up to ``membership_batch_rows`` rows or
+``membership_batch_ms``), one call per batch. Every call, and every wake-up of the store
+clients, takes the one interpreter lock from the engine's thread; one per batch instead of
+one per step drained a backlog ~17% faster (docs/performance.md).
+
 What still holds:
 
-- **durable before checkpointed**: a checkpoint barrier reaches this operator after every row
-  the engine emitted before it, and this operator handles each row to the end (written,
-  acknowledged) before the next; so a completed checkpoint covers no change that is not in
-  both stores, as before. After a failure the engine's rows since the last checkpoint are
-  produced again and written again (every write is idempotent);
+- **durable before checkpointed**: the batcher emits what it holds before every checkpoint
+  barrier, so a barrier reaches this operator after every row the engine emitted before it,
+  and this operator handles each batch to the end (written, acknowledged) before the next; so
+  a completed checkpoint covers no change that is not in both stores, as before. After a
+  failure the engine's rows since the last checkpoint are produced again and written again
+  (every write is idempotent);
 - **per-user order**: a user's rows come from one engine subtask over one forward channel, in
-  the order the engine emitted them: a user's EXIT is never written before the ENTER before it,
-  and an erasure runs after the EXITs of its step;
+  the order the engine emitted them, and a batch keeps that order: the changes of a batch are
+  written in rounds (``udfs.stores.membership.write_rounds``) so that a user's EXIT is never
+  written before the ENTER before it, and an erasure runs after the steps before it;
 - **an outage stalls, it loses nothing**: while a store is down this operator retries, and
   once the channel's buffers are full the engine behind it waits too (backpressure), as it
   did when it wrote itself.
 
 The rows' value is JSON (internal to the job, never on a topic): ``{"at": emit_time,
 "changes": [SegmentChange dicts without emitted_at], "traceparents": [..]}`` or ``{"erase":
-user_id, "segments": [...]}``.
+user_id, "segments": [...]}``; a batch's value is the JSON array of its rows' values.
 """
 
 from __future__ import annotations
