@@ -39,7 +39,8 @@ ENGINE_METRICS = (
     # udfs/flink/user_engine.py: counters and (last-value) distributions, no groups
     "events_in", "events_valid", "engine_events", "clicks_done", "events_duplicate",
     "events_late", "inputs_applied_late", "timers_fired", "rechecks_skipped", "segment_enters",
-    "segment_exits", "store_retries", "redis_rebuilds", "quiet_releases",
+    "segment_exits", "store_retries", "redis_rebuilds", "membership_write_batches",
+    "quiet_releases",
     "definitions_rejected", "outcomes_in", "users_erased", "inputs_dropped_erased",
     "triggers_duplicate",
     # udfs/flink/metrics.py MeasuredScorer (with churn scoring on)
