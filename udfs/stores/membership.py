@@ -21,7 +21,7 @@ every segment still in the set taken down (one Lua script: atomic, and a repeat 
 
 Every write is keyed by the change's identity, so replaying a change after a restart writes the
 same rows again. Durability: ``write_many`` returns only after Cassandra and Redis acknowledged
-all of a step's changes; the Flink operator calls it before emitting them downstream, so a
+all of its changes; the Flink operator calls it before emitting them downstream, so a
 checkpoint barrier that passes the operator follows every write of the changes before it — a
 completed checkpoint never covers a change that is not durable. Transient failures are retried
 with exponential backoff without limit, which blocks the operator and so backpressures the job
@@ -275,7 +275,10 @@ class MembershipWriter(Protocol):
     """Where membership changes go; the Flink adapter depends only on this."""
 
     def write_many(self, changes: list[dict[str, Any]]) -> list[StoreRejection] | None:
-        """Make an engine step's changes durable (blocking until all are acknowledged).
+        """Make a round of changes durable (blocking until all are acknowledged).
+
+        A round holds each (user, segment) at most once (``write_rounds``); one engine step's
+        changes are a round.
 
         Returns the changes a store refused for good (dead-lettered by the caller); None or
         empty when every change landed.
@@ -383,7 +386,7 @@ def _fatal(store: str, what: str, exc: BaseException) -> StoreConfigurationError
 
 
 class CassandraRedisWriter:
-    """The production writer: prepared CQL statements and one Redis pipeline per step."""
+    """The production writer: prepared CQL statements and one Redis pipeline per round."""
 
     #: how often a write's pipeline also asks Redis for its process id (``run_id``), so a
     #: restarted Redis is noticed within this long even if its append-only file kept the marker
@@ -476,12 +479,14 @@ class CassandraRedisWriter:
         A round holds each (user, segment) at most once (one engine step's changes do; cut
         several steps' with ``write_rounds``): its writes are not ordered among themselves.
 
-        Every change's Cassandra batch is sent first, then all Redis writes go in one pipeline
+        The Cassandra batches (up to ``CASSANDRA_BATCH_CHANGES`` changes each; one refused
+        for good is written again change by change, so only the refused change is returned)
+        are sent first, then all Redis writes go in one pipeline
         (one round trip), then the batches are awaited: the round trips of the two stores and
         of the changes overlap. A transient failure is retried on its own (every write is
         idempotent); a change a store refuses for good is returned, not raised (the caller
         dead-letters it). If the pipeline found Redis without its rebuild marker, Redis is
-        rebuilt from Cassandra once this step's batches landed, and the step's Redis writes
+        rebuilt from Cassandra once this round's batches landed, and the round's Redis writes
         are repeated (idempotent: a set change counts once).
         """
         if not changes:
