@@ -254,7 +254,7 @@ class NudgeflowConfig:
     buffer_timeout_ms: int = _opt(100, "execution.buffer-timeout (ms): latency vs throughput.")
     membership_batch_rows: int = _opt(
         500, "The membership writer takes the engine's write steps in batches of at most this "
-        "many (one Python call and one round of Cassandra and Redis writes per batch).")
+        "many (one Python call per batch; its changes go to Cassandra and Redis together).")
     membership_batch_ms: int = _opt(
         50, "A batch of membership writes leaves at most this long (ms) after its first step, "
         "and before every checkpoint barrier: the most a segment change waits to be batched.")

@@ -16,7 +16,8 @@ Why batches: the rows reach this operator gathered by ``io.nudgeflow.flink.Batch
 Java operator on the engine's thread: up to ``membership_batch_rows`` rows or
 ``membership_batch_ms``), one call per batch. Every call, and every wake-up of the store
 clients, takes the one interpreter lock from the engine's thread; one per batch instead of
-one per step drained a backlog ~17% faster (docs/performance.md).
+one per step drained a backlog ~17% faster, ~24% with Cassandra batches of three changes
+(docs/performance.md, "2026-12-03, night").
 
 What still holds:
 
@@ -140,10 +141,10 @@ class MembershipWriteFunction(ProcessFunction):
         # durable before they are emitted (and so checkpointed). emitted_at is the processing
         # time of the engine's step (the contract: emitted_at - event_time is the segment
         # latency)
-        changes = [change for step in steps for change in step["changes"]]
         emitted = [(change, step["at"], traceparent) for step in steps
                    for change, traceparent in zip(step["changes"], step["traceparents"],
                                                   strict=True)]
+        changes = [change for change, _, _ in emitted]
         refused: dict[str, Any] = {}  # change id -> its StoreRejection
         # a user's segment changed twice in the batch: its changes go in separate rounds
         for changes_of_round in write_rounds(changes):
