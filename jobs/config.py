@@ -32,6 +32,7 @@ ENV_PREFIX = "NUDGEFLOW_"
 DELIVERY_GUARANTEES = ("exactly-once", "at-least-once")
 STARTING_OFFSETS = ("committed", "earliest", "latest")
 EXECUTION_MODES = ("thread", "process")
+STORE_CLIENTS = ("process", "in-task")
 #: Kafka security protocols and the SASL mechanisms the job and the tools can log in with
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -258,6 +259,12 @@ class NudgeflowConfig:
     membership_batch_ms: int = _opt(
         50, "A batch of membership writes leaves at most this long (ms) after its first step, "
         "and before every checkpoint barrier: the most a segment change waits to be batched.")
+    store_clients: str = _opt(
+        "process",
+        "Where the membership store's clients (cassandra-driver, redis-py) run: process (a child "
+        "Python process per writer, so their CPU does not take the interpreter lock of the "
+        "TaskManager's operators; docs/performance.md) or in-task (in the operator's thread).",
+        choices=STORE_CLIENTS)
     flink_rest_url: str = _opt("http://127.0.0.1:8081", "REST address of the Flink cluster.")
     jars: str = _opt(
         "",

@@ -293,7 +293,8 @@ def membership_store(cfg: NudgeflowConfig) -> CassandraRedisStore:
     return CassandraRedisStore(
         tuple(cfg.cassandra_hosts.split(",")), cfg.cassandra_port, cfg.cassandra_keyspace,
         cfg.redis_url, cfg.redis_key_prefix, cfg.cassandra_username, cfg.cassandra_password,
-        cfg.cassandra_ssl_ca_file, cfg.redis_ssl_ca_file)
+        cfg.cassandra_ssl_ca_file, cfg.redis_ssl_ca_file,
+        client_process=cfg.store_clients == "process")
 
 
 def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,

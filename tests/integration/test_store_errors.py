@@ -7,6 +7,9 @@
   STORE_REJECTED (from an event and from a timer), the job keeps RUNNING with no restart;
 - Redis killed (kill -9) after writes and restarted empty: `nudgeflow stores rebuild-redis`
   and the writer's automatic rebuild put back exactly what Cassandra holds, idempotently.
+
+The writers here run their clients in a child process (``udfs.stores.client_process``, the
+job's default) unless a test says in-task.
 """
 
 import subprocess
@@ -50,16 +53,18 @@ def own_keyspace(local_stack):
     runner.drop_keyspace(cfg)
 
 
-def _store(cfg):
+def _store(cfg, client_process=True):
     return CassandraRedisStore((cfg.cassandra_hosts,), cfg.cassandra_port,
-                               cfg.cassandra_keyspace, cfg.redis_url, cfg.redis_key_prefix)
+                               cfg.cassandra_keyspace, cfg.redis_url, cfg.redis_key_prefix,
+                               client_process=client_process)
 
 
-def test_each_store_refuses_its_poison_change_and_the_others_land(own_keyspace):
+@pytest.mark.parametrize("client_process", [False, True], ids=["in-task", "process"])
+def test_each_store_refuses_its_poison_change_and_the_others_land(own_keyspace, client_process):
     cfg = own_keyspace
     client = redis.Redis.from_url(cfg.redis_url, decode_responses=True)
     client.set(keys.user_segments(cfg.redis_key_prefix, "wrongtype"), "not a set")
-    writer = _store(cfg)()
+    writer = _store(cfg, client_process)()
     try:
         rejections = writer.write_many([_change("ok", "s1"), _change(BIG, "s1"),
                                         _change("wrongtype", "s1")])

@@ -50,7 +50,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from udfs.stores import connections, keys, rebuild
@@ -772,11 +772,18 @@ class CassandraRedisStore:
     password: str = field(default="", repr=False)
     cassandra_ssl_ca_file: str = ""
     redis_ssl_ca_file: str = ""
+    #: run the clients in a child process (``udfs.stores.client_process``), off the caller's
+    #: interpreter lock
+    client_process: bool = False
 
     def __call__(self, on_retry: Callable[[], None] = lambda: None,
                  on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None,
-                 ) -> CassandraRedisWriter:
+                 ) -> MembershipWriter:
         """Connect a writer (blocks, retrying, until Cassandra answers)."""
+        if self.client_process:
+            from udfs.stores.client_process import ProcessWriter
+
+            return ProcessWriter(replace(self, client_process=False), on_retry, on_rebuild)
         return CassandraRedisWriter.connect(
             list(self.cassandra_hosts), self.cassandra_port, self.keyspace, self.redis_url,
             self.username, self.password, on_retry=on_retry, redis_prefix=self.redis_prefix,
