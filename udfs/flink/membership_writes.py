@@ -17,7 +17,9 @@ Java operator on the engine's thread: up to ``membership_batch_rows`` rows or
 ``membership_batch_ms``), one call per batch. Every call, and every wake-up of the store
 clients, takes the one interpreter lock from the engine's thread; one per batch instead of
 one per step drained a backlog ~17% faster, ~24% with Cassandra batches of three changes
-(docs/performance.md, "2026-12-03, night").
+(docs/performance.md, "2026-12-03, night"). The store's clients themselves run in a child
+process by default (``udfs.stores.client_process``): this thread only hands each batch over a
+pipe and waits for the answer.
 
 What still holds:
 
