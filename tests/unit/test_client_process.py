@@ -6,6 +6,7 @@ the real stores behind it are tested in tests/integration/test_store_errors.py.
 
 import os
 import signal
+import subprocess
 from dataclasses import dataclass
 
 import pytest
@@ -91,9 +92,16 @@ def test_calls_cross_to_the_child_and_events_reach_the_callbacks():
     writer.close()  # twice is harmless
 
 
-def test_errors_of_the_child_writer_are_raised_in_the_caller():
+def test_errors_of_the_child_writer_are_raised_in_the_caller(monkeypatch):
+    started = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(
+        real_popen(*a, **k)) or started[-1])
     with pytest.raises(StoreConfigurationError, match="keyspace nudgeflow does not exist"):
         _writer("connect")
+    # a writer that could not connect leaves no child and no open pipe behind
+    assert started[0].returncode == 0 and started[0].stdin.closed and started[0].stdout.closed
+    monkeypatch.undo()
     writer, _ = _writer("config")
     try:
         with pytest.raises(StoreConfigurationError, match="refuses every write"):

@@ -109,7 +109,11 @@ class ProcessWriter:
             [python_executable(), "-m", __name__], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=env, close_fds=True)
         self.closed = False
-        self._call("connect", factory)
+        try:
+            self._call("connect", factory)
+        except BaseException:
+            self.close()  # the child and its pipes, not left behind by a writer never made
+            raise
 
     def write_many(self, changes: list[dict[str, Any]]) -> Any:
         """See ``CassandraRedisWriter.write_many``."""
