@@ -101,14 +101,12 @@ class CampaignStatsFunction(KeyedProcessFunction):
         yield Row(self.definitions_topic, measured.id.encode(),
                   self.codec.encode("DefinitionUpdate", update), None)
 
-    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+    def on_timer(self, timestamp: int, ctx: Any) -> None:
         """Write the unit's totals to Redis (pending, or the state's after a restore)."""
-        unit = ctx.get_current_key()
-        stats = self.pending.pop(unit, None)
+        stats = self.pending.pop(ctx.get_current_key(), None)
         if stats is None:
             raw = self.stats.value()
             if not raw:
                 return
             stats = from_doc(json.loads(raw))
         self.store.write(stats)
-        yield from ()

@@ -22,8 +22,8 @@ of its input and exits.
 
 The protocol, over the child's standard input and a private copy of its standard output (its
 own standard output goes to standard error, so a stray print cannot corrupt a frame): frames of
-a 4-byte big-endian length and a pickle. The parent sends the writer's factory first, then
-``(method, args)`` requests; the child answers each with ``("retry",)`` and
+a 4-byte big-endian length and a pickle. The parent sends ``(method, args)`` requests, the
+first ``("connect", (factory,))``; the child answers each with ``("retry",)`` and
 ``("rebuild", report)`` events, then ``("ok", result)`` or ``("error", exception)``.
 
 Pure: no pyflink (the child imports only the store modules).
