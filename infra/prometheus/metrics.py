@@ -75,7 +75,8 @@ JOURNEY_MOVES = ("entered", "sent", "waiting", "converted", "exited")
 """``JourneyCounters``: ``journey_<move>`` under groups journey=<id>, node=<id>."""
 
 CAMPAIGN_STATS_GROUP = "nudgeflow"
-CAMPAIGN_STATS_METRICS = ("campaign_stats_facts", "roi_updates_published")
+CAMPAIGN_STATS_METRICS = ("campaign_stats_facts", "roi_updates_published",
+                          "campaign_stats_write_failures")
 """udfs/flink/campaign_stats.py: counters under the plain group ``nudgeflow``."""
 
 FLINK_OPERATOR_METRICS = (

@@ -6,12 +6,17 @@
 - poison records through the running job: their changes go to the dead-letter topic as
   STORE_REJECTED (from an event and from a timer), the job keeps RUNNING with no restart;
 - Redis killed (kill -9) after writes and restarted empty: `nudgeflow stores rebuild-redis`
-  and the writer's automatic rebuild put back exactly what Cassandra holds, idempotently.
+  and the writer's automatic rebuild put back exactly what Cassandra holds, idempotently;
+- the campaign statistics' writes to a real Redis (a private redis-server) killed and restarted:
+  the operator goes on counting, retries, and Redis ends with the totals of every fact.
 
 The writers here run their clients in a child process (``udfs.stores.client_process``, the
 job's default) unless a test says in-task.
 """
 
+import json
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +33,10 @@ from tests.builders import CART, click_bytes, metadata_bytes
 from tests.drills import runner
 from tests.integration import flink_jobs
 from tests.integration.kafka_io import TopicReader, produce_raw
+from tests.pipeline import test_campaign_stats_writes as stats_operator
+from udfs.attribution.stats import to_doc
 from udfs.stores import keys
+from udfs.stores.campaign_stats import StatsStoreFactory
 from udfs.stores.membership import CassandraRedisStore
 
 pytestmark = pytest.mark.integration
@@ -204,3 +212,58 @@ def test_redis_killed_and_restarted_empty_is_rebuilt_from_cassandra(own_keyspace
     assert _redis_sets(cfg, users) == in_cassandra
     sizes["s7"] = "1"
     assert client.hgetall(keys.segment_sizes(cfg.redis_key_prefix)) == sizes
+
+
+def _private_redis(port, data_dir):
+    """A plain redis-server on loopback at ``port``, no persistence; waits until it answers."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing (the local stack installs it)"
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(data_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if redis.Redis(port=port, socket_timeout=1).ping():
+                return proc
+        except redis.exceptions.ConnectionError:
+            assert proc.poll() is None, "the private redis-server exited at start"
+            assert time.monotonic() < deadline, "the private redis-server did not answer"
+            time.sleep(0.1)
+
+
+def test_campaign_statistics_outlive_a_redis_outage_without_failing_the_operator(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = _private_redis(port, tmp_path)
+    store = StatsStoreFactory(f"redis://127.0.0.1:{port}/0", "it-stats")()
+    runtime, function = stats_operator._with(store)
+    facts = stats_operator._facts(300, seed=21)
+    try:
+        for fact in facts[:100]:
+            stats_operator._feed(function, runtime, fact)
+        runtime.now += stats_operator.WRITE_EVERY_MS
+        assert stats_operator._due(runtime) == 3
+        assert store.read_all().keys() == {"a", "b", "c"}
+
+        server.kill()  # kill -9: Redis is gone mid-run
+        server.wait(10)
+        for fact in facts[100:]:
+            stats_operator._feed(function, runtime, fact)
+        for _ in range(3):  # its timers fail and are set again; the operator raises nothing
+            runtime.now = max(at for _, at in runtime.timers)
+            assert stats_operator._due(runtime) == 3
+        assert runtime.metrics.counts["campaign_stats_write_failures"] == 9
+        assert sorted(u for u, _ in runtime.timers) == ["a", "b", "c"]
+
+        server = _private_redis(port, tmp_path)  # back, empty (no persistence)
+        runtime.now = max(at for _, at in runtime.timers)
+        assert stats_operator._due(runtime) == 3
+        written = {unit: json.dumps(to_doc(stats), sort_keys=True)
+                   for unit, stats in store.read_all().items()}
+        assert written == stats_operator._reference(facts)
+    finally:
+        function.close()
+        server.kill()
+        server.wait(10)

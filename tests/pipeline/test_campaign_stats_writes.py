@@ -6,20 +6,28 @@ failover runs in tests/integration/test_closed_loop_e2e.py.
 """
 
 import json
+import logging
 import random
 
+import redis
 from pyflink.common import Row
 
 from udfs.attribution.stats import UnitStats, fact_to_doc, to_doc
 from udfs.attribution.touches import ASSIGNED, CONVERTED, LiftFact
-from udfs.flink.campaign_stats import WRITE_EVERY_MS, CampaignStatsFunction
+from udfs.flink.campaign_stats import RETRY_MAX_MS, WRITE_EVERY_MS, CampaignStatsFunction
 
 
 class Metrics:
+    def __init__(self):
+        self.counts = {}
+
     def counter(self, name):
+        counts = self.counts
+        counts[name] = 0
+
         class Counter:
             def inc(self, n=1):
-                pass
+                counts[name] += n
 
         return Counter()
 
@@ -46,6 +54,7 @@ class Runtime:
     def __init__(self, state=None):
         self.key, self.now, self.timers = None, 1_000_000, []
         self.state = KeyedState(self)
+        self.metrics = Metrics()
         if state:
             self.state.values.update(state)
 
@@ -53,7 +62,7 @@ class Runtime:
         return self.state
 
     def get_metrics_group(self):
-        return Metrics()
+        return self.metrics
 
     def timer_service(self):
         return self
@@ -175,3 +184,105 @@ def test_the_written_totals_do_not_depend_on_when_the_timers_fire():
         finals.append(latest)
         assert len(store.writes) < len(facts)
     assert all(final == _reference(facts) for final in finals)
+
+
+class FailingStore(Store):
+    """A store whose writes raise ``error`` while ``down`` is set."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error, self.down, self.attempts = error, True, 0
+
+    def write(self, stats):
+        self.attempts += 1
+        if self.down:
+            raise self.error
+        super().write(stats)
+
+
+def _due(runtime):
+    """Fire every timer due at the runtime's time, as Flink would; return how many fired."""
+    due = [t for t in runtime.timers if t[1] <= runtime.now]
+    runtime.timers[:] = [t for t in runtime.timers if t[1] > runtime.now]
+    for key, _ in due:
+        _fire(runtime.function, runtime, key)
+    return len(due)
+
+
+def _with(store):
+    runtime = Runtime()
+    function = CampaignStatsFunction(lambda: store, "definitions")
+    function.open(runtime)
+    runtime.function = function
+    return runtime, function
+
+
+def test_a_redis_outage_keeps_the_totals_pending_and_retries_with_backoff(caplog):
+    store = FailingStore(redis.exceptions.ConnectionError("Connection refused"))
+    runtime, function = _with(store)
+    facts = _facts(200, seed=3)
+    rng = random.Random(3)
+    with caplog.at_level(logging.WARNING, logger="udfs.flink.campaign_stats"):
+        for fact in facts:
+            _feed(function, runtime, fact)  # facts keep being counted while Redis is down
+            runtime.now += rng.randrange(0, 400)
+            _due(runtime)
+        # every unit still has exactly one timer: a retry, later than the first write's
+        assert sorted(u for u, _ in runtime.timers) == ["a", "b", "c"]
+        delays = []
+        for _ in range(8):  # down for a while: unit a's retries spread out, to RETRY_MAX_MS
+            [runtime.now] = [at for unit, at in runtime.timers if unit == "a"]
+            before = runtime.now
+            _due(runtime)
+            [retry] = [at for unit, at in runtime.timers if unit == "a"]
+            delays.append(retry - before)
+        assert delays == sorted(delays) and max(delays) == RETRY_MAX_MS
+        assert store.writes == []
+        failures = runtime.metrics.counts["campaign_stats_write_failures"]
+        assert failures == store.attempts > 3
+        # one warning per unit for the whole outage, saying the totals are kept
+        warned = [r for r in caplog.records if "not written to Redis" in r.getMessage()]
+        assert sorted(r.getMessage().split()[3] for r in warned) == ["a", "b", "c"]
+        assert all(r.levelno == logging.WARNING for r in warned)
+        store.down = False  # Redis is back: the next timers write the latest totals
+        runtime.now += RETRY_MAX_MS
+        assert _due(runtime) == 3
+    assert dict(store.writes) == _reference(facts) and len(store.writes) == 3
+    assert sum("written to Redis again" in r.getMessage() for r in caplog.records) == 3
+    assert runtime.timers == []  # nothing pending, nothing set
+    function.close()
+    assert len(store.writes) == 3
+
+
+def test_a_refused_write_is_logged_as_an_error_and_retried_the_task_goes_on(caplog):
+    store = FailingStore(redis.exceptions.NoPermissionError(
+        "NOPERM this user has no permissions to run the 'hset' command"))
+    runtime, function = _with(store)
+    facts = _facts(30, seed=4)
+    with caplog.at_level(logging.WARNING, logger="udfs.flink.campaign_stats"):
+        for fact in facts:
+            _feed(function, runtime, fact)
+        runtime.now += WRITE_EVERY_MS
+        assert _due(runtime) == 3
+    refused = [r for r in caplog.records if "Redis refuses" in r.getMessage()]
+    assert len(refused) == 3 and all(r.levelno == logging.ERROR for r in refused)
+    assert "credentials and permissions" in refused[0].getMessage()
+    assert "NOPERM" in refused[0].getMessage()
+    store.down = False
+    runtime.now += RETRY_MAX_MS
+    _due(runtime)
+    assert dict(store.writes) == _reference(facts)
+
+
+def test_close_with_redis_down_logs_what_was_not_written_and_still_closes(caplog):
+    store = FailingStore(redis.exceptions.ConnectionError("Connection refused"))
+    runtime, function = _with(store)
+    facts = _facts(20, seed=6)
+    for fact in facts:
+        _feed(function, runtime, fact)
+    with caplog.at_level(logging.ERROR, logger="udfs.flink.campaign_stats"):
+        function.close()
+    assert store.closed and store.writes == []
+    [record] = [r for r in caplog.records if "at close" in r.getMessage()]
+    for unit in {f.unit for f in facts}:
+        assert f"{unit} (ConnectionError: Connection refused)" in record.getMessage()

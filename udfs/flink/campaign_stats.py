@@ -16,6 +16,14 @@ totals it is to write, so a restored timer fires and writes them from the state 
 map in memory is only a cache of it), and the facts after the checkpoint come again. At the
 end of the input (a bounded run) ``close()`` writes what is pending.
 
+**Redis being down or refusing the write never stops the operator**: Redis only serves the
+totals, the keyed state holds them. A failed write is logged (a warning while Redis is
+unreachable, an error when it refuses the write, with what to check), counted
+(``campaign_stats_write_failures``), and the unit stays pending with its timer set again, up to
+``RETRY_MAX_MS`` later (doubling from ``WRITE_EVERY_MS``); the first write that succeeds brings
+Redis up to date and is logged. Facts keep being counted meanwhile, and the ROI updates, which
+do not pass Redis, keep being emitted.
+
 When an ROI update is due (the policy has ``roi_feedback``; ``udfs.attribution.roi``), it
 emits the measured ROI as a DefinitionUpdate row for the control topic, which the engine reads
 like any definition: the loop closes through Kafka, in the job's transaction.
@@ -24,6 +32,7 @@ like any definition: the loop closes through Kafka, in the job's transaction.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,11 +43,16 @@ from schemas.codec import Codec
 from udfs.attribution.roi import roi_to_update
 from udfs.attribution.stats import UnitStats, fact_from_doc, from_doc, to_doc
 from udfs.flink.descriptors import campaign_stats_state
+from udfs.stores.membership import classify
+
+log = logging.getLogger(__name__)
 
 StatsStoreFactory = Callable[[], Any]
 
 #: a unit's statistics reach Redis at most this long (processing time) after a fact
 WRITE_EVERY_MS = 1000
+#: the longest wait before a failed write of a unit's statistics is tried again
+RETRY_MAX_MS = 30_000
 
 
 class CampaignStatsFunction(KeyedProcessFunction):
@@ -59,10 +73,13 @@ class CampaignStatsFunction(KeyedProcessFunction):
         self.store = self.store_factory()
         # unit id -> its totals not yet written (each has a timer set; see the module)
         self.pending: dict[str, UnitStats] = {}
+        # unit id -> failed writes in a row (its next retry waits longer); empty when all wrote
+        self.failures: dict[str, int] = {}
         self.codec = Codec.load()
         group = runtime_context.get_metrics_group().add_group("nudgeflow")
         self.facts = group.counter("campaign_stats_facts")
         self.roi_updates = group.counter("roi_updates_published")
+        self.write_failures = group.counter("campaign_stats_write_failures")
 
     def close(self) -> None:
         """Write the statistics still pending (the end of a bounded input), then disconnect."""
@@ -70,9 +87,20 @@ class CampaignStatsFunction(KeyedProcessFunction):
         if store is None:
             return
         try:
-            for stats in self.pending.values():
-                store.write(stats)
+            unwritten = []
+            for unit, stats in self.pending.items():
+                try:
+                    store.write(stats)
+                except Exception as exc:  # noqa: BLE001 - reported below, the state keeps them
+                    unwritten.append(f"{unit} ({type(exc).__name__}: {exc})")
             self.pending.clear()
+            if unwritten:
+                # a failover or a stop with a savepoint restores their timers, which write them;
+                # at the end of a bounded run nothing will
+                log.error("campaign statistics not written to Redis at close: %s; the job's "
+                          "state holds them (a restored job writes them at its timers), but "
+                          "`nudgeflow report campaigns` shows older totals until then",
+                          "; ".join(unwritten))
         finally:
             store.close()
 
@@ -107,11 +135,44 @@ class CampaignStatsFunction(KeyedProcessFunction):
         A generator that emits nothing, as the version CI ran (a plain None return was not
         checked end to end).
         """
-        stats = self.pending.pop(ctx.get_current_key(), None)
+        unit = ctx.get_current_key()
+        stats = self.pending.pop(unit, None)
         if stats is None:
             raw = self.stats.value()
             if not raw:
                 return
             stats = from_doc(json.loads(raw))
-        self.store.write(stats)
+        try:
+            self.store.write(stats)
+        except Exception as exc:  # noqa: BLE001 - never fails the task: see the module
+            self._retry_later(unit, stats, exc, ctx)
+        else:
+            failed = self.failures.pop(unit, 0)
+            if failed:
+                log.warning("campaign statistics of %s written to Redis again after %d failed "
+                            "writes", unit, failed)
         yield from ()
+
+    def _retry_later(self, unit: str, stats: UnitStats, exc: Exception, ctx: Any) -> None:
+        """Keep a unit's totals pending after a failed write and set its timer again."""
+        failed = self.failures.get(unit, 0) + 1
+        self.failures[unit] = failed
+        self.pending[unit] = stats  # its latest totals: no fact came since the timer popped them
+        self.write_failures.inc()
+        delay_ms = min(WRITE_EVERY_MS << min(failed, 16), RETRY_MAX_MS)
+        timers = ctx.timer_service()
+        timers.register_processing_time_timer(timers.current_processing_time() + delay_ms)
+        if failed > 1:
+            return  # said at the first failure; the recovery is logged too
+        error = f"{type(exc).__name__}: {exc}"
+        if classify("redis", exc) == "transient":
+            log.warning("campaign statistics of %s not written to Redis (%s): kept in the job's "
+                        "state and tried again every %d s at most; `nudgeflow report campaigns` "
+                        "shows older totals until Redis is back", unit, error,
+                        RETRY_MAX_MS // 1000)
+        else:
+            log.error("Redis refuses the campaign statistics of %s (%s): check the Redis "
+                      "address, credentials and permissions, and that nothing else uses the "
+                      "statistics' hash; the totals are kept in the job's state and written "
+                      "once Redis accepts them (tried again every %d s at most)", unit, error,
+                      RETRY_MAX_MS // 1000)

@@ -2,8 +2,9 @@
 
 One hash, ``<prefix>:campaign-stats`` (``udfs.stores.keys.campaign_stats``): campaign or
 journey id -> its ``udfs.attribution.stats`` document as JSON. The job writes a unit's whole
-document after every fact it adds (an overwrite, so a repeated write after a restore leaves the
-same value); the totals live in the operator's keyed state, and Redis only serves them.
+document at most once a second (``udfs.flink.campaign_stats``; an overwrite, so a repeated
+write after a restore leaves the same value); the totals live in the operator's keyed state,
+and Redis only serves them.
 """
 
 from __future__ import annotations
