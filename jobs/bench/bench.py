@@ -441,6 +441,58 @@ def stage_costs(per_stage: Counter[str], operator_samples: int, seconds: float, 
             "python_thread_busy": round(min(1.0, operator_samples / expected), 3)}
 
 
+ThreadTimes = dict[int, tuple[str, int, int]]
+
+
+def thread_times(pid: int) -> ThreadTimes:
+    """Each thread of a live process: id -> (name, ns on a CPU, ns waiting for a CPU).
+
+    From ``/proc/<pid>/task/<tid>/schedstat`` (the scheduler's run and run-queue times) and
+    ``comm`` (the thread's name, cut to 15 characters by the kernel); empty when the process is
+    gone. Time neither on a CPU nor waiting for one is time the thread slept: blocked on a lock
+    (the interpreter's included), on I/O, or waiting for input.
+    """
+    out: ThreadTimes = {}
+    try:
+        tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            run_ns, wait_ns = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[:2]
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        out[tid] = (name, int(run_ns), int(wait_ns))
+    return out
+
+
+def thread_shares(before: ThreadTimes, after: ThreadTimes, seconds: float,
+                  events_per_s: float, top: int = 6) -> list[dict[str, Any]]:
+    """The threads that used the most CPU between two ``thread_times`` readings.
+
+    Threads of one name (GC or compiler threads) are summed. Each row: ``name``, ``threads``,
+    ``on_cpu`` and ``waiting_for_cpu`` (shares of the span, per thread of that name summed, so
+    above 1 for several busy threads), ``cpu_us_per_event`` (their CPU over the events the span
+    processed).
+    """
+    by_name: dict[str, list[float]] = {}
+    for tid, (name, run_ns, wait_ns) in after.items():
+        first = before.get(tid)
+        if first is None or first[0] != name:
+            continue  # started during the span (or a reused id): not measured from its start
+        row = by_name.setdefault(name, [0, 0.0, 0.0])
+        row[0] += 1
+        row[1] += (run_ns - first[1]) / 1e9
+        row[2] += (wait_ns - first[2]) / 1e9
+    rows = sorted(by_name.items(), key=lambda item: -item[1][1])[:top]
+    events = events_per_s * seconds
+    return [{"name": name, "threads": int(n), "on_cpu": round(run / seconds, 3),
+             "waiting_for_cpu": round(wait / seconds, 3),
+             "cpu_us_per_event": round(run / events * 1e6, 1) if events else None}
+            for name, (n, run, wait) in rows if run > 0]
+
+
 def read_proc(pid: int) -> tuple[float, float] | None:
     """(CPU seconds, peak RSS MiB) of a live process from /proc; None when it is gone."""
     try:
@@ -858,12 +910,14 @@ class Bench:
                                   "progress": "copied records" if copied_to else
                                   "engine clicks done (Prometheus)"}
         start: tuple[float, int] | None = None
+        threads_at_start: ThreadTimes = {}
         deadline = time.monotonic() + timeout_s
         try:
             while True:
                 done, now = progress(), time.monotonic()
                 if start is None and done >= target * 0.05:
                     start = (now, done)
+                    threads_at_start = thread_times(jvm) if jvm is not None else {}
                     if profile_s and jvm is not None:
                         profiler = _py_spy(jvm, profile_s, profile_file)
                 elif start is not None and (done >= target or (
@@ -871,6 +925,10 @@ class Bench:
                     result.update(seconds=round(now - start[0], 2),
                                   events_per_s=round((done - start[1]) / (now - start[0]), 1),
                                   timed_records=done - start[1])
+                    if jvm is not None:
+                        result["threads"] = thread_shares(
+                            threads_at_start, thread_times(jvm), now - start[0],
+                            result["events_per_s"])
                     if done < target:
                         result["partial"] = True
                         after = None  # the probe needs a job that has caught up
@@ -1388,6 +1446,20 @@ def _finish_py_spy(profiler: subprocess.Popen[str], out: Path, seconds: float
     return {"file": str(out), "seconds": seconds}
 
 
+def engine_thread(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The engine's operator thread in the p1 drain's thread table (``thread_shares``), or None.
+
+    A task thread is named after its task, which the kernel cuts to 15 characters.
+    """
+    from jobs import names
+
+    name = names.USER_ENGINE_NAME[:15]
+    for run in results.get("throughput") or []:
+        if run.get("parallelism") == 1:
+            return next((t for t in run.get("threads") or [] if t["name"] == name), None)
+    return None
+
+
 def bottleneck(results: dict[str, Any]) -> str:
     """A paragraph naming where the time goes, from the figures of the run."""
     stages = results.get("stages")
@@ -1407,6 +1479,19 @@ def bottleneck(results: dict[str, Any]) -> str:
                  + f"); the other {costs.get('idle', 0):,.0f} µs are spent outside Python on "
                  f"the same thread: the JVM side of each call into Python (row and state "
                  f"conversions across JNI, timers) and the waits for Cassandra and Redis.")
+    engine = engine_thread(results)
+    if engine is not None:
+        on, waiting = engine["on_cpu"], engine["waiting_for_cpu"]
+        text += (f" The engine's thread was on a CPU {on:.0%} of the p1 drain and waited for "
+                 f"one {waiting:.0%} ({engine['cpu_us_per_event']:,.0f} µs of CPU per event; "
+                 f"the kernel's figures)")
+        text += (": it is bound by its own CPU work, so less work per event is what raises "
+                 "the rate" if on + waiting >= 0.85 else
+                 f": it slept {1 - on - waiting:.0%} of the time (the interpreter lock, the "
+                 f"store clients' answers, input)")
+        text += ("; the wait for a CPU is the other processes and threads on the same cores "
+                 "(Kafka, Cassandra, the store clients' processes, the JVM's compiler and "
+                 "garbage collector)." if waiting >= 0.1 else ".")
     rates = {run["parallelism"]: run["events_per_s"] for run in results.get("throughput", [])}
     if 1 in rates and 2 in rates:
         text += (f" In thread mode every Python operator of a TaskManager shares one "

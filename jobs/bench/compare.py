@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.bench.bench import QUICK, Bench, delete_run_topics, fresh_config
+from jobs.bench.report import threads_line
 
 #: what a build's own code says about how to run its local job (printed as JSON)
 _LAUNCH = """
@@ -112,6 +113,8 @@ def compare(builds: Sequence[tuple[str, Path]], rounds: int, backlog: int, users
             runs[name].append(result["events_per_s"])
             say(f"    {name} round {round_no + 1}: {result['events_per_s']:,.0f} events/s "
                 f"({result['timed_records']:,} clicks in {result['seconds']} s)")
+            if threads := threads_line(result.get("threads")):
+                say(f"      threads: {threads}")
     summary = {name: {"runs": figures, "median_events_per_s": statistics.median(figures)}
                for name, figures in runs.items()}
     return {"backlog_events": backlog, "users": users, "parallelism": parallelism,

@@ -205,6 +205,27 @@ def _other_threads(stages: dict) -> str | None:
             f"share the engine's interpreter): {listed}")
 
 
+def threads_line(threads: Sequence[dict] | None) -> str | None:
+    """The busiest threads of a drain's JVM (``bench.thread_shares``) on one line, or None."""
+    if not threads:
+        return None
+    parts = []
+    for t in threads:
+        name = t["name"] if t.get("threads", 1) == 1 else f"{t['name']} (x{t['threads']})"
+        parts.append(f"{name}: on a CPU {_fraction(t['on_cpu'])}, waiting for one "
+                     f"{_fraction(t['waiting_for_cpu'])}, {_num(t.get('cpu_us_per_event'))} "
+                     f"µs CPU/event")
+    return "; ".join(parts)
+
+
+def _p1_threads(results: dict) -> str | None:
+    runs = [r for r in _entries(results, "throughput") if r.get("parallelism") == 1]
+    line = threads_line(runs[0].get("threads")) if runs else None
+    return None if line is None else (
+        "Threads of the job's JVM during the p1 drain, busiest first (the kernel's run and "
+        f"run-queue times; the rest of a thread's time it slept: locks, I/O, input): {line}")
+
+
 def _resource_rows(results: dict) -> list[Row]:
     return [(r.get("name") or MISSING, _num(r.get("cpu_s"), 1), _percent(r.get("cpu_percent"), 0),
              _num(r.get("peak_rss_mib"))) for r in _entries(results, "resources")]
@@ -307,6 +328,8 @@ def format_report(results: dict) -> str:
                   *_text_table(_STAGES_HEAD, _stage_rows(stages))]
         if others := _other_threads(stages):
             lines += [f"  {others}"]
+        if threads := _p1_threads(results):
+            lines += [f"  {threads}"]
     else:
         reason = results.get("stages_error") or "no reason given"
         lines += ["Stage costs", f"  unavailable: {reason}"]
@@ -517,6 +540,8 @@ def readme_section(results: dict) -> str:
                   *_md_table(_STAGES_HEAD, _stage_rows(stages))]
         if others := _other_threads(stages):
             lines += ["", others + "."]
+        if threads := _p1_threads(results):
+            lines += ["", threads + "."]
     if resources := _resource_rows(results):
         lines += ["", "**Resources** (whole run):", "", *_md_table(_RESOURCES_HEAD, resources)]
     if sweep := _sweep_rows(results):

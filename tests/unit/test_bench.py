@@ -142,6 +142,67 @@ def test_the_monitor_accounts_processes_to_roles() -> None:
     assert entry["peak_rss_mib"] > 10
 
 
+def test_thread_times_read_the_kernels_run_and_wait_times_of_each_thread() -> None:
+    import threading
+    import time
+
+    done = threading.Event()
+
+    def spin() -> None:
+        while not done.is_set():
+            sum(i * i for i in range(1_000))
+
+    spinner = threading.Thread(target=spin, name="spinner")
+    spinner.start()
+    try:
+        before = bench.thread_times(os.getpid())
+        time.sleep(0.3)
+        after = bench.thread_times(os.getpid())
+    finally:
+        done.set()
+        spinner.join()
+    assert spinner.native_id in before and threading.get_native_id() in after
+    rows = bench.thread_shares(before, after, 0.3, events_per_s=1_000.0)
+    # the spinning thread is the busiest; the kernel's name is the process's (pthread names
+    # are not set by Python), so it is summed with the main thread's under one name
+    assert rows[0]["on_cpu"] > 0.2 and rows[0]["threads"] >= 2
+    assert bench.thread_times(2**22 + 12345) == {}
+
+
+def test_thread_shares_sum_threads_of_a_name_and_skip_threads_started_meanwhile() -> None:
+    s = 1_000_000_000
+    before = {1: ("per-user engine", 10 * s, 1 * s), 2: ("C2 CompilerThre", 2 * s, 0),
+              3: ("C2 CompilerThre", 1 * s, 0), 4: ("GC Thread#0", 0, 0),
+              5: ("old name", 0, 0)}
+    after = {1: ("per-user engine", 17 * s + s // 2, 3 * s), 2: ("C2 CompilerThre", 4 * s, s),
+             3: ("C2 CompilerThre", 2 * s, 0), 4: ("GC Thread#0", 0, 0),
+             5: ("new name", 5 * s, 0),  # an id reused by a new thread: not measured
+             6: ("kafka-producer-", 9 * s, 0)}  # started during the span: not measured
+    rows = bench.thread_shares(before, after, seconds=10.0, events_per_s=1_000.0)
+    assert rows == [
+        {"name": "per-user engine", "threads": 1, "on_cpu": 0.75, "waiting_for_cpu": 0.2,
+         "cpu_us_per_event": 750.0},
+        {"name": "C2 CompilerThre", "threads": 2, "on_cpu": 0.3, "waiting_for_cpu": 0.1,
+         "cpu_us_per_event": 300.0},
+    ]  # the idle GC thread is left out
+    assert len(bench.thread_shares(before, after, 10.0, 1_000.0, top=1)) == 1
+
+
+def test_the_bottleneck_says_whether_the_engine_thread_is_bound_by_its_cpu() -> None:
+    results = {"ceiling": {"events_per_s": 50_000.0}, "goals": {"best_events_per_s": 1_000.0}}
+    engine = {"name": "per-user engine", "threads": 1, "on_cpu": 0.76,
+              "waiting_for_cpu": 0.19, "cpu_us_per_event": 760.0}
+    results["throughput"] = [{"parallelism": 1, "events_per_s": 1_000.0, "threads": [engine]}]
+    text = bench.bottleneck(results)
+    assert "was on a CPU 76% of the p1 drain and waited for one 19% (760 µs" in text
+    assert "bound by its own CPU work" in text and "other processes and threads" in text
+    engine.update(on_cpu=0.4, waiting_for_cpu=0.05)
+    text = bench.bottleneck(results)
+    assert "it slept 55% of the time" in text and "other processes" not in text
+    results["throughput"][0]["threads"] = [{**engine, "name": "kafka-producer-"}]
+    assert "engine's thread" not in bench.bottleneck(results)
+
+
 def test_the_bottleneck_names_the_largest_stages() -> None:
     results = {
         "ceiling": {"events_per_s": 50_000.0},

@@ -355,3 +355,18 @@ def test_report_says_how_many_drains_each_journeys_figure_is():
 def test_report_without_a_journeys_section_leaves_it_out():
     assert "Journeys" not in br.format_report(sample_results())
     assert "Journeys" not in br.readme_section(sample_results())
+
+
+def test_report_lists_the_busiest_jvm_threads_of_the_p1_drain():
+    results = sample_results()
+    assert "Threads of the job's JVM" not in br.format_report(results)
+    [p1] = [r for r in results["throughput"] if r["parallelism"] == 1]
+    p1["threads"] = [
+        {"name": "per-user engine", "threads": 1, "on_cpu": 0.761, "waiting_for_cpu": 0.19,
+         "cpu_us_per_event": 760.4},
+        {"name": "C2 CompilerThre", "threads": 2, "on_cpu": 0.31, "waiting_for_cpu": 0.17,
+         "cpu_us_per_event": 310.0}]
+    line = line_with(br.format_report(results), "Threads of the job's JVM")
+    assert ("per-user engine: on a CPU 76.1%, waiting for one 19.0%, 760 µs CPU/event; "
+            "C2 CompilerThre (x2): on a CPU 31.0%") in line
+    assert "per-user engine: on a CPU 76.1%" in br.readme_section(results)
