@@ -713,9 +713,16 @@ class EngineProgress:
         self.port: int | None = None
         self.deadline = time.monotonic() + wait_s
 
-    def _page(self, port: int) -> str | None:
+    def _page(self, port: int, metric: str) -> str | None:
+        """The reporter's page with only the samples of ``metric`` (a Prometheus name).
+
+        The reporter renders only the metrics asked for (``name[]``): the whole page, polled
+        every half second during a drain, took ~7% of a CPU from the job it was measuring.
+        """
+        query = urllib.parse.urlencode({"name[]": metric})
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics?{query}",
+                                        timeout=2) as page:
                 text: str = page.read().decode("utf-8", "replace")
                 return text
         except OSError:
@@ -726,7 +733,7 @@ class EngineProgress:
         from jobs import names
 
         for port in [self.port] if self.port is not None else self.ports:
-            text = self._page(port)
+            text = self._page(port, OPERATOR_METRIC.format(metric))
             value = None if text is None else engine_metric(text, self.job_name,
                                                             names.USER_ENGINE_NAME, metric,
                                                             combine)
