@@ -1485,7 +1485,8 @@ def bottleneck(results: dict[str, Any]) -> str:
                  + ", ".join(f"{k} {v:,.0f} µs" for v, k in top)
                  + f"); the other {costs.get('idle', 0):,.0f} µs are spent outside Python on "
                  f"the same thread: the JVM side of each call into Python (row and state "
-                 f"conversions across JNI, timers) and the waits for Cassandra and Redis.")
+                 f"conversions across JNI, timers), the waits for input and for the interpreter "
+                 f"lock, and the rare calls to the stores (definitions, segment sizes).")
     engine = engine_thread(results)
     if engine is not None:
         on, waiting = engine["on_cpu"], engine["waiting_for_cpu"]
@@ -1507,9 +1508,9 @@ def bottleneck(results: dict[str, Any]) -> str:
                  f"mode gives each subtask an interpreter of its own (see the sweep).")
     text += (" What would remove it: less Python per event (evaluate only the segments whose "
              "inputs changed, score only when the feature vector moved), fewer crossings of "
-             "the JVM boundary (one state value per user instead of five), store writes "
-             "batched across users, more cores for process-mode workers, or the per-user "
-             "engine in Java with Python kept for definitions and models.")
+             "the JVM boundary (one state value per user instead of five), micro-batches per "
+             "shard with one scoring call per batch, more cores for process-mode workers, or "
+             "the per-user engine in Java with Python kept for definitions and models.")
     return text
 
 
