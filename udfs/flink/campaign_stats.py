@@ -17,12 +17,14 @@ map in memory is only a cache of it), and the facts after the checkpoint come ag
 end of the input (a bounded run) ``close()`` writes what is pending.
 
 **Redis being down or refusing the write never stops the operator**: Redis only serves the
-totals, the keyed state holds them. A failed write is logged (a warning while Redis is
-unreachable, an error when it refuses the write, with what to check), counted
-(``campaign_stats_write_failures``), and the unit stays pending with its timer set again, up to
-``RETRY_MAX_MS`` later (doubling from ``WRITE_EVERY_MS``); the first write that succeeds brings
-Redis up to date and is logged. Facts keep being counted meanwhile, and the ROI updates, which
-do not pass Redis, keep being emitted.
+totals, the keyed state holds them. A failed write is logged once per outage (a warning while
+Redis is unreachable, an error when it refuses the write, with what to check) and counted
+(``campaign_stats_write_failures``); then no unit tries Redis again before a backoff has passed
+(doubling from ``WRITE_EVERY_MS`` up to ``RETRY_MAX_MS``, for the operator as a whole: a Redis
+that hangs costs one client timeout per backoff, not one per campaign), and every unit due
+meanwhile stays pending with its timer moved to the end of the backoff. The first write that
+succeeds is logged, and the units' timers bring Redis up to date. Facts keep being counted
+meanwhile, and the ROI updates, which do not pass Redis, keep being emitted.
 
 When an ROI update is due (the policy has ``roi_feedback``; ``udfs.attribution.roi``), it
 emits the measured ROI as a DefinitionUpdate row for the control topic, which the engine reads
@@ -73,8 +75,9 @@ class CampaignStatsFunction(KeyedProcessFunction):
         self.store = self.store_factory()
         # unit id -> its totals not yet written (each has a timer set; see the module)
         self.pending: dict[str, UnitStats] = {}
-        # unit id -> failed writes in a row (its next retry waits longer); empty when all wrote
-        self.failures: dict[str, int] = {}
+        # failed writes in a row, and the processing time before which none is tried again
+        self.failures = 0
+        self.retry_at_ms = 0
         self.codec = Codec.load()
         group = runtime_context.get_metrics_group().add_group("nudgeflow")
         self.facts = group.counter("campaign_stats_facts")
@@ -142,37 +145,44 @@ class CampaignStatsFunction(KeyedProcessFunction):
             if not raw:
                 return
             stats = from_doc(json.loads(raw))
+        timers = ctx.timer_service()
+        now = timers.current_processing_time()
+        if now < self.retry_at_ms:  # a write failed lately: wait for the backoff to pass
+            self._keep(unit, stats, timers, self.retry_at_ms)
+            return
         try:
             self.store.write(stats)
         except Exception as exc:  # noqa: BLE001 - never fails the task: see the module
-            self._retry_later(unit, stats, exc, ctx)
-        else:
-            failed = self.failures.pop(unit, 0)
-            if failed:
-                log.warning("campaign statistics of %s written to Redis again after %d failed "
-                            "writes", unit, failed)
+            self._failed(unit, exc, now)
+            self._keep(unit, stats, timers, self.retry_at_ms)
+            return
+        if self.failures:
+            log.warning("campaign statistics written to Redis again after %d failed writes; "
+                        "the other campaigns' totals follow at their timers", self.failures)
+            self.failures = 0
         yield from ()
 
-    def _retry_later(self, unit: str, stats: UnitStats, exc: Exception, ctx: Any) -> None:
-        """Keep a unit's totals pending after a failed write and set its timer again."""
-        failed = self.failures.get(unit, 0) + 1
-        self.failures[unit] = failed
-        self.pending[unit] = stats  # its latest totals: no fact came since the timer popped them
+    def _keep(self, unit: str, stats: UnitStats, timers: Any, at_ms: int) -> None:
+        """Keep a unit's totals pending, its timer at ``at_ms`` (no fact came since it fired)."""
+        self.pending[unit] = stats
+        timers.register_processing_time_timer(at_ms)
+
+    def _failed(self, unit: str, exc: Exception, now_ms: int) -> None:
+        """Count a failed write, set the backoff, and say so at the first of an outage."""
+        self.failures += 1
         self.write_failures.inc()
-        delay_ms = min(WRITE_EVERY_MS << min(failed, 16), RETRY_MAX_MS)
-        timers = ctx.timer_service()
-        timers.register_processing_time_timer(timers.current_processing_time() + delay_ms)
-        if failed > 1:
+        self.retry_at_ms = now_ms + min(WRITE_EVERY_MS << min(self.failures, 16), RETRY_MAX_MS)
+        if self.failures > 1:
             return  # said at the first failure; the recovery is logged too
         error = f"{type(exc).__name__}: {exc}"
         if classify("redis", exc) == "transient":
-            log.warning("campaign statistics of %s not written to Redis (%s): kept in the job's "
-                        "state and tried again every %d s at most; `nudgeflow report campaigns` "
-                        "shows older totals until Redis is back", unit, error,
+            log.warning("campaign statistics not written to Redis (%s, campaign %s): kept in "
+                        "the job's state and tried again every %d s at most; `nudgeflow report "
+                        "campaigns` shows older totals until Redis is back", error, unit,
                         RETRY_MAX_MS // 1000)
         else:
-            log.error("Redis refuses the campaign statistics of %s (%s): check the Redis "
+            log.error("Redis refuses the campaign statistics (%s, campaign %s): check the Redis "
                       "address, credentials and permissions, and that nothing else uses the "
                       "statistics' hash; the totals are kept in the job's state and written "
-                      "once Redis accepts them (tried again every %d s at most)", unit, error,
+                      "once Redis accepts them (tried again every %d s at most)", error, unit,
                       RETRY_MAX_MS // 1000)
