@@ -18,7 +18,6 @@ test cannot pass by reading nothing.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from infra.servers.kafka import CLUSTER_ID, KafkaServer
 from jobs.cli import wiring
 from jobs.config import load_config
 from schemas.codec import Codec
+from tests.ports import free_port
 from udfs.stores import connections, keys
 
 pytestmark = pytest.mark.integration
@@ -46,12 +46,6 @@ WRONG = {"kafka": "wrong-Kafka-3c9d", "cassandra": "wrong-Cass-8e51", "redis": "
 SECRETS = (KAFKA_SECRET, CASSANDRA_SECRET, REDIS_SECRET, *WRONG.values())
 
 _START_TIMEOUT_S = 150.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(what, check, proc, log, timeout_s=_START_TIMEOUT_S):
@@ -201,9 +195,9 @@ def secured(tmp_path_factory):
     (home / "jars").symlink_to(StackPaths.from_env().home / "jars")
     paths = StackPaths(home)
 
-    kafka = SecuredKafka(_free_port(), _free_port(), _free_port(), tls / "server.pem", ca_file)
-    cassandra = SecuredCassandra(_free_port(), _free_port(), tls / "server.pem")
-    redis_port = _free_port()
+    kafka = SecuredKafka(free_port(), free_port(), free_port(), tls / "server.pem", ca_file)
+    cassandra = SecuredCassandra(free_port(), free_port(), tls / "server.pem")
+    redis_port = free_port()
     procs = []
     try:
         kafka.prepare(paths)

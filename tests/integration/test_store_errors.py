@@ -16,7 +16,6 @@ job's default) unless a test says in-task.
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from tests.drills import runner
 from tests.integration import flink_jobs
 from tests.integration.kafka_io import TopicReader, produce_raw
 from tests.pipeline import test_campaign_stats_writes as stats_operator
+from tests.ports import free_port
 from udfs.attribution.stats import to_doc
 from udfs.stores import keys
 from udfs.stores.campaign_stats import StatsStoreFactory
@@ -233,9 +233,7 @@ def _private_redis(port, data_dir):
 
 
 def test_campaign_statistics_outlive_a_redis_outage_without_failing_the_operator(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     server = _private_redis(port, tmp_path)
     store = StatsStoreFactory(f"redis://127.0.0.1:{port}/0", "it-stats")()
     runtime, function = stats_operator._with(store)

@@ -15,18 +15,13 @@ import redis
 from jobs.cli import wiring
 from jobs.config import load_config, replace
 from tests.drills import runner
+from tests.ports import free_port
 from udfs.stores import keys
 from udfs.stores.membership import CassandraRedisStore
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "tls-test-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -41,7 +36,7 @@ def tls_redis(tmp_path):
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     server.private_key_pem.write_to_path(str(tmp_path / "server.key"))
     server.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
          "--tls-cert-file", str(tmp_path / "server.pem"),

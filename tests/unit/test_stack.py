@@ -21,6 +21,7 @@ from infra import stack
 from infra.paths import StackPaths
 from infra.servers.base import NotReady, Server
 from infra.stack import ServerStatus, StackError
+from tests.ports import free_port
 
 SLEEP = "import time; time.sleep(60)"
 
@@ -68,12 +69,6 @@ def _start_time(pid: int) -> str:
     """Field 22 of /proc/<pid>/stat, computed here independently of infra.stack."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rindex(")") + 2 :].split()[19]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -229,7 +224,7 @@ def test_down_with_no_servers_stops_nothing(
 def test_up_with_a_free_listen_port(
     paths: StackPaths, started: list[subprocess.Popen[bytes]]
 ) -> None:
-    server = FakeServer(listen=f"127.0.0.1:{_free_port()}")
+    server = FakeServer(listen=f"127.0.0.1:{free_port()}")
     stack.up(paths, [server], say=lambda _: None)
     assert len(started) == 1
     assert stack.running_pid(server, paths) == started[0].pid
