@@ -247,7 +247,7 @@ class ScaleBench(Bench):
         machine_before = (0, 0)
         processes_before: dict[int, tuple[str, int]] = {}
         deadline = time.monotonic() + timeout_s
-        polls = 0
+        state_checked = time.monotonic()
         try:
             while True:
                 done, now = progress.clicks_done(), time.monotonic()
@@ -270,15 +270,17 @@ class ScaleBench(Bench):
                         str(pid): thread_shares(before[pid], thread_times(pid), seconds, rate)
                         for pid in pids}
                     break
-                polls += 1
-                if polls % 10 == 0:  # every 5 s: the JobManager's CPU is part of the figures
+                if now - state_checked >= 5.0:  # not every poll: the JobManager's CPU is in the
+                    state_checked = now  # figures
                     state = deploy.job_state(cfg.flink_rest_url, job_id)
                     if state not in {"RUNNING", "CREATED", "INITIALIZING", "RESTARTING"}:
                         raise RuntimeError(f"drain {shape}: job {job_id} is {state}; read its "
                                            f"exceptions at {cfg.flink_rest_url}")
                 if now > deadline:
                     raise RuntimeError(f"drain {shape}: not caught up in {timeout_s:.0f} s")
-                time.sleep(0.5)
+                # fine-grained until the span starts, so that it starts close to 5% of the
+                # backlog (at 0.5 s a short backlog's first reading could be past a quarter)
+                time.sleep(0.1 if start is None else 0.5)
         finally:
             try:
                 deploy.cancel(cfg.flink_rest_url, job_id)

@@ -82,12 +82,17 @@ def test_an_erased_user_is_gone_from_state_cassandra_and_redis(erasure_cfg):
     triggers = TierReaders(cfg, codec)
     job_id = submit(cfg)
     try:
-        # 1. ann and bob fill carts and abandon them (zed moves event time past 30 minutes)
+        # 1. ann and bob fill carts and abandon them (zed moves event time past 30 minutes).
+        # Each clock move waits until the source has passed on what came before it: with
+        # idleness at 500 ms a partition read later than another (a fresh topic's partitions
+        # are not always fetched at once) is idle by then, so zed's click could move event
+        # time past ann's before it was read, and hers would be late (seen once in CI)
+        flink_jobs.wait_until_read(cfg, job_id, "user-metadata", 2)
         produce_raw(cfg, cfg.clicks_topic, [
             (ann.encode(), click_bytes(codec, f"{ann}-1", ann, "ADD_TO_CART", t0, **CART)),
             (bob.encode(), click_bytes(codec, f"{bob}-1", bob, "ADD_TO_CART", t0 + 1000,
                                        **CART))])
-        time.sleep(2)
+        flink_jobs.wait_until_read(cfg, job_id, "clicks", 2)
         produce_raw(cfg, cfg.clicks_topic, [
             (zed.encode(), click_bytes(codec, f"{zed}-1", zed, "PAGE_VIEW", t0 + 31 * MIN))])
         changes.wait_for(lambda r: CART_SEGMENTS <= membership(r, ann)
@@ -116,7 +121,7 @@ def test_an_erased_user_is_gone_from_state_cassandra_and_redis(erasure_cfg):
                                        quantity=0)),
             (cy.encode(), click_bytes(codec, f"{cy}-1", cy, "ADD_TO_CART", t0 + 32 * MIN,
                                       **CART))])
-        time.sleep(2)
+        flink_jobs.wait_until_read(cfg, job_id, "clicks", 7)  # 3 before, these 4
         produce_raw(cfg, cfg.clicks_topic, [
             (zed.encode(), click_bytes(codec, f"{zed}-2", zed, "PAGE_VIEW", t0 + 65 * MIN))])
         changes.wait_for(lambda r: "cart-abandoners" in membership(r, cy), timeout_s=120,
