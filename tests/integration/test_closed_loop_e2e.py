@@ -284,7 +284,7 @@ def test_an_unsubscribed_user_gets_no_later_trigger_on_that_channel(isolated_cfg
             "outcome_id": f"{run}-stop", "trigger_id": first["trigger_id"], "user_id": quits,
             "campaign_id": first["campaign_id"], "channel": "PUSH", "outcome": "UNSUBSCRIBED",
             "event_time": t0 + 5 * MIN, "revenue": None, "currency": None}))])
-        time.sleep(2)
+        flink_jobs.wait_until_read(cfg, job_id, "outcomes", 1)  # read before the carts after it
         produce_raw(cfg, cfg.clicks_topic, [
             (u.encode(), click_bytes(codec, f"{u}-cart-2", u, "ADD_TO_CART", t0 + 60 * MIN))
             for u in (quits, stays)])
