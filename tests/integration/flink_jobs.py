@@ -56,11 +56,19 @@ def _root_exception(cfg, job_id):
 def wait_until_read(cfg, job_id, source, count, timeout_s=120):
     """Wait until the vertex of the Kafka source ``source`` has passed on ``count`` records.
 
-    For a test whose premise is that a backlog (profiles) reached the engine before what it
-    sends next: the metadata input goes idle for good once quiet for ``idleness_ms`` after its
-    task starts running, so on a loaded machine a backlog read later than that no longer holds
-    event time back, and a click sent at once could be applied first. Flink's REST metrics lag
-    by up to its fetcher interval (10 s), so this can wait that long.
+    For a test whose premise is that records reached the engine before what it sends next,
+    in place of a sleep:
+
+    - profiles before clicks: the metadata input goes idle for good once quiet for
+      ``idleness_ms`` after its task starts running, so on a loaded machine a backlog read later
+      than that no longer holds event time back, and a click sent at once could be applied first;
+    - clicks before a click that moves event time on (a "clock"): with a short ``idleness_ms``
+      a partition the source reads later than the clock's (a fresh topic's partitions are not
+      always fetched at once) is idle by then, so the clock moves the watermark past the clicks
+      before they are read, and they are late (seen in CI: a cart dead-lettered as late).
+
+    ``count`` is the vertex's total since the job started. Flink's REST metrics lag by up to its
+    fetcher interval (10 s), so this can wait that long.
     """
     deadline = time.monotonic() + timeout_s
     while True:

@@ -82,11 +82,8 @@ def test_an_erased_user_is_gone_from_state_cassandra_and_redis(erasure_cfg):
     triggers = TierReaders(cfg, codec)
     job_id = submit(cfg)
     try:
-        # 1. ann and bob fill carts and abandon them (zed moves event time past 30 minutes).
-        # Each clock move waits until the source has passed on what came before it: with
-        # idleness at 500 ms a partition read later than another (a fresh topic's partitions
-        # are not always fetched at once) is idle by then, so zed's click could move event
-        # time past ann's before it was read, and hers would be late (seen once in CI)
+        # 1. ann and bob fill carts and abandon them (zed moves event time past 30 minutes
+        # once the source has passed theirs on: flink_jobs.wait_until_read says why)
         flink_jobs.wait_until_read(cfg, job_id, "user-metadata", 2)
         produce_raw(cfg, cfg.clicks_topic, [
             (ann.encode(), click_bytes(codec, f"{ann}-1", ann, "ADD_TO_CART", t0, **CART)),

@@ -233,8 +233,7 @@ def test_a_taskmanager_killed_during_a_wait_loses_and_duplicates_no_send(isolate
         produce_raw(cfg, cfg.clicks_topic, [
             (u.encode(), click_bytes(codec, f"{u}-cart", u, "ADD_TO_CART", t0 + i * 100,
                                      **CART)) for i, u in enumerate(users)])
-        # the clock moves only once every cart is read: a partition read later than the clock's
-        # would be idle by then (idleness 500 ms), and its carts late
+        # the clock moves only once every cart is read (flink_jobs.wait_until_read says why)
         flink_jobs.wait_until_read(cfg, job_id, "clicks", len(users))
         produce_raw(cfg, cfg.clicks_topic, [(f"{run}-early".encode(), click_bytes(
             codec, f"{run}-early-1", f"{run}-early", "PAGE_VIEW", t0 + 3 * MIN))])

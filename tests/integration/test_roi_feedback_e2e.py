@@ -74,11 +74,8 @@ def test_measured_roi_comes_back_through_the_control_topic_and_raises_the_priori
     produced = [0]  # clicks sent so far
 
     def clicks(records: list[tuple[str, str, int, dict]], bump_at: int) -> None:
-        """The clicks, then one that moves event time past them (and past a late profile).
-
-        The bump waits until the source has passed the clicks on: with idleness at 500 ms a
-        partition read later than the bump's would be idle by then, and its clicks late.
-        """
+        """The clicks, then, once they are read (``flink_jobs.wait_until_read`` says why), one
+        that moves event time past them (and past a late profile)."""
         produce_raw(cfg, cfg.clicks_topic, [
             (user.encode(), click_bytes(codec, f"{user}-{kind}", user, kind, t, **fields))
             for user, kind, t, fields in records])
@@ -97,8 +94,7 @@ def test_measured_roi_comes_back_through_the_control_topic_and_raises_the_priori
                 if name == "DefinitionUpdate" and r["kind"] == "CAMPAIGN_ROI"]
 
     try:
-        # the profiles' backlog holds event time back only if read within idleness_ms of the
-        # start, which a loaded machine does not always do
+        # the profiles first (flink_jobs.wait_until_read says why)
         flink_jobs.wait_until_read(cfg, job_id, "user-metadata", sum(map(len, waves.values())))
         cart = {"product_id": "p1", "price": 30.0, "quantity": 1, "currency": "USD"}
         clicks([(u, "ADD_TO_CART", t0 + i * 10, cart) for i, u in enumerate(waves[1])],

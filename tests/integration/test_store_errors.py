@@ -112,8 +112,7 @@ def test_poison_records_are_dead_lettered_and_the_job_goes_on(isolated_cfg):
         produce_raw(cfg, cfg.clicks_topic, [
             (u.encode(), click_bytes(codec, f"{u[:40]}-cart", u, "ADD_TO_CART", t0, **CART))
             for u in (ok, big, wrong)])
-        # the clock moves only once the source has passed the carts on: a partition read later
-        # than the clock's would be idle by then, and its cart late
+        # the clock moves only once the carts are read (flink_jobs.wait_until_read says why)
         flink_jobs.wait_until_read(cfg, job_id, "clicks", 3)
         # event time moves 45 minutes on: the cart-abandoners timers of all three fire
         clock = f"{run}-clock"
