@@ -1,5 +1,7 @@
 """Campaign triggers: matrix, arbitration, caps, quiet hours (time zones, DST), dedup."""
 
+import dataclasses
+import random
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -467,6 +469,50 @@ def test_a_churn_trigger_fires_when_the_score_crosses_upwards_only():
     assert arb.find_candidates([c], facts(EVENT, churn=0.7), None)
     assert not arb.find_candidates([c], facts(EVENT, churn=0.7), 0.65)  # already above
     assert not arb.find_candidates([c], facts(EVENT, churn=0.5), 0.3)
+
+
+def test_could_fire_keeps_exactly_the_campaigns_fired_fires():
+    """The pre-filter by trigger kind drops no campaign ``fired`` would fire (differential).
+
+    Seeded steps (a click of any type or none, ENTERs and EXITs of a few segments, scores
+    around the thresholds, a previous score or none) against campaigns of every trigger kind,
+    disabled ones and a journey node's (no trigger): ``find_candidates`` through the filter
+    equals the plain loop of ``fired`` over every enabled campaign, in the same order.
+    """
+    rng = random.Random(13)
+    types = ["PAGE_VIEW", "ADD_TO_CART", "PURCHASE", "SEARCH"]
+    segments = ["seg-a", "seg-b", "seg-c"]
+    triggers = [*({"segment_enter": s} for s in segments),
+                {"event": "ADD_TO_CART"}, {"event": {"type": ["PURCHASE", "SEARCH"]}},
+                {"event": {"type": "ADD_TO_CART", "where": {"value": {">": 100}}}},
+                {"churn_score": {"crosses_above": 0.6}}, {"churn_score": {"crosses_above": 0.3}}]
+    campaigns = [campaign(f"c{i}", trigger=t, enabled=i % 4 != 3)
+                 for i, t in enumerate(triggers * 2)]
+    campaigns.append(dataclasses.replace(campaigns[0], id="journey/node",
+                                         trigger=arb.CampaignTrigger()))
+    fired_some = 0
+    for n in range(400):
+        event = None
+        if rng.random() < 0.7:
+            event = {**EVENT, "event_id": f"e{n}", "event_type": rng.choice(types),
+                     "price": rng.choice([None, 20.0, 80.0])}
+        changes = [{"change_id": f"ch{n}-{s}", "segment_id": s,
+                    "change": rng.choice(["ENTER", "EXIT"]), "event_time": NOON_UTC,
+                    "cause_event_id": None} for s in segments if rng.random() < 0.3]
+        score = rng.choice([None, 0.1, 0.3, 0.45, 0.6, 0.9])
+        previous = rng.choice([None, 0.0, 0.35, 0.7])
+        step = facts(event, changes, score)
+        plain = []
+        for c in campaigns:
+            cause = arb.fired(c.trigger, step, previous) if c.enabled else None
+            if cause is not None:
+                plain.append((c.id, cause.cause))
+        found = [(f.campaign_id, f.cause) for f in arb.find_candidates(campaigns, step, previous)]
+        assert found == plain, (n, event and event["event_type"], changes, score, previous)
+        fired_some += bool(found)
+        assert set(arb.could_fire(campaigns, step)) >= {
+            c for c in campaigns if c.id in {cid for cid, _ in plain}}
+    assert 100 < fired_some < 400  # the seeded steps fire some campaigns and not others
 
 
 def test_the_validity_window_bounds_the_cause_time():

@@ -254,6 +254,11 @@ class StepFacts:
     outcome: Mapping[str, Any] | None = None
 
     @cached_property
+    def entered(self) -> frozenset[str]:
+        """The segments the user ENTERed in this step (built once per step, not per campaign)."""
+        return frozenset(c["segment_id"] for c in self.changes if c["change"] == "ENTER")
+
+    @cached_property
     def recent(self) -> RecentEvent | None:
         """The click as event filters read it (built once per step, not per campaign)."""
         event = self.event
@@ -318,6 +323,23 @@ def fired(trig: CampaignTrigger, facts: StepFacts, previous_churn: float | None
                  {"churn_score": float(score)})
 
 
+def could_fire(campaigns: Iterable[Campaign], facts: StepFacts) -> list[Campaign]:
+    """The enabled campaigns whose trigger this step can fire at all; ``fired`` decides.
+
+    A segment trigger needs an ENTER into its segment in this step, an event trigger a click of
+    one of its types, a churn trigger a score at or above its threshold (a journey node's
+    campaign, with no trigger, never). Most steps leave few of the campaigns a decision knows,
+    and ``fired`` runs only for them. Order is kept.
+    """
+    entered, score = facts.entered, facts.churn_score
+    event_type = facts.event["event_type"] if facts.event is not None else None
+    return [c for c in campaigns if c.enabled and (
+        c.trigger.segment_enter in entered if c.trigger.segment_enter is not None
+        else event_type in c.trigger.event.types if c.trigger.event is not None
+        else score is not None and c.trigger.churn_crosses is not None
+        and score >= c.trigger.churn_crosses)]
+
+
 def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
                     previous_churn: float | None) -> list[Candidate]:
     """The campaigns this step fires (``fired``), as candidates (before any rule is applied).
@@ -325,9 +347,7 @@ def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
     The cause's event time must lie in the campaign's validity window.
     """
     found = []
-    for campaign in campaigns:
-        if not campaign.enabled:
-            continue
+    for campaign in could_fire(campaigns, facts):
         cause = fired(campaign.trigger, facts, previous_churn)
         if cause is None:
             continue
