@@ -702,7 +702,8 @@ def _journeys_matter(journeys: Mapping[str, Any], facts: arbitration.StepFacts) 
     if facts.event is not None and journey_runner.watches_events(journeys.values()):
         return True
     return any(arbitration.fired(j.entry.trigger, facts, None) is not None
-               for j in journeys.values() if j.enabled)
+               for j in journeys.values()
+               if j.enabled and arbitration.may_fire(j.entry.trigger, facts))
 
 
 @dataclass(frozen=True)

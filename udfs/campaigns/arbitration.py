@@ -323,21 +323,25 @@ def fired(trig: CampaignTrigger, facts: StepFacts, previous_churn: float | None
                  {"churn_score": float(score)})
 
 
-def could_fire(campaigns: Iterable[Campaign], facts: StepFacts) -> list[Campaign]:
-    """The enabled campaigns whose trigger this step can fire at all; ``fired`` decides.
+def may_fire(trig: CampaignTrigger, facts: StepFacts) -> bool:
+    """Whether ``fired`` can fire ``trig`` at this step at all (its cheap necessary tests).
 
     A segment trigger needs an ENTER into its segment in this step, an event trigger a click of
-    one of its types, a churn trigger a score at or above its threshold (a journey node's
-    campaign, with no trigger, never). Most steps leave few of the campaigns a decision knows,
-    and ``fired`` runs only for them. Order is kept.
+    one of its types, a churn trigger a score at or above its threshold; a trigger with none
+    set (a journey node's campaign) never fires. Most steps leave few triggers, and ``fired``
+    (which decides, and builds the cause) runs only for them.
     """
-    entered, score = facts.entered, facts.churn_score
-    event_type = facts.event["event_type"] if facts.event is not None else None
-    return [c for c in campaigns if c.enabled and (
-        c.trigger.segment_enter in entered if c.trigger.segment_enter is not None
-        else event_type in c.trigger.event.types if c.trigger.event is not None
-        else score is not None and c.trigger.churn_crosses is not None
-        and score >= c.trigger.churn_crosses)]
+    if trig.segment_enter is not None:
+        return trig.segment_enter in facts.entered
+    if trig.event is not None:
+        return facts.event is not None and facts.event["event_type"] in trig.event.types
+    score = facts.churn_score
+    return score is not None and trig.churn_crosses is not None and score >= trig.churn_crosses
+
+
+def could_fire(campaigns: Iterable[Campaign], facts: StepFacts) -> list[Campaign]:
+    """The enabled campaigns whose trigger this step can fire (``may_fire``), in order."""
+    return [c for c in campaigns if c.enabled and may_fire(c.trigger, facts)]
 
 
 def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,

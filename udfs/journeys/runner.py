@@ -27,6 +27,7 @@ from udfs.campaigns.arbitration import (
     caused_by_backfill,
     fill_payload,
     fired,
+    may_fire,
     trigger_id,
 )
 from udfs.campaigns.grammar import AUDIENCE_CHANNEL, Campaign, CampaignTrigger
@@ -149,7 +150,8 @@ def on_step(state: JourneyState, facts: StepFacts, user: UserNow,
             out.changed = True
         _advance(state, instance, journey, facts, user, out, "")
     for journey in journeys.values():
-        if journey.enabled and journey.id not in state.instances and (
+        if journey.enabled and journey.id not in state.instances \
+                and may_fire(journey.entry.trigger, facts) and (
                 journey.send_on_backfill or not caused_by_backfill(facts.cause)):
             cause = fired(journey.entry.trigger, facts, previous_churn)
             if cause is not None and _may_enter(state, journey, cause.event_time):
