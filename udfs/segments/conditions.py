@@ -16,7 +16,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from udfs.definitions.comparisons import Test
 from udfs.definitions.diagnostics import format_number
@@ -46,9 +46,12 @@ def _earliest(a: int | None, b: int | None) -> int | None:
 _Result = tuple[bool, int | None, str]
 
 
-@dataclass(frozen=True, slots=True)
-class Evaluation:
+class Evaluation(NamedTuple):
     """The outcome of evaluating one segment for one user at one event time.
+
+    A named tuple, not a frozen dataclass: one is built per segment per engine step, and a
+    frozen dataclass's ``__init__`` (a ``object.__setattr__`` per field) cost ~0.8% of the
+    domain floor's time.
 
     Attributes:
         member: Whether the user is in the segment at ``view.now_ms``.
