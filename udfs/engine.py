@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from schemas.codec import Codec
 from udfs.attribution.touches import LiftFact
@@ -706,9 +706,8 @@ def _journeys_matter(journeys: Mapping[str, Any], facts: arbitration.StepFacts) 
                if j.enabled and arbitration.may_fire(j.entry.trigger, facts))
 
 
-@dataclass(frozen=True)
-class MembershipStep:
-    """What the segment half of a step produced."""
+class MembershipStep(NamedTuple):
+    """What the segment half of a step produced (a named tuple: one per step, built cheaply)."""
 
     changes: list[dict[str, Any]]
     next_timer_ms: int | None  # the earliest next_change_ms of the segments (no recheck)

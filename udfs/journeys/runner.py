@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from udfs.campaigns.arbitration import (
     Candidate,
@@ -110,9 +110,8 @@ def _node_campaign(journey: Journey, node: Node) -> Campaign:
 # --- the step ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class UserNow:
-    """What conditions read of the user besides the instance."""
+class UserNow(NamedTuple):
+    """What conditions read of the user besides the instance (one per step: a named tuple)."""
 
     membership: Mapping[str, int]
     metadata: Mapping[str, Any] | None
