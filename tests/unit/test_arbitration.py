@@ -471,7 +471,7 @@ def test_a_churn_trigger_fires_when_the_score_crosses_upwards_only():
     assert not arb.find_candidates([c], facts(EVENT, churn=0.5), 0.3)
 
 
-def test_could_fire_keeps_exactly_the_campaigns_fired_fires():
+def test_the_may_fire_prefilter_keeps_exactly_what_fired_fires():
     """The pre-filter by trigger (``may_fire``) drops nothing ``fired`` fires (differential).
 
     Seeded steps (a click of any type or none, ENTERs and EXITs of a few segments, scores

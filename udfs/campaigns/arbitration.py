@@ -339,11 +339,6 @@ def may_fire(trig: CampaignTrigger, facts: StepFacts) -> bool:
     return score is not None and trig.churn_crosses is not None and score >= trig.churn_crosses
 
 
-def could_fire(campaigns: Iterable[Campaign], facts: StepFacts) -> list[Campaign]:
-    """The enabled campaigns whose trigger this step can fire (``may_fire``), in order."""
-    return [c for c in campaigns if c.enabled and may_fire(c.trigger, facts)]
-
-
 def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
                     previous_churn: float | None) -> list[Candidate]:
     """The campaigns this step fires (``fired``), as candidates (before any rule is applied).
@@ -351,7 +346,9 @@ def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
     The cause's event time must lie in the campaign's validity window.
     """
     found = []
-    for campaign in could_fire(campaigns, facts):
+    for campaign in campaigns:
+        if not (campaign.enabled and may_fire(campaign.trigger, facts)):
+            continue
         cause = fired(campaign.trigger, facts, previous_churn)
         if cause is None:
             continue

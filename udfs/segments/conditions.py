@@ -50,8 +50,8 @@ class Evaluation(NamedTuple):
     """The outcome of evaluating one segment for one user at one event time.
 
     A named tuple, not a frozen dataclass: one is built per segment per engine step, and a
-    frozen dataclass's ``__init__`` (a ``object.__setattr__`` per field) cost ~0.8% of the
-    domain floor's time.
+    frozen dataclass's ``__init__`` (an ``object.__setattr__`` per field) cost ~1% of the
+    domain floor's instructions (docs/performance.md, 2026-12-04).
 
     Attributes:
         member: Whether the user is in the segment at ``view.now_ms``.
