@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 from jobs.bench import domain
 from models import CHURN_META, CHURN_ONNX
 from udfs import tree_ensemble
-from udfs.churn import ChurnModel
+from udfs.churn import ChurnModel, _agreement_rows
 from udfs.features.spec import FEATURE_NAMES
 from udfs.tree_ensemble import NotCompilable, compile_classifier
 
@@ -96,8 +96,30 @@ def test_the_hand_made_ensemble_scores_as_onnxruntime_row_by_row_and_in_batches(
     expected = _onnxruntime(data, rows)
     assert len(rows) == 6 * 6 * 9  # 3 far/NaN values + 3 per threshold: 1, 1 and 2 of them
     np.testing.assert_allclose(trees.probabilities(rows), expected, rtol=0, atol=1e-6)
+    assert trees.bitsets is not None  # one row at a time: the bitset form
     single = [trees.probability(row.tolist()) for row in rows]
     np.testing.assert_array_equal(single, trees.probabilities(rows))
+
+
+def test_a_tree_with_more_than_eight_leaves_is_scored_by_the_walk_row_by_row_too():
+    """Depth 4 (16 leaves) has no bitset form: one row walks the trees as a batch does."""
+    deep = [(0, 0, "BRANCH_LEQ", 0, 0.0, 1, 2, 0.0)]
+    nxt = 3
+    for level, nodes in ((1, [1, 2]), (2, [3, 4, 5, 6]), (3, list(range(7, 15)))):
+        for node in nodes:
+            deep.append((0, node, "BRANCH_LEQ", level % WIDTH, level - node / 10, nxt,
+                         nxt + 1, 0.0))
+            nxt += 2
+    deep = [(0, 1, "BRANCH_LEQ", 1, 0.5, 3, 4, 0.0) if n[1] == 1 else n for n in deep]
+    nodes = {n[1]: n for n in deep}
+    leaves = [(0, i, "LEAF", 0, 0.0, 0, 0, (i - 20) / 8) for i in range(15, 31)]
+    data = _ensemble([nodes[i] for i in sorted(nodes)] + leaves)
+    trees = compile_classifier(data, WIDTH)
+    assert trees.depth == 4 and trees.bitsets is None
+    rows = np.random.default_rng(4).uniform(-3, 3, size=(300, WIDTH)).astype(np.float32)
+    np.testing.assert_allclose(trees.probabilities(rows), _onnxruntime(data, rows), rtol=0,
+                               atol=1e-6)
+    assert [trees.probability(row.tolist()) for row in rows] == list(trees.probabilities(rows))
 
 
 def test_a_leaf_weight_moved_changes_the_score_where_onnxruntime_would():
@@ -150,6 +172,30 @@ def test_the_shipped_model_is_served_by_the_compiled_trees(compiled, reference):
     np.testing.assert_allclose(compiled.score_batch(rows), reference.score_batch(rows),
                                rtol=0, atol=1e-6)
     assert [compiled.score(r) for r in rows[:200]] == compiled.score_batch(rows[:200])
+
+
+def test_one_row_scores_as_the_walk_to_the_bit_on_the_shipped_model(compiled):
+    """Differential: the bitset form (one row) against the level-by-level walk (a batch) on
+    rows at every threshold of the model and one float32 ulp either side (ties go to the true
+    branch), random rows, and values numpy and struct treat specially (NaN, infinities, beyond
+    float32's range, integers)."""
+    trees = compiled._trees
+    assert trees is not None and trees.bitsets is not None
+    rows = _agreement_rows(trees).astype(np.float64).tolist()  # thresholds, ulps either side
+    rng = np.random.default_rng(8)
+    rows += (rng.standard_normal((500, len(FEATURE_NAMES)))
+             * rng.choice([0.01, 1.0, 100.0, 1e5], size=(500, len(FEATURE_NAMES)))).tolist()
+    special = [float("nan"), float("inf"), -float("inf"), 1e39, -1e39, 3.5e38, 0, 7, True]
+    for i in range(200):
+        row = list(rows[i])
+        for column in rng.choice(len(FEATURE_NAMES), size=8, replace=False):
+            row[column] = special[int(rng.integers(len(special)))]
+        rows.append(row)
+    with np.errstate(over="ignore"):  # numpy's cast of 1e39 to float32 warns
+        batch = trees.probabilities(np.asarray(rows, dtype=np.float32)).tolist()
+    single = [trees.probability(row) for row in rows]
+    assert single == batch
+    assert len(set(single)) > 100  # the rows reach many different leaves
 
 
 def test_a_model_that_does_not_agree_with_onnxruntime_is_served_by_onnxruntime(monkeypatch):
