@@ -68,6 +68,7 @@ _ML_DOMAIN = "ai.onnx.ml"
 
 #: rounds a Python float to float32 and back (as numpy's cast: to nearest, ties to even)
 _FLOAT32 = struct.Struct("<f")
+_SUM = np.add.reduce
 
 
 class NotCompilable(ValueError):
@@ -317,5 +318,7 @@ class LeafBitsets:
         slots = bytearray(8 * self.trees)
         slots[::8] = alive.to_bytes(self.trees, "little")
         exits = np.frombuffer(slots, dtype=np.int64)
-        total = float(self.weights[self.offsets + exits].sum()) + self.base
+        # ``np.add.reduce`` is what ``ndarray.sum`` calls (the same pairwise sum), without the
+        # Python wrapper in between: ~0.3 µs a row
+        total = float(_SUM(self.weights[self.offsets + exits])) + self.base
         return _FLOAT32.unpack(_FLOAT32.pack(total))[0]
