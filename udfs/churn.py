@@ -12,7 +12,7 @@ Create the model in the operator's ``open()``, once per operator instance; it is
 picklable on purpose. Pure: no pyflink.
 
 Scores are computed by onnxruntime, or, when the graph is a binary tree ensemble (the shipped
-model), by the same trees compiled to numpy (``udfs.tree_ensemble``): ~12 µs on the calling
+model), by the same trees compiled (``udfs.tree_ensemble``): ~10 µs a row on the calling
 thread, which may then be a Flink task thread (onnxruntime may not run there). Every load
 checks the compiled trees against onnxruntime on the smoke rows and on a seeded sample of rows
 that straddle every threshold, and keeps onnxruntime if they differ by more than

@@ -817,7 +817,7 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
     values = None
     if scorer is not None and state.features is not None:
         # re-scored at every evaluation (each new event, metadata update and timer): the
-        # vector changes with time alone (recency), and a score costs ~12 µs; the segments
+        # vector changes with time alone (recency), and a score costs ~10 µs; the segments
         # then read the same values
         values = feature_values(state.features, now_ms, state.metadata)
         state.churn_score = scorer.score(as_list(values))

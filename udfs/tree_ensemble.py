@@ -93,7 +93,7 @@ class TreeEnsemble:
     base: float
     depth: int
     width: int  # the number of input features
-    # the one-row form (module docs); None when a tree has more than 8 leaves
+    # the one-row form (module docs); None where it does not apply (``LeafBitsets.build``)
     bitsets: LeafBitsets | None = field(default=None, compare=False)
 
     def log_odds(self, x: np.ndarray) -> np.ndarray:
