@@ -69,6 +69,8 @@ _ML_DOMAIN = "ai.onnx.ml"
 #: rounds a Python float to float32 and back (as numpy's cast: to nearest, ties to even)
 _FLOAT32 = struct.Struct("<f")
 _SUM = np.add.reduce
+#: byte -> the number of its lowest set bit (0 for 0, which a tree's byte never is)
+_LOWEST_BIT = bytes((b & -b).bit_length() - 1 if b else 0 for b in range(256))
 
 
 class NotCompilable(ValueError):
@@ -231,8 +233,10 @@ class LeafBitsets:
     feature's branch thresholds in ascending order and ``masks[k]`` the AND of the masks of
     the first ``k`` of them, each mask clearing the leaves of its branch's true subtree: a row
     with value ``x`` fails exactly the branches whose threshold is below ``x``, the first
-    ``bisect_left(cuts, x)``. ``weights[256 t + b]`` is the weight of the lowest leaf set in
-    byte ``b`` of tree ``t``.
+    ``bisect_left(cuts, x)``. ``weights[8 t + i]`` is the weight of tree ``t``'s leaf ``i``
+    (12.8 KB for 200 trees; a table by whole byte, 256 entries a tree, is 400 KB: with the
+    caches emptied before each row, as the job's other work leaves them, its lookup took
+    19 µs against 15 µs for this one; both take 2 µs with warm caches).
     """
 
     __slots__ = ("_pick", "_row", "base", "features", "offsets", "trees", "weights")
@@ -243,8 +247,8 @@ class LeafBitsets:
             lambda vector: (vector[columns[0]],))
         self._row = struct.Struct(f"<{len(columns)}f")
         self.features = features
-        self.trees = len(weights) // 256
-        self.offsets = np.arange(self.trees, dtype=np.int64) * 256
+        self.trees = len(weights) // 8
+        self.offsets = np.arange(self.trees, dtype=np.int64) * 8
         self.weights = weights
         self.base = base
 
@@ -267,17 +271,14 @@ class LeafBitsets:
 
         position: dict[int, int] = {}  # leaf node -> its bit
         cuts: dict[int, list[tuple[float, int]]] = {}  # feature -> (threshold, mask)
-        table = np.zeros(len(roots) * 256, dtype=np.float64)
+        table = np.zeros(len(roots) * 8, dtype=np.float64)
         everything = (1 << (8 * len(roots))) - 1
         for t, root in enumerate(roots):
             leaves = leaves_under(int(root))
             if len(leaves) > 8:
                 return None
             position.update((node, 8 * t + i) for i, node in enumerate(leaves))
-            for byte in range(1, 256):
-                lowest = (byte & -byte).bit_length() - 1
-                if lowest < len(leaves):
-                    table[256 * t + byte] = weight[leaves[lowest]]
+            table[8 * t:8 * t + len(leaves)] = weight[leaves]
             branches = [int(root)]
             while branches:
                 node = branches.pop()
@@ -313,10 +314,11 @@ class LeafBitsets:
         for x, (cuts, masks) in zip(values, self.features):  # noqa: B905 (built together)
             # NaN fails every ``x <= threshold``: all of that feature's branches go false
             alive &= masks[left(cuts, x) if x == x else len(cuts)]
-        # each tree's byte widened to an int64 by placing it in an 8-byte slot: a numpy cast
-        # (uint8 to intp) would let go of the interpreter lock (module docs)
+        # each tree's byte becomes its lowest bit's number (its leaf), widened to an int64 by
+        # placing it in an 8-byte slot: a numpy cast (uint8 to intp) would let go of the
+        # interpreter lock (module docs)
         slots = bytearray(8 * self.trees)
-        slots[::8] = alive.to_bytes(self.trees, "little")
+        slots[::8] = alive.to_bytes(self.trees, "little").translate(_LOWEST_BIT)
         exits = np.frombuffer(slots, dtype=np.int64)
         # ``np.add.reduce`` is what ``ndarray.sum`` calls (the same pairwise sum), without the
         # Python wrapper in between: ~0.3 µs a row
