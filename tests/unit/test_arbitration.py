@@ -642,3 +642,18 @@ def test_opt_outs_survive_the_state_encoding_and_old_state_restores_without_them
     assert arb.decode_state(arb.encode_state(state)).opt_outs == {"PUSH": 42}
     old = arb.encode_state(arb.CampaignState(churn_score=0.5))
     assert b"opt_outs" not in old and arb.decode_state(old).opt_outs == {}
+
+
+def test_a_steps_facts_are_built_once_and_belong_to_that_step():
+    """``entered`` and ``recent`` are computed at the first read and kept on that step's facts
+    (a frozen dataclass); another step's facts, or a replaced copy, compute their own."""
+    enter = {"segment_id": "cart-abandoners", "change": "ENTER"}
+    exit_ = {"segment_id": "vip", "change": "EXIT"}
+    one = facts(EVENT, changes=[enter, exit_])
+    assert one.entered == frozenset({"cart-abandoners"}) and one.entered is one.entered
+    assert one.recent is not None and one.recent is one.recent
+    assert (one.recent.event_type, one.recent.price) == ("ADD_TO_CART", 60.0)
+    other = dataclasses.replace(one, changes=(exit_,), event=None)
+    assert other.entered == frozenset() and other.recent is None
+    assert one.entered == frozenset({"cart-abandoners"})  # unchanged by the other's reads
+    assert other == dataclasses.replace(one, changes=(exit_,), event=None)  # fields only
