@@ -258,10 +258,12 @@ class LeafBitsets:
               weight: np.ndarray, base: float) -> LeafBitsets | None:
         """The bitsets of compiled trees (the arrays of ``TreeEnsemble``).
 
-        None if a tree has more than 8 leaves, or no tree branches, or on a big-endian machine:
-        the walk scores those.
+        None if a tree has more than 8 leaves, or no tree branches, or a branch's threshold is
+        NaN (thresholds are sorted), or on a big-endian machine: the walk scores those.
         """
         if sys.byteorder != "little":  # the bytes of the integer are read as int64s
+            return None
+        if np.isnan(threshold).any():
             return None
 
         def leaves_under(node: int) -> list[int]:

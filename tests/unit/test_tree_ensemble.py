@@ -101,6 +101,15 @@ def test_the_hand_made_ensemble_scores_as_onnxruntime_row_by_row_and_in_batches(
     np.testing.assert_array_equal(single, trees.probabilities(rows))
 
 
+def test_a_nan_threshold_is_scored_by_the_walk_row_by_row_too():
+    """Thresholds are sorted for the bitset form: a NaN one (x <= NaN is never true) leaves it."""
+    nodes = [(*n[:4], float("nan"), *n[5:]) if n[:2] == (2, 0) else n for n in NODES]
+    trees = compile_classifier(_ensemble(nodes), WIDTH)
+    assert trees.bitsets is None
+    rows = _probe_rows()
+    assert [trees.probability(row.tolist()) for row in rows] == list(trees.probabilities(rows))
+
+
 def test_a_tree_with_more_than_eight_leaves_is_scored_by_the_walk_row_by_row_too():
     """Depth 4 (16 leaves) has no bitset form: one row walks the trees as a batch does."""
     deep = [(0, 0, "BRANCH_LEQ", 0, 0.0, 1, 2, 0.0)]
