@@ -95,8 +95,12 @@ class TreeEnsemble:
     base: float
     depth: int
     width: int  # the number of input features
-    # the one-row form (module docs); None where it does not apply (``LeafBitsets.build``)
-    bitsets: LeafBitsets | None = field(default=None, compare=False)
+    # the one-row form (module docs), derived from the arrays above; None where it does not
+    # apply (``LeafBitsets.build``)
+    bitsets: LeafBitsets | None = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bitsets", LeafBitsets.build(self))  # frozen: set once here
 
     def log_odds(self, x: np.ndarray) -> np.ndarray:
         """The float32 log-odds of class 1 for rows ``x`` (float32[rows, width] or [width])."""
@@ -204,11 +208,9 @@ def _from_attributes(attrs: dict[str, object], width: int) -> TreeEnsemble:
             raise NotCompilable(f"a class weight is on node {i} of tree {t}, not on a leaf")
         weight[k] += float(np.float32(w))
     roots = np.array([index[(t, 0)] for t in sorted(set(trees))], dtype=np.intp)
-    base = base_values[0] if base_values else 0.0
-    return TreeEnsemble(roots, feature, threshold, true_next, false_next, weight, base,
-                        _depth(roots, leaf, true_next, false_next), width,
-                        LeafBitsets.build(roots, leaf, feature, threshold, true_next,
-                                          false_next, weight, base))
+    return TreeEnsemble(roots, feature, threshold, true_next, false_next, weight,
+                        base_values[0] if base_values else 0.0,
+                        _depth(roots, leaf, true_next, false_next), width)
 
 
 def _depth(roots: np.ndarray, leaf: np.ndarray, true_next: np.ndarray,
@@ -253,18 +255,19 @@ class LeafBitsets:
         self.base = base
 
     @classmethod
-    def build(cls, roots: np.ndarray, leaf: np.ndarray, feature: np.ndarray,
-              threshold: np.ndarray, true_next: np.ndarray, false_next: np.ndarray,
-              weight: np.ndarray, base: float) -> LeafBitsets | None:
-        """The bitsets of compiled trees (the arrays of ``TreeEnsemble``).
+    def build(cls, trees: TreeEnsemble) -> LeafBitsets | None:
+        """The bitsets of compiled trees.
 
         None if a tree has more than 8 leaves, or no tree branches, or a branch's threshold is
         NaN (thresholds are sorted), or on a big-endian machine: the walk scores those.
         """
         if sys.byteorder != "little":  # the bytes of the integer are read as int64s
             return None
+        roots, feature, threshold = trees.roots, trees.feature, trees.threshold
+        true_next, false_next = trees.true_next, trees.false_next
         if np.isnan(threshold).any():
             return None
+        leaf = true_next == np.arange(len(true_next))  # a leaf points to itself
 
         def leaves_under(node: int) -> list[int]:
             if leaf[node]:
@@ -280,7 +283,7 @@ class LeafBitsets:
             if len(leaves) > 8:
                 return None
             position.update((node, 8 * t + i) for i, node in enumerate(leaves))
-            table[8 * t:8 * t + len(leaves)] = weight[leaves]
+            table[8 * t:8 * t + len(leaves)] = trees.weight[leaves]
             branches = [int(root)]
             while branches:
                 node = branches.pop()
@@ -301,7 +304,7 @@ class LeafBitsets:
                 masks.append(masks[-1] & mask)
             columns.append(column)
             features.append(([cut for cut, _ in branches_of], masks))
-        return cls(columns, features, table, base)
+        return cls(columns, features, table, trees.base)
 
     def log_odds(self, vector: Sequence[float]) -> float:
         """The float32 log-odds of class 1 for one row (as a Python float)."""
