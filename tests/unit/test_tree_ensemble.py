@@ -112,17 +112,11 @@ def test_a_nan_threshold_is_scored_by_the_walk_row_by_row_too():
 
 def test_a_tree_with_more_than_eight_leaves_is_scored_by_the_walk_row_by_row_too():
     """Depth 4 (16 leaves) has no bitset form: one row walks the trees as a batch does."""
-    deep = [(0, 0, "BRANCH_LEQ", 0, 0.0, 1, 2, 0.0)]
-    nxt = 3
-    for level, nodes in ((1, [1, 2]), (2, [3, 4, 5, 6]), (3, list(range(7, 15)))):
-        for node in nodes:
-            deep.append((0, node, "BRANCH_LEQ", level % WIDTH, level - node / 10, nxt,
-                         nxt + 1, 0.0))
-            nxt += 2
-    deep = [(0, 1, "BRANCH_LEQ", 1, 0.5, 3, 4, 0.0) if n[1] == 1 else n for n in deep]
-    nodes = {n[1]: n for n in deep}
+    # one full tree in heap order: branch i (0..14) goes to 2i + 1 and 2i + 2; leaves 15..30
+    branches = [(0, i, "BRANCH_LEQ", i % WIDTH, 1.5 - i / 5, 2 * i + 1, 2 * i + 2, 0.0)
+                for i in range(15)]
     leaves = [(0, i, "LEAF", 0, 0.0, 0, 0, (i - 20) / 8) for i in range(15, 31)]
-    data = _ensemble([nodes[i] for i in sorted(nodes)] + leaves)
+    data = _ensemble(branches + leaves)
     trees = compile_classifier(data, WIDTH)
     assert trees.depth == 4 and trees.bitsets is None
     rows = np.random.default_rng(4).uniform(-3, 3, size=(300, WIDTH)).astype(np.float32)
