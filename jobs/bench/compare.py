@@ -1,6 +1,6 @@
 """Drain one backlog with several builds of nudgeflow, alternating, in one run on one machine.
 
-    python -m jobs.bench.compare before=/path/to/old/checkout after=. [--rounds 2]
+    python -m jobs.bench.compare before=/path/to/old/checkout after=. [--rounds 2] [--warmup 1]
         [--backlog 40000] [--users 3000] [--parallelism 1] [--out DIR]
         [--job-flags 'NAME=--flag value ...']
 
@@ -11,6 +11,10 @@ udfs/catalog/journeys'``).
 A throughput change is only worth what its comparison is: this machine is noisy, so every build
 drains the same backlog (loaded once) in every round, in ABBA order (the second round reversed,
 so a drift in the machine's speed weighs on both alike), and the median per build is reported.
+Before the timed rounds, ``--warmup`` drains (one by default) are run and reported but not
+counted: the first drain after the backlog is loaded was the slowest of its run in every
+compare of 2026-12-04 (877 against 1,049-1,533 events/s, and 1,588 against 1,957-2,096), a
+bias by position that ABBA's reversal does not cancel, as it falls on one build only.
 
 Each build is a checkout with its own code, jars and ``NUDGEFLOW_HOME`` (``OUT/home-<name>``):
 its job runs from its own directory, with the jars its own sources give. The drains are timed
@@ -90,10 +94,28 @@ class BuildBench(Bench):
         return list(self.build.flags), self.build.root, self.build.env, self.build.name
 
 
+def drain_order(names: Sequence[str], rounds: int, warmup: int) -> list[tuple[str, str]]:
+    """The drains of a comparison in order: (build name, label), the warm-ups first.
+
+    Warm-up ``i`` drains with build ``i mod len(names)`` (labelled ``warm-up i``); then round
+    ``r`` drains with every build, in the given order for odd ``r`` and reversed for even ``r``
+    (ABBA). A label of a timed drain is ``round r``.
+    """
+    order = [(names[i % len(names)], f"warm-up {i + 1}") for i in range(warmup)]
+    for round_no in range(rounds):
+        for name in names if round_no % 2 == 0 else list(reversed(names)):
+            order.append((name, f"round {round_no + 1}"))
+    return order
+
+
 def compare(builds: Sequence[tuple[str, Path]], rounds: int, backlog: int, users: int,
             parallelism: int, out: Path, say: Any = print,
-            job_flags: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """Drain one backlog with every build, ``rounds`` times, alternating; the figures."""
+            job_flags: dict[str, list[str]] | None = None, warmup: int = 1) -> dict[str, Any]:
+    """Drain one backlog with every build, ``rounds`` times, alternating; the figures.
+
+    ``warmup`` untimed drains run first (``drain_order``); their figures are reported apart
+    (``warmup`` in the result), never in a build's runs or median.
+    """
     prepared = []
     for name, root in builds:
         say(f"  preparing {name} ({root}) ...")
@@ -103,22 +125,25 @@ def compare(builds: Sequence[tuple[str, Path]], rounds: int, backlog: int, users
     say(f"  loading {backlog:,} events of {users:,} users ...")
     next(iter(benches.values())).load_backlog(base, backlog, users)
     runs: dict[str, list[float]] = {b.name: [] for b in prepared}
-    order = [b.name for b in prepared]
-    for round_no in range(rounds):
-        for name in order if round_no % 2 == 0 else list(reversed(order)):
-            result = benches[name].drain(
-                fresh_config(base), ("--parallelism", str(parallelism),
-                                     "--delivery-guarantee", "at-least-once"),
-                f"{name} p{parallelism} round {round_no + 1}")
+    warmups: list[dict[str, Any]] = []
+    for name, label in drain_order([b.name for b in prepared], rounds, warmup):
+        result = benches[name].drain(
+            fresh_config(base), ("--parallelism", str(parallelism),
+                                 "--delivery-guarantee", "at-least-once"),
+            f"{name} p{parallelism} {label}")
+        if label.startswith("warm-up"):
+            warmups.append({"build": name, "events_per_s": result["events_per_s"]})
+        else:
             runs[name].append(result["events_per_s"])
-            say(f"    {name} round {round_no + 1}: {result['events_per_s']:,.0f} events/s "
-                f"({result['timed_records']:,} clicks in {result['seconds']} s)")
-            if threads := threads_line(result.get("threads")):
-                say(f"      threads: {threads}")
+        say(f"    {name} {label}: {result['events_per_s']:,.0f} events/s "
+            f"({result['timed_records']:,} clicks in {result['seconds']} s)"
+            + (" (not counted)" if label.startswith("warm-up") else ""))
+        if threads := threads_line(result.get("threads")):
+            say(f"      threads: {threads}")
     summary = {name: {"runs": figures, "median_events_per_s": statistics.median(figures)}
                for name, figures in runs.items()}
     return {"backlog_events": backlog, "users": users, "parallelism": parallelism,
-            "rounds": rounds, "timing": "engine clicks_done (Prometheus)",
+            "rounds": rounds, "warmup": warmups, "timing": "engine clicks_done (Prometheus)",
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "builds": {b.name: str(b.root) for b in prepared}, "results": summary}
 
@@ -130,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("builds", nargs="+", metavar="NAME=DIR",
                         help="a build to measure: a name and a nudgeflow checkout")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed drains before the rounds (default 1; 0 for none)")
     parser.add_argument("--backlog", type=int, default=40_000)
     parser.add_argument("--users", type=int, default=3_000)
     parser.add_argument("--parallelism", type=int, default=1)
@@ -137,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--job-flags", action="append", default=[], metavar="NAME=FLAGS",
                         help="job flags added to build NAME's runs (repeatable)")
     args = parser.parse_args(argv)
+    if args.warmup < 0 or args.rounds < 1:
+        parser.error(f"--rounds {args.rounds} --warmup {args.warmup}: expected at least one "
+                     "round and no negative number of warm-ups")
     job_flags: dict[str, list[str]] = {}
     for spec in args.job_flags:
         name, sep, flags = spec.partition("=")
@@ -155,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"nudgeflow bench compare (results and job logs in {out})")
     try:
         result = compare(builds, args.rounds, args.backlog, args.users, args.parallelism, out,
-                         job_flags=job_flags)
+                         job_flags=job_flags, warmup=args.warmup)
     finally:
         delete_run_topics()
     (out / "compare.json").write_text(json.dumps(result, indent=2))

@@ -325,6 +325,59 @@ def test_compare_takes_named_checkouts_only(tmp_path, capsys) -> None:
         assert "expected NAME=DIR" in capsys.readouterr().err
 
 
+def test_a_comparison_warms_up_first_then_drains_abba() -> None:
+    from jobs.bench.compare import drain_order
+
+    assert drain_order(["a", "b"], 2, 1) == [
+        ("a", "warm-up 1"), ("a", "round 1"), ("b", "round 1"), ("b", "round 2"),
+        ("a", "round 2")]
+    assert drain_order(["a", "b"], 1, 3) == [
+        ("a", "warm-up 1"), ("b", "warm-up 2"), ("a", "warm-up 3"), ("a", "round 1"),
+        ("b", "round 1")]
+    assert drain_order(["a"], 2, 0) == [("a", "round 1"), ("a", "round 2")]
+
+
+def test_a_warm_up_drain_is_reported_but_never_counted(tmp_path, monkeypatch) -> None:
+    from jobs.bench import compare
+
+    drained: list[str] = []
+    rates = iter([100.0, 1_000.0, 2_000.0, 3_000.0, 4_000.0])
+
+    class FakeBench:
+        def __init__(self, build, out) -> None:
+            self.name = build.name
+
+        def load_backlog(self, cfg, events, users) -> None:
+            pass
+
+        def drain(self, cfg, flags, label):
+            drained.append(label)
+            return {"events_per_s": next(rates), "timed_records": 10, "seconds": 1.0}
+
+    monkeypatch.setattr(compare.Build, "prepare", classmethod(
+        lambda cls, name, root, out, extra=(): cls(name, root, out, tuple(extra), {})))
+    monkeypatch.setattr(compare, "BuildBench", FakeBench)
+    monkeypatch.setattr(compare, "fresh_config", lambda base=None: object())
+    result = compare.compare([("a", tmp_path), ("b", tmp_path)], 2, 100, 10, 1, tmp_path,
+                             say=lambda _: None, warmup=1)
+    assert drained == ["a p1 warm-up 1", "a p1 round 1", "b p1 round 1", "b p1 round 2",
+                       "a p1 round 2"]
+    assert result["warmup"] == [{"build": "a", "events_per_s": 100.0}]
+    assert result["results"]["a"] == {"runs": [1_000.0, 4_000.0],
+                                      "median_events_per_s": 2_500.0}
+    assert result["results"]["b"]["runs"] == [2_000.0, 3_000.0]
+
+
+def test_compare_refuses_a_negative_warm_up(tmp_path, capsys) -> None:
+    from jobs.bench import compare
+
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "job.py").write_text("")
+    with pytest.raises(SystemExit):
+        compare.main([f"a={tmp_path}", "--warmup", "-1"])
+    assert "no negative number of warm-ups" in capsys.readouterr().err
+
+
 def test_a_compared_build_starts_its_jobs_from_its_own_checkout(tmp_path) -> None:
     from jobs.bench.compare import Build, BuildBench
 
