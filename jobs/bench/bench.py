@@ -50,6 +50,11 @@ from typing import Any
 #: what the issue asks of the job on 2 cores
 GOAL_EVENTS_PER_S = 15_000
 GOAL_P99_MS_AT_5K = 50.0
+#: what issue 13 asks of the job's cost above the pure domain code, µs per event
+GOAL_ABOVE_FLOOR_US = 30.0
+#: the domain floor runs over at most this many clicks (with users cut in proportion): a pass
+#: over the full run's 1,000,000 would take about four minutes
+FLOOR_MAX_CLICKS = 60_000
 #: offered rates of the latency ladder (the highest sustained rate is added per run)
 LADDER_RATES = (1_000, 5_000, 10_000)
 
@@ -441,6 +446,23 @@ def stage_costs(per_stage: Counter[str], operator_samples: int, seconds: float, 
             "python_thread_busy": round(min(1.0, operator_samples / expected), 3)}
 
 
+def above_floor(p1: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    """The domain floor next to the engine's CPU per event in the p1 drain, and their gap.
+
+    ``p1``: the drain at parallelism 1 (its ``threads``, ``thread_shares``).
+
+    Both count per click, and both include the metadata records' work. The engine's figure is
+    the kernel's CPU time of its task threads: its Python, and the JVM work on the same
+    threads (state, timers, rows in and out, the Java operators chained to it); the Kafka
+    source, the sinks and the membership writer run on threads of their own (the threads
+    line).
+    """
+    engine = engine_thread({"throughput": [p1]})
+    engine_us = None if engine is None else engine.get("cpu_us_per_event")
+    gap = None if engine_us is None else round(engine_us - floor["us_per_click"], 1)
+    return {**floor, "engine_cpu_us_per_event": engine_us, "above_floor_us": gap}
+
+
 ThreadTimes = dict[int, tuple[str, int, int]]
 
 
@@ -776,6 +798,7 @@ class Bench:
         self.monitor = ResourceMonitor()
         self.monitor.watch(os.getpid(), "bench process (generator, consumers; Python)")
         self.last_send_s = 0.0  # how long the last latency step took to send
+        self.backlog_start_ms: int | None = None  # the loaded backlog's first event time
 
     # -- jobs --
 
@@ -840,6 +863,7 @@ class Bench:
 
         spec = WorkloadSpec(users=users, events=events, seed=7)
         spec = dataclasses.replace(spec, start_ms=generate.recent_start_ms(spec))
+        self.backlog_start_ms = spec.start_ms  # the domain floor generates the same workload
         started = time.monotonic()
         generate.produce(spec, cfg.kafka_bootstrap, clicks_topic=cfg.clicks_topic,
                          metadata_topic=cfg.user_metadata_topic, progress=False)
@@ -1285,6 +1309,7 @@ class Bench:
                                + "; ".join(problems))
         p1 = throughput[0]
         results.update(self._stages(p1))
+        results["floor"] = self._floor(p1, plan)
         results["journeys"] = self._journeys(base, plan.users, plan.journey_order)
         # 2. latency, each delivery mode on topics of its own holding only the probe's users
         best = max(run["events_per_s"] for run in throughput)
@@ -1328,6 +1353,10 @@ class Bench:
             "throughput_events_per_s": GOAL_EVENTS_PER_S, "p99_ms_at_5k": GOAL_P99_MS_AT_5K,
             "best_events_per_s": best, "p99_ms_at_5k_measured": p99_5k,
             "throughput_met": best >= GOAL_EVENTS_PER_S,
+            "above_floor_goal_us": GOAL_ABOVE_FLOOR_US,
+            "above_floor_us": results["floor"]["above_floor_us"],
+            "above_floor_met": results["floor"]["above_floor_us"] is not None
+            and results["floor"]["above_floor_us"] < GOAL_ABOVE_FLOOR_US,
             "latency_met": bool(at_5k and at_5k["sustained"] and p99_5k is not None
                                 and p99_5k <= GOAL_P99_MS_AT_5K)}
         results["bottleneck"] = bottleneck(results)
@@ -1354,6 +1383,21 @@ class Bench:
             name: round(samples / expected * costs["total_us_per_event"], 1)
             for name, samples in sorted(operator_threads(lines).items())}
         return {"stages": costs}
+
+    def _floor(self, p1: dict[str, Any], plan: Plan) -> dict[str, Any]:
+        """The pure domain loop over the backlog's workload (``jobs.bench.domain.floor``).
+
+        The same generator, seed and start as the backlog; a backlog above FLOOR_MAX_CLICKS is
+        cut to that many clicks with the users cut in proportion (the same events per user).
+        """
+        from jobs.bench import domain
+
+        clicks = min(plan.backlog, FLOOR_MAX_CLICKS)
+        users = max(1, round(plan.users * clicks / plan.backlog))
+        self.say(f"  domain floor: {clicks:,} clicks of {users:,} users, no Flink ...")
+        floor = domain.floor(clicks, users, seed=7,
+                             start_ms=self.backlog_start_ms)
+        return above_floor(p1, floor)
 
     def _in_order_delay(self, zone: str) -> dict[str, Any]:
         """Click-to-trigger latency with the configured out-of-orderness bound and a small one.
@@ -1500,6 +1544,11 @@ def bottleneck(results: dict[str, Any]) -> str:
         text += ("; the wait for a CPU is the other processes and threads on the same cores "
                  "(Kafka, Cassandra, the store clients' processes, the JVM's compiler and "
                  "garbage collector)." if waiting >= 0.1 else ".")
+    floor = results.get("floor") or {}
+    if floor.get("above_floor_us") is not None:
+        text += (f" The pure domain code over the same workload, with no Flink, costs "
+                 f"{floor['us_per_click']:,.0f} µs per event in one Python loop: the job spends "
+                 f"{floor['above_floor_us']:,.0f} µs of the engine's CPU per event above it.")
     rates = {run["parallelism"]: run["events_per_s"] for run in results.get("throughput", [])}
     if 1 in rates and 2 in rates:
         text += (f" In thread mode every Python operator of a TaskManager shares one "

@@ -94,16 +94,20 @@ class Inputs:
 
 
 def build_inputs(clicks: int, users: int, seed: int, metadata_updates: float = 0.0,
-                 days: float | None = None) -> Inputs:
+                 days: float | None = None, start_ms: int | None = None) -> Inputs:
     """A seeded workload: every user's metadata first, then the clicks in emission order.
 
     ``metadata_updates``: after this share of the clicks (chosen by the seed) comes a new
     metadata record of a random user, stamped with that click's time (a changed lifetime
     value, plan or opt-in), so metadata changes mid-stream as well. ``days``: the event-time
     span (about); None: the generator's default rate (60,000 clicks of 3,000 users in a day).
+    ``start_ms``: the first session's event time (the generator's default when None), as
+    ``nudgeflow bench`` starts its backlog.
     """
     # the generator's span is about events / (users * sessions per user per day * 5.6) days
     spec = WorkloadSpec(users=users, events=clicks, seed=seed)
+    if start_ms is not None:
+        spec = dataclasses.replace(spec, start_ms=start_ms)
     if days is not None:
         spec = dataclasses.replace(spec, sessions_per_user_per_day=clicks / (users * 5.6 * days))
     codec = Codec.load()
@@ -142,9 +146,12 @@ def _changed_metadata(current: dict[str, Any], at_ms: int, rng: random.Random) -
     return changed
 
 
-def shipped_rules(churn: bool = True) -> engine.Rules:
-    """The shipped catalog with its opt-in journeys, the job's TTL and the committed model."""
-    files = [*catalog_files(), JOURNEY_CATALOG_DIR]
+def shipped_rules(churn: bool = True, journeys: bool = True) -> engine.Rules:
+    """The shipped catalog with its opt-in journeys, the job's TTL and the committed model.
+
+    ``journeys=False``: without the journeys, as the job runs unless ``--journeys-dir`` is set.
+    """
+    files = [*catalog_files(), *([JOURNEY_CATALOG_DIR] if journeys else [])]
     registries = Registries.from_updates(load_files(files, check_references=False).updates(0))
     scorer = None
     if churn:
@@ -257,6 +264,25 @@ def _encode(codec: Codec, state: engine.UserState, step: engine.Step, clocks: di
 def _emitted(step: engine.Step) -> dict[str, Any]:
     """Everything a step says, but the flags of what to store (compared as they are)."""
     return dataclasses.asdict(step)
+
+
+def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
+          passes: int = 3, journeys: bool = False) -> dict[str, Any]:
+    """The domain floor of one workload, for ``nudgeflow bench``: µs per click and per input.
+
+    The loop of ``main`` (the shipped catalog, the churn model, a warm-up pass, then ``passes``
+    timed ones; their median) without the stage table, and by default without the journeys,
+    as the job runs by default. ``us_per_click`` is the whole pass over the clicks alone,
+    metadata records included in the time, as the job's figures per event are.
+    """
+    inputs = build_inputs(clicks, users, seed, start_ms=start_ms)
+    rules = shipped_rules(churn=True, journeys=journeys)
+    play(inputs, rules)  # warm up: imports, caches, the model's first runs
+    runs = [timed(inputs, rules)[0] for _ in range(max(1, passes))]
+    us_per_input = statistics.median(runs)
+    return {"clicks": inputs.clicks, "users": inputs.users, "inputs": len(inputs.records),
+            "passes": len(runs), "journeys": journeys, "us_per_input": round(us_per_input, 1),
+            "us_per_click": round(us_per_input * len(inputs.records) / inputs.clicks, 1)}
 
 
 def timed(inputs: Inputs, rules: engine.Rules) -> tuple[float, Outcome]:

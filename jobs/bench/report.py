@@ -130,7 +130,16 @@ def _goals_line(results: dict) -> str:
             f"{_met(g.get('throughput_met'))} (best {_rate(g.get('best_events_per_s'))} "
             f"events/s); p99 at 5,000 events/s ≤ {_ms(g.get('p99_ms_at_5k'))} ms: "
             f"{_met(g.get('latency_met'))} (measured {_ms(g.get('p99_ms_at_5k_measured'))} ms)"
-            + _sustained_text(results))
+            + _above_floor_text(g) + _sustained_text(results))
+
+
+def _above_floor_text(goals: dict) -> str:
+    """The goal on the cost above the domain floor, when the run measured it."""
+    if "above_floor_goal_us" not in goals:
+        return ""  # results of a build before the floor was part of the run
+    return (f"; cost above the domain floor < {_num(goals['above_floor_goal_us'])} µs/event: "
+            f"{_met(goals.get('above_floor_met'))} (measured "
+            f"{_num(goals.get('above_floor_us'), 1)} µs)")
 
 
 def _sustained_text(results: dict) -> str:
@@ -224,6 +233,23 @@ def _p1_threads(results: dict) -> str | None:
     return None if line is None else (
         "Threads of the job's JVM during the p1 drain, busiest first (the kernel's run and "
         f"run-queue times; the rest of a thread's time it slept: locks, I/O, input): {line}")
+
+
+def _floor_line(results: dict) -> str | None:
+    """The domain floor against the engine's CPU per event (``bench.above_floor``), or None."""
+    f = results.get("floor")
+    if not f:
+        return None
+    line = (f"Domain floor: {_num(f.get('us_per_click'), 1)} µs per click, the pure engine "
+            f"(decode, features, scoring, segments, campaigns, state encoding) over "
+            f"{_num(f.get('clicks'))} clicks of {_num(f.get('users'))} users of the same "
+            f"generator, seed and start, in one Python loop with no Flink (median of "
+            f"{f.get('passes', MISSING)} passes)")
+    if f.get("engine_cpu_us_per_event") is None:
+        return line + "; the engine's CPU per event was not measured"
+    return (line + f"; the engine's threads used {_num(f['engine_cpu_us_per_event'], 1)} µs "
+            f"of CPU per event in the p1 drain: {_num(f.get('above_floor_us'), 1)} µs above "
+            f"the floor")
 
 
 def _resource_rows(results: dict) -> list[Row]:
@@ -330,6 +356,8 @@ def format_report(results: dict) -> str:
             lines += [f"  {others}"]
         if threads := _p1_threads(results):
             lines += [f"  {threads}"]
+        if floor := _floor_line(results):
+            lines += [f"  {floor}"]
     else:
         reason = results.get("stages_error") or "no reason given"
         lines += ["Stage costs", f"  unavailable: {reason}"]
@@ -542,6 +570,8 @@ def readme_section(results: dict) -> str:
             lines += ["", others + "."]
         if threads := _p1_threads(results):
             lines += ["", threads + "."]
+        if floor := _floor_line(results):
+            lines += ["", floor + "."]
     if resources := _resource_rows(results):
         lines += ["", "**Resources** (whole run):", "", *_md_table(_RESOURCES_HEAD, resources)]
     if sweep := _sweep_rows(results):

@@ -201,6 +201,11 @@ def test_the_bottleneck_says_whether_the_engine_thread_is_bound_by_its_cpu() -> 
     assert "it slept 55% of the time" in text and "other processes" not in text
     results["throughput"][0]["threads"] = [{**engine, "name": "kafka-producer-"}]
     assert "engine's thread" not in bench.bottleneck(results)
+    assert "pure domain code" not in bench.bottleneck(results)
+    results["floor"] = {"us_per_click": 540.0, "above_floor_us": 220.0}
+    assert ("The pure domain code over the same workload, with no Flink, costs 540 µs per "
+            "event in one Python loop: the job spends 220 µs of the engine's CPU per event "
+            "above it.") in bench.bottleneck(results)
 
 
 def test_the_bottleneck_names_the_largest_stages() -> None:
@@ -403,3 +408,15 @@ def test_the_newest_completed_checkpoint_is_measured(tmp_path) -> None:
     assert bench.checkpoint_bytes(folder) == 325
     # a checkpoint subsumed (deleted by Flink) while it was measured
     assert bench.checkpoint_bytes(tmp_path / "job-1" / "chk-8") is None
+
+
+def test_the_cost_above_the_floor_is_the_engine_threads_cpu_less_the_floor() -> None:
+    floor = {"clicks": 100, "us_per_click": 200.0}
+    p1 = {"parallelism": 1, "threads": [
+        {"name": "per-user engine", "threads": 2, "cpu_us_per_event": 231.5},
+        {"name": "C2 CompilerThre", "threads": 1, "cpu_us_per_event": 80.0}]}
+    assert bench.above_floor(p1, floor) == {**floor, "engine_cpu_us_per_event": 231.5,
+                                            "above_floor_us": 31.5}
+    gone = bench.above_floor({"parallelism": 1, "threads": [p1["threads"][1]]}, floor)
+    assert gone["engine_cpu_us_per_event"] is None and gone["above_floor_us"] is None
+    assert bench.above_floor({}, floor)["above_floor_us"] is None

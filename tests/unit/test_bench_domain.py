@@ -28,3 +28,21 @@ def test_the_inputs_are_the_generated_workload_with_metadata_updates():
     kinds = [r[0] for r in inputs.records]
     assert kinds.count("click") == 500 and kinds.count("metadata") == inputs.metadata > 30
     assert inputs == domain.build_inputs(500, 30, seed=3, metadata_updates=0.1)  # seeded
+
+
+def test_the_floor_counts_per_click_and_starts_where_it_is_told():
+    figures = domain.floor(150, 15, seed=3, start_ms=1_700_000_000_000, passes=1)
+    assert figures["clicks"] == 150 and figures["users"] == 15 and figures["inputs"] == 165
+    # the whole pass, metadata records included, over the clicks alone
+    assert figures["us_per_click"] == round(figures["us_per_input"] * 165 / 150, 1)
+    inputs = domain.build_inputs(150, 15, seed=3, start_ms=1_700_000_000_000)
+    clicks = [time for kind, _, time, _ in inputs.records if kind == "click"]
+    assert min(clicks) >= 1_700_000_000_000 > max(
+        time for kind, _, time, _ in inputs.records if kind == "metadata")
+    assert inputs != domain.build_inputs(150, 15, seed=3)  # another start, other event times
+
+
+def test_the_floor_runs_without_journeys_as_the_job_does_by_default():
+    assert domain.shipped_rules(churn=False).registries.journey_map()
+    assert not domain.shipped_rules(churn=False, journeys=False).registries.journey_map()
+    assert domain.floor(50, 5, passes=1)["journeys"] is False
