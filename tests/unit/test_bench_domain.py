@@ -34,7 +34,7 @@ def test_the_floor_counts_per_click_and_starts_where_it_is_told():
     figures = domain.floor(150, 15, seed=3, start_ms=1_700_000_000_000, passes=1)
     assert figures["clicks"] == 150 and figures["users"] == 15 and figures["inputs"] == 165
     # the whole pass, metadata records included, over the clicks alone
-    assert figures["us_per_click"] == round(figures["us_per_input"] * 165 / 150, 1)
+    assert abs(figures["us_per_click"] - figures["us_per_input"] * 165 / 150) < 0.2  # rounded
     inputs = domain.build_inputs(150, 15, seed=3, start_ms=1_700_000_000_000)
     clicks = [time for kind, _, time, _ in inputs.records if kind == "click"]
     assert min(clicks) >= 1_700_000_000_000 > max(
