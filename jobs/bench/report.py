@@ -137,9 +137,11 @@ def _above_floor_text(goals: dict) -> str:
     """The goal on the cost above the domain floor, when the run measured it."""
     if "above_floor_goal_us" not in goals:
         return ""  # results of a build before the floor was part of the run
+    met = goals.get("above_floor_met")
+    gap = goals.get("above_floor_us")
+    verdict = _met(met) if met is not None or gap is None else "not resolved"
     return (f"; cost above the domain floor < {_num(goals['above_floor_goal_us'])} µs/event: "
-            f"{_met(goals.get('above_floor_met'))} (measured "
-            f"{_num(goals.get('above_floor_us'), 1)} µs)")
+            f"{verdict} (measured {_num(gap, 1)} µs)")
 
 
 def _sustained_text(results: dict) -> str:

@@ -206,6 +206,18 @@ def test_the_bottleneck_says_whether_the_engine_thread_is_bound_by_its_cpu() -> 
     assert ("The pure domain code over the same workload, with no Flink, costs 540 µs per "
             "event in one Python loop: the job spends 220 µs of the engine's CPU per event "
             "above it.") in bench.bottleneck(results)
+    results["floor"] = {"us_per_click": 236.0, "above_floor_us": -18.2}
+    assert ("the engine's threads used 18 µs per event less than that, so what the job adds "
+            "to the domain code is below what these two measurements tell apart"
+            ) in bench.bottleneck(results)
+
+
+def test_a_negative_cost_above_the_floor_is_not_called_met() -> None:
+    assert bench.floor_goal_met(12.0) is True
+    assert bench.floor_goal_met(0.0) is True
+    assert bench.floor_goal_met(30.0) is False
+    assert bench.floor_goal_met(-18.2) is None
+    assert bench.floor_goal_met(None) is None
 
 
 def test_the_bottleneck_names_the_largest_stages() -> None:

@@ -387,5 +387,8 @@ def test_report_puts_the_domain_floor_next_to_the_engines_cpu():
     assert "231.0 µs of CPU per event in the p1 drain: 14.3 µs above the floor" in line
     assert "cost above the domain floor < 30 µs/event: met (measured 14.3 µs)" in text
     assert "14.3 µs above the floor" in br.readme_section(results)
+    results["goals"].update(above_floor_us=-18.2, above_floor_met=None)
+    assert ("cost above the domain floor < 30 µs/event: not resolved (measured -18.2 µs)"
+            in br.format_report(results))
     results["floor"].update(engine_cpu_us_per_event=None, above_floor_us=None)
     assert "was not measured" in line_with(br.format_report(results), "Domain floor")
