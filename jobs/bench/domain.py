@@ -181,11 +181,14 @@ class Outcome:
 
 
 def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
-         reuse_decoded: bool = True, mark_click: int = 0) -> Outcome:
+         reuse_decoded: bool = True, mark_click: int = 0, watermark_every: int = 1) -> Outcome:
     """One pass from empty state over every input; ``keep``: collect what the steps emitted.
 
     ``mark_click``: the time the pass reaches that click record (0: the first) is kept in the
-    outcome's ``mark_ns``, to time the rest of the pass.
+    outcome's ``mark_ns``, to time the rest of the pass. ``watermark_every``: the watermark
+    moves (and the timers it passes fire) after every that many clicks: 1 is a live stream's
+    worst case, one timer step per click; a drain of a backlog moves it once per watermark
+    interval (Flink's 200 ms), so one timer step applies several clicks of a user.
 
     ``reuse_decoded=False``: every waiting input is decoded again from its bytes when applied
     (the adapter without its ``PendingItems``, or after a restore).
@@ -248,8 +251,9 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
                           engine.Click(event))
         run(user, engine.Arrival(user, pending, watermark))
         newest = max(newest, event_time)
-        watermark = max(watermark, newest - BOUND_MS - 1)
-        advance(watermark)
+        if out.clicks % watermark_every == 0:
+            watermark = max(watermark, newest - BOUND_MS - 1)
+            advance(watermark)
     advance(newest)  # the input ends where its newest event is
     return out
 
@@ -276,12 +280,13 @@ def _emitted(step: engine.Step) -> dict[str, Any]:
 
 
 def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
-          passes: int = 3, journeys: bool = False) -> dict[str, Any]:
+          passes: int = 3, journeys: bool = False, watermark_every: int = 1) -> dict[str, Any]:
     """The domain floor of one workload, for ``nudgeflow bench``: µs per click and per input.
 
     The loop of ``main`` (the shipped catalog, the churn model, a warm-up pass, then ``passes``
     timed ones; their medians) without the stage table, and by default without the journeys,
-    as the job runs by default. ``us_per_input``: the whole pass over every record;
+    as the job runs by default; the watermark moves after every ``watermark_every`` clicks
+    (``play``). ``us_per_input``: the whole pass over every record;
     ``us_per_click``: the pass from its click at 5% of the clicks on, over the clicks from
     there (with every timer they set), as a drain of the bench is timed: from 5% of its clicks
     on, when the users' metadata records (older than every click) are applied.
@@ -293,32 +298,35 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
     mark = inputs.clicks // 20  # the drain's clock starts at 5% of the clicks
     for _ in range(max(1, passes)):
         started = time.perf_counter_ns()
-        outcome = play(inputs, rules, mark_click=mark)
+        outcome = play(inputs, rules, mark_click=mark, watermark_every=watermark_every)
         ended = time.perf_counter_ns()
         per_input.append((ended - started) / 1_000 / len(inputs.records))
         per_click.append((ended - (outcome.mark_ns or started)) / 1_000
                          / (inputs.clicks - mark))
     return {"clicks": inputs.clicks, "users": inputs.users, "inputs": len(inputs.records),
-            "passes": len(per_input), "journeys": journeys,
+            "passes": len(per_input), "journeys": journeys, "watermark_every": watermark_every,
+            "steps_per_click": round(outcome.steps / inputs.clicks, 2),
             "us_per_input": round(statistics.median(per_input), 1),
             "us_per_click": round(statistics.median(per_click), 1)}
 
 
-def timed(inputs: Inputs, rules: engine.Rules) -> tuple[float, Outcome]:
+def timed(inputs: Inputs, rules: engine.Rules, watermark_every: int = 1
+          ) -> tuple[float, Outcome]:
     """(µs per input, the outcome) of one pass."""
     t0 = time.perf_counter_ns()
-    outcome = play(inputs, rules)
+    outcome = play(inputs, rules, watermark_every=watermark_every)
     return (time.perf_counter_ns() - t0) / 1_000 / len(inputs.records), outcome
 
 
-def stage_table(inputs: Inputs, rules: engine.Rules, us_per_input: float) -> dict[str, float]:
+def stage_table(inputs: Inputs, rules: engine.Rules, us_per_input: float,
+                watermark_every: int = 1) -> dict[str, float]:
     """µs per input of each stage: one profiled pass, its shares applied to ``us_per_input``.
 
     cProfile inflates functions of many small calls more than others, so the split is an
     estimate; the total is the unprofiled one.
     """
     profile = cProfile.Profile()
-    profile.runcall(play, inputs, rules)
+    profile.runcall(play, inputs, rules, watermark_every=watermark_every)
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in stats.values())  # own times add up to the whole
     cumulative: dict[str, float] = {}
@@ -344,6 +352,9 @@ def main(argv: Sequence[str] | None = None,
     parser.add_argument("--repeat", type=int, default=3, help="timed passes (default 3)")
     parser.add_argument("--metadata-updates", type=float, default=0.0,
                         help="share of clicks followed by a metadata update (default 0)")
+    parser.add_argument("--watermark-every", type=int, default=1, metavar="N",
+                        help="move the watermark after every N clicks (default 1: a live "
+                             "stream's worst case; a drain moves it every 200 ms)")
     parser.add_argument("--no-churn", action="store_true", help="no churn model")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage table")
     parser.add_argument("--json", metavar="OUT", help="write the figures to this file")
@@ -351,7 +362,8 @@ def main(argv: Sequence[str] | None = None,
     inputs = build_inputs(args.clicks, args.users, args.seed, args.metadata_updates)
     rules = shipped_rules(churn=not args.no_churn)
     play(inputs, rules)  # warm up: imports, caches, the model's first runs
-    passes = [timed(inputs, rules) for _ in range(max(1, args.repeat))]
+    every = max(1, args.watermark_every)
+    passes = [timed(inputs, rules, every) for _ in range(max(1, args.repeat))]
     us = statistics.median(p[0] for p in passes)
     outcome = passes[0][1]
     result: dict[str, Any] = {
@@ -368,7 +380,7 @@ def main(argv: Sequence[str] | None = None,
     printer(f"  {us:8.1f} µs per input (median of {len(passes)}: "
             + ", ".join(f"{p[0]:.1f}" for p in passes) + ")")
     if not args.no_profile:
-        result["stages_us"] = stage_table(inputs, rules, us)
+        result["stages_us"] = stage_table(inputs, rules, us, every)
         printer("  per stage (cProfile shares of the total):")
         for stage, value in result["stages_us"].items():
             printer(f"    {stage:<50} {value:7.1f} µs")

@@ -245,7 +245,8 @@ def _floor_line(results: dict) -> str | None:
     line = (f"Domain floor: {_num(f.get('us_per_click'), 1)} µs per click, the pure engine "
             f"(decode, features, scoring, segments, campaigns, state encoding) over "
             f"{_num(f.get('clicks'))} clicks of {_num(f.get('users'))} users of the same "
-            f"generator, seed and start, in one Python loop with no Flink (median of "
+            f"generator, seed and start, in one Python loop with no Flink, the watermark moved "
+            f"every {_num(f.get('watermark_every'))} clicks as in the drain (median of "
             f"{f.get('passes', MISSING)} passes)")
     if f.get("engine_cpu_us_per_event") is None:
         return line + "; the engine's CPU per event was not measured"

@@ -103,6 +103,14 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
         stages["total_us_per_event"], rel=0.02)
     assert stages["us_per_event"]["engine"] > 0
 
+    # the pure domain loop over the same workload, next to the engine threads' CPU per event
+    floor = results["floor"]
+    assert floor["clicks"] == bench.QUICK.backlog and floor["users"] == bench.QUICK.users
+    assert floor["us_per_click"] > 0 and floor["engine_cpu_us_per_event"] > 0
+    assert floor["above_floor_us"] == pytest.approx(
+        floor["engine_cpu_us_per_event"] - floor["us_per_click"], abs=0.11)
+    assert "Domain floor:" in run.stdout and "cost above the domain floor" in run.stdout
+
     roles = {entry["name"]: entry for entry in results["resources"]}
     for role in ("job JVM (Flink + embedded Python)", "kafka", "cassandra", "redis"):
         assert roles[role]["peak_rss_mib"] > 0

@@ -48,3 +48,19 @@ def test_the_floor_runs_without_journeys_as_the_job_does_by_default():
     assert domain.shipped_rules(churn=False).registries.journey_map()
     assert not domain.shipped_rules(churn=False, journeys=False).registries.journey_map()
     assert domain.floor(50, 5, passes=1)["journeys"] is False
+
+
+def test_a_watermark_moved_less_often_fires_fewer_timers_and_applies_every_click():
+    inputs = domain.build_inputs(400, 20, seed=5)
+    rules = domain.shipped_rules(journeys=False)
+    each = domain.play(inputs, rules, keep=True)
+    batched = domain.play(inputs, rules, keep=True, watermark_every=100)
+    assert batched.timers < each.timers and batched.steps < each.steps
+    applied = [sorted(c for _, step in o.emitted for c in step["clicks_applied"])
+               for o in (each, batched)]
+    assert applied[0] == applied[1] and len(applied[0]) > 350
+    # event time decides, not when the watermark moved: the same changes and triggers
+    for key, what in (("changes", "change_id"), ("triggers", "trigger_id")):
+        records = [sorted(r[what] for _, step in o.emitted for r in step[key])
+                   for o in (each, batched)]
+        assert records[0] == records[1] and records[0], key

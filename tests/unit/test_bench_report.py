@@ -377,6 +377,7 @@ def test_report_puts_the_domain_floor_next_to_the_engines_cpu():
     assert "Domain floor" not in br.format_report(results)
     assert "above the domain floor" not in br.format_report(results)  # older results
     results["floor"] = {"clicks": 12000, "users": 1000, "inputs": 13000, "passes": 3,
+                        "watermark_every": 460,
                         "us_per_input": 200.0, "us_per_click": 216.7,
                         "engine_cpu_us_per_event": 231.0, "above_floor_us": 14.3}
     results["goals"].update(above_floor_goal_us=30.0, above_floor_us=14.3,
@@ -384,6 +385,7 @@ def test_report_puts_the_domain_floor_next_to_the_engines_cpu():
     text = br.format_report(results)
     line = line_with(text, "Domain floor")
     assert "216.7 µs per click" in line and "12,000 clicks of 1,000 users" in line
+    assert "the watermark moved every 460 clicks" in line
     assert "231.0 µs of CPU per event in the p1 drain: 14.3 µs above the floor" in line
     assert "cost above the domain floor < 30 µs/event: met (measured 14.3 µs)" in text
     assert "14.3 µs above the floor" in br.readme_section(results)
