@@ -1581,6 +1581,14 @@ def bottleneck(results: dict[str, Any]) -> str:
                  f"interpreter and its GIL, so parallelism 2 adds no Python capacity "
                  f"({rates[2]:,.0f} against {rates[1]:,.0f} events/s at parallelism 1); process "
                  f"mode gives each subtask an interpreter of its own (see the sweep).")
+    if gap is not None and gap < GOAL_ABOVE_FLOOR_US:
+        # the framework is not where the time goes: say what is
+        text += (" What would remove it: less work in the domain code itself (it is nearly all "
+                 "of the engine's CPU: evaluate only what an input can change, score only when "
+                 "the feature vector moved), fewer processes competing for the engine's cores, "
+                 "more cores or TaskManagers, or the per-user engine in a compiled language "
+                 "with Python kept for definitions and models.")
+        return text
     text += (" What would remove it: less Python per event (evaluate only the segments whose "
              "inputs changed, score only when the feature vector moved), fewer crossings of "
              "the JVM boundary (one state value per user instead of five), micro-batches per "

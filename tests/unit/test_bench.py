@@ -206,6 +206,11 @@ def test_the_bottleneck_says_whether_the_engine_thread_is_bound_by_its_cpu() -> 
     assert ("The pure domain code over the same workload, with no Flink, costs 540 µs per "
             "event in one Python loop: the job spends 220 µs of the engine's CPU per event "
             "above it.") in bench.bottleneck(results)
+    assert "one state value per user" in bench.bottleneck(results)  # 220 µs above it
+    results["floor"] = {"us_per_click": 190.0, "above_floor_us": 12.0}
+    text = bench.bottleneck(results)
+    assert "less work in the domain code itself" in text
+    assert "one state value per user" not in text
     results["floor"] = {"us_per_click": 236.0, "above_floor_us": -18.2}
     assert ("the engine's threads used 18 µs per event less than that, so what the job adds "
             "to the domain code is below what these two measurements tell apart"
