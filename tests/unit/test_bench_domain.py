@@ -35,8 +35,11 @@ def test_the_floor_counts_per_click_and_starts_where_it_is_told():
     assert figures["clicks"] == 150 and figures["users"] == 15 and figures["inputs"] == 165
     assert figures["us_per_click"] > 0 and figures["us_per_input"] > 0
     outcome = domain.play(domain.build_inputs(150, 15, seed=3), domain.shipped_rules(),
-                          mark_click=7)
-    assert outcome.clicks == 150 and outcome.mark_ns is not None
+                          mark_done=7)
+    # every click is done with by the end (applied, duplicate, late or invalid), and the mark
+    # is taken once, at the first step that reached 7
+    assert outcome.clicks == outcome.clicks_done == 150
+    assert outcome.mark_ns is not None and 7 <= outcome.done_at_mark < 150
     inputs = domain.build_inputs(150, 15, seed=3, start_ms=1_700_000_000_000)
     clicks = [time for kind, _, time, _ in inputs.records if kind == "click"]
     assert min(clicks) >= 1_700_000_000_000 > max(
