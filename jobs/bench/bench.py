@@ -1569,7 +1569,7 @@ def bottleneck(results: dict[str, Any]) -> str:
     gap = floor.get("above_floor_us")
     if gap is not None:
         text += (f" The pure domain code over the same workload, with no Flink, costs "
-                 f"{floor['us_per_click']:,.0f} µs per event in one Python loop: "
+                 f"{floor['us_per_click']:,.0f} µs of CPU per event in one Python loop: "
                  + (f"the job spends {gap:,.0f} µs of the engine's CPU per event above it."
                     if gap >= 0 else
                     f"the engine's threads used {-gap:,.0f} µs per event less than that, so "

@@ -178,7 +178,8 @@ class Outcome:
     clicks: int = 0  # click records reached
     #: clicks done with: applied, dropped as duplicates, late or invalid (the job's clicks_done)
     clicks_done: int = 0
-    #: ``perf_counter_ns`` when ``clicks_done`` reached ``mark_done`` (of ``play``), and its value
+    #: ``thread_time_ns`` (the thread's CPU) when ``clicks_done`` reached ``mark_done`` (of
+    #: ``play``), and its value
     mark_ns: int | None = None
     done_at_mark: int = 0
 
@@ -188,12 +189,12 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
          watermark_every: int = 1) -> Outcome:
     """One pass from empty state over every input; ``keep``: collect what the steps emitted.
 
-    ``mark_done``: the time the pass has done with that many clicks is kept in the outcome's
-    ``mark_ns``, to time the rest of the pass as a drain is timed. ``watermark_every``: the
-    watermark
-    moves (and the timers it passes fire) after every that many clicks: 1 is a live stream's
-    worst case, one timer step per click; a drain of a backlog moves it once per watermark
-    interval (Flink's 200 ms), so one timer step applies several clicks of a user.
+    ``mark_done``: the thread's CPU time when the pass has done with that many clicks is kept
+    in the outcome's ``mark_ns``, to time the rest of the pass as a drain is timed.
+    ``watermark_every``: the watermark moves (and the timers it passes fire) after every that
+    many clicks: 1 is a live stream's worst case, one timer step per click; a drain of a
+    backlog moves it once per watermark interval (Flink's 200 ms), so one timer step applies
+    several clicks of a user.
 
     ``reuse_decoded=False``: every waiting input is decoded again from its bytes when applied
     (the adapter without its ``PendingItems``, or after a restore).
@@ -208,7 +209,7 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
     def done(clicks: int) -> None:
         out.clicks_done += clicks
         if out.mark_ns is None and mark_done is not None and out.clicks_done >= mark_done:
-            out.mark_ns, out.done_at_mark = time.perf_counter_ns(), out.clicks_done
+            out.mark_ns, out.done_at_mark = time.thread_time_ns(), out.clicks_done
 
     def run(user: str, item: engine.Input) -> None:
         state = out.states.setdefault(user, engine.UserState())
@@ -297,9 +298,11 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
     """The domain floor of one workload, for ``nudgeflow bench``: µs per click and per input.
 
     The loop of ``main`` (the shipped catalog, the churn model, a warm-up pass, then ``passes``
-    timed ones; their medians) without the stage table, and by default without the journeys,
-    as the job runs by default; the watermark moves after every ``watermark_every`` clicks
-    (``play``). ``us_per_input``: the whole pass over every record;
+    timed ones; their medians) without the stage table, timed in the thread's CPU time (the
+    engine's figure it stands next to is CPU time too: a wait for a core is in neither), and
+    by default without the journeys, as the job runs by default; the watermark moves after
+    every ``watermark_every`` clicks (``play``). ``us_per_input``: the whole pass over every
+    record;
     ``us_per_click``: the pass from the moment 5% of its clicks are done with (applied,
     dropped or rejected) to its end, over the clicks done in between, as a drain of the bench
     is timed (the engine's ``clicks_done``); the users' metadata records, older than every
@@ -311,9 +314,9 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
     per_input, per_click = [], []
     mark = inputs.clicks // 20  # the drain's clock starts at 5% of the clicks
     for _ in range(max(1, passes)):
-        started = time.perf_counter_ns()
+        started = time.thread_time_ns()
         outcome = play(inputs, rules, mark_done=mark, watermark_every=watermark_every)
-        ended = time.perf_counter_ns()
+        ended = time.thread_time_ns()
         per_input.append((ended - started) / 1_000 / len(inputs.records))
         per_click.append((ended - (outcome.mark_ns or started)) / 1_000
                          / max(1, outcome.clicks_done - outcome.done_at_mark))

@@ -242,7 +242,7 @@ def _floor_line(results: dict) -> str | None:
     f = results.get("floor")
     if not f:
         return None
-    line = (f"Domain floor: {_num(f.get('us_per_click'), 1)} µs per click, the pure engine "
+    line = (f"Domain floor: {_num(f.get('us_per_click'), 1)} µs of CPU per click, the pure engine "
             f"(decode, features, scoring, segments, campaigns, state encoding) over "
             f"{_num(f.get('clicks'))} clicks of {_num(f.get('users'))} users of the same "
             f"generator, seed and start, in one Python loop with no Flink, the watermark moved "

@@ -203,7 +203,7 @@ def test_the_bottleneck_says_whether_the_engine_thread_is_bound_by_its_cpu() -> 
     assert "engine's thread" not in bench.bottleneck(results)
     assert "pure domain code" not in bench.bottleneck(results)
     results["floor"] = {"us_per_click": 540.0, "above_floor_us": 220.0}
-    assert ("The pure domain code over the same workload, with no Flink, costs 540 µs per "
+    assert ("The pure domain code over the same workload, with no Flink, costs 540 µs of CPU per "
             "event in one Python loop: the job spends 220 µs of the engine's CPU per event "
             "above it.") in bench.bottleneck(results)
     assert "one state value per user" in bench.bottleneck(results)  # 220 µs above it
