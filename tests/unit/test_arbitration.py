@@ -657,3 +657,41 @@ def test_a_steps_facts_are_built_once_and_belong_to_that_step():
     assert other.entered == frozenset() and other.recent is None
     assert one.entered == frozenset({"cart-abandoners"})  # unchanged by the other's reads
     assert other == dataclasses.replace(one, changes=(exit_,), event=None)  # fields only
+
+
+def test_may_decide_is_false_only_where_on_step_changes_nothing():
+    """``may_decide`` lets a step skip ``on_step`` only where it changes nothing (differential).
+
+    Seeded steps that found no candidate and convert nothing (the engine asks only then):
+    kept scores and step scores on both sides of two churn thresholds, pending candidates due
+    before, at and after the step, a running journey instance or none. Where ``may_decide`` is
+    false, ``on_step`` on a copy returns an empty outcome and leaves the state as it was.
+    """
+    rng = random.Random(29)
+    campaigns = [campaign("churn-high", trigger={"churn_score": {"crosses_above": 0.6}}),
+                 campaign("churn-mid", trigger={"churn_score": {"crosses_above": 0.3}}),
+                 campaign("carts", trigger={"event": "ADD_TO_CART"}),
+                 campaign("seg", trigger={"segment_enter": "seg-a"})]
+    d = defs(*campaigns)
+    skipped = decided = 0
+    for n in range(600):
+        event = {**EVENT, "event_id": f"e{n}", "event_type": rng.choice(["PAGE_VIEW", "SEARCH"])} \
+            if rng.random() < 0.7 else None
+        step = facts(event, churn=rng.choice([None, 0.05, 0.1, 0.2, 0.29, 0.3, 0.45, 0.6]))
+        state = arb.CampaignState(churn_score=rng.choice([None, 0.1, 0.2, 0.35, 0.7]))
+        if rng.random() < 0.4:
+            due = rng.choice([NOON_UTC - 1, NOON_UTC, NOON_UTC + 1000])
+            state.pending.append(dataclasses.replace(candidate("seg", f"p{due}"), due_ms=due))
+        if rng.random() < 0.1:
+            state.journeys.instances["j"] = None  # type: ignore[assignment]  # only its presence
+        if arb.find_candidates(campaigns, step, None) or arb.may_convert(step, campaigns):
+            continue  # the engine runs on_step then, whatever may_decide says
+        if arb.may_decide(state, step, campaigns):
+            decided += 1
+            continue
+        skipped += 1
+        before = arb.encode_state(state)
+        out = arb.on_step(state, step, user(), d, NOON_UTC)
+        assert out == arb.Outcome(), (n, step.churn_score, before)
+        assert arb.encode_state(state) == before, n
+    assert skipped > 100 and decided > 50, (skipped, decided)

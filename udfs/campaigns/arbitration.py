@@ -717,6 +717,29 @@ def on_step(state: CampaignState, facts: StepFacts, user: UserFacts, defs: Defin
     return out
 
 
+def may_decide(state: CampaignState, facts: StepFacts, campaigns: Iterable[Campaign]) -> bool:
+    """Whether ``on_step`` can change anything at a step that found no candidate.
+
+    For a step at which ``find_candidates`` (with no kept score: the widest) found nothing, no
+    click of it is a goal (``may_convert`` false) and no journey is defined: ``on_step``
+    then changes the state or emits only when the score moves the kept one across a churn
+    threshold, a pending candidate or a journey's wait is due, or a journey instance (of a
+    journey deleted since) is left to end. Otherwise it prunes the touches in memory (not
+    written: the state is unchanged) and returns an empty outcome.
+    """
+    if state.journeys.instances:
+        return True
+    due = state.next_due_ms()
+    if due is not None and due <= facts.now_ms:
+        return True
+    if facts.churn_score is None:
+        return False
+    thresholds = [c.trigger.churn_crosses for c in campaigns
+                  if c.trigger.churn_crosses is not None]
+    return churn_band(facts.churn_score, thresholds) != churn_band(state.churn_score,
+                                                                   thresholds)
+
+
 def churn_band(score: float | None, thresholds: Iterable[float]) -> int:
     """How many churn-crossing thresholds the score reaches (only a change is worth storing)."""
     if score is None:
