@@ -16,10 +16,10 @@ over with its bytes, metadata as bytes (the engine decodes it), each as an ``eng
 with the watermark of the moment (newest event time minus the out-of-orderness bound); one
 timer per user fires when the watermark passes it; what a step changed is encoded as the
 adapter writes it to keyed state (features, metadata, campaign state, clock), and the clock is
-read back from those bytes at the next step with the decoded inputs the adapter keeps in memory
-(``udfs.clock.PendingItems``: a waiting click is not decoded twice). Every pass starts
-from empty state, so the passes do the same work. The input ends at the newest event time: the
-timers after it (idle rechecks, expiry far in the future) are not drained.
+read back from those bytes at the next step as the adapter does (``udfs.clock.PendingItems``:
+the clock object it stored those bytes from, and a waiting click is not decoded twice). Every
+pass starts from empty state, so the passes do the same work. The input ends at the newest
+event time: the timers after it (idle rechecks, expiry far in the future) are not drained.
 
 To compare two builds of the engine, run it in each checkout on the same machine, alternating
 (A B B A), and compare the medians: a single pass on a shared machine moves by up to 2x.
@@ -196,7 +196,7 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
     backlog moves it once per watermark interval (Flink's 200 ms), so one timer step applies
     several clicks of a user.
 
-    ``reuse_decoded=False``: every waiting input is decoded again from its bytes when applied
+    ``reuse_decoded=False``: every clock and waiting input is decoded again from its bytes
     (the adapter without its ``PendingItems``, or after a restore).
     """
     codec = Codec.load()
@@ -213,9 +213,9 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
 
     def run(user: str, item: engine.Input) -> None:
         state = out.states.setdefault(user, engine.UserState())
-        # read per step, as keyed state is, with the decoded inputs the adapter keeps
-        state.clock = decode_clock(out.clocks.get(user),
-                                   waiting.for_user(user) if reuse_decoded else None)
+        # read per step, as keyed state is, with the decoded clock and inputs the adapter keeps
+        raw = out.clocks.get(user)
+        state.clock = waiting.take(user, raw) if reuse_decoded else decode_clock(raw)
         step = engine.step(state, item, rules, 0)
         out.steps += 1
         done(len(step.clicks_applied) + step.duplicates + (
@@ -223,8 +223,9 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
             and item.pending.rank == CLICK_RANK))
         if step.duplicate:
             return
-        out.stored_bytes += _encode(codec, state, step, out.clocks, user)
-        waiting.remember(user, state.clock)
+        written, stored_clock = _encode(codec, state, step, out.clocks, user)
+        out.stored_bytes += written
+        waiting.remember(user, state.clock, stored_clock)
         mine = registered.setdefault(user, set())
         if step.cancel_timer_ms is not None:
             mine.discard(step.cancel_timer_ms)
@@ -273,8 +274,11 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
 
 
 def _encode(codec: Codec, state: engine.UserState, step: engine.Step, clocks: dict[str, bytes],
-            user: str) -> int:
-    """Encode what the step changed as the adapter writes it to keyed state; bytes written."""
+            user: str) -> tuple[int, bytes | None]:
+    """Encode what the step changed as the adapter writes it to keyed state.
+
+    Returns the bytes written, and the clock's bytes if the step stored the clock.
+    """
     written = 0
     if step.features_changed and state.features is not None:
         written += len(encode_state(state.features))
@@ -284,8 +288,8 @@ def _encode(codec: Codec, state: engine.UserState, step: engine.Step, clocks: di
         written += len(arbitration.encode_state(state.campaigns))
     if step.clock_changed or step.expired:
         clocks[user] = encode_clock(state.clock)
-        written += len(clocks[user])
-    return written
+        return written + len(clocks[user]), clocks[user]
+    return written, None
 
 
 def _emitted(step: engine.Step) -> dict[str, Any]:

@@ -51,6 +51,47 @@ def test_the_same_records_with_each_waiting_click_decoded_once(inputs, monkeypat
     assert counts["ClickEvent"] > clicks * 1.9
 
 
+def test_the_same_records_with_each_stored_clock_handed_back_instead_of_decoded(
+        inputs, monkeypatch):
+    """The kept clock objects (``PendingItems.take``) change no record; most steps use one."""
+    import jobs.bench.domain as loop
+    import udfs.clock as clocks
+
+    rules = domain.shipped_rules(journeys=False)
+    decoded = {"n": 0}
+
+    def counted(raw, items=None):
+        decoded["n"] += bool(raw)
+        return decode_clock(raw, items)
+
+    monkeypatch.setattr(clocks, "decode_clock", counted)
+    monkeypatch.setattr(loop, "decode_clock", counted)
+    kept = domain.play(inputs, rules, keep=True, watermark_every=50)
+    kept_decodes, decoded["n"] = decoded["n"], 0
+    again = domain.play(inputs, rules, keep=True, watermark_every=50, reuse_decoded=False)
+    assert kept.emitted == again.emitted
+    assert [s.clock for s in kept.states.values()] == [s.clock for s in again.states.values()]
+    # without the kept clocks, every step of a user with a stored clock decodes it
+    assert decoded["n"] > kept.steps * 0.8 and kept_decodes < decoded["n"] * 0.05
+
+
+def test_a_kept_clock_is_handed_back_once_and_only_for_its_own_bytes():
+    kept = PendingItems(max_users=10)
+    clock = UserClock(clock_ms=5, pending=[_click("e1", "one")])
+    raw = encode_clock(clock)
+    kept.remember("ann", clock, raw)
+    assert kept.take("ann", raw) is clock
+    again = kept.take("ann", raw)  # taken: the next step's object is decoded
+    assert again is not clock and again == clock and again.pending[0].item == "one"
+    kept.remember("ann", clock, raw)
+    other = encode_clock(UserClock(clock_ms=6))
+    assert kept.take("ann", other) == UserClock(clock_ms=6)  # another instance's bytes
+    kept.remember("ann", clock, raw)
+    kept.remember("ann", clock)  # a step that stored no clock: the object is not kept
+    assert kept.take("ann", raw) is not clock
+    assert kept.take("bob", None) == UserClock()
+
+
 def _click(key: str, item: object) -> Pending:
     return Pending(1_000, CLICK_RANK, key, b"payload-" + key.encode(), 5, item)
 

@@ -46,7 +46,6 @@ from udfs.clock import (
     Pending,
     PendingItems,
     QuietTimers,
-    decode_clock,
     encode_clock,
 )
 from udfs.definitions.diagnostics import format_errors
@@ -501,6 +500,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             self.unconverted.inc(currency)
         if step.rechecks_skipped:
             self.rechecks_skipped.inc(step.rechecks_skipped)
+        stored_clock = None
         if step.erasure:
             self._forget(user_id, ctx)
         else:
@@ -512,9 +512,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 self._clear_state()
                 self.loaded_membership = {}
                 self.campaigns_stored = False
-            self._store_state(user_id, state, step)
-        # the decoded inputs still waiting: not decoded again when the watermark passes them
-        self.pending_items.remember(user_id, state.clock)
+            stored_clock = self._store_state(user_id, state, step)
+        # the clock as stored, and the decoded inputs still waiting: not decoded again at the
+        # user's next step (when the state still holds these bytes)
+        self.pending_items.remember(user_id, state.clock, stored_clock)
         timers = ctx.timer_service()
         if step.cancel_timer_ms is not None:
             timers.delete_event_time_timer(step.cancel_timer_ms)
@@ -578,8 +579,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # an erased user never has a clock: the marker is read only for users without one
         # (new, expired or erased), not at every input
         erased = not raw_clock and bool(self.erased_marker.value())
-        clock = decode_clock(bytes(raw_clock) if raw_clock else None,
-                             self.pending_items.for_user(user_id))
+        clock = self.pending_items.take(user_id, raw_clock)
         return engine.UserState(clock=clock, load=load, load_campaigns=self._load_campaigns,
                                 erased=erased)
 
@@ -617,7 +617,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.campaigns_stored = bool(raw)
         return arbitration.decode_state(bytes(raw) if raw else None)
 
-    def _store_state(self, user_id: str, state: engine.UserState, step: engine.Step) -> None:
+    def _store_state(self, user_id: str, state: engine.UserState, step: engine.Step
+                     ) -> bytes | None:
+        """Write back what the step changed; the clock's bytes if it stored the clock."""
         # only what changed is written back: each state write is a conversion across the JVM
         if step.features_changed and state.features is not None:
             encoded = encode_state(state.features)
@@ -640,7 +642,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                     and not state.clock.pending:
                 self.clock_state.clear()  # nothing left of the user
             else:
-                self.clock_state.update(encode_clock(state.clock))
+                encoded = encode_clock(state.clock)
+                self.clock_state.update(encoded)
+                return encoded
+        return None
 
     def _clear_state(self) -> None:
         self.features_state.clear()
