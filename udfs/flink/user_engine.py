@@ -521,7 +521,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             timers.delete_event_time_timer(step.cancel_timer_ms)
         for due in step.timers:
             timers.register_event_time_timer(due)
-        traces = _engine_traces(step) if step.click_traces else {}
+        # read only for records a click caused, and for its span: most steps emit nothing
+        traces = _engine_traces(step) if step.click_traces and (
+            step.changes or step.triggers or step.decisions or self.spans is not None) else {}
         yield from self._segment_changes(step, emit_time, traces)
         if step.erasure:
             # after the EXITs (they write history rows too): whatever is left of the user goes
