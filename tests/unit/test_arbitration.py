@@ -695,3 +695,21 @@ def test_may_decide_is_false_only_where_on_step_changes_nothing():
         assert out == arb.Outcome(), (n, step.churn_score, before)
         assert arb.encode_state(state) == before, n
     assert skipped > 100 and decided > 50, (skipped, decided)
+
+
+def test_may_convert_answers_as_every_goal_tested_in_turn_does():
+    """The goal-type pre-check drops no conversion (differential, every event type)."""
+    goals = [campaign("checkout", attribution={"goal": {"type": "CHECKOUT"}}),
+             campaign("big-cart", attribution={"goal": {"type": "ADD_TO_CART",
+                                                        "where": {"value": {">": 100}}}}),
+             campaign("default")]
+    converting = 0
+    for kind in ["PAGE_VIEW", "ADD_TO_CART", "CHECKOUT", "PURCHASE", "SEARCH"]:
+        for price in (None, 20.0, 80.0):
+            step = facts({**EVENT, "event_type": kind, "price": price})
+            plain = arb.goal_matches(arb.DEFAULT_GOAL, step) or any(
+                arb.goal_matches(c.goal, step) for c in goals)
+            assert arb.may_convert(step, goals) == plain, (kind, price)
+            converting += plain
+    assert not arb.may_convert(facts(None), goals)
+    assert 3 < converting < 15  # some clicks are goals, others not

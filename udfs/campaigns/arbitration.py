@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, TypeVar, overload
 from zoneinfo import ZoneInfo
@@ -729,8 +729,8 @@ def may_decide(state: CampaignState, facts: StepFacts, campaigns: Iterable[Campa
     """
     if state.journeys.instances:
         return True
-    due = state.next_due_ms()
-    if due is not None and due <= facts.now_ms:
+    # no journey instance: the earliest pending candidate is all ``next_due_ms`` would find
+    if state.pending and min(c.due_ms for c in state.pending) <= facts.now_ms:
         return True
     if facts.churn_score is None:
         return False
@@ -891,11 +891,17 @@ def goal_of(touch: Touch, campaigns: Mapping[str, Campaign]) -> EventFilter:
     return campaign.goal if campaign is not None else DEFAULT_GOAL
 
 
-def may_convert(facts: StepFacts, campaigns: Iterable[Campaign]) -> bool:
+def may_convert(facts: StepFacts, campaigns: Collection[Campaign]) -> bool:
     """Whether the step's click is a goal of any campaign: only then are the touches read.
 
     A PURCHASE always is: the default goal, kept by campaigns deleted since they touched someone.
     """
+    event = facts.event
+    if event is None:
+        return False
+    kind = event["event_type"]
+    if kind not in DEFAULT_GOAL.types and not any(kind in c.goal.types for c in campaigns):
+        return False  # no goal of this type: the click's filter view is not even built
     return goal_matches(DEFAULT_GOAL, facts) or any(goal_matches(c.goal, facts)
                                                    for c in campaigns)
 
