@@ -19,7 +19,8 @@ the local stack), loads a seeded generated workload into Kafka and measures:
 6. **knob sweep** (full mode): one knob at a time against the baseline.
 
 It prints the report, writes ``results.json`` and ``results.png`` under ``--out`` and, with
-``--update-docs``, the results section of docs/performance.md. The figures are the product's;
+``--update-docs``, the results section of docs/performance.md with the run's JSON and plot
+beside it (``bench-results.json``, ``bench-results.png``). The figures are the product's;
 the report (``jobs.bench.report``) names the bottleneck.
 """
 
@@ -1585,14 +1586,15 @@ def bottleneck(results: dict[str, Any]) -> str:
     if gap is not None and gap < GOAL_ABOVE_FLOOR_US:
         # the framework is not where the time goes: say what is
         text += (" What would remove it: less work in the domain code itself (it is nearly all "
-                 "of the engine's CPU: evaluate only what an input can change, score only when "
-                 "the feature vector moved), fewer processes competing for the engine's cores, "
-                 "more cores or TaskManagers, or the per-user engine in a compiled language "
-                 "with Python kept for definitions and models.")
+                 "of the engine's CPU: evaluate only what an input can change), fewer "
+                 "processes competing for the engine's cores, more cores or TaskManagers, or "
+                 "the per-user engine in a compiled language with Python kept for definitions "
+                 "and models.")
         return text
     text += (" What would remove it: less Python per event (evaluate only the segments whose "
-             "inputs changed, score only when the feature vector moved), fewer crossings of "
-             "the JVM boundary (one state value per user instead of five), micro-batches per "
+             "inputs changed), fewer crossings of the JVM boundary and fewer decodes of state "
+             "(one state value per user instead of five, decoded state kept for more users), "
+             "micro-batches per "
              "shard with one scoring call per batch, more cores for process-mode workers, or "
              "the per-user engine in Java with Python kept for definitions and models.")
     return text
@@ -1617,7 +1619,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: $NUDGEFLOW_HOME/bench/<time>)")
     parser.add_argument("--update-docs", type=Path, nargs="?",
                         const=Path("docs/performance.md"),
-                        help="replace the results section of this page "
+                        help="replace the results section of this page, and the "
+                             "bench-results.json and .png beside it "
                              "(default docs/performance.md)")
 
 
@@ -1661,10 +1664,9 @@ def run_bench(args: argparse.Namespace) -> int:
     print(bench_report.format_report(results))
     print(f"\nresults: {out / 'results.json'}, plot: {out / 'results.png'}")
     if args.update_docs:
-        text = args.update_docs.read_text()
-        args.update_docs.write_text(bench_report.replace_readme_section(
-            text, bench_report.readme_section(results)))
-        print(f"results section updated: {args.update_docs}")
+        bench_report.update_docs(args.update_docs, results, out / "results.png")
+        print(f"results section updated: {args.update_docs} (and its {bench_report.DOCS_JSON}"
+              f", {bench_report.DOCS_PLOT})")
     return 0
 
 

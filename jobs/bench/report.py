@@ -9,6 +9,7 @@ importing this module (e.g. by the CLI) stays cheap.
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -606,3 +607,29 @@ def replace_readme_section(readme_text: str, section: str) -> str:
     if end < begin:
         raise ValueError(f"README has {README_END} before {README_BEGIN}; swap them")
     return readme_text[:begin] + section + readme_text[end + len(README_END):]
+
+
+#: the files next to the updated page that hold the same run (its section links them)
+DOCS_JSON = "bench-results.json"
+DOCS_PLOT = "bench-results.png"
+
+
+def update_docs(page: Path, results: dict, plot: Path | None) -> None:
+    """Put a run on ``page``: its results section, and its JSON and plot next to it.
+
+    The section, ``bench-results.json`` and ``bench-results.png`` (beside the page) always
+    describe the same run: a section replaced alone would sit under the plot of an older one.
+    ``plot``: the run's PNG (``draw_plot``); None or missing leaves no plot of an older run.
+
+    Raises:
+        ValueError: the page lacks its marker pair (``replace_readme_section``).
+    """
+    text = replace_readme_section(page.read_text(), readme_section(results))
+    write_json(results, page.parent / DOCS_JSON)
+    old_plot = page.parent / DOCS_PLOT
+    if plot is not None and plot.is_file():
+        shutil.copyfile(plot, old_plot)
+    else:
+        old_plot.unlink(missing_ok=True)
+    page.write_text(text)
+

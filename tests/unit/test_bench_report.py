@@ -394,3 +394,21 @@ def test_report_puts_the_domain_floor_next_to_the_engines_cpu():
             in br.format_report(results))
     results["floor"].update(engine_cpu_us_per_event=None, above_floor_us=None)
     assert "was not measured" in line_with(br.format_report(results), "Domain floor")
+
+
+def test_update_docs_puts_the_section_its_json_and_its_plot_of_one_run(tmp_path):
+    page = tmp_path / "performance.md"
+    page.write_text(README)
+    (tmp_path / "bench-results.png").write_bytes(b"an older run's plot")
+    (tmp_path / "bench-results.json").write_text("{}")
+    plot = tmp_path / "out" / "results.png"
+    plot.parent.mkdir()
+    plot.write_bytes(b"this run's plot")
+    results = sample_results()
+    br.update_docs(page, results, plot)
+    assert page.read_text() == br.replace_readme_section(README, br.readme_section(results))
+    assert json.loads((tmp_path / "bench-results.json").read_text()) == json.loads(
+        json.dumps(results))
+    assert (tmp_path / "bench-results.png").read_bytes() == b"this run's plot"
+    br.update_docs(page, results, tmp_path / "no-plot.png")  # no plot drawn: none of an older run
+    assert not (tmp_path / "bench-results.png").exists()
