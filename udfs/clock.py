@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from udfs.lru import LruCache
+
 #: the encoding's version byte; 2 added each pending input's trace context (version 1, from
 #: savepoints of earlier builds, is read as pending inputs without one)
 CLOCK_VERSION = 2
@@ -254,18 +256,18 @@ class PendingItems:
     object changed since its bytes were written is never handed back.
 
     Not keyed state: after a restore this is empty and the clocks and pending inputs are decoded
-    from their bytes. Bounded: at ``max_users`` users it starts again from empty (a miss costs a
-    decode).
+    from their bytes. Bounded: at most ``max_users`` users' clocks and as many users' inputs,
+    the least recently stepped evicted (``udfs.lru``; a miss costs a decode).
     """
 
     def __init__(self, max_users: int) -> None:
         self.max_users = max_users
-        self._items: dict[str, dict[tuple[int, str], Any]] = {}
-        self._clocks: dict[str, tuple[bytes, UserClock]] = {}
+        self._items: LruCache[dict[tuple[int, str], Any]] = LruCache(max_users)
+        self._clocks: LruCache[UserClock] = LruCache(max_users)
 
     def for_user(self, user_id: str) -> Mapping[tuple[int, str], Any] | None:
         """The user's decoded pending inputs by (rank, key), or None."""
-        return self._items.get(user_id)
+        return self._items.get_any(user_id)
 
     def take(self, user_id: str, raw: bytes | None) -> UserClock:
         """The user's clock for the state's bytes ``raw``: the kept object if they are its own.
@@ -277,10 +279,10 @@ class PendingItems:
         Raises:
             ValueError: unreadable bytes (``decode_clock``).
         """
-        kept = self._clocks.pop(user_id, None)
-        if kept is not None and raw and kept[0] == raw:
-            return kept[1]
-        return decode_clock(bytes(raw) if raw else None, self._items.get(user_id))
+        kept = self._clocks.take(user_id, raw)
+        if kept is not None:
+            return kept
+        return decode_clock(bytes(raw) if raw else None, self._items.get_any(user_id))
 
     def remember(self, user_id: str, clock: UserClock, encoded: bytes | None = None) -> None:
         """Keep the user's clock after a step: its decoded inputs, and itself with ``encoded``.
@@ -293,18 +295,14 @@ class PendingItems:
                 state's bytes).
         """
         if encoded is not None:
-            if len(self._clocks) >= self.max_users and user_id not in self._clocks:
-                self._clocks.clear()  # crude but O(1) per step
-            self._clocks[user_id] = (encoded, clock)
+            self._clocks.put(user_id, encoded, clock)
         else:
-            self._clocks.pop(user_id, None)
+            self._clocks.pop(user_id)
         items = {(p.rank, p.key): p.item for p in clock.pending if p.item is not None}
         if not items:
-            self._items.pop(user_id, None)
+            self._items.pop(user_id)
             return
-        if len(self._items) >= self.max_users and user_id not in self._items:
-            self._items.clear()  # crude but O(1) per step
-        self._items[user_id] = items
+        self._items.put(user_id, b"", items)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -55,7 +55,9 @@ from udfs.clock import (
     decode_clock,
     encode_clock,
 )
-from udfs.features.codec import encode_state
+from udfs.features.codec import decode_state, encode_state
+from udfs.features.state import UserFeatures
+from udfs.lru import LruCache
 
 DAY_MS = 86_400_000
 #: the job's defaults: out-of-orderness bound of the watermark, allowed lateness, state TTL
@@ -73,7 +75,7 @@ STAGES: dict[str, tuple[tuple[str, str], ...]] = {
     "segments": (("udfs/engine.py", "_reevaluate"),),
     "journeys": (("udfs/journeys/runner.py", "on_step"),),
     "campaigns": (("udfs/engine.py", "_campaigns"),),
-    "state encoding": (("jobs/bench/domain.py", "_encode"),),
+    "state encoding": (("jobs/bench/domain.py", "_encode"), ("jobs/bench/domain.py", "store")),
 }
 #: stages measured inside another one, subtracted from it (segments scores; campaigns runs
 #: the journeys)
@@ -186,7 +188,7 @@ class Outcome:
 
 def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
          reuse_decoded: bool = True, mark_done: int | None = None,
-         watermark_every: int = 1) -> Outcome:
+         watermark_every: int = 1, decoded_users: int | None = None) -> Outcome:
     """One pass from empty state over every input; ``keep``: collect what the steps emitted.
 
     ``mark_done``: the thread's CPU time when the pass has done with that many clicks is kept
@@ -198,12 +200,21 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
 
     ``reuse_decoded=False``: every clock and waiting input is decoded again from its bytes
     (the adapter without its ``PendingItems``, or after a restore).
+
+    ``decoded_users``: None keeps each user's state object between steps (only the clock
+    round-trips through bytes): no step decodes features, metadata or campaign state, as if
+    every user stayed in the adapter's caches. A number keeps every keyed state as bytes, as
+    Flink does, and reads it back at each step as the adapter does, through caches of decoded
+    state bounded at that many users (``udfs.lru``, the job's ``decoded_state_users``): a
+    user evicted since its last step decodes its features and metadata again, and campaign
+    state is decoded whenever a step reads it (``final_states`` then decodes the last bytes).
     """
     codec = Codec.load()
     out = Outcome()
     timers: list[tuple[int, str]] = []
     registered: dict[str, set[int]] = {}
-    waiting = PendingItems(max_users=10_000)  # as udfs.flink.user_engine keeps them
+    waiting = PendingItems(decoded_users or max(1, inputs.users))
+    keyed = None if decoded_users is None else KeyedBytes(codec, decoded_users)
     watermark = newest = -(2**63)
 
     def done(clicks: int) -> None:
@@ -212,7 +223,8 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
             out.mark_ns, out.done_at_mark = time.thread_time_ns(), out.clicks_done
 
     def run(user: str, item: engine.Input) -> None:
-        state = out.states.setdefault(user, engine.UserState())
+        state = out.states.setdefault(user, engine.UserState()) if keyed is None \
+            else keyed.load(user)
         # read per step, as keyed state is, with the decoded clock and inputs the adapter keeps
         raw = out.clocks.get(user)
         state.clock = waiting.take(user, raw) if reuse_decoded else decode_clock(raw)
@@ -223,7 +235,8 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
             and item.pending.rank == CLICK_RANK))
         if step.duplicate:
             return
-        written, stored_clock = _encode(codec, state, step, out.clocks, user)
+        written, stored_clock = _encode(codec, state, step, out.clocks, user) if keyed is None \
+            else keyed.store(user, state, step, out.clocks)
         out.stored_bytes += written
         waiting.remember(user, state.clock, stored_clock)
         mine = registered.setdefault(user, set())
@@ -270,7 +283,100 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
             watermark = max(watermark, newest - BOUND_MS - 1)
             advance(watermark)
     advance(newest)  # the input ends where its newest event is
+    if keyed is not None:
+        out.states = keyed.final_states(out.clocks)
     return out
+
+
+class KeyedBytes:
+    """Every user's keyed state as bytes, read and written as ``UserEngineFunction`` does.
+
+    ``load`` gives a step's ``engine.UserState`` whose features, metadata and membership are
+    read when the step needs them (``load``) and whose campaign state is decoded when it reads
+    it; features and metadata come from caches of decoded state bounded at ``max_users``
+    (``udfs.lru.LruCache``) when the bytes are the ones kept there. ``store`` writes back what
+    the step changed. Mirrors ``udfs.flink.user_engine`` (``_load_state``, ``_store_state``,
+    ``_clear_state``); an erasure is not modelled (the workload has none).
+    """
+
+    def __init__(self, codec: Codec, max_users: int) -> None:
+        self.codec = codec
+        self.values: dict[str, dict[str, Any]] = {}
+        self.features: LruCache[UserFeatures] = LruCache(max_users)
+        self.metadata: LruCache[dict[str, Any]] = LruCache(max_users)
+        self.loaded_membership: dict[str, int] = {}
+        self.rest_loaded = self.campaigns_stored = False
+
+    def load(self, user: str) -> engine.UserState:
+        """The user's state for one step, its parts read on first use."""
+        stored = self.values.setdefault(user, {})
+        self.rest_loaded, self.loaded_membership, self.campaigns_stored = False, {}, False
+
+        def load(state: engine.UserState) -> None:
+            self.rest_loaded = True
+            self.loaded_membership = dict(stored.get("membership") or {})
+            raw_features, raw_metadata = stored.get("features"), stored.get("metadata")
+            if raw_features:
+                kept = self.features.get(user, raw_features)
+                state.features = kept if kept is not None else decode_state(raw_features)
+            if raw_metadata:
+                metadata = self.metadata.get(user, raw_metadata)
+                if metadata is None:
+                    metadata = self.codec.decode(raw_metadata, expect="UserMetadata")
+                    self.metadata.put(user, raw_metadata, metadata)
+                state.metadata = metadata
+            state.membership = dict(self.loaded_membership)
+
+        def load_campaigns() -> arbitration.CampaignState:
+            raw = stored.get("campaigns")
+            self.campaigns_stored = bool(raw)
+            return arbitration.decode_state(raw)
+
+        return engine.UserState(load=load, load_campaigns=load_campaigns)
+
+    def store(self, user: str, state: engine.UserState, step: engine.Step,
+              clocks: dict[str, bytes]) -> tuple[int, bytes | None]:
+        """Write back what the step changed; (bytes written, the clock's bytes if stored)."""
+        stored = self.values[user]
+        written = 0
+        if step.expired:
+            for name in ("features", "metadata", "membership", "campaigns"):
+                stored.pop(name, None)
+            self.loaded_membership, self.campaigns_stored = {}, False
+        if step.features_changed and state.features is not None:
+            encoded = stored["features"] = encode_state(state.features)
+            self.features.put(user, encoded, state.features)
+            written += len(encoded)
+        if step.metadata_changed and state.metadata is not None:
+            stored["metadata"] = self.codec.encode("UserMetadata", state.metadata)
+            written += len(stored["metadata"])
+        if (self.rest_loaded or step.expired) and state.membership != self.loaded_membership:
+            stored["membership"] = dict(state.membership)
+        cstate = state.campaigns
+        if step.campaigns_changed and cstate is not None:
+            if not cstate.is_empty():
+                stored["campaigns"] = arbitration.encode_state(cstate)
+                written += len(stored["campaigns"])
+            elif self.campaigns_stored:
+                stored.pop("campaigns", None)
+        if step.clock_changed or step.expired:
+            clocks[user] = encode_clock(state.clock)
+            return written + len(clocks[user]), clocks[user]
+        return written, None
+
+    def final_states(self, clocks: dict[str, bytes]) -> dict[str, engine.UserState]:
+        """Every user's state decoded from its last bytes (to compare passes)."""
+        states = {}
+        for user, stored in self.values.items():
+            state = engine.UserState(
+                features=decode_state(stored["features"]) if stored.get("features") else None,
+                metadata=self.codec.decode(stored["metadata"], expect="UserMetadata")
+                if stored.get("metadata") else None,
+                membership=dict(stored.get("membership") or {}),
+                campaigns=arbitration.decode_state(stored.get("campaigns")),
+                clock=decode_clock(clocks.get(user)))
+            states[user] = state
+        return states
 
 
 def _encode(codec: Codec, state: engine.UserState, step: engine.Step, clocks: dict[str, bytes],
@@ -298,7 +404,8 @@ def _emitted(step: engine.Step) -> dict[str, Any]:
 
 
 def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
-          passes: int = 3, journeys: bool = False, watermark_every: int = 1) -> dict[str, Any]:
+          passes: int = 3, journeys: bool = False, watermark_every: int = 1,
+          decoded_users: int | None = None) -> dict[str, Any]:
     """The domain floor of one workload, for ``nudgeflow bench``: µs per click and per input.
 
     The loop of ``main`` (the shipped catalog, the churn model, a warm-up pass, then ``passes``
@@ -310,7 +417,8 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
     ``us_per_click``: the pass from the moment 5% of its clicks are done with (applied,
     dropped or rejected) to its end, over the clicks done in between, as a drain of the bench
     is timed (the engine's ``clicks_done``); the users' metadata records, older than every
-    click, are applied before that.
+    click, are applied before that. ``decoded_users``: as ``play`` (None: no state decoded,
+    as if every user stayed in the adapter's caches).
     """
     inputs = build_inputs(clicks, users, seed, start_ms=start_ms)
     rules = shipped_rules(churn=True, journeys=journeys)
@@ -319,35 +427,39 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
     mark = inputs.clicks // 20  # the drain's clock starts at 5% of the clicks
     for _ in range(max(1, passes)):
         started = time.thread_time_ns()
-        outcome = play(inputs, rules, mark_done=mark, watermark_every=watermark_every)
+        outcome = play(inputs, rules, mark_done=mark, watermark_every=watermark_every,
+                       decoded_users=decoded_users)
         ended = time.thread_time_ns()
         per_input.append((ended - started) / 1_000 / len(inputs.records))
         per_click.append((ended - (outcome.mark_ns or started)) / 1_000
                          / max(1, outcome.clicks_done - outcome.done_at_mark))
     return {"clicks": inputs.clicks, "users": inputs.users, "inputs": len(inputs.records),
             "passes": len(per_input), "journeys": journeys, "watermark_every": watermark_every,
+            "decoded_users": decoded_users,
             "steps_per_click": round(outcome.steps / inputs.clicks, 2),
             "us_per_input": round(statistics.median(per_input), 1),
             "us_per_click": round(statistics.median(per_click), 1)}
 
 
-def timed(inputs: Inputs, rules: engine.Rules, watermark_every: int = 1
-          ) -> tuple[float, Outcome]:
+def timed(inputs: Inputs, rules: engine.Rules, watermark_every: int = 1,
+          decoded_users: int | None = None) -> tuple[float, Outcome]:
     """(µs per input, the outcome) of one pass."""
     t0 = time.perf_counter_ns()
-    outcome = play(inputs, rules, watermark_every=watermark_every)
+    outcome = play(inputs, rules, watermark_every=watermark_every, decoded_users=decoded_users)
     return (time.perf_counter_ns() - t0) / 1_000 / len(inputs.records), outcome
 
 
 def stage_table(inputs: Inputs, rules: engine.Rules, us_per_input: float,
-                watermark_every: int = 1) -> dict[str, float]:
+                watermark_every: int = 1, decoded_users: int | None = None
+                ) -> dict[str, float]:
     """µs per input of each stage: one profiled pass, its shares applied to ``us_per_input``.
 
     cProfile inflates functions of many small calls more than others, so the split is an
     estimate; the total is the unprofiled one.
     """
     profile = cProfile.Profile()
-    profile.runcall(play, inputs, rules, watermark_every=watermark_every)
+    profile.runcall(play, inputs, rules, watermark_every=watermark_every,
+                    decoded_users=decoded_users)
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in stats.values())  # own times add up to the whole
     cumulative: dict[str, float] = {}
@@ -376,6 +488,10 @@ def main(argv: Sequence[str] | None = None,
     parser.add_argument("--watermark-every", type=int, default=1, metavar="N",
                         help="move the watermark after every N clicks (default 1: a live "
                              "stream's worst case; a drain moves it every 200 ms)")
+    parser.add_argument("--decoded-users", type=int, default=0, metavar="N",
+                        help="keep state as bytes and decode it as the job does, with N "
+                             "users' decoded state kept (the job's --decoded-state-users); "
+                             "default 0: every user's state kept as objects, nothing decoded")
     parser.add_argument("--no-churn", action="store_true", help="no churn model")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage table")
     parser.add_argument("--json", metavar="OUT", help="write the figures to this file")
@@ -384,7 +500,8 @@ def main(argv: Sequence[str] | None = None,
     rules = shipped_rules(churn=not args.no_churn)
     play(inputs, rules)  # warm up: imports, caches, the model's first runs
     every = max(1, args.watermark_every)
-    passes = [timed(inputs, rules, every) for _ in range(max(1, args.repeat))]
+    kept = args.decoded_users or None
+    passes = [timed(inputs, rules, every, kept) for _ in range(max(1, args.repeat))]
     us = statistics.median(p[0] for p in passes)
     outcome = passes[0][1]
     result: dict[str, Any] = {
@@ -401,7 +518,7 @@ def main(argv: Sequence[str] | None = None,
     printer(f"  {us:8.1f} µs per input (median of {len(passes)}: "
             + ", ".join(f"{p[0]:.1f}" for p in passes) + ")")
     if not args.no_profile:
-        result["stages_us"] = stage_table(inputs, rules, us, every)
+        result["stages_us"] = stage_table(inputs, rules, us, every, kept)
         printer("  per stage (cProfile shares of the total):")
         for stage, value in result["stages_us"].items():
             printer(f"    {stage:<50} {value:7.1f} µs")

@@ -247,8 +247,10 @@ def _floor_line(results: dict) -> str | None:
             f"(decode, features, scoring, segments, campaigns, state encoding) over "
             f"{_num(f.get('clicks'))} clicks of {_num(f.get('users'))} users of the same "
             f"generator, seed and start, in one Python loop with no Flink, the watermark moved "
-            f"every {_num(f.get('watermark_every'))} clicks as in the drain (median of "
-            f"{f.get('passes', MISSING)} passes)")
+            f"every {_num(f.get('watermark_every'))} clicks as in the drain"
+            + (f", state kept as bytes and decoded as the job does, {_num(f['decoded_users'])} "
+               f"users' decoded state kept (the job's share)" if f.get("decoded_users") else "")
+            + f" (median of {f.get('passes', MISSING)} passes)")
     if f.get("engine_cpu_us_per_event") is None:
         return line + "; the engine's CPU per event was not measured"
     return (line + f"; the engine's threads used {_num(f['engine_cpu_us_per_event'], 1)} µs "

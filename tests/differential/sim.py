@@ -17,8 +17,9 @@ what Flink keeps (bytes through the adapter's encoders, a copy of the membership
 what a ``Step`` says changed is written back, and each step gets a fresh ``engine.UserState``
 that reads the rest lazily. Nothing else survives a step (``churn_score``, ``model_version``).
 ``cache=True`` keeps the adapter's per-instance caches of decoded features and metadata
-(reused when the stored bytes are the ones last seen); ``restart()`` drops them, as a restore
-from a savepoint (or a failover) starts a fresh instance.
+(reused when the stored bytes are the ones last seen; ``cache_users`` of them, the least
+recently used evicted, as ``udfs.lru.LruCache`` bounds them in the job); ``restart()`` drops
+them, as a restore from a savepoint (or a failover) starts a fresh instance.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from udfs.clock import (
 )
 from udfs.features.codec import decode_state, encode_state
 from udfs.features.state import UserFeatures
+from udfs.lru import LruCache
 
 END_OF_INPUT = 2**63 - 1
 
@@ -55,10 +57,9 @@ class Simulator:
     encode: bool = True  # store the clock as bytes between steps, as keyed state does
     persist: bool = False  # keep every keyed state as the adapter does (module docstring)
     cache: bool = True  # with persist: the adapter's caches of decoded features and metadata
+    cache_users: int = 1_000_000  # their bound (the job's decoded_state_users)
     #: with persist: user id -> keyed state name -> value (bytes, or the membership dict)
     keyed: dict[str, dict[str, Any]] = field(default_factory=dict)
-    features_cache: dict[str, tuple[bytes, UserFeatures]] = field(default_factory=dict)
-    metadata_cache: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
     states: dict[str, engine.UserState] = field(default_factory=dict)
     clocks: dict[str, bytes] = field(default_factory=dict)
     timers: list[tuple[int, str, str]] = field(default_factory=list)
@@ -82,6 +83,8 @@ class Simulator:
 
     def __post_init__(self) -> None:
         self.codec = Codec.load()
+        self.features_cache: LruCache[UserFeatures] = LruCache(self.cache_users)
+        self.metadata_cache: LruCache[dict[str, Any]] = LruCache(self.cache_users)
         # per step, with persist: what the adapter notes while loading (see _load_state)
         self.rest_loaded = False
         self.loaded_membership: dict[str, int] = {}
@@ -103,8 +106,8 @@ class Simulator:
     def restart(self) -> None:
         """A restore from a savepoint: fresh adapter instances (no cache) and a watermark that
         starts again from the new sources; keyed state and timers stay."""
-        self.features_cache.clear()
-        self.metadata_cache.clear()
+        self.features_cache = LruCache(self.cache_users)
+        self.metadata_cache = LruCache(self.cache_users)
         self.watermark = self.newest = -(2**63)
 
     # -- the adapter's keyed state (persist=True); mirrors UserEngineFunction --------------------
@@ -133,18 +136,16 @@ class Simulator:
                                 load_campaigns=load_campaigns, erased=erased)
 
     def _decode_features(self, user: str, raw: bytes) -> UserFeatures:
-        cached = self.features_cache.get(user)
-        if self.cache and cached is not None and cached[0] == raw:
-            return cached[1]
-        return decode_state(raw)
+        cached = self.features_cache.get(user, raw) if self.cache else None
+        return cached if cached is not None else decode_state(raw)
 
     def _decode_metadata(self, user: str, raw: bytes) -> dict[str, Any]:
-        cached = self.metadata_cache.get(user)
-        if self.cache and cached is not None and cached[0] == raw:
-            return cached[1]
+        cached = self.metadata_cache.get(user, raw) if self.cache else None
+        if cached is not None:
+            return cached
         metadata: dict[str, Any] = self.codec.decode(raw, expect="UserMetadata")
         if self.cache:
-            self.metadata_cache[user] = (raw, metadata)
+            self.metadata_cache.put(user, raw, metadata)
         return metadata
 
     def _store(self, user: str, state: engine.UserState, out: engine.Step) -> None:
@@ -154,8 +155,8 @@ class Simulator:
         if out.erasure:
             keyed.clear()
             keyed["erased"] = True
-            self.features_cache.pop(user, None)
-            self.metadata_cache.pop(user, None)
+            self.features_cache.pop(user)
+            self.metadata_cache.pop(user)
             return
         if out.reregistered:
             keyed.pop("erased", None)
@@ -167,7 +168,7 @@ class Simulator:
             encoded = encode_state(state.features)
             keyed["features"] = encoded
             if self.cache:
-                self.features_cache[user] = (encoded, state.features)
+                self.features_cache.put(user, encoded, state.features)
         if out.metadata_changed and state.metadata is not None:
             keyed["metadata"] = self.codec.encode("UserMetadata", state.metadata)
         if (self.rest_loaded or out.expired) and state.membership != self.loaded_membership:

@@ -67,3 +67,44 @@ def test_a_watermark_moved_less_often_fires_fewer_timers_and_applies_every_click
         records = [sorted(r[what] for _, step in o.emitted for r in step[key])
                    for o in (each, batched)]
         assert records[0] == records[1] and records[0], key
+
+
+def test_state_kept_as_bytes_gives_the_same_records_whatever_the_cache_keeps(monkeypatch):
+    """Differential: the floor's state as objects, as bytes with every user decoded and kept,
+    and as bytes with 9 of 60 users kept (many steps decode): the same records and states."""
+    from udfs.campaigns import arbitration
+    from udfs.features.codec import encode_state
+
+    inputs = domain.build_inputs(1_500, 60, seed=4, metadata_updates=0.05, days=3)
+    rules = domain.shipped_rules()  # with the journeys: campaign state at many steps
+    decodes = {"n": 0}
+    real = domain.decode_state
+
+    def counted(raw):
+        decodes["n"] += 1
+        return real(raw)
+
+    monkeypatch.setattr(domain, "decode_state", counted)
+    runs, counts = {}, {}
+    for name, kept in (("objects", None), ("bytes, all kept", 1_000), ("bytes, 9 kept", 9)):
+        decodes["n"] = 0
+        runs[name] = domain.play(inputs, rules, keep=True, watermark_every=40,
+                                 decoded_users=kept)
+        # final_states decodes each user's last features once more
+        counts[name] = decodes["n"] - (kept is not None) * sum(
+            s.features is not None for s in runs[name].states.values())
+    reference = runs.pop("objects")
+    assert reference.emitted and any(step["triggers"] for _, step in reference.emitted)
+    for name, run in runs.items():
+        assert run.emitted == reference.emitted, name
+        for user, state in reference.states.items():
+            got = run.states[user]
+            assert (encode_state(got.features) if got.features else None) == (
+                encode_state(state.features) if state.features else None), (name, user)
+            assert got.metadata == state.metadata and got.membership == state.membership
+            assert got.clock == state.clock, (name, user)
+            assert arbitration.encode_state(got.campaigns) == arbitration.encode_state(
+                state.campaigns or arbitration.CampaignState()), (name, user)
+    # the bound is what decides: all kept, no step decodes features; 9 kept, many do
+    assert counts["objects"] == counts["bytes, all kept"] == 0
+    assert counts["bytes, 9 kept"] > 100

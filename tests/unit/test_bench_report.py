@@ -385,7 +385,10 @@ def test_report_puts_the_domain_floor_next_to_the_engines_cpu():
     text = br.format_report(results)
     line = line_with(text, "Domain floor")
     assert "216.7 µs of CPU per click" in line and "12,000 clicks of 1,000 users" in line
-    assert "the watermark moved every 460 clicks" in line
+    assert "the watermark moved every 460 clicks" in line and "decoded as the job" not in line
+    results["floor"]["decoded_users"] = 6_000
+    assert "6,000 users' decoded state kept" in line_with(br.format_report(results),
+                                                          "Domain floor")
     assert "231.0 µs of CPU per event in the p1 drain: 14.3 µs above the floor" in line
     assert "cost above the domain floor < 30 µs/event: met (measured 14.3 µs)" in text
     assert "14.3 µs above the floor" in br.readme_section(results)

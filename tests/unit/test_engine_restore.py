@@ -95,6 +95,8 @@ def test_persisted_cached_late_or_restarted_the_outputs_are_the_same(rules, seed
     reference = play(rules, data)
     runs = {
         "persisted, cached": play(rules, data, persist=True),
+        # 7 of the 40 users kept decoded: most steps miss, many a user evicted between steps
+        "persisted, cached, evicting": play(rules, data, persist=True, cache_users=7),
         "persisted, no cache, outcomes late": play(rules, data, LATE_OUTCOMES, persist=True,
                                                    cache=False),
         "persisted, restarted mid-way, outcomes late, other timer order": play(

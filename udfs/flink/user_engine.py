@@ -76,6 +76,7 @@ from udfs.flink.metrics import (
     MeasuredScorer,
 )
 from udfs.flink.scoring import load_scorer
+from udfs.lru import LruCache
 
 # imported with the module, not when a job first asks for spans: in thread mode the interpreter
 # outlives a job and keeps its modules, so a later job of the same build would import a
@@ -85,17 +86,6 @@ from udfs.spans import ClickSpans
 
 #: the live segment sizes (audience factor) are re-read from the store at most this often
 AUDIENCE_REFRESH_S = 10.0
-
-#: decoded user features kept per engine instance (roughly 8 KB each: ~80 MB at most)
-FEATURES_CACHE_SIZE = 10_000
-
-
-def _remember(cache: dict[str, Any], user_id: str, value: Any) -> None:
-    """Keep ``value`` for a user in a per-instance cache bounded by FEATURES_CACHE_SIZE."""
-    if len(cache) >= FEATURES_CACHE_SIZE and user_id not in cache:
-        cache.clear()  # crude but O(1) per event; a miss only costs a decode or a state read
-    cache[user_id] = value
-
 
 #: a traced click of a step: its context, the engine's span for it, its Kafka append time, and
 #: the traceparent header of what it caused (formatted once per click, not per output)
@@ -226,7 +216,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # inputs applied by processing time because the stream went quiet (quiet_release_ms)
         self.quiet_releases = metrics.counter("quiet_releases")
         self.quiet_timers = QuietTimers(self.cfg.quiet_release_ms)
-        self.pending_items = PendingItems(FEATURES_CACHE_SIZE)
+        # the users' decoded state between their steps (udfs.lru: the least recently stepped
+        # users evicted first)
+        self.pending_items = PendingItems(self.cfg.decoded_state_users)
         self.bad_definitions = metrics.counter("definitions_rejected")
         self.outcomes_in = metrics.counter("outcomes_in")
         # erasures applied (user-metadata tombstones; a repeated one counts again), and inputs
@@ -272,9 +264,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 onnx, meta, Path(onnx_name), Path(meta_name)))
             self.scorer = MeasuredScorer(self.scoring, metrics)
         # user id -> (encoded state, the UserFeatures it encodes); see _decode_features
-        self.features_cache: dict[str, tuple[bytes, UserFeatures]] = {}
+        self.features_cache: LruCache[UserFeatures] = LruCache(self.cfg.decoded_state_users)
         # user id -> (encoded metadata, its dict)
-        self.metadata_cache: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        self.metadata_cache: LruCache[dict[str, Any]] = LruCache(self.cfg.decoded_state_users)
         # the store's client for the definitions' history and the live segment sizes (the
         # membership writes are udfs.flink.membership_writes's)
         self.writer = self.store_factory(on_retry=self.store_retries.inc,
@@ -595,10 +587,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         Decoding costs ~30 µs an event; the state bytes are the truth (checkpoints hold them),
         the cache only skips decoding what this instance itself encoded last.
         """
-        cached = self.features_cache.get(user_id)
-        if cached is not None and cached[0] == raw:
-            return cached[1]
-        return decode_state(bytes(raw))
+        cached = self.features_cache.get(user_id, raw)
+        return cached if cached is not None else decode_state(bytes(raw))
 
     def _decode_metadata(self, user_id: str, raw: bytes) -> dict[str, Any]:
         """Decode a user's metadata, reusing the dict decoded last time if the bytes match.
@@ -606,11 +596,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         Metadata changes rarely and is read at every event (~15 µs to decode); the engine only
         reads the dict, so the one decoded from the same bytes can serve again.
         """
-        cached = self.metadata_cache.get(user_id)
-        if cached is not None and cached[0] == raw:
-            return cached[1]
+        cached = self.metadata_cache.get(user_id, raw)
+        if cached is not None:
+            return cached
         metadata = self.codec.decode(bytes(raw), expect="UserMetadata")
-        _remember(self.metadata_cache, user_id, (raw, metadata))
+        self.metadata_cache.put(user_id, raw, metadata)
         return metadata
 
     def _load_campaigns(self) -> arbitration.CampaignState:
@@ -626,7 +616,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         if step.features_changed and state.features is not None:
             encoded = encode_state(state.features)
             self.features_state.update(encoded)
-            _remember(self.features_cache, user_id, (encoded, state.features))
+            self.features_cache.put(user_id, encoded, state.features)
             self.state_bytes.observe(len(encoded))
         if step.metadata_changed and state.metadata is not None:
             self.metadata_state.update(self.codec.encode("UserMetadata", state.metadata))
@@ -670,8 +660,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self._clear_state()
         self.erased_marker.update(True)
         # the decoded copies of the user's state in memory go too
-        self.features_cache.pop(user_id, None)
-        self.metadata_cache.pop(user_id, None)
+        self.features_cache.pop(user_id)
+        self.metadata_cache.pop(user_id)
         self.loaded_membership = {}
         self.campaigns_stored = False
 
