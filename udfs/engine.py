@@ -288,6 +288,10 @@ class Step:
         features_changed: ``state.features`` must be stored.
         metadata_changed: ``state.metadata`` must be stored.
         campaigns_changed: ``state.campaigns`` must be stored (cleared when empty).
+        campaigns_touched: the step may have changed ``state.campaigns`` in place (it decided
+            on it: pruned, moved journeys, recorded an opt-out), whether or not it must be
+            stored; when False a campaign state the step read is still equal to the bytes it
+            was read from (the adapter keeps the object for the next step).
         clock_changed: ``state.clock`` must be stored.
         expiry_timer_ms: when the user's state expires if nothing else arrives (day-rounded).
         erasure: the user was erased (``Erasure``): clear every keyed state, keep only the
@@ -326,6 +330,7 @@ class Step:
     features_changed: bool = False
     metadata_changed: bool = False
     campaigns_changed: bool = False
+    campaigns_touched: bool = False
     clock_changed: bool = False
     expiry_timer_ms: int | None = None
     erasure: bool = False
@@ -615,6 +620,7 @@ def _engage(state: UserState, user_id: str, item: Engagement, at_ms: int, rules:
     clock.clock_ms = now
     view = FeatureView(state.features, state.metadata, now, state.churn_score, None)
     seg = MembershipStep([], None, now_ms=now, view=view)
+    out.campaigns_touched = True
     if arbitration.record_opt_out(state.campaign_state(), item.outcome):
         out.campaigns_changed = True  # kept whatever is defined: a later campaign must see it
     _campaigns(state, user_id, seg, rules, outcome_key(item.outcome), None, False, now_ms, out,
@@ -680,6 +686,7 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
             # alone, and nothing else is found or due: ``on_step`` would change nothing
             return
     cstate = state.campaign_state()
+    out.campaigns_touched = True  # decided on from here: pruned, journeys moved, in place
     sends: list[arbitration.Candidate] = []
     if journeys or cstate.journeys.instances:  # instances of a deleted journey end here
         moved = journey_runner.on_step(

@@ -206,8 +206,8 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
     every user stayed in the adapter's caches. A number keeps every keyed state as bytes, as
     Flink does, and reads it back at each step as the adapter does, through caches of decoded
     state bounded at that many users (``udfs.lru``, the job's ``decoded_state_users``): a
-    user evicted since its last step decodes its features and metadata again, and campaign
-    state is decoded whenever a step reads it (``final_states`` then decodes the last bytes).
+    user evicted since its last step decodes its features, metadata and campaign state again
+    (``final_states`` then decodes the last bytes).
     """
     codec = Codec.load()
     out = Outcome()
@@ -292,11 +292,11 @@ class KeyedBytes:
     """Every user's keyed state as bytes, read and written as ``UserEngineFunction`` does.
 
     ``load`` gives a step's ``engine.UserState`` whose features, metadata and membership are
-    read when the step needs them (``load``) and whose campaign state is decoded when it reads
-    it; features and metadata come from caches of decoded state bounded at ``max_users``
-    (``udfs.lru.LruCache``) when the bytes are the ones kept there. ``store`` writes back what
-    the step changed. Mirrors ``udfs.flink.user_engine`` (``_load_state``, ``_store_state``,
-    ``_clear_state``); an erasure is not modelled (the workload has none).
+    read when the step needs them (``load``) and whose campaign state is read when it reads
+    it; features, metadata and campaign state come from caches of decoded state bounded at
+    ``max_users`` (``udfs.lru.LruCache``) when the bytes are the ones kept there. ``store``
+    writes back what the step changed. Mirrors ``udfs.flink.user_engine`` (``_load_state``,
+    ``_store_state``, ``_clear_state``); an erasure is not modelled (the workload has none).
     """
 
     def __init__(self, codec: Codec, max_users: int) -> None:
@@ -304,13 +304,16 @@ class KeyedBytes:
         self.values: dict[str, dict[str, Any]] = {}
         self.features: LruCache[UserFeatures] = LruCache(max_users)
         self.metadata: LruCache[dict[str, Any]] = LruCache(max_users)
+        self.campaigns: LruCache[arbitration.CampaignState] = LruCache(max_users)
         self.loaded_membership: dict[str, int] = {}
         self.rest_loaded = self.campaigns_stored = False
+        self.campaigns_read: bytes | None = None
 
     def load(self, user: str) -> engine.UserState:
         """The user's state for one step, its parts read on first use."""
         stored = self.values.setdefault(user, {})
         self.rest_loaded, self.loaded_membership, self.campaigns_stored = False, {}, False
+        self.campaigns_read = None
 
         def load(state: engine.UserState) -> None:
             self.rest_loaded = True
@@ -330,7 +333,12 @@ class KeyedBytes:
         def load_campaigns() -> arbitration.CampaignState:
             raw = stored.get("campaigns")
             self.campaigns_stored = bool(raw)
-            return arbitration.decode_state(raw)
+            if not raw:
+                self.campaigns.pop(user)
+                return arbitration.CampaignState()
+            self.campaigns_read = raw
+            kept = self.campaigns.take(user, raw)
+            return kept if kept is not None else arbitration.decode_state(raw)
 
         return engine.UserState(load=load, load_campaigns=load_campaigns)
 
@@ -343,6 +351,7 @@ class KeyedBytes:
             for name in ("features", "metadata", "membership", "campaigns"):
                 stored.pop(name, None)
             self.loaded_membership, self.campaigns_stored = {}, False
+            self.campaigns_read = None
         if step.features_changed and state.features is not None:
             encoded = stored["features"] = encode_state(state.features)
             self.features.put(user, encoded, state.features)
@@ -356,9 +365,13 @@ class KeyedBytes:
         if step.campaigns_changed and cstate is not None:
             if not cstate.is_empty():
                 stored["campaigns"] = arbitration.encode_state(cstate)
+                self.campaigns.put(user, stored["campaigns"], cstate)
                 written += len(stored["campaigns"])
             elif self.campaigns_stored:
                 stored.pop("campaigns", None)
+        elif cstate is not None and self.campaigns_read is not None \
+                and not step.campaigns_touched:
+            self.campaigns.put(user, self.campaigns_read, cstate)
         if step.clock_changed or step.expired:
             clocks[user] = encode_clock(state.clock)
             return written + len(clocks[user]), clocks[user]
@@ -399,8 +412,15 @@ def _encode(codec: Codec, state: engine.UserState, step: engine.Step, clocks: di
 
 
 def _emitted(step: engine.Step) -> dict[str, Any]:
-    """Everything a step says, but the flags of what to store (compared as they are)."""
-    return dataclasses.asdict(step)
+    """Everything a step says (the flags of what to store too), but ``campaigns_touched``.
+
+    That flag says which way the step went (decided on the campaign state, or stopped
+    before), not what it did: a shortcut that skips a decision that changes nothing differs
+    in it alone.
+    """
+    said = dataclasses.asdict(step)
+    del said["campaigns_touched"]
+    return said
 
 
 def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,

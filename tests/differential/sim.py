@@ -16,10 +16,11 @@ keyed state (features, metadata, membership, campaign state, clock, erased marke
 what Flink keeps (bytes through the adapter's encoders, a copy of the membership map), only
 what a ``Step`` says changed is written back, and each step gets a fresh ``engine.UserState``
 that reads the rest lazily. Nothing else survives a step (``churn_score``, ``model_version``).
-``cache=True`` keeps the adapter's per-instance caches of decoded features and metadata
-(reused when the stored bytes are the ones last seen; ``cache_users`` of them, the least
-recently used evicted, as ``udfs.lru.LruCache`` bounds them in the job); ``restart()`` drops
-them, as a restore from a savepoint (or a failover) starts a fresh instance.
+``cache=True`` keeps the adapter's per-instance caches of decoded features, metadata and
+campaign state (reused when the stored bytes are the ones last seen; ``cache_users`` of them,
+the least recently used evicted, as ``udfs.lru.LruCache`` bounds them in the job);
+``restart()`` drops them, as a restore from a savepoint (or a failover) starts a fresh
+instance.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class Simulator:
         self.codec = Codec.load()
         self.features_cache: LruCache[UserFeatures] = LruCache(self.cache_users)
         self.metadata_cache: LruCache[dict[str, Any]] = LruCache(self.cache_users)
+        self.campaigns_cache: LruCache[arbitration.CampaignState] = LruCache(self.cache_users)
+        self.campaigns_read: bytes | None = None
         # per step, with persist: what the adapter notes while loading (see _load_state)
         self.rest_loaded = False
         self.loaded_membership: dict[str, int] = {}
@@ -108,6 +111,7 @@ class Simulator:
         starts again from the new sources; keyed state and timers stay."""
         self.features_cache = LruCache(self.cache_users)
         self.metadata_cache = LruCache(self.cache_users)
+        self.campaigns_cache = LruCache(self.cache_users)
         self.watermark = self.newest = -(2**63)
 
     # -- the adapter's keyed state (persist=True); mirrors UserEngineFunction --------------------
@@ -116,6 +120,7 @@ class Simulator:
         """``_load_state``: the clock now, the rest through ``load`` when the step needs it."""
         keyed = self.keyed.setdefault(user, {})
         self.rest_loaded, self.loaded_membership, self.campaigns_stored = False, {}, False
+        self.campaigns_read = None
 
         def load(state: engine.UserState) -> None:
             self.rest_loaded = True
@@ -128,7 +133,12 @@ class Simulator:
         def load_campaigns() -> arbitration.CampaignState:
             raw = keyed.get("campaigns")
             self.campaigns_stored = bool(raw)
-            return arbitration.decode_state(raw)
+            if not raw:
+                self.campaigns_cache.pop(user)
+                return arbitration.CampaignState()
+            self.campaigns_read = raw
+            kept = self.campaigns_cache.take(user, raw) if self.cache else None
+            return kept if kept is not None else arbitration.decode_state(raw)
 
         raw_clock = keyed.get("clock")
         erased = not raw_clock and bool(keyed.get("erased"))
@@ -157,6 +167,7 @@ class Simulator:
             keyed["erased"] = True
             self.features_cache.pop(user)
             self.metadata_cache.pop(user)
+            self.campaigns_cache.pop(user)
             return
         if out.reregistered:
             keyed.pop("erased", None)
@@ -164,6 +175,7 @@ class Simulator:
             for name in ("features", "metadata", "membership", "campaigns", "clock"):
                 keyed.pop(name, None)
             self.loaded_membership, self.campaigns_stored = {}, False
+            self.campaigns_read = None
         if out.features_changed and state.features is not None:
             encoded = encode_state(state.features)
             keyed["features"] = encoded
@@ -177,8 +189,13 @@ class Simulator:
         if out.campaigns_changed and cstate is not None:
             if not cstate.is_empty():
                 keyed["campaigns"] = arbitration.encode_state(cstate)
+                if self.cache:
+                    self.campaigns_cache.put(user, keyed["campaigns"], cstate)
             elif self.campaigns_stored:
                 keyed.pop("campaigns", None)
+        elif self.cache and cstate is not None and self.campaigns_read is not None \
+                and not out.campaigns_touched:
+            self.campaigns_cache.put(user, self.campaigns_read, cstate)
         if out.clock_changed:
             if out.expired and state.features is None and state.metadata is None \
                     and not state.clock.pending:

@@ -271,11 +271,15 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # membership writes are udfs.flink.membership_writes's)
         self.writer = self.store_factory(on_retry=self.store_retries.inc,
                                          on_rebuild=lambda _report: self.redis_rebuilds.inc())
-        # per step: the membership as read (when the step read it), and whether the campaign
-        # state was stored (see _load_state)
+        # user id -> (encoded campaign state, the CampaignState it encodes); see _load_campaigns
+        self.campaigns_cache: LruCache[arbitration.CampaignState] = LruCache(
+            self.cfg.decoded_state_users)
+        # per step: the membership as read (when the step read it), whether the campaign
+        # state was stored, and its bytes when the step read it (see _load_state)
         self.rest_loaded = False
         self.loaded_membership: dict[str, int] = {}
         self.campaigns_stored = False
+        self.campaigns_read: bytes | None = None
 
     def close(self) -> None:
         """Close the store connections, the scoring thread and the span exporter."""
@@ -504,6 +508,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 self._clear_state()
                 self.loaded_membership = {}
                 self.campaigns_stored = False
+                self.campaigns_read = None
             stored_clock = self._store_state(user_id, state, step)
         # the clock as stored, and the decoded inputs still waiting: not decoded again at the
         # user's next step (when the state still holds these bytes)
@@ -557,6 +562,7 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.rest_loaded = False
         self.loaded_membership = {}
         self.campaigns_stored = False
+        self.campaigns_read = None
 
         def load(state: engine.UserState) -> None:
             self.rest_loaded = True
@@ -574,7 +580,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # (new, expired or erased), not at every input
         erased = not raw_clock and bool(self.erased_marker.value())
         clock = self.pending_items.take(user_id, raw_clock)
-        return engine.UserState(clock=clock, load=load, load_campaigns=self._load_campaigns,
+        return engine.UserState(clock=clock, load=load,
+                                load_campaigns=lambda: self._load_campaigns(user_id),
                                 erased=erased)
 
     def _erased_now(self) -> bool:
@@ -603,11 +610,22 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.metadata_cache.put(user_id, raw, metadata)
         return metadata
 
-    def _load_campaigns(self) -> arbitration.CampaignState:
-        """The current user's campaign state (read only when a step needs it)."""
+    def _load_campaigns(self, user_id: str) -> arbitration.CampaignState:
+        """The current user's campaign state (read only when a step needs it).
+
+        Most steps that score read it (a churn crossing is judged against its kept score)
+        and change nothing; decoding its JSON cost ~12 µs. The object kept with the bytes it
+        was read or written as is taken back when the state still holds those bytes; taken,
+        not shared, as the step may change it (``_store_state`` keeps it again).
+        """
         raw = self.campaign_state.value()
         self.campaigns_stored = bool(raw)
-        return arbitration.decode_state(bytes(raw) if raw else None)
+        if not raw:
+            self.campaigns_cache.pop(user_id)
+            return arbitration.CampaignState()
+        self.campaigns_read = raw
+        kept = self.campaigns_cache.take(user_id, raw)
+        return kept if kept is not None else arbitration.decode_state(bytes(raw))
 
     def _store_state(self, user_id: str, state: engine.UserState, step: engine.Step
                      ) -> bytes | None:
@@ -626,9 +644,17 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         if step.campaigns_changed and cstate is not None:
             # most steps change nothing: no encoding, no state write
             if not cstate.is_empty():
-                self.campaign_state.update(arbitration.encode_state(cstate))
+                encoded = arbitration.encode_state(cstate)
+                self.campaign_state.update(encoded)
+                self.campaigns_cache.put(user_id, encoded, cstate)
             elif self.campaigns_stored:
                 self.campaign_state.clear()
+        elif cstate is not None and self.campaigns_read is not None \
+                and not step.campaigns_touched:
+            # only read (a churn crossing judged against its kept score): the object is still
+            # what the state's bytes say. Decided on but not stored (a prune, say), it may
+            # not be: the next step decodes the bytes
+            self.campaigns_cache.put(user_id, self.campaigns_read, cstate)
         if step.clock_changed:
             if step.expired and state.features is None and state.metadata is None \
                     and not state.clock.pending:
@@ -662,8 +688,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # the decoded copies of the user's state in memory go too
         self.features_cache.pop(user_id)
         self.metadata_cache.pop(user_id)
+        self.campaigns_cache.pop(user_id)
         self.loaded_membership = {}
         self.campaigns_stored = False
+        self.campaigns_read = None
 
     def _erasure_write(self, user_id: str, step: engine.Step) -> Iterator[Row]:
         """Ask the membership writer to delete the user from Cassandra and Redis.
