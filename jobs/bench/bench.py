@@ -1420,9 +1420,11 @@ class Bench:
                  f"{every:,} clicks, no Flink ...")
         # the floor keeps its state as bytes and decodes what the job would: its caches keep
         # the share of its users the job's keep of the backlog's (decoded_state_users)
-        kept = max(1, round(fresh_config().decoded_state_users * users / plan.users))
+        cfg = fresh_config()
+        kept = max(1, round(cfg.decoded_state_users * users / plan.users))
         floor = domain.floor(clicks, users, seed=7, start_ms=self.backlog_start_ms,
-                             watermark_every=every, decoded_users=kept)
+                             watermark_every=every, decoded_users=kept,
+                             gc_thresholds=cfg.gc_threshold_counts())
         return above_floor(p1, floor)
 
     def _in_order_delay(self, zone: str) -> dict[str, Any]:

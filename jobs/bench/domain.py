@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import dataclasses
+import gc
 import heapq
 import json
 import pstats
@@ -41,6 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.config import NudgeflowConfig
 from jobs.workload.workload import PLANS, WorkloadSpec, generate_events, generate_users
 from schemas.codec import Codec
 from udfs import engine, intake
@@ -425,7 +427,8 @@ def _emitted(step: engine.Step) -> dict[str, Any]:
 
 def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
           passes: int = 3, journeys: bool = False, watermark_every: int = 1,
-          decoded_users: int | None = None) -> dict[str, Any]:
+          decoded_users: int | None = None,
+          gc_thresholds: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """The domain floor of one workload, for ``nudgeflow bench``: µs per click and per input.
 
     The loop of ``main`` (the shipped catalog, the churn model, a warm-up pass, then ``passes``
@@ -438,21 +441,28 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
     dropped or rejected) to its end, over the clicks done in between, as a drain of the bench
     is timed (the engine's ``clicks_done``); the users' metadata records, older than every
     click, are applied before that. ``decoded_users``: as ``play`` (None: no state decoded,
-    as if every user stayed in the adapter's caches).
+    as if every user stayed in the adapter's caches). ``gc_thresholds``: the collector's
+    thresholds during the passes, as the engine operator sets them (None: the job's default,
+    ``NudgeflowConfig.gc_thresholds``).
     """
     inputs = build_inputs(clicks, users, seed, start_ms=start_ms)
     rules = shipped_rules(churn=True, journeys=journeys)
     play(inputs, rules)  # warm up: imports, caches, the model's first runs
     per_input, per_click = [], []
     mark = inputs.clicks // 20  # the drain's clock starts at 5% of the clicks
-    for _ in range(max(1, passes)):
-        started = time.thread_time_ns()
-        outcome = play(inputs, rules, mark_done=mark, watermark_every=watermark_every,
-                       decoded_users=decoded_users)
-        ended = time.thread_time_ns()
-        per_input.append((ended - started) / 1_000 / len(inputs.records))
-        per_click.append((ended - (outcome.mark_ns or started)) / 1_000
-                         / max(1, outcome.clicks_done - outcome.done_at_mark))
+    python_defaults = gc.get_threshold()
+    gc.set_threshold(*(gc_thresholds or NudgeflowConfig().gc_threshold_counts()))
+    try:
+        for _ in range(max(1, passes)):
+            started = time.thread_time_ns()
+            outcome = play(inputs, rules, mark_done=mark, watermark_every=watermark_every,
+                           decoded_users=decoded_users)
+            ended = time.thread_time_ns()
+            per_input.append((ended - started) / 1_000 / len(inputs.records))
+            per_click.append((ended - (outcome.mark_ns or started)) / 1_000
+                             / max(1, outcome.clicks_done - outcome.done_at_mark))
+    finally:
+        gc.set_threshold(*python_defaults)
     return {"clicks": inputs.clicks, "users": inputs.users, "inputs": len(inputs.records),
             "passes": len(per_input), "journeys": journeys, "watermark_every": watermark_every,
             "decoded_users": decoded_users,
@@ -518,6 +528,7 @@ def main(argv: Sequence[str] | None = None,
     args = parser.parse_args(argv)
     inputs = build_inputs(args.clicks, args.users, args.seed, args.metadata_updates)
     rules = shipped_rules(churn=not args.no_churn)
+    gc.set_threshold(*NudgeflowConfig().gc_threshold_counts())  # as the engine operator does
     play(inputs, rules)  # warm up: imports, caches, the model's first runs
     every = max(1, args.watermark_every)
     kept = args.decoded_users or None

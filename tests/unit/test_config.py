@@ -563,3 +563,12 @@ def test_the_wire_format_and_its_registry_are_checked(clean_environ: None) -> No
         replace(cfg, schema_registry_url="127.0.0.1:8085")
     with pytest.raises(ConfigError, match="user:password"):
         replace(cfg, schema_registry_user_info="token-only")
+
+
+def test_gc_thresholds_are_three_counts_and_the_collector_stays_on():
+    assert load_config(env={}).gc_threshold_counts() == (50_000, 20, 100)
+    assert load_config(env={"NUDGEFLOW_GC_THRESHOLDS": "700,10,10"}
+                       ).gc_threshold_counts() == (700, 10, 10)
+    for bad in ("700,10", "0,10,10", "a,b,c", "700,-1,10", ""):
+        with pytest.raises(ConfigError, match="gc_thresholds must be three whole numbers"):
+            load_config(env={"NUDGEFLOW_GC_THRESHOLDS": bad})

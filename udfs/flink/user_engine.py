@@ -22,6 +22,7 @@ decoders, which run before any user's state, still dead-letter an invalid record
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import sys
@@ -171,6 +172,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         # each churn score crosses to the scoring thread and back: with Python's 5 ms switch
         # interval each crossing could wait that long for the GIL behind another thread
         sys.setswitchinterval(self.cfg.gil_switch_interval_us / 1_000_000)
+        # the decoded state of many users stays alive, and each full collection walks it all
+        gc.set_threshold(*self.cfg.gc_threshold_counts())
         self.codec = Codec.load()
         self.features_state = runtime_context.get_state(user_features_state())
         self.metadata_state = runtime_context.get_state(user_metadata_state())
