@@ -1597,9 +1597,8 @@ def bottleneck(results: dict[str, Any]) -> str:
                  "and models.")
         return text
     text += (" What would remove it: less Python per event (evaluate only the segments whose "
-             "inputs changed), fewer crossings of the JVM boundary and fewer decodes of state "
-             "(one state value per user instead of five, decoded state kept for more users), "
-             "micro-batches per "
+             "inputs changed), fewer crossings of the JVM boundary (one state value per user "
+             "instead of five), micro-batches per "
              "shard with one scoring call per batch, more cores for process-mode workers, or "
              "the per-user engine in Java with Python kept for definitions and models.")
     return text
