@@ -261,7 +261,6 @@ class PendingItems:
     """
 
     def __init__(self, max_users: int) -> None:
-        self.max_users = max_users
         self._items: LruCache[dict[tuple[int, str], Any]] = LruCache(max_users)
         self._clocks: LruCache[UserClock] = LruCache(max_users)
 

@@ -7,11 +7,12 @@ state, so a restore starts empty and every miss costs a decode.
 
 Why least recently used: a user's next step comes after many other users' steps, and an
 engine instance sees more users than it can keep decoded (50,000 users of the full bench,
-against 10,000 kept per cache before 2026-12-05). A cache emptied when full then hits little
-once the users outnumber it: every applied click decoded its user's features again (~20-26
-µs), metadata, clock and waiting inputs. Evicting only the user seen longest ago keeps the
-active users decoded; an ``OrderedDict`` moves an entry to the end and drops the oldest in
-constant time.
+against 10,000 kept per cache before 2026-12-05). A cache emptied when full forgets the users
+still active along with the rest, and each of them decodes its features (~20-26 µs), metadata,
+campaign state and clock again at its next step. Evicting only the user seen longest ago keeps
+the active users decoded (measured, the decodes of evicted users cost ~6 µs per click at a
+fifth of the users kept: docs/performance.md, 2026-12-05); an ``OrderedDict`` moves an entry
+to the end and drops the oldest in constant time.
 """
 
 from __future__ import annotations

@@ -594,8 +594,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     def _decode_features(self, user_id: str, raw: bytes) -> UserFeatures:
         """Decode a user's features, reusing the object decoded last time if the bytes match.
 
-        Decoding costs ~30 µs an event; the state bytes are the truth (checkpoints hold them),
-        the cache only skips decoding what this instance itself encoded last.
+        Decoding costs ~20-26 µs (a 2.6 KB state); the state bytes are the truth (checkpoints
+        hold them), the cache only skips decoding what this instance itself encoded last.
         """
         cached = self.features_cache.get(user_id, raw)
         return cached if cached is not None else decode_state(bytes(raw))
@@ -603,8 +603,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
     def _decode_metadata(self, user_id: str, raw: bytes) -> dict[str, Any]:
         """Decode a user's metadata, reusing the dict decoded last time if the bytes match.
 
-        Metadata changes rarely and is read at every event (~15 µs to decode); the engine only
-        reads the dict, so the one decoded from the same bytes can serve again.
+        Metadata changes rarely and is read at every applied event (~5 µs to decode); the engine
+        only reads the dict, so the one decoded from the same bytes can serve again.
         """
         cached = self.metadata_cache.get(user_id, raw)
         if cached is not None:
