@@ -27,6 +27,7 @@ the report (``jobs.bench.report``) names the bottleneck.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -57,9 +58,12 @@ GOAL_ABOVE_FLOOR_US = 30.0
 #: watermark moves once per interval, so the domain floor moves it every ``rate x interval``
 #: clicks, as the drain it stands next to did
 WATERMARK_INTERVAL_S = 0.2
-#: the domain floor runs over at most this many clicks (with users cut in proportion): a pass
-#: over the full run's 1,000,000 would take about four minutes
-FLOOR_MAX_CLICKS = 60_000
+#: the domain floor runs over the backlog's own workload (every click, every user): a sample
+#: is not the same work. 60,000 clicks of 6,000 users (the 10 clicks a user of a 300,000-click
+#: backlog of 30,000) fired a third fewer timers per click and cost 138 µs an input against 175
+#: for the whole workload (2026-12-05, watermark every 479 clicks). Above this many clicks the
+#: floor times one pass, not three: a pass over 500,000 takes about two minutes
+FLOOR_ONE_PASS_CLICKS = 60_000
 #: offered rates of the latency ladder (the highest sustained rate is added per run)
 LADDER_RATES = (1_000, 5_000, 10_000)
 
@@ -478,7 +482,14 @@ def above_floor(p1: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
     engine = engine_thread({"throughput": [p1]})
     engine_us = None if engine is None else engine.get("cpu_us_per_event")
     gap = None if engine_us is None else round(engine_us - floor["us_per_click"], 1)
-    return {**floor, "engine_cpu_us_per_event": engine_us, "above_floor_us": gap}
+    out = {**floor, "engine_cpu_us_per_event": engine_us, "above_floor_us": gap}
+    # where each side's CPU went by kind of code (perf, CodeProfile), when both were sampled
+    for key, sampled, us in (("code", floor.get("code"), floor["us_per_click"]),
+                             ("engine_code", p1.get("code"), engine_us)):
+        if sampled is not None:
+            out[key] = (code_costs(sampled["samples"], us) if "samples" in sampled
+                        else {"error": sampled.get("error")})
+    return out
 
 
 ThreadTimes = dict[int, tuple[str, int, int]]
@@ -954,6 +965,7 @@ class Bench:
             reporter = EngineProgress(cfg.job_name)
             progress = reporter.clicks_done
         profiler: subprocess.Popen[str] | None = None
+        code: CodeProfile | None = None  # perf over the engine's threads, the timed span
         profile_file = self.out / f"profile-{group}.txt"
         result: dict[str, Any] = {"label": label, "events": clicks,
                                   "progress": "copied records" if copied_to else
@@ -969,6 +981,8 @@ class Bench:
                     threads_at_start = thread_times(jvm) if jvm is not None else {}
                     if profile_s and jvm is not None:
                         profiler = _py_spy(jvm, profile_s, profile_file)
+                        code = CodeProfile(engine_tids(threads_at_start),
+                                           self.out / f"perf-{group}.data")
                 elif start is not None and (done >= target or (
                         max_s is not None and now - start[0] > max_s and done > start[1])):
                     result.update(seconds=round(now - start[0], 2),
@@ -978,6 +992,8 @@ class Bench:
                         result["threads"] = thread_shares(
                             threads_at_start, thread_times(jvm), now - start[0],
                             result["events_per_s"])
+                    if code is not None:
+                        result["code"], code = code.stop(), None
                     if done < target:
                         result["partial"] = True
                         after = None  # the probe needs a job that has caught up
@@ -993,6 +1009,8 @@ class Bench:
             if after is not None:
                 result.update(after(job))
         finally:
+            if code is not None:
+                code.stop()
             self._stop(job)
             watcher.close()
         return result
@@ -1393,8 +1411,10 @@ class Bench:
         costs = stage_costs(per_stage, total, profile["seconds"], PY_SPY_RATE,
                             p1["events_per_s"])
         costs["source"] = (f"py-spy, {PY_SPY_RATE} samples/s of the engine's operator thread "
-                           f"for {profile['seconds']:.0f} s of the p1 drain; idle = time "
-                           f"outside Python (JVM work on that thread, waiting for input)")
+                           f"for {profile['seconds']:.0f} s of the p1 drain; idle = samples "
+                           f"with no Python frame on that thread: JVM work, waits, and Python "
+                           f"py-spy could not read, most of it in thread mode (perf's view "
+                           f"by kind of code is below)")
         expected = profile["seconds"] * PY_SPY_RATE
         costs["other_threads_us_per_event"] = {
             name: round(samples / expected * costs["total_us_per_event"], 1)
@@ -1404,27 +1424,37 @@ class Bench:
     def _floor(self, p1: dict[str, Any], plan: Plan) -> dict[str, Any]:
         """The pure domain loop over the backlog's workload (``jobs.bench.domain.floor``).
 
-        The same generator, seed and start as the backlog; a backlog above FLOOR_MAX_CLICKS is
-        cut to that many clicks with the users cut in proportion (the same events per user).
-        The watermark moves as often as in the p1 drain (its rate x WATERMARK_INTERVAL_S
-        clicks): once per click, every click would take a timer step of its own, which a drain
-        does not (12,000 clicks of 1,000 users, wall time: 12,788 timers and 232 µs a click,
-        against 3,251 and 186-196 µs with the watermark every 460 clicks).
+        The same generator, seed, start, clicks and users as the backlog: the whole workload,
+        as a cut one fires fewer timers per click (``FLOOR_ONE_PASS_CLICKS``). The watermark
+        moves as often as in the p1 drain (its rate x WATERMARK_INTERVAL_S clicks): once per
+        click, every click would take a timer step of its own, which a drain does not (12,000
+        clicks of 1,000 users, wall time: 12,788 timers and 232 µs a click, against 3,251 and
+        186-196 µs with the watermark every 460 clicks). Its caches keep as many users'
+        decoded state as the job's (``decoded_state_users``).
         """
         from jobs.bench import domain
 
-        clicks = min(plan.backlog, FLOOR_MAX_CLICKS)
-        users = max(1, round(plan.users * clicks / plan.backlog))
         every = max(1, round(p1["events_per_s"] * WATERMARK_INTERVAL_S))
-        self.say(f"  domain floor: {clicks:,} clicks of {users:,} users, the watermark every "
-                 f"{every:,} clicks, no Flink ...")
-        # the floor keeps its state as bytes and decodes what the job would: its caches keep
-        # the share of its users the job's keep of the backlog's (decoded_state_users)
+        passes = 3 if plan.backlog <= FLOOR_ONE_PASS_CLICKS else 1
+        self.say(f"  domain floor: {plan.backlog:,} clicks of {plan.users:,} users, the "
+                 f"watermark every {every:,} clicks, {passes} timed pass(es), no Flink ...")
         cfg = fresh_config()
-        kept = max(1, round(cfg.decoded_state_users * users / plan.users))
-        floor = domain.floor(clicks, users, seed=7, start_ms=self.backlog_start_ms,
-                             watermark_every=every, decoded_users=kept,
-                             gc_thresholds=cfg.gc_threshold_counts())
+        profile: dict[str, Any] = {}
+
+        @contextlib.contextmanager
+        def sampled() -> Iterator[None]:  # perf over this thread during the timed passes
+            code = CodeProfile([threading.get_native_id()], self.out / "perf-floor.data")
+            try:
+                yield
+            finally:
+                profile.update(code.stop())
+
+        floor = domain.floor(plan.backlog, plan.users, seed=7, start_ms=self.backlog_start_ms,
+                             passes=passes, watermark_every=every,
+                             decoded_users=cfg.decoded_state_users,
+                             gc_thresholds=cfg.gc_threshold_counts(),
+                             warmup_records=FLOOR_ONE_PASS_CLICKS, around_passes=sampled)
+        floor["code"] = profile
         return above_floor(p1, floor)
 
     def _in_order_delay(self, zone: str) -> dict[str, Any]:
@@ -1525,6 +1555,109 @@ def _finish_py_spy(profiler: subprocess.Popen[str], out: Path, seconds: float
     return {"file": str(out), "seconds": seconds}
 
 
+#: perf's samples per second: ``cpu-clock``, a software clock, as these machines have no
+#: hardware counters
+PERF_RATE = 499
+#: the kind of code a perf sample was in, by its shared object (the first match wins); the
+#: JVM's JIT-compiled code is in no file: perf names it ``/tmp/perf-<pid>.map``
+CODE_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Python interpreter", ("libpython",)),
+    ("Python extension modules", (".cpython-", "site-packages/", "lib-dynload/")),
+    ("JVM (HotSpot, JIT-compiled Java)", ("libjvm", "perf-", "libjava", "libzip", "libnio",
+                                          "libnet", "libverify", "libjimage")),
+    ("kernel", ("[kernel",)),
+    ("C library", ("libc.so", "libm.so", "ld-linux", "libstdc++", "libgcc_s",
+                   "libpthread")),
+)
+
+
+def code_kind(dso: str) -> str:
+    """The kind of code (``CODE_KINDS``) of a sample in shared object ``dso``."""
+    for kind, marks in CODE_KINDS:
+        if any(mark in dso for mark in marks):
+            return kind
+    return "other"
+
+
+def code_samples(lines: Iterable[str]) -> Counter[str]:
+    """Samples per kind of code from ``perf script -F ip,dso`` lines (``<ip> (<dso>)``)."""
+    counts: Counter[str] = Counter()
+    for line in lines:
+        head, sep, dso = line.rstrip().rpartition(" (")
+        if sep and head.strip() and dso.endswith(")"):
+            counts[code_kind(dso[:-1])] += 1
+    return counts
+
+
+def code_costs(samples: dict[str, int], cpu_us_per_event: float | None) -> dict[str, Any]:
+    """Each kind of code's share of the samples and, given the CPU per event, its µs."""
+    total = sum(samples.values())
+    shares = {kind: round(count / total, 4) for kind, count in
+              sorted(samples.items(), key=lambda item: -item[1])} if total else {}
+    return {"samples": total, "shares": shares,
+            "us_per_event": None if cpu_us_per_event is None else
+            {kind: round(share * cpu_us_per_event, 1) for kind, share in shares.items()}}
+
+
+class CodeProfile:
+    """perf sampling some threads until ``stop``: where their CPU went, by kind of code.
+
+    ``cpu-clock`` at ``PERF_RATE``; the kinds are ``CODE_KINDS``.
+
+    py-spy cannot tell this: in the job's thread mode it found Python frames on the engine's
+    thread in 29% of its samples while perf found that thread in the Python interpreter or
+    its extension modules in 83% of its own (2026-12-05, a 30,000-user drain). A machine
+    without perf, or that refuses it, gets an ``error`` instead of figures.
+    """
+
+    def __init__(self, tids: Sequence[int], out: Path) -> None:
+        import shutil
+
+        self.out = out
+        self.perf = shutil.which("perf")
+        self.proc: subprocess.Popen[str] | None = None
+        self.error: str | None = None
+        if self.perf is None:
+            self.error = "perf is not installed (Debian: linux-perf)"
+        elif not tids:
+            self.error = "no thread to sample"
+        else:
+            self.proc = subprocess.Popen(
+                [self.perf, "record", "-q", "-e", "cpu-clock", "-F", str(PERF_RATE), "-t",
+                 ",".join(str(tid) for tid in tids), "-o", str(out)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sampling: ``{"samples": {kind: count}}``, or ``{"error": why}``."""
+        import signal
+
+        if self.proc is None:
+            return {"error": self.error}
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            output, _ = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return {"error": "perf record did not stop"}
+        if self.proc.returncode not in (0, -signal.SIGINT) or not self.out.exists():
+            return {"error": f"perf record failed ({self.proc.returncode}): "
+                             f"{output.strip()[-300:]}"}
+        script = subprocess.run([str(self.perf), "script", "-i", str(self.out), "-F", "ip,dso"],
+                                capture_output=True, text=True, timeout=300)
+        samples = code_samples(script.stdout.splitlines())
+        if not samples:
+            return {"error": f"perf recorded no sample: {script.stderr.strip()[-300:]}"}
+        return {"samples": dict(samples)}
+
+
+def engine_tids(threads: ThreadTimes) -> list[int]:
+    """The ids of the engine's task threads among a JVM's (``thread_times``)."""
+    from jobs import names
+
+    return [tid for tid, (name, _, _) in threads.items()
+            if name == names.USER_ENGINE_NAME[:15]]
+
+
 def engine_thread(results: dict[str, Any]) -> dict[str, Any] | None:
     """The engine's operator thread in the p1 drain's thread table (``thread_shares``), or None.
 
@@ -1553,12 +1686,12 @@ def bottleneck(results: dict[str, Any]) -> str:
         busy = stages["python_thread_busy"]
         top = sorted(((v, k) for k, v in costs.items() if k != "idle"), reverse=True)[:3]
         text += (f" Each event costs {stages['total_us_per_event']:,.0f} µs of the operator "
-                 f"thread. Python runs {busy:.0%} of that time (largest stages: "
+                 f"thread. py-spy found its Python frames in {busy:.0%} of its samples "
+                 f"(largest stages: "
                  + ", ".join(f"{k} {v:,.0f} µs" for v, k in top)
-                 + f"); the other {costs.get('idle', 0):,.0f} µs are spent outside Python on "
-                 f"the same thread: the JVM side of each call into Python (row and state "
-                 f"conversions across JNI, timers), the waits for input and for the interpreter "
-                 f"lock, and the rare calls to the stores (definitions, segment sizes).")
+                 + f"); in the other {costs.get('idle', 0):,.0f} µs py-spy found no Python "
+                 f"frame on that thread, which in thread mode is mostly Python it could not "
+                 f"read, not Java (perf's view by kind of code, next to the domain floor).")
     engine = engine_thread(results)
     if engine is not None:
         on, waiting = engine["on_cpu"], engine["waiting_for_cpu"]

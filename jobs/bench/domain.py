@@ -28,6 +28,7 @@ To compare two builds of the engine, run it in each checkout on the same machine
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import dataclasses
 import gc
@@ -39,6 +40,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -428,7 +430,10 @@ def _emitted(step: engine.Step) -> dict[str, Any]:
 def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
           passes: int = 3, journeys: bool = False, watermark_every: int = 1,
           decoded_users: int | None = None,
-          gc_thresholds: tuple[int, int, int] | None = None) -> dict[str, Any]:
+          gc_thresholds: tuple[int, int, int] | None = None,
+          warmup_records: int | None = None,
+          around_passes: Callable[[], AbstractContextManager[Any]] | None = None
+          ) -> dict[str, Any]:
     """The domain floor of one workload, for ``nudgeflow bench``: µs per click and per input.
 
     The loop of ``main`` (the shipped catalog, the churn model, a warm-up pass, then ``passes``
@@ -443,24 +448,30 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
     click, are applied before that. ``decoded_users``: as ``play`` (None: no state decoded,
     as if every user stayed in the adapter's caches). ``gc_thresholds``: the collector's
     thresholds during the passes, as the engine operator sets them (None: the job's default,
-    ``NudgeflowConfig.gc_thresholds``).
+    ``NudgeflowConfig.gc_thresholds``). ``warmup_records``: the warm-up pass plays only the
+    first that many records (None: all of them), so a large workload is not played twice.
+    ``around_passes``: a context the timed passes run in, and nothing else (``nudgeflow
+    bench`` samples them with perf there).
     """
     inputs = build_inputs(clicks, users, seed, start_ms=start_ms)
     rules = shipped_rules(churn=True, journeys=journeys)
-    play(inputs, rules)  # warm up: imports, caches, the model's first runs
+    warmup = inputs if warmup_records is None else dataclasses.replace(
+        inputs, records=inputs.records[:warmup_records])
+    play(warmup, rules)  # warm up: imports, caches, the model's first runs
     per_input, per_click = [], []
     mark = inputs.clicks // 20  # the drain's clock starts at 5% of the clicks
     python_defaults = gc.get_threshold()
     gc.set_threshold(*(gc_thresholds or NudgeflowConfig().gc_threshold_counts()))
     try:
-        for _ in range(max(1, passes)):
-            started = time.thread_time_ns()
-            outcome = play(inputs, rules, mark_done=mark, watermark_every=watermark_every,
-                           decoded_users=decoded_users)
-            ended = time.thread_time_ns()
-            per_input.append((ended - started) / 1_000 / len(inputs.records))
-            per_click.append((ended - (outcome.mark_ns or started)) / 1_000
-                             / max(1, outcome.clicks_done - outcome.done_at_mark))
+        with around_passes() if around_passes else contextlib.nullcontext():
+            for _ in range(max(1, passes)):
+                started = time.thread_time_ns()
+                outcome = play(inputs, rules, mark_done=mark, watermark_every=watermark_every,
+                               decoded_users=decoded_users)
+                ended = time.thread_time_ns()
+                per_input.append((ended - started) / 1_000 / len(inputs.records))
+                per_click.append((ended - (outcome.mark_ns or started)) / 1_000
+                                 / max(1, outcome.clicks_done - outcome.done_at_mark))
     finally:
         gc.set_threshold(*python_defaults)
     return {"clicks": inputs.clicks, "users": inputs.users, "inputs": len(inputs.records),

@@ -249,13 +249,54 @@ def _floor_line(results: dict) -> str | None:
             f"generator, seed and start, in one Python loop with no Flink, the watermark moved "
             f"every {_num(f.get('watermark_every'))} clicks as in the drain"
             + (f", state kept as bytes and decoded as the job does, {_num(f['decoded_users'])} "
-               f"users' decoded state kept (the job's share)" if f.get("decoded_users") else "")
-            + f" (median of {f.get('passes', MISSING)} passes)")
+               f"users' decoded state kept at most, as the job does" if f.get("decoded_users")
+               else "")
+            + (" (one pass)" if f.get("passes") == 1
+               else f" (median of {f.get('passes', MISSING)} passes)"))
     if f.get("engine_cpu_us_per_event") is None:
         return line + "; the engine's CPU per event was not measured"
     return (line + f"; the engine's threads used {_num(f['engine_cpu_us_per_event'], 1)} µs "
             f"of CPU per event in the p1 drain: {_num(f.get('above_floor_us'), 1)} µs above "
             f"the floor")
+
+
+_CODE_HEAD = ("code", "floor µs/click", "engine µs/event", "difference")
+
+
+def _code_rows(results: dict) -> list[Row]:
+    """The floor's and the engine threads' CPU by kind of code (perf), and the difference.
+
+    Empty when either side was not sampled.
+    """
+    f = results.get("floor") or {}
+    floor = (f.get("code") or {}).get("us_per_event")
+    engine = (f.get("engine_code") or {}).get("us_per_event")
+    if not floor or not engine:
+        return []
+    kinds = sorted(set(floor) | set(engine), key=lambda k: -engine.get(k, 0.0))
+    rows = [(kind, _num(floor.get(kind, 0.0), 1), _num(engine.get(kind, 0.0), 1),
+             _num(engine.get(kind, 0.0) - floor.get(kind, 0.0), 1)) for kind in kinds]
+    totals = (sum(floor.values()), sum(engine.values()))
+    return [*rows, ("all kinds", _num(totals[0], 1), _num(totals[1], 1),
+                    _num(totals[1] - totals[0], 1))]
+
+
+def _code_caption(results: dict) -> str:
+    f = results.get("floor") or {}
+    samples = ((f.get("code") or {}).get("samples"), (f.get("engine_code") or {}).get("samples"))
+    return ("Where the cost above the floor goes, by kind of code (perf's cpu-clock samples "
+            f"by shared object: {_num(samples[0])} of the floor's timed pass, "
+            f"{_num(samples[1])} of the engine's threads over the p1 drain's timed span; each "
+            "side's CPU per click split by its shares)")
+
+
+def _code_missing(results: dict) -> str | None:
+    """Why the by-code table is missing, when the run tried to sample."""
+    f = results.get("floor") or {}
+    errors = [f"{side}: {(f.get(key) or {}).get('error')}" for side, key in
+              (("floor", "code"), ("engine", "engine_code"))
+              if (f.get(key) or {}).get("error")]
+    return "By kind of code: unavailable (" + "; ".join(errors) + ")" if errors else None
 
 
 def _resource_rows(results: dict) -> list[Row]:
@@ -364,6 +405,10 @@ def format_report(results: dict) -> str:
             lines += [f"  {threads}"]
         if floor := _floor_line(results):
             lines += [f"  {floor}"]
+        if code := _code_rows(results):
+            lines += [_code_caption(results), *_text_table(_CODE_HEAD, code)]
+        elif missing := _code_missing(results):
+            lines += [f"  {missing}"]
     else:
         reason = results.get("stages_error") or "no reason given"
         lines += ["Stage costs", f"  unavailable: {reason}"]
@@ -578,6 +623,10 @@ def readme_section(results: dict) -> str:
             lines += ["", threads + "."]
         if floor := _floor_line(results):
             lines += ["", floor + "."]
+        if code := _code_rows(results):
+            lines += ["", f"**{_code_caption(results)}:**", "", *_md_table(_CODE_HEAD, code)]
+        elif missing := _code_missing(results):
+            lines += ["", missing + "."]
     if resources := _resource_rows(results):
         lines += ["", "**Resources** (whole run):", "", *_md_table(_RESOURCES_HEAD, resources)]
     if sweep := _sweep_rows(results):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -239,7 +240,7 @@ def test_the_bottleneck_names_the_largest_stages() -> None:
     text = bench.bottleneck(results)
     assert "1,000 events/s, 2.0% of the 50,000" in text
     assert "engine 300 µs, sinks 250 µs, scoring 200 µs" in text
-    assert "Python runs 98% of that time" in text
+    assert "py-spy found its Python frames in 98% of its samples" in text
     assert "(950 against 1,000 events/s at parallelism 1)" in text
 
 
@@ -437,3 +438,70 @@ def test_the_cost_above_the_floor_is_the_engine_threads_cpu_less_the_floor() -> 
     gone = bench.above_floor({"parallelism": 1, "threads": [p1["threads"][1]]}, floor)
     assert gone["engine_cpu_us_per_event"] is None and gone["above_floor_us"] is None
     assert bench.above_floor({}, floor)["above_floor_us"] is None
+
+
+def test_the_floor_plays_the_backlogs_whole_workload(tmp_path, monkeypatch) -> None:
+    """A cut workload fires fewer timers per click: the floor plays every click and user of
+    the backlog, one timed pass above FLOOR_ONE_PASS_CLICKS, three below."""
+    from jobs.bench import domain
+
+    calls = []
+    monkeypatch.setattr(domain, "floor", lambda *args, **kw: calls.append((args, kw)) or {
+        "clicks": args[0], "us_per_click": 150.0})
+    runner = bench.Bench(bench.QUICK, tmp_path, say=lambda _: None)
+    runner.backlog_start_ms = 1_700_000_000_000
+    p1 = {"parallelism": 1, "events_per_s": 3_000.0}
+    for backlog, users, passes in ((500_000, 50_000, 1), (12_000, 1_000, 3)):
+        plan = dataclasses.replace(bench.QUICK, backlog=backlog, users=users)
+        runner._floor(p1, plan)
+        (args, kw) = calls[-1]
+        assert args == (backlog, users)
+        assert kw["passes"] == passes and kw["watermark_every"] == 600
+        assert kw["start_ms"] == 1_700_000_000_000 and kw["seed"] == 7
+        assert kw["decoded_users"] == bench.fresh_config().decoded_state_users
+
+
+def test_perf_samples_are_told_apart_by_the_code_they_ran() -> None:
+    lines = [
+        "     7ff5c8795db0 (/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0)",
+        "     7ff5c8795db1 (/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0)",
+        "           c2a3d (/x/site-packages/numpy/core/_multiarray_umath.cpython-311-x86_64"
+        "-linux-gnu.so)",
+        "     8babcc (/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so)",
+        "     7ff5ada6ac80 (/tmp/perf-5460.map)",
+        " ffffffff82242f24 ([kernel.kallsyms])",
+        "     16d86a (/usr/lib/x86_64-linux-gnu/libc.so.6)",
+        "     16d86b (/opt/something/else.so)",
+        "",  # a blank line between samples, and a line that is no sample
+        "perf: some warning",
+    ]
+    counts = bench.code_samples(lines)
+    assert counts == {"Python interpreter": 2, "Python extension modules": 1,
+                      "JVM (HotSpot, JIT-compiled Java)": 2, "kernel": 1, "C library": 1,
+                      "other": 1}
+    costs = bench.code_costs(dict(counts), 200.0)
+    assert costs["samples"] == 8 and list(costs["shares"])[0] == "Python interpreter"
+    assert costs["us_per_event"]["Python interpreter"] == 50.0
+    assert sum(costs["us_per_event"].values()) == pytest.approx(200.0, abs=0.1)
+    assert bench.code_costs({}, 200.0) == {"samples": 0, "shares": {}, "us_per_event": {}}
+    assert bench.code_costs(dict(counts), None)["us_per_event"] is None
+
+
+def test_the_cost_above_the_floor_is_split_by_code_when_both_sides_were_sampled() -> None:
+    floor = {"clicks": 100, "us_per_click": 100.0,
+             "code": {"samples": {"Python interpreter": 9, "C library": 1}}}
+    p1 = {"parallelism": 1, "code": {"samples": {"Python interpreter": 3, "kernel": 1}},
+          "threads": [{"name": "per-user engine", "threads": 1, "cpu_us_per_event": 160.0}]}
+    out = bench.above_floor(p1, floor)
+    assert out["code"]["us_per_event"] == {"Python interpreter": 90.0, "C library": 10.0}
+    assert out["engine_code"]["us_per_event"] == {"Python interpreter": 120.0, "kernel": 40.0}
+    missing = bench.above_floor({**p1, "code": {"error": "perf is not installed"}}, floor)
+    assert missing["engine_code"] == {"error": "perf is not installed"}
+
+
+def test_a_code_profile_without_perf_says_so(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda _: None)
+    assert bench.CodeProfile([1], tmp_path / "x").stop() == {
+        "error": "perf is not installed (Debian: linux-perf)"}

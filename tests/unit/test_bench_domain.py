@@ -33,6 +33,10 @@ def test_the_inputs_are_the_generated_workload_with_metadata_updates():
 def test_the_floor_counts_per_click_and_starts_where_it_is_told():
     figures = domain.floor(150, 15, seed=3, start_ms=1_700_000_000_000, passes=1)
     assert figures["clicks"] == 150 and figures["users"] == 15 and figures["inputs"] == 165
+    # a warm-up on the first records only times the same whole pass
+    prefix = domain.floor(150, 15, seed=3, start_ms=1_700_000_000_000, passes=1,
+                          warmup_records=40)
+    assert (prefix["inputs"], prefix["steps_per_click"]) == (165, figures["steps_per_click"])
     assert figures["us_per_click"] > 0 and figures["us_per_input"] > 0
     outcome = domain.play(domain.build_inputs(150, 15, seed=3), domain.shipped_rules(),
                           mark_done=7)

@@ -415,3 +415,31 @@ def test_update_docs_puts_the_section_its_json_and_its_plot_of_one_run(tmp_path)
     assert (tmp_path / "bench-results.png").read_bytes() == b"this run's plot"
     br.update_docs(page, results, tmp_path / "no-plot.png")  # no plot drawn: none of an older run
     assert not (tmp_path / "bench-results.png").exists()
+
+
+def test_report_splits_the_cost_above_the_floor_by_kind_of_code():
+    results = sample_results()
+    results["floor"] = {"clicks": 12000, "users": 1000, "inputs": 13000, "passes": 1,
+                        "watermark_every": 460, "us_per_input": 140.0, "us_per_click": 150.0,
+                        "engine_cpu_us_per_event": 210.0, "above_floor_us": 60.0,
+                        "code": {"samples": 900, "shares": {},
+                                 "us_per_event": {"Python interpreter": 142.0,
+                                                  "C library": 8.0}},
+                        "engine_code": {"samples": 800, "shares": {},
+                                        "us_per_event": {"Python interpreter": 170.0,
+                                                         "JVM (HotSpot, JIT-compiled Java)": 15.0,
+                                                         "kernel": 13.0, "C library": 12.0}}}
+    text = br.format_report(results)
+    assert "(one pass)" in line_with(text, "Domain floor")
+    assert "900 of the floor's timed pass, 800 of the engine's threads" in text
+    row = line_with(text, "JVM (HotSpot")
+    assert "0.0" in row and "15.0" in row
+    assert "28.0" in line_with(text, "Python interpreter")
+    assert "60.0" in line_with(text, "all kinds")
+    section = br.readme_section(results)
+    assert "| Python interpreter | 142.0 | 170.0 | 28.0 |" in section
+    assert "| all kinds | 150.0 | 210.0 | 60.0 |" in section
+    results["floor"]["engine_code"] = {"error": "perf is not installed (Debian: linux-perf)"}
+    text = br.format_report(results)
+    assert "JVM (HotSpot" not in text
+    assert "By kind of code: unavailable (engine: perf is not installed" in text
