@@ -10,7 +10,9 @@ the local stack), loads a seeded generated workload into Kafka and measures:
 3. **cost per stage**: py-spy samples of the engine's Python operator thread during the p1
    drain, sorted into decode, engine, scoring, arbitration, sinks, state and Flink, in µs per
    event; the other Python operator threads of the interpreter (membership writer, campaign
-   statistics) are told apart by thread id and reported on their own;
+   statistics) are told apart by thread id and reported on their own; the domain floor over the
+   backlog's whole workload next to the engine threads' CPU per event, and both split by kind
+   of code from perf samples (``CodeProfile``: Python, extension modules, JVM, kernel, libc);
 4. **latency**: clicks sent at fixed rates (the highest the job sustained, 1k, 5k, 10k/s) while
    a consumer reads the P1 trigger topic and segment-changes (read committed); event time of the
    cause -> trigger visible, p50/p95/p99/max, at-least-once and exactly-once;
