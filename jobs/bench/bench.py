@@ -1440,7 +1440,9 @@ class Bench:
         passes = 3 if plan.backlog <= FLOOR_ONE_PASS_CLICKS else 1
         self.say(f"  domain floor: {plan.backlog:,} clicks of {plan.users:,} users, the "
                  f"watermark every {every:,} clicks, {passes} timed pass(es), no Flink ...")
-        cfg = fresh_config()
+        from jobs.config import load_config
+
+        cfg = load_config(env={})  # the job's defaults (no topics needed: nothing runs)
         profile: dict[str, Any] = {}
 
         @contextlib.contextmanager

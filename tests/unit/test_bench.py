@@ -444,6 +444,7 @@ def test_the_floor_plays_the_backlogs_whole_workload(tmp_path, monkeypatch) -> N
     """A cut workload fires fewer timers per click: the floor plays every click and user of
     the backlog, one timed pass above FLOOR_ONE_PASS_CLICKS, three below."""
     from jobs.bench import domain
+    from jobs.config import load_config
 
     calls = []
     monkeypatch.setattr(domain, "floor", lambda *args, **kw: calls.append((args, kw)) or {
@@ -458,7 +459,7 @@ def test_the_floor_plays_the_backlogs_whole_workload(tmp_path, monkeypatch) -> N
         assert args == (backlog, users)
         assert kw["passes"] == passes and kw["watermark_every"] == 600
         assert kw["start_ms"] == 1_700_000_000_000 and kw["seed"] == 7
-        assert kw["decoded_users"] == bench.fresh_config().decoded_state_users
+        assert kw["decoded_users"] == load_config(env={}).decoded_state_users
 
 
 def test_perf_samples_are_told_apart_by_the_code_they_ran() -> None:
