@@ -932,7 +932,8 @@ class Bench:
     def drain(self, cfg: Any, flags: Sequence[str], label: str, module: str = "jobs.job",
               profile_s: float = 0.0, timeout_s: float = 3600.0,
               after: Callable[[Any], dict[str, Any]] | None = None,
-              copied_to: str | None = None, max_s: float | None = None) -> dict[str, Any]:
+              copied_to: str | None = None, max_s: float | None = None,
+              code_profile: bool = False) -> dict[str, Any]:
         """Events/s of a job reading ``cfg``'s clicks from earliest until caught up.
 
         The clock runs from 5% of the backlog to all of it (the job's start-up is not counted).
@@ -944,7 +945,9 @@ class Bench:
         buffering (5,009 events/s at parallelism 1). Not the consumer group's committed offsets
         either: they move once per checkpoint. The last backlog clicks are applied once the
         watermark passes them: an end marker on every partition, at event time now, does that.
-        With ``profile_s``, py-spy samples the job's JVM meanwhile. ``after`` runs on the
+        With ``profile_s``, py-spy samples the job's JVM meanwhile; with ``profile_s`` or
+        ``code_profile``, perf samples the engine's threads over the timed span (``CodeProfile``:
+        the result's ``code``). ``after`` runs on the
         still-running job once it has caught up (a latency probe). With ``max_s``, a job still
         draining that long after the 5% mark is timed on what it did so far (``partial``: a
         steady-state rate all the same, for configurations too slow to drain it all).
@@ -983,6 +986,7 @@ class Bench:
                     threads_at_start = thread_times(jvm) if jvm is not None else {}
                     if profile_s and jvm is not None:
                         profiler = _py_spy(jvm, profile_s, profile_file)
+                    if (profile_s or code_profile) and jvm is not None:
                         code = CodeProfile(engine_tids(threads_at_start),
                                            self.out / f"perf-{group}.data")
                 elif start is not None and (done >= target or (
@@ -1435,13 +1439,12 @@ class Bench:
         decoded state as the job's (``decoded_state_users``).
         """
         from jobs.bench import domain
+        from jobs.config import load_config
 
         every = max(1, round(p1["events_per_s"] * WATERMARK_INTERVAL_S))
         passes = 3 if plan.backlog <= FLOOR_ONE_PASS_CLICKS else 1
         self.say(f"  domain floor: {plan.backlog:,} clicks of {plan.users:,} users, the "
                  f"watermark every {every:,} clicks, {passes} timed pass(es), no Flink ...")
-        from jobs.config import load_config
-
         cfg = load_config(env={})  # the job's defaults (no topics needed: nothing runs)
         profile: dict[str, Any] = {}
 
@@ -1719,6 +1722,12 @@ def bottleneck(results: dict[str, Any]) -> str:
                     f"the engine's threads used {-gap:,.0f} µs per event less than that, so "
                     f"what the job adds to the domain code is below what these two "
                     f"measurements tell apart; the domain code itself is the cost to cut."))
+        from jobs.bench.report import code_split
+
+        if split := code_split(floor):
+            text += (" By kind of code (perf), the engine's threads against the floor: "
+                     + ", ".join(f"{kind} {engine - ours:+,.1f} µs"
+                                 for kind, ours, engine in split) + ".")
     rates = {run["parallelism"]: run["events_per_s"] for run in results.get("throughput", [])}
     if 1 in rates and 2 in rates:
         text += (f" In thread mode every Python operator of a TaskManager shares one "

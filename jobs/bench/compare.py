@@ -2,11 +2,15 @@
 
     python -m jobs.bench.compare before=/path/to/old/checkout after=. [--rounds 2] [--warmup 1]
         [--backlog 40000] [--users 3000] [--parallelism 1] [--out DIR]
-        [--job-flags 'NAME=--flag value ...']
+        [--job-flags 'NAME=--flag value ...'] [--perf]
 
 ``--job-flags`` adds job flags to one build's runs, so one checkout can be compared with itself
 under two settings (``plain=. journeys=. --job-flags 'journeys=--journeys-dir
 udfs/catalog/journeys'``).
+
+``--perf`` samples the engine's threads in every drain with perf and prints where their CPU
+per event went by kind of code (Python interpreter, extension modules, JVM, kernel, C library:
+``bench.CodeProfile``), so a change's gain or loss shows where it fell.
 
 A throughput change is only worth what its comparison is: this machine is noisy, so every build
 drains the same backlog (loaded once) in every round, in ABBA order (the second round reversed,
@@ -40,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.bench.bench import QUICK, Bench, delete_run_topics, fresh_config
+from jobs import names
+from jobs.bench.bench import QUICK, Bench, code_costs, delete_run_topics, fresh_config
 from jobs.bench.report import threads_line
 
 #: what a build's own code says about how to run its local job (printed as JSON)
@@ -94,6 +99,23 @@ class BuildBench(Bench):
         return list(self.build.flags), self.build.root, self.build.env, self.build.name
 
 
+def code_line(result: dict[str, Any]) -> str | None:
+    """A drain's engine CPU per event by kind of code (``--perf``), on one line, or None."""
+    code = result.get("code")
+    if code is None:
+        return None
+    if "samples" not in code:
+        return f"by kind of code: unavailable ({code.get('error')})"
+    engine = next((t for t in result.get("threads") or []
+                   if t["name"] == names.USER_ENGINE_NAME[:15]), None)
+    costs = code_costs(code["samples"], None if engine is None else engine["cpu_us_per_event"])
+    if costs["us_per_event"] is None:
+        return "by kind of code: " + ", ".join(f"{kind} {share:.1%}"
+                                               for kind, share in costs["shares"].items())
+    return "by kind of code, µs CPU/event: " + ", ".join(
+        f"{kind} {us:,.1f}" for kind, us in costs["us_per_event"].items())
+
+
 def drain_order(names: Sequence[str], rounds: int, warmup: int) -> list[tuple[str, str]]:
     """The drains of a comparison in order: (build name, label), the warm-ups first.
 
@@ -110,11 +132,13 @@ def drain_order(names: Sequence[str], rounds: int, warmup: int) -> list[tuple[st
 
 def compare(builds: Sequence[tuple[str, Path]], rounds: int, backlog: int, users: int,
             parallelism: int, out: Path, say: Any = print,
-            job_flags: dict[str, list[str]] | None = None, warmup: int = 1) -> dict[str, Any]:
+            job_flags: dict[str, list[str]] | None = None, warmup: int = 1,
+            perf: bool = False) -> dict[str, Any]:
     """Drain one backlog with every build, ``rounds`` times, alternating; the figures.
 
     ``warmup`` untimed drains run first (``drain_order``); their figures are reported apart
-    (``warmup`` in the result), never in a build's runs or median.
+    (``warmup`` in the result), never in a build's runs or median. ``perf``: every drain's
+    engine threads sampled by kind of code (``code_line``).
     """
     prepared = []
     for name, root in builds:
@@ -130,7 +154,7 @@ def compare(builds: Sequence[tuple[str, Path]], rounds: int, backlog: int, users
         result = benches[name].drain(
             fresh_config(base), ("--parallelism", str(parallelism),
                                  "--delivery-guarantee", "at-least-once"),
-            f"{name} p{parallelism} {label}")
+            f"{name} p{parallelism} {label}", code_profile=perf)
         if label.startswith("warm-up"):
             warmups.append({"build": name, "events_per_s": result["events_per_s"]})
         else:
@@ -140,6 +164,8 @@ def compare(builds: Sequence[tuple[str, Path]], rounds: int, backlog: int, users
             + (" (not counted)" if label.startswith("warm-up") else ""))
         if threads := threads_line(result.get("threads")):
             say(f"      threads: {threads}")
+        if code := code_line(result):
+            say(f"      {code}")
     summary = {name: {"runs": figures, "median_events_per_s": statistics.median(figures)}
                for name, figures in runs.items()}
     return {"backlog_events": backlog, "users": users, "parallelism": parallelism,
@@ -163,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--job-flags", action="append", default=[], metavar="NAME=FLAGS",
                         help="job flags added to build NAME's runs (repeatable)")
+    parser.add_argument("--perf", action="store_true",
+                        help="sample the engine's threads with perf: CPU per event by kind of "
+                             "code, per drain")
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.rounds < 1:
         parser.error(f"--rounds {args.rounds} --warmup {args.warmup}: expected at least one "
@@ -185,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"nudgeflow bench compare (results and job logs in {out})")
     try:
         result = compare(builds, args.rounds, args.backlog, args.users, args.parallelism, out,
-                         job_flags=job_flags, warmup=args.warmup)
+                         job_flags=job_flags, warmup=args.warmup, perf=args.perf)
     finally:
         delete_run_topics()
     (out / "compare.json").write_text(json.dumps(result, indent=2))

@@ -263,20 +263,28 @@ def _floor_line(results: dict) -> str | None:
 _CODE_HEAD = ("code", "floor µs/click", "engine µs/event", "difference")
 
 
-def _code_rows(results: dict) -> list[Row]:
-    """The floor's and the engine threads' CPU by kind of code (perf), and the difference.
+def code_split(floor: dict) -> list[tuple[str, float, float]]:
+    """(kind of code, floor µs, engine µs) per kind, the engine's largest first.
 
-    Empty when either side was not sampled.
+    ``floor``: the results' floor (``bench.above_floor``) with both sides' perf figures;
+    empty when either side was not sampled.
     """
-    f = results.get("floor") or {}
-    floor = (f.get("code") or {}).get("us_per_event")
-    engine = (f.get("engine_code") or {}).get("us_per_event")
-    if not floor or not engine:
+    ours = (floor.get("code") or {}).get("us_per_event")
+    engine = (floor.get("engine_code") or {}).get("us_per_event")
+    if not ours or not engine:
         return []
-    kinds = sorted(set(floor) | set(engine), key=lambda k: -engine.get(k, 0.0))
-    rows = [(kind, _num(floor.get(kind, 0.0), 1), _num(engine.get(kind, 0.0), 1),
-             _num(engine.get(kind, 0.0) - floor.get(kind, 0.0), 1)) for kind in kinds]
-    totals = (sum(floor.values()), sum(engine.values()))
+    kinds = sorted(set(ours) | set(engine), key=lambda k: -engine.get(k, 0.0))
+    return [(kind, ours.get(kind, 0.0), engine.get(kind, 0.0)) for kind in kinds]
+
+
+def _code_rows(results: dict) -> list[Row]:
+    """The floor's and the engine threads' CPU by kind of code, the difference, the totals."""
+    split = code_split(results.get("floor") or {})
+    if not split:
+        return []
+    rows = [(kind, _num(ours, 1), _num(engine, 1), _num(engine - ours, 1))
+            for kind, ours, engine in split]
+    totals = (sum(s[1] for s in split), sum(s[2] for s in split))
     return [*rows, ("all kinds", _num(totals[0], 1), _num(totals[1], 1),
                     _num(totals[1] - totals[0], 1))]
 

@@ -242,6 +242,15 @@ def test_the_bottleneck_names_the_largest_stages() -> None:
     assert "engine 300 µs, sinks 250 µs, scoring 200 µs" in text
     assert "py-spy found its Python frames in 98% of its samples" in text
     assert "(950 against 1,000 events/s at parallelism 1)" in text
+    assert "By kind of code" not in text  # no floor, no perf figures
+    results["floor"] = {"us_per_click": 800.0, "above_floor_us": 200.0,
+                        "code": {"us_per_event": {"Python interpreter": 790.0, "kernel": 10.0}},
+                        "engine_code": {"us_per_event": {"Python interpreter": 900.0,
+                                                         "JVM (HotSpot, JIT-compiled Java)": 60.0,
+                                                         "kernel": 40.0}}}
+    text = bench.bottleneck(results)
+    assert ("By kind of code (perf), the engine's threads against the floor: Python interpreter "
+            "+110.0 µs, JVM (HotSpot, JIT-compiled Java) +60.0 µs, kernel +30.0 µs.") in text
 
 
 def test_a_daytime_zone_has_no_quiet_hours_at_the_instants() -> None:
@@ -373,7 +382,8 @@ def test_a_warm_up_drain_is_reported_but_never_counted(tmp_path, monkeypatch) ->
         def load_backlog(self, cfg, events, users) -> None:
             pass
 
-        def drain(self, cfg, flags, label):
+        def drain(self, cfg, flags, label, code_profile=False):
+            assert code_profile is False  # perf only when asked for (--perf)
             drained.append(label)
             return {"events_per_s": next(rates), "timed_records": 10, "seconds": 1.0}
 
@@ -506,3 +516,16 @@ def test_a_code_profile_without_perf_says_so(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda _: None)
     assert bench.CodeProfile([1], tmp_path / "x").stop() == {
         "error": "perf is not installed (Debian: linux-perf)"}
+
+
+def test_a_compared_drain_prints_its_engine_cpu_by_kind_of_code() -> None:
+    from jobs.bench.compare import code_line
+
+    assert code_line({"events_per_s": 1.0}) is None  # not asked for
+    assert code_line({"code": {"error": "perf is not installed"}}) == (
+        "by kind of code: unavailable (perf is not installed)")
+    sampled = {"code": {"samples": {"Python interpreter": 3, "kernel": 1}}}
+    assert code_line(sampled) == "by kind of code: Python interpreter 75.0%, kernel 25.0%"
+    sampled["threads"] = [{"name": "per-user engine", "threads": 2, "cpu_us_per_event": 200.0}]
+    assert code_line(sampled) == (
+        "by kind of code, µs CPU/event: Python interpreter 150.0, kernel 50.0")
