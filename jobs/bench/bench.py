@@ -64,7 +64,8 @@ WATERMARK_INTERVAL_S = 0.2
 #: is not the same work. 60,000 clicks of 6,000 users (the 10 clicks a user of a 300,000-click
 #: backlog of 30,000) fired a third fewer timers per click and cost 138 µs an input against 175
 #: for the whole workload (2026-12-05, watermark every 479 clicks). Above this many clicks the
-#: floor times one pass, not three: a pass over 500,000 takes about two minutes
+#: floor times one pass, not three (a pass over 500,000 takes about two minutes), and its
+#: untimed warm-up plays only this many records
 FLOOR_ONE_PASS_CLICKS = 60_000
 #: offered rates of the latency ladder (the highest sustained rate is added per run)
 LADDER_RATES = (1_000, 5_000, 10_000)
@@ -1657,25 +1658,30 @@ class CodeProfile:
         return {"samples": dict(samples)}
 
 
-def engine_tids(threads: ThreadTimes) -> list[int]:
-    """The ids of the engine's task threads among a JVM's (``thread_times``)."""
+def engine_thread_name() -> str:
+    """The name of the engine's task threads: a task's, cut by the kernel to 15 characters."""
     from jobs import names
 
-    return [tid for tid, (name, _, _) in threads.items()
-            if name == names.USER_ENGINE_NAME[:15]]
+    return names.USER_ENGINE_NAME[:15]
+
+
+def engine_tids(threads: ThreadTimes) -> list[int]:
+    """The ids of the engine's task threads among a JVM's (``thread_times``)."""
+    name = engine_thread_name()
+    return [tid for tid, (thread, _, _) in threads.items() if thread == name]
+
+
+def engine_thread_of(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The engine's task threads in one drain's thread table (``thread_shares``), or None."""
+    name = engine_thread_name()
+    return next((t for t in run.get("threads") or [] if t["name"] == name), None)
 
 
 def engine_thread(results: dict[str, Any]) -> dict[str, Any] | None:
-    """The engine's operator thread in the p1 drain's thread table (``thread_shares``), or None.
-
-    A task thread is named after its task, which the kernel cuts to 15 characters.
-    """
-    from jobs import names
-
-    name = names.USER_ENGINE_NAME[:15]
+    """The engine's task threads in the p1 drain's thread table, or None."""
     for run in results.get("throughput") or []:
         if run.get("parallelism") == 1:
-            return next((t for t in run.get("threads") or [] if t["name"] == name), None)
+            return engine_thread_of(run)
     return None
 
 

@@ -44,8 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs import names
-from jobs.bench.bench import QUICK, Bench, code_costs, delete_run_topics, fresh_config
+from jobs.bench.bench import (
+    QUICK,
+    Bench,
+    code_costs,
+    delete_run_topics,
+    engine_thread_of,
+    fresh_config,
+)
 from jobs.bench.report import threads_line
 
 #: what a build's own code says about how to run its local job (printed as JSON)
@@ -106,8 +112,7 @@ def code_line(result: dict[str, Any]) -> str | None:
         return None
     if "samples" not in code:
         return f"by kind of code: unavailable ({code.get('error')})"
-    engine = next((t for t in result.get("threads") or []
-                   if t["name"] == names.USER_ENGINE_NAME[:15]), None)
+    engine = engine_thread_of(result)
     costs = code_costs(code["samples"], None if engine is None else engine["cpu_us_per_event"])
     if costs["us_per_event"] is None:
         return "by kind of code: " + ", ".join(f"{kind} {share:.1%}"
