@@ -37,6 +37,8 @@ STORE_CLIENTS = ("process", "in-task")
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 STATE_BACKENDS = ("hashmap", "rocksdb")
+#: where inputs wait for the watermark (``input_order``)
+INPUT_ORDERS = ("java", "engine")
 #: how values are framed on the topics other teams read (jobs/schema_registry.py)
 WIRE_FORMATS = ("single-object", "confluent")
 #: the job's Kafka connector (flink-sql-connector-kafka) carries the Kafka client relocated
@@ -122,6 +124,16 @@ class NudgeflowConfig:
     idleness_ms: int = _opt(
         10_000, "A source partition without events for this long stops holding watermarks back "
         "(the user-metadata topic, once quiet this long after the job starts, for good)."
+    )
+    input_order: str = _opt(
+        "java",
+        "Where a user's inputs wait for the watermark: 'java' (a Java keyed operator before the "
+        "engine holds them and hands them on in event-time order, so the engine applies each "
+        "one in the step it arrives in) or 'engine' (the engine buffers them in its clock state "
+        "and applies them at a later timer step: two Python steps per click). The same "
+        "records either way; a savepoint taken under one restores only under the same setting "
+        "or from 'engine' to 'java' (docs/operations.md).",
+        choices=INPUT_ORDERS,
     )
     quiet_release_ms: int = _opt(
         3_000,

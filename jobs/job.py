@@ -189,7 +189,7 @@ def run_user_engine(inputs: DataStream, definitions: DataStream, cfg: NudgeflowC
     """
     broadcast = definitions.broadcast(definitions_state())
     return (
-        key_by_user(inputs)
+        key_by_user(inputs, cfg)
         .connect(broadcast)
         .process(UserEngineFunction(cfg, initial_definitions, model_files, store,
                                     build_id=build_id or IMPORTED_BUILD),
@@ -226,7 +226,7 @@ def write_membership(engine: DataStream, cfg: NudgeflowConfig, store: StoreFacto
             .start_new_chain())
 
 
-def key_by_user(inputs: DataStream) -> KeyedStream:
+def key_by_user(inputs: DataStream, cfg: NudgeflowConfig) -> KeyedStream:
     """Engine input rows keyed by their user id (field 1), with no Python call per row.
 
     What ``inputs.key_by(lambda row: row[1], key_type=Types.STRING())`` builds, with its
@@ -234,13 +234,26 @@ def key_by_user(inputs: DataStream) -> KeyedStream:
     Row(key, row) stream keyed by PyFlink's ``KeyByKeySelector`` with the same key type, so keys
     and keyed state are unchanged (a savepoint of the previous layout restores), and the engine
     no longer shares the interpreter with a keying thread.
+
+    With ``input_order: java`` (the default) the keyed rows then pass a Java keyed operator that
+    holds each user's inputs until the watermark passes them and hands them on in event-time
+    order (``io.nudgeflow.flink.ReleaseInEventTimeOrder``), keyed again by the same selector
+    without a shuffle (``reinterpretAsKeyedStream``: the same key, the same parallelism).
     """
     jvm = get_gateway().jvm
+    keyed_type = Types.ROW([Types.STRING(), ENGINE_INPUT_ROW]).get_java_type_info()
+    key_type = Types.ROW([Types.STRING()]).get_java_type_info()
     with_key = inputs._j_data_stream.map(  # noqa: SLF001 - a Java function
-        jvm.io.nudgeflow.flink.KeyByUser(1),
-        Types.ROW([Types.STRING(), ENGINE_INPUT_ROW]).get_java_type_info())
+        jvm.io.nudgeflow.flink.KeyByUser(1), keyed_type)
     with_key.name(names.KEY_BY_USER_NAME).uid(names.KEY_BY_USER_UID)
-    keyed = with_key.keyBy(jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
+    keyed = with_key.keyBy(jvm.KeyByKeySelector(), key_type)
+    if cfg.input_order == "java":
+        ordered = keyed.process(
+            jvm.io.nudgeflow.flink.ReleaseInEventTimeOrder(keyed_type, cfg.quiet_release_ms),
+            keyed_type)
+        ordered.name(names.INPUT_ORDER_NAME).uid(names.INPUT_ORDER_UID)
+        keyed = jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils \
+            .reinterpretAsKeyedStream(ordered, jvm.KeyByKeySelector(), key_type)
     return KeyedStream(keyed, ENGINE_INPUT_ROW, inputs)
 
 

@@ -36,6 +36,9 @@ DEFINITION_WATERMARKS_UID = "definition-watermarks"
 # stateless Java map: Row(user_id, input) for the keyed engine (no Python per record)
 KEY_BY_USER_UID = "key-by-user"
 KEY_BY_USER_NAME = "key by user"
+# keyed Java state: each user's inputs until the watermark passes them (input_order: java)
+INPUT_ORDER_UID = "input-order"
+INPUT_ORDER_NAME = "inputs in event-time order"
 USER_ENGINE_UID = "user-engine"
 USER_ENGINE_NAME = "per-user engine: features, churn, segments, campaigns"
 # stateless Java routing of the engine's records to their topics (uid = name)

@@ -23,12 +23,12 @@ def jar_urls():
 
 @pytest.fixture(scope="session")
 def make_cfg(jar_urls):
-    def make(parallelism):
+    def make(parallelism, **overrides):
         # checkpoints off: the collection sources finish at once; churn scoring off (its
         # determinism is the model's; the triggers and segments are what is compared);
         # idleness is wall-clock: on a busy machine a 10 s stall would let a split's watermark
         # jump ahead, and the bounded sources end with their own final watermark anyway
         return replace(load_config(env={}), parallelism=parallelism, checkpoint_interval_ms=0,
                        delivery_guarantee="at-least-once", jars=jar_urls, churn_model="off",
-                       idleness_ms=3_600_000, quiet_release_ms=0)
+                       idleness_ms=3_600_000, quiet_release_ms=0, **overrides)
     return make

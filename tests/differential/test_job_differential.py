@@ -1,6 +1,7 @@
 """The job is event-time exact: one seeded workload through the real job graph on a MiniCluster,
 in event-time order at parallelism 1, shuffled within the out-of-orderness bound with 5%
-duplicates at parallelism 4, and in order at parallelism 4, gives identical SegmentChange
+duplicates at parallelism 4 (inputs held in order by the Java operator, ``input_order: java``,
+and by the engine itself, ``engine``), and in order at parallelism 4, gives identical SegmentChange
 sequences per (user, segment) (change, time, reason, version), identical triggers and
 decisions (all fields but the wall-clock emit_time) and identical CONVERTED outcomes
 (attributed conversions); the same as the pure step through the
@@ -40,13 +41,16 @@ def runs(data, make_cfg, tmp_path_factory):
 
     out = {}
     bound = make_cfg(1).max_out_of_orderness_ms
+    shuffled_clicks = shuffled(data.clicks, bound, 0.05, seed=5)
     plans = {
-        "ordered-p1": (1, data.clicks),
-        "shuffled-p4": (4, shuffled(data.clicks, bound, 0.05, seed=5)),
-        "ordered-p4": (4, data.clicks),
+        "ordered-p1": (1, data.clicks, "java"),
+        "shuffled-p4": (4, shuffled_clicks, "java"),
+        "ordered-p4": (4, data.clicks, "java"),
+        # the engine buffering its inputs itself, as before the Java operator did it
+        "shuffled-p4-engine-order": (4, shuffled_clicks, "engine"),
     }
-    for name, (parallelism, clicks) in plans.items():
-        cfg = make_cfg(parallelism)
+    for name, (parallelism, clicks, input_order) in plans.items():
+        cfg = make_cfg(parallelism, input_order=input_order)
         started = time.monotonic()
         out[name] = run_job(create_env(cfg, local=True), cfg, clicks, data.metadata,
                             str(tmp_path_factory.mktemp(name) / "written.jsonl"))
@@ -77,7 +81,7 @@ def test_the_workload_reaches_the_horizons(data, runs):
     assert runs["ordered-p1"].conversions  # purchases after sends: attribution is compared
 
 
-@pytest.mark.parametrize("other", ["shuffled-p4", "ordered-p4"])
+@pytest.mark.parametrize("other", ["shuffled-p4", "ordered-p4", "shuffled-p4-engine-order"])
 def test_any_arrival_order_and_parallelism_give_the_same_output(runs, other):
     base, got = _outputs(runs["ordered-p1"]), _outputs(runs[other])
     assert got[0] == base[0], compare.first_difference(got[0], base[0])

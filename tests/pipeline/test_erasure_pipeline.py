@@ -125,3 +125,47 @@ def test_a_tombstone_erases_the_user_and_a_keyless_one_is_dead_lettered(env, cfg
     assert [(r["reason_code"], r["problems"][0]["code"]) for r in letters] == [
         ("INVALID_FIELD", "KEY_MISSING")]
     assert "no user to erase" in letters[0]["reason"]
+
+
+@pytest.mark.parametrize("input_order", ["java", "engine"])
+def test_inputs_waiting_for_the_watermark_at_an_erasure_are_dropped_with_it(
+        env, cfg, tmp_path, input_order):
+    """eve's click and profile, later than the watermark, still wait when her tombstone comes.
+
+    They wait in the Java operator (``input_order: java``) or in the engine's clock
+    (``engine``); either way the erasure drops them: nothing of eve is applied, and her profile
+    does not come back afterwards as a re-registration (it would make her a new sign-up).
+    The tombstone is held back while the watermark cannot pass her inputs (its own metadata
+    lane holds the watermark where it is until it has passed).
+    """
+    cfg = replace(cfg, churn_model="off", input_order=input_order)
+    codec = Codec.load()
+    clicks = [click_bytes(codec, "mo-1", "mo", "PAGE_VIEW", T0),
+              click_bytes(codec, "mo-2", "mo", "PAGE_VIEW", T0),
+              click_bytes(codec, "eve-1", "eve", "ADD_TO_CART", T0 + 10 * MIN, **CART)]
+    click_rows = [Row("clicks", i % 2, i, T0 + 11 * MIN, b"k", value, None)
+                  for i, value in enumerate(clicks)]
+    profile = metadata_bytes(codec, "eve", at=T0 + 10 * MIN + 86_400_000, signup_time=T0)
+    metadata_rows = [Row("user-metadata", 0, 0, T0 + 11 * MIN, b"eve", profile, None),
+                     Row("user-metadata", 1, 0, T0 + 11 * MIN, b"eve", None, None)]
+    written = tmp_path / "written.jsonl"
+    outputs = build(
+        env.from_collection(click_rows, type_info=SOURCE_RECORD_ROW)
+        .assign_timestamps_and_watermarks(click_watermarks(cfg)),
+        env.from_collection(metadata_rows, type_info=SOURCE_RECORD_ROW)
+        .map(_hold_tombstones, output_type=SOURCE_RECORD_ROW).disable_chaining(),
+        env.from_collection([Row("definitions", 0, 0, T0, b"d", b"", None)],
+                            type_info=SOURCE_RECORD_ROW),
+        cfg, file_definitions(cfg), None, store=FileWriterFactory(str(written)))
+    values = outputs.all().map(lambda row: row[2],
+                               output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    with values.execute_and_collect() as results:
+        rows = [codec.decode_named(as_bytes(value)) for value in results]
+
+    eve = [(n, r) for n, r in rows if r.get("user_id") == "eve"]
+    assert eve == [], f"eve's waiting inputs were applied after or before her erasure: {eve}"
+    mo = [r for n, r in rows if n == "SegmentChange" and r.get("user_id") == "mo"]
+    assert mo, "mo's clicks were not applied: the job did not run the inputs through"
+    [erased] = [json.loads(line) for line in
+                (tmp_path / "written.jsonl.erased").read_text().splitlines()]
+    assert erased["user_id"] == "eve"

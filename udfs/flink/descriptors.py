@@ -62,6 +62,12 @@ ENGINE_INPUT_ROW = Types.ROW_NAMED(
      Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING()],
 )
 
+#: The kinds of ENGINE_INPUT_ROW the Java operator that orders inputs
+#: (``io.nudgeflow.flink.ReleaseInEventTimeOrder``) gives the inputs an erasure found waiting:
+#: they follow the ``erase`` row and the engine drops and counts them.
+ERASED_CLICK = "erased-click"
+ERASED_KINDS = (ERASED_CLICK, "erased-input")
+
 #: A validated DefinitionUpdate (payload = its Avro single-object bytes), broadcast to every
 #: engine instance.
 DEFINITION_ROW = Types.ROW_NAMED(

@@ -55,6 +55,8 @@ from udfs.features.codec import decode_state, encode_state
 from udfs.features.state import UserFeatures
 from udfs.flink.decode import dead_letter_row, maybe_bytes
 from udfs.flink.descriptors import (
+    ERASED_CLICK,
+    ERASED_KINDS,
     campaign_state,
     definitions_state,
     erased_state,
@@ -159,6 +161,9 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.model_files = model_files
         # creates the membership store in open() (a client is never pickled)
         self.store_factory = store_factory
+        # inputs reach the engine in event-time order, once the watermark passed them
+        # (``jobs.job.key_by_user`` puts the Java operator that holds them before the engine)
+        self.ordered_upstream = cfg.input_order == "java"
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """State handles, codec, the store writer and metrics, created once per instance.
@@ -400,6 +405,14 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             state = self._load_state(user_id)
             yield from self._step(user_id, state, engine.Erasure(user_id, value[2]), ctx)
             return
+        elif kind in ERASED_KINDS:
+            # an input that waited in the Java operator when the user's erasure passed it: it
+            # follows the erasure and is dropped, as the inputs waiting in the clock are
+            self.erased_dropped.inc()
+            if kind == ERASED_CLICK:
+                self.events_in.inc()
+                self.clicks_done.inc()
+            return
         elif kind == "outcome":
             # validated upstream; decoded here for its id (the clock's dedup key): outcomes are
             # few next to clicks
@@ -411,6 +424,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
             # metadata takes effect at its updated_at (the row's event time)
             event_time = value[2]
             pending = Pending(event_time, METADATA_RANK, f"metadata@{event_time}", raw, 0)
+        if self.ordered_upstream:
+            # handed on by the Java operator once the watermark passed it, after every earlier
+            # input of the user: nothing of theirs before it is still to come (but late
+            # inputs), so it is applied now, with every check due by its time
+            watermark = max(watermark, pending.time_ms)
         state = self._load_state(user_id)
         yield from self._step(user_id, state, engine.Arrival(user_id, pending, watermark), ctx)
         if self.cfg.quiet_release_ms > 0 and state.clock.pending:
