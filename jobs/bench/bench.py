@@ -1461,7 +1461,8 @@ class Bench:
                              passes=passes, watermark_every=every,
                              decoded_users=cfg.decoded_state_users,
                              gc_thresholds=cfg.gc_threshold_counts(),
-                             warmup_records=FLOOR_ONE_PASS_CLICKS, around_passes=sampled)
+                             warmup_records=FLOOR_ONE_PASS_CLICKS, around_passes=sampled,
+                             ordered=cfg.input_order == "java")
         floor["code"] = profile
         return above_floor(p1, floor)
 

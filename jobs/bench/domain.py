@@ -192,7 +192,8 @@ class Outcome:
 
 def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
          reuse_decoded: bool = True, mark_done: int | None = None,
-         watermark_every: int = 1, decoded_users: int | None = None) -> Outcome:
+         watermark_every: int = 1, decoded_users: int | None = None,
+         ordered: bool = False, schedule: list[tuple[int, int]] | None = None) -> Outcome:
     """One pass from empty state over every input; ``keep``: collect what the steps emitted.
 
     ``mark_done``: the thread's CPU time when the pass has done with that many clicks is kept
@@ -212,6 +213,15 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
     state bounded at that many users (``udfs.lru``, the job's ``decoded_state_users``): a
     user evicted since its last step decodes its features, metadata and campaign state again
     (``final_states`` then decodes the last bytes).
+
+    ``ordered``: the inputs reach the engine as the job's Java operator hands them on
+    (``input_order: java``): one later than the watermark when it arrives is held until the
+    watermark passes it, then handed on in event-time order (``Pending.order``) and applied in
+    the step it arrives in; the engine's timers then fire only for its checks. Which input
+    reaches the engine when is ``arrivals``; ``schedule``: that list, worked out before (a
+    timed pass then times the engine's work alone: the holding is the JVM's), else worked out
+    here. False: every input reaches the engine when it is read, and waits in its clock
+    (``input_order: engine``).
     """
     codec = Codec.load()
     out = Outcome()
@@ -219,7 +229,6 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
     registered: dict[str, set[int]] = {}
     waiting = PendingItems(decoded_users or max(1, inputs.users))
     keyed = None if decoded_users is None else KeyedBytes(codec, decoded_users)
-    watermark = newest = -(2**63)
 
     def done(clicks: int) -> None:
         out.clicks_done += clicks
@@ -261,14 +270,20 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
                 out.timers += 1
                 run(user, engine.Timer(user, to))
 
-    for kind, user, event_time, raw in inputs.records:
+    if schedule is None:
+        schedule = arrivals(inputs, watermark_every, ordered)
+    for position, watermark in schedule:
+        if position < 0:  # the watermark moved to ``watermark``: the timers it passed fire
+            advance(watermark)
+            continue
+        kind, user, event_time, raw = inputs.records[position]
         out.inputs += 1
         if kind == "metadata":
             run(user, engine.Arrival(user, Pending(event_time, METADATA_RANK,
                                                    f"metadata@{event_time}", raw, 0), watermark))
             continue
         out.clicks += 1
-        record = intake.SourceRecord("clicks", 0, out.inputs, event_time, user.encode(), raw)
+        record = intake.SourceRecord("clicks", 0, position + 1, event_time, user.encode(), raw)
         event = intake.decode_click(codec, record)
         if isinstance(event, intake.Rejected):
             out.rejected += 1
@@ -282,13 +297,61 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
         pending = Pending(event_time, CLICK_RANK, str(event["event_id"]), raw, event_time,
                           engine.Click(event))
         run(user, engine.Arrival(user, pending, watermark))
-        newest = max(newest, event_time)
-        if out.clicks % watermark_every == 0:
-            watermark = max(watermark, newest - BOUND_MS - 1)
-            advance(watermark)
-    advance(newest)  # the input ends where its newest event is
     if keyed is not None:
         out.states = keyed.final_states(out.clocks)
+    return out
+
+
+def arrivals(inputs: Inputs, watermark_every: int = 1, ordered: bool = False
+             ) -> list[tuple[int, int]]:
+    """When each record reaches the engine: (record position, the engine's watermark then).
+
+    An entry (-1, W) is a watermark move to W (the engine's timers up to W fire). The
+    watermark trails the newest valid click by the bound and moves after every
+    ``watermark_every`` clicks, and once more at the end, to the newest event time.
+    ``ordered`` (``play``): a record later than the watermark is held and reaches the engine
+    at the move that passes it, in event-time order, with its own time as the watermark
+    (everything of its user up to it is then known: ``UserEngineFunction`` does the same);
+    the move's timers fire after it, as the Java operator hands on what it held before the
+    watermark itself. Worked out by decoding every click: pass it to ``play`` (``schedule``)
+    to keep that out of a timed pass.
+    """
+    codec = Codec.load()
+    out: list[tuple[int, int]] = []
+    held: list[tuple[int, int, str, int]] = []  # (time, rank, key, position)
+    watermark = newest = -(2**63)
+    clicks = 0
+
+    def move(to: int) -> None:
+        while held and held[0][0] <= to:
+            # held: later than the watermark before this move, which the engine still sees
+            time_ms, _, _, position = heapq.heappop(held)
+            out.append((position, time_ms))
+        out.append((-1, to))
+
+    for position, (kind, user, event_time, raw) in enumerate(inputs.records):
+        if kind == "metadata":
+            if ordered and event_time > watermark:
+                heapq.heappush(held, (event_time, METADATA_RANK, "", position))
+            else:
+                out.append((position, watermark))
+            continue
+        clicks += 1
+        record = intake.SourceRecord("clicks", 0, position + 1, event_time, user.encode(), raw)
+        event = intake.decode_click(codec, record)
+        valid = not isinstance(event, intake.Rejected)
+        if ordered and valid and event_time > watermark:
+            heapq.heappush(held, (event_time, CLICK_RANK, str(event["event_id"]), position))
+        else:
+            out.append((position, watermark))
+        if valid and not engine.is_late(event_time, watermark, ALLOWED_LATENESS_MS):
+            newest = max(newest, event_time)
+        if clicks % watermark_every == 0:
+            watermark = max(watermark, newest - BOUND_MS - 1)
+            move(watermark)
+    # the input ends where its newest event is (an input later than that stays unapplied, as
+    # it waits in the engine's clock without ``ordered``)
+    move(newest)
     return out
 
 
@@ -432,8 +495,8 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
           decoded_users: int | None = None,
           gc_thresholds: tuple[int, int, int] | None = None,
           warmup_records: int | None = None,
-          around_passes: Callable[[], AbstractContextManager[Any]] | None = None
-          ) -> dict[str, Any]:
+          around_passes: Callable[[], AbstractContextManager[Any]] | None = None,
+          ordered: bool = True) -> dict[str, Any]:
     """The domain floor of one workload, for ``nudgeflow bench``: µs per click and per input.
 
     The loop of ``main`` (the shipped catalog, the churn model, a warm-up pass, then ``passes``
@@ -451,13 +514,15 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
     ``NudgeflowConfig.gc_thresholds``). ``warmup_records``: the warm-up pass plays only the
     first that many records (None: all of them), so a large workload is not played twice.
     ``around_passes``: a context the timed passes run in, and nothing else (``nudgeflow
-    bench`` samples them with perf there).
+    bench`` samples them with perf there). ``ordered``: the inputs reach the engine as the
+    Java operator hands them on (``play``; the job's default, ``input_order: java``).
     """
     inputs = build_inputs(clicks, users, seed, start_ms=start_ms)
     rules = shipped_rules(churn=True, journeys=journeys)
     warmup = inputs if warmup_records is None else dataclasses.replace(
         inputs, records=inputs.records[:warmup_records])
-    play(warmup, rules)  # warm up: imports, caches, the model's first runs
+    play(warmup, rules, watermark_every=watermark_every, ordered=ordered)  # warm up
+    schedule = arrivals(inputs, watermark_every, ordered)  # not timed: the JVM's part
     per_input, per_click = [], []
     mark = inputs.clicks // 20  # the drain's clock starts at 5% of the clicks
     python_defaults = gc.get_threshold()
@@ -467,7 +532,7 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
             for _ in range(max(1, passes)):
                 started = time.thread_time_ns()
                 outcome = play(inputs, rules, mark_done=mark, watermark_every=watermark_every,
-                               decoded_users=decoded_users)
+                               decoded_users=decoded_users, schedule=schedule)
                 ended = time.thread_time_ns()
                 per_input.append((ended - started) / 1_000 / len(inputs.records))
                 per_click.append((ended - (outcome.mark_ns or started)) / 1_000
@@ -476,6 +541,7 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
         gc.set_threshold(*python_defaults)
     return {"clicks": inputs.clicks, "users": inputs.users, "inputs": len(inputs.records),
             "passes": len(per_input), "journeys": journeys, "watermark_every": watermark_every,
+            "ordered": ordered,
             "decoded_users": decoded_users,
             "steps_per_click": round(outcome.steps / inputs.clicks, 2),
             "us_per_input": round(statistics.median(per_input), 1),
@@ -483,24 +549,28 @@ def floor(clicks: int, users: int, seed: int = 7, start_ms: int | None = None,
 
 
 def timed(inputs: Inputs, rules: engine.Rules, watermark_every: int = 1,
-          decoded_users: int | None = None) -> tuple[float, Outcome]:
-    """(µs per input, the outcome) of one pass."""
+          decoded_users: int | None = None, ordered: bool = False
+          ) -> tuple[float, Outcome]:
+    """(µs per input, the outcome) of one pass (``play``; its schedule worked out untimed)."""
+    schedule = arrivals(inputs, watermark_every, ordered)
     t0 = time.perf_counter_ns()
-    outcome = play(inputs, rules, watermark_every=watermark_every, decoded_users=decoded_users)
+    outcome = play(inputs, rules, watermark_every=watermark_every, decoded_users=decoded_users,
+                   schedule=schedule)
     return (time.perf_counter_ns() - t0) / 1_000 / len(inputs.records), outcome
 
 
 def stage_table(inputs: Inputs, rules: engine.Rules, us_per_input: float,
-                watermark_every: int = 1, decoded_users: int | None = None
-                ) -> dict[str, float]:
+                watermark_every: int = 1, decoded_users: int | None = None,
+                ordered: bool = False) -> dict[str, float]:
     """µs per input of each stage: one profiled pass, its shares applied to ``us_per_input``.
 
     cProfile inflates functions of many small calls more than others, so the split is an
     estimate; the total is the unprofiled one.
     """
+    schedule = arrivals(inputs, watermark_every, ordered)
     profile = cProfile.Profile()
     profile.runcall(play, inputs, rules, watermark_every=watermark_every,
-                    decoded_users=decoded_users)
+                    decoded_users=decoded_users, schedule=schedule)
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in stats.values())  # own times add up to the whole
     cumulative: dict[str, float] = {}
@@ -533,6 +603,10 @@ def main(argv: Sequence[str] | None = None,
                         help="keep state as bytes and decode it as the job does, with N "
                              "users' decoded state kept (the job's --decoded-state-users); "
                              "default 0: every user's state kept as objects, nothing decoded")
+    parser.add_argument("--engine-order", action="store_true",
+                        help="inputs wait in the engine's clock (input_order: engine); default: "
+                             "they reach it in event-time order, as the Java operator hands "
+                             "them on (input_order: java)")
     parser.add_argument("--no-churn", action="store_true", help="no churn model")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage table")
     parser.add_argument("--json", metavar="OUT", help="write the figures to this file")
@@ -540,16 +614,18 @@ def main(argv: Sequence[str] | None = None,
     inputs = build_inputs(args.clicks, args.users, args.seed, args.metadata_updates)
     rules = shipped_rules(churn=not args.no_churn)
     gc.set_threshold(*NudgeflowConfig().gc_threshold_counts())  # as the engine operator does
-    play(inputs, rules)  # warm up: imports, caches, the model's first runs
     every = max(1, args.watermark_every)
+    ordered = not args.engine_order
+    play(inputs, rules, watermark_every=every, ordered=ordered)  # warm up: imports, caches
     kept = args.decoded_users or None
-    passes = [timed(inputs, rules, every, kept) for _ in range(max(1, args.repeat))]
+    passes = [timed(inputs, rules, every, kept, ordered) for _ in range(max(1, args.repeat))]
     us = statistics.median(p[0] for p in passes)
     outcome = passes[0][1]
     result: dict[str, Any] = {
         "clicks": inputs.clicks, "users": inputs.users, "metadata": inputs.metadata,
         "inputs": outcome.inputs, "steps": outcome.steps, "timers": outcome.timers,
         "late": outcome.late, "rejected": outcome.rejected, "churn": not args.no_churn,
+        "ordered": ordered,
         "us_per_input": us,
         "us_per_input_runs": [p[0] for p in passes],
         "state_bytes_per_input": outcome.stored_bytes / outcome.inputs,
@@ -560,7 +636,7 @@ def main(argv: Sequence[str] | None = None,
     printer(f"  {us:8.1f} µs per input (median of {len(passes)}: "
             + ", ".join(f"{p[0]:.1f}" for p in passes) + ")")
     if not args.no_profile:
-        result["stages_us"] = stage_table(inputs, rules, us, every, kept)
+        result["stages_us"] = stage_table(inputs, rules, us, every, kept, ordered)
         printer("  per stage (cProfile shares of the total):")
         for stage, value in result["stages_us"].items():
             printer(f"    {stage:<50} {value:7.1f} µs")
