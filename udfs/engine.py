@@ -9,9 +9,11 @@ The Flink adapter (``udfs.flink.user_engine.UserEngineFunction``) loads the stat
 ``step``, stores what the ``Step`` says changed, registers its timers and emits its records.
 
 Inputs: ``Arrival`` (a click or metadata record as it reaches the engine, with the watermark),
-``Timer`` (the watermark reached the user's wake time), ``Click`` / ``MetadataUpdate``
-(applied at once, after every check due by their time; what tests and tools use), or
-``Erasure`` (a user-metadata tombstone: the user is forgotten at once; see its docstring).
+``Released`` (a user's inputs handed on at once by the Java operator that held them until the
+watermark passed them), ``Timer`` (the watermark reached the user's wake time),
+``Click`` / ``MetadataUpdate`` (applied at once, after every check due by their time; what
+tests and tools use), or ``Erasure`` (a user-metadata tombstone: the user is forgotten at
+once; see its docstring).
 State (``UserState``): the user's clock (``udfs.clock.UserClock``: the event time of what was
 last applied, the inputs waiting for the watermark, the next due times), features, the latest
 metadata, membership (segment id -> definition version at entry), the churn score, and the
@@ -31,6 +33,7 @@ broadcast update in Python); see udfs/segments/SEGMENTS.md for the policy.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -159,6 +162,26 @@ class Arrival:
 
 
 @dataclass(frozen=True)
+class Released:
+    """A user's inputs handed on at once, once the watermark passed them.
+
+    By the operator that held them (``input_order: java``:
+    ``io.nudgeflow.flink.ReleaseInEventTimeOrder``). ``pendings`` in their apply order, all at
+    or before ``through_ms``: the watermark that released them (for a quiet release, the newest
+    input's time). Nothing of the user at or before ``through_ms`` is still to come but late
+    inputs, so the step applies every input and runs every check up to it, as an arrival of
+    each followed by a ``Timer`` at ``through_ms`` did, in one step. ``watermark_ms``: the
+    engine's own watermark (the one before ``through_ms``): the user's timer at or before it
+    has fired, a later one has not and is deleted if the wake time moves.
+    """
+
+    user_id: str
+    pendings: tuple[Pending, ...]
+    through_ms: int
+    watermark_ms: int
+
+
+@dataclass(frozen=True)
 class Erasure:
     """A tombstone on user-metadata: forget the user (the right to be forgotten).
 
@@ -227,7 +250,7 @@ BACKFILL_OUTCOMES = (BACKFILL_EVALUATED, BACKFILL_CURRENT, BACKFILL_UNKNOWN, BAC
                      BACKFILL_STALE)
 
 #: what a step is applied to
-Input = Click | MetadataUpdate | Engagement | Timer | Arrival | Erasure | Backfill
+Input = Click | MetadataUpdate | Engagement | Timer | Arrival | Released | Erasure | Backfill
 
 #: an idle user is re-evaluated against changed definitions this often (event time)
 RECHECK_MS = MEMBERSHIP_RECHECK_MS
@@ -272,8 +295,9 @@ class Step:
         lift: the assignments and conversions of the step, for the per-campaign statistics
             (``udfs.attribution.touches.LiftFact``).
         duplicate: the input was a duplicate (same event id): nothing else happened.
-        duplicates: buffered inputs dropped as duplicates when applied in this step (besides
-            ``duplicate``).
+        duplicates: clicks dropped as duplicates in this step (besides ``duplicate``): found
+            when applied, or among the inputs of a ``Released``; ``other_duplicates``: metadata
+            records and outcomes of a ``Released`` dropped as duplicates.
         applied: inputs (clicks and metadata) applied in this step.
         clicks_applied: event ids of the clicks applied (trigger latency).
         click_traces: event id -> (W3C traceparent, Kafka append time) of the clicks applied
@@ -319,6 +343,7 @@ class Step:
     lift: list[LiftFact] = field(default_factory=list)
     duplicate: bool = False
     duplicates: int = 0
+    other_duplicates: int = 0
     applied: int = 0
     clicks_applied: list[str] = field(default_factory=list)
     click_traces: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -367,16 +392,39 @@ def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
         return backfill(state, item, rules, now_ms)
     out = Step()
     if state.erased:
-        if not _reregisters(item):
+        if isinstance(item, Released):
+            # in order: what comes before a metadata record (a re-registration) is dropped
+            first = next((n for n, p in enumerate(item.pendings) if p.rank == METADATA_RANK),
+                         len(item.pendings))
+            dropped, item = item.pendings[:first], dataclasses.replace(
+                item, pendings=item.pendings[first:])
+            out.erased_dropped = len(dropped)
+            out.erased_clicks_dropped = sum(p.rank == CLICK_RANK for p in dropped)
+            if not item.pendings:
+                return out
+        elif not _reregisters(item):
             return _dropped_after_erasure(item)
         state.erased = False  # a new non-null metadata record: a fresh user from here on
         out.reregistered = True
     clock = state.clock
+    fired_by = None  # the time up to which the user's timer has fired: ``target`` but here
     if isinstance(item, Arrival):
         if not clock.add(item.pending):
             return Step(duplicate=True)
         out.clock_changed = True
         user_id, target = item.user_id, item.watermark_ms
+        if clock.clock_ms is None and clock.timer_ms is None:
+            state.ensure()  # a user from before the clock: set it from the state
+        _advance(state, user_id, target, rules, now_ms, out)
+    elif isinstance(item, Released):
+        user_id, target, fired_by = item.user_id, item.through_ms, item.watermark_ms
+        for pending in item.pendings:
+            if clock.add(pending):
+                out.clock_changed = True
+            elif pending.rank == CLICK_RANK:
+                out.duplicates += 1
+            else:
+                out.other_duplicates += 1
         if clock.clock_ms is None and clock.timer_ms is None:
             state.ensure()  # a user from before the clock: set it from the state
         _advance(state, user_id, target, rules, now_ms, out)
@@ -403,7 +451,7 @@ def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
         if out.duplicates and not (out.applied or out.checks or out.expired):
             return Step(duplicate=True)
         target = pending.time_ms
-    _schedule(state, target, out)
+    _schedule(state, target if fired_by is None else fired_by, out)
     return out
 
 

@@ -193,7 +193,7 @@ class Outcome:
 def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
          reuse_decoded: bool = True, mark_done: int | None = None,
          watermark_every: int = 1, decoded_users: int | None = None,
-         ordered: bool = False, schedule: list[tuple[int, int]] | None = None) -> Outcome:
+         ordered: bool = False, schedule: list[ScheduleEntry] | None = None) -> Outcome:
     """One pass from empty state over every input; ``keep``: collect what the steps emitted.
 
     ``mark_done``: the thread's CPU time when the pass has done with that many clicks is kept
@@ -270,88 +270,106 @@ def play(inputs: Inputs, rules: engine.Rules, keep: bool = False,
                 out.timers += 1
                 run(user, engine.Timer(user, to))
 
-    if schedule is None:
-        schedule = arrivals(inputs, watermark_every, ordered)
-    for position, watermark in schedule:
-        if position < 0:  # the watermark moved to ``watermark``: the timers it passed fire
-            advance(watermark)
-            continue
+    def pending(position: int, watermark: int) -> Pending | None:
+        """The record as the input the engine buffers (None: rejected or late, done with)."""
         kind, user, event_time, raw = inputs.records[position]
         out.inputs += 1
         if kind == "metadata":
-            run(user, engine.Arrival(user, Pending(event_time, METADATA_RANK,
-                                                   f"metadata@{event_time}", raw, 0), watermark))
-            continue
+            return Pending(event_time, METADATA_RANK, f"metadata@{event_time}", raw, 0)
         out.clicks += 1
         record = intake.SourceRecord("clicks", 0, position + 1, event_time, user.encode(), raw)
         event = intake.decode_click(codec, record)
         if isinstance(event, intake.Rejected):
             out.rejected += 1
             done(1)
-            continue
+            return None
         if engine.is_late(event_time, watermark, ALLOWED_LATENESS_MS):
             out.late += 1
             done(1)
-            continue
+            return None
         event["ingest_time"] = event_time
-        pending = Pending(event_time, CLICK_RANK, str(event["event_id"]), raw, event_time,
-                          engine.Click(event))
-        run(user, engine.Arrival(user, pending, watermark))
+        return Pending(event_time, CLICK_RANK, str(event["event_id"]), raw, event_time,
+                       engine.Click(event))
+
+    if schedule is None:
+        schedule = arrivals(inputs, watermark_every, ordered)
+    for entry in schedule:
+        if entry[0] == ADVANCE:  # the watermark moved: the timers it passed fire
+            advance(entry[1])
+        elif entry[0] == ARRIVE:
+            _, position, watermark = entry
+            one = pending(position, watermark)
+            if one is not None:
+                user = inputs.records[position][1]
+                run(user, engine.Arrival(user, one, watermark))
+        else:  # RELEASE: a user's held inputs, handed on at once
+            _, positions, through, watermark = entry
+            released = [p for p in (pending(n, watermark) for n in positions) if p is not None]
+            if released:
+                user = inputs.records[positions[0]][1]
+                run(user, engine.Released(user, tuple(released), through, watermark))
     if keyed is not None:
         out.states = keyed.final_states(out.clocks)
     return out
 
 
-def arrivals(inputs: Inputs, watermark_every: int = 1, ordered: bool = False
-             ) -> list[tuple[int, int]]:
-    """When each record reaches the engine: (record position, the engine's watermark then).
+#: ``arrivals`` entries: (ARRIVE, record position, the engine's watermark then); (RELEASE, the
+#: positions of one user's held records in order, the watermark that released them, the
+#: engine's watermark before it); (ADVANCE, the watermark the engine's timers fire up to)
+ARRIVE, RELEASE, ADVANCE = "arrive", "release", "advance"
+ScheduleEntry = tuple[Any, ...]
 
-    An entry (-1, W) is a watermark move to W (the engine's timers up to W fire). The
-    watermark trails the newest valid click by the bound and moves after every
+
+def arrivals(inputs: Inputs, watermark_every: int = 1, ordered: bool = False
+             ) -> list[ScheduleEntry]:
+    """When each record reaches the engine, and when the watermark moves (see ``ARRIVE``).
+
+    The watermark trails the newest valid click by the bound and moves after every
     ``watermark_every`` clicks, and once more at the end, to the newest event time.
-    ``ordered`` (``play``): a record later than the watermark is held and reaches the engine
-    at the move that passes it, in event-time order, with its own time as the watermark
-    (everything of its user up to it is then known: ``UserEngineFunction`` does the same);
-    the move's timers fire after it, as the Java operator hands on what it held before the
-    watermark itself. Worked out by decoding every click: pass it to ``play`` (``schedule``)
-    to keep that out of a timed pass.
+    ``ordered`` (``play``): a record later than the watermark is held; at the move that
+    passes it, each user's held records reach the engine together, in event-time order
+    (``Pending.order``), before the engine's timers fire, as the Java operator hands them on
+    (one ``batch`` row per user) before the watermark itself. Worked out by decoding every
+    click: pass it to ``play`` (``schedule``) to keep that out of a timed pass.
     """
     codec = Codec.load()
-    out: list[tuple[int, int]] = []
+    out: list[ScheduleEntry] = []
     held: list[tuple[int, int, str, int]] = []  # (time, rank, key, position)
     watermark = newest = -(2**63)
     clicks = 0
 
     def move(to: int) -> None:
+        users: dict[str, list[int]] = {}
         while held and held[0][0] <= to:
-            # held: later than the watermark before this move, which the engine still sees
-            time_ms, _, _, position = heapq.heappop(held)
-            out.append((position, time_ms))
-        out.append((-1, to))
+            position = heapq.heappop(held)[3]
+            users.setdefault(inputs.records[position][1], []).append(position)
+        out.extend((RELEASE, tuple(positions), to, watermark) for positions in users.values())
+        out.append((ADVANCE, to))
 
     for position, (kind, user, event_time, raw) in enumerate(inputs.records):
         if kind == "metadata":
             if ordered and event_time > watermark:
                 heapq.heappush(held, (event_time, METADATA_RANK, "", position))
             else:
-                out.append((position, watermark))
+                out.append((ARRIVE, position, watermark))
             continue
         clicks += 1
         record = intake.SourceRecord("clicks", 0, position + 1, event_time, user.encode(), raw)
         event = intake.decode_click(codec, record)
         valid = not isinstance(event, intake.Rejected)
-        if ordered and valid and event_time > watermark:
+        if ordered and not isinstance(event, intake.Rejected) and event_time > watermark:
             heapq.heappush(held, (event_time, CLICK_RANK, str(event["event_id"]), position))
         else:
-            out.append((position, watermark))
+            out.append((ARRIVE, position, watermark))
         if valid and not engine.is_late(event_time, watermark, ALLOWED_LATENESS_MS):
             newest = max(newest, event_time)
         if clicks % watermark_every == 0:
-            watermark = max(watermark, newest - BOUND_MS - 1)
-            move(watermark)
+            to = max(watermark, newest - BOUND_MS - 1)
+            move(to)
+            watermark = to
     # the input ends where its newest event is (an input later than that stays unapplied, as
     # it waits in the engine's clock without ``ordered``)
-    move(newest)
+    move(max(watermark, newest))
     return out
 
 

@@ -101,12 +101,18 @@ def test_inputs_handed_on_in_order_give_the_records_of_inputs_buffered_in_the_en
         assert any(r["triggers"] for r in want.values())
         assert ordered.steps < buffered.steps and ordered.timers < buffered.timers, every
         assert ordered.clicks_done == buffered.clicks_done == 2_000
-    # the schedule: every record reaches the engine once; held ones at their own time
+    # the schedule: every record reaches the engine once; held ones with their user's others
+    # at the watermark move that passed them, in event-time order, before the timers fire
     schedule = domain.arrivals(inputs, 40, ordered=True)
-    positions = [p for p, _ in schedule if p >= 0]
-    assert sorted(positions) == list(range(len(inputs.records)))
-    held = [(p, w) for p, w in schedule if p >= 0 and w == inputs.records[p][2]]
-    assert len(held) > 1_000
+    arrived = [e[1] for e in schedule if e[0] == domain.ARRIVE]
+    released = [e for e in schedule if e[0] == domain.RELEASE]
+    held = [n for e in released for n in e[1]]
+    assert sorted(arrived + held) == list(range(len(inputs.records)))
+    assert len(held) > 1_500 and any(len(e[1]) > 1 for e in released)
+    for _, positions, through, before in released:
+        times = [inputs.records[n][2] for n in positions]
+        assert times == sorted(times) and before < times[0] and times[-1] <= through
+        assert len({inputs.records[n][1] for n in positions}) == 1
 
 
 def test_state_kept_as_bytes_gives_the_same_records_whatever_the_cache_keeps(monkeypatch):

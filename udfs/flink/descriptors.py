@@ -6,6 +6,9 @@ serializers are fast and a savepoint's state schema is explicit.
 
 from __future__ import annotations
 
+import struct
+from typing import Any
+
 from pyflink.common import Types
 from pyflink.datastream import OutputTag
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
@@ -67,6 +70,58 @@ ENGINE_INPUT_ROW = Types.ROW_NAMED(
 #: they follow the ``erase`` row and the engine drops and counts them.
 ERASED_CLICK = "erased-click"
 ERASED_KINDS = (ERASED_CLICK, "erased-input")
+
+#: The kind of the ENGINE_INPUT_ROW that hands on a user's inputs at once once the watermark
+#: passed them (``io.nudgeflow.flink.ReleaseInEventTimeOrder.batch``): ``event_time`` = the
+#: time up to which they are applied, ``payload`` = the inputs (``read_batch``).
+BATCH = "batch"
+_BATCH_KINDS = ("metadata", "click", "outcome")
+_BATCH_ENTRY = struct.Struct(">bqqiq")
+_LENGTH = struct.Struct(">i")
+_NONE = -(2**63)
+
+
+def read_batch(user_id: str, payload: bytes) -> list[tuple[Any, ...]]:
+    """The engine input rows a ``batch`` row carries, in order, as tuples of ENGINE_INPUT_ROW.
+
+    The encoding is ``ReleaseInEventTimeOrder.batch``'s (big-endian): kind (0 metadata, 1
+    click, 2 outcome), event_time and ingest_time (Long.MIN_VALUE: none), partition, offset,
+    then key, payload and traceparent as a 4-byte length (-1: none) and the bytes.
+
+    Raises:
+        ValueError: bytes that are not such a list (a build mismatch: the jar and the Python
+            must come from one checkout).
+    """
+    rows: list[tuple[Any, ...]] = []
+    offset = 0
+    try:
+        while offset < len(payload):
+            kind, event_time, ingest_time, partition, position = _BATCH_ENTRY.unpack_from(
+                payload, offset)
+            offset += _BATCH_ENTRY.size
+            fields: list[bytes | None] = []
+            for _ in range(3):
+                (length,) = _LENGTH.unpack_from(payload, offset)
+                offset += _LENGTH.size
+                if length < 0:
+                    fields.append(None)
+                    continue
+                if offset + length > len(payload):
+                    raise struct.error("a field runs past the end")
+                fields.append(payload[offset:offset + length])
+                offset += length
+            key, value, trace = fields
+            rows.append((_BATCH_KINDS[kind], user_id,
+                         None if event_time == _NONE else event_time,
+                         None if ingest_time == _NONE else ingest_time, value,
+                         None if partition < 0 else partition, None if position < 0 else position,
+                         key, None if trace is None else trace.decode()))
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"a batch of inputs for user {user_id!r} is malformed at byte "
+                         f"{offset}: {exc}; the job's jar and its Python must be one build")\
+            from exc
+    return rows
+
 
 #: A validated DefinitionUpdate (payload = its Avro single-object bytes), broadcast to every
 #: engine instance.

@@ -55,6 +55,7 @@ from udfs.features.codec import decode_state, encode_state
 from udfs.features.state import UserFeatures
 from udfs.flink.decode import dead_letter_row, maybe_bytes
 from udfs.flink.descriptors import (
+    BATCH,
     ERASED_CLICK,
     ERASED_KINDS,
     campaign_state,
@@ -62,6 +63,7 @@ from udfs.flink.descriptors import (
     erased_state,
     expiry_timer_state,
     membership_state,
+    read_batch,
     user_clock_state,
     user_features_state,
     user_metadata_state,
@@ -161,9 +163,6 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         self.model_files = model_files
         # creates the membership store in open() (a client is never pickled)
         self.store_factory = store_factory
-        # inputs reach the engine in event-time order, once the watermark passed them
-        # (``jobs.job.key_by_user`` puts the Java operator that holds them before the engine)
-        self.ordered_upstream = cfg.input_order == "java"
 
     def open(self, runtime_context: RuntimeContext) -> None:
         """State handles, codec, the store writer and metrics, created once per instance.
@@ -354,10 +353,78 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
 
         A click is decoded and validated here first (a bad one is dead-lettered with its
         reasons: ``udfs.intake``); one later than the watermark minus the allowed lateness is
-        dead-lettered too.
+        dead-lettered too. A ``batch`` row (``input_order: java``) hands on a user's inputs
+        that waited for the watermark: they are validated the same way and applied in one
+        step (``engine.Released``).
+        """
+        kind, user_id = value[0], value[1]
+        watermark = ctx.timer_service().current_watermark()
+        if kind == BATCH:
+            yield from self._released(user_id, value, watermark, ctx)
+            return
+        if kind == "backfill":
+            # applied at once, at the watermark (udfs.engine.Backfill)
+            yield from self._backfill(user_id, value, watermark, ctx)
+            return
+        if kind == "erase":
+            # a tombstone: applied at once, whatever the watermark (udfs.engine.Erasure)
+            state = self._load_state(user_id)
+            yield from self._step(user_id, state, engine.Erasure(user_id, value[2]), ctx)
+            return
+        if kind in ERASED_KINDS:
+            # an input that waited in the Java operator when the user's erasure passed it: it
+            # follows the erasure and is dropped, as the inputs waiting in the clock are
+            self.erased_dropped.inc()
+            if kind == ERASED_CLICK:
+                self.events_in.inc()
+                self.clicks_done.inc()
+            return
+        letters: list[Row] = []
+        pending = self._pending(value, watermark, ctx, letters)
+        yield from letters
+        if pending is None:
+            return
+        state = self._load_state(user_id)
+        yield from self._step(user_id, state, engine.Arrival(user_id, pending, watermark), ctx)
+        if self.cfg.quiet_release_ms > 0 and state.clock.pending:
+            # a quiet stream moves no watermark: release the input after a while regardless
+            # (by the user's quiet timer already on the way, if one is)
+            timers = ctx.timer_service()
+            due = self.quiet_timers.register(user_id, timers.current_processing_time())
+            if due is not None:
+                timers.register_processing_time_timer(due)
+
+    def _released(self, user_id: str, value: Row, watermark: int, ctx: Any) -> Iterator[Any]:
+        """A user's inputs that waited for the watermark in the Java operator: one step.
+
+        Each is validated as ``process_element`` validates a single input (a bad click is
+        dead-lettered; none is late: the watermark has only now passed it). For an erased
+        user each goes through ``process_element``'s own path instead, one by one, so a
+        metadata record among them re-registers the user at its place.
+        """
+        rows = read_batch(user_id, bytes(value[4]))
+        if self._erased_now():
+            for row in rows:
+                yield from self.process_element(row, ctx)
+            return
+        letters: list[Row] = []
+        pendings = [p for row in rows
+                    if (p := self._pending(row, watermark, ctx, letters)) is not None]
+        yield from letters
+        if not pendings:
+            return
+        state = self._load_state(user_id)
+        yield from self._step(user_id, state, engine.Released(
+            user_id, tuple(pendings), max(value[2], pendings[-1].time_ms), watermark), ctx)
+
+    def _pending(self, value: Row, watermark: int, ctx: Any, letters: list[Row]
+                 ) -> Pending | None:
+        """A click, metadata or outcome row as the input the engine buffers; None if rejected.
+
+        A click is decoded and validated (a bad or too late one is dead-lettered into
+        ``letters``, or dropped and counted when the user is erased).
         """
         kind, user_id, ingest_time = value[0], value[1], value[3]
-        watermark = ctx.timer_service().current_watermark()
         raw = bytes(value[4] or b"")
         if kind == "click":
             self.events_in.inc()
@@ -372,72 +439,41 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
                 self.clicks_done.inc()
                 if self._erased_now():
                     self.erased_dropped.inc()  # not even dead-lettered: nothing of theirs out
-                    return
+                    return None
                 self.dead_lettered.inc(event.reason_code)
-                yield dead_letter_row(self.codec, self.cfg.dead_letter_topic, record, event,
-                                      ctx.timer_service().current_processing_time(),
-                                      self.limits.dead_letter_raw_max_bytes)
-                return
+                letters.append(dead_letter_row(
+                    self.codec, self.cfg.dead_letter_topic, record, event,
+                    ctx.timer_service().current_processing_time(),
+                    self.limits.dead_letter_raw_max_bytes))
+                return None
             self.events_valid.inc()
             event_time = event["event_time"]
             if engine.is_late(event_time, watermark, self.cfg.allowed_lateness_ms):
                 self.clicks_done.inc()
                 if self._erased_now():
                     self.erased_dropped.inc()
-                    return
+                    return None
                 self.late.inc()
-                yield self._late(record, event, watermark, ctx)
-                return
+                letters.append(self._late(record, event, watermark, ctx))
+                return None
             self.events.inc()
             event["ingest_time"] = ingest_time
             event_id = str(event["event_id"])
             # its producer's trace, or one made here; it waits with the click in the clock
             context = tracing.at_ingestion(value[8] if len(value) > 8 else None, event_id,
                                            self.cfg.tracing_sample_ratio)
-            pending = Pending(event_time, CLICK_RANK, event_id, raw, ingest_time or 0,
-                              engine.Click(event), trace=context.traceparent())
-        elif kind == "backfill":
-            # applied at once, at the watermark (udfs.engine.Backfill)
-            yield from self._backfill(user_id, value, watermark, ctx)
-            return
-        elif kind == "erase":
-            # a tombstone: applied at once, whatever the watermark (udfs.engine.Erasure)
-            state = self._load_state(user_id)
-            yield from self._step(user_id, state, engine.Erasure(user_id, value[2]), ctx)
-            return
-        elif kind in ERASED_KINDS:
-            # an input that waited in the Java operator when the user's erasure passed it: it
-            # follows the erasure and is dropped, as the inputs waiting in the clock are
-            self.erased_dropped.inc()
-            if kind == ERASED_CLICK:
-                self.events_in.inc()
-                self.clicks_done.inc()
-            return
-        elif kind == "outcome":
+            return Pending(event_time, CLICK_RANK, event_id, raw, ingest_time or 0,
+                           engine.Click(event), trace=context.traceparent())
+        if kind == "outcome":
             # validated upstream; decoded here for its id (the clock's dedup key): outcomes are
             # few next to clicks
             outcome = self.codec.decode(raw, expect="CampaignOutcome")
             self.outcomes_in.inc()
-            item = engine.Engagement(outcome)
-            pending = Pending(value[2], OUTCOME_RANK, engine.outcome_key(outcome), raw, 0, item)
-        else:
-            # metadata takes effect at its updated_at (the row's event time)
-            event_time = value[2]
-            pending = Pending(event_time, METADATA_RANK, f"metadata@{event_time}", raw, 0)
-        if self.ordered_upstream:
-            # handed on by the Java operator once the watermark passed it, after every earlier
-            # input of the user: nothing of theirs before it is still to come (but late
-            # inputs), so it is applied now, with every check due by its time
-            watermark = max(watermark, pending.time_ms)
-        state = self._load_state(user_id)
-        yield from self._step(user_id, state, engine.Arrival(user_id, pending, watermark), ctx)
-        if self.cfg.quiet_release_ms > 0 and state.clock.pending:
-            # a quiet stream moves no watermark: release the input after a while regardless
-            # (by the user's quiet timer already on the way, if one is)
-            timers = ctx.timer_service()
-            due = self.quiet_timers.register(user_id, timers.current_processing_time())
-            if due is not None:
-                timers.register_processing_time_timer(due)
+            return Pending(value[2], OUTCOME_RANK, engine.outcome_key(outcome), raw, 0,
+                           engine.Engagement(outcome))
+        # metadata takes effect at its updated_at (the row's event time)
+        event_time = value[2]
+        return Pending(event_time, METADATA_RANK, f"metadata@{event_time}", raw, 0)
 
     def _backfill(self, user_id: str, value: Row, watermark: int, ctx: Any) -> Iterator[Any]:
         """Step a backfill request and count what it did.
@@ -507,8 +543,8 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         if step.erased_dropped:
             self.erased_dropped.inc(step.erased_dropped)
             self.clicks_done.inc(step.erased_clicks_dropped)  # they are done with: dropped
-        for _ in range(step.duplicates):
-            self.duplicates.inc()
+        if step.duplicates or step.other_duplicates:
+            self.duplicates.inc(step.duplicates + step.other_duplicates)
         if step.clicks_applied or step.duplicates:  # a duplicate found on applying is a click
             self.clicks_done.inc(len(step.clicks_applied) + step.duplicates)
         if step.late:

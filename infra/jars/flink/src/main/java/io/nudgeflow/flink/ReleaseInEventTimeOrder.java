@@ -1,5 +1,9 @@
 package io.nudgeflow.flink;
 
+import java.io.ByteArrayOutputStream;
+import java.io.DataOutputStream;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Comparator;
@@ -23,12 +27,15 @@ import org.apache.flink.util.Collector;
  * the input's id (udfs/clock.py, {@code Pending.order}).
  *
  * <p><b>Why.</b> The Python engine used to buffer every input in the user's clock state and apply
- * it at a later timer step: two Python steps per click (the arrival: a state read, a state write
- * and a timer call through the JVM boundary; then the timer step that applies it). Here the
- * waiting costs a Java state write, and the engine applies each input in the step it arrives in
- * (issue 13, "Throughput"). What the engine computes does not change: an input handed on at
- * watermark W is one at or before W, every input of the user before it was handed on before it,
- * and every later one is at or after it or behind the watermark (late, as before).
+ * it at a later timer step: an arrival step per input (a state read, a state write and a timer
+ * call through the JVM boundary) before the timer step that applied them. Here the waiting
+ * costs a Java state write, and the engine applies a user's inputs in the one step that
+ * receives them (issue 13, "Throughput"). What the engine computes does not change: the inputs
+ * handed on at watermark W are the user's at or before W, every earlier one was handed on
+ * before them, and every later one is after W or behind the watermark (late, as before).
+ *
+ * <p>Output: the rows that pass at once (below) as they came, and at each release one row of
+ * kind {@code batch} per user holding their inputs in the engine's order ({@link #batch}).
  *
  * <p>Input and output: Row(key, engine input row) of {@code KeyByUser}, keyed by Row(key); the
  * engine input row is ENGINE_INPUT_ROW (udfs/flink/descriptors.py). Clicks (their event time is
@@ -54,6 +61,8 @@ public final class ReleaseInEventTimeOrder extends KeyedProcessFunction<Row, Row
     /** The kinds of the inputs an erasure found waiting (udfs/flink/user_engine.py drops them). */
     static final String ERASED_CLICK = "erased-click";
     static final String ERASED_INPUT = "erased-input";
+    /** The kind of the row that hands on a user's inputs at once ({@link #batch}). */
+    static final String BATCH = "batch";
 
     private final TypeInformation<Row> rowType;
     private final long quietReleaseMs;
@@ -135,9 +144,10 @@ public final class ReleaseInEventTimeOrder extends KeyedProcessFunction<Row, Row
                 }
             }
         }
-        ready.sort(ORDER);
-        for (Entry entry : ready) {
-            out.collect(entry.element);
+        if (!ready.isEmpty()) {
+            ready.sort(ORDER);
+            long through = quiet ? ready.get(ready.size() - 1).time : upTo;
+            out.collect(batch(ready, through));
         }
         Long wake = wakeAt.value();
         if (left.isEmpty()) {
@@ -195,6 +205,57 @@ public final class ReleaseInEventTimeOrder extends KeyedProcessFunction<Row, Row
             ctx.timerService().deleteProcessingTimeTimer(due);
             quietAt.clear();
         }
+    }
+
+    /**
+     * The user's inputs handed on at once, as one row of kind {@code batch}: Row(key,
+     * Row("batch", user_id, through, null, inputs, null, null, null, null)), where {@code through}
+     * is the event time up to which the engine applies everything of the user (the watermark;
+     * for a quiet release the newest input's time) and {@code inputs} the rows in order, each as
+     * (big-endian): kind (1 byte: 0 metadata, 1 click, 2 outcome), event_time, ingest_time (8
+     * bytes each; Long.MIN_VALUE for none), partition (4), offset (8; -1 for none), then key,
+     * payload and traceparent (UTF-8) each as a 4-byte length (-1 for none) and its bytes
+     * (udfs/flink/user_engine.py reads it: {@code read_batch}). One row, so the engine loads and
+     * stores the user's state once for all of them, as its timer step did.
+     */
+    static Row batch(List<Entry> ready, long through) throws IOException {
+        ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+        DataOutputStream data = new DataOutputStream(bytes);
+        Row first = null;
+        for (Entry entry : ready) {
+            Row input = (Row) entry.element.getField(1);
+            if (first == null) {
+                first = input;
+            }
+            data.writeByte(entry.rank);
+            data.writeLong(orNone((Long) input.getField(2)));
+            data.writeLong(orNone((Long) input.getField(3)));
+            Object partition = input.getField(5);
+            data.writeInt(partition instanceof Integer ? (Integer) partition : -1);
+            Object offset = input.getField(6);
+            data.writeLong(offset instanceof Long ? (Long) offset : -1L);
+            writeBytes(data, (byte[]) input.getField(7));
+            writeBytes(data, (byte[]) input.getField(4));
+            Object trace = input.getField(8);
+            writeBytes(data, trace == null ? null
+                    : trace.toString().getBytes(StandardCharsets.UTF_8));
+        }
+        data.flush();
+        return Row.of(ready.get(0).element.getField(0), Row.of(BATCH, first.getField(1), through,
+                null, bytes.toByteArray(), null, null, null, null));
+    }
+
+    private static long orNone(Long value) {
+        return value == null ? Long.MIN_VALUE : value;
+    }
+
+    private static void writeBytes(DataOutputStream data, byte[] value) throws IOException {
+        if (value == null) {
+            data.writeInt(-1);
+            return;
+        }
+        data.writeInt(value.length);
+        data.write(value);
     }
 
     /**
