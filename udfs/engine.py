@@ -497,8 +497,9 @@ def _check(state: UserState, user_id: str, at_ms: int, rules: Rules, now_ms: int
             return
         clock.expiry_ms = None  # recomputed by the evaluation below
         evaluate = True
-    due = [t for t in (clock.due_ms, clock.campaign_due_ms) if t is not None]
-    if not evaluate and (not due or min(due) > at_ms) \
+    due, campaign_due = clock.due_ms, clock.campaign_due_ms
+    if not evaluate and (due is None or due > at_ms) \
+            and (campaign_due is None or campaign_due > at_ms) \
             and clock.defs_fp == rules.registries.fingerprint() and not rules.churn_moves():
         # only the idle recheck is due and no definition changed since the user's last
         # evaluation: nothing can have changed (no state is read)
@@ -606,10 +607,10 @@ def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Tim
     time_driven = not isinstance(item, (Click, MetadataUpdate))
     _campaigns(state, user_id, seg, rules, cause, event, time_driven, now_ms, out)
     # a due time is always after the evaluation's time (never loop on the same instant)
-    for name in ("due_ms", "campaign_due_ms"):
-        value = getattr(clock, name)
-        if value is not None and value <= seg.now_ms:
-            setattr(clock, name, seg.now_ms + 1)
+    if clock.due_ms is not None and clock.due_ms <= seg.now_ms:
+        clock.due_ms = seg.now_ms + 1
+    if clock.campaign_due_ms is not None and clock.campaign_due_ms <= seg.now_ms:
+        clock.campaign_due_ms = seg.now_ms + 1
 
 
 def _engage(state: UserState, user_id: str, item: Engagement, at_ms: int, rules: Rules,
