@@ -102,21 +102,27 @@ class UserClock:
 
     def first_pending(self) -> Pending | None:
         """The pending input to apply first, or None."""
-        return min(self.pending, key=Pending.order) if self.pending else None
+        pending = self.pending
+        if len(pending) < 2:  # the common case: no ordering to do
+            return pending[0] if pending else None
+        return min(pending, key=Pending.order)
 
     def next_check_ms(self) -> int | None:
         """The earliest time-driven check (due change, recheck or expiry), or None."""
-        times = [t for t in (self.due_ms, self.campaign_due_ms, self.recheck_ms, self.expiry_ms)
-                 if t is not None]
-        return min(times) if times else None
+        # read several times a step: compared in place, no list built
+        first = self.due_ms
+        for t in (self.campaign_due_ms, self.recheck_ms, self.expiry_ms):
+            if t is not None and (first is None or t < first):
+                first = t
+        return first
 
     def wake_ms(self) -> int | None:
         """When the user must be stepped next: the earliest pending input or check."""
-        times = [p.time_ms for p in self.pending]
-        check = self.next_check_ms()
-        if check is not None:
-            times.append(check)
-        return min(times) if times else None
+        first = self.next_check_ms()
+        for p in self.pending:
+            if first is None or p.time_ms < first:
+                first = p.time_ms
+        return first
 
     def is_due(self, watermark_ms: int) -> bool:
         """Whether anything is to be applied or checked at a watermark (cheap: no decoding)."""

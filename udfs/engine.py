@@ -545,8 +545,9 @@ def _check(state: UserState, user_id: str, at_ms: int, rules: Rules, now_ms: int
             return
         clock.expiry_ms = None  # recomputed by the evaluation below
         evaluate = True
-    due = [t for t in (clock.due_ms, clock.campaign_due_ms) if t is not None]
-    if not evaluate and (not due or min(due) > at_ms) \
+    due, campaign_due = clock.due_ms, clock.campaign_due_ms
+    if not evaluate and (due is None or due > at_ms) \
+            and (campaign_due is None or campaign_due > at_ms) \
             and clock.defs_fp == rules.registries.fingerprint() and not rules.churn_moves():
         # only the idle recheck is due and no definition changed since the user's last
         # evaluation: nothing can have changed (no state is read)
@@ -654,10 +655,10 @@ def _evaluate(state: UserState, user_id: str, item: Click | MetadataUpdate | Tim
     time_driven = not isinstance(item, (Click, MetadataUpdate))
     _campaigns(state, user_id, seg, rules, cause, event, time_driven, now_ms, out)
     # a due time is always after the evaluation's time (never loop on the same instant)
-    for name in ("due_ms", "campaign_due_ms"):
-        value = getattr(clock, name)
-        if value is not None and value <= seg.now_ms:
-            setattr(clock, name, seg.now_ms + 1)
+    if clock.due_ms is not None and clock.due_ms <= seg.now_ms:
+        clock.due_ms = seg.now_ms + 1
+    if clock.campaign_due_ms is not None and clock.campaign_due_ms <= seg.now_ms:
+        clock.campaign_due_ms = seg.now_ms + 1
 
 
 def _engage(state: UserState, user_id: str, item: Engagement, at_ms: int, rules: Rules,
@@ -703,10 +704,11 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
 
     The campaign state (which holds the journey instances) is read only when it can matter: at
     a timer (deferred candidates and journey waits fall due), at an engagement outcome, when a
-    campaign fires or a journey starts, when a campaign or journey watches the churn score (for
-    crossings), or at a click when a journey has a goal or an event condition. Of the steps
-    read only for a crossing, those whose score stays in the kept score's band (and with
-    nothing due) stop there (``arbitration.may_decide``): ~10% of the domain loop's time.
+    campaign fires or a journey starts, at a click that may be a goal, when a campaign or
+    journey watches the churn score (for crossings), or at a click when a journey has a goal or
+    an event condition (a running instance may watch it). Of the steps read only for those
+    last two, the ones with no journey instance running, nothing due and a score in the kept
+    score's band stop there (``arbitration.may_decide``): ~10% of the domain loop's time.
     """
     registries = rules.registries
     journeys = registries.journey_map()
@@ -718,20 +720,33 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
         # since must still be decided (suppressed, ended) or it would fall due for ever
         return
     campaigns = registries.campaign_map()
+    watch = _watch(campaigns, journeys)
     facts = arbitration.StepFacts(user_id, seg.now_ms, cause, event, tuple(seg.changes),
                                   state.churn_score, seg.view, state.metadata, engagement)
-    if not (timer or engagement is not None
-            or arbitration.find_candidates(campaigns.values(), facts, None)
-            or (journeys and _journeys_matter(journeys, facts))
-            or arbitration.may_convert(facts, campaigns.values())
-            or any(arbitration.goal_matches(j.attribution_goal, facts)
-                   for j in journeys.values())):
-        if not registries.uses_churn():
+    # the widest candidates (no kept score): handed on to ``on_step``, not found again
+    found = watch.firing.candidates(facts, None)
+    if found and registries.uses_churn():
+        # with no kept score, a user at or above a churn threshold "crosses" it at every step:
+        # read the kept score (the branch below would read it anyway) and drop a crossing
+        # seen before, as ``on_step`` drops it, so such a step may still stop below
+        previous = state.campaign_state().churn_score
+        found = [c for c in found
+                 if arbitration.still_fired(c, watch.decision[c.campaign_id], previous)]
+    if not (timer or engagement is not None or found
+            or (journeys and _journeys_may_start(watch, facts))
+            or (event is not None and event["event_type"] in watch.goal_types
+                and (arbitration.may_convert(facts, campaigns.values())
+                     or any(arbitration.goal_matches(j.attribution_goal, facts)
+                            for j in journeys.values())))):
+        if not (registries.uses_churn() or (event is not None and watch.watches_clicks)):
             return
         cstate = state.campaign_state()
-        if not journeys and not arbitration.may_decide(cstate, facts, campaigns.values()):
-            # a churn crossing is watched, but this step's score left the kept one's band
-            # alone, and nothing else is found or due: ``on_step`` would change nothing
+        if not arbitration.may_decide(cstate, facts, (), watch.thresholds) and (
+                not journeys or state.clock.campaign_due_ms == cstate.next_due_ms()):
+            # no instance to move, nothing found or due, the score's band unchanged: the
+            # journeys' and the campaigns' ``on_step`` would change nothing. (With journeys
+            # the full path ran here before, and it also set the clock's campaign due time,
+            # which already matches unless the state predates the clock: then it still runs.)
             return
     cstate = state.campaign_state()
     out.campaigns_touched = True  # decided on from here: pruned, journeys moved, in place
@@ -745,12 +760,11 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
         out.journey_moves.extend(moved.moves)
         out.campaigns_changed = out.campaigns_changed or moved.changed
     defs = arbitration.Definitions(
-        journey_runner.decision_campaigns(campaigns, journeys), registries.policies.policy(),
-        registries.segment_versions(), rules.audience_sizes,
-        journey_runner.churn_thresholds(journeys), registries.measured_roi())
+        watch.decision, registries.policies.policy(), registries.segment_versions(),
+        rules.audience_sizes, watch.journey_thresholds, registries.measured_roi())
     user = arbitration.UserFacts(user_id, state.metadata, state.membership, state.churn_score,
                                  state.model_version)
-    outcome = arbitration.on_step(cstate, facts, user, defs, now_ms, sends)
+    outcome = arbitration.on_step(cstate, facts, user, defs, now_ms, sends, found)
     out.campaigns_changed = out.campaigns_changed or outcome.state_changed
     state.clock.campaign_due_ms = cstate.next_due_ms()
     out.triggers.extend(outcome.triggers)
@@ -760,13 +774,47 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
     out.lift.extend(outcome.lift)
 
 
-def _journeys_matter(journeys: Mapping[str, Any], facts: arbitration.StepFacts) -> bool:
-    """Whether a step can start or move a journey without a timer or an outcome."""
-    if facts.event is not None and journey_runner.watches_events(journeys.values()):
-        return True
-    return any(arbitration.fired(j.entry.trigger, facts, None) is not None
-               for j in journeys.values()
-               if j.enabled and arbitration.may_fire(j.entry.trigger, facts))
+class _Watch(NamedTuple):
+    """What the campaigns' half of a step asks of the definitions (derived once per change)."""
+
+    decision: Mapping[str, arbitration.Campaign]  # the campaigns a decision knows (+ nodes')
+    firing: arbitration.Firing  # ``decision``'s campaigns by what fires them
+    entries: tuple[Any, ...]  # the enabled journeys' entry triggers
+    journey_thresholds: tuple[float, ...]  # the journeys' entry crossings
+    thresholds: tuple[float, ...]  # every crossing ``on_step`` keeps the score's band for
+    goal_types: frozenset[str]  # the click types any goal (campaign, default, journey) has
+    watches_clicks: bool  # a running journey instance may watch a click
+
+
+#: the last (campaigns, journeys) pair seen, by identity (new objects after every change)
+_watch_cache: list[tuple[Mapping[str, Any], Mapping[str, Any], _Watch]] = []
+
+
+def _watch(campaigns: Mapping[str, arbitration.Campaign], journeys: Mapping[str, Any]
+           ) -> _Watch:
+    for cached_campaigns, cached_journeys, watch in _watch_cache:
+        if cached_campaigns is campaigns and cached_journeys is journeys:
+            return watch
+    decision = journey_runner.decision_campaigns(campaigns, journeys)
+    firing = arbitration.firing(decision)
+    journey_thresholds = journey_runner.churn_thresholds(journeys)
+    goal_types = set(arbitration.DEFAULT_GOAL.types)
+    for campaign in campaigns.values():
+        goal_types |= campaign.goal.types
+    for journey in journeys.values():
+        goal_types |= journey.attribution_goal.types
+    watch = _Watch(decision, firing,
+                   tuple(j.entry.trigger for j in journeys.values() if j.enabled),
+                   journey_thresholds, (*firing.churn_thresholds, *journey_thresholds),
+                   frozenset(goal_types), journey_runner.watches_events(journeys.values()))
+    _watch_cache[:] = [(campaigns, journeys, watch)]
+    return watch
+
+
+def _journeys_may_start(watch: _Watch, facts: arbitration.StepFacts) -> bool:
+    """Whether a journey's entry may fire at the step (the widest: no kept score)."""
+    return any(arbitration.fired(trigger, facts, None) is not None
+               for trigger in watch.entries if arbitration.may_fire(trigger, facts))
 
 
 class MembershipStep(NamedTuple):

@@ -479,6 +479,8 @@ def test_the_may_fire_prefilter_keeps_exactly_what_fired_fires():
     disabled ones and a journey node's (no trigger): ``find_candidates`` through the filter
     equals the plain loop of ``fired`` over every enabled campaign, in the same order; every
     trigger ``fired`` fires passes ``may_fire`` (journeys' entries are asked through it too).
+    The index by trigger (``Firing``) answers the same, and so do its widest candidates (no
+    kept score) narrowed by ``still_fired`` (what the engine hands on to ``on_step``).
     """
     rng = random.Random(13)
     types = ["PAGE_VIEW", "ADD_TO_CART", "PURCHASE", "SEARCH"]
@@ -491,7 +493,8 @@ def test_the_may_fire_prefilter_keeps_exactly_what_fired_fires():
                  for i, t in enumerate(triggers * 2)]
     campaigns.append(dataclasses.replace(campaigns[0], id="journey/node",
                                          trigger=arb.CampaignTrigger()))
-    fired_some = 0
+    index = arb.Firing(campaigns)
+    fired_some = several = 0
     for n in range(400):
         event = None
         if rng.random() < 0.7:
@@ -510,11 +513,20 @@ def test_the_may_fire_prefilter_keeps_exactly_what_fired_fires():
                 plain.append((c.id, cause.cause))
         found = [(f.campaign_id, f.cause) for f in arb.find_candidates(campaigns, step, previous)]
         assert found == plain, (n, event and event["event_type"], changes, score, previous)
+        # the index by what fires a campaign answers the same, in the same order
+        assert [(f.campaign_id, f.cause) for f in index.candidates(step, previous)] == plain, n
+        # and so do the widest candidates (no kept score) narrowed by ``still_fired``
+        by_id = {c.id: c for c in campaigns}
+        narrowed = [(f.campaign_id, f.cause) for f in index.candidates(step, None)
+                    if arb.still_fired(f, by_id[f.campaign_id], previous)]
+        assert narrowed == plain, n
         fired_some += bool(found)
+        several += len(found) > 1
         for c in campaigns:  # the predicate itself, as journeys' entries use it
             if arb.fired(c.trigger, step, previous) is not None:
                 assert arb.may_fire(c.trigger, step), (n, c.trigger)
     assert 100 < fired_some < 400  # the seeded steps fire some campaigns and not others
+    assert several > 20  # steps that fire campaigns of several kinds (the index's merge)
 
 
 def test_the_validity_window_bounds_the_cause_time():
@@ -659,20 +671,24 @@ def test_a_steps_facts_are_built_once_and_belong_to_that_step():
     assert other == dataclasses.replace(one, changes=(exit_,), event=None)  # fields only
 
 
-def test_may_decide_is_false_only_where_on_step_changes_nothing():
+@pytest.mark.parametrize("journey_thresholds", [(), (0.2,)])
+def test_may_decide_is_false_only_where_on_step_changes_nothing(journey_thresholds):
     """``may_decide`` lets a step skip ``on_step`` only where it changes nothing (differential).
 
     Seeded steps that found no candidate and convert nothing (the engine asks only then):
-    kept scores and step scores on both sides of two churn thresholds, pending candidates due
-    before, at and after the step, a running journey instance or none. Where ``may_decide`` is
-    false, ``on_step`` on a copy returns an empty outcome and leaves the state as it was.
+    kept scores and step scores on both sides of two churn thresholds (and a journey entry's,
+    handed in as ``thresholds``), pending candidates due before, at and after the step, a
+    running journey instance or none. Where ``may_decide`` is false, ``on_step`` on a copy
+    returns an empty outcome and leaves the state as it was.
     """
     rng = random.Random(29)
     campaigns = [campaign("churn-high", trigger={"churn_score": {"crosses_above": 0.6}}),
                  campaign("churn-mid", trigger={"churn_score": {"crosses_above": 0.3}}),
                  campaign("carts", trigger={"event": "ADD_TO_CART"}),
                  campaign("seg", trigger={"segment_enter": "seg-a"})]
-    d = defs(*campaigns)
+    d = dataclasses.replace(defs(*campaigns), churn_thresholds=journey_thresholds)
+    thresholds = (*arb.churn_thresholds(campaigns), *journey_thresholds) \
+        if journey_thresholds else None
     skipped = decided = 0
     for n in range(600):
         event = {**EVENT, "event_id": f"e{n}", "event_type": rng.choice(["PAGE_VIEW", "SEARCH"])} \
@@ -686,7 +702,7 @@ def test_may_decide_is_false_only_where_on_step_changes_nothing():
             state.journeys.instances["j"] = None  # type: ignore[assignment]  # only its presence
         if arb.find_candidates(campaigns, step, None) or arb.may_convert(step, campaigns):
             continue  # the engine runs on_step then, whatever may_decide says
-        if arb.may_decide(state, step, campaigns):
+        if arb.may_decide(state, step, campaigns, thresholds):
             decided += 1
             continue
         skipped += 1

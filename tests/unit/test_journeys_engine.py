@@ -345,3 +345,24 @@ def test_an_sms_unsubscribe_after_the_email_suppresses_the_sms(chain_rules, kind
     [no_sms] = [d for d in sim.decisions if d["campaign_id"] == f"{CHAIN}/sms"]
     assert (no_sms["outcome"], no_sms["reason_code"]) == ("SUPPRESSED", "NO_CONSENT")
     assert f"SMS at {T + HOUR}" in no_sms["reason"]
+
+
+def test_a_click_during_a_wait_reaches_the_running_instance():
+    """A click that starts nothing, fires nothing and converts nothing still reaches an instance.
+
+    The engine skips the journeys' half of such a click only for a user with no instance
+    running (``arbitration.may_decide``): ann's page view during the first week's wait makes
+    her reactivated (no in-app message); bob, who stays quiet, gets it and the sync.
+    """
+    rules = rules_for(CATALOG / "re-engagement-30d.yaml")
+    sim = Simulator(rules, BOUND)
+    for user in ("ann", "bob"):
+        sim.metadata(consenting(user))
+        sim.click(click(f"{user}-1", user, "PAGE_VIEW", T))
+    heartbeat(sim, T + 32 * DAY, step=6 * HOUR)
+    assert [s[0] for s in sends(sim, "ann")] == ["email"]  # inactive for 30 days: started
+    sim.click(click("ann-2", "ann", "PAGE_VIEW", T + 33 * DAY))
+    heartbeat(sim, T + 40 * DAY, step=6 * HOUR)
+    sim.finish()
+    assert [s[0] for s in sends(sim, "ann")] == ["email"]
+    assert [s[0] for s in sends(sim, "bob")] == ["email", "in-app", "retarget"]

@@ -374,10 +374,15 @@ def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
 
     The cause's event time must lie in the campaign's validity window.
     """
+    return _candidates((c for c in campaigns if c.enabled and may_fire(c.trigger, facts)),
+                       facts, previous_churn)
+
+
+def _candidates(campaigns: Iterable[Campaign], facts: StepFacts,
+                previous_churn: float | None) -> list[Candidate]:
+    """``find_candidates`` of campaigns that are enabled and ``may_fire`` at the step."""
     found = []
     for campaign in campaigns:
-        if not (campaign.enabled and may_fire(campaign.trigger, facts)):
-            continue
         cause = fired(campaign.trigger, facts, previous_churn)
         if cause is None:
             continue
@@ -394,6 +399,97 @@ def find_candidates(campaigns: Iterable[Campaign], facts: StepFacts,
             trigger_reason=campaign.trigger.describe(), due_ms=facts.now_ms, missing=missing,
         ))
     return found
+
+
+def churn_thresholds(campaigns: Iterable[Campaign]) -> tuple[float, ...]:
+    """The churn crossings ``on_step`` keeps the score's band for (disabled campaigns too)."""
+    return tuple(c.trigger.churn_crosses for c in campaigns
+                 if c.trigger.churn_crosses is not None)
+
+
+class Firing:
+    """A mapping's campaigns indexed by what can fire them: ``find_candidates`` without a scan.
+
+    A step asks only the campaigns its ENTERed segments, its click's type or its score can
+    fire (``may_fire``'s tests, looked up), instead of ``may_fire`` on every campaign: most
+    steps fire none. Built once per campaign mapping (``firing``); the answers are
+    ``find_candidates``'s, in the mapping's order.
+    """
+
+    def __init__(self, campaigns: Iterable[Campaign]) -> None:
+        self.by_segment: dict[str, list[tuple[int, Campaign]]] = {}
+        self.by_type: dict[str, list[tuple[int, Campaign]]] = {}
+        self.by_churn: list[tuple[int, Campaign]] = []
+        #: every campaign, in order (disabled ones too)
+        self.campaigns = listed = tuple(campaigns)
+        for position, campaign in enumerate(listed):
+            trig = campaign.trigger
+            if not campaign.enabled:
+                continue
+            # the branches of ``may_fire``, in its order: a trigger is asked by its first kind
+            if trig.segment_enter is not None:
+                self.by_segment.setdefault(trig.segment_enter, []).append((position, campaign))
+            elif trig.event is not None:
+                for kind in trig.event.types:
+                    self.by_type.setdefault(kind, []).append((position, campaign))
+            elif trig.churn_crosses is not None:
+                self.by_churn.append((position, campaign))
+        #: the campaigns' churn crossings (``churn_thresholds``)
+        self.churn_thresholds = churn_thresholds(listed)
+
+    def may_fire(self, facts: StepFacts) -> list[Campaign]:
+        """The enabled campaigns whose trigger ``may_fire`` at the step, in mapping order."""
+        found: list[tuple[int, Campaign]] = []
+        if facts.changes:
+            for segment_id in facts.entered:
+                found.extend(self.by_segment.get(segment_id, ()))
+        event = facts.event
+        if event is not None:
+            found.extend(self.by_type.get(event["event_type"], ()))
+        score = facts.churn_score
+        if score is not None:
+            found.extend(p for p in self.by_churn
+                         if score >= p[1].trigger.churn_crosses)  # type: ignore[operator]
+        if len(found) > 1:
+            found.sort(key=_position)  # each campaign is in one list: positions are distinct
+        return [campaign for _, campaign in found]
+
+    def candidates(self, facts: StepFacts, previous_churn: float | None) -> list[Candidate]:
+        """``find_candidates`` over the indexed campaigns."""
+        return _candidates(self.may_fire(facts), facts, previous_churn)
+
+
+def _position(entry: tuple[int, Campaign]) -> int:
+    return entry[0]
+
+
+# by the mapping's identity (the registries' maps are new objects after every definition
+# change); the mapping is kept with its index, so an identity is not reused while cached
+_firing_cache: dict[int, tuple[Mapping[str, Campaign], Firing]] = {}
+
+
+def firing(campaigns: Mapping[str, Campaign]) -> Firing:
+    """The ``Firing`` index of a campaign mapping (cached: the mapping must not change)."""
+    cached = _firing_cache.get(id(campaigns))
+    if cached is not None and cached[0] is campaigns:
+        return cached[1]
+    if len(_firing_cache) >= 16:
+        _firing_cache.clear()
+    index = Firing(campaigns.values())
+    _firing_cache[id(campaigns)] = (campaigns, index)
+    return index
+
+
+def still_fired(candidate: Candidate, campaign: Campaign, previous_churn: float | None) -> bool:
+    """Whether a candidate found with no kept score (the widest) also fires with this one.
+
+    Only a churn crossing depends on the kept score: it does not fire when the kept score
+    already reached the threshold (``fired``'s last branch; its cause is the same otherwise).
+    """
+    trig = campaign.trigger
+    threshold = trig.churn_crosses
+    return trig.segment_enter is not None or trig.event is not None or threshold is None \
+        or previous_churn is None or previous_churn < threshold
 
 
 def fill_payload(campaign: Campaign, facts: StepFacts) -> tuple[dict[str, str], list[str]]:
@@ -677,19 +773,27 @@ def decide(state: CampaignState, fresh: list[Candidate], user: UserFacts, defs: 
 
 
 def on_step(state: CampaignState, facts: StepFacts, user: UserFacts, defs: Definitions,
-            emit_time_ms: int, journey_sends: Iterable[Candidate] = ()) -> Outcome:
+            emit_time_ms: int, journey_sends: Iterable[Candidate] = (),
+            widest: list[Candidate] | None = None) -> Outcome:
     """The campaigns' part of one engine step: find what fired, then decide what is due.
 
     Called after every event, metadata update and timer of a user (a timer may make deferred
     candidates due, and its segment changes may fire campaigns). ``journey_sends``: the
     candidates the user's journeys reached in this step (``udfs.journeys.runner``); they
-    compete with the campaigns' in the same decision.
+    compete with the campaigns' in the same decision. ``widest``: what ``find_candidates``
+    over ``defs.campaigns`` found at this step with no kept score, when the caller has it
+    (its candidates are then used, not found again; they are the decision's from here on).
     """
-    campaigns = defs.campaigns.values()
-    fresh = [*find_candidates(campaigns, facts, state.churn_score), *journey_sends]
+    index = firing(defs.campaigns)
+    previous = state.churn_score
+    if widest is None:
+        fresh = index.candidates(facts, previous)
+    else:  # found by the caller's gate with no kept score: drop the crossings seen before
+        fresh = [c for c in widest
+                 if still_fired(c, defs.campaigns[c.campaign_id], previous)]
+    fresh.extend(journey_sends)
     changed = False
-    thresholds = [*(c.trigger.churn_crosses for c in campaigns
-                    if c.trigger.churn_crosses is not None), *defs.churn_thresholds]
+    thresholds = [*index.churn_thresholds, *defs.churn_thresholds]
     if facts.churn_score is not None and \
             churn_band(facts.churn_score, thresholds) != churn_band(state.churn_score, thresholds):
         # kept only when it moves across a threshold: the state is not rewritten per event,
@@ -717,15 +821,19 @@ def on_step(state: CampaignState, facts: StepFacts, user: UserFacts, defs: Defin
     return out
 
 
-def may_decide(state: CampaignState, facts: StepFacts, campaigns: Iterable[Campaign]) -> bool:
+def may_decide(state: CampaignState, facts: StepFacts, campaigns: Iterable[Campaign],
+               thresholds: Iterable[float] | None = None) -> bool:
     """Whether ``on_step`` can change anything at a step that found no candidate.
 
     For a step at which ``find_candidates`` (with no kept score: the widest) found nothing, no
-    click of it is a goal (``may_convert`` false) and no journey is defined: ``on_step``
-    then changes the state or emits only when the score moves the kept one across a churn
-    threshold, a pending candidate or a journey's wait is due, or a journey instance (of a
-    journey deleted since) is left to end. Otherwise it prunes the touches in memory (not
-    written: the state is unchanged) and returns an empty outcome.
+    click of it is a goal (``may_convert`` false, nor a journey's goal) and no journey may
+    start: ``on_step`` (and the journeys' ``on_step`` before it) then changes the state or
+    emits only when the score moves the kept one across a churn threshold, a pending candidate
+    or a journey's wait is due, or a journey instance is running (a click or a condition may
+    move it; one of a journey deleted since is left to end). Otherwise it prunes the touches
+    in memory (not written: the state is unchanged) and returns an empty outcome.
+    ``thresholds``: every churn crossing ``on_step`` watches (the campaigns' and the
+    journeys' entries: ``Definitions.churn_thresholds``); None: the campaigns' own.
     """
     if state.journeys.instances:
         return True
@@ -734,8 +842,8 @@ def may_decide(state: CampaignState, facts: StepFacts, campaigns: Iterable[Campa
         return True
     if facts.churn_score is None:
         return False
-    thresholds = [c.trigger.churn_crosses for c in campaigns
-                  if c.trigger.churn_crosses is not None]
+    if thresholds is None:
+        thresholds = churn_thresholds(campaigns)
     return churn_band(facts.churn_score, thresholds) != churn_band(state.churn_score,
                                                                    thresholds)
 
