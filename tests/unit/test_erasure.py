@@ -175,6 +175,36 @@ def test_a_re_registration_step_clears_the_marker(rules):
     assert step.applied == 1 and state.metadata == record
 
 
+def test_released_inputs_of_an_erased_user_before_a_re_registration_are_dropped(rules):
+    """A batch the Java operator hands on (``engine.Released``) for an erased user: what comes
+    before a metadata record is dropped and counted, the metadata re-registers the user, and
+    what follows it is applied, as one input at a time would be; a batch with no metadata is
+    dropped whole."""
+    record = metadata("ann", at=T + DAY, **CONSENT)  # updated_at = T
+    dropped = click("ann-1", "ann", "ADD_TO_CART", T - MIN, **CART)
+    kept = click("ann-2", "ann", "ADD_TO_CART", T + MIN, **CART)
+
+    def pending(event):
+        return Pending(event["event_time"], CLICK_RANK, event["event_id"], b"", 0,
+                       engine.Click(event))
+
+    batch = (pending(dropped),
+             Pending(T, METADATA_RANK, f"metadata@{T}", b"", 0, engine.MetadataUpdate(record, T)),
+             pending(kept))
+    state = UserState(erased=True)
+    step = engine.step(state, engine.Released("ann", batch, T + MIN, T - 2 * MIN), rules, 0)
+    assert (step.erased_dropped, step.erased_clicks_dropped) == (1, 1)
+    assert step.reregistered and not state.erased and state.metadata == record
+    assert step.clicks_applied == ["ann-2"] and step.applied == 2
+    assert ("high-value-cart", "ENTER") in [(c["segment_id"], c["change"])
+                                            for c in step.changes]
+    state = UserState(erased=True)
+    step = engine.step(state, engine.Released("ann", (pending(dropped), pending(kept)),
+                                              T + MIN, T - 2 * MIN), rules, 0)
+    assert (step.erased_dropped, step.erased_clicks_dropped, step.changes) == (2, 2, [])
+    assert state == UserState(erased=True)
+
+
 def test_a_repeated_tombstone_is_harmless(rules):
     sim, _, _ = abandoning_ann(rules, T + 41 * MIN)
     changes = len(sim.changes)

@@ -398,15 +398,11 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         """A user's inputs that waited for the watermark in the Java operator: one step.
 
         Each is validated as ``process_element`` validates a single input (a bad click is
-        dead-lettered; none is late: the watermark has only now passed it). For an erased
-        user each goes through ``process_element``'s own path instead, one by one, so a
-        metadata record among them re-registers the user at its place.
+        dead-lettered; none is late: the watermark has only now passed it). For an erased user
+        the step drops what comes before a metadata record among them, which re-registers the
+        user (``engine.step``).
         """
         rows = read_batch(user_id, bytes(value[4]))
-        if self._erased_now():
-            for row in rows:
-                yield from self.process_element(row, ctx)
-            return
         letters: list[Row] = []
         pendings = [p for row in rows
                     if (p := self._pending(row, watermark, ctx, letters)) is not None]
