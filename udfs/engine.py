@@ -720,7 +720,7 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
         # since must still be decided (suppressed, ended) or it would fall due for ever
         return
     campaigns = registries.campaign_map()
-    watch = _watch(campaigns, journeys)
+    watch = registries.derived(_watch)
     facts = arbitration.StepFacts(user_id, seg.now_ms, cause, event, tuple(seg.changes),
                                   state.churn_score, seg.view, state.metadata, engagement)
     # the widest candidates (no kept score): handed on to ``on_step``, not found again
@@ -761,7 +761,8 @@ def _campaigns(state: UserState, user_id: str, seg: MembershipStep, rules: Rules
         out.campaigns_changed = out.campaigns_changed or moved.changed
     defs = arbitration.Definitions(
         watch.decision, registries.policies.policy(), registries.segment_versions(),
-        rules.audience_sizes, watch.journey_thresholds, registries.measured_roi())
+        rules.audience_sizes, watch.journey_thresholds, registries.measured_roi(),
+        firing=watch.firing)
     user = arbitration.UserFacts(user_id, state.metadata, state.membership, state.churn_score,
                                  state.model_version)
     outcome = arbitration.on_step(cstate, facts, user, defs, now_ms, sends, found)
@@ -786,29 +787,21 @@ class _Watch(NamedTuple):
     watches_clicks: bool  # a running journey instance may watch a click
 
 
-#: the last (campaigns, journeys) pair seen, by identity (new objects after every change)
-_watch_cache: list[tuple[Mapping[str, Any], Mapping[str, Any], _Watch]] = []
-
-
-def _watch(campaigns: Mapping[str, arbitration.Campaign], journeys: Mapping[str, Any]
-           ) -> _Watch:
-    for cached_campaigns, cached_journeys, watch in _watch_cache:
-        if cached_campaigns is campaigns and cached_journeys is journeys:
-            return watch
+def _watch(registries: Registries) -> _Watch:
+    """The ``_Watch`` of the definitions in force (``Registries.derived``: once per change)."""
+    campaigns, journeys = registries.campaign_map(), registries.journey_map()
     decision = journey_runner.decision_campaigns(campaigns, journeys)
-    firing = arbitration.firing(decision)
+    firing = arbitration.Firing(decision.values())
     journey_thresholds = journey_runner.churn_thresholds(journeys)
     goal_types = set(arbitration.DEFAULT_GOAL.types)
     for campaign in campaigns.values():
         goal_types |= campaign.goal.types
     for journey in journeys.values():
         goal_types |= journey.attribution_goal.types
-    watch = _Watch(decision, firing,
-                   tuple(j.entry.trigger for j in journeys.values() if j.enabled),
-                   journey_thresholds, (*firing.churn_thresholds, *journey_thresholds),
-                   frozenset(goal_types), journey_runner.watches_events(journeys.values()))
-    _watch_cache[:] = [(campaigns, journeys, watch)]
-    return watch
+    return _Watch(decision, firing,
+                  tuple(j.entry.trigger for j in journeys.values() if j.enabled),
+                  journey_thresholds, (*firing.churn_thresholds, *journey_thresholds),
+                  frozenset(goal_types), journey_runner.watches_events(journeys.values()))
 
 
 def _journeys_may_start(watch: _Watch, facts: arbitration.StepFacts) -> bool:

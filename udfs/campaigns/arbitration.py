@@ -412,8 +412,9 @@ class Firing:
 
     A step asks only the campaigns its ENTERed segments, its click's type or its score can
     fire (``may_fire``'s tests, looked up), instead of ``may_fire`` on every campaign: most
-    steps fire none. Built once per campaign mapping (``firing``); the answers are
-    ``find_candidates``'s, in the mapping's order.
+    steps fire none. Built once per definition change (the engine keeps it with the
+    definitions: ``Definitions.firing``); the answers are ``find_candidates``'s, in the
+    mapping's order.
     """
 
     def __init__(self, campaigns: Iterable[Campaign]) -> None:
@@ -461,23 +462,6 @@ class Firing:
 
 def _position(entry: tuple[int, Campaign]) -> int:
     return entry[0]
-
-
-# by the mapping's identity (the registries' maps are new objects after every definition
-# change); the mapping is kept with its index, so an identity is not reused while cached
-_firing_cache: dict[int, tuple[Mapping[str, Campaign], Firing]] = {}
-
-
-def firing(campaigns: Mapping[str, Campaign]) -> Firing:
-    """The ``Firing`` index of a campaign mapping (cached: the mapping must not change)."""
-    cached = _firing_cache.get(id(campaigns))
-    if cached is not None and cached[0] is campaigns:
-        return cached[1]
-    if len(_firing_cache) >= 16:
-        _firing_cache.clear()
-    index = Firing(campaigns.values())
-    _firing_cache[id(campaigns)] = (campaigns, index)
-    return index
 
 
 def still_fired(candidate: Candidate, campaign: Campaign, previous_churn: float | None) -> bool:
@@ -560,6 +544,8 @@ class Definitions:
     audience_sizes: Mapping[str, int]
     churn_thresholds: tuple[float, ...] = ()
     measured_roi: Mapping[str, MeasuredRoi] = field(default_factory=dict)
+    #: ``campaigns`` indexed by what fires them, when the caller keeps one (else built here)
+    firing: Firing | None = field(default=None, compare=False)
 
     def roi_of(self, campaign: Campaign) -> MeasuredRoi | None:
         """The measured ROI the matrix uses for a campaign, or None (the typed one).
@@ -784,7 +770,7 @@ def on_step(state: CampaignState, facts: StepFacts, user: UserFacts, defs: Defin
     over ``defs.campaigns`` found at this step with no kept score, when the caller has it
     (its candidates are then used, not found again; they are the decision's from here on).
     """
-    index = firing(defs.campaigns)
+    index = defs.firing or Firing(defs.campaigns.values())
     previous = state.churn_score
     if widest is None:
         fresh = index.candidates(facts, previous)

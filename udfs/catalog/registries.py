@@ -11,9 +11,9 @@ broadcast state with ``from_updates``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from udfs.attribution.roi import MeasuredRoi, RoiRegistry
 from udfs.campaigns.grammar import Campaign
@@ -32,6 +32,8 @@ from udfs.journeys.grammar import Condition, Journey
 from udfs.journeys.updates import JourneyRegistry
 from udfs.segments.updates import SegmentRegistry
 
+T = TypeVar("T")
+
 
 class Registries:
     """The definitions in force, one registry per kind; what the engine keeps and applies.
@@ -49,6 +51,7 @@ class Registries:
         self.rates = RatesRegistry()
         self.roi = RoiRegistry()
         self._derived: tuple[bool, Mapping[str, int], bool, int] | None = None
+        self._built: dict[Callable[[Registries], Any], Any] = {}
 
     @classmethod
     def from_updates(cls, updates: Iterable[Mapping[str, Any]]) -> Registries:
@@ -69,6 +72,7 @@ class Registries:
         change = registry.apply(update)
         if change.changed and registry is not self.roi:  # measured ROI changes no evaluation
             self._derived = None
+            self._built.clear()
         return change
 
     def updates(self) -> list[dict[str, Any]]:
@@ -118,6 +122,17 @@ class Registries:
         anything changed since.
         """
         return self._derive()[3]
+
+    def derived(self, build: Callable[[Registries], T]) -> T:
+        """``build(self)``, computed once per definition change (measured ROI aside) and kept.
+
+        For what a module derives from the definitions and reads at every step (the engine's
+        view of what can fire); ``build`` must read nothing but the definitions.
+        """
+        built = self._built.get(build)
+        if built is None:
+            built = self._built[build] = build(self)
+        return built
 
     def lacking(self, requires: Mapping[str, int]) -> list[str]:
         """Which of ``requires`` (definition id -> version) are not in force yet, as ``id vN``.
