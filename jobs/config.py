@@ -128,8 +128,8 @@ class NudgeflowConfig:
     input_order: str = _opt(
         "java",
         "Where a user's inputs wait for the watermark: 'java' (a Java keyed operator before the "
-        "engine holds them and hands them on in event-time order, so the engine applies each "
-        "one in the step it arrives in) or 'engine' (the engine buffers them in its clock state "
+        "engine holds them and hands each user's on together, so the engine applies them in "
+        "the one step that receives them) or 'engine' (the engine buffers them in its clock state "
         "and applies them at a later timer step: two Python steps per click). The same "
         "records either way; a savepoint taken under one restores only under the same setting "
         "or from 'engine' to 'java' (docs/operations.md).",

@@ -166,13 +166,14 @@ class Released:
     """A user's inputs handed on at once, once the watermark passed them.
 
     By the operator that held them (``input_order: java``:
-    ``io.nudgeflow.flink.ReleaseInEventTimeOrder``). ``pendings`` in their apply order, all at
-    or before ``through_ms``: the watermark that released them (for a quiet release, the newest
-    input's time). Nothing of the user at or before ``through_ms`` is still to come but late
-    inputs, so the step applies every input and runs every check up to it, as an arrival of
-    each followed by a ``Timer`` at ``through_ms`` did, in one step. ``watermark_ms``: the
-    engine's own watermark (the one before ``through_ms``): the user's timer at or before it
-    has fired, a later one has not and is deleted if the wake time moves.
+    ``io.nudgeflow.flink.ReleaseInEventTimeOrder``). ``pendings``: in event-time order (the step
+    applies them in the clock's order, ``Pending.order``), all at or before ``through_ms``: the
+    watermark that released them (for a quiet release, the newest input's time). Nothing of the
+    user at or before ``through_ms`` is still to come but late inputs, so the step applies every
+    input and runs every check up to it, as an arrival of each followed by a ``Timer`` at
+    ``through_ms`` did, in one step. ``watermark_ms``: the engine's own watermark (the one before
+    ``through_ms``): the user's timer at or before it has fired, a later one has not and is
+    deleted if the wake time moves.
     """
 
     user_id: str
