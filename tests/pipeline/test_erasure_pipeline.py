@@ -45,6 +45,28 @@ def _hold_late_click(row):
     return row
 
 
+def _run(env, cfg, click_rows, metadata_rows, written, hold_late_click=False):
+    """The job over the two collections, tombstones held back; every record out, decoded."""
+    clicks = env.from_collection(click_rows, type_info=SOURCE_RECORD_ROW)
+    if hold_late_click:
+        clicks = clicks.map(_hold_late_click, output_type=SOURCE_RECORD_ROW).disable_chaining()
+    outputs = build(
+        clicks.assign_timestamps_and_watermarks(click_watermarks(cfg)),
+        env.from_collection(metadata_rows, type_info=SOURCE_RECORD_ROW)
+        # a task of its own: chained, its sleep would also stop the periodic watermarks
+        .map(_hold_tombstones, output_type=SOURCE_RECORD_ROW).disable_chaining(),
+        env.from_collection([Row("definitions", 0, 0, T0, b"d", b"", None)],
+                            type_info=SOURCE_RECORD_ROW),
+        cfg, file_definitions(cfg), None, store=FileWriterFactory(str(written)))
+    # the values only: the keyless tombstone's dead letter has a null key, which
+    # execute_and_collect cannot hand back as bytes
+    values = outputs.all().map(lambda row: row[2],
+                               output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    codec = Codec.load()
+    with values.execute_and_collect() as results:
+        return [codec.decode_named(as_bytes(value)) for value in results]
+
+
 def test_a_tombstone_erases_the_user_and_a_keyless_one_is_dead_lettered(env, cfg, tmp_path):
     cfg = replace(cfg, churn_model="off")
     codec = Codec.load()
@@ -71,22 +93,7 @@ def test_a_tombstone_erases_the_user_and_a_keyless_one_is_dead_lettered(env, cfg
                      Row("user-metadata", 0, 1, T0 + MIN, b"erin", None, None),
                      Row("user-metadata", 1, 1, T0 + MIN, None, None, None)]
     written = tmp_path / "written.jsonl"
-    outputs = build(
-        env.from_collection(click_rows, type_info=SOURCE_RECORD_ROW)
-        .map(_hold_late_click, output_type=SOURCE_RECORD_ROW).disable_chaining()
-        .assign_timestamps_and_watermarks(click_watermarks(cfg)),
-        env.from_collection(metadata_rows, type_info=SOURCE_RECORD_ROW)
-        # a task of its own: chained, its sleep would also stop the periodic watermarks
-        .map(_hold_tombstones, output_type=SOURCE_RECORD_ROW).disable_chaining(),
-        env.from_collection([Row("definitions", 0, 0, T0, b"d", b"", None)],
-                            type_info=SOURCE_RECORD_ROW),
-        cfg, file_definitions(cfg), None, store=FileWriterFactory(str(written)))
-    # the values only: the keyless tombstone's dead letter has a null key, which
-    # execute_and_collect cannot hand back as bytes
-    values = outputs.all().map(lambda row: row[2],
-                               output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-    with values.execute_and_collect() as results:
-        rows = [codec.decode_named(as_bytes(value)) for value in results]
+    rows = _run(env, cfg, click_rows, metadata_rows, written, hold_late_click=True)
 
     def of(user, name):
         return [r for n, r in rows if n == name and r.get("user_id") == user]
@@ -148,19 +155,7 @@ def test_inputs_waiting_for_the_watermark_at_an_erasure_are_dropped_with_it(
     profile = metadata_bytes(codec, "eve", at=T0 + 10 * MIN + 86_400_000, signup_time=T0)
     metadata_rows = [Row("user-metadata", 0, 0, T0 + 11 * MIN, b"eve", profile, None),
                      Row("user-metadata", 1, 0, T0 + 11 * MIN, b"eve", None, None)]
-    written = tmp_path / "written.jsonl"
-    outputs = build(
-        env.from_collection(click_rows, type_info=SOURCE_RECORD_ROW)
-        .assign_timestamps_and_watermarks(click_watermarks(cfg)),
-        env.from_collection(metadata_rows, type_info=SOURCE_RECORD_ROW)
-        .map(_hold_tombstones, output_type=SOURCE_RECORD_ROW).disable_chaining(),
-        env.from_collection([Row("definitions", 0, 0, T0, b"d", b"", None)],
-                            type_info=SOURCE_RECORD_ROW),
-        cfg, file_definitions(cfg), None, store=FileWriterFactory(str(written)))
-    values = outputs.all().map(lambda row: row[2],
-                               output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-    with values.execute_and_collect() as results:
-        rows = [codec.decode_named(as_bytes(value)) for value in results]
+    rows = _run(env, cfg, click_rows, metadata_rows, tmp_path / "written.jsonl")
 
     eve = [(n, r) for n, r in rows if r.get("user_id") == "eve"]
     assert eve == [], f"eve's waiting inputs were applied after or before her erasure: {eve}"
