@@ -18,6 +18,8 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+# mypyc compiles the engine's hot modules with it (infra/native.py)
+command -v gcc >/dev/null || missing+=(gcc)
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
   if command -v python3.11 >/dev/null; then PYTHON=python3.11; else missing+=(python3.11); fi
@@ -65,6 +67,8 @@ fi
 
 say "resolving jars (cached in ${NUDGEFLOW_HOME:-$HOME/.nudgeflow}/jars)"
 .venv/bin/nudgeflow jars >/dev/null
+say "compiling the engine's hot modules (mypyc; udfs/_native, rebuilt when a source changes)"
+.venv/bin/nudgeflow native >/dev/null || say "the engine's modules run as Python (see above)"
 # the schema registry of the Confluent wire format option (infra/servers/registry.py)
 .venv/bin/python -m infra.servers.registry
 say "ready: activate with 'source .venv/bin/activate', or call .venv/bin/nudgeflow"

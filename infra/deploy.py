@@ -30,8 +30,16 @@ class DeployError(RuntimeError):
     """Submitting or watching the job failed; the message carries Flink's answer."""
 
 
-def shipped_archive() -> Path:
-    """Build the job archive ``nudgeflow run`` ships (``infra.package``) under the home."""
+def shipped_archive(say: Callable[[str], None] = print) -> Path:
+    """Build the job archive ``nudgeflow run`` ships (``infra.package``) under the home.
+
+    The engine's compiled modules (``infra.native``) are built first when they are not
+    current, so the archive carries them; if they cannot be built it carries the sources only
+    and the engine runs as Python (``say`` tells why).
+    """
+    from infra import native as native_build
+
+    native_build.ensure(say=say)
     return build_job_archive(StackPaths.from_env().home / "deploy" / "nudgeflow-job.zip")
 
 

@@ -30,6 +30,9 @@ from infra.paths import REPO_DIR
 PACKAGES = ("jobs", "udfs", "schemas", "infra", "models")
 #: sources and the data files the job reads (catalog YAML, Avro schemas, CQL, the model)
 SHIPPED_SUFFIXES = frozenset({".py", ".avsc", ".yaml", ".cql", ".onnx", ".json"})
+#: the engine's compiled modules (``udfs.native``), shipped when built: a TaskManager whose
+#: interpreter loads them (the manifest's extension suffix) runs them, any other runs the sources
+NATIVE = "udfs/_native/"
 #: folders of those packages that only deploy the job (manifests, the CRD schema copy)
 NOT_SHIPPED = ("infra/k8s", "infra/docker")
 #: the manifest's name inside the archive (at its root, beside the packages)
@@ -60,7 +63,7 @@ def archive_files(root: Path = REPO_DIR) -> list[tuple[str, Path]]:
         for path in folder.rglob("*"):
             parts = path.relative_to(root).parts
             name = path.relative_to(root).as_posix()
-            if (path.is_file() and path.suffix in SHIPPED_SUFFIXES
+            if (path.is_file() and (path.suffix in SHIPPED_SUFFIXES or name.startswith(NATIVE))
                     and "__pycache__" not in parts and "target" not in parts
                     and not name.startswith(tuple(f"{n}/" for n in NOT_SHIPPED))):
                 files.append((name, path))

@@ -11,3 +11,8 @@
 - ``udfs.stores``: the Cassandra + Redis membership store and the Redis key layout.
 - ``udfs.flink``: the PyFlink adapters, the only package that imports pyflink.
 """
+
+from udfs import native as _native
+
+# before any engine module is imported: they load compiled when the build matches the sources
+_native.install()

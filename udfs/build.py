@@ -30,6 +30,9 @@ from typing import Any
 #: the packages whose modules a job imports in the TaskManager
 PACKAGES = ("jobs", "udfs", "schemas")
 
+#: the compiled modules' build (``udfs.native``): part of the build, as the sources are
+NATIVE_PREFIX = "udfs/_native/"
+
 #: the directory holding the packages this interpreter imported
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,8 +49,8 @@ class BuildMismatch(RuntimeError):
 def is_build_file(relative_path: str) -> bool:
     """Whether a file (path relative to the packages' parent, ``/``-separated) is in the build."""
     parts = relative_path.split("/")
-    return (len(parts) > 1 and parts[0] in PACKAGES and relative_path.endswith(".py")
-            and "__pycache__" not in parts)
+    return (len(parts) > 1 and parts[0] in PACKAGES and "__pycache__" not in parts
+            and (relative_path.endswith(".py") or relative_path.startswith(NATIVE_PREFIX)))
 
 
 def digest_files(files: Iterable[tuple[str, bytes]]) -> str:
@@ -62,8 +65,9 @@ def digest_files(files: Iterable[tuple[str, bytes]]) -> str:
 
 def source_digest(root: Path) -> str:
     """The build id of the packages under ``root`` (a checkout or an unpacked archive)."""
-    return digest_files((path.relative_to(root).as_posix(), path.read_bytes())
-                        for package in PACKAGES for path in (root / package).rglob("*.py"))
+    files = (path for package in PACKAGES for path in (root / package).rglob("*")
+             if is_build_file(path.relative_to(root).as_posix()) and path.is_file())
+    return digest_files((path.relative_to(root).as_posix(), path.read_bytes()) for path in files)
 
 
 #: the build of the modules this interpreter imported (their files, read at first import)

@@ -1783,6 +1783,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Start the stack if needed, run, print, write JSON and PNG (and the docs results section)."""
+    # first, before any engine module is imported here: the domain floor (in this process)
+    # must run the same modules as the job (the archive carries the compiled ones)
+    from infra import native as native_build
+    from udfs import native
+
+    native_build.ensure(say=print)
+    print(f"engine modules (the job's and the floor's): {native.install()}")
     from infra import stack
     from infra.paths import StackPaths
     from jobs.bench import report as bench_report

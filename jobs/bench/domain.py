@@ -47,7 +47,7 @@ from typing import Any
 from jobs.config import NudgeflowConfig
 from jobs.workload.workload import PLANS, WorkloadSpec, generate_events, generate_users
 from schemas.codec import Codec
-from udfs import engine, intake
+from udfs import engine, intake, native
 from udfs.campaigns import arbitration
 from udfs.catalog.files import JOURNEY_CATALOG_DIR, catalog_files, load_files
 from udfs.catalog.registries import Registries
@@ -653,7 +653,14 @@ def main(argv: Sequence[str] | None = None,
             f"{outcome.late} late), churn scoring {'on' if result['churn'] else 'off'}")
     printer(f"  {us:8.1f} µs per input (median of {len(passes)}: "
             + ", ".join(f"{p[0]:.1f}" for p in passes) + ")")
-    if not args.no_profile:
+    result["native"] = native.status()
+    printer(f"  engine modules: {native.status()}")
+    if not args.no_profile and native.active():
+        # cProfile sees a compiled function's calls to Python, not its own time
+        result["stages_us"] = None
+        printer(f"  per stage: not with compiled modules (cProfile cannot see inside them); run "
+                f"with {native.ENV}=off for the table")
+    elif not args.no_profile:
         result["stages_us"] = stage_table(inputs, rules, us, every, kept, ordered)
         printer("  per stage (cProfile shares of the total):")
         for stage, value in result["stages_us"].items():

@@ -13,6 +13,7 @@ Subcommands:
   jars      resolve the Java dependencies from Maven Central into the cache
   package   build the job archive (code, catalog, churn model, manifest) for `flink run` and
             the image
+  native    compile the engine's hot modules with mypyc (done by itself before a run)
   sender    deliver the trigger topics to a channel adapter, P0 first (reference consumer)
   sender-budgets  set, show or clear a sender group's per-channel send budgets (Redis)
   respond   a seeded simulated audience: opens, clicks, unsubscribes and purchases in answer
@@ -381,6 +382,27 @@ def cmd_jars(args: argparse.Namespace) -> int:
 
     for component in args.components or COMPONENTS:
         _say(f"{component}: {ensure_jars(component)}")
+    return 0
+
+
+def cmd_native(args: argparse.Namespace) -> int:
+    """``nudgeflow native [--check]``: build the compiled engine modules; say whether they load."""
+    from infra import native as native_build
+    from udfs import native
+
+    if args.check:
+        current = native_build.is_current()
+        reason = native.stale_reason(native.read_manifest()) or (
+            "" if current else "made by another mypy than the installed one")
+        _say("the compiled engine modules are current" if current else
+             f"the compiled engine modules are not current: {reason}")
+        return 0 if current else 1
+    try:
+        target = native_build.build(say=_say)
+    except native_build.NativeBuildError as exc:
+        raise SystemExit(f"nudgeflow native: {exc}") from None
+    _say(f"{target}: {len(native.MODULES)} modules; new processes load them while the sources "
+         f"stay as they are ({native.ENV}=off runs them as Python)")
     return 0
 
 
@@ -762,6 +784,12 @@ def build_parser() -> argparse.ArgumentParser:
     package_p.add_argument("--out", default="dist", help="the directory to write "
                            "nudgeflow-job-<version>.zip and requirements.txt to (default: dist)")
     package_p.set_defaults(func=cmd_package)
+
+    native_p = sub.add_parser("native", help="compile the engine's hot modules with mypyc into "
+                              "udfs/_native (nudgeflow run and bench do it by themselves)")
+    native_p.add_argument("--check", action="store_true",
+                          help="only say whether the build is current (exit 1 when not)")
+    native_p.set_defaults(func=cmd_native)
 
     from jobs.sender.sender import add_sender_arguments
 

@@ -1,26 +1,51 @@
 """The domain floor benchmark runs on a tiny workload and reports sane figures (no timings)."""
 
 import json
+import os
+import subprocess
+import sys
 
 from jobs.bench import domain
+from udfs import native
+from udfs.build import ROOT
+
+TINY = ["--clicks", "300", "--users", "20", "--repeat", "1", "--no-churn"]
 
 
 def test_the_domain_bench_counts_every_input_and_reports_positive_figures(tmp_path):
     out = tmp_path / "domain.json"
     lines = []
-    result = domain.main(["--clicks", "300", "--users", "20", "--repeat", "1", "--no-churn",
-                          "--json", str(out)], printer=lines.append)
+    result = domain.main([*TINY, "--json", str(out)], printer=lines.append)
     assert result == json.loads(out.read_text())
     assert result["clicks"] == 300 and result["users"] == 20 and result["metadata"] == 20
     assert result["inputs"] == 320
     assert result["steps"] >= result["inputs"] - result["late"] - result["rejected"]
     assert result["us_per_input"] > 0 and result["state_bytes_per_input"] > 0
-    stages = result["stages_us"]
+    assert any("µs per input" in line for line in lines)
+    assert result["native"] == native.status()
+    if native.active():  # compiled: cProfile cannot split the time; the report says so
+        assert result["stages_us"] is None
+        assert any("per stage: not with compiled modules" in line for line in lines)
+    else:
+        _check_stages(result["stages_us"])
+
+
+def test_the_stage_table_of_the_python_modules(tmp_path):
+    """Whatever this process loaded, the per-stage table of the modules run as Python."""
+    out = tmp_path / "domain.json"
+    env = {**os.environ, native.ENV: "off", "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "jobs.bench.domain", *TINY, "--json", str(out)],
+                   env=env, cwd=ROOT, check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    assert result["native"].startswith("off")
+    _check_stages(result["stages_us"])
+
+
+def _check_stages(stages):
     assert {"decode", "features", "segments", "campaigns", "journeys", "state encoding"} <= set(
         stages)
     assert all(stages[s] > 0 for s in ("decode", "features", "segments", "state encoding"))
     assert stages["scoring: model"] == 0  # no model
-    assert any("µs per input" in line for line in lines)
 
 
 def test_the_inputs_are_the_generated_workload_with_metadata_updates():

@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import importlib
 import json
+import logging
 import sys
 import threading
 import time
@@ -170,9 +171,10 @@ class UserEngineFunction(KeyedBroadcastProcessFunction):
         Raises:
             udfs.build.BuildMismatch: the TaskManager holds another build's modules.
         """
-        from udfs import build
+        from udfs import build, native
 
         build.check_build(self.build_id)
+        logging.getLogger(__name__).info("engine modules: %s", native.status())
         # each churn score crosses to the scoring thread and back: with Python's 5 ms switch
         # interval each crossing could wait that long for the GIL behind another thread
         sys.setswitchinterval(self.cfg.gil_switch_interval_us / 1_000_000)

@@ -1,0 +1,116 @@
+"""Build the engine's hot modules with mypyc into ``udfs/_native/`` (see ``udfs.native``).
+
+``ensure`` builds when the build there is missing or was made from other sources, for another
+interpreter or by another mypy; otherwise it does nothing. The build runs in a scratch copy of
+``udfs`` and ``schemas`` (mypyc writes its C files and extensions beside the sources it
+compiles, and the checkout must not hold extensions next to its ``.py`` files: Python would
+load those even after the ``.py`` changed). It needs mypy (the ``dev`` extra) and a C compiler.
+A clean build takes about a minute of CPU on one core.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from infra.paths import REPO_DIR
+from udfs import native
+
+
+class NativeBuildError(RuntimeError):
+    """The compiled modules could not be built; the message says why and what to do."""
+
+
+def mypy_version() -> str | None:
+    """The installed mypy's version, None without mypy."""
+    try:
+        return importlib.metadata.version("mypy")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def is_current(root: Path = REPO_DIR) -> bool:
+    """Whether ``root``'s build is loadable here and made by the installed mypy."""
+    manifest = native.read_manifest(root)
+    return native.stale_reason(manifest, root) is None and manifest is not None \
+        and manifest.get("mypy") == mypy_version()
+
+
+def build(root: Path = REPO_DIR, say: Callable[[str], None] = print) -> Path:
+    """Compile :data:`udfs.native.MODULES` of ``root`` into ``root/udfs/_native``; its path.
+
+    Raises:
+        NativeBuildError: no mypy, no C compiler, or mypyc failed (the end of its output).
+    """
+    version = mypy_version()
+    if version is None:
+        raise NativeBuildError("mypy is not installed, and mypyc (part of it) compiles the "
+                               "engine's modules: install the dev extra "
+                               "(`.venv/bin/pip install -e '.[dev]'`) or set "
+                               f"{native.ENV}=off to run them as Python")
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        raise NativeBuildError("no C compiler (cc or gcc) on PATH: mypyc needs one; install "
+                               "gcc (Debian: `apt-get install gcc`) or set "
+                               f"{native.ENV}=off to run the engine's modules as Python")
+    digest = native.sources_digest(root)
+    suffix = native.extension_suffix()
+    say(f"compiling {len(native.MODULES)} engine modules with mypyc {version} ...")
+    with tempfile.TemporaryDirectory(prefix="nudgeflow-native-") as scratch:
+        work = Path(scratch)
+        for package in native.SOURCE_PACKAGES:
+            shutil.copytree(root / package, work / package,
+                            ignore=shutil.ignore_patterns("__pycache__", "_native*", "*.so"))
+        if (root / "pyproject.toml").is_file():  # the mypy settings (missing imports)
+            shutil.copy2(root / "pyproject.toml", work / "pyproject.toml")
+        proc = subprocess.run([sys.executable, "-m", "mypyc", *native.MODULES], cwd=work,
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+            raise NativeBuildError(f"mypyc failed (exit {proc.returncode}); the engine's "
+                                   f"modules stay Python. Its output ends:\n{tail}")
+        files: dict[str, str] = {}
+        staging = root / f"{native.NATIVE_DIR}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        for module in native.MODULES:
+            relative = module.removesuffix(".py") + suffix
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / relative, staging / relative)
+            files[native.module_name(module)] = relative
+        groups = sorted(work.glob(f"*__mypyc{suffix}"))
+        if len(groups) != 1:
+            raise NativeBuildError(f"mypyc left {len(groups)} shared libraries in {work}, "
+                                   "expected one: a mypy version this build does not know?")
+        shutil.copy2(groups[0], staging / groups[0].name)
+        files[groups[0].name.removesuffix(suffix)] = groups[0].name
+    manifest = {"sources": digest, "extension_suffix": suffix, "mypy": version,
+                "python": sys.version.split()[0], "files": files}
+    (staging / native.MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n",
+                                           encoding="utf-8")
+    target = root / native.NATIVE_DIR
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def ensure(root: Path = REPO_DIR, say: Callable[[str], None] = print) -> bool:
+    """Build unless the build is current; True when it is current afterwards.
+
+    A failed build is reported through ``say`` (the engine then runs as Python) unless
+    ``NUDGEFLOW_NATIVE`` is off, when nothing is built.
+    """
+    if native.turned_off():
+        return False
+    if is_current(root):
+        return True
+    try:
+        build(root, say)
+    except NativeBuildError as exc:
+        say(f"warning: {exc}")
+        return False
+    return is_current(root)

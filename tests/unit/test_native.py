@@ -1,0 +1,132 @@
+"""The compiled engine modules (``udfs.native``): loaded only when they match the sources, and
+giving the records the Python modules give."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from jobs.bench import domain
+from udfs import native
+from udfs.build import ROOT
+
+
+def test_this_session_runs_the_compiled_modules_unless_turned_off():
+    import udfs.engine
+    import udfs.segments.conditions
+
+    if native.turned_off():
+        pytest.skip(f"{native.ENV}=off: this session runs the engine as Python on request")
+    assert native.active(), native.status()
+    assert native.status().startswith("compiled")
+    for module in (udfs.engine, udfs.segments.conditions):
+        assert module.__file__.endswith(native.extension_suffix())
+        assert f"{native.NATIVE_DIR}/" in module.__file__
+
+
+def _copy_sources(tmp_path):
+    for package in native.SOURCE_PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "_native*"))
+    return tmp_path
+
+
+def test_a_build_is_refused_when_it_is_missing_for_another_interpreter_or_stale(tmp_path):
+    root = _copy_sources(tmp_path)
+    assert "no build" in native.stale_reason(native.read_manifest(root), root)
+    folder = root / native.NATIVE_DIR
+    folder.mkdir(parents=True)
+    (folder / "engine.so").write_bytes(b"")
+    manifest = {"sources": native.sources_digest(root), "extension_suffix": ".other.so",
+                "files": {"udfs.engine": "engine.so"}}
+    (folder / native.MANIFEST).write_text(json.dumps(manifest))
+    assert "built for .other.so" in native.stale_reason(native.read_manifest(root), root)
+    manifest["extension_suffix"] = native.extension_suffix()
+    (folder / native.MANIFEST).write_text(json.dumps(manifest))
+    assert native.stale_reason(native.read_manifest(root), root) is None
+    # any source of udfs or schemas changed since the build: refused
+    with open(root / "schemas" / "__init__.py", "a", encoding="utf-8") as f:
+        f.write("# edited\n")
+    assert "other sources" in native.stale_reason(native.read_manifest(root), root)
+    manifest["sources"] = native.sources_digest(root)
+    manifest["files"]["udfs.clock"] = "clock.so"  # listed, not there
+    (folder / native.MANIFEST).write_text(json.dumps(manifest))
+    assert "missing: clock.so" in native.stale_reason(native.read_manifest(root), root)
+
+
+def test_a_stale_build_is_not_loaded_and_the_status_says_why(tmp_path):
+    """A copy of the checkout with its build, one module edited: the engine runs as Python."""
+    if native.stale_reason(native.read_manifest()) is not None:
+        pytest.skip(f"no current build here: {native.status()}")
+    root = _copy_sources(tmp_path)
+    shutil.copytree(ROOT / native.NATIVE_DIR, root / native.NATIVE_DIR)
+    probe = ("import udfs.engine, udfs.native as n; "
+             "print(n.status()); print(udfs.engine.__file__)")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop(native.ENV, None)
+    fresh = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    assert fresh[0].startswith("compiled") and fresh[1].endswith(native.extension_suffix())
+    with open(root / "udfs" / "clock.py", "a", encoding="utf-8") as f:
+        f.write("\n# an edit after the build\n")
+    stale = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    assert stale[0].startswith("not loaded: built from other sources")
+    assert stale[1] == str(root / "udfs" / "engine.py")
+
+
+_RECORDS = """
+import json, sys
+from jobs.bench import domain
+from udfs import native
+inputs = domain.build_inputs(6000, 400, seed=11, metadata_updates=0.05)
+rules = domain.shipped_rules(churn=True, journeys=True)
+outcome = domain.play(inputs, rules, keep=True, watermark_every=97, decoded_users=150,
+                      ordered=True)
+json.dump({"status": native.status(), "emitted": outcome.emitted}, sys.stdout, sort_keys=True)
+"""
+
+
+def test_the_compiled_modules_emit_what_the_python_modules_emit():
+    """A seeded workload (journeys on, metadata updates, a small decoded-state cache, the
+    watermark moving every 97 clicks) through both: every record, in order, the same."""
+    runs = {}
+    for setting in ("", "off"):
+        env = {**os.environ, native.ENV: setting, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, "-c", _RECORDS], cwd=ROOT, env=env, check=True,
+                              capture_output=True, text=True)
+        runs[setting] = json.loads(done.stdout)
+    if native.turned_off():
+        pytest.skip(f"{native.ENV}=off: no compiled modules to compare")
+    assert runs[""]["status"].startswith("compiled"), runs[""]["status"]
+    assert runs["off"]["status"].startswith("off")
+    compiled, python = runs[""]["emitted"], runs["off"]["emitted"]
+    assert len(compiled) > 1000
+    assert sum(len(step["changes"]) for _, step in compiled) > 500
+    assert sum(len(step["triggers"]) for _, step in compiled) > 50
+    assert compiled == python
+
+
+def test_the_floor_runs_the_modules_this_process_loaded():
+    lines = []
+    result = domain.main(["--clicks", "200", "--users", "10", "--repeat", "1", "--no-profile"],
+                         printer=lines.append)
+    assert result["native"] == native.status()
+    assert any(native.status() in line for line in lines)
+
+
+def test_the_job_archive_carries_the_build_and_its_id_covers_it():
+    from infra.package import archive_files
+    from udfs.build import is_build_file
+
+    manifest = native.read_manifest()
+    if native.stale_reason(manifest) is not None:
+        pytest.skip(f"no current build here: {native.status()}")
+    names = {name for name, _ in archive_files()}
+    shipped = {f"{native.NATIVE_DIR}/{file}" for file in manifest["files"].values()}
+    assert shipped | {f"{native.NATIVE_DIR}/{native.MANIFEST}"} <= names
+    assert all(is_build_file(name) for name in shipped)  # a TaskManager's build id sees them
+    assert not any(name.startswith(f"{native.NATIVE_DIR}.tmp") for name in names)
