@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -462,6 +463,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    from udfs import native
+
+    # the local MiniCluster's Python imports what this process did (a cluster's engines log
+    # their own at open)
+    print(f"nudgeflow-job: engine modules: {native.status()}", file=sys.stderr, flush=True)
     if args.bounded:
         cfg = bounded_replay(cfg)
     from udfs.churn import ModelRejected

@@ -24,6 +24,7 @@ Pure: no pyflink, no mypy (the build, which needs mypy and a C compiler, is ``in
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -165,7 +166,16 @@ def install(root: Path = ROOT) -> str:
                    "runs as Python")
         return _status
     files = {name: root / NATIVE_DIR / file for name, file in manifest["files"].items()}
-    sys.meta_path.insert(0, _Finder(files))
+    finder = _Finder(files)
+    sys.meta_path.insert(0, finder)
+    shared = [name for name in files if name.endswith("__mypyc")]
+    try:  # the shared library holds all the compiled code: load it now, or not at all
+        for name in shared:
+            importlib.import_module(name)
+    except ImportError as exc:  # e.g. built against a newer C library than this machine's
+        sys.meta_path.remove(finder)
+        _status = f"not loaded: the build does not load here ({exc}); every module runs as Python"
+        return _status
     _loaded.update({name: str(path) for name, path in files.items()})
     _status = f"compiled: {len(MODULES)} modules (mypyc, {manifest.get('mypy', '?')})"
     return _status

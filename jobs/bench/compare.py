@@ -57,6 +57,11 @@ from jobs.bench.report import threads_line
 #: what a build's own code says about how to run its local job (printed as JSON)
 _LAUNCH = """
 import json
+try:  # a checkout with compiled engine modules: current before its drains (they import them)
+    from infra import native
+    native.ensure(say=lambda line: None)
+except ImportError:
+    pass
 from infra.paths import StackPaths
 from infra.servers.flink import local_run_env
 from jobs.cli.wiring import local_job_flags

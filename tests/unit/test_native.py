@@ -130,3 +130,21 @@ def test_the_job_archive_carries_the_build_and_its_id_covers_it():
     assert shipped | {f"{native.NATIVE_DIR}/{native.MANIFEST}"} <= names
     assert all(is_build_file(name) for name in shipped)  # a TaskManager's build id sees them
     assert not any(name.startswith(f"{native.NATIVE_DIR}.tmp") for name in names)
+
+
+def test_a_build_that_does_not_load_here_leaves_every_module_python(tmp_path):
+    """A shared library this machine cannot load (another C library, a broken copy)."""
+    if native.stale_reason(native.read_manifest()) is not None:
+        pytest.skip(f"no current build here: {native.status()}")
+    root = _copy_sources(tmp_path)
+    shutil.copytree(ROOT / native.NATIVE_DIR, root / native.NATIVE_DIR)
+    for shared in (root / native.NATIVE_DIR).glob("*__mypyc*"):
+        shared.write_bytes(b"not an ELF file")
+    probe = ("import udfs.engine, udfs.native as n; "
+             "print(n.status()); print(udfs.engine.__file__)")
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop(native.ENV, None)
+    lines = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    assert lines[0].startswith("not loaded: the build does not load here")
+    assert lines[1] == str(root / "udfs" / "engine.py")
