@@ -36,9 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-#: the modules compiled, as paths under the packages' parent (the hot path of an engine step;
-#: ``udfs.campaigns.arbitration`` is not among them: its once-per-step attributes cache in the
-#: instance's ``__dict__``, which a compiled class does not have)
+#: the modules compiled, as paths under the packages' parent: the hot path of an engine step
 MODULES: tuple[str, ...] = (
     "udfs/engine.py",
     "udfs/clock.py",
@@ -55,7 +53,10 @@ MODULES: tuple[str, ...] = (
     "udfs/attribution/touches.py",
     "udfs/currency/rates.py",
     "udfs/lru.py",
+    "udfs/campaigns/arbitration.py",
 )
+# not compiled: ``udfs.intake`` (a compiled ``except A as exc`` / ``except B as exc`` chain
+# types ``exc`` by its first clause) and ``schemas.codec`` (finds its schemas by ``__file__``)
 #: the packages whose sources the compiled code depends on (the manifest's digest)
 SOURCE_PACKAGES = ("udfs", "schemas")
 #: the environment variable that turns the compiled modules off

@@ -15,18 +15,14 @@ what a rescale by savepoint changes (tests/integration/test_rescale_e2e.py); an 
 late is the documented arrival-order case, and only journeys (none here) may read it.
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 
+from tests.as_python import rerun_as_python
 from tests.builders import metadata
 from tests.differential import compare
 from tests.differential.replay import workload
 from tests.differential.sim import Simulator
-from udfs import engine, native
-from udfs.build import ROOT
+from udfs import engine
 from udfs.catalog.files import catalog_files, load_files
 from udfs.catalog.registries import Registries
 from udfs.engine import Rules
@@ -177,18 +173,12 @@ def test_a_delivered_outcome_a_month_later_sends_no_second_retention_offer():
     assert [t["cause_event_id"] for t in sim.triggers] == ["a1"]
 
 
-def test_the_comparison_sees_state_a_step_changes_without_storing_it(rules, monkeypatch):
+def test_the_comparison_sees_state_a_step_changes_without_storing_it(rules, monkeypatch,
+                                                                    request):
     """The test above can fail: a timer step that changes the features in place without saying
     so (``features_changed``) is seen, because the no-cache and restarted runs lose the change
     while the in-memory (and cached) run keeps it."""
-    if native.active():
-        # the compiled engine calls on_timer directly, past the patch: run this test where the
-        # engine is Python (a failure there fails this one)
-        node = f"{__file__}::test_the_comparison_sees_state_a_step_changes_without_storing_it"
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               node], env={**os.environ, native.ENV: "off"}, cwd=ROOT,
-                              capture_output=True, text=True, check=False)
-        assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-2000:]
+    if rerun_as_python(request):  # it patches the engine
         return
     real_on_timer = engine.on_timer
 

@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 
 from jobs.bench import domain
+from tests.as_python import rerun_as_python
 from udfs.campaigns import arbitration
 
 
@@ -21,12 +22,14 @@ def workload() -> domain.Inputs:
 
 @pytest.mark.parametrize("journeys", [False, True])
 def test_skipping_on_step_where_no_churn_crossing_or_due_candidate_can_be_changes_nothing(
-        workload, monkeypatch, journeys):
+        workload, monkeypatch, journeys, request):
     """Journeys on, this also skips the clicks of users with no journey instance running.
 
     Turned off (``may_decide`` always true), every step that watches the churn score or a
     journey's click runs both ``on_step``s, as before the shortcut.
     """
+    if rerun_as_python(request):  # it patches arbitration
+        return
     rules = domain.shipped_rules(journeys=journeys)
     asked: Counter[bool] = Counter()
     may_decide = arbitration.may_decide
@@ -50,12 +53,14 @@ def test_skipping_on_step_where_no_churn_crossing_or_due_candidate_can_be_change
 
 @pytest.mark.parametrize("journeys", [False, True])
 def test_handing_the_gates_candidates_on_to_on_step_changes_nothing(
-        workload, monkeypatch, journeys):
+        workload, monkeypatch, journeys, request):
     """The engine's gate finds the candidates once (no kept score: the widest), narrows them
     with the kept score (``still_fired``) and hands them to ``on_step``.
 
     Turned off: the gate does not narrow them, and ``on_step`` finds its own again.
     """
+    if rerun_as_python(request):  # it patches arbitration
+        return
     rules = domain.shipped_rules(journeys=journeys)
     seen: Counter[str] = Counter()
     on_step, still_fired = arbitration.on_step, arbitration.still_fired
@@ -80,11 +85,13 @@ def test_handing_the_gates_candidates_on_to_on_step_changes_nothing(
 
 
 @pytest.mark.parametrize("journeys", [False, True])
-def test_the_campaign_index_by_trigger_changes_nothing(workload, monkeypatch, journeys):
+def test_the_campaign_index_by_trigger_changes_nothing(workload, monkeypatch, journeys, request):
     """``Firing`` asks only the campaigns a step's ENTERs, click type or score can fire.
 
     Turned off: every campaign is asked through ``may_fire``, as ``find_candidates`` does.
     """
+    if rerun_as_python(request):  # it patches arbitration
+        return
     rules = domain.shipped_rules(journeys=journeys)
     asked: Counter[str] = Counter()
     may_fire = arbitration.Firing.may_fire

@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Generic, TypeVar, overload
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from udfs.attribution.attribution import Touch, attribution_unit
@@ -226,36 +226,6 @@ def trigger_id(user_id: str, campaign_id: str, step_id: str, cause: str) -> str:
     return hashlib.sha256(f"{user_id}|{campaign_id}|{step_id}|{cause}".encode()).hexdigest()[:32]
 
 
-_T = TypeVar("_T")
-
-
-class _once_per_step(Generic[_T]):  # noqa: N801 (used as a decorator, like cached_property)
-    """``functools.cached_property`` without its lock, for the per-step facts.
-
-    Python 3.11's takes a re-entrant lock at every first read (3.12 dropped it): 0.7% of the
-    domain loop's instructions here, two first reads a step. A step's facts are never shared
-    between threads. The value goes into the instance's dict (a frozen dataclass too): later
-    reads never reach here.
-    """
-
-    def __init__(self, compute: Callable[[Any], _T]) -> None:
-        self.compute = compute
-        self.name = compute.__name__
-        self.__doc__ = compute.__doc__
-
-    @overload
-    def __get__(self, instance: None, owner: type | None = None) -> _once_per_step[_T]: ...
-
-    @overload
-    def __get__(self, instance: object, owner: type | None = None) -> _T: ...
-
-    def __get__(self, instance: object | None, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        value = instance.__dict__[self.name] = self.compute(instance)
-        return value
-
-
 @dataclass(frozen=True)
 class StepFacts:
     """What one engine step did, as the campaigns see it.
@@ -281,22 +251,40 @@ class StepFacts:
     view: Any
     metadata: Mapping[str, Any] | None
     outcome: Mapping[str, Any] | None = None
+    # built at the first read, once per step rather than once per campaign (plain fields, not
+    # ``functools.cached_property``: Python 3.11's takes a lock at every first read, and a
+    # compiled class (``udfs.native``) has no instance dict for it)
+    _entered: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _recent: RecentEvent | None = field(default=None, init=False, repr=False, compare=False)
 
-    @_once_per_step
+    def __post_init__(self) -> None:
+        # a compiled dataclass leaves ``init=False`` fields unset: set them here
+        object.__setattr__(self, "_entered", None)
+        object.__setattr__(self, "_recent", None)
+
+    @property
     def entered(self) -> frozenset[str]:
-        """The segments the user ENTERed in this step (built once per step, not per campaign)."""
-        return frozenset(c["segment_id"] for c in self.changes if c["change"] == "ENTER")
+        """The segments the user ENTERed in this step."""
+        entered = self._entered
+        if entered is None:
+            entered = frozenset(c["segment_id"] for c in self.changes if c["change"] == "ENTER")
+            object.__setattr__(self, "_entered", entered)  # frozen: set once, here
+        return entered
 
-    @_once_per_step
+    @property
     def recent(self) -> RecentEvent | None:
-        """The click as event filters read it (built once per step, not per campaign)."""
+        """The click as event filters read it (None without one)."""
         event = self.event
         if event is None:
             return None
-        return RecentEvent(event["event_id"], event["event_type"], event["event_time"],
-                           event.get("source") or "UNKNOWN", event.get("product_id"),
-                           event.get("category"), event.get("price"), event.get("quantity"),
-                           event.get("currency"))
+        recent = self._recent
+        if recent is None:
+            recent = RecentEvent(event["event_id"], event["event_type"], event["event_time"],
+                                 event.get("source") or "UNKNOWN", event.get("product_id"),
+                                 event.get("category"), event.get("price"),
+                                 event.get("quantity"), event.get("currency"))
+            object.__setattr__(self, "_recent", recent)
+        return recent
 
 
 @dataclass(frozen=True)
