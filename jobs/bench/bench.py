@@ -1781,6 +1781,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default docs/performance.md)")
 
 
+#: set when ``run_bench`` restarted the process to load the compiled engine modules
+_REEXEC_ENV = "NUDGEFLOW_BENCH_RESTARTED"
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Start the stack if needed, run, print, write JSON and PNG (and the docs results section)."""
     # first, before any engine module is imported here: the domain floor (in this process)
@@ -1788,8 +1792,14 @@ def run_bench(args: argparse.Namespace) -> int:
     from infra import native as native_build
     from udfs import native
 
-    native_build.ensure(say=print)
-    print(f"engine modules (the job's and the floor's): {native.install()}")
+    if native_build.ensure(say=print) and not native.install().startswith("compiled") \
+            and os.environ.get(_REEXEC_ENV) != "1":
+        # built after this process imported some of them as Python: start again, once, so
+        # the floor runs the job's modules
+        os.environ[_REEXEC_ENV] = "1"
+        sys.stdout.flush()
+        os.execv(sys.executable, sys.orig_argv)  # noqa: S606 (this same command again)
+    print(f"engine modules (the job's and the floor's): {native.status()}")
     from infra import stack
     from infra.paths import StackPaths
     from jobs.bench import report as bench_report
