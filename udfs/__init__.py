@@ -10,6 +10,8 @@
 - ``udfs.engine``: the one pure per-user step.
 - ``udfs.stores``: the Cassandra + Redis membership store and the Redis key layout.
 - ``udfs.flink``: the PyFlink adapters, the only package that imports pyflink.
+- ``udfs.native``: the hot modules above compiled with mypyc, loaded when built from these
+  sources (installed below, before any of them is imported).
 """
 
 from udfs import native as _native
