@@ -1315,12 +1315,16 @@ class Bench:
         self._watch_stack()
         now = int(time.time() * 1000)
         zone = daytime_zone(now, now + 3 * 3_600_000)
+        from udfs import native
+
         results: dict[str, Any] = {
             "version": 1, "mode": plan.mode,
             "command": "nudgeflow bench" + (" --quick" if plan.mode == "quick" else ""),
             "started_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "machine": machine(),
             "workload": {"users": plan.users, "backlog_events": plan.backlog, "seed": 7},
+            # the job's and the floor's (py-spy and cProfile see no frame inside compiled code)
+            "engine_modules": native.status(),
         }
         # 1. the backlog, read by every throughput run (each with its own group and outputs)
         base = fresh_config()

@@ -101,7 +101,12 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
     assert set(stages["us_per_event"]) == STAGES
     assert sum(stages["us_per_event"].values()) == pytest.approx(
         stages["total_us_per_event"], rel=0.02)
-    assert stages["us_per_event"]["engine"] > 0
+    if results["engine_modules"].startswith("compiled"):
+        # py-spy sees no frame inside the compiled engine: its time goes to the Python frame
+        # that called it (the adapter's, "flink"), so only the total is checked
+        assert stages["us_per_event"]["flink"] > 0
+    else:
+        assert stages["us_per_event"]["engine"] > 0
 
     # the pure domain loop over the same workload, next to the engine threads' CPU per event
     floor = results["floor"]
