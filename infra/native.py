@@ -35,11 +35,18 @@ def mypy_version() -> str | None:
         return None
 
 
+def not_current(root: Path = REPO_DIR) -> str | None:
+    """Why ``root``'s build must be made again here (None: it is current)."""
+    manifest = native.read_manifest(root)
+    reason = native.stale_reason(manifest, root)
+    if reason is None and manifest is not None and manifest.get("mypy") != mypy_version():
+        reason = f"made by mypy {manifest.get('mypy')}, not the installed {mypy_version()}"
+    return reason
+
+
 def is_current(root: Path = REPO_DIR) -> bool:
     """Whether ``root``'s build is loadable here and made by the installed mypy."""
-    manifest = native.read_manifest(root)
-    return native.stale_reason(manifest, root) is None and manifest is not None \
-        and manifest.get("mypy") == mypy_version()
+    return not_current(root) is None
 
 
 def build(root: Path = REPO_DIR, say: Callable[[str], None] = print) -> Path:

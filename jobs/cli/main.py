@@ -391,12 +391,10 @@ def cmd_native(args: argparse.Namespace) -> int:
     from udfs import native
 
     if args.check:
-        current = native_build.is_current()
-        reason = native.stale_reason(native.read_manifest()) or (
-            "" if current else "made by another mypy than the installed one")
-        _say("the compiled engine modules are current" if current else
+        reason = native_build.not_current()
+        _say("the compiled engine modules are current" if reason is None else
              f"the compiled engine modules are not current: {reason}")
-        return 0 if current else 1
+        return 0 if reason is None else 1
     try:
         target = native_build.build(say=_say)
     except native_build.NativeBuildError as exc:

@@ -34,6 +34,15 @@ def _copy_sources(tmp_path):
     return tmp_path
 
 
+def _probe(root):
+    """(status, udfs.engine's file) of a fresh interpreter importing the checkout at ``root``."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop(native.ENV, None)
+    probe = "import udfs.engine, udfs.native as n; print(n.status()); print(udfs.engine.__file__)"
+    return subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, check=True,
+                          capture_output=True, text=True).stdout.splitlines()
+
+
 def test_a_build_is_refused_when_it_is_missing_for_another_interpreter_or_stale(tmp_path):
     root = _copy_sources(tmp_path)
     assert "no build" in native.stale_reason(native.read_manifest(root), root)
@@ -63,17 +72,11 @@ def test_a_stale_build_is_not_loaded_and_the_status_says_why(tmp_path):
         pytest.skip(f"no current build here: {native.status()}")
     root = _copy_sources(tmp_path)
     shutil.copytree(ROOT / native.NATIVE_DIR, root / native.NATIVE_DIR)
-    probe = ("import udfs.engine, udfs.native as n; "
-             "print(n.status()); print(udfs.engine.__file__)")
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    env.pop(native.ENV, None)
-    fresh = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, check=True,
-                           capture_output=True, text=True).stdout.splitlines()
+    fresh = _probe(root)
     assert fresh[0].startswith("compiled") and fresh[1].endswith(native.extension_suffix())
     with open(root / "udfs" / "clock.py", "a", encoding="utf-8") as f:
         f.write("\n# an edit after the build\n")
-    stale = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, check=True,
-                           capture_output=True, text=True).stdout.splitlines()
+    stale = _probe(root)
     assert stale[0].startswith("not loaded: built from other sources")
     assert stale[1] == str(root / "udfs" / "engine.py")
 
@@ -140,11 +143,6 @@ def test_a_build_that_does_not_load_here_leaves_every_module_python(tmp_path):
     shutil.copytree(ROOT / native.NATIVE_DIR, root / native.NATIVE_DIR)
     for shared in (root / native.NATIVE_DIR).glob("*__mypyc*"):
         shared.write_bytes(b"not an ELF file")
-    probe = ("import udfs.engine, udfs.native as n; "
-             "print(n.status()); print(udfs.engine.__file__)")
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    env.pop(native.ENV, None)
-    lines = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, check=True,
-                           capture_output=True, text=True).stdout.splitlines()
+    lines = _probe(root)
     assert lines[0].startswith("not loaded: the build does not load here")
     assert lines[1] == str(root / "udfs" / "engine.py")
