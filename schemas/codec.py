@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -309,7 +309,7 @@ class Codec:
         other._fingerprints_by_id = {}
         return other
 
-    def encode(self, name: str, record: Record) -> bytes:
+    def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
         """Encodes a record with the current version of its schema.
 
         Fields that have a default in the schema may be left out of ``record``; fields that

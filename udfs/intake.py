@@ -23,7 +23,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -109,6 +109,11 @@ class Limits:
     limit). Never earlier than MIN_EVENT_TIME_MS either way."""
     dead_letter_raw_max_bytes: int = 65_536
     """A DeadLetter keeps the original value in ``raw`` up to this size, else by reference."""
+
+    def __reduce__(self) -> tuple[type[Limits], tuple[int, ...]]:
+        # the job's functions are pickled with their limits; a compiled (mypyc) frozen class
+        # cannot be restored field by field, so it is rebuilt by its constructor
+        return Limits, tuple(getattr(self, f.name) for f in fields(self))
 
     def event_time_window(self, record_timestamp: int | None) -> tuple[int, int | None]:
         """The accepted [low, high] event time of a click appended at ``record_timestamp``.
@@ -403,21 +408,28 @@ def _decode(codec: Codec, record: SourceRecord, schema: str, max_bytes: int,
     key_problem = _key_problem(record.key, limits.max_id_bytes, schema)
     try:
         decoded = codec.decode(value, expect=schema)
-    except InvalidEnumIndexError as exc:
-        problem = Problem("(record)", "ENUM_INDEX", str(exc))
-    except NotSingleObjectError as exc:
-        problem = Problem("(record)", "NOT_SINGLE_OBJECT", str(exc))
-    except UnknownSchemaError as exc:
-        problem = Problem("(record)", "UNKNOWN_SCHEMA", str(exc))
-    except WrongSchemaError as exc:
-        problem = Problem("(record)", "WRONG_SCHEMA", str(exc))
     except CodecError as exc:
-        problem = Problem("(record)", "MALFORMED", str(exc))
+        # one clause: compiled (mypyc), a chain of ``except X as exc`` types every ``exc`` by
+        # the first clause's class
+        problem = Problem("(record)", _decode_code(exc), str(exc))
     else:
         if key_problem is not None:
             return _reject("validate", [key_problem])
         return decoded
     return _reject("decode", [problem] if key_problem is None else [problem, key_problem])
+
+
+def _decode_code(exc: CodecError) -> str:
+    """The reason code of a record the codec could not decode."""
+    if isinstance(exc, InvalidEnumIndexError):
+        return "ENUM_INDEX"
+    if isinstance(exc, NotSingleObjectError):
+        return "NOT_SINGLE_OBJECT"
+    if isinstance(exc, UnknownSchemaError):
+        return "UNKNOWN_SCHEMA"
+    if isinstance(exc, WrongSchemaError):
+        return "WRONG_SCHEMA"
+    return "MALFORMED"
 
 
 def _key_problem(key: bytes | None, max_bytes: int, schema: str) -> Problem | None:
@@ -493,7 +505,7 @@ def _string_problem(name: str, value: Any, max_bytes: int) -> Problem | None:
                    f"field {name} is {size} bytes, over the limit of {max_bytes}", value)
 
 
-def _number_problems(name: str, value: Any, low: float, high: float,
+def _number_problems(name: str, value: Any, low: int | float, high: int | float,
                      what: str) -> list[Problem]:
     if value is None:
         return []

@@ -54,9 +54,9 @@ MODULES: tuple[str, ...] = (
     "udfs/currency/rates.py",
     "udfs/lru.py",
     "udfs/campaigns/arbitration.py",
+    "udfs/intake.py",
+    "schemas/codec.py",
 )
-# not compiled: ``udfs.intake`` (a compiled ``except A as exc`` / ``except B as exc`` chain
-# types ``exc`` by its first clause) and ``schemas.codec`` (finds its schemas by ``__file__``)
 #: the packages whose sources the compiled code depends on (the manifest's digest)
 SOURCE_PACKAGES = ("udfs", "schemas")
 #: the environment variable that turns the compiled modules off

@@ -19,6 +19,7 @@ import avro.schema
 import fastavro
 import pytest
 
+import schemas
 from schemas import codec as codec_module
 from schemas.codec import (
     Codec,
@@ -30,7 +31,8 @@ from schemas.codec import (
     confluent_framed,
 )
 
-SCHEMA_DIR = Path(codec_module.__file__).resolve().parent
+# the package's directory (schemas.codec may be a compiled module elsewhere: udfs.native)
+SCHEMA_DIR = Path(schemas.__file__).resolve().parent
 
 # --- reference implementations from the Avro specification -------------------------------------
 

@@ -12,10 +12,11 @@ import avro.schema
 import fastavro
 import pytest
 
-from schemas import codec as codec_module
+import schemas
 from schemas.codec import MAGIC, NAMESPACE, Codec
 
-SCHEMA_DIR = Path(codec_module.__file__).resolve().parent
+# the package's directory (schemas.codec may be a compiled module elsewhere: udfs.native)
+SCHEMA_DIR = Path(schemas.__file__).resolve().parent
 HISTORY_DIR = SCHEMA_DIR / "history"
 CURRENT = sorted(SCHEMA_DIR.glob("*.avsc"))
 HISTORY = sorted(HISTORY_DIR.glob("*.avsc"))
