@@ -121,6 +121,9 @@ class NudgeflowConfig:
         "Watermarks trail the newest event time by this much (bounded out-of-orderness); "
         "every input waits this long (plus the watermark interval) to be applied in order.",
     )
+    watermark_interval_ms: int = _opt(
+        200, "How often the sources emit watermarks (pipeline.auto-watermark-interval): an "
+        "input waits up to this long on top of the out-of-orderness bound.")
     idleness_ms: int = _opt(
         10_000, "A source partition without events for this long stops holding watermarks back "
         "(the user-metadata topic, once quiet this long after the job starts, for good)."
@@ -379,6 +382,9 @@ class NudgeflowConfig:
         if not 1 <= self.gil_switch_interval_us <= 1_000_000:
             raise ConfigError(f"gil_switch_interval_us must be 1..1000000 (µs), got "
                               f"{self.gil_switch_interval_us}")
+        if self.watermark_interval_ms < 1:
+            raise ConfigError(f"watermark_interval_ms must be >= 1 (0 would stop event time: "
+                              f"no input would ever be applied), got {self.watermark_interval_ms}")
         for name in ("max_out_of_orderness_ms", "idleness_ms", "allowed_lateness_ms",
                      "quiet_release_ms",
                      "max_future_skew_ms", "state_ttl_ms"):
@@ -620,6 +626,10 @@ def _coerce(name: str, raw: Any, target: type, origin: str) -> Any:
 def _field_types() -> dict[str, type]:
     kinds: dict[Any, type] = {"int": int, int: int, "float": float, float: float}
     return {f.name: kinds.get(f.type, str) for f in fields(NudgeflowConfig)}
+
+
+#: the low-latency profile (a config file: ``--config``): its trade-off is written in it
+LOW_LATENCY_PROFILE = Path(__file__).resolve().parent / "profiles" / "low-latency.yaml"
 
 
 def load_config(

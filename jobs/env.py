@@ -59,6 +59,7 @@ def create_env(cfg: NudgeflowConfig, local: bool) -> StreamExecutionEnvironment:
         "python.fn-execution.bundle.size": str(cfg.bundle_size),
         "python.fn-execution.bundle.time": str(cfg.bundle_time_ms),
         "execution.buffer-timeout.interval": f"{cfg.buffer_timeout_ms} ms",
+        "pipeline.auto-watermark-interval": f"{cfg.watermark_interval_ms} ms",
         "state.backend.type": cfg.state_backend,
         "pipeline.name": cfg.job_name,
         "pipeline.jars": ";".join(jar_urls),

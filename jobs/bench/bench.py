@@ -260,28 +260,30 @@ TICK_S = 0.1
 #: latency is probed once the engine's watermark is this close to now (event time is live)
 LIVE_WATERMARK_MS = 5_000
 
-#: the in-order delay probe: the configured out-of-orderness bound against this small one, at
-#: this rate: every partition busy, so watermarks move with the events, and well below what
-#: the job sustains (at 1,000/s, near its capacity, queueing hid the bound: both bounds gave
-#: the same 3.7 s p50, because the watermark had passed each click before it reached the engine)
-SMALL_BOUND_MS = 100
-ORDER_PROBE_RATE = 300
+#: the in-order delay probe: the defaults against the low-latency profile
+#: (``jobs.config.LOW_LATENCY_PROFILE``: a 20 ms out-of-orderness bound, watermarks every 10 ms,
+#: 5 ms buffers and bundles) at this rate, at-least-once, in steps of this many seconds; the
+#: first steps after a job starts run cold (p99 606 ms against 145 ms for the next step of the
+#: same job, 2026-12-05), so only the last of the steps counts
+ORDER_PROBE_RATE = 1_000
+ORDER_PROBE_STEP_S = 5.0
+ORDER_PROBE_STEPS = 3
 
 
-def in_order_delay(configured: dict[str, Any], small: dict[str, Any]) -> dict[str, Any]:
-    """The extra click-to-trigger delay of in-order application, from two latency steps.
+def in_order_delay(configured: dict[str, Any], low_latency: dict[str, Any]) -> dict[str, Any]:
+    """The click-to-trigger delay the defaults add over the low-latency profile.
 
     An input waits until the watermark passes it: the out-of-orderness bound plus up to the
-    watermark interval. ``configured`` and ``small`` are latency steps (``latency_figures`` plus
-    ``bound_ms``) run with the configured bound and with ``SMALL_BOUND_MS``; the extra delay of
-    the configured bound over the small one is the difference of their percentiles (None where
+    watermark interval (and the buffers on its way). ``configured`` and ``low_latency`` are
+    latency steps (``latency_figures`` plus ``bound_ms``) run with the defaults and with the
+    profile; the extra delay of the defaults is the difference of their percentiles (None where
     either is missing).
     """
     def diff(key: str) -> float | None:
-        a, b = configured.get(key), small.get(key)
+        a, b = configured.get(key), low_latency.get(key)
         return None if a is None or b is None else round(a - b, 1)
 
-    return {"configured": configured, "small": small,
+    return {"configured": configured, "low_latency": low_latency,
             "extra_p50_ms": diff("p50_ms"), "extra_p99_ms": diff("p99_ms")}
 
 
@@ -1388,7 +1390,7 @@ class Bench:
             finally:
                 self._stop(job)
         results["latency"] = latency
-        # 2b. what in-order application costs: the configured bound against a small one
+        # 2b. what in-order application costs: the defaults against the low-latency profile
         results["in_order_delay"] = self._in_order_delay(zone)
         # 3. the knobs, one at a time, on a smaller backlog with a latency probe each
         results["sweep"] = self._sweep(zone) if plan.sweep else []
@@ -1471,33 +1473,41 @@ class Bench:
         return above_floor(p1, floor)
 
     def _in_order_delay(self, zone: str) -> dict[str, Any]:
-        """Click-to-trigger latency with the configured out-of-orderness bound and a small one.
+        """Click-to-trigger latency with the defaults and with the low-latency profile.
 
         Inputs wait in the engine until the watermark passes them (event-time order): this
-        measures what that costs, p50/p99, at ``ORDER_PROBE_RATE`` at-least-once.
+        measures what the defaults' wait costs against the profile's, p50/p99, at
+        ``ORDER_PROBE_RATE`` at-least-once, on the last of ``ORDER_PROBE_STEPS`` steps.
         """
+        from jobs.config import LOW_LATENCY_PROFILE, load_config
+
+        profile = load_config(LOW_LATENCY_PROFILE, env={})
         steps = {}
-        for name, bound in (("configured", None), ("small", SMALL_BOUND_MS)):
+        for name, flags in (("configured", ()),
+                            ("low_latency", ("--config", str(LOW_LATENCY_PROFILE)))):
             cfg = fresh_config()
-            bound_ms = cfg.max_out_of_orderness_ms if bound is None else bound
-            self.say(f"  in-order delay, max-out-of-orderness {bound_ms} ms ...")
+            bound_ms = (profile if flags else cfg).max_out_of_orderness_ms
+            self.say(f"  in-order delay, {name.replace('_', '-')} (max-out-of-orderness "
+                     f"{bound_ms} ms) ...")
+            per_step = int(ORDER_PROBE_RATE * ORDER_PROBE_STEP_S) // 10
             buyers = [f"{cfg.consumer_group}-b{i}"
-                      for i in range(int(ORDER_PROBE_RATE * self.plan.step_s) // 10 + 40)]
+                      for i in range(per_step * ORDER_PROBE_STEPS + 40)]
             self.publish_buyers(cfg, buyers, zone)
-            job = self._start_job(cfg, ("--delivery-guarantee", "at-least-once",
-                                        "--max-out-of-orderness-ms", str(bound_ms)))
+            job = self._start_job(cfg, (*flags, "--delivery-guarantee", "at-least-once"))
             self._job_jvm(job)
             try:
-                [step] = self.latency_ladder(cfg, job, [ORDER_PROBE_RATE], self.plan.step_s,
-                                             buyers, "at-least-once", ORDER_PROBE_RATE * 2)
+                *_, step = self.latency_ladder(cfg, job, [ORDER_PROBE_RATE] * ORDER_PROBE_STEPS,
+                                               ORDER_PROBE_STEP_S, buyers, "at-least-once",
+                                               ORDER_PROBE_RATE * 2)
             finally:
                 self._stop(job)
             steps[name] = {**step, "bound_ms": bound_ms}
-        result = {**in_order_delay(steps["configured"], steps["small"]),
-                  "rate": ORDER_PROBE_RATE}
-        self.say(f"    extra delay of {steps['configured']['bound_ms']} ms over "
-                 f"{SMALL_BOUND_MS} ms: p50 {_fmt(result['extra_p50_ms'])} ms, "
-                 f"p99 {_fmt(result['extra_p99_ms'])} ms")
+        result = {**in_order_delay(steps["configured"], steps["low_latency"]),
+                  "rate": ORDER_PROBE_RATE, "profile": str(LOW_LATENCY_PROFILE.relative_to(
+                      LOW_LATENCY_PROFILE.parents[2]))}
+        self.say(f"    the defaults' extra delay over the low-latency profile: p50 "
+                 f"{_fmt(result['extra_p50_ms'])} ms, p99 {_fmt(result['extra_p99_ms'])} ms "
+                 f"(profile: p99 {_fmt(steps['low_latency']['p99_ms'])} ms)")
         return result
 
     def _sweep(self, zone: str) -> list[dict[str, Any]]:

@@ -166,7 +166,7 @@ _LATENCY_HEAD = ("delivery", "offered/s", "achieved/s", "sustained", "p50 ms", "
 _STAGES_HEAD = ("stage", "µs/event", "share")
 _RESOURCES_HEAD = ("process", "CPU s", "CPU %", "peak RSS MiB")
 _SWEEP_HEAD = ("knob", "value", "events/s", "p99 ms")
-_ORDER_HEAD = ("max-out-of-orderness", "p50 ms", "p99 ms", "triggers")
+_ORDER_HEAD = ("configuration", "p50 ms", "p99 ms", "triggers")
 _JOURNEYS_HEAD = ("p1 at-least-once", "events/s", "change", "state B/user")
 
 
@@ -334,16 +334,17 @@ def _journeys_rows(results: dict) -> list[Row]:
 
 
 def _order_rows(results: dict) -> list[Row]:
-    """The in-order delay probe: one row per bound, then the extra delay of the configured one."""
+    """The in-order delay probe: the defaults, the low-latency profile, the defaults' extra."""
     delay = _section(results, "in_order_delay")
     rows: list[Row] = []
-    for key in ("configured", "small"):
+    for key, what in (("configured", "defaults"), ("low_latency", "low-latency profile")):
         step = delay.get(key) or {}
         if step:
-            rows.append((f"{_num(step.get('bound_ms'))} ms ({key})", _ms(step.get("p50_ms")),
+            rows.append((f"{what} ({_num(step.get('bound_ms'))} ms bound)",
+                         _ms(step.get("p50_ms")),
                          _ms(step.get("p99_ms")), _num(step.get("triggers"))))
     if rows:
-        rows.append(("extra delay", _ms(delay.get("extra_p50_ms")),
+        rows.append(("extra delay of the defaults", _ms(delay.get("extra_p50_ms")),
                      _ms(delay.get("extra_p99_ms")), MISSING))
     return rows
 
@@ -618,6 +619,12 @@ def readme_section(results: dict) -> str:
     ]
     if latency := _latency_rows(results):
         lines += ["", "**Latency** (click to trigger):", "", *_md_table(_LATENCY_HEAD, latency)]
+    if order := _order_rows(results):
+        delay = _section(results, "in_order_delay")
+        lines += ["", f"**In-order application** (click to trigger, at-least-once, "
+                  f"{_num(delay.get('rate'))}/s, the last of its steps; the low-latency profile "
+                  f"is `{delay.get('profile') or 'jobs/profiles/low-latency.yaml'}`):", "",
+                  *_md_table(_ORDER_HEAD, order)]
     if journeys := _journeys_rows(results):
         lines += ["", "**Journeys** (the same backlog with the catalog's journeys loaded):", "",
                   *_md_table(_JOURNEYS_HEAD, journeys)]

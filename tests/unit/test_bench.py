@@ -285,18 +285,31 @@ def test_plans_ask_for_what_the_issue_names() -> None:
     assert bench.QUICK.step_s < bench.FULL.step_s
 
 
-def test_the_in_order_delay_is_the_difference_of_the_two_bounds() -> None:
+def test_the_in_order_delay_is_the_difference_of_the_defaults_and_the_profile() -> None:
     from jobs.bench.bench import in_order_delay
-    from jobs.bench.report import format_report
+    from jobs.bench.report import format_report, readme_section
 
     configured = {"bound_ms": 1000, "p50_ms": 1180.0, "p99_ms": 1420.5, "triggers": 100}
-    small = {"bound_ms": 100, "p50_ms": 260.0, "p99_ms": 390.0, "triggers": 100}
-    delay = in_order_delay(configured, small)
-    assert (delay["extra_p50_ms"], delay["extra_p99_ms"]) == (920.0, 1030.5)
-    assert in_order_delay(configured, {"bound_ms": 100})["extra_p99_ms"] is None
+    low = {"bound_ms": 20, "p50_ms": 60.0, "p99_ms": 145.0, "triggers": 100}
+    delay = in_order_delay(configured, low)
+    assert (delay["extra_p50_ms"], delay["extra_p99_ms"]) == (1120.0, 1275.5)
+    assert in_order_delay(configured, {"bound_ms": 20})["extra_p99_ms"] is None
     text = format_report({"version": 1, "mode": "quick", "in_order_delay": delay})
-    assert "In-order application" in text and "1,000 ms (configured)" in text
-    assert "extra delay" in text
+    assert "In-order application" in text and "defaults (1,000 ms bound)" in text
+    assert "low-latency profile (20 ms bound)" in text and "extra delay of the defaults" in text
+    page = readme_section({"version": 1, "mode": "quick", "in_order_delay": {
+        **delay, "rate": 1000, "profile": "jobs/profiles/low-latency.yaml"}})
+    assert "**In-order application**" in page and "| low-latency profile (20 ms bound) | 60 |" \
+        in page
+
+
+def test_the_low_latency_profile_is_a_valid_config_that_trades_the_bound() -> None:
+    from jobs.config import LOW_LATENCY_PROFILE, NudgeflowConfig, load_config
+
+    profile, defaults = load_config(LOW_LATENCY_PROFILE, env={}), NudgeflowConfig()
+    assert profile.max_out_of_orderness_ms < defaults.max_out_of_orderness_ms
+    assert profile.watermark_interval_ms < defaults.watermark_interval_ms
+    assert profile.delivery_guarantee == "at-least-once"
 
 
 ENGINE = "per_user_engine:_features,_churn,_segments,_campaigns"  # as the reporter writes it

@@ -27,6 +27,33 @@ def test_this_session_runs_the_compiled_modules_unless_turned_off():
         assert f"{native.NATIVE_DIR}/" in module.__file__
 
 
+def test_the_compiled_modules_load_first_whichever_package_is_imported_first():
+    """``import schemas`` before ``udfs`` (as the bench and the CLI do) still loads them all."""
+    if native.turned_off():
+        pytest.skip(f"{native.ENV}=off: this session did not build the compiled modules")
+    probe = ("import schemas, schemas.codec as c, udfs.intake as i, udfs.native as n; "
+             "print(n.status()); print(c.__file__); print(i.__file__)")
+    env = {**os.environ}
+    env.pop(native.ENV, None)
+    lines = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    assert lines[0].startswith("compiled"), lines[0]
+    assert all(line.endswith(native.extension_suffix()) for line in lines[1:]), lines
+
+
+def test_the_intake_limits_survive_pickling():
+    """The job's functions are pickled with their ``Limits`` (a frozen dataclass, compiled)."""
+    import pickle
+
+    import cloudpickle
+
+    from udfs.intake import Limits
+
+    limits = Limits(max_price=5, max_event_age_ms=0)
+    assert pickle.loads(pickle.dumps(limits)) == limits
+    assert cloudpickle.loads(cloudpickle.dumps(limits)) == limits
+
+
 def _copy_sources(tmp_path):
     for package in native.SOURCE_PACKAGES:
         shutil.copytree(ROOT / package, tmp_path / package,
