@@ -56,6 +56,15 @@ MODULES: tuple[str, ...] = (
     "udfs/campaigns/arbitration.py",
     "udfs/intake.py",
     "schemas/codec.py",
+    "udfs/campaigns/local_time.py",
+    "udfs/campaigns/priority.py",
+    "udfs/campaigns/updates.py",
+    "udfs/journeys/state.py",
+    "udfs/journeys/grammar.py",
+    "udfs/attribution/attribution.py",
+    "udfs/attribution/roi.py",
+    "udfs/attribution/holdout.py",
+    "udfs/features/spec.py",
 )
 #: the packages whose sources the compiled code depends on (the manifest's digest)
 SOURCE_PACKAGES = ("udfs", "schemas")

@@ -6,6 +6,7 @@ bound, duplicates, redelivered outcomes, versions, deletion and re-entry are cov
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from pathlib import Path
 
@@ -317,8 +318,11 @@ def test_state_round_trips_and_old_state_has_no_journeys():
 def test_split_is_deterministic_and_near_its_percentages():
     from udfs.journeys.grammar import Branch, Node
 
+    from udfs.journeys.compiler import parse_journey
+
     node = Node("ab", "split", branches=(Branch(30, "a"), Branch(70, "b")))
-    journey = type("J", (), {"id": "j"})()
+    # a real journey (compiled, the runner checks its argument's class), with the id "j"
+    journey = dataclasses.replace(parse_journey(chain_document(), "test.yaml"), id="j")
     arms = [runner._branch(f"user-{i}", Instance("j", 1, 1, "ab", 0, 0), journey, node)
             for i in range(4000)]
     share = arms.count("a") / len(arms)
