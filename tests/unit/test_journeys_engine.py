@@ -316,9 +316,8 @@ def test_state_round_trips_and_old_state_has_no_journeys():
 
 
 def test_split_is_deterministic_and_near_its_percentages():
-    from udfs.journeys.grammar import Branch, Node
-
     from udfs.journeys.compiler import parse_journey
+    from udfs.journeys.grammar import Branch, Node
 
     node = Node("ab", "split", branches=(Branch(30, "a"), Branch(70, "b")))
     # a real journey (compiled, the runner checks its argument's class), with the id "j"
