@@ -73,6 +73,7 @@ setup(
         "infra": ["*.yaml", "cql/*.cql", "jars/*/pom.xml",
                   "jars/*/src/main/java/io/nudgeflow/*/*.java"],
         "models": ["*.onnx", "*.json", "*.md"],
+        "jobs": ["profiles/*.yaml"],
         "udfs.catalog": ["*.yaml", "segments/*.yaml", "campaigns/*.yaml", "journeys/*.yaml"],
         "udfs.features": ["*.md"],
         "udfs.segments": ["*.md"],

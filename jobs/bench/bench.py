@@ -1480,6 +1480,7 @@ class Bench:
         ``ORDER_PROBE_RATE`` at-least-once, on the last of ``ORDER_PROBE_STEPS`` steps.
         """
         from jobs.config import LOW_LATENCY_PROFILE, load_config
+        from udfs.build import ROOT
 
         profile = load_config(LOW_LATENCY_PROFILE, env={})
         steps = {}
@@ -1503,8 +1504,8 @@ class Bench:
                 self._stop(job)
             steps[name] = {**step, "bound_ms": bound_ms}
         result = {**in_order_delay(steps["configured"], steps["low_latency"]),
-                  "rate": ORDER_PROBE_RATE, "profile": str(LOW_LATENCY_PROFILE.relative_to(
-                      LOW_LATENCY_PROFILE.parents[2]))}
+                  "rate": ORDER_PROBE_RATE,
+                  "profile": str(LOW_LATENCY_PROFILE.relative_to(ROOT))}
         self.say(f"    the defaults' extra delay over the low-latency profile: p50 "
                  f"{_fmt(result['extra_p50_ms'])} ms, p99 {_fmt(result['extra_p99_ms'])} ms "
                  f"(profile: p99 {_fmt(steps['low_latency']['p99_ms'])} ms)")
