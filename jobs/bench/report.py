@@ -175,6 +175,27 @@ def _throughput_rows(results: dict) -> list[Row]:
              _fraction(t.get("fraction_of_ceiling"))) for t in _entries(results, "throughput")]
 
 
+def _p1_drains_line(results: dict) -> str | None:
+    """How the p1 figure was made (``bench.p1_median``) and the profiled drain's rate, or None."""
+    p1 = next((t for t in _entries(results, "throughput") if t.get("parallelism") == 1), {})
+    drains = p1.get("drains_events_per_s")
+    profiled = (results.get("profiled_drain") or {}).get("events_per_s")
+    if not drains and profiled is None:
+        return None
+    parts = []
+    if drains:
+        parts.append(f"p1 at-least-once is the median of {len(drains)} drains of its "
+                     f"configuration, none of them profiled (the throughput drain, then the "
+                     f"journeys section's drains without journeys): "
+                     + ", ".join(_rate(rate) for rate in drains) + " events/s")
+    if profiled is not None:
+        parts.append(f"the profiled drain (py-spy and perf attached; the stage costs and the "
+                     f"code split below are its) read {_rate(profiled)} events/s and is not "
+                     f"counted")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:]
+
+
 def _ceiling_row(results: dict) -> Row:
     """The ceiling as a throughput row: the yardstick the configurations are a fraction of."""
     rate = _section(results, "ceiling").get("events_per_s")
@@ -256,8 +277,8 @@ def _floor_line(results: dict) -> str | None:
     if f.get("engine_cpu_us_per_event") is None:
         return line + "; the engine's CPU per event was not measured"
     return (line + f"; the engine's threads used {_num(f['engine_cpu_us_per_event'], 1)} µs "
-            f"of CPU per event in the p1 drain: {_num(f.get('above_floor_us'), 1)} µs above "
-            f"the floor")
+            f"of CPU per event in the profiled p1 drain: {_num(f.get('above_floor_us'), 1)} µs "
+            f"above the floor")
 
 
 _CODE_HEAD = ("code", "floor µs/click", "engine µs/event", "difference")
@@ -294,8 +315,8 @@ def _code_caption(results: dict) -> str:
     samples = ((f.get("code") or {}).get("samples"), (f.get("engine_code") or {}).get("samples"))
     return ("Where the cost above the floor goes, by kind of code (perf's cpu-clock samples "
             f"by shared object: {_num(samples[0])} of the floor's timed pass, "
-            f"{_num(samples[1])} of the engine's threads over the p1 drain's timed span; each "
-            "side's CPU per click split by its shares)")
+            f"{_num(samples[1])} of the engine's threads over the profiled p1 drain's timed "
+            "span; each side's CPU per click split by its shares)")
 
 
 def _code_missing(results: dict) -> str | None:
@@ -394,6 +415,7 @@ def format_report(results: dict) -> str:
         f"Ceiling: {_ceiling_line(results)}",
         "",
         *_text_block("Throughput", _THROUGHPUT_HEAD, _throughput_rows(results)),
+        *([f"  {drains}"] if (drains := _p1_drains_line(results)) else []),
         "",
         *_text_block("Latency (click to trigger)", _LATENCY_HEAD, _latency_rows(results)),
         *(_text_block("In-order application (click to trigger, at-least-once, "
@@ -617,6 +639,8 @@ def readme_section(results: dict) -> str:
         "",
         *_md_table(_THROUGHPUT_HEAD, [_ceiling_row(results), *_throughput_rows(results)]),
     ]
+    if drains := _p1_drains_line(results):
+        lines += ["", drains + "."]
     if latency := _latency_rows(results):
         lines += ["", "**Latency** (click to trigger):", "", *_md_table(_LATENCY_HEAD, latency)]
     if order := _order_rows(results):

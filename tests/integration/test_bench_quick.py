@@ -3,6 +3,7 @@ hold every figure the benchmark promises (throughput at p1 and p2 against the ce
 at every offered rate in both delivery modes, cost per stage, resources)."""
 
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -48,6 +49,16 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
         # often passed by then)
         assert entry["timed_records"] >= 0.5 * bench.QUICK.backlog
     assert bench.implausible(list(throughput.values()), ceiling, 2) == []
+    # p1 is the median of its configuration's unprofiled drains (the quick run: the throughput
+    # drain and the journeys section's one drain without journeys); the profilers had a drain
+    # of their own, reported apart
+    p1 = throughput[1]
+    assert p1["drains_events_per_s"][0] == p1["first_drain_events_per_s"]
+    assert p1["drains_events_per_s"][1:] == results["journeys"]["without"]["runs_events_per_s"]
+    assert p1["events_per_s"] == pytest.approx(
+        statistics.median(p1["drains_events_per_s"]), abs=0.1)
+    assert results["profiled_drain"]["events_per_s"] > 0
+    assert "is the median of 2 drains" in run.stdout
 
     by_mode: dict[str, list[dict]] = {}
     for step in results["latency"]:

@@ -461,6 +461,9 @@ def test_the_cost_above_the_floor_is_the_engine_threads_cpu_less_the_floor() -> 
     gone = bench.above_floor({"parallelism": 1, "threads": [p1["threads"][1]]}, floor)
     assert gone["engine_cpu_us_per_event"] is None and gone["above_floor_us"] is None
     assert bench.above_floor({}, floor)["above_floor_us"] is None
+    # the profiled drain, which the bench passes, is not a throughput row (no parallelism key)
+    profiled = {"label": "p1 at-least-once, profiled", "threads": p1["threads"]}
+    assert bench.above_floor(profiled, floor)["above_floor_us"] == 31.5
 
 
 def test_the_floor_plays_the_backlogs_whole_workload(tmp_path, monkeypatch) -> None:
@@ -542,3 +545,19 @@ def test_a_compared_drain_prints_its_engine_cpu_by_kind_of_code() -> None:
     sampled["threads"] = [{"name": "per-user engine", "threads": 2, "cpu_us_per_event": 200.0}]
     assert code_line(sampled) == (
         "by kind of code, µs CPU/event: Python interpreter 150.0, kernel 50.0")
+
+
+def test_the_p1_figure_is_the_median_of_its_configurations_drains() -> None:
+    p1 = {"label": "p1 at-least-once", "events_per_s": 6000.0, "fraction_of_ceiling": 0.02}
+    bench.p1_median(p1, [7000.0, 6500.0], ceiling=260_000.0)
+    assert p1["events_per_s"] == 6500.0  # the median, not the first drain nor the best
+    assert p1["drains_events_per_s"] == [6000.0, 7000.0, 6500.0]
+    assert p1["first_drain_events_per_s"] == 6000.0
+    assert p1["fraction_of_ceiling"] == round(6500.0 / 260_000.0, 4)
+    assert p1["label"] == "p1 at-least-once (median of 3 drains)"
+    two = {"label": "p1 at-least-once", "events_per_s": 1000.0}
+    bench.p1_median(two, [2000.0], ceiling=10_000.0)
+    assert two["events_per_s"] == 1500.0  # the quick run's two drains: their mean
+    alone = {"label": "p1 at-least-once", "events_per_s": 1000.0}
+    bench.p1_median(alone, [], ceiling=10_000.0)
+    assert alone["events_per_s"] == 1000.0 and alone["label"] == "p1 at-least-once"

@@ -389,7 +389,7 @@ def test_report_puts_the_domain_floor_next_to_the_engines_cpu():
     results["floor"]["decoded_users"] = 6_000
     assert "6,000 users' decoded state kept" in line_with(br.format_report(results),
                                                           "Domain floor")
-    assert "231.0 µs of CPU per event in the p1 drain: 14.3 µs above the floor" in line
+    assert "231.0 µs of CPU per event in the profiled p1 drain: 14.3 µs above the floor" in line
     assert "cost above the domain floor < 30 µs/event: met (measured 14.3 µs)" in text
     assert "14.3 µs above the floor" in br.readme_section(results)
     results["goals"].update(above_floor_us=-18.2, above_floor_met=None)
@@ -443,3 +443,17 @@ def test_report_splits_the_cost_above_the_floor_by_kind_of_code():
     text = br.format_report(results)
     assert "JVM (HotSpot" not in text
     assert "By kind of code: unavailable (engine: perf is not installed" in text
+
+
+def test_report_says_how_the_p1_figure_was_made_and_what_the_profiled_drain_read():
+    results = sample_results()
+    assert br._p1_drains_line(results) is None  # an older run: no drains listed, no line
+    results["throughput"][0].update(drains_events_per_s=[7100.0, 6900.5, 7400.0],
+                                    events_per_s=7100.0, first_drain_events_per_s=7100.0)
+    results["profiled_drain"] = {"events_per_s": 6500.0, "seconds": 70.1}
+    for text in (br.format_report(results), br.readme_section(results)):
+        line = line_with(text, "is the median of 3 drains")
+        assert "P1 at-least-once is the median of 3 drains" in line
+        assert "7,100, 6,900, 7,400 events/s" in line  # every drain, the throughput drain first
+        assert "the profiled drain (py-spy and perf attached" in line
+        assert "read 6,500 events/s and is not counted" in line
