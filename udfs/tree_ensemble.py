@@ -241,7 +241,8 @@ class LeafBitsets:
     19 µs against 15 µs for this one; both take 2 µs with warm caches).
     """
 
-    __slots__ = ("_pick", "_row", "base", "features", "offsets", "trees", "weights")
+    __slots__ = ("_pick", "_row", "base", "everything", "features", "offsets", "trees",
+                 "weights")
 
     def __init__(self, columns: list[int], features: list[tuple[list[float], list[int]]],
                  weights: np.ndarray, base: float) -> None:
@@ -250,6 +251,7 @@ class LeafBitsets:
         self._row = struct.Struct(f"<{len(columns)}f")
         self.features = features
         self.trees = len(weights) // 8
+        self.everything = (1 << (8 * self.trees)) - 1  # every tree's every leaf alive
         self.offsets = np.arange(self.trees, dtype=np.int64) * 8
         self.weights = weights
         self.base = base
@@ -314,11 +316,13 @@ class LeafBitsets:
         except OverflowError:  # beyond float32's range: numpy's cast makes it infinite
             with np.errstate(over="ignore"):
                 values = tuple(np.asarray(picked, dtype=np.float32).tolist())
-        alive = -1  # every bit set; the ANDs below keep only the trees' bits
+        alive = self.everything
         left = bisect.bisect_left
         for x, (cuts, masks) in zip(values, self.features):  # noqa: B905 (built together)
             # NaN fails every ``x <= threshold``: all of that feature's branches go false
-            alive &= masks[left(cuts, x) if x == x else len(cuts)]
+            failed = left(cuts, x) if x == x else len(cuts)
+            if failed:  # masks[0] is every leaf: an AND that changes nothing (~0.1 µs) skipped
+                alive &= masks[failed]
         # each tree's byte becomes its lowest bit's number (its leaf), widened to an int64 by
         # placing it in an 8-byte slot: a numpy cast (uint8 to intp) would let go of the
         # interpreter lock (module docs)

@@ -552,6 +552,36 @@ def test_recent_log_keeps_the_newest_in_time_order() -> None:
     assert recent[0].event_time == NOW - 49 * MIN and recent[-1].event_time == NOW
 
 
+def test_recent_events_reuse_the_last_parse_exactly() -> None:
+    """Each evaluation's log equals a fresh parse of its rows, whatever came before it.
+
+    ``recent_events`` reuses the events of the rows it parsed last (``_parse_rows``): a
+    differential check against a parse from scratch over a seeded mix of what happens between
+    two evaluations (events added in and out of order, the oldest dropped, a cut at an earlier
+    time, another user's log in between, duplicates of a time).
+    """
+    from udfs.features.state import _parse_row
+
+    rng = random.Random(11)
+    users = [run([ev(i, NOW - rng.randrange(600) * MIN) for i in range(rng.randrange(1, 8))])
+             for _ in range(4)]
+    n = 100
+    for _ in range(1500):
+        state = rng.choice(users)
+        if rng.random() < 0.7:  # an event: mostly the newest, sometimes late
+            at = state.last_event_ms + MIN if rng.random() < 0.8 else NOW - rng.randrange(900) * MIN
+            n += 1
+            update(state, ev(n, at, rng.choice(["PAGE_VIEW", "ADD_TO_CART", "PURCHASE"]),
+                             product_id=f"p{rng.randrange(3)}", price=1.5, quantity=1))
+        now_ms = None if rng.random() < 0.3 else state.last_event_ms - rng.choice(
+            [0, 0, 0, MIN, 30 * MIN])
+        got = state.recent_events(now_ms)
+        rows = state.recent if now_ms is None else [
+            r for r in state.recent if int(r[:15]) <= now_ms]
+        assert got == tuple(_parse_row(r) for r in rows)
+    assert max(len(u.recent) for u in users) == DEFAULT_BOUNDS.recent_events  # the cap was hit
+
+
 def test_update_does_not_mutate_the_event() -> None:
     event = ev(1, NOW, "PURCHASE", product_id="p" * 200, price=3.0, quantity=2,
                session_id="s", order_id="o", properties={"k": "v"})

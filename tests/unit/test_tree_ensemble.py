@@ -194,6 +194,8 @@ def test_one_row_scores_as_the_walk_to_the_bit_on_the_shipped_model(compiled):
         for column in rng.choice(len(FEATURE_NAMES), size=8, replace=False):
             row[column] = special[int(rng.integers(len(special)))]
         rows.append(row)
+    # every feature at or below every threshold: no branch fails, no mask is applied at all
+    rows += [[-1e30] * len(FEATURE_NAMES), [-float("inf")] * len(FEATURE_NAMES)]
     with np.errstate(over="ignore"):  # numpy's cast of 1e39 to float32 warns
         batch = trees.probabilities(np.asarray(rows, dtype=np.float32)).tolist()
     single = [trees.probability(row) for row in rows]

@@ -40,6 +40,7 @@ from udfs.features.view import RecentEvent
 __all__ = [
     "BLOCK",
     "DAY_OFF",
+    "EMPTY",
     "HOUR_OFF",
     "N_DAYS",
     "N_HOURS",
@@ -220,8 +221,8 @@ class UserFeatures:
         """
         rows = self.recent
         if now_ms is not None:  # rows sort by their zero-padded time first
-            rows = rows[: bisect_left(rows, f"{now_ms + 1:015d}")]
-        return tuple(map(_parse_row, rows))
+            return _parse_rows(rows[: bisect_left(rows, f"{now_ms + 1:015d}")])
+        return _parse_rows(list(rows))
 
     def cart_at(self, now_ms: int | None = None) -> dict[str, CartLine]:
         """The cart after the cart events up to ``now_ms`` (all when None), in event-time order.
@@ -255,6 +256,37 @@ def _row(t: int, event_id: str, ti: int, si: int, event: Mapping[str, Any]) -> s
         str(int(quantity)) if quantity else "",
         _clip(currency, MAX_CURRENCY_BYTES) if currency else "",
     ))
+
+
+#: the rows ``_parse_rows`` parsed last and their events, as one tuple (read and replaced
+#: whole, so two engine threads of one interpreter never see one's rows with the other's events)
+_last_parsed: tuple[list[str], tuple[RecentEvent, ...]] = ([], ())
+
+
+def _parse_rows(rows: list[str]) -> tuple[RecentEvent, ...]:
+    """The events of log rows (a list of its own: it is kept), reusing the last call's parses.
+
+    A user's evaluations in one step read the same log, one or two new rows at its end and
+    maybe its oldest ones gone: the rows the last call parsed keep their events, only the new
+    ones are parsed (~50 cache lookups become a few; a row's event depends on the row alone,
+    so this is exact). Anything else is parsed row by row. One entry is kept, not one a user:
+    ~50 events of memory, not ~20 KB a user.
+    """
+    global _last_parsed
+    old_rows, old_events = _last_parsed
+    events: tuple[RecentEvent, ...] | None = None
+    if rows and old_rows:
+        try:
+            k = old_rows.index(rows[0])
+        except ValueError:
+            k = -1
+        kept = len(old_rows) - k
+        if k >= 0 and kept <= len(rows) and rows[:kept] == old_rows[k:]:
+            events = old_events[k:] + tuple(map(_parse_row, rows[kept:]))
+    if events is None:
+        events = tuple(map(_parse_row, rows))
+    _last_parsed = (rows, events)
+    return events
 
 
 @lru_cache(maxsize=1 << 16)
@@ -392,19 +424,23 @@ def ring_window(off: int, size: int, head: int, lo: int, hi: int) -> tuple[slice
         hi: Last bucket number wanted; buckets after ``head`` or older than the ring are empty.
 
     Returns:
-        Two slices of the array whose sums add up to the buckets' total (empty when none).
+        Two slices of the array whose sums add up to the buckets' total (empty when none);
+        the second is ``EMPTY`` when one slice holds them all (the whole ring is one slice).
     """
     lo = max(lo, head - size + 1)
     hi = min(hi, head)
     if lo > hi:
-        return _EMPTY, _EMPTY
+        return EMPTY, EMPTY
+    if hi - lo + 1 == size:  # the whole ring (the common case at an event's own time)
+        return slice(off, off + size), EMPTY
     a, b = lo % size, hi % size
     if a <= b:
-        return slice(off + a, off + b + 1), _EMPTY
+        return slice(off + a, off + b + 1), EMPTY
     return slice(off + a, off + size), slice(off, off + b + 1)
 
 
-_EMPTY = slice(0, 0)
+#: ``ring_window``'s empty slice: a caller may test ``is EMPTY`` to skip a sum of nothing
+EMPTY = slice(0, 0)
 
 
 def _advance(state: UserFeatures, old: int, new: int, bounds: FeatureBounds) -> None:
