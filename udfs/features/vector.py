@@ -133,6 +133,17 @@ def _count(state: UserFeatures, now: int, ti: int | None, horizon: str) -> int:
     return sum(sum(block[a]) + sum(block[b]) for block in state.type_counts.values())
 
 
+def _window_sum(ring: array[int], first: slice, second: slice) -> int:
+    """The sum of a ``ring_window``'s two slices of ``ring``.
+
+    Most windows are one slice (a whole ring at the event's own time, or no wrap); a sum of
+    the empty second slice costs as much as a short one, so it is skipped (~3 µs a vector).
+    """
+    if second is EMPTY:
+        return sum(ring[first])
+    return sum(ring[first]) + sum(ring[second])
+
+
 def _counts(out: dict[str, float], state: UserFeatures, now: int) -> None:
     """Every count feature of a state with events."""
     head = state.last_event_ms
@@ -142,15 +153,12 @@ def _counts(out: dict[str, float], state: UserFeatures, now: int) -> None:
     a24, b24 = ring_window(HOUR_OFF, N_HOURS, head // HOUR_MS, nh - N_HOURS + 1, nh)
     a7, b7 = ring_window(DAY_OFF, N_DAYS, hd, nd - 6, nd)
     a30, b30 = ring_window(DAY_OFF, N_DAYS, hd, nd - N_DAYS + 1, nd)
-    # most windows are one slice (a whole ring at the event's own time, or no wrap): a second
-    # sum of an empty slice costs as much as a short one, so it is skipped (~3 µs a vector)
-    w1, w24, w7, w30 = b1 is not EMPTY, b24 is not EMPTY, b7 is not EMPTY, b30 is not EMPTY
     t1 = t24 = t7 = t30 = 0
     for ti, block in state.type_counts.items():
-        c1 = sum(block[a1]) + sum(block[b1]) if w1 else sum(block[a1])
-        c24 = sum(block[a24]) + sum(block[b24]) if w24 else sum(block[a24])
-        c7 = sum(block[a7]) + sum(block[b7]) if w7 else sum(block[a7])
-        c30 = sum(block[a30]) + sum(block[b30]) if w30 else sum(block[a30])
+        c1 = _window_sum(block, a1, b1)
+        c24 = _window_sum(block, a24, b24)
+        c7 = _window_sum(block, a7, b7)
+        c30 = _window_sum(block, a30, b30)
         n1, n24, n7, n30 = _COUNT_NAMES[ti]
         out[n1], out[n24], out[n7], out[n30] = float(c1), float(c24), float(c7), float(c30)
         t1 += c1
@@ -180,15 +188,9 @@ def _rest(out: dict[str, float], state: UserFeatures | None, now: int,
     out["sessions_7d"] = float(_count_days(state.session_keys, nd - 6, nd))
     out["sessions_30d"] = float(_count_days(state.session_keys, nd - N_DAYS + 1, nd))
     out["orders_30d"] = float(_count_days(state.order_keys, nd - N_DAYS + 1, nd))
-    if d30b is EMPTY:  # one slice (the whole ring at the event's own time): one sum each
-        if state.revenue_days is not None:
-            out["revenue_30d"] = sum(state.revenue_days[d30a]) / 1000
-        sources = {i: sum(ring[d30a]) for i, ring in state.source_counts.items()}
-    else:
-        if state.revenue_days is not None:
-            out["revenue_30d"] = (sum(state.revenue_days[d30a])
-                                  + sum(state.revenue_days[d30b])) / 1000
-        sources = {i: sum(ring[d30a]) + sum(ring[d30b]) for i, ring in state.source_counts.items()}
+    if state.revenue_days is not None:
+        out["revenue_30d"] = _window_sum(state.revenue_days, d30a, d30b) / 1000
+    sources = {i: _window_sum(ring, d30a, d30b) for i, ring in state.source_counts.items()}
     events_30d = sum(sources.values())  # = events_total_30d: every event has one source
     if events_30d:
         out["mobile_share_30d"] = sources.get(_MOBILE, 0) / events_30d
