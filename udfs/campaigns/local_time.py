@@ -15,14 +15,26 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from udfs.campaigns.grammar import Cap, PriorityPolicy
 
+#: every zone ``zone_of`` found, by name: ``ZoneInfo`` keeps only the last 8 names used
+#: strongly, and a ninth drops the oldest, which is read from its file again at its next use
+#: (users in more than eight zones made that most steps' cost: ~2% of the domain loop). Bounded
+#: by the zone files that exist (a name that names none is not kept); a ZoneInfo is immutable.
+_ZONES: dict[str, ZoneInfo] = {}
+
 
 def zone_of(metadata: Mapping[str, Any] | None, policy: PriorityPolicy) -> ZoneInfo:
     """The user's time zone (metadata ``time_zone``), else the policy's default."""
     name = (metadata or {}).get("time_zone") or policy.default_time_zone
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo(policy.default_time_zone)
+    zone = _ZONES.get(name)
+    if zone is None:
+        try:
+            zone = ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            if name == policy.default_time_zone:
+                raise
+            return zone_of(None, policy)  # a name no zone file has: the policy's default
+        _ZONES[name] = zone
+    return zone
 
 
 def _local(ms: int, zone: ZoneInfo) -> datetime:
