@@ -73,6 +73,17 @@ class Pending:
     item: Any = field(default=None, compare=False)
     trace: str = ""
 
+    def __init__(self, time_ms: int, rank: int, key: str, payload: bytes, ingest_time: int = 0,
+                 item: Any = None, trace: str = "") -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        object.__setattr__(self, "time_ms", time_ms)
+        object.__setattr__(self, "rank", rank)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "payload", payload)
+        object.__setattr__(self, "ingest_time", ingest_time)
+        object.__setattr__(self, "item", item)
+        object.__setattr__(self, "trace", trace)
+
     def order(self) -> tuple[int, int, str]:
         """The apply order: event time, metadata first, then the key."""
         return (self.time_ms, self.rank, self.key)
@@ -90,6 +101,20 @@ class UserClock:
     timer_ms: int | None = None
     defs_fp: int = 0
     pending: list[Pending] = field(default_factory=list)
+
+    def __init__(self, clock_ms: int | None = None, due_ms: int | None = None,
+                 campaign_due_ms: int | None = None, recheck_ms: int | None = None,
+                 expiry_ms: int | None = None, timer_ms: int | None = None, defs_fp: int = 0,
+                 pending: list[Pending] | None = None) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        self.clock_ms = clock_ms
+        self.due_ms = due_ms
+        self.campaign_due_ms = campaign_due_ms
+        self.recheck_ms = recheck_ms
+        self.expiry_ms = expiry_ms
+        self.timer_ms = timer_ms
+        self.defs_fp = defs_fp
+        self.pending = [] if pending is None else pending
 
     def add(self, item: Pending) -> bool:
         """Buffer an input; False (nothing added) when one with the same key is pending."""

@@ -80,6 +80,24 @@ class UserState:
     #: erased and not re-registered since: the only state such a user has (see ``Erasure``)
     erased: bool = False
 
+    def __init__(self, features: feature_state.UserFeatures | None = None,
+                 metadata: dict[str, Any] | None = None, membership: dict[str, int] | None = None,
+                 churn_score: float | None = None, model_version: str | None = None,
+                 campaigns: CampaignState | None = None, clock: UserClock | None = None,
+                 load_campaigns: Callable[[], CampaignState] | None = None,
+                 load: Callable[[UserState], None] | None = None, erased: bool = False) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        self.features = features
+        self.metadata = metadata
+        self.membership = {} if membership is None else membership
+        self.churn_score = churn_score
+        self.model_version = model_version
+        self.campaigns = campaigns
+        self.clock = UserClock() if clock is None else clock
+        self.load_campaigns = load_campaigns
+        self.load = load
+        self.erased = erased
+
     def ensure(self) -> None:
         """Fill features, metadata and membership through ``load`` on first use."""
         loader = self.load
@@ -116,6 +134,10 @@ class Click:
     """A validated ClickEvent dict; ``ingest_time`` is the Kafka append time of its record."""
 
     event: dict[str, Any]
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        object.__setattr__(self, "event", event)
 
 
 @dataclass(frozen=True)
@@ -180,6 +202,14 @@ class Released:
     pendings: tuple[Pending, ...]
     through_ms: int
     watermark_ms: int
+
+    def __init__(self, user_id: str, pendings: tuple[Pending, ...], through_ms: int,
+                 watermark_ms: int) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        object.__setattr__(self, "user_id", user_id)
+        object.__setattr__(self, "pendings", pendings)
+        object.__setattr__(self, "through_ms", through_ms)
+        object.__setattr__(self, "watermark_ms", watermark_ms)
 
 
 @dataclass(frozen=True)
@@ -811,14 +841,27 @@ def _journeys_may_start(watch: _Watch, facts: arbitration.StepFacts) -> bool:
                for trigger in watch.entries if arbitration.may_fire(trigger, facts))
 
 
-class MembershipStep(NamedTuple):
-    """What the segment half of a step produced (a named tuple: one per step, built cheaply)."""
+class MembershipStep:
+    """What the segment half of a step produced (one per evaluation).
 
-    changes: list[dict[str, Any]]
-    next_timer_ms: int | None  # the earliest next_change_ms of the segments (no recheck)
-    duplicate: bool = False
-    now_ms: int | None = None  # the event time the step evaluated at (the user's clock)
-    view: Any = None  # the FeatureView it evaluated (campaign payloads read it)
+    A plain class with its own ``__init__`` (built natively when compiled; a named tuple's
+    constructor is an interpreted function: see ``conditions.Evaluation``).
+    """
+
+    def __init__(self, changes: list[dict[str, Any]], next_timer_ms: int | None,
+                 duplicate: bool = False, now_ms: int | None = None, view: Any = None) -> None:
+        self.changes = changes
+        #: the earliest next_change_ms of the segments (no recheck)
+        self.next_timer_ms = next_timer_ms
+        self.duplicate = duplicate
+        #: the event time the step evaluated at (the user's clock)
+        self.now_ms = now_ms
+        #: the FeatureView it evaluated (campaign payloads read it)
+        self.view = view
+
+    def __repr__(self) -> str:
+        return (f"MembershipStep(changes={self.changes!r}, next_timer_ms={self.next_timer_ms!r}, "
+                f"duplicate={self.duplicate!r}, now_ms={self.now_ms!r})")
 
 
 def change_id(user_id: str, segment_id: str, change: str, event_time: int, cause: str) -> str:

@@ -144,6 +144,16 @@ class SourceRecord:
     key: bytes | None
     value: bytes | None
 
+    def __init__(self, topic: str, partition: int | None, offset: int | None,
+                 timestamp: int | None, key: bytes | None, value: bytes | None) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        object.__setattr__(self, "topic", topic)
+        object.__setattr__(self, "partition", partition)
+        object.__setattr__(self, "offset", offset)
+        object.__setattr__(self, "timestamp", timestamp)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "value", value)
+
 
 @dataclass(frozen=True)
 class Problem:

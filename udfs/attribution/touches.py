@@ -70,6 +70,12 @@ class TouchLog:
     touches: tuple[Touch, ...] = ()
     converted: frozenset[str] = field(default_factory=frozenset)
 
+    def __init__(self, touches: tuple[Touch, ...] = (),
+                 converted: frozenset[str] | None = None) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        self.touches = touches
+        self.converted = frozenset() if converted is None else converted
+
     def is_empty(self) -> bool:
         """No touch can still be credited."""
         return not self.touches

@@ -153,6 +153,21 @@ class CampaignState:
     opt_outs: dict[str, int] = field(default_factory=dict)
     touches: TouchLog = field(default_factory=TouchLog)
 
+    def __init__(self, sent: list[tuple[str, str, str, int]] | None = None,
+                 last_send: dict[str, int] | None = None, decided: dict[str, int] | None = None,
+                 pending: list[Candidate] | None = None, churn_score: float | None = None,
+                 journeys: JourneyState | None = None, opt_outs: dict[str, int] | None = None,
+                 touches: TouchLog | None = None) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        self.sent = [] if sent is None else sent
+        self.last_send = {} if last_send is None else last_send
+        self.decided = {} if decided is None else decided
+        self.pending = [] if pending is None else pending
+        self.churn_score = churn_score
+        self.journeys = JourneyState() if journeys is None else journeys
+        self.opt_outs = {} if opt_outs is None else opt_outs
+        self.touches = TouchLog() if touches is None else touches
+
     def last_sent_ms(self) -> int | None:
         """Event time of the user's latest trigger, or None."""
         return max((s[3] for s in self.sent), default=None)
@@ -257,8 +272,21 @@ class StepFacts:
     _entered: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
     _recent: RecentEvent | None = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        # a compiled dataclass leaves ``init=False`` fields unset: set them here
+    def __init__(self, user_id: str, now_ms: int, cause: str, event: Mapping[str, Any] | None,
+                 changes: tuple[Mapping[str, Any], ...], churn_score: float | None, view: Any,
+                 metadata: Mapping[str, Any] | None,
+                 outcome: Mapping[str, Any] | None = None) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``);
+        # it sets the ``init=False`` fields too (a compiled dataclass leaves them unset)
+        object.__setattr__(self, "user_id", user_id)
+        object.__setattr__(self, "now_ms", now_ms)
+        object.__setattr__(self, "cause", cause)
+        object.__setattr__(self, "event", event)
+        object.__setattr__(self, "changes", changes)
+        object.__setattr__(self, "churn_score", churn_score)
+        object.__setattr__(self, "view", view)
+        object.__setattr__(self, "metadata", metadata)
+        object.__setattr__(self, "outcome", outcome)
         object.__setattr__(self, "_entered", None)
         object.__setattr__(self, "_recent", None)
 
@@ -516,6 +544,16 @@ class UserFacts:
     churn_score: float | None
     model_version: str | None
 
+    def __init__(self, user_id: str, metadata: Mapping[str, Any] | None,
+                 membership: Mapping[str, int], churn_score: float | None,
+                 model_version: str | None) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        object.__setattr__(self, "user_id", user_id)
+        object.__setattr__(self, "metadata", metadata)
+        object.__setattr__(self, "membership", membership)
+        object.__setattr__(self, "churn_score", churn_score)
+        object.__setattr__(self, "model_version", model_version)
+
 
 @dataclass(frozen=True)
 class Definitions:
@@ -534,6 +572,20 @@ class Definitions:
     measured_roi: Mapping[str, MeasuredRoi] = field(default_factory=dict)
     #: ``campaigns`` indexed by what fires them, when the caller keeps one (else built here)
     firing: Firing | None = field(default=None, compare=False)
+
+    def __init__(self, campaigns: Mapping[str, Campaign], policy: PriorityPolicy | None,
+                 segment_versions: Mapping[str, int], audience_sizes: Mapping[str, int],
+                 churn_thresholds: tuple[float, ...] = (),
+                 measured_roi: Mapping[str, MeasuredRoi] | None = None,
+                 firing: Firing | None = None) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        object.__setattr__(self, "campaigns", campaigns)
+        object.__setattr__(self, "policy", policy)
+        object.__setattr__(self, "segment_versions", segment_versions)
+        object.__setattr__(self, "audience_sizes", audience_sizes)
+        object.__setattr__(self, "churn_thresholds", churn_thresholds)
+        object.__setattr__(self, "measured_roi", {} if measured_roi is None else measured_roi)
+        object.__setattr__(self, "firing", firing)
 
     def roi_of(self, campaign: Campaign) -> MeasuredRoi | None:
         """The measured ROI the matrix uses for a campaign, or None (the typed one).
@@ -563,6 +615,18 @@ class Outcome:
     state_changed: bool = False  # whether the CampaignState must be stored again
     converted: list[dict[str, Any]] = field(default_factory=list)  # CampaignOutcome CONVERTED
     lift: list[LiftFact] = field(default_factory=list)  # for the per-campaign statistics
+
+    def __init__(self, triggers: list[dict[str, Any]] | None = None,
+                 decisions: list[dict[str, Any]] | None = None, duplicates: int = 0,
+                 state_changed: bool = False, converted: list[dict[str, Any]] | None = None,
+                 lift: list[LiftFact] | None = None) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        self.triggers = [] if triggers is None else triggers
+        self.decisions = [] if decisions is None else decisions
+        self.duplicates = duplicates
+        self.state_changed = state_changed
+        self.converted = [] if converted is None else converted
+        self.lift = [] if lift is None else lift
 
 
 @dataclass

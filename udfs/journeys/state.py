@@ -51,6 +51,14 @@ class JourneyState:
     started: dict[str, int] = field(default_factory=dict)
     ended: dict[str, int] = field(default_factory=dict)
 
+    def __init__(self, instances: dict[str, Instance] | None = None,
+                 started: dict[str, int] | None = None,
+                 ended: dict[str, int] | None = None) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        self.instances = {} if instances is None else instances
+        self.started = {} if started is None else started
+        self.ended = {} if ended is None else ended
+
     def next_due_ms(self) -> int | None:
         """When the earliest waiting instance's wait ends, or None."""
         return min((i.due_ms for i in self.instances.values() if i.due_ms is not None),

@@ -16,7 +16,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from udfs.definitions.comparisons import Test
 from udfs.definitions.diagnostics import format_number
@@ -46,12 +46,13 @@ def _earliest(a: int | None, b: int | None) -> int | None:
 _Result = tuple[bool, int | None, str]
 
 
-class Evaluation(NamedTuple):
+class Evaluation:
     """The outcome of evaluating one segment for one user at one event time.
 
-    A named tuple, not a frozen dataclass: one is built per segment per engine step, and a
-    frozen dataclass's ``__init__`` (an ``object.__setattr__`` per field) cost ~1% of the
-    domain floor's instructions (docs/performance.md, 2026-12-04).
+    A plain class with its own ``__init__``, neither a frozen dataclass nor a named tuple: one
+    is built per segment per evaluation (~7 an input), and compiled (``udfs.native``) a plain
+    class is built natively, where a named tuple's constructor is an interpreted function (~0.1
+    µs more each) and a frozen dataclass's sets each field through ``object.__setattr__``.
 
     Attributes:
         member: Whether the user is in the segment at ``view.now_ms``.
@@ -61,9 +62,14 @@ class Evaluation(NamedTuple):
         reason: Short human-readable explanation, e.g. ``cart_value 142.5 > 100``.
     """
 
-    member: bool
-    next_change_ms: int | None
-    reason: str
+    def __init__(self, member: bool, next_change_ms: int | None, reason: str) -> None:
+        self.member = member
+        self.next_change_ms = next_change_ms
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return (f"Evaluation(member={self.member!r}, next_change_ms={self.next_change_ms!r}, "
+                f"reason={self.reason!r})")
 
 
 class Condition:
