@@ -65,6 +65,7 @@ MODULES: tuple[str, ...] = (
     "udfs/attribution/roi.py",
     "udfs/attribution/holdout.py",
     "udfs/features/spec.py",
+    "udfs/features/view.py",
 )
 #: the packages whose sources the compiled code depends on (the manifest's digest)
 SOURCE_PACKAGES = ("udfs", "schemas")

@@ -29,6 +29,7 @@ from udfs.campaigns.arbitration import (
 from udfs.clock import Pending, UserClock
 from udfs.engine import Click, Released, UserState
 from udfs.features.state import UserFeatures
+from udfs.features.view import RecentEvent
 from udfs.intake import SourceRecord
 from udfs.journeys.state import JourneyState
 
@@ -80,7 +81,7 @@ def _values(cls: type, fields: Any) -> dict[str, Any]:
 
 
 WRITTEN_OUT = [Pending, UserClock, UserState, Click, Released, SourceRecord, StepFacts,
-               CampaignState, Definitions, UserFacts, Outcome, JourneyState, TouchLog]
+               CampaignState, Definitions, UserFacts, Outcome, JourneyState, TouchLog, RecentEvent]
 
 
 @pytest.mark.parametrize("cls", WRITTEN_OUT, ids=lambda c: c.__name__)

@@ -290,7 +290,8 @@ class FeatureView:
         """
         value: Any = self._metadata
         for part in field.split("."):
-            if not isinstance(value, Mapping):
+            # a dict first: an ABC's isinstance is an interpreted call (~0.3 µs), a dict's is not
+            if not isinstance(value, dict) and not isinstance(value, Mapping):
                 return None
             value = value.get(part)
         return value

@@ -26,6 +26,22 @@ class RecentEvent:
     quantity: int | None = None
     currency: str | None = None
 
+    def __init__(self, event_id: str, event_type: str, event_time: int, source: str,
+                 product_id: str | None = None, category: str | None = None,
+                 price: float | None = None, quantity: int | None = None,
+                 currency: str | None = None) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``); one
+        # is built for each row of a user's log the first time it is read
+        object.__setattr__(self, "event_id", event_id)
+        object.__setattr__(self, "event_type", event_type)
+        object.__setattr__(self, "event_time", event_time)
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "product_id", product_id)
+        object.__setattr__(self, "category", category)
+        object.__setattr__(self, "price", price)
+        object.__setattr__(self, "quantity", quantity)
+        object.__setattr__(self, "currency", currency)
+
     @property
     def value(self) -> float | None:
         """Price x quantity (quantity defaults to 1), None without a price."""
