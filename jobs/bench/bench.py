@@ -476,8 +476,14 @@ def floor_goal_met(above_floor_us: float | None) -> bool | None:
     return above_floor_us < GOAL_ABOVE_FLOOR_US
 
 
-#: the p1 configuration's flags: the throughput drain, the profiled drain, the journeys section's
-P1_FLAGS = ("--parallelism", "1", "--delivery-guarantee", "at-least-once")
+def at_least_once_flags(parallelism: int) -> tuple[str, ...]:
+    """The job's flags of an at-least-once drain at ``parallelism``."""
+    return ("--parallelism", str(parallelism), "--delivery-guarantee", "at-least-once")
+
+
+#: the p1 configuration's flags: the throughput drain, the profiled drain and the journeys
+#: section's drains without journeys (the drains ``p1_median`` takes the median of)
+P1_FLAGS = at_least_once_flags(1)
 
 
 def p1_median(p1: dict[str, Any], more: Sequence[float], ceiling: float) -> None:
@@ -1366,8 +1372,7 @@ class Bench:
         throughput = []
         for parallelism in (1, 2):
             self.say(f"  throughput at parallelism {parallelism} ...")
-            run = self.drain(fresh_config(base), ("--parallelism", str(parallelism),
-                                                        "--delivery-guarantee", "at-least-once"),
+            run = self.drain(fresh_config(base), at_least_once_flags(parallelism),
                              f"p{parallelism} at-least-once")
             run.update(parallelism=parallelism, delivery="at-least-once",
                        execution_mode="thread",
