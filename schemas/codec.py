@@ -40,7 +40,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from io import BytesIO
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint as _fingerprint_hex
@@ -64,19 +64,19 @@ __all__ = [
     "WrongSchemaError",
 ]
 
-MAGIC = b"\xc3\x01"
+MAGIC: Final = b"\xc3\x01"
 """The two marker bytes that start every single-object encoded record."""
 
-NAMESPACE = "io.nudgeflow"
+NAMESPACE: Final = "io.nudgeflow"
 """Namespace of every nudgeflow record."""
 
-HEADER_SIZE = len(MAGIC) + 8
+HEADER_SIZE: Final = len(MAGIC) + 8
 """Marker plus fingerprint: the body starts at this offset."""
 
-CONFLUENT_MAGIC = b"\x00"
+CONFLUENT_MAGIC: Final = b"\x00"
 """The byte that starts a value in Confluent's wire format (then a 4-byte schema id, the body)."""
 
-CONFLUENT_HEADER_SIZE = len(CONFLUENT_MAGIC) + 4
+CONFLUENT_HEADER_SIZE: Final = len(CONFLUENT_MAGIC) + 4
 """Marker plus big-endian schema id: the Confluent-framed body starts at this offset."""
 
 SchemaLookup = Callable[[int], str]
@@ -89,7 +89,8 @@ Record = dict[str, Any]
 Buffer = bytes | bytearray | memoryview
 """What ``decode`` accepts: the raw Kafka value."""
 
-_HISTORY_NAME = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>[1-9][0-9]*)\.avsc$")
+_HISTORY_NAME: Final = re.compile(
+    r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>[1-9][0-9]*)\.avsc$")
 
 
 class CodecError(ValueError):
@@ -130,6 +131,10 @@ class _Writer:
     source: str
 
 
+#: a record's fields as ``_fast_read`` reads them: (name, op, the op's argument) each
+_Plan = tuple[tuple[str, int, Any], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class _Reader:
     """What ``decode`` needs for one writer schema version, computed once."""
@@ -143,7 +148,7 @@ class _Reader:
     source: str
     enum_scan: tuple[Any, ...] = ()
     """The writer's leading fields up to the last one holding an enum: checked before reading."""
-    fast: tuple[Any, ...] | None = None
+    fast: _Plan | None = None
     """The record's plan for ``_fast_read`` (a current version whose types it reads), or None."""
 
 
@@ -707,7 +712,12 @@ def _enum_scan_plan(parsed: Any) -> tuple[Any, ...]:
     return tuple(steps)
 
 
-_BYTES, _VARINT, _ENUM, _FIXED, _UNION, _GENERIC = range(6)
+_BYTES: Final = 0
+_VARINT: Final = 1
+_ENUM: Final = 2
+_FIXED: Final = 3
+_UNION: Final = 4
+_GENERIC: Final = 5
 
 
 def _compile(schema: Any, names: dict[str, Any], steps: list[tuple[int, Any]]) -> None:
@@ -830,7 +840,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise _Stop
 
 
-_FIXED_SIZES = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+_FIXED_SIZES: Final = {"null": 0, "boolean": 1, "float": 4, "double": 8}
 
 
 def _skip(schema: Any, data: bytes, pos: int, names: dict[str, Any], reader: _Reader) -> int:
@@ -922,19 +932,29 @@ def confluent_framed(single_object: Buffer, schema_id: int) -> bytes:
 # the record (and reports what is wrong with it, as before). A differential unit test holds it
 # to fastavro's result on valid and corrupted bodies.
 
-(_F_NULL, _F_BOOLEAN, _F_LONG, _F_FLOAT, _F_DOUBLE, _F_BYTES, _F_STRING, _F_ENUM, _F_UNION,
- _F_MAP, _F_ARRAY, _F_RECORD) = range(12)
-_F_PRIMITIVES = {"null": _F_NULL, "boolean": _F_BOOLEAN, "int": _F_LONG, "long": _F_LONG,
+_F_NULL: Final = 0
+_F_BOOLEAN: Final = 1
+_F_LONG: Final = 2
+_F_FLOAT: Final = 3
+_F_DOUBLE: Final = 4
+_F_BYTES: Final = 5
+_F_STRING: Final = 6
+_F_ENUM: Final = 7
+_F_UNION: Final = 8
+_F_MAP: Final = 9
+_F_ARRAY: Final = 10
+_F_RECORD: Final = 11
+_F_PRIMITIVES: Final = {"null": _F_NULL, "boolean": _F_BOOLEAN, "int": _F_LONG, "long": _F_LONG,
                  "float": _F_FLOAT, "double": _F_DOUBLE, "bytes": _F_BYTES, "string": _F_STRING}
-_FLOAT = struct.Struct("<f")
-_DOUBLE = struct.Struct("<d")
+_FLOAT: Final = struct.Struct("<f")
+_DOUBLE: Final = struct.Struct("<d")
 
 
 class _GiveUp(Exception):
     """The fast reader met something it does not read as fastavro does: fastavro reads it."""
 
 
-def _fast_plan(parsed: Any) -> tuple[Any, ...] | None:
+def _fast_plan(parsed: Any) -> _Plan | None:
     """A record schema's plan for ``_fast_read``: ``((field name, op, arg), ...)``.
 
     None when the schema has a type the fast reader does not read (a logical type, a fixed, a
@@ -946,7 +966,7 @@ def _fast_plan(parsed: Any) -> tuple[Any, ...] | None:
         op, arg = _fast_op(parsed, names, ())
     except _GiveUp:
         return None
-    return cast(tuple[Any, ...], arg) if op == _F_RECORD else None
+    return cast(_Plan, arg) if op == _F_RECORD else None
 
 
 def _fast_op(schema: Any, names: dict[str, Any], inside: tuple[str, ...]) -> tuple[int, Any]:
@@ -985,7 +1005,7 @@ class _Cursor:
         self.pos = pos
 
 
-def _fast_read(plan: tuple[Any, ...], data: bytes) -> Record | None:
+def _fast_read(plan: _Plan, data: bytes) -> Record | None:
     """The record of a body after the header, as fastavro reads it; None: fastavro must read it."""
     cursor = _Cursor(data, HEADER_SIZE)
     try:
@@ -995,7 +1015,7 @@ def _fast_read(plan: tuple[Any, ...], data: bytes) -> Record | None:
     return record if cursor.pos == len(data) else None
 
 
-def _fast_record(plan: tuple[Any, ...], cursor: _Cursor) -> dict[str, Any]:
+def _fast_record(plan: _Plan, cursor: _Cursor) -> dict[str, Any]:
     record: dict[str, Any] = {}
     for name, op, arg in plan:
         record[name] = _fast_value(op, arg, cursor)

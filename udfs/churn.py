@@ -42,7 +42,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import onnxruntime as ort
@@ -65,13 +65,13 @@ __all__ = [
 ]
 
 #: Name of the model's single input: float32 [batch, len(FEATURE_NAMES)].
-INPUT_NAME = "features"
+INPUT_NAME: Final = "features"
 #: Name of the output read: float32 [batch, 2], column 1 = P(churn).
-OUTPUT_NAME = "probabilities"
+OUTPUT_NAME: Final = "probabilities"
 #: ``metadata_props`` keys inside the ONNX file: the model version, the comma-joined features.
-META_VERSION_KEY = "nudgeflow.model_version"
-META_FEATURES_KEY = "nudgeflow.features"
-_REQUIRED_META = ("version", "features", "onnx_sha256", "threshold")
+META_VERSION_KEY: Final = "nudgeflow.model_version"
+META_FEATURES_KEY: Final = "nudgeflow.features"
+_REQUIRED_META: Final = ("version", "features", "onnx_sha256", "threshold")
 
 
 class ModelRejected(Exception):
@@ -391,8 +391,8 @@ def _check_io(path: Path, session: ort.InferenceSession, meta: dict[str, Any]) -
 
 
 #: rows of the load-time agreement check: the smoke rows, then a seeded sample (AGREEMENT_SEED)
-AGREEMENT_ROWS = 512
-AGREEMENT_SEED = 13
+AGREEMENT_ROWS: Final = 512
+AGREEMENT_SEED: Final = 13
 
 
 def _agreement_rows(trees: tree_ensemble.TreeEnsemble) -> np.ndarray:

@@ -25,25 +25,25 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from udfs.lru import LruCache
 
 #: the encoding's version byte; 2 added each pending input's trace context (version 1, from
 #: savepoints of earlier builds, is read as pending inputs without one)
-CLOCK_VERSION = 2
-_READABLE = (1, 2)
+CLOCK_VERSION: Final = 2
+_READABLE: Final = (1, 2)
 
 #: apply order of inputs with the same event time: metadata valid at t is seen by a click at t;
 #: an engagement outcome (opened, clicked, ...) at t after both
-METADATA_RANK = 0
-CLICK_RANK = 1
-OUTCOME_RANK = 2
+METADATA_RANK: Final = 0
+CLICK_RANK: Final = 1
+OUTCOME_RANK: Final = 2
 
-_NONE = -(2**63)
-_HEADER = struct.Struct("<Bqqqqqqqi")
-_ENTRY_V1 = struct.Struct("<qBqHI")
-_ENTRY = struct.Struct("<qBqHIB")  # + the trace context's length
+_NONE: Final = -(2**63)
+_HEADER: Final = struct.Struct("<Bqqqqqqqi")
+_ENTRY_V1: Final = struct.Struct("<qBqHI")
+_ENTRY: Final = struct.Struct("<qBqHIB")  # + the trace context's length
 
 
 @dataclass(frozen=True)

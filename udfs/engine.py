@@ -37,7 +37,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from schemas.codec import Codec
 from udfs.attribution.touches import LiftFact
@@ -272,19 +272,19 @@ class Backfill:
 
 
 #: ``Step.backfill`` outcomes
-BACKFILL_EVALUATED = "evaluated"
-BACKFILL_CURRENT = "current"
-BACKFILL_UNKNOWN = "unknown"
-BACKFILL_ERASED = "erased"
-BACKFILL_STALE = "stale"
-BACKFILL_OUTCOMES = (BACKFILL_EVALUATED, BACKFILL_CURRENT, BACKFILL_UNKNOWN, BACKFILL_ERASED,
+BACKFILL_EVALUATED: Final = "evaluated"
+BACKFILL_CURRENT: Final = "current"
+BACKFILL_UNKNOWN: Final = "unknown"
+BACKFILL_ERASED: Final = "erased"
+BACKFILL_STALE: Final = "stale"
+BACKFILL_OUTCOMES: Final = (BACKFILL_EVALUATED, BACKFILL_CURRENT, BACKFILL_UNKNOWN, BACKFILL_ERASED,
                      BACKFILL_STALE)
 
 #: what a step is applied to
 Input = Click | MetadataUpdate | Engagement | Timer | Arrival | Released | Erasure | Backfill
 
 #: an idle user is re-evaluated against changed definitions this often (event time)
-RECHECK_MS = MEMBERSHIP_RECHECK_MS
+RECHECK_MS: Final = MEMBERSHIP_RECHECK_MS
 
 
 @dataclass(frozen=True)
@@ -1012,7 +1012,7 @@ def _reevaluate(state: UserState, user_id: str, now_ms: int, registry: SegmentRe
 # --- erasure ------------------------------------------------------------------------------------
 
 #: the reason of the EXITs of an erasure
-ERASED_REASON = "user erased"
+ERASED_REASON: Final = "user erased"
 
 
 def erase(state: UserState, item: Erasure, rules: Rules) -> Step:

@@ -25,7 +25,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from schemas.codec import (
@@ -38,22 +38,22 @@ from schemas.codec import (
 )
 
 #: an event more than this far ahead of the Kafka record timestamp is rejected as "in the future"
-DEFAULT_MAX_FUTURE_SKEW_MS = 10 * 60 * 1000
+DEFAULT_MAX_FUTURE_SKEW_MS: Final = 10 * 60 * 1000
 #: no event, update or signup time is earlier than this (2000-01-01T00:00:00Z): an earlier one is
 #: a missing or broken clock (0, 1970), never a real click
-MIN_EVENT_TIME_MS = 946_684_800_000
-DAY_MS = 86_400_000
+MIN_EVENT_TIME_MS: Final = 946_684_800_000
+DAY_MS: Final = 86_400_000
 #: a DeadLetter's ``key`` keeps at most this many bytes of the record's key
-DEAD_LETTER_KEY_MAX_BYTES = 1024
+DEAD_LETTER_KEY_MAX_BYTES: Final = 1024
 #: a problem shows at most this many characters of the offending value
-PREVIEW_CHARS = 64
+PREVIEW_CHARS: Final = 64
 #: a DeadLetter's ``reason`` is cut to at most this many characters
-REASON_MAX_CHARS = 4096
+REASON_MAX_CHARS: Final = 4096
 #: a DeadLetter lists at most this many problems (a click can break at most 15 rules)
-MAX_PROBLEMS = 32
+MAX_PROBLEMS: Final = 32
 
 # rule codes (DeadLetter.problems[].code) and the DeadLetter reason_code each maps to
-_REASON_CODES = {
+_REASON_CODES: Final = {
     "EMPTY": "INVALID_AVRO",
     "NOT_SINGLE_OBJECT": "INVALID_AVRO",
     "MALFORMED": "INVALID_AVRO",
@@ -63,7 +63,7 @@ _REASON_CODES = {
     "RECORD_TOO_LARGE": "TOO_LARGE",
 }
 #: every rule code a record can be rejected with (the field rules map to INVALID_FIELD)
-RULE_CODES = (
+RULE_CODES: Final = (
     *_REASON_CODES, "KEY_MISSING", "KEY_TOO_LONG", "KEY_NOT_UTF8", "ID_BLANK", "ID_CONTROL",
     "ID_TOO_LONG",
     "STRING_TOO_LONG", "PROPERTIES_TOO_MANY", "NOT_FINITE", "OUT_OF_RANGE", "TIME_IN_FUTURE",
@@ -130,7 +130,7 @@ class Limits:
         return low, record_timestamp + self.max_future_skew_ms
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS: Final = Limits()
 
 
 @dataclass(frozen=True)
@@ -461,7 +461,7 @@ def _with_skew(limits: Limits, max_future_skew_ms: int) -> Limits:
 
 # --- field rules -----------------------------------------------------------------------------
 
-_INVISIBLE = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"))
+_INVISIBLE: Final = frozenset(("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"))
 
 
 def id_problems(name: str, value: Any, max_bytes: int, required: bool = True) -> list[Problem]:
@@ -602,7 +602,7 @@ def _known_zone(name: str) -> bool:
     return True
 
 
-_ZONE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$")
+_ZONE_NAME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$")
 
 
 def metadata_problems(record: Mapping[str, Any], record_timestamp: int | None,

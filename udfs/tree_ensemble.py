@@ -54,23 +54,25 @@ import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import onnx
 from onnx import helper
 
 #: the largest |compiled - onnxruntime| accepted on the load-time check (``udfs.churn``)
+# not Final: read once a model load, and a test sets it to see a model that does not agree
 AGREEMENT_TOL = 1e-5
 
-_CLASSIFIER = "TreeEnsembleClassifier"
-_ML_DOMAIN = "ai.onnx.ml"
+_CLASSIFIER: Final = "TreeEnsembleClassifier"
+_ML_DOMAIN: Final = "ai.onnx.ml"
 
 
 #: rounds a Python float to float32 and back (as numpy's cast: to nearest, ties to even)
-_FLOAT32 = struct.Struct("<f")
-_SUM = np.add.reduce
+_FLOAT32: Final = struct.Struct("<f")
+_SUM: Final = np.add.reduce
 #: byte -> the number of its lowest set bit (0 for 0, which a tree's byte never is)
-_LOWEST_BIT = bytes((b & -b).bit_length() - 1 if b else 0 for b in range(256))
+_LOWEST_BIT: Final = bytes((b & -b).bit_length() - 1 if b else 0 for b in range(256))
 
 
 class NotCompilable(ValueError):

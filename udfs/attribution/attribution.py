@@ -34,24 +34,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from udfs.attribution.holdout import ARMS, TREATED
 from udfs.currency.rates import REFERENCE_CURRENCY
 from udfs.definitions.durations import format_duration
 
-LAST_TOUCH = "last_touch"
-LINEAR = "linear"
-MODELS = (LAST_TOUCH, LINEAR)
+LAST_TOUCH: Final = "last_touch"
+LINEAR: Final = "linear"
+MODELS: Final = (LAST_TOUCH, LINEAR)
 #: the rule named on a credit given by a trigger id carried in the conversion
-DIRECT = "direct"
+DIRECT: Final = "direct"
 #: the default attribution window: 7 days
-DEFAULT_WINDOW_MS = 7 * 86_400_000
+DEFAULT_WINDOW_MS: Final = 7 * 86_400_000
 #: at most this many live touches are kept per user (the oldest go first): a user sent more
 #: than this within a window is a bot or a bug, and state must stay bounded either way
-MAX_TOUCHES = 64
+MAX_TOUCHES: Final = 64
 #: CampaignOutcome.outcome of an attributed conversion
-CONVERTED = "CONVERTED"
+CONVERTED: Final = "CONVERTED"
 
 
 @dataclass(frozen=True)

@@ -18,20 +18,21 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Final
 
 #: the arms of a touch: sent, held out of its campaign, or in the global control group
-TREATED = "treated"
-HOLDOUT = "holdout"
-CONTROL = "control"
-ARMS = (TREATED, HOLDOUT, CONTROL)
+TREATED: Final = "treated"
+HOLDOUT: Final = "holdout"
+CONTROL: Final = "control"
+ARMS: Final = (TREATED, HOLDOUT, CONTROL)
 #: the salt of per-campaign holdouts; changing it reshuffles every campaign's holdout
-HOLDOUT_SALT = "nudgeflow-holdout-v1"
+HOLDOUT_SALT: Final = "nudgeflow-holdout-v1"
 #: the salt of the global control group when the policy names none
-CONTROL_SALT = "nudgeflow-control-v1"
+CONTROL_SALT: Final = "nudgeflow-control-v1"
 #: the scope of the global control group (campaign scopes are ``campaign:<id>``, never this)
-CONTROL_SCOPE = "control-group"
+CONTROL_SCOPE: Final = "control-group"
 #: the largest share of users a holdout or the control group may take
-MAX_SHARE = 0.5
+MAX_SHARE: Final = 0.5
 
 
 @dataclass(frozen=True)

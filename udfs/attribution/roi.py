@@ -38,7 +38,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from udfs.definitions.compiler import MAX_VERSION, Compiler
 from udfs.definitions.diagnostics import describe, format_number
@@ -46,7 +46,7 @@ from udfs.definitions.envelope import ROI_KIND, definition_to_update, update_doc
 from udfs.definitions.versioning import VersionedRegistry
 
 #: the smallest ROI a step is measured against (USD per send): ``max_step`` of 0 is 0 for ever
-MIN_STEP_BASE = 1.0
+MIN_STEP_BASE: Final = 1.0
 
 
 @dataclass(frozen=True)
@@ -136,10 +136,11 @@ def update_roi(expected_roi: float, in_use: float | None, revenue_per_send: floa
 # -- the loop: what the statistics publish and the engine holds ---------------------------------
 
 #: the DefinitionUpdate ``published_by`` of measured ROI
-PUBLISHER = "nudgeflow campaign-stats"
+PUBLISHER: Final = "nudgeflow campaign-stats"
 #: ``roi:<unit>``: the ``:`` keeps these ids apart from every other kind's (no ``:`` allowed)
-ROI_ID_PREFIX = "roi:"
-ROI_KEYS = ("kind", "id", "version", "description", "unit", "roi", "revenue_per_send", "sends")
+ROI_ID_PREFIX: Final = "roi:"
+ROI_KEYS: Final = ("kind", "id", "version", "description", "unit", "roi", "revenue_per_send",
+                   "sends")
 
 
 def roi_definition_id(unit: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from udfs.attribution.attribution import (
     AttributionRule,
@@ -31,11 +31,11 @@ from udfs.attribution.attribution import (
 from udfs.attribution.roi import Pricing
 
 #: LiftFact kinds
-ASSIGNED = "assigned"
-CONVERTED = "converted"
-REVENUE = "revenue"
+ASSIGNED: Final = "assigned"
+CONVERTED: Final = "converted"
+REVENUE: Final = "revenue"
 #: the click property a tracked link carries: the trigger id the click came through
-TRIGGER_PROPERTY = "nf_trigger"
+TRIGGER_PROPERTY: Final = "nf_trigger"
 
 
 @dataclass(frozen=True)

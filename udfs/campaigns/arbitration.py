@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from udfs.attribution.attribution import Touch, attribution_unit
@@ -49,41 +49,41 @@ from udfs.journeys.state import from_doc as journey_state
 from udfs.journeys.state import to_doc as journey_doc
 
 #: how long sends and decided trigger ids are remembered (weekly caps need 7 local days)
-HISTORY_MS = 8 * 86_400_000
+HISTORY_MS: Final = 8 * 86_400_000
 #: per-campaign last-send times are remembered this long (re-eligibility windows)
-LAST_SEND_MS = 400 * 86_400_000
-STEP_ID = "main"
-STATE_VERSION = 1
+LAST_SEND_MS: Final = 400 * 86_400_000
+STEP_ID: Final = "main"
+STATE_VERSION: Final = 1
 
-SUPPRESSED = "SUPPRESSED"
-DEFERRED = "DEFERRED"
+SUPPRESSED: Final = "SUPPRESSED"
+DEFERRED: Final = "DEFERRED"
 
 # reason codes of TriggerDecision (see schemas/TriggerDecision.avsc)
-NO_POLICY = "NO_POLICY"
-CAMPAIGN_GONE = "CAMPAIGN_GONE"
-HOLDOUT = "HOLDOUT"  # held out of the campaign (its holdout share): counted, not sent
-CONTROL_GROUP = "CONTROL_GROUP"  # in the policy's global control group: no campaign at all
-NOT_ELIGIBLE = "NOT_ELIGIBLE"
-NO_CONSENT = "NO_CONSENT"
-REELIGIBILITY = "REELIGIBILITY"
-MISSING_PAYLOAD = "MISSING_PAYLOAD"
-EXPIRED = "EXPIRED"
-LOST_ARBITRATION = "LOST_ARBITRATION"
-QUIET_HOURS = "QUIET_HOURS"
-CHANNEL_CAP = "CHANNEL_CAP"
-CAMPAIGN_CAP = "CAMPAIGN_CAP"
-MIN_INTERVAL = "MIN_INTERVAL"
-AWAITING_METADATA = "AWAITING_METADATA"
-BACKFILL = "BACKFILL"  # caused by a backfill, and the campaign says ``on_backfill: skip``
+NO_POLICY: Final = "NO_POLICY"
+CAMPAIGN_GONE: Final = "CAMPAIGN_GONE"
+HOLDOUT: Final = "HOLDOUT"  # held out of the campaign (its holdout share): counted, not sent
+CONTROL_GROUP: Final = "CONTROL_GROUP"  # in the policy's global control group: no campaign at all
+NOT_ELIGIBLE: Final = "NOT_ELIGIBLE"
+NO_CONSENT: Final = "NO_CONSENT"
+REELIGIBILITY: Final = "REELIGIBILITY"
+MISSING_PAYLOAD: Final = "MISSING_PAYLOAD"
+EXPIRED: Final = "EXPIRED"
+LOST_ARBITRATION: Final = "LOST_ARBITRATION"
+QUIET_HOURS: Final = "QUIET_HOURS"
+CHANNEL_CAP: Final = "CHANNEL_CAP"
+CAMPAIGN_CAP: Final = "CAMPAIGN_CAP"
+MIN_INTERVAL: Final = "MIN_INTERVAL"
+AWAITING_METADATA: Final = "AWAITING_METADATA"
+BACKFILL: Final = "BACKFILL"  # caused by a backfill, and the campaign says ``on_backfill: skip``
 
 #: a user's first click often arrives before their metadata (two topics): a candidate of a user
 #: without metadata waits this long (event time) once before consent is judged
-METADATA_GRACE_MS = 60_000
+METADATA_GRACE_MS: Final = 60_000
 
 
 #: how the cause label of what a backfill causes starts: ``backfill@<backfill id>`` is the
 #: SegmentChanges' cause and the TriggerEvents' ``cause_event_id`` (senders can tell them by it)
-BACKFILL_PREFIX = "backfill@"
+BACKFILL_PREFIX: Final = "backfill@"
 
 
 def backfill_cause(backfill_id: str) -> str:
@@ -651,7 +651,7 @@ def expires_at(candidate: Candidate, campaign: Campaign) -> int | None:
 
 
 #: a sender's outcomes that withdraw the user's consent to the channel (CampaignOutcome's doc)
-OPT_OUT_OUTCOMES = ("UNSUBSCRIBED", "COMPLAINED")
+OPT_OUT_OUTCOMES: Final = ("UNSUBSCRIBED", "COMPLAINED")
 
 
 def record_opt_out(state: CampaignState, outcome: Mapping[str, Any]) -> bool:
@@ -893,7 +893,7 @@ def churn_band(score: float | None, thresholds: Iterable[float]) -> int:
     return sum(1 for threshold in thresholds if score >= threshold)
 
 
-_REASON_TEXT = {
+_REASON_TEXT: Final = {
     QUIET_HOURS: "quiet hours",
     CHANNEL_CAP: "channel frequency cap",
     CAMPAIGN_CAP: "campaign frequency cap",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from udfs.campaigns.grammar import Cap, PriorityPolicy
@@ -19,7 +19,7 @@ from udfs.campaigns.grammar import Cap, PriorityPolicy
 #: strongly, and a ninth drops the oldest, which is read from its file again at its next use
 #: (users in more than eight zones made that most steps' cost: ~2% of the domain loop). Bounded
 #: by the zone files that exist (a name that names none is not kept); a ZoneInfo is immutable.
-_ZONES: dict[str, ZoneInfo] = {}
+_ZONES: Final[dict[str, ZoneInfo]] = {}
 
 
 def zone_of(metadata: Mapping[str, Any] | None, policy: PriorityPolicy) -> ZoneInfo:

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from udfs.definitions.compiler import Compiler
 from udfs.definitions.diagnostics import describe
@@ -21,11 +21,11 @@ from udfs.definitions.envelope import RATES_KIND, definition_to_update, update_d
 from udfs.definitions.versioning import VersionedRegistry
 
 #: the reference currency: every money feature and event value is in it
-REFERENCE_CURRENCY = "USD"
+REFERENCE_CURRENCY: Final = "USD"
 #: the one rate table's id
-RATES_ID = "currency-rates"
-RATES_KEYS = ("kind", "id", "version", "description", "per_usd")
-REQUIRED_RATES_KEYS = ("kind", "id", "version", "description", "per_usd")
+RATES_ID: Final = "currency-rates"
+RATES_KEYS: Final = ("kind", "id", "version", "description", "per_usd")
+REQUIRED_RATES_KEYS: Final = ("kind", "id", "version", "description", "per_usd")
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from udfs.definitions.diagnostics import format_number
 
-NUMERIC_OPS = ("<", "<=", ">", ">=", "==", "!=", "between")
-EQUALITY_OPS = ("==", "!=", "in", "not_in")
-BOOLEAN_OPS = ("==", "!=")
-TIME_OPS = ("within_last", *NUMERIC_OPS)
+NUMERIC_OPS: Final = ("<", "<=", ">", ">=", "==", "!=", "between")
+EQUALITY_OPS: Final = ("==", "!=", "in", "not_in")
+BOOLEAN_OPS: Final = ("==", "!=")
+TIME_OPS: Final = ("within_last", *NUMERIC_OPS)
 
 #: Typical misspellings of operators, suggested before difflib's guess.
-OP_ALIASES = {
+OP_ALIASES: Final = {
     "=": "==", "=>": ">=", "=<": "<=", "<>": "!=", "gt": ">", "ge": ">=", "gte": ">=",
     "lt": "<", "le": "<=", "lte": "<=", "eq": "==", "ne": "!=", "neq": "!=", "not in": "not_in",
     "notin": "not_in", "nin": "not_in", "range": "between",

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from udfs.definitions.comparisons import Test
 from udfs.features.view import RecentEvent
 
-WHERE_FIELDS = ("price", "value", "category", "source", "product_id")
-NUMERIC_WHERE_FIELDS = ("price", "value")
+WHERE_FIELDS: Final = ("price", "value", "category", "source", "product_id")
+NUMERIC_WHERE_FIELDS: Final = ("price", "value")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ import sys
 from array import array
 from importlib.resources import files
 from itertools import repeat
-from typing import Any
+from typing import Any, Final
 
 import fastavro
 
@@ -48,8 +48,8 @@ __all__ = [
 
 # --- encoding -----------------------------------------------------------------------------------
 
-_NAN = math.nan
-_LITTLE = sys.byteorder == "little"
+_NAN: Final = math.nan
+_LITTLE: Final = sys.byteorder == "little"
 if array("i").itemsize != 4:  # pragma: no cover - every platform Flink runs on
     raise ImportError("udfs.features.codec needs a 4-byte C int for its packed counters")
 
@@ -57,10 +57,10 @@ if array("i").itemsize != 4:  # pragma: no cover - every platform Flink runs on
 #: EVENT_TYPES/SOURCES change, and keep a decoder of the old version in _DECODERS that returns
 #: a current UserFeatures (the migration); the old schema goes to schemas/history/ as for every
 #: .avsc (schemas/README.md, "How to change a schema"), and its record doc names the version.
-STATE_SCHEMA_VERSION = 1
+STATE_SCHEMA_VERSION: Final = 1
 
 #: Name of the state's record: its Avro schema is ``schemas/<STATE_SCHEMA_NAME>.avsc``.
-STATE_SCHEMA_NAME = "UserFeaturesState"
+STATE_SCHEMA_NAME: Final = "UserFeaturesState"
 
 
 def _load_schema() -> dict[str, Any]:
@@ -70,9 +70,9 @@ def _load_schema() -> dict[str, Any]:
 
 
 #: The Avro schema of the encoded state after the version byte (version 1).
-STATE_SCHEMA: dict[str, Any] = _load_schema()
-_PARSED = fastavro.parse_schema(STATE_SCHEMA)
-_VERSION_BYTE = bytes((STATE_SCHEMA_VERSION,))
+STATE_SCHEMA: Final[dict[str, Any]] = _load_schema()
+_PARSED: Final = fastavro.parse_schema(STATE_SCHEMA)
+_VERSION_BYTE: Final = bytes((STATE_SCHEMA_VERSION,))
 
 
 def _pack(values: array[Any]) -> bytes:
@@ -170,7 +170,7 @@ def _fields(schema: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return fields
 
 
-_FIELDS = _fields(STATE_SCHEMA)
+_FIELDS: Final = _fields(STATE_SCHEMA)
 
 
 def _write_record(record: dict[str, Any]) -> bytes:
@@ -317,7 +317,7 @@ def _unpack_pending(numbers: bytes, strings: str) -> list[CartOp]:
 
 
 #: Decoders by version byte; an old version's decoder returns a current UserFeatures.
-_DECODERS = {1: _decode_v1}
+_DECODERS: Final = {1: _decode_v1}
 
 
 def state_size_bytes(state: UserFeatures) -> int:
@@ -327,7 +327,7 @@ def state_size_bytes(state: UserFeatures) -> int:
 
 #: Longest recent-events row: 15 digits, 8 separators, 3 ids, type and source names, a price
 #: repr (at most 24 characters), an int32 quantity (11), a currency, and the NUL joining rows.
-_MAX_ROW_BYTES = (15 + 8 + 3 * MAX_ID_BYTES + max(map(len, EVENT_TYPES))
+_MAX_ROW_BYTES: Final = (15 + 8 + 3 * MAX_ID_BYTES + max(map(len, EVENT_TYPES))
                   + max(map(len, SOURCES)) + 24 + 11 + MAX_CURRENCY_BYTES + 1)
 
 

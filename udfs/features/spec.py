@@ -14,6 +14,7 @@ State: none.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 __all__ = [
     "DAY_MS",
@@ -40,25 +41,25 @@ __all__ = [
 
 #: ClickEvent ``EventType`` symbols (version 2), in schema order. Part of state version 1: the
 #: counters are indexed by position here, so a new symbol means a new state version (append it).
-EVENT_TYPES: tuple[str, ...] = (
+EVENT_TYPES: Final[tuple[str, ...]] = (
     "PAGE_VIEW", "PRODUCT_VIEW", "SEARCH", "ADD_TO_CART", "REMOVE_FROM_CART", "CHECKOUT",
     "PURCHASE", "APP_OPEN", "STORE_VISIT", "UNKNOWN",
 )
 #: ClickEvent ``EventSource`` symbols, in schema order (same rule as EVENT_TYPES).
-SOURCES: tuple[str, ...] = ("WEB", "MOBILE", "OFFLINE", "UNKNOWN")
+SOURCES: Final[tuple[str, ...]] = ("WEB", "MOBILE", "OFFLINE", "UNKNOWN")
 #: Event type -> its position in EVENT_TYPES (the key of its counters in the state).
-TYPE_INDEX: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES)}
+TYPE_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(EVENT_TYPES)}
 #: Source -> its position in SOURCES (the key of its counters in the state).
-SOURCE_INDEX: dict[str, int] = {name: i for i, name in enumerate(SOURCES)}
+SOURCE_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(SOURCES)}
 
 # --- time buckets -------------------------------------------------------------------------------
 
-SLOT_MS = 5 * 60_000  #: width of the buckets behind the 1 h horizon
-HOUR_MS = 3_600_000  #: width of the buckets behind the 24 h horizon
-DAY_MS = 86_400_000  #: width of the (UTC) day buckets behind the 7 d and 30 d horizons
+SLOT_MS: Final = 5 * 60_000  #: width of the buckets behind the 1 h horizon
+HOUR_MS: Final = 3_600_000  #: width of the buckets behind the 24 h horizon
+DAY_MS: Final = 86_400_000  #: width of the (UTC) day buckets behind the 7 d and 30 d horizons
 
 #: Horizon label -> (bucket width in ms, number of buckets counted, including the current one).
-HORIZONS: dict[str, tuple[int, int]] = {
+HORIZONS: Final[dict[str, tuple[int, int]]] = {
     "1h": (SLOT_MS, 12),
     "24h": (HOUR_MS, 24),
     "7d": (DAY_MS, 7),
@@ -66,7 +67,7 @@ HORIZONS: dict[str, tuple[int, int]] = {
 }
 
 #: Value of ``seconds_since_*`` when the thing never happened (10 years of 365 days).
-NEVER_SECONDS = 10 * 365 * 86_400.0
+NEVER_SECONDS: Final = 10 * 365 * 86_400.0
 
 
 def horizon_start_ms(horizon: str, now_ms: int) -> int:
@@ -122,7 +123,7 @@ class FeatureSpec:
     description: str
 
 
-_HORIZON_TEXT = {
+_HORIZON_TEXT: Final = {
     "1h": "the last hour (the current 5-minute slot and the 11 before it: 55-60 min)",
     "24h": "the last 24 h (the current clock hour and the 23 before it: 23-24 h)",
     "7d": "the last 7 days (the current UTC day and the 6 before it)",
@@ -145,7 +146,7 @@ def _count_specs() -> list[FeatureSpec]:
 
 #: The feature vector, in order. Shared by serving and churn-model training: append new
 #: features at the end and never reuse a name for a different meaning.
-FEATURE_SPEC: tuple[FeatureSpec, ...] = (
+FEATURE_SPEC: Final[tuple[FeatureSpec, ...]] = (
     *_count_specs(),
     FeatureSpec("sessions_7d", "int", 0.0, "session-days",
                 "Distinct (session id, UTC day) pairs among the events of the last 7 days: a "
@@ -197,7 +198,7 @@ FEATURE_SPEC: tuple[FeatureSpec, ...] = (
                 "UserMetadata.lifetime_value; 0 without metadata."),
 )
 #: Feature names in vector order.
-FEATURE_NAMES: tuple[str, ...] = tuple(spec.name for spec in FEATURE_SPEC)
+FEATURE_NAMES: Final[tuple[str, ...]] = tuple(spec.name for spec in FEATURE_SPEC)
 
 # --- bounds -------------------------------------------------------------------------------------
 
@@ -244,9 +245,9 @@ class FeatureBounds:
         return -(-self.dedup_window_ms // SLOT_MS)
 
 
-DEFAULT_BOUNDS = FeatureBounds()
+DEFAULT_BOUNDS: Final = FeatureBounds()
 
 #: Identifiers kept in state (event, product, category) are cut to this many UTF-8 bytes, and
 #: currency codes to MAX_CURRENCY_BYTES, so that the state has a hard size bound.
-MAX_ID_BYTES = 64
-MAX_CURRENCY_BYTES = 8
+MAX_ID_BYTES: Final = 64
+MAX_CURRENCY_BYTES: Final = 8

@@ -20,7 +20,7 @@ from bisect import bisect_left, insort
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from udfs.features.spec import (
     DAY_MS,
@@ -57,16 +57,20 @@ __all__ = [
 # --- ring layout --------------------------------------------------------------------------------
 
 #: Ring sizes: 12 x 5 min = 1 h, 24 x 1 h, 30 x 1 d.
-N_SLOTS, N_HOURS, N_DAYS = 12, 24, 30
+N_SLOTS: Final = 12
+N_HOURS: Final = 24
+N_DAYS: Final = 30
 #: Ring offsets inside a type block.
-SLOT_OFF, HOUR_OFF, DAY_OFF = 0, N_SLOTS, N_SLOTS + N_HOURS
+SLOT_OFF: Final = 0
+HOUR_OFF: Final = N_SLOTS
+DAY_OFF: Final = N_SLOTS + N_HOURS
 #: Counters per event type (66).
-BLOCK = N_SLOTS + N_HOURS + N_DAYS
+BLOCK: Final = N_SLOTS + N_HOURS + N_DAYS
 
-_I32_MAX = 2**31 - 1
-_M32 = 0xFFFFFFFF
-_UNKNOWN_TYPE = TYPE_INDEX["UNKNOWN"]
-_UNKNOWN_SOURCE = SOURCE_INDEX["UNKNOWN"]
+_I32_MAX: Final = 2**31 - 1
+_M32: Final = 0xFFFFFFFF
+_UNKNOWN_TYPE: Final = TYPE_INDEX["UNKNOWN"]
+_UNKNOWN_SOURCE: Final = SOURCE_INDEX["UNKNOWN"]
 
 
 def _clip(value: str, limit: int = MAX_ID_BYTES) -> str:
@@ -109,12 +113,14 @@ class CartOp(NamedTuple):
     price: float | None
 
 
-_CART_KINDS = ("ADD_TO_CART", "REMOVE_FROM_CART", "PURCHASE")
-_ADD, _REMOVE, _PURCHASE = 0, 1, 2
-_CART_KIND_OF = {TYPE_INDEX[name]: i for i, name in enumerate(_CART_KINDS)}
+_CART_KINDS: Final = ("ADD_TO_CART", "REMOVE_FROM_CART", "PURCHASE")
+_ADD: Final = 0
+_REMOVE: Final = 1
+_PURCHASE: Final = 2
+_CART_KIND_OF: Final = {TYPE_INDEX[name]: i for i, name in enumerate(_CART_KINDS)}
 
 #: Field separator inside a recent-events row (rows are joined with NUL in the encoding).
-_SEP = "\x1f"
+_SEP: Final = "\x1f"
 
 
 def _new_ring(size: int, typecode: str = "i") -> array[int]:
@@ -440,7 +446,7 @@ def ring_window(off: int, size: int, head: int, lo: int, hi: int) -> tuple[slice
 
 
 #: ``ring_window``'s empty slice: a caller may test ``is EMPTY`` to skip a sum of nothing
-EMPTY = slice(0, 0)
+EMPTY: Final = slice(0, 0)
 
 
 def _advance(state: UserFeatures, old: int, new: int, bounds: FeatureBounds) -> None:

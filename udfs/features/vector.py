@@ -14,7 +14,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from udfs.features.spec import (
     DAY_MS,
@@ -45,24 +45,24 @@ if TYPE_CHECKING:
 
 __all__ = ["FeatureView", "as_list", "vector", "vector_list"]
 
-_DEFAULTS: dict[str, float] = {spec.name: float(spec.default) for spec in FEATURE_SPEC}
-_COUNT_NAMES: tuple[tuple[str, str, str, str], ...] = tuple(
+_DEFAULTS: Final[dict[str, float]] = {spec.name: float(spec.default) for spec in FEATURE_SPEC}
+_COUNT_NAMES: Final[tuple[tuple[str, str, str, str], ...]] = tuple(
     (f"events_{t.lower()}_1h", f"events_{t.lower()}_24h", f"events_{t.lower()}_7d",
      f"events_{t.lower()}_30d")
     for t in EVENT_TYPES
 )
 #: Count feature name -> (event-type index, None for all types; horizon).
-_COUNT_FEATURES: dict[str, tuple[int | None, str]] = {
+_COUNT_FEATURES: Final[dict[str, tuple[int | None, str]]] = {
     f"events_{label}_{horizon}": (ti, horizon)
     for label, ti in [("total", None), *((t.lower(), i) for i, t in enumerate(EVENT_TYPES))]
     for horizon in HORIZONS
 }
 #: Defaults of the features that are not counts.
-_REST_DEFAULTS: dict[str, float] = {
+_REST_DEFAULTS: Final[dict[str, float]] = {
     name: value for name, value in _DEFAULTS.items() if name not in _COUNT_FEATURES
 }
-_MOBILE = SOURCE_INDEX["MOBILE"]
-_OFFLINE = SOURCE_INDEX["OFFLINE"]
+_MOBILE: Final = SOURCE_INDEX["MOBILE"]
+_OFFLINE: Final = SOURCE_INDEX["OFFLINE"]
 
 # --- the vector ---------------------------------------------------------------------------------
 
@@ -117,7 +117,7 @@ def _seconds_since(then: int, now_ms: int) -> float:
 
 
 #: Horizon -> (offset, size) of the ring that holds it inside a type block.
-_RING_OF = {"1h": (SLOT_OFF, N_SLOTS), "24h": (HOUR_OFF, N_HOURS), "7d": (DAY_OFF, N_DAYS),
+_RING_OF: Final = {"1h": (SLOT_OFF, N_SLOTS), "24h": (HOUR_OFF, N_HOURS), "7d": (DAY_OFF, N_DAYS),
             "30d": (DAY_OFF, N_DAYS)}
 
 

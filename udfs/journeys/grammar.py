@@ -15,25 +15,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Final
 
 from udfs.attribution.attribution import AttributionRule
 from udfs.campaigns.grammar import DEFAULT_GOAL, CampaignTrigger
 from udfs.definitions.event_filter import EventFilter
 
-JOURNEY_KEYS = ("kind", "id", "version", "description", "enabled", "nodes", "goal", "priority",
-                "expires_after", "quiet_hours", "on_conflict", "on_backfill", "valid_from",
-                "valid_until", "attribution", "holdout")
-REQUIRED_JOURNEY_KEYS = ("kind", "id", "version", "description", "nodes", "priority")
+JOURNEY_KEYS: Final = ("kind", "id", "version", "description", "enabled", "nodes", "goal",
+                       "priority", "expires_after", "quiet_hours", "on_conflict", "on_backfill",
+                       "valid_from", "valid_until", "attribution", "holdout")
+REQUIRED_JOURNEY_KEYS: Final = ("kind", "id", "version", "description", "nodes", "priority")
 #: the keys that say what a node is (exactly one per node)
-NODE_KINDS = ("entry", "send", "sync_audience", "wait", "condition", "split", "exit")
+NODE_KINDS: Final = ("entry", "send", "sync_audience", "wait", "condition", "split", "exit")
 #: what an instance may start again after it ended: never, after a cool-down, or at once
-REENTRY = ("never", "after", "always")
+REENTRY: Final = ("never", "after", "always")
 #: what a condition may ask of an earlier send's outcomes (CampaignOutcome.outcome)
-OUTCOMES = ("DELIVERED", "OPENED", "CLICKED", "CONVERTED", "BOUNCED", "UNSUBSCRIBED", "COMPLAINED",
-            "EXPIRED", "FAILED")
+OUTCOMES: Final = ("DELIVERED", "OPENED", "CLICKED", "CONVERTED", "BOUNCED", "UNSUBSCRIBED",
+                   "COMPLAINED", "EXPIRED", "FAILED")
 #: the template id of an audience sync trigger (the audience is in the payload)
-AUDIENCE_TEMPLATE = "audience-sync"
+AUDIENCE_TEMPLATE: Final = "audience-sync"
 
 
 @dataclass(frozen=True)

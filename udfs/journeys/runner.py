@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from udfs.campaigns.arbitration import (
     Candidate,
@@ -35,11 +35,11 @@ from udfs.journeys.grammar import AUDIENCE_TEMPLATE, Condition, Journey, Node
 from udfs.journeys.state import Instance, JourneyState
 
 # what a move did (the per-node counters and the records' explanations)
-ENTERED = "entered"
-SENT = "sent"
-WAITING = "waiting"
-CONVERTED = "converted"
-EXITED = "exited"
+ENTERED: Final = "entered"
+SENT: Final = "sent"
+WAITING: Final = "waiting"
+CONVERTED: Final = "converted"
+EXITED: Final = "exited"
 
 
 @dataclass
@@ -57,7 +57,7 @@ class JourneyStep:
 
 # --- the campaigns journey sends compete as ---------------------------------------------------
 
-_NEVER = CampaignTrigger()  # a node's campaign never fires by itself: the instance sends it
+_NEVER: Final = CampaignTrigger()  # a node's campaign never fires by itself: the instance sends it
 _send_campaigns_cache: dict[tuple[tuple[str, int, bool], ...], dict[str, Campaign]] = {}
 
 

@@ -16,7 +16,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from udfs.definitions.comparisons import Test
 from udfs.definitions.diagnostics import format_number
@@ -29,7 +29,7 @@ from udfs.features.view import UserView
 #: event-time timer no later than the next multiple of this, so a definition added, changed or
 #: deleted reaches users who send no events and have no other timer within this much event time
 #: (see "Change policy" in SEGMENTS.md).
-MEMBERSHIP_RECHECK_MS = 24 * 3_600_000
+MEMBERSHIP_RECHECK_MS: Final = 24 * 3_600_000
 
 
 def _earliest(a: int | None, b: int | None) -> int | None:
@@ -187,7 +187,7 @@ class FeatureClock:
 
 
 #: features of the cart's lines: they fall when a line expires
-CART_FEATURES = frozenset({"cart_lines", "cart_items", "cart_value"})
+CART_FEATURES: Final = frozenset({"cart_lines", "cart_items", "cart_value"})
 
 
 def feature_clock(name: str) -> FeatureClock | None:
