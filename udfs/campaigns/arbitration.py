@@ -193,6 +193,11 @@ class CampaignState:
             self.churn_score is None and self.journeys.is_empty()
 
 
+#: ``json.dumps(doc, separators=(",", ":"))`` without building an encoder (interpreted Python)
+#: at every call: the same bytes
+_COMPACT_JSON: Final = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_state(state: CampaignState) -> bytes:
     """The state as versioned JSON bytes."""
     doc = {"v": STATE_VERSION, "sent": state.sent, "last_send": state.last_send,
@@ -204,7 +209,7 @@ def encode_state(state: CampaignState) -> bytes:
         doc["opt_outs"] = state.opt_outs
     if not state.touches.is_empty():
         doc["touches"] = touch_doc(state.touches)
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return _COMPACT_JSON.encode(doc).encode()
 
 
 def decode_state(raw: bytes | None) -> CampaignState:
