@@ -944,8 +944,9 @@ _F_UNION: Final = 8
 _F_MAP: Final = 9
 _F_ARRAY: Final = 10
 _F_RECORD: Final = 11
-_F_PRIMITIVES: Final = {"null": _F_NULL, "boolean": _F_BOOLEAN, "int": _F_LONG, "long": _F_LONG,
-                 "float": _F_FLOAT, "double": _F_DOUBLE, "bytes": _F_BYTES, "string": _F_STRING}
+_F_PRIMITIVES: Final = {
+    "null": _F_NULL, "boolean": _F_BOOLEAN, "int": _F_LONG, "long": _F_LONG, "float": _F_FLOAT,
+    "double": _F_DOUBLE, "bytes": _F_BYTES, "string": _F_STRING}
 _FLOAT: Final = struct.Struct("<f")
 _DOUBLE: Final = struct.Struct("<d")
 

@@ -278,7 +278,7 @@ BACKFILL_UNKNOWN: Final = "unknown"
 BACKFILL_ERASED: Final = "erased"
 BACKFILL_STALE: Final = "stale"
 BACKFILL_OUTCOMES: Final = (BACKFILL_EVALUATED, BACKFILL_CURRENT, BACKFILL_UNKNOWN, BACKFILL_ERASED,
-                     BACKFILL_STALE)
+                            BACKFILL_STALE)
 
 #: what a step is applied to
 Input = Click | MetadataUpdate | Engagement | Timer | Arrival | Released | Erasure | Backfill

@@ -328,7 +328,7 @@ def state_size_bytes(state: UserFeatures) -> int:
 #: Longest recent-events row: 15 digits, 8 separators, 3 ids, type and source names, a price
 #: repr (at most 24 characters), an int32 quantity (11), a currency, and the NUL joining rows.
 _MAX_ROW_BYTES: Final = (15 + 8 + 3 * MAX_ID_BYTES + max(map(len, EVENT_TYPES))
-                  + max(map(len, SOURCES)) + 24 + 11 + MAX_CURRENCY_BYTES + 1)
+                         + max(map(len, SOURCES)) + 24 + 11 + MAX_CURRENCY_BYTES + 1)
 
 
 def max_state_bytes(bounds: FeatureBounds = DEFAULT_BOUNDS) -> int:

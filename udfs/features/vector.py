@@ -118,7 +118,7 @@ def _seconds_since(then: int, now_ms: int) -> float:
 
 #: Horizon -> (offset, size) of the ring that holds it inside a type block.
 _RING_OF: Final = {"1h": (SLOT_OFF, N_SLOTS), "24h": (HOUR_OFF, N_HOURS), "7d": (DAY_OFF, N_DAYS),
-            "30d": (DAY_OFF, N_DAYS)}
+                   "30d": (DAY_OFF, N_DAYS)}
 
 
 def _count(state: UserFeatures, now: int, ti: int | None, horizon: str) -> int:
