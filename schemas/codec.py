@@ -947,6 +947,8 @@ _F_RECORD: Final = 11
 _F_PRIMITIVES: Final = {
     "null": _F_NULL, "boolean": _F_BOOLEAN, "int": _F_LONG, "long": _F_LONG, "float": _F_FLOAT,
     "double": _F_DOUBLE, "bytes": _F_BYTES, "string": _F_STRING}
+_INT64_MIN: Final = -(1 << 63)
+_INT64_MAX: Final = (1 << 63) - 1
 _FLOAT: Final = struct.Struct("<f")
 _DOUBLE: Final = struct.Struct("<d")
 
@@ -1030,20 +1032,11 @@ def _fast_long(cursor: _Cursor) -> int:
     if byte < 0x80:  # one byte: the common case
         cursor.pos = pos + 1
         return (byte >> 1) ^ -(byte & 1)
-    raw, shift = byte & 0x7F, 7
-    while True:
-        pos += 1
-        byte = data[pos]
-        raw |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            break
-        shift += 7
-        if shift > 63:
-            raise _GiveUp
-    if raw >> 64:
+    value, pos = _varint(data, pos)  # the enum scan's reader: _Stop beyond ten bytes
+    if not _INT64_MIN <= value <= _INT64_MAX:  # bits beyond 64: fastavro's C arithmetic drops them
         raise _GiveUp
-    cursor.pos = pos + 1
-    return (raw >> 1) ^ -(raw & 1)
+    cursor.pos = pos
+    return value
 
 
 def _fast_bytes(cursor: _Cursor) -> bytes:
@@ -1084,31 +1077,25 @@ def _fast_value(op: int, arg: Any, cursor: _Cursor) -> Any:
             raise _GiveUp
         cursor.pos += 1
         return byte == 1
-    if op == _F_MAP:
-        value_op, value_arg = arg
-        items: dict[str, Any] = {}
+    if op == _F_MAP or op == _F_ARRAY:
+        # blocks of items up to an empty one; a negative count (then the block's size in
+        # bytes) is valid Avro that fastavro's writer never writes: given up
+        item_op, item_arg = arg
+        items: Any = {} if op == _F_MAP else []
         count = _fast_long(cursor)
-        while count:
-            if count < 0:
-                raise _GiveUp
+        while count > 0:
             for _ in range(count):
-                key = _fast_bytes(cursor).decode("utf-8")
-                items[key] = _fast_value(value_op, value_arg, cursor)
+                if op == _F_MAP:
+                    key = _fast_bytes(cursor).decode("utf-8")
+                    items[key] = _fast_value(item_op, item_arg, cursor)
+                else:
+                    items.append(_fast_value(item_op, item_arg, cursor))
             count = _fast_long(cursor)
+        if count < 0:
+            raise _GiveUp
         return items
     if op == _F_RECORD:
         return _fast_record(arg, cursor)
-    if op == _F_ARRAY:
-        item_op, item_arg = arg
-        values: list[Any] = []
-        count = _fast_long(cursor)
-        while count:
-            if count < 0:
-                raise _GiveUp
-            for _ in range(count):
-                values.append(_fast_value(item_op, item_arg, cursor))
-            count = _fast_long(cursor)
-        return values
     if op == _F_FLOAT:
         value = _FLOAT.unpack_from(cursor.data, cursor.pos)[0]
         cursor.pos += 4
