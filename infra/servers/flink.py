@@ -61,6 +61,18 @@ def local_lib_dir(paths: StackPaths) -> Path:
     return lib
 
 
+#: The JIT of the JVMs that run the job (a local run's MiniCluster, the TaskManagers): the
+#: client compiler (C1) only. The job's Java is a few µs of an event (the Kafka source and sink,
+#: state, the records to and from Python), but the server compiler (C2) kept compiling Flink's and
+#: the Kafka client's code through every benchmark drain (35-77 s of a fresh JVM), at 11-15% of
+#: a core (~15-23 µs of CPU an event) taken from the Python engine on a 2-core machine; without
+#: it the same drains ran 12-17% faster, and the engine thread's JIT-compiled Java cost ~1 µs an
+#: event more (docs/performance.md, the ninth session). On a machine whose cores sit idle, or
+#: for a job that runs unchanged for days, C2 may pay back: ``JVM_ARGS=-XX:TieredStopAtLevel=4``
+#: for a local run, ``env.java.opts.taskmanager`` in a cluster's config (docs/operations.md).
+JIT_OPTS = "-XX:TieredStopAtLevel=1"
+
+
 def local_run_env(paths: StackPaths, env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a ``python -m jobs.job --local`` process: Prometheus on its classpath.
 
@@ -70,8 +82,12 @@ def local_run_env(paths: StackPaths, env: dict[str, str] | None = None) -> dict[
     """
     import os
 
-    return {**(os.environ if env is None else env), "FLINK_HOME": str(pyflink_home()),
-            "FLINK_LIB_DIR": str(local_lib_dir(paths))}
+    base = os.environ if env is None else env
+    # PyFlink's launcher puts JVM_ARGS first on the java command line: the caller's own flags
+    # come after ours, and a later HotSpot flag wins (``-XX:TieredStopAtLevel=4`` undoes it)
+    jvm_args = f"{JIT_OPTS} {base.get('JVM_ARGS', '')}".strip()
+    return {**base, "FLINK_HOME": str(pyflink_home()),
+            "FLINK_LIB_DIR": str(local_lib_dir(paths)), "JVM_ARGS": jvm_args}
 
 
 def _link_jars(lib: Path, jars: list[Path]) -> None:
@@ -103,7 +119,7 @@ def cluster_config(paths: StackPaths, rest_port: int, slots: int) -> str:
     checkpoints = (paths.stack / "flink" / "checkpoints").as_uri()
     savepoints = (paths.stack / "flink" / "savepoints").as_uri()
     doc = {
-        "env": {"java": {"opts": {"all": _java_opts()}}},
+        "env": {"java": {"opts": {"all": _java_opts(), "taskmanager": JIT_OPTS}}},
         "jobmanager": {
             "bind-host": "127.0.0.1",
             "rpc": {"address": "127.0.0.1", "port": 6123},

@@ -18,7 +18,7 @@ import yaml
 
 from infra import package
 from infra.paths import INFRA_DIR
-from infra.servers.flink import prometheus_settings
+from infra.servers.flink import JIT_OPTS, prometheus_settings
 from jobs.config import ENV_PREFIX, NudgeflowConfig
 
 K8S = INFRA_DIR / "k8s"
@@ -141,6 +141,7 @@ def test_the_deployments_run_the_image_and_archive_of_this_checkout():
         for key, value in prometheus_settings().items():
             if key != "metrics.reporter.prom.port":  # a port range locally, one port per pod
                 assert conf[key] == value
+        assert conf["env.java.opts.taskmanager"] == JIT_OPTS  # the local stack's JIT
         [container] = spec["podTemplate"]["spec"]["containers"]
         assert container["name"] == "flink-main-container"
         plugins = {e["name"]: e["value"] for e in container["env"]}["ENABLE_BUILT_IN_PLUGINS"]

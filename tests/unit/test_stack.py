@@ -453,3 +453,19 @@ def test_down_stops_taskmanagers_above_the_count_too(paths: StackPaths, started)
     set_taskmanager_count(paths, 1)  # the count went down while the second still runs
     assert stack.running_pid(SleepingTaskManager(2), paths) is not None
     assert stack.down(paths, say=lambda _: None) == ["flink-taskmanager-2"]
+
+
+def test_the_job_jvms_run_the_client_compiler_only(paths: StackPaths) -> None:
+    """TaskManagers and a local run's MiniCluster get JIT_OPTS; a caller's JVM_ARGS come after
+    them (a later HotSpot flag wins), so ``JVM_ARGS=-XX:TieredStopAtLevel=4`` undoes it."""
+    import json
+
+    from infra.servers.flink import JIT_OPTS, cluster_config, local_run_env
+
+    assert JIT_OPTS == "-XX:TieredStopAtLevel=1"
+    opts = json.loads(cluster_config(paths, 8081, 1))["env"]["java"]["opts"]
+    assert opts["taskmanager"] == JIT_OPTS
+    assert "jobmanager" not in opts
+    assert local_run_env(paths, env={})["JVM_ARGS"] == JIT_OPTS
+    mine = local_run_env(paths, env={"JVM_ARGS": "-XX:TieredStopAtLevel=4 -Xmx2g"})["JVM_ARGS"]
+    assert mine == f"{JIT_OPTS} -XX:TieredStopAtLevel=4 -Xmx2g"
