@@ -32,6 +32,9 @@ INSTALL_REQUIRES = [
     # apache-flink) holds below 4.26
     "opentelemetry-sdk==1.27.0",
     "opentelemetry-exporter-otlp-proto-http==1.27.0",
+    # mypyc_attr: a compiled base class that interpreted classes may subclass
+    # (udfs/definitions/versioning.py); a no-op without the compiled modules
+    "mypy_extensions==1.2.0",
 ]
 
 # Not needed to run the job, so not in the image (infra/docker/Dockerfile installs

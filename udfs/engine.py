@@ -397,6 +397,58 @@ class Step:
     backfill: str | None = None
     backfill_lacking: tuple[str, ...] = ()
 
+    def __init__(self, *, changes: list[dict[str, Any]] | None = None,
+                 triggers: list[dict[str, Any]] | None = None,
+                 decisions: list[dict[str, Any]] | None = None, timers: list[int] | None = None,
+                 cancel_timer_ms: int | None = None, trigger_duplicates: int = 0,
+                 journey_moves: list[tuple[str, str, str]] | None = None,
+                 converted: list[dict[str, Any]] | None = None, lift: list[LiftFact] | None = None,
+                 duplicate: bool = False, duplicates: int = 0, other_duplicates: int = 0,
+                 applied: int = 0, clicks_applied: list[str] | None = None,
+                 click_traces: dict[str, tuple[str, int]] | None = None, late: int = 0,
+                 unconverted: list[str] | None = None, checks: int = 0, rechecks_skipped: int = 0,
+                 expired: bool = False, features_changed: bool = False,
+                 metadata_changed: bool = False, campaigns_changed: bool = False,
+                 campaigns_touched: bool = False, clock_changed: bool = False,
+                 expiry_timer_ms: int | None = None, erasure: bool = False,
+                 erased_segments: tuple[str, ...] = (), erased_dropped: int = 0,
+                 erased_clicks_dropped: int = 0, reregistered: bool = False,
+                 backfill: str | None = None, backfill_lacking: tuple[str, ...] = ()) -> None:
+        # written out, not the dataclass's: compiled, this one is native (``udfs.native``)
+        self.changes = [] if changes is None else changes
+        self.triggers = [] if triggers is None else triggers
+        self.decisions = [] if decisions is None else decisions
+        self.timers = [] if timers is None else timers
+        self.cancel_timer_ms = cancel_timer_ms
+        self.trigger_duplicates = trigger_duplicates
+        self.journey_moves = [] if journey_moves is None else journey_moves
+        self.converted = [] if converted is None else converted
+        self.lift = [] if lift is None else lift
+        self.duplicate = duplicate
+        self.duplicates = duplicates
+        self.other_duplicates = other_duplicates
+        self.applied = applied
+        self.clicks_applied = [] if clicks_applied is None else clicks_applied
+        self.click_traces = {} if click_traces is None else click_traces
+        self.late = late
+        self.unconverted = [] if unconverted is None else unconverted
+        self.checks = checks
+        self.rechecks_skipped = rechecks_skipped
+        self.expired = expired
+        self.features_changed = features_changed
+        self.metadata_changed = metadata_changed
+        self.campaigns_changed = campaigns_changed
+        self.campaigns_touched = campaigns_touched
+        self.clock_changed = clock_changed
+        self.expiry_timer_ms = expiry_timer_ms
+        self.erasure = erasure
+        self.erased_segments = erased_segments
+        self.erased_dropped = erased_dropped
+        self.erased_clicks_dropped = erased_clicks_dropped
+        self.reregistered = reregistered
+        self.backfill = backfill
+        self.backfill_lacking = backfill_lacking
+
 
 def step(state: UserState, item: Input, rules: Rules, now_ms: int) -> Step:
     """Apply one input to one user's state in event-time order, with every check due on the way.

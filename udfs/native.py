@@ -66,6 +66,9 @@ MODULES: tuple[str, ...] = (
     "udfs/attribution/holdout.py",
     "udfs/features/spec.py",
     "udfs/features/view.py",
+    "udfs/definitions/versioning.py",
+    "udfs/segments/updates.py",
+    "udfs/journeys/updates.py",
 )
 #: the packages whose sources the compiled code depends on (the manifest's digest)
 SOURCE_PACKAGES = ("udfs", "schemas")

@@ -27,7 +27,7 @@ from udfs.campaigns.arbitration import (
     UserFacts,
 )
 from udfs.clock import Pending, UserClock
-from udfs.engine import Click, Released, UserState
+from udfs.engine import Click, Released, Step, UserState
 from udfs.features.state import UserFeatures
 from udfs.features.view import RecentEvent
 from udfs.intake import SourceRecord
@@ -81,7 +81,8 @@ def _values(cls: type, fields: Any) -> dict[str, Any]:
 
 
 WRITTEN_OUT = [Pending, UserClock, UserState, Click, Released, SourceRecord, StepFacts,
-               CampaignState, Definitions, UserFacts, Outcome, JourneyState, TouchLog, RecentEvent]
+               CampaignState, Definitions, UserFacts, Outcome, JourneyState, TouchLog, RecentEvent,
+               Step]
 
 
 @pytest.mark.parametrize("cls", WRITTEN_OUT, ids=lambda c: c.__name__)

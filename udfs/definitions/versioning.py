@@ -19,6 +19,8 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
+from mypy_extensions import mypyc_attr
+
 from udfs.definitions.diagnostics import DefinitionError
 from udfs.definitions.envelope import DELETE, definition_to_update, envelope_errors
 
@@ -90,6 +92,9 @@ class RegistryChange:
                                 ChangeOutcome.DELETED)
 
 
+# compiled (``udfs.native``), its accessors are native calls from the engine's step (~5 per
+# input); a registry defined outside the compiled modules (a test's, say) may still subclass it
+@mypyc_attr(allow_interpreted_subclasses=True)
 class VersionedRegistry(Generic[D]):
     """The current definitions of one kind by id, versioned; what the broadcast state holds.
 
