@@ -281,14 +281,17 @@ def in_order_delay(configured: dict[str, Any], low_latency: dict[str, Any]) -> d
     watermark interval (and the buffers on its way). ``configured`` and ``low_latency`` are
     latency steps (``latency_figures`` plus ``bound_ms``) run with the defaults and with the
     profile; the extra delay of the defaults is the difference of their percentiles (None where
-    either is missing).
+    either is missing). ``profile_fell_behind`` marks a run whose profile was no faster than the
+    defaults at the median: its figure is then the machine's, not the profile's.
     """
     def diff(key: str) -> float | None:
         a, b = configured.get(key), low_latency.get(key)
         return None if a is None or b is None else round(a - b, 1)
 
+    extra_p50 = diff("p50_ms")
     return {"configured": configured, "low_latency": low_latency,
-            "extra_p50_ms": diff("p50_ms"), "extra_p99_ms": diff("p99_ms")}
+            "extra_p50_ms": extra_p50, "extra_p99_ms": diff("p99_ms"),
+            "profile_fell_behind": extra_p50 is not None and extra_p50 <= 0}
 
 
 def max_rate_probes(capacity: float) -> list[int]:
@@ -1553,6 +1556,10 @@ class Bench:
         self.say(f"    the defaults' extra delay over the low-latency profile: p50 "
                  f"{_fmt(result['extra_p50_ms'])} ms, p99 {_fmt(result['extra_p99_ms'])} ms "
                  f"(profile: p99 {_fmt(steps['low_latency']['p99_ms'])} ms)")
+        if result["profile_fell_behind"]:
+            from jobs.bench.report import profile_behind_warning
+
+            self.say("    " + profile_behind_warning(result))
         return result
 
     def _sweep(self, zone: str) -> list[dict[str, Any]]:

@@ -99,13 +99,22 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
         "flink_taskmanager_job_task_operator_segment_segment_size[30m]))", time.time())
     assert sizes and max(float(r["value"][1]) for r in sizes) > 0, sizes
 
-    # in-order application waits for the watermark: the defaults' bound costs more than the
-    # low-latency profile's, and neither waits for the quiet release (3 s), which every probe
-    # click did while the probe ran before the job's event time was live
+    # in-order application waits for the watermark: both runs are reported with their bounds
+    # and the defaults' extra delay is their difference; neither waited for the quiet release
+    # (3 s), which every probe click did while the probe ran before the job's event time was
+    # live. Which run was faster is a figure the bench prints, not asserted here: on this 2-core
+    # machine the profile's run has fallen behind the defaults' (p50 1,693 against 1,379 ms in
+    # one CI run), and the report says so when it does
     delay = results["in_order_delay"]
-    assert delay["configured"]["bound_ms"] > delay["low_latency"]["bound_ms"]
-    assert delay["extra_p50_ms"] > 0
-    assert delay["configured"]["p50_ms"] < 3_000 and delay["low_latency"]["p50_ms"] < 3_000
+    configured, low_latency = delay["configured"], delay["low_latency"]
+    assert configured["bound_ms"] > low_latency["bound_ms"]
+    assert configured["triggers"] == low_latency["triggers"] > 0
+    assert delay["extra_p50_ms"] == pytest.approx(
+        configured["p50_ms"] - low_latency["p50_ms"], abs=0.1)
+    assert delay["profile_fell_behind"] == (delay["extra_p50_ms"] <= 0)
+    assert configured["p50_ms"] < 3_000 and low_latency["p50_ms"] < 3_000
+    if delay["profile_fell_behind"]:
+        assert "no faster than the defaults" in run.stdout
 
     stages = results["stages"]
     assert stages is not None, results.get("stages_error")

@@ -301,6 +301,27 @@ def test_the_in_order_delay_is_the_difference_of_the_defaults_and_the_profile() 
         **delay, "rate": 1000, "profile": "jobs/profiles/low-latency.yaml"}})
     assert "**In-order application**" in page and "| low-latency profile (20 ms bound) | 60 |" \
         in page
+    assert delay["profile_fell_behind"] is False
+    assert "no faster than the defaults" not in text + page
+
+
+def test_a_profile_run_no_faster_than_the_defaults_is_flagged() -> None:
+    # one CI run: the profile's run fell 1.7 s behind while the defaults' did not
+    from jobs.bench.bench import in_order_delay
+    from jobs.bench.report import format_report, readme_section
+
+    configured = {"bound_ms": 1000, "p50_ms": 1379.0, "p99_ms": 1555.0, "triggers": 500}
+    low = {"bound_ms": 20, "p50_ms": 1693.2, "p99_ms": 2039.5, "triggers": 500,
+           "engine_histogram": {"p50_ms": 1696.6}}
+    delay = in_order_delay(configured, low)
+    assert delay["extra_p50_ms"] == -314.2 and delay["profile_fell_behind"] is True
+    for shown in (format_report({"version": 1, "mode": "quick", "in_order_delay": delay}),
+                  readme_section({"version": 1, "mode": "quick", "in_order_delay": delay})):
+        assert ("the low-latency profile was no faster than the defaults in this run (p50 1,693 "
+                "against 1,379 ms; the engine's own histogram: 1,697 ms)") in shown
+    # equal medians are no evidence for the profile either; a missing figure is not a warning
+    assert in_order_delay(configured, {**low, "p50_ms": 1379.0})["profile_fell_behind"] is True
+    assert in_order_delay(configured, {"bound_ms": 20})["profile_fell_behind"] is False
 
 
 def test_the_low_latency_profile_is_a_valid_config_that_trades_the_bound() -> None:
