@@ -373,9 +373,9 @@ def _order_rows(results: dict) -> list[Row]:
 def profile_behind_warning(delay: dict[str, Any]) -> str:
     """What a reader is told when the low-latency profile's run was no faster than the defaults'.
 
-    The profile waits 20 ms for the watermark where the defaults wait a second, so such a run
-    fell behind for another reason (the engine, or the machine's other work); the engine's own
-    histogram says whether the wait was inside the job.
+    The profile's out-of-orderness bound is the shorter (``bound_ms`` of each run), so such a
+    run fell behind for another reason (the engine, or the machine's other work); the engine's
+    own histogram says whether the wait was inside the job.
     """
     low = delay.get("low_latency") or {}
     engine = (low.get("engine_histogram") or {}).get("p50_ms")
