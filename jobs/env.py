@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from pathlib import Path
+from typing import IO, Any
 
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
@@ -53,6 +55,8 @@ def create_env(cfg: NudgeflowConfig, local: bool) -> StreamExecutionEnvironment:
             "job's jars (Kafka connector and nudgeflow-flink), separated by ';'; `nudgeflow run` "
             "resolves them (`nudgeflow jars flink` puts them under $NUDGEFLOW_HOME/jars/flink)"
         )
+    if local:
+        drain_gateway_stderr()  # before anything starts the gateway (``Configuration`` does)
     conf = Configuration()
     settings = {
         "python.execution-mode": cfg.execution_mode,
@@ -89,3 +93,49 @@ def _has_prometheus_reporter() -> bool:
     """Whether this JVM's classpath holds the reporter (``infra.servers.flink.local_run_env``)."""
     lib = os.environ.get("FLINK_LIB_DIR")
     return lib is not None and any(Path(lib).glob("flink-metrics-prometheus*.jar"))
+
+
+def drain_gateway_stderr() -> None:
+    """Copy the embedded MiniCluster JVM's stderr to this process's, so it never fills up.
+
+    PyFlink starts the JVM of a local run with ``stderr=PIPE`` and reads that pipe only when
+    the JVM dies before it is up (``pyflink.pyflink_gateway_server``). Whatever the JVM and its
+    children write to their stderr later (JVM warnings, the store clients' process's log: one
+    WARNING per Cassandra request once the server attaches a warning to each reply) goes into
+    a pipe that nobody reads: after 64 KiB the writer blocks for good, and the job with it (a
+    drain of 2026-12-06 stopped that way, its membership writer waiting on a Cassandra reply
+    that the driver's blocked event loop never read). From here on, a thread copies the pipe
+    to file descriptor 2 (the terminal, or the log a tool sends the job's output to).
+
+    Call it before the local gateway starts (``create_env`` does, for ``local=True``): it wraps
+    PyFlink's launcher, and a gateway already running keeps its pipe. Calling it again does
+    nothing.
+    """
+    from pyflink import java_gateway
+
+    launch = java_gateway.launch_gateway_server_process
+    if getattr(launch, "drains_stderr", False):
+        return
+
+    def launch_and_drain(env: dict[str, str], args: list[str]) -> Any:
+        process = launch(env, args)
+        if process.stderr is not None:
+            threading.Thread(target=_copy_to_stderr, args=(process.stderr,),
+                             name="gateway-stderr", daemon=True).start()
+        return process
+
+    launch_and_drain.drains_stderr = True  # type: ignore[attr-defined]
+    java_gateway.launch_gateway_server_process = launch_and_drain
+
+
+def _copy_to_stderr(stream: IO[bytes]) -> None:
+    """Copy ``stream`` to file descriptor 2 until it ends; bytes fd 2 refuses are dropped."""
+    read = getattr(stream, "read1", stream.read)
+    while chunk := read(65536):
+        view = memoryview(chunk)
+        while view:
+            try:
+                written = os.write(2, view)
+            except OSError:  # our stderr is gone: keep reading, so the JVM never blocks
+                break
+            view = view[written:]
