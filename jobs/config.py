@@ -289,6 +289,12 @@ class NudgeflowConfig:
     membership_batch_ms: int = _opt(
         50, "A batch of membership writes leaves at most this long (ms) after its first step, "
         "and before every checkpoint barrier: the most a segment change waits to be batched.")
+    cassandra_batch_changes: int = _opt(
+        3, "Segment changes per Cassandra request (one unlogged batch; each change writes three "
+        "tables). Most of a write's cost is per request, the driver's and the server's: more "
+        "per batch is cheaper (docs/performance.md), but above 3 a batch spans more than the 10 "
+        "partitions at which Cassandra warns by default "
+        "(unlogged_batch_across_partitions_warn_threshold; the local stack's is 64).")
     store_clients: str = _opt(
         "process",
         "Where the membership store's clients (cassandra-driver, redis-py) run: process (a child "
@@ -346,7 +352,8 @@ class NudgeflowConfig:
                 )
         if self.parallelism < 1:
             raise ConfigError(f"parallelism must be >= 1, got {self.parallelism}")
-        for name in ("membership_batch_rows", "membership_batch_ms", "decoded_state_users"):
+        for name in ("membership_batch_rows", "membership_batch_ms", "decoded_state_users",
+                     "cassandra_batch_changes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.tracing_sample_ratio <= 1.0:

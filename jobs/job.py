@@ -308,7 +308,8 @@ def membership_store(cfg: NudgeflowConfig) -> CassandraRedisStore:
         tuple(cfg.cassandra_hosts.split(",")), cfg.cassandra_port, cfg.cassandra_keyspace,
         cfg.redis_url, cfg.redis_key_prefix, cfg.cassandra_username, cfg.cassandra_password,
         cfg.cassandra_ssl_ca_file, cfg.redis_ssl_ca_file,
-        client_process=cfg.store_clients == "process")
+        client_process=cfg.store_clients == "process",
+        batch_changes=cfg.cassandra_batch_changes)
 
 
 def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,

@@ -139,6 +139,11 @@ concurrent_counter_writes: 8
 concurrent_materialized_view_writes: 8
 concurrent_compactors: 1
 compaction_throughput: 64MiB/s
+# The membership writer sends a step's segment changes in unlogged batches of up to
+# cassandra_batch_changes changes (three tables, so up to three partitions each, a few hundred
+# bytes): warn only above what the largest setting writes (the driver logs each warning)
+unlogged_batch_across_partitions_warn_threshold: 64
+batch_size_warn_threshold: 16KiB
 
 # Tests drop and truncate tables often; snapshots of them would only fill the disk.
 auto_snapshot: false

@@ -61,10 +61,27 @@ def own_keyspace(local_stack):
     runner.drop_keyspace(cfg)
 
 
-def _store(cfg, client_process=True):
+def _store(cfg, client_process=True, batch_changes=3):
     return CassandraRedisStore((cfg.cassandra_hosts,), cfg.cassandra_port,
                                cfg.cassandra_keyspace, cfg.redis_url, cfg.redis_key_prefix,
-                               client_process=client_process)
+                               client_process=client_process, batch_changes=batch_changes)
+
+
+def test_batches_of_ten_changes_land_and_a_refused_one_is_found_among_them(own_keyspace):
+    # 23 changes of 23 users in 3 Cassandra requests (up to 30 partitions each: the local
+    # stack warns above 64); the poison change's batch is written again change by change
+    cfg = own_keyspace
+    users = [f"user-{n}" for n in range(23)]
+    changes = [_change(user, f"s{n % 7}", n) for n, user in enumerate(users)]
+    changes[14] = _change(BIG, "s0", 14)
+    writer = _store(cfg, batch_changes=10)()
+    try:
+        rejections = writer.write_many(changes)
+    finally:
+        writer.close()
+    assert [(r.store, r.change["user_id"]) for r in rejections] == [("cassandra", BIG)]
+    landed = {user: {f"s{n % 7}"} for n, user in enumerate(users) if n != 14}
+    assert runner.cassandra_memberships(cfg, set(users)) == landed
 
 
 @pytest.mark.parametrize("client_process", [False, True], ids=["in-task", "process"])

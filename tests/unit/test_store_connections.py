@@ -1,5 +1,6 @@
 """Every store client is built in one place, with login and TLS (udfs.stores.connections)."""
 
+import logging
 import ssl
 from pathlib import Path
 
@@ -50,3 +51,30 @@ def test_a_redis_ca_without_a_tls_url_is_refused() -> None:
     cfg = load_config(env={"NUDGEFLOW_REDIS_SSL_CA_FILE": "/ca.pem",
                            "NUDGEFLOW_REDIS_URL": "rediss://:secret@cache:6380/0"})
     assert "secret" not in str(cfg)  # the URL's password stays masked
+
+
+def _record(msg: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord(connections.DRIVER_WARNINGS_LOGGER, logging.WARNING, "protocol.py",
+                             1, msg, args, None)
+
+
+def test_the_drivers_server_warnings_pass_once_a_minute_with_the_count_held_back() -> None:
+    now = [100.0]
+    held = connections.ServerWarnings(interval_s=60, clock=lambda: now[0])
+    warning = "Unlogged batch covering 30 partitions detected"
+    assert held.filter(_record("Server warning: %s", warning))  # the first at once
+    assert not any(held.filter(_record("Server warning: %s", warning)) for _ in range(499))
+    assert held.filter(_record("Connection lost to %s", "10.0.0.1"))  # others always pass
+    now[0] += 61
+    record = _record("Server warning: %s", warning)
+    assert held.filter(record)
+    assert record.getMessage() == (f"Server warning: {warning} (and 499 more server warnings "
+                                   "in the last 61 s, not logged)")
+    assert not held.filter(_record("Server warning: %s", warning))
+
+
+def test_building_a_cluster_installs_the_filter_on_the_drivers_logger_once() -> None:
+    logger = logging.getLogger(connections.DRIVER_WARNINGS_LOGGER)
+    for _ in range(2):
+        connections.cassandra_cluster(["10.0.0.1"], 9042)
+    assert sum(isinstance(f, connections.ServerWarnings) for f in logger.filters) == 1

@@ -151,6 +151,7 @@ def _writer(session, redis_client):
     writer.on_rebuild = lambda _: None
     writer.run_id_checked_at = 0.0
     writer.rebuild_needed = False
+    writer.batch_changes = ms.CASSANDRA_BATCH_CHANGES
     writer.transient = (Flaky,)
     writer.membership_sha = "sha-of-membership"
     for name in ("upsert_member", "delete_member", "upsert_segment_member",
@@ -229,6 +230,28 @@ def test_a_failed_cassandra_batch_among_several_is_retried_alone():
     assert ms.CASSANDRA_BATCH_CHANGES == 3
     assert [[item[1][1] for item in batch.items if item[0] == "upsert_member"]
             for batch in session.executed] == [["s4"], ["s1"], ["s2"], ["s3"]]
+
+
+def test_the_batch_size_is_the_writers_setting_and_every_change_is_written_once():
+    session, client = FakeSession(), FakeRedis()
+    writer = _writer(session, client)
+    writer.batch_changes = 10
+    changes = [{**CHANGE, "segment_id": f"s{n}", "change_id": f"c{n}"} for n in range(23)]
+    writer.write_many(changes)
+    assert [len(batch.items) // 3 for batch in session.executed] == [10, 10, 3]
+    assert [item[1][1] for batch in session.executed for item in batch.items
+            if item[0] == "upsert_member"] == [f"s{n}" for n in range(23)]
+
+
+def test_the_job_hands_its_batch_size_to_the_writer():
+    from jobs.config import ConfigError, load_config, replace
+    from jobs.job import membership_store
+
+    assert load_config(env={}).cassandra_batch_changes == ms.CASSANDRA_BATCH_CHANGES
+    cfg = replace(load_config(env={}), cassandra_batch_changes=12)
+    assert membership_store(cfg).batch_changes == 12
+    with pytest.raises(ConfigError, match="cassandra_batch_changes must be >= 1"):
+        replace(load_config(env={}), cassandra_batch_changes=0)
 
 
 def test_a_redis_that_lost_its_scripts_gets_the_script_again():

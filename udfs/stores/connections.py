@@ -8,9 +8,54 @@ or login setting reaches every one of them.
 
 from __future__ import annotations
 
+import logging
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
+
+#: the cassandra-driver logger that logs each warning a server attached to a reply
+DRIVER_WARNINGS_LOGGER = "cassandra.protocol"
+
+
+class ServerWarnings(logging.Filter):
+    """Let one of the driver's "Server warning" records through per ``interval_s``.
+
+    Cassandra attaches a warning to every reply of a request that crossed one of its
+    thresholds (an unlogged batch over 10 partitions, by default), and cassandra-driver logs
+    each at WARNING: the membership writer's batches (``cassandra_batch_changes`` above 3)
+    would log one per request, thousands a minute. The first passes at once; later ones are
+    counted and the next that passes says how many were held back. Other records pass.
+    """
+
+    def __init__(self, interval_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.clock = clock
+        self.passed_at: float | None = None
+        self.held_back = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` is logged (held-back counts are added to the one that is)."""
+        if not str(record.msg).startswith("Server warning"):
+            return True
+        now, passed_at = self.clock(), self.passed_at
+        if passed_at is not None and now - passed_at < self.interval_s:
+            self.held_back += 1
+            return False
+        if passed_at is not None and self.held_back:
+            record.msg = (f"{record.msg} (and {self.held_back} more server warnings in the "
+                          f"last {now - passed_at:.0f} s, not logged)")
+        self.passed_at, self.held_back = now, 0
+        return True
+
+
+def _hold_back_server_warnings() -> None:
+    """Install one ``ServerWarnings`` on the driver's logger (once per process)."""
+    logger = logging.getLogger(DRIVER_WARNINGS_LOGGER)
+    if not any(isinstance(f, ServerWarnings) for f in logger.filters):
+        logger.addFilter(ServerWarnings())
 
 
 def cassandra_cluster(hosts: Sequence[str], port: int, username: str = "", password: str = "",
@@ -29,6 +74,7 @@ def cassandra_cluster(hosts: Sequence[str], port: int, username: str = "", passw
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import Cluster
 
+    _hold_back_server_warnings()
     auth = PlainTextAuthProvider(username, password) if username else None
     context = ssl.create_default_context(cafile=ssl_ca_file) if ssl_ca_file else None
     return Cluster(list(hosts), port=port, auth_provider=auth, ssl_context=context,

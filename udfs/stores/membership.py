@@ -84,10 +84,12 @@ CQL_INSERT_HISTORY = (
 CQL_SELECT_USER_SEGMENTS = "SELECT segment_id FROM {ks}.membership_by_user WHERE user_id = ?"
 CQL_DELETE_USER = "DELETE FROM {ks}.membership_by_user WHERE user_id = ?"
 CQL_DELETE_USER_HISTORY = "DELETE FROM {ks}.membership_changes WHERE user_id = ?"
-#: a round's changes go to Cassandra in unlogged batches of at most this many (3 statements,
-#: up to 3 partitions each): one request per batch, where the driver's cost lies (~0.4 ms of
-#: CPU per request, whatever its size), and under Cassandra's default warning thresholds
-#: (more than 10 partitions, or 5 KiB, in one unlogged batch)
+#: a round's changes go to Cassandra in unlogged batches of at most this many by default
+#: (``cassandra_batch_changes``; 3 statements, up to 3 partitions a change): one request per
+#: batch, and most of the cost of a write, the driver's and the server's, is per request
+#: (docs/performance.md). Above 3, a batch passes Cassandra's default warning threshold (10
+#: partitions in one unlogged batch): the server attaches a warning to each reply, which the
+#: driver logs (``connections.ServerWarnings`` keeps one a minute)
 CASSANDRA_BATCH_CHANGES = 3
 #: an erasure's members_by_segment deletes go in unlogged batches of at most this many (a
 #: catalog of hundreds of segments stays under Cassandra's batch size limit)
@@ -395,14 +397,18 @@ class CassandraRedisWriter:
     def __init__(self, session: Any, keyspace: str, redis_client: Any, redis_prefix: str =
                  "nudgeflow", retry: RetryPolicy | None = None,
                  on_retry: Callable[[], None] = lambda: None,
-                 on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None) -> None:
+                 on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None,
+                 batch_changes: int = CASSANDRA_BATCH_CHANGES) -> None:
         from cassandra import OperationTimedOut, Unavailable, WriteTimeout
         from cassandra.cluster import NoHostAvailable
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
+        if batch_changes < 1:
+            raise ValueError(f"batch_changes must be >= 1, got {batch_changes}")
         self.session = session
         self.keyspace = keyspace
+        self.batch_changes = batch_changes
         self.redis = redis_client
         self.prefix = redis_prefix
         self.membership_sha = redis_client.script_load(_MEMBERSHIP_SCRIPT)
@@ -433,7 +439,7 @@ class CassandraRedisWriter:
                 redis_prefix: str = "nudgeflow",
                 on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None,
                 cassandra_ssl_ca_file: str = "", redis_ssl_ca_file: str = "",
-                ) -> CassandraRedisWriter:
+                batch_changes: int = CASSANDRA_BATCH_CHANGES) -> CassandraRedisWriter:
         """Open a Cassandra session and a Redis client (call from the operator's open()).
 
         Rebuilds Redis from Cassandra first if it lost what the job wrote (see
@@ -451,7 +457,7 @@ class CassandraRedisWriter:
         client = connections.redis_client(redis_url, redis_ssl_ca_file, socket_timeout=5,
                                           socket_connect_timeout=5)
         writer = cls(sessions[0], keyspace, client, redis_prefix=redis_prefix,
-                     on_retry=on_retry, on_rebuild=on_rebuild)
+                     on_retry=on_retry, on_rebuild=on_rebuild, batch_changes=batch_changes)
         writer.rebuild_redis_if_needed()
         return writer
 
@@ -479,7 +485,7 @@ class CassandraRedisWriter:
         A round holds each (user, segment) at most once (one engine step's changes do; cut
         several steps' with ``write_rounds``): its writes are not ordered among themselves.
 
-        The Cassandra batches (up to ``CASSANDRA_BATCH_CHANGES`` changes each; one refused
+        The Cassandra batches (up to ``batch_changes`` changes each; one refused
         for good is written again change by change, so only the refused change is returned)
         are sent first, then all Redis writes go in one pipeline
         (one round trip), then the batches are awaited: the round trips of the two stores and
@@ -493,8 +499,9 @@ class CassandraRedisWriter:
             return []
         rejected: dict[str, StoreRejection] = {}
         pending: list[tuple[list[dict[str, Any]], Any]] = []
-        for start in range(0, len(changes), CASSANDRA_BATCH_CHANGES):
-            group = changes[start:start + CASSANDRA_BATCH_CHANGES]
+        size = self.batch_changes
+        for start in range(0, len(changes), size):
+            group = changes[start:start + size]
             try:
                 pending.append((group, self.session.execute_async(
                     self._cassandra_batch(group), timeout=10)))
@@ -775,6 +782,8 @@ class CassandraRedisStore:
     #: run the clients in a child process (``udfs.stores.client_process``), off the caller's
     #: interpreter lock
     client_process: bool = False
+    #: segment changes per unlogged Cassandra batch (``cassandra_batch_changes``)
+    batch_changes: int = CASSANDRA_BATCH_CHANGES
 
     def __call__(self, on_retry: Callable[[], None] = lambda: None,
                  on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None,
@@ -788,7 +797,7 @@ class CassandraRedisStore:
             list(self.cassandra_hosts), self.cassandra_port, self.keyspace, self.redis_url,
             self.username, self.password, on_retry=on_retry, redis_prefix=self.redis_prefix,
             on_rebuild=on_rebuild, cassandra_ssl_ca_file=self.cassandra_ssl_ca_file,
-            redis_ssl_ca_file=self.redis_ssl_ca_file)
+            redis_ssl_ca_file=self.redis_ssl_ca_file, batch_changes=self.batch_changes)
 
 
 def _text(value: Any) -> str:
