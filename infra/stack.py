@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.paths import StackPaths
-from infra.servers.base import NotReady, Server
+from infra.servers.base import START_MARKER, NotReady, Server
 from infra.servers.cassandra import CassandraServer
 from infra.servers.flink import (
     MAX_TASKMANAGERS,
@@ -132,7 +132,7 @@ def _start(server: Server, paths: StackPaths) -> subprocess.Popen[bytes]:
     log_path = Path(server.log_file(paths))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        log.write(f"\n--- nudgeflow stack up at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        log.write(f"\n{START_MARKER} {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
         process = subprocess.Popen(
             server.command(paths),
@@ -202,9 +202,11 @@ def _wait_ready(
         # so ask the Popen first; poll() also reaps it
         exited = starting.process is not None and starting.process.poll() is not None
         if exited or running_pid(server, paths) is None:
+            hint = server.start_failure_hint(paths)
             raise StackError(
-                f"{server.name} exited during start-up; read {server.log_file(paths)} "
-                f"(and the logs next to it) for the reason"
+                f"{server.name} exited during start-up; "
+                + (f"{hint}; its log: {server.log_file(paths)}" if hint else
+                   f"read {server.log_file(paths)} (and the logs next to it) for the reason")
             )
         try:
             server.probe(paths)

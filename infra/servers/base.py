@@ -28,6 +28,10 @@ def probe_http(url: str, timeout_s: float = 2.0) -> None:
         raise NotReady(f"GET {url} failed: {exc}") from None
 
 
+#: the line ``stack up`` writes into a server's console log before each start
+START_MARKER = "--- nudgeflow stack up at"
+
+
 class Server(ABC):
     """A server that ``nudgeflow stack up`` starts on loopback."""
 
@@ -64,3 +68,18 @@ class Server(ABC):
     def log_file(self, paths: StackPaths) -> str:
         """The file that holds the process's console output."""
         return str(paths.logs(self.name) / f"{self.name}.out")
+
+    def start_failure_hint(self, paths: StackPaths) -> str:
+        """What to do about a start that failed, read from this start's log ("": nothing known)."""
+        return ""
+
+    def this_start_log(self, paths: StackPaths, limit: int = 1 << 20) -> str:
+        """The console output of the latest start (after ``stack up``'s marker line), its tail."""
+        try:
+            with open(self.log_file(paths), "rb") as log:
+                log.seek(0, 2)
+                log.seek(max(0, log.tell() - limit))
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return text.rsplit(START_MARKER, 1)[-1]

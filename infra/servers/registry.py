@@ -122,6 +122,23 @@ class RegistryServer(Server):
         """Confluent's ``/subjects`` answers 200."""
         probe_http(f"{self.url}/subjects")
 
+    def start_failure_hint(self, paths: StackPaths) -> str:
+        """A damaged H2 store (tables missing from a database that says it is set up) explained.
+
+        Seen once (2026-12-06): a store the registry had served from that morning came back
+        without its ``versions`` table, and every start failed on ``SELECT MAX(globalId) FROM
+        versions``. Apicurio does not repair it; only an empty store starts.
+        """
+        log = self.this_start_log(paths)
+        if "JdbcSQLSyntaxErrorException: Table" not in log or "not found" not in log:
+            return ""
+        data = paths.data(self.name)
+        return (f"its H2 store ({data}/registry.mv.db) is missing tables it had (damaged). Move "
+                f"the directory aside (`mv {data} {data}.broken`) and run `nudgeflow stack up` "
+                "again: the registry starts empty and jobs register their output schemas again, "
+                "under new ids, and records already framed with the old ids (Confluent wire "
+                "format) name ids the new registry does not hold, or holds for other schemas")
+
 
 if __name__ == "__main__":
     install()

@@ -19,7 +19,8 @@ import pytest
 
 from infra import stack
 from infra.paths import StackPaths
-from infra.servers.base import NotReady, Server
+from infra.servers.base import START_MARKER, NotReady, Server
+from infra.servers.registry import RegistryServer
 from infra.stack import ServerStatus, StackError
 from tests.ports import free_port
 
@@ -311,6 +312,52 @@ def test_process_that_exits_names_the_log(
     assert log in str(info.value)
     assert started[0].wait(timeout=5) == 3
     assert "boom: bad config" in Path(log).read_text()
+
+
+DAMAGED_H2 = ('Caused by: org.h2.jdbc.JdbcSQLSyntaxErrorException: Table "VERSIONS" not found; '
+              'SQL statement:')
+
+
+class ExitingRegistry(RegistryServer):
+    """The registry's start-up diagnosis around a process that prints ``line`` and exits."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(port=free_port())
+        self.line = line
+
+    def prepare(self, paths: StackPaths) -> None:
+        paths.logs(self.name).mkdir(parents=True, exist_ok=True)
+
+    def command(self, paths: StackPaths) -> list[str]:
+        return [sys.executable, "-c", f"print({self.line!r}); raise SystemExit(1)"]
+
+    def probe(self, paths: StackPaths) -> None:
+        raise NotReady("starting")
+
+
+def test_a_registry_whose_store_lost_its_tables_says_what_to_do(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    server = ExitingRegistry(DAMAGED_H2)
+    with pytest.raises(StackError, match="registry exited during start-up") as info:
+        stack.up(paths, [server], say=lambda _: None)
+    message = str(info.value)
+    data = paths.data("registry")
+    assert "H2 store" in message and f"`mv {data} {data}.broken`" in message
+    assert server.log_file(paths) in message
+
+
+def test_only_the_latest_start_of_the_registry_is_read_for_the_reason(
+    paths: StackPaths, started: list[subprocess.Popen[bytes]]
+) -> None:
+    log = Path(ExitingRegistry(DAMAGED_H2).log_file(paths))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"{START_MARKER} 2026-12-06 10:00:00\n{DAMAGED_H2}\n")  # an earlier start
+    with pytest.raises(StackError) as info:
+        stack.up(paths, [ExitingRegistry("Port 8085 seems to be in use")],
+                 say=lambda _: None)
+    assert "H2 store" not in str(info.value)
+    assert "for the reason" in str(info.value)
 
 
 def test_probe_that_never_passes_times_out(
