@@ -17,6 +17,7 @@ Runs on Java 17, the same ``java`` as Kafka's.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import sys
 import tarfile
@@ -38,6 +39,8 @@ RUNNER = f"apicurio-registry-app-{VERSION}-runner.jar"
 #: the path of Confluent's REST API on an Apicurio server
 CONFLUENT_API = "/apis/ccompat/v7"
 DEFAULT_PORT = 8085
+#: H2's error for a table a query needs and the database lacks (one line of the registry's log)
+_MISSING_TABLE = re.compile(r'JdbcSQLSyntaxErrorException: Table "[^"]+" not found')
 
 
 def install_dir(paths: StackPaths) -> Path:
@@ -129,8 +132,7 @@ class RegistryServer(Server):
         without its ``versions`` table, and every start failed on ``SELECT MAX(globalId) FROM
         versions``. Apicurio does not repair it; only an empty store starts.
         """
-        log = self.this_start_log(paths)
-        if "JdbcSQLSyntaxErrorException: Table" not in log or "not found" not in log:
+        if not _MISSING_TABLE.search(self.this_start_log(paths)):
             return ""
         data = paths.data(self.name)
         return (f"its H2 store ({data}/registry.mv.db) is missing tables it had (damaged). Move "
