@@ -221,6 +221,93 @@ def test_a_steps_changes_go_to_redis_in_one_round_trip_and_cassandra_together():
         ("ENTER", "s1"), ("EXIT", "s2")]
 
 
+def _apply(log):
+    """The Redis state a FakePipeline log leaves: sets, sizes, sizes-at keys, churn hashes."""
+    state = {"sets": {}, "sizes": {}, "sizes_at": set(), "churn": {}, "expiring": set()}
+    for entry in log:
+        if entry[0] == "membership":
+            key, _, change, segment, _ = entry[1:]
+            members = state["sets"].setdefault(key, set())
+            moved = (segment not in members) if change == "ENTER" else (segment in members)
+            (members.add if change == "ENTER" else members.discard)(segment)
+            if moved:
+                delta = 1 if change == "ENTER" else -1
+                state["sizes"][segment] = state["sizes"].get(segment, 0) + delta
+        elif entry[0] == "hset" and entry[1] == "nf:segment-sizes-at":
+            state["sizes_at"] |= set(entry[2])
+        elif entry[0] == "hset":
+            state["churn"][entry[1]] = dict(entry[2])
+        elif entry[0] == "expire":
+            state["expiring"].add(entry[1])
+    return state
+
+
+def _one_change_at_a_time(changes):
+    """The reference: each change's writes on their own, in order (what Redis must end with)."""
+    log = []
+    for change in changes:
+        log.append(("membership", f"nf:user:{change['user_id']}", "nf:segment-sizes",
+                    change["change"], change["segment_id"], ms.REDIS_TTL_S))
+        log.append(("hset", "nf:segment-sizes-at", {change["segment_id"]: 0}))
+        if change.get("churn_score") is not None:
+            churn_key = f"nf:user:{change['user_id']}:churn"
+            log.append(("hset", churn_key, {"score": change["churn_score"],
+                                            "model_version": change["model_version"],
+                                            "event_time": change["event_time"]}))
+            log.append(("expire", churn_key, ms.REDIS_TTL_S))
+    return _apply(log)
+
+
+def test_a_rounds_redis_writes_end_as_if_each_change_was_written_alone():
+    import random
+
+    rnd = random.Random(13)
+    for _ in range(50):
+        changes, taken = [], set()
+        while len(changes) < rnd.randrange(1, 40):
+            user, segment = f"u{rnd.randrange(6)}", f"s{rnd.randrange(5)}"
+            if (user, segment) in taken:  # a round holds each (user, segment) once
+                continue
+            taken.add((user, segment))
+            enter = rnd.random() < 0.6
+            changes.append({**CHANGE, "change_id": f"c{len(changes)}", "user_id": user,
+                            "segment_id": segment, "change": "ENTER" if enter else "EXIT",
+                            "churn_score": round(rnd.random(), 3) if enter else None,
+                            "event_time": CHANGE["event_time"] + len(changes)})
+        client = FakeRedis()
+        assert _writer(FakeSession(), client).write_many(changes) == []
+        assert _apply(client.log) == _one_change_at_a_time(changes)
+        # and cheaper: one sizes-at write per round, one churn hash per user
+        hsets = [entry[1] for entry in client.log if entry[0] == "hset"]
+        assert hsets.count("nf:segment-sizes-at") == 1
+        assert len(hsets) - 1 == len({c["user_id"] for c in changes
+                                      if c["churn_score"] is not None})
+
+
+def test_a_refused_churn_hash_refuses_that_users_changes_only():
+    from redis.exceptions import ResponseError
+
+    class WrongTypeChurnPipeline(FakePipeline):
+        def execute(self, raise_on_error=True):
+            results = super().execute(raise_on_error)
+            for position, entry in enumerate(self.log[:-1]):
+                if entry[:2] == ("hset", "nf:user:u2:churn"):
+                    # the marker's read comes first in the results, not in the log
+                    results[position + 2] = ResponseError("WRONGTYPE Operation against a key")
+            return results
+
+    class WrongTypeRedis(FakeRedis):
+        def pipeline(self, transaction):
+            return WrongTypeChurnPipeline(self.log)
+
+    changes = [{**CHANGE, "change_id": f"c{n}", "user_id": user, "segment_id": segment}
+               for n, (user, segment) in enumerate([("u1", "s1"), ("u2", "s1"), ("u2", "s2"),
+                                                    ("u3", "s2")])]
+    rejections = _writer(FakeSession(), WrongTypeRedis()).write_many(changes)
+    assert sorted(r.change["change_id"] for r in rejections) == ["c1", "c2"]
+    assert all(r.store == "redis" and "WRONGTYPE" in r.reason() for r in rejections)
+
+
 def test_a_failed_cassandra_batch_among_several_is_retried_alone():
     session, client = FakeSession(failures=1), FakeRedis()
     changes = [{**CHANGE, "segment_id": f"s{n}", "change_id": f"c{n}"} for n in range(1, 5)]

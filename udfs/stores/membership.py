@@ -609,23 +609,28 @@ class CassandraRedisWriter:
         """One MULTI/EXEC pipeline of the step; returns the changes Redis refused, by index.
 
         The pipeline starts by reading the rebuild marker (and, once a second, Redis's
-        ``run_id``): if Redis lost it, ``rebuild_needed`` is set. Transient errors raise (the
-        caller retries the whole pipeline, which is idempotent); an error reply of one
-        command refuses only its change.
+        ``run_id``): if Redis lost it, ``rebuild_needed`` is set. Then one membership script
+        per change, one ``HSET`` of the round's segments' sizes-at times, and one churn hash
+        (and its ``EXPIRE``) per user: the last of the user's changes in the round, which is
+        what one hash per change wrote last before (the transaction is applied at once, so no
+        reader sees the difference; redis-py's per-command cost was most of the pipeline's).
+        Transient errors raise (the caller retries the whole pipeline, which is idempotent);
+        an error reply refuses the changes of its command only.
         """
         from redis.exceptions import NoScriptError
 
         pipe = self.redis.pipeline(transaction=True)
         sizes = keys.segment_sizes(self.prefix)
-        sizes_at = keys.segment_sizes_at(self.prefix)
-        written_ms = int(time.time() * 1000)
         pipe.get(keys.rebuild_marker(self.prefix))
         now = time.monotonic()
         check_run_id = now - self.run_id_checked_at >= self.RUN_ID_CHECK_S
         if check_run_id:
             pipe.info("server")
-        owners: list[int | None] = [None] * (2 if check_run_id else 1)
+        # the changes each command's reply belongs to (none: the marker's reads)
+        owners: list[tuple[int, ...]] = [()] * (2 if check_run_id else 1)
         refused: dict[int, BaseException] = {}
+        by_segment: dict[str, list[int]] = {}
+        churn_by_user: dict[str, list[int]] = {}
         for index, change in enumerate(changes):
             key = keys.user_segments(self.prefix, change["user_id"])
             try:
@@ -633,22 +638,38 @@ class CassandraRedisWriter:
                 # pipeline that holds a Script object, one more round trip per write
                 pipe.evalsha(self.membership_sha, 2, key, sizes, change["change"],
                              change["segment_id"], REDIS_TTL_S)
-                # when the segment's size last moved (or was confirmed by a replay), wall clock:
-                # `nudgeflow segments sizes` shows it
-                pipe.hset(sizes_at, mapping={change["segment_id"]: written_ms})
-                owners += [index, index]
-                if change.get("churn_score") is not None:
-                    churn_key = keys.user_churn(self.prefix, change["user_id"])
-                    pipe.hset(churn_key, mapping={
-                        "score": change["churn_score"],
-                        "model_version": change.get("model_version") or "",
-                        "event_time": change["event_time"]})
-                    pipe.expire(churn_key, REDIS_TTL_S)
-                    owners += [index, index]
             except Exception as exc:  # noqa: BLE001 - redis-py refused a value (DataError)
                 if classify("redis", exc) != "permanent":
                     raise
                 refused[index] = exc
+                continue
+            owners.append((index,))
+            by_segment.setdefault(change["segment_id"], []).append(index)
+            if change.get("churn_score") is not None:
+                churn_by_user.setdefault(change["user_id"], []).append(index)
+        if by_segment:
+            # when each segment's size last moved (or was confirmed by a replay), wall clock:
+            # `nudgeflow segments sizes` shows it
+            written_ms = int(time.time() * 1000)
+            pipe.hset(keys.segment_sizes_at(self.prefix),
+                      mapping=dict.fromkeys(by_segment, written_ms))
+            owners.append(tuple(index for group in by_segment.values() for index in group))
+        for user, indices in churn_by_user.items():
+            last = changes[indices[-1]]
+            churn_key = keys.user_churn(self.prefix, user)
+            try:
+                pipe.hset(churn_key, mapping={
+                    "score": last["churn_score"],
+                    "model_version": last.get("model_version") or "",
+                    "event_time": last["event_time"]})
+            except Exception as exc:  # noqa: BLE001 - redis-py refused a value (DataError)
+                if classify("redis", exc) != "permanent":
+                    raise
+                for index in indices:
+                    refused.setdefault(index, exc)
+                continue
+            pipe.expire(churn_key, REDIS_TTL_S)
+            owners += [tuple(indices), tuple(indices)]
         results = pipe.execute(raise_on_error=False)
         if any(isinstance(result, NoScriptError) for result in results):
             # Redis restarted (or flushed its scripts): load the script again and repeat the
@@ -657,9 +678,10 @@ class CassandraRedisWriter:
             return self._write_redis(changes)
         for owner, result in zip(owners, results, strict=False):
             if isinstance(result, Exception):
-                if classify("redis", result) != "permanent" or owner is None:
+                if classify("redis", result) != "permanent" or not owner:
                     raise result
-                refused.setdefault(owner, result)
+                for index in owner:
+                    refused.setdefault(index, result)
         marker = results[0]
         if check_run_id:
             self.run_id_checked_at = now
