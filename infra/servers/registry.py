@@ -22,6 +22,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -39,6 +40,9 @@ RUNNER = f"apicurio-registry-app-{VERSION}-runner.jar"
 #: the path of Confluent's REST API on an Apicurio server
 CONFLUENT_API = "/apis/ccompat/v7"
 DEFAULT_PORT = 8085
+#: In the registry's data directory from before its first start on an empty store until it first
+#: answered: found at a later start, that first start was cut short (see ``prepare``)
+FIRST_START = "first-start"
 #: H2's error for a table a query needs and the database lacks (one line of the registry's log)
 _MISSING_TABLE = re.compile(r'JdbcSQLSyntaxErrorException: Table "[^"]+" not found')
 
@@ -108,10 +112,31 @@ class RegistryServer(Server):
         return f"http://{self.address}{CONFLUENT_API}"
 
     def prepare(self, paths: StackPaths) -> None:
-        """Install the server if needed; create the data and log directories."""
+        """Install the server if needed; create the data and log directories.
+
+        A first start cut short is not left to fail every later start. Apicurio creates its
+        tables one statement at a time on an empty store, and writes its schema version
+        first: a registry killed in between (a ``stack down`` or an interrupted ``stack up``
+        during a slow first start) leaves a store that says it is set up but lacks tables, and
+        every later start fails on it (seen 2026-12-06: 8 of its tables, ``db_version`` 101,
+        no ``versions``). So an empty store gets a ``first-start`` mark, which the first probe
+        that gets an answer removes; a store still marked at the next start never answered
+        and so gave out no schema id: it is moved aside, and the registry starts empty.
+        """
         install(paths)
-        for directory in (paths.data(self.name), paths.logs(self.name)):
+        data = paths.data(self.name)
+        for directory in (data, paths.logs(self.name)):
             directory.mkdir(parents=True, exist_ok=True)
+        if (data / FIRST_START).exists():
+            aside = data.with_name(f"{data.name}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
+            data.rename(aside)
+            data.mkdir()
+            print(f"[registry] its first start on {data} was cut short before it ever answered "
+                  f"(the store may lack tables): moved aside to {aside}; starting on an empty "
+                  "store (it gave out no schema ids)", file=sys.stderr, flush=True)
+        if not (data / "registry.mv.db").exists():
+            (data / FIRST_START).write_text(
+                "the registry has not answered on this store yet (infra/servers/registry.py)\n")
 
     def command(self, paths: StackPaths) -> list[str]:
         """``java ... -jar apicurio-registry-app-<v>-runner.jar`` with its settings as -D flags."""
@@ -122,24 +147,28 @@ class RegistryServer(Server):
                 "-jar", str(install_dir(paths) / RUNNER)]
 
     def probe(self, paths: StackPaths) -> None:
-        """Confluent's ``/subjects`` answers 200."""
+        """Confluent's ``/subjects`` answers 200 (the store's first start is then over)."""
         probe_http(f"{self.url}/subjects")
+        (paths.data(self.name) / FIRST_START).unlink(missing_ok=True)
 
     def start_failure_hint(self, paths: StackPaths) -> str:
         """A damaged H2 store (tables missing from a database that says it is set up) explained.
 
-        Seen once (2026-12-06): a store the registry had served from that morning came back
-        without its ``versions`` table, and every start failed on ``SELECT MAX(globalId) FROM
+        Seen once (2026-12-06): a store whose first start had been cut short while Apicurio
+        created its tables (``prepare`` now moves such a store aside itself, if it was made
+        with the ``first-start`` mark); every start failed on ``SELECT MAX(globalId) FROM
         versions``. Apicurio does not repair it; only an empty store starts.
         """
         if not _MISSING_TABLE.search(self.this_start_log(paths)):
             return ""
         data = paths.data(self.name)
-        return (f"its H2 store ({data}/registry.mv.db) is missing tables it had (damaged). Move "
-                f"the directory aside (`mv {data} {data}.broken`) and run `nudgeflow stack up` "
-                "again: the registry starts empty and jobs register their output schemas again, "
-                "under new ids, and records already framed with the old ids (Confluent wire "
-                "format) name ids the new registry does not hold, or holds for other schemas")
+        return (f"its H2 store ({data}/registry.mv.db) lacks tables it says it has (most likely "
+                "a first start cut short while the registry created them, on a store made "
+                "before `stack up` marked first starts). Move the directory aside "
+                f"(`mv {data} {data}.broken`) and run `nudgeflow stack up` again: the registry "
+                "starts empty and jobs register their output schemas again, under new ids, and "
+                "records already framed with the old ids (Confluent wire format) name ids the "
+                "new registry does not hold, or holds for other schemas")
 
 
 if __name__ == "__main__":

@@ -516,3 +516,62 @@ def test_the_job_jvms_run_the_client_compiler_only(paths: StackPaths) -> None:
     assert local_run_env(paths, env={})["JVM_ARGS"] == JIT_OPTS
     mine = local_run_env(paths, env={"JVM_ARGS": "-XX:TieredStopAtLevel=4 -Xmx2g"})["JVM_ARGS"]
     assert mine == f"{JIT_OPTS} -XX:TieredStopAtLevel=4 -Xmx2g"
+
+
+def _prepared_registry(paths: StackPaths, monkeypatch: pytest.MonkeyPatch) -> RegistryServer:
+    from infra.servers import registry
+
+    monkeypatch.setattr(registry, "install", lambda paths: paths.jars("registry"))
+    server = RegistryServer(port=free_port())
+    server.prepare(paths)
+    return server
+
+
+def test_a_registry_first_start_cut_short_is_moved_aside_and_the_next_starts_empty(
+    paths: StackPaths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infra.servers.registry import FIRST_START
+
+    server = _prepared_registry(paths, monkeypatch)
+    data = paths.data("registry")
+    assert (data / FIRST_START).exists()  # an empty store: its first start begins
+    (data / "registry.mv.db").write_bytes(b"half-made tables")  # then killed before answering
+    server.prepare(paths)
+    [aside] = [d for d in data.parent.iterdir() if d.name.startswith("data.unfinished-")]
+    assert (aside / "registry.mv.db").read_bytes() == b"half-made tables"  # kept, aside
+    assert sorted(p.name for p in data.iterdir()) == [FIRST_START]  # empty, marked again
+    assert f"moved aside to {aside}" in capsys.readouterr().err
+
+
+def test_a_registry_store_that_answered_is_kept(
+    paths: StackPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.servers import registry
+
+    server = _prepared_registry(paths, monkeypatch)
+    data = paths.data("registry")
+    (data / "registry.mv.db").write_bytes(b"schemas")
+    probed: list[str] = []
+    monkeypatch.setattr(registry, "probe_http", probed.append)
+    server.probe(paths)  # it answered: its first start is over
+    assert probed == [f"{server.url}/subjects"]
+    server.prepare(paths)  # a later start, as for a store made before the mark existed
+    assert sorted(p.name for p in data.iterdir()) == ["registry.mv.db"]
+    assert (data / "registry.mv.db").read_bytes() == b"schemas"
+    assert not [d for d in data.parent.iterdir() if d.name.startswith("data.")]
+
+
+def test_a_registry_that_does_not_answer_keeps_its_first_start_mark(
+    paths: StackPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.servers import registry
+
+    server = _prepared_registry(paths, monkeypatch)
+
+    def not_yet(url: str) -> None:
+        raise NotReady("connection refused")
+
+    monkeypatch.setattr(registry, "probe_http", not_yet)
+    with pytest.raises(NotReady):
+        server.probe(paths)
+    assert (paths.data("registry") / registry.FIRST_START).exists()
