@@ -116,8 +116,8 @@ class RegistryServer(Server):
 
         A first start cut short is not left to fail every later start. Apicurio creates its
         tables one statement at a time on an empty store, and writes its schema version
-        first: a registry killed in between (a ``stack down`` or an interrupted ``stack up``
-        during a slow first start) leaves a store that says it is set up but lacks tables, and
+        first: a registry killed in between (``stack down`` during a slow first start, a kill,
+        the machine going down) leaves a store that says it is set up but lacks tables, and
         every later start fails on it (seen 2026-12-06: 8 of its tables, ``db_version`` 101,
         no ``versions``). So an empty store gets a ``first-start`` mark, which the first probe
         that gets an answer removes; a store still marked at the next start never answered
