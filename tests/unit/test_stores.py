@@ -264,7 +264,8 @@ def test_a_rounds_redis_writes_end_as_if_each_change_was_written_alone():
     rnd = random.Random(13)
     for _ in range(50):
         changes, taken = [], set()
-        while len(changes) < rnd.randrange(1, 40):
+        size = rnd.randrange(1, 31)  # of the 30 (user, segment) pairs
+        while len(changes) < size:
             user, segment = f"u{rnd.randrange(6)}", f"s{rnd.randrange(5)}"
             if (user, segment) in taken:  # a round holds each (user, segment) once
                 continue
