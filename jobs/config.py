@@ -287,8 +287,10 @@ class NudgeflowConfig:
         500, "The membership writer takes the engine's write steps in batches of at most this "
         "many (one Python call per batch; its changes go to Cassandra and Redis together).")
     membership_batch_ms: int = _opt(
-        50, "A batch of membership writes leaves at most this long (ms) after its first step, "
-        "and before every checkpoint barrier: the most a segment change waits to be batched.")
+        200, "A batch of membership writes leaves at most this long (ms) after its first step, "
+        "and before every checkpoint barrier and watermark: the most a segment change waits to "
+        "be batched. At the default it is the watermark interval, so a batch holds what the "
+        "engine wrote between two watermarks (fewer, fuller writes: docs/performance.md).")
     cassandra_batch_changes: int = _opt(
         3, "Segment changes per Cassandra request (one unlogged batch; each change writes three "
         "tables). Most of a write's cost is per request, the driver's and the server's: more "
