@@ -75,10 +75,15 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
             assert step["segment_changes"] > 0
 
     # the engine's own trigger-latency histogram, as the stack's Prometheus computes its
-    # percentiles, agrees with the bench's measurement from outside within 20% where the two
-    # time the same thing: at-least-once, a trigger is readable as soon as it is emitted
-    # (exactly-once adds the wait for the checkpoint that commits it, which the engine cannot
-    # see; printed, not compared)
+    # percentiles, against the bench's measurement from outside. At-least-once a trigger is
+    # readable as soon as it is emitted (exactly-once adds the wait for the checkpoint that
+    # commits it, which the engine cannot see; printed, not compared). The engine times a part
+    # of what the bench times (to its emission; the bench's span runs on to its consumer's
+    # read), in buckets 15% wide: at no step more than the bench's figure but for a bucket. At
+    # the ladder's light step (1,000/s) the two time the same thing and agree within 20%; near
+    # the job's capacity (the highest-rate probe, 5,000 and 10,000/s) the bench's own producer
+    # and consumer share the two cores with the job and its figure runs ahead (in one CI run,
+    # p50 1,876 ms against the engine's 1,492 at the probe's 2,700/s)
     compared = []
     for step in by_mode["at-least-once"]:
         engine = step["engine_histogram"]
@@ -86,10 +91,13 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
         print(f"{step['offered_rate']}/s: bench {[step[k] for k in PERCENTILES]}, "
               f"Prometheus {[engine[k] for k in PERCENTILES]}")
         if step["triggers"] >= 50:
-            compared.append(step["offered_rate"])
             for key in PERCENTILES:
-                assert engine[key] == pytest.approx(step[key], rel=0.2), (key, step)
-    assert compared, "no at-least-once step had 50 triggers to compare"
+                assert engine[key] <= step[key] * 1.2, (key, step)
+            if step["offered_rate"] == 1_000 and not step["max_probe"]:
+                compared.append(step["offered_rate"])
+                for key in PERCENTILES:
+                    assert engine[key] == pytest.approx(step[key], rel=0.2), (key, step)
+    assert compared, "the at-least-once 1,000/s step had fewer than 50 triggers to compare"
     for step in by_mode["exactly-once"]:
         assert step["engine_histogram"]["p50_ms"] <= step["p50_ms"] * 1.2
 
