@@ -289,7 +289,7 @@ class NudgeflowConfig:
     membership_batch_ms: int = _opt(
         200, "A batch of membership writes leaves at most this long (ms) after its first step, "
         "and before every checkpoint barrier and watermark: the most a segment change waits to "
-        "be batched. At the default it is the watermark interval, so a batch holds what the "
+        "be batched. With the default watermark interval (200 ms) a batch holds what the "
         "engine wrote between two watermarks (fewer, fuller writes: docs/performance.md).")
     cassandra_batch_changes: int = _opt(
         3, "Segment changes per Cassandra request (one unlogged batch; each change writes three "
