@@ -66,7 +66,9 @@ LABELLED_LAST_VALUES = (
 
 HISTOGRAMS = (
     # (metric name, label keys): udfs/flink/metrics.py Histogram, registered in user_engine.py
+    # and membership_writes.py
     ("trigger_latency_ms", ("tier",)), ("user_state_bytes", ()),
+    ("membership_write_lag_ms", ()),
 )
 """Histograms of counters: ``<keys>_le_<name>_bucket{le=...}``, ``<keys>_<name>_sum`` and
 ``<keys>_<name>_count`` (the bucket counters sit in a group ``le``, so its key joins the name)."""

@@ -1,6 +1,7 @@
 """The membership writer's operator (``udfs.flink.membership_writes``) called directly: what it
 writes, in which order, and what it emits (the whole graph runs in the other pipeline tests)."""
 
+import time
 from types import SimpleNamespace
 
 from jobs.config import NudgeflowConfig
@@ -165,3 +166,15 @@ def test_an_erasure_deletes_the_user_and_dead_letters_what_a_store_refused():
     function.close()
     assert writer.calls[-1] == ("close",)
 
+
+
+def test_the_write_lag_is_each_steps_time_from_the_engine_to_both_stores():
+    function, metrics = opened(Writer())
+    now = int(time.time() * 1000)
+    list(function.process_element(batch(
+        changes_payload([change(1)], now - 300, [None]),
+        changes_payload([change(2), change(3)], now - 40, [None, None])), None))
+    function.close()  # flushes what the histogram holds
+    # one value a step (not a change), each at least its age when the batch came in
+    assert metrics.counts["membership_write_lag_ms_count"] == 2
+    assert 340 <= metrics.counts["membership_write_lag_ms_sum"] < 340 + 2 * 5_000

@@ -55,7 +55,7 @@ from pyflink.datastream import ProcessFunction, RuntimeContext
 from schemas.codec import Codec
 from udfs import intake
 from udfs.flink.decode import dead_letter_row
-from udfs.flink.metrics import LabelledCounters
+from udfs.flink.metrics import LATENCY_BUCKETS_MS, Histogram, LabelledCounters
 from udfs.stores.membership import write_rounds
 
 #: the engine's row kind of a step's membership writes (routed here, never to a topic)
@@ -99,11 +99,17 @@ class MembershipWriteFunction(ProcessFunction):
         self.store_rejected = LabelledCounters(metrics, "store", "store_rejected")
         self.redis_rebuilds = metrics.counter("redis_rebuilds")
         self.batches = metrics.counter("membership_write_batches")
+        # how far the stores are behind the engine: a step's processing time to both stores
+        # having its changes (the batcher's wait, the queue before this task, the writes)
+        self.write_lag = Histogram(metrics, "membership_write_lag_ms", LATENCY_BUCKETS_MS)
         self.writer = self.store_factory(on_retry=self.store_retries.inc,
                                          on_rebuild=lambda _report: self.redis_rebuilds.inc())
 
     def close(self) -> None:
         """Close the store connections."""
+        lag = getattr(self, "write_lag", None)
+        if lag is not None:
+            lag.flush()
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.close()
@@ -152,6 +158,9 @@ class MembershipWriteFunction(ProcessFunction):
         for changes_of_round in write_rounds(changes):
             for rejection in self.writer.write_many(changes_of_round) or []:
                 refused[rejection.change["change_id"]] = rejection
+        written_at = int(time.time() * 1000)
+        for step in steps:
+            self.write_lag.observe(max(0, written_at - step["at"]))
         for change, emit_time, traceparent in emitted:
             raw = self.codec.encode("SegmentChange", {**change, "emitted_at": emit_time})
             rejection = refused.get(change["change_id"])
