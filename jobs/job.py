@@ -309,7 +309,7 @@ def membership_store(cfg: NudgeflowConfig) -> CassandraRedisStore:
         cfg.redis_url, cfg.redis_key_prefix, cfg.cassandra_username, cfg.cassandra_password,
         cfg.cassandra_ssl_ca_file, cfg.redis_ssl_ca_file,
         client_process=cfg.store_clients == "process",
-        batch_changes=cfg.cassandra_batch_changes)
+        batch_changes=cfg.cassandra_batch_changes, process_nice=cfg.store_clients_nice)
 
 
 def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,

@@ -133,3 +133,15 @@ def test_the_child_exits_when_its_parent_closes_the_pipe():
     writer.process.stdin.close()
     assert writer.process.wait(timeout=30) == 0
     writer.process.stdout.close()
+
+
+def test_the_child_runs_at_the_niceness_it_is_given():
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    for nice in (0, 7):
+        writer = ProcessWriter(FakeFactory(), on_retry=lambda: None, on_rebuild=lambda _: None,
+                               nice=nice)
+        try:
+            writer.segment_sizes()  # connected: the child set its niceness before that
+            assert os.getpriority(os.PRIO_PROCESS, writer.process.pid) == min(19, base + nice)
+        finally:
+            writer.close()

@@ -94,11 +94,13 @@ class ProcessWriter:
     """A ``MembershipWriter`` whose store clients run in a child process (see the module)."""
 
     def __init__(self, factory: Callable[..., Any], on_retry: Callable[[], None],
-                 on_rebuild: Callable[[Any], None]) -> None:
+                 on_rebuild: Callable[[Any], None], nice: int = 0) -> None:
         """Start the child and have it connect ``factory``'s writer (blocks until it did).
 
         ``factory`` must be picklable and build the in-process writer when called with
         ``on_retry`` and ``on_rebuild`` (``CassandraRedisStore`` with ``client_process`` off).
+        ``nice``: how much lower than this process's the child's scheduling priority is (0 to
+        19; see ``store_clients_nice`` in ``jobs/config.py``).
         """
         self.on_retry = on_retry
         self.on_rebuild = on_rebuild
@@ -106,7 +108,7 @@ class ProcessWriter:
         # the embedded interpreter's path holds the job's packages and its site-packages
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in sys.path if p))
         self.process = subprocess.Popen(  # noqa: S603 - our own module, no shell
-            [python_executable(), "-m", __name__], stdin=subprocess.PIPE,
+            [python_executable(), "-m", __name__, str(nice)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=env, close_fds=True)
         self.closed = False
         try:
@@ -223,7 +225,12 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 
 def main() -> None:
-    """Entry point of the child (``python -m udfs.stores.client_process``)."""
+    """Entry point of the child (``python -m udfs.stores.client_process [NICE]``)."""
+    # first, so that every thread the clients start inherits it (Linux keeps a nice value per
+    # thread): on a busy machine the kernel then runs the engine's thread before the writes,
+    # which wait for the stores anyway (docs/performance.md, "fifteenth session")
+    if len(sys.argv) > 1 and int(sys.argv[1]) > 0:
+        os.nice(int(sys.argv[1]))
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print goes to standard error, never into a frame
     logging.basicConfig(

@@ -806,6 +806,8 @@ class CassandraRedisStore:
     client_process: bool = False
     #: segment changes per unlogged Cassandra batch (``cassandra_batch_changes``)
     batch_changes: int = CASSANDRA_BATCH_CHANGES
+    #: with ``client_process``: the child's niceness above the caller's (``store_clients_nice``)
+    process_nice: int = 0
 
     def __call__(self, on_retry: Callable[[], None] = lambda: None,
                  on_rebuild: Callable[[rebuild.RebuildReport], None] = lambda _: None,
@@ -814,7 +816,8 @@ class CassandraRedisStore:
         if self.client_process:
             from udfs.stores.client_process import ProcessWriter
 
-            return ProcessWriter(replace(self, client_process=False), on_retry, on_rebuild)
+            return ProcessWriter(replace(self, client_process=False), on_retry, on_rebuild,
+                                 nice=self.process_nice)
         return CassandraRedisWriter.connect(
             list(self.cassandra_hosts), self.cassandra_port, self.keyspace, self.redis_url,
             self.username, self.password, on_retry=on_retry, redis_prefix=self.redis_prefix,
