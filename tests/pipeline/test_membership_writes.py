@@ -167,7 +167,6 @@ def test_an_erasure_deletes_the_user_and_dead_letters_what_a_store_refused():
     assert writer.calls[-1] == ("close",)
 
 
-
 def test_the_write_lag_is_each_steps_time_from_the_engine_to_both_stores():
     function, metrics = opened(Writer())
     now = int(time.time() * 1000)

@@ -67,7 +67,7 @@ def test_the_dashboard_covers_what_operators_ask() -> None:
               "campaign_triggers", "reason_triggers_suppressed", "reason_triggers_deferred",
               "segment_enters", "segment_exits", "le_user_state_bytes_bucket",
               "segment_segment_size",
-              "reason_events_dead_lettered", "store_retries"]
+              "reason_events_dead_lettered", "store_retries", "le_membership_write_lag_ms_bucket"]
     for wanted in [*(op + name for name in engine),
                    "flink_jobmanager_job_lastCheckpointDuration",
                    "flink_jobmanager_job_numberOfFailedCheckpoints",
