@@ -222,9 +222,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="nudgeflow-compare-"))
     out.mkdir(parents=True, exist_ok=True)
     print(f"nudgeflow bench compare (results and job logs in {out})")
+    from kafka.errors import KafkaError
+
     try:
         result = compare(builds, args.rounds, args.backlog, args.users, args.parallelism, out,
                          job_flags=job_flags, warmup=args.warmup, perf=args.perf)
+    except KafkaError as exc:
+        print(f"nudgeflow bench compare: Kafka did not answer ({type(exc).__name__}: {exc}); "
+              "the comparison needs the local stack: `nudgeflow stack up`, then run it again",
+              file=sys.stderr)
+        return 2
     finally:
         delete_run_topics()
     (out / "compare.json").write_text(json.dumps(result, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import pytest
 
@@ -582,3 +583,20 @@ def test_the_p1_figure_is_the_median_of_its_configurations_drains() -> None:
     alone = {"label": "p1 at-least-once", "events_per_s": 1000.0}
     bench.p1_median(alone, [], ceiling=10_000.0)
     assert alone["events_per_s"] == 1000.0 and alone["label"] == "p1 at-least-once"
+
+
+def test_compare_without_the_stack_says_to_start_it(tmp_path, capsys, monkeypatch) -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    from jobs.bench import compare
+
+    def no_kafka(*args, **kwargs):
+        raise KafkaTimeoutError("Unable to bootstrap from ['127.0.0.1:9092']")
+
+    monkeypatch.setattr(compare, "compare", no_kafka)
+    monkeypatch.setattr(compare, "delete_run_topics", lambda: None)
+    checkout = Path(__file__).resolve().parents[2]
+    assert compare.main([f"a={checkout}", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Kafka did not answer" in err and "`nudgeflow stack up`" in err
+    assert not (tmp_path / "compare.json").exists()
