@@ -229,8 +229,9 @@ def main() -> None:
     # first, so that every thread the clients start inherits it (Linux keeps a nice value per
     # thread): on a busy machine the kernel then runs the engine's thread before the writes,
     # which wait for the stores anyway (docs/performance.md, "fifteenth session")
-    if len(sys.argv) > 1 and int(sys.argv[1]) > 0:
-        os.nice(int(sys.argv[1]))
+    nice = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    if nice > 0:
+        os.nice(nice)
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print goes to standard error, never into a frame
     logging.basicConfig(
