@@ -870,25 +870,26 @@ class Bench:
 
     # -- jobs --
 
-    def _launch(self, cfg: Any) -> tuple[list[str], Path | None, dict[str, str], str]:
-        """How a local job starts: its completing flags, directory, environment and label.
+    def _launch(self, cfg: Any) -> tuple[str, list[str], Path | None, dict[str, str], str]:
+        """How a local job starts: interpreter, completing flags, directory, environment, label.
 
-        This checkout's code and jars; ``jobs.bench.compare`` runs another checkout's.
+        This checkout's code, jars and interpreter; ``jobs.bench.compare`` runs another
+        checkout's.
         """
         from infra.servers.flink import local_run_env
         from jobs.cli.wiring import local_job_flags
 
-        return local_job_flags(cfg), None, local_run_env(self.paths), "job"
+        return sys.executable, local_job_flags(cfg), None, local_run_env(self.paths), "job"
 
     def _start_job(self, cfg: Any, flags: Sequence[str], module: str = "jobs.job"
                    ) -> subprocess.Popen[bytes]:
         from jobs.config import ISOLATION_FIELDS, as_flags
 
-        own_flags, cwd, env, label = self._launch(cfg)
+        python, own_flags, cwd, env, label = self._launch(cfg)
         log = self.out / f"{module.rsplit('.', 1)[1]}-{cfg.consumer_group}.log"
         with open(log, "wb") as sink:
             job = subprocess.Popen(
-                [sys.executable, "-m", module, "--local", "--starting-offsets", "earliest",
+                [python, "-m", module, "--local", "--starting-offsets", "earliest",
                  *as_flags(cfg, (*ISOLATION_FIELDS, "job_name",
                                  *(("checkpoint_dir",) if cfg.checkpoint_dir else ()))),
                  *flags, *own_flags],

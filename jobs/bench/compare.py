@@ -21,7 +21,9 @@ compare of 2026-12-04 (877 against 1,049-1,533 events/s, and 1,588 against 1,957
 bias by position that ABBA's reversal does not cancel, as it falls on one build only.
 
 Each build is a checkout with its own code, jars and ``NUDGEFLOW_HOME`` (``OUT/home-<name>``):
-its job runs from its own directory, with the jars its own sources give. The drains are timed
+its job runs from its own directory, with the jars its own sources give, and with its own
+virtualenv's Python when it has a ``.venv`` (so two interpreters can be compared as two
+builds: a checkout whose ``.venv`` was made from another Python). The drains are timed
 as ``nudgeflow bench`` times them (``Bench.drain``: the engine's ``clicks_done`` counter, read
 from the job's Prometheus reporter), so a build older than that counter needs it added (a
 six-line patch to ``udfs/flink/user_engine.py``; see docs/performance.md). Needs the local stack
@@ -78,6 +80,7 @@ class Build:
     name: str
     root: Path
     home: Path
+    python: str
     flags: tuple[str, ...]
     env: dict[str, str]
 
@@ -88,14 +91,15 @@ class Build:
         ``extra``: job flags added to this build's runs (``--job-flags``).
         """
         home = out / f"home-{name}"
+        python = interpreter(root)
         env = {**os.environ, "NUDGEFLOW_HOME": str(home), "PYTHONPATH": str(root)}
-        proc = subprocess.run([sys.executable, "-c", _LAUNCH], cwd=root, env=env,
+        proc = subprocess.run([python, "-c", _LAUNCH], cwd=root, env=env,
                               capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             raise RuntimeError(f"build {name!r} ({root}) could not prepare its job: "
                                f"{proc.stderr.strip()[-2000:]}")
         launch = json.loads(proc.stdout.strip().splitlines()[-1])
-        return cls(name, root, home, (*launch["flags"], *extra),
+        return cls(name, root, home, python, (*launch["flags"], *extra),
                    {**env, **launch["env"]})
 
 
@@ -106,8 +110,20 @@ class BuildBench(Bench):
         super().__init__(QUICK, out)
         self.build = build
 
-    def _launch(self, cfg: Any) -> tuple[list[str], Path | None, dict[str, str], str]:
-        return list(self.build.flags), self.build.root, self.build.env, self.build.name
+    def _launch(self, cfg: Any) -> tuple[str, list[str], Path | None, dict[str, str], str]:
+        return (self.build.python, list(self.build.flags), self.build.root, self.build.env,
+                self.build.name)
+
+
+def interpreter(root: Path) -> str:
+    """The Python a build's jobs run with: its checkout's ``.venv``, else this process's.
+
+    A checkout with a virtualenv of its own is measured with it, so two interpreters (or two
+    sets of pinned libraries) can be compared as two builds; the job's ``python.executable``
+    is that interpreter, so its TaskManager embeds that interpreter's libpython.
+    """
+    own = root / ".venv" / "bin" / "python"
+    return str(own) if own.is_file() else sys.executable
 
 
 def code_line(result: dict[str, Any]) -> str | None:

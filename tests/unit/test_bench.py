@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -449,11 +450,22 @@ def test_compare_refuses_a_negative_warm_up(tmp_path, capsys) -> None:
 def test_a_compared_build_starts_its_jobs_from_its_own_checkout(tmp_path) -> None:
     from jobs.bench.compare import Build, BuildBench
 
-    build = Build("before", tmp_path / "old", tmp_path / "home", ("--jars", "file:///old.jar"),
-                  {"NUDGEFLOW_HOME": str(tmp_path / "home")})
-    flags, cwd, env, label = BuildBench(build, tmp_path)._launch(None)
-    assert (flags, cwd, env, label) == (["--jars", "file:///old.jar"], tmp_path / "old",
-                                        build.env, "before")
+    build = Build("before", tmp_path / "old", tmp_path / "home", "/old/.venv/bin/python",
+                  ("--jars", "file:///old.jar"), {"NUDGEFLOW_HOME": str(tmp_path / "home")})
+    python, flags, cwd, env, label = BuildBench(build, tmp_path)._launch(None)
+    assert (python, flags, cwd, env, label) == (
+        "/old/.venv/bin/python", ["--jars", "file:///old.jar"], tmp_path / "old", build.env,
+        "before")
+
+
+def test_a_compared_build_runs_with_its_checkouts_own_virtualenv(tmp_path) -> None:
+    from jobs.bench.compare import interpreter
+
+    assert interpreter(tmp_path) == sys.executable  # none of its own: this process's
+    own = tmp_path / ".venv" / "bin" / "python"
+    own.parent.mkdir(parents=True)
+    own.write_text("")
+    assert interpreter(tmp_path) == str(own)
 
 
 def test_the_newest_completed_checkpoint_is_measured(tmp_path) -> None:
