@@ -43,6 +43,7 @@ import re
 import statistics
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.error
@@ -754,6 +755,22 @@ def checkpoint_bytes(folder: Path) -> int | None:
         return None
 
 
+def python_build(config_args: str | None = None) -> str:
+    """How this CPython was optimized when built: "PGO+LTO", "PGO", "LTO" or "no PGO/LTO".
+
+    Read from its configure arguments (``sysconfig``'s CONFIG_ARGS, or ``config_args``): the
+    interpreter is most of the engine's CPU, and a profile-guided, link-time optimized build
+    drained the bench's backlog 8-14% faster than a plain one (docs/performance.md), so figures
+    are only comparable between interpreters built alike. Distributions that optimize in their
+    own make targets (Debian's) show no flag and read "no PGO/LTO".
+    """
+    args = sysconfig.get_config_var("CONFIG_ARGS") if config_args is None else config_args
+    args = args or ""
+    kinds = [kind for flag, kind in (("--enable-optimizations", "PGO"), ("--with-lto", "LTO"))
+             if flag in args]
+    return "+".join(kinds) or "no PGO/LTO"
+
+
 def machine() -> dict[str, Any]:
     """The machine the figures are from."""
     cpu_model = ""
@@ -779,7 +796,7 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "cpu_model": cpu_model,
             "memory_gib": round(memory_kib / 1024 / 1024, 1),
             "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "java": java,
+            "python": platform.python_version(), "python_build": python_build(), "java": java,
             "flink": version("apache-flink")}
 
 

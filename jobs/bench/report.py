@@ -109,7 +109,9 @@ def _machine_line(results: dict) -> str:
     m = _section(results, "machine")
     return (f"{m.get('cpus') or MISSING} CPUs ({m.get('cpu_model') or MISSING}), "
             f"{_num(m.get('memory_gib'), 1)} GiB memory, {m.get('os') or MISSING}, "
-            f"Python {m.get('python') or MISSING}, Java {m.get('java') or MISSING}, "
+            f"Python {m.get('python') or MISSING}"
+            + (f" ({m['python_build']})" if m.get("python_build") else "")
+            + f", Java {m.get('java') or MISSING}, "
             f"Flink {m.get('flink') or MISSING}")
 
 

@@ -424,7 +424,8 @@ def test_a_warm_up_drain_is_reported_but_never_counted(tmp_path, monkeypatch) ->
             return {"events_per_s": next(rates), "timed_records": 10, "seconds": 1.0}
 
     monkeypatch.setattr(compare.Build, "prepare", classmethod(
-        lambda cls, name, root, out, extra=(): cls(name, root, out, tuple(extra), {})))
+        lambda cls, name, root, out, extra=(): cls(name, root, out, sys.executable,
+                                                 tuple(extra), {})))
     monkeypatch.setattr(compare, "BuildBench", FakeBench)
     monkeypatch.setattr(compare, "fresh_config", lambda base=None: object())
     result = compare.compare([("a", tmp_path), ("b", tmp_path)], 2, 100, 10, 1, tmp_path,
@@ -612,3 +613,12 @@ def test_compare_without_the_stack_says_to_start_it(tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert "Kafka did not answer" in err and "`nudgeflow stack up`" in err
     assert not (tmp_path / "compare.json").exists()
+
+
+def test_the_machine_says_how_its_python_was_optimized() -> None:
+    assert bench.python_build("'--enable-shared' '--enable-optimizations' '--with-lto'") == (
+        "PGO+LTO")
+    assert bench.python_build("'--enable-optimizations'") == "PGO"
+    assert bench.python_build("'--prefix=/root/.pyenv/versions/3.11.7' '--enable-shared'") == (
+        "no PGO/LTO")
+    assert bench.machine()["python_build"] == bench.python_build()

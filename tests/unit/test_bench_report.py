@@ -224,7 +224,10 @@ def test_readme_section_has_markers_machine_and_command():
     assert section.startswith("<!-- bench:begin -->\n")
     assert section.endswith("\n<!-- bench:end -->")
     assert "2 CPUs (AMD EPYC 7B13), 23.5 GiB memory" in section
-    assert "Python 3.11.2, Java 17.0.12, Flink 2.2.1" in section
+    assert "Python 3.11.2, Java 17.0.12, Flink 2.2.1" in section  # a run from before the field
+    results = sample_results()
+    results["machine"]["python_build"] = "PGO+LTO"
+    assert "Python 3.11.2 (PGO+LTO), Java 17.0.12" in br.readme_section(results)
     assert "on 2026-11-24" in section
     assert "`nudgeflow bench --quick`" in section
 
