@@ -6,10 +6,16 @@ interpreter or by another mypy; otherwise it does nothing. The build runs in a s
 compiles, and the checkout must not hold extensions next to its ``.py`` files: Python would
 load those even after the ``.py`` changed). It needs mypy (the ``dev`` extra) and a C compiler.
 A clean build takes about a minute of CPU on one core.
+
+``python -m infra.native --archive OUT``, run from a job archive extracted (its manifest at the
+root), compiles that archive's own modules with the interpreter that runs it and writes the
+archive again, with them, to ``OUT``: how the image (infra/docker/Dockerfile) gets modules that
+load in its TaskManagers' Python.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import shutil
@@ -19,6 +25,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from infra import package
 from infra.paths import REPO_DIR
 from udfs import native
 
@@ -121,3 +128,46 @@ def ensure(root: Path = REPO_DIR, say: Callable[[str], None] = print) -> bool:
         say(f"warning: {exc}")
         return False
     return is_current(root)
+
+
+def archive_with_build(dest: Path, root: Path = REPO_DIR,
+                       say: Callable[[str], None] = print) -> Path:
+    """Build ``root``'s compiled modules, then write its job archive, with them, to ``dest``.
+
+    ``root`` is a checkout or a job archive extracted (``package.MANIFEST_NAME`` at its root
+    gives the version; a checkout's setup.py otherwise). The new archive's manifest and build id
+    cover the compiled modules, so the engines of a cluster running it check those too.
+
+    Raises:
+        NativeBuildError: the modules could not be built (no archive is written then).
+    """
+    extracted = root / package.MANIFEST_NAME
+    version = (json.loads(extracted.read_text(encoding="utf-8"))["version"]
+               if extracted.is_file() else package.project_version(root))
+    build(root, say)
+    return package.build_job_archive(dest, root, version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m infra.native [--archive OUT]``: build here; with ``--archive``, repackage."""
+    parser = argparse.ArgumentParser(prog="python -m infra.native", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", type=Path, metavar="OUT",
+                        help="also write the job archive of this directory, with the compiled "
+                             "modules, to OUT")
+    args = parser.parse_args(argv)
+    try:
+        if args.archive is None:
+            build()
+        else:
+            out = archive_with_build(args.archive)
+            print(f"{out}: the job archive with {len(native.MODULES)} compiled modules "
+                  f"(build {package.archive_build(out)[:12]})")
+    except NativeBuildError as exc:
+        print(f"python -m infra.native: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

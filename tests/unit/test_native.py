@@ -173,3 +173,57 @@ def test_a_build_that_does_not_load_here_leaves_every_module_python(tmp_path):
     lines = _probe(root)
     assert lines[0].startswith("not loaded: the build does not load here")
     assert lines[1] == str(root / "udfs" / "engine.py")
+
+
+def test_an_archive_packaged_without_the_build_gets_one_that_loads(tmp_path, monkeypatch):
+    """``python -m infra.native --archive``, as the image runs it on an extracted archive.
+
+    The compilation itself is this session's build, copied in (mypyc takes a minute); what is
+    checked is the repackaging: the new archive carries the build, its manifest and build id
+    cover it, and an interpreter importing the archive's contents loads it.
+    """
+    import zipfile
+
+    from infra import native as native_build
+    from infra import package
+
+    if native.stale_reason(native.read_manifest()) is not None:
+        pytest.skip(f"no current build here: {native.status()}")
+    plain = package.build_job_archive(tmp_path / "plain.zip", version="9.9.9")
+    with zipfile.ZipFile(plain) as zipped:
+        # as if packaged where no build was made: this checkout's build left out
+        kept = [n for n in zipped.namelist() if not n.startswith(f"{native.NATIVE_DIR}/")]
+        extracted = tmp_path / "extracted"
+        zipped.extractall(extracted, kept)
+    assert not (extracted / native.NATIVE_DIR).exists()
+
+    def build(root, say):  # the compiled modules, as mypyc would write them for this Python
+        shutil.copytree(ROOT / native.NATIVE_DIR, root / native.NATIVE_DIR)
+        return root / native.NATIVE_DIR
+
+    monkeypatch.setattr(native_build, "build", build)
+    out = native_build.archive_with_build(tmp_path / "with-build.zip", extracted)
+
+    meta = package.read_manifest(out)
+    assert meta["version"] == "9.9.9"  # the extracted archive's, not this checkout's setup.py
+    assert meta["build"] == package.archive_build(out)
+    with zipfile.ZipFile(out) as zipped:
+        names = set(zipped.namelist())
+        zipped.extractall(tmp_path / "deployed")
+    assert f"{native.NATIVE_DIR}/{native.MANIFEST}" in names
+    assert {n for n in names if not n.startswith(native.NATIVE_DIR)} == set(kept)
+    lines = _probe(tmp_path / "deployed")
+    assert lines[0].startswith("compiled"), lines[0]
+    assert lines[1].endswith(native.extension_suffix())
+
+
+def test_an_archive_is_not_written_when_the_build_fails(tmp_path, monkeypatch):
+    from infra import native as native_build
+
+    def build(root, say):
+        raise native_build.NativeBuildError("no C compiler (cc or gcc) on PATH")
+
+    monkeypatch.setattr(native_build, "build", build)
+    with pytest.raises(native_build.NativeBuildError):
+        native_build.archive_with_build(tmp_path / "out.zip", _copy_sources(tmp_path / "src"))
+    assert not (tmp_path / "out.zip").exists()
