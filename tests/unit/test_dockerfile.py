@@ -81,6 +81,18 @@ def setup_pin(name: str) -> str:
     raise AssertionError(f"{name} is not pinned in setup.py")
 
 
+def stages(steps) -> dict[str, list[tuple[str, str]]]:
+    """Each build stage's instructions, by its name (``FROM ... AS name``; the last: "image")."""
+    named: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for kind, args in steps:
+        if kind == "FROM":
+            words = args.split()
+            current = named.setdefault(words[2] if len(words) > 2 else "image", [])
+        current.append((kind, args))
+    return named
+
+
 def test_the_flink_image_is_the_flink_and_java_of_setup_py_and_the_poms(steps):
     flink = pom("flink")
     flink_version = pom_text(flink, "m:properties/m:flink.version")
@@ -136,10 +148,46 @@ def test_the_archive_and_requirements_are_what_nudgeflow_package_writes(steps, t
     assert archive.name == Path(archive_copy).name
     assert "dist/nudgeflow-job-${NUDGEFLOW_VERSION}.zip" in copies
     assert f"dist/{requirements.name}" in copies
-    # the runtime dependencies only: never the package's bench or dev extras
-    installs = [args for kind, args in steps if kind == "RUN" and "pip install" in args]
+    # the runtime dependencies only: never the package's bench or dev extras (mypy is installed
+    # in the native stage alone, which the image does not copy its virtualenv from)
+    by_stage = stages(steps)
+    installs = [args for kind, args in by_stage["python"]
+                if kind == "RUN" and "pip install" in args]
     assert installs and all("-r /opt/nudgeflow/requirements.txt" in a for a in installs)
     assert not [a for a in installs if "[dev]" in a or "[bench]" in a]
+    image = by_stage["image"]
+    assert ("COPY", "--from=python /opt/nudgeflow/venv /opt/nudgeflow/venv") in image
+    assert not [a for k, a in image if k == "COPY" and "--from=native" in a and "venv" in a]
+
+
+def test_the_image_archive_carries_modules_compiled_for_the_image_python(steps):
+    by_stage = stages(steps)
+    native = by_stage["native"]
+    assert native[0] == ("FROM", "python AS native")  # the image's own CPython compiles them
+    assert arg_defaults(native)["MYPY_VERSION"] == _dev_pin("mypy")
+    runs = " ".join(args for kind, args in native if kind == "RUN")
+    assert "python -m zipfile -e /tmp/nudgeflow-job.zip ." in runs
+    assert "python -m infra.native --archive /tmp/nudgeflow-job-native.zip" in runs
+    assert ("COPY", "pyproject.toml /tmp/job/pyproject.toml") in native  # mypy's settings
+    assert ("COPY", "--from=native /tmp/nudgeflow-job-native.zip "
+                    "/opt/flink/usrlib/nudgeflow-job.zip") in by_stage["image"]
+
+
+def _dev_pin(name: str) -> str:
+    """A pin of setup.py's dev extra (DEV_REQUIRES), read from its text."""
+    match = re.search(rf'"{re.escape(name)}==([^"]+)"', (REPO_DIR / "setup.py").read_text())
+    assert match, f"{name} is not pinned in setup.py"
+    return match.group(1)
+
+
+def test_python_is_built_shared_for_the_taskmanagers_to_embed(steps):
+    """pemja (thread mode) loads libpython3.11.so, found by find_libpython; a static build has
+    none, and no Python operator could start."""
+    runs = [args for kind, args in stages(steps)["python"] if kind == "RUN"]
+    configure = next(a for a in runs if "./configure" in a)
+    for flag in ("--enable-shared", "-Wl,-rpath,/opt/python/lib", "--enable-optimizations",
+                 "--with-lto"):
+        assert flag in configure, flag
 
 
 def test_the_build_context_lets_in_what_the_dockerfile_copies(steps):
@@ -157,7 +205,7 @@ def test_the_build_context_lets_in_what_the_dockerfile_copies(steps):
 
     version = package.setup_metadata().version
     for path in ("dist/requirements.txt", f"dist/nudgeflow-job-{version}.zip",
-                 "schemas/ClickEvent.avsc", "infra/jars/flink/pom.xml"):
+                 "schemas/ClickEvent.avsc", "infra/jars/flink/pom.xml", "pyproject.toml"):
         assert included(path), path
     for path in (".venv/bin/python", "tests/unit/test_package.py", ".git/HEAD",
                  "infra/jars/flink/target/nudgeflow-flink-0.1.0.jar"):
