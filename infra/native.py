@@ -149,23 +149,20 @@ def archive_with_build(dest: Path, root: Path = REPO_DIR,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m infra.native [--archive OUT]``: build here; with ``--archive``, repackage."""
+    """``python -m infra.native --archive OUT`` (building in place is ``nudgeflow native``)."""
     parser = argparse.ArgumentParser(prog="python -m infra.native", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archive", type=Path, metavar="OUT",
-                        help="also write the job archive of this directory, with the compiled "
+    parser.add_argument("--archive", type=Path, metavar="OUT", required=True,
+                        help="write the job archive of this directory, with the compiled "
                              "modules, to OUT")
     args = parser.parse_args(argv)
     try:
-        if args.archive is None:
-            build()
-        else:
-            out = archive_with_build(args.archive)
-            print(f"{out}: the job archive with {len(native.MODULES)} compiled modules "
-                  f"(build {package.archive_build(out)[:12]})")
+        out = archive_with_build(args.archive)
     except NativeBuildError as exc:
         print(f"python -m infra.native: {exc}", file=sys.stderr)
         return 1
+    print(f"{out}: the job archive with {len(native.MODULES)} compiled modules "
+          f"(build {package.archive_build(out)[:12]})")
     return 0
 
 

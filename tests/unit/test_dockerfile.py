@@ -75,10 +75,10 @@ def dependency_version(root: ET.Element, artifact: str) -> str:
 
 
 def setup_pin(name: str) -> str:
-    for requirement in package.setup_metadata().install_requires:
-        if requirement.split("==")[0] == name:
-            return requirement.split("==")[1]
-    raise AssertionError(f"{name} is not pinned in setup.py")
+    """The version setup.py pins ``name`` to, in its runtime requirements or an extra."""
+    match = re.search(rf'"{re.escape(name)}==([^"]+)"', (REPO_DIR / "setup.py").read_text())
+    assert match, f"{name} is not pinned in setup.py"
+    return match.group(1)
 
 
 def stages(steps) -> dict[str, list[tuple[str, str]]]:
@@ -164,20 +164,13 @@ def test_the_image_archive_carries_modules_compiled_for_the_image_python(steps):
     by_stage = stages(steps)
     native = by_stage["native"]
     assert native[0] == ("FROM", "python AS native")  # the image's own CPython compiles them
-    assert arg_defaults(native)["MYPY_VERSION"] == _dev_pin("mypy")
+    assert arg_defaults(native)["MYPY_VERSION"] == setup_pin("mypy")
     runs = " ".join(args for kind, args in native if kind == "RUN")
     assert "python -m zipfile -e /tmp/nudgeflow-job.zip ." in runs
     assert "python -m infra.native --archive /tmp/nudgeflow-job-native.zip" in runs
     assert ("COPY", "pyproject.toml /tmp/job/pyproject.toml") in native  # mypy's settings
     assert ("COPY", "--from=native /tmp/nudgeflow-job-native.zip "
                     "/opt/flink/usrlib/nudgeflow-job.zip") in by_stage["image"]
-
-
-def _dev_pin(name: str) -> str:
-    """A pin of setup.py's dev extra (DEV_REQUIRES), read from its text."""
-    match = re.search(rf'"{re.escape(name)}==([^"]+)"', (REPO_DIR / "setup.py").read_text())
-    assert match, f"{name} is not pinned in setup.py"
-    return match.group(1)
 
 
 def test_python_is_built_shared_for_the_taskmanagers_to_embed(steps):
