@@ -124,6 +124,14 @@ class NudgeflowConfig:
     watermark_interval_ms: int = _opt(
         200, "How often the sources emit watermarks (pipeline.auto-watermark-interval): an "
         "input waits up to this long on top of the out-of-orderness bound.")
+    catch_up_lag_ms: int = _opt(
+        1_000, "The clicks source is catching up (a backlog, a replay, a job behind) while its "
+        "newest record's Kafka append time is more than this behind the wall clock.")
+    catch_up_watermark_interval_ms: int = _opt(
+        200, "While catching up, the clicks source emits watermarks at most this often, so a "
+        "user's backlog clicks are applied together in fewer steps; live, every "
+        "watermark_interval_ms. Changes when inputs are applied, never what they give "
+        "(io.nudgeflow.flink.ClickWatermarks). 0: never paced.")
     idleness_ms: int = _opt(
         10_000, "A source partition without events for this long stops holding watermarks back "
         "(the user-metadata topic, once quiet this long after the job starts, for good)."
@@ -283,6 +291,10 @@ class NudgeflowConfig:
     bundle_size: int = _opt(1000, "python.fn-execution.bundle.size.")
     bundle_time_ms: int = _opt(100, "python.fn-execution.bundle.time (ms).")
     buffer_timeout_ms: int = _opt(100, "execution.buffer-timeout (ms): latency vs throughput.")
+    trigger_path_buffer_timeout_ms: int = _opt(
+        5, "The buffer timeout (ms) of the three exchanges a click and its trigger cross (the "
+        "click into the keying, the keying into the engine, the trigger into the Kafka sink); "
+        "the rest of the job flushes every buffer_timeout_ms. -1: buffer_timeout_ms.")
     membership_batch_rows: int = _opt(
         500, "The membership writer takes the engine's write steps in batches of at most this "
         "many (one Python call per batch; its changes go to Cassandra and Redis together).")
@@ -401,11 +413,15 @@ class NudgeflowConfig:
         if not 0 <= self.store_clients_nice <= 19:
             raise ConfigError(f"store_clients_nice must be 0..19 (a nice increment), got "
                               f"{self.store_clients_nice}")
+        if self.trigger_path_buffer_timeout_ms < -1:
+            raise ConfigError(f"trigger_path_buffer_timeout_ms must be >= -1 (-1: "
+                              f"buffer_timeout_ms; 0: flush every record), got "
+                              f"{self.trigger_path_buffer_timeout_ms}")
         if self.watermark_interval_ms < 1:
             raise ConfigError(f"watermark_interval_ms must be >= 1 (0 would stop event time: "
                               f"no input would ever be applied), got {self.watermark_interval_ms}")
         for name in ("max_out_of_orderness_ms", "idleness_ms", "allowed_lateness_ms",
-                     "quiet_release_ms",
+                     "quiet_release_ms", "catch_up_lag_ms", "catch_up_watermark_interval_ms",
                      "max_future_skew_ms", "state_ttl_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

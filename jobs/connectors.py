@@ -8,7 +8,7 @@ must be on the job's classpath: ``jobs.env.create_env`` puts the configured jars
 
 from __future__ import annotations
 
-from pyflink.common import Duration, WatermarkStrategy
+from pyflink.common import WatermarkStrategy
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.base import DeliveryGuarantee
 from pyflink.datastream.connectors.kafka import (
@@ -89,16 +89,16 @@ def click_watermarks(cfg: NudgeflowConfig) -> WatermarkStrategy:
     partition by partition does not make the slower partitions' events late; idle partitions
     stop holding the watermark back after ``cfg.idleness_ms``.
     """
-    base = (
-        WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_millis(cfg.max_out_of_orderness_ms))
-        .with_idleness(Duration.of_millis(cfg.idleness_ms))
-    )
+    jvm = get_gateway().jvm
+    # paced while the source catches up: the same watermarks, fewer of them (see the class)
+    base = jvm.io.nudgeflow.flink.ClickWatermarks(
+        cfg.max_out_of_orderness_ms, cfg.catch_up_lag_ms, cfg.catch_up_watermark_interval_ms
+    ).withIdleness(jvm.java.time.Duration.ofMillis(cfg.idleness_ms))
     # the time rule, limits and enum ranges of udfs/intake.py: a record it will reject never
     # moves a watermark (see the class's doc)
-    assigner = get_gateway().jvm.io.nudgeflow.flink.ClickEventTimeAssigner(
+    assigner = jvm.io.nudgeflow.flink.ClickEventTimeAssigner(
         *click_time_rule_args(cfg.intake_limits(), Codec.load()))
-    return WatermarkStrategy(base._j_watermark_strategy.withTimestampAssigner(assigner))
+    return WatermarkStrategy(base.withTimestampAssigner(assigner))
 
 
 def routed_kafka_sink(cfg: NudgeflowConfig) -> KafkaSink:

@@ -87,17 +87,19 @@ class JobOutputs:
                                           self.dead_letters, self.conversions, *extra)
 
 
-def clicks_for_engine(records: DataStream) -> DataStream:
+def clicks_for_engine(records: DataStream, buffer_timeout_ms: int = -1) -> DataStream:
     """Kafka record rows of the clicks topic -> engine input rows, in Java.
 
     ``io.nudgeflow.flink.ClickEngineInput`` reads the user id from the record's bytes for the
     keying; the engine decodes, validates and dead-letters the clicks itself, so no Python
-    operator (a thread contending for the one interpreter) runs before it.
+    operator (a thread contending for the one interpreter) runs before it. Its output flushes
+    at least every ``buffer_timeout_ms`` (-1: the job's ``buffer_timeout_ms``).
     """
     rows = records._j_data_stream.map(  # noqa: SLF001 - a Java function
         get_gateway().jvm.io.nudgeflow.flink.ClickEngineInput(),
         ENGINE_INPUT_ROW.get_java_type_info())
     rows.uid(names.CLICK_INPUT_UID).name(names.CLICK_INPUT_NAME)
+    rows.setBufferTimeout(buffer_timeout_ms)
     return DataStream(rows)
 
 
@@ -247,6 +249,7 @@ def key_by_user(inputs: DataStream, cfg: NudgeflowConfig) -> KeyedStream:
     with_key = inputs._j_data_stream.map(  # noqa: SLF001 - a Java function
         jvm.io.nudgeflow.flink.KeyByUser(1), keyed_type)
     with_key.name(names.KEY_BY_USER_NAME).uid(names.KEY_BY_USER_UID)
+    with_key.setBufferTimeout(cfg.trigger_path_buffer_timeout_ms)
     keyed = with_key.keyBy(jvm.KeyByKeySelector(), key_type)
     if cfg.input_order == "java":
         ordered = keyed.process(
@@ -347,7 +350,7 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
     metadata_rows = metadata_watermarks(metadata_rows, cfg)
     definition_rows, definition_letters = decode_definitions(definitions, cfg)
     definition_rows = definition_watermarks(definition_rows, cfg)
-    inputs = clicks_for_engine(clicks).union(metadata_rows)
+    inputs = clicks_for_engine(clicks, cfg.trigger_path_buffer_timeout_ms).union(metadata_rows)
     letters = [definition_letters]
     if outcomes is not None:
         outcome_rows, outcome_letters = decode_outcomes(outcomes, cfg)
@@ -371,7 +374,8 @@ def build(clicks: DataStream, metadata: DataStream, definitions: DataStream,
         # the trigger topics by priority tier: triggers-p0 .. triggers-p3
         triggers=route_engine_records(engine, "TriggerEvent", cfg.trigger_topic_prefix,
                                       names.ROUTE_TRIGGERS_UID, by_tier=True,
-                                      schema_ids=schema_ids),
+                                      schema_ids=schema_ids
+                                      ).set_buffer_timeout(cfg.trigger_path_buffer_timeout_ms),
         trigger_decisions=route_engine_records(engine, "TriggerDecision",
                                                cfg.trigger_decisions_topic,
                                                names.ROUTE_DECISIONS_UID,

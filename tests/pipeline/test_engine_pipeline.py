@@ -98,6 +98,46 @@ def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_p
     assert "broken" in letters["INVALID_DEFINITION"]["reason"]
 
 
+def test_click_watermarks_come_at_every_tick_live_and_paced_while_catching_up(env):
+    """The clicks source's watermarks (io.nudgeflow.flink.ClickWatermarks): bounded
+    out-of-orderness at every tick while the newest append time is recent; while it is more
+    than the catch-up lag behind the wall clock, at most one per catch-up interval, each one a
+    watermark the unpaced generator would have emitted at that tick."""
+    from pyflink.java_gateway import get_gateway
+
+    generator = getattr(get_gateway().jvm.io.nudgeflow.flink, "ClickWatermarks$Generator")
+    none, now = generator.NONE, T0 + 3_600_000
+    live = generator(20, 1000, 200, False)
+    assert live.periodic(now) == none  # nothing read yet
+    live.record(T0, now - 2)
+    assert live.periodic(now) == T0 - 21
+    live.record(T0 + 5, now + 8)
+    live.record(T0 + 1, now + 9)  # an older click moves nothing back
+    assert [live.periodic(now + 10), live.periodic(now + 20)] == [T0 - 16] * 2  # every tick
+    live.record(-(2**63), now + 25)  # rejected by the assigner: moves nothing
+    assert live.periodic(now + 30) == T0 - 16 and not live.catchingUp(now + 30)
+
+    paced = generator(20, 1000, 200, False)
+    unpaced = generator(20, 1000, 0, False)
+    emitted, every = [], []
+    for tick in range(60):  # a backlog appended an hour ago: 10 ms ticks, 30 s of event time each
+        at = now + 10 * tick
+        for g in (paced, unpaced):
+            g.record(T0 + 30_000 * tick, T0 + tick)
+        emitted.append(paced.periodic(at))
+        every.append(unpaced.periodic(at))
+    assert paced.catchingUp(now) and unpaced.catchingUp(now)
+    shown = [w for w in emitted if w != none]
+    assert [i for i, w in enumerate(emitted) if w != none] == [0, 20, 40]  # one per 200 ms
+    assert shown == [every[0], every[20], every[40]]  # the same watermarks, fewer
+    assert none not in every  # unpaced (interval 0): every tick
+    paced.record(T0 + 30_000 * 60, now + 595)  # live again: the next tick emits at once
+    assert not paced.catchingUp(now + 600) and paced.periodic(now + 600) == T0 + 1_799_979
+    unknown = generator(20, 1000, 200, False)
+    unknown.record(T0, -1)  # no append time: read as live
+    assert unknown.periodic(now) == T0 - 21 and unknown.periodic(now + 10) == T0 - 21
+
+
 def test_metadata_holds_event_time_until_it_has_caught_up_then_never(env):
     """The metadata input's watermarks (io.nudgeflow.flink.ChangelogWatermarks): its records'
     event time while its backlog is read; idle for good once quiet, whatever comes after."""
