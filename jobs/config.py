@@ -292,9 +292,10 @@ class NudgeflowConfig:
     bundle_time_ms: int = _opt(100, "python.fn-execution.bundle.time (ms).")
     buffer_timeout_ms: int = _opt(100, "execution.buffer-timeout (ms): latency vs throughput.")
     trigger_path_buffer_timeout_ms: int = _opt(
-        5, "The buffer timeout (ms) of the three exchanges a click and its trigger cross (the "
-        "click into the keying, the keying into the engine, the trigger into the Kafka sink); "
-        "the rest of the job flushes every buffer_timeout_ms. -1: buffer_timeout_ms.")
+        5, "The buffer timeout (ms) of the exchanges a click and its trigger cross (the click "
+        "into the keying, the keying into the input order, the input order into the engine, "
+        "the trigger into the Kafka sink); the rest of the job flushes every "
+        "buffer_timeout_ms. -1: buffer_timeout_ms.")
     membership_batch_rows: int = _opt(
         500, "The membership writer takes the engine's write steps in batches of at most this "
         "many (one Python call per batch; its changes go to Cassandra and Redis together).")

@@ -256,6 +256,9 @@ def key_by_user(inputs: DataStream, cfg: NudgeflowConfig) -> KeyedStream:
             jvm.io.nudgeflow.flink.ReleaseInEventTimeOrder(keyed_type, cfg.quiet_release_ms),
             keyed_type)
         ordered.name(names.INPUT_ORDER_NAME).uid(names.INPUT_ORDER_UID)
+        # not chained to the engine (a two-input operator: the definitions are its other
+        # input), so this is one more exchange on a click's way to its trigger
+        ordered.setBufferTimeout(cfg.trigger_path_buffer_timeout_ms)
         keyed = jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils \
             .reinterpretAsKeyedStream(ordered, jvm.KeyByKeySelector(), key_type)
     return KeyedStream(keyed, ENGINE_INPUT_ROW, inputs)

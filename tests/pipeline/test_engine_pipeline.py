@@ -98,6 +98,32 @@ def test_engine_emits_changes_writes_them_first_and_dead_letters(env, cfg, tmp_p
     assert "broken" in letters["INVALID_DEFINITION"]["reason"]
 
 
+def test_every_exchange_on_a_clicks_way_to_its_trigger_flushes_at_the_trigger_path_timeout(
+        env, cfg):
+    """The trigger path's buffer timeout (``trigger_path_buffer_timeout_ms``) is set on the
+    operators that feed each exchange a click and its trigger cross, and on no other: the
+    input order feeds the engine over an exchange too (the engine has a second input, the
+    definitions, so it is never chained); a missed one held clicks ~50 ms at the median."""
+    from jobs import names
+
+    cfg = replace(cfg, churn_model="off", trigger_path_buffer_timeout_ms=7,
+                  buffer_timeout_ms=100)
+    build(env.from_collection([], type_info=SOURCE_RECORD_ROW)
+          .assign_timestamps_and_watermarks(click_watermarks(cfg)),
+          env.from_collection([], type_info=SOURCE_RECORD_ROW),
+          env.from_collection([], type_info=SOURCE_RECORD_ROW),
+          cfg, file_definitions(cfg), None, store=FileWriterFactory("/dev/null")).all()
+    graph = env._generate_stream_graph(clear_transformations=False)  # noqa: SLF001
+    nodes = list(graph.getStreamNodes().toArray())
+    timeouts = {node.getOperatorName(): node.getBufferTimeout() for node in nodes}
+    on_path = {names.CLICK_INPUT_NAME, names.KEY_BY_USER_NAME, names.INPUT_ORDER_NAME,
+               names.ROUTE_TRIGGERS_UID}
+    assert {name: timeouts.get(name) for name in on_path} == dict.fromkeys(on_path, 7)
+    assert {t for name, t in timeouts.items() if name not in on_path} <= {-1, 100}
+    engine = next(n for n in nodes if n.getOperatorName() == names.USER_ENGINE_NAME)
+    assert engine.getInEdges().size() == 2  # keyed inputs and the definitions: not chainable
+
+
 def test_click_watermarks_come_at_every_tick_live_and_paced_while_catching_up(env):
     """The clicks source's watermarks (io.nudgeflow.flink.ClickWatermarks): bounded
     out-of-orderness at every tick while the newest append time is recent; while it is more
