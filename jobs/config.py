@@ -117,13 +117,18 @@ class NudgeflowConfig:
     )
     # --- event time and the per-user engine ------------------------------------------------
     max_out_of_orderness_ms: int = _opt(
-        1_000,
+        20,
         "Watermarks trail the newest event time by this much (bounded out-of-orderness); "
-        "every input waits this long (plus the watermark interval) to be applied in order.",
+        "every input waits this long (plus the watermark interval) to be applied in order. A "
+        "click further behind a later click of its partition is applied at its user's clock "
+        "when that has passed it (counted: inputs_applied_late). Raise it (the "
+        "reordered-input profile: 1,000 ms) where a user's own clicks reach Kafka out of order "
+        "by more (docs/operations.md, \"Event time and latency\").",
     )
     watermark_interval_ms: int = _opt(
-        200, "How often the sources emit watermarks (pipeline.auto-watermark-interval): an "
-        "input waits up to this long on top of the out-of-orderness bound.")
+        10, "How often the sources emit watermarks (pipeline.auto-watermark-interval) while "
+        "live: an input waits up to this long on top of the out-of-orderness bound (catching "
+        "up, see catch_up_watermark_interval_ms).")
     catch_up_lag_ms: int = _opt(
         1_000, "The clicks source is catching up (a backlog, a replay, a job behind) while its "
         "newest record's Kafka append time is more than this behind the wall clock.")
@@ -302,8 +307,9 @@ class NudgeflowConfig:
     membership_batch_ms: int = _opt(
         200, "A batch of membership writes leaves at most this long (ms) after its first step, "
         "and before every checkpoint barrier and watermark: the most a segment change waits to "
-        "be batched. With the default watermark interval (200 ms) a batch holds what the "
-        "engine wrote between two watermarks (fewer, fuller writes: docs/performance.md).")
+        "be batched. While the clicks source catches up (watermarks every 200 ms) a batch holds "
+        "what the engine wrote between two watermarks (fewer, fuller writes: "
+        "docs/performance.md); live, the 10 ms watermarks flush batches that often.")
     cassandra_batch_changes: int = _opt(
         3, "Segment changes per Cassandra request (one unlogged batch; each change writes three "
         "tables). Most of a write's cost is per request, the driver's and the server's: more "
@@ -664,8 +670,8 @@ def _field_types() -> dict[str, type]:
     return {f.name: kinds.get(f.type, str) for f in fields(NudgeflowConfig)}
 
 
-#: the low-latency profile (a config file: ``--config``): its trade-off is written in it
-LOW_LATENCY_PROFILE = Path(__file__).resolve().parent / "profiles" / "low-latency.yaml"
+#: the reordered-input profile (a config file: ``--config``): its trade-off is written in it
+REORDERED_INPUT_PROFILE = Path(__file__).resolve().parent / "profiles" / "reordered-input.yaml"
 
 
 def load_config(

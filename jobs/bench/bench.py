@@ -260,39 +260,67 @@ def latency_figures(latencies: Sequence[float]) -> dict[str, float | None]:
             "max_ms": max(latencies) if latencies else None}
 
 
+#: the parts of a click-to-trigger latency (``latency_parts``), in order
+LATENCY_PARTS = ("to_kafka", "in_job", "to_consumer")
+
+
+def latency_parts(trigger: dict[str, Any], visible_ms: float) -> tuple[float, float, float]:
+    """Where one trigger's latency went (ms), from the times its record carries.
+
+    ``to_kafka``: the click's event time (the bench stamps it when it sends) to its Kafka append
+    time (``ingest_time``: the clicks topic keeps LogAppendTime); ``in_job``: that to the
+    trigger's ``emit_time`` (the engine's clock when it emitted it: the source, the wait for the
+    watermark, the engine's work); ``to_consumer``: that to when the bench's consumer read it
+    (the sink, the broker, the poll). One machine's clock throughout.
+    """
+    caused, ingest, emit = (trigger["cause_event_time"], trigger["ingest_time"],
+                            trigger["emit_time"])
+    return (ingest - caused, emit - ingest, visible_ms - emit)
+
+
+def latency_split(parts: Sequence[tuple[float, ...]]) -> dict[str, float | None]:
+    """p50 and p99 of each of ``LATENCY_PARTS`` over some triggers' ``latency_parts``."""
+    out: dict[str, float | None] = {}
+    for i, name in enumerate(LATENCY_PARTS):
+        values = [p[i] for p in parts]
+        out[f"{name}_p50_ms"] = percentile(values, 0.50)
+        out[f"{name}_p99_ms"] = percentile(values, 0.99)
+    return out
+
+
 #: how often the latency ladder's ticker sends a page view to every clicks partition
 TICK_S = 0.1
 #: latency is probed once the engine's watermark is this close to now (event time is live)
 LIVE_WATERMARK_MS = 5_000
 
-#: the in-order delay probe: the defaults against the low-latency profile
-#: (``jobs.config.LOW_LATENCY_PROFILE``: a 20 ms out-of-orderness bound, watermarks every 10 ms,
-#: 5 ms buffers and bundles) at this rate, at-least-once, in steps of this many seconds; the
-#: first steps after a job starts run cold (p99 606 ms against 145 ms for the next step of the
-#: same job, 2026-12-05), so only the last of the steps counts
+#: the in-order delay probe: the defaults (a 20 ms out-of-orderness bound, watermarks every
+#: 10 ms) against the reordered-input profile (``jobs.config.REORDERED_INPUT_PROFILE``: 1,000 ms,
+#: 200 ms) at this rate, at-least-once, in steps of this many seconds; the first steps after a
+#: job starts run cold (p99 606 ms against 145 ms for the next step of the same job,
+#: 2026-12-05), so only the last of the steps counts
 ORDER_PROBE_RATE = 1_000
 ORDER_PROBE_STEP_S = 5.0
 ORDER_PROBE_STEPS = 3
 
 
-def in_order_delay(configured: dict[str, Any], low_latency: dict[str, Any]) -> dict[str, Any]:
-    """The click-to-trigger delay the defaults add over the low-latency profile.
+def in_order_delay(configured: dict[str, Any], reordered: dict[str, Any]) -> dict[str, Any]:
+    """The click-to-trigger delay the reordered-input profile adds over the defaults.
 
     An input waits until the watermark passes it: the out-of-orderness bound plus up to the
-    watermark interval (and the buffers on its way). ``configured`` and ``low_latency`` are
+    watermark interval (and the buffers on its way). ``configured`` and ``reordered`` are
     latency steps (``latency_figures`` plus ``bound_ms``) run with the defaults and with the
-    profile; the extra delay of the defaults is the difference of their percentiles (None where
-    either is missing). ``profile_fell_behind`` marks a run whose profile was no faster than the
-    defaults at the median: its figure is then the machine's, not the profile's.
+    profile; the profile's extra delay is the difference of their percentiles (None where
+    either is missing). ``defaults_fell_behind`` marks a run whose defaults were no faster than
+    the profile at the median: its figure is then the machine's, not the defaults'.
     """
     def diff(key: str) -> float | None:
-        a, b = configured.get(key), low_latency.get(key)
+        a, b = reordered.get(key), configured.get(key)
         return None if a is None or b is None else round(a - b, 1)
 
     extra_p50 = diff("p50_ms")
-    return {"configured": configured, "low_latency": low_latency,
+    return {"configured": configured, "reordered": reordered,
             "extra_p50_ms": extra_p50, "extra_p99_ms": diff("p99_ms"),
-            "profile_fell_behind": extra_p50 is not None and extra_p50 <= 0}
+            "defaults_fell_behind": extra_p50 is not None and extra_p50 <= 0}
 
 
 def max_rate_probes(capacity: float) -> list[int]:
@@ -1186,6 +1214,7 @@ class Bench:
                          for p in consumer.partitions_for_topic(t)])
         consumer.seek_to_end()
         seen: dict[str, list[tuple[float, float]]] = {"trigger": [], "change": []}
+        split: list[tuple[float, float, float]] = []  # each trigger's latency_parts
 
         def read(until: float, prefix: str, wanted: int) -> None:
             while time.monotonic() < until and len(seen["trigger"]) < wanted:
@@ -1197,6 +1226,7 @@ class Bench:
                             if record["cause_event_id"].startswith(prefix):
                                 seen["trigger"].append((record["cause_event_time"],
                                                         visible - record["cause_event_time"]))
+                                split.append(latency_parts(record, visible))
                         else:
                             record = self.codec.decode(message.value, expect="SegmentChange")
                             if (record.get("cause_event_id") or "").startswith(prefix):
@@ -1220,6 +1250,7 @@ class Bench:
             for rate in rates:
                 for kind in seen:
                     seen[kind].clear()
+                split.clear()
                 prefix = f"r{rate}-{uuid.uuid4().hex[:4]}-"
                 count = max(10, int(rate * step_s))
                 expected = count // 10
@@ -1243,7 +1274,8 @@ class Bench:
                     "segment_change_p99_ms": percentile([x for _, x in seen["change"]], 0.99),
                     "sustained": sustained(seen["trigger"], expected, len(latencies), rate,
                                            drain_rate),
-                    **latency_figures(latencies)})
+                    **latency_figures(latencies),
+                    "split": latency_split(split)})
                 engine_side = None
                 if prometheus:
                     time.sleep(PROMETHEUS_SETTLE_S)
@@ -1455,7 +1487,7 @@ class Bench:
             finally:
                 self._stop(job)
         results["latency"] = latency
-        # 2b. what in-order application costs: the defaults against the low-latency profile
+        # 2b. what in-order application costs: the defaults against the reordered-input profile
         results["in_order_delay"] = self._in_order_delay(zone)
         # 3. the knobs, one at a time, on a smaller backlog with a latency probe each
         results["sweep"] = self._sweep(zone) if plan.sweep else []
@@ -1538,23 +1570,23 @@ class Bench:
         return above_floor(p1, floor)
 
     def _in_order_delay(self, zone: str) -> dict[str, Any]:
-        """Click-to-trigger latency with the defaults and with the low-latency profile.
+        """Click-to-trigger latency with the defaults and with the reordered-input profile.
 
         Inputs wait in the engine until the watermark passes them (event-time order): this
-        measures what the defaults' wait costs against the profile's, p50/p99, at
+        measures what the profile's longer wait costs against the defaults', p50/p99, at
         ``ORDER_PROBE_RATE`` at-least-once, on the last of ``ORDER_PROBE_STEPS`` steps.
         """
-        from jobs.config import LOW_LATENCY_PROFILE, load_config
+        from jobs.config import REORDERED_INPUT_PROFILE, load_config
         from udfs.build import ROOT
 
-        profile = load_config(LOW_LATENCY_PROFILE, env={})
+        profile = load_config(REORDERED_INPUT_PROFILE, env={})
         steps = {}
         for name, flags in (("configured", ()),
-                            ("low_latency", ("--config", str(LOW_LATENCY_PROFILE)))):
+                            ("reordered", ("--config", str(REORDERED_INPUT_PROFILE)))):
             cfg = fresh_config()
             bound_ms = (profile if flags else cfg).max_out_of_orderness_ms
-            self.say(f"  in-order delay, {name.replace('_', '-')} (max-out-of-orderness "
-                     f"{bound_ms} ms) ...")
+            self.say(f"  in-order delay, {'defaults' if name == 'configured' else name} "
+                     f"(max-out-of-orderness {bound_ms} ms) ...")
             per_step = int(ORDER_PROBE_RATE * ORDER_PROBE_STEP_S) // 10
             buyers = [f"{cfg.consumer_group}-b{i}"
                       for i in range(per_step * ORDER_PROBE_STEPS + 40)]
@@ -1568,16 +1600,16 @@ class Bench:
             finally:
                 self._stop(job)
             steps[name] = {**step, "bound_ms": bound_ms}
-        result = {**in_order_delay(steps["configured"], steps["low_latency"]),
+        result = {**in_order_delay(steps["configured"], steps["reordered"]),
                   "rate": ORDER_PROBE_RATE,
-                  "profile": str(LOW_LATENCY_PROFILE.relative_to(ROOT))}
-        self.say(f"    the defaults' extra delay over the low-latency profile: p50 "
+                  "profile": str(REORDERED_INPUT_PROFILE.relative_to(ROOT))}
+        self.say(f"    the reordered-input profile's extra delay over the defaults: p50 "
                  f"{_fmt(result['extra_p50_ms'])} ms, p99 {_fmt(result['extra_p99_ms'])} ms "
-                 f"(profile: p99 {_fmt(steps['low_latency']['p99_ms'])} ms)")
-        if result["profile_fell_behind"]:
-            from jobs.bench.report import profile_behind_warning
+                 f"(the defaults: p99 {_fmt(steps['configured']['p99_ms'])} ms)")
+        if result["defaults_fell_behind"]:
+            from jobs.bench.report import defaults_behind_warning
 
-            self.say("    " + profile_behind_warning(result))
+            self.say("    " + defaults_behind_warning(result))
         return result
 
     def _sweep(self, zone: str) -> list[dict[str, Any]]:

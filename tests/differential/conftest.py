@@ -27,8 +27,11 @@ def make_cfg(jar_urls):
         # checkpoints off: the collection sources finish at once; churn scoring off (its
         # determinism is the model's; the triggers and segments are what is compared);
         # idleness is wall-clock: on a busy machine a 10 s stall would let a split's watermark
-        # jump ahead, and the bounded sources end with their own final watermark anyway
+        # jump ahead, and the bounded sources end with their own final watermark anyway; a
+        # 1 s out-of-orderness bound (the reordered-input profile's, not the 20 ms default) so
+        # that the shuffled runs reorder clicks up to a second apart, a user's own among them
         return replace(load_config(env={}), parallelism=parallelism, checkpoint_interval_ms=0,
+                       max_out_of_orderness_ms=1_000,
                        delivery_guarantee="at-least-once", jars=jar_urls, churn_model="off",
                        idleness_ms=3_600_000, quiet_release_ms=0, **overrides)
     return make
