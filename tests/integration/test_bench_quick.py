@@ -75,32 +75,29 @@ def test_quick_bench_reports_every_figure(local_stack, tmp_path):
             assert step["segment_changes"] > 0
 
     # the engine's own trigger-latency histogram, as the stack's Prometheus computes its
-    # percentiles, against the bench's measurement from outside. At-least-once a trigger is
-    # readable as soon as it is emitted (exactly-once adds the wait for the checkpoint that
-    # commits it, which the engine cannot see; printed, not compared). The engine times a part
-    # of what the bench times (to its emission; the bench's span runs on to its consumer's
-    # read), in buckets 15% wide: at no step more than the bench's figure but for a bucket. At
-    # the ladder's light step (1,000/s) the two time the same thing and agree within 20%; at
-    # or above the job's capacity (the probe of the highest sustained rate, the 5,000 and
-    # 10,000/s steps) the bench's own producer and consumer share the two cores with the job
-    # and its figure runs ahead (in one CI run, p50 1,876 ms against the engine's 1,492 at the
-    # probe's 2,700/s)
+    # percentiles, against the bench's measurement from outside. The engine times a part of
+    # what the bench times (from the click's Kafka append to the trigger's emission; the
+    # bench's span runs from the click's send to its consumer's read), in buckets 15% wide: at
+    # no at-least-once step more than the bench's figure but for a bucket. The same part the
+    # bench reads from each trigger's own times (its split, "in the job"): the two agree within
+    # 20% at every step with enough triggers, in both delivery modes (within 10% in one CI
+    # run). The whole click-to-consumer latency is no such measure any more: with the 20 ms
+    # bound the ways into and out of Kafka are a third of it at 1,000/s
     compared = []
-    for step in by_mode["at-least-once"]:
-        engine = step["engine_histogram"]
+    for step in results["latency"]:
+        engine, split = step["engine_histogram"], step["split"]
         assert engine is not None, "the stack's Prometheus did not answer"
-        print(f"{step['offered_rate']}/s: bench {[step[k] for k in PERCENTILES]}, "
-              f"Prometheus {[engine[k] for k in PERCENTILES]}")
+        print(f"{step['delivery']} {step['offered_rate']}/s: bench {[step[k] for k in PERCENTILES]}"
+              f", in the job {[split['in_job_p50_ms'], split['in_job_p99_ms']]}, Prometheus "
+              f"{[engine[k] for k in PERCENTILES]}")
         if step["triggers"] >= 50:
-            for key in PERCENTILES:
-                assert engine[key] <= step[key] * 1.2, (key, step)
-            if step["offered_rate"] == 1_000 and not step["max_probe"]:
-                compared.append(step["offered_rate"])
+            if step["delivery"] == "at-least-once":
                 for key in PERCENTILES:
-                    assert engine[key] == pytest.approx(step[key], rel=0.2), (key, step)
-    assert compared, "the at-least-once 1,000/s step had fewer than 50 triggers to compare"
-    for step in by_mode["exactly-once"]:
-        assert step["engine_histogram"]["p50_ms"] <= step["p50_ms"] * 1.2
+                    assert engine[key] <= step[key] * 1.2, (key, step)
+            for key in ("p50_ms", "p99_ms"):
+                assert engine[key] == pytest.approx(split[f"in_job_{key}"], rel=0.2), (key, step)
+            compared.append((step["delivery"], step["offered_rate"]))
+    assert ("at-least-once", 1_000) in compared and ("exactly-once", 1_000) in compared, compared
 
     # the live segment sizes the engines read from Redis reached the stack's Prometheus too
     sizes = bench.prometheus_query(
