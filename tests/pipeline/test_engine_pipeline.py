@@ -133,7 +133,7 @@ def test_click_watermarks_come_at_every_tick_live_and_paced_while_catching_up(en
 
     generator = getattr(get_gateway().jvm.io.nudgeflow.flink, "ClickWatermarks$Generator")
     none, now = generator.NONE, T0 + 3_600_000
-    live = generator(20, 1000, 200, False)
+    live = generator(20, 1000, 200)
     assert live.periodic(now) == none  # nothing read yet
     live.record(T0, now - 2)
     assert live.periodic(now) == T0 - 21
@@ -143,8 +143,8 @@ def test_click_watermarks_come_at_every_tick_live_and_paced_while_catching_up(en
     live.record(-(2**63), now + 25)  # rejected by the assigner: moves nothing
     assert live.periodic(now + 30) == T0 - 16 and not live.catchingUp(now + 30)
 
-    paced = generator(20, 1000, 200, False)
-    unpaced = generator(20, 1000, 0, False)
+    paced = generator(20, 1000, 200)
+    unpaced = generator(20, 1000, 0)
     emitted, every = [], []
     for tick in range(60):  # a backlog appended an hour ago: 10 ms ticks, 30 s of event time each
         at = now + 10 * tick
@@ -159,7 +159,7 @@ def test_click_watermarks_come_at_every_tick_live_and_paced_while_catching_up(en
     assert none not in every  # unpaced (interval 0): every tick
     paced.record(T0 + 30_000 * 60, now + 595)  # live again: the next tick emits at once
     assert not paced.catchingUp(now + 600) and paced.periodic(now + 600) == T0 + 1_799_979
-    unknown = generator(20, 1000, 200, False)
+    unknown = generator(20, 1000, 200)
     unknown.record(T0, -1)  # no append time: read as live
     assert unknown.periodic(now) == T0 - 21 and unknown.periodic(now + 10) == T0 - 21
 

@@ -66,7 +66,7 @@ public final class ClickWatermarks implements WatermarkStrategy<Row> {
     @Override
     public WatermarkGenerator<Row> createWatermarkGenerator(
             WatermarkGeneratorSupplier.Context context) {
-        return new Generator(boundMs, catchUpLagMs, catchUpIntervalMs, true);
+        return new Generator(boundMs, catchUpLagMs, catchUpIntervalMs);
     }
 
     /**
@@ -83,7 +83,6 @@ public final class ClickWatermarks implements WatermarkStrategy<Row> {
         private final long boundMs;
         private final long catchUpLagMs;
         private final long catchUpIntervalMs;
-        private final boolean wallClock;
         private long maxTimestamp = Long.MIN_VALUE;
         /** The newest append time of the records so far; UNSET before any with one. */
         private long newestAppendMs = UNSET;
@@ -94,15 +93,11 @@ public final class ClickWatermarks implements WatermarkStrategy<Row> {
          * @param boundMs the out-of-orderness bound
          * @param catchUpLagMs catching up while the newest append time is more than this behind
          * @param catchUpIntervalMs then a watermark at most this often (0: never paced)
-         * @param wallClock whether the Flink methods read the wall clock (false: tests call
-         *     {@link #record} and {@link #periodic} with their own times)
          */
-        public Generator(long boundMs, long catchUpLagMs, long catchUpIntervalMs,
-                boolean wallClock) {
+        public Generator(long boundMs, long catchUpLagMs, long catchUpIntervalMs) {
             this.boundMs = boundMs;
             this.catchUpLagMs = catchUpLagMs;
             this.catchUpIntervalMs = catchUpIntervalMs;
-            this.wallClock = wallClock;
         }
 
         /** A record with event time {@code timestamp} and Kafka append time {@code appendMs}. */
@@ -147,7 +142,7 @@ public final class ClickWatermarks implements WatermarkStrategy<Row> {
 
         @Override
         public void onPeriodicEmit(WatermarkOutput output) {
-            long next = periodic(wallClock ? System.currentTimeMillis() : 0L);
+            long next = periodic(System.currentTimeMillis());
             if (next != NONE) {
                 output.emitWatermark(new Watermark(next));
             }
