@@ -1202,36 +1202,51 @@ class Bench:
     def latency_ladder(self, cfg: Any, job: subprocess.Popen[bytes] | None,
                        rates: Sequence[int], step_s: float, buyers: list[str],
                        delivery: str, drain_rate: float) -> list[dict[str, Any]]:
-        """Send clicks at each rate in turn; latency of their triggers and segment changes."""
-        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+        """Send clicks at each rate in turn; latency of their triggers and segment changes.
 
-        producer = KafkaProducer(**cfg.python_client_kwargs(), acks=1, linger_ms=2,
-                                 batch_size=65536)
-        consumer = KafkaConsumer(**cfg.python_client_kwargs(), group_id=None,
-                                 isolation_level="read_committed", fetch_max_wait_ms=10)
+        The probe's producer and consumer are librdkafka's (confluent-kafka): they share the
+        machine's cores with the job, and kafka-python's took half a core at 1,000 clicks/s
+        (docs/performance.md, eighteenth session).
+        """
+        from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+        # murmur2: a user's clicks land on the partition Java's and kafka-python's clients pick
+        producer = Producer({**cfg.librdkafka_config(), "acks": 1, "linger.ms": 2,
+                             "batch.size": 65536, "partitioner": "murmur2_random",
+                             "socket.nagle.disable": True})
+        consumer = Consumer({**cfg.librdkafka_config(), "group.id": f"bench-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             "fetch.wait.max.ms": 10, "socket.nagle.disable": True})
         topics = [cfg.trigger_topic("P1"), cfg.segment_changes_topic]
-        consumer.assign([TopicPartition(t, p) for t in topics
-                         for p in consumer.partitions_for_topic(t)])
-        consumer.seek_to_end()
+        listed = consumer.list_topics(timeout=30).topics
+        consumer.assign([TopicPartition(t, p, OFFSET_END) for t in topics
+                         for p in sorted(listed[t].partitions)])
         seen: dict[str, list[tuple[float, float]]] = {"trigger": [], "change": []}
         split: list[tuple[float, float, float]] = []  # each trigger's latency_parts
 
         def read(until: float, prefix: str, wanted: int) -> None:
             while time.monotonic() < until and len(seen["trigger"]) < wanted:
-                for tp, batch in consumer.poll(timeout_ms=20).items():
-                    visible = time.time() * 1000
-                    for message in batch:
-                        if tp.topic == topics[0]:
-                            record = self.codec.decode(message.value, expect="TriggerEvent")
-                            if record["cause_event_id"].startswith(prefix):
-                                seen["trigger"].append((record["cause_event_time"],
-                                                        visible - record["cause_event_time"]))
-                                split.append(latency_parts(record, visible))
-                        else:
-                            record = self.codec.decode(message.value, expect="SegmentChange")
-                            if (record.get("cause_event_id") or "").startswith(prefix):
-                                seen["change"].append((record["event_time"],
-                                                       visible - record["event_time"]))
+                # consume() waits out its timeout unless the batch fills: poll for the first
+                # message, then take what is already fetched without waiting
+                first = consumer.poll(0.02)
+                if first is None:
+                    continue
+                visible = time.time() * 1000
+                for message in [first, *consumer.consume(num_messages=1000, timeout=0)]:
+                    value = message.value()
+                    if message.error() is not None or value is None:
+                        continue  # a partition's end or a transient broker error: not a record
+                    if message.topic() == topics[0]:
+                        record = self.codec.decode(value, expect="TriggerEvent")
+                        if record["cause_event_id"].startswith(prefix):
+                            seen["trigger"].append((record["cause_event_time"],
+                                                    visible - record["cause_event_time"]))
+                            split.append(latency_parts(record, visible))
+                    else:
+                        record = self.codec.decode(value, expect="SegmentChange")
+                        if (record.get("cause_event_id") or "").startswith(prefix):
+                            seen["change"].append((record["event_time"],
+                                                   visible - record["event_time"]))
 
         results: list[dict[str, Any]] = []
         # live traffic never stops: the engine applies a click once the watermark passes it, and
@@ -1290,20 +1305,21 @@ class Bench:
         finally:
             ticking.set()
             ticker.join()
-            producer.close()
+            producer.flush(10)
             consumer.close()
         return results
 
     def _tick(self, producer: Any, topic: str, stop: threading.Event) -> None:
         """One page view per partition of ``topic`` every TICK_S until ``stop`` is set."""
-        partitions = sorted(producer.partitions_for(topic))
+        partitions = sorted(producer.list_topics(topic, timeout=30).topics[topic].partitions)
         n = 0
         while not stop.wait(TICK_S):
             t = int(time.time() * 1000)
             for partition in partitions:
                 user = f"tick-{partition}"
-                producer.send(topic, key=user.encode(), partition=partition,
-                              value=self._click(f"tick-{partition}-{n}", user, "PAGE_VIEW", t))
+                producer.produce(topic, key=user.encode(), partition=partition,
+                                 value=self._click(f"tick-{partition}-{n}", user, "PAGE_VIEW", t))
+            producer.poll(0)  # serve librdkafka's events (no delivery callbacks are set)
             n += 1
 
     def _warm_up(self, producer: Any, cfg: Any, buyers: list[str], read: Any,
@@ -1317,10 +1333,10 @@ class Bench:
             if (job is not None and job.poll() is not None) or time.monotonic() > deadline:
                 raise RuntimeError("the job did not start (or produced no trigger)")
             t = int(time.time() * 1000)
-            producer.send(cfg.clicks_topic, key=warm.encode(), value=self._click(
+            producer.produce(cfg.clicks_topic, key=warm.encode(), value=self._click(
                 f"warm-{n}", warm, "ADD_TO_CART", t, product_id="p", price=150.0,
                 quantity=1, currency="USD"))
-            producer.flush()
+            producer.flush(30)
             n += 1
             read(time.monotonic() + 3, "warm-", 1)
         self._wait_for_live_event_time(cfg, deadline)
@@ -1364,8 +1380,8 @@ class Bench:
             else:
                 user = f"{prefix}v{n % 500}"
                 value = self._click(f"{prefix}{n}", user, "PAGE_VIEW", t)
-            producer.send(topic, key=user.encode(), value=value)
-        producer.flush()
+            producer.produce(topic, key=user.encode(), value=value)
+        producer.flush(60)
         self.last_send_s = time.monotonic() - start
 
     def _click(self, event_id: str, user: str, event_type: str, t: int, **extra: Any) -> bytes:
