@@ -290,6 +290,8 @@ def latency_split(parts: Sequence[tuple[float, ...]]) -> dict[str, float | None]
 
 #: how often the latency ladder's ticker sends a page view to every clicks partition
 TICK_S = 0.1
+#: how long a latency step waits for Kafka to acknowledge its clicks after sending them
+SEND_FLUSH_S = 60.0
 #: latency is probed once the engine's watermark is this close to now (event time is live)
 LIVE_WATERMARK_MS = 5_000
 
@@ -911,6 +913,7 @@ class Bench:
         self.monitor = ResourceMonitor()
         self.monitor.watch(os.getpid(), "bench process (generator, consumers; Python)")
         self.last_send_s = 0.0  # how long the last latency step took to send
+        self.last_unsent = 0  # its clicks still not acknowledged by Kafka when it gave up
         self.backlog_start_ms: int | None = None  # the loaded backlog's first event time
 
     # -- jobs --
@@ -1233,9 +1236,12 @@ class Bench:
                     continue
                 visible = time.time() * 1000
                 for message in [first, *consumer.consume(num_messages=1000, timeout=0)]:
-                    value = message.value()
-                    if message.error() is not None or value is None:
-                        continue  # a partition's end or a transient broker error: not a record
+                    error, value = message.error(), message.value()
+                    if error is not None:  # librdkafka retries what is transient itself
+                        raise RuntimeError(f"the latency probe could not read "
+                                           f"{message.topic()}: {error}")
+                    if value is None:
+                        continue  # no tombstones on these topics; nothing to time
                     if message.topic() == topics[0]:
                         record = self.codec.decode(value, expect="TriggerEvent")
                         if record["cause_event_id"].startswith(prefix):
@@ -1279,6 +1285,11 @@ class Bench:
                 allowance = step_s + count / max(drain_rate, 1.0) + 15
                 read(sent_at + allowance, prefix, expected)
                 sender.join()
+                if self.last_unsent:
+                    raise RuntimeError(
+                        f"{self.last_unsent:,} of the {rate:,}/s step's {count:,} clicks did not "
+                        f"reach Kafka within {SEND_FLUSH_S:.0f} s: is the broker up "
+                        "(`nudgeflow stack up`)?")
                 achieved = count / self.last_send_s if self.last_send_s else None
                 latencies = [lat for _, lat in seen["trigger"]]
                 results.append({
@@ -1381,7 +1392,7 @@ class Bench:
                 user = f"{prefix}v{n % 500}"
                 value = self._click(f"{prefix}{n}", user, "PAGE_VIEW", t)
             producer.produce(topic, key=user.encode(), value=value)
-        producer.flush(60)
+        self.last_unsent = producer.flush(SEND_FLUSH_S)
         self.last_send_s = time.monotonic() - start
 
     def _click(self, event_id: str, user: str, event_type: str, t: int, **extra: Any) -> bytes:
