@@ -27,10 +27,22 @@ FALLBACK_FEATURE_NAMES = (
 FEATURE_WINDOWS = ("1h", "24h", "7d", "30d")
 
 
-@lru_cache(maxsize=None)
-def _schema(name: str) -> dict[str, Any]:
+def _read_schema(name: str) -> dict[str, Any]:
     text = files("schemas").joinpath(f"{name}.avsc").read_text(encoding="utf-8")
     return dict(json.loads(text))
+
+
+#: the schemas the vocabulary is derived from, read when this module is imported, not when
+#: first asked: in thread mode a TaskManager keeps a job's imported modules for later jobs of
+#: the same build, and a module reads its package files from the directory the first job was
+#: extracted to, which Flink deletes when that job ends (a later job that first asked then
+#: failed in its engine's open() with FileNotFoundError, seen after a TaskManager kill)
+_SCHEMAS: dict[str, dict[str, Any]] = {name: _read_schema(name)
+                                       for name in ("ClickEvent", "UserMetadata")}
+
+
+def _schema(name: str) -> dict[str, Any]:
+    return _SCHEMAS[name]
 
 
 def _enum_symbols(schema: dict[str, Any], field_name: str) -> tuple[str, ...]:
