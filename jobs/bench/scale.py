@@ -139,12 +139,15 @@ def machine_share(before: tuple[int, int], after: tuple[int, int], seconds: floa
             "cpu_us_per_event": round(cpu_seconds * 1e6 / events, 1) if events else 0.0}
 
 
-#: a process's role, by the first of these found in its command line (else ``other``)
+#: a process's role, by the first of these found in its command line (else ``other``); a
+#: needle names the program (a class, a config file), not a word a jar's name could hold: a
+#: local run's JVM lists flink-metrics-prometheus among its jars
 ROLES = (("udfs.stores.client_process", "store clients (Python children of the engine)"),
          ("TaskManagerRunner", "TaskManagers (JVM with the embedded Python)"),
          ("StandaloneSessionClusterEntrypoint", "JobManager"),
+         ("PythonGatewayServer", "a local run's JVM (MiniCluster)"),
          ("kafka.Kafka", "Kafka"), ("CassandraDaemon", "Cassandra"),
-         ("redis-server", "Redis"), ("prometheus", "Prometheus"),
+         ("redis-server", "Redis"), ("prometheus.yml", "Prometheus"),
          ("apicurio", "schema registry"), ("jobs.bench", "the bench"))
 
 

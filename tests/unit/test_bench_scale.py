@@ -54,6 +54,12 @@ def test_processes_are_accounted_to_their_roles() -> None:
     assert scale.role_of("java -cp kafka.jar kafka.Kafka server.properties") == "Kafka"
     assert scale.role_of("/usr/bin/redis-server 127.0.0.1:6379") == "Redis"
     assert scale.role_of("sleep 5") == "other"
+    # a local run's JVM names the Prometheus reporter's jar: it is not Prometheus
+    assert scale.role_of("java -cp flink-metrics-prometheus-2.2.1.jar:flink-dist.jar "
+                         "org.apache.flink.client.python.PythonGatewayServer").startswith(
+                             "a local run's JVM")
+    assert scale.role_of("/work/.venv/bin/prometheus --config.file=/s/conf/prometheus/"
+                         "prometheus.yml --web.listen-address=127.0.0.1:9090") == "Prometheus"
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     before = {1: ("Kafka", 100), 2: ("Redis", 50), 3: ("Kafka", 10)}
     after = {1: ("Kafka", 300), 2: ("Redis", 50), 4: ("Cassandra", 20)}  # 3 ended, 4 started
