@@ -136,9 +136,15 @@ def cluster_config(paths: StackPaths, rest_port: int, slots: int) -> str:
             "load-balance": {"mode": "SLOTS"},
         },
         "parallelism": {"default": 1},
-        "metrics": {"reporter": {"prom": {
-            "factory": {"class": prometheus_settings()["metrics.reporter.prom.factory.class"]},
-            "port": PROMETHEUS_PORTS}}},
+        "metrics": {
+            "reporter": {"prom": {
+                "factory": {"class": prometheus_settings()["metrics.reporter.prom.factory.class"]},
+                "port": PROMETHEUS_PORTS}},
+            # the REST API's operator metrics (records read by a source: the tests wait on
+            # them) are refreshed at most this often (Flink's default: 10 s), and only while
+            # something asks for them
+            "fetcher": {"update-interval": 1000},
+        },
         "rest": {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": rest_port},
         "state": {"backend": {"type": "hashmap"}},
         "execution": {

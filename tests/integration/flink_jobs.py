@@ -68,7 +68,7 @@ def wait_until_read(cfg, job_id, source, count, timeout_s=120):
       before they are read, and they are late (seen in CI: a cart dead-lettered as late).
 
     ``count`` is the vertex's total since the job started. Flink's REST metrics lag by up to its
-    fetcher interval (10 s), so this can wait that long.
+    fetcher interval (the local stack's ``metrics.fetcher.update-interval``: 1 s).
     """
     deadline = time.monotonic() + timeout_s
     while True:
