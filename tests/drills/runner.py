@@ -45,13 +45,16 @@ from jobs.workload import fuzz
 from schemas.codec import Codec
 from tests.builders import CART, click_bytes, metadata_bytes
 from tests.integration import flink_jobs
-from tests.integration.kafka_io import TopicReader, produce_raw
+from tests.integration.kafka_io import TopicReader, produce_raw, read_to_end
 from udfs.campaigns.grammar import TIERS
 from udfs.stores import keys
 
 MIN = 60_000
 #: event time between two batches of carts: more than drill_cfg's max_out_of_orderness_ms
 BATCH_SPACING_MS = 3_000
+#: once every owed trigger arrived, the job runs on this long (drill_cfg checkpoints every
+#: second) before it is cancelled and every output read to its end: a late duplicate shows
+LINGER_S = 6.0
 
 #: the job's flags a drill sets (its own topics, keyspace, checkpointing, no churn model)
 DRILL_FIELDS = (*ISOLATION_FIELDS, "cassandra_keyspace", "churn_model", "idleness_ms",
@@ -509,14 +512,23 @@ def run_drill(st: Stack, drill: str, source: RecordSource, faults: list[Fault],
         _wait_for_all(tiers, len(owed), deadline)
         while len(_dead_letters(letters)) < source.bad_records and time.monotonic() < deadline:
             letters.drain(0.5)
-        for reader in (*tiers.values(), letters):
-            reader.drain(4)  # exactly-once: a duplicate would show within a checkpoint or two
+        # exactly-once: a duplicate would show within a checkpoint or two (1 s apart here);
+        # the job runs on for several while every reader is polled in turn
+        linger_until = time.monotonic() + LINGER_S
+        while time.monotonic() < linger_until:
+            for reader in (*tiers.values(), letters):
+                reader.drain(0.3)
         state = deploy.job_state(cfg.flink_rest_url, job_id)
         exceptions = deploy.rest_get(cfg.flink_rest_url, f"/jobs/{job_id}/exceptions")
     finally:
-        flink_jobs.cancel(cfg, job_id)
-        for reader in (*tiers.values(), letters):
-            reader.close()
+        try:
+            _cancel_and_wait(cfg, job_id)
+            # nothing is written any more: every reader reads its topic to the end
+            for reader in (*tiers.values(), letters):
+                reader.read_to_end()
+        finally:
+            for reader in (*tiers.values(), letters):
+                reader.close()
     kinds = sorted({d.split(",")[0] for d in described})
     result = DrillResult(drill, source.name, f"{len(described)} x " + "; ".join(kinds)
                          if described else "none")
@@ -524,6 +536,12 @@ def run_drill(st: Stack, drill: str, source: RecordSource, faults: list[Fault],
            exceptions)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _cancel_and_wait(cfg: NudgeflowConfig, job_id: str) -> None:
+    """Cancel the job and wait until it ended: its topics' ends are then final."""
+    flink_jobs.cancel(cfg, job_id)
+    deploy.wait_for_state(cfg.flink_rest_url, job_id, {"CANCELED", "FAILED", "FINISHED"}, 120)
 
 
 def _dead_letters(reader: TopicReader) -> list[dict[str, Any]]:
@@ -609,11 +627,8 @@ def verify(result: DrillResult, cfg: NudgeflowConfig, codec: Codec, source: Reco
     duplicate_triggers = len(ids) - len(set(ids))
     unexpected = len(set(got) - owed)
 
-    changes = TopicReader(cfg, cfg.segment_changes_topic, codec)
-    try:
-        records = changes.drain(5)
-    finally:
-        changes.close()
+    # the job ended (run_drill waited for it): every topic is read to its final end
+    records = read_to_end(cfg, cfg.segment_changes_topic, codec=codec)
     change_ids = [r["change_id"] for _, name, r in records if name == "SegmentChange"]
     duplicate_changes = len(change_ids) - len(set(change_ids))
     users = set(source.users())
@@ -627,11 +642,8 @@ def verify(result: DrillResult, cfg: NudgeflowConfig, codec: Codec, source: Reco
     lost_c, extra_c = _diff(expected, in_cassandra)
     lost_r, extra_r = _diff(expected, in_redis)
 
-    decisions_reader = TopicReader(cfg, cfg.trigger_decisions_topic, codec)
-    try:
-        decisions = [r for _, name, r in decisions_reader.drain(3) if name == "TriggerDecision"]
-    finally:
-        decisions_reader.close()
+    decisions = [r for _, name, r in read_to_end(cfg, cfg.trigger_decisions_topic, codec=codec)
+                 if name == "TriggerDecision"]
     result.outputs = {
         "triggers": [r for _, r in triggers],
         "segment_changes": [r for _, name, r in records if name == "SegmentChange"],

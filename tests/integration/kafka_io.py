@@ -46,6 +46,21 @@ def read_topic(cfg, topic, expected, timeout_s=120.0, codec=None):
         reader.close()
 
 
+def read_to_end(cfg, topic, timeout_s=60.0, codec=None):
+    """Read ``topic`` (read committed) from its beginning to its end as of now.
+
+    For a topic nothing writes to any more (a bounded run that exited, a job that was
+    cancelled): its end is final, so reading to it sees every record, with no wait for late
+    ones. Fails if the end is not reached within ``timeout_s``.
+    Returns a list of (key bytes, record name, record dict).
+    """
+    reader = TopicReader(cfg, topic, codec)
+    try:
+        return reader.read_to_end(timeout_s)
+    finally:
+        reader.close()
+
+
 class TopicReader:
     """Reads a topic (read committed) from the beginning and keeps what it saw."""
 
@@ -81,6 +96,27 @@ class TopicReader:
         """Read whatever else arrives within ``seconds`` (to catch extra records)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            for batch in self.consumer.poll(timeout_ms=300).values():
+                for message in batch:
+                    name, record = self.codec.decode_named(message.value)
+                    self.records.append((message.key, name, record))
+        return self.records
+
+    def read_to_end(self, timeout_s=60.0):
+        """Read until every partition's position reaches its end offset as of this call.
+
+        Read committed: the end is the last stable offset, and a transaction's commit marker
+        moves the position past it without a record.
+        """
+        partitions = list(self.consumer.assignment())
+        ends = self.consumer.end_offsets(partitions)
+        deadline = time.monotonic() + timeout_s
+        while any(self.consumer.position(tp) < ends[tp] for tp in partitions):
+            behind = {tp.partition: (self.consumer.position(tp), ends[tp]) for tp in partitions
+                      if self.consumer.position(tp) < ends[tp]}
+            assert time.monotonic() < deadline, (
+                f"{partitions[0].topic}: partitions (position, end) {behind} not read to their "
+                f"end in {timeout_s:.0f} s")
             for batch in self.consumer.poll(timeout_ms=300).values():
                 for message in batch:
                     name, record = self.codec.decode_named(message.value)
