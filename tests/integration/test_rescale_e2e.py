@@ -98,16 +98,16 @@ def _campaigns_without_audience(target):
     return campaigns
 
 
-def _profiles_first(cfg, job_id):
+def _profiles_first(cfg, job_id, profiles):
     """Give the job the profiles before any click.
 
     The metadata backlog is not in ``updated_at`` order, so its watermark runs ahead of the
     profiles still unread; a click read meanwhile can be applied before its user's profile,
-    which is then applied late (at the user's clock): an arrival-order effect. 150 profiles are
-    read within a second of the job's tasks running.
+    which is then applied late (at the user's clock): an arrival-order effect. Waits until the
+    metadata source passed on all ``profiles``.
     """
     flink_jobs.wait_until_open(cfg, job_id)
-    time.sleep(5)
+    flink_jobs.wait_until_read(cfg, job_id, "user-metadata", profiles)
 
 
 def _wait_done(cfg, job_id, clicks, timeout_s=300):
@@ -124,16 +124,17 @@ def _wait_done(cfg, job_id, clicks, timeout_s=300):
     assert metric_total(lines, "events_late") == 0
 
 
-def _settle(readers, quiet_s=8.0, timeout_s=120):
-    """Read until nothing new arrived on any reader for ``quiet_s`` (timers, commits)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        before = sum(len(r.records) for r in readers)
-        for reader in readers:
-            reader.drain(quiet_s / len(readers))
-        if sum(len(r.records) for r in readers) == before:
-            return
-    raise AssertionError("the outputs never settled")
+def _stop_and_read(cfg, job_id, readers, savepoints):
+    """Stop the job with a savepoint, then read every output to its end; returns the savepoint.
+
+    Exactly-once: the savepoint commits everything the job emitted before its barrier, which
+    follows every click the job was given (``_wait_done`` saw them done, the timers their
+    watermarks fired included), and nothing is written after it, so each topic's end is final.
+    """
+    savepoint = deploy.stop_with_savepoint(cfg.flink_rest_url, job_id, savepoints)
+    for reader in readers:
+        reader.read_to_end()
+    return savepoint
 
 
 def _outputs(changes, triggers, decisions):
@@ -197,13 +198,12 @@ def test_a_savepoint_restored_at_twice_the_parallelism_gives_the_uninterrupted_o
     outputs_r = _readers(rescaled, codec)
     job_id = flink_jobs.submit(rescaled, fields=FIELDS)
     try:
-        _profiles_first(rescaled, job_id)
+        _profiles_first(rescaled, job_id, len(users))
         assert len(_engine_taskmanagers(rescaled, job_id, 2)) == 2
         produce_raw(rescaled, rescaled.clicks_topic, clicks(first))
         _wait_done(rescaled, job_id, len(first) - 1)  # its sentinel waits for the next
-        _settle([outputs_r[0], outputs_r[2]])
-        savepoint = deploy.stop_with_savepoint(rescaled.flink_rest_url, job_id,
-                                               (tmp_path / "savepoints").as_uri())
+        savepoint = _stop_and_read(rescaled, job_id, [outputs_r[0], outputs_r[2]],
+                                   (tmp_path / "savepoints").as_uri())
         job_id = None
         scale_to(4)
         produce_raw(rescaled, rescaled.clicks_topic, clicks(second))
@@ -214,7 +214,9 @@ def test_a_savepoint_restored_at_twice_the_parallelism_gives_the_uninterrupted_o
         assert len(_engine_taskmanagers(rescaled, job_id, 4)) == 4
         # the first sentinel (restored, pending) and the second half but its sentinel
         _wait_done(rescaled, job_id, len(second))
-        _settle([outputs_r[0], *outputs_r[1], outputs_r[2]])
+        _stop_and_read(rescaled, job_id, [outputs_r[0], *outputs_r[1], outputs_r[2]],
+                       (tmp_path / "savepoints").as_uri())
+        job_id = None
     finally:
         if job_id is not None:
             flink_jobs.cancel(rescaled, job_id)
@@ -225,12 +227,15 @@ def test_a_savepoint_restored_at_twice_the_parallelism_gives_the_uninterrupted_o
     outputs_u = _readers(uninterrupted, codec)
     job_id = flink_jobs.submit(uninterrupted, fields=FIELDS)
     try:
-        _profiles_first(uninterrupted, job_id)
+        _profiles_first(uninterrupted, job_id, len(users))
         produce_raw(uninterrupted, uninterrupted.clicks_topic, clicks([*first, *second]))
         _wait_done(uninterrupted, job_id, len(first) + len(second) - 1)
-        _settle([outputs_u[0], *outputs_u[1], outputs_u[2]])
+        _stop_and_read(uninterrupted, job_id, [outputs_u[0], *outputs_u[1], outputs_u[2]],
+                       (tmp_path / "savepoints").as_uri())
+        job_id = None
     finally:
-        flink_jobs.cancel(uninterrupted, job_id)
+        if job_id is not None:
+            flink_jobs.cancel(uninterrupted, job_id)
 
     got, expected = _outputs(*outputs_r), _outputs(*outputs_u)
     for reader in (outputs_r[0], *outputs_r[1], outputs_r[2], outputs_u[0], *outputs_u[1],
