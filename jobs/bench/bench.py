@@ -290,6 +290,12 @@ def latency_split(parts: Sequence[tuple[float, ...]]) -> dict[str, float | None]
 
 #: how often the latency ladder's ticker sends a page view to every clicks partition
 TICK_S = 0.1
+#: a latency step goes on this long after its last timed click, at its rate, with page views
+#: of users of its own that nothing times: live traffic at a steady rate does not stop, and a
+#: step that stopped left its last clicks waiting for the ticker (up to TICK_S) to move event
+#: time past them (the engine applies a click once the watermark passes it), which put the
+#: slowest of a 1,000/s step's triggers at ~140-175 ms against ~60 for the rest
+STEP_TAIL_S = 0.25
 #: how long a latency step waits for Kafka to acknowledge its clicks after sending them
 SEND_FLUSH_S = 60.0
 #: latency is probed once the engine's watermark is this close to now (event time is live)
@@ -913,6 +919,7 @@ class Bench:
         self.monitor = ResourceMonitor()
         self.monitor.watch(os.getpid(), "bench process (generator, consumers; Python)")
         self.last_send_s = 0.0  # how long the last latency step took to send
+        self.step_tail_s = STEP_TAIL_S  # traffic after a step's last timed click (0: none)
         self.last_unsent = 0  # its clicks still not acknowledged by Kafka when it gave up
         self.backlog_start_ms: int | None = None  # the loaded backlog's first event time
 
@@ -1378,13 +1385,26 @@ class Bench:
 
     def _send(self, producer: Any, topic: str, prefix: str, buyers: list[str], rate: int,
               count: int) -> None:
+        """A step's ``count`` clicks at ``rate``, every tenth a buyer's, then its tail.
+
+        The tail (``step_tail_s`` at the same rate) is page views of users of its own, with
+        event ids outside ``prefix``: nothing reads or counts them, they only keep the traffic
+        going past the step's last timed click. ``last_send_s`` times the step's clicks only.
+        """
         start = time.monotonic()
-        for n in range(count):
+        tail = int(rate * self.step_tail_s)
+        sent_s = 0.0
+        for n in range(count + tail):
             pause = start + n / rate - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
+            if n == count:  # the step's clicks took until the first of the tail was due
+                sent_s = time.monotonic() - start
             t = int(time.time() * 1000)
-            if n % 10 == 0 and buyers:
+            if n >= count:
+                user = f"tail-{prefix}v{n % 500}"
+                value = self._click(f"tail-{prefix}{n}", user, "PAGE_VIEW", t)
+            elif n % 10 == 0 and buyers:
                 user = buyers.pop()
                 value = self._click(f"{prefix}{n}", user, "ADD_TO_CART", t, product_id="p",
                                     price=150.0, quantity=1, currency="USD")
@@ -1393,7 +1413,7 @@ class Bench:
                 value = self._click(f"{prefix}{n}", user, "PAGE_VIEW", t)
             producer.produce(topic, key=user.encode(), value=value)
         self.last_unsent = producer.flush(SEND_FLUSH_S)
-        self.last_send_s = time.monotonic() - start
+        self.last_send_s = sent_s if tail else time.monotonic() - start
 
     def _click(self, event_id: str, user: str, event_type: str, t: int, **extra: Any) -> bytes:
         return self.codec.encode("ClickEvent", {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -649,3 +650,45 @@ def test_the_machine_says_how_its_python_was_optimized() -> None:
     assert bench.python_build("'--prefix=/root/.pyenv/versions/3.11.7' '--enable-shared'") == (
         "no PGO/LTO")
     assert bench.machine()["python_build"] == bench.python_build()
+
+
+class _RecordingProducer:
+    """What ``Bench._send`` produced, in order (a stand-in for the librdkafka producer)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def produce(self, topic: str, key: bytes, value: bytes) -> None:
+        self.sent.append((topic, value))
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def test_a_latency_step_goes_on_past_its_last_timed_click(tmp_path) -> None:
+    """Live traffic at a steady rate does not stop: a step's tail keeps clicks coming after its
+    last timed one (else that click waits for the ticker to move event time past it), and
+    nothing in the tail is a buyer's or carries the step's prefix, so none of it is timed."""
+    runner = bench.Bench(bench.QUICK, tmp_path, say=lambda _: None)
+    runner.step_tail_s = 0.05
+    producer = _RecordingProducer()
+    buyers = [f"b{i}" for i in range(10)]
+    started = time.monotonic()
+    runner._send(producer, "clicks", "r1000-x-", buyers, rate=1000, count=100)
+    whole_s = time.monotonic() - started
+    events = [runner.codec.decode(value, expect="ClickEvent") for _, value in producer.sent]
+    assert len(events) == 100 + 50
+    timed, tail = events[:100], events[100:]
+    assert all(e["event_id"].startswith("r1000-x-") for e in timed)
+    assert sum(e["event_type"] == "ADD_TO_CART" for e in timed) == 10 and buyers == []
+    assert all(not e["event_id"].startswith("r1000-x-") and e["event_type"] == "PAGE_VIEW"
+               for e in tail)
+    # the step's send time is its own clicks' (paced: the tail's first is due at 0.1 s), not
+    # the tail's
+    assert 0.099 <= runner.last_send_s < whole_s
+    assert runner.last_unsent == 0
+
+    runner.step_tail_s = 0.0  # no tail: the step's clicks only
+    producer = _RecordingProducer()
+    runner._send(producer, "clicks", "r1000-y-", [], rate=1000, count=20)
+    assert len(producer.sent) == 20
