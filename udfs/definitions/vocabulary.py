@@ -41,10 +41,6 @@ _SCHEMAS: dict[str, dict[str, Any]] = {name: _read_schema(name)
                                        for name in ("ClickEvent", "UserMetadata")}
 
 
-def _schema(name: str) -> dict[str, Any]:
-    return _SCHEMAS[name]
-
-
 def _enum_symbols(schema: dict[str, Any], field_name: str) -> tuple[str, ...]:
     for entry in schema["fields"]:
         if entry["name"] == field_name:
@@ -55,13 +51,13 @@ def _enum_symbols(schema: dict[str, Any], field_name: str) -> tuple[str, ...]:
 @lru_cache(maxsize=None)
 def event_types() -> tuple[str, ...]:
     """The ClickEvent ``EventType`` symbols (read once from ``schemas/ClickEvent.avsc``)."""
-    return _enum_symbols(_schema("ClickEvent"), "event_type")
+    return _enum_symbols(_SCHEMAS["ClickEvent"], "event_type")
 
 
 @lru_cache(maxsize=None)
 def event_sources() -> tuple[str, ...]:
     """The ClickEvent ``EventSource`` symbols (WEB, MOBILE, OFFLINE, UNKNOWN)."""
-    return _enum_symbols(_schema("ClickEvent"), "source")
+    return _enum_symbols(_SCHEMAS["ClickEvent"], "source")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +101,7 @@ def metadata_fields() -> dict[str, MetadataField]:
             elif kind == "string":
                 out[name] = MetadataField(name, "string")
 
-    add("", _schema("UserMetadata")["fields"])
+    add("", _SCHEMAS["UserMetadata"]["fields"])
     return out
 
 
