@@ -1398,8 +1398,6 @@ class Bench:
             pause = start + n / rate - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-            if n == count:  # the step's clicks took until the first of the tail was due
-                sent_s = time.monotonic() - start
             t = int(time.time() * 1000)
             if n >= count:
                 user = f"tail-{prefix}v{n % 500}"
@@ -1412,8 +1410,10 @@ class Bench:
                 user = f"{prefix}v{n % 500}"
                 value = self._click(f"{prefix}{n}", user, "PAGE_VIEW", t)
             producer.produce(topic, key=user.encode(), value=value)
+            if n == count - 1:  # the step's last timed click
+                sent_s = time.monotonic() - start
         self.last_unsent = producer.flush(SEND_FLUSH_S)
-        self.last_send_s = sent_s if tail else time.monotonic() - start
+        self.last_send_s = sent_s
 
     def _click(self, event_id: str, user: str, event_type: str, t: int, **extra: Any) -> bytes:
         return self.codec.encode("ClickEvent", {

@@ -111,9 +111,8 @@ class TopicReader:
         partitions = list(self.consumer.assignment())
         ends = self.consumer.end_offsets(partitions)
         deadline = time.monotonic() + timeout_s
-        while any(self.consumer.position(tp) < ends[tp] for tp in partitions):
-            behind = {tp.partition: (self.consumer.position(tp), ends[tp]) for tp in partitions
-                      if self.consumer.position(tp) < ends[tp]}
+        while behind := {tp.partition: (position, ends[tp]) for tp in partitions
+                         if (position := self.consumer.position(tp)) < ends[tp]}:
             assert time.monotonic() < deadline, (
                 f"{partitions[0].topic}: partitions (position, end) {behind} not read to their "
                 f"end in {timeout_s:.0f} s")
