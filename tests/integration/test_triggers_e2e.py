@@ -170,6 +170,11 @@ def test_scripted_scenario_lands_on_the_right_tier_topics(trigger_cfg, tmp_path)
     assert by_tier.get("P0") == 1.0 and by_tier.get("P1") == 2.0 and by_tier.get("P2") == 1.0
     assert any("_reason_triggers_suppressed{" in line and 'reason="NO_CONSENT"' in line
                for line in exported)
+    # ... and leaves out what its filter names (REPORTER_EXCLUDES), keeping Flink's own
+    assert any(line.startswith("flink_taskmanager_job_task_operator_numRecordsIn{")
+               for line in exported)
+    left_out = ("_KafkaConsumer_", "_KafkaProducer_", "_Shuffle_", "_split_watermark_")
+    assert not [line for line in exported if any(word in line.split("{")[0] for word in left_out)]
 
     decisions = sorted((r["user_id"], r["campaign_id"], r["outcome"], r["reason_code"])
                        for _, name, r in readers.decisions.records if name == "TriggerDecision")

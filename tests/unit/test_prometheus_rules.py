@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from infra.prometheus import metrics
+from infra.servers.flink import REPORTER_EXCLUDES
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "infra" / "prometheus" / "rules.yml"
@@ -151,3 +152,38 @@ def test_exported_names_follow_the_reporters_scopes() -> None:
     assert "flink_taskmanager_job_task_operator_tier_trigger_latency_ms_count" in exported
     assert "flink_taskmanager_job_task_operator_le_user_state_bytes_bucket" in exported
     assert "flink_taskmanager_job_task_operator_pendingRecords" in exported
+
+
+def excluded_by_reporter_filter(exported_name: str) -> bool:
+    """Whether ``REPORTER_EXCLUDES`` leaves ``exported_name`` out of the reporter's page.
+
+    As Flink's ``DefaultMetricFilter``: ``<scopes>:<names>``, each a ``,`` list of globs (``*``
+    any characters) matched against the whole logical scope (``taskmanager.job.task.operator``
+    and its groups, ``.``-joined) and the metric's own name. The reporter joins the two with
+    ``_`` behind ``flink_``, so every split of the exported name at a ``_`` is tried.
+    """
+    scopes, _, names = REPORTER_EXCLUDES.partition(":")
+
+    def glob(alternatives: str) -> re.Pattern[str]:
+        globs = alternatives.split(",")
+        return re.compile("|".join(re.escape(g).replace(r"\*", ".*") for g in globs))
+
+    scope_re, name_re = glob(scopes), glob(names or "*")
+    body = exported_name.removeprefix("flink_")
+    cuts = [i for i, char in enumerate(body) if char == "_"]
+    return any(scope_re.fullmatch(body[:i].replace("_", ".")) and name_re.fullmatch(body[i + 1:])
+               for i in cuts)
+
+
+def test_the_reporter_filter_leaves_out_no_metric_the_rules_or_dashboard_read() -> None:
+    # the filter does exclude what it names (a wrong glob would exclude nothing, silently)
+    assert excluded_by_reporter_filter(
+        "flink_taskmanager_job_task_operator_KafkaSourceReader_KafkaConsumer_records_lag_max")
+    assert excluded_by_reporter_filter(
+        "flink_taskmanager_job_task_Shuffle_Netty_Input_Buffers_inPoolUsage")
+    assert excluded_by_reporter_filter(
+        "flink_taskmanager_job_task_operator_split_watermark_currentWatermark")
+    assert not excluded_by_reporter_filter("flink_taskmanager_job_task_operator_numRecordsIn")
+    for name in metrics.exported():
+        if name.startswith("flink_"):
+            assert not excluded_by_reporter_filter(name), f"{name} is left out by the reporter"
