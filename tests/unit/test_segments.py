@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from udfs.definitions.durations import format_duration, parse_duration
 from udfs.definitions.envelope import checksum, delete_update
 from udfs.definitions.versioning import ChangeOutcome
 from udfs.definitions.vocabulary import event_types, known_feature_names
+from udfs.features.spec import FEATURE_NAMES
 from udfs.features.view import RecentEvent
 from udfs.segments.compiler import parse_segment, validate_documents
 from udfs.segments.conditions import (
@@ -241,22 +240,13 @@ def test_event_types_come_from_the_click_schema() -> None:
     assert "STORE_VISIT" in event_types() and "ADD_TO_CART" in event_types()
 
 
-def test_feature_names_source() -> None:
+def test_feature_names_are_udfs_features() -> None:
     names, source = known_feature_names()
-    assert source in ("udfs.features.FEATURE_NAMES", "fallback")
+    assert names == frozenset(FEATURE_NAMES) and source == "udfs.features.FEATURE_NAMES"
     assert {"cart_value", "cart_items", "sessions_7d", "events_product_view_7d"} <= names
-
-
-def test_feature_names_follow_udfs_features(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.SimpleNamespace(FEATURE_NAMES=("cart_value",))
-    monkeypatch.setitem(sys.modules, "udfs.features.spec", fake)
-    assert known_feature_names() == (frozenset({"cart_value"}), "udfs.features.FEATURE_NAMES")
-    with pytest.raises(DefinitionError, match="1 names of udfs.features.FEATURE_NAMES"):
-        seg({"feature": {"name": "sessions_7d", "op": ">", "value": 1}})
-    monkeypatch.setitem(sys.modules, "udfs.features.spec", None)  # import fails -> fallback
-    names, source = known_feature_names()
-    assert source == "fallback"
-    assert {"sessions_7d", "events_store_visit_30d", "events_total_1h"} <= names
+    with pytest.raises(DefinitionError,
+                       match=f"{len(FEATURE_NAMES)} names of udfs.features.FEATURE_NAMES"):
+        seg({"feature": {"name": "no_such_feature", "op": ">", "value": 1}})
 
 
 def test_invalid_definitions_pickle() -> None:

@@ -8,7 +8,6 @@ State: none (the schema reads are cached).
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,14 +15,8 @@ from importlib.resources import files
 from typing import Any
 
 from udfs.definitions.comparisons import BOOLEAN_OPS, EQUALITY_OPS, NUMERIC_OPS, TIME_OPS
+from udfs.features.spec import FEATURE_NAMES
 
-#: Feature names documented by the features issue; used only when ``udfs.features`` cannot be
-#: imported (then ``events_<event type lower|total>_<window>`` is accepted as well).
-FALLBACK_FEATURE_NAMES = (
-    "events_total_24h", "sessions_7d", "seconds_since_last_event", "seconds_since_last_purchase",
-    "cart_items", "cart_value", "orders_30d", "revenue_30d", "orders_total", "revenue_total",
-    "avg_order_value", "mobile_share_30d", "days_since_signup", "lifetime_value",
-)
 FEATURE_WINDOWS = ("1h", "24h", "7d", "30d")
 
 
@@ -106,25 +99,13 @@ def metadata_fields() -> dict[str, MetadataField]:
 
 
 def known_feature_names() -> tuple[frozenset[str], str]:
-    """The feature names conditions may use, and where they came from.
+    """The feature names conditions may use (``udfs.features.spec.FEATURE_NAMES``), and that name.
 
-    Imports ``udfs.features`` lazily (it may not exist yet, or may import what a validator
-    does not need) and uses its ``FEATURE_NAMES``; falls back to ``FALLBACK_FEATURE_NAMES`` plus
-    the ``events_<event type lower|total>_<1h|24h|7d|30d>`` pattern when that import fails.
-
-    Returns:
-        (names, source) where source is ``udfs.features.FEATURE_NAMES`` or ``fallback``.
+    Imported with this module, not looked up when first asked: in thread mode a TaskManager
+    keeps a job's modules for later jobs, and a lookup that could fail (it once fell back to a
+    fixed list) would validate definitions against another list than the engine computes.
     """
-    try:
-        features = importlib.import_module("udfs.features.spec")  # lazy on purpose, see above
-        names = frozenset(str(name) for name in features.FEATURE_NAMES)
-    except (ImportError, AttributeError):
-        return _fallback_feature_names(), "fallback"
-    return names, "udfs.features.FEATURE_NAMES"
+    return _FEATURE_NAMES, "udfs.features.FEATURE_NAMES"
 
 
-@lru_cache(maxsize=1)
-def _fallback_feature_names() -> frozenset[str]:
-    per_type = [t.lower() for t in event_types()] + ["total"]
-    patterned = {f"events_{t}_{w}" for t in per_type for w in FEATURE_WINDOWS}
-    return frozenset(FALLBACK_FEATURE_NAMES) | patterned
+_FEATURE_NAMES = frozenset(FEATURE_NAMES)
