@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything nudgeflow needs on a fresh Debian/Ubuntu machine, idempotently:
 #   - Debian packages: redis-server, and Java 17 + Maven if they are missing;
-#   - a virtualenv at .venv with nudgeflow (editable) and its dev tools, pinned in setup.py;
+#   - a virtualenv at .venv with nudgeflow (editable) and its dev tools, pinned in setup.py,
+#     made from $PYTHON, else the optimized CPython infra/build-python.sh built, else python3.11;
 #   - promtool (the rules' tests run it) and prometheus (the stack's server) in .venv/bin, taken
 #     out of Debian's prometheus package;
 #   - the Java jars (Kafka, Cassandra, Flink Kafka connector + nudgeflow-flink) from Maven
@@ -20,6 +21,9 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 # mypyc compiles the engine's hot modules with it (infra/native.py)
 command -v gcc >/dev/null || missing+=(gcc)
+# the optimized CPython infra/build-python.sh builds, when there is one (a faster engine)
+built_python=${NUDGEFLOW_HOME:-$HOME/.nudgeflow}/python/bin/python3.11
+if [ -z "${PYTHON:-}" ] && [ -x "$built_python" ]; then PYTHON=$built_python; fi
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null; then
   if command -v python3.11 >/dev/null; then PYTHON=python3.11; else missing+=(python3.11); fi
