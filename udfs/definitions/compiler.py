@@ -59,7 +59,6 @@ class Compiler:
         self.file = file
         self.lines = lines or {}
         self.errors: list[DefinitionError] = []
-        self._features: tuple[frozenset[str], str] | None = None
 
     # helpers
 
@@ -89,10 +88,8 @@ class Compiler:
         return definition
 
     def features(self) -> tuple[frozenset[str], str]:
-        """The feature names conditions may use and their source (looked up once)."""
-        if self._features is None:
-            self._features = known_feature_names()
-        return self._features
+        """The feature names conditions may use and their source."""
+        return known_feature_names()
 
     def mapping(self, data: Any, path: str, what: str, allowed: Sequence[str],
                 required: Sequence[str]) -> dict[str, Any] | None:
